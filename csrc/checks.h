@@ -1,0 +1,26 @@
+// Host-side argument checks shared by the CUDA ops. Messages name the argument, what was
+// expected and what was received. TORCH_CHECK_VALUE raises ValueError in Python.
+#pragma once
+#include <torch/library.h>
+#include <ATen/core/Tensor.h>
+
+namespace lmkan {
+
+inline void check_cuda_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ",
+                   t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& a, const char* name_a, const at::Tensor& b,
+                              const char* name_b) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), name_a, " is on ", a.device(), " but ", name_b,
+                    " is on ", b.device());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ",
+                    t.sizes());
+}
+
+}  // namespace lmkan

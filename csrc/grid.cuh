@@ -1,0 +1,45 @@
+// Grid cells on the device (SPEC.md section 1), shared by every kernel.
+//
+// A cell is (index, d): index in [0, G-1] for ANY float input (NaN and +-inf included),
+// so table reads never leave the table; d = (v - g_i) / (g_{i+1} - g_i) carries the
+// linear extrapolation beyond the end nodes and propagates NaN.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace lmkan {
+
+struct Cell {
+  int index;
+  float d;
+};
+
+// Laplace CDF. expf, not __expf: the cell choice near a border may differ from the
+// reference by rounding either way (the functions are continuous), but we keep it tight.
+__device__ __forceinline__ float laplace_cdf(float v) {
+  return v <= 0.f ? 0.5f * expf(v) : 1.f - 0.5f * expf(-v);
+}
+
+// fmaxf/fminf return the non-NaN operand, so a NaN position lands in cell 0.
+__device__ __forceinline__ int clamp_cell(float t, int num_grids) {
+  return static_cast<int>(fminf(fmaxf(t, 0.f), static_cast<float>(num_grids - 1)));
+}
+
+// borders: [G+1] node positions (global or shared memory).
+__device__ __forceinline__ Cell cdf_cell(float v, const float* borders, int num_grids) {
+  Cell c;
+  c.index = clamp_cell(floorf(num_grids * laplace_cdf(v)), num_grids);
+  const float lo = borders[c.index];
+  c.d = (v - lo) / (borders[c.index + 1] - lo);
+  return c;
+}
+
+// Uniform grid on [lo, hi] with num_grids cells (the 1D layer's grid="uniform").
+__device__ __forceinline__ Cell uniform_cell(float v, float lo, float hi, int num_grids) {
+  Cell c;
+  const float s = (v - lo) * (num_grids / (hi - lo));
+  c.index = clamp_cell(floorf(s), num_grids);
+  c.d = s - static_cast<float>(c.index);
+  return c;
+}
+
+}  // namespace lmkan

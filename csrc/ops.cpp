@@ -1,0 +1,48 @@
+// Operator schemas of the lmkan library: declared here once, implemented per backend
+// in the .cu files (TORCH_LIBRARY_IMPL(lmkan, CUDA, m)). The CPU path is the pure-PyTorch
+// reference in lmKAN/_reference.py, so no CPU kernels are registered.
+//
+// Shapes (G = num_grids):
+//   2D layer:  x [N_in, B] (batch_last) or [B, N_in]; params [G+1, G+1, N_out, N_in/2];
+//              borders [G+1]; y [N_out, B] or [B, N_out].
+//   1D layer:  x as above; params [G+1, N_out, N_in]; borders [G+1]
+//              (uniform_grid: borders are equally spaced and cells use the uniform formula).
+//   Regularisers return a 0-dim tensor R; their backward takes dL/dR as a 0-dim tensor on
+//   the device (no host synchronisation) and returns dL/dparams.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(lmkan, m) {
+  // The backward_* arguments are unused by the forward kernel: the autograd registration
+  // (lmKAN/ops.py) saves them for the backward launch.
+  m.def("lmkan2d_forward(Tensor x, Tensor params, Tensor borders, bool batch_last, "
+        "int tile_size, int block_size, int backward_tile_size, int backward_block_size, "
+        "bool backward_fast_mode) -> Tensor");
+  m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
+        "bool batch_last, int tile_size, int block_size, bool fast_mode) -> (Tensor, Tensor)");
+  // Largest num_grids that a tile size supports on a device, for "forward", "backward"
+  // or "backward_fast"; lets the layer raise a clear error before any launch.
+  m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index) -> int");
+
+  m.def("lmkan1d_forward(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
+        "bool batch_last) -> Tensor");
+  m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
+        "bool uniform_grid, bool batch_last) -> (Tensor, Tensor)");
+
+  m.def("hessian2d(Tensor params, Tensor borders) -> Tensor");
+  m.def("hessian2d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");
+  m.def("second_diff1d(Tensor params, Tensor borders) -> Tensor");
+  m.def("second_diff1d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");
+}
+
+// Importing lmKAN._C loads this library and so registers the ops above; the module
+// itself only reports what it was built against, so lmKAN can refuse a stale build.
+static PyModuleDef lmkan_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&lmkan_module);
+  if (module == nullptr) return nullptr;
+  PyModule_AddStringConstant(module, "torch_version", LMKAN_TORCH_VERSION);
+  PyModule_AddStringConstant(module, "cuda_version", LMKAN_CUDA_VERSION);
+  return module;
+}

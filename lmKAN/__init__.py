@@ -1,0 +1,14 @@
+"""lmKAN: fast lookup-table Kolmogorov-Arnold Network layers for PyTorch.
+
+LMKAN2DLayer (bilinear 2D tables over input pairs), LMKAN1DLayer (linear splines) and the
+KANditioned-style KANLayer; CUDA kernels where the extension is built, pure PyTorch
+elsewhere. `backend_info()` says which backend runs and why.
+"""
+from ._extension import BackendInfo, backend_info
+from .lmkan1d import KANLayer, LMKAN1DLayer
+from .lmkan2d import LMKAN2DLayer, max_num_grids
+
+__version__ = "0.1.0"
+
+__all__ = ["LMKAN2DLayer", "LMKAN1DLayer", "KANLayer", "backend_info", "BackendInfo",
+           "max_num_grids", "__version__"]

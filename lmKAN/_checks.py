@@ -1,0 +1,59 @@
+"""Argument and input checks shared by the layers.
+
+Every message names the argument, what was expected and what was received.
+"""
+import numbers
+
+import torch
+
+
+def check_int(name, value, minimum, even=False):
+    """A Python int >= minimum (and even if asked); bools are rejected."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if even and value % 2:
+        raise ValueError(f"{name} must be even (inputs are taken in pairs), got {value}")
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_positive_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def check_input(x, weight, input_dim, batch_last, layer_name):
+    """Validate a layer input; return it as a 2-D view plus the leading batch shape.
+
+    batch_last: x must be [input_dim, B]. Otherwise x is [..., input_dim] and is flattened
+    to [B, input_dim]; the caller restores the leading shape on the output.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer_name} input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{layer_name} input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{layer_name} input has dtype {x.dtype} but the layer's parameters are "
+                        f"{weight.dtype}; convert the input or the layer (e.g. layer.to({x.dtype}))")
+    if x.device != weight.device:
+        raise ValueError(f"{layer_name} input is on {x.device} but the layer's parameters are on "
+                         f"{weight.device}; move one of them (e.g. x.to('{weight.device}'))")
+    if batch_last:
+        if x.dim() != 2 or x.shape[0] != input_dim:
+            raise ValueError(f"{layer_name} input must have shape [input_dim={input_dim}, batch] "
+                             f"(batch_last=True), got {list(x.shape)}")
+        return x, None
+    if x.dim() < 1 or x.shape[-1] != input_dim:
+        raise ValueError(f"{layer_name} input must have shape [..., input_dim={input_dim}] "
+                         f"(batch_last=False), got {list(x.shape)}")
+    return x.reshape(-1, input_dim), x.shape[:-1]

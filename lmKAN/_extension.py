@@ -1,0 +1,88 @@
+"""Loading the compiled extension lmKAN._C and reporting which backend runs.
+
+Importing lmKAN._C registers the `lmkan::*` ops (csrc/ops.cpp) and the CUDA kernels that
+were compiled in. Each op is used for CUDA tensors only if a CUDA kernel is registered for
+it; everything else runs the pure-PyTorch reference (lmKAN/_reference.py).
+"""
+import dataclasses
+import importlib
+import warnings
+
+import torch
+
+__all__ = ["BackendInfo", "backend_info", "has_cuda_kernel"]
+
+_REBUILD_HINT = ("Rebuild it against the installed torch with "
+                 "`pip install --no-build-isolation --force-reinstall --no-deps .` "
+                 "from the lmKAN source tree.")
+
+
+def _load():
+    """Return (module or None, reason string, whether a stale build was found)."""
+    try:
+        module = importlib.import_module("lmKAN._C")
+    except ModuleNotFoundError:
+        return None, ("lmKAN was installed without its CUDA extension (no CUDA toolkit or no "
+                      "CUDA build of torch at install time, or LMKAN_NO_CUDA=1)"), False
+    except (ImportError, OSError) as exc:
+        return None, (f"lmKAN's CUDA extension failed to load ({exc}); it was probably built "
+                      f"for another torch or CUDA version. {_REBUILD_HINT}"), True
+    built = (module.torch_version, module.cuda_version)
+    running = (torch.__version__, torch.version.cuda)
+    if built != running:
+        return None, (f"lmKAN's CUDA extension was built for torch {built[0]} / CUDA {built[1]} "
+                      f"but torch {running[0]} / CUDA {running[1]} is running. {_REBUILD_HINT}"), True
+    return module, f"CUDA extension loaded ({module.__file__})", False
+
+
+_MODULE, _REASON, _STALE = _load()
+if _STALE:
+    warnings.warn(_REASON + " Falling back to the pure-PyTorch path.", RuntimeWarning, stacklevel=2)
+elif _MODULE is None and torch.cuda.is_available():
+    warnings.warn(_REASON + "; CUDA tensors will use the slower pure-PyTorch path. "
+                  "Reinstall with a CUDA toolkit present (LMKAN_FORCE_CUDA=1 shows why a build fails).",
+                  RuntimeWarning, stacklevel=2)
+
+_OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan1d_forward", "lmkan1d_backward",
+        "hessian2d", "hessian2d_backward", "second_diff1d", "second_diff1d_backward")
+
+
+def has_cuda_kernel(op_name: str, dispatch_key: str = "CUDA") -> bool:
+    """True when the extension is loaded and `lmkan::op_name` has a kernel for the key."""
+    if _MODULE is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"lmkan::{op_name}", dispatch_key)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    """Which backend lmKAN uses and why."""
+
+    extension_loaded: bool
+    reason: str
+    cuda_kernels: tuple
+    gpu_available: bool
+    torch_version: str
+
+    @property
+    def cuda_backend_active(self) -> bool:
+        """True when CUDA tensors run at least one hand-written kernel."""
+        return self.extension_loaded and self.gpu_available and bool(self.cuda_kernels)
+
+    def __str__(self):
+        kernels = ", ".join(self.cuda_kernels) if self.cuda_kernels else "none"
+        return (f"lmKAN backend: {'CUDA kernels' if self.cuda_backend_active else 'pure PyTorch'}\n"
+                f"  extension: {self.reason}\n"
+                f"  CUDA kernels compiled in: {kernels}\n"
+                f"  GPU visible: {self.gpu_available} (torch {self.torch_version})")
+
+
+def backend_info() -> BackendInfo:
+    """Report whether the CUDA extension is loaded, which ops have kernels, and why not."""
+    return BackendInfo(
+        extension_loaded=_MODULE is not None,
+        reason=_REASON,
+        cuda_kernels=tuple(op for op in _OPS if has_cuda_kernel(op)),
+        gpu_available=torch.cuda.is_available(),
+        torch_version=torch.__version__,
+    )

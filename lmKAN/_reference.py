@@ -1,0 +1,88 @@
+"""Pure-PyTorch reference of every lmKAN op (SPEC.md sections 2-4).
+
+This is both the CPU execution path and the oracle that the CUDA kernels are tested
+against. Everything is vectorised and differentiable by autograd, works in float32 and
+float64, on any device. The lookups go through `embedding_bag` with per-sample weights:
+each sample is a "bag" of 4 (2D) or 2 (1D) table rows per input feature, so memory stays
+O(B * N_out) instead of O(B * N_out * N_in).
+"""
+import torch
+import torch.nn.functional as F
+
+from .grids import find_cell
+
+__all__ = ["lmkan2d_forward", "lmkan1d_forward", "hessian2d", "second_diff1d"]
+
+
+def _to_batch_first(x: torch.Tensor, batch_last: bool) -> torch.Tensor:
+    return x.t() if batch_last else x
+
+
+def lmkan2d_forward(x, params, borders, batch_last=True):
+    """y = sum over input pairs of bilinear table lookups.
+
+    x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2];
+    borders: [G+1]. Returns [N_out, B] or [B, N_out].
+    """
+    xb = _to_batch_first(x, batch_last)
+    batch = xb.shape[0]
+    side, _, n_out, n_pairs = params.shape
+    i1, d1 = find_cell(xb[:, 0::2], borders)  # [B, N_in/2]
+    i2, d2 = find_cell(xb[:, 1::2], borders)
+    # Row of P[i1, i2, :, p] in the table laid out as [N_in/2, G+1, G+1] x N_out.
+    row = torch.arange(n_pairs, device=x.device) * (side * side) + i1 * side + i2
+    rows = torch.stack([row, row + 1, row + side, row + side + 1], dim=-1)
+    weights = torch.stack([(1 - d1) * (1 - d2), (1 - d1) * d2, d1 * (1 - d2), d1 * d2], dim=-1)
+    table = params.permute(3, 0, 1, 2).reshape(n_pairs * side * side, n_out)
+    y = F.embedding_bag(rows.reshape(batch, 4 * n_pairs), table,
+                        per_sample_weights=weights.reshape(batch, 4 * n_pairs), mode="sum")
+    return y.t() if batch_last else y
+
+
+def lmkan1d_forward(x, params, borders, uniform_grid=False, batch_last=True):
+    """y = sum over inputs of linear-spline lookups.
+
+    x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, N_out, N_in]; borders: [G+1].
+    """
+    xb = _to_batch_first(x, batch_last)
+    batch = xb.shape[0]
+    side, n_out, n_in = params.shape
+    index, d = find_cell(xb, borders, uniform=uniform_grid)  # [B, N_in]
+    row = torch.arange(n_in, device=x.device) * side + index
+    rows = torch.stack([row, row + 1], dim=-1)
+    weights = torch.stack([1 - d, d], dim=-1)
+    table = params.permute(2, 0, 1).reshape(n_in * side, n_out)
+    y = F.embedding_bag(rows.reshape(batch, 2 * n_in), table,
+                        per_sample_weights=weights.reshape(batch, 2 * n_in), mode="sum")
+    return y.t() if batch_last else y
+
+
+def _node_spacings(borders, dtype):
+    """hm_a = g_a - g_{a-1}, hp_a = g_{a+1} - g_a for the inner nodes a = 1..G-1."""
+    g = borders.to(dtype)
+    return g[1:-1] - g[:-2], g[2:] - g[1:-1]
+
+
+def hessian2d(params, borders):
+    """R = sum over (o, p) of mean over inner nodes (a, b) of fxx^2 + 2 fxy^2 + fyy^2.
+
+    params: [G+1, G+1, N_out, N_in/2]; returns a 0-dim tensor.
+    """
+    hm, hp = _node_spacings(borders, params.dtype)
+    hs = hm + hp
+    col = lambda t: t[:, None, None, None]  # noqa: E731 - broadcast along dim 0
+    row = lambda t: t[None, :, None, None]  # noqa: E731 - broadcast along dim 1
+    center = params[1:-1, 1:-1]
+    fxx = 2 / col(hs) * ((params[2:, 1:-1] - center) / col(hp) - (center - params[:-2, 1:-1]) / col(hm))
+    fyy = 2 / row(hs) * ((params[1:-1, 2:] - center) / row(hp) - (center - params[1:-1, :-2]) / row(hm))
+    fxy = (params[2:, 2:] - params[2:, :-2] - params[:-2, 2:] + params[:-2, :-2]) / (col(hs) * row(hs))
+    return (fxx.square() + 2 * fxy.square() + fyy.square()).mean(dim=(0, 1)).sum()
+
+
+def second_diff1d(params, borders):
+    """Sum over (o, i) of the mean over inner nodes of f''^2. params: [G+1, N_out, N_in]."""
+    hm, hp = _node_spacings(borders, params.dtype)
+    hm, hp = hm[:, None, None], hp[:, None, None]
+    center = params[1:-1]
+    f2 = 2 / (hm + hp) * ((params[2:] - center) / hp - (center - params[:-2]) / hm)
+    return f2.square().mean(dim=0).sum()

@@ -1,0 +1,63 @@
+"""Grids of the lookup layers (SPEC.md section 1): node positions and the cell of a value.
+
+`cdf_borders` / `uniform_borders` give the G+1 node positions; `find_cell` maps values to
+(cell index, position d inside the cell). Every float input, NaN and +-inf included, lands
+in a cell index inside [0, G-1], so table lookups never go out of range.
+"""
+import math
+
+import torch
+
+__all__ = ["laplace_cdf", "laplace_icdf", "cdf_borders", "uniform_borders", "find_cell"]
+
+
+def laplace_cdf(v: float) -> float:
+    """F(v) of the standard Laplace distribution (scalar)."""
+    return 0.5 * math.exp(v) if v <= 0 else 1.0 - 0.5 * math.exp(-v)
+
+
+def laplace_icdf(u: float) -> float:
+    """F^-1(u) of the standard Laplace distribution (scalar, 0 < u < 1)."""
+    return math.log(2.0 * u) if u <= 0.5 else -math.log(2.0 * (1.0 - u))
+
+
+def cdf_borders(num_grids: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Nodes g_0..g_G of the Laplace-CDF grid; the end nodes extend their neighbours' spacing."""
+    g = [0.0] * (num_grids + 1)
+    for i in range(1, num_grids):
+        g[i] = laplace_icdf(i / num_grids)
+    g[0] = 2.0 * g[1] - g[2]
+    g[num_grids] = 2.0 * g[num_grids - 1] - g[num_grids - 2]
+    return torch.tensor(g, dtype=dtype, device=device)
+
+
+def uniform_borders(num_grids: int, spline_width: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """G+1 equally spaced nodes on [-w/2, w/2]."""
+    half = spline_width / 2.0
+    g = [-half + spline_width * i / num_grids for i in range(num_grids + 1)]
+    return torch.tensor(g, dtype=dtype, device=device)
+
+
+def find_cell(v: torch.Tensor, borders: torch.Tensor, uniform: bool = False):
+    """Cell index (int64, in [0, G-1]) and position d of every element of `v`.
+
+    d = (v - g_i) / (g_{i+1} - g_i) lies in [0, 1) inside the grid and extrapolates beyond
+    the end nodes; NaN inputs get cell 0 and d = NaN.
+    """
+    num_grids = borders.shape[0] - 1
+    borders = borders.to(v.dtype)
+    if uniform:
+        lo, hi = borders[0], borders[num_grids]
+        pos = (v - lo) * (num_grids / (hi - lo))
+    else:
+        # exp of a non-positive argument only: no overflow for huge |v|.
+        cdf = torch.where(v <= 0, 0.5 * torch.exp(torch.clamp(v, max=0.0)),
+                          1.0 - 0.5 * torch.exp(-torch.clamp(v, min=0.0)))
+        pos = num_grids * cdf
+    index = torch.nan_to_num(torch.floor(pos), nan=0.0).clamp_(0, num_grids - 1).long()
+    if uniform:
+        d = pos - index.to(v.dtype)
+    else:
+        left = borders[index]
+        d = (v - left) / (borders[index + 1] - left)
+    return index, d

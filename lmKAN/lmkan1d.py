@@ -1,0 +1,94 @@
+"""LMKAN1DLayer (linear-spline KAN, SPEC.md section 4) and the KANditioned-style KANLayer."""
+import torch
+from torch import nn
+
+from . import ops
+from ._checks import check_choice, check_input, check_int, check_positive_float
+from .grids import cdf_borders, uniform_borders
+
+__all__ = ["LMKAN1DLayer", "KANLayer", "INIT_MODES", "GRIDS"]
+
+INIT_MODES = ("random_normal", "identity", "zero")
+GRIDS = ("cdf", "uniform")
+
+
+class LMKAN1DLayer(nn.Module):
+    """y[o] = sum over inputs i of f_{o,i}(x[i]), each f piecewise linear on a fixed grid.
+
+    Args:
+        num_grids: grid cells G (>= 3); each function has G+1 node values.
+        input_dim, output_dim: feature counts (>= 1).
+        grid: "cdf" (Laplace-CDF nodes, default) or "uniform" (G+1 nodes on
+            [-spline_width/2, spline_width/2]).
+        spline_width: width of the uniform grid (ignored by the cdf grid).
+        init: "random_normal" (straight lines with unit-norm random slopes per output),
+            "identity" (y = x exactly; needs input_dim == output_dim) or "zero".
+        batch_last: x is [input_dim, B] (default) or, if False, [..., input_dim].
+
+    Beyond the end nodes each function extrapolates linearly. `func_parameter` has shape
+    [G+1, output_dim, input_dim].
+    """
+
+    def __init__(self, num_grids, input_dim, output_dim, grid="cdf", spline_width=4.0,
+                 init="random_normal", batch_last=True):
+        super().__init__()
+        self.num_grids = check_int("num_grids", num_grids, 3)
+        self.input_dim = check_int("input_dim", input_dim, 1)
+        self.output_dim = check_int("output_dim", output_dim, 1)
+        self.grid = check_choice("grid", grid, GRIDS)
+        self.spline_width = check_positive_float("spline_width", spline_width)
+        self.init = check_choice("init", init, INIT_MODES)
+        if init == "identity" and self.input_dim != self.output_dim:
+            raise ValueError(f"init='identity' needs input_dim == output_dim, got input_dim="
+                             f"{self.input_dim} and output_dim={self.output_dim}")
+        self.batch_last = bool(batch_last)
+        self.func_parameter = nn.Parameter(torch.empty(self.num_grids + 1, self.output_dim, self.input_dim))
+        borders = (uniform_borders(self.num_grids, self.spline_width) if self.grid == "uniform"
+                   else cdf_borders(self.num_grids))
+        self.register_buffer("borders", borders)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            if self.init == "zero":
+                self.func_parameter.zero_()
+                return
+            if self.init == "identity":
+                slopes = torch.eye(self.output_dim)
+            else:
+                slopes = torch.randn(self.output_dim, self.input_dim)
+                slopes /= slopes.norm(dim=1, keepdim=True)
+            # Node values of the straight line f(v) = slope * v.
+            nodes = self.borders.to(torch.float64)[:, None, None] * slopes.to(torch.float64)
+            self.func_parameter.copy_(nodes)
+
+    def forward(self, x):
+        x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, type(self).__name__)
+        y = ops.lmkan1d(x2d, self.func_parameter, self.borders, self.grid == "uniform", self.batch_last)
+        return y if lead is None else y.reshape(*lead, self.output_dim)
+
+    def get_hessian_regularization(self):
+        """Squared second difference of every spline on its grid (SPEC.md section 4)."""
+        return ops.second_diff1d(self.func_parameter, self.borders)
+
+    def extra_repr(self):
+        return (f"num_grids={self.num_grids}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
+                f"grid={self.grid!r}, init={self.init!r}, batch_last={self.batch_last}")
+
+
+class KANLayer(LMKAN1DLayer):
+    """Drop-in for KANditioned's KANLayer: batch-first, uniform grid of num_control_points.
+
+    KANLayer(in_features, out_features, init, num_control_points=32, spline_width=4.0)
+    is LMKAN1DLayer(num_control_points - 1, in_features, out_features, grid="uniform",
+    spline_width=spline_width, init=init, batch_last=False).
+    """
+
+    def __init__(self, in_features, out_features, init="random_normal", num_control_points=32,
+                 spline_width=4.0):
+        num_control_points = check_int("num_control_points", num_control_points, 4)
+        super().__init__(num_control_points - 1, in_features, out_features, grid="uniform",
+                         spline_width=spline_width, init=init, batch_last=False)
+        self.in_features = self.input_dim
+        self.out_features = self.output_dim
+        self.num_control_points = num_control_points

@@ -1,0 +1,151 @@
+"""The lmKAN ops as Python functions: CUDA kernels where compiled in, reference elsewhere.
+
+Each public function here picks the backend per call: a CUDA float32 tensor runs the
+`torch.ops.lmkan.*` kernel when the extension has one for that op; any other tensor (CPU,
+float64, or an op without a kernel) runs the differentiable pure-PyTorch reference.
+The kernels get `register_fake` (shape propagation for torch.compile) and
+`register_autograd` (their backward op) registrations below.
+"""
+import torch
+
+from . import _reference
+from ._extension import _MODULE, has_cuda_kernel
+
+__all__ = ["lmkan2d", "lmkan1d", "hessian2d", "second_diff1d"]
+
+
+def _kernel_applies(op_name, *tensors):
+    return (tensors[0].is_cuda and all(t.dtype == torch.float32 for t in tensors)
+            and has_cuda_kernel(op_name))
+
+
+def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
+            backward_tile_size=8, backward_block_size=512, backward_fast_mode=False):
+    """2D lookup layer (SPEC.md section 2). x: [N_in, B] or [B, N_in] (2-D)."""
+    if _kernel_applies("lmkan2d_forward", x, params, borders):
+        return torch.ops.lmkan.lmkan2d_forward(
+            x.contiguous(), params.contiguous(), borders.contiguous(), batch_last, tile_size,
+            block_size, backward_tile_size, backward_block_size, backward_fast_mode)
+    return _reference.lmkan2d_forward(x, params, borders, batch_last)
+
+
+def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True):
+    """1D linear-spline layer (SPEC.md section 4). x: [N_in, B] or [B, N_in] (2-D)."""
+    if _kernel_applies("lmkan1d_forward", x, params, borders):
+        return torch.ops.lmkan.lmkan1d_forward(
+            x.contiguous(), params.contiguous(), borders.contiguous(), uniform_grid, batch_last)
+    return _reference.lmkan1d_forward(x, params, borders, uniform_grid, batch_last)
+
+
+def hessian2d(params, borders):
+    """Hessian smoothness regulariser of a 2D table (SPEC.md section 3), a 0-dim tensor."""
+    if _kernel_applies("hessian2d", params, borders):
+        return torch.ops.lmkan.hessian2d(params.contiguous(), borders.contiguous())
+    return _reference.hessian2d(params, borders)
+
+
+def second_diff1d(params, borders):
+    """Second-difference regulariser of a 1D table (SPEC.md section 4), a 0-dim tensor."""
+    if _kernel_applies("second_diff1d", params, borders):
+        return torch.ops.lmkan.second_diff1d(params.contiguous(), borders.contiguous())
+    return _reference.second_diff1d(params, borders)
+
+
+def _reference_grads(fn, grad_out, *inputs):
+    """Gradients of `fn(*inputs)` by autograd on the reference (backward without a kernel)."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        out = fn(*leaves)
+        return torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+
+
+def _register():
+    """Fake and autograd registrations for the ops whose schemas the extension declares."""
+    lib = "lmkan::"
+
+    # --- 2D layer -------------------------------------------------------------------
+    @torch.library.register_fake(lib + "lmkan2d_forward")
+    def _(x, params, borders, batch_last, tile_size, block_size, bt, bb, fast):
+        batch = x.shape[1] if batch_last else x.shape[0]
+        n_out = params.shape[2]
+        return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
+
+    @torch.library.register_fake(lib + "lmkan2d_backward")
+    def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode):
+        return torch.empty_like(x), torch.empty_like(params)
+
+    def setup_2d(ctx, inputs, output):
+        x, params, borders, batch_last, _, _, tile, block, fast = inputs
+        ctx.save_for_backward(x, params, borders)
+        ctx.config = (batch_last, tile, block, fast)
+
+    def backward_2d(ctx, grad_y):
+        x, params, borders = ctx.saved_tensors
+        batch_last, tile, block, fast = ctx.config
+        if has_cuda_kernel("lmkan2d_backward"):
+            grad_x, grad_p = torch.ops.lmkan.lmkan2d_backward(
+                grad_y.contiguous(), x, params, borders, batch_last, tile, block, fast)
+        else:
+            grad_x, grad_p = _reference_grads(
+                lambda a, b: _reference.lmkan2d_forward(a, b, borders, batch_last), grad_y, x, params)
+        return grad_x, grad_p, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(lib + "lmkan2d_forward", backward_2d, setup_context=setup_2d)
+
+    # --- 1D layer -------------------------------------------------------------------
+    @torch.library.register_fake(lib + "lmkan1d_forward")
+    def _(x, params, borders, uniform_grid, batch_last):
+        batch = x.shape[1] if batch_last else x.shape[0]
+        n_out = params.shape[1]
+        return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
+
+    @torch.library.register_fake(lib + "lmkan1d_backward")
+    def _(grad_y, x, params, borders, uniform_grid, batch_last):
+        return torch.empty_like(x), torch.empty_like(params)
+
+    def setup_1d(ctx, inputs, output):
+        x, params, borders, uniform_grid, batch_last = inputs
+        ctx.save_for_backward(x, params, borders)
+        ctx.config = (uniform_grid, batch_last)
+
+    def backward_1d(ctx, grad_y):
+        x, params, borders = ctx.saved_tensors
+        uniform_grid, batch_last = ctx.config
+        if has_cuda_kernel("lmkan1d_backward"):
+            grad_x, grad_p = torch.ops.lmkan.lmkan1d_backward(
+                grad_y.contiguous(), x, params, borders, uniform_grid, batch_last)
+        else:
+            grad_x, grad_p = _reference_grads(
+                lambda a, b: _reference.lmkan1d_forward(a, b, borders, uniform_grid, batch_last),
+                grad_y, x, params)
+        return grad_x, grad_p, None, None, None
+
+    torch.library.register_autograd(lib + "lmkan1d_forward", backward_1d, setup_context=setup_1d)
+
+    # --- regularisers ---------------------------------------------------------------
+    for name, reference in (("hessian2d", _reference.hessian2d),
+                            ("second_diff1d", _reference.second_diff1d)):
+        _register_regulariser(lib + name, name, reference)
+
+
+def _register_regulariser(qualname, name, reference):
+    torch.library.register_fake(qualname)(lambda params, borders: params.new_empty(()))
+    torch.library.register_fake(qualname + "_backward")(
+        lambda grad_r, params, borders: torch.empty_like(params))
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad_r):
+        params, borders = ctx.saved_tensors
+        if has_cuda_kernel(name + "_backward"):
+            grad_p = getattr(torch.ops.lmkan, name + "_backward")(grad_r.contiguous(), params, borders)
+        else:
+            (grad_p,) = _reference_grads(lambda p: reference(p, borders), grad_r, params)
+        return grad_p, None
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup)
+
+
+if _MODULE is not None:
+    _register()
