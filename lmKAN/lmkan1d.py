@@ -59,8 +59,21 @@ class LMKAN1DLayer(nn.Module):
                 slopes = torch.randn(self.output_dim, self.input_dim)
                 slopes /= slopes.norm(dim=1, keepdim=True)
             # Node values of the straight line f(v) = slope * v.
-            nodes = self.borders.to(torch.float64)[:, None, None] * slopes.to(torch.float64)
+            nodes = self._node_positions()[:, None, None] * slopes.to(torch.float64)
             self.func_parameter.copy_(nodes)
+
+    def _node_positions(self):
+        """Node positions as the cell formula sees them, in float64.
+
+        The uniform cell uses only the end nodes (s = (v - g_0) G / (g_G - g_0)), so its
+        inner nodes sit exactly at equal steps even where float32 rounding moved the stored
+        borders; identity and straight-line inits then reproduce v to rounding.
+        """
+        g = self.borders.to(torch.float64)
+        if self.grid == "uniform":
+            steps = torch.arange(self.num_grids + 1, dtype=torch.float64, device=g.device)
+            return g[0] + steps * ((g[-1] - g[0]) / self.num_grids)
+        return g
 
     def forward(self, x):
         x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, type(self).__name__)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up a development environment for lmKAN from a fresh clone, on a fresh machine.
+#
+#   bash .ci/setup_env.sh            # creates .venv/ and builds lmKAN into it (editable)
+#
+# - Python venv in .venv (override with LMKAN_VENV=path).
+# - torch 2.14.1 (a CUDA 13.0 build on Linux x86-64), numpy, ninja, pytest, tqdm.
+# - lmKAN installed editable with --no-build-isolation. When a CUDA toolkit is found
+#   (CUDA_HOME, nvcc on PATH, or /usr/local/cuda), the CUDA kernels are compiled even
+#   without a GPU. Under CI (CI=true) a failed CUDA compile fails the setup.
+# Re-running it reuses the venv and rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${LMKAN_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${LMKAN_TORCH_SPEC:-torch==2.14.1}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+step "installing $TORCH_SPEC and build/test dependencies"
+"$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy ninja pytest tqdm
+
+if [ -z "${CUDA_HOME:-}" ]; then
+  if command -v nvcc >/dev/null 2>&1; then
+    CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  elif [ -x /usr/local/cuda/bin/nvcc ]; then
+    CUDA_HOME=/usr/local/cuda
+  fi
+fi
+if [ -n "${CUDA_HOME:-}" ]; then
+  export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"
+  step "CUDA toolkit at $CUDA_HOME: building lmKAN with its CUDA kernels"
+  if [ "${CI:-}" = "true" ]; then export LMKAN_FORCE_CUDA=1; fi
+else
+  step "no CUDA toolkit found: building the pure-PyTorch package (CPU path)"
+fi
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+start=$(date +%s)
+"$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
+step "lmKAN built in $(( $(date +%s) - start )) s"
+"$VENV/bin/python" -c "import lmKAN; print(lmKAN.backend_info())"

@@ -1,0 +1,53 @@
+"""Hessian regularisation over a whole model, and the schedule of its weight.
+
+Typical training loop::
+
+    schedule = HessianSchedule(total_steps, start=1e-3, end=1e-6)
+    for step in range(total_steps):
+        loss = task_loss + schedule(step) * hessian_regularization(model)
+
+A large weight early keeps the learned tables smooth while the coarse shape forms (and
+stops cells that see few samples from fitting noise); decaying it lets the layer use its
+full resolution later.
+"""
+import math
+
+import torch
+
+__all__ = ["HessianSchedule", "hessian_regularization"]
+
+
+def hessian_regularization(model: torch.nn.Module) -> torch.Tensor:
+    """Sum of `get_hessian_regularization()` over every lmKAN layer in `model`.
+
+    One device-side call per layer, no host synchronisation. Returns a 0-dim tensor (zero
+    on the model's device when it has no lmKAN layer).
+    """
+    terms = [m.get_hessian_regularization() for m in model.modules()
+             if hasattr(m, "get_hessian_regularization")]
+    if not terms:
+        param = next(model.parameters(), None)
+        return torch.zeros((), device=param.device if param is not None else None)
+    return torch.stack(terms).sum()
+
+
+class HessianSchedule:
+    """Weight of the Hessian regulariser: log-linear decay from `start` to `end`.
+
+    The weight falls geometrically from `start` at step 0 to `end` at
+    `decay_fraction * total_steps`, and stays at `end` afterwards.
+    """
+
+    def __init__(self, total_steps, start=1e-3, end=1e-6, decay_fraction=0.8):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if not (start > 0 and end > 0):
+            raise ValueError(f"start and end must be > 0, got start={start}, end={end}")
+        if not 0 < decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
+        self.total_steps, self.start, self.end = total_steps, start, end
+        self.decay_steps = max(1, int(decay_fraction * total_steps))
+
+    def __call__(self, step):
+        t = min(max(step, 0), self.decay_steps) / self.decay_steps
+        return math.exp((1 - t) * math.log(self.start) + t * math.log(self.end))
