@@ -15,6 +15,7 @@ run with.
 """
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import setup
@@ -30,12 +31,32 @@ def _log(msg):
     print(f"[lmKAN setup] {msg}", file=sys.stderr)
 
 
+def _locate_cuda_home():
+    """Set CUDA_HOME to a toolkit with headers before torch.utils.cpp_extension reads it.
+
+    torch derives CUDA_HOME from nvcc's location, which is wrong when nvcc on PATH is a
+    wrapper script (e.g. /usr/local/bin/nvcc); prefer a directory that has the headers.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def _cuda_extension():
     """Return (ext_modules, cmdclass) for the CUDA build, or ([], {}) to skip it."""
     force = _flag("LMKAN_FORCE_CUDA")
     if _flag("LMKAN_NO_CUDA"):
         _log("LMKAN_NO_CUDA=1: building the pure-Python package only.")
         return [], {}
+    _locate_cuda_home()
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension

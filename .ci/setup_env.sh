@@ -26,12 +26,12 @@ step "installing $TORCH_SPEC and build/test dependencies"
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy ninja pytest tqdm
 
+# A toolkit is a directory with bin/nvcc and include/cuda_runtime.h (nvcc on PATH may be a
+# wrapper script elsewhere, so its own directory is not trusted blindly).
 if [ -z "${CUDA_HOME:-}" ]; then
-  if command -v nvcc >/dev/null 2>&1; then
-    CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
-  elif [ -x /usr/local/cuda/bin/nvcc ]; then
-    CUDA_HOME=/usr/local/cuda
-  fi
+  for home in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")" /usr/local/cuda; do
+    if [ -x "$home/bin/nvcc" ] && [ -f "$home/include/cuda_runtime.h" ]; then CUDA_HOME=$home; break; fi
+  done
 fi
 if [ -n "${CUDA_HOME:-}" ]; then
   export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"
