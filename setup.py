@@ -106,6 +106,9 @@ def _cuda_extension():
             except Exception as exc:  # noqa: BLE001 - any compiler failure
                 if force:
                     raise
+                # Drop the extension so that no step later looks for its output file.
+                self.extensions = [e for e in self.extensions if e is not ext]
+                self.distribution.ext_modules = [e for e in self.distribution.ext_modules if e is not ext]
                 _log(f"building the CUDA extension failed ({exc}); the package will use the "
                      "pure-PyTorch path. Set LMKAN_FORCE_CUDA=1 to make this an error.")
 
