@@ -106,10 +106,10 @@ def measure(name, param, regulariser, reference_fn=None):
     row["floor_ms"] = row["copy_ms"] + row["read_ms"]
     row["copy_GBps"] = 2 * param.numel() * 4 / row["copy_ms"] / 1e6
 
+    param.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
-    param.grad = None
     regulariser().backward()
     torch.cuda.synchronize()
     row["peak_extra_MB"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
