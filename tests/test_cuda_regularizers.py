@@ -1,0 +1,204 @@
+"""CUDA kernels of the smoothness regularisers against the float64 reference.
+
+hessian2d (SPEC.md section 3) and second_diff1d (section 4): value and gradient, relative
+L2 <= 1e-5, num_grids 3..64, odd sizes and sizes of 1, NaN parameters, no host sync.
+"""
+import pytest
+import torch
+
+from lmKAN import KANLayer, LMKAN1DLayer, LMKAN2DLayer, _reference, ops
+from lmKAN.grids import cdf_borders, uniform_borders
+
+from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+
+TOL = 1e-5
+
+
+def _reference_value_and_grad(fn, params, borders, grad_r):
+    p = params.detach().double().requires_grad_(True)
+    r = fn(p, borders.double())
+    (g,) = torch.autograd.grad(r, p, grad_r.double())
+    return r.detach(), g
+
+
+def _poison_allocator(nbytes):
+    """Leave NaN-filled blocks in the caching allocator so unwritten outputs show up."""
+    junk = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
+    del junk
+
+
+def _check(op, fn, params, borders, scale=1.0):
+    name = "hessian2d" if fn is _reference.hessian2d else "second_diff1d"
+    assert_cuda_kernel(name)
+    assert_cuda_kernel(name + "_backward")
+    grad_r = torch.tensor(scale, device="cuda")
+    ref_r, ref_g = _reference_value_and_grad(fn, params, borders, grad_r)
+    _poison_allocator(params.numel() * 4)
+    r = getattr(torch.ops.lmkan, name)(params, borders)
+    _poison_allocator(params.numel() * 4)
+    g = getattr(torch.ops.lmkan, name + "_backward")(grad_r, params, borders)
+    assert r.shape == () and r.dtype == torch.float32 and r.is_cuda
+    assert g.shape == params.shape and g.dtype == torch.float32
+    assert torch.isfinite(g).all(), "gradient has unwritten (NaN) entries"
+    err_r = abs(r.double().item() - ref_r.item()) / max(abs(ref_r.item()), 1e-300)
+    assert err_r <= TOL, f"value: relative error {err_r:.3e}"
+    err_g = rel_l2(g, ref_g)
+    assert err_g <= TOL, f"gradient: relative L2 error {err_g:.3e}"
+    return r, g
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_grids", [3, 4, 5, 7, 8, 13, 15, 16, 26, 27, 29, 31, 42, 64])
+@pytest.mark.parametrize("n_out,n_pairs", [(1, 1), (3, 5), (7, 1), (1, 129), (33, 9)])
+def test_hessian2d_matches_reference(num_grids, n_out, n_pairs):
+    side = num_grids + 1
+    params = torch.randn(side, side, n_out, n_pairs, device="cuda") * 1.5
+    _check(torch.ops.lmkan.hessian2d, _reference.hessian2d, params, cdf_borders(num_grids, device="cuda"))
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_grids", [3, 4, 5, 8, 16, 26, 31, 33, 64])
+@pytest.mark.parametrize("n_out,n_in", [(1, 1), (3, 5), (129, 1), (7, 33)])
+@pytest.mark.parametrize("uniform", [False, True])
+def test_second_diff1d_matches_reference(num_grids, n_out, n_in, uniform):
+    borders = (uniform_borders(num_grids, 4.0, device="cuda") if uniform
+               else cdf_borders(num_grids, device="cuda"))
+    params = torch.randn(num_grids + 1, n_out, n_in, device="cuda") * 1.5
+    _check(torch.ops.lmkan.second_diff1d, _reference.second_diff1d, params, borders)
+
+
+@requires_gpu
+def test_hessian2d_large_accuracy():
+    """23.9M parameters (G=26, 256x256): the reduction keeps 1e-5."""
+    params = torch.randn(27, 27, 256, 128, device="cuda") * 1.5
+    _check(torch.ops.lmkan.hessian2d, _reference.hessian2d, params, cdf_borders(26, device="cuda"),
+           scale=0.37)
+
+
+@requires_gpu
+def test_second_diff1d_large_accuracy():
+    params = torch.randn(32, 1024, 1024, device="cuda") * 1.5
+    _check(torch.ops.lmkan.second_diff1d, _reference.second_diff1d, params,
+           uniform_borders(31, 4.0, device="cuda"), scale=-2.5)
+
+
+@requires_gpu
+def test_deterministic():
+    params = torch.randn(27, 27, 64, 33, device="cuda")
+    borders = cdf_borders(26, device="cuda")
+    grad_r = torch.tensor(1.0, device="cuda")
+    r1 = torch.ops.lmkan.hessian2d(params, borders)
+    r2 = torch.ops.lmkan.hessian2d(params, borders)
+    g1 = torch.ops.lmkan.hessian2d_backward(grad_r, params, borders)
+    g2 = torch.ops.lmkan.hessian2d_backward(grad_r, params, borders)
+    assert torch.equal(r1, r2) and torch.equal(g1, g2)
+
+
+def _nan_pattern_check(name, fn, params, borders):
+    grad_r = torch.tensor(1.0, device="cuda")
+    _, ref_g = _reference_value_and_grad(fn, params, borders, grad_r)
+    r = getattr(torch.ops.lmkan, name)(params, borders)
+    g = getattr(torch.ops.lmkan, name + "_backward")(grad_r, params, borders)
+    assert torch.isnan(r)
+    assert torch.equal(torch.isnan(g).cpu(), torch.isnan(ref_g).cpu())
+    finite = ~torch.isnan(ref_g)
+    assert rel_l2(g[finite], ref_g[finite]) <= TOL
+
+
+@requires_gpu
+@pytest.mark.parametrize("where", [(0, 0), (1, 5), (13, 14), (26, 26), (26, 3), (12, 0)])
+def test_hessian2d_nan_only_where_it_depends(where):
+    params = torch.randn(27, 27, 3, 5, device="cuda")
+    params[where[0], where[1], 1, 2] = float("nan")
+    _nan_pattern_check("hessian2d", _reference.hessian2d, params, cdf_borders(26, device="cuda"))
+
+
+@requires_gpu
+@pytest.mark.parametrize("row", [0, 1, 15, 30, 31])
+def test_second_diff1d_nan_only_where_it_depends(row):
+    params = torch.randn(32, 3, 5, device="cuda")
+    params[row, 2, 4] = float("nan")
+    _nan_pattern_check("second_diff1d", _reference.second_diff1d, params, uniform_borders(31, 4.0, device="cuda"))
+
+
+@requires_gpu
+def test_layers_autograd_and_noncontiguous():
+    layer = LMKAN2DLayer(8, 6, 5).cuda()
+    with torch.no_grad():
+        layer.func_parameter.normal_()
+    r = layer.get_hessian_regularization()
+    r.backward(torch.tensor(3.0, device="cuda"))
+    ref_r, ref_g = _reference_value_and_grad(_reference.hessian2d, layer.func_parameter,
+                                             layer.borders, torch.tensor(3.0, device="cuda"))
+    assert abs(r.item() - ref_r.item()) <= TOL * abs(ref_r.item())
+    assert rel_l2(layer.func_parameter.grad, ref_g) <= TOL
+    # A non-contiguous table (a slice of a wider one) goes through ops.hessian2d.
+    wide = torch.randn(9, 9, 5, 8, device="cuda")
+    sliced = wide[:, :, :, 1:4]
+    assert not sliced.is_contiguous()
+    r = ops.hessian2d(sliced, layer.borders)
+    assert abs(r.item() - _reference.hessian2d(sliced.double(), layer.borders).item()) <= TOL * abs(r.item())
+
+
+@requires_gpu
+def test_many_layers_no_host_sync():
+    """Summing several layers' regularisers, forward and backward, never syncs the host."""
+    layers = [LMKAN2DLayer(g, 2 * n, n).cuda() for g, n in ((8, 16), (26, 32), (16, 7))]
+    layers += [LMKAN1DLayer(12, 9, 5).cuda(), KANLayer(16, 8)]
+    layers[-1].cuda()
+    for layer in layers:
+        with torch.no_grad():
+            layer.func_parameter.normal_()
+    assert_cuda_kernel("hessian2d")
+    assert_cuda_kernel("second_diff1d_backward")
+    # Warm-up outside sync-debug mode (first calls may load modules).
+    sum(layer.get_hessian_regularization() for layer in layers).backward()
+    for layer in layers:
+        layer.func_parameter.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        total = sum(layer.get_hessian_regularization() for layer in layers)
+        (0.5 * total).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    expected = 0.0
+    for layer in layers:
+        fn = _reference.hessian2d if isinstance(layer, LMKAN2DLayer) else _reference.second_diff1d
+        r, g = _reference_value_and_grad(fn, layer.func_parameter, layer.borders,
+                                         torch.tensor(0.5, device="cuda"))
+        expected += r.item()
+        assert rel_l2(layer.func_parameter.grad, g) <= TOL
+    assert abs(total.item() - expected) <= TOL * abs(expected)
+
+
+_ERROR_SCRIPT = r"""
+import pytest, torch
+import lmKAN  # noqa: F401
+from lmKAN.grids import cdf_borders
+borders = cdf_borders(8, device="cuda")
+with pytest.raises(ValueError, match="params must have shape"):
+    torch.ops.lmkan.hessian2d(torch.randn(9, 8, 2, 2, device="cuda"), borders)
+with pytest.raises(ValueError, match="params must have shape"):
+    torch.ops.lmkan.second_diff1d(torch.randn(9, 8, 2, 2, device="cuda"), borders)
+with pytest.raises(ValueError, match="grad_r"):
+    torch.ops.lmkan.hessian2d_backward(torch.ones(2, device="cuda"),
+                                       torch.randn(9, 9, 2, 2, device="cuda"), borders)
+with pytest.raises(ValueError, match="CUDA tensor"):
+    torch.ops.lmkan.second_diff1d(torch.randn(9, 2, 2, device="cuda"), borders.cpu())
+print("argument errors: ok")
+"""
+
+
+@requires_gpu
+def test_argument_errors():
+    """Bad arguments raise ValueError naming them. Run in a child process: on the GPU
+    machine (torch 2.11) the first raising call crashed the interpreter once, and a crash
+    must fail this test only, not the whole session."""
+    import subprocess
+    import sys
+
+    assert_cuda_kernel("hessian2d")
+    proc = subprocess.run([sys.executable, "-c", _ERROR_SCRIPT], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
