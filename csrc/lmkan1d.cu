@@ -35,7 +35,7 @@ constexpr int kThreads = 256;
 constexpr int kFwdOut = 32;          // outputs per block (8 lanes x float4)
 constexpr int kFwdSamplesPerThread = 16;
 constexpr int kFwdSamples = kFwdSamplesPerThread * 32;  // 512 samples per block
-constexpr int kFwdInputs = 4;        // inputs per shared-memory stage
+constexpr int kFwdInputs = 8;        // inputs per shared-memory stage
 
 // ---- dx configuration --------------------------------------------------------------------
 constexpr int kDxOut = 8;            // outputs per stage
