@@ -88,6 +88,12 @@ class LMKAN1DLayer(nn.Module):
         return (f"num_grids={self.num_grids}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
                 f"grid={self.grid!r}, init={self.init!r}, batch_last={self.batch_last}")
 
+    def plot_functions(self, path, pairs=None, **kwargs):
+        """Save the learned splines as curves to `path` (needs matplotlib); see
+        lmKAN.plotting.plot_1d_functions for `pairs` and the other options."""
+        from .plotting import plot_1d_functions
+        return plot_1d_functions(self, path, pairs=pairs, **kwargs)
+
 
 class KANLayer(LMKAN1DLayer):
     """Drop-in for KANditioned's KANLayer: batch-first, uniform grid of num_control_points.
@@ -105,3 +111,16 @@ class KANLayer(LMKAN1DLayer):
         self.in_features = self.input_dim
         self.out_features = self.output_dim
         self.num_control_points = num_control_points
+
+    def visualize_all_mappings(self, save_path=None):
+        """KANditioned's method: every (input, output) spline in one figure, saved to
+        `save_path` (needs matplotlib). Returns the figure."""
+        import os
+        import tempfile
+
+        from .plotting import plot_1d_functions
+        if save_path is not None:
+            return plot_1d_functions(self, save_path, title="KAN Layer Mappings")["figure"]
+        with tempfile.TemporaryDirectory() as tmp:
+            return plot_1d_functions(self, os.path.join(tmp, "mappings.png"),
+                                     title="KAN Layer Mappings")["figure"]

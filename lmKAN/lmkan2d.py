@@ -94,6 +94,12 @@ class LMKAN2DLayer(nn.Module):
                 f"tile_size_forward={self.tile_size_forward}, tile_size_backward={self.tile_size_backward}, "
                 f"backward_fast_mode={self.backward_fast_mode}, batch_last={self.batch_last}")
 
+    def plot_functions(self, path, pairs=None, **kwargs):
+        """Save the learned tables as heatmaps f(x1, x2) to `path` (needs matplotlib); see
+        lmKAN.plotting.plot_2d_functions for `pairs` ((pair, output)) and the other options."""
+        from .plotting import plot_2d_functions
+        return plot_2d_functions(self, path, pairs=pairs, **kwargs)
+
 
 _MAX_NUM_GRIDS_CACHE = {}
 

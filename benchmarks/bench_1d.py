@@ -1,0 +1,102 @@
+"""Benchmark of the 1D layer: KANLayer (uniform grid, 32 control points), batch-first,
+B=65536, 256 -> 256, beside nn.Linear and KANditioned's KANLayer (impl="embedding_bag")
+when that package is installed. Forward and forward+backward time (CUDA events, median
+after warm-up) and peak memory; the table is printed last and JSON written to --json.
+"""
+import argparse
+import json
+import os
+import statistics
+
+import torch
+
+from lmKAN import KANLayer
+
+# Shared-memory limit of the direct lookup scheme (PERFORMANCE.md): 2 reads per
+# (sample, output, input) at 132 SMs x 1.98 GHz x 128 B/clk.
+def smem_limit_ms(batch, n_in, n_out, reads=2):
+    return batch * n_out * n_in * reads * 4 / 128 / (132 * 1.98e9) * 1e3
+
+
+def timeit(fn, warmup=5, reps=20):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def measure(name, layer, x):
+    params = [p for p in layer.parameters()]
+    x_req = x.detach().clone().requires_grad_(True)
+
+    def fwd():
+        with torch.no_grad():
+            layer(x)
+
+    def fwd_bwd():
+        y = layer(x_req)
+        y.backward(gy)
+
+    with torch.no_grad():
+        gy = torch.randn_like(layer(x))
+    t_f = timeit(fwd)
+    t_fb = timeit(fwd_bwd)
+    for p in params + [x_req]:
+        p.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"name": name, "forward_ms": t_f, "fwd_bwd_ms": t_fb, "peak_gb": peak / 1e9,
+            "peak_extra_gb": (peak - base) / 1e9}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=65536)
+    ap.add_argument("--features", type=int, default=256)
+    ap.add_argument("--control-points", type=int, default=32)
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "bench_1d.json"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = "cuda"
+    n = args.features
+    x = 1.5 * torch.randn(args.batch, n, device=dev)
+    rows = []
+    rows.append(measure("lmKAN KANLayer", KANLayer(n, n, "random_normal", args.control_points).to(dev), x))
+    rows.append(measure("nn.Linear (fp32)", torch.nn.Linear(n, n).to(dev), x))
+    try:
+        from KANditioned import KANLayer as KDLayer
+        kd = KDLayer(n, n, "random_normal", num_control_points=args.control_points,
+                     impl="embedding_bag").to(dev)
+        rows.append(measure("KANditioned embedding_bag", kd, x))
+    except ImportError as exc:
+        print(f"KANditioned not installed ({exc}): row skipped")
+    limit = smem_limit_ms(args.batch, n, n)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "batch": args.batch, "features": n, "control_points": args.control_points,
+              "forward_smem_limit_ms": limit, "rows": rows,
+              "targets": {"forward_ms": 1.7, "fwd_bwd_ms": 6.0, "peak_gb": 0.5}}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\n{result['device']}, batch-first B={args.batch}, {n}->{n}, "
+          f"{args.control_points} control points; forward smem limit {limit:.2f} ms")
+    print(f"{'layer':<28}{'forward ms':>12}{'fwd+bwd ms':>12}{'peak GB':>10}")
+    for r in rows:
+        print(f"{r['name']:<28}{r['forward_ms']:>12.3f}{r['fwd_bwd_ms']:>12.3f}{r['peak_gb']:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck python benchmarks/sanitize_1d.py
+    compute-sanitizer --tool racecheck python benchmarks/sanitize_1d.py
+"""
+import torch
+
+import lmKAN  # noqa: F401 - registers the ops
+from lmKAN.grids import cdf_borders, uniform_borders
+
+
+def main():
+    torch.manual_seed(0)
+    for uniform in (False, True):
+        for batch_last in (True, False):
+            for g, n_in, n_out, batch in ((31, 37, 45, 531), (5, 3, 1, 7)):
+                borders = (uniform_borders(g, 4.0) if uniform else cdf_borders(g)).cuda()
+                params = torch.randn(g + 1, n_out, n_in, device="cuda")
+                x = 1.5 * torch.randn(*((n_in, batch) if batch_last else (batch, n_in)), device="cuda")
+                x.view(-1)[3] = float("nan")
+                y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last)
+                gx, gp = torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, params, borders,
+                                                          uniform, batch_last)
+    torch.cuda.synchronize()
+    print("sanitize_1d: all launches done")
+
+
+if __name__ == "__main__":
+    main()

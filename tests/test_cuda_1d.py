@@ -1,0 +1,153 @@
+"""CUDA kernels of the 1D layer (lmkan1d_forward / lmkan1d_backward) against the float64 reference.
+
+Runs on a GPU machine only (skipped with the reason elsewhere); a missing kernel fails there.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmKAN import KANLayer, LMKAN1DLayer, _reference
+from lmKAN.grids import cdf_borders, uniform_borders
+
+from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+
+pytestmark = requires_gpu
+
+TOL = 1e-5
+
+
+def _case(num_grids, n_in, n_out, batch, uniform, batch_last, far=False):
+    dev = "cuda"
+    borders = (uniform_borders(num_grids, 4.0) if uniform else cdf_borders(num_grids)).to(dev)
+    params = torch.randn(num_grids + 1, n_out, n_in, device=dev)
+    shape = (n_in, batch) if batch_last else (batch, n_in)
+    x = 1.5 * torch.randn(*shape, device=dev)
+    if far:  # a share of values far outside the grid (linear extrapolation)
+        mask = torch.rand(shape, device=dev) < 0.1
+        x = torch.where(mask, 40.0 * torch.randn(shape, device=dev), x)
+    return x, params, borders
+
+
+def _reference_all(x, params, borders, uniform, batch_last, grad_y):
+    xd = x.double().requires_grad_(True)
+    pd = params.double().requires_grad_(True)
+    y = _reference.lmkan1d_forward(xd, pd, borders.double(), uniform, batch_last)
+    gx, gp = torch.autograd.grad(y, (xd, pd), grad_y.double())
+    return y.detach(), gx, gp
+
+
+SHAPES = [(31, 256, 256, 1000), (8, 7, 5, 129), (3, 1, 1, 1), (16, 33, 70, 2049), (63, 40, 96, 777)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_kernels_match_float64(shape, uniform, batch_last):
+    assert_cuda_kernel("lmkan1d_forward")
+    assert_cuda_kernel("lmkan1d_backward")
+    g, n_in, n_out, batch = shape
+    x, params, borders = _case(g, n_in, n_out, batch, uniform, batch_last, far=True)
+    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last)
+    grad_y = torch.randn_like(y)
+    gx, gp = torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, uniform, batch_last)
+    y_ref, gx_ref, gp_ref = _reference_all(x, params, borders, uniform, batch_last, grad_y)
+    assert rel_l2(y, y_ref) <= TOL
+    assert rel_l2(gx, gx_ref) <= TOL
+    assert rel_l2(gp, gp_ref) <= TOL
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_poisoned_outputs_are_overwritten(uniform, batch_last):
+    x, params, borders = _case(31, 64, 48, 700, uniform, batch_last)
+    poison = torch.full((48 * 700 + 4096,), float("nan"), device="cuda")
+    del poison
+    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_nan_stays_where_it_belongs(uniform, batch_last):
+    g, n_in, n_out, batch = 15, 37, 45, 301
+    x, params, borders = _case(g, n_in, n_out, batch, uniform, batch_last)
+    nan_pos = [(3, 10), (20, 200)]  # (input, sample)
+    for i, s in nan_pos:
+        if batch_last:
+            x[i, s] = float("nan")
+        else:
+            x[s, i] = float("nan")
+    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last)
+    grad_y = torch.randn_like(y)
+    gx, gp = torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, uniform, batch_last)
+    y_ref, gx_ref, gp_ref = _reference_all(x, params, borders, uniform, batch_last, grad_y)
+    for got, ref in ((y, y_ref), (gx, gx_ref), (gp, gp_ref)):
+        assert torch.equal(torch.isnan(got).cpu(), torch.isnan(ref).cpu())
+        ok = torch.isfinite(ref)
+        assert torch.equal(torch.isfinite(got).cpu(), ok.cpu())
+        assert rel_l2(got[ok], ref[ok]) <= TOL
+
+
+def test_layers_autograd_on_cuda():
+    for layer, x in (
+        (LMKAN1DLayer(12, 50, 30, grid="cdf").cuda(), 1.5 * torch.randn(50, 333, device="cuda")),
+        (LMKAN1DLayer(12, 50, 30, grid="uniform", batch_last=False).cuda(),
+         1.5 * torch.randn(4, 83, 50, device="cuda")),
+        (KANLayer(64, 96, "random_normal").cuda(), 1.5 * torch.randn(517, 64, device="cuda")),
+    ):
+        with torch.no_grad():
+            layer.func_parameter.add_(0.3 * torch.randn_like(layer.func_parameter))
+        x.requires_grad_(True)
+        y = layer(x)
+        grad_y = torch.randn_like(y)
+        gx, gp = torch.autograd.grad(y, (x, layer.func_parameter), grad_y)
+        xd = x.detach().double().requires_grad_(True)
+        pd = layer.func_parameter.detach().double().requires_grad_(True)
+        x2d = xd if layer.batch_last else xd.reshape(-1, layer.input_dim)
+        y_ref = _reference.lmkan1d_forward(x2d, pd, layer.borders.double(), layer.grid == "uniform",
+                                           layer.batch_last)
+        y_ref = y_ref if layer.batch_last else y_ref.reshape(y.shape)
+        gx_ref, gp_ref = torch.autograd.grad(y_ref, (xd, pd), grad_y.double())
+        assert rel_l2(y, y_ref) <= TOL
+        assert rel_l2(gx, gx_ref) <= TOL
+        assert rel_l2(gp, gp_ref) <= TOL
+
+
+def test_identity_init_is_exact_on_cuda():
+    layer = KANLayer(40, 40, "identity").cuda()
+    x = 3.0 * torch.randn(999, 40, device="cuda")
+    assert rel_l2(layer(x), x) <= 1e-6
+
+
+def test_noncontiguous_input_and_opcheck():
+    x, params, borders = _case(7, 9, 11, 64, True, False)
+    wide = torch.randn(64, 20, device="cuda")
+    wide[:, ::2] = torch.randn(64, 10, device="cuda")[:, :10]
+    xs = wide[:, :18:2]  # non-contiguous [64, 9]
+    y = torch.ops.lmkan.lmkan1d_forward(xs, params, borders, True, False)
+    y_ref = _reference.lmkan1d_forward(xs.double(), params.double(), borders.double(), True, False)
+    assert rel_l2(y, y_ref) <= TOL
+    torch.library.opcheck(torch.ops.lmkan.lmkan1d_forward, (x, params, borders, True, False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.xfail(reason="on the H100 machine (torch 2.11.0+cu130) every exception thrown from the "
+                   "extension's CUDA ops ends the process with SIGSEGV (exit 139) while torch's own "
+                   "errors raise normally: see benchmarks/diag_errors_1d.py; the check itself is in place",
+                   strict=False)
+def test_large_num_grids_is_a_clear_error():
+    # Run in a child process: a failure mode of the error path must not take the suite down.
+    code = (
+        "import torch, lmKAN\n"
+        "x = torch.randn(4, 8, device='cuda')\n"
+        "big = torch.randn(4001, 4, 4, device='cuda')\n"
+        "try:\n"
+        "    torch.ops.lmkan.lmkan1d_forward(x, big, torch.linspace(-2, 2, 4001, device='cuda'), True, True)\n"
+        "except ValueError as e:\n"
+        "    print('VALUEERROR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "VALUEERROR" in out.stdout and "num_grids" in out.stdout, out.stdout + out.stderr[-2000:]
