@@ -1,0 +1,291 @@
+// LMKAN2DLayer forward kernel, table packing, device limits and lmkan2d_max_num_grids.
+//
+// Forward scheme: a block owns TILE outputs and blockDim.x samples (one thread per sample).
+// It loops over the input pairs in stages of `pairs_per_stage` pairs: the packed table
+// slice of those pairs (pairs_per_stage x (G+1)^2 x TILE floats, contiguous) is copied into
+// shared memory, then each thread finds its sample's cells and accumulates the TILE outputs
+// in registers. Every output is written once (no atomics, deterministic).
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "lmkan2d_common.cuh"
+
+namespace lmkan {
+namespace lmkan2d {
+
+DeviceLimits device_limits(int device_index) {
+  static std::mutex mutex;
+  static std::vector<DeviceLimits> cache;
+  static std::vector<bool> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (device_index >= static_cast<int>(cache.size())) {
+    cache.resize(device_index + 1);
+    known.resize(device_index + 1, false);
+  }
+  if (!known[device_index]) {
+    DeviceLimits d{};
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                          device_index));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm,
+                                          cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+                                          device_index));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.num_sms, cudaDevAttrMultiProcessorCount,
+                                          device_index));
+    cache[device_index] = d;
+    known[device_index] = true;
+  }
+  return cache[device_index];
+}
+
+// Pt [n_tiles, P, cells, tile] from params [cells, N_out, P]: one thread per Pt element.
+__global__ void pack_table_kernel(const float* __restrict__ params, float* __restrict__ packed,
+                                  int64_t cells, int n_out, int n_pairs, int tile,
+                                  int64_t total) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int t = static_cast<int>(idx % tile);
+    int64_t rest = idx / tile;
+    const int64_t c = rest % cells;
+    rest /= cells;
+    const int p = static_cast<int>(rest % n_pairs);
+    const int tile_index = static_cast<int>(rest / n_pairs);
+    const int o = tile_index * tile + t;
+    packed[idx] = o < n_out ? params[(c * n_out + o) * n_pairs + p] : 0.f;
+  }
+}
+
+at::Tensor pack_table(const at::Tensor& params, int tile) {
+  // params: [G+1, G+1, N_out, P] contiguous float32 on the current device.
+  const int64_t side = params.size(0);
+  const int64_t cells = side * side;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int n_tiles = (n_out + tile - 1) / tile;
+  at::Tensor packed = at::empty({n_tiles, n_pairs, cells, tile}, params.options());
+  const int64_t total = packed.numel();
+  if (total == 0) return packed;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65536);
+  pack_table_kernel<<<static_cast<unsigned>(blocks), threads, 0,
+                      c10::cuda::getCurrentCUDAStream()>>>(
+      params.data_ptr<float>(), packed.data_ptr<float>(), cells, n_out, n_pairs, tile, total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return packed;
+}
+
+namespace {
+
+template <int TILE>
+__global__ void __launch_bounds__(1024)
+forward_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_b
+               const float* __restrict__ packed,  // [n_tiles, P, cells, TILE]
+               const float* __restrict__ borders, // [G+1]
+               float* __restrict__ y,             // y: (o, b) at o*ys_f + b*ys_b
+               int64_t batch, int n_out, int n_pairs, int num_grids, int pairs_per_stage,
+               int64_t xs_f, int64_t xs_b, int64_t ys_f, int64_t ys_b) {
+  extern __shared__ __align__(16) float smem[];
+  const int side = num_grids + 1;
+  const int cells = side * side;
+  const int slice = cells * TILE;                     // floats per (tile, pair)
+  float* table = smem;                                // [pairs_per_stage][cells][TILE]
+  float* s_borders = smem + int64_t(pairs_per_stage) * slice;
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
+
+  const int tile_index = blockIdx.y;
+  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const bool active = b < batch;
+  const float* tile_table = packed + int64_t(tile_index) * n_pairs * slice;
+
+  float acc[TILE];
+#pragma unroll
+  for (int t = 0; t < TILE; ++t) acc[t] = 0.f;
+
+  for (int p0 = 0; p0 < n_pairs; p0 += pairs_per_stage) {
+    const int pc = min(pairs_per_stage, n_pairs - p0);
+    __syncthreads();  // previous stage fully read
+    {
+      const float4* src = reinterpret_cast<const float4*>(tile_table + int64_t(p0) * slice);
+      float4* dst = reinterpret_cast<float4*>(table);
+      const int n4 = pc * slice / 4;
+      for (int i = threadIdx.x; i < n4; i += blockDim.x) dst[i] = __ldg(src + i);
+    }
+    __syncthreads();
+    if (active) {
+      for (int j = 0; j < pc; ++j) {
+        const int64_t f = 2 * int64_t(p0 + j);
+        const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
+        const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
+        const float w00 = (1.f - c1.d) * (1.f - c2.d), w01 = (1.f - c1.d) * c2.d;
+        const float w10 = c1.d * (1.f - c2.d), w11 = c1.d * c2.d;
+        const float* base = table + j * slice + (c1.index * side + c2.index) * TILE;
+        const float4* q00 = reinterpret_cast<const float4*>(base);
+        const float4* q01 = reinterpret_cast<const float4*>(base + TILE);
+        const float4* q10 = reinterpret_cast<const float4*>(base + side * TILE);
+        const float4* q11 = reinterpret_cast<const float4*>(base + (side + 1) * TILE);
+#pragma unroll
+        for (int k = 0; k < TILE / 4; ++k) {
+          const float4 a = q00[k], bq = q01[k], cq = q10[k], dq = q11[k];
+          acc[4 * k + 0] += w00 * a.x + w01 * bq.x + w10 * cq.x + w11 * dq.x;
+          acc[4 * k + 1] += w00 * a.y + w01 * bq.y + w10 * cq.y + w11 * dq.y;
+          acc[4 * k + 2] += w00 * a.z + w01 * bq.z + w10 * cq.z + w11 * dq.z;
+          acc[4 * k + 3] += w00 * a.w + w01 * bq.w + w10 * cq.w + w11 * dq.w;
+        }
+      }
+    }
+  }
+  if (active) {
+#pragma unroll
+    for (int t = 0; t < TILE; ++t) {
+      const int o = tile_index * TILE + t;
+      if (o < n_out) y[int64_t(o) * ys_f + b * ys_b] = acc[t];
+    }
+  }
+}
+
+// Largest pairs-per-stage within a shared-memory budget (0 when even one pair does not fit).
+int stage_pairs(int num_grids, int tile, int n_pairs, int64_t budget, int cap) {
+  int best = 0;
+  for (int pc = 1; pc <= std::min(cap, std::max(n_pairs, 1)); ++pc) {
+    if (forward_smem_bytes(num_grids, tile, pc) <= budget) best = pc;
+  }
+  return best;
+}
+
+template <int TILE>
+void launch_forward(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& borders,
+                    at::Tensor& y, int64_t batch, int n_out, int n_pairs, int num_grids,
+                    int block, bool batch_last, const DeviceLimits& lim) {
+  // Prefer a stage small enough that several blocks share an SM; else take what fits.
+  const int blocks_per_sm = std::max(1, 2048 / block);
+  const int64_t shared_budget = lim.smem_per_sm / blocks_per_sm - 1024;
+  int pc = stage_pairs(num_grids, TILE, n_pairs, std::min<int64_t>(shared_budget, lim.smem_optin), 8);
+  if (pc == 0) pc = stage_pairs(num_grids, TILE, n_pairs, lim.smem_optin, 1);
+  TORCH_CHECK_VALUE(pc > 0, "lmkan2d_forward: num_grids=", num_grids, " with tile_size=", TILE,
+                    " needs ", forward_smem_bytes(num_grids, TILE, 1),
+                    " bytes of shared memory per block, the device allows ", lim.smem_optin);
+  const int64_t smem = forward_smem_bytes(num_grids, TILE, pc);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<TILE>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  const int64_t in_dim = 2 * int64_t(n_pairs);
+  const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
+  const int64_t ys_f = batch_last ? batch : 1, ys_b = batch_last ? 1 : n_out;
+  dim3 grid(static_cast<unsigned>((batch + block - 1) / block),
+            static_cast<unsigned>((n_out + TILE - 1) / TILE));
+  forward_kernel<TILE><<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
+      y.data_ptr<float>(), batch, n_out, n_pairs, num_grids, pc, xs_f, xs_b, ys_f, ys_b);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
+                  bool batch_last, int64_t tile_size, int64_t block_size, const char* op) {
+  check_cuda_float(x, "x");
+  check_cuda_float(params, "params");
+  check_cuda_float(borders, "borders");
+  check_same_device(x, "x", params, "params");
+  check_same_device(x, "x", borders, "borders");
+  check_dim(x, 2, "x");
+  check_dim(params, 4, "params");
+  check_dim(borders, 1, "borders");
+  TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16, op,
+                    ": tile_size must be 4, 8 or 16, got ", tile_size);
+  TORCH_CHECK_VALUE(block_size >= 32 && block_size <= 1024 && block_size % 32 == 0, op,
+                    ": block_size must be a multiple of 32 in [32, 1024], got ", block_size);
+  const int64_t side = params.size(0);
+  TORCH_CHECK_VALUE(side >= 4 && params.size(1) == side, op,
+                    ": params must be [G+1, G+1, N_out, N_in/2] with G >= 3, got shape ",
+                    params.sizes());
+  TORCH_CHECK_VALUE(borders.size(0) == side, op, ": borders must have G+1=", side,
+                    " entries, got ", borders.size(0));
+  const int64_t in_dim = batch_last ? x.size(0) : x.size(1);
+  TORCH_CHECK_VALUE(in_dim == 2 * params.size(3), op, ": x has ", in_dim,
+                    " input features but params expects input_dim=2*", params.size(3), "=",
+                    2 * params.size(3), " (x shape ", x.sizes(), ", batch_last=", batch_last, ")");
+  TORCH_CHECK_VALUE(params.size(2) >= 1, op, ": output_dim must be >= 1, got ", params.size(2));
+}
+
+at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
+                        const at::Tensor& borders_in, bool batch_last, int64_t tile_size,
+                        int64_t block_size, int64_t /*backward_tile_size*/,
+                        int64_t /*backward_block_size*/, bool /*backward_fast_mode*/) {
+  // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
+  check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
+  const at::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
+                   borders = borders_in.contiguous();
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
+                            : at::empty({batch, n_out}, x.options());
+  if (batch == 0) return y;
+  const DeviceLimits lim = device_limits(x.device().index());
+  const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
+  TORCH_CHECK_VALUE(forward_smem_bytes(num_grids, tile, 1) <= lim.smem_optin,
+                    "lmkan2d_forward: num_grids=", num_grids, " does not fit in shared memory with "
+                    "tile_size=", tile, "; the largest supported is ",
+                    max_num_grids_for(tile, "forward", x.device().index()));
+  const at::Tensor packed = pack_table(params, tile);
+  if (tile == 4) launch_forward<4>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
+  else if (tile == 8) launch_forward<8>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
+  else launch_forward<16>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
+  return y;
+}
+
+int max_num_grids_for(int tile, const std::string& mode, int device_index) {
+  const DeviceLimits lim = device_limits(device_index);
+  int best = 0;
+  for (int g = 3; g < 4096; ++g) {
+    bool fits;
+    if (mode == "forward") {
+      fits = forward_smem_bytes(g, tile, 1) <= lim.smem_optin;
+    } else {
+      // backward (either mode): the dx kernel with one pair per stage and the dP kernel
+      // with its smallest configuration (32 slots, 32 samples per chunk) must both fit.
+      const int slots = std::max(32, tile);
+      fits = dx_smem_bytes(g, tile, 1) <= lim.smem_optin &&
+             dp_smem_bytes(g, tile, slots, 32) <= lim.smem_optin;
+    }
+    if (!fits) break;
+    best = g;
+  }
+  return best;
+}
+
+int64_t max_num_grids_op(int64_t tile_size, c10::string_view mode, int64_t device_index) {
+  TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16,
+                    "lmkan2d_max_num_grids: tile_size must be 4, 8 or 16, got ", tile_size);
+  const std::string m(mode.data(), mode.size());
+  TORCH_CHECK_VALUE(m == "forward" || m == "backward" || m == "backward_fast",
+                    "lmkan2d_max_num_grids: mode must be 'forward', 'backward' or "
+                    "'backward_fast', got '", m, "'");
+  int count = 0;
+  C10_CUDA_CHECK(cudaGetDeviceCount(&count));
+  TORCH_CHECK_VALUE(device_index >= 0 && device_index < count,
+                    "lmkan2d_max_num_grids: device_index must be in [0, ", count, "), got ",
+                    device_index);
+  return max_num_grids_for(static_cast<int>(tile_size), m, static_cast<int>(device_index));
+}
+
+}  // namespace lmkan2d
+}  // namespace lmkan
+
+TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
+  m.impl("lmkan2d_forward", &lmkan::lmkan2d::forward_cuda);
+}
+
+TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {
+  m.impl("lmkan2d_max_num_grids", &lmkan::lmkan2d::max_num_grids_op);
+}
