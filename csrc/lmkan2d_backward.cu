@@ -40,9 +40,10 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           int64_t batch, int n_out, int n_pairs, int num_grids, int pairs_per_block,
           int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
   extern __shared__ __align__(16) float smem[];
+  constexpr int RS = dx_row(TILE);  // floats per cell row (padded)
   const int side = num_grids + 1;
-  const int slice = side * side * TILE;
-  float* table = smem;  // [pairs_per_block][cells][TILE]
+  const int slice = side * side * RS;
+  float* table = smem;  // [pairs_per_block][cells][RS]
   float* s_borders = smem + int64_t(pairs_per_block) * slice;
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
   __syncthreads();
@@ -61,7 +62,7 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
       const int64_t f = 2 * int64_t(p0 + j);
       const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
       const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
-      base[j] = j * slice + (c1.index * side + c2.index) * TILE;
+      base[j] = j * slice + (c1.index * side + c2.index) * RS;
       d1[j] = c1.d; d2[j] = c2.d;
       h1[j] = s_borders[c1.index + 1] - s_borders[c1.index];
       h2[j] = s_borders[c2.index + 1] - s_borders[c2.index];
@@ -73,10 +74,12 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     __syncthreads();
     {
       const float4* src = reinterpret_cast<const float4*>(
-          packed + (int64_t(tile) * n_pairs + p0) * slice);
-      float4* dst = reinterpret_cast<float4*>(table);
-      const int n4 = pc * slice / 4;
-      for (int i = threadIdx.x; i < n4; i += blockDim.x) dst[i] = __ldg(src + i);
+          packed + (int64_t(tile) * n_pairs + p0) * side * side * TILE);
+      const int n4 = pc * side * side * (TILE / 4);
+      for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+        const int row = i / (TILE / 4), k = i % (TILE / 4);
+        reinterpret_cast<float4*>(table + row * RS)[k] = __ldg(src + i);
+      }
     }
     __syncthreads();
     if (!active) continue;
@@ -90,9 +93,9 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     for (int j = 0; j < kDxPairs; ++j) {
       if (j < pc) {
         const float4* q00 = reinterpret_cast<const float4*>(table + base[j]);
-        const float4* q01 = reinterpret_cast<const float4*>(table + base[j] + TILE);
-        const float4* q10 = reinterpret_cast<const float4*>(table + base[j] + side * TILE);
-        const float4* q11 = reinterpret_cast<const float4*>(table + base[j] + (side + 1) * TILE);
+        const float4* q01 = reinterpret_cast<const float4*>(table + base[j] + RS);
+        const float4* q10 = reinterpret_cast<const float4*>(table + base[j] + side * RS);
+        const float4* q11 = reinterpret_cast<const float4*>(table + base[j] + (side + 1) * RS);
         float a1 = 0.f, a2 = 0.f;  // sum_o g * (P10-P00), g * (P11-P01) and similar
         float e1 = 0.f, e2 = 0.f;
 #pragma unroll
@@ -136,13 +139,10 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   const int cells = side * side;
   const int slots = blockDim.x;
   const int ppb = slots / TILE;  // pairs per block
-  const int row = chunk + 1;     // padded row of the per-pair staging arrays
   float* acc = smem;                                       // [cells][slots]
   float* gy_s = acc + int64_t(cells) * slots;              // [chunk][TILE]
-  int* cell_s = reinterpret_cast<int*>(gy_s + chunk * TILE);  // [ppb][row]
-  float* d1_s = reinterpret_cast<float*>(cell_s + ppb * row);  // [ppb][row]
-  float* d2_s = d1_s + ppb * row;                             // [ppb][row]
-  float* s_borders = d2_s + ppb * row;                        // [side]
+  float4* info_s = reinterpret_cast<float4*>(gy_s + chunk * TILE);  // [chunk][ppb]: cell, d1, d2
+  float* s_borders = reinterpret_cast<float*>(info_s + int64_t(chunk) * ppb);  // [side]
 
   const int n_tiles = (n_out + TILE - 1) / TILE;
   const int tile = blockIdx.x % n_tiles;
@@ -179,23 +179,21 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
         a = c1.d;
         bb = c2.d;
       }
-      cell_s[q * row + s] = index;
-      d1_s[q * row + s] = a;
-      d2_s[q * row + s] = bb;
+      info_s[s * ppb + q] = make_float4(__int_as_float(index), a, bb, 0.f);
     }
     __syncthreads();
-    const int* my_cell = cell_s + pl * row;
-    const float* my_d1 = d1_s + pl * row;
-    const float* my_d2 = d2_s + pl * row;
     for (int s = 0; s < cs; ++s) {
       const float g = gy_s[s * TILE + tl];
-      const float a = my_d1[s], bb = my_d2[s];
-      float* r = acc + my_cell[s] * slots + slot;
+      const float4 v = info_s[s * ppb + pl];
+      const float a = v.y, bb = v.z;
+      float* r = acc + __float_as_int(v.x) * slots + slot;
       const float ga = g * a, gna = g - ga;  // g*d1, g*(1-d1)
-      r[0] += gna - gna * bb;
-      r[slots] += gna * bb;
-      r[side * slots] += ga - ga * bb;
-      r[(side + 1) * slots] += ga * bb;
+      // The 4 corners are distinct addresses: load all, then store all.
+      const float r00 = r[0], r01 = r[slots], r10 = r[side * slots], r11 = r[(side + 1) * slots];
+      r[0] = r00 + (gna - gna * bb);
+      r[slots] = r01 + gna * bb;
+      r[side * slots] = r10 + (ga - ga * bb);
+      r[(side + 1) * slots] = r11 + ga * bb;
     }
   }
   if (o < n_out && p < n_pairs) {

@@ -32,19 +32,31 @@ at::Tensor pack_table(const at::Tensor& params, int tile);
 
 // Shared-memory footprints (bytes) of each kernel configuration; the host code and
 // lmkan2d_max_num_grids use the same functions, so the limit and the launch agree.
-inline int64_t forward_smem_bytes(int num_grids, int tile, int pairs_per_stage) {
-  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  return cells * tile * pairs_per_stage * 4 + int64_t(num_grids + 1) * 4 + 16;
-}
+// dx kernel: pairs_per_stage table slices [cells][dx_row(tile)] plus the borders. Rows are
+// padded to tile + 4 floats (tile 8, 16) so that rows of random cells start in different
+// 16-byte bank groups.
+constexpr int dx_row(int tile) { return tile == 4 ? 4 : tile + 4; }
 inline int64_t dx_smem_bytes(int num_grids, int tile, int pairs_per_stage) {
-  return forward_smem_bytes(num_grids, tile, pairs_per_stage);
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  return cells * dx_row(tile) * pairs_per_stage * 4 + int64_t(num_grids + 1) * 4 + 16;
 }
+// Forward kernel: pairs_per_stage table slices [cells][copies * tile] (the tile repeated
+// `copies` times so that the 32/tile samples a warp reads at once sit in different banks),
+// the staged cells [pairs_per_stage][samples_per_block] as float4, plus the borders.
+constexpr int kForwardSamplesPerWarp = 16;  // samples per warp per block (32/TILE groups x TILE/2)
+inline int64_t forward_smem_bytes(int num_grids, int tile, int pairs_per_stage, int copies,
+                                  int samples_per_block) {
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  return (cells * tile * copies * 4 + int64_t(samples_per_block) * 16) * pairs_per_stage +
+         int64_t(num_grids + 1) * 4 + 16;
+}
+
 // dP kernel: an accumulator [(G+1)^2][slots] plus a chunk of staged samples:
-// grad_y [chunk][tile] and per (pair, sample) cell index, d1, d2 (padded row chunk+1).
+// grad_y [chunk][tile] and per (sample, pair) a float4 (cell index, d1, d2, 0).
 inline int64_t dp_smem_bytes(int num_grids, int tile, int slots, int chunk) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
   const int64_t pairs = slots / tile;
-  return cells * slots * 4 + int64_t(chunk) * tile * 4 + pairs * (chunk + 1) * 12 +
+  return cells * slots * 4 + int64_t(chunk) * tile * 4 + pairs * chunk * 16 +
          int64_t(num_grids + 1) * 4 + 16;
 }
 

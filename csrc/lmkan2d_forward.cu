@@ -83,6 +83,12 @@ at::Tensor pack_table(const at::Tensor& params, int tile) {
 
 namespace {
 
+// Forward, lane layout: lane = (group g, output t) with t = lane % TILE; the 32/TILE groups
+// of a warp take 32/TILE different samples at once, and each lane owns M = TILE/2 samples
+// (so a warp owns 16 samples and one output tile). A lane reads the 4 corners of its
+// sample's cell for its own output: the TILE lanes of a group read TILE consecutive floats,
+// and the groups read different copies of the tile, so a warp's 32 reads hit 32 banks.
+// Cells (index, d1, d2) are computed once per (sample, pair) per block and staged.
 template <int TILE>
 __global__ void __launch_bounds__(1024)
 forward_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_b
@@ -90,99 +96,112 @@ forward_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_
                const float* __restrict__ borders, // [G+1]
                float* __restrict__ y,             // y: (o, b) at o*ys_f + b*ys_b
                int64_t batch, int n_out, int n_pairs, int num_grids, int pairs_per_stage,
-               int64_t xs_f, int64_t xs_b, int64_t ys_f, int64_t ys_b) {
+               int copies, int64_t xs_f, int64_t xs_b, int64_t ys_f, int64_t ys_b) {
+  constexpr int GROUPS = 32 / TILE;
+  constexpr int M = TILE / 2;  // samples per lane; GROUPS * M = 16 samples per warp
   extern __shared__ __align__(16) float smem[];
   const int side = num_grids + 1;
   const int cells = side * side;
-  const int slice = cells * TILE;                     // floats per (tile, pair)
-  float* table = smem;                                // [pairs_per_stage][cells][TILE]
-  float* s_borders = smem + int64_t(pairs_per_stage) * slice;
+  const int rs = TILE * copies;                       // floats per cell row
+  const int nb = (blockDim.x / 32) * kForwardSamplesPerWarp;  // samples per block
+  float* table = smem;                                // [pairs_per_stage][cells][rs]
+  float4* info = reinterpret_cast<float4*>(table + int64_t(pairs_per_stage) * cells * rs);
+  float* s_borders = reinterpret_cast<float*>(info + int64_t(pairs_per_stage) * nb);
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
 
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int t = lane % TILE, g = lane / TILE;
+  const int copy = g % copies;
   const int tile_index = blockIdx.y;
-  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const bool active = b < batch;
-  const float* tile_table = packed + int64_t(tile_index) * n_pairs * slice;
+  const int64_t b0 = blockIdx.x * int64_t(nb);
+  const float* tile_table = packed + int64_t(tile_index) * n_pairs * cells * TILE;
 
-  float acc[TILE];
+  float acc[M];
 #pragma unroll
-  for (int t = 0; t < TILE; ++t) acc[t] = 0.f;
+  for (int m = 0; m < M; ++m) acc[m] = 0.f;
 
   for (int p0 = 0; p0 < n_pairs; p0 += pairs_per_stage) {
     const int pc = min(pairs_per_stage, n_pairs - p0);
-    __syncthreads();  // previous stage fully read
+    __syncthreads();  // previous stage fully read (and borders written)
     {
-      const float4* src = reinterpret_cast<const float4*>(tile_table + int64_t(p0) * slice);
-      float4* dst = reinterpret_cast<float4*>(table);
-      const int n4 = pc * slice / 4;
-      for (int i = threadIdx.x; i < n4; i += blockDim.x) dst[i] = __ldg(src + i);
+      const float4* src = reinterpret_cast<const float4*>(tile_table + int64_t(p0) * cells * TILE);
+      const int per_row = TILE / 4;
+      const int n4 = pc * cells * per_row;
+      for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+        const float4 v = __ldg(src + i);
+        const int row = i / per_row, k = i % per_row;  // row = j * cells + cell
+        float4* dst = reinterpret_cast<float4*>(table + int64_t(row) * rs) + k;
+        for (int c = 0; c < copies; ++c) dst[c * per_row] = v;
+      }
     }
-    __syncthreads();
-    if (active) {
-      for (int j = 0; j < pc; ++j) {
+    for (int i = threadIdx.x; i < pc * nb; i += blockDim.x) {
+      const int j = i / nb, s = i % nb;
+      const int64_t b = b0 + s;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (b < batch) {
         const int64_t f = 2 * int64_t(p0 + j);
         const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
         const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
-        const float w00 = (1.f - c1.d) * (1.f - c2.d), w01 = (1.f - c1.d) * c2.d;
-        const float w10 = c1.d * (1.f - c2.d), w11 = c1.d * c2.d;
-        const float* base = table + j * slice + (c1.index * side + c2.index) * TILE;
-        const float4* q00 = reinterpret_cast<const float4*>(base);
-        const float4* q01 = reinterpret_cast<const float4*>(base + TILE);
-        const float4* q10 = reinterpret_cast<const float4*>(base + side * TILE);
-        const float4* q11 = reinterpret_cast<const float4*>(base + (side + 1) * TILE);
+        v = make_float4(__int_as_float(c1.index * side + c2.index), c1.d, c2.d, 0.f);
+      }
+      info[i] = v;
+    }
+    __syncthreads();
+    for (int j = 0; j < pc; ++j) {
+      const float* tj = table + int64_t(j) * cells * rs + copy * TILE + t;
+      const float4* ij = info + j * nb + warp * kForwardSamplesPerWarp + g;
 #pragma unroll
-        for (int k = 0; k < TILE / 4; ++k) {
-          const float4 a = q00[k], bq = q01[k], cq = q10[k], dq = q11[k];
-          acc[4 * k + 0] += w00 * a.x + w01 * bq.x + w10 * cq.x + w11 * dq.x;
-          acc[4 * k + 1] += w00 * a.y + w01 * bq.y + w10 * cq.y + w11 * dq.y;
-          acc[4 * k + 2] += w00 * a.z + w01 * bq.z + w10 * cq.z + w11 * dq.z;
-          acc[4 * k + 3] += w00 * a.w + w01 * bq.w + w10 * cq.w + w11 * dq.w;
-        }
+      for (int m = 0; m < M; ++m) {
+        const float4 v = ij[m * GROUPS];
+        const float* q = tj + __float_as_int(v.x) * rs;
+        const float d1 = v.y, d2 = v.z;
+        const float a = q[0], bq = q[rs], cq = q[side * rs], dq = q[(side + 1) * rs];
+        acc[m] += (1.f - d1) * ((1.f - d2) * a + d2 * bq) + d1 * ((1.f - d2) * cq + d2 * dq);
       }
     }
   }
-  if (active) {
+  const int o = tile_index * TILE + t;
+  if (o < n_out) {
 #pragma unroll
-    for (int t = 0; t < TILE; ++t) {
-      const int o = tile_index * TILE + t;
-      if (o < n_out) y[int64_t(o) * ys_f + b * ys_b] = acc[t];
+    for (int m = 0; m < M; ++m) {
+      const int64_t b = b0 + warp * kForwardSamplesPerWarp + m * GROUPS + g;
+      if (b < batch) y[int64_t(o) * ys_f + b * ys_b] = acc[m];
     }
   }
-}
-
-// Largest pairs-per-stage within a shared-memory budget (0 when even one pair does not fit).
-int stage_pairs(int num_grids, int tile, int n_pairs, int64_t budget, int cap) {
-  int best = 0;
-  for (int pc = 1; pc <= std::min(cap, std::max(n_pairs, 1)); ++pc) {
-    if (forward_smem_bytes(num_grids, tile, pc) <= budget) best = pc;
-  }
-  return best;
 }
 
 template <int TILE>
 void launch_forward(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& borders,
                     at::Tensor& y, int64_t batch, int n_out, int n_pairs, int num_grids,
                     int block, bool batch_last, const DeviceLimits& lim) {
-  // Prefer a stage small enough that several blocks share an SM; else take what fits.
+  const int nb = (block / 32) * kForwardSamplesPerWarp;
+  // Prefer all 32/TILE copies and a stage small enough that 2048/block blocks share an SM;
+  // then the whole opt-in shared memory; then fewer copies (bank conflicts, still right).
   const int blocks_per_sm = std::max(1, 2048 / block);
-  const int64_t shared_budget = lim.smem_per_sm / blocks_per_sm - 1024;
-  int pc = stage_pairs(num_grids, TILE, n_pairs, std::min<int64_t>(shared_budget, lim.smem_optin), 8);
-  if (pc == 0) pc = stage_pairs(num_grids, TILE, n_pairs, lim.smem_optin, 1);
+  const int64_t shared_budget = std::min<int64_t>(lim.smem_per_sm / blocks_per_sm - 1024, lim.smem_optin);
+  int pc = 0, copies = 0;
+  for (int pass = 0; pass < 2 && pc == 0; ++pass) {
+    const int64_t budget = pass == 0 ? shared_budget : lim.smem_optin;
+    for (int c = 32 / TILE; c >= 1 && pc == 0; c /= 2) {
+      for (int q = std::min(8, n_pairs); q >= 1 && pc == 0; --q)
+        if (forward_smem_bytes(num_grids, TILE, q, c, nb) <= budget) { pc = q; copies = c; }
+    }
+  }
   TORCH_CHECK_VALUE(pc > 0, "lmkan2d_forward: num_grids=", num_grids, " with tile_size=", TILE,
-                    " needs ", forward_smem_bytes(num_grids, TILE, 1),
+                    " and block_size=", block, " needs ", forward_smem_bytes(num_grids, TILE, 1, 1, nb),
                     " bytes of shared memory per block, the device allows ", lim.smem_optin);
-  const int64_t smem = forward_smem_bytes(num_grids, TILE, pc);
+  const int64_t smem = forward_smem_bytes(num_grids, TILE, pc, copies, nb);
   C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<TILE>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
   const int64_t in_dim = 2 * int64_t(n_pairs);
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
   const int64_t ys_f = batch_last ? batch : 1, ys_b = batch_last ? 1 : n_out;
-  dim3 grid(static_cast<unsigned>((batch + block - 1) / block),
+  dim3 grid(static_cast<unsigned>((batch + nb - 1) / nb),
             static_cast<unsigned>((n_out + TILE - 1) / TILE));
   forward_kernel<TILE><<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
-      y.data_ptr<float>(), batch, n_out, n_pairs, num_grids, pc, xs_f, xs_b, ys_f, ys_b);
+      y.data_ptr<float>(), batch, n_out, n_pairs, num_grids, pc, copies, xs_f, xs_b, ys_f, ys_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -233,10 +252,10 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   if (batch == 0) return y;
   const DeviceLimits lim = device_limits(x.device().index());
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
-  TORCH_CHECK_VALUE(forward_smem_bytes(num_grids, tile, 1) <= lim.smem_optin,
-                    "lmkan2d_forward: num_grids=", num_grids, " does not fit in shared memory with "
-                    "tile_size=", tile, "; the largest supported is ",
-                    max_num_grids_for(tile, "forward", x.device().index()));
+  const int limit = max_num_grids_for(tile, "forward", x.device().index());
+  TORCH_CHECK_VALUE(num_grids <= limit, "lmkan2d_forward: num_grids=", num_grids,
+                    " does not fit in shared memory with tile_size=", tile,
+                    "; the largest supported is ", limit);
   const at::Tensor packed = pack_table(params, tile);
   if (tile == 4) launch_forward<4>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
   else if (tile == 8) launch_forward<8>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
@@ -250,7 +269,8 @@ int max_num_grids_for(int tile, const std::string& mode, int device_index) {
   for (int g = 3; g < 4096; ++g) {
     bool fits;
     if (mode == "forward") {
-      fits = forward_smem_bytes(g, tile, 1) <= lim.smem_optin;
+      // one pair per stage, one copy of the tile, the largest block (1024 threads)
+      fits = forward_smem_bytes(g, tile, 1, 1, 32 * kForwardSamplesPerWarp) <= lim.smem_optin;
     } else {
       // backward (either mode): the dx kernel with one pair per stage and the dP kernel
       // with its smallest configuration (32 slots, 32 samples per chunk) must both fit.
