@@ -135,7 +135,9 @@ forward_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_
       }
     }
     for (int i = threadIdx.x; i < pc * nb; i += blockDim.x) {
-      const int j = i / nb, s = i % nb;
+      // batch-last: neighbouring threads take neighbouring samples; batch-first:
+      // neighbouring pairs of one sample (both read contiguous x).
+      const int j = xs_b == 1 ? i / nb : i % pc, s = xs_b == 1 ? i % nb : i / pc;
       const int64_t b = b0 + s;
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
       if (b < batch) {
@@ -144,7 +146,7 @@ forward_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_
         const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
         v = make_float4(__int_as_float(c1.index * side + c2.index), c1.d, c2.d, 0.f);
       }
-      info[i] = v;
+      info[j * nb + s] = v;
     }
     __syncthreads();
     for (int j = 0; j < pc; ++j) {
