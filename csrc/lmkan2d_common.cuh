@@ -43,7 +43,7 @@ inline int64_t dx_smem_bytes(int num_grids, int tile, int pairs_per_stage) {
 // Forward kernel: pairs_per_stage table slices [cells][copies * tile] (the tile repeated
 // `copies` times so that the 32/tile samples a warp reads at once sit in different banks),
 // the staged cells [pairs_per_stage][samples_per_block] as float4, plus the borders.
-constexpr int kForwardSamplesPerWarp = 16;  // samples per warp per block (32/TILE groups x TILE/2)
+constexpr int kForwardSamplesPerWarp = 32;  // samples per warp per block (32/TILE groups x TILE)
 inline int64_t forward_smem_bytes(int num_grids, int tile, int pairs_per_stage, int copies,
                                   int samples_per_block) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);

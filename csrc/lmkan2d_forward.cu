@@ -84,8 +84,8 @@ at::Tensor pack_table(const at::Tensor& params, int tile) {
 namespace {
 
 // Forward, lane layout: lane = (group g, output t) with t = lane % TILE; the 32/TILE groups
-// of a warp take 32/TILE different samples at once, and each lane owns M = TILE/2 samples
-// (so a warp owns 16 samples and one output tile). A lane reads the 4 corners of its
+// of a warp take 32/TILE different samples at once, and each lane owns M = TILE samples
+// (so a warp owns 32 samples and one output tile). A lane reads the 4 corners of its
 // sample's cell for its own output: the TILE lanes of a group read TILE consecutive floats,
 // and the groups read different copies of the tile, so a warp's 32 reads hit 32 banks.
 // Cells (index, d1, d2) are computed once per (sample, pair) per block and staged.
@@ -98,7 +98,7 @@ forward_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_
                int64_t batch, int n_out, int n_pairs, int num_grids, int pairs_per_stage,
                int copies, int64_t xs_f, int64_t xs_b, int64_t ys_f, int64_t ys_b) {
   constexpr int GROUPS = 32 / TILE;
-  constexpr int M = TILE / 2;  // samples per lane; GROUPS * M = 16 samples per warp
+  constexpr int M = TILE;  // samples per lane; GROUPS * M = 32 samples per warp
   extern __shared__ __align__(16) float smem[];
   const int side = num_grids + 1;
   const int cells = side * side;
