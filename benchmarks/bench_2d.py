@@ -1,0 +1,140 @@
+"""LMKAN2DLayer kernels: forward and forward+backward time and peak memory.
+
+Each case beside nn.Linear at the same shape (fp32, TF32, bf16) measured in the same run and
+beside the shared-memory limit of the direct lookup scheme (PERFORMANCE.md). CUDA events,
+warm-up, median. Prints a table last; writes JSON (--json).
+
+  python benchmarks/bench_2d.py [--json PATH] [--reps N]
+"""
+import argparse
+import json
+import os
+import statistics
+
+import torch
+
+from lmKAN import ops
+from lmKAN.grids import cdf_borders
+
+# (name, G, n_in, n_out, batch, modes, forward limit ms from PERFORMANCE.md or None, original ms)
+CASES = [
+    ("G16 512->512 B=2^20", 16, 512, 512, 1 << 20, ("fwd",), 65.7, {"fwd": 85.3}),
+    ("G8 512->512 B=2^18", 8, 512, 512, 1 << 18, ("fwd", "fwd+bwd"), 16.4, {"fwd": 25.8, "fwd+bwd": 98.3}),
+    ("G26 256->256 B=2^18", 26, 256, 256, 1 << 18, ("fwd", "fwd+bwd"), 4.1, {"fwd": 6.6, "fwd+bwd": 46.1}),
+    ("G26 128->128 B=1024", 26, 128, 128, 1024, ("fwd", "fwd+bwd"), None, {"fwd": 0.072, "fwd+bwd": 0.285}),
+]
+
+
+def timed(fn, reps, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_mb(fn):
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, backward):
+    x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
+    params = (torch.rand(G + 1, G + 1, n_out, n_in // 2, device="cuda") - 0.5) * 0.2
+    borders = cdf_borders(G, device="cuda")
+    if not backward:
+        return lambda: ops.lmkan2d(x, params, borders, batch_last, tile_f, 1024, tile_b, block_b, fast)
+    x.requires_grad_(True)
+    params.requires_grad_(True)
+    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+
+    def step():
+        y = ops.lmkan2d(x, params, borders, batch_last, tile_f, 1024, tile_b, block_b, fast)
+        x.grad = None
+        params.grad = None
+        y.backward(gy)
+    return step
+
+
+def linear_fns(n_in, n_out, batch, dtype, backward):
+    lin = torch.nn.Linear(n_in, n_out, bias=False, device="cuda", dtype=dtype)
+    x = torch.randn(batch, n_in, device="cuda", dtype=dtype, requires_grad=backward)
+    if not backward:
+        return lambda: lin(x)
+    gy = torch.randn(batch, n_out, device="cuda", dtype=dtype)
+
+    def step():
+        x.grad = None
+        lin.weight.grad = None
+        lin(x).backward(gy)
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "bench_2d.json"))
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for name, G, n_in, n_out, batch, modes, limit, original in CASES:
+        for mode in modes:
+            backward = mode == "fwd+bwd"
+            lin = {}
+            for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                                       ("bf16", torch.bfloat16, False)):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                lin[label] = timed(linear_fns(n_in, n_out, batch, dtype, backward), args.reps)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            configs = []
+            if backward:
+                for tile in (4, 8, 16):
+                    for fast in (False, True):
+                        configs.append((f"bwd tile {tile} {'fast' if fast else 'normal'}", 16 if G <= 16 else 8, tile, 512, fast, True))
+            else:
+                for tile in (4, 8, 16):
+                    configs.append((f"tile {tile}", tile, 8, 512, False, True))
+                configs.append(("tile 16 batch-first" if G <= 16 else "tile 8 batch-first",
+                                16 if G <= 16 else 8, 8, 512, False, False))
+            for label, tile_f, tile_b, block_b, fast, batch_last in configs:
+                try:
+                    fn = lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, backward)
+                    ms = timed(fn, args.reps)
+                    mem = peak_mb(fn)
+                    err = None
+                except Exception as exc:  # noqa: BLE001  (report, keep going)
+                    ms, mem, err = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"[:200]
+                lim = None if limit is None else (limit * 4 if backward else limit)
+                rows.append(dict(case=name, mode=mode, config=label, ms=ms, peak_mb=mem, error=err,
+                                 limit_ms=lim, original_ms=original.get(mode),
+                                 linear_fp32_ms=lin["fp32"], linear_tf32_ms=lin["tf32"],
+                                 linear_bf16_ms=lin["bf16"]))
+                print(rows[-1], flush=True)
+                torch.cuda.empty_cache()
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+    print(f"\ndevice: {torch.cuda.get_device_name()}   (limit: fwd = shared-memory bound of the direct "
+          f"scheme; fwd+bwd = 4x that)")
+    hdr = f"{'case':22} {'mode':8} {'config':26} {'ms':>9} {'peakMB':>8} {'limit':>7} {'orig':>7} {'lin32':>7} {'tf32':>7} {'bf16':>7}"
+    print(hdr)
+    for r in rows:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{r['case']:22} {r['mode']:8} {r['config']:26} {r['ms']:9.3f} {r['peak_mb']:8.0f} "
+              f"{fmt(r['limit_ms']):>7} {fmt(r['original_ms']):>7} {r['linear_fp32_ms']:7.3f} "
+              f"{r['linear_tf32_ms']:7.3f} {r['linear_bf16_ms']:7.3f}" + (f"  ERR {r['error']}" if r['error'] else ""))
+
+
+if __name__ == "__main__":
+    main()
