@@ -30,7 +30,7 @@ for stage in "$@"; do
       grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
       for topic in 2d 1d reg; do
         for tool in memcheck racecheck; do
-          timeout 150 compute-sanitizer --tool $tool $PY benchmarks/sanitize_$topic.py \
+          timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool $PY benchmarks/sanitize_$topic.py \
             > "$OUT/sanitize_tmp.log" 2>&1
           rc=$?
           cat "$OUT/sanitize_tmp.log" >> "$OUT/sanitize.log"
@@ -42,11 +42,14 @@ for stage in "$@"; do
       $PY benchmarks/diag_errors.py 2>&1 | tee -a "$OUT/summary.txt"
       ;;
     bench)
-      for topic in 2d 1d hessian; do
-        $PY benchmarks/bench_$topic.py --json "$OUT/bench_$topic.json" > "$OUT/bench_$topic.log" 2>&1
+      # BENCH_TOPICS: which scripts (default all); BENCH_TIMEOUT: seconds each.
+      topics=${BENCH_TOPICS:-hessian 1d 2d}
+      for topic in $topics; do
+        timeout "${BENCH_TIMEOUT:-300}" $PY benchmarks/bench_$topic.py --json "$OUT/bench_$topic.json" \
+          > "$OUT/bench_$topic.log" 2>&1
         echo "bench_$topic rc=$?" >> "$OUT/summary.txt"
       done
-      for topic in 2d 1d hessian; do echo "== bench_$topic"; tail -25 "$OUT/bench_$topic.log"; done
+      for topic in $topics; do echo "== bench_$topic"; tail -25 "$OUT/bench_$topic.log"; done
       ;;
     *) echo "unknown stage $stage (build, test, bench)"; exit 2 ;;
   esac
