@@ -23,4 +23,18 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
                     t.sizes());
 }
 
+// The three tensors every layer op takes: float32 CUDA tensors on one device, x 2-D
+// ([N_in, B] or [B, N_in]), params of `params_dims` dimensions, borders 1-D.
+inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
+                                const at::Tensor& borders, int64_t params_dims) {
+  check_cuda_float(x, "x");
+  check_cuda_float(params, "params");
+  check_cuda_float(borders, "borders");
+  check_same_device(x, "x", params, "params");
+  check_same_device(x, "x", borders, "borders");
+  check_dim(x, 2, "x");
+  check_dim(params, params_dims, "params");
+  check_dim(borders, 1, "borders");
+}
+
 }  // namespace lmkan

@@ -406,14 +406,7 @@ struct Shapes {
 
 Shapes check_args(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last) {
-  check_cuda_float(x, "x");
-  check_cuda_float(params, "params");
-  check_cuda_float(borders, "borders");
-  check_same_device(x, "x", params, "params");
-  check_same_device(x, "x", borders, "borders");
-  check_dim(x, 2, "x");
-  check_dim(params, 3, "params");
-  check_dim(borders, 1, "borders");
+  check_layer_tensors(x, params, borders, 3);
   Shapes sh;
   sh.num_grids = static_cast<int>(params.size(0)) - 1;
   TORCH_CHECK_VALUE(sh.num_grids >= 1, "params must have at least 2 node rows (G+1), got shape ",

@@ -211,14 +211,7 @@ void launch_forward(const at::Tensor& x, const at::Tensor& packed, const at::Ten
 
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op) {
-  check_cuda_float(x, "x");
-  check_cuda_float(params, "params");
-  check_cuda_float(borders, "borders");
-  check_same_device(x, "x", params, "params");
-  check_same_device(x, "x", borders, "borders");
-  check_dim(x, 2, "x");
-  check_dim(params, 4, "params");
-  check_dim(borders, 1, "borders");
+  check_layer_tensors(x, params, borders, 4);
   TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16, op,
                     ": tile_size must be 4, 8 or 16, got ", tile_size);
   TORCH_CHECK_VALUE(block_size >= 32 && block_size <= 1024 && block_size % 32 == 0, op,
