@@ -4,7 +4,7 @@
 #   bash .ci/setup_env.sh            # creates .venv/ and builds lmKAN into it (editable)
 #
 # - Python venv in .venv (override with LMKAN_VENV=path).
-# - torch 2.14.1 (a CUDA 13.0 build on Linux x86-64), numpy, ninja, pytest, tqdm.
+# - torch 2.14.1 (a CUDA 13.0 build on Linux x86-64), numpy, ninja, pytest, tqdm, matplotlib.
 # - lmKAN installed editable with --no-build-isolation. When a CUDA toolkit is found
 #   (CUDA_HOME, nvcc on PATH, or /usr/local/cuda), the CUDA kernels are compiled even
 #   without a GPU. Under CI (CI=true) a failed CUDA compile fails the setup.
@@ -24,7 +24,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 step "installing $TORCH_SPEC and build/test dependencies"
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy ninja pytest tqdm
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy ninja pytest tqdm matplotlib
 
 # A toolkit is a directory with bin/nvcc and include/cuda_runtime.h (nvcc on PATH may be a
 # wrapper script elsewhere, so its own directory is not trusted blindly).

@@ -528,6 +528,22 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
 
 }  // namespace
 
+// Largest G whose forward, dx and dC kernels all fit the device's shared memory, so the
+// layer can raise a clear error in Python before any launch.
+int64_t lmkan1d_max_num_grids(int64_t device_index) {
+  const size_t limit = static_cast<size_t>(max_dynamic_smem(static_cast<int>(device_index)));
+  int g = 0;
+  while (fwd_smem_bytes(g + 1) <= limit && dx_smem_bytes(g + 1) <= limit &&
+         dc_smem_bytes(g + 1) <= limit) {
+    ++g;
+  }
+  return g;
+}
+
+TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {
+  m.impl("lmkan1d_max_num_grids", &lmkan1d_max_num_grids);
+}
+
 TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
   m.impl("lmkan1d_forward", &lmkan1d_forward_cuda);
   m.impl("lmkan1d_backward", &lmkan1d_backward_cuda);

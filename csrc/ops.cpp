@@ -26,6 +26,8 @@ TORCH_LIBRARY(lmkan, m) {
 
   m.def("lmkan1d_forward(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
         "bool batch_last) -> Tensor");
+  // Largest num_grids the 1D kernels support on a device (forward and backward alike).
+  m.def("lmkan1d_max_num_grids(int device_index) -> int");
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool uniform_grid, bool batch_last) -> (Tensor, Tensor)");
 

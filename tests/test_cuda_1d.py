@@ -151,3 +151,18 @@ def test_large_num_grids_is_a_clear_error():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "VALUEERROR" in out.stdout and "num_grids" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+@requires_gpu
+def test_layer_rejects_too_large_num_grids_before_launch():
+    """The layer asks the kernels' limit and raises a ValueError in Python; at the limit
+    itself forward and backward run."""
+    assert_cuda_kernel("lmkan1d_forward")
+    limit = torch.ops.lmkan.lmkan1d_max_num_grids(torch.cuda.current_device())
+    assert 64 <= limit < 4000
+    x = torch.randn(4, 8, device="cuda", requires_grad=True)
+    at_limit = LMKAN1DLayer(limit, 4, 3).cuda()
+    at_limit(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match=f"num_grids={limit + 1} .* num_grids <= {limit}"):
+        LMKAN1DLayer(limit + 1, 4, 3).cuda()(x)
