@@ -5,6 +5,7 @@ were compiled in. Each op is used for CUDA tensors only if a CUDA kernel is regi
 it; everything else runs the pure-PyTorch reference (lmKAN/_reference.py).
 """
 import dataclasses
+import functools
 import importlib
 import warnings
 
@@ -47,8 +48,13 @@ _OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan1d_forward", "lmkan1d_backw
         "hessian2d", "hessian2d_backward", "second_diff1d", "second_diff1d_backward")
 
 
+@functools.lru_cache(maxsize=None)
 def has_cuda_kernel(op_name: str, dispatch_key: str = "CUDA") -> bool:
-    """True when the extension is loaded and `lmkan::op_name` has a kernel for the key."""
+    """True when the extension is loaded and `lmkan::op_name` has a kernel for the key.
+
+    Cached: kernels register when lmKAN._C is imported and never change afterwards, and
+    this is asked on every layer call.
+    """
     if _MODULE is None:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"lmkan::{op_name}", dispatch_key)

@@ -2,8 +2,6 @@
 
 Runs on a GPU machine only (skipped with the reason elsewhere); a missing kernel fails there.
 """
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch
 from lmKAN import KANLayer, LMKAN1DLayer, _reference
 from lmKAN.grids import cdf_borders, uniform_borders
 
-from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+from conftest import EXTENSION_ERROR_CRASH, assert_cuda_kernel, rel_l2, requires_gpu, run_python
 
 pytestmark = requires_gpu
 
@@ -133,10 +131,7 @@ def test_noncontiguous_input_and_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.xfail(reason="on the H100 test machine (torch 2.11.0+cu130) a C++ exception thrown from "
-                   "ANY extension built there ends the process with SIGSEGV, a 5-line load_inline "
-                   "one too (benchmarks/diag_exception_unwind.py); the check itself is in place",
-                   strict=False)
+@pytest.mark.xfail(reason=EXTENSION_ERROR_CRASH, strict=False)
 def test_large_num_grids_is_a_clear_error():
     # Run in a child process: a failure mode of the error path must not take the suite down.
     code = (
@@ -148,7 +143,7 @@ def test_large_num_grids_is_a_clear_error():
         "except ValueError as e:\n"
         "    print('VALUEERROR', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "VALUEERROR" in out.stdout and "num_grids" in out.stdout, out.stdout + out.stderr[-2000:]
 

@@ -9,7 +9,7 @@ import torch
 from lmKAN import KANLayer, LMKAN1DLayer, LMKAN2DLayer, _reference, ops
 from lmKAN.grids import cdf_borders, uniform_borders
 
-from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+from conftest import EXTENSION_ERROR_CRASH, assert_cuda_kernel, rel_l2, requires_gpu, run_python
 
 TOL = 1e-5
 
@@ -191,18 +191,9 @@ print("argument errors: ok")
 
 
 @requires_gpu
-@pytest.mark.xfail(reason="on the H100 test machine (torch 2.11.0+cu130) a C++ exception thrown from "
-                   "ANY extension built there ends the process with SIGSEGV, a 5-line load_inline "
-                   "one too (benchmarks/diag_exception_unwind.py); torch's own errors raise normally",
-                   strict=False)
+@pytest.mark.xfail(reason=EXTENSION_ERROR_CRASH, strict=False)
 def test_argument_errors():
-    """Bad arguments raise ValueError naming them. Run in a child process: on the GPU
-    machine (torch 2.11) the first raising call crashed the interpreter once, and a crash
-    must fail this test only, not the whole session."""
-    import subprocess
-    import sys
-
+    """Bad arguments raise ValueError naming them (in a child process: see conftest)."""
     assert_cuda_kernel("hessian2d")
-    proc = subprocess.run([sys.executable, "-c", _ERROR_SCRIPT], capture_output=True, text=True,
-                          timeout=120)
+    proc = run_python(_ERROR_SCRIPT)
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"

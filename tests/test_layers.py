@@ -130,39 +130,31 @@ def test_original_lmkan_state_dict_loads():
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad,exc,words", [
-    (dict(num_grids=2), ValueError, ["num_grids", ">= 3", "2"]),
-    (dict(num_grids=8.0), TypeError, ["num_grids", "int", "float"]),
-    (dict(input_dim=5), ValueError, ["input_dim", "even", "5"]),
-    (dict(input_dim=0), ValueError, ["input_dim", ">= 2", "0"]),
-    (dict(output_dim=-1), ValueError, ["output_dim", ">= 1", "-1"]),
-    (dict(tile_size_forward=5), ValueError, ["tile_size_forward", "[4, 8, 16]", "5"]),
-    (dict(tile_size_backward=32), ValueError, ["tile_size_backward", "32"]),
-    (dict(block_size_forward=100), ValueError, ["block_size_forward", "1024", "100"]),
-    (dict(block_size_backward=2048), ValueError, ["block_size_backward", "2048"]),
-])
-def test_2d_constructor_errors(bad, exc, words):
+CONSTRUCTOR_ERRORS = [
+    (LMKAN2DLayer, dict(num_grids=2), ValueError, ["num_grids", ">= 3", "2"]),
+    (LMKAN2DLayer, dict(num_grids=8.0), TypeError, ["num_grids", "int", "float"]),
+    (LMKAN2DLayer, dict(input_dim=5), ValueError, ["input_dim", "even", "5"]),
+    (LMKAN2DLayer, dict(input_dim=0), ValueError, ["input_dim", ">= 2", "0"]),
+    (LMKAN2DLayer, dict(output_dim=-1), ValueError, ["output_dim", ">= 1", "-1"]),
+    (LMKAN2DLayer, dict(tile_size_forward=5), ValueError, ["tile_size_forward", "[4, 8, 16]", "5"]),
+    (LMKAN2DLayer, dict(tile_size_backward=32), ValueError, ["tile_size_backward", "32"]),
+    (LMKAN2DLayer, dict(block_size_forward=100), ValueError, ["block_size_forward", "1024", "100"]),
+    (LMKAN2DLayer, dict(block_size_backward=2048), ValueError, ["block_size_backward", "2048"]),
+    (LMKAN1DLayer, dict(num_grids=1), ValueError, ["num_grids", "1"]),
+    (LMKAN1DLayer, dict(input_dim=0), ValueError, ["input_dim", "0"]),
+    (LMKAN1DLayer, dict(grid="chebyshev"), ValueError, ["grid", "'cdf'", "chebyshev"]),
+    (LMKAN1DLayer, dict(init="orthogonal"), ValueError, ["init", "identity", "orthogonal"]),
+    (LMKAN1DLayer, dict(init="identity", output_dim=3), ValueError, ["identity", "input_dim", "6", "3"]),
+    (LMKAN1DLayer, dict(spline_width=0.0), ValueError, ["spline_width", "0.0"]),
+]
+
+
+@pytest.mark.parametrize("layer_cls,bad,exc,words", CONSTRUCTOR_ERRORS)
+def test_constructor_errors_name_argument_expected_and_received(layer_cls, bad, exc, words):
     kw = dict(num_grids=6, input_dim=6, output_dim=5)
     kw.update(bad)
     with pytest.raises(exc) as info:
-        LMKAN2DLayer(**kw)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
-
-
-@pytest.mark.parametrize("bad,exc,words", [
-    (dict(num_grids=1), ValueError, ["num_grids", "1"]),
-    (dict(input_dim=0), ValueError, ["input_dim", "0"]),
-    (dict(grid="chebyshev"), ValueError, ["grid", "'cdf'", "chebyshev"]),
-    (dict(init="orthogonal"), ValueError, ["init", "identity", "orthogonal"]),
-    (dict(init="identity", output_dim=3), ValueError, ["identity", "input_dim", "6", "3"]),
-    (dict(spline_width=0.0), ValueError, ["spline_width", "0.0"]),
-])
-def test_1d_constructor_errors(bad, exc, words):
-    kw = dict(num_grids=6, input_dim=6, output_dim=5)
-    kw.update(bad)
-    with pytest.raises(exc) as info:
-        LMKAN1DLayer(**kw)
+        layer_cls(**kw)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
 
