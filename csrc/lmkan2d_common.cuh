@@ -40,14 +40,17 @@ inline int64_t dx_smem_bytes(int num_grids, int tile, int pairs_per_stage) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
   return cells * dx_row(tile) * pairs_per_stage * 4 + int64_t(num_grids + 1) * 4 + 16;
 }
-// Forward kernel: pairs_per_stage table slices [cells][copies * tile] (the tile repeated
-// `copies` times so that the 32/tile samples a warp reads at once sit in different banks),
-// the staged cells [pairs_per_stage][samples_per_block] as float4, plus the borders.
-constexpr int kForwardSamplesPerWarp = 32;  // samples per warp per block (32/TILE groups x TILE)
-inline int64_t forward_smem_bytes(int num_grids, int tile, int pairs_per_stage, int copies,
-                                  int samples_per_block) {
+// Forward kernel: each lane of a warp owns K consecutive outputs, so an output tile is
+// W = 32K outputs; tile_size 4, 8, 16 selects K = 1, 2, 4.
+constexpr int forward_lanes_outputs(int tile) { return tile / 4; }
+// Samples per lane: 64 accumulators per thread for blocks of up to 256 threads (<= 128
+// registers, two blocks per SM), 32 for 512- and 1024-thread blocks (<= 64 registers).
+constexpr int samples_per_lane(int k, int block) { return (block > 256 ? 32 : 64) / k; }
+// Shared memory: two mbarriers (16 bytes), nbuf table slices [cells][W], the cells of two
+// pairs [2][samples] as float4, the borders.
+inline int64_t forward_smem_bytes(int num_grids, int w, int nbuf, int samples_per_block) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  return (cells * tile * copies * 4 + int64_t(samples_per_block) * 16) * pairs_per_stage +
+  return 16 + cells * w * 4 * nbuf + int64_t(samples_per_block) * 2 * 16 +
          int64_t(num_grids + 1) * 4 + 16;
 }
 

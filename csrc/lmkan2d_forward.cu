@@ -1,10 +1,10 @@
 // LMKAN2DLayer forward kernel, table packing, device limits and lmkan2d_max_num_grids.
 //
-// Forward scheme: a block owns TILE outputs and blockDim.x samples (one thread per sample).
-// It loops over the input pairs in stages of `pairs_per_stage` pairs: the packed table
-// slice of those pairs (pairs_per_stage x (G+1)^2 x TILE floats, contiguous) is copied into
-// shared memory, then each thread finds its sample's cells and accumulates the TILE outputs
-// in registers. Every output is written once (no atomics, deterministic).
+// Forward scheme: a block owns an output tile of W = 32K outputs and a chunk of samples; it
+// loops over the input pairs (of its split) with each pair's table slice staged in shared
+// memory, accumulates in registers and writes every output once (deterministic, no atomics;
+// small batches split the pairs over blocks and sum the partials in a fixed order).
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -83,128 +83,233 @@ at::Tensor pack_table(const at::Tensor& params, int tile) {
 
 namespace {
 
-// Forward, lane layout: lane = (group g, output t) with t = lane % TILE; the 32/TILE groups
-// of a warp take 32/TILE different samples at once, and each lane owns M = TILE samples
-// (so a warp owns 32 samples and one output tile). A lane reads the 4 corners of its
-// sample's cell for its own output: the TILE lanes of a group read TILE consecutive floats,
-// and the groups read different copies of the tile, so a warp's 32 reads hit 32 banks.
-// Cells (index, d1, d2) are computed once per (sample, pair) per block and staged.
-template <int TILE>
-__global__ void __launch_bounds__(1024)
-forward_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_b
-               const float* __restrict__ packed,  // [n_tiles, P, cells, TILE]
-               const float* __restrict__ borders, // [G+1]
-               float* __restrict__ y,             // y: (o, b) at o*ys_f + b*ys_b
-               int64_t batch, int n_out, int n_pairs, int num_grids, int pairs_per_stage,
-               int copies, int64_t xs_f, int64_t xs_b, int64_t ys_f, int64_t ys_b) {
-  constexpr int GROUPS = 32 / TILE;
-  constexpr int M = TILE;  // samples per lane; GROUPS * M = 32 samples per warp
+// ---- Forward kernel ------------------------------------------------------------------------
+//
+// Lane layout: a lane owns K CONSECUTIVE OUTPUTS (o = tile*W + K*lane + k, W = 32K) and reads
+// them as one K-wide vector (float, float2, float4), so the 32 lanes of a warp read one whole
+// W-float table row: conflict-free whatever the cells (K wavefronts, the minimum), with
+// compile-time row offsets and one load instruction per corner. A lane also owns M samples of
+// its warp; the block's warps take different samples of the same output tile and share the
+// staged table. Per (sample, pair) the warp reads the sample's cell (row offset, d1, d2) as one
+// broadcast float4 from shared memory, computes the 4 bilinear weights once, then does 4 vector
+// reads and 4K FMAs.
+// The table slice [cells][W] of a pair (one contiguous run of the packed table) is staged by
+// ONE bulk copy (TMA, cp.async.bulk) completing on an mbarrier, into a ring of `nbuf` buffers:
+// with 2 buffers the copy of pair p+1 overlaps the compute of pair p, and no thread spends
+// load/store instructions on staging (per-thread 16-byte copies were ~30% of the MIO
+// instructions). Cells of pair p+1 are computed from x loads issued before the compute of
+// pair p. TABLE_IN_SMEM = false reads the packed table through L1/L2 instead (for num_grids
+// whose slice does not fit in shared memory).
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// One thread: copy `bytes` (multiple of 16, 16-byte aligned ends) global -> shared; the
+// barrier's phase completes when they have landed.
+__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, unsigned bytes,
+                                                    uint64_t* bar) {
+  // order earlier generic-proxy reads of the buffer (made visible by __syncthreads) before
+  // the async-proxy writes
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+               ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned phase) {
+  unsigned done;
+  do {
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 " selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(smem_u32(bar)), "r"(phase) : "memory");
+  } while (!done);
+}
+
+struct ForwardArgs {
+  const float* x;        // x: (f, b) at f*xs_f + b*xs_b
+  const float* packed;   // [n_tiles, P, cells, W]
+  const float* borders;  // [G+1]
+  float* y;              // y (or the split workspace): (o, b) at o*ys_f + b*ys_b, split * ys_split
+  int64_t batch;
+  int n_out, n_pairs, num_grids;
+  int pairs_per_split;   // pair range of blockIdx.z
+  int nbuf;              // staged table buffers (1 or 2; ignored when the table is read from global)
+  int64_t xs_f, xs_b, ys_f, ys_b, ys_split;
+};
+
+// Cell info of (sample s, pair p) for the block's samples, from two x values.
+__device__ __forceinline__ float4 pair_info(float v1, float v2, const float* s_borders,
+                                            int num_grids, int side, int row_floats) {
+  const Cell c1 = cdf_cell(v1, s_borders, num_grids);
+  const Cell c2 = cdf_cell(v2, s_borders, num_grids);
+  return make_float4(__int_as_float((c1.index * side + c2.index) * row_floats), c1.d, c2.d, 0.f);
+}
+
+template <int K> struct Vec;
+template <> struct Vec<1> { using T = float; };
+template <> struct Vec<2> { using T = float2; };
+template <> struct Vec<4> { using T = float4; };
+__device__ __forceinline__ float elem(float v, int) { return v; }
+__device__ __forceinline__ float elem(float2 v, int k) { return k == 0 ? v.x : v.y; }
+__device__ __forceinline__ float elem(float4 v, int k) {
+  return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
+}
+
+// 64 accumulators per thread (M*K = 64): blocks of up to 256 threads, two per SM (<= 128
+// registers); 32 (M*K = 32): blocks of 512 or 1024 threads, 2048 threads per SM (<= 64).
+template <int K, int M, bool TABLE_IN_SMEM>
+__global__ void __launch_bounds__(M * K > 32 ? 256 : 1024, M * K > 32 ? 2 : 1)
+forward_kernel(const ForwardArgs a) {
+  using VecT = typename Vec<K>::T;
+  constexpr int W = 32 * K;              // outputs per tile (floats per table row)
+  constexpr int SPT = (M + 31) / 32;     // samples per thread in the cell computation
   extern __shared__ __align__(16) float smem[];
-  const int side = num_grids + 1;
+  const int side = a.num_grids + 1;
   const int cells = side * side;
-  const int rs = TILE * copies;                       // floats per cell row
-  const int nb = (blockDim.x / 32) * kForwardSamplesPerWarp;  // samples per block
-  float* table = smem;                                // [pairs_per_stage][cells][rs]
-  float4* info = reinterpret_cast<float4*>(table + int64_t(pairs_per_stage) * cells * rs);
-  float* s_borders = reinterpret_cast<float*>(info + int64_t(pairs_per_stage) * nb);
-  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
+  const int slice = cells * W;           // floats of one (tile, pair) table slice
+  const int warps = blockDim.x / 32;
+  const int nb = warps * M;              // samples per block
+  const int nbuf = TABLE_IN_SMEM ? a.nbuf : 0;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem);            // [2] one per buffer
+  float* table = smem + 4;                                       // [nbuf][cells][W]
+  float4* info = reinterpret_cast<float4*>(table + int64_t(nbuf) * slice);  // [2][nb]
+  float* s_borders = reinterpret_cast<float*>(info + 2 * nb);
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
+  if (TABLE_IN_SMEM && threadIdx.x == 0)
+    for (int i = 0; i < nbuf; ++i) mbarrier_init(bars + i, 1);
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int t = lane % TILE, g = lane / TILE;
-  const int copy = g % copies;
-  const int tile_index = blockIdx.y;
+  const int tile = blockIdx.y;
   const int64_t b0 = blockIdx.x * int64_t(nb);
-  const float* tile_table = packed + int64_t(tile_index) * n_pairs * cells * TILE;
+  const int p_begin = blockIdx.z * a.pairs_per_split;
+  const int p_end = min(a.n_pairs, p_begin + a.pairs_per_split);
+  const int np = p_end - p_begin;
+  const float* tile_table = a.packed + (int64_t(tile) * a.n_pairs + p_begin) * slice;
 
-  float acc[M];
+  // x values of this thread's samples for one pair (loaded a pair ahead).
+  float xv1[SPT], xv2[SPT];
+  auto load_x = [&](int p) {
 #pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.f;
-
-  for (int p0 = 0; p0 < n_pairs; p0 += pairs_per_stage) {
-    const int pc = min(pairs_per_stage, n_pairs - p0);
-    __syncthreads();  // previous stage fully read (and borders written)
-    {
-      const float4* src = reinterpret_cast<const float4*>(tile_table + int64_t(p0) * cells * TILE);
-      const int per_row = TILE / 4;
-      const int n4 = pc * cells * per_row;
-      for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = __ldg(src + i);
-        const int row = i / per_row, k = i % per_row;  // row = j * cells + cell
-        float4* dst = reinterpret_cast<float4*>(table + int64_t(row) * rs) + k;
-        for (int c = 0; c < copies; ++c) dst[c * per_row] = v;
-      }
-    }
-    for (int i = threadIdx.x; i < pc * nb; i += blockDim.x) {
-      // batch-last: neighbouring threads take neighbouring samples; batch-first:
-      // neighbouring pairs of one sample (both read contiguous x).
-      const int j = xs_b == 1 ? i / nb : i % pc, s = xs_b == 1 ? i % nb : i / pc;
+    for (int i = 0; i < SPT; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
       const int64_t b = b0 + s;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (b < batch) {
-        const int64_t f = 2 * int64_t(p0 + j);
-        const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
-        const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
-        v = make_float4(__int_as_float(c1.index * side + c2.index), c1.d, c2.d, 0.f);
+      xv1[i] = xv2[i] = 0.f;
+      if (s < nb && b < a.batch) {
+        const int64_t f = 2 * int64_t(p_begin + p);
+        xv1[i] = __ldg(a.x + f * a.xs_f + b * a.xs_b);
+        xv2[i] = __ldg(a.x + (f + 1) * a.xs_f + b * a.xs_b);
       }
-      info[j * nb + s] = v;
     }
-    __syncthreads();
-    for (int j = 0; j < pc; ++j) {
-      const float* tj = table + int64_t(j) * cells * rs + copy * TILE + t;
-      const float4* ij = info + j * nb + warp * kForwardSamplesPerWarp + g;
+  };
+  auto store_info = [&](int p) {
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const float4 v = ij[m * GROUPS];
-        const float* q = tj + __float_as_int(v.x) * rs;
-        const float d1 = v.y, d2 = v.z;
-        const float a = q[0], bq = q[rs], cq = q[side * rs], dq = q[(side + 1) * rs];
-        acc[m] += (1.f - d1) * ((1.f - d2) * a + d2 * bq) + d1 * ((1.f - d2) * cq + d2 * dq);
-      }
+    for (int i = 0; i < SPT; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
+      if (s < nb) info[(p & 1) * nb + s] = pair_info(xv1[i], xv2[i], s_borders, a.num_grids, side, W);
     }
-  }
-  const int o = tile_index * TILE + t;
-  if (o < n_out) {
+  };
+  auto stage = [&](int p) {  // one thread starts the copy of pair p into buffer p % nbuf
+    if constexpr (TABLE_IN_SMEM) {
+      if (threadIdx.x == 0 && p < np)
+        bulk_copy_to_shared(table + int64_t(p % nbuf) * slice, tile_table + int64_t(p) * slice,
+                            static_cast<unsigned>(slice) * 4u, bars + p % nbuf);
+    }
+  };
+  auto wait_staged = [&](int p) {  // the k-th use of a buffer completes its phase k % 2
+    if constexpr (TABLE_IN_SMEM) mbarrier_wait(bars + p % nbuf, (p / nbuf) & 1);
+  };
+
+  float acc[M][K];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int k = 0; k < K; ++k) acc[m][k] = 0.f;
+
+  __syncthreads();  // borders, barriers
+  if (np > 0) { load_x(0); store_info(0); }
+  if (nbuf == 2) stage(0);
+  for (int p = 0; p < np; ++p) {
+    if (nbuf == 2) {
+      wait_staged(p);
+      __syncthreads();  // pair p's cells visible; every warp is done with pair p-1's buffer
+      stage(p + 1);
+    } else {
+      __syncthreads();  // pair p's cells visible; every warp is done with the buffer
+      stage(p);
+      wait_staged(p);
+    }
+    if (p + 1 < np) load_x(p + 1);
+
+    const float* tab;
+    if constexpr (TABLE_IN_SMEM) tab = table + int64_t(p % nbuf) * slice + K * lane;
+    else tab = tile_table + int64_t(p) * slice + K * lane;
+    const float4* inf = info + (p & 1) * nb + warp * M;
+    const int below = side * W;  // floats from row (c1, c2) to row (c1 + 1, c2)
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      const int64_t b = b0 + warp * kForwardSamplesPerWarp + m * GROUPS + g;
-      if (b < batch) y[int64_t(o) * ys_f + b * ys_b] = acc[m];
+      const float4 v = inf[m];  // broadcast
+      const float* q0 = tab + __float_as_int(v.x);
+      const float* q1 = q0 + below;
+      const float e1 = 1.f - v.y, e2 = 1.f - v.z;
+      const float w00 = e1 * e2, w01 = e1 * v.z, w10 = v.y * e2, w11 = v.y * v.z;
+      VecT c00, c01, c10, c11;
+      if constexpr (TABLE_IN_SMEM) {
+        c00 = *reinterpret_cast<const VecT*>(q0);
+        c01 = *reinterpret_cast<const VecT*>(q0 + W);
+        c10 = *reinterpret_cast<const VecT*>(q1);
+        c11 = *reinterpret_cast<const VecT*>(q1 + W);
+      } else {
+        c00 = __ldg(reinterpret_cast<const VecT*>(q0));
+        c01 = __ldg(reinterpret_cast<const VecT*>(q0 + W));
+        c10 = __ldg(reinterpret_cast<const VecT*>(q1));
+        c11 = __ldg(reinterpret_cast<const VecT*>(q1 + W));
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        acc[m][k] = fmaf(w00, elem(c00, k), fmaf(w01, elem(c01, k),
+                    fmaf(w10, elem(c10, k), fmaf(w11, elem(c11, k), acc[m][k]))));
+    }
+    if (p + 1 < np) store_info(p + 1);  // read after the next barrier
+  }
+
+  float* y = a.y + blockIdx.z * a.ys_split;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int o = tile * W + K * lane + k;
+    if (o >= a.n_out) continue;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const int64_t b = b0 + warp * M + m;
+      if (b < a.batch) y[int64_t(o) * a.ys_f + b * a.ys_b] = acc[m][k];
     }
   }
 }
 
-template <int TILE>
-void launch_forward(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& borders,
-                    at::Tensor& y, int64_t batch, int n_out, int n_pairs, int num_grids,
-                    int block, bool batch_last, const DeviceLimits& lim) {
-  const int nb = (block / 32) * kForwardSamplesPerWarp;
-  // Prefer all 32/TILE copies and a stage small enough that 2048/block blocks share an SM;
-  // then the whole opt-in shared memory; then fewer copies (bank conflicts, still right).
-  const int blocks_per_sm = std::max(1, 2048 / block);
-  const int64_t shared_budget = std::min<int64_t>(lim.smem_per_sm / blocks_per_sm - 1024, lim.smem_optin);
-  int pc = 0, copies = 0;
-  for (int pass = 0; pass < 2 && pc == 0; ++pass) {
-    const int64_t budget = pass == 0 ? shared_budget : lim.smem_optin;
-    for (int c = 32 / TILE; c >= 1 && pc == 0; c /= 2) {
-      for (int q = std::min(8, n_pairs); q >= 1 && pc == 0; --q)
-        if (forward_smem_bytes(num_grids, TILE, q, c, nb) <= budget) { pc = q; copies = c; }
-    }
+template <int K, int M>
+void launch_forward_km(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (a.nbuf > 0) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<K, M, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    forward_kernel<K, M, true><<<grid, block, smem, stream>>>(a);
+  } else {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<K, M, false>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    forward_kernel<K, M, false><<<grid, block, smem, stream>>>(a);
   }
-  TORCH_CHECK_VALUE(pc > 0, "lmkan2d_forward: num_grids=", num_grids, " with tile_size=", TILE,
-                    " and block_size=", block, " needs ", forward_smem_bytes(num_grids, TILE, 1, 1, nb),
-                    " bytes of shared memory per block, the device allows ", lim.smem_optin);
-  const int64_t smem = forward_smem_bytes(num_grids, TILE, pc, copies, nb);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<TILE>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-  const int64_t in_dim = 2 * int64_t(n_pairs);
-  const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
-  const int64_t ys_f = batch_last ? batch : 1, ys_b = batch_last ? 1 : n_out;
-  dim3 grid(static_cast<unsigned>((batch + nb - 1) / nb),
-            static_cast<unsigned>((n_out + TILE - 1) / TILE));
-  forward_kernel<TILE><<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
-      y.data_ptr<float>(), batch, n_out, n_pairs, num_grids, pc, copies, xs_f, xs_b, ys_f, ys_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int K>
+void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
+  if (block > 256) launch_forward_km<K, samples_per_lane(K, 1024)>(a, grid, block, smem);
+  else launch_forward_km<K, samples_per_lane(K, 256)>(a, grid, block, smem);
 }
 
 }  // namespace
@@ -247,14 +352,63 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   if (batch == 0) return y;
   const DeviceLimits lim = device_limits(x.device().index());
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
-  const int limit = max_num_grids_for(tile, "forward", x.device().index());
-  TORCH_CHECK_VALUE(num_grids <= limit, "lmkan2d_forward: num_grids=", num_grids,
-                    " does not fit in shared memory with tile_size=", tile,
-                    "; the largest supported is ", limit);
-  const at::Tensor packed = pack_table(params, tile);
-  if (tile == 4) launch_forward<4>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
-  else if (tile == 8) launch_forward<8>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
-  else launch_forward<16>(x, packed, borders, y, batch, n_out, n_pairs, num_grids, block, batch_last, lim);
+  const int k = forward_lanes_outputs(tile), w = 32 * k;
+  const int nb = (block / 32) * samples_per_lane(k, block);
+  // Table buffers: two (copy of the next pair overlaps the compute) when they fit, else one,
+  // else none: the table is then read through L1/L2 (no num_grids ceiling, slower).
+  // Prefer as many resident blocks as the registers allow (2048 threads; 64-accumulator
+  // variants use up to 128 registers), then two buffers over one: a second block hides a
+  // block's barrier and staging waits better than a second buffer does.
+  const int regs = samples_per_lane(k, block) * k > 32 ? 128 : 64;
+  const int reg_blocks = std::max(1, std::min(2048 / block, 65536 / (regs * block)));
+  int nbuf = 0;
+  for (int blocks = reg_blocks; blocks >= 1 && nbuf == 0; --blocks)
+    for (int n = 2; n >= 1 && nbuf == 0; --n) {
+      const int64_t bytes = forward_smem_bytes(num_grids, w, n, nb);
+      if (bytes <= lim.smem_optin && blocks * (bytes + 1024) <= lim.smem_per_sm) nbuf = n;
+    }
+  const int64_t smem = forward_smem_bytes(num_grids, w, nbuf, nb);
+  TORCH_CHECK_VALUE(smem <= lim.smem_optin, "lmkan2d_forward: block_size=", block,
+                    " needs ", smem, " bytes of shared memory for its cells, the device allows ",
+                    lim.smem_optin);
+  const int64_t n_tiles = (n_out + w - 1) / w;
+  const int64_t sample_blocks = (batch + nb - 1) / nb;
+  // Small batches: split the pairs over blockIdx.z so the grid fills the device; the partial
+  // sums go to a workspace reduced in a fixed order (deterministic, no atomics).
+  const int64_t target_blocks = 2 * int64_t(lim.num_sms);
+  int64_t splits = std::max<int64_t>(1, (target_blocks + sample_blocks * n_tiles - 1) /
+                                            (sample_blocks * n_tiles));
+  splits = std::min<int64_t>(splits, std::max(1, n_pairs / 4));
+  const int pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
+  splits = (n_pairs + pairs_per_split - 1) / pairs_per_split;
+  TORCH_CHECK(sample_blocks < (int64_t(1) << 31) && n_tiles <= 65535,
+              "lmkan2d_forward: grid too large (batch ", batch, ", output_dim ", n_out, ")");
+
+  const at::Tensor packed = pack_table(params, w);
+  at::Tensor out = splits > 1 ? at::empty({splits, y.size(0), y.size(1)}, y.options()) : y;
+  ForwardArgs a;
+  a.x = x.data_ptr<float>();
+  a.packed = packed.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.y = out.data_ptr<float>();
+  a.batch = batch;
+  a.n_out = n_out;
+  a.n_pairs = n_pairs;
+  a.num_grids = num_grids;
+  a.pairs_per_split = pairs_per_split;
+  a.nbuf = nbuf;
+  const int64_t in_dim = 2 * int64_t(n_pairs);
+  a.xs_f = batch_last ? batch : 1;
+  a.xs_b = batch_last ? 1 : in_dim;
+  a.ys_f = batch_last ? batch : 1;
+  a.ys_b = batch_last ? 1 : n_out;
+  a.ys_split = batch * int64_t(n_out);
+  const dim3 grid(static_cast<unsigned>(sample_blocks), static_cast<unsigned>(n_tiles),
+                  static_cast<unsigned>(splits));
+  if (k == 1) launch_forward_k<1>(a, grid, block, smem);
+  else if (k == 2) launch_forward_k<2>(a, grid, block, smem);
+  else launch_forward_k<4>(a, grid, block, smem);
+  if (splits > 1) at::sum_out(y, out, {0});
   return y;
 }
 
@@ -264,8 +418,10 @@ int max_num_grids_for(int tile, const std::string& mode, int device_index) {
   for (int g = 3; g < 4096; ++g) {
     bool fits;
     if (mode == "forward") {
-      // one pair per stage, one copy of the tile, the largest block (1024 threads)
-      fits = forward_smem_bytes(g, tile, 1, 1, 32 * kForwardSamplesPerWarp) <= lim.smem_optin;
+      // one table buffer and the smallest block (one warp); larger num_grids run with the
+      // table read from L1/L2 (lmkan2d_forward never refuses a num_grids)
+      const int k = forward_lanes_outputs(tile);
+      fits = forward_smem_bytes(g, 32 * k, 1, samples_per_lane(k, 32)) <= lim.smem_optin;
     } else {
       // backward (either mode): the dx kernel with one pair per stage and the dP kernel
       // with its smallest configuration (32 slots, 32 samples per chunk) must both fit.
