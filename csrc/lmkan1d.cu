@@ -406,6 +406,20 @@ size_t dx_smem_bytes(int num_grids) {
 // ==========================================================================================
 // Backward, dC
 // ==========================================================================================
+// One sample's update of this lane's columns of two inputs' accumulators: (row offset, d)
+// of each input's cell, g = dy[s, o]. All four loads come before any store, so the two
+// read-modify-write chains overlap their shared-memory latency.
+__device__ __forceinline__ void accumulate_two_inputs(float* acc_a, float* acc_b, float row_a,
+                                                      float d_a, float row_b, float d_b, float g) {
+  float* pa = acc_a + __float_as_int(row_a);
+  float* pb = acc_b + __float_as_int(row_b);
+  const float lo_a = pa[0], hi_a = pa[32], lo_b = pb[0], hi_b = pb[32];
+  pa[0] = fmaf(g, 1.f - d_a, lo_a);
+  pa[32] = fmaf(g, d_a, hi_a);
+  pb[0] = fmaf(g, 1.f - d_b, lo_b);
+  pb[32] = fmaf(g, d_b, hi_b);
+}
+
 // out: accumulate ? grad_params [G+1, N_out, N_in], zero on entry, atomically added to
 //                 : a workspace [slices][G+1][N_out][N_in] (slice z = blockIdx.z), stored.
 // Grid: (ceil(N_out / 32), ceil(N_in / 16), slices); block b.z handles samples
@@ -466,22 +480,24 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
     }
     __syncthreads();
 
+    // Samples in pairs: one broadcast read gives two samples' cells of an input. Past the
+    // slice end dy is 0 and the cell (0, 0), so the padding sample of an odd tail adds 0.
     const int64_t rem = end - c0;
-    const int n = rem < kDcChunk ? static_cast<int>(rem) : kDcChunk;
-    const float2* cells_a = cell_s + (2 * warp) * kDcChunk;
-    const float2* cells_b = cells_a + kDcChunk;
-#pragma unroll 4
-    for (int sl = 0; sl < n; ++sl) {
-      const float2 ca = cells_a[sl], cb = cells_b[sl];
-      const float g = dy_s[sl * 32 + lane];
-      float* pa = acc_a + __float_as_int(ca.x);
-      float* pb = acc_b + __float_as_int(cb.x);
-      // All four loads before any store: the two inputs' chains overlap their latency.
-      const float lo_a = pa[0], hi_a = pa[32], lo_b = pb[0], hi_b = pb[32];
-      pa[0] = fmaf(g, 1.f - ca.y, lo_a);
-      pa[32] = fmaf(g, ca.y, hi_a);
-      pb[0] = fmaf(g, 1.f - cb.y, lo_b);
-      pb[32] = fmaf(g, cb.y, hi_b);
+    const int pairs = rem < kDcChunk ? static_cast<int>(rem + 1) / 2 : kDcChunk / 2;
+    const float4* cells_a = reinterpret_cast<const float4*>(cell_s + (2 * warp) * kDcChunk);
+    const float4* cells_b = cells_a + kDcChunk / 2;
+    // The next pair's cells are loaded before this pair's stores (program order lets the
+    // compiler issue them early: the accumulator stores might alias them otherwise).
+    float4 ca = cells_a[0], cb = cells_b[0];
+#pragma unroll 2
+    for (int p = 0; p < pairs; ++p) {
+      const int next = p + 1 < pairs ? p + 1 : p;
+      const float4 na = cells_a[next], nb = cells_b[next];
+      const float g0 = dy_s[(2 * p) * 32 + lane], g1 = dy_s[(2 * p + 1) * 32 + lane];
+      accumulate_two_inputs(acc_a, acc_b, ca.x, ca.y, cb.x, cb.y, g0);
+      accumulate_two_inputs(acc_a, acc_b, ca.z, ca.w, cb.z, cb.w, g1);
+      ca = na;
+      cb = nb;
     }
   }
   __syncthreads();
