@@ -1,16 +1,22 @@
 """Benchmark of the 1D layer: KANLayer (uniform grid, 32 control points), batch-first,
 B=65536, 256 -> 256, beside nn.Linear and KANditioned's KANLayer (impl="embedding_bag")
 when that package is installed. Forward and forward+backward time (CUDA events, median
-after warm-up) and peak memory; the table is printed last and JSON written to --json.
+after warm-up) and peak memory, for the default and the deterministic backward, and the
+per-kernel split (profile_1d.py); the table is printed last and JSON written to --json.
 """
 import argparse
 import json
 import os
 import statistics
 
+import sys
+
 import torch
 
 from lmKAN import KANLayer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_1d import kernel_breakdown, print_breakdown  # noqa: E402
 
 # Shared-memory limit of the direct lookup scheme (PERFORMANCE.md): 2 reads per
 # (sample, output, input) at 132 SMs x 1.98 GHz x 128 B/clk.
@@ -75,6 +81,8 @@ def main():
     x = 1.5 * torch.randn(args.batch, n, device=dev)
     rows = []
     rows.append(measure("lmKAN KANLayer", KANLayer(n, n, "random_normal", args.control_points).to(dev), x))
+    rows.append(measure("lmKAN KANLayer determ.",
+                        KANLayer(n, n, "random_normal", args.control_points, deterministic=True).to(dev), x))
     rows.append(measure("nn.Linear (fp32)", torch.nn.Linear(n, n).to(dev), x))
     try:
         from KANditioned import KANLayer as KDLayer
@@ -82,11 +90,17 @@ def main():
                      impl="embedding_bag").to(dev)
         rows.append(measure("KANditioned embedding_bag", kd, x))
     except ImportError as exc:
-        print(f"KANditioned not installed ({exc}): row skipped")
+        print(f"KANditioned not installed ({exc}): row skipped "
+              "(pip install --no-deps .whl/<KANditioned wheel> where the wheel was carried)")
+    breakdown = {}
+    for deterministic in (False, True):
+        split = kernel_breakdown(args.batch, n, args.control_points, deterministic)
+        breakdown["deterministic" if deterministic else "default"] = dict(split)
+        print_breakdown(split, f"per kernel, per forward+backward (deterministic={deterministic}):")
     limit = smem_limit_ms(args.batch, n, n)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "batch": args.batch, "features": n, "control_points": args.control_points,
-              "forward_smem_limit_ms": limit, "rows": rows,
+              "forward_smem_limit_ms": limit, "rows": rows, "kernels_ms": breakdown,
               "targets": {"forward_ms": 1.7, "fwd_bwd_ms": 6.0, "peak_gb": 0.5}}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
@@ -96,6 +110,9 @@ def main():
     print(f"{'layer':<28}{'forward ms':>12}{'fwd+bwd ms':>12}{'peak GB':>10}")
     for r in rows:
         print(f"{r['name']:<28}{r['forward_ms']:>12.3f}{r['fwd_bwd_ms']:>12.3f}{r['peak_gb']:>10.3f}")
+    short = {k: v for k, v in breakdown["default"].items() if k.startswith("lmkan1d")}
+    print("kernels (default): " + ", ".join(f"{k[8:]} {v:.3f}" for k, v in short.items()) + " ms")
+    print(f"targets: forward <= 1.7 ms, fwd+bwd <= 6 ms, peak <= 0.5 GB")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,18 @@ def main():
     torch.manual_seed(0)
     for uniform in (False, True):
         for batch_last in (True, False):
-            for g, n_in, n_out, batch in ((31, 37, 45, 531), (5, 3, 1, 7)):
+            # Shapes: odd inputs, 3 output tiles (dx loops over them), several dC slices.
+            for g, n_in, n_out, batch in ((31, 37, 45, 531), (5, 3, 1, 7), (7, 9, 260, 300),
+                                          (31, 20, 40, 3000)):
                 borders = (uniform_borders(g, 4.0) if uniform else cdf_borders(g)).cuda()
                 params = torch.randn(g + 1, n_out, n_in, device="cuda")
                 x = 1.5 * torch.randn(*((n_in, batch) if batch_last else (batch, n_in)), device="cuda")
                 x.view(-1)[3] = float("nan")
                 y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last)
-                gx, gp = torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, params, borders,
-                                                          uniform, batch_last)
+                gy = torch.randn_like(y)
+                for deterministic in (False, True):
+                    torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, uniform, batch_last,
+                                                     deterministic)
     torch.cuda.synchronize()
     print("sanitize_1d: all launches done")
 

@@ -1,17 +1,24 @@
 // CUDA kernels of the 1D linear-spline layer (SPEC.md section 4):
 //   y[o] = sum_i (1 - d) C[k, o, i] + d C[k+1, o, i],   (k, d) = cell of x[i].
 //
-// Forward: a block owns 32 outputs x 512 samples; per stage of 4 inputs it stages the
-//   table slice C[0..G, o-tile, i-stage] and the stage's cells in shared memory; every
-//   thread keeps 4 outputs x 16 samples in registers (no atomics, each y written once).
-//   A quarter-warp reads one 128-byte table row per LDS.128: conflict-free.
-// dx: lanes own 32 inputs, warps own samples; a table of slopes
-//   D[k, o, i] = (C[k+1, o, i] - C[k, o, i]) / h_k (built by a small prep kernel) is staged
-//   per tile of 8 outputs; dx needs one table read per (sample, output, input).
-// dC: a warp owns one input and 32 outputs (lanes); for a chunk of samples it reads each
-//   sample's cell (broadcast) and dy[s, o] and updates its own columns of a shared-memory
-//   accumulator (thread-exclusive: no shared atomics); one global atomicAdd per
-//   (node, output, input) per block at the end.
+// Forward and dx share one shape ("tiled" kernels): the 32 lanes of a warp own 32 x 4
+// CONSECUTIVE outputs (a float4 each) of one 128-output tile, so every table read of a warp
+// is one 512-byte row, 4 conflict-free wavefronts, and a sample's cell is a warp-uniform
+// broadcast. The table is packed once per call (pack kernel) as [tile][input][row][128], so
+// the slice of a stage of inputs is one contiguous block that cp.async copies into shared
+// memory (double buffered). A warp keeps 16 samples in registers.
+//   forward: rows are the node values C[k]; y tile accumulated in registers, written once.
+//   dx: rows are the slopes (C[k+1] - C[k]) / h_k; grad_y of the warp's 16 samples in
+//     registers; per (sample, input) a lane's partial dot product over its 4 outputs, summed
+//     over the 32 lanes by a transpose-reduce (31 shuffles per 32 sums). The block loops over
+//     all output tiles itself, so grad_x is written by one thread per entry: no atomics,
+//     deterministic.
+// dC: a warp owns two inputs and 32 outputs (lanes); for a chunk of samples it reads each
+//   sample's cells (broadcast) and dy[s, o] and updates its own columns of a shared-memory
+//   accumulator (thread-exclusive: no shared atomics). The two inputs are independent
+//   read-modify-write chains, interleaved to hide the shared-memory latency. The batch is
+//   split into slices; each block flushes once: global atomicAdd, or (deterministic) a store
+//   into a per-slice workspace that a second kernel sums in a fixed order.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -29,30 +36,22 @@
 namespace lmkan {
 namespace {
 
-constexpr int kThreads = 256;
-
-// ---- forward configuration --------------------------------------------------------------
-constexpr int kFwdOut = 32;          // outputs per block (8 lanes x float4)
-constexpr int kFwdSamplesPerThread = 16;
-constexpr int kFwdSamples = kFwdSamplesPerThread * 32;  // 512 samples per block
-constexpr int kFwdInputs = 8;        // inputs per shared-memory stage
-
-// ---- dx configuration --------------------------------------------------------------------
-constexpr int kDxOut = 8;            // outputs per stage
-constexpr int kDxThreads = 512;
-constexpr int kDxWarps = kDxThreads / 32;
-constexpr int kDxSamplesPerThread = 16;
-constexpr int kDxSamples = kDxSamplesPerThread * kDxWarps;  // 256
+// ---- tiled kernels (forward, dx) ------------------------------------------------------------
+constexpr int kTileThreads = 512;
+constexpr int kTileWarps = kTileThreads / 32;
+constexpr int kTileOut = 128;                 // outputs per tile: 32 lanes x float4
+constexpr int kRowChunks = kTileOut / 4;      // float4s per table row
+constexpr int kWarpSamples = 16;              // samples per warp, in registers
+constexpr int kBlockSamples = kTileWarps * kWarpSamples;  // 256
+constexpr int kMaxStageInputs = 8;
+constexpr int kXPerLane = kMaxStageInputs * kWarpSamples / 32;  // x values a lane prefetches
+constexpr size_t kStageBudget = 64 * 1024;    // bytes of one table buffer, when rows allow
 
 // ---- dC configuration --------------------------------------------------------------------
-constexpr int kDcInputs = kThreads / 32;  // one input per warp
-constexpr int kDcChunk = 64;              // samples per staged chunk
-
-struct GridParams {
-  const float* borders;  // [G+1]
-  int num_grids;
-  bool uniform;
-};
+constexpr int kDcThreads = 256;
+constexpr int kDcWarps = kDcThreads / 32;
+constexpr int kDcInputs = 2 * kDcWarps;  // two inputs per warp
+constexpr int kDcChunk = 64;             // samples per staged chunk
 
 // Cell of v with the node table in shared memory (borders_s: [G+1]).
 __device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int num_grids,
@@ -65,250 +64,376 @@ __device__ __forceinline__ void load_borders(float* borders_s, const float* bord
   for (int j = threadIdx.x; j < n; j += blockDim.x) borders_s[j] = borders[j];
 }
 
+__device__ __forceinline__ void cp_async16(float* dst_s, const float* src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_s));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Every committed group but the most recent one has landed (this thread's copies).
+__device__ __forceinline__ void cp_async_wait_all_but_one() {
+  asm volatile("cp.async.wait_group 1;\n" ::);
+}
+
 // ==========================================================================================
-// Forward
+// Table packing (forward values or dx slopes)
 // ==========================================================================================
-// x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, N_out, N_in]; borders: [G+1];
-// y: [N_out, B] (batch_last) or [B, N_out].
-// Grid: (ceil(B / 512), ceil(N_out / 32)). Dynamic shared memory: see fwd_smem_bytes.
-__global__ void __launch_bounds__(kThreads, 2)
-lmkan1d_forward_kernel(const float* __restrict__ x, const float* __restrict__ params,
-                       const float* __restrict__ borders, float* __restrict__ y,
-                       int64_t batch, int n_in, int n_out, int num_grids, bool uniform,
-                       bool batch_last) {
-  extern __shared__ __align__(16) float smem[];
-  const int side = num_grids + 1;
-  float* table_s = smem;                                   // [kFwdInputs][G+1][32]
-  float2* cell_s = reinterpret_cast<float2*>(table_s + kFwdInputs * side * kFwdOut);  // [kFwdInputs][512]
-  float* borders_s = reinterpret_cast<float*>(cell_s + kFwdInputs * kFwdSamples);      // [G+1]
-
-  const int tid = threadIdx.x;
-  const int lane = tid & 31, warp = tid >> 5;
-  const int quad = lane & 7;   // outputs 4*quad .. 4*quad+3 of the tile
-  const int group = lane >> 3; // sample group inside the warp
-  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kFwdSamples;
-  const int o0 = blockIdx.y * kFwdOut;
-
-  load_borders(borders_s, borders, side);
-
-  float acc[kFwdSamplesPerThread][4];
-#pragma unroll
-  for (int m = 0; m < kFwdSamplesPerThread; ++m)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[m][c] = 0.f;
-
-  for (int i0 = 0; i0 < n_in; i0 += kFwdInputs) {
-    __syncthreads();  // previous stage fully consumed (and borders_s visible)
-    // Stage the table: table_s[il][k][o] = params[k, o0 + o, i0 + il] (zero outside).
-    const int table_elems = kFwdInputs * side * kFwdOut;
-    for (int e = tid; e < table_elems; e += kThreads) {
-      const int il = e % kFwdInputs;
-      const int o = (e / kFwdInputs) % kFwdOut;
-      const int k = e / (kFwdInputs * kFwdOut);
-      const int i = i0 + il, oo = o0 + o;
-      float v = 0.f;
-      if (i < n_in && oo < n_out) v = params[(static_cast<int64_t>(k) * n_out + oo) * n_in + i];
-      table_s[(il * side + k) * kFwdOut + o] = v;
-    }
-    // Stage the cells: (float offset of row k of input il in table_s, d).
-    for (int e = tid; e < kFwdInputs * kFwdSamples; e += kThreads) {
-      int il, sl;
-      if (batch_last) { sl = e % kFwdSamples; il = e / kFwdSamples; }
-      else            { il = e % kFwdInputs;  sl = e / kFwdInputs; }
-      const int i = i0 + il;
-      const int64_t s = s0 + sl;
-      int k = 0;
-      float d = 0.f;
-      if (i < n_in && s < batch) {
-        const float v = batch_last ? x[static_cast<int64_t>(i) * batch + s]
-                                   : x[s * n_in + i];
-        const Cell c = find_cell(v, borders_s, num_grids, uniform);
-        k = c.index;
-        d = c.d;
-      }
-      cell_s[il * kFwdSamples + sl] = make_float2(__int_as_float((il * side + k) * kFwdOut), d);
-    }
-    __syncthreads();
-
-    const float4* table4 = reinterpret_cast<const float4*>(table_s);
-#pragma unroll 1
-    for (int il = 0; il < kFwdInputs; ++il) {
-#pragma unroll
-      for (int m = 0; m < kFwdSamplesPerThread; ++m) {
-        const float2 c = cell_s[il * kFwdSamples + m * 32 + warp * 4 + group];
-        const int row = __float_as_int(c.x) >> 2;  // float4 index of row k
-        const float4 t0 = table4[row + quad];
-        const float4 t1 = table4[row + (kFwdOut / 4) + quad];
-        const float w1 = c.y, w0 = 1.f - c.y;
-        acc[m][0] = fmaf(w0, t0.x, fmaf(w1, t1.x, acc[m][0]));
-        acc[m][1] = fmaf(w0, t0.y, fmaf(w1, t1.y, acc[m][1]));
-        acc[m][2] = fmaf(w0, t0.z, fmaf(w1, t1.z, acc[m][2]));
-        acc[m][3] = fmaf(w0, t0.w, fmaf(w1, t1.w, acc[m][3]));
-      }
+// packed: [tiles][n_in_pad][rows][128] with packed[t][i][r][w] =
+//   values (rows = G+1): params[r, 128t + w, i]
+//   slopes (rows = G):   (params[r+1, o, i] - params[r, o, i]) / h_r,  o = 128t + w
+// and zero for o >= N_out or i >= N_in. params: [G+1, N_out, N_in]; borders: [G+1].
+__global__ void lmkan1d_pack_kernel(const float* __restrict__ params,
+                                    const float* __restrict__ borders,
+                                    float* __restrict__ packed, int n_in, int n_in_pad,
+                                    int n_out, int num_grids, int rows, bool slopes,
+                                    bool uniform, int64_t total) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= total) return;
+  const int w = static_cast<int>(e % kTileOut);
+  const int r = static_cast<int>((e / kTileOut) % rows);
+  const int64_t rest = e / (static_cast<int64_t>(kTileOut) * rows);
+  const int i = static_cast<int>(rest % n_in_pad);
+  const int o = static_cast<int>(rest / n_in_pad) * kTileOut + w;
+  float v = 0.f;
+  if (i < n_in && o < n_out) {
+    const float c0 = params[(static_cast<int64_t>(r) * n_out + o) * n_in + i];
+    if (slopes) {
+      const float inv_h = uniform ? num_grids / (borders[num_grids] - borders[0])
+                                  : 1.f / (borders[r + 1] - borders[r]);
+      v = (params[(static_cast<int64_t>(r + 1) * n_out + o) * n_in + i] - c0) * inv_h;
+    } else {
+      v = c0;
     }
   }
+  packed[e] = v;
+}
 
+// ==========================================================================================
+// Tiled kernels: shared pieces
+// ==========================================================================================
+struct TileArgs {
+  const float* x;        // [N_in, B] (batch_last) or [B, N_in]
+  const float* packed;   // [tiles][n_in_pad][rows][128]
+  const float* borders;  // [G+1]
+  int64_t batch;
+  int n_in, n_in_pad, n_out, num_grids, rows, stage_inputs;
+  bool uniform, batch_last;
+  bool rows_only;  // cells hold only the row offset (int [input][16]; dx), else float2 (row, d)
+};
+
+// Shared memory of a tiled block: two table buffers, the warps' cells, the borders.
+struct TileSmem {
+  float* table;   // [2][stage_inputs][rows][128]
+  float2* cells;  // this warp's [stage_inputs][16]: (float4 offset of row k in a buffer, d),
+                  // or with rows_only the offsets alone as int [stage_inputs][16]
+  float* borders;  // [G+1]
+  int stage_floats;
+};
+
+__device__ __forceinline__ TileSmem carve_tile_smem(float* smem, const TileArgs& a, int warp) {
+  TileSmem t;
+  t.stage_floats = a.stage_inputs * a.rows * kTileOut;
+  t.table = smem;
+  float2* all_cells = reinterpret_cast<float2*>(smem + 2 * t.stage_floats);
+  t.cells = all_cells + warp * a.stage_inputs * kWarpSamples;
+  t.borders = reinterpret_cast<float*>(all_cells + kTileWarps * a.stage_inputs * kWarpSamples);
+  return t;
+}
+
+size_t tile_smem_bytes(int rows, int stage_inputs, int num_grids) {
+  return sizeof(float) * 2 * stage_inputs * rows * kTileOut +
+         sizeof(float2) * kTileWarps * stage_inputs * kWarpSamples + sizeof(float) * (num_grids + 1);
+}
+
+// Inputs per stage: as many as kStageBudget holds (at least `min_inputs`, a multiple of it).
+int tile_stage_inputs(int rows, int min_inputs) {
+  int n = static_cast<int>(kStageBudget / (sizeof(float) * rows * kTileOut));
+  n = n / min_inputs * min_inputs;
+  return n < min_inputs ? min_inputs : (n > kMaxStageInputs ? kMaxStageInputs : n);
+}
+
+// Entry e of a stage's 16 x n (sample, input) cells: consecutive lanes take consecutive
+// elements of x in memory (inputs for batch-first, samples for batch-last).
+__device__ __forceinline__ void stage_entry(int e, int n, bool batch_last, int& il, int& m) {
+  if (batch_last) { m = e % kWarpSamples; il = e / kWarpSamples; }
+  else            { il = e % n;           m = e / n; }
+}
+
+// Prefetch the x values of this warp's samples for inputs [i0, i0 + n) (0 outside x).
+__device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileArgs& a,
+                                             int64_t s_warp, int i0, int n, int lane) {
 #pragma unroll
-  for (int m = 0; m < kFwdSamplesPerThread; ++m) {
-    const int64_t s = s0 + m * 32 + warp * 4 + group;
-    if (s >= batch) continue;
+  for (int j = 0; j < kXPerLane; ++j) {
+    const int e = lane + 32 * j;
+    float v = 0.f;
+    if (e < n * kWarpSamples) {
+      int il, m;
+      stage_entry(e, n, a.batch_last, il, m);
+      const int i = i0 + il;
+      const int64_t s = s_warp + m;
+      if (i < a.n_in && s < a.batch)
+        v = a.batch_last ? a.x[static_cast<int64_t>(i) * a.batch + s] : a.x[s * a.n_in + i];
+    }
+    xr[j] = v;
+  }
+}
+
+// Cells of the prefetched x values into this warp's cell buffer.
+__device__ __forceinline__ void store_stage_cells(const TileSmem& t, const float (&xr)[kXPerLane],
+                                                  const TileArgs& a, int n, int lane) {
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int o = o0 + quad * 4 + c;
-      if (o < n_out) {
-        if (batch_last) y[static_cast<int64_t>(o) * batch + s] = acc[m][c];
-        else            y[s * n_out + o] = acc[m][c];
-      }
+  for (int j = 0; j < kXPerLane; ++j) {
+    const int e = lane + 32 * j;
+    if (e < n * kWarpSamples) {
+      int il, m;
+      stage_entry(e, n, a.batch_last, il, m);
+      const Cell c = find_cell(xr[j], t.borders, a.num_grids, a.uniform);
+      const int row = (il * a.rows + c.index) * kRowChunks;
+      if (a.rows_only) reinterpret_cast<int*>(t.cells)[il * kWarpSamples + m] = row;
+      else             t.cells[il * kWarpSamples + m] = make_float2(__int_as_float(row), c.d);
     }
   }
 }
 
-size_t fwd_smem_bytes(int num_grids) {
-  const int side = num_grids + 1;
-  return sizeof(float) * (kFwdInputs * side * kFwdOut) + sizeof(float2) * kFwdInputs * kFwdSamples +
-         sizeof(float) * (side + 3);
+// cp.async the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed).
+__device__ __forceinline__ void stage_table(float* buf, const TileArgs& a, int tile, int i0, int n) {
+  const float* src = a.packed + (static_cast<int64_t>(tile) * a.n_in_pad + i0) * a.rows * kTileOut;
+  const int chunks = n * a.rows * kRowChunks;
+  for (int e = threadIdx.x; e < chunks; e += kTileThreads) cp_async16(buf + 4 * e, src + 4 * e);
+}
+
+__device__ __forceinline__ float component(const float4& v, int c) {
+  return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
+}
+
+// The input pipeline of one tile: for every stage, `consume(table4, i0, n)` runs with the
+// stage's table buffer (float4 view) and this warp's cells in t.cells, for inputs [i0, i0+n). Stage st+1 is
+// copied (cp.async) and its x values loaded while stage st is consumed.
+template <typename Consume>
+__device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
+                                           int64_t s_warp, int lane, Consume consume) {
+  const int per = a.stage_inputs;
+  const int stages = (a.n_in_pad + per - 1) / per;
+  float xr[kXPerLane];
+  load_stage_x(xr, a, s_warp, 0, min(per, a.n_in_pad), lane);
+  stage_table(t.table, a, tile, 0, min(per, a.n_in_pad));
+  cp_async_commit();
+  for (int st = 0; st < stages; ++st) {
+    const int i0 = st * per;
+    const int n = min(per, a.n_in_pad - i0);
+    store_stage_cells(t, xr, a, n, lane);  // previous readers passed the trailing barrier
+    if (st + 1 < stages) {
+      const int i1 = i0 + per;
+      const int n1 = min(per, a.n_in_pad - i1);
+      load_stage_x(xr, a, s_warp, i1, n1, lane);
+      stage_table(t.table + ((st + 1) & 1) * t.stage_floats, a, tile, i1, n1);
+    }
+    cp_async_commit();  // possibly empty: keeps "all but one" meaning "stage st landed"
+    cp_async_wait_all_but_one();
+    __syncthreads();
+    consume(reinterpret_cast<const float4*>(t.table + (st & 1) * t.stage_floats), i0, n);
+    __syncthreads();  // buffer st & 1 and the cells are free for the next stages
+  }
+}
+
+// ==========================================================================================
+// Forward
+// ==========================================================================================
+// a.packed: values, rows = G+1, n_in_pad = N_in; y: [N_out, B] (batch_last) or [B, N_out].
+// Grid: (ceil(B / 256), ceil(N_out / 128)), 512 threads. Shared memory: tile_smem_bytes.
+__global__ void __launch_bounds__(kTileThreads, 1)
+lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
+  extern __shared__ __align__(16) float smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const TileSmem t = carve_tile_smem(smem, a, warp);
+  const int tile = blockIdx.y;
+  const int64_t s_warp = static_cast<int64_t>(blockIdx.x) * kBlockSamples + warp * kWarpSamples;
+  load_borders(t.borders, a.borders, a.num_grids + 1);
+  __syncthreads();
+
+  float4 acc[kWarpSamples];
+#pragma unroll
+  for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
+
+  run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int, int n) {
+#pragma unroll 1
+    for (int il = 0; il < n; ++il) {
+      // Two samples' cells per broadcast read.
+      const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
+#pragma unroll
+      for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
+        const float4 c = cells4[m2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = __float_as_int(h == 0 ? c.x : c.z);
+          const float d = h == 0 ? c.y : c.w;
+          const float4 lo = table4[row + lane];
+          const float4 hi = table4[row + kRowChunks + lane];
+          const float w0 = 1.f - d;
+          float4& r = acc[2 * m2 + h];
+          r.x = fmaf(w0, lo.x, fmaf(d, hi.x, r.x));
+          r.y = fmaf(w0, lo.y, fmaf(d, hi.y, r.y));
+          r.z = fmaf(w0, lo.z, fmaf(d, hi.z, r.z));
+          r.w = fmaf(w0, lo.w, fmaf(d, hi.w, r.w));
+        }
+      }
+    }
+  });
+
+  const int o = tile * kTileOut + lane * 4;
+  const bool vector_store = !a.batch_last && (a.n_out & 3) == 0 && o < a.n_out;
+#pragma unroll
+  for (int m = 0; m < kWarpSamples; ++m) {
+    const int64_t s = s_warp + m;
+    if (s >= a.batch) continue;
+    if (vector_store) {
+      *reinterpret_cast<float4*>(y + s * a.n_out + o) = acc[m];
+      continue;
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (o + c >= a.n_out) continue;
+      const int64_t off = a.batch_last ? static_cast<int64_t>(o + c) * a.batch + s : s * a.n_out + o + c;
+      y[off] = component(acc[m], c);
+    }
+  }
 }
 
 // ==========================================================================================
 // Backward, dx
 // ==========================================================================================
-// Prep: slopes[t][o][k][l] = (params[k+1, o, 32t+l] - params[k, o, 32t+l]) / h_k, zero for
-// inputs past N_in and outputs past N_out. slopes: [ceil(N_in/32), roundup(N_out, 8), G, 32]; params: [G+1, N_out, N_in].
-__global__ void lmkan1d_slopes_kernel(const float* __restrict__ params,
-                                      const float* __restrict__ borders,
-                                      float* __restrict__ slopes, int n_in, int n_out,
-                                      int n_out_pad, int num_grids, bool uniform, int64_t total) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= total) return;
-  const int l = static_cast<int>(e % 32);
-  const int k = static_cast<int>((e / 32) % num_grids);
-  const int64_t rest = e / (32 * num_grids);
-  const int o = static_cast<int>(rest % n_out_pad);
-  const int t = static_cast<int>(rest / n_out_pad);
-  const int i = t * 32 + l;
-  float v = 0.f;
-  if (i < n_in && o < n_out) {
-    const float inv_h = uniform ? num_grids / (borders[num_grids] - borders[0])
-                                : 1.f / (borders[k + 1] - borders[k]);
-    const float c0 = params[(static_cast<int64_t>(k) * n_out + o) * n_in + i];
-    const float c1 = params[(static_cast<int64_t>(k + 1) * n_out + o) * n_in + i];
-    v = (c1 - c0) * inv_h;
+// v[0..N) of every lane -> v[0..N/2): lanes with bit N/2 set keep the upper half, the others
+// the lower half, each adding the partner's copy of the half it keeps.
+template <int N>
+__device__ __forceinline__ void fold_half(float (&v)[32], int lane) {
+  constexpr int H = N / 2;
+  const bool upper = (lane & H) != 0;
+#pragma unroll
+  for (int j = 0; j < H; ++j) {
+    const float send = upper ? v[j] : v[j + H];
+    const float keep = upper ? v[j + H] : v[j];
+    v[j] = keep + __shfl_xor_sync(0xffffffffu, send, H);
   }
-  slopes[e] = v;
 }
 
-// grad_y: like y; x: like the forward's x; slopes: as above; grad_x: like x.
-// Grid: (ceil(B / 256), ceil(N_in / 32)).
-__global__ void __launch_bounds__(kDxThreads, 1)
-lmkan1d_backward_dx_kernel(const float* __restrict__ grad_y, const float* __restrict__ x,
-                           const float* __restrict__ slopes, const float* __restrict__ borders,
-                           float* __restrict__ grad_x, int64_t batch, int n_in, int n_out,
-                           int num_grids, bool uniform, bool batch_last) {
+// Transpose-reduce: returns, in lane L, the sum over the 32 lanes of their v[L].
+__device__ __forceinline__ float reduce_scatter_32(float (&v)[32], int lane) {
+  fold_half<32>(v, lane);
+  fold_half<16>(v, lane);
+  fold_half<8>(v, lane);
+  fold_half<4>(v, lane);
+  fold_half<2>(v, lane);
+  return v[0];
+}
+
+__device__ __forceinline__ float dot4(const float4& a, const float4& b) {
+  return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, a.w * b.w)));
+}
+
+// a.packed: slopes, rows = G, n_in_pad = N_in rounded up to even (stages hold input pairs);
+// grad_y: like y; grad_x: like x, fully written. Grid: ceil(B / 256), 512 threads.
+__global__ void __launch_bounds__(kTileThreads, 1)
+lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
+                           float* __restrict__ grad_x, int tiles) {
   extern __shared__ __align__(16) float smem[];
-  float* slope_s = smem;                          // [kDxOut][G][32]
-  float* dy_s = slope_s + kDxOut * num_grids * 32;  // [256][kDxOut]
-  float* borders_s = dy_s + kDxSamples * kDxOut;    // [G+1]
-  // The output stride of slope_s, re-read from shared memory every tile so that the
-  // compiler does not hoist 8 x 16 addresses out of the tile loop (that spills).
-  __shared__ int stride_s;
-  if (threadIdx.x == 0) stride_s = num_grids * 32;
-
-  const int tid = threadIdx.x;
-  const int lane = tid & 31, warp = tid >> 5;
-  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kDxSamples;
-  const int tile = blockIdx.y;
-  const int i = tile * 32 + lane;
-
-  load_borders(borders_s, borders, num_grids + 1);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const TileSmem t = carve_tile_smem(smem, a, warp);
+  const int64_t s_warp = static_cast<int64_t>(blockIdx.x) * kBlockSamples + warp * kWarpSamples;
+  load_borders(t.borders, a.borders, a.num_grids + 1);
   __syncthreads();
 
-  // This thread's samples s0 + warp + 16m for input i: row offsets k*32 + lane.
-  int koff[kDxSamplesPerThread];
-  float acc[kDxSamplesPerThread];
+  // After the reduce, lane L holds the sum of sample L/2, input (L & 1) of the pair.
+  const int64_t s_mine = s_warp + (lane >> 1);
+  for (int tile = 0; tile < tiles; ++tile) {
+    float4 gy[kWarpSamples];  // grad_y of the warp's samples at this lane's 4 outputs
+    const int o = tile * kTileOut + lane * 4;
 #pragma unroll
-  for (int m = 0; m < kDxSamplesPerThread; ++m) {
-    const int64_t s = s0 + warp + kDxWarps * m;
-    int k = 0;
-    if (i < n_in && s < batch) {
-      const float v = batch_last ? x[static_cast<int64_t>(i) * batch + s] : x[s * n_in + i];
-      k = find_cell(v, borders_s, num_grids, uniform).index;
-    }
-    koff[m] = k * 32 + lane;
-    acc[m] = 0.f;
-  }
-
-  const float4* slopes4 = reinterpret_cast<const float4*>(
-      slopes + static_cast<int64_t>(tile) * ((n_out + kDxOut - 1) / kDxOut * kDxOut) * num_grids * 32);
-  for (int o0 = 0; o0 < n_out; o0 += kDxOut) {
-    __syncthreads();
-    // Slopes of outputs o0 .. o0+7 (zero past N_out): one contiguous block of 8 * G * 32 floats.
-    const int n4 = kDxOut * num_grids * 8;
-    float4* slope4_s = reinterpret_cast<float4*>(slope_s);
-    for (int e = tid; e < n4; e += kDxThreads)
-      slope4_s[e] = slopes4[static_cast<int64_t>(o0) * num_grids * 8 + e];
-    for (int e = tid; e < kDxSamples * kDxOut; e += kDxThreads) {
-      int sl, o;
-      if (batch_last) { sl = e % kDxSamples; o = e / kDxSamples; }
-      else            { o = e % kDxOut;      sl = e / kDxOut; }
-      const int64_t s = s0 + sl;
-      float g = 0.f;
-      if (s < batch && o0 + o < n_out)
-        g = batch_last ? grad_y[static_cast<int64_t>(o0 + o) * batch + s]
-                       : grad_y[s * n_out + o0 + o];
-      dy_s[sl * kDxOut + o] = g;
-    }
-    __syncthreads();
-
-    const int stride_o = stride_s;
+    for (int m = 0; m < kWarpSamples; ++m) {
+      const int64_t s = s_warp + m;
+      float g[4];
 #pragma unroll
-    for (int m = 0; m < kDxSamplesPerThread; ++m) {
-      const float4* g4 = reinterpret_cast<const float4*>(dy_s + (warp + kDxWarps * m) * kDxOut);
-      const float4 ga = g4[0], gb = g4[1];
-      const float* base = slope_s + koff[m];
-      float a = acc[m];
-      a = fmaf(ga.x, base[0 * stride_o], a);
-      a = fmaf(ga.y, base[1 * stride_o], a);
-      a = fmaf(ga.z, base[2 * stride_o], a);
-      a = fmaf(ga.w, base[3 * stride_o], a);
-      a = fmaf(gb.x, base[4 * stride_o], a);
-      a = fmaf(gb.y, base[5 * stride_o], a);
-      a = fmaf(gb.z, base[6 * stride_o], a);
-      a = fmaf(gb.w, base[7 * stride_o], a);
-      acc[m] = a;
+      for (int c = 0; c < 4; ++c) {
+        g[c] = 0.f;
+        if (s < a.batch && o + c < a.n_out)
+          g[c] = a.batch_last ? grad_y[static_cast<int64_t>(o + c) * a.batch + s]
+                              : grad_y[s * a.n_out + o + c];
+      }
+      gy[m] = make_float4(g[0], g[1], g[2], g[3]);
     }
-  }
 
-  if (i >= n_in) return;
+    run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int i0, int n) {
+#pragma unroll 1
+      for (int il = 0; il < n; il += 2) {
+        // This lane's entry of the pair's 32 sums; its previous value (earlier output
+        // tiles) is loaded first so that the load overlaps the dot products.
+        const int i = i0 + il + (lane & 1);
+        const bool mine = s_mine < a.batch && i < a.n_in;
+        const int64_t off = a.batch_last ? static_cast<int64_t>(i) * a.batch + s_mine
+                                         : s_mine * a.n_in + i;
+        const float prev = (mine && tile > 0) ? grad_x[off] : 0.f;
+        // Row offsets of four samples per broadcast read (rows_only cells).
+        const int4* rows_a = reinterpret_cast<const int4*>(t.cells) + il * (kWarpSamples / 4);
+        const int4* rows_b = rows_a + kWarpSamples / 4;
+        float part[32];  // [sample m][input of the pair]: index 2m + (0 or 1)
 #pragma unroll
-  for (int m = 0; m < kDxSamplesPerThread; ++m) {
-    const int64_t s = s0 + warp + kDxWarps * m;
-    if (s < batch) {
-      if (batch_last) grad_x[static_cast<int64_t>(i) * batch + s] = acc[m];
-      else            grad_x[s * n_in + i] = acc[m];
-    }
+        for (int q = 0; q < kWarpSamples / 4; ++q) {
+          const int4 ra = rows_a[q], rb = rows_b[q];
+          const int row_a[4] = {ra.x, ra.y, ra.z, ra.w};
+          const int row_b[4] = {rb.x, rb.y, rb.z, rb.w};
+#pragma unroll
+          for (int h = 0; h < 4; ++h) {
+            const int m = 4 * q + h;
+            part[2 * m + 0] = dot4(gy[m], table4[row_a[h] + lane]);
+            part[2 * m + 1] = dot4(gy[m], table4[row_b[h] + lane]);
+          }
+        }
+        const float sum = reduce_scatter_32(part, lane);
+        // Tile 0 writes, later tiles add: the same thread owns this entry in every tile.
+        if (mine) grad_x[off] = tile == 0 ? sum : prev + sum;
+      }
+    });
   }
+}
+
+size_t fwd_smem_bytes(int num_grids) {
+  const int rows = num_grids + 1;
+  return tile_smem_bytes(rows, tile_stage_inputs(rows, 1), num_grids);
 }
 
 size_t dx_smem_bytes(int num_grids) {
-  return sizeof(float) * (kDxOut * num_grids * 32 + kDxSamples * kDxOut + num_grids + 1);
+  return tile_smem_bytes(num_grids, tile_stage_inputs(num_grids, 2), num_grids);
 }
 
 // ==========================================================================================
 // Backward, dC
 // ==========================================================================================
-// grad_params: [G+1, N_out, N_in], zero on entry (atomically accumulated).
-// Grid: (ceil(N_out / 32), ceil(N_in / 8), slices); block b.z handles samples
+// One sample's update of this lane's columns of two inputs' accumulators: (row offset, d)
+// of each input's cell, g = dy[s, o]. All four loads come before any store, so the two
+// read-modify-write chains overlap their shared-memory latency.
+__device__ __forceinline__ void accumulate_two_inputs(float* acc_a, float* acc_b, float row_a,
+                                                      float d_a, float row_b, float d_b, float g) {
+  float* pa = acc_a + __float_as_int(row_a);
+  float* pb = acc_b + __float_as_int(row_b);
+  const float lo_a = pa[0], hi_a = pa[32], lo_b = pb[0], hi_b = pb[32];
+  pa[0] = fmaf(g, 1.f - d_a, lo_a);
+  pa[32] = fmaf(g, d_a, hi_a);
+  pb[0] = fmaf(g, 1.f - d_b, lo_b);
+  pb[32] = fmaf(g, d_b, hi_b);
+}
+
+// out: accumulate ? grad_params [G+1, N_out, N_in], zero on entry, atomically added to
+//                 : a workspace [slices][G+1][N_out][N_in] (slice z = blockIdx.z), stored.
+// Grid: (ceil(N_out / 32), ceil(N_in / 16), slices); block b.z handles samples
 // [z * slice_len, (z+1) * slice_len).
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kDcThreads)
 lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __restrict__ x,
-                           const float* __restrict__ borders, float* __restrict__ grad_params,
+                           const float* __restrict__ borders, float* __restrict__ out,
                            int64_t batch, int n_in, int n_out, int num_grids, bool uniform,
-                           bool batch_last, int64_t slice_len) {
+                           bool batch_last, int64_t slice_len, bool accumulate) {
   extern __shared__ __align__(16) float smem[];
   const int side = num_grids + 1;
-  float* acc_s = smem;                              // [8 inputs][G+1][32 outputs]
+  float* acc_s = smem;                              // [16 inputs][G+1][32 outputs]
   float* dy_s = acc_s + kDcInputs * side * 32;      // [kDcChunk][32]
-  float2* cell_s = reinterpret_cast<float2*>(dy_s + kDcChunk * 32);  // [8][kDcChunk]
+  float2* cell_s = reinterpret_cast<float2*>(dy_s + kDcChunk * 32);  // [16][kDcChunk]
   float* borders_s = reinterpret_cast<float*>(cell_s + kDcInputs * kDcChunk);  // [G+1]
 
   const int tid = threadIdx.x;
@@ -319,12 +444,14 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
   const int64_t end = (begin + slice_len < batch) ? begin + slice_len : batch;
 
   load_borders(borders_s, borders, side);
-  for (int e = tid; e < kDcInputs * side * 32; e += kThreads) acc_s[e] = 0.f;
-  float* my_acc = acc_s + warp * side * 32 + lane;  // this thread's column: [k * 32]
+  for (int e = tid; e < kDcInputs * side * 32; e += kDcThreads) acc_s[e] = 0.f;
+  // This thread's columns ([k * 32]) of the warp's two inputs 2 warp and 2 warp + 1.
+  float* acc_a = acc_s + (2 * warp) * side * 32 + lane;
+  float* acc_b = acc_a + side * 32;
 
   for (int64_t c0 = begin; c0 < end; c0 += kDcChunk) {
     __syncthreads();
-    for (int e = tid; e < kDcChunk * 32; e += kThreads) {
+    for (int e = tid; e < kDcChunk * 32; e += kDcThreads) {
       int sl, o;
       if (batch_last) { sl = e % kDcChunk; o = e / kDcChunk; }
       else            { o = e % 32;        sl = e / 32; }
@@ -335,7 +462,7 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
                        : grad_y[s * n_out + o0 + o];
       dy_s[sl * 32 + o] = g;
     }
-    for (int e = tid; e < kDcChunk * kDcInputs; e += kThreads) {
+    for (int e = tid; e < kDcChunk * kDcInputs; e += kDcThreads) {
       int sl, il;
       if (batch_last) { sl = e % kDcChunk; il = e / kDcChunk; }
       else            { il = e % kDcInputs; sl = e / kDcInputs; }
@@ -353,36 +480,58 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
     }
     __syncthreads();
 
+    // Samples in pairs: one broadcast read gives two samples' cells of an input. Past the
+    // slice end dy is 0 and the cell (0, 0), so the padding sample of an odd tail adds 0.
     const int64_t rem = end - c0;
-    const int n = rem < kDcChunk ? static_cast<int>(rem) : kDcChunk;
-    const float2* my_cells = cell_s + warp * kDcChunk;
-#pragma unroll 4
-    for (int sl = 0; sl < n; ++sl) {
-      const float2 c = my_cells[sl];
-      const float g = dy_s[sl * 32 + lane];
-      float* p = my_acc + __float_as_int(c.x);
-      const float lo = p[0], hi = p[32];
-      p[0] = fmaf(g, 1.f - c.y, lo);
-      p[32] = fmaf(g, c.y, hi);
+    const int pairs = rem < kDcChunk ? static_cast<int>(rem + 1) / 2 : kDcChunk / 2;
+    const float4* cells_a = reinterpret_cast<const float4*>(cell_s + (2 * warp) * kDcChunk);
+    const float4* cells_b = cells_a + kDcChunk / 2;
+    // The next pair's cells are loaded before this pair's stores (program order lets the
+    // compiler issue them early: the accumulator stores might alias them otherwise).
+    float4 ca = cells_a[0], cb = cells_b[0];
+#pragma unroll 2
+    for (int p = 0; p < pairs; ++p) {
+      const int next = p + 1 < pairs ? p + 1 : p;
+      const float4 na = cells_a[next], nb = cells_b[next];
+      const float g0 = dy_s[(2 * p) * 32 + lane], g1 = dy_s[(2 * p + 1) * 32 + lane];
+      accumulate_two_inputs(acc_a, acc_b, ca.x, ca.y, cb.x, cb.y, g0);
+      accumulate_two_inputs(acc_a, acc_b, ca.z, ca.w, cb.z, cb.w, g1);
+      ca = na;
+      cb = nb;
     }
   }
   __syncthreads();
 
   // Flush: consecutive threads take consecutive inputs of one (node, output) row.
-  for (int e = tid; e < kDcInputs * side * 32; e += kThreads) {
+  const int64_t plane = static_cast<int64_t>(side) * n_out * n_in;
+  float* dst = accumulate ? out : out + blockIdx.z * plane;
+  for (int e = tid; e < kDcInputs * side * 32; e += kDcThreads) {
     const int il = e % kDcInputs;
     const int o = (e / kDcInputs) % 32;
     const int k = e / (kDcInputs * 32);
     const int i = i0 + il, oo = o0 + o;
-    if (i < n_in && oo < n_out)
-      atomicAdd(grad_params + (static_cast<int64_t>(k) * n_out + oo) * n_in + i,
-                acc_s[(il * side + k) * 32 + o]);
+    if (i < n_in && oo < n_out) {
+      const int64_t off = (static_cast<int64_t>(k) * n_out + oo) * n_in + i;
+      const float v = acc_s[(il * side + k) * 32 + o];
+      if (accumulate) atomicAdd(dst + off, v);
+      else            dst[off] = v;
+    }
   }
 }
 
 size_t dc_smem_bytes(int num_grids) {
   return sizeof(float) * (kDcInputs * (num_grids + 1) * 32 + kDcChunk * 32) +
          sizeof(float2) * kDcInputs * kDcChunk + sizeof(float) * (num_grids + 2);
+}
+
+// out[e] = sum over z = 0, 1, ... of ws[z][e], in that order (deterministic dC).
+__global__ void lmkan1d_sum_slices_kernel(const float* __restrict__ ws, float* __restrict__ out,
+                                          int64_t plane, int slices) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= plane) return;
+  float v = ws[e];
+  for (int z = 1; z < slices; ++z) v += ws[z * plane + e];
+  out[e] = v;
 }
 
 // ==========================================================================================
@@ -429,8 +578,54 @@ void check_smem(size_t need, int device, const char* which, int num_grids) {
                     limit, "; use a smaller num_grids");
 }
 
+int output_tiles(int n_out) { return (n_out + kTileOut - 1) / kTileOut; }
+
+// The packed table of the tiled kernels: node values (rows G+1) or slopes (rows G).
+at::Tensor pack_table(const at::Tensor& params, const at::Tensor& borders, const Shapes& sh,
+                      int n_in_pad, bool slopes, bool uniform_grid, cudaStream_t stream) {
+  const int rows = slopes ? sh.num_grids : sh.num_grids + 1;
+  at::Tensor packed = at::empty({output_tiles(sh.n_out), n_in_pad, rows, kTileOut}, params.options());
+  const int64_t total = packed.numel();
+  const int threads = 256;
+  lmkan1d_pack_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(
+      params.data_ptr<float>(), borders.data_ptr<float>(), packed.data_ptr<float>(), sh.n_in,
+      n_in_pad, sh.n_out, sh.num_grids, rows, slopes, uniform_grid, total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return packed;
+}
+
+TileArgs tile_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& borders,
+                   const Shapes& sh, int n_in_pad, int rows, int min_stage_inputs,
+                   bool rows_only, bool uniform_grid, bool batch_last) {
+  TileArgs a;
+  a.x = x.data_ptr<float>();
+  a.packed = packed.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.batch = sh.batch;
+  a.n_in = sh.n_in;
+  a.n_in_pad = n_in_pad;
+  a.n_out = sh.n_out;
+  a.num_grids = sh.num_grids;
+  a.rows = rows;
+  a.stage_inputs = tile_stage_inputs(rows, min_stage_inputs);
+  a.uniform = uniform_grid;
+  a.batch_last = batch_last;
+  a.rows_only = rows_only;
+  return a;
+}
+
+unsigned sample_blocks(int64_t batch) {
+  const int64_t blocks = (batch + kBlockSamples - 1) / kBlockSamples;
+  TORCH_CHECK_VALUE(blocks < (int64_t{1} << 31), "batch ", batch, " is too large");
+  return static_cast<unsigned>(blocks);
+}
+
+// `deterministic` is accepted for the autograd registration (saved for the backward); the
+// forward kernel has no atomics and is deterministic either way.
 at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
-                                const at::Tensor& borders_in, bool uniform_grid, bool batch_last) {
+                                const at::Tensor& borders_in, bool uniform_grid, bool batch_last,
+                                bool deterministic) {
+  (void)deterministic;
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]
@@ -439,24 +634,88 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
   at::Tensor y = batch_last ? at::empty({sh.n_out, sh.batch}, x.options())
                             : at::empty({sh.batch, sh.n_out}, x.options());
   if (sh.batch == 0 || sh.n_out == 0) return y;
+  if (sh.n_in == 0) return y.zero_();
   const size_t smem = fwd_smem_bytes(sh.num_grids);
   check_smem(smem, x.get_device(), "forward", sh.num_grids);
+  const unsigned blocks = sample_blocks(sh.batch);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor packed = pack_table(params, borders, sh, sh.n_in, false, uniform_grid, stream);
+  const TileArgs a = tile_args(x, packed, borders, sh, sh.n_in, sh.num_grids + 1, 1, false,
+                               uniform_grid, batch_last);
   set_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel), smem);
-  const int64_t blocks_b = (sh.batch + kFwdSamples - 1) / kFwdSamples;
-  TORCH_CHECK_VALUE(blocks_b < (int64_t{1} << 31), "batch ", sh.batch, " is too large");
-  const dim3 grid(static_cast<unsigned>(blocks_b), (sh.n_out + kFwdOut - 1) / kFwdOut);
-  lmkan1d_forward_kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), params.data_ptr<float>(), borders.data_ptr<float>(), y.data_ptr<float>(),
-      sh.batch, sh.n_in, sh.n_out, sh.num_grids, uniform_grid, batch_last);
+  const dim3 grid(blocks, output_tiles(sh.n_out));
+  lmkan1d_forward_kernel<<<grid, kTileThreads, smem, stream>>>(a, y.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
+}
+
+void launch_dx(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
+               const at::Tensor& borders, const Shapes& sh, bool uniform_grid, bool batch_last,
+               at::Tensor& grad_x, cudaStream_t stream) {
+  const size_t smem = dx_smem_bytes(sh.num_grids);
+  check_smem(smem, x.get_device(), "backward (dx)", sh.num_grids);
+  const unsigned blocks = sample_blocks(sh.batch);
+  const int n_in_pad = (sh.n_in + 1) / 2 * 2;  // stages hold pairs of inputs
+  const at::Tensor slopes = pack_table(params, borders, sh, n_in_pad, true, uniform_grid, stream);
+  const TileArgs a = tile_args(x, slopes, borders, sh, n_in_pad, sh.num_grids, 2, true,
+                               uniform_grid, batch_last);
+  set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dx_kernel), smem);
+  lmkan1d_backward_dx_kernel<<<blocks, kTileThreads, smem, stream>>>(
+      a, grad_y.data_ptr<float>(), grad_x.data_ptr<float>(), output_tiles(sh.n_out));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Slices of the batch for dC: enough blocks for ~8 per SM, each slice at least 4 chunks.
+int64_t dc_slices(const Shapes& sh, int sms) {
+  const int64_t tiles = static_cast<int64_t>((sh.n_out + 31) / 32) * ((sh.n_in + kDcInputs - 1) / kDcInputs);
+  int64_t slices = std::max<int64_t>(1, (int64_t{8} * sms + tiles - 1) / tiles);
+  slices = std::min<int64_t>(slices, std::max<int64_t>(1, sh.batch / (4 * kDcChunk)));
+  slices = std::min<int64_t>(slices, 65535);
+  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  return (sh.batch + slice_len - 1) / slice_len;
+}
+
+void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
+               const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
+               at::Tensor& grad_params, cudaStream_t stream) {
+  const int device = x.get_device();
+  const size_t smem = dc_smem_bytes(sh.num_grids);
+  check_smem(smem, device, "backward (dC)", sh.num_grids);
+  set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel), smem);
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t slices = dc_slices(sh, sms);
+  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  const dim3 grid((sh.n_out + 31) / 32, (sh.n_in + kDcInputs - 1) / kDcInputs,
+                  static_cast<unsigned>(slices));
+  // One slice stores straight into grad_params; several add atomically (any order) or,
+  // deterministic, store per slice and are summed in slice order.
+  const bool accumulate = slices > 1 && !deterministic;
+  const int64_t plane = grad_params.numel();
+  at::Tensor workspace = (slices > 1 && deterministic)
+                             ? at::empty({slices, plane}, grad_params.options())
+                             : grad_params;
+  if (accumulate) grad_params.zero_();
+  lmkan1d_backward_dc_kernel<<<grid, kDcThreads, smem, stream>>>(
+      grad_y.data_ptr<float>(), x.data_ptr<float>(), borders.data_ptr<float>(),
+      workspace.data_ptr<float>(), sh.batch, sh.n_in, sh.n_out, sh.num_grids, uniform_grid,
+      batch_last, slice_len, accumulate);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (slices > 1 && deterministic) {
+    const int threads = 256;
+    lmkan1d_sum_slices_kernel<<<static_cast<unsigned>((plane + threads - 1) / threads), threads, 0,
+                                stream>>>(workspace.data_ptr<float>(), grad_params.data_ptr<float>(),
+                                          plane, static_cast<int>(slices));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_y_in,
                                                          const at::Tensor& x_in,
                                                          const at::Tensor& params_in,
                                                          const at::Tensor& borders_in,
-                                                         bool uniform_grid, bool batch_last) {
+                                                         bool uniform_grid, bool batch_last,
+                                                         bool deterministic) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
   check_cuda_float(grad_y_in, "grad_y");
   check_same_device(x_in, "x", grad_y_in, "grad_y");
@@ -473,56 +732,15 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
   const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]
   const at::Tensor borders = borders_in.contiguous();  // [G+1]
   at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_params = at::zeros_like(params);
-  if (sh.batch == 0 || sh.n_in == 0) return {grad_x, grad_params};
-  if (sh.n_out == 0) { grad_x.zero_(); return {grad_x, grad_params}; }
-  const int device = x.get_device();
+  at::Tensor grad_params = at::empty_like(params);
+  if (sh.batch == 0 || sh.n_in == 0 || sh.n_out == 0) {
+    grad_x.zero_();
+    grad_params.zero_();
+    return {grad_x, grad_params};
+  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-
-  // dx: slope table, then the dx kernel.
-  {
-    const int tiles = (sh.n_in + 31) / 32;
-    const int n_out_pad = (sh.n_out + kDxOut - 1) / kDxOut * kDxOut;
-    at::Tensor slopes = at::empty({tiles, n_out_pad, sh.num_grids, 32}, x.options());
-    const int64_t total = slopes.numel();
-    const int threads = 256;
-    lmkan1d_slopes_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0,
-                            stream>>>(params.data_ptr<float>(), borders.data_ptr<float>(),
-                                      slopes.data_ptr<float>(), sh.n_in, sh.n_out, n_out_pad,
-                                      sh.num_grids, uniform_grid, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const size_t smem = dx_smem_bytes(sh.num_grids);
-    check_smem(smem, device, "backward (dx)", sh.num_grids);
-    set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dx_kernel), smem);
-    const dim3 grid(static_cast<unsigned>((sh.batch + kDxSamples - 1) / kDxSamples), tiles);
-    lmkan1d_backward_dx_kernel<<<grid, kDxThreads, smem, stream>>>(
-        grad_y.data_ptr<float>(), x.data_ptr<float>(), slopes.data_ptr<float>(),
-        borders.data_ptr<float>(), grad_x.data_ptr<float>(), sh.batch, sh.n_in, sh.n_out,
-        sh.num_grids, uniform_grid, batch_last);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  // dC.
-  {
-    const size_t smem = dc_smem_bytes(sh.num_grids);
-    check_smem(smem, device, "backward (dC)", sh.num_grids);
-    set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel), smem);
-    int sms = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t tiles = static_cast<int64_t>((sh.n_out + 31) / 32) * ((sh.n_in + kDcInputs - 1) / kDcInputs);
-    // Enough slices of the batch for ~8 blocks per SM; each slice at least 4 chunks.
-    int64_t slices = std::max<int64_t>(1, (int64_t{8} * sms + tiles - 1) / tiles);
-    slices = std::min<int64_t>(slices, std::max<int64_t>(1, sh.batch / (4 * kDcChunk)));
-    slices = std::min<int64_t>(slices, 65535);
-    const int64_t slice_len = (sh.batch + slices - 1) / slices;
-    slices = (sh.batch + slice_len - 1) / slice_len;
-    const dim3 grid((sh.n_out + 31) / 32, (sh.n_in + kDcInputs - 1) / kDcInputs,
-                    static_cast<unsigned>(slices));
-    lmkan1d_backward_dc_kernel<<<grid, kThreads, smem, stream>>>(
-        grad_y.data_ptr<float>(), x.data_ptr<float>(), borders.data_ptr<float>(),
-        grad_params.data_ptr<float>(), sh.batch, sh.n_in, sh.n_out, sh.num_grids, uniform_grid,
-        batch_last, slice_len);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  launch_dx(grad_y, x, params, borders, sh, uniform_grid, batch_last, grad_x, stream);
+  launch_dc(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
   return {grad_x, grad_params};
 }
 

@@ -24,12 +24,14 @@ TORCH_LIBRARY(lmkan, m) {
   // or "backward_fast"; lets the layer raise a clear error before any launch.
   m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index) -> int");
 
+  // deterministic: bitwise-reproducible backward (fixed-order reductions instead of
+  // atomics); the forward is deterministic either way and only saves it for the backward.
   m.def("lmkan1d_forward(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
-        "bool batch_last) -> Tensor");
+        "bool batch_last, bool deterministic=False) -> Tensor");
   // Largest num_grids the 1D kernels support on a device (forward and backward alike).
   m.def("lmkan1d_max_num_grids(int device_index) -> int");
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
-        "bool uniform_grid, bool batch_last) -> (Tensor, Tensor)");
+        "bool uniform_grid, bool batch_last, bool deterministic=False) -> (Tensor, Tensor)");
 
   m.def("hessian2d(Tensor params, Tensor borders) -> Tensor");
   m.def("hessian2d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");

@@ -26,13 +26,17 @@ class LMKAN1DLayer(nn.Module):
         init: "random_normal" (straight lines with unit-norm random slopes per output),
             "identity" (y = x exactly; needs input_dim == output_dim) or "zero".
         batch_last: x is [input_dim, B] (default) or, if False, [..., input_dim].
+        deterministic: bitwise-reproducible CUDA backward (fixed-order reduction of the
+            parameter gradient instead of atomics, a little slower and a workspace of a few
+            parameter-sized buffers); None (default) follows
+            torch.are_deterministic_algorithms_enabled() at call time.
 
     Beyond the end nodes each function extrapolates linearly. `func_parameter` has shape
     [G+1, output_dim, input_dim].
     """
 
     def __init__(self, num_grids, input_dim, output_dim, grid="cdf", spline_width=4.0,
-                 init="random_normal", batch_last=True):
+                 init="random_normal", batch_last=True, deterministic=None):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3)
         self.input_dim = check_int("input_dim", input_dim, 1)
@@ -44,6 +48,7 @@ class LMKAN1DLayer(nn.Module):
             raise ValueError(f"init='identity' needs input_dim == output_dim, got input_dim="
                              f"{self.input_dim} and output_dim={self.output_dim}")
         self.batch_last = bool(batch_last)
+        self.deterministic = None if deterministic is None else bool(deterministic)
         self.func_parameter = nn.Parameter(torch.empty(self.num_grids + 1, self.output_dim, self.input_dim))
         borders = (uniform_borders(self.num_grids, self.spline_width) if self.grid == "uniform"
                    else cdf_borders(self.num_grids))
@@ -81,7 +86,8 @@ class LMKAN1DLayer(nn.Module):
         x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, type(self).__name__)
         if x2d.is_cuda and x2d.dtype == torch.float32 and has_cuda_kernel("lmkan1d_forward"):
             self._check_fits_on_device(x2d.device)
-        y = ops.lmkan1d(x2d, self.func_parameter, self.borders, self.grid == "uniform", self.batch_last)
+        y = ops.lmkan1d(x2d, self.func_parameter, self.borders, self.grid == "uniform", self.batch_last,
+                        self.deterministic)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def _check_fits_on_device(self, device):
@@ -115,16 +121,18 @@ class LMKAN1DLayer(nn.Module):
 class KANLayer(LMKAN1DLayer):
     """Drop-in for KANditioned's KANLayer: batch-first, uniform grid of num_control_points.
 
-    KANLayer(in_features, out_features, init, num_control_points=32, spline_width=4.0)
+    KANLayer(in_features, out_features, init, num_control_points=32, spline_width=4.0,
+    deterministic=None)
     is LMKAN1DLayer(num_control_points - 1, in_features, out_features, grid="uniform",
-    spline_width=spline_width, init=init, batch_last=False).
+    spline_width=spline_width, init=init, batch_last=False); `deterministic` as there.
     """
 
     def __init__(self, in_features, out_features, init="random_normal", num_control_points=32,
-                 spline_width=4.0):
+                 spline_width=4.0, deterministic=None):
         num_control_points = check_int("num_control_points", num_control_points, 4)
         super().__init__(num_control_points - 1, in_features, out_features, grid="uniform",
-                         spline_width=spline_width, init=init, batch_last=False)
+                         spline_width=spline_width, init=init, batch_last=False,
+                         deterministic=deterministic)
         self.in_features = self.input_dim
         self.out_features = self.output_dim
         self.num_control_points = num_control_points

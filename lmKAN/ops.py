@@ -29,11 +29,19 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
     return _reference.lmkan2d_forward(x, params, borders, batch_last)
 
 
-def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True):
-    """1D linear-spline layer (SPEC.md section 4). x: [N_in, B] or [B, N_in] (2-D)."""
+def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, deterministic=None):
+    """1D linear-spline layer (SPEC.md section 4). x: [N_in, B] or [B, N_in] (2-D).
+
+    deterministic: bitwise-reproducible backward on CUDA (a fixed-order reduction of the
+    parameter gradient instead of atomics); None follows
+    torch.are_deterministic_algorithms_enabled() at call time.
+    """
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     if _kernel_applies("lmkan1d_forward", x, params, borders):
         return torch.ops.lmkan.lmkan1d_forward(
-            x.contiguous(), params.contiguous(), borders.contiguous(), uniform_grid, batch_last)
+            x.contiguous(), params.contiguous(), borders.contiguous(), uniform_grid, batch_last,
+            bool(deterministic))
     return _reference.lmkan1d_forward(x, params, borders, uniform_grid, batch_last)
 
 
@@ -94,31 +102,31 @@ def _register():
 
     # --- 1D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan1d_forward")
-    def _(x, params, borders, uniform_grid, batch_last):
+    def _(x, params, borders, uniform_grid, batch_last, deterministic=False):
         batch = x.shape[1] if batch_last else x.shape[0]
         n_out = params.shape[1]
         return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
 
     @torch.library.register_fake(lib + "lmkan1d_backward")
-    def _(grad_y, x, params, borders, uniform_grid, batch_last):
+    def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False):
         return torch.empty_like(x), torch.empty_like(params)
 
     def setup_1d(ctx, inputs, output):
-        x, params, borders, uniform_grid, batch_last = inputs
+        x, params, borders, uniform_grid, batch_last, deterministic = inputs
         ctx.save_for_backward(x, params, borders)
-        ctx.config = (uniform_grid, batch_last)
+        ctx.config = (uniform_grid, batch_last, deterministic)
 
     def backward_1d(ctx, grad_y):
         x, params, borders = ctx.saved_tensors
-        uniform_grid, batch_last = ctx.config
+        uniform_grid, batch_last, deterministic = ctx.config
         if has_cuda_kernel("lmkan1d_backward"):
             grad_x, grad_p = torch.ops.lmkan.lmkan1d_backward(
-                grad_y.contiguous(), x, params, borders, uniform_grid, batch_last)
+                grad_y.contiguous(), x, params, borders, uniform_grid, batch_last, deterministic)
         else:
             grad_x, grad_p = _reference_grads(
                 lambda a, b: _reference.lmkan1d_forward(a, b, borders, uniform_grid, batch_last),
                 grad_y, x, params)
-        return grad_x, grad_p, None, None, None
+        return grad_x, grad_p, None, None, None, None
 
     torch.library.register_autograd(lib + "lmkan1d_forward", backward_1d, setup_context=setup_1d)
 
