@@ -167,6 +167,7 @@ _MEMORY = {}          # TuningKey -> entry dict (config, ms, default_ms)
 _LOADED_PATHS = set()  # cache files already merged into _MEMORY
 _WARNED = set()       # (path, problem) pairs already warned about
 _LOCK = threading.RLock()
+_GENERATION = [0]     # bumped by clear_memory_cache(): the layers' memos are then stale
 
 
 def clear_memory_cache():
@@ -174,6 +175,7 @@ def clear_memory_cache():
     with _LOCK:
         _MEMORY.clear()
         _LOADED_PATHS.clear()
+        _GENERATION[0] += 1
 
 
 def _warn_once(path, problem):
@@ -450,8 +452,24 @@ def launch_config_2d(layer, x, needs_backward):
         return _with_defaults(settings, getattr(layer, "_tuned_choices", {}))
     if not _kernels_apply(layer, x):
         return _with_defaults(settings, {})
-    may_time = ((tuning_enabled() or _SESSION.force is not None)
+    enabled = tuning_enabled()
+    may_time = ((enabled or _SESSION.force is not None)
                 and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
+    # Steady state: one tuple and one dict lookup per call (the full key costs ~10x more).
+    batch = x.shape[1] if layer.batch_last else x.shape[0]
+    memo_key = (x.device, batch_bucket(batch), x.dtype, needs_backward, settings, may_time,
+                enabled, _GENERATION[0])
+    memo = layer.__dict__.setdefault("_tuning_memo", {})
+    if _SESSION.force is None and memo_key in memo:
+        return memo[memo_key]
+    config = _resolve_modes(layer, x, needs_backward, settings, may_time)
+    if _SESSION.force is None:
+        memo[memo_key] = config
+    return config
+
+
+def _resolve_modes(layer, x, needs_backward, settings, may_time):
+    """Resolve the "auto" settings of each mode the call needs (backward only with grad)."""
     chosen = {}
     config = _with_defaults(settings, chosen)
     for mode in ("forward", "backward") if needs_backward else ("forward",):
