@@ -45,6 +45,7 @@ CACHE_VERSION = 1
 BATCH_BUCKET_CAP = 1 << 16
 MAX_REPS = 5                # timed runs per candidate (after one warm-up run)
 CANDIDATE_BUDGET_S = 0.15   # stop repeating a candidate once this much time has passed
+SHORT_RUN_MS = 1.0          # runs shorter than this are timed in back-to-back groups
 
 # The 2D layer's (and the original lmKAN's) defaults, used wherever "auto" is not timed.
 DEFAULTS_2D = {"tile_size_forward": 8, "block_size_forward": 1024, "tile_size_backward": 8,
@@ -267,21 +268,31 @@ def _parse_key(text):
 # Timing
 
 
+def _event_ms(run, count):
+    """Milliseconds per run of `count` back-to-back runs, by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(count):
+        run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / count
+
+
 def measure_ms(run):
     """Median milliseconds of `run()` on the current stream: one warm-up run (which also
-    raises for a refused configuration), then up to MAX_REPS timed runs, stopping early
-    once CANDIDATE_BUDGET_S has passed (at least one timed run). CUDA events."""
+    raises for a refused configuration), then up to MAX_REPS timed repetitions, stopping
+    early once CANDIDATE_BUDGET_S has passed (at least one). A run shorter than
+    SHORT_RUN_MS is repeated back to back within each repetition, so that host launch
+    overhead does not drown the kernel time of small shapes."""
     run()
     torch.cuda.synchronize()
     deadline = time.perf_counter() + CANDIDATE_BUDGET_S
-    times = []
+    first = _event_ms(run, 1)
+    count = max(1, min(100, int(SHORT_RUN_MS / max(first, 1e-3))))
+    times = [first] if count == 1 else []
     while len(times) < MAX_REPS and (not times or time.perf_counter() < deadline):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(_event_ms(run, count))
     return statistics.median(times)
 
 
@@ -383,12 +394,9 @@ def _search(options, time_choice):
         return timed[frozen]
 
     default = _default_choice(options)
-    first_block = options["block_size"][0]
-    stage_one = [dict(default, tile_size=t, **({"fast_mode": f} if "fast_mode" in options else {}))
-                 for t in options["tile_size"] for f in options.get("fast_mode", [None])]
-    for choice in stage_one:
-        choice["block_size"] = first_block
-        attempt(choice)
+    for tile in options["tile_size"]:
+        for fast in options.get("fast_mode", [None]):
+            attempt(dict(default, tile_size=tile, **({} if fast is None else {"fast_mode": fast})))
     best = _best(timed)
     if best is None:
         return None

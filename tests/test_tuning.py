@@ -418,3 +418,17 @@ def test_gpu_cli(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "forward" in done.stdout and "backward" in done.stdout and "tile" in done.stdout
+
+
+def test_measure_groups_short_runs(monkeypatch):
+    counts = []
+
+    def fake_event_ms(run, count):
+        counts.append(count)
+        return 0.02  # a 20-microsecond kernel
+    monkeypatch.setattr(tuning, "_event_ms", fake_event_ms)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    runs = []
+    assert tuning.measure_ms(lambda: runs.append(1)) == 0.02
+    assert runs == [1]  # the warm-up (the fake timer runs nothing itself)
+    assert counts == [1] + [50] * tuning.MAX_REPS
