@@ -468,12 +468,10 @@ def launch_config_2d(layer, x, needs_backward):
     memo_key = (x.device, batch_bucket(batch), x.dtype, needs_backward, settings, may_time,
                 enabled, _GENERATION[0])
     memo = layer.__dict__.setdefault("_tuning_memo", {})
-    if _SESSION.force is None and memo_key in memo:
+    if _SESSION.force is None and memo_key in memo:  # lmKAN.tune() resolves (and reports) anew
         return memo[memo_key]
-    config = _resolve_modes(layer, x, needs_backward, settings, may_time)
-    if _SESSION.force is None:
-        memo[memo_key] = config
-    return config
+    memo[memo_key] = _resolve_modes(layer, x, needs_backward, settings, may_time)
+    return memo[memo_key]
 
 
 def _resolve_modes(layer, x, needs_backward, settings, may_time):

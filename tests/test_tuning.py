@@ -432,3 +432,12 @@ def test_measure_groups_short_runs(monkeypatch):
     assert tuning.measure_ms(lambda: runs.append(1)) == 0.02
     assert runs == [1]  # the warm-up (the fake timer runs nothing itself)
     assert counts == [1] + [50] * tuning.MAX_REPS
+
+
+def test_forced_tune_updates_layers_already_resolved(fake_gpu, monkeypatch):
+    layer = _layer()
+    x = _x()
+    assert tuning.launch_config_2d(layer, x, True) == (16, 256, 16, 256, False)
+    monkeypatch.setattr(tuning, "_timer", lambda run, choice: 1.0 + (choice["tile_size"] != 4))
+    lmKAN.tune(layer, x.detach(), force=True)
+    assert tuning.launch_config_2d(layer, x, True) == (4, 1024, 4, 512, False)  # ties: default block
