@@ -6,10 +6,12 @@
 
 Each shape is tuned by lmKAN.tune() on a fresh LMKAN2DLayer with every setting "auto"
 (forward and backward, fast mode included); the choices go to the cache file that layers
-read (lmKAN.tuning.cache_path()). Run it as a module: the function is lmKAN.tune.
+read (lmKAN.tuning.cache_path()). The function lmKAN.tune is lmKAN.tuning.tune; this
+module is callable as that function too (see _CallableModule).
 """
 import argparse
 import sys
+import types
 
 import torch
 
@@ -100,6 +102,17 @@ def main(argv=None):
     print(format_table(rows, tuning.cache_path()))
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    """`import lmKAN.tune` makes the package attribute lmKAN.tune this module instead of
+    the function; calling the module runs the function, so lmKAN.tune(model, x) works
+    whether or not this module was imported."""
+
+    def __call__(self, *args, **kwargs):
+        return tuning.tune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

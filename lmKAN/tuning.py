@@ -190,7 +190,7 @@ def _read_entries(path):
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError) as exc:
         _warn_once(path, f"unreadable ({type(exc).__name__}: {exc}); ignored, will be rewritten")

@@ -332,6 +332,12 @@ def test_tune_on_cpu_has_nothing_to_time():
     assert [r.ms for r in rows] == [] or all(r.ms is None for r in rows)
 
 
+def test_tune_is_callable_after_importing_the_cli_module(fake_gpu):
+    import lmKAN.tune  # rebinds the package attribute lmKAN.tune to the module
+    rows = lmKAN.tune(_layer(), torch.randn(6, 10), backward=False)
+    assert [r.mode for r in rows] == ["forward"]
+
+
 def test_cli_table_format():
     from lmKAN.tune import format_table
     rows = [tuning.TuneRow("G8 512->512", "G=8", "backward",
