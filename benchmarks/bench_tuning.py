@@ -117,7 +117,8 @@ def main():
     with open(args.json, "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
     print(f"\ndevice: {torch.cuda.get_device_name()}   (ms, median of {args.reps}; bwd = backward op "
-          f"alone; default = tile 8, block 1024 fwd / 512 bwd, normal mode)")
+          f"alone; default = tile 8, block 1024 fwd / 512 bwd, normal mode; tune s = lmKAN.tune "
+          f"with an empty cache, one full-batch step included, bwd rows tune the forward too)")
     print(f"{'case':22} {'mode':4} {'default':>9} {'best':>9} {'(config)':16} {'auto':>9} "
           f"{'(config)':16} {'auto/best':>9} {'tune s':>7}")
     for r in rows:

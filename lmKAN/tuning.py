@@ -582,8 +582,8 @@ def tune(model, example_input, force=False, backward=True):
     Runs `model(example_input)` (a tuple is unpacked into arguments) once with tuning on
     (even where LMKAN_TUNING is off): with grad enabled and one backward pass if
     `backward` (by torch.autograd.grad: no .grad is left on the parameters), else under
-    no_grad (forward settings only). `force` re-times keys that
-    are already cached. Choices are stored in the cache file like those made on the fly.
+    no_grad (forward settings only). `force` re-times keys that are already cached.
+    Choices are stored in the cache file like those made on the fly.
 
     Returns a list of TuneRow, one per (layer, mode) resolved: layer name, shape, the
     chosen configuration, its time and the default's (ms; None where nothing was timed,
