@@ -2,13 +2,15 @@
 
 LMKAN2DLayer (bilinear 2D tables over input pairs), LMKAN1DLayer (linear splines) and the
 KANditioned-style KANLayer; CUDA kernels where the extension is built, pure PyTorch
-elsewhere. `backend_info()` says which backend runs and why.
+elsewhere. `backend_info()` says which backend runs and why; `tune(model, x)` picks the 2D
+kernels' tile and block sizes ahead of time (else done on the first CUDA call).
 """
 from ._extension import BackendInfo, backend_info
 from .lmkan1d import KANLayer, LMKAN1DLayer
 from .lmkan2d import LMKAN2DLayer, max_num_grids
+from .tuning import tune
 
 __version__ = "0.1.0"
 
 __all__ = ["LMKAN2DLayer", "LMKAN1DLayer", "KANLayer", "backend_info", "BackendInfo",
-           "max_num_grids", "__version__"]
+           "max_num_grids", "tune", "__version__"]

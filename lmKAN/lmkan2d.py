@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from . import ops
+from . import ops, tuning
 from ._checks import check_choice, check_input, check_int
 from ._extension import has_cuda_kernel
 from .grids import cdf_borders
@@ -26,6 +26,9 @@ class LMKAN2DLayer(nn.Module):
         tile_size_forward, tile_size_backward: outputs per shared-memory table tile (4, 8, 16).
         init_scale: parameters start as U(-s/sqrt(input_dim), s/sqrt(input_dim)).
         backward_fast_mode: a backward that uses more shared memory for more speed.
+            Tile sizes, block sizes and backward_fast_mode accept "auto" (the default for
+            tile and block sizes): timed once per GPU model and shape on the first CUDA
+            call, then cached on disk (lmKAN.tuning; lmKAN.tune() does it ahead of time).
         batch_last: x is [input_dim, B] and y [output_dim, B] (default, as the original
             lmKAN); False: x is [..., input_dim] and y [..., output_dim] like nn.Linear.
 
@@ -33,18 +36,19 @@ class LMKAN2DLayer(nn.Module):
     holds the grid nodes. State dicts of the original lmKAN layer load unchanged.
     """
 
-    def __init__(self, num_grids, input_dim, output_dim, block_size_forward=1024,
-                 block_size_backward=512, tile_size_forward=8, tile_size_backward=8,
-                 init_scale=0.1, backward_fast_mode=False, batch_last=True):
+    def __init__(self, num_grids, input_dim, output_dim, block_size_forward=tuning.AUTO,
+                 block_size_backward=tuning.AUTO, tile_size_forward=tuning.AUTO,
+                 tile_size_backward=tuning.AUTO, init_scale=0.1, backward_fast_mode=False,
+                 batch_last=True):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3)
         self.input_dim = check_int("input_dim", input_dim, 2, even=True)
         self.output_dim = check_int("output_dim", output_dim, 1)
-        self.block_size_forward = check_choice("block_size_forward", block_size_forward, SUPPORTED_BLOCK_SIZES)
-        self.block_size_backward = check_choice("block_size_backward", block_size_backward, SUPPORTED_BLOCK_SIZES)
-        self.tile_size_forward = check_choice("tile_size_forward", tile_size_forward, SUPPORTED_TILE_SIZES)
-        self.tile_size_backward = check_choice("tile_size_backward", tile_size_backward, SUPPORTED_TILE_SIZES)
-        self.backward_fast_mode = bool(backward_fast_mode)
+        self.block_size_forward = _auto_or_choice("block_size_forward", block_size_forward, SUPPORTED_BLOCK_SIZES)
+        self.block_size_backward = _auto_or_choice("block_size_backward", block_size_backward, SUPPORTED_BLOCK_SIZES)
+        self.tile_size_forward = _auto_or_choice("tile_size_forward", tile_size_forward, SUPPORTED_TILE_SIZES)
+        self.tile_size_backward = _auto_or_choice("tile_size_backward", tile_size_backward, SUPPORTED_TILE_SIZES)
+        self.backward_fast_mode = tuning.AUTO if backward_fast_mode == tuning.AUTO else bool(backward_fast_mode)
         self.batch_last = bool(batch_last)
         self.init_scale = float(init_scale)
         side = self.num_grids + 1
@@ -59,26 +63,27 @@ class LMKAN2DLayer(nn.Module):
 
     def forward(self, x):
         x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, "LMKAN2DLayer")
+        needs_backward = torch.is_grad_enabled() and (x2d.requires_grad or self.func_parameter.requires_grad)
+        config = tuning.launch_config_2d(self, x2d, needs_backward)  # "auto" -> values
         if x2d.is_cuda:
-            needs_backward = torch.is_grad_enabled() and (x2d.requires_grad or self.func_parameter.requires_grad)
-            self._check_fits_on_device(x2d.device, needs_backward)
-        y = ops.lmkan2d(x2d, self.func_parameter, self.borders, self.batch_last,
-                        self.tile_size_forward, self.block_size_forward,
-                        self.tile_size_backward, self.block_size_backward, self.backward_fast_mode)
+            self._check_fits_on_device(x2d.device, needs_backward, config)
+        y = ops.lmkan2d(x2d, self.func_parameter, self.borders, self.batch_last, *config)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def get_hessian_regularization(self):
         """Smoothness penalty R (SPEC.md section 3): a differentiable 0-dim tensor."""
         return ops.hessian2d(self.func_parameter, self.borders)
 
-    def _check_fits_on_device(self, device, needs_backward):
-        """Raise before launch when num_grids exceeds what a tile size supports on `device`."""
+    def _check_fits_on_device(self, device, needs_backward, config):
+        """Raise before launch when num_grids exceeds what a tile size supports on `device`.
+
+        config: the call's tuning.LaunchConfig2D ("auto" already resolved)."""
         if not has_cuda_kernel("lmkan2d_max_num_grids", "CompositeExplicitAutograd"):
             return
-        checks = [("forward", "tile_size_forward", self.tile_size_forward)]
+        checks = [("forward", "tile_size_forward", config.tile_size_forward)]
         if needs_backward:
-            mode = "backward_fast" if self.backward_fast_mode else "backward"
-            checks.append((mode, "tile_size_backward", self.tile_size_backward))
+            mode = "backward_fast" if config.backward_fast_mode else "backward"
+            checks.append((mode, "tile_size_backward", config.tile_size_backward))
         for mode, arg, tile in checks:
             limit = max_num_grids(tile, mode, device)
             if self.num_grids > limit:
@@ -91,14 +96,18 @@ class LMKAN2DLayer(nn.Module):
 
     def extra_repr(self):
         return (f"num_grids={self.num_grids}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
-                f"tile_size_forward={self.tile_size_forward}, tile_size_backward={self.tile_size_backward}, "
-                f"backward_fast_mode={self.backward_fast_mode}, batch_last={self.batch_last}")
+                f"{tuning.describe(self)}, batch_last={self.batch_last}")
 
     def plot_functions(self, path, pairs=None, **kwargs):
         """Save the learned tables as heatmaps f(x1, x2) to `path` (needs matplotlib); see
         lmKAN.plotting.plot_2d_functions for `pairs` ((pair, output)) and the other options."""
         from .plotting import plot_2d_functions
         return plot_2d_functions(self, path, pairs=pairs, **kwargs)
+
+
+def _auto_or_choice(name, value, supported):
+    """"auto" (resolved per call by lmKAN.tuning) or one of the supported values."""
+    return tuning.AUTO if value == tuning.AUTO else check_choice(name, value, supported)
 
 
 _MAX_NUM_GRIDS_CACHE = {}
