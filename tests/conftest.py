@@ -3,11 +3,16 @@
 GPU tests use `cuda_op` below: they skip (with the reason) only where no GPU is visible;
 on a GPU machine a missing kernel is a failure, never a skip.
 """
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
+
+# Tuning choices of the test session go to a private cache, never the user's.
+os.environ.setdefault("LMKAN_CACHE_DIR", tempfile.mkdtemp(prefix="lmkan-test-cache-"))
 
 from lmKAN._extension import backend_info, has_cuda_kernel
 

@@ -14,6 +14,7 @@ import torch
 
 import lmKAN
 from lmKAN import LMKAN2DLayer, ops, tuning
+from lmKAN import lmkan2d as lmkan2d_module
 from conftest import requires_gpu, run_python
 
 WORKTREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +54,8 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(tuning, "_kernels_apply", lambda layer, x: True)
     monkeypatch.setattr(tuning, "_has_backward_kernel", lambda: True)
     monkeypatch.setattr(tuning, "device_signature", lambda device: ("Fake GPU", "9.0"))
+    # the layer's shared-memory checks would query the (absent) device: no limit
+    monkeypatch.setattr(lmkan2d_module, "max_num_grids", lambda tile, mode, device: 10 ** 6)
     return timer
 
 
