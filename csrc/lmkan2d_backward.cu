@@ -102,6 +102,49 @@ __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t
   return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
 }
 
+// Corner j = 2a + b of a cell, (i1+a, i2+b), relative to the cell's row in a [cells][W]
+// array: distinct rows for the 4 corners.
+__device__ __forceinline__ int corner_offset(int j, int side, int width) {
+  return ((j >> 1) * side + (j & 1)) * width;
+}
+
+// The 4 corners of a cell at q (a lane's K columns).
+template <int K>
+__device__ __forceinline__ void load_corners(const float* q, int side, float (&r)[4][K]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) load_k<K>(q + corner_offset(j, side, 32 * K), r[j]);
+}
+
+template <int K>
+__device__ __forceinline__ void store_corners(float* q, int side, const float (&r)[4][K]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) store_k<K>(q + corner_offset(j, side, 32 * K), r[j]);
+}
+
+// r += g * the bilinear weights of (d1, d2) at the 4 corners.
+template <int K>
+__device__ __forceinline__ void add_sample(float (&r)[4][K], const float (&g)[K], float d1,
+                                           float d2) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float g1 = g[k] * d1, g0 = g[k] - g1;  // g * d1, g * (1 - d1)
+    r[0][k] += g0 - g0 * d2;
+    r[1][k] += g0 * d2;
+    r[2][k] += g1 - g1 * d2;
+    r[3][k] += g1 * d2;
+  }
+}
+
+// Read-modify-write of one sample's 4 corners (all loads, then all stores).
+template <int K>
+__device__ __forceinline__ void update_cell(float* q, int side, const float (&g)[K], float d1,
+                                            float d2) {
+  float r[4][K];
+  load_corners<K>(q, side, r);
+  add_sample<K>(r, g, d1, d2);
+  store_corners<K>(q, side, r);
+}
+
 // Threads of a dx block: block_size_backward, capped so that the 16 x K grad_y registers
 // per lane fit without spilling (K = 4 needs ~160 registers: at most 256 threads).
 constexpr int dx_max_block(int tile) { return tile == 16 ? 256 : 512; }
@@ -170,15 +213,13 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     for (int s = 0; s < S; ++s) {
       const float4 c = info[warp * S + s];
       const float* q = tab + __float_as_int(c.x) * W;
-      float A[K], B[K], C[K], D[K];  // corners (i1,i2), (i1,i2+1), (i1+1,i2), (i1+1,i2+1)
-      load_k<K>(q, A);
-      load_k<K>(q + W, B);
-      load_k<K>(q + side * W, C);
-      load_k<K>(q + (side + 1) * W, D);
+      float r[4][K];  // corners (i1,i2), (i1,i2+1), (i1+1,i2), (i1+1,i2+1)
+      load_corners<K>(q, side, r);
       float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        gA += g[s][k] * A[k]; gB += g[s][k] * B[k]; gC += g[s][k] * C[k]; gD += g[s][k] * D[k];
+        gA += g[s][k] * r[0][k]; gB += g[s][k] * r[1][k];
+        gC += g[s][k] * r[2][k]; gD += g[s][k] * r[3][k];
       }
       const float d1 = c.y, d2 = c.z;
       part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
@@ -253,30 +294,42 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     for (int s = lane; s < cs; s += 32)
       my_info[s] = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
     __syncwarp();
-    for (int s = 0; s < cs; ++s) {
+    // Two samples at a time: their cells' corners are disjoint (the usual case), the same
+    // cell (one read-modify-write), or overlapping (one after the other). Disjoint corners
+    // let the 8 loads of both samples be in flight together, which matters when few warps
+    // fit on an SM (large G).
+    int s = 0;
+    for (; s + 1 < cs; s += 2) {
+      const float4 c0 = my_info[s], c1 = my_info[s + 1];
+      const int i0 = __float_as_int(c0.x), i1 = __float_as_int(c1.x);
+      float g0[K], g1[K];
+      load_k<K>(gy_s + s * W + lane * K, g0);
+      load_k<K>(gy_s + (s + 1) * W + lane * K, g1);
+      const int gap = abs(i1 - i0);
+      if (gap == 0) {
+        float r[4][K];
+        load_corners<K>(acc + i0 * W, side, r);
+        add_sample<K>(r, g0, c0.y, c0.z);
+        add_sample<K>(r, g1, c1.y, c1.z);
+        store_corners<K>(acc + i0 * W, side, r);
+      } else if (gap == 1 || gap == side - 1 || gap == side || gap == side + 1) {
+        update_cell<K>(acc + i0 * W, side, g0, c0.y, c0.z);
+        update_cell<K>(acc + i1 * W, side, g1, c1.y, c1.z);
+      } else {
+        float r0[4][K], r1[4][K];
+        load_corners<K>(acc + i0 * W, side, r0);
+        load_corners<K>(acc + i1 * W, side, r1);
+        add_sample<K>(r0, g0, c0.y, c0.z);
+        add_sample<K>(r1, g1, c1.y, c1.z);
+        store_corners<K>(acc + i0 * W, side, r0);
+        store_corners<K>(acc + i1 * W, side, r1);
+      }
+    }
+    if (s < cs) {
       const float4 c = my_info[s];
       float g[K];
       load_k<K>(gy_s + s * W + lane * K, g);
-      float* q = acc + __float_as_int(c.x) * W;
-      float r00[K], r01[K], r10[K], r11[K];
-      load_k<K>(q, r00);
-      load_k<K>(q + W, r01);
-      load_k<K>(q + side * W, r10);
-      load_k<K>(q + (side + 1) * W, r11);
-      const float d1 = c.y, d2 = c.z;
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const float g1 = g[k] * d1, g0 = g[k] - g1;  // g * d1, g * (1 - d1)
-        r00[k] += g0 - g0 * d2;
-        r01[k] += g0 * d2;
-        r10[k] += g1 - g1 * d2;
-        r11[k] += g1 * d2;
-      }
-      // The 4 corners are distinct rows: all loads above, then all stores.
-      store_k<K>(q, r00);
-      store_k<K>(q + W, r01);
-      store_k<K>(q + side * W, r10);
-      store_k<K>(q + (side + 1) * W, r11);
+      update_cell<K>(acc + __float_as_int(c.x) * W, side, g, c.y, c.z);
     }
     __syncwarp();  // my_info is rewritten by other lanes in the next chunk
   }
@@ -304,9 +357,13 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
                      int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
   constexpr int W = bwd_width(TILE);
   const int n_tiles = (n_out + W - 1) / W;
-  const int threads = std::min(block, dx_max_block(TILE));
-  const int warps = threads / 32;
+  // block_size_backward threads (capped), fewer where that lets the table slice fit in
+  // shared memory; past that, the table is read from global memory.
+  int warps = std::min(block, dx_max_block(TILE)) / 32;
+  while (warps > 1 && dx_smem_bytes(num_grids, TILE, warps, true) > lim.smem_optin) --warps;
   const bool in_smem = dx_smem_bytes(num_grids, TILE, warps, true) <= lim.smem_optin;
+  if (!in_smem) warps = std::min(block, dx_max_block(TILE)) / 32;
+  const int threads = warps * 32;
   const int64_t smem = dx_smem_bytes(num_grids, TILE, warps, in_smem);
   const at::Tensor packed = pack_table(params, W);
   // One tile: each dx written once. Several: atomics, or one partial per tile (deterministic).
