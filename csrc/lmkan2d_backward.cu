@@ -6,12 +6,13 @@
 // cell is one contiguous W-float row, so each corner access of a warp is K conflict-free
 // 128-byte wavefronts, and the sample's cell (index, d1, d2) is a warp-uniform broadcast.
 //
-// dx kernel (forward-shaped): a block owns one output tile and warps x 16 samples; each
-// lane keeps grad_y of its warp's 16 samples x K outputs in registers for the whole kernel.
+// dx kernel (forward-shaped): a block owns one output tile and warps x SW samples (SW = 16,
+// 32 at tile 4); each lane keeps grad_y of its warp's SW samples x K outputs in registers for
+// the whole kernel.
 // It loops over the input pairs, staging each pair's table slice [cells][W] and the cells
 // of its samples in shared memory. Per pair a lane forms its partial dy/dx1, dy/dx2 over its
-// K outputs for the 16 samples (32 values), and one transpose-reduce over the warp (5 xor
-// steps, 31 shuffles) leaves lane l with the full 32-lane sum of value l. dx sums over the
+// K outputs for 16 samples at a time (32 values), and one transpose-reduce over the warp
+// (5 xor steps, 31 shuffles) leaves lane l with the full 32-lane sum of value l. dx sums over the
 // output tiles: float atomics into zeroed dx, plain stores when there is one tile, or, when
 // deterministic, one partial per tile in a workspace [n_tiles, dx] summed in fixed order.
 //
@@ -158,12 +159,14 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           float* __restrict__ out,            // dx (same layout as x), or [n_tiles, dx]
           int64_t batch, int n_out, int n_pairs, int num_grids, int64_t xs_f, int64_t xs_b,
           int64_t gs_f, int64_t gs_b, int64_t out_tile_stride, bool use_atomics) {
-  constexpr int K = TILE / 4, W = bwd_width(TILE), S = kDxSamplesPerWarp;
-  static_assert(2 * S == 32, "the transpose-reduce finishes 32 sums: 2 per sample");
+  constexpr int K = TILE / 4, W = bwd_width(TILE);
+  constexpr int S = 16;                                  // samples per transpose-reduce round
+  constexpr int SW = dx_samples_per_warp(TILE), ROUNDS = SW / S;
+  static_assert(2 * S == 32 && SW % S == 0, "a transpose-reduce round finishes 2 sums per sample");
   extern __shared__ __align__(16) float smem[];
   const int side = num_grids + 1;
   const int64_t slice = int64_t(side) * side * W;  // floats of one (tile, pair) table slice
-  const int samples = (blockDim.x / 32) * S;       // per block
+  const int samples = (blockDim.x / 32) * SW;      // per block
   float* table = smem;                             // [cells][W] (TABLE_IN_SMEM only)
   float4* info = reinterpret_cast<float4*>(smem + (TABLE_IN_SMEM ? slice : 0));  // [samples]
   float2* inv_h = reinterpret_cast<float2*>(info + samples);                     // [samples]
@@ -173,13 +176,13 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile_index = blockIdx.y;
   const int64_t b_block = blockIdx.x * int64_t(samples);
-  const int64_t b_warp = b_block + warp * S;
+  const int64_t b_warp = b_block + warp * SW;
   const float* tile_table = packed + int64_t(tile_index) * n_pairs * slice;
 
-  // grad_y of the warp's S samples for the lane's K outputs, kept for every pair.
-  float g[S][K];
+  // grad_y of the warp's SW samples for the lane's K outputs, kept for every pair.
+  float g[SW][K];
 #pragma unroll
-  for (int s = 0; s < S; ++s) {
+  for (int s = 0; s < SW; ++s) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int o = tile_index * W + lane * K + k;
@@ -187,9 +190,9 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
       g[s][k] = (o < n_out && b < batch) ? gy[int64_t(o) * gs_f + b * gs_b] : 0.f;
     }
   }
-  // The lane that finishes sum `lane` of the transpose-reduce: sample lane % S, input 2p or 2p+1.
+  // The lane that finishes sum `lane` of a transpose-reduce round: sample lane % S of the
+  // round, input 2p or 2p+1.
   const int my_sample = lane % S, my_input = lane / S;
-  const int64_t my_b = b_warp + my_sample;
   float* my_out = out + int64_t(tile_index) * out_tile_stride;
 
   for (int p = 0; p < n_pairs; ++p) {
@@ -208,30 +211,35 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     }
     __syncthreads();
     const float* tab = (TABLE_IN_SMEM ? table : tile_table + p * slice) + lane * K;
-    float part[2 * S];  // [s]: sum_o g dy/dx1 of sample s; [S + s]: dy/dx2
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const float4 c = info[warp * S + s];
-      const float* q = tab + __float_as_int(c.x) * W;
-      float r[4][K];  // corners (i1,i2), (i1,i2+1), (i1+1,i2), (i1+1,i2+1)
-      load_corners<K>(q, side, r);
-      float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
+    for (int round = 0; round < ROUNDS; ++round) {
+      const int first = round * S;  // the round's first sample within the warp's SW
+      float part[2 * S];  // [s]: sum_o g dy/dx1 of sample s; [S + s]: dy/dx2
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        gA += g[s][k] * r[0][k]; gB += g[s][k] * r[1][k];
-        gC += g[s][k] * r[2][k]; gD += g[s][k] * r[3][k];
+      for (int s = 0; s < S; ++s) {
+        const float4 c = info[warp * SW + first + s];
+        const float* q = tab + __float_as_int(c.x) * W;
+        float r[4][K];  // corners (i1,i2), (i1,i2+1), (i1+1,i2), (i1+1,i2+1)
+        load_corners<K>(q, side, r);
+        float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          const float gk = g[first + s][k];
+          gA += gk * r[0][k]; gB += gk * r[1][k]; gC += gk * r[2][k]; gD += gk * r[3][k];
+        }
+        const float d1 = c.y, d2 = c.z;
+        part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
+        part[S + s] = (1.f - d1) * (gB - gA) + d1 * (gD - gC);
       }
-      const float d1 = c.y, d2 = c.z;
-      part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
-      part[S + s] = (1.f - d1) * (gB - gA) + d1 * (gD - gC);
-    }
-    transpose_reduce(part, lane);
-    if (my_b < batch) {
-      const float2 h = inv_h[warp * S + my_sample];
-      const float v = part[0] * (my_input == 0 ? h.x : h.y);
-      const int64_t off = (2 * int64_t(p) + my_input) * xs_f + my_b * xs_b;
-      if (use_atomics) atomicAdd(my_out + off, v);
-      else my_out[off] = v;
+      transpose_reduce(part, lane);
+      const int64_t my_b = b_warp + first + my_sample;
+      if (my_b < batch) {
+        const float2 h = inv_h[warp * SW + first + my_sample];
+        const float v = part[0] * (my_input == 0 ? h.x : h.y);
+        const int64_t off = (2 * int64_t(p) + my_input) * xs_f + my_b * xs_b;
+        if (use_atomics) atomicAdd(my_out + off, v);
+        else my_out[off] = v;
+      }
     }
   }
 }
@@ -374,7 +382,7 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   const auto kernel = in_smem ? dx_kernel<TILE, true> : dx_kernel<TILE, false>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  const int64_t samples = int64_t(warps) * kDxSamplesPerWarp;
+  const int64_t samples = int64_t(warps) * dx_samples_per_warp(TILE);
   dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples), static_cast<unsigned>(n_tiles));
   kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),

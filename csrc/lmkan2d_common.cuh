@@ -49,13 +49,16 @@ inline int64_t forward_smem_bytes(int num_grids, int tile, int pairs_per_stage, 
 // pack_table(params, W) = [n_tiles, P, cells, W]: a corner read of a warp is one 128-byte
 // row segment per 32 outputs, conflict-free whatever the cell.
 constexpr int bwd_width(int tile) { return 8 * tile; }
-constexpr int kDxSamplesPerWarp = 16;  // samples whose grad_y a dx warp keeps in registers
+// Samples whose grad_y a dx warp keeps in registers (16 per transpose-reduce round; two
+// rounds at tile 4, where K = 1 leaves the registers for it): more samples per block means
+// fewer copies of the table slice from L2.
+constexpr int dx_samples_per_warp(int tile) { return tile == 4 ? 32 : 16; }
 
 // dx kernel: the table slice of one (output tile, pair) [cells][W] (unless read from global
 // memory), the staged cells (float4) and 1/h (float2) of the block's samples, the borders.
 inline int64_t dx_smem_bytes(int num_grids, int tile, int warps, bool table_in_smem) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  const int64_t samples = int64_t(warps) * kDxSamplesPerWarp;
+  const int64_t samples = int64_t(warps) * dx_samples_per_warp(tile);
   return (table_in_smem ? cells * bwd_width(tile) * 4 : 0) + samples * (16 + 8) +
          int64_t(num_grids + 1) * 4 + 16;
 }

@@ -36,9 +36,9 @@ class LMKAN2DLayer(nn.Module):
 
     Backward kernels: a warp covers 8 * tile_size_backward consecutive outputs
     (tile_size_backward / 4 per lane). The dx kernel runs block_size_backward threads per
-    block (at most 512; 256 for tile 16), each warp holding grad_y of 16 samples in
-    registers; the dP kernel runs at most block_size_backward / 32 warps per block, one
-    input pair and one shared-memory accumulator [(G+1)^2, 8 * tile] per warp.
+    block (at most 512; 256 for tile 16), each warp holding grad_y of 16 samples (32 at
+    tile 4) in registers; the dP kernel runs at most block_size_backward / 32 warps per
+    block, one input pair and one shared-memory accumulator [(G+1)^2, 8 * tile] per warp.
     backward_fast_mode lets a dP block use all of an SM's shared memory and stage larger
     chunks of samples. Past the largest num_grids served from shared memory
     (lmKAN.max_num_grids(tile, "backward", device)) the kernels read the table and
@@ -90,14 +90,13 @@ class LMKAN2DLayer(nn.Module):
         return ops.hessian2d(self.func_parameter, self.borders)
 
     def _deterministic_now(self):
-        if self.deterministic is None:
-            return torch.are_deterministic_algorithms_enabled()
-        return self.deterministic
+        forced = getattr(self, "deterministic", None)  # None also for layers pickled before it
+        return torch.are_deterministic_algorithms_enabled() if forced is None else forced
 
     def _check_fits_on_device(self, device, needs_backward):
         """Warn once when num_grids exceeds what a tile size serves from shared memory on
         `device`: the kernels then read the table from global memory (correct, slower)."""
-        if self._warned_slow_fallback or not has_cuda_kernel("lmkan2d_max_num_grids",
+        if getattr(self, "_warned_slow_fallback", False) or not has_cuda_kernel("lmkan2d_max_num_grids",
                                                              "CompositeExplicitAutograd"):
             return
         checks = [("forward", "tile_size_forward", self.tile_size_forward)]
