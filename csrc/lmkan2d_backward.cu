@@ -200,6 +200,9 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     if constexpr (TABLE_IN_SMEM) {
       const float4* src = reinterpret_cast<const float4*>(tile_table + p * slice);
       float4* dst = reinterpret_cast<float4*>(table);
+      // unrolled so that several L2 loads per thread are in flight (the copy is exposed
+      // when the slice allows only one block per SM)
+#pragma unroll 4
       for (int i = threadIdx.x; i < slice / 4; i += blockDim.x) dst[i] = __ldg(src + i);
     }
     for (int i = threadIdx.x; i < samples; i += blockDim.x) {
