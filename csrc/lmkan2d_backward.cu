@@ -23,7 +23,9 @@
 // each warp stages its pair's cells. The accumulator is flushed once, in the packed layout
 // [split, n_tiles, P, cells, W]: float atomics (REDG) into one zeroed copy when the batch is
 // split over blocks, plain stores when it is not or when deterministic (one copy per split,
-// summed in fixed order afterwards), then unpacked to [G+1, G+1, N_out, P].
+// summed in fixed order afterwards), then unpacked to [G+1, G+1, N_out, P]. Fast mode with
+// (G+1)^2 <= kDpMaxChunk sorts each chunk by cell so that runs of one cell accumulate in
+// registers.
 //
 // No num_grids ceiling: when the table slice (dx) or the accumulator (dP) does not fit in
 // shared memory, the same kernels read the table from global memory (L1/L2) and accumulate
@@ -247,6 +249,81 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   }
 }
 
+// Counting sort of a chunk's samples by cell, by one warp, deterministic (no atomics: the
+// lanes of one cell in a step are ranked by lane order, steps in sample order).
+// info: [cs] cells (float4.x = cell index); count: [cells] scratch; order: [cs] out, the
+// sample indices in cell order.
+__device__ __forceinline__ void sort_by_cell(const float4* info, int cs, int cells, int lane,
+                                             int* count, int* order) {
+  constexpr int kSteps = kDpMaxChunk / 32;
+  for (int c = lane; c < cells; c += 32) count[c] = 0;
+  __syncwarp();
+  int rank[kSteps];
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    const int s = j * 32 + lane;
+    const bool valid = s < cs;
+    // invalid lanes get keys past the cells (cells + lane): unique, never counted
+    const int key = valid ? __float_as_int(info[s].x) : cells + lane;
+    const unsigned peers = __match_any_sync(0xffffffffu, key);
+    const int before = valid ? count[key] : 0;
+    __syncwarp();  // every peer has read the count before the leader adds to it
+    if (valid && lane == __ffs(peers) - 1) count[key] = before + __popc(peers);
+    __syncwarp();
+    rank[j] = before + __popc(peers & ((1u << lane) - 1u));
+  }
+  // exclusive prefix sum of the counts, 32 cells at a time
+  int carry = 0;
+  for (int base = 0; base < cells; base += 32) {
+    const int c = base + lane;
+    const int v = c < cells ? count[c] : 0;
+    int incl = v;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int t = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += t;
+    }
+    if (c < cells) count[c] = carry + incl - v;
+    carry += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    const int s = j * 32 + lane;
+    if (s < cs) order[count[__float_as_int(info[s].x)] + rank[j]] = s;
+  }
+  __syncwarp();
+}
+
+// Walk the chunk in cell order, keeping the current cell's 4 corners (the lane's K columns)
+// in registers: one load and one store per run of samples in the same cell.
+template <int K>
+__device__ __forceinline__ void accumulate_runs(const float4* info, const int* order, int cs,
+                                                const float* gy_s, float* acc, int side,
+                                                int lane) {
+  constexpr int W = 32 * K;
+  int current = -1;
+  float r[4][K];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int k = 0; k < K; ++k) r[j][k] = 0.f;
+  for (int t = 0; t < cs; ++t) {
+    const int s = order[t];
+    const float4 c = info[s];
+    const int index = __float_as_int(c.x);
+    if (index != current) {  // warp-uniform
+      if (current >= 0) store_corners<K>(acc + current * W, side, r);
+      load_corners<K>(acc + index * W, side, r);
+      current = index;
+    }
+    float g[K];
+    load_k<K>(gy_s + s * W + lane * K, g);
+    add_sample<K>(r, g, c.y, c.z);
+  }
+  if (current >= 0) store_corners<K>(acc + current * W, side, r);
+}
+
 template <int TILE, bool ACC_IN_SMEM>
 __global__ void __launch_bounds__(1024)
 dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
@@ -254,7 +331,7 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
           float* ws,                          // [splits or 1, n_tiles, P, cells, W]
           int64_t batch, int n_out, int n_pairs, int num_grids, int chunk, int64_t per_split,
-          bool batch_last, bool use_atomics, bool per_split_copies,
+          bool batch_last, bool use_atomics, bool per_split_copies, bool sorted,
           int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
   constexpr int K = TILE / 4, W = bwd_width(TILE);
   extern __shared__ __align__(16) float smem[];
@@ -266,7 +343,11 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   float* gy_s = smem + (ACC_IN_SMEM ? int64_t(warps) * cells * W : 0);  // [chunk][W]
   float4* info = reinterpret_cast<float4*>(gy_s + int64_t(chunk) * W);  // [warps][chunk]
   float* s_borders = reinterpret_cast<float*>(info + int64_t(warps) * chunk);  // [side]
+  int* s_count = reinterpret_cast<int*>(s_borders + side);  // [warps][cells] (sorted only)
+  int* s_order = s_count + int64_t(warps) * cells;           // [warps][chunk] (sorted only)
   float4* my_info = info + int64_t(warp) * chunk;
+  int* my_count = s_count + int64_t(warp) * cells;
+  int* my_order = s_order + int64_t(warp) * chunk;
 
   const int n_tiles = (n_out + W - 1) / W;
   const int tile_index = blockIdx.x % n_tiles;
@@ -305,6 +386,14 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     for (int s = lane; s < cs; s += 32)
       my_info[s] = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
     __syncwarp();
+    if (sorted) {
+      // Samples in cell order: a run of samples in one cell accumulates in registers and
+      // touches the accumulator once (pays when the chunk has more samples than cells).
+      sort_by_cell(my_info, cs, cells, lane, my_count, my_order);
+      accumulate_runs<K>(my_info, my_order, cs, gy_s, acc, side, lane);
+      __syncwarp();  // my_info / my_count / my_order are rewritten in the next chunk
+      continue;
+    }
     // Two samples at a time: their cells' corners are disjoint (the usual case), the same
     // cell (one read-modify-write), or overlapping (one after the other). Disjoint corners
     // let the 8 loads of both samples be in flight together, which matters when few warps
@@ -413,7 +502,10 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   const int max_warps = std::min(block / 32, n_pairs);
   const int64_t budget = fast ? lim.smem_optin
                               : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
-  const int chunk_pref = fast ? 128 : 64;
+  // Fast mode with a shared accumulator and no more cells than the largest chunk also sorts
+  // each chunk by cell (runs of one cell accumulate in registers).
+  const int chunk_pref = fast ? kDpMaxChunk : 64;
+  const bool sorted = fast && cells <= kDpMaxChunk;
   int warps = 0, chunk = 0;
   const bool in_smem = dp_smem_bytes(num_grids, TILE, 1, kDpMinChunk, true) <= lim.smem_optin;
   if (in_smem) {
@@ -421,13 +513,14 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
       const int64_t limit = pass == 0 ? budget : lim.smem_optin;
       for (int w = max_warps; w >= 1 && warps == 0; --w)
         for (int c = chunk_pref; c >= kDpMinChunk && warps == 0; c /= 2)
-          if (dp_smem_bytes(num_grids, TILE, w, c, true) <= limit) { warps = w; chunk = c; }
+          if (dp_smem_bytes(num_grids, TILE, w, c, true, sorted) <= limit) { warps = w; chunk = c; }
     }
   } else {
     warps = max_warps;
     chunk = chunk_pref;
   }
-  const int64_t smem = dp_smem_bytes(num_grids, TILE, warps, chunk, in_smem);
+  const bool sort_chunks = sorted && in_smem && warps > 0;
+  const int64_t smem = dp_smem_bytes(num_grids, TILE, warps, chunk, in_smem, sort_chunks);
   const int64_t blocks_xy = int64_t(n_tiles) * ((n_pairs + warps - 1) / warps);
   const int64_t resident = std::max<int64_t>(
       1, std::min<int64_t>(lim.smem_per_sm / (smem + 1024), 2048 / (32 * warps)));
@@ -458,7 +551,7 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   kernel<<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<float>(), borders.data_ptr<float>(), gy.data_ptr<float>(), ws.data_ptr<float>(),
       batch, n_out, n_pairs, num_grids, chunk, per_split, batch_last, atomics, per_split_copies,
-      xs_f, xs_b, gs_f, gs_b);
+      sort_chunks, xs_f, xs_b, gs_f, gs_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) -> [G+1, G+1, N_out, P]
   const at::Tensor packed = copies > 1 ? ws.sum(0) : ws.select(0, 0);

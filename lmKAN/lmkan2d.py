@@ -40,7 +40,8 @@ class LMKAN2DLayer(nn.Module):
     tile 4) in registers; the dP kernel runs at most block_size_backward / 32 warps per
     block, one input pair and one shared-memory accumulator [(G+1)^2, 8 * tile] per warp.
     backward_fast_mode lets a dP block use all of an SM's shared memory and stage larger
-    chunks of samples. Past the largest num_grids served from shared memory
+    chunks of samples, sorted by cell for num_grids <= 10 (a run of samples in one cell
+    updates the accumulator once). Past the largest num_grids served from shared memory
     (lmKAN.max_num_grids(tile, "backward", device)) the kernels read the table and
     accumulate dP through global memory instead (slower; the layer warns once).
 
