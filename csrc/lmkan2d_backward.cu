@@ -14,7 +14,8 @@
 // K outputs for 16 samples at a time (32 values), and one transpose-reduce over the warp
 // (5 xor steps, 31 shuffles) leaves lane l with the full 32-lane sum of value l. dx sums over the
 // output tiles: float atomics into zeroed dx, plain stores when there is one tile, or, when
-// deterministic, one partial per tile in a workspace [n_tiles, dx] summed in fixed order.
+// deterministic, one block walks every tile in order and the thread that owns a dx entry
+// adds each tile's sum to it (no atomics, no workspace).
 //
 // dP kernel (no shared-memory atomics): a warp owns one (output tile, pair) and a private
 // accumulator [cells][W] in which each lane owns its K columns, so the read-modify-write of
@@ -153,14 +154,14 @@ __device__ __forceinline__ void update_cell(float* q, int side, const float (&g)
 constexpr int dx_max_block(int tile) { return tile == 16 ? 256 : 512; }
 
 template <int TILE, bool TABLE_IN_SMEM>
-__global__ void __launch_bounds__(dx_max_block(TILE))
+__global__ void __launch_bounds__(dx_max_block(TILE), 2)  // 2 blocks per SM: staging overlaps
 dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           const float* __restrict__ packed,   // [n_tiles, P, cells, W]
           const float* __restrict__ borders,  // [G+1]
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
-          float* __restrict__ out,            // dx (same layout as x), or [n_tiles, dx]
+          float* __restrict__ dx,             // grad_x: same layout as x
           int64_t batch, int n_out, int n_pairs, int num_grids, int64_t xs_f, int64_t xs_b,
-          int64_t gs_f, int64_t gs_b, int64_t out_tile_stride, bool use_atomics) {
+          int64_t gs_f, int64_t gs_b, bool all_tiles, bool use_atomics) {
   constexpr int K = TILE / 4, W = bwd_width(TILE);
   constexpr int S = 16;                                  // samples per transpose-reduce round
   constexpr int SW = dx_samples_per_warp(TILE), ROUNDS = SW / S;
@@ -176,74 +177,82 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int tile_index = blockIdx.y;
   const int64_t b_block = blockIdx.x * int64_t(samples);
   const int64_t b_warp = b_block + warp * SW;
-  const float* tile_table = packed + int64_t(tile_index) * n_pairs * slice;
-
-  // grad_y of the warp's SW samples for the lane's K outputs, kept for every pair.
-  float g[SW][K];
-#pragma unroll
-  for (int s = 0; s < SW; ++s) {
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int o = tile_index * W + lane * K + k;
-      const int64_t b = b_warp + s;
-      g[s][k] = (o < n_out && b < batch) ? gy[int64_t(o) * gs_f + b * gs_b] : 0.f;
-    }
-  }
   // The lane that finishes sum `lane` of a transpose-reduce round: sample lane % S of the
-  // round, input 2p or 2p+1.
+  // round, input 2p or 2p+1 (the same for every output tile).
   const int my_sample = lane % S, my_input = lane / S;
-  float* my_out = out + int64_t(tile_index) * out_tile_stride;
 
-  for (int p = 0; p < n_pairs; ++p) {
-    __syncthreads();  // the previous pair's slice and cells are consumed (borders written)
-    if constexpr (TABLE_IN_SMEM) {
-      const float4* src = reinterpret_cast<const float4*>(tile_table + p * slice);
-      float4* dst = reinterpret_cast<float4*>(table);
-      // unrolled so that several L2 loads per thread are in flight (the copy is exposed
-      // when the slice allows only one block per SM)
-#pragma unroll 4
-      for (int i = threadIdx.x; i < slice / 4; i += blockDim.x) dst[i] = __ldg(src + i);
-    }
-    for (int i = threadIdx.x; i < samples; i += blockDim.x) {
-      const int64_t b = b_block + i;
-      float2 h = make_float2(0.f, 0.f);
-      info[i] = b < batch ? pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, &h)
-                          : make_float4(0.f, 0.f, 0.f, 0.f);
-      inv_h[i] = h;
-    }
-    __syncthreads();
-    const float* tab = (TABLE_IN_SMEM ? table : tile_table + p * slice) + lane * K;
+  // all_tiles (deterministic): the block walks every output tile in order and each dx is
+  // summed over the tiles by the one thread that owns it (no atomics); otherwise the block
+  // does the tile blockIdx.y.
+  const int n_tiles = (n_out + W - 1) / W;
+  const int tile_first = all_tiles ? 0 : blockIdx.y;
+  const int tile_end = all_tiles ? n_tiles : tile_first + 1;
+  for (int tile_index = tile_first; tile_index < tile_end; ++tile_index) {
+    const bool first_tile = tile_index == tile_first;
+    const float* tile_table = packed + int64_t(tile_index) * n_pairs * slice;
+
+    // grad_y of the warp's SW samples for the lane's K outputs, kept for every pair.
+    float g[SW][K];
 #pragma unroll
-    for (int round = 0; round < ROUNDS; ++round) {
-      const int first = round * S;  // the round's first sample within the warp's SW
-      float part[2 * S];  // [s]: sum_o g dy/dx1 of sample s; [S + s]: dy/dx2
+    for (int s = 0; s < SW; ++s) {
 #pragma unroll
-      for (int s = 0; s < S; ++s) {
-        const float4 c = info[warp * SW + first + s];
-        const float* q = tab + __float_as_int(c.x) * W;
-        float r[4][K];  // corners (i1,i2), (i1,i2+1), (i1+1,i2), (i1+1,i2+1)
-        load_corners<K>(q, side, r);
-        float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-          const float gk = g[first + s][k];
-          gA += gk * r[0][k]; gB += gk * r[1][k]; gC += gk * r[2][k]; gD += gk * r[3][k];
-        }
-        const float d1 = c.y, d2 = c.z;
-        part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
-        part[S + s] = (1.f - d1) * (gB - gA) + d1 * (gD - gC);
+      for (int k = 0; k < K; ++k) {
+        const int o = tile_index * W + lane * K + k;
+        const int64_t b = b_warp + s;
+        g[s][k] = (o < n_out && b < batch) ? gy[int64_t(o) * gs_f + b * gs_b] : 0.f;
       }
-      transpose_reduce(part, lane);
-      const int64_t my_b = b_warp + first + my_sample;
-      if (my_b < batch) {
-        const float2 h = inv_h[warp * SW + first + my_sample];
-        const float v = part[0] * (my_input == 0 ? h.x : h.y);
-        const int64_t off = (2 * int64_t(p) + my_input) * xs_f + my_b * xs_b;
-        if (use_atomics) atomicAdd(my_out + off, v);
-        else my_out[off] = v;
+    }
+    for (int p = 0; p < n_pairs; ++p) {
+      __syncthreads();  // the previous pair's slice and cells are consumed (borders written)
+      if constexpr (TABLE_IN_SMEM) {
+        const float4* src = reinterpret_cast<const float4*>(tile_table + p * slice);
+        float4* dst = reinterpret_cast<float4*>(table);
+        // unrolled so that several L2 loads per thread are in flight (the copy is exposed
+        // when the slice allows only one block per SM)
+#pragma unroll 4
+        for (int i = threadIdx.x; i < slice / 4; i += blockDim.x) dst[i] = __ldg(src + i);
+      }
+      for (int i = threadIdx.x; i < samples; i += blockDim.x) {
+        const int64_t b = b_block + i;
+        float2 h = make_float2(0.f, 0.f);
+        info[i] = b < batch ? pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, &h)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        inv_h[i] = h;
+      }
+      __syncthreads();
+      const float* tab = (TABLE_IN_SMEM ? table : tile_table + p * slice) + lane * K;
+#pragma unroll
+      for (int round = 0; round < ROUNDS; ++round) {
+        const int first = round * S;  // the round's first sample within the warp's SW
+        float part[2 * S];  // [s]: sum_o g dy/dx1 of sample s; [S + s]: dy/dx2
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+          const float4 c = info[warp * SW + first + s];
+          const float* q = tab + __float_as_int(c.x) * W;
+          float r[4][K];  // corners (i1,i2), (i1,i2+1), (i1+1,i2), (i1+1,i2+1)
+          load_corners<K>(q, side, r);
+          float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            const float gk = g[first + s][k];
+            gA += gk * r[0][k]; gB += gk * r[1][k]; gC += gk * r[2][k]; gD += gk * r[3][k];
+          }
+          const float d1 = c.y, d2 = c.z;
+          part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
+          part[S + s] = (1.f - d1) * (gB - gA) + d1 * (gD - gC);
+        }
+        transpose_reduce(part, lane);
+        const int64_t my_b = b_warp + first + my_sample;
+        if (my_b < batch) {
+          const float2 h = inv_h[warp * SW + first + my_sample];
+          const float v = part[0] * (my_input == 0 ? h.x : h.y);
+          const int64_t off = (2 * int64_t(p) + my_input) * xs_f + my_b * xs_b;
+          if (use_atomics) atomicAdd(dx + off, v);
+          else if (first_tile) dx[off] = v;
+          else dx[off] += v;  // this thread wrote it for the previous tile
+        }
       }
     }
   }
@@ -466,22 +475,23 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   const int threads = warps * 32;
   const int64_t smem = dx_smem_bytes(num_grids, TILE, warps, in_smem);
   const at::Tensor packed = pack_table(params, W);
-  // One tile: each dx written once. Several: atomics, or one partial per tile (deterministic).
-  const bool partials = deterministic && n_tiles > 1;
+  // One tile: each dx written once. Several: atomics into zeroed dx, or (deterministic) one
+  // block walks all tiles for its samples, summing in a fixed order.
+  const bool all_tiles = deterministic && n_tiles > 1;
   const bool atomics = !deterministic && n_tiles > 1;
   at::Tensor dx = atomics ? at::zeros_like(x) : at::empty_like(x);
-  at::Tensor out = partials ? at::empty({n_tiles, x.size(0), x.size(1)}, x.options()) : dx;
   const auto kernel = in_smem ? dx_kernel<TILE, true> : dx_kernel<TILE, false>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
   const int64_t samples = int64_t(warps) * dx_samples_per_warp(TILE);
-  dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples), static_cast<unsigned>(n_tiles));
+  dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples),
+            static_cast<unsigned>(all_tiles ? 1 : n_tiles));
   kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
-      gy.data_ptr<float>(), out.data_ptr<float>(), batch, n_out, n_pairs, num_grids, xs_f, xs_b,
-      gs_f, gs_b, partials ? x.numel() : 0, atomics);
+      gy.data_ptr<float>(), dx.data_ptr<float>(), batch, n_out, n_pairs, num_grids, xs_f, xs_b,
+      gs_f, gs_b, all_tiles, atomics);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return partials ? out.sum(0) : dx;  // at::sum: a fixed reduction order
+  return dx;
 }
 
 // Largest workspace (bytes) that the split of the batch may ask for when each split keeps
