@@ -19,9 +19,10 @@ from lmKAN.grids import cdf_borders
 # (name, G, n_in, n_out, batch, modes, forward limit ms from PERFORMANCE.md or None, original ms)
 CASES = [
     ("G16 512->512 B=2^20", 16, 512, 512, 1 << 20, ("fwd",), 65.7, {"fwd": 85.3}),
-    ("G8 512->512 B=2^18", 8, 512, 512, 1 << 18, ("fwd", "fwd+bwd"), 16.4, {"fwd": 25.8, "fwd+bwd": 98.3}),
-    ("G26 256->256 B=2^18", 26, 256, 256, 1 << 18, ("fwd", "fwd+bwd"), 4.1, {"fwd": 6.6, "fwd+bwd": 46.1}),
+    ("G8 512->512 B=2^18", 8, 512, 512, 1 << 18, ("fwd", "bwd", "fwd+bwd"), 16.4, {"fwd": 25.8, "fwd+bwd": 98.3}),
+    ("G26 256->256 B=2^18", 26, 256, 256, 1 << 18, ("fwd", "bwd", "fwd+bwd"), 4.1, {"fwd": 6.6, "fwd+bwd": 46.1}),
     ("G26 128->128 B=1024", 26, 128, 128, 1024, ("fwd", "fwd+bwd"), None, {"fwd": 0.072, "fwd+bwd": 0.285}),
+    ("G64 64->64 B=2^16", 64, 64, 64, 1 << 16, ("bwd",), None, {}),
 ]
 
 
@@ -49,18 +50,23 @@ def peak_mb(fn):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, backward):
+def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, mode,
+              deterministic=False):
     x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
     params = (torch.rand(G + 1, G + 1, n_out, n_in // 2, device="cuda") - 0.5) * 0.2
     borders = cdf_borders(G, device="cuda")
-    if not backward:
+    if mode == "fwd":
         return lambda: ops.lmkan2d(x, params, borders, batch_last, tile_f, 1024, tile_b, block_b, fast)
+    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    if mode == "bwd":  # the backward op alone (dx and dP kernels)
+        return lambda: torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile_b,
+                                                        block_b, fast, deterministic)
     x.requires_grad_(True)
     params.requires_grad_(True)
-    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
 
     def step():
-        y = ops.lmkan2d(x, params, borders, batch_last, tile_f, 1024, tile_b, block_b, fast)
+        y = ops.lmkan2d(x, params, borders, batch_last, tile_f, 1024, tile_b, block_b, fast,
+                        deterministic)
         x.grad = None
         params.grad = None
         y.backward(gy)
@@ -90,7 +96,7 @@ def main():
     rows = []
     for name, G, n_in, n_out, batch, modes, limit, original in CASES:
         for mode in modes:
-            backward = mode == "fwd+bwd"
+            backward = mode != "fwd"
             lin = {}
             for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                                        ("bf16", torch.bfloat16, False)):
@@ -99,23 +105,26 @@ def main():
             torch.backends.cuda.matmul.allow_tf32 = False
             configs = []
             if backward:
+                tile_f = 16 if G <= 16 else 8
                 for tile in (4, 8, 16):
                     for fast in (False, True):
-                        configs.append((f"bwd tile {tile} {'fast' if fast else 'normal'}", 16 if G <= 16 else 8, tile, 512, fast, True))
+                        configs.append((f"bwd tile {tile} {'fast' if fast else 'normal'}", tile_f, tile, 512, fast, True, False))
+                configs.append(("bwd tile 8 normal determ.", tile_f, 8, 512, False, True, True))
+                configs.append(("bwd tile 8 normal b-first", tile_f, 8, 512, False, False, False))
             else:
                 for tile in (4, 8, 16):
-                    configs.append((f"tile {tile}", tile, 8, 512, False, True))
+                    configs.append((f"tile {tile}", tile, 8, 512, False, True, False))
                 configs.append(("tile 16 batch-first" if G <= 16 else "tile 8 batch-first",
-                                16 if G <= 16 else 8, 8, 512, False, False))
-            for label, tile_f, tile_b, block_b, fast, batch_last in configs:
+                                16 if G <= 16 else 8, 8, 512, False, False, False))
+            for label, tile_f, tile_b, block_b, fast, batch_last, determ in configs:
                 try:
-                    fn = lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, backward)
+                    fn = lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, mode, determ)
                     ms = timed(fn, args.reps)
                     mem = peak_mb(fn)
                     err = None
                 except Exception as exc:  # noqa: BLE001  (report, keep going)
                     ms, mem, err = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"[:200]
-                lim = None if limit is None else (limit * 4 if backward else limit)
+                lim = None if limit is None else {"fwd": 1, "bwd": 3, "fwd+bwd": 4}[mode] * limit
                 rows.append(dict(case=name, mode=mode, config=label, ms=ms, peak_mb=mem, error=err,
                                  limit_ms=lim, original_ms=original.get(mode),
                                  linear_fp32_ms=lin["fp32"], linear_tf32_ms=lin["tf32"],
@@ -126,7 +135,7 @@ def main():
     with open(args.json, "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
     print(f"\ndevice: {torch.cuda.get_device_name()}   (limit: fwd = shared-memory bound of the direct "
-          f"scheme; fwd+bwd = 4x that)")
+          f"scheme; bwd = 3x, fwd+bwd = 4x that; bwd rows time the backward op alone, no nn.Linear peer)")
     hdr = f"{'case':22} {'mode':8} {'config':26} {'ms':>9} {'peakMB':>8} {'limit':>7} {'orig':>7} {'lin32':>7} {'tf32':>7} {'bf16':>7}"
     print(hdr)
     for r in rows:

@@ -5,8 +5,21 @@
 """
 import torch
 
-import lmKAN  # noqa: F401  (loads the extension)
+import lmKAN  # loads the extension
 from lmKAN.grids import cdf_borders
+
+
+def _launch(g, n_in, n_out, batch, batch_last, tile, block, fast, deterministic, forward=True):
+    x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
+    x.view(-1)[3] = float("nan")
+    params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
+    borders = cdf_borders(g, device="cuda")
+    if forward:
+        torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, tile, block,
+                                        fast, deterministic)
+    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile, block, fast,
+                                     deterministic)
 
 
 def main():
@@ -14,20 +27,14 @@ def main():
     for tile in (4, 8, 16):
         for batch_last in (True, False):
             for fast in (False, True):
-                g, n_in, n_out, batch = 5, 10, 2 * tile + 3, 77
-                x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
-                x.view(-1)[3] = float("nan")
-                params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
-                borders = cdf_borders(g, device="cuda")
-                y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, 64, tile, 64, fast)
-                gy = torch.randn_like(y)
-                torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile, 64, fast)
-    # A batch split over several dP blocks (atomic flush).
-    x = torch.randn(8, 5000, device="cuda")
-    params = torch.randn(4, 4, 6, 4, device="cuda")
-    borders = cdf_borders(3, device="cuda")
-    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 128, 8, 64, False)
-    torch.ops.lmkan.lmkan2d_backward(torch.randn_like(y), x, params, borders, True, 8, 64, False)
+                # two backward output tiles (8 * tile outputs each) plus a partial one
+                _launch(5, 10, 16 * tile + 3, 77, batch_last, tile, 64, fast, fast)
+        # a batch split over several dP blocks: atomic flush, then per-split copies
+        for deterministic in (False, True):
+            _launch(3, 8, 6, 5000, True, tile, 64, False, deterministic)
+        # past the shared-memory limit: table and dP accumulator in global memory
+        _launch(lmKAN.max_num_grids(tile, "backward", "cuda") + 1, 4, 5, 300, tile % 8 == 0,
+                tile, 64, False, tile == 8, forward=False)
     torch.cuda.synchronize()
     print("sanitize_2d: all launches done")
 

@@ -1,20 +1,36 @@
 // LMKAN2DLayer backward: grad_x (dx) and grad_params (dP).
 //
-// dx kernel (forward-shaped): a block owns blockDim.x samples and up to kDxPairs input
-// pairs; it loops over the output tiles, staging the packed table slice of its pairs for
-// each tile in shared memory. A thread keeps its sample's cells and its dx sums for those
-// pairs in registers and writes each dx once (no atomics).
+// Lane layout (both kernels): the 32 lanes of a warp take W = 8 * TILE CONSECUTIVE outputs
+// of one output tile, K = TILE / 4 adjacent outputs per lane, and all lanes work on the same
+// (sample, pair) at a time. With the table packed as [n_tiles, P, cells, W], a corner of a
+// cell is one contiguous W-float row, so each corner access of a warp is K conflict-free
+// 128-byte wavefronts, and the sample's cell (index, d1, d2) is a warp-uniform broadcast.
 //
-// dP kernel (no shared-memory atomics): each thread owns one (output, pair) slot and a
-// private column of a shared accumulator [(G+1)^2][slots] (cell-major, so a warp's 32
-// slots always hit 32 different banks whatever the cells). The block walks its batch range
-// in chunks: grad_y of its outputs and the cells/weights of its pairs are staged in shared
-// memory, then every thread adds its 4 corner contributions with plain loads and stores.
-// At the end the accumulator is flushed to global memory (plain stores when one block
-// covers the whole batch, native float atomics (REDG) when the batch is split).
-// Normal mode keeps a block's shared memory small enough for two blocks per SM; fast mode
-// gives one block the device's whole opt-in shared memory (more slots per block, so cells
-// and grad_y are staged fewer times) and larger sample chunks.
+// dx kernel (forward-shaped): a block owns one output tile and warps x SW samples (SW = 16,
+// 32 at tile 4); each lane keeps grad_y of its warp's SW samples x K outputs in registers for
+// the whole kernel.
+// It loops over the input pairs, staging each pair's table slice [cells][W] and the cells
+// of its samples in shared memory. Per pair a lane forms its partial dy/dx1, dy/dx2 over its
+// K outputs for 16 samples at a time (32 values), and one transpose-reduce over the warp
+// (5 xor steps, 31 shuffles) leaves lane l with the full 32-lane sum of value l. dx sums over the
+// output tiles: float atomics into zeroed dx, plain stores when there is one tile, or, when
+// deterministic, one block walks every tile in order and the thread that owns a dx entry
+// adds each tile's sum to it (no atomics, no workspace).
+//
+// dP kernel (no shared-memory atomics): a warp owns one (output tile, pair) and a private
+// accumulator [cells][W] in which each lane owns its K columns, so the read-modify-write of
+// the 4 corners needs no atomics and has no races. A block (warps = consecutive pairs of one
+// output tile) walks a batch range in chunks: grad_y [chunk][W] is staged once per block,
+// each warp stages its pair's cells. The accumulator is flushed once, in the packed layout
+// [split, n_tiles, P, cells, W]: float atomics (REDG) into one zeroed copy when the batch is
+// split over blocks, plain stores when it is not or when deterministic (one copy per split,
+// summed in fixed order afterwards), then unpacked to [G+1, G+1, N_out, P]. Fast mode with
+// (G+1)^2 <= kDpMaxChunk sorts each chunk by cell so that runs of one cell accumulate in
+// registers.
+//
+// No num_grids ceiling: when the table slice (dx) or the accumulator (dP) does not fit in
+// shared memory, the same kernels read the table from global memory (L1/L2) and accumulate
+// in a private region of a global workspace (plain loads and stores, one warp per region).
 #include <algorithm>
 
 #include <ATen/ATen.h>
@@ -30,255 +46,545 @@ namespace lmkan {
 namespace lmkan2d {
 namespace {
 
-template <int TILE>
-__global__ void __launch_bounds__(512)
+// K consecutive floats (16/8/4-byte aligned: K * lane floats into a W-float row).
+template <int K>
+__device__ __forceinline__ void load_k(const float* p, float (&v)[K]) {
+  if constexpr (K == 4) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+  } else if constexpr (K == 2) {
+    const float2 t = *reinterpret_cast<const float2*>(p);
+    v[0] = t.x; v[1] = t.y;
+  } else {
+    v[0] = p[0];
+  }
+}
+
+template <int K>
+__device__ __forceinline__ void store_k(float* p, const float (&v)[K]) {
+  if constexpr (K == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  } else if constexpr (K == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  } else {
+    p[0] = v[0];
+  }
+}
+
+// 32 values per lane in, 32 warp-wide sums out: after the call v[0] of lane l holds
+// sum over lanes of v[l]. Recursive halving: at the step of width HALF a lane keeps the half
+// of its values whose index has bit HALF equal to its own lane bit and sends the other half
+// to its partner (lane ^ HALF): 16 + 8 + 4 + 2 + 1 = 31 shuffles in all. A template
+// recursion, so that every index is a compile-time constant (the values stay in registers).
+template <int HALF>
+__device__ __forceinline__ void transpose_reduce_step(float (&v)[32], int lane) {
+  const bool upper = (lane & HALF) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float keep = upper ? v[i + HALF] : v[i];
+    const float send = upper ? v[i] : v[i + HALF];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
+  }
+  if constexpr (HALF > 1) transpose_reduce_step<HALF / 2>(v, lane);
+}
+
+__device__ __forceinline__ void transpose_reduce(float (&v)[32], int lane) {
+  transpose_reduce_step<16>(v, lane);
+}
+
+// Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2.
+__device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
+                                            const float* s_borders, int num_grids,
+                                            int64_t xs_f, int64_t xs_b, float2* inv_h) {
+  const int64_t f = 2 * int64_t(p);
+  const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
+  const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
+  if (inv_h != nullptr) {
+    *inv_h = make_float2(1.f / (s_borders[c1.index + 1] - s_borders[c1.index]),
+                         1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));
+  }
+  return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
+}
+
+// Corner j = 2a + b of a cell, (i1+a, i2+b), relative to the cell's row in a [cells][W]
+// array: distinct rows for the 4 corners.
+__device__ __forceinline__ int corner_offset(int j, int side, int width) {
+  return ((j >> 1) * side + (j & 1)) * width;
+}
+
+// The 4 corners of a cell at q (a lane's K columns).
+template <int K>
+__device__ __forceinline__ void load_corners(const float* q, int side, float (&r)[4][K]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) load_k<K>(q + corner_offset(j, side, 32 * K), r[j]);
+}
+
+template <int K>
+__device__ __forceinline__ void store_corners(float* q, int side, const float (&r)[4][K]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) store_k<K>(q + corner_offset(j, side, 32 * K), r[j]);
+}
+
+// r += g * the bilinear weights of (d1, d2) at the 4 corners.
+template <int K>
+__device__ __forceinline__ void add_sample(float (&r)[4][K], const float (&g)[K], float d1,
+                                           float d2) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float g1 = g[k] * d1, g0 = g[k] - g1;  // g * d1, g * (1 - d1)
+    r[0][k] += g0 - g0 * d2;
+    r[1][k] += g0 * d2;
+    r[2][k] += g1 - g1 * d2;
+    r[3][k] += g1 * d2;
+  }
+}
+
+// Read-modify-write of one sample's 4 corners (all loads, then all stores).
+template <int K>
+__device__ __forceinline__ void update_cell(float* q, int side, const float (&g)[K], float d1,
+                                            float d2) {
+  float r[4][K];
+  load_corners<K>(q, side, r);
+  add_sample<K>(r, g, d1, d2);
+  store_corners<K>(q, side, r);
+}
+
+// Threads of a dx block: block_size_backward, capped so that the 16 x K grad_y registers
+// per lane fit without spilling (K = 4 needs ~160 registers: at most 256 threads).
+constexpr int dx_max_block(int tile) { return tile == 16 ? 256 : 512; }
+
+template <int TILE, bool TABLE_IN_SMEM>
+__global__ void __launch_bounds__(dx_max_block(TILE), 2)  // 2 blocks per SM: staging overlaps
 dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
-          const float* __restrict__ packed,   // [n_tiles, P, cells, TILE]
+          const float* __restrict__ packed,   // [n_tiles, P, cells, W]
           const float* __restrict__ borders,  // [G+1]
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
           float* __restrict__ dx,             // grad_x: same layout as x
-          int64_t batch, int n_out, int n_pairs, int num_grids, int pairs_per_block,
-          int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
+          int64_t batch, int n_out, int n_pairs, int num_grids, int64_t xs_f, int64_t xs_b,
+          int64_t gs_f, int64_t gs_b, bool all_tiles, bool use_atomics) {
+  constexpr int K = TILE / 4, W = bwd_width(TILE);
+  constexpr int S = 16;                                  // samples per transpose-reduce round
+  constexpr int SW = dx_samples_per_warp(TILE), ROUNDS = SW / S;
+  static_assert(2 * S == 32 && SW % S == 0, "a transpose-reduce round finishes 2 sums per sample");
   extern __shared__ __align__(16) float smem[];
-  constexpr int RS = dx_row(TILE);  // floats per cell row (padded)
   const int side = num_grids + 1;
-  const int slice = side * side * RS;
-  float* table = smem;  // [pairs_per_block][cells][RS]
-  float* s_borders = smem + int64_t(pairs_per_block) * slice;
+  const int64_t slice = int64_t(side) * side * W;  // floats of one (tile, pair) table slice
+  const int samples = (blockDim.x / 32) * SW;      // per block
+  float* table = smem;                             // [cells][W] (TABLE_IN_SMEM only)
+  float4* info = reinterpret_cast<float4*>(smem + (TABLE_IN_SMEM ? slice : 0));  // [samples]
+  float2* inv_h = reinterpret_cast<float2*>(info + samples);                     // [samples]
+  float* s_borders = reinterpret_cast<float*>(inv_h + samples);                  // [side]
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
-  __syncthreads();
 
-  const int p0 = blockIdx.y * pairs_per_block;
-  const int pc = min(pairs_per_block, n_pairs - p0);
-  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const bool active = b < batch;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t b_block = blockIdx.x * int64_t(samples);
+  const int64_t b_warp = b_block + warp * SW;
+  // The lane that finishes sum `lane` of a transpose-reduce round: sample lane % S of the
+  // round, input 2p or 2p+1 (the same for every output tile).
+  const int my_sample = lane % S, my_input = lane / S;
 
-  int base[kDxPairs];
-  float d1[kDxPairs], d2[kDxPairs], h1[kDxPairs], h2[kDxPairs], s1[kDxPairs], s2[kDxPairs];
+  // all_tiles (deterministic): the block walks every output tile in order and each dx is
+  // summed over the tiles by the one thread that owns it (no atomics); otherwise the block
+  // does the tile blockIdx.y.
+  const int n_tiles = (n_out + W - 1) / W;
+  const int tile_first = all_tiles ? 0 : blockIdx.y;
+  const int tile_end = all_tiles ? n_tiles : tile_first + 1;
+  for (int tile_index = tile_first; tile_index < tile_end; ++tile_index) {
+    const bool first_tile = tile_index == tile_first;
+    const float* tile_table = packed + int64_t(tile_index) * n_pairs * slice;
+
+    // grad_y of the warp's SW samples for the lane's K outputs, kept for every pair.
+    float g[SW][K];
 #pragma unroll
-  for (int j = 0; j < kDxPairs; ++j) {
-    base[j] = 0; d1[j] = d2[j] = 0.f; h1[j] = h2[j] = 1.f; s1[j] = s2[j] = 0.f;
-    if (active && j < pc) {
-      const int64_t f = 2 * int64_t(p0 + j);
-      const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
-      const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
-      base[j] = j * slice + (c1.index * side + c2.index) * RS;
-      d1[j] = c1.d; d2[j] = c2.d;
-      h1[j] = s_borders[c1.index + 1] - s_borders[c1.index];
-      h2[j] = s_borders[c2.index + 1] - s_borders[c2.index];
-    }
-  }
-
-  const int n_tiles = (n_out + TILE - 1) / TILE;
-  for (int tile = 0; tile < n_tiles; ++tile) {
-    __syncthreads();
-    {
-      const float4* src = reinterpret_cast<const float4*>(
-          packed + (int64_t(tile) * n_pairs + p0) * side * side * TILE);
-      const int n4 = pc * side * side * (TILE / 4);
-      for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-        const int row = i / (TILE / 4), k = i % (TILE / 4);
-        reinterpret_cast<float4*>(table + row * RS)[k] = __ldg(src + i);
+    for (int s = 0; s < SW; ++s) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int o = tile_index * W + lane * K + k;
+        const int64_t b = b_warp + s;
+        g[s][k] = (o < n_out && b < batch) ? gy[int64_t(o) * gs_f + b * gs_b] : 0.f;
       }
     }
-    __syncthreads();
-    if (!active) continue;
-    float g[TILE];
+    for (int p = 0; p < n_pairs; ++p) {
+      __syncthreads();  // the previous pair's slice and cells are consumed (borders written)
+      if constexpr (TABLE_IN_SMEM) {
+        const float4* src = reinterpret_cast<const float4*>(tile_table + p * slice);
+        float4* dst = reinterpret_cast<float4*>(table);
+        // unrolled so that several L2 loads per thread are in flight (the copy is exposed
+        // when the slice allows only one block per SM)
+#pragma unroll 4
+        for (int i = threadIdx.x; i < slice / 4; i += blockDim.x) dst[i] = __ldg(src + i);
+      }
+      for (int i = threadIdx.x; i < samples; i += blockDim.x) {
+        const int64_t b = b_block + i;
+        float2 h = make_float2(0.f, 0.f);
+        info[i] = b < batch ? pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, &h)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        inv_h[i] = h;
+      }
+      __syncthreads();
+      const float* tab = (TABLE_IN_SMEM ? table : tile_table + p * slice) + lane * K;
 #pragma unroll
-    for (int t = 0; t < TILE; ++t) {
-      const int o = tile * TILE + t;
-      g[t] = o < n_out ? gy[int64_t(o) * gs_f + b * gs_b] : 0.f;
-    }
+      for (int round = 0; round < ROUNDS; ++round) {
+        const int first = round * S;  // the round's first sample within the warp's SW
+        float part[2 * S];  // [s]: sum_o g dy/dx1 of sample s; [S + s]: dy/dx2
 #pragma unroll
-    for (int j = 0; j < kDxPairs; ++j) {
-      if (j < pc) {
-        const float4* q00 = reinterpret_cast<const float4*>(table + base[j]);
-        const float4* q01 = reinterpret_cast<const float4*>(table + base[j] + RS);
-        const float4* q10 = reinterpret_cast<const float4*>(table + base[j] + side * RS);
-        const float4* q11 = reinterpret_cast<const float4*>(table + base[j] + (side + 1) * RS);
-        float a1 = 0.f, a2 = 0.f;  // sum_o g * (P10-P00), g * (P11-P01) and similar
-        float e1 = 0.f, e2 = 0.f;
+        for (int s = 0; s < S; ++s) {
+          const float4 c = info[warp * SW + first + s];
+          const float* q = tab + __float_as_int(c.x) * W;
+          float r[4][K];  // corners (i1,i2), (i1,i2+1), (i1+1,i2), (i1+1,i2+1)
+          load_corners<K>(q, side, r);
+          float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
 #pragma unroll
-        for (int k = 0; k < TILE / 4; ++k) {
-          const float4 A = q00[k], B = q01[k], C = q10[k], D = q11[k];
-          const float* gk = g + 4 * k;
-          // dy/dx1 = (1-d2)(P10-P00) + d2 (P11-P01); dy/dx2 = (1-d1)(P01-P00) + d1 (P11-P10)
-          a1 += gk[0] * (C.x - A.x) + gk[1] * (C.y - A.y) + gk[2] * (C.z - A.z) + gk[3] * (C.w - A.w);
-          a2 += gk[0] * (D.x - B.x) + gk[1] * (D.y - B.y) + gk[2] * (D.z - B.z) + gk[3] * (D.w - B.w);
-          e1 += gk[0] * (B.x - A.x) + gk[1] * (B.y - A.y) + gk[2] * (B.z - A.z) + gk[3] * (B.w - A.w);
-          e2 += gk[0] * (D.x - C.x) + gk[1] * (D.y - C.y) + gk[2] * (D.z - C.z) + gk[3] * (D.w - C.w);
+          for (int k = 0; k < K; ++k) {
+            const float gk = g[first + s][k];
+            gA += gk * r[0][k]; gB += gk * r[1][k]; gC += gk * r[2][k]; gD += gk * r[3][k];
+          }
+          const float d1 = c.y, d2 = c.z;
+          part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
+          part[S + s] = (1.f - d1) * (gB - gA) + d1 * (gD - gC);
         }
-        s1[j] += (1.f - d2[j]) * a1 + d2[j] * a2;
-        s2[j] += (1.f - d1[j]) * e1 + d1[j] * e2;
-      }
-    }
-  }
-  if (active) {
-#pragma unroll
-    for (int j = 0; j < kDxPairs; ++j) {
-      if (j < pc) {
-        const int64_t f = 2 * int64_t(p0 + j);
-        dx[f * xs_f + b * xs_b] = s1[j] / h1[j];
-        dx[(f + 1) * xs_f + b * xs_b] = s2[j] / h2[j];
+        transpose_reduce(part, lane);
+        const int64_t my_b = b_warp + first + my_sample;
+        if (my_b < batch) {
+          const float2 h = inv_h[warp * SW + first + my_sample];
+          const float v = part[0] * (my_input == 0 ? h.x : h.y);
+          const int64_t off = (2 * int64_t(p) + my_input) * xs_f + my_b * xs_b;
+          if (use_atomics) atomicAdd(dx + off, v);
+          else if (first_tile) dx[off] = v;
+          else dx[off] += v;  // this thread wrote it for the previous tile
+        }
       }
     }
   }
 }
 
-template <int TILE>
+// Counting sort of a chunk's samples by cell, by one warp, deterministic (no atomics: the
+// lanes of one cell in a step are ranked by lane order, steps in sample order).
+// info: [cs] cells (float4.x = cell index); count: [cells] scratch; order: [cs] out, the
+// sample indices in cell order.
+__device__ __forceinline__ void sort_by_cell(const float4* info, int cs, int cells, int lane,
+                                             int* count, int* order) {
+  constexpr int kSteps = kDpMaxChunk / 32;
+  for (int c = lane; c < cells; c += 32) count[c] = 0;
+  __syncwarp();
+  int rank[kSteps];
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    const int s = j * 32 + lane;
+    const bool valid = s < cs;
+    // invalid lanes get keys past the cells (cells + lane): unique, never counted
+    const int key = valid ? __float_as_int(info[s].x) : cells + lane;
+    const unsigned peers = __match_any_sync(0xffffffffu, key);
+    const int before = valid ? count[key] : 0;
+    __syncwarp();  // every peer has read the count before the leader adds to it
+    if (valid && lane == __ffs(peers) - 1) count[key] = before + __popc(peers);
+    __syncwarp();
+    rank[j] = before + __popc(peers & ((1u << lane) - 1u));
+  }
+  // exclusive prefix sum of the counts, 32 cells at a time
+  int carry = 0;
+  for (int base = 0; base < cells; base += 32) {
+    const int c = base + lane;
+    const int v = c < cells ? count[c] : 0;
+    int incl = v;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int t = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += t;
+    }
+    if (c < cells) count[c] = carry + incl - v;
+    carry += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    const int s = j * 32 + lane;
+    if (s < cs) order[count[__float_as_int(info[s].x)] + rank[j]] = s;
+  }
+  __syncwarp();
+}
+
+// Walk the chunk in cell order, keeping the current cell's 4 corners (the lane's K columns)
+// in registers: one load and one store per run of samples in the same cell.
+template <int K>
+__device__ __forceinline__ void accumulate_runs(const float4* info, const int* order, int cs,
+                                                const float* gy_s, float* acc, int side,
+                                                int lane) {
+  constexpr int W = 32 * K;
+  int current = -1;
+  float r[4][K];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int k = 0; k < K; ++k) r[j][k] = 0.f;
+  for (int t = 0; t < cs; ++t) {
+    const int s = order[t];
+    const float4 c = info[s];
+    const int index = __float_as_int(c.x);
+    if (index != current) {  // warp-uniform
+      if (current >= 0) store_corners<K>(acc + current * W, side, r);
+      load_corners<K>(acc + index * W, side, r);
+      current = index;
+    }
+    float g[K];
+    load_k<K>(gy_s + s * W + lane * K, g);
+    add_sample<K>(r, g, c.y, c.z);
+  }
+  if (current >= 0) store_corners<K>(acc + current * W, side, r);
+}
+
+template <int TILE, bool ACC_IN_SMEM>
 __global__ void __launch_bounds__(1024)
 dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           const float* __restrict__ borders,  // [G+1]
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
-          float* __restrict__ dp,             // [G+1, G+1, N_out, P]
-          int64_t batch, int n_out, int n_pairs, int num_grids, int chunk,
-          int64_t per_split, bool batch_last, bool use_atomics,
+          float* ws,                          // [splits or 1, n_tiles, P, cells, W]
+          int64_t batch, int n_out, int n_pairs, int num_grids, int chunk, int64_t per_split,
+          bool batch_last, bool use_atomics, bool per_split_copies, bool sorted,
           int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
+  constexpr int K = TILE / 4, W = bwd_width(TILE);
   extern __shared__ __align__(16) float smem[];
   const int side = num_grids + 1;
   const int cells = side * side;
-  const int slots = blockDim.x;
-  const int ppb = slots / TILE;  // pairs per block
-  float* acc = smem;                                       // [cells][slots]
-  float* gy_s = acc + int64_t(cells) * slots;              // [chunk][TILE]
-  float4* info_s = reinterpret_cast<float4*>(gy_s + chunk * TILE);  // [chunk][ppb]: cell, d1, d2
-  float* s_borders = reinterpret_cast<float*>(info_s + int64_t(chunk) * ppb);  // [side]
+  const int warps = blockDim.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float* s_acc = smem;                                              // [warps][cells][W]
+  float* gy_s = smem + (ACC_IN_SMEM ? int64_t(warps) * cells * W : 0);  // [chunk][W]
+  float4* info = reinterpret_cast<float4*>(gy_s + int64_t(chunk) * W);  // [warps][chunk]
+  float* s_borders = reinterpret_cast<float*>(info + int64_t(warps) * chunk);  // [side]
+  int* s_count = reinterpret_cast<int*>(s_borders + side);  // [warps][cells] (sorted only)
+  int* s_order = s_count + int64_t(warps) * cells;           // [warps][chunk] (sorted only)
+  float4* my_info = info + int64_t(warp) * chunk;
+  int* my_count = s_count + int64_t(warp) * cells;
+  int* my_order = s_order + int64_t(warp) * chunk;
 
-  const int n_tiles = (n_out + TILE - 1) / TILE;
-  const int tile = blockIdx.x % n_tiles;
-  const int p_first = (blockIdx.x / n_tiles) * ppb;
-  const int slot = threadIdx.x;
-  const int tl = slot % TILE, pl = slot / TILE;
-  const int o = tile * TILE + tl, p = p_first + pl;
+  const int n_tiles = (n_out + W - 1) / W;
+  const int tile_index = blockIdx.x % n_tiles;
+  const int p = (blockIdx.x / n_tiles) * warps + warp;
+  const bool has_pair = p < n_pairs;
+  const int64_t region = int64_t(cells) * W;  // floats of one (tile, pair) accumulator
+  // This warp's (tile, pair) region of the split's copy of the workspace.
+  const int copy = per_split_copies ? blockIdx.y : 0;
+  float* ws_region =
+      ws + ((int64_t(copy) * n_tiles + tile_index) * n_pairs + (has_pair ? p : 0)) * region;
+  // Each lane owns columns lane*K .. lane*K+K-1 of its warp's accumulator.
+  float* acc = (ACC_IN_SMEM ? s_acc + int64_t(warp) * region : ws_region) + lane * K;
 
-  for (int i = threadIdx.x; i < side; i += slots) s_borders[i] = borders[i];
-  for (int c = 0; c < cells; ++c) acc[c * slots + slot] = 0.f;
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
+  if constexpr (ACC_IN_SMEM) {
+    float zero[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) zero[k] = 0.f;
+    for (int c = 0; c < cells; ++c) store_k<K>(acc + c * W, zero);
+  }  // (the global-memory accumulator comes zeroed)
 
   const int64_t b_begin = blockIdx.y * per_split;
   const int64_t b_end = min(batch, b_begin + per_split);
   for (int64_t b0 = b_begin; b0 < b_end; b0 += chunk) {
     const int cs = static_cast<int>(min(int64_t(chunk), b_end - b0));
-    __syncthreads();  // previous chunk consumed (and borders written, first time)
-    for (int i = threadIdx.x; i < TILE * cs; i += slots) {
-      const int t = batch_last ? i / cs : i % TILE;
-      const int s = batch_last ? i % cs : i / TILE;
-      const int oo = tile * TILE + t;
-      gy_s[s * TILE + t] = oo < n_out ? gy[int64_t(oo) * gs_f + (b0 + s) * gs_b] : 0.f;
+    __syncthreads();  // previous chunk consumed (borders written, first time)
+    for (int i = threadIdx.x; i < W * cs; i += blockDim.x) {
+      // batch-last: neighbouring threads read neighbouring samples of one output row.
+      const int t = batch_last ? i / cs : i % W;
+      const int s = batch_last ? i % cs : i / W;
+      const int o = tile_index * W + t;
+      gy_s[s * W + t] = o < n_out ? gy[int64_t(o) * gs_f + (b0 + s) * gs_b] : 0.f;
     }
-    for (int i = threadIdx.x; i < ppb * cs; i += slots) {
-      const int q = batch_last ? i / cs : i % ppb;
-      const int s = batch_last ? i % cs : i / ppb;
-      const int pp = p_first + q;
-      int index = 0;
-      float a = 0.f, bb = 0.f;
-      if (pp < n_pairs) {
-        const int64_t f = 2 * int64_t(pp);
-        const Cell c1 = cdf_cell(x[f * xs_f + (b0 + s) * xs_b], s_borders, num_grids);
-        const Cell c2 = cdf_cell(x[(f + 1) * xs_f + (b0 + s) * xs_b], s_borders, num_grids);
-        index = c1.index * side + c2.index;
-        a = c1.d;
-        bb = c2.d;
+    __syncthreads();  // borders visible before the cells below use them
+    if (!has_pair) continue;
+    for (int s = lane; s < cs; s += 32)
+      my_info[s] = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+    __syncwarp();
+    if (sorted) {
+      // Samples in cell order: a run of samples in one cell accumulates in registers and
+      // touches the accumulator once (pays when the chunk has more samples than cells).
+      sort_by_cell(my_info, cs, cells, lane, my_count, my_order);
+      accumulate_runs<K>(my_info, my_order, cs, gy_s, acc, side, lane);
+      __syncwarp();  // my_info / my_count / my_order are rewritten in the next chunk
+      continue;
+    }
+    // Two samples at a time: their cells' corners are disjoint (the usual case), the same
+    // cell (one read-modify-write), or overlapping (one after the other). Disjoint corners
+    // let the 8 loads of both samples be in flight together, which matters when few warps
+    // fit on an SM (large G).
+    int s = 0;
+    for (; s + 1 < cs; s += 2) {
+      const float4 c0 = my_info[s], c1 = my_info[s + 1];
+      const int i0 = __float_as_int(c0.x), i1 = __float_as_int(c1.x);
+      float g0[K], g1[K];
+      load_k<K>(gy_s + s * W + lane * K, g0);
+      load_k<K>(gy_s + (s + 1) * W + lane * K, g1);
+      const int gap = abs(i1 - i0);
+      if (gap == 0) {
+        float r[4][K];
+        load_corners<K>(acc + i0 * W, side, r);
+        add_sample<K>(r, g0, c0.y, c0.z);
+        add_sample<K>(r, g1, c1.y, c1.z);
+        store_corners<K>(acc + i0 * W, side, r);
+      } else if (gap == 1 || gap == side - 1 || gap == side || gap == side + 1) {
+        update_cell<K>(acc + i0 * W, side, g0, c0.y, c0.z);
+        update_cell<K>(acc + i1 * W, side, g1, c1.y, c1.z);
+      } else {
+        float r0[4][K], r1[4][K];
+        load_corners<K>(acc + i0 * W, side, r0);
+        load_corners<K>(acc + i1 * W, side, r1);
+        add_sample<K>(r0, g0, c0.y, c0.z);
+        add_sample<K>(r1, g1, c1.y, c1.z);
+        store_corners<K>(acc + i0 * W, side, r0);
+        store_corners<K>(acc + i1 * W, side, r1);
       }
-      info_s[s * ppb + q] = make_float4(__int_as_float(index), a, bb, 0.f);
     }
-    __syncthreads();
-    for (int s = 0; s < cs; ++s) {
-      const float g = gy_s[s * TILE + tl];
-      const float4 v = info_s[s * ppb + pl];
-      const float a = v.y, bb = v.z;
-      float* r = acc + __float_as_int(v.x) * slots + slot;
-      const float ga = g * a, gna = g - ga;  // g*d1, g*(1-d1)
-      // The 4 corners are distinct addresses: load all, then store all.
-      const float r00 = r[0], r01 = r[slots], r10 = r[side * slots], r11 = r[(side + 1) * slots];
-      r[0] = r00 + (gna - gna * bb);
-      r[slots] = r01 + gna * bb;
-      r[side * slots] = r10 + (ga - ga * bb);
-      r[(side + 1) * slots] = r11 + ga * bb;
+    if (s < cs) {
+      const float4 c = my_info[s];
+      float g[K];
+      load_k<K>(gy_s + s * W + lane * K, g);
+      update_cell<K>(acc + __float_as_int(c.x) * W, side, g, c.y, c.z);
     }
+    __syncwarp();  // my_info is rewritten by other lanes in the next chunk
   }
-  if (o < n_out && p < n_pairs) {
-    for (int c = 0; c < cells; ++c) {
-      const float v = acc[c * slots + slot];
-      float* dst = dp + (int64_t(c) * n_out + o) * n_pairs + p;
-      if (use_atomics) atomicAdd(dst, v);
-      else *dst = v;
+  if constexpr (ACC_IN_SMEM) {
+    if (has_pair) {
+      float* dst = ws_region + lane * K;
+      for (int c = 0; c < cells; ++c) {
+        float v[K];
+        load_k<K>(acc + c * W, v);
+        if (use_atomics) {
+#pragma unroll
+          for (int k = 0; k < K; ++k) atomicAdd(dst + c * W + k, v[k]);
+        } else {
+          store_k<K>(dst + c * W, v);
+        }
+      }
     }
   }
 }
 
 template <int TILE>
-void launch_backward(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
-                     const at::Tensor& gy, at::Tensor& dx, at::Tensor& dp, int64_t batch,
-                     int n_out, int n_pairs, int num_grids, int block, bool batch_last,
-                     bool fast, const DeviceLimits& lim) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
+                     const at::Tensor& gy, int64_t batch, int n_out, int n_pairs, int num_grids,
+                     int block, bool deterministic, const DeviceLimits& lim,
+                     int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
+  constexpr int W = bwd_width(TILE);
+  const int n_tiles = (n_out + W - 1) / W;
+  // block_size_backward threads (capped), fewer where that lets the table slice fit in
+  // shared memory; past that, the table is read from global memory.
+  int warps = std::min(block, dx_max_block(TILE)) / 32;
+  while (warps > 1 && dx_smem_bytes(num_grids, TILE, warps, true) > lim.smem_optin) --warps;
+  const bool in_smem = dx_smem_bytes(num_grids, TILE, warps, true) <= lim.smem_optin;
+  if (!in_smem) warps = std::min(block, dx_max_block(TILE)) / 32;
+  const int threads = warps * 32;
+  const int64_t smem = dx_smem_bytes(num_grids, TILE, warps, in_smem);
+  const at::Tensor packed = pack_table(params, W);
+  // One tile: each dx written once. Several: atomics into zeroed dx, or (deterministic) one
+  // block walks all tiles for its samples, summing in a fixed order.
+  const bool all_tiles = deterministic && n_tiles > 1;
+  const bool atomics = !deterministic && n_tiles > 1;
+  at::Tensor dx = atomics ? at::zeros_like(x) : at::empty_like(x);
+  const auto kernel = in_smem ? dx_kernel<TILE, true> : dx_kernel<TILE, false>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  const int64_t samples = int64_t(warps) * dx_samples_per_warp(TILE);
+  dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples),
+            static_cast<unsigned>(all_tiles ? 1 : n_tiles));
+  kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
+      gy.data_ptr<float>(), dx.data_ptr<float>(), batch, n_out, n_pairs, num_grids, xs_f, xs_b,
+      gs_f, gs_b, all_tiles, atomics);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dx;
+}
+
+// Largest workspace (bytes) that the split of the batch may ask for when each split keeps
+// its own copy of dP (deterministic, or the global-memory accumulator).
+constexpr int64_t kDpWorkspaceBytes = int64_t(1) << 30;
+
+template <int TILE>
+at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::Tensor& gy,
+                     int64_t batch, int n_out, int n_pairs, int num_grids, int block, bool fast,
+                     bool batch_last, bool deterministic, const DeviceLimits& lim,
+                     int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
+  constexpr int W = bwd_width(TILE);
+  const int n_tiles = (n_out + W - 1) / W;
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  // Warps (one pair each) per block: at most block_size_backward / 32 and the pairs; in
+  // shared memory as many accumulators as fit in half an SM (normal: 2 blocks per SM) or the
+  // whole opt-in memory (fast); fast mode also stages larger chunks of samples.
+  const int max_warps = std::min(block / 32, n_pairs);
+  const int64_t budget = fast ? lim.smem_optin
+                              : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
+  // Fast mode with a shared accumulator and no more cells than the largest chunk also sorts
+  // each chunk by cell (runs of one cell accumulate in registers).
+  const int chunk_pref = fast ? kDpMaxChunk : 64;
+  const bool sorted = fast && cells <= kDpMaxChunk;
+  int warps = 0, chunk = 0;
+  const bool in_smem = dp_smem_bytes(num_grids, TILE, 1, kDpMinChunk, true) <= lim.smem_optin;
+  if (in_smem) {
+    for (int pass = 0; pass < 2 && warps == 0; ++pass) {
+      const int64_t limit = pass == 0 ? budget : lim.smem_optin;
+      for (int w = max_warps; w >= 1 && warps == 0; --w)
+        for (int c = chunk_pref; c >= kDpMinChunk && warps == 0; c /= 2)
+          if (dp_smem_bytes(num_grids, TILE, w, c, true, sorted) <= limit) { warps = w; chunk = c; }
+    }
+  } else {
+    warps = max_warps;
+    chunk = chunk_pref;
+  }
+  const bool sort_chunks = sorted && in_smem && warps > 0;
+  const int64_t smem = dp_smem_bytes(num_grids, TILE, warps, chunk, in_smem, sort_chunks);
+  const int64_t blocks_xy = int64_t(n_tiles) * ((n_pairs + warps - 1) / warps);
+  const int64_t resident = std::max<int64_t>(
+      1, std::min<int64_t>(lim.smem_per_sm / (smem + 1024), 2048 / (32 * warps)));
+  const int64_t target = 2 * int64_t(lim.num_sms) * resident;
+  int64_t splits = std::max<int64_t>(1, (target + blocks_xy - 1) / blocks_xy);
+  splits = std::min<int64_t>({splits, std::max<int64_t>(1, batch / (4 * chunk)), 65535});
+  // Each split keeps its own copy: deterministic (summed in order below) or the global
+  // accumulator (each warp's region private). Keep that workspace bounded.
+  const bool per_split_copies = deterministic || !in_smem;
+  const int64_t copy_bytes = int64_t(n_tiles) * n_pairs * cells * W * 4;
+  if (per_split_copies)
+    splits = std::max<int64_t>(1, std::min<int64_t>(splits, kDpWorkspaceBytes / copy_bytes));
+  int64_t per_split = (batch + splits - 1) / splits;
+  per_split = (per_split + chunk - 1) / chunk * chunk;
+  splits = (batch + per_split - 1) / per_split;
+  const bool atomics = !per_split_copies && splits > 1;
+  const int64_t copies = per_split_copies ? splits : 1;
+  // Written in full by stores when each region has one writer; zeroed for atomics and for
+  // the global-memory accumulator.
+  const auto options = x.options();
+  at::Tensor ws = (atomics || !in_smem)
+                      ? at::zeros({copies, n_tiles, n_pairs, cells, W}, options)
+                      : at::empty({copies, n_tiles, n_pairs, cells, W}, options);
+  const auto kernel = in_smem ? dp_kernel<TILE, true> : dp_kernel<TILE, false>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  dim3 grid(static_cast<unsigned>(blocks_xy), static_cast<unsigned>(splits));
+  kernel<<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<float>(), borders.data_ptr<float>(), gy.data_ptr<float>(), ws.data_ptr<float>(),
+      batch, n_out, n_pairs, num_grids, chunk, per_split, batch_last, atomics, per_split_copies,
+      sort_chunks, xs_f, xs_b, gs_f, gs_b);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) -> [G+1, G+1, N_out, P]
+  const at::Tensor packed = copies > 1 ? ws.sum(0) : ws.select(0, 0);
+  const int64_t side = num_grids + 1;
+  return packed.permute({2, 0, 3, 1})
+      .reshape({side, side, int64_t(n_tiles) * W, n_pairs})
+      .narrow(2, 0, n_out)
+      .contiguous();
+}
+
+template <int TILE>
+std::tuple<at::Tensor, at::Tensor> launch_backward(
+    const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
+    const at::Tensor& gy, int64_t batch, int n_out, int n_pairs, int num_grids, int block,
+    bool batch_last, bool fast, bool deterministic, const DeviceLimits& lim) {
   const int64_t in_dim = 2 * int64_t(n_pairs);
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
-
-  // ---- dx ---- (at most 512 threads: TILE grad_y values and kDxPairs cells per thread
-  // need more than the 64 registers a 1024-thread block allows)
-  {
-    const int dx_block = std::min(block, 512);
-    const at::Tensor packed = pack_table(params, TILE);
-    const int blocks_per_sm = std::max(1, 2048 / dx_block);
-    const int64_t budget = std::min<int64_t>(lim.smem_per_sm / blocks_per_sm - 1024, lim.smem_optin);
-    int pc = 0;
-    for (int c = 1; c <= std::min(kDxPairs, n_pairs); ++c)
-      if (dx_smem_bytes(num_grids, TILE, c) <= budget) pc = c;
-    if (pc == 0 && dx_smem_bytes(num_grids, TILE, 1) <= lim.smem_optin) pc = 1;
-    TORCH_CHECK_VALUE(pc > 0, "lmkan2d_backward: num_grids=", num_grids, " with tile_size=", TILE,
-                      " needs ", dx_smem_bytes(num_grids, TILE, 1),
-                      " bytes of shared memory per block, the device allows ", lim.smem_optin);
-    const int64_t smem = dx_smem_bytes(num_grids, TILE, pc);
-    C10_CUDA_CHECK(cudaFuncSetAttribute(dx_kernel<TILE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-    dim3 grid(static_cast<unsigned>((batch + dx_block - 1) / dx_block),
-              static_cast<unsigned>((n_pairs + pc - 1) / pc));
-    dx_kernel<TILE><<<grid, dx_block, smem, stream>>>(
-        x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
-        gy.data_ptr<float>(), dx.data_ptr<float>(), batch, n_out, n_pairs, num_grids, pc,
-        xs_f, xs_b, gs_f, gs_b);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-
-  // ---- dP ----
-  {
-    const int64_t budget = fast ? lim.smem_optin
-                                : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
-    const int chunk_pref = fast ? 256 : 64;
-    const int want = static_cast<int>(std::min<int64_t>(block, (int64_t(TILE) * n_pairs + 31) / 32 * 32));
-    int slots = 0, chunk = 0;
-    for (int pass = 0; pass < 2 && slots == 0; ++pass) {
-      const int64_t limit = pass == 0 ? budget : lim.smem_optin;
-      for (int s = want; s >= 32 && slots == 0; s -= 32)
-        for (int c = chunk_pref; c >= 32 && slots == 0; c /= 2)
-          if (dp_smem_bytes(num_grids, TILE, s, c) <= limit) { slots = s; chunk = c; }
-    }
-    TORCH_CHECK_VALUE(slots > 0, "lmkan2d_backward: num_grids=", num_grids, " with tile_size=",
-                      TILE, " needs ", dp_smem_bytes(num_grids, TILE, 32, 32),
-                      " bytes of shared memory per block for grad_params, the device allows ",
-                      lim.smem_optin);
-    const int64_t smem = dp_smem_bytes(num_grids, TILE, slots, chunk);
-    const int ppb = slots / TILE;
-    const int64_t n_tiles = (n_out + TILE - 1) / TILE;
-    const int64_t blocks_xy = n_tiles * ((n_pairs + ppb - 1) / ppb);
-    const int64_t resident = std::max<int64_t>(1, lim.smem_per_sm / (smem + 1024));
-    const int64_t target = 2 * int64_t(lim.num_sms) * std::min<int64_t>(resident, 2048 / slots);
-    int64_t splits = std::max<int64_t>(1, (target + blocks_xy - 1) / blocks_xy);
-    splits = std::min<int64_t>({splits, std::max<int64_t>(1, batch / (4 * chunk)), 65535});
-    int64_t per_split = (batch + splits - 1) / splits;
-    per_split = (per_split + chunk - 1) / chunk * chunk;
-    splits = (batch + per_split - 1) / per_split;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(dp_kernel<TILE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-    dim3 grid(static_cast<unsigned>(blocks_xy), static_cast<unsigned>(splits));
-    dp_kernel<TILE><<<grid, slots, smem, stream>>>(
-        x.data_ptr<float>(), borders.data_ptr<float>(), gy.data_ptr<float>(),
-        dp.data_ptr<float>(), batch, n_out, n_pairs, num_grids, chunk, per_split, batch_last,
-        splits > 1, xs_f, xs_b, gs_f, gs_b);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  at::Tensor dx = launch_dx<TILE>(x, params, borders, gy, batch, n_out, n_pairs, num_grids,
+                                  block, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  at::Tensor dp = launch_dp<TILE>(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast,
+                                  batch_last, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  return {dx, dp};
 }
 
 }  // namespace
@@ -287,7 +593,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
                                                  const at::Tensor& params_in,
                                                  const at::Tensor& borders_in, bool batch_last,
                                                  int64_t tile_size, int64_t block_size,
-                                                 bool fast_mode) {
+                                                 bool fast_mode, bool deterministic) {
   // grad_y: [N_out, B] (batch_last) or [B, N_out]; x: [N_in, B] or [B, N_in];
   // params: [G+1, G+1, N_out, N_in/2]; borders: [G+1]. Returns (grad_x like x, grad_params).
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_backward");
@@ -303,22 +609,20 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const at::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous(), gy = gy_in.contiguous();
+  if (batch == 0) return {at::empty_like(x), at::zeros_like(params)};
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_pairs = static_cast<int>(params.size(3));
-  at::Tensor dx = at::empty_like(x);
-  at::Tensor dp = at::zeros_like(params);
-  if (batch == 0) return {dx, dp};
   const DeviceLimits lim = device_limits(x.device().index());
-  const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
-  const std::string mode = fast_mode ? "backward_fast" : "backward";
-  const int limit = max_num_grids_for(tile, mode, x.device().index());
-  TORCH_CHECK_VALUE(num_grids <= limit, "lmkan2d_backward: num_grids=", num_grids,
-                    " does not fit in shared memory with tile_size=", tile, " (", mode,
-                    "); the largest supported is ", limit);
-  if (tile == 4) launch_backward<4>(x, params, borders, gy, dx, dp, batch, n_out, n_pairs, num_grids, block, batch_last, fast_mode, lim);
-  else if (tile == 8) launch_backward<8>(x, params, borders, gy, dx, dp, batch, n_out, n_pairs, num_grids, block, batch_last, fast_mode, lim);
-  else launch_backward<16>(x, params, borders, gy, dx, dp, batch, n_out, n_pairs, num_grids, block, batch_last, fast_mode, lim);
-  return {dx, dp};
+  const int block = static_cast<int>(block_size);
+  const int n = static_cast<int>(n_out);
+  if (tile_size == 4)
+    return launch_backward<4>(x, params, borders, gy, batch, n, n_pairs, num_grids, block,
+                              batch_last, fast_mode, deterministic, lim);
+  if (tile_size == 8)
+    return launch_backward<8>(x, params, borders, gy, batch, n, n_pairs, num_grids, block,
+                              batch_last, fast_mode, deterministic, lim);
+  return launch_backward<16>(x, params, borders, gy, batch, n, n_pairs, num_grids, block,
+                             batch_last, fast_mode, deterministic, lim);
 }
 
 }  // namespace lmkan2d

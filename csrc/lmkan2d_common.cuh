@@ -32,14 +32,6 @@ at::Tensor pack_table(const at::Tensor& params, int tile);
 
 // Shared-memory footprints (bytes) of each kernel configuration; the host code and
 // lmkan2d_max_num_grids use the same functions, so the limit and the launch agree.
-// dx kernel: pairs_per_stage table slices [cells][dx_row(tile)] plus the borders. Rows are
-// padded to tile + 4 floats (tile 8, 16) so that rows of random cells start in different
-// 16-byte bank groups.
-constexpr int dx_row(int tile) { return tile == 4 ? 4 : tile + 4; }
-inline int64_t dx_smem_bytes(int num_grids, int tile, int pairs_per_stage) {
-  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  return cells * dx_row(tile) * pairs_per_stage * 4 + int64_t(num_grids + 1) * 4 + 16;
-}
 // Forward kernel: each lane of a warp owns K consecutive outputs, so an output tile is
 // W = 32K outputs; tile_size 4, 8, 16 selects K = 1, 2, 4.
 constexpr int forward_lanes_outputs(int tile) { return tile / 4; }
@@ -54,16 +46,39 @@ inline int64_t forward_smem_bytes(int num_grids, int w, int nbuf, int samples_pe
          int64_t(num_grids + 1) * 4 + 16;
 }
 
-// dP kernel: an accumulator [(G+1)^2][slots] plus a chunk of staged samples:
-// grad_y [chunk][tile] and per (sample, pair) a float4 (cell index, d1, d2, 0).
-inline int64_t dp_smem_bytes(int num_grids, int tile, int slots, int chunk) {
+// ---- Backward (lmkan2d_backward.cu) ----
+// A warp of either backward kernel covers W = 8 * tile consecutive outputs of one table row
+// (tile_size_backward / 4 outputs per lane), reading the table packed as
+// pack_table(params, W) = [n_tiles, P, cells, W]: a corner read of a warp is one 128-byte
+// row segment per 32 outputs, conflict-free whatever the cell.
+constexpr int bwd_width(int tile) { return 8 * tile; }
+// Samples whose grad_y a dx warp keeps in registers (16 per transpose-reduce round; two
+// rounds at tile 4, where K = 1 leaves the registers for it): more samples per block means
+// fewer copies of the table slice from L2.
+constexpr int dx_samples_per_warp(int tile) { return tile == 4 ? 32 : 16; }
+
+// dx kernel: the table slice of one (output tile, pair) [cells][W] (unless read from global
+// memory), the staged cells (float4) and 1/h (float2) of the block's samples, the borders.
+inline int64_t dx_smem_bytes(int num_grids, int tile, int warps, bool table_in_smem) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  const int64_t pairs = slots / tile;
-  return cells * slots * 4 + int64_t(chunk) * tile * 4 + pairs * chunk * 16 +
+  const int64_t samples = int64_t(warps) * dx_samples_per_warp(tile);
+  return (table_in_smem ? cells * bwd_width(tile) * 4 : 0) + samples * (16 + 8) +
          int64_t(num_grids + 1) * 4 + 16;
 }
 
-constexpr int kDxPairs = 4;  // input pairs whose dx a dx-thread keeps in registers
+// dP kernel: one accumulator [cells][W] per warp (unless kept in global memory), grad_y of a
+// chunk of samples [chunk][W], the cells of each warp's pair [warps][chunk] (float4), borders;
+// when the chunk is sorted by cell, per warp a cell count [cells] and an order [chunk] (int).
+inline int64_t dp_smem_bytes(int num_grids, int tile, int warps, int chunk, bool acc_in_smem,
+                             bool sorted = false) {
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  const int64_t width = bwd_width(tile);
+  return (acc_in_smem ? int64_t(warps) * cells * width * 4 : 0) + int64_t(chunk) * width * 4 +
+         int64_t(warps) * chunk * 16 + (sorted ? int64_t(warps) * (cells + chunk) * 4 : 0) +
+         int64_t(num_grids + 1) * 4 + 16;
+}
+constexpr int kDpMinChunk = 32;   // samples staged per dP chunk, smallest configuration
+constexpr int kDpMaxChunk = 128;  // largest chunk (fast mode)
 
 int max_num_grids_for(int tile, const std::string& mode, int device_index);
 

@@ -337,7 +337,8 @@ void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tenso
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                         const at::Tensor& borders_in, bool batch_last, int64_t tile_size,
                         int64_t block_size, int64_t /*backward_tile_size*/,
-                        int64_t /*backward_block_size*/, bool /*backward_fast_mode*/) {
+                        int64_t /*backward_block_size*/, bool /*backward_fast_mode*/,
+                        bool /*deterministic*/) {
   // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
   const at::cuda::CUDAGuard guard(x_in.device());
@@ -423,11 +424,11 @@ int max_num_grids_for(int tile, const std::string& mode, int device_index) {
       const int k = forward_lanes_outputs(tile);
       fits = forward_smem_bytes(g, 32 * k, 1, samples_per_lane(k, 32)) <= lim.smem_optin;
     } else {
-      // backward (either mode): the dx kernel with one pair per stage and the dP kernel
-      // with its smallest configuration (32 slots, 32 samples per chunk) must both fit.
-      const int slots = std::max(32, tile);
-      fits = dx_smem_bytes(g, tile, 1) <= lim.smem_optin &&
-             dp_smem_bytes(g, tile, slots, 32) <= lim.smem_optin;
+      // backward (either mode): the dx kernel's table slice (one warp) and the dP kernel's
+      // accumulator (one warp, smallest chunk) both in shared memory; past this G the
+      // backward reads the table / accumulates dP through global memory instead.
+      fits = dx_smem_bytes(g, tile, 1, true) <= lim.smem_optin &&
+             dp_smem_bytes(g, tile, 1, kDpMinChunk, true) <= lim.smem_optin;
     }
     if (!fits) break;
     best = g;

@@ -13,13 +13,16 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(lmkan, m) {
-  // The backward_* arguments are unused by the forward kernel: the autograd registration
-  // (lmKAN/ops.py) saves them for the backward launch.
+  // The backward_* arguments and `deterministic` are unused by the forward kernel: the
+  // autograd registration (lmKAN/ops.py) saves them for the backward launch.
+  // deterministic: the backward uses no float atomics (partials reduced in a fixed order),
+  // so two runs give bitwise equal gradients.
   m.def("lmkan2d_forward(Tensor x, Tensor params, Tensor borders, bool batch_last, "
         "int tile_size, int block_size, int backward_tile_size, int backward_block_size, "
-        "bool backward_fast_mode) -> Tensor");
+        "bool backward_fast_mode, bool deterministic=False) -> Tensor");
   m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
-        "bool batch_last, int tile_size, int block_size, bool fast_mode) -> (Tensor, Tensor)");
+        "bool batch_last, int tile_size, int block_size, bool fast_mode, "
+        "bool deterministic=False) -> (Tensor, Tensor)");
   // Largest num_grids that a tile size supports on a device, for "forward", "backward"
   // or "backward_fast"; lets the layer raise a clear error before any launch.
   m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index) -> int");

@@ -1,5 +1,6 @@
 """LMKAN2DLayer: the lookup multivariate KAN layer (SPEC.md section 2)."""
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -31,6 +32,21 @@ class LMKAN2DLayer(nn.Module):
             call, then cached on disk (lmKAN.tuning; lmKAN.tune() does it ahead of time).
         batch_last: x is [input_dim, B] and y [output_dim, B] (default, as the original
             lmKAN); False: x is [..., input_dim] and y [..., output_dim] like nn.Linear.
+        deterministic: True: the backward uses no float atomics (partials are summed in a
+            fixed order), so gradients are bitwise reproducible; False: atomics where they
+            are faster; None (default): follow torch.are_deterministic_algorithms_enabled()
+            at each call.
+
+    Backward kernels: a warp covers 8 * tile_size_backward consecutive outputs
+    (tile_size_backward / 4 per lane). The dx kernel runs block_size_backward threads per
+    block (at most 512; 256 for tile 16), each warp holding grad_y of 16 samples (32 at
+    tile 4) in registers; the dP kernel runs at most block_size_backward / 32 warps per
+    block, one input pair and one shared-memory accumulator [(G+1)^2, 8 * tile] per warp.
+    backward_fast_mode lets a dP block use all of an SM's shared memory and stage larger
+    chunks of samples, sorted by cell for num_grids <= 10 (a run of samples in one cell
+    updates the accumulator once). Past the largest num_grids served from shared memory
+    (lmKAN.max_num_grids(tile, "backward", device)) the kernels read the table and
+    accumulate dP through global memory instead (slower; the layer warns once).
 
     `func_parameter` has shape [G+1, G+1, output_dim, input_dim/2]; the buffer `borders`
     holds the grid nodes. State dicts of the original lmKAN layer load unchanged.
@@ -39,7 +55,7 @@ class LMKAN2DLayer(nn.Module):
     def __init__(self, num_grids, input_dim, output_dim, block_size_forward=tuning.AUTO,
                  block_size_backward=tuning.AUTO, tile_size_forward=tuning.AUTO,
                  tile_size_backward=tuning.AUTO, init_scale=0.1, backward_fast_mode=False,
-                 batch_last=True):
+                 batch_last=True, deterministic=None):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3)
         self.input_dim = check_int("input_dim", input_dim, 2, even=True)
@@ -50,6 +66,8 @@ class LMKAN2DLayer(nn.Module):
         self.tile_size_backward = _auto_or_choice("tile_size_backward", tile_size_backward, SUPPORTED_TILE_SIZES)
         self.backward_fast_mode = tuning.AUTO if backward_fast_mode == tuning.AUTO else bool(backward_fast_mode)
         self.batch_last = bool(batch_last)
+        self.deterministic = None if deterministic is None else bool(deterministic)
+        self._warned_slow_fallback = False
         self.init_scale = float(init_scale)
         side = self.num_grids + 1
         self.func_parameter = nn.Parameter(torch.empty(side, side, self.output_dim, self.input_dim // 2))
@@ -67,18 +85,25 @@ class LMKAN2DLayer(nn.Module):
         config = tuning.launch_config_2d(self, x2d, needs_backward)  # "auto" -> values
         if x2d.is_cuda:
             self._check_fits_on_device(x2d.device, needs_backward, config)
-        y = ops.lmkan2d(x2d, self.func_parameter, self.borders, self.batch_last, *config)
+        y = ops.lmkan2d(x2d, self.func_parameter, self.borders, self.batch_last, *config,
+                        self._deterministic_now())
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def get_hessian_regularization(self):
         """Smoothness penalty R (SPEC.md section 3): a differentiable 0-dim tensor."""
         return ops.hessian2d(self.func_parameter, self.borders)
 
+    def _deterministic_now(self):
+        forced = getattr(self, "deterministic", None)  # None also for layers pickled before it
+        return torch.are_deterministic_algorithms_enabled() if forced is None else forced
+
     def _check_fits_on_device(self, device, needs_backward, config):
-        """Raise before launch when num_grids exceeds what a tile size supports on `device`.
+        """Warn once when num_grids exceeds what a tile size serves from shared memory on
+        `device`: the kernels then read the table from global memory (correct, slower).
 
         config: the call's tuning.LaunchConfig2D ("auto" already resolved)."""
-        if not has_cuda_kernel("lmkan2d_max_num_grids", "CompositeExplicitAutograd"):
+        if getattr(self, "_warned_slow_fallback", False) or not has_cuda_kernel("lmkan2d_max_num_grids",
+                                                             "CompositeExplicitAutograd"):
             return
         checks = [("forward", "tile_size_forward", config.tile_size_forward)]
         if needs_backward:
@@ -87,16 +112,18 @@ class LMKAN2DLayer(nn.Module):
         for mode, arg, tile in checks:
             limit = max_num_grids(tile, mode, device)
             if self.num_grids > limit:
-                fitting = [t for t in SUPPORTED_TILE_SIZES if max_num_grids(t, mode, device) >= self.num_grids]
-                hint = (f"use {arg}={fitting[-1]}" if fitting
-                        else f"no tile size fits num_grids={self.num_grids} in {mode} mode")
-                raise ValueError(f"num_grids={self.num_grids} does not fit in shared memory with "
-                                 f"{arg}={tile} ({mode}) on {torch.cuda.get_device_name(device)}: "
-                                 f"the largest supported is {limit}; {hint}")
+                self._warned_slow_fallback = True
+                warnings.warn(f"LMKAN2DLayer: num_grids={self.num_grids} exceeds the largest num_grids "
+                              f"served from shared memory with {arg}={tile} ({mode}) on "
+                              f"{torch.cuda.get_device_name(device)}, which is {limit}; expected "
+                              f"slower: the table is read from L2 instead of shared memory",
+                              stacklevel=3)
+                return
 
     def extra_repr(self):
         return (f"num_grids={self.num_grids}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
-                f"{tuning.describe(self)}, batch_last={self.batch_last}")
+                f"{tuning.describe(self)}, batch_last={self.batch_last}, "
+                f"deterministic={self.deterministic}")
 
     def plot_functions(self, path, pairs=None, **kwargs):
         """Save the learned tables as heatmaps f(x1, x2) to `path` (needs matplotlib); see

@@ -20,12 +20,17 @@ def _kernel_applies(op_name, *tensors):
 
 
 def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
-            backward_tile_size=8, backward_block_size=512, backward_fast_mode=False):
-    """2D lookup layer (SPEC.md section 2). x: [N_in, B] or [B, N_in] (2-D)."""
+            backward_tile_size=8, backward_block_size=512, backward_fast_mode=False,
+            deterministic=False):
+    """2D lookup layer (SPEC.md section 2). x: [N_in, B] or [B, N_in] (2-D).
+
+    deterministic: the CUDA backward uses no float atomics (bitwise reproducible gradients).
+    """
     if _kernel_applies("lmkan2d_forward", x, params, borders):
         return torch.ops.lmkan.lmkan2d_forward(
             x.contiguous(), params.contiguous(), borders.contiguous(), batch_last, tile_size,
-            block_size, backward_tile_size, backward_block_size, backward_fast_mode)
+            block_size, backward_tile_size, backward_block_size, backward_fast_mode,
+            bool(deterministic))
     return _reference.lmkan2d_forward(x, params, borders, batch_last)
 
 
@@ -73,30 +78,30 @@ def _register():
 
     # --- 2D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan2d_forward")
-    def _(x, params, borders, batch_last, tile_size, block_size, bt, bb, fast):
+    def _(x, params, borders, batch_last, tile_size, block_size, bt, bb, fast, deterministic):
         batch = x.shape[1] if batch_last else x.shape[0]
         n_out = params.shape[2]
         return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
-    def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode):
+    def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode, deterministic):
         return torch.empty_like(x), torch.empty_like(params)
 
     def setup_2d(ctx, inputs, output):
-        x, params, borders, batch_last, _, _, tile, block, fast = inputs
+        x, params, borders, batch_last, _, _, tile, block, fast, deterministic = inputs
         ctx.save_for_backward(x, params, borders)
-        ctx.config = (batch_last, tile, block, fast)
+        ctx.config = (batch_last, tile, block, fast, deterministic)
 
     def backward_2d(ctx, grad_y):
         x, params, borders = ctx.saved_tensors
-        batch_last, tile, block, fast = ctx.config
+        batch_last, tile, block, fast, deterministic = ctx.config
         if has_cuda_kernel("lmkan2d_backward"):
             grad_x, grad_p = torch.ops.lmkan.lmkan2d_backward(
-                grad_y.contiguous(), x, params, borders, batch_last, tile, block, fast)
+                grad_y.contiguous(), x, params, borders, batch_last, tile, block, fast, deterministic)
         else:
             grad_x, grad_p = _reference_grads(
                 lambda a, b: _reference.lmkan2d_forward(a, b, borders, batch_last), grad_y, x, params)
-        return grad_x, grad_p, None, None, None, None, None, None, None
+        return grad_x, grad_p, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(lib + "lmkan2d_forward", backward_2d, setup_context=setup_2d)
 

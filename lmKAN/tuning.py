@@ -145,6 +145,8 @@ def make_key(layer, x, mode):
     gpu, capability = device_signature(x.device)
     batch = x.shape[1] if layer.batch_last else x.shape[0]
     searched = ",".join(f"{entry}={getattr(layer, attr)}" for attr, entry in _MODE_FIELDS[mode])
+    if mode == "backward" and _deterministic(layer):  # other kernels run: tuned separately
+        searched += ",deterministic=True"
     return TuningKey(gpu, capability, torch.__version__, _lmkan_version(), "LMKAN2DLayer",
                      layer.input_dim, layer.output_dim, layer.num_grids, batch_bucket(batch),
                      "batch_last" if layer.batch_last else "batch_first", mode,
@@ -335,7 +337,7 @@ def _launcher(layer, inputs, mode):
     def run_backward(choice):
         return torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, layer.batch_last,
                                                 choice["tile_size"], choice["block_size"],
-                                                choice["fast_mode"])
+                                                choice["fast_mode"], _deterministic(layer))
     return run_forward if mode == "forward" else run_backward
 
 
@@ -359,16 +361,29 @@ def _options(layer, mode):
     return options
 
 
+def _deterministic(layer):
+    now = getattr(layer, "_deterministic_now", None)
+    return bool(now()) if now is not None else False
+
+
 def _fits(layer, device, mode, choice, base):
-    """True unless the layer's own num_grids checks refuse `choice` (merged into `base`)."""
+    """True unless the layer's own num_grids checks refuse `choice` (merged into `base`).
+
+    The layer's check only warns (once) past the shared-memory limit; a candidate is timed
+    silently, and the warning is left for the configuration the layer actually runs."""
     check = getattr(layer, "_check_fits_on_device", None)
     if check is None:
         return True
     config = _merge(base, mode, choice)
+    warned = getattr(layer, "_warned_slow_fallback", False)
     try:
-        check(device, mode == "backward", config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check(device, mode == "backward", config)
     except ValueError:
         return False
+    finally:
+        layer._warned_slow_fallback = warned
     return True
 
 

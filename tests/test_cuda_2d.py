@@ -1,4 +1,6 @@
 """CUDA kernels of LMKAN2DLayer against the float64 reference (SPEC.md sections 2 and 5)."""
+import warnings
+
 import pytest
 import torch
 
@@ -27,26 +29,42 @@ def _reference_all(x, params, borders, grad_y, batch_last):
     return y.detach(), gx, gp
 
 
-def _kernels(x, params, borders, grad_y, batch_last, tile, block, fast, bwd_block=None):
+def _kernels(x, params, borders, grad_y, batch_last, tile, block, fast, bwd_block=None,
+             deterministic=False):
     y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, tile,
-                                        bwd_block or block, fast)
-    gx, gp = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, tile,
-                                              bwd_block or block, fast)
+                                        bwd_block or block, fast, deterministic)
+    gx, gp = _backward(grad_y, x, params, borders, batch_last, tile, bwd_block or block, fast,
+                       deterministic)
     return y, gx, gp
 
 
-def _check(num_grids, n_in, n_out, batch, batch_last, tile, fast, block=256, scale=1.5):
+def _backward(grad_y, x, params, borders, batch_last, tile, block, fast, deterministic=False):
+    return torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, tile, block,
+                                            fast, deterministic)
+
+
+def _check(num_grids, n_in, n_out, batch, batch_last, tile, fast, block=256, scale=1.5,
+           deterministic=False, forward=True):
+    """Kernels against the float64 reference; forward=False checks the backward op alone."""
     x, params, borders = _make(num_grids, n_in, n_out, batch, batch_last, scale=scale)
     grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
-    y, gx, gp = _kernels(x, params, borders, grad_y, batch_last, tile, block, fast)
+    if forward:
+        y, gx, gp = _kernels(x, params, borders, grad_y, batch_last, tile, block, fast,
+                             deterministic=deterministic)
+    else:
+        y = None
+        gx, gp = _backward(grad_y, x, params, borders, batch_last, tile, block, fast, deterministic)
     ry, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
-    assert y.shape == ry.shape and gx.shape == x.shape and gp.shape == params.shape
+    assert gx.shape == x.shape and gp.shape == params.shape
     if batch == 0:
         assert gp.abs().sum().item() == 0
         return
-    for name, a, r in (("y", y, ry), ("dx", gx, rgx), ("dP", gp, rgp)):
+    results = (("dx", gx, rgx), ("dP", gp, rgp)) + ((("y", y, ry),) if forward else ())
+    for name, a, r in results:
+        assert a.shape == r.shape
         err = rel_l2(a, r)
-        assert err <= TOL, f"{name}: rel L2 {err:.3e} (G={num_grids}, tile={tile}, fast={fast})"
+        assert err <= TOL, (f"{name}: rel L2 {err:.3e} (G={num_grids}, tile={tile}, fast={fast}, "
+                            f"deterministic={deterministic})")
 
 
 @requires_gpu
@@ -74,10 +92,66 @@ def test_largest_num_grids(tile, mode):
     assert g >= 3
     if mode == "forward":
         x, params, borders = _make(g, 6, 5, 301, True)
-        y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128, tile, 128, False)
+        y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128, tile, 128, False, False)
         assert rel_l2(y, _reference.lmkan2d_forward(x.double(), params.double(), borders.double())) <= TOL
     else:
         _check(g, 6, 5, 301, True, tile, mode == "backward_fast", block=128)
+        # one past the limit: the global-memory variants (table and dP accumulator in L2)
+        _check(g + 1, 6, 5, 301, True, tile, mode == "backward_fast", block=128, forward=False)
+
+
+@requires_gpu
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("num_grids", (64, 128))
+def test_num_grids_beyond_shared_memory(tile, num_grids):
+    """No num_grids ceiling for the backward: large G against the reference."""
+    assert_cuda_kernel("lmkan2d_backward")
+    assert max_num_grids(tile, "backward", "cuda") < num_grids
+    for batch_last, fast, deterministic in ((True, False, False), (False, True, True)):
+        _check(num_grids, 6, 5, 700, batch_last, tile, fast, block=128,
+               deterministic=deterministic, forward=False)
+
+
+@requires_gpu
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("num_grids", (8, 26))
+def test_deterministic_backward_is_bitwise_reproducible(tile, num_grids):
+    """deterministic=True: two backward runs bitwise equal, with the batch split over dP
+    blocks and several output tiles summed into dx (the cases that use atomics otherwise)."""
+    assert_cuda_kernel("lmkan2d_backward")
+    n_in, n_out, batch = 16, 300, 40000
+    for batch_last in (True, False):
+        x, params, borders = _make(num_grids, n_in, n_out, batch, batch_last)
+        gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+        first = _backward(gy, x, params, borders, batch_last, tile, 256, False, True)
+        second = _backward(gy, x, params, borders, batch_last, tile, 256, False, True)
+        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+        _, rgx, rgp = _reference_all(x, params, borders, gy, batch_last)
+        assert rel_l2(first[0], rgx) <= TOL and rel_l2(first[1], rgp) <= TOL
+        # fast mode (at G=8 each chunk is sorted by cell) is deterministic too
+        fast = _backward(gy, x, params, borders, batch_last, tile, 256, True, True)
+        fast_again = _backward(gy, x, params, borders, batch_last, tile, 256, True, True)
+        assert torch.equal(fast[0], fast_again[0]) and torch.equal(fast[1], fast_again[1])
+        assert rel_l2(fast[0], rgx) <= TOL and rel_l2(fast[1], rgp) <= TOL
+
+
+@requires_gpu
+def test_layer_follows_torch_deterministic_setting():
+    layer = LMKAN2DLayer(8, 16, 200, tile_size_backward=8).cuda()
+    x = torch.randn(16, 30000, device="cuda", requires_grad=True)
+    gy = torch.randn(200, 30000, device="cuda")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            x.grad = None
+            layer.func_parameter.grad = None
+            layer(x).backward(gy)
+            grads.append((x.grad.clone(), layer.func_parameter.grad.clone()))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
 
 
 # The layer checks num_grids in Python before launch (test_layer_rejects_too_large_grid);
@@ -85,24 +159,19 @@ def test_largest_num_grids(tile, mode):
 @requires_gpu
 @pytest.mark.xfail(reason=EXTENSION_ERROR_CRASH, strict=False)
 def test_op_rejects_too_large_grid():
-    """Every tile and mode: the op itself rejects num_grids one past its limit."""
+    """Every tile: the forward op itself rejects num_grids one past its limit (the backward
+    has no limit: it falls back to global memory, test_num_grids_beyond_shared_memory)."""
     assert_cuda_kernel("lmkan2d_forward")
     code = f"""
 import pytest, torch, lmKAN
 from lmKAN.grids import cdf_borders
 for tile in {TILES!r}:
-    for mode in ("forward", "backward", "backward_fast"):
-        g = lmKAN.max_num_grids(tile, mode, "cuda") + 1
-        x = torch.randn(6, 31, device="cuda")
-        params = torch.randn(g + 1, g + 1, 5, 3, device="cuda")
-        borders = cdf_borders(g, device="cuda")
-        with pytest.raises(ValueError, match="num_grids"):
-            if mode == "forward":
-                torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128, tile, 128, False)
-            else:
-                gy = torch.randn(5, 31, device="cuda")
-                torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, True, tile, 128,
-                                                 mode == "backward_fast")
+    g = lmKAN.max_num_grids(tile, "forward", "cuda") + 1
+    x = torch.randn(6, 31, device="cuda")
+    params = torch.randn(g + 1, g + 1, 5, 3, device="cuda")
+    borders = cdf_borders(g, device="cuda")
+    with pytest.raises(ValueError, match="num_grids"):
+        torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128, tile, 128, False, False)
 print("all rejected")
 """
     proc = run_python(code)
@@ -182,11 +251,24 @@ def test_layer_autograd(fast, batch_last):
 
 
 @requires_gpu
-def test_layer_rejects_too_large_grid():
-    g = max_num_grids(16, "forward", "cuda")
-    layer = LMKAN2DLayer(g + 1, 4, 4, tile_size_forward=16).cuda()
-    with pytest.raises(ValueError, match="does not fit"):
-        layer(torch.randn(4, 8, device="cuda"))
+def test_layer_warns_once_past_shared_memory():
+    """num_grids past the backward's shared-memory limit: one warning, then the global-memory
+    fallback, which matches the reference."""
+    g = max_num_grids(16, "backward", "cuda") + 1
+    assert g <= max_num_grids(4, "forward", "cuda")
+    layer = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16).cuda()
+    with torch.no_grad():
+        layer.func_parameter.normal_()
+    x = torch.randn(4, 300, device="cuda", requires_grad=True)
+    with pytest.warns(UserWarning, match=rf"num_grids={g}.*tile_size_backward=16.*{g - 1}.*L2"):
+        y = layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = layer(x)  # once per layer
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    _, rgx, rgp = _reference_all(x.detach(), layer.func_parameter.detach(), layer.borders, gy, True)
+    assert rel_l2(x.grad, rgx) <= TOL and rel_l2(layer.func_parameter.grad, rgp) <= TOL
 
 
 @requires_gpu
@@ -244,14 +326,14 @@ def test_int64_offsets():
     x = torch.randn(batch, n_in, device="cuda")
     params = torch.randn(4, 4, n_out, n_in // 2, device="cuda")
     borders = cdf_borders(3, device="cuda")
-    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, False, 8, 1024, 8, 512, False)
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, False, 8, 1024, 8, 512, False, False)
     tail = slice(batch - 1000, batch)
     ry = _reference.lmkan2d_forward(x[tail].double(), params.double(), borders.double(), False)
     assert rel_l2(y[tail], ry) <= TOL
     gy = torch.zeros_like(y)
     gy[tail] = torch.randn(1000, n_out, device="cuda")
     del y
-    gx, gp = torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, False, 8, 512, False)
+    gx, gp = _backward(gy, x, params, borders, False, 8, 512, False)
     _, rgx, rgp = _reference_all(x[tail], params, borders, gy[tail], False)
     assert rel_l2(gx[tail], rgx) <= TOL
     assert rel_l2(gp, rgp) <= TOL
