@@ -6,7 +6,6 @@ from torch import nn
 
 from . import ops
 from ._checks import check_choice, check_input, check_int
-from ._extension import has_cuda_kernel
 from .grids import cdf_borders
 
 __all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES"]
@@ -73,7 +72,7 @@ class LMKAN2DLayer(nn.Module):
 
     def _check_fits_on_device(self, device, needs_backward):
         """Raise before launch when num_grids exceeds what a tile size supports on `device`."""
-        if not has_cuda_kernel("lmkan2d_max_num_grids", "CompositeExplicitAutograd"):
+        if not ops.kernel_available("lmkan2d_max_num_grids", "CompositeExplicitAutograd"):
             return
         checks = [("forward", "tile_size_forward", self.tile_size_forward)]
         if needs_backward:
@@ -104,6 +103,9 @@ class LMKAN2DLayer(nn.Module):
 _MAX_NUM_GRIDS_CACHE = {}
 
 
+# A constant to torch.compile (fixed per device): the layer's check stays in the graph's
+# trace without a break.
+@torch.compiler.assume_constant_result
 def max_num_grids(tile_size, mode, device):
     """Largest num_grids the CUDA kernels support for a tile size and mode on a device.
 
