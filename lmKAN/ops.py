@@ -44,7 +44,8 @@ def mixed_precision(layer_op):
     @functools.wraps(layer_op)
     def run(x, params, *args, **kwargs):
         device_type = x.device.type
-        if params.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+        if (params.dtype == torch.float32 and torch.amp.is_autocast_available(device_type)
+                and torch.is_autocast_enabled(device_type)):
             with torch.autocast(device_type, enabled=False):
                 y = layer_op(x.to(params.dtype), params, *args, **kwargs)
             return y.to(torch.get_autocast_dtype(device_type))

@@ -134,3 +134,9 @@ def test_autocast_cuda(dtype, batch_last):
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_autocast_training_cuda(dtype):
     check_autocast_training("cuda", dtype)
+
+
+def test_meta_device_input():
+    """Devices without autocast support (meta: shape-only runs) skip the autocast query."""
+    layer = LMKAN2DLayer(4, 4, 3, batch_last=False).to("meta")
+    assert layer(torch.randn(5, 4, device="meta")).shape == (5, 3)
