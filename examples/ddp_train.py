@@ -85,7 +85,10 @@ def main():
         raise SystemExit(f"--batch {args.batch} must be a multiple of the {world} processes")
     torch.manual_seed(args.seed)  # same initial parameters on every rank (DDP also broadcasts)
     model = make_model(args.dim, args.num_grids).to(device)
-    trained = DistributedDataParallel(model) if world > 1 else model
+    if world > 1:
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        trained = model
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     schedule = HessianSchedule(args.steps, start=1e-3, end=1e-6)
     share = args.batch // world
