@@ -6,6 +6,9 @@ import numbers
 
 import torch
 
+# Input dtypes accepted by float32 layers: computed in float32 (ops.mixed_precision).
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
 
 def check_int(name, value, minimum, even=False):
     """A Python int >= minimum (and even if asked); bools are rejected."""
@@ -42,7 +45,8 @@ def check_input(x, weight, input_dim, batch_last, layer_name):
         raise TypeError(f"{layer_name} input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{layer_name} input must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dtype != weight.dtype:
+    low_precision_input = x.dtype in LOW_PRECISION_DTYPES and weight.dtype == torch.float32
+    if x.dtype != weight.dtype and not low_precision_input:
         raise TypeError(f"{layer_name} input has dtype {x.dtype} but the layer's parameters are "
                         f"{weight.dtype}; convert the input or the layer (e.g. layer.to({x.dtype}))")
     if x.device != weight.device:

@@ -3,7 +3,6 @@ import torch
 from torch import nn
 
 from . import ops
-from ._extension import has_cuda_kernel
 from ._checks import check_choice, check_input, check_int, check_positive_float
 from .grids import cdf_borders, uniform_borders
 
@@ -84,7 +83,7 @@ class LMKAN1DLayer(nn.Module):
 
     def forward(self, x):
         x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, type(self).__name__)
-        if x2d.is_cuda and x2d.dtype == torch.float32 and has_cuda_kernel("lmkan1d_forward"):
+        if x2d.is_cuda and self.func_parameter.dtype == torch.float32 and ops.kernel_available("lmkan1d_forward"):
             self._check_fits_on_device(x2d.device)
         y = ops.lmkan1d(x2d, self.func_parameter, self.borders, self.grid == "uniform", self.batch_last,
                         self.deterministic)
@@ -92,15 +91,12 @@ class LMKAN1DLayer(nn.Module):
 
     def _check_fits_on_device(self, device):
         """Raise before launch when num_grids exceeds what the 1D kernels support on `device`."""
-        if not has_cuda_kernel("lmkan1d_max_num_grids", "CompositeExplicitAutograd"):
+        if not ops.kernel_available("lmkan1d_max_num_grids", "CompositeExplicitAutograd"):
             return
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index not in _MAX_NUM_GRIDS_1D:
-            _MAX_NUM_GRIDS_1D[index] = torch.ops.lmkan.lmkan1d_max_num_grids(index)
-        limit = _MAX_NUM_GRIDS_1D[index]
+        limit = _max_num_grids_1d(device)
         if self.num_grids > limit:
             raise ValueError(f"num_grids={self.num_grids} does not fit in shared memory on "
-                             f"{torch.cuda.get_device_name(index)}: the 1D CUDA kernels support "
+                             f"{torch.cuda.get_device_name(device)}: the 1D CUDA kernels support "
                              f"num_grids <= {limit}")
 
     def get_hessian_regularization(self):
@@ -116,6 +112,16 @@ class LMKAN1DLayer(nn.Module):
         lmKAN.plotting.plot_1d_functions for `pairs` and the other options."""
         from .plotting import plot_1d_functions
         return plot_1d_functions(self, path, pairs=pairs, **kwargs)
+
+
+# A constant to torch.compile (fixed per device), so the check does not break the graph.
+@torch.compiler.assume_constant_result
+def _max_num_grids_1d(device):
+    """Largest num_grids of the 1D CUDA kernels on a CUDA device (cached per device)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _MAX_NUM_GRIDS_1D:
+        _MAX_NUM_GRIDS_1D[index] = torch.ops.lmkan.lmkan1d_max_num_grids(index)
+    return _MAX_NUM_GRIDS_1D[index]
 
 
 class KANLayer(LMKAN1DLayer):

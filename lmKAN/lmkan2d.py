@@ -7,7 +7,6 @@ from torch import nn
 
 from . import ops, tuning
 from ._checks import check_choice, check_input, check_int
-from ._extension import has_cuda_kernel
 from .grids import cdf_borders
 
 __all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES"]
@@ -102,8 +101,8 @@ class LMKAN2DLayer(nn.Module):
         `device`: the kernels then read the table from global memory (correct, slower).
 
         config: the call's tuning.LaunchConfig2D ("auto" already resolved)."""
-        if getattr(self, "_warned_slow_fallback", False) or not has_cuda_kernel("lmkan2d_max_num_grids",
-                                                             "CompositeExplicitAutograd"):
+        if getattr(self, "_warned_slow_fallback", False) or not ops.kernel_available(
+                "lmkan2d_max_num_grids", "CompositeExplicitAutograd"):
             return
         checks = [("forward", "tile_size_forward", config.tile_size_forward)]
         if needs_backward:
@@ -140,6 +139,9 @@ def _auto_or_choice(name, value, supported):
 _MAX_NUM_GRIDS_CACHE = {}
 
 
+# A constant to torch.compile (fixed per device): the layer's check stays in the graph's
+# trace without a break.
+@torch.compiler.assume_constant_result
 def max_num_grids(tile_size, mode, device):
     """Largest num_grids the CUDA kernels support for a tile size and mode on a device.
 

@@ -6,19 +6,56 @@ float64, or an op without a kernel) runs the differentiable pure-PyTorch referen
 The kernels get `register_fake` (shape propagation for torch.compile) and
 `register_autograd` (their backward op) registrations below.
 """
+import functools
+
 import torch
 
 from . import _reference
 from ._extension import _MODULE, has_cuda_kernel
 
-__all__ = ["lmkan2d", "lmkan1d", "hessian2d", "second_diff1d"]
+__all__ = ["lmkan2d", "lmkan1d", "hessian2d", "second_diff1d", "kernel_available"]
+
+
+@torch.compiler.assume_constant_result
+def kernel_available(op_name, dispatch_key="CUDA"):
+    """has_cuda_kernel as torch.compile sees it: a constant fixed at trace time.
+
+    The answer never changes after import, and the dispatcher query inside it would
+    otherwise break the graph (fullgraph=True fails).
+    """
+    return has_cuda_kernel(op_name, dispatch_key)
 
 
 def _kernel_applies(op_name, *tensors):
     return (tensors[0].is_cuda and all(t.dtype == torch.float32 for t in tensors)
-            and has_cuda_kernel(op_name))
+            and kernel_available(op_name))
 
 
+def mixed_precision(layer_op):
+    """Mixed-precision policy of the layer ops (README "Mixed precision").
+
+    The tables and all arithmetic stay in the parameters' dtype (float32): a float16 or
+    bfloat16 `x` is upcast first and its gradient comes back in its own dtype.
+    The output dtype follows nn.Linear: inside an autocast region enabled for x's device,
+    autocast's dtype (float16/bfloat16), so the next layer sees what a Linear would have
+    given it; outside autocast, x's dtype. float64 parameters are left alone, as autocast
+    leaves float64 alone.
+    """
+    @functools.wraps(layer_op)
+    def run(x, params, *args, **kwargs):
+        device_type = x.device.type
+        if (params.dtype == torch.float32 and torch.amp.is_autocast_available(device_type)
+                and torch.is_autocast_enabled(device_type)):
+            with torch.autocast(device_type, enabled=False):
+                y = layer_op(x.to(params.dtype), params, *args, **kwargs)
+            return y.to(torch.get_autocast_dtype(device_type))
+        if x.dtype == params.dtype:
+            return layer_op(x, params, *args, **kwargs)
+        return layer_op(x.to(params.dtype), params, *args, **kwargs).to(x.dtype)
+    return run
+
+
+@mixed_precision
 def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
             backward_tile_size=8, backward_block_size=512, backward_fast_mode=False,
             deterministic=False):
@@ -34,6 +71,7 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
     return _reference.lmkan2d_forward(x, params, borders, batch_last)
 
 
+@mixed_precision
 def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, deterministic=None):
     """1D linear-spline layer (SPEC.md section 4). x: [N_in, B] or [B, N_in] (2-D).
 
@@ -95,7 +133,7 @@ def _register():
     def backward_2d(ctx, grad_y):
         x, params, borders = ctx.saved_tensors
         batch_last, tile, block, fast, deterministic = ctx.config
-        if has_cuda_kernel("lmkan2d_backward"):
+        if kernel_available("lmkan2d_backward"):
             grad_x, grad_p = torch.ops.lmkan.lmkan2d_backward(
                 grad_y.contiguous(), x, params, borders, batch_last, tile, block, fast, deterministic)
         else:
@@ -124,7 +162,7 @@ def _register():
     def backward_1d(ctx, grad_y):
         x, params, borders = ctx.saved_tensors
         uniform_grid, batch_last, deterministic = ctx.config
-        if has_cuda_kernel("lmkan1d_backward"):
+        if kernel_available("lmkan1d_backward"):
             grad_x, grad_p = torch.ops.lmkan.lmkan1d_backward(
                 grad_y.contiguous(), x, params, borders, uniform_grid, batch_last, deterministic)
         else:
@@ -151,7 +189,7 @@ def _register_regulariser(qualname, name, reference):
 
     def backward(ctx, grad_r):
         params, borders = ctx.saved_tensors
-        if has_cuda_kernel(name + "_backward"):
+        if kernel_available(name + "_backward"):
             grad_p = getattr(torch.ops.lmkan, name + "_backward")(grad_r.contiguous(), params, borders)
         else:
             (grad_p,) = _reference_grads(lambda p: reference(p, borders), grad_r, params)

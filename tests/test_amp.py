@@ -1,0 +1,150 @@
+"""Mixed precision: float16/bfloat16 inputs and autocast regions (policy: lmKAN.ops.mixed_precision).
+
+The tables stay float32 and are computed on in float32. Output dtype: outside autocast the
+input's dtype; inside autocast autocast's dtype, as nn.Linear gives. Gradients reach the
+float32 parameters in float32.
+"""
+import pytest
+import torch
+from torch import nn
+
+from lmKAN import KANLayer, LMKAN1DLayer, LMKAN2DLayer
+
+from conftest import assert_cuda_kernel, requires_gpu
+
+LOW = [torch.bfloat16, torch.float16]
+
+
+def _layers(device, batch_last):
+    return [LMKAN2DLayer(6, 8, 5, batch_last=batch_last).to(device),
+            LMKAN1DLayer(6, 8, 5, batch_last=batch_last).to(device)]
+
+
+def _input(device, batch_last, batch=33):
+    return 1.5 * torch.randn((8, batch) if batch_last else (batch, 8), device=device)
+
+
+def rounding_tolerance(device, dtype):
+    """Exact on the CPU (the same float32 computation, rounded once). On CUDA a kernel may sum
+    in another order between calls (atomics), so allow one 16-bit rounding step."""
+    if device == "cpu":
+        return {"rtol": 0, "atol": 0}
+    return {"rtol": torch.finfo(dtype).eps, "atol": 1e-5}
+
+
+def check_low_precision_input(device, dtype, batch_last):
+    """A 16-bit input: output in its dtype, equal to the float32 result rounded once."""
+    for layer in _layers(device, batch_last):
+        x = _input(device, batch_last).to(dtype).requires_grad_(True)
+        y = layer(x)
+        assert y.dtype == dtype and layer.func_parameter.dtype == torch.float32
+        expected = layer(x.detach().float())
+        torch.testing.assert_close(y, expected.to(dtype), **rounding_tolerance(device, dtype))
+        y.float().square().sum().backward()
+        assert x.grad.dtype == dtype
+        assert layer.func_parameter.grad.dtype == torch.float32
+        assert torch.isfinite(layer.func_parameter.grad).all()
+
+
+def check_autocast(device, dtype, batch_last):
+    """Inside autocast: output in autocast's dtype, computed in float32 (so exactly the
+    float32 result rounded once), like nn.Linear's output dtype."""
+    for layer in _layers(device, batch_last):
+        x = _input(device, batch_last)
+        expected = layer(x)
+        with torch.autocast(device, dtype=dtype):
+            y = layer(x)
+            assert y.dtype == nn.Linear(2, 2).to(device)(torch.randn(3, 2, device=device)).dtype
+        assert y.dtype == dtype
+        torch.testing.assert_close(y, expected.to(dtype), **rounding_tolerance(device, dtype))
+
+
+def check_autocast_training(device, dtype):
+    """A mixed model trained a step under autocast: gradients reach every float32 param."""
+    model = nn.Sequential(nn.Linear(6, 8), LMKAN2DLayer(6, 8, 6, batch_last=False),
+                          LMKAN1DLayer(6, 6, 3, batch_last=False), nn.Linear(3, 2)).to(device)
+    x = torch.randn(40, 6, device=device)
+    with torch.autocast(device, dtype=dtype):
+        y = model(x)
+    assert y.dtype == dtype
+    y.float().square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32, name
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+def test_low_precision_input_cpu(dtype, batch_last):
+    check_low_precision_input("cpu", dtype, batch_last)
+
+
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+def test_autocast_bfloat16_cpu(batch_last):
+    check_autocast("cpu", torch.bfloat16, batch_last)
+
+
+def test_autocast_training_cpu():
+    check_autocast_training("cpu", torch.bfloat16)
+
+
+def test_kanlayer_low_precision_cpu():
+    layer = KANLayer(4, 3)
+    x = torch.randn(2, 7, 4, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.shape == (2, 7, 3) and y.dtype == torch.bfloat16
+
+
+def test_float64_layer_untouched_by_autocast():
+    layer = LMKAN2DLayer(5, 4, 3, batch_last=False).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.float64
+
+
+def test_other_dtype_mismatches_still_rejected():
+    with pytest.raises(TypeError, match="dtype"):
+        LMKAN2DLayer(5, 4, 3, batch_last=False)(torch.randn(6, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):  # upcasting applies to float32 tables only
+        LMKAN1DLayer(5, 4, 3, batch_last=False).double()(torch.randn(6, 4, dtype=torch.bfloat16))
+
+
+def test_autocast_compiled_cpu():
+    torch._dynamo.reset()
+    layer = LMKAN2DLayer(6, 8, 5, batch_last=False)
+    x = _input("cpu", False)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = compiled(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, layer(x).to(torch.bfloat16), rtol=0, atol=0)
+
+
+# --- CUDA (the kernels run in float32 under every 16-bit case) ---------------------------
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+def test_low_precision_input_cuda(dtype, batch_last):
+    assert_cuda_kernel("lmkan2d_forward")
+    check_low_precision_input("cuda", dtype, batch_last)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+def test_autocast_cuda(dtype, batch_last):
+    check_autocast("cuda", dtype, batch_last)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_autocast_training_cuda(dtype):
+    check_autocast_training("cuda", dtype)
+
+
+def test_meta_device_input():
+    """Devices without autocast support (meta: shape-only runs) skip the autocast query."""
+    layer = LMKAN2DLayer(4, 4, 3, batch_last=False).to("meta")
+    assert layer(torch.randn(5, 4, device="meta")).shape == (5, 3)

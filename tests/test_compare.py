@@ -1,0 +1,54 @@
+"""benchmarks/compare.py on tiny CPU sizes, and the baseline layers of benchmarks/baselines.py."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+import compare  # noqa: E402
+from baselines import BSplineKANLayer, RBFKANLayer, bspline_bases  # noqa: E402
+
+COLUMNS = {"forward_ms", "backward_ms", "forward_memory_bytes", "backward_memory_bytes", "params",
+           "trainable_params"}
+
+
+def test_compare_runs_on_cpu_and_writes_json_and_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    json_path = tmp_path / "compare.json"
+    compare.main(["--device", "cpu", "--batch", "32", "--dim", "8", "--repeats", "1", "--warmup", "0",
+                  "--json", str(json_path), "--figure-dir", str(tmp_path)])
+    report = json.loads(json_path.read_text())
+    assert report["timer"] == "perf_counter" and "CPU" in report["device"]
+    names = list(report["results"])
+    assert any("lmKAN 2D" in n for n in names) and any("lmKAN 1D" in n for n in names)
+    assert any("Linear" in n for n in names) and any("RBF" in n for n in names)
+    assert any("B-spline" in n for n in names)
+    for name, row in report["results"].items():
+        assert set(row) == COLUMNS, (name, row)
+        assert row["forward_ms"] > 0 and row["backward_ms"] > 0
+        assert row["forward_memory_bytes"] is None  # "n/a" on the CPU
+        assert row["params"] == row["trainable_params"] > 0
+    assert (tmp_path / "performance.svg").stat().st_size > 0
+    assert (tmp_path / "performance.png").stat().st_size > 0
+    assert "n/a" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_bspline_bases_partition_of_unity_and_degree():
+    layer = BSplineKANLayer(3, 2, grid_size=5, order=3)
+    x = torch.linspace(-0.999, 0.999, 101)[:, None].expand(101, 3)
+    bases = bspline_bases(x, layer.knots, layer.order)
+    assert bases.shape == (101, 3, 8)
+    torch.testing.assert_close(bases.sum(-1), torch.ones(101, 3))
+    assert (bases >= 0).all()
+    # A cubic B-spline is non-zero on 4 knot intervals: at most 4 bases active at any x.
+    assert ((bases > 0).sum(-1) <= 4).all()
+
+
+@pytest.mark.parametrize("layer_type", [RBFKANLayer, BSplineKANLayer])
+def test_baseline_layers_shapes_and_gradients(layer_type):
+    layer = layer_type(4, 3).double()
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert layer(x).shape == (2, 5, 3)
+    assert torch.autograd.gradcheck(lambda t: layer(t), (x,))
