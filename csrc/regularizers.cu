@@ -172,90 +172,145 @@ __global__ void __launch_bounds__(kThreads) hessian2d_value_kernel(
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
-// dR/dP * grad_r, 2D. One block: kThreads functions x one chunk of gradient columns
-// (all S columns are partitioned). grad_r: [1]; params, grad: [S, S, M]; borders: [S].
-// f at inner node (a, b) adds to the gradient at (a+-1, b+-1); the thread computes f for
-// its columns b0-1 .. b0+nb (parameter columns b0-2 .. b0+nb+1) and keeps only the
-// contributions to its own columns, accumulating three gradient rows a-1, a, a+1.
-template <int W>
-__global__ void __launch_bounds__(kThreads, kGradBlocksPerSM) hessian2d_grad_kernel(
-    const float* __restrict__ grad_r, const float* __restrict__ params,
-    const float* __restrict__ borders, float* __restrict__ grad, int S, int64_t M,
-    int num_chunks, int chunk_width) {
-  extern __shared__ float coef[];  // [3 * S]
-  fill_coefficients(borders, S, coef);
-  __syncthreads();
-  const float* km = coef;
-  const float* kp = coef + S;
-  const float* ihs = coef + 2 * S;
+// Per-node coefficients of the 2D gradient, one 16-byte entry per node (one LDS.128):
+// {km, kp, -(km + kp), ihs^2} with km, kp, ihs as in fill_coefficients (zero at the end
+// nodes). coef: shared memory [S].
+__device__ void fill_gradient_coefficients(const float* __restrict__ borders, int S, float4* coef) {
+  for (int k = threadIdx.x; k < S; k += blockDim.x) {
+    float4 c = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (k >= 1 && k <= S - 2) {
+      const double hm = static_cast<double>(borders[k]) - static_cast<double>(borders[k - 1]);
+      const double hp = static_cast<double>(borders[k + 1]) - static_cast<double>(borders[k]);
+      const double hs = hm + hp;
+      const double km = 2.0 / (hs * hm), kp = 2.0 / (hs * hp);
+      c = make_float4(static_cast<float>(km), static_cast<float>(kp), static_cast<float>(-(km + kp)),
+                      static_cast<float>(1.0 / (hs * hs)));
+    }
+    coef[k] = c;
+  }
+}
 
-  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
-  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
-  if (m >= M) return;  // no block-wide synchronisation below
-  const int b0 = chunk * chunk_width;      // first gradient column of the chunk
-  const int nb = min(chunk_width, S - b0);  // columns b0 .. b0+nb-1
-  // d/dP of grad_r * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale * f * df/dP.
-  const float inner = static_cast<float>(S - 2);
-  const float scale = __ldg(grad_r) * (2.f / (inner * inner));
+// Where a thread's window of W gradient columns lies in the table, which decides which
+// stencil positions (inner nodes) it holds. Positions i = 0 .. W+1 are columns
+// bs-1 .. bs+W; a position is an inner node when its column is in [1, S-2].
+enum WindowKind : int {
+  kInteriorWindow = 0,  // bs >= 2 and bs + W <= S-2: every position is an inner node
+  kLeftWindow = 1,      // bs == 0 and W <= S-2: positions 0, 1 (columns -1, 0) are not
+  kRightWindow = 2,     // bs == S-W >= 2: positions W, W+1 (columns S-1, S) are not
+  kGenericWindow = 3,   // anything else (small S): tested per position at run time
+};
 
+// Whether position i holds an inner node, for the kinds where that is known at compile time.
+template <int W, int kKind>
+__device__ __forceinline__ constexpr bool position_is_inner(int i) {
+  return kKind == kInteriorWindow || (kKind == kLeftWindow && i >= 2) ||
+         (kKind == kRightWindow && i <= W - 1);
+}
+
+// Column offset from bs of parameter slot s (column bs-2+s), clamped into the table. For
+// the compile-time kinds the clamp is a constant (left: bs = 0; right: bs + W = S), so the
+// address is the row pointer plus a constant multiple of M; the slots that only out-of-table
+// positions use are never read (dead code).
+template <int W, int kKind>
+__device__ __forceinline__ int slot_offset(int s, int bs, int S) {
+  if (kKind == kLeftWindow) return s < 2 ? 0 : s - 2;
+  if (kKind == kRightWindow) return s > W + 1 ? W - 1 : s - 2;
+  if (kKind == kInteriorWindow) return s - 2;
+  return min(max(bs - 2 + s, 0), S - 1) - bs;
+}
+
+// Parameter slots 0 .. W+3 of one row: columns bs-2 .. bs+W+1 (clamped).
+// row: pointer to column bs of the row at function m; M: column stride.
+template <int W, int kKind>
+__device__ __forceinline__ void load_window_row(float (&dst)[W + 4], const float* __restrict__ row,
+                                                int bs, int S, int64_t M) {
+#pragma unroll
+  for (int s = 0; s < W + 4; ++s)
+    dst[s] = __ldg(row + static_cast<int64_t>(slot_offset<W, kKind>(s, bs, S)) * M);
+}
+
+// Stores the owned columns j in [skip, skip + nb) of one finished gradient row, scaled.
+// Left and interior windows start at their first owned column (skip = 0), a right window
+// ends at the last (skip + nb = W): only the other bound is tested.
+template <int W, int kKind>
+__device__ __forceinline__ void store_window_row(float* __restrict__ grow, const float (&g)[W],
+                                                 float scale, int skip, int nb, int64_t M) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    const bool owned = (kKind == kLeftWindow || kKind == kInteriorWindow) ? j < nb
+                       : kKind == kRightWindow                            ? j >= skip
+                                                                          : (j >= skip && j < skip + nb);
+    if (owned) grow[static_cast<int64_t>(j) * M] = g[j] * scale;
+  }
+}
+
+// dR/dP of one function m over one window of W columns, all rows (see hessian2d_grad_kernel).
+// Gather form: with per-position terms (fxx, fyy, exy) of the current row a, the owned
+// column j (position j+1) finishes
+//   row a-1: gm[j] += fxx_{j+1} km_a - T_j
+//   row a:   g0[j] += fxx_{j+1} nk_a + fyy_{j+1} nk_b(j+1) + fyy_{j+2} km_b(j+2) + fyy_j kp_b(j)
+//   row a+1: gp[j]  = fxx_{j+1} kp_a + T_j          (first contribution to row a+1)
+// with T_j = exy_j - exy_{j+2}, exy = 2 fxy ihs_a ihs_b, nk = -(km + kp). Terms of
+// positions that are not inner nodes are zero (a select, never a multiplication by zero,
+// so NaN parameters reach only the gradients that depend on them). Unscaled; each row is
+// scaled by grad_r * 2 / (S-2)^2 when stored.
+template <int W, int kKind>
+__device__ __forceinline__ void hessian2d_grad_window(
+    const float* __restrict__ row0, float* __restrict__ grow0, const float4* __restrict__ coef,
+    int S, int64_t M, int bs, int skip, int nb, float scale) {
   const int64_t row_stride = static_cast<int64_t>(S) * M;
-  const float* row0 = params + m;
-  float* grow0 = grad + m;
-  // Parameter rows a-1, a, a+1 over columns b0-2 .. b0+nb+1 (index j <-> b0-2+j);
-  // gradient rows a-1, a, a+1 over columns b0 .. b0+nb-1 (index j <-> b0+j).
-  float pm[W + 4], p0[W + 4], pp[W + 4];
-  float gm[W], g0[W], gp[W];
-  load_row_clamped(pm, row0, b0 - 2, S, M);
-  load_row_clamped(p0, row0 + row_stride, b0 - 2, S, M);
+  const float4* ccol = coef + (bs - 1);  // ccol[i]: coefficients of position i (column bs-1+i)
+  // Position validity for the generic kind, fixed for the whole thread.
+  const int first_inner = 1 - (bs - 1), last_inner = (S - 2) - (bs - 1);
+  float pm[W + 4], p0[W + 4], pp[W + 4];  // parameter rows a-1, a, a+1 (slots)
+  float gm[W], g0[W], gp[W];              // gradient rows a-1, a, a+1 (owned columns)
+  load_window_row<W, kKind>(pm, row0, bs, S, M);
+  load_window_row<W, kKind>(p0, row0 + row_stride, bs, S, M);
 #pragma unroll
   for (int j = 0; j < W; ++j) gm[j] = g0[j] = 0.f;
 
+#pragma unroll 1
   for (int a = 1; a <= S - 2; ++a) {
-    load_row_clamped(pp, row0 + (a + 1) * row_stride, b0 - 2, S, M);
-    const float rkm = km[a], rkp = kp[a], rihs = ihs[a];
+    load_window_row<W, kKind>(pp, row0 + (a + 1) * row_stride, bs, S, M);
+    const float4 ra = coef[a];  // {km_a, kp_a, -(km_a + kp_a), ihs_a^2}
+    const float r2 = 2.f * ra.w;
+    // Position terms, produced in order i = 0 .. W+1; column j = i-2 is finished as soon as
+    // position i exists (streaming keeps only three positions' terms live).
+    float fxx[W + 2], fyy[W + 2], exy[W + 2], ckm[W + 2], ckp[W + 2], cnk[W + 2];
 #pragma unroll
-    for (int j = 0; j < W; ++j) gp[j] = 0.f;
-    // f at column b = b0-1+i (i = 0 .. nb+1), centre parameter index i+1.
-#pragma unroll
-    for (int i = 0; i <= W + 1; ++i) {
-      const int b = b0 - 1 + i;
-      // f beyond the chunk (i > nb + 1) only reaches unstored accumulators: no test.
-      if (b >= 1 && b <= S - 2) {
-        const int c = i + 1;
-        const float ckm = km[b], ckp = kp[b], cxy = rihs * ihs[b];
-        const float fxx = rkp * (pp[c] - p0[c]) - rkm * (p0[c] - pm[c]);
-        const float fyy = ckp * (p0[c + 1] - p0[c]) - ckm * (p0[c] - p0[c - 1]);
-        const float dxy = (pp[c + 1] - pp[c - 1]) - (pm[c + 1] - pm[c - 1]);
-        const float ex = scale * fxx;
-        const float ey = scale * fyy;
-        const float exy = (2.f * scale) * dxy * (cxy * cxy);
-        // Column b is gradient index i-1; b-1 is i-2; b+1 is i.
-        if (i - 1 >= 0 && i - 1 < W) {
-          gm[i - 1] = fmaf(ex, rkm, gm[i - 1]);
-          g0[i - 1] -= fmaf(ex, rkm + rkp, ey * (ckm + ckp));
-          gp[i - 1] = fmaf(ex, rkp, gp[i - 1]);
-        }
-        if (i - 2 >= 0 && i - 2 < W) {
-          g0[i - 2] = fmaf(ey, ckm, g0[i - 2]);
-          gm[i - 2] += exy;
-          gp[i - 2] -= exy;
-        }
-        if (i < W) {
-          g0[i] = fmaf(ey, ckp, g0[i]);
-          gm[i] -= exy;
-          gp[i] += exy;
-        }
+    for (int i = 0; i < W + 2; ++i) {
+      const int c = i + 1;  // centre slot of position i
+      fxx[i] = fyy[i] = exy[i] = ckm[i] = ckp[i] = cnk[i] = 0.f;
+      if (kKind == kGenericWindow || position_is_inner<W, kKind>(i)) {
+        const bool inner = kKind != kGenericWindow || (i >= first_inner && i <= last_inner);
+        const float4 cb = ccol[kKind == kGenericWindow ? min(max(i, first_inner), last_inner) : i];
+        const float vxx = fmaf(ra.y, pp[c] - p0[c], -ra.x * (p0[c] - pm[c]));
+        const float vyy = fmaf(cb.y, p0[c + 1] - p0[c], -cb.x * (p0[c] - p0[c - 1]));
+        const float vxy = ((pp[c + 1] - pm[c + 1]) - (pp[c - 1] - pm[c - 1])) * (r2 * cb.w);
+        fxx[i] = inner ? vxx : 0.f;
+        fyy[i] = inner ? vyy : 0.f;
+        exy[i] = inner ? vxy : 0.f;
+        ckm[i] = cb.x;
+        ckp[i] = cb.y;
+        cnk[i] = cb.z;
+      }
+      if (i >= 2) {
+        const int j = i - 2;
+        const float t = exy[j] - exy[j + 2];
+        gm[j] = fmaf(fxx[j + 1], ra.x, gm[j]) - t;
+        float v = fmaf(fxx[j + 1], ra.z, g0[j]);
+        v = fmaf(fyy[j + 1], cnk[j + 1], v);
+        v = fmaf(fyy[j + 2], ckm[j + 2], v);
+        g0[j] = fmaf(fyy[j], ckp[j], v);
+        gp[j] = fmaf(fxx[j + 1], ra.y, t);
       }
     }
-    // Row a-1 has all its contributions (from f rows a-2, a-1, a).
-    float* grow = grow0 + (a - 1) * row_stride;
+    // Row a-1 has all its contributions (from positions in rows a-2, a-1, a).
+    store_window_row<W, kKind>(grow0 + (a - 1) * row_stride, gm, scale, skip, nb, M);
 #pragma unroll
-    for (int j = 0; j < W; ++j)
-      if (j < nb) grow[static_cast<int64_t>(b0 + j) * M] = gm[j];
-#pragma unroll
-    for (int j = 0; j < W + 4; ++j) {
-      pm[j] = p0[j];
-      p0[j] = pp[j];
+    for (int s = 0; s < W + 4; ++s) {
+      pm[s] = p0[s];
+      p0[s] = pp[s];
     }
 #pragma unroll
     for (int j = 0; j < W; ++j) {
@@ -264,12 +319,47 @@ __global__ void __launch_bounds__(kThreads, kGradBlocksPerSM) hessian2d_grad_ker
     }
   }
   // Rows S-2 and S-1.
-#pragma unroll
-  for (int j = 0; j < W; ++j) {
-    if (j < nb) {
-      grow0[(S - 2) * row_stride + static_cast<int64_t>(b0 + j) * M] = gm[j];
-      grow0[(S - 1) * row_stride + static_cast<int64_t>(b0 + j) * M] = g0[j];
-    }
+  store_window_row<W, kKind>(grow0 + (S - 2) * row_stride, gm, scale, skip, nb, M);
+  store_window_row<W, kKind>(grow0 + (S - 1) * row_stride, g0, scale, skip, nb, M);
+}
+
+// dR/dP * grad_r, 2D. grad_r: [1]; params, grad: [S, S, M]; borders: [S].
+// One block: kThreads functions x one chunk of gradient columns b0 .. b0+nb-1 (balanced
+// chunks of at most W columns partition the S columns). A thread computes the stencil
+// over a window of W columns bs .. bs+W-1 (bs = b0, except that the last chunk's window
+// is pulled left to end at column S-1 so that the table edge sits at a fixed place in
+// it) and stores the nb columns it owns. The window's kind (uniform per block) selects a
+// variant whose edge handling is resolved at compile time. With balanced chunks every
+// middle chunk's window is interior up to S ~ 12 W; beyond, some are generic (slower).
+template <int W>
+__global__ void __launch_bounds__(kThreads, kGradBlocksPerSM) hessian2d_grad_kernel(
+    const float* __restrict__ grad_r, const float* __restrict__ params,
+    const float* __restrict__ borders, float* __restrict__ grad, int S, int64_t M,
+    int num_chunks, int chunk_width) {
+  extern __shared__ float4 coef4[];  // [S]
+  fill_gradient_coefficients(borders, S, coef4);
+  __syncthreads();
+
+  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
+  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
+  if (m >= M) return;  // no block-wide synchronisation below
+  const int b0 = chunk * chunk_width;
+  const int nb = min(chunk_width, S - b0);
+  const int bs = S >= W ? min(b0, S - W) : 0;  // first window column
+  const int skip = b0 - bs;                    // window columns before the owned ones
+  // d/dP of grad_r * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale * f * df/dP.
+  const float inner = static_cast<float>(S - 2);
+  const float scale = __ldg(grad_r) * (2.f / (inner * inner));
+  const float* row0 = params + m + static_cast<int64_t>(bs) * M;
+  float* grow0 = grad + m + static_cast<int64_t>(bs) * M;
+  if (bs >= 2 && bs + W <= S - 2) {
+    hessian2d_grad_window<W, kInteriorWindow>(row0, grow0, coef4, S, M, bs, skip, nb, scale);
+  } else if (bs == 0 && W <= S - 2) {
+    hessian2d_grad_window<W, kLeftWindow>(row0, grow0, coef4, S, M, bs, skip, nb, scale);
+  } else if (bs == S - W && bs >= 2) {
+    hessian2d_grad_window<W, kRightWindow>(row0, grow0, coef4, S, M, bs, skip, nb, scale);
+  } else {
+    hessian2d_grad_window<W, kGenericWindow>(row0, grow0, coef4, S, M, bs, skip, nb, scale);
   }
 }
 
@@ -437,17 +527,24 @@ at::Tensor reduce_value(Kernel kernel, const at::Tensor& params, const at::Tenso
   return out;
 }
 
-// Launches the gradient kernel `kernel` and returns dR/dparams * grad_r.
-template <typename Kernel>
-at::Tensor launch_grad(Kernel kernel, const at::Tensor& grad_r, const at::Tensor& params,
-                       const at::Tensor& borders, int S, int64_t M, Chunks chunks) {
+// Launches the gradient kernel `kernel` with `shared_bytes` of dynamic shared memory on
+// num_chunks chunks per block of functions and returns dR/dparams * grad_r.
+// chunk_args: the kernel's arguments after num_chunks.
+template <typename Kernel, typename... ChunkArgs>
+at::Tensor launch_grad(Kernel kernel, size_t shared_bytes, const at::Tensor& grad_r,
+                       const at::Tensor& params, const at::Tensor& borders, int S, int64_t M,
+                       int num_chunks, ChunkArgs... chunk_args) {
   at::Tensor grad = at::empty_like(params, at::MemoryFormat::Contiguous);  // params' shape
   if (M == 0) return grad;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t blocks = num_blocks(M, chunks.count);
-  kernel<<<static_cast<unsigned>(blocks), kThreads, coef_bytes(S), stream>>>(
+  const int64_t blocks = num_blocks(M, num_chunks);
+  if (shared_bytes > 48 * 1024) {  // beyond the default limit: opt in (large S only)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+  }
+  kernel<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
       grad_r.data_ptr<float>(), params.data_ptr<float>(), borders.data_ptr<float>(),
-      grad.data_ptr<float>(), S, M, chunks.count, chunks.width);
+      grad.data_ptr<float>(), S, M, num_chunks, chunk_args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad;
 }
@@ -477,8 +574,9 @@ at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r_in, const at::Tensor
   const at::Tensor grad_r = grad_r_in.contiguous();
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
-  return launch_grad(hessian2d_grad_kernel<kW2dGrad>, grad_r, params, borders, S, M,
-                     split(S, kW2dGrad));
+  const Chunks chunks = split(S, kW2dGrad);
+  return launch_grad(hessian2d_grad_kernel<kW2dGrad>, static_cast<size_t>(S) * sizeof(float4),
+                     grad_r, params, borders, S, M, chunks.count, chunks.width);
 }
 
 // params: [S, N_out, N_in]; borders: [S]. Returns R, 0-dim float32.
@@ -502,8 +600,9 @@ at::Tensor second_diff1d_backward_cuda(const at::Tensor& grad_r_in, const at::Te
   const at::Tensor grad_r = grad_r_in.contiguous();
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
-  return launch_grad(second_diff1d_grad_kernel<kW1d>, grad_r, params, borders, S, M,
-                     split(S, kW1d));
+  const Chunks chunks = split(S, kW1d);
+  return launch_grad(second_diff1d_grad_kernel<kW1d>, coef_bytes(S), grad_r, params, borders, S,
+                     M, chunks.count, chunks.width);
 }
 
 }  // namespace
