@@ -1,19 +1,28 @@
 """Benchmark of the smoothness regularisers: value + gradient through autograd.
 
-Question: how long does `r = layer.get_hessian_regularization(); r.backward()` take, next
-to the memory-bandwidth floor measured in the same run? The floor: a device copy of the
-parameter tensor (read P + write grad, what the gradient kernel must move at least) plus
-one read of P (a sum: what the value kernel must move at least).
+Question: how long does `r = layer.get_hessian_regularization(); r.backward()` take, as a
+user sees it (eager) and as GPU time (CUDA-graph replay), next to the memory-bandwidth
+floor measured in the same run? The floor: a device copy of the parameter tensor (read P +
+write grad, what the gradient kernel must move at least) plus one read of P (a sum: what
+the value kernel must move at least). Target (issue 6): 2D, num_grids=26, 256x256:
+eager fwd+bwd <= 0.15 ms on an H100.
 
-Rows: the 2D regulariser at num_grids=26, 256x256 (params [27, 27, 256, 128], 23.9M) and a
-few other num_grids; the 1D regulariser at a KANLayer(256, 256, num_control_points=32).
-Each fwd+bwd figure: eager (CUDA events via triton.testing.do_bench if present, median)
-with the gradient reset to None every step (optimizer.zero_grad(set_to_none=True) style),
-the same with the gradient accumulating into .grad (adds a torch add kernel), and a
-CUDA-graph replay of the step (no CPU launch cost). The eager pure-PyTorch reference is
-timed for comparison; the original lmKAN took 0.86 ms (torch.compile'd, PERFORMANCE.md).
+Columns, per table (ms, medians):
+  eager   CUDA events around one eager fwd+bwd call (grad reset to None first, as
+          optimizer.zero_grad(set_to_none=True) leaves it), median over many calls
+  loop    eager fwd+bwd, many calls back to back (host launch cost overlapped)
+  accum   as loop, the gradient accumulating into .grad (adds an add kernel)
+  graph   CUDA-graph replay of the fwd+bwd step: GPU time, no host cost
+  value / grad   CUDA-graph replay of the value op alone / the gradient op alone
+  floor   copy(P) + read(P) in the same run
+The eager pure-PyTorch reference is timed for comparison; the original lmKAN took 0.86 ms
+(torch.compile'd, PERFORMANCE.md).
 
-Usage: python benchmarks/bench_hessian.py [--json PATH]
+`--host-only` needs no GPU: it times the host side of the autograd path (the op's C++
+autograd against a Python register_autograd wrapper of the same schema) with empty CPU
+kernels, i.e. the per-call host overhead that the eager figure adds to the GPU time.
+
+Usage: python benchmarks/bench_hessian.py [--json PATH] [--host-only]
 """
 import argparse
 import json
@@ -75,6 +84,18 @@ def graph_step(step):
     return graph.replay
 
 
+def time_ops_alone(param, regulariser):
+    """CUDA-graph GPU time of the value op alone and of the gradient op alone."""
+    with torch.no_grad():
+        value = graph_step(regulariser)
+    grad_r = torch.ones((), device=param.device)
+    fn = regulariser.__self__
+    name = "hessian2d" if param.dim() == 4 else "second_diff1d"
+    backward_op = getattr(torch.ops.lmkan, name + "_backward")
+    grad = graph_step(lambda: backward_op(grad_r, param.detach(), fn.borders))
+    return bench_loop(value), bench_loop(grad)
+
+
 def measure(name, param, regulariser, reference_fn=None):
     """All figures for one table. regulariser(): the layer's get_hessian_regularization."""
     dev = param.device
@@ -98,6 +119,7 @@ def measure(name, param, regulariser, reference_fn=None):
     param.grad = None
     replay = graph_step(step_reset)
     row["fwd_bwd_graph_ms"] = bench_loop(replay)
+    row["value_graph_ms"], row["grad_graph_ms"] = time_ops_alone(param, regulariser)
 
     # Floors from the same run: device copy (read + write P) and one read of P.
     dst = torch.empty_like(param)
@@ -124,11 +146,85 @@ def measure(name, param, regulariser, reference_fn=None):
     return row
 
 
+def host_overhead_cpu(calls=2000, reps=7):
+    """Microseconds per eager fwd+bwd of the host path alone, with empty CPU kernels.
+
+    Registers CPU kernels for lmkan::hessian2d(_backward) that return empty tensors, and
+    the same schemas under a scratch library with the Python register_autograd wrapper
+    that lmKAN used before; prints both next to the floor of any backward() call
+    (`q.sum().backward()` on a 4-element tensor).
+    """
+    import time
+
+    def value_cpu(params, borders):
+        return params.new_empty(())
+
+    def backward_cpu(grad_r, params, borders):
+        return params.new_empty(params.shape)
+
+    impl = torch.library.Library("lmkan", "IMPL")
+    impl.impl("hessian2d", value_cpu, "CPU")
+    impl.impl("hessian2d_backward", backward_cpu, "CPU")
+    scratch = torch.library.Library("lmkan_bench_py", "DEF")
+    scratch.define("h(Tensor params, Tensor borders) -> Tensor")
+    scratch.define("h_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor")
+    scratch.impl("h", value_cpu, "CPU")
+    scratch.impl("h_backward", backward_cpu, "CPU")
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad_r):
+        params, borders = ctx.saved_tensors
+        return torch.ops.lmkan_bench_py.h_backward(grad_r.contiguous(), params, borders), None
+
+    torch.library.register_autograd("lmkan_bench_py::h", backward, setup_context=setup)
+
+    params = torch.randn(27, 27, 2, 2, requires_grad=True)
+    borders = torch.randn(27)
+    tiny = torch.randn(4, requires_grad=True)
+
+    def per_call_us(step):
+        for _ in range(calls // 10):
+            step()
+        samples = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            for _ in range(calls):
+                step()
+            samples.append((time.perf_counter() - start) / calls * 1e6)
+        return statistics.median(samples)
+
+    def cpp_step():
+        params.grad = None
+        torch.ops.lmkan.hessian2d(params, borders).backward()
+
+    def python_step():
+        params.grad = None
+        torch.ops.lmkan_bench_py.h(params.contiguous(), borders.contiguous()).backward()
+
+    def floor_step():
+        tiny.grad = None
+        tiny.sum().backward()
+
+    rows = [("C++ autograd (this build)", per_call_us(cpp_step)),
+            ("Python register_autograd (before)", per_call_us(python_step)),
+            ("floor: tiny.sum().backward()", per_call_us(floor_step))]
+    print(f"\nhost time per eager fwd+bwd, empty CPU kernels, us, median of {reps} x {calls}")
+    for name, us in rows:
+        print(f"{name:<36}{us:>8.1f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results",
                                                        "bench_hessian.json"))
+    parser.add_argument("--host-only", action="store_true",
+                        help="time the host side of the autograd path on the CPU (no GPU)")
     args = parser.parse_args()
+    if args.host_only:
+        host_overhead_cpu()
+        return
     torch.manual_seed(0)
     info = lmKAN.backend_info()
     print(info)
@@ -156,18 +252,20 @@ def main():
     with open(args.json, "w") as f:
         json.dump({"device": device_name, "torch": torch.__version__, "rows": rows}, f, indent=1)
 
-    print(f"\n{device_name}, torch {torch.__version__}; ms, median; floor = copy(P) + read(P)")
-    head = (f"{'case':<20}{'params':>10}{'fwd':>8}{'fwd+bwd':>9}{'single':>8}{'accum':>8}"
-            f"{'graph':>8}{'floor':>8}{'copy':>8}{'GB/s':>7}{'ref':>8}{'orig':>6}{'MB':>7}")
+    print(f"\n{device_name}, torch {torch.__version__}; ms, median; floor = copy(P) + read(P); "
+          "target: 2d_G26_256x256 eager <= 0.15")
+    head = (f"{'case':<20}{'params':>9}{'eager':>8}{'loop':>8}{'accum':>8}{'graph':>8}{'value':>8}"
+            f"{'grad':>8}{'floor':>8}{'g/floor':>8}{'GB/s':>6}{'ref':>7}{'orig':>6}{'MB':>7}")
     print(head)
     for r in rows:
         ref = r.get("reference_eager_fwd_bwd_ms")
         orig = r["original_fwd_bwd_ms"]
-        print(f"{r['case']:<20}{r['params'] / 1e6:>9.2f}M{r['fwd_ms']:>8.4f}{r['fwd_bwd_ms']:>9.4f}"
-              f"{r['fwd_bwd_single_ms']:>8.4f}{r['fwd_bwd_accumulate_ms']:>8.4f}"
-              f"{r['fwd_bwd_graph_ms']:>8.4f}{r['floor_ms']:>8.4f}{r['copy_ms']:>8.4f}"
-              f"{r['copy_GBps']:>7.0f}{(f'{ref:.3f}' if ref else '-'):>8}"
-              f"{(f'{orig:.2f}' if orig else '-'):>6}{r['peak_extra_MB']:>7.1f}")
+        print(f"{r['case']:<20}{r['params'] / 1e6:>8.2f}M{r['fwd_bwd_single_ms']:>8.4f}"
+              f"{r['fwd_bwd_ms']:>8.4f}{r['fwd_bwd_accumulate_ms']:>8.4f}{r['fwd_bwd_graph_ms']:>8.4f}"
+              f"{r['value_graph_ms']:>8.4f}{r['grad_graph_ms']:>8.4f}{r['floor_ms']:>8.4f}"
+              f"{r['fwd_bwd_graph_ms'] / r['floor_ms']:>8.2f}{r['copy_GBps']:>6.0f}"
+              f"{(f'{ref:.3f}' if ref else '-'):>7}{(f'{orig:.2f}' if orig else '-'):>6}"
+              f"{r['peak_extra_MB']:>7.1f}")
     print(f"JSON: {args.json}")
 
 

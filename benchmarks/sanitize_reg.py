@@ -1,7 +1,10 @@
 """Small cases of every regulariser kernel, for compute-sanitizer (memcheck, racecheck).
 
 Usage: compute-sanitizer --tool memcheck python benchmarks/sanitize_reg.py
-Covers: one and several column chunks, partial chunks, sizes of 1, odd block fills.
+Covers: one and several column chunks, partial chunks, sizes of 1, odd block fills, every
+window kind of the 2D gradient kernel (generic: G 3, 4, 14; left/right: 15, 26; interior:
+28, 64; generic middle windows: 200), the opt-in shared-memory path (G 3100), and the
+autograd path (value and gradient through backward()).
 """
 import torch
 
@@ -14,7 +17,8 @@ def main():
     torch.manual_seed(0)
     grad_r = torch.tensor(0.75, device="cuda")
     worst = 0.0
-    for g, n_out, n_pairs in ((3, 1, 1), (4, 3, 5), (26, 5, 3), (29, 1, 129), (64, 2, 3)):
+    for g, n_out, n_pairs in ((3, 1, 1), (4, 3, 5), (14, 2, 3), (15, 1, 2), (26, 5, 3), (28, 2, 3),
+                              (29, 1, 129), (64, 2, 3), (200, 1, 1), (3100, 1, 1)):
         p = torch.randn(g + 1, g + 1, n_out, n_pairs, device="cuda")
         b = cdf_borders(g, device="cuda")
         r = torch.ops.lmkan.hessian2d(p, b)
@@ -30,6 +34,9 @@ def main():
         ref = _reference.second_diff1d(p.double(), b)
         worst = max(worst, abs(r.item() - ref.item()) / abs(ref.item()))
         assert torch.isfinite(d).all()
+    p = torch.randn(27, 27, 3, 5, device="cuda", requires_grad=True)
+    torch.ops.lmkan.hessian2d(p, cdf_borders(26, device="cuda")).backward()
+    assert torch.isfinite(p.grad).all()
     torch.cuda.synchronize()
     print(f"sanitize_reg: all cases ran; worst relative value error {worst:.2e}")
 

@@ -15,23 +15,31 @@
 // window of three parameter rows (and, in the gradient, three gradient rows) down the a
 // axis in registers, so each parameter is read once from DRAM (the chunk halos, two
 // columns, are re-read from L2 by the neighbouring chunk's block, which runs at the same
-// time: the chunk is the fastest-varying block index).
+// time: the chunk is the fastest-varying block index). In 2D the value and the gradient
+// share one chunking and one "window" of W columns per thread, whose position relative to
+// the table edges (its kind) is resolved at compile time: no per-column edge tests in the
+// row loops (see Window below).
 //
 // The value is reduced deterministically in two stages: each block writes its partial sum
 // (double) to a buffer, and one small kernel adds the partials in a fixed order and writes
 // R. The gradient kernels read dL/dR from device memory. Per-node coefficients are computed
 // from `borders` in double by every block into shared memory.
+//
+// Autograd is registered here in C++ (end of file), so a Python call is one op call.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "checks.h"
 
@@ -40,16 +48,17 @@ namespace {
 
 constexpr int kThreads = 128;        // threads per block of the main kernels (functions m)
 constexpr int kFinishThreads = 256;  // threads of the final reduction kernel
-constexpr int kMaxNodes = 4000;      // S <= kMaxNodes: 3 * S floats + 256 B of shared memory < 48 KiB
+// S <= kMaxNodes: 1D: 3 * S floats (< 48 KiB); 2D: S float4 (up to 64 000 B, opted in
+// above 48 KiB).
+constexpr int kMaxNodes = 4000;
 
-// Column-chunk widths (registers hold 3 rows of W + 2 or W + 4 values). For the usual
-// num_grids (up to ~30) these give two chunks per function in 2D.
-constexpr int kW2dValue = 16;  // inner columns per thread, 2D value
-constexpr int kW2dGrad = 14;   // gradient columns per thread, 2D gradient
-constexpr int kW1d = 16;       // rows per thread, 1D value and gradient
-// 2D gradient: at most 128 registers, so 4 blocks (16 warps) fit on an SM and the
+// Column-chunk widths (registers hold 3 rows of W + 4 values, and in the 2D gradient three
+// gradient rows of W). For num_grids up to 26 these give two chunks per function in 2D.
+constexpr int kW2d = 14;  // window columns per thread, 2D value and gradient
+constexpr int kW1d = 16;  // rows per thread, 1D value and gradient
+// 2D kernels: at most 128 registers, so 4 blocks (16 warps) fit on an SM and the
 // 256x256, G=26 case (2 chunks x 256 blocks) runs in one wave on 132 SMs.
-constexpr int kGradBlocksPerSM = 4;
+constexpr int kBlocksPerSM2d = 4;
 
 // Per-node coefficients of the second differences, for the inner nodes k = 1..S-2:
 //   f''(k) = kp[k] * (P[k+1] - P[k]) - km[k] * (P[k] - P[k-1]),
@@ -101,159 +110,215 @@ __device__ __forceinline__ void load_row(float (&dst)[N], const float* __restric
   }
 }
 
-// Loads N values of one row, columns clamp(col0 + j, 0, S-1): no masks, every address in
-// range; the values of clamped slots are read but never used by the caller.
-// row: pointer to column 0 of the row at function m; M: column stride.
-template <int N>
-__device__ __forceinline__ void load_row_clamped(float (&dst)[N], const float* __restrict__ row,
-                                                 int col0, int S, int64_t M) {
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    const int col = min(max(col0 + j, 0), S - 1);
-    dst[j] = __ldg(row + static_cast<int64_t>(col) * M);
-  }
-}
-
-// R partial sums, 2D. One block: kThreads functions x one chunk of inner columns.
-// params: [S, S, M]; borders: [S]; partials: [gridDim.x] (double).
-// Block b covers chunk (b % num_chunks) of functions (b / num_chunks) * kThreads + tid.
-template <int W>
-__global__ void __launch_bounds__(kThreads) hessian2d_value_kernel(
-    const float* __restrict__ params, const float* __restrict__ borders,
-    double* __restrict__ partials, int S, int64_t M, int num_chunks, int chunk_width) {
-  extern __shared__ float coef[];  // [3 * S]
-  __shared__ double red[32];
-  fill_coefficients(borders, S, coef);
-  __syncthreads();
-  const float* km = coef;
-  const float* kp = coef + S;
-  const float* ihs = coef + 2 * S;
-
-  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
-  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
-  const int b0 = 1 + chunk * chunk_width;      // first inner column of the chunk
-  const int nb = min(chunk_width, S - 1 - b0);  // inner columns b0 .. b0+nb-1 (<= S-2)
-
-  double total = 0.0;
-  if (m < M) {
-    const int64_t row_stride = static_cast<int64_t>(S) * M;
-    const float* row0 = params + m;
-    // Window of parameter rows a-1, a, a+1 over columns b0-1 .. b0+nb (index j <-> b0-1+j).
-    float pm[W + 2], p0[W + 2], pp[W + 2];
-    load_row(pm, row0, b0 - 1, nb + 2, S, M);
-    load_row(p0, row0 + row_stride, b0 - 1, nb + 2, S, M);
-    for (int a = 1; a <= S - 2; ++a) {
-      load_row(pp, row0 + (a + 1) * row_stride, b0 - 1, nb + 2, S, M);
-      const float rkm = km[a], rkp = kp[a], rihs = ihs[a];
-      float acc = 0.f;  // this row's terms (at most W): float; rows add up in double
-#pragma unroll
-      for (int j = 1; j <= W; ++j) {
-        if (j <= nb) {
-          const int b = b0 - 1 + j;
-          const float fxx = rkp * (pp[j] - p0[j]) - rkm * (p0[j] - pm[j]);
-          const float fyy = kp[b] * (p0[j + 1] - p0[j]) - km[b] * (p0[j] - p0[j - 1]);
-          const float fxy = ((pp[j + 1] - pp[j - 1]) - (pm[j + 1] - pm[j - 1])) * (rihs * ihs[b]);
-          acc = fmaf(fxx, fxx, acc);
-          acc = fmaf(fyy, fyy, acc);
-          acc = fmaf(2.f * fxy, fxy, acc);
-        }
-      }
-      total += static_cast<double>(acc);
-#pragma unroll
-      for (int j = 0; j < W + 2; ++j) {
-        pm[j] = p0[j];
-        p0[j] = pp[j];
-      }
+// Per-node coefficients of the 2D stencil, one 16-byte entry per node (one LDS.128):
+// {km, kp, -(km + kp), ihs^2} with km, kp, ihs as in fill_coefficients (zero at the end
+// nodes). coef: shared memory [S].
+__device__ void fill_stencil_coefficients(const float* __restrict__ borders, int S, float4* coef) {
+  for (int k = threadIdx.x; k < S; k += blockDim.x) {
+    float4 c = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (k >= 1 && k <= S - 2) {
+      const double hm = static_cast<double>(borders[k]) - static_cast<double>(borders[k - 1]);
+      const double hp = static_cast<double>(borders[k + 1]) - static_cast<double>(borders[k]);
+      const double hs = hm + hp;
+      const double km = 2.0 / (hs * hm), kp = 2.0 / (hs * hp);
+      c = make_float4(static_cast<float>(km), static_cast<float>(kp), static_cast<float>(-(km + kp)),
+                      static_cast<float>(1.0 / (hs * hs)));
     }
+    coef[k] = c;
   }
-  total = block_sum(total, red);
-  if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
-// dR/dP * grad_r, 2D. One block: kThreads functions x one chunk of gradient columns
-// (all S columns are partitioned). grad_r: [1]; params, grad: [S, S, M]; borders: [S].
-// f at inner node (a, b) adds to the gradient at (a+-1, b+-1); the thread computes f for
-// its columns b0-1 .. b0+nb (parameter columns b0-2 .. b0+nb+1) and keeps only the
-// contributions to its own columns, accumulating three gradient rows a-1, a, a+1.
+// Where a thread's window of W gradient columns lies in the table, which decides which
+// stencil positions (inner nodes) it holds. Positions i = 0 .. W+1 are columns
+// bs-1 .. bs+W; a position is an inner node when its column is in [1, S-2].
+enum WindowKind : int {
+  kInteriorWindow = 0,  // bs >= 2 and bs + W <= S-2: every position is an inner node
+  kLeftWindow = 1,      // bs == 0 and W <= S-2: positions 0, 1 (columns -1, 0) are not
+  kRightWindow = 2,     // bs == S-W >= 2: positions W, W+1 (columns S-1, S) are not
+  kGenericWindow = 3,   // anything else (small S): tested per position at run time
+};
+
+// Whether position i holds an inner node, for the kinds where that is known at compile time.
+template <int W, int kKind>
+__device__ __forceinline__ constexpr bool position_is_inner(int i) {
+  return kKind == kInteriorWindow || (kKind == kLeftWindow && i >= 2) ||
+         (kKind == kRightWindow && i <= W - 1);
+}
+
+// Column offset from bs of parameter slot s (column bs-2+s), clamped into the table. For
+// the compile-time kinds the clamp is a constant (left: bs = 0; right: bs + W = S), so the
+// address is the row pointer plus a constant multiple of M; the slots that only out-of-table
+// positions use are never read (dead code).
+template <int W, int kKind>
+__device__ __forceinline__ int slot_offset(int s, int bs, int S) {
+  if (kKind == kLeftWindow) return s < 2 ? 0 : s - 2;
+  if (kKind == kRightWindow) return s > W + 1 ? W - 1 : s - 2;
+  if (kKind == kInteriorWindow) return s - 2;
+  return min(max(bs - 2 + s, 0), S - 1) - bs;
+}
+
+// Parameter slots 0 .. W+3 of one row: columns bs-2 .. bs+W+1 (clamped).
+// row: pointer to column bs of the row at function m; M: column stride.
+template <int W, int kKind>
+__device__ __forceinline__ void load_window_row(float (&dst)[W + 4], const float* __restrict__ row,
+                                                int bs, int S, int64_t M) {
+#pragma unroll
+  for (int s = 0; s < W + 4; ++s)
+    dst[s] = __ldg(row + static_cast<int64_t>(slot_offset<W, kKind>(s, bs, S)) * M);
+}
+
+// Stores the owned columns j in [skip, skip + nb) of one finished gradient row, scaled.
+// Left and interior windows start at their first owned column (skip = 0), a right window
+// ends at the last (skip + nb = W): only the other bound is tested.
+template <int W, int kKind>
+__device__ __forceinline__ void store_window_row(float* __restrict__ grow, const float (&g)[W],
+                                                 float scale, int skip, int nb, int64_t M) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    const bool owned = (kKind == kLeftWindow || kKind == kInteriorWindow) ? j < nb
+                       : kKind == kRightWindow                            ? j >= skip
+                                                                          : (j >= skip && j < skip + nb);
+    if (owned) grow[static_cast<int64_t>(j) * M] = g[j] * scale;
+  }
+}
+
+// One thread's window: owned columns b0 .. b0+nb-1 of chunk `chunk` (balanced chunks of
+// chunk_width <= W columns), window columns bs .. bs+W-1 containing them (bs = b0, except
+// that the last chunk's window is pulled left to end at column S-1), skip = b0 - bs.
+struct Window {
+  int bs, skip, nb, kind;
+};
+
 template <int W>
-__global__ void __launch_bounds__(kThreads, kGradBlocksPerSM) hessian2d_grad_kernel(
-    const float* __restrict__ grad_r, const float* __restrict__ params,
-    const float* __restrict__ borders, float* __restrict__ grad, int S, int64_t M,
-    int num_chunks, int chunk_width) {
-  extern __shared__ float coef[];  // [3 * S]
-  fill_coefficients(borders, S, coef);
-  __syncthreads();
-  const float* km = coef;
-  const float* kp = coef + S;
-  const float* ihs = coef + 2 * S;
+__device__ __forceinline__ Window chunk_window(int chunk, int chunk_width, int S) {
+  Window w;
+  const int b0 = chunk * chunk_width;
+  w.nb = min(chunk_width, S - b0);
+  w.bs = S >= W ? min(b0, S - W) : 0;
+  w.skip = b0 - w.bs;
+  if (w.bs >= 2 && w.bs + W <= S - 2) {
+    w.kind = kInteriorWindow;
+  } else if (w.bs == 0 && W <= S - 2) {
+    w.kind = kLeftWindow;
+  } else if (w.bs == S - W && w.bs >= 2) {
+    w.kind = kRightWindow;
+  } else {
+    w.kind = kGenericWindow;
+  }
+  return w;
+}
 
-  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
-  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
-  if (m >= M) return;  // no block-wide synchronisation below
-  const int b0 = chunk * chunk_width;      // first gradient column of the chunk
-  const int nb = min(chunk_width, S - b0);  // columns b0 .. b0+nb-1
-  // d/dP of grad_r * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale * f * df/dP.
-  const float inner = static_cast<float>(S - 2);
-  const float scale = __ldg(grad_r) * (2.f / (inner * inner));
+// Calls body(std::integral_constant<int, kind>) for the window's kind: one compiled
+// variant per kind, chosen per block (the kind is uniform in a block).
+template <typename Body>
+__device__ __forceinline__ void with_window_kind(int kind, Body&& body) {
+  switch (kind) {
+    case kInteriorWindow: body(std::integral_constant<int, kInteriorWindow>()); break;
+    case kLeftWindow: body(std::integral_constant<int, kLeftWindow>()); break;
+    case kRightWindow: body(std::integral_constant<int, kRightWindow>()); break;
+    default: body(std::integral_constant<int, kGenericWindow>()); break;
+  }
+}
 
+// ccol[i]: coefficients of position i (column bs-1+i). Called once per row: the empty asm
+// makes the offset opaque, so the 16 per-position LDS.128 stay in the row loop instead of
+// being hoisted out of it into 48+ registers (which spills at the 128-register cap).
+__device__ __forceinline__ const float4* column_coefficients(const float4* coef, int bs) {
+  int offset = bs - 1;
+  asm volatile("" : "+r"(offset));
+  return coef + offset;
+}
+
+// Stencil terms of position i (column bs-1+i) in row a, unscaled:
+//   fxx, fyy (second differences), dxy = (P[a+1,b+1] - P[a+1,b-1]) - (P[a-1,b+1] - P[a-1,b-1]),
+//   exy = dxy * 2 ihs_a^2 ihs_b^2, so that 2 fxy^2 = dxy * exy and d(2 fxy^2)/d dxy = 2 exy;
+// and the column's coefficients cb. inner: whether the position is an inner node (only
+// meaningful for the generic kind; the other kinds call this for inner positions only).
+struct PositionTerms {
+  float fxx, fyy, dxy, exy;
+  float4 cb;
+  bool inner;
+};
+
+template <int W, int kKind>
+__device__ __forceinline__ PositionTerms position_terms(
+    int i, const float (&pm)[W + 4], const float (&p0)[W + 4], const float (&pp)[W + 4],
+    float4 ra, float r2, const float4* __restrict__ ccol, int first_inner, int last_inner) {
+  PositionTerms t;
+  const int c = i + 1;  // centre slot of position i
+  t.inner = kKind != kGenericWindow || (i >= first_inner && i <= last_inner);
+  t.cb = ccol[kKind == kGenericWindow ? min(max(i, first_inner), last_inner) : i];
+  t.fxx = fmaf(ra.y, pp[c] - p0[c], -ra.x * (p0[c] - pm[c]));
+  t.fyy = fmaf(t.cb.y, p0[c + 1] - p0[c], -t.cb.x * (p0[c] - p0[c - 1]));
+  t.dxy = (pp[c + 1] - pm[c + 1]) - (pp[c - 1] - pm[c - 1]);
+  t.exy = t.dxy * (r2 * t.cb.w);
+  return t;
+}
+
+// dR/dP of one function m over one window of W columns, all rows (see hessian2d_grad_kernel).
+// Gather form: with per-position terms (fxx, fyy, exy) of the current row a, the owned
+// column j (position j+1) finishes
+//   row a-1: gm[j] += fxx_{j+1} km_a - T_j
+//   row a:   g0[j] += fxx_{j+1} nk_a + fyy_{j+1} nk_b(j+1) + fyy_{j+2} km_b(j+2) + fyy_j kp_b(j)
+//   row a+1: gp[j]  = fxx_{j+1} kp_a + T_j          (first contribution to row a+1)
+// with T_j = exy_j - exy_{j+2}, exy = 2 fxy ihs_a ihs_b, nk = -(km + kp). Terms of
+// positions that are not inner nodes are zero (a select, never a multiplication by zero,
+// so NaN parameters reach only the gradients that depend on them). Unscaled; each row is
+// scaled by grad_r * 2 / (S-2)^2 when stored.
+template <int W, int kKind>
+__device__ __forceinline__ void hessian2d_grad_window(
+    const float* __restrict__ row0, float* __restrict__ grow0, const float4* __restrict__ coef,
+    int S, int64_t M, Window win, float scale) {
   const int64_t row_stride = static_cast<int64_t>(S) * M;
-  const float* row0 = params + m;
-  float* grow0 = grad + m;
-  // Parameter rows a-1, a, a+1 over columns b0-2 .. b0+nb+1 (index j <-> b0-2+j);
-  // gradient rows a-1, a, a+1 over columns b0 .. b0+nb-1 (index j <-> b0+j).
-  float pm[W + 4], p0[W + 4], pp[W + 4];
-  float gm[W], g0[W], gp[W];
-  load_row_clamped(pm, row0, b0 - 2, S, M);
-  load_row_clamped(p0, row0 + row_stride, b0 - 2, S, M);
+  const int bs = win.bs, skip = win.skip, nb = win.nb;
+  // Position validity for the generic kind, fixed for the whole thread.
+  const int first_inner = 1 - (bs - 1), last_inner = (S - 2) - (bs - 1);
+  float pm[W + 4], p0[W + 4], pp[W + 4];  // parameter rows a-1, a, a+1 (slots)
+  float gm[W], g0[W], gp[W];              // gradient rows a-1, a, a+1 (owned columns)
+  load_window_row<W, kKind>(pm, row0, bs, S, M);
+  load_window_row<W, kKind>(p0, row0 + row_stride, bs, S, M);
 #pragma unroll
   for (int j = 0; j < W; ++j) gm[j] = g0[j] = 0.f;
 
+#pragma unroll 1
   for (int a = 1; a <= S - 2; ++a) {
-    load_row_clamped(pp, row0 + (a + 1) * row_stride, b0 - 2, S, M);
-    const float rkm = km[a], rkp = kp[a], rihs = ihs[a];
+    load_window_row<W, kKind>(pp, row0 + (a + 1) * row_stride, bs, S, M);
+    const float4 ra = coef[a];  // {km_a, kp_a, -(km_a + kp_a), ihs_a^2}
+    const float r2 = 2.f * ra.w;
+    const float4* ccol = column_coefficients(coef, bs);
+    // Position terms, produced in order i = 0 .. W+1; column j = i-2 is finished as soon as
+    // position i exists (streaming keeps only three positions' terms live).
+    float fxx[W + 2], fyy[W + 2], exy[W + 2], ckm[W + 2], ckp[W + 2], cnk[W + 2];
 #pragma unroll
-    for (int j = 0; j < W; ++j) gp[j] = 0.f;
-    // f at column b = b0-1+i (i = 0 .. nb+1), centre parameter index i+1.
-#pragma unroll
-    for (int i = 0; i <= W + 1; ++i) {
-      const int b = b0 - 1 + i;
-      // f beyond the chunk (i > nb + 1) only reaches unstored accumulators: no test.
-      if (b >= 1 && b <= S - 2) {
-        const int c = i + 1;
-        const float ckm = km[b], ckp = kp[b], cxy = rihs * ihs[b];
-        const float fxx = rkp * (pp[c] - p0[c]) - rkm * (p0[c] - pm[c]);
-        const float fyy = ckp * (p0[c + 1] - p0[c]) - ckm * (p0[c] - p0[c - 1]);
-        const float dxy = (pp[c + 1] - pp[c - 1]) - (pm[c + 1] - pm[c - 1]);
-        const float ex = scale * fxx;
-        const float ey = scale * fyy;
-        const float exy = (2.f * scale) * dxy * (cxy * cxy);
-        // Column b is gradient index i-1; b-1 is i-2; b+1 is i.
-        if (i - 1 >= 0 && i - 1 < W) {
-          gm[i - 1] = fmaf(ex, rkm, gm[i - 1]);
-          g0[i - 1] -= fmaf(ex, rkm + rkp, ey * (ckm + ckp));
-          gp[i - 1] = fmaf(ex, rkp, gp[i - 1]);
-        }
-        if (i - 2 >= 0 && i - 2 < W) {
-          g0[i - 2] = fmaf(ey, ckm, g0[i - 2]);
-          gm[i - 2] += exy;
-          gp[i - 2] -= exy;
-        }
-        if (i < W) {
-          g0[i] = fmaf(ey, ckp, g0[i]);
-          gm[i] -= exy;
-          gp[i] += exy;
-        }
+    for (int i = 0; i < W + 2; ++i) {
+      fxx[i] = fyy[i] = exy[i] = ckm[i] = ckp[i] = cnk[i] = 0.f;
+      if (kKind == kGenericWindow || position_is_inner<W, kKind>(i)) {
+        const PositionTerms t =
+            position_terms<W, kKind>(i, pm, p0, pp, ra, r2, ccol, first_inner, last_inner);
+        fxx[i] = t.inner ? t.fxx : 0.f;
+        fyy[i] = t.inner ? t.fyy : 0.f;
+        exy[i] = t.inner ? t.exy : 0.f;
+        ckm[i] = t.cb.x;
+        ckp[i] = t.cb.y;
+        cnk[i] = t.cb.z;
+      }
+      if (i >= 2) {
+        const int j = i - 2;
+        const float t = exy[j] - exy[j + 2];
+        gm[j] = fmaf(fxx[j + 1], ra.x, gm[j]) - t;
+        float v = fmaf(fxx[j + 1], ra.z, g0[j]);
+        v = fmaf(fyy[j + 1], cnk[j + 1], v);
+        v = fmaf(fyy[j + 2], ckm[j + 2], v);
+        g0[j] = fmaf(fyy[j], ckp[j], v);
+        gp[j] = fmaf(fxx[j + 1], ra.y, t);
       }
     }
-    // Row a-1 has all its contributions (from f rows a-2, a-1, a).
-    float* grow = grow0 + (a - 1) * row_stride;
+    // Row a-1 has all its contributions (from positions in rows a-2, a-1, a).
+    store_window_row<W, kKind>(grow0 + (a - 1) * row_stride, gm, scale, skip, nb, M);
 #pragma unroll
-    for (int j = 0; j < W; ++j)
-      if (j < nb) grow[static_cast<int64_t>(b0 + j) * M] = gm[j];
-#pragma unroll
-    for (int j = 0; j < W + 4; ++j) {
-      pm[j] = p0[j];
-      p0[j] = pp[j];
+    for (int s = 0; s < W + 4; ++s) {
+      pm[s] = p0[s];
+      p0[s] = pp[s];
     }
 #pragma unroll
     for (int j = 0; j < W; ++j) {
@@ -262,13 +327,110 @@ __global__ void __launch_bounds__(kThreads, kGradBlocksPerSM) hessian2d_grad_ker
     }
   }
   // Rows S-2 and S-1.
+  store_window_row<W, kKind>(grow0 + (S - 2) * row_stride, gm, scale, skip, nb, M);
+  store_window_row<W, kKind>(grow0 + (S - 1) * row_stride, g0, scale, skip, nb, M);
+}
+
+// Sum over rows of (fxx^2 + 2 fxy^2 + fyy^2) at the inner positions whose column the
+// thread owns (i - 1 in [skip, skip + nb)): the chunks partition the columns, so every
+// inner node is counted by exactly one thread. Same windows and terms as the gradient.
+template <int W, int kKind>
+__device__ __forceinline__ double hessian2d_value_window(const float* __restrict__ row0,
+                                                         const float4* __restrict__ coef, int S,
+                                                         int64_t M, Window win) {
+  const int64_t row_stride = static_cast<int64_t>(S) * M;
+  const int bs = win.bs, skip = win.skip, nb = win.nb;
+  const int first_inner = 1 - (bs - 1), last_inner = (S - 2) - (bs - 1);
+  float pm[W + 4], p0[W + 4], pp[W + 4];
+  load_window_row<W, kKind>(pm, row0, bs, S, M);
+  load_window_row<W, kKind>(p0, row0 + row_stride, bs, S, M);
+  double total = 0.0;
+#pragma unroll 1
+  for (int a = 1; a <= S - 2; ++a) {
+    load_window_row<W, kKind>(pp, row0 + (a + 1) * row_stride, bs, S, M);
+    const float4 ra = coef[a];
+    const float r2 = 2.f * ra.w;
+    const float4* ccol = column_coefficients(coef, bs);
+    float acc = 0.f;  // this row's terms (at most W + 2): float; rows add up in double
 #pragma unroll
-  for (int j = 0; j < W; ++j) {
-    if (j < nb) {
-      grow0[(S - 2) * row_stride + static_cast<int64_t>(b0 + j) * M] = gm[j];
-      grow0[(S - 1) * row_stride + static_cast<int64_t>(b0 + j) * M] = g0[j];
+    for (int i = 0; i < W + 2; ++i) {
+      if (kKind == kGenericWindow || position_is_inner<W, kKind>(i)) {
+        const PositionTerms t =
+            position_terms<W, kKind>(i, pm, p0, pp, ra, r2, ccol, first_inner, last_inner);
+        // Left and interior windows start at their first owned column, right ones end at
+        // their last: test only the other bound.
+        const bool owned = kKind == kRightWindow ? i - 1 >= skip
+                           : kKind == kGenericWindow ? (i - 1 >= skip && i - 1 < skip + nb)
+                                                     : (i >= 1 && i - 1 < nb);
+        const float v = fmaf(t.fxx, t.fxx, fmaf(t.fyy, t.fyy, t.dxy * t.exy));
+        acc += (owned && t.inner) ? v : 0.f;
+      }
+    }
+    total += static_cast<double>(acc);
+#pragma unroll
+    for (int s = 0; s < W + 4; ++s) {
+      pm[s] = p0[s];
+      p0[s] = pp[s];
     }
   }
+  return total;
+}
+
+// R partial sums, 2D. params: [S, S, M]; borders: [S]; partials: [gridDim.x] (double).
+// Block b covers chunk (b % num_chunks) of functions (b / num_chunks) * kThreads + tid, with
+// the gradient kernel's chunks and windows (hessian2d_grad_kernel).
+template <int W>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_value_kernel(
+    const float* __restrict__ params, const float* __restrict__ borders,
+    double* __restrict__ partials, int S, int64_t M, int num_chunks, int chunk_width) {
+  extern __shared__ float4 coef4[];  // [S]
+  __shared__ double red[32];
+  fill_stencil_coefficients(borders, S, coef4);
+  __syncthreads();
+
+  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
+  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
+  double total = 0.0;
+  if (m < M) {  // every thread reaches block_sum
+    const Window win = chunk_window<W>(chunk, chunk_width, S);
+    const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
+    with_window_kind(win.kind, [&](auto kind) {
+      total = hessian2d_value_window<W, decltype(kind)::value>(row0, coef4, S, M, win);
+    });
+  }
+  total = block_sum(total, red);
+  if (threadIdx.x == 0) partials[blockIdx.x] = total;
+}
+
+// dR/dP * grad_r, 2D. grad_r: [1]; params, grad: [S, S, M]; borders: [S].
+// One block: kThreads functions x one chunk of gradient columns b0 .. b0+nb-1 (balanced
+// chunks of at most W columns partition the S columns). A thread computes the stencil
+// over a window of W columns bs .. bs+W-1 (bs = b0, except that the last chunk's window
+// is pulled left to end at column S-1 so that the table edge sits at a fixed place in
+// it) and stores the nb columns it owns. The window's kind (uniform per block) selects a
+// variant whose edge handling is resolved at compile time. With balanced chunks every
+// middle chunk's window is interior up to S ~ 12 W; beyond, some are generic (slower).
+template <int W>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kernel(
+    const float* __restrict__ grad_r, const float* __restrict__ params,
+    const float* __restrict__ borders, float* __restrict__ grad, int S, int64_t M,
+    int num_chunks, int chunk_width) {
+  extern __shared__ float4 coef4[];  // [S]
+  fill_stencil_coefficients(borders, S, coef4);
+  __syncthreads();
+
+  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
+  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
+  if (m >= M) return;  // no block-wide synchronisation below
+  const Window win = chunk_window<W>(chunk, chunk_width, S);
+  // d/dP of grad_r * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale * f * df/dP.
+  const float inner = static_cast<float>(S - 2);
+  const float scale = __ldg(grad_r) * (2.f / (inner * inner));
+  const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
+  float* grow0 = grad + m + static_cast<int64_t>(win.bs) * M;
+  with_window_kind(win.kind, [&](auto kind) {
+    hessian2d_grad_window<W, decltype(kind)::value>(row0, grow0, coef4, S, M, win, scale);
+  });
 }
 
 // R partial sums, 1D. One block: kThreads functions x one chunk of inner rows.
@@ -413,18 +575,30 @@ int64_t num_blocks(int64_t M, int num_chunks) {
 }
 
 size_t coef_bytes(int S) { return static_cast<size_t>(3 * S) * sizeof(float); }
+size_t coef4_bytes(int S) { return static_cast<size_t>(S) * sizeof(float4); }
 
-// Launches the value kernel `kernel` on chunks of n columns, then the final reduction.
+// Lets `kernel` take more than the default 48 KiB of dynamic shared memory (large S only).
 template <typename Kernel>
-at::Tensor reduce_value(Kernel kernel, const at::Tensor& params, const at::Tensor& borders, int S,
-                        int64_t M, Chunks chunks, double scale) {
+void allow_shared_bytes(Kernel kernel, size_t shared_bytes) {
+  if (shared_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+  }
+}
+
+// Launches the value kernel `kernel` (`shared_bytes` of dynamic shared memory) on the
+// given chunks, then the final reduction; returns R = scale * sum.
+template <typename Kernel>
+at::Tensor reduce_value(Kernel kernel, size_t shared_bytes, const at::Tensor& params,
+                        const at::Tensor& borders, int S, int64_t M, Chunks chunks, double scale) {
   at::Tensor out = at::empty({}, params.options());  // 0-dim R
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t blocks = M == 0 ? 0 : num_blocks(M, chunks.count);
   // partials: [blocks] double (at least one element so the final kernel writes R = 0).
   at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1)}, params.options().dtype(at::kDouble));
   if (blocks > 0) {
-    kernel<<<static_cast<unsigned>(blocks), kThreads, coef_bytes(S), stream>>>(
+    allow_shared_bytes(kernel, shared_bytes);
+    kernel<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
         params.data_ptr<float>(), borders.data_ptr<float>(), partials.data_ptr<double>(), S, M,
         chunks.count, chunks.width);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -435,17 +609,21 @@ at::Tensor reduce_value(Kernel kernel, const at::Tensor& params, const at::Tenso
   return out;
 }
 
-// Launches the gradient kernel `kernel` and returns dR/dparams * grad_r.
-template <typename Kernel>
-at::Tensor launch_grad(Kernel kernel, const at::Tensor& grad_r, const at::Tensor& params,
-                       const at::Tensor& borders, int S, int64_t M, Chunks chunks) {
+// Launches the gradient kernel `kernel` with `shared_bytes` of dynamic shared memory on
+// num_chunks chunks per block of functions and returns dR/dparams * grad_r.
+// chunk_args: the kernel's arguments after num_chunks.
+template <typename Kernel, typename... ChunkArgs>
+at::Tensor launch_grad(Kernel kernel, size_t shared_bytes, const at::Tensor& grad_r,
+                       const at::Tensor& params, const at::Tensor& borders, int S, int64_t M,
+                       int num_chunks, ChunkArgs... chunk_args) {
   at::Tensor grad = at::empty_like(params, at::MemoryFormat::Contiguous);  // params' shape
   if (M == 0) return grad;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t blocks = num_blocks(M, chunks.count);
-  kernel<<<static_cast<unsigned>(blocks), kThreads, coef_bytes(S), stream>>>(
+  const int64_t blocks = num_blocks(M, num_chunks);
+  allow_shared_bytes(kernel, shared_bytes);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
       grad_r.data_ptr<float>(), params.data_ptr<float>(), borders.data_ptr<float>(),
-      grad.data_ptr<float>(), S, M, chunks.count, chunks.width);
+      grad.data_ptr<float>(), S, M, num_chunks, chunk_args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad;
 }
@@ -461,8 +639,8 @@ at::Tensor hessian2d_cuda(const at::Tensor& params_in, const at::Tensor& borders
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
   const double inner = static_cast<double>(S - 2);
-  return reduce_value(hessian2d_value_kernel<kW2dValue>, params, borders, S, M,
-                      split(S - 2, kW2dValue), 1.0 / (inner * inner));
+  return reduce_value(hessian2d_value_kernel<kW2d>, coef4_bytes(S), params, borders, S, M,
+                      split(S, kW2d), 1.0 / (inner * inner));
 }
 
 // grad_r: 0-dim; params: [S, S, N_out, N_in/2]; borders: [S]. Returns [S, S, N_out, N_in/2].
@@ -475,8 +653,9 @@ at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r_in, const at::Tensor
   const at::Tensor grad_r = grad_r_in.contiguous();
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
-  return launch_grad(hessian2d_grad_kernel<kW2dGrad>, grad_r, params, borders, S, M,
-                     split(S, kW2dGrad));
+  const Chunks chunks = split(S, kW2d);
+  return launch_grad(hessian2d_grad_kernel<kW2d>, coef4_bytes(S), grad_r, params, borders, S, M,
+                     chunks.count, chunks.width);
 }
 
 // params: [S, N_out, N_in]; borders: [S]. Returns R, 0-dim float32.
@@ -486,7 +665,7 @@ at::Tensor second_diff1d_cuda(const at::Tensor& params_in, const at::Tensor& bor
   const c10::cuda::CUDAGuard guard(params_in.device());
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
-  return reduce_value(second_diff1d_value_kernel<kW1d>, params, borders, S, M,
+  return reduce_value(second_diff1d_value_kernel<kW1d>, coef_bytes(S), params, borders, S, M,
                       split(S - 2, kW1d), 1.0 / static_cast<double>(S - 2));
 }
 
@@ -500,8 +679,70 @@ at::Tensor second_diff1d_backward_cuda(const at::Tensor& grad_r_in, const at::Te
   const at::Tensor grad_r = grad_r_in.contiguous();
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
-  return launch_grad(second_diff1d_grad_kernel<kW1d>, grad_r, params, borders, S, M,
-                     split(S, kW1d));
+  const Chunks chunks = split(S, kW1d);
+  return launch_grad(second_diff1d_grad_kernel<kW1d>, coef_bytes(S), grad_r, params, borders, S,
+                     M, chunks.count, chunks.width);
+}
+
+}  // namespace
+}  // namespace lmkan
+
+// ---------------------------------------------------------------------------------------
+// Autograd, in C++: the regulariser is called once per layer per training step, and its
+// kernels take ~0.1 ms, so a Python autograd wrapper (~0.2 ms of host time per
+// forward+backward) would cost more than the GPU work. Both directions go through the
+// dispatcher (the forward below autograd), so torch.compile and opcheck trace the
+// registered fake implementations (lmKAN/ops.py) as they would any op.
+
+namespace lmkan {
+namespace {
+
+using RegulariserOp = at::Tensor(const at::Tensor&, const at::Tensor&);
+using RegulariserBackwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+c10::TypedOperatorHandle<RegulariserOp> find_value_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<RegulariserOp>();
+}
+
+c10::TypedOperatorHandle<RegulariserBackwardOp> find_backward_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<RegulariserBackwardOp>();
+}
+
+// R = op(params, borders), differentiable in params (borders are a fixed grid). The op
+// handles are looked up once (function-local statics: the schemas exist by then, being
+// declared in this library).
+template <const char* kValueName, const char* kBackwardName>
+struct RegulariserFunction : public torch::autograd::Function<RegulariserFunction<kValueName, kBackwardName>> {
+  // params: [S, S, N_out, N_in/2] or [S, N_out, N_in]; borders: [S]. Returns R, 0-dim.
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& params,
+                            const at::Tensor& borders) {
+    static const auto value_op = find_value_op(kValueName);
+    ctx->save_for_backward({params, borders});
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return value_op.call(params, borders);
+  }
+
+  // grad_outputs: {dL/dR} (0-dim, materialised by autograd when unused). Returns
+  // {dL/dparams, none for borders}.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    static const auto backward_op = find_backward_op(kBackwardName);
+    const auto saved = ctx->get_saved_variables();
+    return {backward_op.call(grad_outputs[0], saved[0], saved[1]), at::Tensor()};
+  }
+};
+
+constexpr char kHessian2dName[] = "lmkan::hessian2d";
+constexpr char kHessian2dBackwardName[] = "lmkan::hessian2d_backward";
+constexpr char kSecondDiff1dName[] = "lmkan::second_diff1d";
+constexpr char kSecondDiff1dBackwardName[] = "lmkan::second_diff1d_backward";
+
+at::Tensor hessian2d_autograd(const at::Tensor& params, const at::Tensor& borders) {
+  return RegulariserFunction<kHessian2dName, kHessian2dBackwardName>::apply(params, borders);
+}
+
+at::Tensor second_diff1d_autograd(const at::Tensor& params, const at::Tensor& borders) {
+  return RegulariserFunction<kSecondDiff1dName, kSecondDiff1dBackwardName>::apply(params, borders);
 }
 
 }  // namespace
@@ -512,4 +753,11 @@ TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
   m.impl("hessian2d_backward", &lmkan::hessian2d_backward_cuda);
   m.impl("second_diff1d", &lmkan::second_diff1d_cuda);
   m.impl("second_diff1d_backward", &lmkan::second_diff1d_backward_cuda);
+}
+
+// Autograd for every backend: a CPU or meta tensor reaches the same Function, and the
+// dispatcher then finds (or reports missing) that backend's kernel.
+TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
+  m.impl("hessian2d", &lmkan::hessian2d_autograd);
+  m.impl("second_diff1d", &lmkan::second_diff1d_autograd);
 }

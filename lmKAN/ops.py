@@ -3,8 +3,11 @@
 Each public function here picks the backend per call: a CUDA float32 tensor runs the
 `torch.ops.lmkan.*` kernel when the extension has one for that op; any other tensor (CPU,
 float64, or an op without a kernel) runs the differentiable pure-PyTorch reference.
-The kernels get `register_fake` (shape propagation for torch.compile) and
-`register_autograd` (their backward op) registrations below.
+The kernels get `register_fake` (shape propagation for torch.compile) registrations below;
+the layer ops get their autograd (`register_autograd`, a backward op) here too. The
+regulariser ops carry their autograd in C++ (csrc/regularizers.cu): they run once per layer
+per step and their kernels take ~0.1 ms, less than a Python autograd wrapper's host time,
+so their Python side is one `torch.ops` call.
 """
 import functools
 
@@ -88,17 +91,32 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
     return _reference.lmkan1d_forward(x, params, borders, uniform_grid, batch_last)
 
 
+# The regularisers' ops, resolved once (None without the kernels): a layer calls them every
+# training step, so the per-call Python work is kept to the tests below and one op call.
+# The ops accept non-contiguous tables (the kernels' host code makes them contiguous).
+_HESSIAN2D_OP = (torch.ops.lmkan.hessian2d.default
+                 if has_cuda_kernel("hessian2d") and has_cuda_kernel("hessian2d_backward") else None)
+_SECOND_DIFF1D_OP = (torch.ops.lmkan.second_diff1d.default
+                     if has_cuda_kernel("second_diff1d") and has_cuda_kernel("second_diff1d_backward")
+                     else None)
+
+
+def _regulariser_kernel_applies(op, params, borders):
+    return (op is not None and params.is_cuda and params.dtype == torch.float32
+            and borders.dtype == torch.float32)
+
+
 def hessian2d(params, borders):
     """Hessian smoothness regulariser of a 2D table (SPEC.md section 3), a 0-dim tensor."""
-    if _kernel_applies("hessian2d", params, borders):
-        return torch.ops.lmkan.hessian2d(params.contiguous(), borders.contiguous())
+    if _regulariser_kernel_applies(_HESSIAN2D_OP, params, borders):
+        return _HESSIAN2D_OP(params, borders)
     return _reference.hessian2d(params, borders)
 
 
 def second_diff1d(params, borders):
     """Second-difference regulariser of a 1D table (SPEC.md section 4), a 0-dim tensor."""
-    if _kernel_applies("second_diff1d", params, borders):
-        return torch.ops.lmkan.second_diff1d(params.contiguous(), borders.contiguous())
+    if _regulariser_kernel_applies(_SECOND_DIFF1D_OP, params, borders):
+        return _SECOND_DIFF1D_OP(params, borders)
     return _reference.second_diff1d(params, borders)
 
 
@@ -173,29 +191,16 @@ def _register():
 
     torch.library.register_autograd(lib + "lmkan1d_forward", backward_1d, setup_context=setup_1d)
 
-    # --- regularisers ---------------------------------------------------------------
-    for name, reference in (("hessian2d", _reference.hessian2d),
-                            ("second_diff1d", _reference.second_diff1d)):
-        _register_regulariser(lib + name, name, reference)
+    # --- regularisers (autograd registered in C++) ------------------------------------
+    for name in ("hessian2d", "second_diff1d"):
+        _register_regulariser_fakes(lib + name)
 
 
-def _register_regulariser(qualname, name, reference):
+def _register_regulariser_fakes(qualname):
     torch.library.register_fake(qualname)(lambda params, borders: params.new_empty(()))
+    # The kernel returns a contiguous gradient whatever the strides of params.
     torch.library.register_fake(qualname + "_backward")(
-        lambda grad_r, params, borders: torch.empty_like(params))
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, grad_r):
-        params, borders = ctx.saved_tensors
-        if kernel_available(name + "_backward"):
-            grad_p = getattr(torch.ops.lmkan, name + "_backward")(grad_r.contiguous(), params, borders)
-        else:
-            (grad_p,) = _reference_grads(lambda p: reference(p, borders), grad_r, params)
-        return grad_p, None
-
-    torch.library.register_autograd(qualname, backward, setup_context=setup)
+        lambda grad_r, params, borders: params.new_empty(params.shape))
 
 
 if _MODULE is not None:

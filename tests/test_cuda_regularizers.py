@@ -48,7 +48,10 @@ def _check(op, fn, params, borders, scale=1.0):
 
 
 @requires_gpu
-@pytest.mark.parametrize("num_grids", [3, 4, 5, 7, 8, 13, 15, 16, 26, 27, 29, 31, 42, 64])
+# The gradient kernel's window kinds (csrc/regularizers.cu): G <= 14 generic only (13: one
+# chunk, 14: two), 15: left + right at the edge, 26: left + right, 28 and 42: interior
+# windows too, 64: three interior windows.
+@pytest.mark.parametrize("num_grids", [3, 4, 5, 7, 8, 13, 14, 15, 16, 26, 27, 28, 29, 31, 42, 64])
 @pytest.mark.parametrize("n_out,n_pairs", [(1, 1), (3, 5), (7, 1), (1, 129), (33, 9)])
 def test_hessian2d_matches_reference(num_grids, n_out, n_pairs):
     side = num_grids + 1
@@ -65,6 +68,48 @@ def test_second_diff1d_matches_reference(num_grids, n_out, n_in, uniform):
                else cdf_borders(num_grids, device="cuda"))
     params = torch.randn(num_grids + 1, n_out, n_in, device="cuda") * 1.5
     _check(torch.ops.lmkan.second_diff1d, _reference.second_diff1d, params, borders)
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_grids", [200, 3100])
+def test_hessian2d_many_nodes(num_grids):
+    """G = 200: some middle windows take the generic kind; G = 3100: the gradient kernel's
+    per-node coefficients (16 B each) pass 48 KiB of shared memory (opt-in path)."""
+    side = num_grids + 1
+    params = torch.randn(side, side, 1, 3 if num_grids < 1000 else 1, device="cuda")
+    _check(torch.ops.lmkan.hessian2d, _reference.hessian2d, params, cdf_borders(num_grids, device="cuda"))
+
+
+@requires_gpu
+@pytest.mark.parametrize("name,shape", [("hessian2d", (9, 9, 3, 5)), ("hessian2d", (30, 30, 2, 3)),
+                                        ("second_diff1d", (9, 3, 5))])
+def test_opcheck(name, shape):
+    """Schema, C++ autograd registration, fake tensors and AOT dispatch of the ops."""
+    params = torch.randn(*shape, device="cuda", requires_grad=True)
+    borders = cdf_borders(shape[0] - 1, device="cuda")
+    op = getattr(torch.ops.lmkan, name)
+    torch.library.opcheck(op, (params, borders))
+    grad_r = torch.tensor(0.5, device="cuda")
+    torch.library.opcheck(getattr(torch.ops.lmkan, name + "_backward"),
+                          (grad_r, params.detach(), borders))
+
+
+@requires_gpu
+def test_compile_fullgraph():
+    """torch.compile sees the op and its C++ autograd without a graph break."""
+    layer = LMKAN2DLayer(8, 6, 5).cuda()
+    with torch.no_grad():
+        layer.func_parameter.normal_()
+
+    def loss_fn():
+        return 2.0 * layer.get_hessian_regularization()
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    compiled().backward()
+    grad_compiled = layer.func_parameter.grad.clone()
+    layer.func_parameter.grad = None
+    loss_fn().backward()
+    assert rel_l2(grad_compiled, layer.func_parameter.grad) <= TOL
 
 
 @requires_gpu
