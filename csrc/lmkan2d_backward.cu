@@ -149,6 +149,174 @@ __device__ __forceinline__ void update_cell(float* q, int side, const float (&g)
   store_corners<K>(q, side, r);
 }
 
+// ---- dP by cell-sorted chunks ----------------------------------------------------------
+//
+// A block owns one (pair, output tile) and a batch range, with the accumulator [cells][W] of
+// that slice in shared memory. The range is walked in chunks of C = warps * 32 * kSortSpl
+// samples; each chunk is counting-sorted by cell (stable: ranks follow sample order, so the
+// result is deterministic), then the warps walk the cells: for a cell, a lane keeps the 4
+// corners of its K columns in registers over the whole run of samples in that cell and
+// touches the accumulator once per run (a run is ~C / cells samples: 25 at G = 8), instead
+// of a read-modify-write of 4 rows per sample. grad_y is read as rows of a batch-first copy
+// [B][n_tiles * W] (zero-padded columns), so a warp's read of a sample's W outputs is one
+// coalesced line, served from L2/L1.
+// Cells are processed in 4 phases by the parity of (i1, i2): cells of one phase have
+// disjoint corners, so the warps of a phase never touch the same accumulator row.
+constexpr int kSortSpl = 8;  // samples per lane per chunk in the sort
+
+// Shared memory of the sorted dP kernel: accumulator [cells][W] floats, per-warp cell counts
+// [warps][cells] and run offsets [cells + 1] (ints), the sorted chunk [C] (float4), borders.
+inline int64_t dp_sorted_smem_bytes(int num_grids, int w, int warps) {
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  const int64_t chunk = int64_t(warps) * 32 * kSortSpl;
+  return cells * w * 4 + int64_t(warps) * cells * 4 + (cells + 1) * 4 + chunk * 16 +
+         int64_t(num_grids + 1) * 4 + 16;
+}
+
+template <int K>
+__global__ void __launch_bounds__(256)
+dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_b
+                 const float* __restrict__ borders,  // [G+1]
+                 const float* __restrict__ gyt,      // grad_y rows [B][ld], ld = n_tiles * W
+                 float* __restrict__ ws,             // [splits, n_tiles, P, cells, W]
+                 int64_t batch, int n_pairs, int n_tiles, int num_grids, int64_t per_split,
+                 int64_t xs_f, int64_t xs_b) {
+  constexpr int W = 32 * K;
+  extern __shared__ __align__(16) float smem[];
+  const int side = num_grids + 1, cells = side * side;
+  const int warps = blockDim.x / 32, chunk = warps * 32 * kSortSpl;
+  float* acc = smem;                                            // [cells][W]
+  int* wcount = reinterpret_cast<int*>(acc + int64_t(cells) * W);  // [warps][cells]
+  int* offs = wcount + warps * cells;                           // [cells + 1]
+  float4* sorted = reinterpret_cast<float4*>(
+      (reinterpret_cast<uintptr_t>(offs + cells + 1) + 15) & ~uintptr_t(15));  // [chunk]
+  float* s_borders = reinterpret_cast<float*>(sorted + chunk);  // [side]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int p = blockIdx.x, tile = blockIdx.y;
+  const int64_t ld = int64_t(n_tiles) * W;
+  const int64_t b_begin = blockIdx.z * per_split;
+  const int64_t b_end = min(batch, b_begin + per_split);
+
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
+  for (int i = threadIdx.x; i < cells * W / 4; i += blockDim.x)
+    reinterpret_cast<float4*>(acc)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  const float* gy_tile = gyt + tile * W + K * lane;
+
+  for (int64_t b0 = b_begin; b0 < b_end; b0 += chunk) {
+    for (int i = threadIdx.x; i < warps * cells; i += blockDim.x) wcount[i] = 0;
+    __syncthreads();  // counts zeroed (borders written, previous chunk consumed)
+    // 1. cells of the warp's samples (in sample order) and their rank among the warp's
+    //    earlier samples of the same cell
+    int key[kSortSpl], rank[kSortSpl];
+    float d1[kSortSpl], d2[kSortSpl];
+    int* my_count = wcount + warp * cells;
+#pragma unroll
+    for (int t = 0; t < kSortSpl; ++t) {
+      const int s = (warp * kSortSpl + t) * 32 + lane;
+      const int64_t b = b0 + s;
+      key[t] = -1 - lane;  // unique and never counted for samples past the range
+      d1[t] = d2[t] = 0.f;
+      if (b < b_end) {
+        const float4 c = pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+        key[t] = __float_as_int(c.x);
+        d1[t] = c.y;
+        d2[t] = c.z;
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, key[t]);
+      const int before = key[t] >= 0 ? my_count[key[t]] : 0;
+      __syncwarp();  // every peer has read the count before the leader adds to it
+      if (key[t] >= 0 && lane == __ffs(peers) - 1) my_count[key[t]] = before + __popc(peers);
+      __syncwarp();
+      rank[t] = before + __popc(peers & ((1u << lane) - 1u));
+    }
+    __syncthreads();
+    // 2. per cell: the warps' counts become their exclusive prefix (warp order = sample
+    //    order); offs[c] = the cell's total, then an exclusive scan over the cells
+    for (int c = threadIdx.x; c < cells; c += blockDim.x) {
+      int run = 0;
+      for (int w = 0; w < warps; ++w) {
+        const int n = wcount[w * cells + c];
+        wcount[w * cells + c] = run;
+        run += n;
+      }
+      offs[c] = run;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      int carry = 0;
+      for (int base = 0; base < cells; base += 32) {
+        const int c = base + lane;
+        const int v = c < cells ? offs[c] : 0;
+        int incl = v;
+#pragma unroll
+        for (int d = 1; d < 32; d *= 2) {
+          const int t = __shfl_up_sync(0xffffffffu, incl, d);
+          if (lane >= d) incl += t;
+        }
+        if (c < cells) offs[c] = carry + incl - v;
+        carry += __shfl_sync(0xffffffffu, incl, 31);
+      }
+      if (lane == 0) offs[cells] = carry;
+    }
+    __syncthreads();
+    // 3. scatter (chunk-relative sample index, d1, d2) to the sorted position
+#pragma unroll
+    for (int t = 0; t < kSortSpl; ++t) {
+      if (key[t] >= 0) {
+        const int s = (warp * kSortSpl + t) * 32 + lane;
+        const int pos = offs[key[t]] + wcount[warp * cells + key[t]] + rank[t];
+        sorted[pos] = make_float4(__int_as_float(s), d1[t], d2[t], 0.f);
+      }
+    }
+    __syncthreads();
+    // 4. walk the cells, in 4 phases of disjoint corners
+    for (int phase = 0; phase < 4; ++phase) {
+      const int a = phase >> 1, bpar = phase & 1;
+      const int ni = (num_grids - a + 1) / 2, nj = (num_grids - bpar + 1) / 2;
+      for (int idx = warp; idx < ni * nj; idx += warps) {
+        const int c = (a + 2 * (idx / nj)) * side + bpar + 2 * (idx % nj);
+        const int s0 = offs[c], s1 = offs[c + 1];
+        if (s0 == s1) continue;
+        float r[4][K];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int k = 0; k < K; ++k) r[j][k] = 0.f;
+#pragma unroll 4
+        for (int s = s0; s < s1; ++s) {
+          const float4 v = sorted[s];  // broadcast
+          float g[K];
+          const float* src = gy_tile + (b0 + __float_as_int(v.x)) * ld;
+          if constexpr (K == 4) {
+            const float4 t = __ldg(reinterpret_cast<const float4*>(src));
+            g[0] = t.x; g[1] = t.y; g[2] = t.z; g[3] = t.w;
+          } else if constexpr (K == 2) {
+            const float2 t = __ldg(reinterpret_cast<const float2*>(src));
+            g[0] = t.x; g[1] = t.y;
+          } else {
+            g[0] = __ldg(src);
+          }
+          add_sample<K>(r, g, v.y, v.z);
+        }
+        float* q = acc + int64_t(c) * W + K * lane;
+        float old[4][K];
+        load_corners<K>(q, side, old);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int k = 0; k < K; ++k) old[j][k] += r[j][k];
+        store_corners<K>(q, side, old);
+      }
+      __syncthreads();  // the next phase's cells share corners with this one's
+    }
+  }
+  // 5. the slice's accumulator -> its workspace copy (one writer per element)
+  float4* dst = reinterpret_cast<float4*>(
+      ws + ((blockIdx.z * int64_t(n_tiles) + tile) * n_pairs + p) * int64_t(cells) * W);
+  for (int i = threadIdx.x; i < cells * W / 4; i += blockDim.x)
+    dst[i] = reinterpret_cast<const float4*>(acc)[i];
+}
+
 // Threads of a dx block: block_size_backward, capped so that the 16 x K grad_y registers
 // per lane fit without spilling (K = 4 needs ~160 registers: at most 256 threads).
 constexpr int dx_max_block(int tile) { return tile == 16 ? 256 : 512; }
@@ -494,6 +662,17 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   return dx;
 }
 
+// dP workspace [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) ->
+// [G+1, G+1, N_out, P].
+at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
+  const at::Tensor packed = ws.size(0) > 1 ? ws.sum(0) : ws.select(0, 0);
+  const int64_t side = num_grids + 1, n_tiles = ws.size(1), n_pairs = ws.size(2), w = ws.size(4);
+  return packed.permute({2, 0, 3, 1})
+      .reshape({side, side, n_tiles * w, n_pairs})
+      .narrow(2, 0, n_out)
+      .contiguous();
+}
+
 // Largest workspace (bytes) that the split of the batch may ask for when each split keeps
 // its own copy of dP (deterministic, or the global-memory accumulator).
 constexpr int64_t kDpWorkspaceBytes = int64_t(1) << 30;
@@ -563,13 +742,61 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
       batch, n_out, n_pairs, num_grids, chunk, per_split, batch_last, atomics, per_split_copies,
       sort_chunks, xs_f, xs_b, gs_f, gs_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) -> [G+1, G+1, N_out, P]
-  const at::Tensor packed = copies > 1 ? ws.sum(0) : ws.select(0, 0);
-  const int64_t side = num_grids + 1;
-  return packed.permute({2, 0, 3, 1})
-      .reshape({side, side, int64_t(n_tiles) * W, n_pairs})
-      .narrow(2, 0, n_out)
-      .contiguous();
+  return unpack_dp(ws, num_grids, n_out);
+}
+
+// Sorted-chunk dP (dp_sorted_kernel) when its accumulator fits in shared memory; an
+// undefined tensor otherwise (the caller then runs launch_dp). Deterministic either way:
+// each split writes its own copy, summed in a fixed order.
+template <int TILE>
+at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, const at::Tensor& gy,
+                            int64_t batch, int n_out, int n_pairs, int num_grids, int block,
+                            bool fast, bool batch_last, const DeviceLimits& lim, int64_t xs_f,
+                            int64_t xs_b) {
+  constexpr int K = TILE / 4, W = bwd_width(TILE);
+  const int n_tiles = (n_out + W - 1) / W;
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  // normal mode: two blocks per SM where the accumulator allows; fast: the whole opt-in
+  // shared memory (more warps, longer chunks, longer runs per cell)
+  const int64_t budget = fast ? lim.smem_optin
+                              : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
+  int warps = std::min(std::max(block / 32, 1), 8);
+  while (warps > 1 && dp_sorted_smem_bytes(num_grids, W, warps) > budget) --warps;
+  if (dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) return at::Tensor();
+  const int64_t smem = dp_sorted_smem_bytes(num_grids, W, warps);
+  const int64_t chunk = int64_t(warps) * 32 * kSortSpl;
+  // grad_y as rows [B][n_tiles * W] with zero padding past n_out
+  at::Tensor gyt;
+  if (!batch_last && int64_t(n_tiles) * W == n_out) {
+    gyt = gy;
+  } else {
+    gyt = at::zeros({batch, int64_t(n_tiles) * W}, gy.options());
+    gyt.narrow(1, 0, n_out).copy_(batch_last ? gy.t() : gy);
+  }
+  // split the batch until the grid fills the device (each split >= 2 chunks), within a
+  // bounded workspace
+  const int64_t blocks_xy = int64_t(n_tiles) * n_pairs;
+  const int64_t resident = std::max<int64_t>(
+      1, std::min<int64_t>(lim.smem_per_sm / (smem + 1024), 2048 / (32 * warps)));
+  const int64_t target = 2 * int64_t(lim.num_sms) * resident;
+  int64_t splits = std::max<int64_t>(1, (target + blocks_xy - 1) / blocks_xy);
+  splits = std::min<int64_t>({splits, std::max<int64_t>(1, batch / (2 * chunk)), 65535});
+  const int64_t copy_bytes = int64_t(n_tiles) * n_pairs * cells * W * 4;
+  splits = std::max<int64_t>(1, std::min<int64_t>(splits, kDpWorkspaceBytes / copy_bytes));
+  int64_t per_split = (batch + splits - 1) / splits;
+  per_split = (per_split + chunk - 1) / chunk * chunk;
+  splits = (batch + per_split - 1) / per_split;
+  at::Tensor ws = at::empty({splits, n_tiles, n_pairs, cells, W}, x.options());
+  C10_CUDA_CHECK(cudaFuncSetAttribute(dp_sorted_kernel<K>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  dim3 grid(static_cast<unsigned>(n_pairs), static_cast<unsigned>(n_tiles),
+            static_cast<unsigned>(splits));
+  dp_sorted_kernel<K><<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<float>(), borders.data_ptr<float>(), gyt.data_ptr<float>(), ws.data_ptr<float>(),
+      batch, n_pairs, n_tiles, num_grids, per_split, xs_f, xs_b);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return unpack_dp(ws, num_grids, n_out);
 }
 
 template <int TILE>
@@ -582,8 +809,11 @@ std::tuple<at::Tensor, at::Tensor> launch_backward(
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
   at::Tensor dx = launch_dx<TILE>(x, params, borders, gy, batch, n_out, n_pairs, num_grids,
                                   block, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
-  at::Tensor dp = launch_dp<TILE>(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast,
-                                  batch_last, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  at::Tensor dp = launch_dp_sorted<TILE>(x, borders, gy, batch, n_out, n_pairs, num_grids, block,
+                                         fast, batch_last, lim, xs_f, xs_b);
+  if (!dp.defined())
+    dp = launch_dp<TILE>(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast,
+                         batch_last, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
   return {dx, dp};
 }
 
