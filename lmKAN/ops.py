@@ -34,6 +34,12 @@ def _kernel_applies(op_name, *tensors):
             and kernel_available(op_name))
 
 
+# Device types with autocast, found at import: torch.amp.is_autocast_available is not
+# traceable by torch.compile on every supported torch version.
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    t for t in ("cpu", "cuda", "xpu", "hpu", "mps", "mtia") if torch.amp.is_autocast_available(t))
+
+
 def mixed_precision(layer_op):
     """Mixed-precision policy of the layer ops (README "Mixed precision").
 
@@ -47,7 +53,7 @@ def mixed_precision(layer_op):
     @functools.wraps(layer_op)
     def run(x, params, *args, **kwargs):
         device_type = x.device.type
-        if (params.dtype == torch.float32 and torch.amp.is_autocast_available(device_type)
+        if (params.dtype == torch.float32 and device_type in _AUTOCAST_DEVICE_TYPES
                 and torch.is_autocast_enabled(device_type)):
             with torch.autocast(device_type, enabled=False):
                 y = layer_op(x.to(params.dtype), params, *args, **kwargs)
@@ -134,13 +140,13 @@ def _register():
 
     # --- 2D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan2d_forward")
-    def _(x, params, borders, batch_last, tile_size, block_size, bt, bb, fast, deterministic):
+    def _(x, params, borders, batch_last, tile_size, block_size, bt, bb, fast, deterministic=False):
         batch = x.shape[1] if batch_last else x.shape[0]
         n_out = params.shape[2]
         return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
-    def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode, deterministic):
+    def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode, deterministic=False):
         return torch.empty_like(x), torch.empty_like(params)
 
     def setup_2d(ctx, inputs, output):
