@@ -3,7 +3,7 @@
     python benchmarks/profile_1d.py [--deterministic]
 
 kernel_breakdown() is also used by bench_1d.py, so the bench JSON carries the split
-(pack, forward, dx, dC, ...) of every run.
+(pack, forward, dx, dC grouped by cell or not, ...) of every run.
 """
 import argparse
 
@@ -14,7 +14,8 @@ from lmKAN import KANLayer
 
 
 def _short_name(key):
-    for part in ("pack", "forward_kernel", "dx_kernel", "dc_kernel", "sum_slices"):
+    for part in ("pack", "forward_kernel", "dx_kernel", "dc_grouped_kernel", "dc_kernel",
+                 "sum_slices"):
         if part in key:
             return "lmkan1d " + part.replace("_kernel", "")
     return key[:60]

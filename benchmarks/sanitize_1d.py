@@ -13,9 +13,10 @@ def main():
     torch.manual_seed(0)
     for uniform in (False, True):
         for batch_last in (True, False):
-            # Shapes: odd inputs, 3 output tiles (dx loops over them), several dC slices.
+            # Shapes: odd inputs, 3 output tiles (dx loops over them), several dC slices with
+            # a partial last chunk (grouped dC, G <= 31), and G = 40 (the shared-accumulator dC).
             for g, n_in, n_out, batch in ((31, 37, 45, 531), (5, 3, 1, 7), (7, 9, 260, 300),
-                                          (31, 20, 40, 3000)):
+                                          (31, 20, 40, 3000), (40, 11, 70, 700)):
                 borders = (uniform_borders(g, 4.0) if uniform else cdf_borders(g)).cuda()
                 params = torch.randn(g + 1, n_out, n_in, device="cuda")
                 x = 1.5 * torch.randn(*((n_in, batch) if batch_last else (batch, n_in)), device="cuda")

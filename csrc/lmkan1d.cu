@@ -13,12 +13,16 @@
 //     over the 32 lanes by a transpose-reduce (31 shuffles per 32 sums). The block loops over
 //     all output tiles itself, so grad_x is written by one thread per entry: no atomics,
 //     deterministic.
-// dC: a warp owns two inputs and 32 outputs (lanes); for a chunk of samples it reads each
-//   sample's cells (broadcast) and dy[s, o] and updates its own columns of a shared-memory
+// dC, G <= 31 (grouped): a warp owns one input and 64 outputs (a float2 per lane); per chunk
+//   of 256 samples it counting-sorts them by cell and walks the cells in order, summing a run
+//   of one cell in registers into node sums that stay in registers for the whole batch slice.
+//   Per (sample, input) it reads shared memory twice (sorted entry, dy row), writes nothing.
+// dC, larger G: a warp owns two inputs and 32 outputs (lanes); for a chunk of samples it reads
+//   each sample's cells (broadcast) and dy[s, o] and updates its own columns of a shared-memory
 //   accumulator (thread-exclusive: no shared atomics). The two inputs are independent
-//   read-modify-write chains, interleaved to hide the shared-memory latency. The batch is
-//   split into slices; each block flushes once: global atomicAdd, or (deterministic) a store
-//   into a per-slice workspace that a second kernel sums in a fixed order.
+//   read-modify-write chains, interleaved to hide the shared-memory latency.
+// Both split the batch into slices; each block flushes once: global atomicAdd, or
+// (deterministic) a store into a per-slice workspace that a second kernel sums in a fixed order.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -29,6 +33,9 @@
 #include <torch/library.h>
 
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
 
 #include "checks.h"
 #include "grid.cuh"
@@ -524,6 +531,235 @@ size_t dc_smem_bytes(int num_grids) {
          sizeof(float2) * kDcInputs * kDcChunk + sizeof(float) * (num_grids + 2);
 }
 
+// ==========================================================================================
+// Backward, dC grouped by cell (G <= 31)
+// ==========================================================================================
+// A warp owns one input and 64 outputs (a float2 per lane). Per chunk of 256 samples it sorts
+// its input's samples by cell (counting sort, ranks from __match_any_sync, so the order
+// depends only on the data) and walks the cells in order: a run of samples in cell k sums
+// g (1 - d) and g d in registers, then adds them to the node sums acc[k] and acc[k+1], which
+// stay in registers for the whole slice. Shared memory is read once per (sample, input) for
+// the sorted entry (a broadcast) and once for the dy row (2 wavefronts); nothing is written
+// per sample. The node sums need G+1 <= 32 registers pairs with static indices, hence the
+// fully unrolled cell loop and the G <= 31 limit (larger G use the kernel above).
+constexpr int kGcThreads = 256;
+constexpr int kGcWarps = kGcThreads / 32;  // = inputs per block
+constexpr int kGcOut = 64;                 // outputs per block: 32 lanes x float2
+constexpr int kGcChunk = 256;              // samples per chunk
+constexpr int kGcPerLane = kGcChunk / 32;  // samples a lane sorts
+constexpr int kGcMaxCells = 31;            // node sums in registers: G + 1 <= 32
+// dy row stride in floats: 16-byte aligned rows (float4 stores), and for batch-last's
+// transposed stores consecutive samples start 4 banks apart (4-way, not 32-way conflicts).
+constexpr int kGcDyStride = kGcOut + 4;
+
+struct GroupedSmem {
+  float* dy;       // [kGcChunk][kGcDyStride]; at the end the flush buffer [8][G+1][64]
+  float2* cells;   // [8 inputs][kGcChunk]: (cell index as int bits, d), cell G = no sample
+  float2* sorted;  // [8 inputs][kGcChunk]: (float2 offset of the dy row, d), ordered by cell
+  int* bins;       // [8 inputs][32]: start of each cell's run in `sorted`; bins[G] = samples
+  float* borders;  // [G+1]
+};
+
+__device__ __forceinline__ GroupedSmem carve_grouped_smem(float* smem) {
+  GroupedSmem g;
+  g.dy = smem;
+  g.cells = reinterpret_cast<float2*>(smem + kGcChunk * kGcDyStride);
+  g.sorted = g.cells + kGcWarps * kGcChunk;
+  g.bins = reinterpret_cast<int*>(g.sorted + kGcWarps * kGcChunk);
+  g.borders = reinterpret_cast<float*>(g.bins + kGcWarps * 32);
+  return g;
+}
+
+static_assert(kGcWarps * (kGcMaxCells + 1) * kGcOut <= kGcChunk * kGcDyStride,
+              "the dy buffer must hold the flush buffer");
+
+size_t grouped_smem_bytes(int num_grids) {
+  return sizeof(float) * kGcChunk * kGcDyStride + 2 * sizeof(float2) * kGcWarps * kGcChunk +
+         sizeof(int) * kGcWarps * 32 + sizeof(float) * (num_grids + 1);
+}
+
+struct GroupedArgs {
+  const float* grad_y;  // like y: [N_out, B] (batch_last) or [B, N_out]
+  const float* x;       // [N_in, B] or [B, N_in]
+  const float* borders;  // [G+1]
+  float* out;  // accumulate ? grad_params (zeroed) : workspace [slices][G+1][N_out][N_in]
+  int64_t batch, slice_len;
+  int n_in, n_out, num_grids;
+  bool uniform, batch_last, accumulate;
+  bool vector_dy;  // batch-first grad_y rows can be read as float4 (N_out % 4 == 0, aligned)
+};
+
+// dy of samples [c0, c0 + valid) and this block's 64 outputs into s.dy (0 outside).
+__device__ __forceinline__ void stage_grouped_dy(const GroupedSmem& s, const GroupedArgs& a,
+                                                 int64_t c0, int valid, int o0) {
+  if (a.vector_dy) {
+    for (int e = threadIdx.x; e < kGcChunk * kGcOut / 4; e += kGcThreads) {
+      const int q = e % (kGcOut / 4), sl = e / (kGcOut / 4);
+      float4 g = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (sl < valid && o0 + 4 * q < a.n_out)
+        g = *reinterpret_cast<const float4*>(a.grad_y + (c0 + sl) * a.n_out + o0 + 4 * q);
+      *reinterpret_cast<float4*>(s.dy + sl * kGcDyStride + 4 * q) = g;
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < kGcChunk * kGcOut; e += kGcThreads) {
+    int sl, o;
+    if (a.batch_last) { sl = e % kGcChunk; o = e / kGcChunk; }
+    else              { o = e % kGcOut;    sl = e / kGcOut; }
+    const int64_t smp = c0 + sl;
+    float g = 0.f;
+    if (sl < valid && o0 + o < a.n_out)
+      g = a.batch_last ? a.grad_y[static_cast<int64_t>(o0 + o) * a.batch + smp]
+                       : a.grad_y[smp * a.n_out + o0 + o];
+    s.dy[sl * kGcDyStride + o] = g;
+  }
+}
+
+// (cell, d) of samples [c0, c0 + valid) for this block's 8 inputs; cell G marks no sample.
+__device__ __forceinline__ void stage_grouped_cells(const GroupedSmem& s, const GroupedArgs& a,
+                                                    int64_t c0, int valid, int i0) {
+  for (int e = threadIdx.x; e < kGcChunk * kGcWarps; e += kGcThreads) {
+    int sl, il;
+    if (a.batch_last) { sl = e % kGcChunk; il = e / kGcChunk; }
+    else              { il = e % kGcWarps; sl = e / kGcWarps; }
+    const int64_t smp = c0 + sl;
+    const int i = i0 + il;
+    int k = a.num_grids;
+    float d = 0.f;
+    if (sl < valid && i < a.n_in) {
+      const float v = a.batch_last ? a.x[static_cast<int64_t>(i) * a.batch + smp]
+                                   : a.x[smp * a.n_in + i];
+      const Cell c = find_cell(v, s.borders, a.num_grids, a.uniform);
+      k = c.index;
+      d = c.d;
+    }
+    s.cells[il * kGcChunk + sl] = make_float2(__int_as_float(k), d);
+  }
+}
+
+// Counting sort of one input's chunk by cell, by one warp: sorted[] gets (dy row offset, d)
+// in cell order, samples of one cell in sample order; bins[k] the start of cell k's run.
+__device__ __forceinline__ void sort_chunk_by_cell(const float2* cells, float2* sorted, int* bins,
+                                                   int lane) {
+  bins[lane] = 0;
+  __syncwarp();
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  // Only the ranks stay in registers (the node sums of the caller hold 64): cells and d are
+  // read again from shared memory for the scatter.
+  int rank[kGcPerLane];
+#pragma unroll
+  for (int r = 0; r < kGcPerLane; ++r) {
+    const int cell = __float_as_int(cells[lane + 32 * r].x);
+    const unsigned peers = __match_any_sync(0xffffffffu, cell);
+    const int before = bins[cell];
+    rank[r] = before + __popc(peers & lower_lanes);
+    __syncwarp();  // every lane has read its count before the lowest peer raises it
+    if ((peers & lower_lanes) == 0) bins[cell] = before + __popc(peers);
+    __syncwarp();
+  }
+  // Exclusive scan of the 32 counts: bins[k] = start of cell k.
+  const int count = bins[lane];
+  int inclusive = count;
+#pragma unroll
+  for (int step = 1; step < 32; step *= 2) {
+    const int t = __shfl_up_sync(0xffffffffu, inclusive, step);
+    if (lane >= step) inclusive += t;
+  }
+  bins[lane] = inclusive - count;
+  __syncwarp();
+#pragma unroll
+  for (int r = 0; r < kGcPerLane; ++r) {
+    const float2 c = cells[lane + 32 * r];
+    const int row = (lane + 32 * r) * (kGcDyStride / 2);  // float2 offset of the dy row
+    sorted[bins[__float_as_int(c.x)] + rank[r]] = make_float2(__int_as_float(row), c.y);
+  }
+  __syncwarp();
+}
+
+// Adds one sorted chunk of this warp's input into the node sums (lane: outputs 2 lane, +1).
+__device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const float2* sorted,
+                                           const int* bins, const float2* dy_lane, int num_grids) {
+#pragma unroll
+  for (int k = 0; k < kGcMaxCells; ++k) {
+    if (k >= num_grids) break;
+    const int begin = bins[k], end = bins[k + 1];
+    float2 lo = make_float2(0.f, 0.f), hi = make_float2(0.f, 0.f);
+#pragma unroll 4
+    for (int j = begin; j < end; ++j) {
+      const float2 e = sorted[j];
+      const float2 g = dy_lane[__float_as_int(e.x)];
+      const float w0 = 1.f - e.y;
+      lo.x = fmaf(g.x, w0, lo.x);
+      lo.y = fmaf(g.y, w0, lo.y);
+      hi.x = fmaf(g.x, e.y, hi.x);
+      hi.y = fmaf(g.y, e.y, hi.y);
+    }
+    acc[k].x += lo.x;
+    acc[k].y += lo.y;
+    acc[k + 1].x += hi.x;
+    acc[k + 1].y += hi.y;
+  }
+}
+
+// Grid: (ceil(N_out / 64), ceil(N_in / 8), slices); block z handles samples
+// [z * slice_len, (z+1) * slice_len). 256 threads, grouped_smem_bytes(G).
+__global__ void __launch_bounds__(kGcThreads, 2)
+lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  const GroupedSmem s = carve_grouped_smem(smem);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int o0 = blockIdx.x * kGcOut;
+  const int i0 = blockIdx.y * kGcWarps;
+  const int64_t begin = static_cast<int64_t>(blockIdx.z) * a.slice_len;
+  const int64_t end = (begin + a.slice_len < a.batch) ? begin + a.slice_len : a.batch;
+  const int side = a.num_grids + 1;
+  const bool warp_has_input = i0 + warp < a.n_in;
+  load_borders(s.borders, a.borders, side);
+
+  float2 acc[kGcMaxCells + 1];
+#pragma unroll
+  for (int k = 0; k <= kGcMaxCells; ++k) acc[k] = make_float2(0.f, 0.f);
+  const float2* cells = s.cells + warp * kGcChunk;
+  float2* sorted = s.sorted + warp * kGcChunk;
+  int* bins = s.bins + warp * 32;
+  const float2* dy_lane = reinterpret_cast<const float2*>(s.dy) + lane;
+
+  for (int64_t c0 = begin; c0 < end; c0 += kGcChunk) {
+    const int valid = static_cast<int>(end - c0 < kGcChunk ? end - c0 : kGcChunk);
+    __syncthreads();  // the previous chunk's readers are done (and the borders are loaded)
+    stage_grouped_dy(s, a, c0, valid, o0);
+    stage_grouped_cells(s, a, c0, valid, i0);
+    __syncthreads();
+    if (warp_has_input) {
+      sort_chunk_by_cell(cells, sorted, bins, lane);
+      walk_cells(acc, sorted, bins, dy_lane, a.num_grids);
+    }
+  }
+  __syncthreads();  // s.dy becomes the flush buffer [8][G+1][64]
+
+#pragma unroll
+  for (int k = 0; k <= kGcMaxCells; ++k) {
+    if (k > a.num_grids) break;
+    reinterpret_cast<float2*>(s.dy + (warp * side + k) * kGcOut)[lane] = acc[k];
+  }
+  __syncthreads();
+  // Consecutive threads take consecutive inputs of one (node, output) row.
+  const int64_t plane = static_cast<int64_t>(side) * a.n_out * a.n_in;
+  float* dst = a.accumulate ? a.out : a.out + blockIdx.z * plane;
+  for (int e = threadIdx.x; e < kGcWarps * side * kGcOut; e += kGcThreads) {
+    const int il = e % kGcWarps;
+    const int o = (e / kGcWarps) % kGcOut;
+    const int k = e / (kGcWarps * kGcOut);
+    const int i = i0 + il, oo = o0 + o;
+    if (i < a.n_in && oo < a.n_out) {
+      const int64_t off = (static_cast<int64_t>(k) * a.n_out + oo) * a.n_in + i;
+      const float v = s.dy[(il * side + k) * kGcOut + o];
+      if (a.accumulate) atomicAdd(dst + off, v);
+      else              dst[off] = v;
+    }
+  }
+}
+
 // out[e] = sum over z = 0, 1, ... of ws[z][e], in that order (deterministic dC).
 __global__ void lmkan1d_sum_slices_kernel(const float* __restrict__ ws, float* __restrict__ out,
                                           int64_t plane, int slices) {
@@ -675,31 +911,35 @@ int64_t dc_slices(const Shapes& sh, int sms) {
   return (sh.batch + slice_len - 1) / slice_len;
 }
 
-void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
-               const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
-               at::Tensor& grad_params, cudaStream_t stream) {
-  const int device = x.get_device();
-  const size_t smem = dc_smem_bytes(sh.num_grids);
-  check_smem(smem, device, "backward (dC)", sh.num_grids);
-  set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel), smem);
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t slices = dc_slices(sh, sms);
-  const int64_t slice_len = (sh.batch + slices - 1) / slices;
-  const dim3 grid((sh.n_out + 31) / 32, (sh.n_in + kDcInputs - 1) / kDcInputs,
-                  static_cast<unsigned>(slices));
-  // One slice stores straight into grad_params; several add atomically (any order) or,
-  // deterministic, store per slice and are summed in slice order.
+// Slices of the batch for the grouped dC: the fewest (each at least 4 chunks, at most 64)
+// whose blocks fill the resident slots of every wave, the last included, to at least 85%
+// (blocks do equal work, so a part-empty wave is lost time); else the best filling count.
+int64_t grouped_dc_slices(const Shapes& sh, int64_t tiles, int64_t slots) {
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(64, sh.batch / (4 * kGcChunk)));
+  int64_t best = 1;
+  double best_fill = 0.0;
+  for (int64_t slices = 1; slices <= most; ++slices) {
+    const int64_t blocks = tiles * slices;
+    const double fill = static_cast<double>(blocks) / (((blocks + slots - 1) / slots) * slots);
+    if (fill >= 0.85) return slices;
+    if (fill > best_fill + 1e-9) { best_fill = fill; best = slices; }
+  }
+  return best;
+}
+
+// Runs the dC kernel (`slices` batch slices per tile) and reduces the slices: one slice
+// stores straight into grad_params; several add atomically (any order) or, deterministic,
+// store into a per-slice workspace that is summed in slice order. `launch(out, accumulate)`.
+template <typename Launch>
+void run_dc_slices(int64_t slices, bool deterministic, at::Tensor& grad_params,
+                   cudaStream_t stream, Launch launch) {
   const bool accumulate = slices > 1 && !deterministic;
   const int64_t plane = grad_params.numel();
   at::Tensor workspace = (slices > 1 && deterministic)
                              ? at::empty({slices, plane}, grad_params.options())
                              : grad_params;
   if (accumulate) grad_params.zero_();
-  lmkan1d_backward_dc_kernel<<<grid, kDcThreads, smem, stream>>>(
-      grad_y.data_ptr<float>(), x.data_ptr<float>(), borders.data_ptr<float>(),
-      workspace.data_ptr<float>(), sh.batch, sh.n_in, sh.n_out, sh.num_grids, uniform_grid,
-      batch_last, slice_len, accumulate);
+  launch(workspace.data_ptr<float>(), accumulate);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (slices > 1 && deterministic) {
     const int threads = 256;
@@ -708,6 +948,85 @@ void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& 
                                           plane, static_cast<int>(slices));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+}
+
+int device_sms(int device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+// dC for G <= kGcMaxCells: cell-grouped kernel.
+void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
+                       const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
+                       at::Tensor& grad_params, cudaStream_t stream) {
+  const int device = x.get_device();
+  const size_t smem = grouped_smem_bytes(sh.num_grids);
+  check_smem(smem, device, "backward (dC)", sh.num_grids);
+  const void* kernel = reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel);
+  set_smem(kernel, smem);
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGcThreads, smem));
+  const int64_t tiles = static_cast<int64_t>((sh.n_out + kGcOut - 1) / kGcOut) *
+                        ((sh.n_in + kGcWarps - 1) / kGcWarps);
+  const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) * device_sms(device);
+  int64_t slices = grouped_dc_slices(sh, tiles, slots);
+  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  slices = (sh.batch + slice_len - 1) / slice_len;
+  GroupedArgs a;
+  a.grad_y = grad_y.data_ptr<float>();
+  a.x = x.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.batch = sh.batch;
+  a.slice_len = slice_len;
+  a.n_in = sh.n_in;
+  a.n_out = sh.n_out;
+  a.num_grids = sh.num_grids;
+  a.uniform = uniform_grid;
+  a.batch_last = batch_last;
+  a.vector_dy = !batch_last && sh.n_out % 4 == 0 &&
+                reinterpret_cast<uintptr_t>(a.grad_y) % 16 == 0;
+  const dim3 grid((sh.n_out + kGcOut - 1) / kGcOut, (sh.n_in + kGcWarps - 1) / kGcWarps,
+                  static_cast<unsigned>(slices));
+  run_dc_slices(slices, deterministic, grad_params, stream, [&](float* out, bool accumulate) {
+    a.out = out;
+    a.accumulate = accumulate;
+    lmkan1d_backward_dc_grouped_kernel<<<grid, kGcThreads, smem, stream>>>(a);
+  });
+}
+
+// dC for larger G: shared-memory accumulator kernel.
+void launch_dc_shared(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
+                      const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
+                      at::Tensor& grad_params, cudaStream_t stream) {
+  const int device = x.get_device();
+  const size_t smem = dc_smem_bytes(sh.num_grids);
+  check_smem(smem, device, "backward (dC)", sh.num_grids);
+  set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel), smem);
+  const int64_t slices = dc_slices(sh, device_sms(device));
+  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  const dim3 grid((sh.n_out + 31) / 32, (sh.n_in + kDcInputs - 1) / kDcInputs,
+                  static_cast<unsigned>(slices));
+  run_dc_slices(slices, deterministic, grad_params, stream, [&](float* out, bool accumulate) {
+    lmkan1d_backward_dc_kernel<<<grid, kDcThreads, smem, stream>>>(
+        grad_y.data_ptr<float>(), x.data_ptr<float>(), borders.data_ptr<float>(), out, sh.batch,
+        sh.n_in, sh.n_out, sh.num_grids, uniform_grid, batch_last, slice_len, accumulate);
+  });
+}
+
+void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
+               const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
+               at::Tensor& grad_params, cudaStream_t stream) {
+  // The grouped kernel needs G <= 31, ~100 KB of shared memory (devices with less take the
+  // other kernel, whose limit is what lmkan1d_max_num_grids reports) and N_in / 8 blocks
+  // along grid y (<= 65535; the other kernel takes N_in / 16).
+  const bool grouped =
+      sh.num_grids <= kGcMaxCells && (sh.n_in + kGcWarps - 1) / kGcWarps <= 65535 &&
+      grouped_smem_bytes(sh.num_grids) <= static_cast<size_t>(max_dynamic_smem(x.get_device()));
+  if (grouped)
+    launch_dc_grouped(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
+  else
+    launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
 }
 
 std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_y_in,
