@@ -59,7 +59,9 @@ def main():
                 kernels = {}
                 for e in prof.events():
                     if e.device_type == torch.autograd.DeviceType.CUDA:
-                        key = e.name.split("(")[0].split("<")[0].replace("void ", "")[-40:]
+                        # "void ns::(anonymous namespace)::name<...>(args)" -> "name"
+                        key = e.name.replace("(anonymous namespace)::", "").split("(")[0]
+                        key = key.split("<")[0].replace("void ", "").split("::")[-1][:32]
                         kernels[key] = kernels.get(key, 0.0) + e.device_time / 1000
                 top = sorted(kernels.items(), key=lambda kv: -kv[1])[:6]
                 line = (f"{name:9} tile {tile:2} {'fast' if fast else 'norm'}  fwd+bwd {ms:9.3f} ms  | "

@@ -88,30 +88,37 @@ __device__ __forceinline__ void cp_async_wait_all_but_one() {
 //   values (rows = G+1): params[r, 128t + w, i]
 //   slopes (rows = G):   (params[r+1, o, i] - params[r, o, i]) / h_r,  o = 128t + w
 // and zero for o >= N_out or i >= N_in. params: [G+1, N_out, N_in]; borders: [G+1].
+// One block per (row r, output tile t, 32 inputs): read [128 outputs][32 inputs] of params
+// (consecutive threads: consecutive inputs, coalesced), transpose through shared memory
+// (rows padded to 33 floats: conflict-free both ways), write [32 inputs][128 outputs] of
+// packed (consecutive threads: consecutive outputs, coalesced).
 __global__ void lmkan1d_pack_kernel(const float* __restrict__ params,
                                     const float* __restrict__ borders,
                                     float* __restrict__ packed, int n_in, int n_in_pad,
                                     int n_out, int num_grids, int rows, bool slopes,
-                                    bool uniform, int64_t total) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= total) return;
-  const int w = static_cast<int>(e % kTileOut);
-  const int r = static_cast<int>((e / kTileOut) % rows);
-  const int64_t rest = e / (static_cast<int64_t>(kTileOut) * rows);
-  const int i = static_cast<int>(rest % n_in_pad);
-  const int o = static_cast<int>(rest / n_in_pad) * kTileOut + w;
-  float v = 0.f;
-  if (i < n_in && o < n_out) {
-    const float c0 = params[(static_cast<int64_t>(r) * n_out + o) * n_in + i];
-    if (slopes) {
-      const float inv_h = uniform ? num_grids / (borders[num_grids] - borders[0])
-                                  : 1.f / (borders[r + 1] - borders[r]);
-      v = (params[(static_cast<int64_t>(r + 1) * n_out + o) * n_in + i] - c0) * inv_h;
-    } else {
-      v = c0;
+                                    bool uniform) {
+  __shared__ float block_tile[kTileOut][33];
+  const int r = blockIdx.x, t = blockIdx.y, i0 = blockIdx.z * 32;
+  const float inv_h = !slopes  ? 0.f
+                      : uniform ? num_grids / (borders[num_grids] - borders[0])
+                                : 1.f / (borders[r + 1] - borders[r]);
+  for (int e = threadIdx.x; e < kTileOut * 32; e += blockDim.x) {
+    const int w = e / 32, i = i0 + e % 32;
+    const int o = t * kTileOut + w;
+    float v = 0.f;
+    if (i < n_in && o < n_out) {
+      const float c0 = params[(static_cast<int64_t>(r) * n_out + o) * n_in + i];
+      v = slopes ? (params[(static_cast<int64_t>(r + 1) * n_out + o) * n_in + i] - c0) * inv_h : c0;
     }
+    block_tile[w][e % 32] = v;
   }
-  packed[e] = v;
+  __syncthreads();
+  for (int e = threadIdx.x; e < kTileOut * 32; e += blockDim.x) {
+    const int i = i0 + e / kTileOut, w = e % kTileOut;
+    if (i < n_in_pad)
+      packed[((static_cast<int64_t>(t) * n_in_pad + i) * rows + r) * kTileOut + w] =
+          block_tile[w][e / kTileOut];
+  }
 }
 
 // ==========================================================================================
@@ -821,11 +828,12 @@ at::Tensor pack_table(const at::Tensor& params, const at::Tensor& borders, const
                       int n_in_pad, bool slopes, bool uniform_grid, cudaStream_t stream) {
   const int rows = slopes ? sh.num_grids : sh.num_grids + 1;
   at::Tensor packed = at::empty({output_tiles(sh.n_out), n_in_pad, rows, kTileOut}, params.options());
-  const int64_t total = packed.numel();
-  const int threads = 256;
-  lmkan1d_pack_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(
+  if (packed.numel() == 0) return packed;
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(output_tiles(sh.n_out)),
+                  static_cast<unsigned>((n_in_pad + 31) / 32));
+  lmkan1d_pack_kernel<<<grid, 256, 0, stream>>>(
       params.data_ptr<float>(), borders.data_ptr<float>(), packed.data_ptr<float>(), sh.n_in,
-      n_in_pad, sh.n_out, sh.num_grids, rows, slopes, uniform_grid, total);
+      n_in_pad, sh.n_out, sh.num_grids, rows, slopes, uniform_grid);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return packed;
 }

@@ -760,8 +760,11 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
   // shared memory (more warps, longer chunks, longer runs per cell)
   const int64_t budget = fast ? lim.smem_optin
                               : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
+  // (at least 4 warps: fewer leave an SM mostly idle, so normal mode then takes the opt-in
+  // memory too)
   int warps = std::min(std::max(block / 32, 1), 8);
-  while (warps > 1 && dp_sorted_smem_bytes(num_grids, W, warps) > budget) --warps;
+  while (warps > 4 && dp_sorted_smem_bytes(num_grids, W, warps) > budget) --warps;
+  while (warps > 1 && dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) --warps;
   if (dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) return at::Tensor();
   const int64_t smem = dp_sorted_smem_bytes(num_grids, W, warps);
   const int64_t chunk = int64_t(warps) * 32 * kSortSpl;
