@@ -174,7 +174,7 @@ inline int64_t dp_sorted_smem_bytes(int num_grids, int w, int warps) {
 }
 
 template <int K>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(512, 1)
 dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_b
                  const float* __restrict__ borders,  // [G+1]
                  const float* __restrict__ gyt,      // grad_y rows [B][ld], ld = n_tiles * W
@@ -762,7 +762,7 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
                               : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
   // (at least 4 warps: fewer leave an SM mostly idle, so normal mode then takes the opt-in
   // memory too)
-  int warps = std::min(std::max(block / 32, 1), 8);
+  int warps = std::min(std::max(block / 32, 1), 16);
   while (warps > 4 && dp_sorted_smem_bytes(num_grids, W, warps) > budget) --warps;
   while (warps > 1 && dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) --warps;
   if (dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) return at::Tensor();
@@ -810,8 +810,12 @@ std::tuple<at::Tensor, at::Tensor> launch_backward(
   const int64_t in_dim = 2 * int64_t(n_pairs);
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
-  at::Tensor dx = launch_dx<TILE>(x, params, borders, gy, batch, n_out, n_pairs, num_grids,
-                                  block, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  // grad_x by the forward kernel's scheme; the row-walking dx_kernel where that would need
+  // atomics in deterministic mode
+  at::Tensor dx = dx_by_output_rows(x, params, borders, gy, batch_last, TILE, block, deterministic);
+  if (!dx.defined())
+    dx = launch_dx<TILE>(x, params, borders, gy, batch, n_out, n_pairs, num_grids, block,
+                         deterministic, lim, xs_f, xs_b, gs_f, gs_b);
   at::Tensor dp = launch_dp_sorted<TILE>(x, borders, gy, batch, n_out, n_pairs, num_grids, block,
                                          fast, batch_last, lim, xs_f, xs_b);
   if (!dp.defined())

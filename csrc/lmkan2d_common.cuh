@@ -38,6 +38,15 @@ constexpr int forward_lanes_outputs(int tile) { return tile / 4; }
 // Samples per lane: 64 accumulators per thread for blocks of up to 256 threads (<= 128
 // registers, two blocks per SM), 32 for 512- and 1024-thread blocks (<= 64 registers).
 constexpr int samples_per_lane(int k, int block) { return (block > 256 ? 32 : 64) / k; }
+// Samples per lane of the grad_x variant of the forward kernel (grad_y kept in 32 registers
+// per lane; 8 at K = 4 so that a transpose-reduce round of 16 sums still fits).
+constexpr int dx_samples_per_lane(int k) { return k == 4 ? 8 : 32 / k; }
+// grad_x by the forward kernel's scheme (lanes own consecutive outputs, TMA-staged table,
+// cells broadcast): float atomics over output tiles and pair splits. Returns an undefined
+// tensor when `deterministic` and more than one output tile would write an entry.
+at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
+                             const at::Tensor& borders, const at::Tensor& gy, bool batch_last,
+                             int tile, int block_size, bool deterministic);
 // Shared memory: two mbarriers (16 bytes), nbuf table slices [cells][W], the cells of two
 // pairs [2][samples] as float4, the borders.
 inline int64_t forward_smem_bytes(int num_grids, int w, int nbuf, int samples_per_block) {

@@ -138,6 +138,11 @@ struct ForwardArgs {
   int n_out, n_pairs, num_grids;
   int pairs_per_split;   // pair range of blockIdx.z
   int nbuf;              // staged table buffers (1 or 2; ignored when the table is read from global)
+  // dx mode only: grad_y (o, b) at o*gs_f + b*gs_b; y is then grad_x (layout of x), added
+  // to with float atomics unless `dx_single_writer` (one output tile and one pair split)
+  const float* gy;
+  int64_t gs_f, gs_b;
+  bool dx_single_writer;
   int64_t xs_f, xs_b, ys_f, ys_b, ys_split;
 };
 
@@ -159,10 +164,104 @@ __device__ __forceinline__ float elem(float4 v, int k) {
   return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
 }
 
-// 64 accumulators per thread (M*K = 64): blocks of up to 256 threads, two per SM (<= 128
-// registers); 32 (M*K = 32): blocks of 512 or 1024 threads, 2048 threads per SM (<= 64).
+// The 4 corners (c1, c2), (c1, c2+1), (c1+1, c2), (c1+1, c2+1) of a lane's K columns.
+template <int K, bool TABLE_IN_SMEM>
+__device__ __forceinline__ void load_corners(const float* q0, const float* q1,
+                                             typename Vec<K>::T (&c)[4]) {
+  using VecT = typename Vec<K>::T;
+  constexpr int W = 32 * K;
+  if constexpr (TABLE_IN_SMEM) {
+    c[0] = *reinterpret_cast<const VecT*>(q0);
+    c[1] = *reinterpret_cast<const VecT*>(q0 + W);
+    c[2] = *reinterpret_cast<const VecT*>(q1);
+    c[3] = *reinterpret_cast<const VecT*>(q1 + W);
+  } else {
+    c[0] = __ldg(reinterpret_cast<const VecT*>(q0));
+    c[1] = __ldg(reinterpret_cast<const VecT*>(q0 + W));
+    c[2] = __ldg(reinterpret_cast<const VecT*>(q1));
+    c[3] = __ldg(reinterpret_cast<const VecT*>(q1 + W));
+  }
+}
+
+// N values per lane in (N = 16 or 32), N warp-wide sums out: afterwards v[0] of lane l
+// holds the sum over all 32 lanes of v[l % N]. Recursive halving: at the step of width HALF
+// a lane keeps the half of its values whose index bit HALF equals its own lane bit and sends
+// the other half to lane ^ HALF (N - 1 shuffles), then lanes l and l ^ N, ... add up.
+template <int N, int HALF>
+__device__ __forceinline__ void transpose_reduce_step(float (&v)[N], int lane) {
+  const bool upper = (lane & HALF) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float keep = upper ? v[i + HALF] : v[i];
+    const float send = upper ? v[i] : v[i + HALF];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
+  }
+  if constexpr (HALF > 1) transpose_reduce_step<N, HALF / 2>(v, lane);
+}
+template <int N>
+__device__ __forceinline__ void transpose_reduce(float (&v)[N], int lane) {
+  transpose_reduce_step<N, N / 2>(v, lane);
+#pragma unroll
+  for (int width = N; width < 32; width *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
+}
+
+// grad_x contributions of one pair for a warp's M samples (see forward_kernel, DX = true).
+// g: grad_y [M][K] of the lane; tab: the pair's table slice at the lane's columns; inf: the
+// warp's cells; b_warp: the warp's first sample.
 template <int K, int M, bool TABLE_IN_SMEM>
-__global__ void __launch_bounds__(M * K > 32 ? 256 : 1024, M * K > 32 ? 2 : 1)
+__device__ __forceinline__ void dx_pair(const ForwardArgs& a, const float (&g)[M][K],
+                                        const float* tab, const float4* inf, int below,
+                                        const float* s_borders, int side, int lane,
+                                        int64_t b_warp, int pair) {
+  constexpr int W = 32 * K;
+  constexpr int R = M >= 16 ? 16 : M;  // samples per round: 2R partial sums per lane
+#pragma unroll
+  for (int r0 = 0; r0 < M; r0 += R) {
+    float part[2 * R];  // [r]: sum over the lane's outputs of g * dy/dd1; [R + r]: dy/dd2
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float4 v = inf[r0 + r];  // broadcast
+      const float* q0 = tab + __float_as_int(v.x);
+      typename Vec<K>::T c[4];
+      load_corners<K, TABLE_IN_SMEM>(q0, q0 + below, c);
+      float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float gk = g[r0 + r][k];
+        gA = fmaf(gk, elem(c[0], k), gA);
+        gB = fmaf(gk, elem(c[1], k), gB);
+        gC = fmaf(gk, elem(c[2], k), gC);
+        gD = fmaf(gk, elem(c[3], k), gD);
+      }
+      part[r] = (1.f - v.z) * (gC - gA) + v.z * (gD - gB);
+      part[R + r] = (1.f - v.y) * (gB - gA) + v.y * (gD - gC);
+    }
+    transpose_reduce<2 * R>(part, lane);
+    if (lane < 2 * R) {  // lane: sample r0 + lane % R, input 2*pair + lane / R
+      const int r = lane % R, input = lane / R;
+      const int64_t b = b_warp + r0 + r;
+      if (b < a.batch) {
+        const int cell = __float_as_int(inf[r0 + r].x) / W;  // c1 * side + c2
+        const int c1 = cell / side;
+        const int c = input == 0 ? c1 : cell - c1 * side;
+        const float v = part[0] / (s_borders[c + 1] - s_borders[c]);  // dd/dx = 1/h
+        float* dst = a.y + (2 * int64_t(pair) + input) * a.ys_f + b * a.ys_b;
+        if (a.dx_single_writer) *dst = v;
+        else atomicAdd(dst, v);
+      }
+    }
+  }
+}
+
+// Forward (DX = false): 64 accumulators per thread (M*K = 64) for blocks of up to 256
+// threads, two per SM (<= 128 registers); 32 (M*K = 32) for 512- or 1024-thread blocks.
+// DX = true, the forward-shaped grad_x of the backward: the M x K registers hold grad_y of the
+// lane's samples and outputs; per (sample, pair) a lane forms its partial dy/dx1 and dy/dx2
+// over its K outputs, a transpose-reduce over rounds of 16 samples (8 at K = 4) finishes one
+// sum per lane (about one shuffle per sum), scaled by 1/h and added to grad_x.
+template <int K, int M, bool TABLE_IN_SMEM, bool DX = false>
+__global__ void __launch_bounds__(DX ? 512 : (M * K > 32 ? 256 : 1024),
+                                  DX ? 1 : (M * K > 32 ? 2 : 1))
 forward_kernel(const ForwardArgs a) {
   using VecT = typename Vec<K>::T;
   constexpr int W = 32 * K;              // outputs per tile (floats per table row)
@@ -223,11 +322,18 @@ forward_kernel(const ForwardArgs a) {
     if constexpr (TABLE_IN_SMEM) mbarrier_wait(bars + p % nbuf, (p / nbuf) & 1);
   };
 
-  float acc[M][K];
+  float acc[M][K];  // forward: the outputs; dx: grad_y, loaded once
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int k = 0; k < K; ++k) acc[m][k] = 0.f;
+    for (int k = 0; k < K; ++k) {
+      acc[m][k] = 0.f;
+      if constexpr (DX) {
+        const int o = tile * W + K * lane + k;
+        const int64_t b = b0 + warp * M + m;
+        if (o < a.n_out && b < a.batch) acc[m][k] = __ldg(a.gy + int64_t(o) * a.gs_f + b * a.gs_b);
+      }
+    }
 
   __syncthreads();  // borders, barriers
   if (np > 0) { load_x(0); store_info(0); }
@@ -249,6 +355,10 @@ forward_kernel(const ForwardArgs a) {
     else tab = tile_table + int64_t(p) * slice + K * lane;
     const float4* inf = info + (p & 1) * nb + warp * M;
     const int below = side * W;  // floats from row (c1, c2) to row (c1 + 1, c2)
+    if constexpr (DX) {
+      dx_pair<K, M, TABLE_IN_SMEM>(a, acc, tab, inf, below, s_borders, side, lane,
+                                   b0 + warp * M, p_begin + p);
+    } else {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const float4 v = inf[m];  // broadcast
@@ -273,9 +383,11 @@ forward_kernel(const ForwardArgs a) {
         acc[m][k] = fmaf(w00, elem(c00, k), fmaf(w01, elem(c01, k),
                     fmaf(w10, elem(c10, k), fmaf(w11, elem(c11, k), acc[m][k]))));
     }
+    }
     if (p + 1 < np) store_info(p + 1);  // read after the next barrier
   }
 
+  if constexpr (DX) return;
   float* y = a.y + blockIdx.z * a.ys_split;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -289,21 +401,75 @@ forward_kernel(const ForwardArgs a) {
   }
 }
 
-template <int K, int M>
+template <int K, int M, bool DX = false>
 void launch_forward_km(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (a.nbuf > 0) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<K, M, true>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-    forward_kernel<K, M, true><<<grid, block, smem, stream>>>(a);
-  } else {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<K, M, false>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-    forward_kernel<K, M, false><<<grid, block, smem, stream>>>(a);
-  }
+  const auto kernel = a.nbuf > 0 ? forward_kernel<K, M, true, DX> : forward_kernel<K, M, false, DX>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  kernel<<<grid, block, smem, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Launch shape of forward_kernel: table buffers, shared memory, grid, pair splits.
+struct LaunchPlan {
+  int nbuf;
+  int64_t smem, n_tiles, sample_blocks, splits;
+  int pairs_per_split;
+};
+
+// regs: registers per thread of the variant. Table buffers: two (the copy of the next pair
+// overlaps the compute) when they fit, else one, else none: the table is then read through
+// L1/L2 (no num_grids ceiling, slower). Prefer as many resident blocks as the registers
+// allow (2048 threads per SM), then two buffers over one: a second block hides a block's
+// barrier and staging waits better than a second buffer does. Small batches split the pairs
+// over blockIdx.z so the grid fills the device (max_splits = 1 forbids it).
+LaunchPlan plan_launch(int num_grids, int w, int nb, int block, int regs, int64_t batch,
+                       int n_out, int n_pairs, int64_t max_splits, const DeviceLimits& lim) {
+  LaunchPlan plan{};
+  const int reg_blocks = std::max(1, std::min(2048 / block, 65536 / (regs * block)));
+  for (int blocks = reg_blocks; blocks >= 1 && plan.nbuf == 0; --blocks)
+    for (int n = 2; n >= 1 && plan.nbuf == 0; --n) {
+      const int64_t bytes = forward_smem_bytes(num_grids, w, n, nb);
+      if (bytes <= lim.smem_optin && blocks * (bytes + 1024) <= lim.smem_per_sm) plan.nbuf = n;
+    }
+  plan.smem = forward_smem_bytes(num_grids, w, plan.nbuf, nb);
+  TORCH_CHECK_VALUE(plan.smem <= lim.smem_optin, "lmkan2d: block_size=", block, " needs ",
+                    plan.smem, " bytes of shared memory for its cells, the device allows ",
+                    lim.smem_optin);
+  plan.n_tiles = (n_out + w - 1) / w;
+  plan.sample_blocks = (batch + nb - 1) / nb;
+  const int64_t target_blocks = 2 * int64_t(lim.num_sms);
+  const int64_t blocks_xy = plan.sample_blocks * plan.n_tiles;
+  int64_t splits = std::max<int64_t>(1, (target_blocks + blocks_xy - 1) / blocks_xy);
+  splits = std::min<int64_t>({splits, std::max(1, n_pairs / 4), max_splits});
+  plan.pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
+  plan.splits = (n_pairs + plan.pairs_per_split - 1) / plan.pairs_per_split;
+  TORCH_CHECK(plan.sample_blocks < (int64_t(1) << 31) && plan.n_tiles <= 65535,
+              "lmkan2d: grid too large (batch ", batch, ", output_dim ", n_out, ")");
+  return plan;
+}
+
+ForwardArgs make_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& borders,
+                      float* out, int64_t batch, int n_out, int n_pairs, int num_grids,
+                      const LaunchPlan& plan, bool batch_last) {
+  ForwardArgs a{};
+  a.x = x.data_ptr<float>();
+  a.packed = packed.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.y = out;
+  a.batch = batch;
+  a.n_out = n_out;
+  a.n_pairs = n_pairs;
+  a.num_grids = num_grids;
+  a.pairs_per_split = plan.pairs_per_split;
+  a.nbuf = plan.nbuf;
+  a.xs_f = batch_last ? batch : 1;
+  a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
+  a.ys_f = batch_last ? batch : 1;  // y and grad_y: [N_out, B] or [B, N_out]
+  a.ys_b = batch_last ? 1 : n_out;
+  a.ys_split = batch * int64_t(n_out);
+  return a;
 }
 
 template <int K>
@@ -355,62 +521,57 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
   const int k = forward_lanes_outputs(tile), w = 32 * k;
   const int nb = (block / 32) * samples_per_lane(k, block);
-  // Table buffers: two (copy of the next pair overlaps the compute) when they fit, else one,
-  // else none: the table is then read through L1/L2 (no num_grids ceiling, slower).
-  // Prefer as many resident blocks as the registers allow (2048 threads; 64-accumulator
-  // variants use up to 128 registers), then two buffers over one: a second block hides a
-  // block's barrier and staging waits better than a second buffer does.
   const int regs = samples_per_lane(k, block) * k > 32 ? 128 : 64;
-  const int reg_blocks = std::max(1, std::min(2048 / block, 65536 / (regs * block)));
-  int nbuf = 0;
-  for (int blocks = reg_blocks; blocks >= 1 && nbuf == 0; --blocks)
-    for (int n = 2; n >= 1 && nbuf == 0; --n) {
-      const int64_t bytes = forward_smem_bytes(num_grids, w, n, nb);
-      if (bytes <= lim.smem_optin && blocks * (bytes + 1024) <= lim.smem_per_sm) nbuf = n;
-    }
-  const int64_t smem = forward_smem_bytes(num_grids, w, nbuf, nb);
-  TORCH_CHECK_VALUE(smem <= lim.smem_optin, "lmkan2d_forward: block_size=", block,
-                    " needs ", smem, " bytes of shared memory for its cells, the device allows ",
-                    lim.smem_optin);
-  const int64_t n_tiles = (n_out + w - 1) / w;
-  const int64_t sample_blocks = (batch + nb - 1) / nb;
-  // Small batches: split the pairs over blockIdx.z so the grid fills the device; the partial
-  // sums go to a workspace reduced in a fixed order (deterministic, no atomics).
-  const int64_t target_blocks = 2 * int64_t(lim.num_sms);
-  int64_t splits = std::max<int64_t>(1, (target_blocks + sample_blocks * n_tiles - 1) /
-                                            (sample_blocks * n_tiles));
-  splits = std::min<int64_t>(splits, std::max(1, n_pairs / 4));
-  const int pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
-  splits = (n_pairs + pairs_per_split - 1) / pairs_per_split;
-  TORCH_CHECK(sample_blocks < (int64_t(1) << 31) && n_tiles <= 65535,
-              "lmkan2d_forward: grid too large (batch ", batch, ", output_dim ", n_out, ")");
-
+  const LaunchPlan plan = plan_launch(num_grids, w, nb, block, regs, batch, n_out, n_pairs,
+                                      n_pairs, lim);
   const at::Tensor packed = pack_table(params, w);
-  at::Tensor out = splits > 1 ? at::empty({splits, y.size(0), y.size(1)}, y.options()) : y;
-  ForwardArgs a;
-  a.x = x.data_ptr<float>();
-  a.packed = packed.data_ptr<float>();
-  a.borders = borders.data_ptr<float>();
-  a.y = out.data_ptr<float>();
-  a.batch = batch;
-  a.n_out = n_out;
-  a.n_pairs = n_pairs;
-  a.num_grids = num_grids;
-  a.pairs_per_split = pairs_per_split;
-  a.nbuf = nbuf;
-  const int64_t in_dim = 2 * int64_t(n_pairs);
-  a.xs_f = batch_last ? batch : 1;
-  a.xs_b = batch_last ? 1 : in_dim;
-  a.ys_f = batch_last ? batch : 1;
-  a.ys_b = batch_last ? 1 : n_out;
-  a.ys_split = batch * int64_t(n_out);
-  const dim3 grid(static_cast<unsigned>(sample_blocks), static_cast<unsigned>(n_tiles),
-                  static_cast<unsigned>(splits));
+  // pair splits: partial sums to a workspace reduced in a fixed order (deterministic)
+  at::Tensor out = plan.splits > 1 ? at::empty({plan.splits, y.size(0), y.size(1)}, y.options()) : y;
+  const ForwardArgs a = make_args(x, packed, borders, out.data_ptr<float>(), batch, n_out,
+                                  n_pairs, num_grids, plan, batch_last);
+  const int64_t smem = plan.smem;
+  const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
+                  static_cast<unsigned>(plan.splits));
   if (k == 1) launch_forward_k<1>(a, grid, block, smem);
   else if (k == 2) launch_forward_k<2>(a, grid, block, smem);
   else launch_forward_k<4>(a, grid, block, smem);
-  if (splits > 1) at::sum_out(y, out, {0});
+  if (plan.splits > 1) at::sum_out(y, out, {0});
   return y;
+}
+
+at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
+                             const at::Tensor& borders, const at::Tensor& gy, bool batch_last,
+                             int tile, int block_size, bool deterministic) {
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  const DeviceLimits lim = device_limits(x.device().index());
+  const int k = forward_lanes_outputs(tile), w = 32 * k;
+  const int block = std::min(block_size, 512);  // 128 registers per thread
+  const int nb = (block / 32) * dx_samples_per_lane(k);
+  // deterministic: one writer per grad_x entry (one output tile, no pair split), or none
+  if (deterministic && (n_out + w - 1) / w > 1) return at::Tensor();
+  const LaunchPlan plan = plan_launch(num_grids, w, nb, block, 128, batch, n_out, n_pairs,
+                                      deterministic ? 1 : n_pairs, lim);
+  const bool single_writer = plan.n_tiles == 1 && plan.splits == 1;
+  at::Tensor dx = single_writer ? at::empty_like(x) : at::zeros_like(x);
+  const at::Tensor packed = pack_table(params, w);
+  ForwardArgs a = make_args(x, packed, borders, dx.data_ptr<float>(), batch, n_out, n_pairs,
+                            num_grids, plan, batch_last);
+  a.gy = gy.data_ptr<float>();
+  a.gs_f = a.ys_f;  // grad_y has y's layout; grad_x has x's
+  a.gs_b = a.ys_b;
+  a.ys_f = a.xs_f;
+  a.ys_b = a.xs_b;
+  a.ys_split = 0;
+  a.dx_single_writer = single_writer;
+  const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
+                  static_cast<unsigned>(plan.splits));
+  if (k == 1) launch_forward_km<1, dx_samples_per_lane(1), true>(a, grid, block, plan.smem);
+  else if (k == 2) launch_forward_km<2, dx_samples_per_lane(2), true>(a, grid, block, plan.smem);
+  else launch_forward_km<4, dx_samples_per_lane(4), true>(a, grid, block, plan.smem);
+  return dx;
 }
 
 int max_num_grids_for(int tile, const std::string& mode, int device_index) {
