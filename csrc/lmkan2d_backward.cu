@@ -173,8 +173,12 @@ inline int64_t dp_sorted_smem_bytes(int num_grids, int w, int warps) {
          int64_t(num_grids + 1) * 4 + 16;
 }
 
+// Blocks of up to 16 warps at K = 4 (one block per SM: its accumulator rows are long), 8
+// elsewhere (four blocks per SM at <= 64 registers); measured on the H100, G = 8.
+constexpr int dp_sorted_max_warps(int k) { return k == 4 ? 16 : 8; }
+
 template <int K>
-__global__ void __launch_bounds__(512, 1)
+__global__ void __launch_bounds__(32 * dp_sorted_max_warps(K), K == 4 ? 1 : 4)
 dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_b
                  const float* __restrict__ borders,  // [G+1]
                  const float* __restrict__ gyt,      // grad_y rows [B][ld], ld = n_tiles * W
@@ -762,7 +766,7 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
                               : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
   // (at least 4 warps: fewer leave an SM mostly idle, so normal mode then takes the opt-in
   // memory too)
-  int warps = std::min(std::max(block / 32, 1), 16);
+  int warps = std::min(std::max(block / 32, 1), dp_sorted_max_warps(K));
   while (warps > 4 && dp_sorted_smem_bytes(num_grids, W, warps) > budget) --warps;
   while (warps > 1 && dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) --warps;
   if (dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) return at::Tensor();
