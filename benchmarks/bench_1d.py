@@ -112,7 +112,7 @@ def main():
         print(f"{r['name']:<28}{r['forward_ms']:>12.3f}{r['fwd_bwd_ms']:>12.3f}{r['peak_gb']:>10.3f}")
     short = {k: v for k, v in breakdown["default"].items() if k.startswith("lmkan1d")}
     print("kernels (default): " + ", ".join(f"{k[8:]} {v:.3f}" for k, v in short.items()) + " ms")
-    print(f"targets: forward <= 1.7 ms, fwd+bwd <= 6 ms, peak <= 0.5 GB")
+    print("targets: forward <= 1.7 ms, fwd+bwd <= 6 ms, peak <= 0.5 GB")
 
 
 if __name__ == "__main__":

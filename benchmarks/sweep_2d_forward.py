@@ -9,7 +9,6 @@ same shape. The table is printed last.
 """
 import argparse
 import json
-import os
 
 import torch
 
@@ -101,7 +100,7 @@ def main():
         ms = timed(lambda: forward(xf, params, borders, False, best[1], best[2]), args.reps)
         rows.append(dict(case=name, tile=best[1], block=best[2], layout="batch-first", ms=ms,
                          limit=limit, original=original, linear_fp32=lin_ms))
-        del xl, xf, params
+        xl = xf = params = None  # free the case's tensors before the next one
         torch.cuda.empty_cache()
     with open(args.json, "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), failures=failures, rows=rows), f, indent=1)

@@ -23,7 +23,8 @@ class LMKAN2DLayer(nn.Module):
         input_dim: number of input features (even: inputs are taken in pairs).
         output_dim: number of outputs.
         block_size_forward, block_size_backward: CUDA threads per block.
-        tile_size_forward, tile_size_backward: outputs per shared-memory table tile (4, 8, 16).
+        tile_size_forward, tile_size_backward: 4, 8 or 16: a lane owns tile_size / 4 outputs
+            (see Kernels below).
         init_scale: parameters start as U(-s/sqrt(input_dim), s/sqrt(input_dim)).
         backward_fast_mode: a backward that uses more shared memory for more speed.
             Tile sizes, block sizes and backward_fast_mode accept "auto" (the default for
@@ -36,16 +37,23 @@ class LMKAN2DLayer(nn.Module):
             are faster; None (default): follow torch.are_deterministic_algorithms_enabled()
             at each call.
 
-    Backward kernels: a warp covers 8 * tile_size_backward consecutive outputs
-    (tile_size_backward / 4 per lane). The dx kernel runs block_size_backward threads per
-    block (at most 512; 256 for tile 16), each warp holding grad_y of 16 samples (32 at
-    tile 4) in registers; the dP kernel runs at most block_size_backward / 32 warps per
-    block, one input pair and one shared-memory accumulator [(G+1)^2, 8 * tile] per warp.
-    backward_fast_mode lets a dP block use all of an SM's shared memory and stage larger
-    chunks of samples, sorted by cell for num_grids <= 10 (a run of samples in one cell
-    updates the accumulator once). Past the largest num_grids served from shared memory
-    (lmKAN.max_num_grids(tile, "backward", device)) the kernels read the table and
-    accumulate dP through global memory instead (slower; the layer warns once).
+    Kernels: every 2D kernel gives each lane of a warp tile_size / 4 consecutive outputs, so
+    a warp covers 8 * tile_size outputs and reads one whole table row per corner (no bank
+    conflicts whatever the cells).
+    - Forward (and grad_x): a block of block_size threads owns one such output tile and a
+      chunk of samples (each lane keeps 32 or 64 accumulators in registers) and loops over
+      the input pairs, each pair's table slice staged in shared memory by one bulk copy
+      (two buffers when they fit); grad_x uses the same scheme with grad_y in registers
+      (at most 512 threads) and adds over output tiles with atomics.
+    - grad_params: a block owns one (pair, output tile), counting-sorts each chunk of
+      samples by cell and accumulates a run of samples of one cell in registers (at most 8
+      warps, 16 at tile 16); backward_fast_mode lets it use all of an SM's shared memory
+      where the normal mode keeps two blocks per SM. Where its accumulator does not fit,
+      a per-warp accumulator kernel runs instead.
+    Past the largest num_grids served from shared memory (lmKAN.max_num_grids(tile, mode,
+    device)) the kernels read the table and accumulate grad_params through global memory
+    (L2) instead: correct, slower; the layer warns once. With deterministic=True and more
+    than one output tile, grad_x runs a kernel that walks every tile in a fixed order.
 
     `func_parameter` has shape [G+1, G+1, output_dim, input_dim/2]; the buffer `borders`
     holds the grid nodes. State dicts of the original lmKAN layer load unchanged.
