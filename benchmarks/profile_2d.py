@@ -17,6 +17,18 @@ CASES = {"G8": (8, 512, 512, 1 << 18), "G26": (26, 256, 256, 1 << 18), "G16": (1
          "G26small": (26, 128, 128, 1024)}
 
 
+def kernel_label(name):
+    """"void ns::(anonymous namespace)::name<args>(params)" -> "name", with "[dx]" for the
+    grad_x instances of the forward kernel (template argument DX = true)."""
+    name = name.replace("(anonymous namespace)::", "").replace("void ", "")
+    name = name.replace("(bool)1", "true").replace("(bool)0", "false")  # demangler variants
+    base = name.split("(")[0]
+    label = base.split("<")[0].split("::")[-1][:32]
+    if label == "forward_kernel" and base.replace(" ", "").endswith(",true,true>"):
+        label += "[dx]"
+    return label
+
+
 def median_ms(fn, reps=7):
     fn()
     times = []
@@ -59,9 +71,7 @@ def main():
                 kernels = {}
                 for e in prof.events():
                     if e.device_type == torch.autograd.DeviceType.CUDA:
-                        # "void ns::(anonymous namespace)::name<...>(args)" -> "name"
-                        key = e.name.replace("(anonymous namespace)::", "").split("(")[0]
-                        key = key.split("<")[0].replace("void ", "").split("::")[-1][:32]
+                        key = kernel_label(e.name)
                         kernels[key] = kernels.get(key, 0.0) + e.device_time / 1000
                 top = sorted(kernels.items(), key=lambda kv: -kv[1])[:6]
                 line = (f"{name:9} tile {tile:2} {'fast' if fast else 'norm'}  fwd+bwd {ms:9.3f} ms  | "
