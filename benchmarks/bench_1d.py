@@ -7,8 +7,6 @@ per-kernel split (profile_1d.py); the table is printed last and JSON written to 
 import argparse
 import json
 import os
-import statistics
-
 import sys
 
 import torch
@@ -16,6 +14,7 @@ import torch
 from lmKAN import KANLayer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import cuda_median_ms  # noqa: E402
 from profile_1d import kernel_breakdown, print_breakdown  # noqa: E402
 
 # Shared-memory limit of the direct lookup scheme (PERFORMANCE.md): 2 reads per
@@ -25,18 +24,7 @@ def smem_limit_ms(batch, n_in, n_out, reads=2):
 
 
 def timeit(fn, warmup=5, reps=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return cuda_median_ms(fn, reps, warmup)
 
 
 def measure(name, layer, x):

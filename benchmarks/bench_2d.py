@@ -9,12 +9,13 @@ warm-up, median. Prints a table last; writes JSON (--json).
 import argparse
 import json
 import os
-import statistics
 
 import torch
 
 from lmKAN import ops
 from lmKAN.grids import cdf_borders
+
+from _timing import cuda_median_ms
 
 # (name, G, n_in, n_out, batch, modes, forward limit ms from PERFORMANCE.md or None, original ms)
 CASES = [
@@ -27,18 +28,7 @@ CASES = [
 
 
 def timed(fn, reps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return cuda_median_ms(fn, reps, warmup)
 
 
 def peak_mb(fn):

@@ -34,40 +34,19 @@ import torch
 import lmKAN
 from lmKAN import KANLayer, LMKAN2DLayer, _reference
 
+from _timing import cuda_median_ms
+
 ORIGINAL_MS = {"2d_G26_256x256": 0.86}  # PERFORMANCE.md, same H100 model
 
 
 def bench(fn, reps=200, warmup=20):
-    """Median milliseconds of fn() over reps, CUDA events around each call."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        times.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in times)
+    """Median milliseconds of single calls run back to back (host cost between calls shows)."""
+    return cuda_median_ms(fn, reps, warmup, sync_each=False)
 
 
 def bench_loop(fn, iters=50, reps=15, warmup=10):
     """Median milliseconds per call when `iters` calls run back to back (launch overlap)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / iters)
-    return statistics.median(samples)
+    return cuda_median_ms(fn, reps, warmup, calls_per_sample=iters)
 
 
 def graph_step(step):

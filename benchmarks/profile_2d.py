@@ -13,6 +13,8 @@ from torch.profiler import ProfilerActivity, profile
 from lmKAN import ops
 from lmKAN.grids import cdf_borders
 
+from _timing import cuda_median_ms
+
 CASES = {"G8": (8, 512, 512, 1 << 18), "G26": (26, 256, 256, 1 << 18), "G16": (16, 512, 512, 1 << 18),
          "G26small": (26, 128, 128, 1024)}
 
@@ -30,16 +32,7 @@ def kernel_label(name):
 
 
 def median_ms(fn, reps=7):
-    fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return cuda_median_ms(fn, reps, warmup=1)
 
 
 def main():

@@ -15,6 +15,8 @@ import torch
 from lmKAN import _reference
 from lmKAN.grids import cdf_borders
 
+from _timing import cuda_median_ms
+
 TILES = (4, 8, 16)
 BLOCKS = (128, 256, 512, 1024)
 CASES = [  # name, G, n_in, n_out, batch, direct-scheme limit (ms), original (ms)
@@ -57,17 +59,7 @@ def check_correctness():
 
 
 def timed(fn, reps):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return cuda_median_ms(fn, reps, warmup=2)
 
 
 def main():

@@ -1,0 +1,29 @@
+"""The CUDA-event timer shared by the benchmark scripts."""
+import statistics
+
+import torch
+
+
+def cuda_median_ms(fn, reps, warmup=3, calls_per_sample=1, sync_each=True):
+    """Median milliseconds per call of fn(), with CUDA events around each sample.
+
+    warmup: untimed calls first. calls_per_sample: calls back to back inside one sample
+    (their launches overlap, as in a training loop; the result is per call).
+    sync_each: wait for each sample before starting the next (False: samples run back to
+    back too, so host-side cost between calls shows, as for an eager user).
+    """
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls_per_sample):
+            fn()
+        end.record()
+        if sync_each:
+            end.synchronize()
+        samples.append((start, end))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) / calls_per_sample for s, e in samples)
