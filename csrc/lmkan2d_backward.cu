@@ -71,27 +71,6 @@ __device__ __forceinline__ void store_k(float* p, const float (&v)[K]) {
   }
 }
 
-// 32 values per lane in, 32 warp-wide sums out: after the call v[0] of lane l holds
-// sum over lanes of v[l]. Recursive halving: at the step of width HALF a lane keeps the half
-// of its values whose index has bit HALF equal to its own lane bit and sends the other half
-// to its partner (lane ^ HALF): 16 + 8 + 4 + 2 + 1 = 31 shuffles in all. A template
-// recursion, so that every index is a compile-time constant (the values stay in registers).
-template <int HALF>
-__device__ __forceinline__ void transpose_reduce_step(float (&v)[32], int lane) {
-  const bool upper = (lane & HALF) != 0;
-#pragma unroll
-  for (int i = 0; i < HALF; ++i) {
-    const float keep = upper ? v[i + HALF] : v[i];
-    const float send = upper ? v[i] : v[i + HALF];
-    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
-  }
-  if constexpr (HALF > 1) transpose_reduce_step<HALF / 2>(v, lane);
-}
-
-__device__ __forceinline__ void transpose_reduce(float (&v)[32], int lane) {
-  transpose_reduce_step<16>(v, lane);
-}
-
 // Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2.
 __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
                                             const float* s_borders, int num_grids,

@@ -19,6 +19,28 @@
 namespace lmkan {
 namespace lmkan2d {
 
+// N values per lane in (N = 16 or 32), N warp-wide sums out: afterwards v[0] of lane l
+// holds the sum over all 32 lanes of v[l % N]. Recursive halving: at the step of width HALF
+// a lane keeps the half of its values whose index bit HALF equals its own lane bit and sends
+// the other half to lane ^ HALF (N - 1 shuffles), then lanes l and l ^ N, ... add up.
+template <int N, int HALF>
+__device__ __forceinline__ void transpose_reduce_step(float (&v)[N], int lane) {
+  const bool upper = (lane & HALF) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float keep = upper ? v[i + HALF] : v[i];
+    const float send = upper ? v[i] : v[i + HALF];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
+  }
+  if constexpr (HALF > 1) transpose_reduce_step<N, HALF / 2>(v, lane);
+}
+template <int N>
+__device__ __forceinline__ void transpose_reduce(float (&v)[N], int lane) {
+  transpose_reduce_step<N, N / 2>(v, lane);
+#pragma unroll
+  for (int width = N; width < 32; width *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
+}
+
 // Per-device limits, read once per device.
 struct DeviceLimits {
   int smem_optin;      // largest dynamic shared memory per block (bytes)
