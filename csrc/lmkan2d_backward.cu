@@ -1,32 +1,34 @@
 // LMKAN2DLayer backward: grad_x (dx) and grad_params (dP).
 //
-// Lane layout (both kernels): the 32 lanes of a warp take W = 8 * TILE CONSECUTIVE outputs
+// What runs (launch_backward):
+// - dx: the forward kernel's scheme (dx_by_output_rows, lmkan2d_forward.cu); dx_kernel below
+//   only where deterministic mode has several output tiles to add in a fixed order.
+// - dP: dp_sorted_kernel (cell-sorted chunks, below) when its accumulator fits in shared
+//   memory; dp_kernel otherwise (per-warp accumulator, in shared memory or, past that, in a
+//   global workspace).
+//
+// Lane layout (all kernels): the 32 lanes of a warp take W = 8 * TILE CONSECUTIVE outputs
 // of one output tile, K = TILE / 4 adjacent outputs per lane, and all lanes work on the same
 // (sample, pair) at a time. With the table packed as [n_tiles, P, cells, W], a corner of a
 // cell is one contiguous W-float row, so each corner access of a warp is K conflict-free
 // 128-byte wavefronts, and the sample's cell (index, d1, d2) is a warp-uniform broadcast.
 //
-// dx kernel (forward-shaped): a block owns one output tile and warps x SW samples (SW = 16,
-// 32 at tile 4); each lane keeps grad_y of its warp's SW samples x K outputs in registers for
-// the whole kernel.
-// It loops over the input pairs, staging each pair's table slice [cells][W] and the cells
-// of its samples in shared memory. Per pair a lane forms its partial dy/dx1, dy/dx2 over its
-// K outputs for 16 samples at a time (32 values), and one transpose-reduce over the warp
-// (5 xor steps, 31 shuffles) leaves lane l with the full 32-lane sum of value l. dx sums over the
-// output tiles: float atomics into zeroed dx, plain stores when there is one tile, or, when
-// deterministic, one block walks every tile in order and the thread that owns a dx entry
-// adds each tile's sum to it (no atomics, no workspace).
+// dx_kernel: a block walks every output tile for warps x SW samples (SW = 16, 32 at tile 4);
+// per tile a lane keeps grad_y of its warp's SW samples x K outputs in registers. It loops
+// over the input pairs, staging each pair's table slice [cells][W] and the cells of its
+// samples in shared memory. Per pair a lane forms its partial dy/dx1, dy/dx2 over its K
+// outputs for 16 samples at a time (32 values), one transpose-reduce over the warp leaves
+// lane l with the full sum of value l, and the thread that owns a dx entry adds each tile's
+// sum to it (no atomics, no workspace).
 //
-// dP kernel (no shared-memory atomics): a warp owns one (output tile, pair) and a private
+// dp_kernel (no shared-memory atomics): a warp owns one (output tile, pair) and a private
 // accumulator [cells][W] in which each lane owns its K columns, so the read-modify-write of
 // the 4 corners needs no atomics and has no races. A block (warps = consecutive pairs of one
 // output tile) walks a batch range in chunks: grad_y [chunk][W] is staged once per block,
 // each warp stages its pair's cells. The accumulator is flushed once, in the packed layout
 // [split, n_tiles, P, cells, W]: float atomics (REDG) into one zeroed copy when the batch is
 // split over blocks, plain stores when it is not or when deterministic (one copy per split,
-// summed in fixed order afterwards), then unpacked to [G+1, G+1, N_out, P]. Fast mode with
-// (G+1)^2 <= kDpMaxChunk sorts each chunk by cell so that runs of one cell accumulate in
-// registers.
+// summed in fixed order afterwards), then unpacked to [G+1, G+1, N_out, P].
 //
 // No num_grids ceiling: when the table slice (dx) or the accumulator (dP) does not fit in
 // shared memory, the same kernels read the table from global memory (L1/L2) and accumulate
@@ -304,6 +306,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
 // per lane fit without spilling (K = 4 needs ~160 registers: at most 256 threads).
 constexpr int dx_max_block(int tile) { return tile == 16 ? 256 : 512; }
 
+// Deterministic grad_x over several output tiles (see the file comment).
 template <int TILE, bool TABLE_IN_SMEM>
 __global__ void __launch_bounds__(dx_max_block(TILE), 2)  // 2 blocks per SM: staging overlaps
 dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
@@ -312,7 +315,7 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
           float* __restrict__ dx,             // grad_x: same layout as x
           int64_t batch, int n_out, int n_pairs, int num_grids, int64_t xs_f, int64_t xs_b,
-          int64_t gs_f, int64_t gs_b, bool all_tiles, bool use_atomics) {
+          int64_t gs_f, int64_t gs_b) {
   constexpr int K = TILE / 4, W = bwd_width(TILE);
   constexpr int S = 16;                                  // samples per transpose-reduce round
   constexpr int SW = dx_samples_per_warp(TILE), ROUNDS = SW / S;
@@ -334,14 +337,11 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   // round, input 2p or 2p+1 (the same for every output tile).
   const int my_sample = lane % S, my_input = lane / S;
 
-  // all_tiles (deterministic): the block walks every output tile in order and each dx is
-  // summed over the tiles by the one thread that owns it (no atomics); otherwise the block
-  // does the tile blockIdx.y.
+  // The block walks every output tile in order and each dx is summed over the tiles by the
+  // one thread that owns it (no atomics: deterministic).
   const int n_tiles = (n_out + W - 1) / W;
-  const int tile_first = all_tiles ? 0 : blockIdx.y;
-  const int tile_end = all_tiles ? n_tiles : tile_first + 1;
-  for (int tile_index = tile_first; tile_index < tile_end; ++tile_index) {
-    const bool first_tile = tile_index == tile_first;
+  for (int tile_index = 0; tile_index < n_tiles; ++tile_index) {
+    const bool first_tile = tile_index == 0;
     const float* tile_table = packed + int64_t(tile_index) * n_pairs * slice;
 
     // grad_y of the warp's SW samples for the lane's K outputs, kept for every pair.
@@ -400,88 +400,12 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           const float2 h = inv_h[warp * SW + first + my_sample];
           const float v = part[0] * (my_input == 0 ? h.x : h.y);
           const int64_t off = (2 * int64_t(p) + my_input) * xs_f + my_b * xs_b;
-          if (use_atomics) atomicAdd(dx + off, v);
-          else if (first_tile) dx[off] = v;
+          if (first_tile) dx[off] = v;
           else dx[off] += v;  // this thread wrote it for the previous tile
         }
       }
     }
   }
-}
-
-// Counting sort of a chunk's samples by cell, by one warp, deterministic (no atomics: the
-// lanes of one cell in a step are ranked by lane order, steps in sample order).
-// info: [cs] cells (float4.x = cell index); count: [cells] scratch; order: [cs] out, the
-// sample indices in cell order.
-__device__ __forceinline__ void sort_by_cell(const float4* info, int cs, int cells, int lane,
-                                             int* count, int* order) {
-  constexpr int kSteps = kDpMaxChunk / 32;
-  for (int c = lane; c < cells; c += 32) count[c] = 0;
-  __syncwarp();
-  int rank[kSteps];
-#pragma unroll
-  for (int j = 0; j < kSteps; ++j) {
-    const int s = j * 32 + lane;
-    const bool valid = s < cs;
-    // invalid lanes get keys past the cells (cells + lane): unique, never counted
-    const int key = valid ? __float_as_int(info[s].x) : cells + lane;
-    const unsigned peers = __match_any_sync(0xffffffffu, key);
-    const int before = valid ? count[key] : 0;
-    __syncwarp();  // every peer has read the count before the leader adds to it
-    if (valid && lane == __ffs(peers) - 1) count[key] = before + __popc(peers);
-    __syncwarp();
-    rank[j] = before + __popc(peers & ((1u << lane) - 1u));
-  }
-  // exclusive prefix sum of the counts, 32 cells at a time
-  int carry = 0;
-  for (int base = 0; base < cells; base += 32) {
-    const int c = base + lane;
-    const int v = c < cells ? count[c] : 0;
-    int incl = v;
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-      const int t = __shfl_up_sync(0xffffffffu, incl, d);
-      if (lane >= d) incl += t;
-    }
-    if (c < cells) count[c] = carry + incl - v;
-    carry += __shfl_sync(0xffffffffu, incl, 31);
-  }
-  __syncwarp();
-#pragma unroll
-  for (int j = 0; j < kSteps; ++j) {
-    const int s = j * 32 + lane;
-    if (s < cs) order[count[__float_as_int(info[s].x)] + rank[j]] = s;
-  }
-  __syncwarp();
-}
-
-// Walk the chunk in cell order, keeping the current cell's 4 corners (the lane's K columns)
-// in registers: one load and one store per run of samples in the same cell.
-template <int K>
-__device__ __forceinline__ void accumulate_runs(const float4* info, const int* order, int cs,
-                                                const float* gy_s, float* acc, int side,
-                                                int lane) {
-  constexpr int W = 32 * K;
-  int current = -1;
-  float r[4][K];
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int k = 0; k < K; ++k) r[j][k] = 0.f;
-  for (int t = 0; t < cs; ++t) {
-    const int s = order[t];
-    const float4 c = info[s];
-    const int index = __float_as_int(c.x);
-    if (index != current) {  // warp-uniform
-      if (current >= 0) store_corners<K>(acc + current * W, side, r);
-      load_corners<K>(acc + index * W, side, r);
-      current = index;
-    }
-    float g[K];
-    load_k<K>(gy_s + s * W + lane * K, g);
-    add_sample<K>(r, g, c.y, c.z);
-  }
-  if (current >= 0) store_corners<K>(acc + current * W, side, r);
 }
 
 template <int TILE, bool ACC_IN_SMEM>
@@ -491,7 +415,7 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
           float* ws,                          // [splits or 1, n_tiles, P, cells, W]
           int64_t batch, int n_out, int n_pairs, int num_grids, int chunk, int64_t per_split,
-          bool batch_last, bool use_atomics, bool per_split_copies, bool sorted,
+          bool batch_last, bool use_atomics, bool per_split_copies,
           int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
   constexpr int K = TILE / 4, W = bwd_width(TILE);
   extern __shared__ __align__(16) float smem[];
@@ -503,11 +427,7 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   float* gy_s = smem + (ACC_IN_SMEM ? int64_t(warps) * cells * W : 0);  // [chunk][W]
   float4* info = reinterpret_cast<float4*>(gy_s + int64_t(chunk) * W);  // [warps][chunk]
   float* s_borders = reinterpret_cast<float*>(info + int64_t(warps) * chunk);  // [side]
-  int* s_count = reinterpret_cast<int*>(s_borders + side);  // [warps][cells] (sorted only)
-  int* s_order = s_count + int64_t(warps) * cells;           // [warps][chunk] (sorted only)
   float4* my_info = info + int64_t(warp) * chunk;
-  int* my_count = s_count + int64_t(warp) * cells;
-  int* my_order = s_order + int64_t(warp) * chunk;
 
   const int n_tiles = (n_out + W - 1) / W;
   const int tile_index = blockIdx.x % n_tiles;
@@ -546,14 +466,6 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     for (int s = lane; s < cs; s += 32)
       my_info[s] = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
     __syncwarp();
-    if (sorted) {
-      // Samples in cell order: a run of samples in one cell accumulates in registers and
-      // touches the accumulator once (pays when the chunk has more samples than cells).
-      sort_by_cell(my_info, cs, cells, lane, my_count, my_order);
-      accumulate_runs<K>(my_info, my_order, cs, gy_s, acc, side, lane);
-      __syncwarp();  // my_info / my_count / my_order are rewritten in the next chunk
-      continue;
-    }
     // Two samples at a time: their cells' corners are disjoint (the usual case), the same
     // cell (one read-modify-write), or overlapping (one after the other). Disjoint corners
     // let the 8 loads of both samples be in flight together, which matters when few warps
@@ -613,10 +525,9 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
 template <int TILE>
 at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                      const at::Tensor& gy, int64_t batch, int n_out, int n_pairs, int num_grids,
-                     int block, bool deterministic, const DeviceLimits& lim,
+                     int block, const DeviceLimits& lim,
                      int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
   constexpr int W = bwd_width(TILE);
-  const int n_tiles = (n_out + W - 1) / W;
   // block_size_backward threads (capped), fewer where that lets the table slice fit in
   // shared memory; past that, the table is read from global memory.
   int warps = std::min(block, dx_max_block(TILE)) / 32;
@@ -626,21 +537,16 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   const int threads = warps * 32;
   const int64_t smem = dx_smem_bytes(num_grids, TILE, warps, in_smem);
   const at::Tensor packed = pack_table(params, W);
-  // One tile: each dx written once. Several: atomics into zeroed dx, or (deterministic) one
-  // block walks all tiles for its samples, summing in a fixed order.
-  const bool all_tiles = deterministic && n_tiles > 1;
-  const bool atomics = !deterministic && n_tiles > 1;
-  at::Tensor dx = atomics ? at::zeros_like(x) : at::empty_like(x);
+  at::Tensor dx = at::empty_like(x);  // every entry written by its owner, first tile first
   const auto kernel = in_smem ? dx_kernel<TILE, true> : dx_kernel<TILE, false>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
   const int64_t samples = int64_t(warps) * dx_samples_per_warp(TILE);
-  dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples),
-            static_cast<unsigned>(all_tiles ? 1 : n_tiles));
+  const dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples));
   kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
       gy.data_ptr<float>(), dx.data_ptr<float>(), batch, n_out, n_pairs, num_grids, xs_f, xs_b,
-      gs_f, gs_b, all_tiles, atomics);
+      gs_f, gs_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dx;
 }
@@ -677,7 +583,6 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   // Fast mode with a shared accumulator and no more cells than the largest chunk also sorts
   // each chunk by cell (runs of one cell accumulate in registers).
   const int chunk_pref = fast ? kDpMaxChunk : 64;
-  const bool sorted = fast && cells <= kDpMaxChunk;
   int warps = 0, chunk = 0;
   const bool in_smem = dp_smem_bytes(num_grids, TILE, 1, kDpMinChunk, true) <= lim.smem_optin;
   if (in_smem) {
@@ -685,14 +590,13 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
       const int64_t limit = pass == 0 ? budget : lim.smem_optin;
       for (int w = max_warps; w >= 1 && warps == 0; --w)
         for (int c = chunk_pref; c >= kDpMinChunk && warps == 0; c /= 2)
-          if (dp_smem_bytes(num_grids, TILE, w, c, true, sorted) <= limit) { warps = w; chunk = c; }
+          if (dp_smem_bytes(num_grids, TILE, w, c, true) <= limit) { warps = w; chunk = c; }
     }
   } else {
     warps = max_warps;
     chunk = chunk_pref;
   }
-  const bool sort_chunks = sorted && in_smem && warps > 0;
-  const int64_t smem = dp_smem_bytes(num_grids, TILE, warps, chunk, in_smem, sort_chunks);
+  const int64_t smem = dp_smem_bytes(num_grids, TILE, warps, chunk, in_smem);
   const int64_t blocks_xy = int64_t(n_tiles) * ((n_pairs + warps - 1) / warps);
   const int64_t resident = std::max<int64_t>(
       1, std::min<int64_t>(lim.smem_per_sm / (smem + 1024), 2048 / (32 * warps)));
@@ -723,7 +627,7 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   kernel<<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<float>(), borders.data_ptr<float>(), gy.data_ptr<float>(), ws.data_ptr<float>(),
       batch, n_out, n_pairs, num_grids, chunk, per_split, batch_last, atomics, per_split_copies,
-      sort_chunks, xs_f, xs_b, gs_f, gs_b);
+      xs_f, xs_b, gs_f, gs_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return unpack_dp(ws, num_grids, n_out);
 }
@@ -796,12 +700,12 @@ std::tuple<at::Tensor, at::Tensor> launch_backward(
   const int64_t in_dim = 2 * int64_t(n_pairs);
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
-  // grad_x by the forward kernel's scheme; the row-walking dx_kernel where that would need
-  // atomics in deterministic mode
+  // grad_x by the forward kernel's scheme; dx_kernel (tiles added in a fixed order) where
+  // that would need atomics in deterministic mode
   at::Tensor dx = dx_by_output_rows(x, params, borders, gy, batch_last, TILE, block, deterministic);
   if (!dx.defined())
-    dx = launch_dx<TILE>(x, params, borders, gy, batch, n_out, n_pairs, num_grids, block,
-                         deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+    dx = launch_dx<TILE>(x, params, borders, gy, batch, n_out, n_pairs, num_grids, block, lim,
+                         xs_f, xs_b, gs_f, gs_b);
   at::Tensor dp = launch_dp_sorted<TILE>(x, borders, gy, batch, n_out, n_pairs, num_grids, block,
                                          fast, batch_last, lim, xs_f, xs_b);
   if (!dp.defined())

@@ -97,16 +97,14 @@ inline int64_t dx_smem_bytes(int num_grids, int tile, int warps, bool table_in_s
          int64_t(num_grids + 1) * 4 + 16;
 }
 
-// dP kernel: one accumulator [cells][W] per warp (unless kept in global memory), grad_y of a
-// chunk of samples [chunk][W], the cells of each warp's pair [warps][chunk] (float4), borders;
-// when the chunk is sorted by cell, per warp a cell count [cells] and an order [chunk] (int).
-inline int64_t dp_smem_bytes(int num_grids, int tile, int warps, int chunk, bool acc_in_smem,
-                             bool sorted = false) {
+// dP kernel (dp_kernel): one accumulator [cells][W] per warp (unless kept in global memory),
+// grad_y of a chunk of samples [chunk][W], the cells of each warp's pair [warps][chunk]
+// (float4), borders.
+inline int64_t dp_smem_bytes(int num_grids, int tile, int warps, int chunk, bool acc_in_smem) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
   const int64_t width = bwd_width(tile);
   return (acc_in_smem ? int64_t(warps) * cells * width * 4 : 0) + int64_t(chunk) * width * 4 +
-         int64_t(warps) * chunk * 16 + (sorted ? int64_t(warps) * (cells + chunk) * 4 : 0) +
-         int64_t(num_grids + 1) * 4 + 16;
+         int64_t(warps) * chunk * 16 + int64_t(num_grids + 1) * 4 + 16;
 }
 constexpr int kDpMinChunk = 32;   // samples staged per dP chunk, smallest configuration
 constexpr int kDpMaxChunk = 128;  // largest chunk (fast mode)

@@ -366,32 +366,6 @@ def _deterministic(layer):
     return bool(now()) if now is not None else False
 
 
-def _fits(layer, device, mode, choice, base):
-    """True unless the layer's own num_grids checks refuse `choice` (merged into `base`).
-
-    The layer's check only warns (once) past the shared-memory limit; a candidate is timed
-    silently, and the warning is left for the configuration the layer actually runs."""
-    check = getattr(layer, "_check_fits_on_device", None)
-    if check is None:
-        return True
-    config = _merge(base, mode, choice)
-    warned = getattr(layer, "_warned_slow_fallback", False)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            check(device, mode == "backward", config)
-    except ValueError:
-        return False
-    finally:
-        layer._warned_slow_fallback = warned
-    return True
-
-
-def _merge(base, mode, choice):
-    """`base` (a LaunchConfig2D) with the mode's settings replaced by `choice`."""
-    return base._replace(**{attr: choice[entry] for attr, entry in _MODE_FIELDS[mode]})
-
-
 def _default_choice(options):
     return {entry: values[0] for entry, values in options.items()}
 
@@ -429,14 +403,12 @@ def _best(timed):
     return dict(frozen), ms
 
 
-def _time_mode(layer, x, mode, base):
+def _time_mode(layer, x, mode):
     """Time the candidates of one mode; returns a cache entry (config, ms, default_ms)."""
     options = _options(layer, mode)
     run = _launcher(layer, _timing_inputs(layer, x, mode), mode)
 
     def time_choice(choice):
-        if not _fits(layer, x.device, mode, choice, base):
-            return None
         try:
             return float(_timer(lambda: run(choice), dict(choice)))
         except (RuntimeError, ValueError):  # a configuration the kernels refuse: skip it
@@ -492,13 +464,11 @@ def launch_config_2d(layer, x, needs_backward):
 def _resolve_modes(layer, x, needs_backward, settings, may_time):
     """Resolve the "auto" settings of each mode the call needs (backward only with grad)."""
     chosen = {}
-    config = _with_defaults(settings, chosen)
     for mode in ("forward", "backward") if needs_backward else ("forward",):
         if any(getattr(layer, attr) == AUTO for attr, _ in _MODE_FIELDS[mode]):
-            chosen[mode] = _resolve_mode(layer, x, mode, config, may_time)
-            config = _with_defaults(settings, chosen)
+            chosen[mode] = _resolve_mode(layer, x, mode, may_time)
     layer.__dict__.setdefault("_tuned_choices", {}).update(chosen)
-    return config
+    return _with_defaults(settings, chosen)
 
 
 def _kernels_apply(layer, x):
@@ -516,7 +486,7 @@ def _with_defaults(settings, chosen):
     return LaunchConfig2D(**values)
 
 
-def _resolve_mode(layer, x, mode, base, may_time):
+def _resolve_mode(layer, x, mode, may_time):
     """The choice (entry name -> value) of one mode, from the cache or timed now."""
     key = make_key(layer, x, mode)
     entry = lookup(key)
@@ -527,32 +497,22 @@ def _resolve_mode(layer, x, mode, base, may_time):
     # An untimed stand-in (made where timing was not allowed) is timed once it is.
     cached = entry is not None and not _SESSION.force and not (may_time and entry.get("stand_in"))
     if not cached and may_time:
-        timed = _time_mode(layer, x, mode, base)
-        entry = timed or _stand_in(layer, x.device, mode, base, stand_in=False)
+        timed = _time_mode(layer, x, mode)
+        entry = timed or _stand_in(layer, mode, stand_in=False)
         store(key, entry, persist=timed is not None)
     elif entry is None:
-        entry = _stand_in(layer, x.device, mode, base, stand_in=True)
+        entry = _stand_in(layer, mode, stand_in=True)
         store(key, entry, persist=False)
     _SESSION.record(layer, key, entry, cached)
     return dict(entry["config"])
 
 
-def _stand_in(layer, device, mode, base, stand_in):
-    """An untimed entry: the first candidate (default first) the layer's checks accept.
-    The caller keeps it in memory only, so that the key is settled for later calls;
-    `stand_in` marks it for timing once timing is allowed (False: timing failed)."""
-    options = _options(layer, mode)
-    fitting = [c for c in _candidates(options) if _fits(layer, device, mode, c, base)]
-    return {"config": (fitting or [_default_choice(options)])[0], "ms": None,
-            "default_ms": None, "stand_in": stand_in}
-
-
-def _candidates(options):
-    default = _default_choice(options)
-    yield default
-    for entry, values in options.items():
-        for value in values[1:]:
-            yield dict(default, **{entry: value})
+def _stand_in(layer, mode, stand_in):
+    """An untimed entry: the default choice. The caller keeps it in memory only, so that
+    the key is settled for later calls; `stand_in` marks it for timing once timing is
+    allowed (False: timing failed)."""
+    return {"config": _default_choice(_options(layer, mode)), "ms": None, "default_ms": None,
+            "stand_in": stand_in}
 
 
 def _has_backward_kernel():
