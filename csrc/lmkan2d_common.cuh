@@ -1,10 +1,11 @@
 // Shared pieces of the LMKAN2DLayer CUDA kernels (SPEC.md section 2).
 //
 // Table layout used by the kernels: the parameters [G+1, G+1, N_out, N_in/2] are first
-// repacked into a tiled table Pt of shape [n_tiles, N_in/2, (G+1)^2, TILE] (outputs of a
-// tile contiguous, zero-padded past N_out). The slice of one (tile, pair) is then one
-// contiguous run of (G+1)^2 * TILE floats, so staging it in shared memory is a plain
-// vectorised copy, and the 4 corners of a cell are TILE/4 float4 reads each.
+// repacked into a tiled table Pt of shape [n_tiles, N_in/2, (G+1)^2, W] with W = 8 *
+// tile_size outputs per tile (contiguous, zero-padded past N_out). The slice of one
+// (tile, pair) is then one contiguous run of (G+1)^2 * W floats, so staging it in shared
+// memory is one bulk copy, and a corner of a cell is one W-float row that the 32 lanes of a
+// warp read together (tile_size / 4 floats each).
 //
 // Layouts of x / y / grad_y / grad_x are described by strides: element (feature f, sample b)
 // sits at f * stride_feature + b * stride_batch (batch_last: stride_batch = 1).
@@ -49,8 +50,8 @@ struct DeviceLimits {
 };
 DeviceLimits device_limits(int device_index);
 
-// Repack params [G+1, G+1, N_out, P] into Pt [n_tiles, P, (G+1)^2, tile] (zero padding).
-at::Tensor pack_table(const at::Tensor& params, int tile);
+// Repack params [G+1, G+1, N_out, P] into Pt [n_tiles, P, (G+1)^2, width] (zero padding).
+at::Tensor pack_table(const at::Tensor& params, int width);
 
 // Shared-memory footprints (bytes) of each kernel configuration; the host code and
 // lmkan2d_max_num_grids use the same functions, so the limit and the launch agree.
