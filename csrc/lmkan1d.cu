@@ -38,6 +38,7 @@
 #include <cstdint>
 
 #include "checks.h"
+#include "cp_async.cuh"
 #include "grid.cuh"
 
 namespace lmkan {
@@ -69,16 +70,6 @@ __device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int n
 
 __device__ __forceinline__ void load_borders(float* borders_s, const float* borders, int n) {
   for (int j = threadIdx.x; j < n; j += blockDim.x) borders_s[j] = borders[j];
-}
-
-__device__ __forceinline__ void cp_async16(float* dst_s, const float* src) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_s));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Every committed group but the most recent one has landed (this thread's copies).
-__device__ __forceinline__ void cp_async_wait_all_but_one() {
-  asm volatile("cp.async.wait_group 1;\n" ::);
 }
 
 // ==========================================================================================

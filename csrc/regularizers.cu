@@ -42,14 +42,15 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "cp_async.cuh"
 
 namespace lmkan {
 namespace {
 
 constexpr int kThreads = 128;        // threads per block of the main kernels (functions m)
 constexpr int kFinishThreads = 256;  // threads of the final reduction kernel
-// S <= kMaxNodes: 1D: 3 * S floats (< 48 KiB); 2D: S float4 (up to 64 000 B, opted in
-// above 48 KiB).
+// S <= kMaxNodes: 1D: 3 * S floats (< 48 KiB); 2D: S float4 and a 36 KiB row ring (up to
+// 100 864 B, opted in above 48 KiB).
 constexpr int kMaxNodes = 4000;
 
 // Column-chunk widths (registers hold 3 rows of W + 4 values, and in the 2D gradient three
@@ -157,14 +158,93 @@ __device__ __forceinline__ int slot_offset(int s, int bs, int S) {
   return min(max(bs - 2 + s, 0), S - 1) - bs;
 }
 
-// Parameter slots 0 .. W+3 of one row: columns bs-2 .. bs+W+1 (clamped).
-// row: pointer to column bs of the row at function m; M: column stride.
+// Whether parameter slot s is read by any position the window computes (left windows skip
+// positions 0, 1, i.e. slots 0, 1; right windows skip positions W, W+1, i.e. slots W+2, W+3).
 template <int W, int kKind>
-__device__ __forceinline__ void load_window_row(float (&dst)[W + 4], const float* __restrict__ row,
-                                                int bs, int S, int64_t M) {
+__device__ __forceinline__ constexpr bool slot_is_read(int s) {
+  return !((kKind == kLeftWindow && s < 2) || (kKind == kRightWindow && s > W + 1));
+}
+
+// The parameter rows of one thread's window live in a ring of shared memory, filled by
+// cp.async (4 bytes per slot) two rows ahead of use. Each thread copies and later reads
+// only its own column, so cp.async.wait_group alone orders copy and use: no barrier.
+// Before, a thread loaded row a+1 into registers only when row a's stencil was done, and
+// with 4 warps per scheduler the DRAM latency was exposed once per row (the gradient kernel
+// ran at 1.6x its copy floor); reading rows a-1, a, a+1 from shared memory also frees the
+// 54 registers of the three row windows.
+// Layout: ring [kRingRows][W + 4][kThreads] (slot-major, thread fastest: conflict-free copies
+// and reads); row r lives in ring row r % kRingRows. At row a of the stencil, rows a-1, a,
+// a+1 are read and rows a+2, a+3 are in flight; row a+4 is issued when row a is done,
+// into the ring row of a-1. Groups: {0, 1, 2}, {3}, {4}, then one per row (possibly
+// empty), so before row a the newest two groups are rows a+2, a+3 and wait_group 2 means
+// "row a+1 has landed".
+constexpr int kRingRows = 5;
+constexpr int kRowsInFlight = 2;
+
+// One row of the ring seen by one thread: slot s at row[s * kThreads].
+struct RingRow {
+  const float* row;
+  __device__ __forceinline__ float operator[](int s) const { return row[s * kThreads]; }
+};
+
+template <int W, int kKind>
+struct RowRing {
+  float* ring;            // this thread's column of the ring: ring base + threadIdx.x
+  const float* row0;      // row 0 of this thread's window (column bs, function m)
+  int64_t row_stride, M;  // S * M, M
+  int bs, S;
+
+  __device__ __forceinline__ float* ring_row(int a) const {
+    return ring + (a % kRingRows) * (W + 4) * kThreads;
+  }
+
+  // Starts copying row a (if it exists) into its ring row; does not commit.
+  __device__ __forceinline__ void copy(int a) const {
+    if (a >= S) return;
+    float* dst = ring_row(a);
+    // The column step is made opaque per row, so that the slot addresses are a chain of
+    // pointer increments rather than W + 4 hoisted 64-bit offsets (registers: spills).
+    int64_t step = M;
+    asm volatile("" : "+l"(step));
+    const float* src = row0 + static_cast<int64_t>(a) * row_stride +
+                       static_cast<int64_t>(slot_offset<W, kKind>(0, bs, S)) * step;
 #pragma unroll
-  for (int s = 0; s < W + 4; ++s)
-    dst[s] = __ldg(row + static_cast<int64_t>(slot_offset<W, kKind>(s, bs, S)) * M);
+    for (int s = 0; s < W + 4; ++s) {
+      if (s > 0) src += (slot_offset<W, kKind>(s, bs, S) - slot_offset<W, kKind>(s - 1, bs, S)) * step;
+      if (slot_is_read<W, kKind>(s)) cp_async4(dst + s * kThreads, src);
+    }
+  }
+
+  // Rows 0 .. 2 + kRowsInFlight in flight, grouped as described above.
+  __device__ __forceinline__ void start() const {
+    copy(0);
+    copy(1);
+    copy(2);
+    cp_async_commit();
+#pragma unroll
+    for (int r = 3; r < 3 + kRowsInFlight; ++r) {
+      copy(r);
+      cp_async_commit();
+    }
+  }
+
+  // Before the stencil of row a: waits until rows a-1, a, a+1 have landed.
+  __device__ __forceinline__ void wait_rows() const { cp_async_wait<kRowsInFlight>(); }
+
+  // After the stencil of row a: row a + 2 + kRowsInFlight goes into the ring row of a-1.
+  __device__ __forceinline__ void advance(int a) const {
+    copy(a + 2 + kRowsInFlight);
+    cp_async_commit();
+  }
+
+  __device__ __forceinline__ RingRow row(int a) const { return RingRow{ring_row(a)}; }
+};
+
+// Shared-memory bytes of the 2D kernels: the stencil coefficients (float4 [S]) and the
+// ring of RowRing.
+size_t hessian2d_shared_bytes(int S) {
+  return static_cast<size_t>(S) * sizeof(float4) +
+         static_cast<size_t>(kRingRows) * (kW2d + 4) * kThreads * sizeof(float);
 }
 
 // Stores the owned columns j in [skip, skip + nb) of one finished gradient row, scaled.
@@ -240,9 +320,9 @@ struct PositionTerms {
   bool inner;
 };
 
-template <int W, int kKind>
+template <int W, int kKind, typename Row>
 __device__ __forceinline__ PositionTerms position_terms(
-    int i, const float (&pm)[W + 4], const float (&p0)[W + 4], const float (&pp)[W + 4],
+    int i, const Row& pm, const Row& p0, const Row& pp,
     float4 ra, float r2, const float4* __restrict__ ccol, int first_inner, int last_inner) {
   PositionTerms t;
   const int c = i + 1;  // centre slot of position i
@@ -268,21 +348,21 @@ __device__ __forceinline__ PositionTerms position_terms(
 template <int W, int kKind>
 __device__ __forceinline__ void hessian2d_grad_window(
     const float* __restrict__ row0, float* __restrict__ grow0, const float4* __restrict__ coef,
-    int S, int64_t M, Window win, float scale) {
+    int S, int64_t M, Window win, float scale, float* ring) {
   const int64_t row_stride = static_cast<int64_t>(S) * M;
   const int bs = win.bs, skip = win.skip, nb = win.nb;
   // Position validity for the generic kind, fixed for the whole thread.
   const int first_inner = 1 - (bs - 1), last_inner = (S - 2) - (bs - 1);
-  float pm[W + 4], p0[W + 4], pp[W + 4];  // parameter rows a-1, a, a+1 (slots)
-  float gm[W], g0[W], gp[W];              // gradient rows a-1, a, a+1 (owned columns)
-  load_window_row<W, kKind>(pm, row0, bs, S, M);
-  load_window_row<W, kKind>(p0, row0 + row_stride, bs, S, M);
+  float gm[W], g0[W], gp[W];  // gradient rows a-1, a, a+1 (owned columns)
+  const RowRing<W, kKind> rows{ring, row0, row_stride, M, bs, S};
+  rows.start();
 #pragma unroll
   for (int j = 0; j < W; ++j) gm[j] = g0[j] = 0.f;
 
 #pragma unroll 1
   for (int a = 1; a <= S - 2; ++a) {
-    load_window_row<W, kKind>(pp, row0 + (a + 1) * row_stride, bs, S, M);
+    rows.wait_rows();
+    const RingRow pm = rows.row(a - 1), p0 = rows.row(a), pp = rows.row(a + 1);  // slots
     const float4 ra = coef[a];  // {km_a, kp_a, -(km_a + kp_a), ihs_a^2}
     const float r2 = 2.f * ra.w;
     const float4* ccol = column_coefficients(coef, bs);
@@ -315,11 +395,7 @@ __device__ __forceinline__ void hessian2d_grad_window(
     }
     // Row a-1 has all its contributions (from positions in rows a-2, a-1, a).
     store_window_row<W, kKind>(grow0 + (a - 1) * row_stride, gm, scale, skip, nb, M);
-#pragma unroll
-    for (int s = 0; s < W + 4; ++s) {
-      pm[s] = p0[s];
-      p0[s] = pp[s];
-    }
+    rows.advance(a);
 #pragma unroll
     for (int j = 0; j < W; ++j) {
       gm[j] = g0[j];
@@ -337,17 +413,17 @@ __device__ __forceinline__ void hessian2d_grad_window(
 template <int W, int kKind>
 __device__ __forceinline__ double hessian2d_value_window(const float* __restrict__ row0,
                                                          const float4* __restrict__ coef, int S,
-                                                         int64_t M, Window win) {
+                                                         int64_t M, Window win, float* ring) {
   const int64_t row_stride = static_cast<int64_t>(S) * M;
   const int bs = win.bs, skip = win.skip, nb = win.nb;
   const int first_inner = 1 - (bs - 1), last_inner = (S - 2) - (bs - 1);
-  float pm[W + 4], p0[W + 4], pp[W + 4];
-  load_window_row<W, kKind>(pm, row0, bs, S, M);
-  load_window_row<W, kKind>(p0, row0 + row_stride, bs, S, M);
+  const RowRing<W, kKind> rows{ring, row0, row_stride, M, bs, S};
+  rows.start();
   double total = 0.0;
 #pragma unroll 1
   for (int a = 1; a <= S - 2; ++a) {
-    load_window_row<W, kKind>(pp, row0 + (a + 1) * row_stride, bs, S, M);
+    rows.wait_rows();
+    const RingRow pm = rows.row(a - 1), p0 = rows.row(a), pp = rows.row(a + 1);  // slots
     const float4 ra = coef[a];
     const float r2 = 2.f * ra.w;
     const float4* ccol = column_coefficients(coef, bs);
@@ -367,11 +443,7 @@ __device__ __forceinline__ double hessian2d_value_window(const float* __restrict
       }
     }
     total += static_cast<double>(acc);
-#pragma unroll
-    for (int s = 0; s < W + 4; ++s) {
-      pm[s] = p0[s];
-      p0[s] = pp[s];
-    }
+    rows.advance(a);
   }
   return total;
 }
@@ -383,7 +455,8 @@ template <int W>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_value_kernel(
     const float* __restrict__ params, const float* __restrict__ borders,
     double* __restrict__ partials, int S, int64_t M, int num_chunks, int chunk_width) {
-  extern __shared__ float4 coef4[];  // [S]
+  extern __shared__ float4 coef4[];  // [S], then the RowRing ring
+  float* ring = reinterpret_cast<float*>(coef4 + S) + threadIdx.x;
   __shared__ double red[32];
   fill_stencil_coefficients(borders, S, coef4);
   __syncthreads();
@@ -395,7 +468,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_value_kern
     const Window win = chunk_window<W>(chunk, chunk_width, S);
     const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
     with_window_kind(win.kind, [&](auto kind) {
-      total = hessian2d_value_window<W, decltype(kind)::value>(row0, coef4, S, M, win);
+      total = hessian2d_value_window<W, decltype(kind)::value>(row0, coef4, S, M, win, ring);
     });
   }
   total = block_sum(total, red);
@@ -415,7 +488,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kerne
     const float* __restrict__ grad_r, const float* __restrict__ params,
     const float* __restrict__ borders, float* __restrict__ grad, int S, int64_t M,
     int num_chunks, int chunk_width) {
-  extern __shared__ float4 coef4[];  // [S]
+  extern __shared__ float4 coef4[];  // [S], then the RowRing ring
+  float* ring = reinterpret_cast<float*>(coef4 + S) + threadIdx.x;
   fill_stencil_coefficients(borders, S, coef4);
   __syncthreads();
 
@@ -429,7 +503,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kerne
   const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
   float* grow0 = grad + m + static_cast<int64_t>(win.bs) * M;
   with_window_kind(win.kind, [&](auto kind) {
-    hessian2d_grad_window<W, decltype(kind)::value>(row0, grow0, coef4, S, M, win, scale);
+    hessian2d_grad_window<W, decltype(kind)::value>(row0, grow0, coef4, S, M, win, scale, ring);
   });
 }
 
@@ -575,7 +649,6 @@ int64_t num_blocks(int64_t M, int num_chunks) {
 }
 
 size_t coef_bytes(int S) { return static_cast<size_t>(3 * S) * sizeof(float); }
-size_t coef4_bytes(int S) { return static_cast<size_t>(S) * sizeof(float4); }
 
 // Lets `kernel` take more than the default 48 KiB of dynamic shared memory (large S only).
 template <typename Kernel>
@@ -639,7 +712,7 @@ at::Tensor hessian2d_cuda(const at::Tensor& params_in, const at::Tensor& borders
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
   const double inner = static_cast<double>(S - 2);
-  return reduce_value(hessian2d_value_kernel<kW2d>, coef4_bytes(S), params, borders, S, M,
+  return reduce_value(hessian2d_value_kernel<kW2d>, hessian2d_shared_bytes(S), params, borders, S, M,
                       split(S, kW2d), 1.0 / (inner * inner));
 }
 
@@ -654,7 +727,7 @@ at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r_in, const at::Tensor
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
   const Chunks chunks = split(S, kW2d);
-  return launch_grad(hessian2d_grad_kernel<kW2d>, coef4_bytes(S), grad_r, params, borders, S, M,
+  return launch_grad(hessian2d_grad_kernel<kW2d>, hessian2d_shared_bytes(S), grad_r, params, borders, S, M,
                      chunks.count, chunks.width);
 }
 
