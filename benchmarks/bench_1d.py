@@ -14,7 +14,7 @@ import torch
 from lmKAN import KANLayer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import cuda_median_ms  # noqa: E402
+from _timing import cuda_median_ms, warm_up_gpu  # noqa: E402
 from profile_1d import kernel_breakdown, print_breakdown  # noqa: E402
 
 # Shared-memory limit of the direct lookup scheme (PERFORMANCE.md): 2 reads per
@@ -62,6 +62,7 @@ def main():
     ap.add_argument("--control-points", type=int, default=32)
     ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "bench_1d.json"))
     args = ap.parse_args()
+    warm_up_gpu()
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = "cuda"

@@ -15,7 +15,7 @@ import torch
 from lmKAN import ops
 from lmKAN.grids import cdf_borders
 
-from _timing import cuda_median_ms
+from _timing import cuda_median_ms, warm_up_gpu
 
 # (name, G, n_in, n_out, batch, modes, forward limit ms from PERFORMANCE.md or None, original ms)
 CASES = [
@@ -82,6 +82,7 @@ def main():
     ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "bench_2d.json"))
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
+    warm_up_gpu()
     torch.manual_seed(0)
     rows = []
     for name, G, n_in, n_out, batch, modes, limit, original in CASES:

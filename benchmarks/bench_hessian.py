@@ -34,7 +34,7 @@ import torch
 import lmKAN
 from lmKAN import KANLayer, LMKAN2DLayer, _reference
 
-from _timing import cuda_median_ms
+from _timing import cuda_median_ms, warm_up_gpu
 
 ORIGINAL_MS = {"2d_G26_256x256": 0.86}  # PERFORMANCE.md, same H100 model
 
@@ -201,6 +201,7 @@ def main():
     parser.add_argument("--host-only", action="store_true",
                         help="time the host side of the autograd path on the CPU (no GPU)")
     args = parser.parse_args()
+    warm_up_gpu()
     if args.host_only:
         host_overhead_cpu()
         return

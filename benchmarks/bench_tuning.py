@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import cuda_median_ms as timed  # noqa: E402
+from _timing import cuda_median_ms as timed, warm_up_gpu  # noqa: E402
 
 from lmKAN import LMKAN2DLayer, tune, tuning  # noqa: E402
 from lmKAN.lmkan2d import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES  # noqa: E402
@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cases", default=None, help="comma-separated indices into PERFORMANCE_CASES")
     args = ap.parse_args()
+    warm_up_gpu()
     # An empty cache of our own: every pick below is timed in this run.
     os.environ[tuning.ENV_CACHE_DIR] = tempfile.mkdtemp(prefix="lmkan-bench-tuning-")
     os.environ.pop(tuning.ENV_TUNING, None)

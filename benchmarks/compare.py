@@ -54,8 +54,8 @@ def build_layers(dim):
 
 
 def _kanditioned_constructor(dim):
-    try:
-        from kanditioned import KANLayer as KANditionedLayer
+    try:  # the PyPI package `kanditioned` installs the module `KANditioned`
+        from KANditioned import KANLayer as KANditionedLayer
     except ImportError:
         return None
 
@@ -199,14 +199,31 @@ def parse_args(argv=None):
     parser.add_argument("--only", default=None, help="comma-separated substrings of layer names")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--figure-dir", default=None, help="write performance.svg/.png here")
+    parser.add_argument("--from-json", default=None,
+                        help="measure nothing: print the table (and draw the figure) of a saved run")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.dim, args.repeats, args.warmup = 1024, 64, 3, 1
     return args
 
 
+def redraw(path, figure_dir):
+    """Table and figure of a run saved with --json (e.g. measured on a GPU machine that lacks
+    matplotlib)."""
+    with open(path) as f:
+        report = json.load(f)
+    title = f"{report['batch']} x {report['dim']} -> {report['dim']}, float32, batch-first, on {report['device']}"
+    if figure_dir:
+        report["figures"] = save_figure(report["results"], title, figure_dir)
+    print(title)
+    print(format_table(report["results"]))
+    return report
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_json:
+        return redraw(args.from_json, args.figure_dir)
     device = torch.device(args.device)
     torch.manual_seed(0)
     layers = build_layers(args.dim)

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 from lmKAN import ops
 from lmKAN.grids import cdf_borders
 
-from _timing import cuda_median_ms
+from _timing import cuda_median_ms, warm_up_gpu
 
 CASES = {"G8": (8, 512, 512, 1 << 18), "G26": (26, 256, 256, 1 << 18), "G16": (16, 512, 512, 1 << 18),
          "G26small": (26, 128, 128, 1024)}
@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--fast", default="0,1")
     ap.add_argument("--forward-tile", type=int, default=0, help="0: 16 for G <= 10, else 4")
     args = ap.parse_args()
+    warm_up_gpu()
     summary = []
     for name in args.cases.split(","):
         G, n_in, n_out, batch = CASES[name]

@@ -15,7 +15,7 @@ import torch
 from lmKAN import _reference
 from lmKAN.grids import cdf_borders
 
-from _timing import cuda_median_ms
+from _timing import cuda_median_ms, warm_up_gpu
 
 TILES = (4, 8, 16)
 BLOCKS = (128, 256, 512, 1024)
@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="skip the B=2^20 case")
     ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args()
+    warm_up_gpu()
     failures = check_correctness()
     rows = []
     for name, G, n_in, n_out, batch, limit, original in CASES:

@@ -35,6 +35,18 @@ def test_compare_runs_on_cpu_and_writes_json_and_figures(tmp_path, capsys):
     assert "n/a" in capsys.readouterr().out.splitlines()[-1]
 
 
+def test_compare_redraws_a_saved_run(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    json_path = tmp_path / "compare.json"
+    compare.main(["--device", "cpu", "--batch", "16", "--dim", "4", "--repeats", "1", "--warmup", "0",
+                  "--only", "linear,1d", "--json", str(json_path)])
+    first = capsys.readouterr().out.splitlines()[-3:]
+    figures = tmp_path / "figures"
+    report = compare.main(["--from-json", str(json_path), "--figure-dir", str(figures)])
+    assert capsys.readouterr().out.splitlines()[-3:] == first  # the same table, nothing re-measured
+    assert (figures / "performance.svg").stat().st_size > 0
+    assert sorted(report["results"]) == sorted(json.loads(json_path.read_text())["results"])
+
 def test_bspline_bases_partition_of_unity_and_degree():
     layer = BSplineKANLayer(3, 2, grid_size=5, order=3)
     x = torch.linspace(-0.999, 0.999, 101)[:, None].expand(101, 3)
