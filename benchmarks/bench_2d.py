@@ -40,13 +40,13 @@ def peak_mb(fn):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, mode,
+def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, block_f, tile_b, block_b, fast, mode,
               deterministic=False):
     x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
     params = (torch.rand(G + 1, G + 1, n_out, n_in // 2, device="cuda") - 0.5) * 0.2
     borders = cdf_borders(G, device="cuda")
     if mode == "fwd":
-        return lambda: ops.lmkan2d(x, params, borders, batch_last, tile_f, 1024, tile_b, block_b, fast)
+        return lambda: ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast)
     gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
     if mode == "bwd":  # the backward op alone (dx and dP kernels)
         return lambda: torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile_b,
@@ -55,7 +55,7 @@ def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, 
     params.requires_grad_(True)
 
     def step():
-        y = ops.lmkan2d(x, params, borders, batch_last, tile_f, 1024, tile_b, block_b, fast,
+        y = ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast,
                         deterministic)
         x.grad = None
         params.grad = None
@@ -77,16 +77,18 @@ def linear_fns(n_in, n_out, batch, dtype, backward):
     return step
 
 
-def run_config(args, name, G, n_in, n_out, batch, mode, label, tile_f, tile_b, block_b, fast,
-               batch_last, determ):
+def run_config(args, name, G, n_in, n_out, batch, mode, label, tile_f, block_f, tile_b, block_b,
+               fast, batch_last, determ):
     """One configuration: time and peak memory (an error is reported, not raised)."""
     try:
-        fn = lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, tile_b, block_b, fast, mode, determ)
+        fn = lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, block_f, tile_b, block_b, fast, mode,
+                       determ)
         ms, mem, err = timed(fn, args.reps), peak_mb(fn), None
     except Exception as exc:  # noqa: BLE001  (report, keep going)
         ms, mem, err = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"[:200]
     torch.cuda.empty_cache()
-    return dict(case=name, mode=mode, config=label, tile_f=tile_f, tile_b=tile_b, block_b=block_b,
+    return dict(case=name, mode=mode, config=label, tile_f=tile_f, block_f=block_f, tile_b=tile_b,
+                block_b=block_b,
                 fast=fast, batch_last=batch_last, deterministic=determ, ms=ms, peak_mb=mem, error=err)
 
 
@@ -98,7 +100,7 @@ def main():
     warm_up_gpu()
     torch.manual_seed(0)
     rows = []
-    best_forward_tile = {}
+    best_forward = {}
     for name, G, n_in, n_out, batch, modes, limit, original in CASES:
         for mode in modes:
             backward = mode != "fwd"
@@ -111,27 +113,29 @@ def main():
             # Batch-last configurations first; then the fastest of them again with batch-first
             # inputs (and, for the backward, deterministic), so the layout's cost is measured at
             # the configuration a tuned layer would run. fwd+bwd uses this case's fastest
-            # forward tile.
+            # forward tile and block.
             if backward:
-                tile_f = best_forward_tile.get(name, 16 if G <= 16 else 8)
-                configs = [(f"bwd tile {tile} {'fast' if fast else 'normal'}", tile_f, tile, 512, fast)
-                           for tile in (4, 8, 16) for fast in (False, True)]
+                tile_f, block_f = best_forward.get(name, (16 if G <= 16 else 8, 1024))
+                configs = [(f"bwd tile {tile} block {block} {'fast' if fast else 'normal'}", tile_f, block_f,
+                            tile, block, fast)
+                           for tile in (4, 8, 16) for block in (256, 512) for fast in (False, True)]
             else:
-                configs = [(f"tile {tile}", tile, 8, 512, False) for tile in (4, 8, 16)]
+                configs = [(f"tile {tile} block {block}", tile, block, 8, 512, False)
+                           for tile in (4, 8, 16) for block in (256, 1024)]
             case_rows = []
-            for label, tile_f, tile_b, block_b, fast in configs:
+            for label, tile_f, block_f, tile_b, block_b, fast in configs:
                 case_rows.append(run_config(args, name, G, n_in, n_out, batch, mode, label, tile_f,
-                                            tile_b, block_b, fast, True, False))
+                                            block_f, tile_b, block_b, fast, True, False))
             best = min((r for r in case_rows if r["error"] is None), key=lambda r: r["ms"])
             if mode == "fwd":
-                best_forward_tile[name] = best["tile_f"]
+                best_forward[name] = (best["tile_f"], best["block_f"])
             variants = [("batch-first", False, False)]
             if backward:
                 variants.append(("determ.", True, True))
             for suffix, batch_last, determ in variants:
                 row = run_config(args, name, G, n_in, n_out, batch, mode, f"{best['config']} {suffix}",
-                                 best["tile_f"], best["tile_b"], best["block_b"], best["fast"],
-                                 batch_last, determ)
+                                 best["tile_f"], best["block_f"], best["tile_b"], best["block_b"],
+                                 best["fast"], batch_last, determ)
                 row["vs_batch_last"] = row["ms"] / best["ms"]
                 case_rows.append(row)
             for row in case_rows:

@@ -450,6 +450,51 @@ ForwardArgs make_args(const at::Tensor& x, const at::Tensor& packed, const at::T
   return a;
 }
 
+// out[c][r] = in[r][c] for in: [rows, cols], out: [cols, rows], both contiguous. One block
+// moves one 32 x 32 tile through shared memory so that the reads and the writes are both
+// coalesced (ATen's copy of a transposed view reads or writes with a stride: ~8x slower at
+// these shapes, measured in the version 7 round). The tile row is 33 floats, so the column
+// reads of the second phase fall into 32 different banks. Tiles are numbered on one grid
+// axis (int64 arithmetic), so neither side is limited to 65535 tiles.
+constexpr int kTransposeTile = 32, kTransposeRows = 8;  // 32 x 8 threads, 4 elements each
+
+__global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_kernel(
+    const float* __restrict__ in, float* __restrict__ out, int64_t rows, int64_t cols,
+    int64_t col_tiles) {
+  __shared__ float tile[kTransposeTile][kTransposeTile + 1];
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) / col_tiles) * kTransposeTile;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) % col_tiles) * kTransposeTile;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+#pragma unroll
+  for (int i = ty; i < kTransposeTile; i += kTransposeRows) {
+    const int64_t r = r0 + i, c = c0 + tx;
+    if (r < rows && c < cols) tile[i][tx] = in[r * cols + c];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = ty; i < kTransposeTile; i += kTransposeRows) {
+    const int64_t c = c0 + i, r = r0 + tx;
+    if (c < cols && r < rows) out[c * rows + r] = tile[tx][i];
+  }
+}
+
+// [rows, cols] -> contiguous [cols, rows] (float32, any strides in; on the current stream).
+at::Tensor transpose(const at::Tensor& in_any) {
+  const at::Tensor in = in_any.contiguous();
+  const int64_t rows = in.size(0), cols = in.size(1);
+  at::Tensor out = at::empty({cols, rows}, in.options());
+  if (rows == 0 || cols == 0) return out;
+  const int64_t col_tiles = (cols + kTransposeTile - 1) / kTransposeTile;
+  const int64_t tiles = (rows + kTransposeTile - 1) / kTransposeTile * col_tiles;
+  TORCH_CHECK(tiles < (int64_t(1) << 31), "lmkan2d: tensor too large to transpose (", rows, " x ",
+              cols, ")");
+  transpose_kernel<<<static_cast<unsigned>(tiles), dim3(kTransposeTile, kTransposeRows), 0,
+                     c10::cuda::getCurrentCUDAStream()>>>(in.data_ptr<float>(), out.data_ptr<float>(),
+                                                          rows, cols, col_tiles);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 template <int K>
 void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
   if (block > 256) launch_forward_km<K, samples_per_lane(K, 1024)>(a, grid, block, smem);
@@ -487,14 +532,14 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
   const at::cuda::CUDAGuard guard(x_in.device());
   if (!batch_last) {
-    // Batch-first runs the batch-last kernel between two transposing copies (x in, y out):
-    // at the PERFORMANCE.md shapes the copies cost ~3-4% of the forward, where the kernel's
+    // Batch-first runs the batch-last kernel between two tiled transposes (x in, y out): at
+    // the PERFORMANCE.md shapes they should cost ~3-4% of the forward, where the kernel's
     // strided batch-first access (one sample's K outputs per lane: scattered rows) cost
     // +5% (G=8), +11% (G=16) and +21% (G=26) in R4. Extra memory: one copy of x and of y.
-    const at::Tensor y_bl = forward_cuda(x_in.t(), params_in, borders_in, true, tile_size,
+    const at::Tensor y_bl = forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size,
                                          block_size, backward_tile_size, backward_block_size,
                                          backward_fast_mode, deterministic);
-    return y_bl.t().contiguous();
+    return transpose(y_bl);
   }
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous();
