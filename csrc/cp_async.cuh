@@ -29,7 +29,4 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-// Every committed group but the most recent one has landed (this thread's copies).
-__device__ __forceinline__ void cp_async_wait_all_but_one() { cp_async_wait<1>(); }
-
 }  // namespace lmkan

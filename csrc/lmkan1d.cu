@@ -232,8 +232,8 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
       load_stage_x(xr, a, s_warp, i1, n1, lane);
       stage_table(t.table + ((st + 1) & 1) * t.stage_floats, a, tile, i1, n1);
     }
-    cp_async_commit();  // possibly empty: keeps "all but one" meaning "stage st landed"
-    cp_async_wait_all_but_one();
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage st landed"
+    cp_async_wait<1>();
     __syncthreads();
     consume(reinterpret_cast<const float4*>(t.table + (st & 1) * t.stage_floats), i0, n);
     __syncthreads();  // buffer st & 1 and the cells are free for the next stages

@@ -12,8 +12,9 @@
 // One thread owns one function m and a chunk of at most W columns b (the chunks partition
 // the columns, so every value and every gradient entry is computed by exactly one thread);
 // a warp's loads and stores are 32 consecutive m: fully coalesced. The 2D kernels slide a
-// window of three parameter rows (and, in the gradient, three gradient rows) down the a
-// axis in registers, so each parameter is read once from DRAM (the chunk halos, two
+// window of three parameter rows down the a axis through a shared-memory ring (RowRing,
+// filled two rows ahead by cp.async) and, in the gradient, three gradient rows in
+// registers, so each parameter is read once from DRAM (the chunk halos, two
 // columns, are re-read from L2 by the neighbouring chunk's block, which runs at the same
 // time: the chunk is the fastest-varying block index). In 2D the value and the gradient
 // share one chunking and one "window" of W columns per thread, whose position relative to
@@ -49,12 +50,12 @@ namespace {
 
 constexpr int kThreads = 128;        // threads per block of the main kernels (functions m)
 constexpr int kFinishThreads = 256;  // threads of the final reduction kernel
-// S <= kMaxNodes: 1D: 3 * S floats (< 48 KiB); 2D: S float4 and a 36 KiB row ring (up to
-// 100 864 B, opted in above 48 KiB).
+// S <= kMaxNodes: 1D: 3 * S floats (< 48 KiB); 2D: S float4 and a 45 KiB row ring (up to
+// 110 080 B, opted in above 48 KiB).
 constexpr int kMaxNodes = 4000;
 
-// Column-chunk widths (registers hold 3 rows of W + 4 values, and in the 2D gradient three
-// gradient rows of W). For num_grids up to 26 these give two chunks per function in 2D.
+// Column-chunk widths (1D: registers hold W + 4 rows; 2D: the ring holds 5 rows of W + 4
+// slots per thread, and the gradient's registers three gradient rows of W). For num_grids up to 26 these give two chunks per function in 2D.
 constexpr int kW2d = 14;  // window columns per thread, 2D value and gradient
 constexpr int kW1d = 16;  // rows per thread, 1D value and gradient
 // 2D kernels: at most 128 registers, so 4 blocks (16 warps) fit on an SM and the

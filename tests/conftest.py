@@ -3,6 +3,7 @@
 GPU tests use `cuda_op` below: they skip (with the reason) only where no GPU is visible;
 on a GPU machine a missing kernel is a failure, never a skip.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -37,6 +38,17 @@ def run_python(code, timeout=120):
 def assert_cuda_kernel(op_name):
     """Fail (not skip) when a GPU is present but the op's CUDA kernel is not compiled in."""
     assert has_cuda_kernel(op_name), f"no CUDA kernel for lmkan::{op_name}: {backend_info()}"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) inside the block, the previous setting after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def rel_l2(actual, expected):

@@ -9,7 +9,8 @@ import torch
 from lmKAN import KANLayer, LMKAN1DLayer, _reference
 from lmKAN.grids import cdf_borders, uniform_borders
 
-from conftest import EXTENSION_ERROR_CRASH, assert_cuda_kernel, rel_l2, requires_gpu, run_python
+from conftest import (EXTENSION_ERROR_CRASH, assert_cuda_kernel, deterministic_algorithms, rel_l2,
+                      requires_gpu, run_python)
 
 pytestmark = requires_gpu
 
@@ -206,15 +207,11 @@ def test_layer_follows_torch_deterministic_setting():
     layer = KANLayer(64, 96, "random_normal").cuda()
     x = (1.5 * torch.randn(30000, 64, device="cuda")).requires_grad_(True)
     grad_y = torch.randn(30000, 96, device="cuda")
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        grads = []
+    grads = []
+    with deterministic_algorithms():
         for _ in range(2):
             gx, gp = torch.autograd.grad(layer(x), (x, layer.func_parameter), grad_y)
             grads.append((gx, gp))
-    finally:
-        torch.use_deterministic_algorithms(before)
     assert torch.equal(grads[0][0], grads[1][0])
     assert torch.equal(grads[0][1], grads[1][1])
     explicit = KANLayer(64, 96, "random_normal", deterministic=True).cuda()

@@ -8,7 +8,8 @@ from lmKAN import _reference
 from lmKAN.grids import cdf_borders
 from lmKAN.lmkan2d import LMKAN2DLayer, max_num_grids
 
-from conftest import EXTENSION_ERROR_CRASH, assert_cuda_kernel, rel_l2, requires_gpu, run_python
+from conftest import (EXTENSION_ERROR_CRASH, assert_cuda_kernel, deterministic_algorithms, rel_l2,
+                      requires_gpu, run_python)
 
 TILES = (4, 8, 16)
 TOL = 1e-5
@@ -140,17 +141,13 @@ def test_layer_follows_torch_deterministic_setting():
     layer = LMKAN2DLayer(8, 16, 200, tile_size_backward=8).cuda()
     x = torch.randn(16, 30000, device="cuda", requires_grad=True)
     gy = torch.randn(200, 30000, device="cuda")
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        grads = []
+    grads = []
+    with deterministic_algorithms():
         for _ in range(2):
             x.grad = None
             layer.func_parameter.grad = None
             layer(x).backward(gy)
             grads.append((x.grad.clone(), layer.func_parameter.grad.clone()))
-    finally:
-        torch.use_deterministic_algorithms(previous)
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
 
 
