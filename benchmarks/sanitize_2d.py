@@ -29,6 +29,11 @@ def main():
             for fast in (False, True):
                 # two backward output tiles (8 * tile outputs each) plus a partial one
                 _launch(5, 10, 16 * tile + 3, 77, batch_last, tile, 64, fast, fast)
+            # the fast backward over cell-sorted chunks (not deterministic): 3 output tiles in
+            # 2-warp blocks, then 18 in 16-warp blocks
+            _launch(5, 10, 16 * tile + 3, 777, batch_last, tile, 64, True, False, forward=False)
+            _launch(5, 6, 17 * 8 * tile + 3, 600, batch_last, tile, 512, True, False,
+                    forward=False)
         # a batch split over several dP blocks: atomic flush, then per-split copies
         for deterministic in (False, True):
             _launch(3, 8, 6, 5000, True, tile, 64, False, deterministic)

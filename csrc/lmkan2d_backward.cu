@@ -73,20 +73,6 @@ __device__ __forceinline__ void store_k(float* p, const float (&v)[K]) {
   }
 }
 
-// Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2.
-__device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
-                                            const float* s_borders, int num_grids,
-                                            int64_t xs_f, int64_t xs_b, float2* inv_h) {
-  const int64_t f = 2 * int64_t(p);
-  const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
-  const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
-  if (inv_h != nullptr) {
-    *inv_h = make_float2(1.f / (s_borders[c1.index + 1] - s_borders[c1.index]),
-                         1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));
-  }
-  return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
-}
-
 // Corner j = 2a + b of a cell, (i1+a, i2+b), relative to the cell's row in a [cells][W]
 // array: distinct rows for the 4 corners.
 __device__ __forceinline__ int corner_offset(int j, int side, int width) {
@@ -551,17 +537,6 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   return dx;
 }
 
-// dP workspace [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) ->
-// [G+1, G+1, N_out, P].
-at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
-  const at::Tensor packed = ws.size(0) > 1 ? ws.sum(0) : ws.select(0, 0);
-  const int64_t side = num_grids + 1, n_tiles = ws.size(1), n_pairs = ws.size(2), w = ws.size(4);
-  return packed.permute({2, 0, 3, 1})
-      .reshape({side, side, n_tiles * w, n_pairs})
-      .narrow(2, 0, n_out)
-      .contiguous();
-}
-
 // Largest workspace (bytes) that the split of the batch may ask for when each split keeps
 // its own copy of dP (deterministic, or the global-memory accumulator).
 constexpr int64_t kDpWorkspaceBytes = int64_t(1) << 30;
@@ -716,6 +691,17 @@ std::tuple<at::Tensor, at::Tensor> launch_backward(
 
 }  // namespace
 
+// dP workspace [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) ->
+// [G+1, G+1, N_out, P].
+at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
+  const at::Tensor packed = ws.size(0) > 1 ? ws.sum(0) : ws.select(0, 0);
+  const int64_t side = num_grids + 1, n_tiles = ws.size(1), n_pairs = ws.size(2), w = ws.size(4);
+  return packed.permute({2, 0, 3, 1})
+      .reshape({side, side, n_tiles * w, n_pairs})
+      .narrow(2, 0, n_out)
+      .contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const at::Tensor& x_in,
                                                  const at::Tensor& params_in,
                                                  const at::Tensor& borders_in, bool batch_last,
@@ -742,6 +728,11 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const DeviceLimits lim = device_limits(x.device().index());
   const int block = static_cast<int>(block_size);
   const int n = static_cast<int>(n_out);
+  if (fast_mode && !deterministic) {
+    auto runs = backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
+                                 block);
+    if (std::get<0>(runs).defined()) return runs;
+  }
   if (tile_size == 4)
     return launch_backward<4>(x, params, borders, gy, batch, n, n_pairs, num_grids, block,
                               batch_last, fast_mode, deterministic, lim);

@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <cuda_runtime.h>
 #include <ATen/core/Tensor.h>
 
@@ -42,6 +43,20 @@ __device__ __forceinline__ void transpose_reduce(float (&v)[N], int lane) {
   for (int width = N; width < 32; width *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
 }
 
+// Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2.
+__device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
+                                            const float* s_borders, int num_grids,
+                                            int64_t xs_f, int64_t xs_b, float2* inv_h) {
+  const int64_t f = 2 * int64_t(p);
+  const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
+  const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
+  if (inv_h != nullptr) {
+    *inv_h = make_float2(1.f / (s_borders[c1.index + 1] - s_borders[c1.index]),
+                         1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));
+  }
+  return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
+}
+
 // Per-device limits, read once per device.
 struct DeviceLimits {
   int smem_optin;      // largest dynamic shared memory per block (bytes)
@@ -52,6 +67,11 @@ DeviceLimits device_limits(int device_index);
 
 // Repack params [G+1, G+1, N_out, P] into Pt [n_tiles, P, (G+1)^2, width] (zero padding).
 at::Tensor pack_table(const at::Tensor& params, int width);
+// [rows, cols] -> contiguous [cols, rows] through 32 x 32 shared-memory tiles.
+at::Tensor transpose(const at::Tensor& in);
+// dP workspace [copies, n_tiles, P, cells, W] -> sum over copies (fixed order) ->
+// [G+1, G+1, N_out, P].
+at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out);
 
 // Shared-memory footprints (bytes) of each kernel configuration; the host code and
 // lmkan2d_max_num_grids use the same functions, so the limit and the launch agree.
@@ -78,7 +98,12 @@ inline int64_t forward_smem_bytes(int num_grids, int w, int nbuf, int samples_pe
          int64_t(num_grids + 1) * 4 + 16;
 }
 
-// ---- Backward (lmkan2d_backward.cu) ----
+// ---- Backward (lmkan2d_backward.cu, lmkan2d_runs.cu) ----
+// Fast, non-deterministic backward over cell-sorted chunks (lmkan2d_runs.cu): (grad_x,
+// grad_params), or undefined tensors when num_grids is too large for its histogram.
+std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
+                                                    const at::Tensor& borders, const at::Tensor& gy,
+                                                    bool batch_last, int tile, int block_size);
 // A warp of either backward kernel covers W = 8 * tile consecutive outputs of one table row
 // (tile_size_backward / 4 outputs per lane), reading the table packed as
 // pack_table(params, W) = [n_tiles, P, cells, W]: a corner read of a warp is one 128-byte

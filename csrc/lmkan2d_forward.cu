@@ -468,6 +468,14 @@ ForwardArgs make_args(const at::Tensor& x, const at::Tensor& packed, const at::T
   return a;
 }
 
+template <int K>
+void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
+  if (block > 256) launch_forward_km<K, samples_per_lane(K, 1024)>(a, grid, block, smem);
+  else launch_forward_km<K, samples_per_lane(K, 256)>(a, grid, block, smem);
+}
+
+}  // namespace
+
 // out[c][r] = in[r][c] for in: [rows, cols], out: [cols, rows], both contiguous. One block
 // moves one 32 x 32 tile through shared memory so that the reads and the writes are both
 // coalesced (ATen's copy of a transposed view reads or writes with a stride: ~8x slower at
@@ -513,13 +521,6 @@ at::Tensor transpose(const at::Tensor& in_any) {
   return out;
 }
 
-template <int K>
-void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
-  if (block > 256) launch_forward_km<K, samples_per_lane(K, 1024)>(a, grid, block, smem);
-  else launch_forward_km<K, samples_per_lane(K, 256)>(a, grid, block, smem);
-}
-
-}  // namespace
 
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op) {

@@ -186,6 +186,19 @@ def test_odd_shapes(shape, block):
 
 
 @requires_gpu
+@pytest.mark.parametrize("batch_last", (True, False))
+@pytest.mark.parametrize("tile", TILES)
+def test_fast_backward_chunks_and_many_tiles(tile, batch_last):
+    """The fast backward (cell-sorted chunks, lmkan2d_runs.cu) with a wide output: the batch
+    is sorted in several chunks (each chunk's grad_y rows are sized to ~16 MB) and each warp
+    walks 18 output tiles, the last one ragged."""
+    width = 8 * tile
+    n_out = 17 * width + 3
+    chunk = max(256, (16 << 20) // (18 * width * 4)) // 256 * 256
+    _check(5, 6, n_out, 2 * chunk + 77, batch_last, tile, True, block=512, forward=False)
+
+
+@requires_gpu
 @pytest.mark.parametrize("tile", TILES)
 def test_far_outside_grid(tile):
     _check(8, 20, 12, 515, True, tile, False, scale=40.0)
@@ -333,4 +346,23 @@ def test_int64_offsets():
     gx, gp = _backward(gy, x, params, borders, False, 8, 512, False)
     _, rgx, rgp = _reference_all(x[tail], params, borders, gy[tail], False)
     assert rel_l2(gx[tail], rgx) <= TOL
+    assert rel_l2(gp, rgp) <= TOL
+
+
+@requires_gpu
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory < 60e9,
+                    reason="needs about 40 GB of GPU memory")
+def test_int64_offsets_fast_backward():
+    # The fast backward (cell-sorted chunks): x, grad_y rows and grad_x past 2^31 elements.
+    n_in, n_out, batch = 16, 32, (1 << 27) + 7   # 32 outputs = one tile 4 row (no padding)
+    x = torch.randn(batch, n_in, device="cuda")
+    params = torch.randn(4, 4, n_out, n_in // 2, device="cuda")
+    borders = cdf_borders(3, device="cuda")
+    tail = slice(batch - 1000, batch)
+    gy = torch.zeros(batch, n_out, device="cuda")
+    gy[tail] = torch.randn(1000, n_out, device="cuda")
+    gx, gp = _backward(gy, x, params, borders, False, 4, 512, True)
+    _, rgx, rgp = _reference_all(x[tail], params, borders, gy[tail], False)
+    assert rel_l2(gx[tail], rgx) <= TOL
+    assert gx[:1000].abs().max().item() == 0  # zero grad_y gives zero grad_x
     assert rel_l2(gp, rgp) <= TOL

@@ -1,0 +1,395 @@
+// LMKAN2DLayer fast backward (backward_fast_mode=True, not deterministic): grad_x and
+// grad_params in one pass over cell-sorted samples.
+//
+// Why: the chunk-local cell sort of dp_sorted_kernel keeps a [cells][W] accumulator in shared
+// memory, which at G = 26 (187 KB) leaves one block of 6 warps per SM (9% occupancy, R19),
+// and grad_x was a second pass over the table. Here the accumulator lives in registers and
+// runs are long because the sort covers a large chunk of the batch:
+//
+// 1. bucket_kernel, one block per (pair, chunk): counting sort of the chunk's samples by cell
+//    (shared-memory histogram, block-wide scan, scatter), written as entries
+//    (sample, cell, d1, d2) [P][S]. Order within a cell is arbitrary (shared atomics): this
+//    path is not deterministic (its dP is flushed with float atomics anyway).
+// 2. runs_kernel: a group of T warps takes one pair and one segment of kRunSegment consecutive
+//    sorted entries; warp t of the group takes output tile t (W = 32K outputs, K per lane).
+//    Walking the segment, a lane keeps the 4 corner gradients of its K outputs for the current
+//    cell in registers and flushes them with float atomics (one vector RED per corner row)
+//    when the cell changes. Cells are sorted row-major, so moving to the next cell of the
+//    same grid row carries the two shared corners over (2 flushes per cell, not 4). The lane
+//    also keeps the cell's table differences for grad_x: per sample, one coalesced grad_y row
+//    read (L2: a chunk's grad_y is sized to stay there), 4K FMA for dP and 4K for dx, and a
+//    streaming transpose-reduce of the two dx partials over the warp (about 1 shuffle per
+//    sum). The T warps of a group see the same samples, so after each round of 16 samples
+//    they add their tiles' sums through shared memory and one thread writes each grad_x
+//    entry (one plain store when the group covers every output tile: no atomics, no zeroing).
+//
+// The chunk (S samples) is sized so that its grad_y rows take ~kRunChunkBytes: per pair, the
+// chunk's grad_y is read once per sample from L2, so this path moves B * P * N_out * 4 bytes
+// from L2 (the bound at G = 8 512->512) against ~(table + dP) * B / S from DRAM.
+#include <algorithm>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "checks.h"
+#include "lmkan2d_common.cuh"
+
+namespace lmkan {
+namespace lmkan2d {
+namespace {
+
+constexpr int kBucketThreads = 1024;
+constexpr int kRunSegment = 256;        // sorted entries per warp (multiple of 16)
+constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
+constexpr int64_t kRunChunkBytes = int64_t(16) << 20;  // grad_y rows of one chunk
+constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
+constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;  // sorted entries of a chunk
+constexpr int64_t kRunMaxPaddedBytes = int64_t(1) << 30;     // zero-padded grad_y copy
+
+// Exclusive scan of count[0, n) in place by the whole block; returns the total.
+__device__ int block_exclusive_scan(int* count, int n, int* warp_sums) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int per = (n + blockDim.x - 1) / blockDim.x;
+  const int begin = min(n, static_cast<int>(threadIdx.x) * per), end = min(n, begin + per);
+  int local = 0;
+  for (int i = begin; i < end; ++i) local += count[i];
+  int incl = local;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int t = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += t;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int v = lane < warps ? warp_sums[lane] : 0;
+    int w_incl = v;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int t = __shfl_up_sync(0xffffffffu, w_incl, d);
+      if (lane >= d) w_incl += t;
+    }
+    warp_sums[lane] = w_incl - v;  // exclusive prefix of the warp totals
+    if (lane == 31) warp_sums[32] = w_incl;
+  }
+  __syncthreads();
+  int run = warp_sums[warp] + incl - local;
+  for (int i = begin; i < end; ++i) {
+    const int c = count[i];
+    count[i] = run;
+    run += c;
+  }
+  const int total = warp_sums[32];
+  __syncthreads();
+  return total;
+}
+
+// Sort the samples [b0, b0 + len) of pair blockIdx.x by cell into entries[p][0, len).
+__global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
+    const float* __restrict__ x, const float* __restrict__ borders, int4* __restrict__ entries,
+    int64_t b0, int len, int64_t entries_stride, int num_grids, int64_t xs_f, int64_t xs_b) {
+  extern __shared__ __align__(16) int bucket_smem[];
+  const int side = num_grids + 1, keys = side * side;
+  int* count = bucket_smem;                                 // [keys]: counts, then cursors
+  int* warp_sums = count + keys;                            // [33]
+  float* s_borders = reinterpret_cast<float*>(warp_sums + 33);  // [side]
+  const int p = blockIdx.x;
+  for (int i = threadIdx.x; i < keys; i += blockDim.x) count[i] = 0;
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
+  __syncthreads();
+  for (int s = threadIdx.x; s < len; s += blockDim.x) {
+    const float4 c = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+    atomicAdd(&count[__float_as_int(c.x)], 1);
+  }
+  __syncthreads();
+  block_exclusive_scan(count, keys, warp_sums);
+  // second pass: the cells again (cheaper than keeping them: registers), each sample takes
+  // the next free slot of its cell
+  int4* out = entries + p * entries_stride;
+  for (int s = threadIdx.x; s < len; s += blockDim.x) {
+    const float4 c = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+    const int key = __float_as_int(c.x);
+    const int pos = atomicAdd(&count[key], 1);
+    out[pos] = make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z));
+  }
+}
+
+// K consecutive floats of a lane, vector load (K * lane floats into a W-float row: aligned).
+template <int K>
+__device__ __forceinline__ void load_row(const float* p, float (&v)[K]) {
+  if constexpr (K == 4) {
+    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+  } else if constexpr (K == 2) {
+    const float2 t = __ldg(reinterpret_cast<const float2*>(p));
+    v[0] = t.x; v[1] = t.y;
+  } else {
+    v[0] = __ldg(p);
+  }
+}
+
+// dst[0, K) += v with one vector float atomic (sm_90: RED.E.ADD.F32x4 / x2).
+template <int K>
+__device__ __forceinline__ void red_row(float* dst, const float (&v)[K]) {
+  if constexpr (K == 4) {
+    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+  } else if constexpr (K == 2) {
+    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
+  } else {
+    atomicAdd(dst, v[0]);
+  }
+}
+
+struct RunsArgs {
+  const int4* entries;   // [P][entries_stride] sorted (sample, cell, d1, d2) of the chunk
+  const float* packed;   // table [n_tiles, P, cells, W]
+  const float* gyt;      // grad_y rows [B][ld], ld = n_tiles * W (zero-padded)
+  const float* borders;  // [G+1]
+  float* ws;             // dP [n_tiles, P, cells, W], zeroed before the first chunk
+  float* dx;             // grad_x: (f, b) at f * xs_f + b * xs_b
+  int64_t b0, entries_stride, ld, xs_f, xs_b;
+  int len, segments, n_pairs, n_tiles, num_grids;
+};
+
+// Shared memory per warp: its segment's entries (int4) and its grad_x sums [segment][2].
+constexpr int64_t runs_smem_per_warp() { return int64_t(kRunSegment) * (16 + 8); }
+
+template <int K>
+__global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) {
+  constexpr int W = 32 * K, U = kRunPrefetch;
+  extern __shared__ __align__(16) float runs_smem[];
+  const int side = a.num_grids + 1, cells = side * side;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  int4* seg_entries = reinterpret_cast<int4*>(runs_smem) + warp * kRunSegment;
+  float* dxacc = runs_smem + int64_t(warps) * kRunSegment * 4 + warp * 2 * kRunSegment;
+  float* s_borders = runs_smem + int64_t(warps) * kRunSegment * 6;  // [side]
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
+  __syncthreads();  // the only block-wide barrier: warps are independent after it
+
+  const int64_t item = int64_t(blockIdx.x) * warps + warp;
+  if (item >= int64_t(a.n_pairs) * a.segments) return;
+  const int p = static_cast<int>(item / a.segments);
+  const int seg_begin = static_cast<int>(item % a.segments) * kRunSegment;
+  const int len = min(a.len - seg_begin, kRunSegment);
+  const int4* ent = a.entries + p * a.entries_stride + seg_begin;
+  for (int i = lane; i < len; i += 32) seg_entries[i] = ent[i];
+  __syncwarp();
+
+  for (int tile = 0; tile < a.n_tiles; ++tile) {
+    const int64_t slice = (int64_t(tile) * a.n_pairs + p) * cells * W + K * lane;
+    const float* tab = a.packed + slice;
+    float* wsp = a.ws + slice;
+    const float* gy = a.gyt + a.b0 * a.ld + tile * W + K * lane;
+
+    // dP corner gradients of the current cell: [0] (i1,i2), [1] (i1,i2+1), [2] (i1+1,i2),
+    // [3] (i1+1,i2+1); table corners (i1,i2+1), (i1+1,i2+1) kept for the carry to the
+    // right; dx: dy/dd1 = E1 + d2 F, dy/dd2 = E2 + d1 F per output.
+    float acc[4][K], t01[K], t11[K], e1[K], e2[K], f[K];
+    float ih1 = 0.f, ih2 = 0.f;
+    int cur = -1;
+    // streaming transpose-reduce: n = sample index in the round of 16, pend_l = the pending
+    // partial of level l
+    int n = 0, round_base = 0;
+    float pend0 = 0.f, pend1 = 0.f, pend2 = 0.f, pend3 = 0.f;
+
+    auto flush = [&](bool carry) {
+      red_row<K>(wsp + int64_t(cur) * W, acc[0]);
+      red_row<K>(wsp + int64_t(cur + side) * W, acc[2]);
+      if (!carry) {
+        red_row<K>(wsp + int64_t(cur + 1) * W, acc[1]);
+        red_row<K>(wsp + int64_t(cur + side + 1) * W, acc[3]);
+      }
+    };
+    // lane l finishes sum l of the round: sample l / 2, input 2p + l % 2
+    auto push = [&](float v) {
+      if (!(n & 1)) { pend0 = v; }
+      else {
+        const bool u1 = lane & 2;
+        v = (u1 ? v : pend0) + __shfl_xor_sync(0xffffffffu, u1 ? pend0 : v, 2);
+        if (!(n & 2)) { pend1 = v; }
+        else {
+          const bool u2 = lane & 4;
+          v = (u2 ? v : pend1) + __shfl_xor_sync(0xffffffffu, u2 ? pend1 : v, 4);
+          if (!(n & 4)) { pend2 = v; }
+          else {
+            const bool u3 = lane & 8;
+            v = (u3 ? v : pend2) + __shfl_xor_sync(0xffffffffu, u3 ? pend2 : v, 8);
+            if (!(n & 8)) { pend3 = v; }
+            else {
+              const bool u4 = lane & 16;
+              v = (u4 ? v : pend3) + __shfl_xor_sync(0xffffffffu, u4 ? pend3 : v, 16);
+              const int i = 2 * round_base + lane;  // this lane's (sample, input) slot
+              if (i < 2 * len) dxacc[i] = tile == 0 ? v : dxacc[i] + v;
+              round_base += 16;
+            }
+          }
+        }
+      }
+      n = (n + 1) & 15;
+    };
+
+    // grad_y rows of U samples are loaded one batch ahead of their use
+    float g_next[U][K];
+#pragma unroll
+    for (int u = 0; u < U; ++u) load_row<K>(gy + int64_t(seg_entries[min(u, len - 1)].x) * a.ld, g_next[u]);
+    for (int t0 = 0; t0 < len; t0 += U) {
+      float g[U][K];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int k = 0; k < K; ++k) g[u][k] = g_next[u][k];
+      if (t0 + U < len) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int s = seg_entries[min(t0 + U + u, len - 1)].x;
+          load_row<K>(gy + int64_t(s) * a.ld, g_next[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (t0 + u >= len) break;
+        const int4 e = seg_entries[t0 + u];  // broadcast: (sample, cell, d1, d2)
+        const int key = e.y;
+        if (key != cur) {
+          const bool carry = cur >= 0 && key == cur + 1;  // same grid row, next cell
+          if (cur >= 0) flush(carry);
+          float t00[K], t10[K];
+          if (carry) {
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+              acc[0][k] = acc[1][k]; acc[2][k] = acc[3][k];
+              acc[1][k] = 0.f; acc[3][k] = 0.f;
+              t00[k] = t01[k]; t10[k] = t11[k];
+            }
+          } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+              for (int k = 0; k < K; ++k) acc[j][k] = 0.f;
+            load_row<K>(tab + int64_t(key) * W, t00);
+            load_row<K>(tab + int64_t(key + side) * W, t10);
+          }
+          load_row<K>(tab + int64_t(key + 1) * W, t01);
+          load_row<K>(tab + int64_t(key + side + 1) * W, t11);
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            e1[k] = t10[k] - t00[k];
+            e2[k] = t01[k] - t00[k];
+            f[k] = (t11[k] - t01[k]) - e1[k];
+          }
+          const int i1 = key / side, i2 = key - i1 * side;
+          ih1 = 1.f / (s_borders[i1 + 1] - s_borders[i1]);
+          ih2 = 1.f / (s_borders[i2 + 1] - s_borders[i2]);
+          cur = key;
+        }
+        const float d1 = __int_as_float(e.z), d2 = __int_as_float(e.w);
+        float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          const float gk = g[u][k];
+          const float g1 = gk * d1, g0 = gk - g1;  // g * d1, g * (1 - d1)
+          acc[0][k] += g0 - g0 * d2;
+          acc[1][k] += g0 * d2;
+          acc[2][k] += g1 - g1 * d2;
+          acc[3][k] += g1 * d2;
+          s1 += gk * (e1[k] + d2 * f[k]);
+          s2 += gk * (e2[k] + d1 * f[k]);
+        }
+        s1 *= ih1;
+        s2 *= ih2;
+        const bool odd = lane & 1;
+        push((odd ? s2 : s1) + __shfl_xor_sync(0xffffffffu, odd ? s1 : s2, 1));
+      }
+    }
+    if (cur >= 0) flush(false);
+    while (n != 0) push(0.f);  // complete the last round (slots past len are not stored)
+    __syncwarp();  // dxacc of this tile visible to every lane
+  }
+  // each (sample, pair) of the chunk lives in exactly one segment: plain stores
+  for (int i = lane; i < 2 * len; i += 32) {
+    const int64_t b = a.b0 + seg_entries[i / 2].x;
+    a.dx[(2 * int64_t(p) + (i & 1)) * a.xs_f + b * a.xs_b] = dxacc[i];
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
+                                                    const at::Tensor& borders, const at::Tensor& gy,
+                                                    bool batch_last, int tile, int block_size) {
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int side = num_grids + 1, cells = side * side;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  const DeviceLimits lim = device_limits(x.device().index());
+  const int64_t bucket_smem = (int64_t(cells) + 33 + side) * 4;
+  if (bucket_smem > lim.smem_optin) return {};  // num_grids too large for the histogram
+  const int k = forward_lanes_outputs(tile), w = 32 * k;
+  const int n_tiles = (n_out + w - 1) / w;
+  const int64_t ld = int64_t(n_tiles) * w;
+  const int64_t in_dim = 2 * int64_t(n_pairs);
+
+  // A padded copy of a narrow grad_y (n_out well below one tile) would cost more memory than
+  // the path saves: such layers keep the shared-memory kernels.
+  if (ld != n_out && batch * ld * 4 > kRunMaxPaddedBytes) return {};
+
+  // grad_y as rows [B][ld], zero-padded past n_out
+  at::Tensor gyt = batch_last ? transpose(gy) : gy;
+  if (ld != n_out) gyt = at::constant_pad_nd(gyt, {0, ld - n_out});
+  const at::Tensor packed = pack_table(params, w);
+  at::Tensor ws = at::zeros({1, n_tiles, n_pairs, cells, w}, x.options());
+
+  // chunk: grad_y rows of ~kRunChunkBytes, a whole number of segments, < 2^31 entries
+  int64_t chunk = std::max<int64_t>(kRunSegment, kRunChunkBytes / (ld * 4));
+  chunk = std::min<int64_t>(chunk, int64_t(1) << 20);
+  chunk = std::min<int64_t>(chunk, kRunMaxEntriesBytes / (int64_t(n_pairs) * 16));
+  chunk = std::min<int64_t>(chunk, (batch + kRunSegment - 1) / kRunSegment * kRunSegment);
+  chunk = chunk / kRunSegment * kRunSegment;
+  at::Tensor entries = at::empty({n_pairs, chunk, 4}, x.options().dtype(at::kInt));
+
+  const int warps = std::max(1, std::min(block_size, kRunMaxThreads) / 32);
+  const int64_t runs_smem = warps * runs_smem_per_warp() + int64_t(side) * 4;
+  at::Tensor dx = at::empty_like(x);  // every entry written once
+
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
+  const auto runs = k == 1 ? runs_kernel<1> : k == 2 ? runs_kernel<2> : runs_kernel<4>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(bucket_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bucket_smem)));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(runs, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(runs_smem)));
+  RunsArgs a;
+  a.entries = reinterpret_cast<const int4*>(entries.data_ptr<int>());
+  a.packed = packed.data_ptr<float>();
+  a.gyt = gyt.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.ws = ws.data_ptr<float>();
+  a.dx = dx.data_ptr<float>();
+  a.entries_stride = chunk;
+  a.ld = ld;
+  a.xs_f = xs_f;
+  a.xs_b = xs_b;
+  a.n_pairs = n_pairs;
+  a.n_tiles = n_tiles;
+  a.num_grids = num_grids;
+  for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
+    const int len = static_cast<int>(std::min(chunk, batch - b0));
+    bucket_kernel<<<n_pairs, kBucketThreads, bucket_smem, stream>>>(
+        x.data_ptr<float>(), borders.data_ptr<float>(), reinterpret_cast<int4*>(entries.data_ptr<int>()),
+        b0, len, chunk, num_grids, xs_f, xs_b);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    a.b0 = b0;
+    a.len = len;
+    a.segments = (len + kRunSegment - 1) / kRunSegment;
+    const int64_t items = int64_t(n_pairs) * a.segments;
+    runs<<<static_cast<unsigned>((items + warps - 1) / warps), warps * 32, runs_smem, stream>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {dx, unpack_dp(ws, num_grids, n_out)};
+}
+
+}  // namespace lmkan2d
+}  // namespace lmkan
