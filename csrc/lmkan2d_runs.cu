@@ -10,22 +10,24 @@
 //    (shared-memory histogram, block-wide scan, scatter), written as entries
 //    (sample, cell, d1, d2) [P][S]. Order within a cell is arbitrary (shared atomics): this
 //    path is not deterministic (its dP is flushed with float atomics anyway).
-// 2. runs_kernel: a group of T warps takes one pair and one segment of kRunSegment consecutive
-//    sorted entries; warp t of the group takes output tile t (W = 32K outputs, K per lane).
-//    Walking the segment, a lane keeps the 4 corner gradients of its K outputs for the current
-//    cell in registers and flushes them with float atomics (one vector RED per corner row)
-//    when the cell changes. Cells are sorted row-major, so moving to the next cell of the
-//    same grid row carries the two shared corners over (2 flushes per cell, not 4). The lane
-//    also keeps the cell's table differences for grad_x: per sample, one coalesced grad_y row
-//    read (L2: a chunk's grad_y is sized to stay there), 4K FMA for dP and 4K for dx, and a
-//    streaming transpose-reduce of the two dx partials over the warp (about 1 shuffle per
-//    sum). The T warps of a group see the same samples, so after each round of 16 samples
-//    they add their tiles' sums through shared memory and one thread writes each grad_x
-//    entry (one plain store when the group covers every output tile: no atomics, no zeroing).
+// 2. runs_kernel: a warp takes one pair and one segment of kRunSegment consecutive sorted
+//    entries (staged in shared memory) and walks it once per output tile (W = 32K outputs,
+//    K per lane). A lane keeps the 4 corner gradients of its K outputs for the current cell
+//    in registers and flushes them with vector float atomics (RED.128 at K = 4) when the cell
+//    changes. Cells are sorted row-major, so moving to the next cell of the same grid row
+//    carries the two shared corners over (2 flushes per cell, not 4). The lane also keeps the
+//    cell's table differences E1, E2, F for grad_x. Per sample: one coalesced grad_y row
+//    (loaded a batch of 4 samples ahead), 4K FMA for dP, 3K for dx, and a transpose-reduce
+//    of the two dx sums over the warp streamed through the batches (about one shuffle per
+//    sum, its levels fixed at compile time within a batch). The warp adds each tile's sums
+//    into its own [segment][2] shared-memory slots and stores them once at the end: every
+//    (sample, pair) lives in one segment, so grad_x needs neither atomics nor zeroing, and
+//    warps never wait for each other.
 //
-// The chunk (S samples) is sized so that its grad_y rows take ~kRunChunkBytes: per pair, the
-// chunk's grad_y is read once per sample from L2, so this path moves B * P * N_out * 4 bytes
-// from L2 (the bound at G = 8 512->512) against ~(table + dP) * B / S from DRAM.
+// The chunk (S samples) is sized so that its grad_y rows take ~kRunChunkBytes (they stay in
+// L2: 94% hit rate in R24). Per pair a chunk's grad_y rows are read once per sample, so the
+// path moves B * P * N_out * 4 bytes from L2; the table and the dP atomics cost ~(table +
+// 2 x dP) * B / S. The kernel is bound by instruction issue (R24, ncu), not by memory.
 #include <algorithm>
 
 #include <ATen/ATen.h>
@@ -43,7 +45,9 @@ namespace {
 constexpr int kBucketThreads = 1024;
 constexpr int kRunSegment = 256;        // sorted entries per warp (multiple of 16)
 constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
-constexpr int64_t kRunChunkBytes = int64_t(16) << 20;  // grad_y rows of one chunk
+// grad_y rows of one chunk: longer runs per cell against L2 residency; R24/R25 measured 4,
+// 8, 16 and 32 MB on the H100 (32 fastest: G=8 35.7 ms, G=26 9.9 ms at tile 16)
+constexpr int64_t kRunChunkBytes = int64_t(32) << 20;
 constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
 constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;  // sorted entries of a chunk
 constexpr int64_t kRunMaxPaddedBytes = int64_t(1) << 30;     // zero-padded grad_y copy
@@ -112,7 +116,7 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
     const float4 c = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
     const int key = __float_as_int(c.x);
     const int pos = atomicAdd(&count[key], 1);
-    out[pos] = make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z));
+    __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));  // read once
   }
 }
 
@@ -174,7 +178,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
   const int seg_begin = static_cast<int>(item % a.segments) * kRunSegment;
   const int len = min(a.len - seg_begin, kRunSegment);
   const int4* ent = a.entries + p * a.entries_stride + seg_begin;
-  for (int i = lane; i < len; i += 32) seg_entries[i] = ent[i];
+  for (int i = lane; i < len; i += 32) seg_entries[i] = __ldcs(ent + i);  // evict first
   __syncwarp();
 
   for (int tile = 0; tile < a.n_tiles; ++tile) {
@@ -189,10 +193,13 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
     float acc[4][K], t01[K], t11[K], e1[K], e2[K], f[K];
     float ih1 = 0.f, ih2 = 0.f;
     int cur = -1;
-    // streaming transpose-reduce: n = sample index in the round of 16, pend_l = the pending
-    // partial of level l
-    int n = 0, round_base = 0;
-    float pend0 = 0.f, pend1 = 0.f, pend2 = 0.f, pend3 = 0.f;
+    // transpose-reduce of the dx sums, streamed: a round is 16 samples = 4 batches of U = 4.
+    // Sample n of a round is merged over lane bit 1 (n bit 0), 2 (bit 1), 3 (bit 2), 4 (bit
+    // 3); bits 0-1 are the sample's place in its batch (static), bits 2-3 the batch's place
+    // in the round (warp-uniform). Afterwards lane l holds sum l: sample l / 2 of the round,
+    // input 2p + l % 2.
+    static_assert(U == 4, "the static merge levels assume batches of 4 samples");
+    float quarter0 = 0.f, half0 = 0.f;  // pending: first quarter, first half of the round
 
     auto flush = [&](bool carry) {
       red_row<K>(wsp + int64_t(cur) * W, acc[0]);
@@ -202,39 +209,19 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
         red_row<K>(wsp + int64_t(cur + side + 1) * W, acc[3]);
       }
     };
-    // lane l finishes sum l of the round: sample l / 2, input 2p + l % 2
-    auto push = [&](float v) {
-      if (!(n & 1)) { pend0 = v; }
-      else {
-        const bool u1 = lane & 2;
-        v = (u1 ? v : pend0) + __shfl_xor_sync(0xffffffffu, u1 ? pend0 : v, 2);
-        if (!(n & 2)) { pend1 = v; }
-        else {
-          const bool u2 = lane & 4;
-          v = (u2 ? v : pend1) + __shfl_xor_sync(0xffffffffu, u2 ? pend1 : v, 4);
-          if (!(n & 4)) { pend2 = v; }
-          else {
-            const bool u3 = lane & 8;
-            v = (u3 ? v : pend2) + __shfl_xor_sync(0xffffffffu, u3 ? pend2 : v, 8);
-            if (!(n & 8)) { pend3 = v; }
-            else {
-              const bool u4 = lane & 16;
-              v = (u4 ? v : pend3) + __shfl_xor_sync(0xffffffffu, u4 ? pend3 : v, 16);
-              const int i = 2 * round_base + lane;  // this lane's (sample, input) slot
-              if (i < 2 * len) dxacc[i] = tile == 0 ? v : dxacc[i] + v;
-              round_base += 16;
-            }
-          }
-        }
-      }
-      n = (n + 1) & 15;
+    // keep the half named by lane bit `bit`, send the other: (lo, hi) -> one partial
+    auto merge = [&](float lo, float hi, int bit) {
+      const bool up = lane & bit;
+      return (up ? hi : lo) + __shfl_xor_sync(0xffffffffu, up ? lo : hi, bit);
     };
 
-    // grad_y rows of U samples are loaded one batch ahead of their use
+    // grad_y rows of U samples are loaded one batch ahead of their use; the loop runs to a
+    // whole round (samples past len contribute zeros and are not stored)
+    const int rounds_end = (len + 15) & ~15;
     float g_next[U][K];
 #pragma unroll
     for (int u = 0; u < U; ++u) load_row<K>(gy + int64_t(seg_entries[min(u, len - 1)].x) * a.ld, g_next[u]);
-    for (int t0 = 0; t0 < len; t0 += U) {
+    for (int t0 = 0; t0 < rounds_end; t0 += U) {
       float g[U][K];
 #pragma unroll
       for (int u = 0; u < U; ++u)
@@ -247,64 +234,81 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
           load_row<K>(gy + int64_t(s) * a.ld, g_next[u]);
         }
       }
+      float v[U];  // level-0 sums of the batch's samples (over lanes l, l ^ 1)
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        if (t0 + u >= len) break;
-        const int4 e = seg_entries[t0 + u];  // broadcast: (sample, cell, d1, d2)
-        const int key = e.y;
-        if (key != cur) {
-          const bool carry = cur >= 0 && key == cur + 1;  // same grid row, next cell
-          if (cur >= 0) flush(carry);
-          float t00[K], t10[K];
-          if (carry) {
+        float s1 = 0.f, s2 = 0.f;
+        if (t0 + u < len) {
+          const int4 e = seg_entries[t0 + u];  // broadcast: (sample, cell, d1, d2)
+          const int key = e.y;
+          if (key != cur) {
+            const bool carry = cur >= 0 && key == cur + 1;  // same grid row, next cell
+            if (cur >= 0) flush(carry);
+            float t00[K], t10[K];
+            if (carry) {
+#pragma unroll
+              for (int k = 0; k < K; ++k) {
+                acc[0][k] = acc[1][k]; acc[2][k] = acc[3][k];
+                acc[1][k] = 0.f; acc[3][k] = 0.f;
+                t00[k] = t01[k]; t10[k] = t11[k];
+              }
+            } else {
+#pragma unroll
+              for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int k = 0; k < K; ++k) acc[j][k] = 0.f;
+              load_row<K>(tab + int64_t(key) * W, t00);
+              load_row<K>(tab + int64_t(key + side) * W, t10);
+            }
+            load_row<K>(tab + int64_t(key + 1) * W, t01);
+            load_row<K>(tab + int64_t(key + side + 1) * W, t11);
 #pragma unroll
             for (int k = 0; k < K; ++k) {
-              acc[0][k] = acc[1][k]; acc[2][k] = acc[3][k];
-              acc[1][k] = 0.f; acc[3][k] = 0.f;
-              t00[k] = t01[k]; t10[k] = t11[k];
+              e1[k] = t10[k] - t00[k];
+              e2[k] = t01[k] - t00[k];
+              f[k] = (t11[k] - t01[k]) - e1[k];
             }
-          } else {
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-              for (int k = 0; k < K; ++k) acc[j][k] = 0.f;
-            load_row<K>(tab + int64_t(key) * W, t00);
-            load_row<K>(tab + int64_t(key + side) * W, t10);
+            const int i1 = key / side, i2 = key - i1 * side;
+            ih1 = 1.f / (s_borders[i1 + 1] - s_borders[i1]);
+            ih2 = 1.f / (s_borders[i2 + 1] - s_borders[i2]);
+            cur = key;
           }
-          load_row<K>(tab + int64_t(key + 1) * W, t01);
-          load_row<K>(tab + int64_t(key + side + 1) * W, t11);
+          const float d1 = __int_as_float(e.z), d2 = __int_as_float(e.w);
+          const float a1 = 1.f - d1, a2 = 1.f - d2;
+          const float w00 = a1 * a2, w01 = a1 * d2, w10 = d1 * a2, w11 = d1 * d2;
+          float ge1 = 0.f, ge2 = 0.f, gf = 0.f;  // sum_k g E1, g E2, g F
 #pragma unroll
           for (int k = 0; k < K; ++k) {
-            e1[k] = t10[k] - t00[k];
-            e2[k] = t01[k] - t00[k];
-            f[k] = (t11[k] - t01[k]) - e1[k];
+            const float gk = g[u][k];
+            acc[0][k] += gk * w00;
+            acc[1][k] += gk * w01;
+            acc[2][k] += gk * w10;
+            acc[3][k] += gk * w11;
+            ge1 += gk * e1[k];
+            ge2 += gk * e2[k];
+            gf += gk * f[k];
           }
-          const int i1 = key / side, i2 = key - i1 * side;
-          ih1 = 1.f / (s_borders[i1 + 1] - s_borders[i1]);
-          ih2 = 1.f / (s_borders[i2 + 1] - s_borders[i2]);
-          cur = key;
+          s1 = (ge1 + d2 * gf) * ih1;
+          s2 = (ge2 + d1 * gf) * ih2;
         }
-        const float d1 = __int_as_float(e.z), d2 = __int_as_float(e.w);
-        float s1 = 0.f, s2 = 0.f;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-          const float gk = g[u][k];
-          const float g1 = gk * d1, g0 = gk - g1;  // g * d1, g * (1 - d1)
-          acc[0][k] += g0 - g0 * d2;
-          acc[1][k] += g0 * d2;
-          acc[2][k] += g1 - g1 * d2;
-          acc[3][k] += g1 * d2;
-          s1 += gk * (e1[k] + d2 * f[k]);
-          s2 += gk * (e2[k] + d1 * f[k]);
+        v[u] = merge(s1, s2, 1);
+      }
+      const float quarter = merge(merge(v[0], v[1], 2), merge(v[2], v[3], 2), 4);
+      const int q = (t0 >> 2) & 3;  // the batch's quarter of the round
+      if (!(q & 1)) {
+        quarter0 = quarter;
+      } else {
+        const float half = merge(quarter0, quarter, 8);
+        if (q == 1) {
+          half0 = half;
+        } else {
+          const float sum = merge(half0, half, 16);
+          const int i = 2 * (t0 - 12) + lane;  // this lane's (sample, input) slot
+          if (i < 2 * len) dxacc[i] = tile == 0 ? sum : dxacc[i] + sum;
         }
-        s1 *= ih1;
-        s2 *= ih2;
-        const bool odd = lane & 1;
-        push((odd ? s2 : s1) + __shfl_xor_sync(0xffffffffu, odd ? s1 : s2, 1));
       }
     }
     if (cur >= 0) flush(false);
-    while (n != 0) push(0.f);  // complete the last round (slots past len are not stored)
     __syncwarp();  // dxacc of this tile visible to every lane
   }
   // each (sample, pair) of the chunk lives in exactly one segment: plain stores
