@@ -10,7 +10,7 @@
 //    (shared-memory histogram, block-wide scan, scatter), written as entries
 //    (sample, cell, d1, d2) [P][S]. Order within a cell is arbitrary (shared atomics): this
 //    path is not deterministic (its dP is flushed with float atomics anyway).
-// 2. runs_kernel: a warp takes one pair and one segment of kRunSegment consecutive sorted
+// 2. runs_kernel: a warp takes one pair and one segment of <= kRunSegment consecutive sorted
 //    entries (staged in shared memory) and walks it once per output tile (W = 32K outputs,
 //    K per lane). A lane keeps the 4 corner gradients of its K outputs for the current cell
 //    in registers and flushes them with vector float atomics (RED.128 at K = 4) when the cell
@@ -43,8 +43,10 @@ namespace lmkan2d {
 namespace {
 
 constexpr int kBucketThreads = 1024;
-constexpr int kRunSegment = 256;        // sorted entries per warp (multiple of 16)
+constexpr int kRunSegment = 256;        // sorted entries per warp, at most (multiple of 16)
+constexpr int kRunMinSegment = 32;      // shortest segment (small batches: more warps)
 constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
+constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (~110 registers)
 // grad_y rows of one chunk: longer runs per cell against L2 residency; R24/R25 measured 4,
 // 8, 16 and 32 MB on the H100 (32 fastest: G=8 35.7 ms, G=26 9.9 ms at tile 16)
 constexpr int64_t kRunChunkBytes = int64_t(32) << 20;
@@ -154,7 +156,7 @@ struct RunsArgs {
   float* ws;             // dP [n_tiles, P, cells, W], zeroed before the first chunk
   float* dx;             // grad_x: (f, b) at f * xs_f + b * xs_b
   int64_t b0, entries_stride, ld, xs_f, xs_b;
-  int len, segments, n_pairs, n_tiles, num_grids;
+  int len, seg_len, segments, n_pairs, n_tiles, num_grids;
 };
 
 // Shared memory per warp: its segment's entries (int4) and its grad_x sums [segment][2].
@@ -175,8 +177,8 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
   const int64_t item = int64_t(blockIdx.x) * warps + warp;
   if (item >= int64_t(a.n_pairs) * a.segments) return;
   const int p = static_cast<int>(item / a.segments);
-  const int seg_begin = static_cast<int>(item % a.segments) * kRunSegment;
-  const int len = min(a.len - seg_begin, kRunSegment);
+  const int seg_begin = static_cast<int>(item % a.segments) * a.seg_len;
+  const int len = min(a.len - seg_begin, a.seg_len);
   const int4* ent = a.entries + p * a.entries_stride + seg_begin;
   for (int i = lane; i < len; i += 32) seg_entries[i] = __ldcs(ent + i);  // evict first
   __syncwarp();
@@ -387,7 +389,12 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     a.b0 = b0;
     a.len = len;
-    a.segments = (len + kRunSegment - 1) / kRunSegment;
+    // segments of up to kRunSegment entries, shorter where that is needed for about two
+    // resident waves of warps (small batches)
+    const int64_t want_items = int64_t(2) * lim.num_sms * kRunWarpsPerSm;
+    const int64_t seg = (int64_t(len) * n_pairs + want_items - 1) / want_items;
+    a.seg_len = static_cast<int>(std::clamp<int64_t>((seg + 15) / 16 * 16, kRunMinSegment, kRunSegment));
+    a.segments = (len + a.seg_len - 1) / a.seg_len;
     const int64_t items = int64_t(n_pairs) * a.segments;
     runs<<<static_cast<unsigned>((items + warps - 1) / warps), warps * 32, runs_smem, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

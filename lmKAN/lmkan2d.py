@@ -26,7 +26,10 @@ class LMKAN2DLayer(nn.Module):
         tile_size_forward, tile_size_backward: 4, 8 or 16: a lane owns tile_size / 4 outputs
             (see Kernels below).
         init_scale: parameters start as U(-s/sqrt(input_dim), s/sqrt(input_dim)).
-        backward_fast_mode: a backward that uses more shared memory for more speed.
+        backward_fast_mode: a faster backward that needs more memory: grad_x and
+            grad_params in one pass over cell-sorted chunks of the batch (float atomics;
+            with deterministic=True it keeps the normal kernels with all of an SM's shared
+            memory). See Kernels below.
             Tile sizes, block sizes and backward_fast_mode accept "auto" (the default for
             tile and block sizes): timed once per GPU model and shape on the first CUDA
             call, then cached on disk (lmKAN.tuning; lmKAN.tune() does it ahead of time).
@@ -45,11 +48,20 @@ class LMKAN2DLayer(nn.Module):
       the input pairs, each pair's table slice staged in shared memory by one bulk copy
       (two buffers when they fit); grad_x uses the same scheme with grad_y in registers
       (at most 512 threads) and adds over output tiles with atomics.
-    - grad_params: a block owns one (pair, output tile), counting-sorts each chunk of
-      samples by cell and accumulates a run of samples of one cell in registers (at most 8
-      warps, 16 at tile 16); backward_fast_mode lets it use all of an SM's shared memory
-      where the normal mode keeps two blocks per SM. Where its accumulator does not fit,
-      a per-warp accumulator kernel runs instead.
+    - grad_params (normal mode, and fast mode when deterministic): a block owns one (pair,
+      output tile), counting-sorts each chunk of samples by cell and accumulates a run of
+      samples of one cell in registers (at most 8 warps, 16 at tile 16); fast mode lets
+      it use all of an SM's shared memory where the normal mode keeps two blocks per SM.
+      Where its accumulator does not fit, a per-warp accumulator kernel runs instead.
+    - Fast mode (not deterministic): the batch goes in chunks whose grad_y rows take
+      ~32 MB; each (pair, chunk) is counting-sorted by cell into global memory, then a warp
+      walks a segment of the sorted samples for every output tile, keeping the cell's 4
+      corner gradients (grad_params, flushed by float atomics when the cell changes) and
+      table differences (grad_x) in registers. Extra memory: a batch-first copy of grad_y
+      (zero-padded to whole tiles), the packed table, a packed grad_params and the sorted
+      chunk (16 bytes per pair and sample of a chunk, at most 256 MB). Shapes where that
+      copy would be wasteful (fewer outputs than a tile with more than 1 GiB of padded
+      copy) or num_grids > ~230 keep the normal kernels.
     Past the largest num_grids served from shared memory (lmKAN.max_num_grids(tile, mode,
     device)) the kernels read the table and accumulate grad_params through global memory
     (L2) instead: correct, slower; the layer warns once. With deterministic=True and more
