@@ -101,6 +101,11 @@ inline int64_t forward_smem_bytes(int num_grids, int w, int nbuf, int samples_pe
 // ---- Backward (lmkan2d_backward.cu, lmkan2d_runs.cu) ----
 // Fast, non-deterministic backward over cell-sorted chunks (lmkan2d_runs.cu): (grad_x,
 // grad_params), or undefined tensors when num_grids is too large for its histogram.
+// Its shared memory bound: the cell histogram of the sort, (G+1)^2 counters (bytes).
+inline int64_t runs_bucket_smem_bytes(int num_grids) {
+  const int64_t side = num_grids + 1;
+  return (side * side + 33 + side) * 4;
+}
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
                                                     bool batch_last, int tile, int block_size);

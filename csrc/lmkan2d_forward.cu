@@ -636,8 +636,12 @@ int max_num_grids_for(int tile, const std::string& mode, int device_index) {
       // table read from L1/L2 (lmkan2d_forward never refuses a num_grids)
       const int k = forward_lanes_outputs(tile);
       fits = forward_smem_bytes(g, 32 * k, 1, samples_per_lane(k, 32)) <= lim.smem_optin;
+    } else if (mode == "backward_fast") {
+      // the fast, non-deterministic backward sorts by cell with a shared-memory histogram;
+      // the table and its gradient are read and written through L2 at every num_grids
+      fits = runs_bucket_smem_bytes(g) <= lim.smem_optin;
     } else {
-      // backward (either mode): the dx kernel's table slice (one warp) and the dP kernel's
+      // backward (and the deterministic fast mode): the dx kernel's table slice (one warp) and the dP kernel's
       // accumulator (one warp, smallest chunk) both in shared memory; past this G the
       // backward reads the table / accumulates dP through global memory instead.
       fits = dx_smem_bytes(g, tile, 1, true) <= lim.smem_optin &&

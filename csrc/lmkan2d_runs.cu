@@ -331,7 +331,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int n_pairs = static_cast<int>(params.size(3));
   const int64_t batch = batch_last ? x.size(1) : x.size(0);
   const DeviceLimits lim = device_limits(x.device().index());
-  const int64_t bucket_smem = (int64_t(cells) + 33 + side) * 4;
+  const int64_t bucket_smem = runs_bucket_smem_bytes(num_grids);
   if (bucket_smem > lim.smem_optin) return {};  // num_grids too large for the histogram
   const int k = forward_lanes_outputs(tile), w = 32 * k;
   const int n_tiles = (n_out + w - 1) / w;

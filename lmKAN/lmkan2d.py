@@ -126,7 +126,10 @@ class LMKAN2DLayer(nn.Module):
             return
         checks = [("forward", "tile_size_forward", config.tile_size_forward)]
         if needs_backward:
-            mode = "backward_fast" if config.backward_fast_mode else "backward"
+            deterministic = (torch.are_deterministic_algorithms_enabled() if self.deterministic is None
+                             else self.deterministic)
+            # the deterministic fast mode runs the normal kernels with more shared memory
+            mode = "backward_fast" if config.backward_fast_mode and not deterministic else "backward"
             checks.append((mode, "tile_size_backward", config.tile_size_backward))
         for mode, arg, tile in checks:
             limit = max_num_grids(tile, mode, device)
@@ -165,7 +168,11 @@ _MAX_NUM_GRIDS_CACHE = {}
 def max_num_grids(tile_size, mode, device):
     """Largest num_grids the CUDA kernels support for a tile size and mode on a device.
 
-    mode: "forward", "backward" or "backward_fast".
+    mode: "forward", "backward" or "backward_fast". Past the "forward" and "backward"
+    limits the table (and the parameter gradient) go through L2 instead of shared memory:
+    correct, slower. "backward_fast" is the fast, non-deterministic backward, which reads
+    the table through L2 at any num_grids and is bounded only by its cell histogram (the
+    deterministic fast mode has the "backward" limit).
     """
     device = torch.device(device)
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -279,6 +279,18 @@ def test_layer_warns_once_past_shared_memory():
     y.backward(gy)
     _, rgx, rgp = _reference_all(x.detach(), layer.func_parameter.detach(), layer.borders, gy, True)
     assert rel_l2(x.grad, rgx) <= TOL and rel_l2(layer.func_parameter.grad, rgp) <= TOL
+    # the fast, non-deterministic backward (cell-sorted chunks) serves this num_grids at full
+    # speed: no warning; its deterministic variant runs the normal kernels and warns
+    assert max_num_grids(16, "backward_fast", "cuda") > g
+    fast = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
+                        backward_fast_mode=True, deterministic=False).cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast(x).sum().backward()
+    fast_det = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
+                            backward_fast_mode=True, deterministic=True).cuda()
+    with pytest.warns(UserWarning, match=r"tile_size_backward=16 \(backward\)"):
+        fast_det(x).sum().backward()
 
 
 @requires_gpu
