@@ -49,8 +49,8 @@ def load_digits_split(device, seed):
 
 
 def kan_model(num_grids, hidden):
-    return nn.Sequential(LMKAN2DLayer(num_grids, 64, hidden, batch_last=False),
-                         LMKAN2DLayer(num_grids, hidden, 10, batch_last=False))
+    return nn.Sequential(LMKAN2DLayer(num_grids, 64, hidden, batch_last=False, backward_fast_mode=True),
+                         LMKAN2DLayer(num_grids, hidden, 10, batch_last=False, backward_fast_mode=True))
 
 
 def flops_per_sample(model):

@@ -36,9 +36,9 @@ def make_data(n, generator, noise=0.05):
 def lmkan_net(width, num_grids):
     """Two 2D lookup layers, batch-first, with a BatchNorm keeping inputs on the grid."""
     return nn.Sequential(
-        lmKAN.LMKAN2DLayer(num_grids, N_INPUTS, width, batch_last=False),
+        lmKAN.LMKAN2DLayer(num_grids, N_INPUTS, width, batch_last=False, backward_fast_mode=True),
         nn.BatchNorm1d(width),
-        lmKAN.LMKAN2DLayer(num_grids, width, 1, batch_last=False),
+        lmKAN.LMKAN2DLayer(num_grids, width, 1, batch_last=False, backward_fast_mode=True),
     )
 
 
