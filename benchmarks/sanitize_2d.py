@@ -27,19 +27,24 @@ def main():
     for tile in (4, 8, 16):
         for batch_last in (True, False):
             for fast in (False, True):
-                # two backward output tiles (8 * tile outputs each) plus a partial one
+                # two backward output tiles (8 * tile outputs each) plus a partial one; normal
+                # mode not deterministic (cell-sorted chunks), fast mode deterministic
                 _launch(5, 10, 16 * tile + 3, 77, batch_last, tile, 64, fast, fast)
-            # the fast backward over cell-sorted chunks (not deterministic): 3 output tiles in
-            # 2-warp blocks, then 18 in 16-warp blocks
+            # fast mode over cell-sorted chunks (not deterministic): 3 output tiles in 2-warp
+            # blocks, then 18 in 16-warp blocks
             _launch(5, 10, 16 * tile + 3, 777, batch_last, tile, 64, True, False, forward=False)
             _launch(5, 6, 17 * 8 * tile + 3, 600, batch_last, tile, 512, True, False,
                     forward=False)
-        # a batch split over several dP blocks: atomic flush, then per-split copies
-        for deterministic in (False, True):
-            _launch(3, 8, 6, 5000, True, tile, 64, False, deterministic)
-        # past the shared-memory limit: table and dP accumulator in global memory
-        _launch(lmKAN.max_num_grids(tile, "backward", "cuda") + 1, 4, 5, 300, tile % 8 == 0,
-                tile, 64, False, tile == 8, forward=False)
+        # a batch split over several dP blocks (deterministic: per-split copies)
+        _launch(3, 8, 6, 5000, True, tile, 64, False, True)
+        # past the shared-memory limit of the deterministic kernels: table and dP accumulator
+        # in global memory
+        _launch(lmKAN.max_num_grids(tile, "backward_deterministic", "cuda") + 1, 4, 5, 300,
+                tile % 8 == 0, tile, 64, tile == 16, True, forward=False)
+    # past the cell histogram of the non-deterministic backward: the same global-memory
+    # kernels with float atomics (grad_x over 3 output tiles)
+    _launch(lmKAN.max_num_grids(8, "backward", "cuda") + 1, 4, 131, 300, True, 8, 64, False,
+            False, forward=False)
     torch.cuda.synchronize()
     print("sanitize_2d: all launches done")
 

@@ -99,8 +99,13 @@ inline int64_t forward_smem_bytes(int num_grids, int w, int nbuf, int samples_pe
 }
 
 // ---- Backward (lmkan2d_backward.cu, lmkan2d_runs.cu) ----
-// Fast, non-deterministic backward over cell-sorted chunks (lmkan2d_runs.cu): (grad_x,
-// grad_params), or undefined tensors when num_grids is too large for its histogram.
+// Non-deterministic backward over cell-sorted chunks (lmkan2d_runs.cu), both modes: (grad_x,
+// grad_params), or undefined tensors when num_grids is too large for its histogram (or a
+// narrow output would need a large padded copy of grad_y). chunk_bytes: grad_y rows per
+// chunk; the sorted buffer is P x chunk x 16 bytes (R24 on the H100: 8 MB chunks took +23%
+// at G=26 and +3% at G=8 against 32 MB).
+constexpr int64_t kRunChunkBytesNormal = int64_t(8) << 20;
+constexpr int64_t kRunChunkBytesFast = int64_t(32) << 20;
 // Its shared memory bound: the cell histogram of the sort, (G+1)^2 counters (bytes).
 inline int64_t runs_bucket_smem_bytes(int num_grids) {
   const int64_t side = num_grids + 1;
@@ -108,7 +113,8 @@ inline int64_t runs_bucket_smem_bytes(int num_grids) {
 }
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
-                                                    bool batch_last, int tile, int block_size);
+                                                    bool batch_last, int tile, int block_size,
+                                                    int64_t chunk_bytes);
 // A warp of either backward kernel covers W = 8 * tile consecutive outputs of one table row
 // (tile_size_backward / 4 outputs per lane), reading the table packed as
 // pack_table(params, W) = [n_tiles, P, cells, W]: a corner read of a warp is one 128-byte

@@ -636,12 +636,12 @@ int max_num_grids_for(int tile, const std::string& mode, int device_index) {
       // table read from L1/L2 (lmkan2d_forward never refuses a num_grids)
       const int k = forward_lanes_outputs(tile);
       fits = forward_smem_bytes(g, 32 * k, 1, samples_per_lane(k, 32)) <= lim.smem_optin;
-    } else if (mode == "backward_fast") {
-      // the fast, non-deterministic backward sorts by cell with a shared-memory histogram;
-      // the table and its gradient are read and written through L2 at every num_grids
+    } else if (mode == "backward" || mode == "backward_fast") {
+      // the non-deterministic backward (both modes) sorts by cell with a shared-memory
+      // histogram; the table and its gradient go through L2 at every num_grids
       fits = runs_bucket_smem_bytes(g) <= lim.smem_optin;
     } else {
-      // backward (and the deterministic fast mode): the dx kernel's table slice (one warp) and the dP kernel's
+      // deterministic backward (either mode): the dx kernel's table slice (one warp) and the dP kernel's
       // accumulator (one warp, smallest chunk) both in shared memory; past this G the
       // backward reads the table / accumulates dP through global memory instead.
       fits = dx_smem_bytes(g, tile, 1, true) <= lim.smem_optin &&
@@ -657,9 +657,10 @@ int64_t max_num_grids_op(int64_t tile_size, c10::string_view mode, int64_t devic
   TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16,
                     "lmkan2d_max_num_grids: tile_size must be 4, 8 or 16, got ", tile_size);
   const std::string m(mode.data(), mode.size());
-  TORCH_CHECK_VALUE(m == "forward" || m == "backward" || m == "backward_fast",
-                    "lmkan2d_max_num_grids: mode must be 'forward', 'backward' or "
-                    "'backward_fast', got '", m, "'");
+  TORCH_CHECK_VALUE(m == "forward" || m == "backward" || m == "backward_fast" ||
+                        m == "backward_deterministic",
+                    "lmkan2d_max_num_grids: mode must be 'forward', 'backward', 'backward_fast' "
+                    "or 'backward_deterministic', got '", m, "'");
   int count = 0;
   C10_CUDA_CHECK(cudaGetDeviceCount(&count));
   TORCH_CHECK_VALUE(device_index >= 0 && device_index < count,

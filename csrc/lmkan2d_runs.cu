@@ -1,5 +1,5 @@
-// LMKAN2DLayer fast backward (backward_fast_mode=True, not deterministic): grad_x and
-// grad_params in one pass over cell-sorted samples.
+// LMKAN2DLayer backward when not deterministic (both modes; fast mode sorts longer chunks):
+// grad_x and grad_params in one pass over cell-sorted samples.
 //
 // Why: the chunk-local cell sort of dp_sorted_kernel keeps a [cells][W] accumulator in shared
 // memory, which at G = 26 (187 KB) leaves one block of 6 warps per SM (9% occupancy, R19),
@@ -24,8 +24,8 @@
 //    (sample, pair) lives in one segment, so grad_x needs neither atomics nor zeroing, and
 //    warps never wait for each other.
 //
-// The chunk (S samples) is sized so that its grad_y rows take ~kRunChunkBytes (they stay in
-// L2: 94% hit rate in R24). Per pair a chunk's grad_y rows are read once per sample, so the
+// The chunk (S samples) is sized so that its grad_y rows take chunk_bytes (8 MB in normal
+// mode, 32 MB in fast mode: they stay in L2, 94% hit rate in R24). Per pair a chunk's grad_y rows are read once per sample, so the
 // path moves B * P * N_out * 4 bytes from L2; the table and the dP atomics cost ~(table +
 // 2 x dP) * B / S. The kernel is bound by instruction issue (R24, ncu), not by memory.
 #include <algorithm>
@@ -47,9 +47,6 @@ constexpr int kRunSegment = 256;        // sorted entries per warp, at most (mul
 constexpr int kRunMinSegment = 32;      // shortest segment (small batches: more warps)
 constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
 constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (~110 registers)
-// grad_y rows of one chunk: longer runs per cell against L2 residency; R24/R25 measured 4,
-// 8, 16 and 32 MB on the H100 (32 fastest: G=8 35.7 ms, G=26 9.9 ms at tile 16)
-constexpr int64_t kRunChunkBytes = int64_t(32) << 20;
 constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
 constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;  // sorted entries of a chunk
 constexpr int64_t kRunMaxPaddedBytes = int64_t(1) << 30;     // zero-padded grad_y copy
@@ -324,7 +321,8 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
 
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
-                                                    bool batch_last, int tile, int block_size) {
+                                                    bool batch_last, int tile, int block_size,
+                                                    int64_t chunk_bytes) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int side = num_grids + 1, cells = side * side;
   const int n_out = static_cast<int>(params.size(2));
@@ -348,8 +346,8 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const at::Tensor packed = pack_table(params, w);
   at::Tensor ws = at::zeros({1, n_tiles, n_pairs, cells, w}, x.options());
 
-  // chunk: grad_y rows of ~kRunChunkBytes, a whole number of segments, < 2^31 entries
-  int64_t chunk = std::max<int64_t>(kRunSegment, kRunChunkBytes / (ld * 4));
+  // chunk: grad_y rows of ~chunk_bytes, a whole number of segments, bounded sorted buffer
+  int64_t chunk = std::max<int64_t>(kRunSegment, chunk_bytes / (ld * 4));
   chunk = std::min<int64_t>(chunk, int64_t(1) << 20);
   chunk = std::min<int64_t>(chunk, kRunMaxEntriesBytes / (int64_t(n_pairs) * 16));
   chunk = std::min<int64_t>(chunk, (batch + kRunSegment - 1) / kRunSegment * kRunSegment);

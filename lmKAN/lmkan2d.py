@@ -26,10 +26,9 @@ class LMKAN2DLayer(nn.Module):
         tile_size_forward, tile_size_backward: 4, 8 or 16: a lane owns tile_size / 4 outputs
             (see Kernels below).
         init_scale: parameters start as U(-s/sqrt(input_dim), s/sqrt(input_dim)).
-        backward_fast_mode: a faster backward that needs more memory: grad_x and
-            grad_params in one pass over cell-sorted chunks of the batch (float atomics;
-            with deterministic=True it keeps the normal kernels with all of an SM's shared
-            memory). See Kernels below.
+        backward_fast_mode: a faster backward that needs more memory: 4x longer
+            cell-sorted chunks (not deterministic), or all of an SM's shared memory for the
+            grad_params blocks (deterministic). See Kernels below.
             Tile sizes, block sizes and backward_fast_mode accept "auto" (the default for
             tile and block sizes): timed once per GPU model and shape on the first CUDA
             call, then cached on disk (lmKAN.tuning; lmKAN.tune() does it ahead of time).
@@ -48,20 +47,21 @@ class LMKAN2DLayer(nn.Module):
       the input pairs, each pair's table slice staged in shared memory by one bulk copy
       (two buffers when they fit); grad_x uses the same scheme with grad_y in registers
       (at most 512 threads) and adds over output tiles with atomics.
-    - grad_params (normal mode, and fast mode when deterministic): a block owns one (pair,
-      output tile), counting-sorts each chunk of samples by cell and accumulates a run of
-      samples of one cell in registers (at most 8 warps, 16 at tile 16); fast mode lets
-      it use all of an SM's shared memory where the normal mode keeps two blocks per SM.
-      Where its accumulator does not fit, a per-warp accumulator kernel runs instead.
-    - Fast mode (not deterministic): the batch goes in chunks whose grad_y rows take
-      ~32 MB; each (pair, chunk) is counting-sorted by cell into global memory, then a warp
-      walks a segment of the sorted samples for every output tile, keeping the cell's 4
-      corner gradients (grad_params, flushed by float atomics when the cell changes) and
-      table differences (grad_x) in registers. Extra memory: a batch-first copy of grad_y
-      (zero-padded to whole tiles), the packed table, a packed grad_params and the sorted
-      chunk (16 bytes per pair and sample of a chunk, at most 256 MB). Shapes where that
-      copy would be wasteful (fewer outputs than a tile with more than 1 GiB of padded
-      copy) or num_grids > ~230 keep the normal kernels.
+    - Backward (not deterministic, both modes): the batch goes in chunks whose grad_y rows
+      take 8 MB (normal) or 32 MB (fast mode); each (pair, chunk) is counting-sorted by
+      cell into global memory, then a warp walks a segment of the sorted samples for every
+      output tile, keeping the cell's 4 corner gradients (grad_params, flushed by float
+      atomics when the cell changes) and table differences (grad_x) in registers. Extra
+      memory: a batch-first copy of grad_y (zero-padded to whole tiles), the packed table,
+      a packed grad_params and the sorted chunk (16 bytes per pair and sample of a chunk,
+      at most 256 MB). Shapes where that copy would be wasteful (fewer outputs than a tile
+      with more than 1 GiB of padded copy) or num_grids > ~239 run the kernels below.
+    - Deterministic backward: grad_x by the forward's scheme (one output tile) or a kernel
+      that walks the tiles in a fixed order; grad_params: a block owns one (pair, output
+      tile), counting-sorts each chunk of samples by cell and accumulates a run of samples
+      of one cell in registers (at most 8 warps, 16 at tile 16); fast mode lets it use all
+      of an SM's shared memory where the normal mode keeps two blocks per SM. Where its
+      accumulator does not fit, a per-warp accumulator kernel runs instead.
     Past the largest num_grids served from shared memory (lmKAN.max_num_grids(tile, mode,
     device)) the kernels read the table and accumulate grad_params through global memory
     (L2) instead: correct, slower; the layer warns once. With deterministic=True and more
@@ -128,8 +128,8 @@ class LMKAN2DLayer(nn.Module):
         if needs_backward:
             deterministic = (torch.are_deterministic_algorithms_enabled() if self.deterministic is None
                              else self.deterministic)
-            # the deterministic fast mode runs the normal kernels with more shared memory
-            mode = "backward_fast" if config.backward_fast_mode and not deterministic else "backward"
+            mode = ("backward_deterministic" if deterministic
+                    else "backward_fast" if config.backward_fast_mode else "backward")
             checks.append((mode, "tile_size_backward", config.tile_size_backward))
         for mode, arg, tile in checks:
             limit = max_num_grids(tile, mode, device)
@@ -168,11 +168,11 @@ _MAX_NUM_GRIDS_CACHE = {}
 def max_num_grids(tile_size, mode, device):
     """Largest num_grids the CUDA kernels support for a tile size and mode on a device.
 
-    mode: "forward", "backward" or "backward_fast". Past the "forward" and "backward"
-    limits the table (and the parameter gradient) go through L2 instead of shared memory:
-    correct, slower. "backward_fast" is the fast, non-deterministic backward, which reads
-    the table through L2 at any num_grids and is bounded only by its cell histogram (the
-    deterministic fast mode has the "backward" limit).
+    mode: "forward", "backward", "backward_fast" or "backward_deterministic". Past the
+    "forward" and "backward_deterministic" limits the table (and the parameter gradient) go
+    through L2 instead of shared memory: correct, slower. "backward" and "backward_fast" (not
+    deterministic) read the table through L2 at any num_grids by design and are bounded by
+    their cell histogram; past it they run the deterministic kernels' L2 variants.
     """
     device = torch.device(device)
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -86,7 +86,7 @@ def test_matches_reference(tile, fast, batch_last, num_grids):
 
 @requires_gpu
 @pytest.mark.parametrize("tile", TILES)
-@pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast"))
+@pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))
 def test_largest_num_grids(tile, mode):
     assert_cuda_kernel("lmkan2d_backward")
     g = max_num_grids(tile, mode, "cuda")
@@ -96,9 +96,13 @@ def test_largest_num_grids(tile, mode):
         y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128, tile, 128, False, False)
         assert rel_l2(y, _reference.lmkan2d_forward(x.double(), params.double(), borders.double())) <= TOL
     else:
-        _check(g, 6, 5, 301, True, tile, mode == "backward_fast", block=128)
-        # one past the limit: the global-memory variants (table and dP accumulator in L2)
-        _check(g + 1, 6, 5, 301, True, tile, mode == "backward_fast", block=128, forward=False)
+        fast, deterministic = mode == "backward_fast", mode == "backward_deterministic"
+        _check(g, 6, 5, 301, True, tile, fast, block=128, deterministic=deterministic,
+               forward=g <= max_num_grids(tile, "forward", "cuda"))
+        # one past the limit: the deterministic kernels' global-memory variants (table and
+        # dP accumulator in L2), with float atomics unless deterministic
+        _check(g + 1, 6, 5, 301, True, tile, fast, block=128, deterministic=deterministic,
+               forward=False)
 
 
 @requires_gpu
@@ -107,7 +111,7 @@ def test_largest_num_grids(tile, mode):
 def test_num_grids_beyond_shared_memory(tile, num_grids):
     """No num_grids ceiling for the backward: large G against the reference."""
     assert_cuda_kernel("lmkan2d_backward")
-    assert max_num_grids(tile, "backward", "cuda") < num_grids
+    assert max_num_grids(tile, "backward_deterministic", "cuda") < num_grids
     for batch_last, fast, deterministic in ((True, False, False), (False, True, True)):
         _check(num_grids, 6, 5, 700, batch_last, tile, fast, block=128,
                deterministic=deterministic, forward=False)
@@ -188,14 +192,15 @@ def test_odd_shapes(shape, block):
 @requires_gpu
 @pytest.mark.parametrize("batch_last", (True, False))
 @pytest.mark.parametrize("tile", TILES)
-def test_fast_backward_chunks_and_many_tiles(tile, batch_last):
-    """The fast backward (cell-sorted chunks, lmkan2d_runs.cu) with a wide output: the batch
-    is sorted in several chunks (each chunk's grad_y rows are sized to ~16 MB) and each warp
-    walks 18 output tiles, the last one ragged."""
+def test_sorted_backward_chunks_and_many_tiles(tile, batch_last):
+    """The non-deterministic backward (cell-sorted chunks, lmkan2d_runs.cu) with a wide output:
+    the batch is sorted in several chunks (grad_y rows of 8 MB per chunk in normal mode,
+    32 MB in fast mode) and each warp walks 18 output tiles, the last one ragged."""
     width = 8 * tile
     n_out = 17 * width + 3
-    chunk = max(256, (16 << 20) // (18 * width * 4)) // 256 * 256
-    _check(5, 6, n_out, 2 * chunk + 77, batch_last, tile, True, block=512, forward=False)
+    fast_chunk = max(256, (32 << 20) // (18 * width * 4)) // 256 * 256
+    for fast in (False, True):
+        _check(5, 6, n_out, fast_chunk + 77, batch_last, tile, fast, block=512, forward=False)
 
 
 @requires_gpu
@@ -264,9 +269,10 @@ def test_layer_autograd(fast, batch_last):
 def test_layer_warns_once_past_shared_memory():
     """num_grids past the backward's shared-memory limit: one warning, then the global-memory
     fallback, which matches the reference."""
-    g = max_num_grids(16, "backward", "cuda") + 1
+    g = max_num_grids(16, "backward_deterministic", "cuda") + 1
     assert g <= max_num_grids(4, "forward", "cuda")
-    layer = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16).cuda()
+    layer = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
+                         deterministic=True).cuda()
     with torch.no_grad():
         layer.func_parameter.normal_()
     x = torch.randn(4, 300, device="cuda", requires_grad=True)
@@ -279,18 +285,15 @@ def test_layer_warns_once_past_shared_memory():
     y.backward(gy)
     _, rgx, rgp = _reference_all(x.detach(), layer.func_parameter.detach(), layer.borders, gy, True)
     assert rel_l2(x.grad, rgx) <= TOL and rel_l2(layer.func_parameter.grad, rgp) <= TOL
-    # the fast, non-deterministic backward (cell-sorted chunks) serves this num_grids at full
-    # speed: no warning; its deterministic variant runs the normal kernels and warns
-    assert max_num_grids(16, "backward_fast", "cuda") > g
-    fast = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
-                        backward_fast_mode=True, deterministic=False).cuda()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        fast(x).sum().backward()
-    fast_det = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
-                            backward_fast_mode=True, deterministic=True).cuda()
-    with pytest.warns(UserWarning, match=r"tile_size_backward=16 \(backward\)"):
-        fast_det(x).sum().backward()
+    # the non-deterministic backward (cell-sorted chunks, both modes) serves this num_grids
+    # through L2 by design: no warning
+    for fast in (False, True):
+        assert max_num_grids(16, "backward_fast" if fast else "backward", "cuda") > g
+        quiet = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
+                             backward_fast_mode=fast, deterministic=False).cuda()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet(x).sum().backward()
 
 
 @requires_gpu
