@@ -1,11 +1,16 @@
 // LMKAN2DLayer backward: grad_x (dx) and grad_params (dP).
 //
-// What runs (launch_backward):
-// - dx: the forward kernel's scheme (dx_by_output_rows, lmkan2d_forward.cu); dx_kernel below
-//   only where deterministic mode has several output tiles to add in a fixed order.
-// - dP: dp_sorted_kernel (cell-sorted chunks, below) when its accumulator fits in shared
-//   memory; dp_kernel otherwise (per-warp accumulator, in shared memory or, past that, in a
-//   global workspace).
+// What runs (backward_cuda):
+// - Not deterministic (both modes): backward_by_runs (lmkan2d_runs.cu), grad_x and dP in one
+//   pass over cell-sorted chunks of the batch, unless it declines (num_grids past its cell
+//   histogram, or a narrow output whose padded grad_y copy would be large); then the
+//   kernels below, with float atomics where they are faster.
+// - Deterministic, or declined (launch_backward):
+//   - dx: the forward kernel's scheme (dx_by_output_rows, lmkan2d_forward.cu); dx_kernel
+//     below only where deterministic mode has several output tiles to add in a fixed order.
+//   - dP: dp_sorted_kernel (cell-sorted chunks, below) when its accumulator fits in shared
+//     memory; dp_kernel otherwise (per-warp accumulator, in shared memory or, past that, in
+//     a global workspace).
 //
 // Lane layout (all kernels): the 32 lanes of a warp take W = 8 * TILE CONSECUTIVE outputs
 // of one output tile, K = TILE / 4 adjacent outputs per lane, and all lanes work on the same
