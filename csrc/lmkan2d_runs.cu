@@ -331,6 +331,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const DeviceLimits lim = device_limits(x.device().index());
   const int64_t bucket_smem = runs_bucket_smem_bytes(num_grids);
   if (bucket_smem > lim.smem_optin) return {};  // num_grids too large for the histogram
+  if (n_out == 0) return {};                     // nothing to sort for
   const int k = forward_lanes_outputs(tile), w = 32 * k;
   const int n_tiles = (n_out + w - 1) / w;
   const int64_t ld = int64_t(n_tiles) * w;
