@@ -262,16 +262,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
         for (int s = s0; s < s1; ++s) {
           const float4 v = sorted[s];  // broadcast
           float g[K];
-          const float* src = gy_tile + (b0 + __float_as_int(v.x)) * ld;
-          if constexpr (K == 4) {
-            const float4 t = __ldg(reinterpret_cast<const float4*>(src));
-            g[0] = t.x; g[1] = t.y; g[2] = t.z; g[3] = t.w;
-          } else if constexpr (K == 2) {
-            const float2 t = __ldg(reinterpret_cast<const float2*>(src));
-            g[0] = t.x; g[1] = t.y;
-          } else {
-            g[0] = __ldg(src);
-          }
+          load_row<K>(gy_tile + (b0 + __float_as_int(v.x)) * ld, g);
           add_sample<K>(r, g, v.y, v.z);
         }
         float* q = acc + int64_t(c) * W + K * lane;

@@ -57,6 +57,21 @@ __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t
   return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
 }
 
+// K consecutive floats of a lane from read-only global memory, one vector load (K * lane
+// floats into a W-float row: aligned).
+template <int K>
+__device__ __forceinline__ void load_row(const float* p, float (&v)[K]) {
+  if constexpr (K == 4) {
+    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+  } else if constexpr (K == 2) {
+    const float2 t = __ldg(reinterpret_cast<const float2*>(p));
+    v[0] = t.x; v[1] = t.y;
+  } else {
+    v[0] = __ldg(p);
+  }
+}
+
 // Per-device limits, read once per device.
 struct DeviceLimits {
   int smem_optin;      // largest dynamic shared memory per block (bytes)

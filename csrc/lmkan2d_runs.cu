@@ -119,20 +119,6 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   }
 }
 
-// K consecutive floats of a lane, vector load (K * lane floats into a W-float row: aligned).
-template <int K>
-__device__ __forceinline__ void load_row(const float* p, float (&v)[K]) {
-  if constexpr (K == 4) {
-    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
-    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
-  } else if constexpr (K == 2) {
-    const float2 t = __ldg(reinterpret_cast<const float2*>(p));
-    v[0] = t.x; v[1] = t.y;
-  } else {
-    v[0] = __ldg(p);
-  }
-}
-
 // dst[0, K) += v with one vector float atomic (sm_90: RED.E.ADD.F32x4 / x2).
 template <int K>
 __device__ __forceinline__ void red_row(float* dst, const float (&v)[K]) {

@@ -62,7 +62,7 @@ class LMKAN2DLayer(nn.Module):
       of one cell in registers (at most 8 warps, 16 at tile 16); fast mode lets it use all
       of an SM's shared memory where the normal mode keeps two blocks per SM. Where its
       accumulator does not fit, a per-warp accumulator kernel runs instead.
-    Past the largest num_grids served from shared memory (lmKAN.max_num_grids(tile, mode,
+    Past the largest num_grids the kernels serve at full speed (lmKAN.max_num_grids(tile, mode,
     device)) the kernels read the table and accumulate grad_params through global memory
     (L2) instead: correct, slower; the layer warns once. With deterministic=True and more
     than one output tile, grad_x runs a kernel that walks every tile in a fixed order.
@@ -117,8 +117,9 @@ class LMKAN2DLayer(nn.Module):
         return torch.are_deterministic_algorithms_enabled() if forced is None else forced
 
     def _check_fits_on_device(self, device, needs_backward, config):
-        """Warn once when num_grids exceeds what a tile size serves from shared memory on
-        `device`: the kernels then read the table from global memory (correct, slower).
+        """Warn once when num_grids exceeds what the kernels of this call serve at full speed
+        on `device` (lmKAN.max_num_grids): they then read the table from global memory
+        (correct, slower).
 
         config: the call's tuning.LaunchConfig2D ("auto" already resolved)."""
         if getattr(self, "_warned_slow_fallback", False) or not ops.kernel_available(
@@ -126,9 +127,7 @@ class LMKAN2DLayer(nn.Module):
             return
         checks = [("forward", "tile_size_forward", config.tile_size_forward)]
         if needs_backward:
-            deterministic = (torch.are_deterministic_algorithms_enabled() if self.deterministic is None
-                             else self.deterministic)
-            mode = ("backward_deterministic" if deterministic
+            mode = ("backward_deterministic" if self._deterministic_now()
                     else "backward_fast" if config.backward_fast_mode else "backward")
             checks.append((mode, "tile_size_backward", config.tile_size_backward))
         for mode, arg, tile in checks:
@@ -136,7 +135,7 @@ class LMKAN2DLayer(nn.Module):
             if self.num_grids > limit:
                 self._warned_slow_fallback = True
                 warnings.warn(f"LMKAN2DLayer: num_grids={self.num_grids} exceeds the largest num_grids "
-                              f"served from shared memory with {arg}={tile} ({mode}) on "
+                              f"served at full speed with {arg}={tile} ({mode}) on "
                               f"{torch.cuda.get_device_name(device)}, which is {limit}; expected "
                               f"slower: the table is read from L2 instead of shared memory",
                               stacklevel=3)
