@@ -15,8 +15,11 @@ struct Cell {
 
 // Laplace CDF. expf, not __expf: the cell choice near a border may differ from the
 // reference by rounding either way (the functions are continuous), but we keep it tight.
+// One expf of -|v| (the same value as expf(v) or expf(-v) on each side): where the lanes of a
+// warp hold both signs, the two-sided form ran both exponentials.
 __device__ __forceinline__ float laplace_cdf(float v) {
-  return v <= 0.f ? 0.5f * expf(v) : 1.f - 0.5f * expf(-v);
+  const float half_tail = 0.5f * expf(-fabsf(v));
+  return v <= 0.f ? half_tail : 1.f - half_tail;
 }
 
 // fmaxf/fminf return the non-NaN operand, so a NaN position lands in cell 0.

@@ -113,6 +113,22 @@ inline int64_t forward_smem_bytes(int num_grids, int w, int nbuf, int samples_pe
          int64_t(num_grids + 1) * 4 + 16;
 }
 
+// The forward (lmkan2d_forward_samples.cu): a thread owns one sample and 32 outputs of a tile
+// of W = 8 * tile outputs; the table slices are staged in a ring of up to 4 buffers.
+constexpr int kSampleLanesMaxBuffers = 4;
+// Shared memory: full and empty mbarriers [2][4], the node table (g_i, 1/h_i) [G], padding
+// to 128 bytes, then the nbuf table slices [cells][W].
+__host__ __device__ inline int64_t sample_lanes_table_offset(int num_grids) {
+  return (2 * kSampleLanesMaxBuffers * 8 + int64_t(num_grids) * 8 + 127) / 128 * 128;
+}
+inline int64_t sample_lanes_smem_bytes(int num_grids, int w, int nbuf) {
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  return sample_lanes_table_offset(num_grids) + int64_t(nbuf) * cells * w * 4;
+}
+// y [N_out, B] from x [N_in, B] (contiguous, batch-last) with that kernel.
+at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params,
+                                   const at::Tensor& borders, int tile, int block);
+
 // ---- Backward (lmkan2d_backward.cu, lmkan2d_runs.cu) ----
 // Non-deterministic backward over cell-sorted chunks (lmkan2d_runs.cu), both modes: (grad_x,
 // grad_params), or undefined tensors when num_grids is too large for its histogram (or a

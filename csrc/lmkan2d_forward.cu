@@ -1,9 +1,14 @@
-// LMKAN2DLayer forward kernel, table packing, device limits and lmkan2d_max_num_grids.
+// LMKAN2DLayer: the output-lanes kernel, table packing, device limits, lmkan2d_max_num_grids
+// and the lmkan2d_forward op (which runs lmkan2d_forward_samples.cu's kernel wherever a table
+// slice fits in shared memory).
 //
-// Forward scheme: a block owns an output tile of W = 32K outputs and a chunk of samples; it
-// loops over the input pairs (of its split) with each pair's table slice staged in shared
-// memory, accumulates in registers and writes every output once (deterministic, no atomics;
-// small batches split the pairs over blocks and sum the partials in a fixed order).
+// Output-lanes scheme: a block owns an output tile of W = 32K outputs and a chunk of samples;
+// it loops over the input pairs (of its split) with each pair's table slice staged in shared
+// memory (or read through L1/L2), a warp takes one sample at a time with its lanes on
+// consecutive outputs, accumulates in registers and writes every output once (deterministic,
+// no atomics; small batches split the pairs over blocks and sum the partials in a fixed
+// order). It serves the grad_x of the deterministic backward (dx_by_output_rows), and the
+// forward for num_grids past the shared-memory limit, where its whole-row reads coalesce.
 #include <algorithm>
 #include <mutex>
 #include <string>
@@ -16,6 +21,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cp_async.cuh"
 #include "lmkan2d_common.cuh"
 
 namespace lmkan {
@@ -118,34 +124,6 @@ namespace {
 // instructions). Cells of pair p+1 are computed from x loads issued before the compute of
 // pair p. TABLE_IN_SMEM = false reads the packed table through L1/L2 instead (for num_grids
 // whose slice does not fit in shared memory).
-
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// One thread: copy `bytes` (multiple of 16, 16-byte aligned ends) global -> shared; the
-// barrier's phase completes when they have landed.
-__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, unsigned bytes,
-                                                    uint64_t* bar) {
-  // order earlier generic-proxy reads of the buffer (made visible by __syncthreads) before
-  // the async-proxy writes
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
-               ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned phase) {
-  unsigned done;
-  do {
-    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                 " selp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done) : "r"(smem_u32(bar)), "r"(phase) : "memory");
-  } while (!done);
-}
 
 struct ForwardArgs {
   const float* x;        // x: (f, b) at f*xs_f + b*xs_b
@@ -397,10 +375,15 @@ forward_kernel(const ForwardArgs a) {
   }
 }
 
+// The forward (DX = false) runs here only for num_grids whose table slice does not fit in
+// shared memory (forward_cuda), so only its L1/L2 variant is instantiated.
 template <int K, int M, bool DX = false>
 void launch_forward_km(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto kernel = a.nbuf > 0 ? forward_kernel<K, M, true, DX> : forward_kernel<K, M, false, DX>;
+  auto kernel = forward_kernel<K, M, false, DX>;
+  if constexpr (DX) {
+    if (a.nbuf > 0) kernel = forward_kernel<K, M, true, DX>;
+  }
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
   kernel<<<grid, block, smem, stream>>>(a);
@@ -421,10 +404,11 @@ struct LaunchPlan {
 // barrier and staging waits better than a second buffer does. Small batches split the pairs
 // over blockIdx.z so the grid fills the device (max_splits = 1 forbids it).
 LaunchPlan plan_launch(int num_grids, int w, int nb, int block, int regs, int64_t batch,
-                       int n_out, int n_pairs, int64_t max_splits, const DeviceLimits& lim) {
+                       int n_out, int n_pairs, int64_t max_splits, const DeviceLimits& lim,
+                       bool stage_table = true) {
   LaunchPlan plan{};
   const int reg_blocks = std::max(1, std::min(2048 / block, 65536 / (regs * block)));
-  for (int blocks = reg_blocks; blocks >= 1 && plan.nbuf == 0; --blocks)
+  for (int blocks = stage_table ? reg_blocks : 0; blocks >= 1 && plan.nbuf == 0; --blocks)
     for (int n = 2; n >= 1 && plan.nbuf == 0; --n) {
       const int64_t bytes = forward_smem_bytes(num_grids, w, n, nb);
       if (bytes <= lim.smem_optin && blocks * (bytes + 1024) <= lim.smem_per_sm) plan.nbuf = n;
@@ -569,13 +553,19 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
                             : at::empty({batch, n_out}, x.options());
   if (batch == 0) return y;
-  const DeviceLimits lim = device_limits(x.device().index());
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
+  const DeviceLimits lim = device_limits(x.device().index());
+  // Lanes own samples (lmkan2d_forward_samples.cu) wherever one table slice fits in shared
+  // memory (R34: G=16 74.0 ms against 110.1 for the scheme below, G=26 5.0 against 9.9).
+  // Past that, the output-lanes kernel below reads the table through L1/L2 with whole-row
+  // (coalesced) reads, where per-lane rows cost 5x (G=26 tile 16: 51.6 against 11.0 ms).
+  if (sample_lanes_smem_bytes(num_grids, 8 * tile, 1) <= lim.smem_optin)
+    return forward_by_sample_lanes(x, params, borders, tile, block);
   const int k = forward_lanes_outputs(tile), w = 32 * k;
   const int nb = (block / 32) * samples_per_lane(k, block);
   const int regs = samples_per_lane(k, block) * k > 32 ? 128 : 64;
   const LaunchPlan plan = plan_launch(num_grids, w, nb, block, regs, batch, n_out, n_pairs,
-                                      n_pairs, lim);
+                                      n_pairs, lim, /*stage_table=*/false);
   const at::Tensor packed = pack_table(params, w);
   // pair splits: partial sums to a workspace reduced in a fixed order (deterministic)
   at::Tensor out = plan.splits > 1 ? at::empty({plan.splits, y.size(0), y.size(1)}, y.options()) : y;
@@ -634,8 +624,7 @@ int max_num_grids_for(int tile, const std::string& mode, int device_index) {
     if (mode == "forward") {
       // one table buffer and the smallest block (one warp); larger num_grids run with the
       // table read from L1/L2 (lmkan2d_forward never refuses a num_grids)
-      const int k = forward_lanes_outputs(tile);
-      fits = forward_smem_bytes(g, 32 * k, 1, samples_per_lane(k, 32)) <= lim.smem_optin;
+      fits = sample_lanes_smem_bytes(g, 8 * tile, 1) <= lim.smem_optin;
     } else if (mode == "backward" || mode == "backward_fast") {
       // the non-deterministic backward (both modes) sorts by cell with a shared-memory
       // histogram; the table and its gradient go through L2 at every num_grids

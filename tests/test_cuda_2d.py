@@ -84,6 +84,29 @@ def test_matches_reference(tile, fast, batch_last, num_grids):
     _check(num_grids, 38, 21, 1037, batch_last, tile, fast)
 
 
+# (num_grids, tile, block) and the depth of the forward's staged-table ring it gets on a device
+# with 227 KB of shared memory per block and 228 KB per SM (H100; a slice is (G+1)^2 x 8*tile
+# floats): 4; 3 (two blocks per SM); 2; 1; 3 (four blocks per SM); 1; 1; 2 (two blocks per SM).
+RING_CASES = [(5, 4, 1024), (16, 4, 512), (26, 4, 1024), (41, 4, 1024),
+              (5, 16, 256), (20, 16, 1024), (29, 8, 1024), (12, 8, 96)]
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_grids,tile,block", RING_CASES)
+def test_forward_buffer_ring(num_grids, tile, block):
+    """Every depth of the forward's staged-table ring (buffers refilled as soon as every
+    thread has released them), 17 pairs (not a multiple of any depth), a batch that leaves
+    part of the last block idle, and pair splits (a batch of 45 gives one block)."""
+    assert_cuda_kernel("lmkan2d_forward")
+    for batch in (2 * block + 37, 45):
+        x, params, borders = _make(num_grids, 34, 8 * tile + 3, batch, True)
+        y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, block, 8, 512,
+                                            False, False)
+        ref = _reference.lmkan2d_forward(x.double(), params.double(), borders.double())
+        err = rel_l2(y, ref)
+        assert err <= TOL, f"rel L2 {err:.3e} (G={num_grids}, tile={tile}, block={block}, batch={batch})"
+
+
 @requires_gpu
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))

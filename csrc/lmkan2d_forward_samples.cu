@@ -1,0 +1,250 @@
+// LMKAN2DLayer forward, lanes own samples (batch-last; the host transposes batch-first).
+//
+// Scheme: a block owns an output tile of W = 8 * tile_size outputs and a chunk of samples and
+// loops over the input pairs of its split, each pair's table slice [cells][W] staged in shared
+// memory by bulk copies (TMA) into a ring of up to 4 buffers. A thread owns ONE sample and 32
+// consecutive outputs of the tile (tile_size / 4 threads per sample), so the sample's cell,
+// its 4 bilinear weights and its 32 accumulators all live in the thread's registers: per
+// (sample, pair) the thread reads 4 corners x 8 float4 from shared memory and does 128 FMAs.
+// No cell is broadcast through shared memory (the warp-per-sample scheme of dx_by_output_rows
+// spends one wavefront per sample and pair on it: 9 per 64 outputs where the lookups need 8).
+//
+// Bank conflicts: lane l reads its 8 float4 chunks of a 32-float (128-byte) row in the order
+// j XOR (l % 8), j = 0..7. A row starts on bank 0 (W and the sub-row offset are multiples of
+// 32 floats), so at step j lanes l, l+8, l+16, l+24 fall on one bank quad and every other quad
+// gets 4 lanes too: 4 wavefronts for the 512 bytes of the warp, the minimum, whatever the
+// cells. Accumulator j of a lane therefore holds output chunk j XOR (l % 8); the swizzle is
+// undone once, in registers (select chains), before the coalesced stores. (XOR rather than a
+// rotation: on a 128-byte aligned row it is one LOP3 per address.)
+//
+// Pipeline: thread 0 refills a buffer once every thread has released it (an "empty" mbarrier
+// with one arrival per thread), and the copy completes on the buffer's "full" mbarrier, so
+// warps drift up to nbuf - 1 pairs apart instead of meeting at a block barrier every pair
+// (R35, G=16: 74.1 ms against 79.0 with a __syncthreads per pair). One arrival per warp after
+// a __syncwarp ran as fast but compute-sanitizer racecheck reported the refill against the
+// other lanes' reads; per-thread arrivals cost nothing measurable and leave no doubt.
+#include <algorithm>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "cp_async.cuh"
+#include "lmkan2d_common.cuh"
+
+namespace lmkan {
+namespace lmkan2d {
+namespace {
+
+struct SampleLanesArgs {
+  const float* x;        // [N_in, B] contiguous
+  const float* packed;   // [n_tiles, P, cells, W]
+  const float* borders;  // [G+1]
+  float* y;              // [N_out, B] (or the split workspace, split * ys_split further)
+  int64_t batch, ys_split;
+  int n_out, n_pairs, num_grids;
+  int pairs_per_split;   // pair range of blockIdx.z
+  int nbuf;              // staged table buffers, 1 .. kSampleLanesMaxBuffers
+};
+
+// 16 bytes from shared memory at a 32-bit shared-window address. volatile: never moved above
+// the mbarrier wait that makes the buffer valid (an asm volatile with a memory clobber).
+__device__ __forceinline__ float4 lds128(unsigned addr) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
+  return v;
+}
+
+// Cell of v from the node table s_grid[i] = (g_i, 1 / (g_{i+1} - g_i)): one 8-byte read.
+__device__ __forceinline__ Cell grid_cell(float v, const float2* s_grid, int num_grids) {
+  const int i = clamp_cell(floorf(num_grids * laplace_cdf(v)), num_grids);
+  const float2 g = s_grid[i];
+  return Cell{i, (v - g.x) * g.y};
+}
+
+template <int TS>
+__global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const SampleLanesArgs a) {
+  constexpr int W = 32 * TS;    // outputs per tile = floats per table row
+  constexpr int SPW = 32 / TS;  // samples per warp
+  extern __shared__ __align__(16) float smem[];
+  const int side = a.num_grids + 1;
+  const int slice = side * side * W;  // floats of one (tile, pair) table slice
+  const int nbuf = a.nbuf;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kSampleLanesMaxBuffers]
+  uint64_t* empty = full + kSampleLanesMaxBuffers;      // [kSampleLanesMaxBuffers]
+  float2* s_grid = reinterpret_cast<float2*>(empty + kSampleLanesMaxBuffers);  // [G]
+  float* table = smem + sample_lanes_table_offset(a.num_grids) / 4;            // [nbuf][slice]
+  for (int i = threadIdx.x; i < a.num_grids; i += blockDim.x)
+    s_grid[i] = make_float2(a.borders[i], 1.f / (a.borders[i + 1] - a.borders[i]));
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < nbuf; ++i) {
+      mbarrier_init(full + i, 1);
+      mbarrier_init(empty + i, blockDim.x);
+    }
+  }
+  __syncthreads();
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int sub = lane / SPW;  // which 32 outputs of the tile
+  const int rot = lane % 8;    // chunk order j XOR rot, see the bank note above
+  const int64_t b = blockIdx.x * int64_t(blockDim.x / TS) + warp * SPW + lane % SPW;
+  const bool valid = b < a.batch;
+  const int tile = blockIdx.y;
+  const int p_begin = blockIdx.z * a.pairs_per_split;
+  const int np = min(a.n_pairs, p_begin + a.pairs_per_split) - p_begin;
+  const float* tile_table = a.packed + (int64_t(tile) * a.n_pairs + p_begin) * slice;
+  const bool producer = threadIdx.x == 0;
+
+  // Copy pair q into buffer q % nbuf once every thread has released that buffer's previous
+  // pair q - nbuf (its use number q / nbuf - 1 completed the empty barrier's phase). Thread 0
+  // only; the divisions are off the other threads' path.
+  auto refill = [&](int q) {
+    const int buf = q % nbuf;
+    if (q >= nbuf) mbarrier_wait(empty + buf, (q / nbuf - 1) & 1);
+    bulk_copy_to_shared(table + int64_t(buf) * slice, tile_table + int64_t(q) * slice,
+                        static_cast<unsigned>(slice) * 4u, full + buf);
+  };
+  if (producer)
+    for (int q = 0; q < min(nbuf - 1, np); ++q) refill(q);
+
+  // x[f][b] at f * batch + b: the pair's two rows, advanced by two rows per pair. Lanes past
+  // the batch read the last sample (unpredicated loads) and store nothing.
+  const float* xp = a.x + 2 * int64_t(p_begin) * a.batch + (valid ? b : a.batch - 1);
+  float x1 = 0.f, x2 = 0.f;
+  if (np > 0) {
+    x1 = __ldg(xp);
+    x2 = __ldg(xp + a.batch);
+  }
+  float4 acc[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+
+  // Shared-memory byte address of this lane's first chunk in row 0 of buffer 0. A row starts
+  // on a 128-byte boundary, so chunk (j XOR rot) of a row at address r is r + rot*16 XOR j*16.
+  const unsigned lane_base = smem_u32(table) + sub * 128u + rot * 16u;
+  const unsigned row_bytes = W * 4u, below_bytes = side * W * 4u, slice_bytes = slice * 4u;
+  int buf = 0;
+  unsigned phase = 0;
+  for (int p = 0; p < np; ++p) {
+    if (producer && p + nbuf - 1 < np) refill(p + nbuf - 1);
+    const float v1 = x1, v2 = x2;
+    xp += 2 * a.batch;
+    if (p + 1 < np) {  // the next pair's x, in flight during this pair
+      x1 = __ldg(xp);
+      x2 = __ldg(xp + a.batch);
+    }
+    const Cell c1 = grid_cell(v1, s_grid, a.num_grids);
+    const Cell c2 = grid_cell(v2, s_grid, a.num_grids);
+    const float e1 = 1.f - c1.d, e2 = 1.f - c2.d;
+    const float w00 = e1 * e2, w01 = e1 * c2.d, w10 = c1.d * e2, w11 = c1.d * c2.d;
+    const int row = c1.index * side + c2.index;
+    mbarrier_wait(full + buf, phase);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const unsigned r0 = (lane_base + buf * slice_bytes + row * row_bytes) ^ (j * 16u);
+      const unsigned r1 = r0 + below_bytes;
+      const float4 c00 = lds128(r0), c01 = lds128(r0 + row_bytes);
+      const float4 c10 = lds128(r1), c11 = lds128(r1 + row_bytes);
+      acc[j].x = fmaf(w00, c00.x, fmaf(w01, c01.x, fmaf(w10, c10.x, fmaf(w11, c11.x, acc[j].x))));
+      acc[j].y = fmaf(w00, c00.y, fmaf(w01, c01.y, fmaf(w10, c10.y, fmaf(w11, c11.y, acc[j].y))));
+      acc[j].z = fmaf(w00, c00.z, fmaf(w01, c01.z, fmaf(w10, c10.z, fmaf(w11, c11.z, acc[j].z))));
+      acc[j].w = fmaf(w00, c00.w, fmaf(w01, c01.w, fmaf(w10, c10.w, fmaf(w11, c11.w, acc[j].w))));
+    }
+    mbarrier_arrive(empty + buf);  // this thread is done with the buffer
+    if (++buf == nbuf) {
+      buf = 0;
+      phase ^= 1u;
+    }
+  }
+
+  if (!valid) return;
+  float* y = a.y + blockIdx.z * a.ys_split + b;
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    const int j = c ^ rot;  // the accumulator that holds output chunk c
+    float4 v = acc[0];
+#pragma unroll
+    for (int t = 1; t < 8; ++t)
+      if (j == t) v = acc[t];
+    const int o = tile * W + sub * 32 + 4 * c;
+    if (o < a.n_out) y[int64_t(o) * a.batch] = v.x;
+    if (o + 1 < a.n_out) y[int64_t(o + 1) * a.batch] = v.y;
+    if (o + 2 < a.n_out) y[int64_t(o + 2) * a.batch] = v.z;
+    if (o + 3 < a.n_out) y[int64_t(o + 3) * a.batch] = v.w;
+  }
+}
+
+template <int TS>
+void launch_sample_lanes(const SampleLanesArgs& a, dim3 grid, int block, int64_t smem) {
+  const auto kernel = sample_lanes_forward_kernel<TS>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+// Buffers: as many resident blocks as the registers allow (64 per thread: 1024 threads per
+// SM), then as many buffers (4 .. 2) as fit beside them; else one buffer and one block (the
+// caller sends num_grids whose slice does not fit at all to the output-lanes kernel). Small
+// batches split the pairs over blockIdx.z (partials summed in a fixed order) so the grid
+// fills the device.
+at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params,
+                                   const at::Tensor& borders, int tile, int block) {
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = x.size(1);
+  at::Tensor y = at::empty({n_out, batch}, x.options());
+  if (batch == 0) return y;
+  const DeviceLimits lim = device_limits(x.device().index());
+  const int ts = tile / 4, w = 8 * tile;
+  const int64_t samples_per_block = block / ts;
+
+  int nbuf = 0;
+  const int reg_blocks = std::max(1, 1024 / block);
+  for (int blocks = reg_blocks; blocks >= 1 && nbuf == 0; --blocks)
+    for (int n = kSampleLanesMaxBuffers; n >= 2 && nbuf == 0; --n) {
+      const int64_t bytes = sample_lanes_smem_bytes(num_grids, w, n);
+      if (bytes <= lim.smem_optin && blocks * (bytes + 1024) <= lim.smem_per_sm) nbuf = n;
+    }
+  if (nbuf == 0) nbuf = 1;  // the caller checked that one buffer fits
+  const int64_t smem = sample_lanes_smem_bytes(num_grids, w, nbuf);
+
+  const int64_t n_tiles = (n_out + w - 1) / w;
+  const int64_t sample_blocks = (batch + samples_per_block - 1) / samples_per_block;
+  TORCH_CHECK(sample_blocks < (int64_t(1) << 31) && n_tiles <= 65535,
+              "lmkan2d: grid too large (batch ", batch, ", output_dim ", n_out, ")");
+  const int64_t blocks_xy = sample_blocks * n_tiles;
+  int64_t splits = std::max<int64_t>(1, (2 * int64_t(lim.num_sms) + blocks_xy - 1) / blocks_xy);
+  splits = std::min<int64_t>(splits, std::max(1, n_pairs / 4));
+  const int pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
+  splits = (n_pairs + pairs_per_split - 1) / pairs_per_split;
+
+  const at::Tensor packed = pack_table(params, w);
+  at::Tensor out = splits > 1 ? at::empty({splits, n_out, batch}, y.options()) : y;
+  SampleLanesArgs a{};
+  a.x = x.data_ptr<float>();
+  a.packed = packed.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.y = out.data_ptr<float>();
+  a.batch = batch;
+  a.ys_split = batch * int64_t(n_out);
+  a.n_out = n_out;
+  a.n_pairs = n_pairs;
+  a.num_grids = num_grids;
+  a.pairs_per_split = pairs_per_split;
+  a.nbuf = nbuf;
+  const dim3 grid(static_cast<unsigned>(sample_blocks), static_cast<unsigned>(n_tiles),
+                  static_cast<unsigned>(splits));
+  if (ts == 1) launch_sample_lanes<1>(a, grid, block, smem);
+  else if (ts == 2) launch_sample_lanes<2>(a, grid, block, smem);
+  else launch_sample_lanes<4>(a, grid, block, smem);
+  if (splits > 1) at::sum_out(y, out, {0});
+  return y;
+}
+
+}  // namespace lmkan2d
+}  // namespace lmkan
