@@ -121,7 +121,7 @@ def main():
                            for tile in (4, 8, 16) for block in (256, 512) for fast in (False, True)]
             else:
                 configs = [(f"tile {tile} block {block}", tile, block, 8, 512, False)
-                           for tile in (4, 8, 16) for block in (256, 1024)]
+                           for tile in (4, 8, 16) for block in (256, 512, 1024)]
             case_rows = []
             for label, tile_f, block_f, tile_b, block_b, fast in configs:
                 case_rows.append(run_config(args, name, G, n_in, n_out, batch, mode, label, tile_f,
