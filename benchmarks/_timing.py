@@ -1,4 +1,4 @@
-"""The CUDA-event timer shared by the benchmark scripts, and a GPU warm-up."""
+"""The CUDA-event timer shared by the benchmark scripts, CUDA-graph capture, a GPU warm-up."""
 import statistics
 import time
 
@@ -28,6 +28,21 @@ def cuda_median_ms(fn, reps, warmup=3, calls_per_sample=1, sync_each=True):
         samples.append((start, end))
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) / calls_per_sample for s, e in samples)
+
+
+def cuda_graph_replay(step, warmup=3):
+    """Capture step() in a CUDA graph (after `warmup` calls on a side stream, as capture
+    requires); returns the graph's replay function: the same GPU work without host cost."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def warm_up_gpu(seconds=1.0):

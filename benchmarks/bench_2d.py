@@ -2,7 +2,9 @@
 
 Each case beside nn.Linear at the same shape (fp32, TF32, bf16) measured in the same run and
 beside the shared-memory limit of the direct lookup scheme (PERFORMANCE.md). CUDA events,
-warm-up, median. Prints a table last; writes JSON (--json).
+warm-up, median (eager: host costs included). Cases of at most GRAPH_MAX_BATCH samples also
+get the GPU time of their fastest configuration, and of nn.Linear fp32, from CUDA-graph
+replays. Prints a table last; writes JSON (--json).
 
   python benchmarks/bench_2d.py [--json PATH] [--reps N]
 """
@@ -15,7 +17,7 @@ import torch
 from lmKAN import ops
 from lmKAN.grids import cdf_borders
 
-from _timing import cuda_median_ms, warm_up_gpu
+from _timing import cuda_graph_replay, cuda_median_ms, warm_up_gpu
 
 # (name, G, n_in, n_out, batch, modes, forward limit ms from PERFORMANCE.md or None, original ms)
 CASES = [
@@ -27,8 +29,20 @@ CASES = [
 ]
 
 
+GRAPH_MAX_BATCH = 4096  # cases this small also get a CUDA-graph (GPU time) figure
+
+
 def timed(fn, reps, warmup=3):
     return cuda_median_ms(fn, reps, warmup)
+
+
+def graph_ms(fn, reps):
+    """GPU time of fn() without host cost: fn captured in a CUDA graph, replays back to back.
+
+    Small cases are bound by the host (Python, dispatch and launch costs of every op), which
+    the eager figures include; this figure is what the kernels themselves take.
+    """
+    return cuda_median_ms(cuda_graph_replay(fn), reps, warmup=3, calls_per_sample=20)
 
 
 def peak_mb(fn):
@@ -138,6 +152,12 @@ def main():
                                  best["fast"], batch_last, determ)
                 row["vs_batch_last"] = row["ms"] / best["ms"]
                 case_rows.append(row)
+            if batch <= GRAPH_MAX_BATCH:  # host-bound: the GPU time too, best config and Linear
+                fn = lmkan_fns(G, n_in, n_out, batch, True, best["tile_f"], best["block_f"],
+                               best["tile_b"], best["block_b"], best["fast"], mode)
+                best["graph_ms"] = graph_ms(fn, args.reps)
+                best["linear_fp32_graph_ms"] = graph_ms(linear_fns(n_in, n_out, batch, torch.float32,
+                                                                   backward), args.reps)
             for row in case_rows:
                 row.update(limit_ms=None if limit is None else {"fwd": 1, "bwd": 3, "fwd+bwd": 4}[mode] * limit,
                            original_ms=original.get(mode), linear_fp32_ms=lin["fp32"],
@@ -159,6 +179,9 @@ def main():
               f"{r['linear_tf32_ms']:7.3f} {r['linear_bf16_ms']:7.3f} "
               + (f"{r['vs_batch_last']:9.3f}" if 'vs_batch_last' in r else f"{'':9}")
               + (f"  ERR {r['error']}" if r['error'] else ""))
+        if "graph_ms" in r:
+            print(f"{r['case']:22} {r['mode']:8} {'  same, CUDA graph (GPU time)':32} {r['graph_ms']:9.3f} "
+                  f"{'':8} {'':>7} {'':>7} {r['linear_fp32_graph_ms']:7.3f}")
 
 
 if __name__ == "__main__":

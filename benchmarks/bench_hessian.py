@@ -34,7 +34,7 @@ import torch
 import lmKAN
 from lmKAN import KANLayer, LMKAN2DLayer, _reference
 
-from _timing import cuda_median_ms, warm_up_gpu
+from _timing import cuda_graph_replay, cuda_median_ms, warm_up_gpu
 
 ORIGINAL_MS = {"2d_G26_256x256": 0.86}  # PERFORMANCE.md, same H100 model
 
@@ -51,16 +51,7 @@ def bench_loop(fn, iters=50, reps=15, warmup=10):
 
 def graph_step(step):
     """Capture step() in a CUDA graph; return the replay function."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
+    return cuda_graph_replay(step)
 
 
 def time_ops_alone(param, regulariser):

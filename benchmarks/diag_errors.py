@@ -2,8 +2,8 @@
 
 Each case runs in its own interpreter (a crash shows as a return code, not a lost
 session). Cases: a torch-native error; an lmKAN op's check with the library loaded alone
-(no Python autograd registration); the same through lmKAN (with register_autograd); and
-the same under torch.no_grad / inference_mode.
+(no Python fake registrations); the same through lmKAN (with them); and the same under
+torch.no_grad / inference_mode.
 """
 import subprocess
 import sys

@@ -23,8 +23,8 @@ class LMKAN2DLayer(nn.Module):
         input_dim: number of input features (even: inputs are taken in pairs).
         output_dim: number of outputs.
         block_size_forward, block_size_backward: CUDA threads per block.
-        tile_size_forward, tile_size_backward: 4, 8 or 16: a lane owns tile_size / 4 outputs
-            (see Kernels below).
+        tile_size_forward, tile_size_backward: 4, 8 or 16: a block's output tile is
+            8 * tile_size outputs (see Kernels below).
         init_scale: parameters start as U(-s/sqrt(input_dim), s/sqrt(input_dim)).
         backward_fast_mode: a faster backward that needs more memory: 4x longer
             cell-sorted chunks (not deterministic), or all of an SM's shared memory for the
@@ -39,14 +39,18 @@ class LMKAN2DLayer(nn.Module):
             are faster; None (default): follow torch.are_deterministic_algorithms_enabled()
             at each call.
 
-    Kernels: every 2D kernel gives each lane of a warp tile_size / 4 consecutive outputs, so
-    a warp covers 8 * tile_size outputs and reads one whole table row per corner (no bank
-    conflicts whatever the cells).
-    - Forward (and grad_x): a block of block_size threads owns one such output tile and a
-      chunk of samples (each lane keeps 32 or 64 accumulators in registers) and loops over
-      the input pairs, each pair's table slice staged in shared memory by one bulk copy
-      (two buffers when they fit); grad_x uses the same scheme with grad_y in registers
-      (at most 512 threads) and adds over output tiles with atomics.
+    Kernels: every 2D kernel works on output tiles of 8 * tile_size outputs, the table
+    packed so that one cell's values for a tile are one contiguous row.
+    - Forward: a block of block_size threads owns one output tile and block_size * 4 /
+      tile_size samples; a thread owns one sample and 32 outputs of the tile (its cell,
+      weights and 32 accumulators in registers) and loops over the input pairs, each
+      pair's table slice staged in shared memory by bulk copies into a ring of up to 4
+      buffers. A thread reads its rows as float4 chunks in a lane-dependent (XOR) order,
+      so a warp's reads hit every bank equally whatever the cells.
+    - grad_x of the deterministic backward, and the forward past the shared-memory limit:
+      a lane owns tile_size / 4 consecutive outputs, a warp reads one whole table row per
+      corner; grad_x keeps grad_y in registers (at most 512 threads) and adds over output
+      tiles with atomics.
     - Backward (not deterministic, both modes): the batch goes in chunks whose grad_y rows
       take 8 MB (normal) or 32 MB (fast mode); each (pair, chunk) is counting-sorted by
       cell into global memory, then a warp walks a segment of the sorted samples for every

@@ -3,11 +3,10 @@
 Each public function here picks the backend per call: a CUDA float32 tensor runs the
 `torch.ops.lmkan.*` kernel when the extension has one for that op; any other tensor (CPU,
 float64, or an op without a kernel) runs the differentiable pure-PyTorch reference.
-The kernels get `register_fake` (shape propagation for torch.compile) registrations below;
-the layer ops get their autograd (`register_autograd`, a backward op) here too. The
-regulariser ops carry their autograd in C++ (csrc/regularizers.cu): they run once per layer
-per step and their kernels take ~0.1 ms, less than a Python autograd wrapper's host time,
-so their Python side is one `torch.ops` call.
+The kernels get `register_fake` (shape propagation for torch.compile) registrations below.
+Their autograd is registered in C++ (csrc/layer_autograd.cpp for the layers,
+csrc/regularizers.cu for the regularisers): a Python autograd wrapper's host time was most
+of a small training step, so the Python side of each op is one `torch.ops` call.
 """
 import functools
 
@@ -126,16 +125,8 @@ def second_diff1d(params, borders):
     return _reference.second_diff1d(params, borders)
 
 
-def _reference_grads(fn, grad_out, *inputs):
-    """Gradients of `fn(*inputs)` by autograd on the reference (backward without a kernel)."""
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in inputs]
-        out = fn(*leaves)
-        return torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
-
-
 def _register():
-    """Fake and autograd registrations for the ops whose schemas the extension declares."""
+    """Fake registrations for the ops whose schemas the extension declares."""
     lib = "lmkan::"
 
     # --- 2D layer -------------------------------------------------------------------
@@ -149,24 +140,6 @@ def _register():
     def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode, deterministic=False):
         return torch.empty_like(x), torch.empty_like(params)
 
-    def setup_2d(ctx, inputs, output):
-        x, params, borders, batch_last, _, _, tile, block, fast, deterministic = inputs
-        ctx.save_for_backward(x, params, borders)
-        ctx.config = (batch_last, tile, block, fast, deterministic)
-
-    def backward_2d(ctx, grad_y):
-        x, params, borders = ctx.saved_tensors
-        batch_last, tile, block, fast, deterministic = ctx.config
-        if kernel_available("lmkan2d_backward"):
-            grad_x, grad_p = torch.ops.lmkan.lmkan2d_backward(
-                grad_y.contiguous(), x, params, borders, batch_last, tile, block, fast, deterministic)
-        else:
-            grad_x, grad_p = _reference_grads(
-                lambda a, b: _reference.lmkan2d_forward(a, b, borders, batch_last), grad_y, x, params)
-        return grad_x, grad_p, None, None, None, None, None, None, None, None
-
-    torch.library.register_autograd(lib + "lmkan2d_forward", backward_2d, setup_context=setup_2d)
-
     # --- 1D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan1d_forward")
     def _(x, params, borders, uniform_grid, batch_last, deterministic=False):
@@ -178,26 +151,7 @@ def _register():
     def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False):
         return torch.empty_like(x), torch.empty_like(params)
 
-    def setup_1d(ctx, inputs, output):
-        x, params, borders, uniform_grid, batch_last, deterministic = inputs
-        ctx.save_for_backward(x, params, borders)
-        ctx.config = (uniform_grid, batch_last, deterministic)
-
-    def backward_1d(ctx, grad_y):
-        x, params, borders = ctx.saved_tensors
-        uniform_grid, batch_last, deterministic = ctx.config
-        if kernel_available("lmkan1d_backward"):
-            grad_x, grad_p = torch.ops.lmkan.lmkan1d_backward(
-                grad_y.contiguous(), x, params, borders, uniform_grid, batch_last, deterministic)
-        else:
-            grad_x, grad_p = _reference_grads(
-                lambda a, b: _reference.lmkan1d_forward(a, b, borders, uniform_grid, batch_last),
-                grad_y, x, params)
-        return grad_x, grad_p, None, None, None, None
-
-    torch.library.register_autograd(lib + "lmkan1d_forward", backward_1d, setup_context=setup_1d)
-
-    # --- regularisers (autograd registered in C++) ------------------------------------
+    # --- regularisers ------------------------------------------------------------------
     for name in ("hessian2d", "second_diff1d"):
         _register_regulariser_fakes(lib + name)
 
