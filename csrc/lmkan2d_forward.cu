@@ -550,17 +550,18 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
   const int64_t batch = batch_last ? x.size(1) : x.size(0);
-  at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
-                            : at::empty({batch, n_out}, x.options());
-  if (batch == 0) return y;
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
   const DeviceLimits lim = device_limits(x.device().index());
   // Lanes own samples (lmkan2d_forward_samples.cu) wherever one table slice fits in shared
   // memory (R34: G=16 74.0 ms against 110.1 for the scheme below, G=26 5.0 against 9.9).
   // Past that, the output-lanes kernel below reads the table through L1/L2 with whole-row
   // (coalesced) reads, where per-lane rows cost 5x (G=26 tile 16: 51.6 against 11.0 ms).
+  // (Here x is batch-last: batch-first went through the transposes above.)
   if (sample_lanes_smem_bytes(num_grids, 8 * tile, 1) <= lim.smem_optin)
     return forward_by_sample_lanes(x, params, borders, tile, block);
+  at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
+                            : at::empty({batch, n_out}, x.options());
+  if (batch == 0) return y;
   const int k = forward_lanes_outputs(tile), w = 32 * k;
   const int nb = (block / 32) * samples_per_lane(k, block);
   const int regs = samples_per_lane(k, block) * k > 32 ? 128 : 64;

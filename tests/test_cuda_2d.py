@@ -109,6 +109,24 @@ def test_forward_buffer_ring(num_grids, tile, block):
 
 @requires_gpu
 @pytest.mark.parametrize("tile", TILES)
+def test_forward_memory(tile):
+    """The forward allocates its output and the packed table, nothing else (a second,
+    unused output once sat beside them)."""
+    assert_cuda_kernel("lmkan2d_forward")
+    x, params, borders = _make(8, 64, 96, 50001, True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 256, 8, 512, False, False)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    width = 8 * tile
+    packed = -(-96 // width) * width * params.shape[0] ** 2 * params.shape[3] * 4
+    assert extra <= y.numel() * 4 + packed + (1 << 16), (extra, y.numel() * 4, packed)
+
+
+@requires_gpu
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))
 def test_largest_num_grids(tile, mode):
     assert_cuda_kernel("lmkan2d_backward")
