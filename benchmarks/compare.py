@@ -161,6 +161,7 @@ def format_table(results):
 def save_figure(results, title, figure_dir):
     """performance.svg and .png: forward and backward time per layer (log scale)."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -176,6 +177,11 @@ def save_figure(results, title, figure_dir):
     ax.set_yticks(list(positions), names)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    # plain numbers at 1-2-5 steps: matplotlib's default minor labels (2x10^0, 3x10^0, ...)
+    # run into each other on a span of two decades
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("time per call (ms, log scale; lower is better)")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="best")

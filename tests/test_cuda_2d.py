@@ -122,7 +122,9 @@ def test_forward_memory(tile):
     extra = torch.cuda.max_memory_allocated() - base
     width = 8 * tile
     packed = -(-96 // width) * width * params.shape[0] ** 2 * params.shape[3] * 4
-    assert extra <= y.numel() * 4 + packed + (1 << 16), (extra, y.numel() * 4, packed)
+    # the caching allocator rounds each large block up (to 2 MiB segments): 4 MiB of slack,
+    # where a second output would add 19 MB
+    assert extra <= y.numel() * 4 + packed + (4 << 20), (extra, y.numel() * 4, packed)
 
 
 @requires_gpu
