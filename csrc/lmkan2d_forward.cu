@@ -623,8 +623,9 @@ int max_num_grids_for(int tile, const std::string& mode, int device_index) {
   for (int g = 3; g < 4096; ++g) {
     bool fits;
     if (mode == "forward") {
-      // one table buffer and the smallest block (one warp); larger num_grids run with the
-      // table read from L1/L2 (lmkan2d_forward never refuses a num_grids)
+      // one table slice in shared memory (the sample-lanes kernel's ring of one buffer);
+      // larger num_grids run the output-lanes kernel with the table read from L1/L2
+      // (lmkan2d_forward never refuses a num_grids)
       fits = sample_lanes_smem_bytes(g, 8 * tile, 1) <= lim.smem_optin;
     } else if (mode == "backward" || mode == "backward_fast") {
       // the non-deterministic backward (both modes) sorts by cell with a shared-memory
