@@ -49,20 +49,15 @@ def bench_loop(fn, iters=50, reps=15, warmup=10):
     return cuda_median_ms(fn, reps, warmup, calls_per_sample=iters)
 
 
-def graph_step(step):
-    """Capture step() in a CUDA graph; return the replay function."""
-    return cuda_graph_replay(step)
-
-
 def time_ops_alone(param, regulariser):
     """CUDA-graph GPU time of the value op alone and of the gradient op alone."""
     with torch.no_grad():
-        value = graph_step(regulariser)
+        value = cuda_graph_replay(regulariser)
     grad_r = torch.ones((), device=param.device)
     fn = regulariser.__self__
     name = "hessian2d" if param.dim() == 4 else "second_diff1d"
     backward_op = getattr(torch.ops.lmkan, name + "_backward")
-    grad = graph_step(lambda: backward_op(grad_r, param.detach(), fn.borders))
+    grad = cuda_graph_replay(lambda: backward_op(grad_r, param.detach(), fn.borders))
     return bench_loop(value), bench_loop(grad)
 
 
@@ -87,7 +82,7 @@ def measure(name, param, regulariser, reference_fn=None):
     param.grad = torch.zeros_like(param)
     row["fwd_bwd_accumulate_ms"] = bench_loop(step_accumulate)
     param.grad = None
-    replay = graph_step(step_reset)
+    replay = cuda_graph_replay(step_reset)
     row["fwd_bwd_graph_ms"] = bench_loop(replay)
     row["value_graph_ms"], row["grad_graph_ms"] = time_ops_alone(param, regulariser)
 

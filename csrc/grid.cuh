@@ -27,10 +27,15 @@ __device__ __forceinline__ int clamp_cell(float t, int num_grids) {
   return static_cast<int>(fminf(fmaxf(t, 0.f), static_cast<float>(num_grids - 1)));
 }
 
+// The CDF grid's cell index of v (SPEC.md section 1): in [0, G-1] for any float.
+__device__ __forceinline__ int cdf_index(float v, int num_grids) {
+  return clamp_cell(floorf(num_grids * laplace_cdf(v)), num_grids);
+}
+
 // borders: [G+1] node positions (global or shared memory).
 __device__ __forceinline__ Cell cdf_cell(float v, const float* borders, int num_grids) {
   Cell c;
-  c.index = clamp_cell(floorf(num_grids * laplace_cdf(v)), num_grids);
+  c.index = cdf_index(v, num_grids);
   const float lo = borders[c.index];
   c.d = (v - lo) / (borders[c.index + 1] - lo);
   return c;

@@ -58,7 +58,7 @@ __device__ __forceinline__ float4 lds128(unsigned addr) {
 
 // Cell of v from the node table s_grid[i] = (g_i, 1 / (g_{i+1} - g_i)): one 8-byte read.
 __device__ __forceinline__ Cell grid_cell(float v, const float2* s_grid, int num_grids) {
-  const int i = clamp_cell(floorf(num_grids * laplace_cdf(v)), num_grids);
+  const int i = cdf_index(v, num_grids);
   const float2 g = s_grid[i];
   return Cell{i, (v - g.x) * g.y};
 }

@@ -55,7 +55,8 @@ constexpr int kFinishThreads = 256;  // threads of the final reduction kernel
 constexpr int kMaxNodes = 4000;
 
 // Column-chunk widths (1D: registers hold W + 4 rows; 2D: the ring holds 5 rows of W + 4
-// slots per thread, and the gradient's registers three gradient rows of W). For num_grids up to 26 these give two chunks per function in 2D.
+// slots per thread, and the gradient's registers three gradient rows of W). For num_grids up
+// to 26 these give two chunks per function in 2D.
 constexpr int kW2d = 14;  // window columns per thread, 2D value and gradient
 constexpr int kW1d = 16;  // rows per thread, 1D value and gradient
 // 2D kernels: at most 128 registers, so 4 blocks (16 warps) fit on an SM and the
