@@ -1,5 +1,6 @@
-"""examples/ddp_train.py: 2 CPU processes (gloo, launched by torchrun) end with the parameters
-of 1 process trained on the combined batch (SGD, no BatchNorm: equal up to float rounding)."""
+"""examples/ddp_train.py: 2 processes launched by torchrun (gloo on the CPU, NCCL on two GPUs)
+end with the parameters of 1 process trained on the combined batch (SGD, no BatchNorm: equal
+up to float rounding)."""
 import importlib.util
 import os
 import subprocess
@@ -27,15 +28,14 @@ def _run(command, tmp_path):
     return result.stdout
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available in this build")
-def test_two_gloo_processes_equal_one_process_on_combined_batch(tmp_path):
+def _two_processes_equal_one(tmp_path, args):
+    """Train once in one process and once in two (torchrun); the parameters must agree."""
     single, double = tmp_path / "one.pt", tmp_path / "two.pt"
-    _run([sys.executable, EXAMPLE, *ARGS, "--save", str(single)], tmp_path)
+    _run([sys.executable, EXAMPLE, *args, "--save", str(single)], tmp_path)
     out = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                EXAMPLE, *ARGS, "--save", str(double)], tmp_path)
+                EXAMPLE, *args, "--save", str(double)], tmp_path)
     assert "on 2 process(es)" in out
-    one, two = torch.load(single), torch.load(double)
+    one, two = torch.load(single, map_location="cpu"), torch.load(double, map_location="cpu")
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=f"parameter {name}")
@@ -43,3 +43,17 @@ def test_two_gloo_processes_equal_one_process_on_combined_batch(tmp_path):
     torch.manual_seed(0)
     initial = _example_module().make_model(8, 5).state_dict()
     assert (one["0.func_parameter"] - initial["0.func_parameter"]).abs().max() > 1e-4
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available in this build")
+def test_two_gloo_processes_equal_one_process_on_combined_batch(tmp_path):
+    _two_processes_equal_one(tmp_path, ARGS)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2 or not dist.is_available()
+                    or not dist.is_nccl_available(), reason="needs two GPUs and NCCL")
+def test_two_gpus_nccl_equal_one_gpu_on_combined_batch(tmp_path):
+    """The CUDA kernels under DistributedDataParallel (NCCL), one process per GPU."""
+    args = [a if a != "cpu" else "cuda" for a in ARGS]
+    _two_processes_equal_one(tmp_path, args)
