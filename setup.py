@@ -1,26 +1,45 @@
 """Build script: the pure-Python package always, the CUDA extension lmKAN._C when it can.
 
-The CUDA extension is built when a CUDA toolkit is found (CUDA_HOME, or nvcc on PATH) and
-the installed torch is a CUDA build. Whether a GPU is visible does not matter: a build
-machine without a GPU still gets the kernels. Switches:
+The CUDA extension is built when a CUDA toolkit is found (CUDA_HOME, nvcc on PATH, or
+/usr/local/cuda) and the installed torch is a CUDA build. Whether a GPU is visible does not
+matter: a build machine without a GPU still gets the kernels.
 
+Never a silent loss of the kernels:
+- A CUDA build that fails stops the install with the compiler's error tail and a last line
+  that says why (LMKAN_NO_CUDA=1 installs the pure-PyTorch package instead, on purpose).
+- With a toolkit present but torch not importable (pip's build isolation), the install stops
+  and says to install torch first and use `pip install --no-build-isolation .`: an extension
+  must be built against the torch that will run it.
+- An extension that does not link libstdc++ dynamically (a compiler wrapper that links it
+  statically turns every C++ exception into SIGSEGV) stops the install, naming the compiler.
+- What happened is written to lmKAN/_build_status.json, which lmKAN.backend_info() and the
+  import-time warning read.
+
+Switches:
   LMKAN_NO_CUDA=1       skip the extension (pure-PyTorch package only)
-  LMKAN_FORCE_CUDA=1    a missing toolkit or a failed CUDA build is an error, not a warning
+  LMKAN_FORCE_CUDA=1    a missing toolkit or a CPU-only torch is an error too
   TORCH_CUDA_ARCH_LIST  target GPUs, e.g. "9.0"; default: the visible GPUs' architectures,
                         or DEFAULT_ARCH_LIST below when no GPU is visible
-  MAX_JOBS              parallel compile jobs (ninja)
-
-Install with `pip install --no-build-isolation .` so that the build sees the torch it will
-run with.
+  MAX_JOBS              parallel compile jobs (ninja); nvcc also compiles the architectures
+                        of one source file in parallel when jobs outnumber the sources
 """
 import glob
+import json
 import os
 import shutil
+import struct
 import sys
+import sysconfig
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
-DEFAULT_ARCH_LIST = "8.0;9.0+PTX"  # A100, H100, and PTX that newer GPUs can JIT-compile.
+# Every architecture from Ampere on (A100; RTX 30xx / A10 / A40; RTX 40xx / L4 / L40S;
+# H100 / H200; B200; RTX 50xx), plus PTX of the newest for GPUs after it.
+DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+HERE = os.path.dirname(os.path.abspath(__file__))
+STATUS_FILE = "_build_status.json"
+NO_CUDA_HINT = "LMKAN_NO_CUDA=1 installs the pure-PyTorch package instead"
 
 
 def _flag(name):
@@ -28,47 +47,135 @@ def _flag(name):
 
 
 def _log(msg):
-    print(f"[lmKAN setup] {msg}", file=sys.stderr)
+    print(f"[lmKAN setup] {msg}", file=sys.stderr, flush=True)
+
+
+class BuildStatus:
+    """What the build did about the CUDA extension, kept for lmKAN._extension to report."""
+
+    def __init__(self):
+        self.data = {"cuda_extension": "not attempted", "reason": "setup.py did not decide"}
+
+    def set(self, state, reason, **extra):
+        self.data = {"cuda_extension": state, "reason": reason, **extra}
+        self.write(os.path.join(HERE, "lmKAN"))
+
+    def write(self, package_dir):
+        if os.path.isdir(package_dir):
+            with open(os.path.join(package_dir, STATUS_FILE), "w") as f:
+                json.dump(self.data, f, indent=1)
+
+
+STATUS = BuildStatus()
 
 
 def _locate_cuda_home():
-    """Set CUDA_HOME to a toolkit with headers before torch.utils.cpp_extension reads it.
+    """Set CUDA_HOME to a toolkit with headers (before torch.utils.cpp_extension reads it).
 
     torch derives CUDA_HOME from nvcc's location, which is wrong when nvcc on PATH is a
     wrapper script (e.g. /usr/local/bin/nvcc); prefer a directory that has the headers.
+    Returns the toolkit directory, or None.
     """
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
     candidates = []
     nvcc = shutil.which("nvcc")
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     candidates.append("/usr/local/cuda")
     for home in candidates:
-        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+        if (os.path.exists(os.path.join(home, "include", "cuda_runtime.h"))
+                and os.path.exists(os.path.join(home, "bin", "nvcc"))):
             os.environ["CUDA_HOME"] = home
-            return
+            return home
+    return None
+
+
+def _elf_needed(path):
+    """DT_NEEDED entries (shared libraries) of a 64-bit little-endian ELF file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError(f"{path} is not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    needed = []
+    for _name, sh_type, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if sh_type != 6:  # SHT_DYNAMIC
+            continue
+        strtab_offset = sections[link][4]
+        for pos in range(offset, offset + size, entsize or 16):
+            tag, value = struct.unpack_from("<qQ", data, pos)
+            if tag == 0:  # DT_NULL
+                break
+            if tag == 1:  # DT_NEEDED
+                end = data.index(b"\0", strtab_offset + value)
+                needed.append(data[strtab_offset + value:end].decode())
+    return needed
+
+
+def _compiler_in_use():
+    cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    return cxx.split()[0], shutil.which(cxx.split()[0]) or cxx.split()[0]
+
+
+def _check_dynamic_libstdcxx(path):
+    """Stop the build when the extension does not load libstdc++ as a shared library."""
+    needed = _elf_needed(path)
+    if any(lib.startswith("libstdc++.so") for lib in needed):
+        return
+    name, resolved = _compiler_in_use()
+    raise RuntimeError(
+        f"the built extension {os.path.basename(path)} does not link libstdc++ dynamically "
+        f"(its DT_NEEDED entries: {', '.join(needed) or 'none'}). The C++ compiler "
+        f"{name} ({resolved}) links it statically, and a statically linked libstdc++ beside "
+        "torch's turns every C++ exception (every argument error of the ops) into a SIGSEGV. "
+        "Rebuild with the system compiler: CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++ "
+        "pip install --no-build-isolation .")
+
+
+def _nvcc_threads(n_sources):
+    """nvcc threads per source file: the jobs shared out over the sources (ceil), at most one
+    per target architecture (nvcc compiles the architectures of a file in parallel). With 16
+    jobs and 6 sources, 3 threads; with 2 jobs (CI), 1."""
+    jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+    arch_count = max(1, len([a for a in os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(",", ";")
+                             .replace(" ", ";").split(";") if a.strip()]))
+    return max(1, min(arch_count, -(-jobs // max(1, n_sources))))
 
 
 def _cuda_extension():
     """Return (ext_modules, cmdclass) for the CUDA build, or ([], {}) to skip it."""
     force = _flag("LMKAN_FORCE_CUDA")
     if _flag("LMKAN_NO_CUDA"):
+        STATUS.set("skipped", "LMKAN_NO_CUDA=1 was set at install time")
         _log("LMKAN_NO_CUDA=1: building the pure-Python package only.")
         return [], {}
-    _locate_cuda_home()
+    cuda_home = _locate_cuda_home()
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except ImportError as exc:
-        msg = f"torch is not importable ({exc}); install torch first and use --no-build-isolation."
-        if force:
+        if cuda_home is not None or force:
+            msg = (f"a CUDA toolkit is present ({cuda_home}) but torch is not importable in "
+                   f"the build environment ({exc}). lmKAN's kernels must be compiled against "
+                   "the torch that will run them: install torch first, then "
+                   "`pip install --no-build-isolation .` (pip's default build isolation hides "
+                   f"the installed torch). {NO_CUDA_HINT}.")
+            STATUS.set("failed", msg)
             raise RuntimeError(msg) from exc
-        _log(msg + " Building the pure-Python package only.")
+        STATUS.set("skipped", "no CUDA toolkit was found at install time (and torch was not "
+                   "importable in the build environment)")
+        _log("no CUDA toolkit and no torch in the build environment: building the pure-Python "
+             "package only (CPU path).")
         return [], {}
     if CUDA_HOME is None or torch.version.cuda is None:
-        why = ("no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)" if CUDA_HOME is None
-               else f"torch {torch.__version__} is not a CUDA build")
+        why = ("no CUDA toolkit was found at install time (looked at CUDA_HOME, nvcc on PATH, "
+               "/usr/local/cuda)" if CUDA_HOME is None
+               else f"the installed torch {torch.__version__} is not a CUDA build")
+        STATUS.set("skipped", why, torch_version=torch.__version__)
         if force:
             raise RuntimeError(f"LMKAN_FORCE_CUDA=1 but {why}.")
         _log(f"{why}: building the pure-Python package only (CPU path).")
@@ -78,9 +185,10 @@ def _cuda_extension():
         # Only the target list depends on visible GPUs, never whether to build.
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
         _log(f"no GPU visible: TORCH_CUDA_ARCH_LIST defaults to {DEFAULT_ARCH_LIST}")
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(the visible GPUs')")
 
-    here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*.cu")))
+    n_cuda = sum(s.endswith(".cu") for s in sources)
     version_macros = [
         ("LMKAN_TORCH_VERSION", f'"{torch.__version__}"'),
         ("LMKAN_CUDA_VERSION", f'"{torch.version.cuda}"'),
@@ -89,33 +197,52 @@ def _cuda_extension():
     extension = CUDAExtension(
         name="lmKAN._C",
         sources=sources,
-        include_dirs=[os.path.join(here, "csrc")],
+        include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={
             "cxx": ["-O3"] + macro_flags,
-            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"] + macro_flags,
+            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr",
+                     f"--threads={_nvcc_threads(n_cuda)}"] + macro_flags,
         },
         py_limited_api=False,
     )
+    details = dict(arch_list=arch_list, torch_version=torch.__version__, cuda_home=CUDA_HOME,
+                   cxx=_compiler_in_use()[1])
 
-    class TolerantBuildExtension(BuildExtension):
-        """A failed CUDA build leaves the CPU package usable unless LMKAN_FORCE_CUDA=1."""
+    class CheckedBuildExtension(BuildExtension):
+        """Records the outcome; a failure stops the install with a line that says why."""
 
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure
-                if force:
-                    raise
-                # Drop the extension so that no step later looks for its output file.
-                self.extensions = [e for e in self.extensions if e is not ext]
-                self.distribution.ext_modules = [e for e in self.distribution.ext_modules if e is not ext]
-                _log(f"building the CUDA extension failed ({exc}); the package will use the "
-                     "pure-PyTorch path. Set LMKAN_FORCE_CUDA=1 to make this an error.")
+                _check_dynamic_libstdcxx(self.get_ext_fullpath(ext.name))
+            except Exception as exc:  # noqa: BLE001 - any compiler or link failure
+                reason = (f"building the CUDA extension failed ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r})")
+                STATUS.set("failed", reason, **details)
+                _log(f"{reason}. The compiler's output is above. lmKAN's CUDA kernels were NOT "
+                     f"built. Fix the error, or set {NO_CUDA_HINT}.")
+                raise
+            STATUS.set("built", f"built for TORCH_CUDA_ARCH_LIST={arch_list}", **details)
+            self._copy_status()
 
+        def _copy_status(self):
+            STATUS.write(os.path.join(self.build_lib, "lmKAN"))
+
+    STATUS.set("building", "the build started but did not finish", **details)
     _log(f"building the CUDA extension from {len(sources)} sources for "
-         f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPUs)')}")
-    return [extension], {"build_ext": TolerantBuildExtension.with_options(use_ninja=True)}
+         f"TORCH_CUDA_ARCH_LIST={arch_list}")
+    return [extension], {"build_ext": CheckedBuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = _cuda_extension()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+class BuildPyWithStatus(build_py):
+    """Ships the build status file with the package (written again after build_ext)."""
+
+    def run(self):
+        super().run()
+        STATUS.write(os.path.join(self.build_lib, "lmKAN"))
+
+
+if __name__ == "__main__":  # pip's build backend and `python setup.py` run it as __main__
+    ext_modules, cmdclass = _cuda_extension()
+    cmdclass["build_py"] = BuildPyWithStatus
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -3,9 +3,12 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize_1d.py
     compute-sanitizer --tool racecheck python benchmarks/sanitize_1d.py
 """
+import os
+
 import torch
 
 import lmKAN  # noqa: F401 - registers the ops
+from lmKAN.lmkan1d import _max_num_grids_1d
 from lmKAN.grids import cdf_borders, uniform_borders
 
 
@@ -26,6 +29,19 @@ def main():
                 for deterministic in (False, True):
                     torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, uniform, batch_last,
                                                      deterministic)
+    # the shared-memory budgets of consumer GPUs and of an A100 (LMKAN_SMEM_BUDGET_KB): at 99 KB
+    # the grouped dC does not fit and G <= 31 takes the shared-accumulator kernel; each budget
+    # at its own num_grids limit
+    for budget in ("99", "163"):
+        os.environ["LMKAN_SMEM_BUDGET_KB"] = budget
+        for g in (31, _max_num_grids_1d(torch.device("cuda"))):
+            params = torch.randn(g + 1, 45, 21, device="cuda")
+            x = 1.5 * torch.randn(21, 531, device="cuda")
+            y = torch.ops.lmkan.lmkan1d_forward(x, params, cdf_borders(g).cuda(), False, True)
+            for deterministic in (False, True):
+                torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, params, cdf_borders(g).cuda(),
+                                                 False, True, deterministic)
+    os.environ["LMKAN_SMEM_BUDGET_KB"] = ""
     torch.cuda.synchronize()
     print("sanitize_1d: all launches done")
 

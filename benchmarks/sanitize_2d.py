@@ -3,6 +3,8 @@
   compute-sanitizer --tool memcheck  python benchmarks/sanitize_2d.py
   compute-sanitizer --tool racecheck python benchmarks/sanitize_2d.py
 """
+import os
+
 import torch
 
 import lmKAN  # loads the extension
@@ -45,6 +47,17 @@ def main():
     # kernels with float atomics (grad_x over 3 output tiles)
     _launch(lmKAN.max_num_grids(8, "backward", "cuda") + 1, 4, 131, 300, True, 8, 64, False,
             False, forward=False)
+    # the forward's ring of table buffers at every depth (4 down to 1, then the L2 kernel past
+    # the limit) and the deterministic grad_x with its staged table, at this GPU's shared memory
+    # and at the budgets of an A100 and of consumer GPUs (LMKAN_SMEM_BUDGET_KB)
+    for budget in ("", "163", "99"):
+        os.environ["LMKAN_SMEM_BUDGET_KB"] = budget
+        for tile in (4, 16):
+            limit = lmKAN.max_num_grids(tile, "forward", "cuda")
+            for g in sorted({3, limit // 2, limit - 1, limit, limit + 1}):
+                _launch(g, 6, 8 * tile - 3, 300, True, tile, 256, True, True)
+                _launch(g, 6, 8 * tile + 5, 300, False, tile, 1024, False, False)
+    os.environ["LMKAN_SMEM_BUDGET_KB"] = ""
     torch.cuda.synchronize()
     print("sanitize_2d: all launches done")
 

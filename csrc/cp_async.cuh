@@ -30,15 +30,37 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-// ---- Bulk copies (TMA, cp.async.bulk) completing on mbarriers (sm_90) ----------------------
+// ---- Staging a contiguous run into shared memory, completing on an mbarrier --------------
+//
+// sm_90 and newer: ONE thread issues a bulk copy (TMA, cp.async.bulk) and announces its byte
+// count on the barrier (mbarrier.arrive.expect_tx); the barrier's phase completes when the
+// bytes have landed. Below sm_90 neither instruction exists; there EVERY thread of the block
+// copies its share with 16-byte cp.async and then arrives on the barrier through
+// cp.async.mbarrier.arrive.noinc, which counts as the thread's arrival once its copies have
+// landed: the same ring of buffers and barriers, the same waits, only the copy is spread over
+// the block (and the barrier is initialised with one arrival per thread instead of one).
+// kBulkCopy is the compile-time switch; the host code never depends on it: both paths use the
+// same shared-memory layout and launch shape.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kBulkCopy = false;
+#else
+constexpr bool kBulkCopy = true;
+#endif
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to the TMA unit
+#endif
 }
+// Arrivals that complete a staging barrier's phase: the one thread of a bulk copy, or every
+// thread of the block below sm_90.
+__device__ __forceinline__ unsigned staging_arrivals() { return kBulkCopy ? 1u : blockDim.x; }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // One thread: copy `bytes` (multiple of 16, 16-byte aligned ends) global -> shared; the
 // barrier's phase completes when they have landed.
 __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, unsigned bytes,
@@ -51,12 +73,41 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
                ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
 }
+#endif
+
+// This thread's share of a block-wide copy of `bytes` (multiple of 16, 16-byte aligned ends):
+// 16-byte chunks threadIdx.x, threadIdx.x + blockDim.x, ... (consecutive lanes on consecutive
+// chunks: coalesced reads, conflict-free writes).
+__device__ __forceinline__ void block_copy_share(float* dst, const float* src, unsigned bytes) {
+  for (unsigned i = threadIdx.x; i < bytes / 16u; i += blockDim.x) cp_async16(dst + 4 * i, src + 4 * i);
+}
+
+// Stage `bytes` from global `src` into shared `dst`, completing `bar`'s phase. Called by the
+// one producer thread where kBulkCopy, by every thread of the block otherwise.
+__device__ __forceinline__ void stage_to_shared(float* dst, const float* src, unsigned bytes,
+                                                uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  bulk_copy_to_shared(dst, src, bytes, bar);
+#else
+  block_copy_share(dst, src, bytes);
+  // one arrival on bar once this thread's copies above (and earlier ones) have landed
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar))
+               : "memory");
+#endif
+}
+
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned phase) {
   unsigned done;
   do {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
                  " selp.u32 %0, 1, 0, p;\n}\n"
                  : "=r"(done) : "r"(smem_u32(bar)), "r"(phase) : "memory");
+#else
+    asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 " selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(smem_u32(bar)), "r"(phase) : "memory");
+#endif
   } while (!done);
 }
 // One arrival on `bar` (release: this thread's earlier shared-memory reads are ordered before

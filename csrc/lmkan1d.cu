@@ -39,6 +39,7 @@
 
 #include "checks.h"
 #include "cp_async.cuh"
+#include "device_limits.h"
 #include "grid.cuh"
 
 namespace lmkan {
@@ -771,11 +772,8 @@ __global__ void lmkan1d_sum_slices_kernel(const float* __restrict__ ws, float* _
 // ==========================================================================================
 // Host side
 // ==========================================================================================
-int max_dynamic_smem(int device) {
-  int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return value;
-}
+// The shared memory a block may use (device_limits.h: LMKAN_SMEM_BUDGET_KB applies).
+int max_dynamic_smem(int device) { return device_limits(device).smem_optin; }
 
 void set_smem(const void* kernel, size_t bytes) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -949,11 +947,7 @@ void run_dc_slices(int64_t slices, bool deterministic, at::Tensor& grad_params,
   }
 }
 
-int device_sms(int device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
+int device_sms(int device) { return device_limits(device).num_sms; }
 
 // dC for G <= kGcMaxCells: cell-grouped kernel.
 void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,

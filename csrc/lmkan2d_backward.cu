@@ -550,7 +550,7 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   // whole opt-in memory (fast); fast mode also stages larger chunks of samples.
   const int max_warps = std::min(block / 32, n_pairs);
   const int64_t budget = fast ? lim.smem_optin
-                              : std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
+                              : std::min<int64_t>(lim.smem_per_sm / 2 - kReservedSmemPerBlock, lim.smem_optin);
   // Fast mode with a shared accumulator and no more cells than the largest chunk also sorts
   // each chunk by cell (runs of one cell accumulate in registers).
   const int chunk_pref = fast ? kDpMaxChunk : 64;
@@ -570,7 +570,7 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   const int64_t smem = dp_smem_bytes(num_grids, TILE, warps, chunk, in_smem);
   const int64_t blocks_xy = int64_t(n_tiles) * ((n_pairs + warps - 1) / warps);
   const int64_t resident = std::max<int64_t>(
-      1, std::min<int64_t>(lim.smem_per_sm / (smem + 1024), 2048 / (32 * warps)));
+      1, std::min<int64_t>(lim.smem_per_sm / (smem + kReservedSmemPerBlock), lim.max_threads_per_sm / (32 * warps)));
   const int64_t target = 2 * int64_t(lim.num_sms) * resident;
   int64_t splits = std::max<int64_t>(1, (target + blocks_xy - 1) / blocks_xy);
   splits = std::min<int64_t>({splits, std::max<int64_t>(1, batch / (4 * chunk)), 65535});
@@ -620,7 +620,7 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
   // on the H100, G = 26: 4-warp blocks, one per SM, took 189 ms against 71 ms).
   int warps = std::min(std::max(block / 32, 1), dp_sorted_max_warps(K));
   if (!fast) {
-    const int64_t half_sm = std::min<int64_t>(lim.smem_per_sm / 2 - 1024, lim.smem_optin);
+    const int64_t half_sm = std::min<int64_t>(lim.smem_per_sm / 2 - kReservedSmemPerBlock, lim.smem_optin);
     int w = warps;
     while (w > 4 && dp_sorted_smem_bytes(num_grids, W, w) > half_sm) --w;
     if (dp_sorted_smem_bytes(num_grids, W, w) <= half_sm) warps = w;
@@ -641,7 +641,7 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
   // bounded workspace
   const int64_t blocks_xy = int64_t(n_tiles) * n_pairs;
   const int64_t resident = std::max<int64_t>(
-      1, std::min<int64_t>(lim.smem_per_sm / (smem + 1024), 2048 / (32 * warps)));
+      1, std::min<int64_t>(lim.smem_per_sm / (smem + kReservedSmemPerBlock), lim.max_threads_per_sm / (32 * warps)));
   const int64_t target = 2 * int64_t(lim.num_sms) * resident;
   int64_t splits = std::max<int64_t>(1, (target + blocks_xy - 1) / blocks_xy);
   splits = std::min<int64_t>({splits, std::max<int64_t>(1, batch / (2 * chunk)), 65535});

@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 #include <ATen/core/Tensor.h>
 
+#include "device_limits.h"
 #include "grid.cuh"
 
 namespace lmkan {
@@ -71,14 +72,6 @@ __device__ __forceinline__ void load_row(const float* p, float (&v)[K]) {
     v[0] = __ldg(p);
   }
 }
-
-// Per-device limits, read once per device.
-struct DeviceLimits {
-  int smem_optin;      // largest dynamic shared memory per block (bytes)
-  int smem_per_sm;     // shared memory per SM (bytes)
-  int num_sms;
-};
-DeviceLimits device_limits(int device_index);
 
 // Repack params [G+1, G+1, N_out, P] into Pt [n_tiles, P, (G+1)^2, width] (zero padding).
 at::Tensor pack_table(const at::Tensor& params, int width);

@@ -27,30 +27,6 @@
 namespace lmkan {
 namespace lmkan2d {
 
-DeviceLimits device_limits(int device_index) {
-  static std::mutex mutex;
-  static std::vector<DeviceLimits> cache;
-  static std::vector<bool> known;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (device_index >= static_cast<int>(cache.size())) {
-    cache.resize(device_index + 1);
-    known.resize(device_index + 1, false);
-  }
-  if (!known[device_index]) {
-    DeviceLimits d{};
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                                          device_index));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm,
-                                          cudaDevAttrMaxSharedMemoryPerMultiprocessor,
-                                          device_index));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.num_sms, cudaDevAttrMultiProcessorCount,
-                                          device_index));
-    cache[device_index] = d;
-    known[device_index] = true;
-  }
-  return cache[device_index];
-}
-
 // Pt [n_tiles, P, cells, W] from params [cells, N_out, P], through a shared-memory
 // transpose: a block takes one cell, one output tile (W outputs) and up to 32 pairs. Reads:
 // each warp reads rows o of 32 consecutive pairs (128 bytes); writes: for each pair, the W
@@ -118,7 +94,8 @@ namespace {
 // broadcast float4 from shared memory, computes the 4 bilinear weights once, then does 4 vector
 // reads and 4K FMAs.
 // The table slice [cells][W] of a pair (one contiguous run of the packed table) is staged by
-// ONE bulk copy (TMA, cp.async.bulk) completing on an mbarrier, into a ring of `nbuf` buffers:
+// ONE bulk copy (TMA, cp.async.bulk; per-thread cp.async below sm_90, see cp_async.cuh)
+// completing on an mbarrier, into a ring of `nbuf` buffers:
 // with 2 buffers the copy of pair p+1 overlaps the compute of pair p, and no thread spends
 // load/store instructions on staging (per-thread 16-byte copies were ~30% of the MIO
 // instructions). Cells of pair p+1 are computed from x loads issued before the compute of
@@ -253,7 +230,7 @@ forward_kernel(const ForwardArgs a) {
   float* s_borders = reinterpret_cast<float*>(info + 2 * nb);
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
   if (TABLE_IN_SMEM && threadIdx.x == 0)
-    for (int i = 0; i < nbuf; ++i) mbarrier_init(bars + i, 1);
+    for (int i = 0; i < nbuf; ++i) mbarrier_init(bars + i, staging_arrivals());
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile = blockIdx.y;
@@ -285,11 +262,13 @@ forward_kernel(const ForwardArgs a) {
       if (s < nb) info[(p & 1) * nb + s] = pair_info(xv1[i], xv2[i], s_borders, a.num_grids, side, W);
     }
   };
-  auto stage = [&](int p) {  // one thread starts the copy of pair p into buffer p % nbuf
+  // Start the copy of pair p into buffer p % nbuf: one thread (bulk copy), or every thread
+  // its share below sm_90 (cp_async.cuh); either way the buffer's barrier completes a phase.
+  auto stage = [&](int p) {
     if constexpr (TABLE_IN_SMEM) {
-      if (threadIdx.x == 0 && p < np)
-        bulk_copy_to_shared(table + int64_t(p % nbuf) * slice, tile_table + int64_t(p) * slice,
-                            static_cast<unsigned>(slice) * 4u, bars + p % nbuf);
+      if ((!kBulkCopy || threadIdx.x == 0) && p < np)
+        stage_to_shared(table + int64_t(p % nbuf) * slice, tile_table + int64_t(p) * slice,
+                        static_cast<unsigned>(slice) * 4u, bars + p % nbuf);
     }
   };
   auto wait_staged = [&](int p) {  // the k-th use of a buffer completes its phase k % 2
@@ -400,18 +379,18 @@ struct LaunchPlan {
 // regs: registers per thread of the variant. Table buffers: two (the copy of the next pair
 // overlaps the compute) when they fit, else one, else none: the table is then read through
 // L1/L2 (no num_grids ceiling, slower). Prefer as many resident blocks as the registers
-// allow (2048 threads per SM), then two buffers over one: a second block hides a block's
+// allow (up to the SM's thread limit), then two buffers over one: a second block hides a block's
 // barrier and staging waits better than a second buffer does. Small batches split the pairs
 // over blockIdx.z so the grid fills the device (max_splits = 1 forbids it).
 LaunchPlan plan_launch(int num_grids, int w, int nb, int block, int regs, int64_t batch,
                        int n_out, int n_pairs, int64_t max_splits, const DeviceLimits& lim,
                        bool stage_table = true) {
   LaunchPlan plan{};
-  const int reg_blocks = std::max(1, std::min(2048 / block, 65536 / (regs * block)));
+  const int reg_blocks = std::max(1, std::min(lim.max_threads_per_sm / block, 65536 / (regs * block)));
   for (int blocks = stage_table ? reg_blocks : 0; blocks >= 1 && plan.nbuf == 0; --blocks)
     for (int n = 2; n >= 1 && plan.nbuf == 0; --n) {
       const int64_t bytes = forward_smem_bytes(num_grids, w, n, nb);
-      if (bytes <= lim.smem_optin && blocks * (bytes + 1024) <= lim.smem_per_sm) plan.nbuf = n;
+      if (bytes <= lim.smem_optin && blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm) plan.nbuf = n;
     }
   plan.smem = forward_smem_bytes(num_grids, w, plan.nbuf, nb);
   TORCH_CHECK_VALUE(plan.smem <= lim.smem_optin, "lmkan2d: block_size=", block, " needs ",

@@ -23,6 +23,11 @@
 // (R35, G=16: 74.1 ms against 79.0 with a __syncthreads per pair). One arrival per warp after
 // a __syncwarp ran as fast but compute-sanitizer racecheck reported the refill against the
 // other lanes' reads; per-thread arrivals cost nothing measurable and leave no doubt.
+// Below sm_90 (no bulk copies, cp_async.cuh) every thread copies its share of each refill with
+// cp.async and arrives on the "full" barrier when its copies land; each thread then waits on
+// the "empty" barrier itself before it refills, so warps drift at most `lead` pairs apart
+// instead of nbuf - 1 (lead = nbuf - 2 where nbuf > 2: a refill waits for the release of pair
+// p - 2, not p - 1, and has nbuf - 2 pairs of compute to land in).
 #include <algorithm>
 
 #include <ATen/ATen.h>
@@ -79,7 +84,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
     s_grid[i] = make_float2(a.borders[i], 1.f / (a.borders[i + 1] - a.borders[i]));
   if (threadIdx.x == 0) {
     for (int i = 0; i < nbuf; ++i) {
-      mbarrier_init(full + i, 1);
+      mbarrier_init(full + i, staging_arrivals());
       mbarrier_init(empty + i, blockDim.x);
     }
   }
@@ -94,19 +99,21 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   const int p_begin = blockIdx.z * a.pairs_per_split;
   const int np = min(a.n_pairs, p_begin + a.pairs_per_split) - p_begin;
   const float* tile_table = a.packed + (int64_t(tile) * a.n_pairs + p_begin) * slice;
-  const bool producer = threadIdx.x == 0;
+  // The refill of pair q is issued during pair q - lead (thread 0 alone with bulk copies).
+  const bool producer = kBulkCopy ? threadIdx.x == 0 : true;
+  const int lead = (kBulkCopy || nbuf <= 2) ? nbuf - 1 : nbuf - 2;
 
   // Copy pair q into buffer q % nbuf once every thread has released that buffer's previous
-  // pair q - nbuf (its use number q / nbuf - 1 completed the empty barrier's phase). Thread 0
-  // only; the divisions are off the other threads' path.
+  // pair q - nbuf (its use number q / nbuf - 1 completed the empty barrier's phase). With
+  // bulk copies thread 0 only: the divisions are off the other threads' path.
   auto refill = [&](int q) {
     const int buf = q % nbuf;
     if (q >= nbuf) mbarrier_wait(empty + buf, (q / nbuf - 1) & 1);
-    bulk_copy_to_shared(table + int64_t(buf) * slice, tile_table + int64_t(q) * slice,
-                        static_cast<unsigned>(slice) * 4u, full + buf);
+    stage_to_shared(table + int64_t(buf) * slice, tile_table + int64_t(q) * slice,
+                    static_cast<unsigned>(slice) * 4u, full + buf);
   };
   if (producer)
-    for (int q = 0; q < min(nbuf - 1, np); ++q) refill(q);
+    for (int q = 0; q < min(lead, np); ++q) refill(q);
 
   // x[f][b] at f * batch + b: the pair's two rows, advanced by two rows per pair. Lanes past
   // the batch read the last sample (unpredicated loads) and store nothing.
@@ -127,7 +134,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   int buf = 0;
   unsigned phase = 0;
   for (int p = 0; p < np; ++p) {
-    if (producer && p + nbuf - 1 < np) refill(p + nbuf - 1);
+    if (producer && p + lead < np) refill(p + lead);
     const float v1 = x1, v2 = x2;
     xp += 2 * a.batch;
     if (p + 1 < np) {  // the next pair's x, in flight during this pair
@@ -204,11 +211,11 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   const int64_t samples_per_block = block / ts;
 
   int nbuf = 0;
-  const int reg_blocks = std::max(1, 1024 / block);
+  const int reg_blocks = std::max(1, std::min(1024, lim.max_threads_per_sm) / block);
   for (int blocks = reg_blocks; blocks >= 1 && nbuf == 0; --blocks)
     for (int n = kSampleLanesMaxBuffers; n >= 2 && nbuf == 0; --n) {
       const int64_t bytes = sample_lanes_smem_bytes(num_grids, w, n);
-      if (bytes <= lim.smem_optin && blocks * (bytes + 1024) <= lim.smem_per_sm) nbuf = n;
+      if (bytes <= lim.smem_optin && blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm) nbuf = n;
     }
   if (nbuf == 0) nbuf = 1;  // the caller checked that one buffer fits
   const int64_t smem = sample_lanes_smem_bytes(num_grids, w, nbuf);

@@ -119,9 +119,14 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   }
 }
 
-// dst[0, K) += v with one vector float atomic (sm_90: RED.E.ADD.F32x4 / x2).
+// dst[0, K) += v: one vector float atomic from sm_90 on (RED.E.ADD.F32x4 / x2); below sm_90
+// vector float atomics do not exist, and K scalar reductions (RED.E.ADD.F32) do the same.
 template <int K>
 __device__ __forceinline__ void red_row(float* dst, const float (&v)[K]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#pragma unroll
+  for (int k = 0; k < K; ++k) atomicAdd(dst + k, v[k]);
+#else
   if constexpr (K == 4) {
     atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
   } else if constexpr (K == 2) {
@@ -129,6 +134,7 @@ __device__ __forceinline__ void red_row(float* dst, const float (&v)[K]) {
   } else {
     atomicAdd(dst, v[0]);
   }
+#endif
 }
 
 struct RunsArgs {

@@ -10,7 +10,7 @@ from .lmkan1d import KANLayer, LMKAN1DLayer
 from .lmkan2d import LMKAN2DLayer, max_num_grids
 from .tuning import tune
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["LMKAN2DLayer", "LMKAN1DLayer", "KANLayer", "backend_info", "BackendInfo",
            "max_num_grids", "tune", "__version__"]

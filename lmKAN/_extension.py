@@ -7,6 +7,8 @@ it; everything else runs the pure-PyTorch reference (lmKAN/_reference.py).
 import dataclasses
 import functools
 import importlib
+import json
+import os
 import warnings
 
 import torch
@@ -16,6 +18,37 @@ __all__ = ["BackendInfo", "backend_info", "has_cuda_kernel"]
 _REBUILD_HINT = ("Rebuild it against the installed torch with "
                  "`pip install --no-build-isolation --force-reinstall --no-deps .` "
                  "from the lmKAN source tree.")
+_INSTALL_HINT = ("To get the kernels: install a CUDA toolkit (nvcc) and a CUDA build of torch, "
+                 "then run `pip install --no-build-isolation --force-reinstall --no-deps .` "
+                 "from the lmKAN source tree (README, Installation).")
+_STATUS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_status.json")
+
+
+def _build_status():
+    """What setup.py recorded about the CUDA extension (setup.py, BuildStatus), or None."""
+    try:
+        with open(_STATUS_FILE) as f:
+            status = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) and "cuda_extension" in status else None
+
+
+def _missing_reason():
+    """Why lmKAN._C is absent, from the build's own record."""
+    status = _build_status()
+    if status is None:
+        return ("lmKAN was installed without its CUDA extension, and without a record of why "
+                "(an install older than 0.3.0, or the package copied without its build). "
+                + _INSTALL_HINT)
+    state, reason = status.get("cuda_extension"), status.get("reason", "no reason recorded")
+    if state == "skipped":
+        return f"lmKAN was installed without its CUDA extension: {reason}. {_INSTALL_HINT}"
+    if state == "built":
+        return ("lmKAN's CUDA extension was built but its file is missing from the package "
+                f"({reason}). {_REBUILD_HINT}")
+    return (f"lmKAN's CUDA extension was not built: {reason}. Run the install with `-v` to see "
+            f"the compiler's output. {_INSTALL_HINT}")
 
 
 def _load():
@@ -23,8 +56,7 @@ def _load():
     try:
         module = importlib.import_module("lmKAN._C")
     except ModuleNotFoundError:
-        return None, ("lmKAN was installed without its CUDA extension (no CUDA toolkit or no "
-                      "CUDA build of torch at install time, or LMKAN_NO_CUDA=1)"), False
+        return None, _missing_reason(), False
     except (ImportError, OSError) as exc:
         return None, (f"lmKAN's CUDA extension failed to load ({exc}); it was probably built "
                       f"for another torch or CUDA version. {_REBUILD_HINT}"), True
@@ -40,8 +72,7 @@ _MODULE, _REASON, _STALE = _load()
 if _STALE:
     warnings.warn(_REASON + " Falling back to the pure-PyTorch path.", RuntimeWarning, stacklevel=2)
 elif _MODULE is None and torch.cuda.is_available():
-    warnings.warn(_REASON + "; CUDA tensors will use the slower pure-PyTorch path. "
-                  "Reinstall with a CUDA toolkit present (LMKAN_FORCE_CUDA=1 shows why a build fails).",
+    warnings.warn(_REASON + " Until then CUDA tensors use the slower pure-PyTorch path.",
                   RuntimeWarning, stacklevel=2)
 
 _OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan1d_forward", "lmkan1d_backward",

@@ -1,4 +1,6 @@
 """LMKAN1DLayer (linear-spline KAN, SPEC.md section 4) and the KANditioned-style KANLayer."""
+import os
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from .grids import cdf_borders, uniform_borders
 __all__ = ["LMKAN1DLayer", "KANLayer", "INIT_MODES", "GRIDS"]
 
 INIT_MODES = ("random_normal", "identity", "zero")
-_MAX_NUM_GRIDS_1D = {}  # device index -> largest num_grids of the 1D kernels
+_MAX_NUM_GRIDS_1D = {}  # (device index, budget) -> largest num_grids of the 1D kernels
 GRIDS = ("cdf", "uniform")
 
 
@@ -119,9 +121,11 @@ class LMKAN1DLayer(nn.Module):
 def _max_num_grids_1d(device):
     """Largest num_grids of the 1D CUDA kernels on a CUDA device (cached per device)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _MAX_NUM_GRIDS_1D:
-        _MAX_NUM_GRIDS_1D[index] = torch.ops.lmkan.lmkan1d_max_num_grids(index)
-    return _MAX_NUM_GRIDS_1D[index]
+    # LMKAN_SMEM_BUDGET_KB (csrc/device_limits.h) changes the limit, so it is part of the key
+    key = (index, os.environ.get("LMKAN_SMEM_BUDGET_KB", ""))
+    if key not in _MAX_NUM_GRIDS_1D:
+        _MAX_NUM_GRIDS_1D[key] = torch.ops.lmkan.lmkan1d_max_num_grids(index)
+    return _MAX_NUM_GRIDS_1D[key]
 
 
 class KANLayer(LMKAN1DLayer):

@@ -1,5 +1,6 @@
 """LMKAN2DLayer: the lookup multivariate KAN layer (SPEC.md section 2)."""
 import math
+import os
 import warnings
 
 import torch
@@ -179,7 +180,8 @@ def max_num_grids(tile_size, mode, device):
     """
     device = torch.device(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (tile_size, mode, index)
+    # LMKAN_SMEM_BUDGET_KB (csrc/device_limits.h) changes the limits, so it is part of the key
+    key = (tile_size, mode, index, os.environ.get("LMKAN_SMEM_BUDGET_KB", ""))
     if key not in _MAX_NUM_GRIDS_CACHE:
         _MAX_NUM_GRIDS_CACHE[key] = torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index)
     return _MAX_NUM_GRIDS_CACHE[key]

@@ -21,15 +21,6 @@ GPU_SKIP_REASON = "needs a CUDA GPU (none visible); runs on the GPU machine"
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_SKIP_REASON)
 
 
-# Errors raised inside compiled extensions on the H100 test machine (torch 2.11.0+cu130)
-# end the process with SIGSEGV, a 5-line load_inline extension too: a defect of that
-# machine, diagnosed by benchmarks/diag_exception_unwind.py. Op-level error tests run in a
-# child process and are expected to fail there; they pass where exceptions work.
-EXTENSION_ERROR_CRASH = ("on the H100 test machine (torch 2.11.0+cu130) a C++ exception thrown from "
-                         "ANY extension built there ends the process with SIGSEGV, a 5-line "
-                         "load_inline one too (benchmarks/diag_exception_unwind.py)")
-
-
 def run_python(code, timeout=120):
     """Run `code` in a fresh interpreter (a crash fails one test, not the session)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The sm_90 build and the Ampere-path build side by side on one Hopper GPU, each in its own
+# copy of the tree (/tmp/lmkan-sm90, /tmp/lmkan-sm80). TORCH_CUDA_ARCH_LIST="8.0+PTX" holds
+# only compute_80 code, which the driver compiles for the GPU at load time: the kernels' code
+# below sm_90 (cp.async instead of bulk copies, scalar float atomics) then runs on the H200.
+#
+#   bash benchmarks/arch_round.sh build          # both builds, one after the other, timed
+#   bash benchmarks/arch_round.sh test [PATHS]   # pytest on both builds at once (default: tests)
+#   bash benchmarks/arch_round.sh sanitize       # memcheck + racecheck of every kernel, both builds
+#   bash benchmarks/arch_round.sh bench          # bench_2d and bench_1d, one build after the other
+#   bash benchmarks/arch_round.sh buildall       # the whole default architecture list, timed
+#   bash benchmarks/arch_round.sh limits         # num_grids limits at 99 / 163 / 227 KB
+#
+# Builds use the system compiler (CXX=/usr/bin/g++): see README, "The C++ compiler".
+# Logs and JSON go to $OUT (default benchmarks/results); a summary is printed last.
+set -u
+OUT=${OUT:-benchmarks/results}
+OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1 CXX=${CXX_FOR_LMKAN:-/usr/bin/g++} CUDAHOSTCXX=${CXX_FOR_LMKAN:-/usr/bin/g++}
+PY=${PYTHON:-python3}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+declare -A ARCH=([sm90]="9.0" [sm80]="8.0+PTX")
+
+copy_tree() {  # fresh copy of the source tree (no build outputs)
+  rm -rf "$1" && mkdir -p "$1"
+  (cd "$SRC" && tar cf - --exclude=./build --exclude='*.so' --exclude=./benchmarks/results \
+     --exclude=./.git .) | (cd "$1" && tar xf -)
+}
+
+timed_build() {  # timed_build DIR ARCH_LIST LOG
+  local start=$(date +%s%N)
+  (cd "$1" && TORCH_CUDA_ARCH_LIST="$2" CUDA_VISIBLE_DEVICES=${BUILD_VISIBLE_DEVICES-0} MAX_JOBS=${MAX_JOBS:-16} LMKAN_FORCE_CUDA=1 \
+     $PY setup.py build_ext --inplace > "$3" 2>&1) || { tail -40 "$3"; return 1; }
+  echo "build TORCH_CUDA_ARCH_LIST=$2 (${MAX_JOBS:-16} jobs): $(( ($(date +%s%N) - start) / 1000000 )) ms" \
+    | tee -a "$OUT/summary.txt"
+}
+
+for stage in "$@"; do
+  case "$stage" in
+    build)
+      nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/summary.txt"
+      for b in sm90 sm80; do
+        copy_tree /tmp/lmkan-$b
+        timed_build /tmp/lmkan-$b "${ARCH[$b]}" "$OUT/build_$b.log" || exit 1
+        (cd /tmp/lmkan-$b && PYTHONPATH=$PWD $PY -c "import lmKAN; print(lmKAN.backend_info())" | head -2 | tail -1) \
+          | tee -a "$OUT/summary.txt"
+      done
+      ;;
+    buildall)
+      copy_tree /tmp/lmkan-all
+      # no GPU visible to the build, as on a build machine: setup.py's default list
+      BUILD_VISIBLE_DEVICES="" timed_build /tmp/lmkan-all "" "$OUT/build_all.log" || exit 1
+      $PY "$SRC/benchmarks/list_elf.py" /tmp/lmkan-all/lmKAN/_C*.so | tee -a "$OUT/summary.txt"
+      grep "TORCH_CUDA_ARCH_LIST defaults" "$OUT/build_all.log" | tee -a "$OUT/summary.txt"
+      ;;
+    test)
+      shift_paths=${TEST_PATHS:-tests}
+      for b in sm90 sm80; do
+        (cd /tmp/lmkan-$b && timeout ${TEST_TIMEOUT:-480} $PY -m pytest -q -p no:cacheprovider -rfEs \
+           $shift_paths > "$OUT/tests_$b.log" 2>&1; echo "pytest $b rc=$?: $(tail -1 "$OUT/tests_$b.log")" \
+           >> "$OUT/summary.txt") &
+      done
+      wait
+      for b in sm90 sm80; do grep -E "^(FAILED|ERROR)" "$OUT/tests_$b.log" | head -20; done
+      ;;
+    sanitize)
+      for b in ${SANITIZE_BUILDS:-sm90 sm80}; do
+        for topic in 2d 1d reg; do
+          for tool in memcheck racecheck; do
+            (cd /tmp/lmkan-$b && export PYTHONPATH=/tmp/lmkan-$b && timeout ${SANITIZE_TIMEOUT:-400} compute-sanitizer --tool $tool \
+               $PY benchmarks/sanitize_$topic.py > "$OUT/san_${b}_${topic}_$tool.log" 2>&1
+             echo "sanitize $b $topic $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
+               "$OUT/san_${b}_${topic}_$tool.log" | tail -1)" >> "$OUT/summary.txt") &
+          done
+        done
+      done
+      wait
+      cat "$OUT"/san_*.log > "$OUT/sanitize.log" && rm -f "$OUT"/san_*.log
+      ;;
+    bench)
+      for b in sm90 sm80; do
+        for topic in ${BENCH_TOPICS:-2d 1d}; do
+          (cd /tmp/lmkan-$b && export PYTHONPATH=/tmp/lmkan-$b && timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_$topic.py \
+             --json "$OUT/bench_${topic}_$b.json" ${BENCH_ARGS:-} > "$OUT/bench_${topic}_$b.log" 2>&1)
+          echo "bench_$topic $b rc=$?" >> "$OUT/summary.txt"
+        done
+      done
+      for b in sm90 sm80; do for topic in ${BENCH_TOPICS:-2d 1d}; do
+        echo "== bench_$topic $b"; grep -v "^{" "$OUT/bench_${topic}_$b.log" | tail -40
+      done; done
+      ;;
+    limits)
+      (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY benchmarks/smem_limits.py) | tee -a "$OUT/summary.txt"
+      ;;
+    *) echo "unknown stage $stage (build, buildall, test, sanitize, bench, limits)"; exit 2 ;;
+  esac
+done
+echo "== summary"; cat "$OUT/summary.txt"

@@ -1,0 +1,72 @@
+// The per-device limits cache (device_limits.h).
+#include "device_limits.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/Exception.h>
+#include <cuda_runtime.h>
+
+namespace lmkan {
+namespace {
+
+DeviceLimits query(int device) {
+  DeviceLimits d{};
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.num_sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.max_threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, device));
+  return d;
+}
+
+// LMKAN_SMEM_BUDGET_KB in bytes, or -1 when unset or empty.
+int64_t smem_budget_bytes() {
+  const char* env = std::getenv("LMKAN_SMEM_BUDGET_KB");
+  if (env == nullptr || *env == '\0') return -1;
+  char* end = nullptr;
+  const long kb = std::strtol(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && kb >= 16 && kb <= 1024,
+                    "LMKAN_SMEM_BUDGET_KB must be an integer number of KiB in [16, 1024] (e.g. 99 "
+                    "or 163), got '", env, "'");
+  return int64_t(kb) * 1024;
+}
+
+}  // namespace
+
+DeviceLimits device_limits(int device_index) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaGetDeviceCount(&count));
+  TORCH_CHECK_VALUE(device_index >= 0 && device_index < count, "device_index must be in [0, ",
+                    count, "), got ", device_index);
+  static std::mutex mutex;
+  static std::vector<DeviceLimits> cache;
+  static std::vector<bool> known;
+  DeviceLimits d;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (device_index >= static_cast<int>(cache.size())) {
+      cache.resize(device_index + 1);
+      known.resize(device_index + 1, false);
+    }
+    if (!known[device_index]) {
+      cache[device_index] = query(device_index);
+      known[device_index] = true;
+    }
+    d = cache[device_index];
+  }
+  const int64_t budget = smem_budget_bytes();
+  if (budget >= 0 && budget < d.smem_optin) {
+    d.smem_optin = static_cast<int>(budget);
+    d.smem_per_sm = static_cast<int>(std::min<int64_t>(d.smem_per_sm, budget + kReservedSmemPerBlock));
+  }
+  return d;
+}
+
+}  // namespace lmkan

@@ -1,0 +1,30 @@
+// Per-device limits that the host code plans launches with: one cache for every op.
+//
+// Shared memory differs per architecture (opt-in per block: 99 KB on sm_86/89/120, 163 KB on
+// sm_80, 227 KB on sm_90/100), so every num_grids limit and every choice between staging a
+// table in shared memory and reading it through L2 reads these figures, never a constant.
+//
+// LMKAN_SMEM_BUDGET_KB=N caps the shared memory the kernels plan with at N KiB per block
+// (and N + 1 KiB per SM, the 1 KiB the hardware reserves per block on every architecture
+// since Ampere): on one GPU it reproduces the limits and the L2 fallbacks of a GPU with less
+// shared memory (N = 99 or 163). It is read at every query, so it can change while a process
+// runs; a value above the device's own limit changes nothing.
+#pragma once
+
+namespace lmkan {
+
+// Shared memory the hardware reserves per resident block (sm_80 and newer).
+constexpr int kReservedSmemPerBlock = 1024;
+
+struct DeviceLimits {
+  int smem_optin;          // largest dynamic shared memory per block (bytes)
+  int smem_per_sm;         // shared memory per SM (bytes)
+  int num_sms;
+  int max_threads_per_sm;  // 2048 on sm_80/90/100, 1536 on sm_86/89/120
+  int cc_major, cc_minor;  // compute capability
+};
+
+// The device's limits, with LMKAN_SMEM_BUDGET_KB applied (ValueError for a malformed value).
+DeviceLimits device_limits(int device_index);
+
+}  // namespace lmkan

@@ -1,0 +1,147 @@
+"""The install never loses the kernels silently (setup.py, lmKAN/_extension.py).
+
+setup.py runs in a scratch copy (it writes lmKAN/_build_status.json beside itself), with
+`--name` as its command so that nothing is compiled.
+"""
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+import lmKAN
+from lmKAN import _extension
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("lmkan_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: defines the helpers, builds nothing
+    return module
+
+
+def _run_setup(tmp_path, env_extra, hide_torch):
+    shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path)
+    (tmp_path / "lmKAN").mkdir()
+    prelude = "import sys\n" + ("sys.modules['torch'] = None\n" if hide_torch else "")
+    code = (prelude + "sys.argv = ['setup.py', '--name']\n"
+            "exec(compile(open('setup.py').read(), 'setup.py', 'exec'), "
+            "{'__name__': '__main__', '__file__': 'setup.py'})\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMKAN_")}
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    status_file = tmp_path / "lmKAN" / "_build_status.json"
+    status = json.loads(status_file.read_text()) if status_file.exists() else None
+    return proc, status
+
+
+def _fake_toolkit(tmp_path):
+    home = tmp_path / "cuda"
+    (home / "bin").mkdir(parents=True)
+    (home / "include").mkdir()
+    (home / "bin" / "nvcc").write_text("#!/bin/sh\nexit 1\n")
+    (home / "bin" / "nvcc").chmod(0o755)
+    (home / "include" / "cuda_runtime.h").write_text("")
+    return str(home)
+
+
+def test_isolated_build_with_a_toolkit_stops_with_the_fix(tmp_path):
+    """pip's build isolation hides the installed torch: with a toolkit present the build must
+    stop and say to install torch first and use --no-build-isolation."""
+    proc, status = _run_setup(tmp_path, {"CUDA_HOME": _fake_toolkit(tmp_path)}, hide_torch=True)
+    assert proc.returncode != 0
+    assert "install torch first, then `pip install --no-build-isolation .`" in proc.stderr
+    assert "LMKAN_NO_CUDA=1" in proc.stderr
+    assert status["cuda_extension"] == "failed" and "--no-build-isolation" in status["reason"]
+
+
+def test_no_cuda_switch_is_recorded(tmp_path):
+    proc, status = _run_setup(tmp_path, {"LMKAN_NO_CUDA": "1"}, hide_torch=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "lmKAN"
+    assert status == {"cuda_extension": "skipped", "reason": "LMKAN_NO_CUDA=1 was set at install time"}
+
+
+def test_force_cuda_without_torch_is_an_error(tmp_path):
+    proc, status = _run_setup(tmp_path, {"LMKAN_FORCE_CUDA": "1", "CUDA_HOME": _fake_toolkit(tmp_path)},
+                              hide_torch=True)
+    assert proc.returncode != 0 and status["cuda_extension"] == "failed"
+
+
+def test_default_architectures_cover_ampere_to_blackwell():
+    setup = _setup_module()
+    assert setup.DEFAULT_ARCH_LIST == "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+
+
+def test_dynamic_libstdcxx_check():
+    """The check that stops an extension linked against a static libstdc++ (its C++ exceptions
+    end the process): a C++ library passes, a C-only one is refused, naming the compiler."""
+    setup = _setup_module()
+    libc10 = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so*"))[0]
+    assert any(lib.startswith("libstdc++.so") for lib in setup._elf_needed(libc10))
+    setup._check_dynamic_libstdcxx(libc10)
+    c_only = glob.glob(os.path.join(sysconfig.get_paths()["platstdlib"], "lib-dynload", "_json*.so"))
+    if not c_only:
+        pytest.skip("this Python has no _json extension module (built in statically)")
+    assert not any(lib.startswith("libstdc++") for lib in setup._elf_needed(c_only[0]))
+    with pytest.raises(RuntimeError, match=r"does not link libstdc\+\+ dynamically .* "
+                                           r"CXX=/usr/bin/g\+\+ CUDAHOSTCXX=/usr/bin/g\+\+"):
+        setup._check_dynamic_libstdcxx(c_only[0])
+
+
+def _built_extension():
+    paths = glob.glob(os.path.join(os.path.dirname(lmKAN.__file__), "_C*.so"))
+    if not paths or _extension._MODULE is None:
+        pytest.skip(f"lmKAN was installed without its CUDA extension: {_extension._REASON}")
+    return paths[0]
+
+
+def test_installed_extension_links_libstdcxx_dynamically():
+    setup = _setup_module()
+    assert any(lib.startswith("libstdc++.so") for lib in setup._elf_needed(_built_extension()))
+
+
+def test_installed_extension_covers_its_architecture_list():
+    """An extension built for the default list holds a cubin per architecture and PTX of the
+    newest (CI builds exactly that: cuobjdump --list-elf / --list-ptx)."""
+    path = _built_extension()
+    status = _extension._build_status()
+    assert status is not None and status["cuda_extension"] == "built", status
+    if status["arch_list"].startswith("("):
+        pytest.skip("built for the visible GPUs' architectures (TORCH_CUDA_ARCH_LIST unset)")
+    import list_elf
+    cubins, ptx = list_elf.code_of(path)
+    wanted = [a.replace("+PTX", "") for a in status["arch_list"].split(";")]
+    assert cubins == [f"sm_{a.replace('.', '')}" for a in wanted], (status, cubins)
+    if status["arch_list"].endswith("+PTX"):
+        assert ptx == [f"sm_{wanted[-1].replace('.', '')}"], ptx
+
+
+@pytest.mark.parametrize("state, reason, expected", [
+    ("skipped", "no CUDA toolkit was found at install time", "installed without its CUDA extension: "
+     "no CUDA toolkit was found at install time. To get the kernels"),
+    ("failed", "building the CUDA extension failed (RuntimeError: Error compiling objects)",
+     "was not built: building the CUDA extension failed (RuntimeError: Error compiling objects). "
+     "Run the install with `-v`"),
+    (None, None, "without a record of why"),
+])
+def test_missing_extension_reason_comes_from_the_build_record(tmp_path, monkeypatch, state, reason,
+                                                             expected):
+    path = tmp_path / "_build_status.json"
+    if state is not None:
+        path.write_text(json.dumps({"cuda_extension": state, "reason": reason}))
+    monkeypatch.setattr(_extension, "_STATUS_FILE", str(path))
+    message = _extension._missing_reason()
+    assert expected in message
+    assert "no CUDA toolkit" not in message or state == "skipped"
+    assert "pip install --no-build-isolation --force-reinstall --no-deps ." in message

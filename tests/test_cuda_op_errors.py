@@ -1,0 +1,207 @@
+"""Every argument check of every CUDA op raises the documented Python exception, in process.
+
+The ops check their arguments in C++ (csrc/checks.h and each op's host code);
+TORCH_CHECK_VALUE raises ValueError and TORCH_CHECK_TYPE TypeError. These run in the test
+process itself: an extension whose C++ exceptions do not unwind (one linked against a static
+libstdc++, which setup.py now refuses to build) would end the session here, loudly.
+"""
+import pytest
+import torch
+
+from lmKAN.grids import cdf_borders
+
+from conftest import assert_cuda_kernel, requires_gpu
+
+pytestmark = requires_gpu
+
+G = 5  # a valid 2D / 1D layer: num_grids 5, 6 inputs (3 pairs), 5 outputs, batch 31
+
+
+def _valid_2d():
+    return (torch.randn(6, 31, device="cuda"), torch.randn(G + 1, G + 1, 5, 3, device="cuda"),
+            cdf_borders(G, device="cuda"))
+
+
+def _valid_1d():
+    return (torch.randn(6, 31, device="cuda"), torch.randn(G + 1, 5, 6, device="cuda"),
+            cdf_borders(G, device="cuda"))
+
+
+def _fwd2d(x, params, borders, batch_last=True, tile=8, block=128):
+    return torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, tile, block,
+                                           False, False)
+
+
+def _bwd2d(gy, x, params, borders, batch_last=True, tile=8, block=128):
+    return torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile, block, False,
+                                            False)
+
+
+def _fwd1d(x, params, borders, batch_last=True):
+    return torch.ops.lmkan.lmkan1d_forward(x, params, borders, False, batch_last, False)
+
+
+def _bwd1d(gy, x, params, borders, batch_last=True):
+    return torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, False, batch_last, False)
+
+
+def _replace(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+# (case id, call, exception, message pattern): each call breaks exactly one rule.
+CASES_2D = [
+    ("x-on-cpu", lambda x, p, b: _fwd2d(x.cpu(), p, b), ValueError, "x must be a CUDA tensor"),
+    ("x-float64", lambda x, p, b: _fwd2d(x.double(), p, b), TypeError, "x must be float32"),
+    ("params-float16", lambda x, p, b: _fwd2d(x, p.half(), b), TypeError, "params must be float32"),
+    ("borders-on-cpu", lambda x, p, b: _fwd2d(x, p, b.cpu()), ValueError,
+     "borders must be a CUDA tensor"),
+    ("x-3d", lambda x, p, b: _fwd2d(x[None], p, b), ValueError, "x must have 2 dimensions"),
+    ("params-3d", lambda x, p, b: _fwd2d(x, p[0], b), ValueError, "params must have 4 dimensions"),
+    ("borders-2d", lambda x, p, b: _fwd2d(x, p, b[None]), ValueError,
+     "borders must have 1 dimensions"),
+    ("tile-3", lambda x, p, b: _fwd2d(x, p, b, tile=3), ValueError,
+     r"tile_size must be 4, 8 or 16, got 3"),
+    ("block-48", lambda x, p, b: _fwd2d(x, p, b, block=48), ValueError,
+     r"block_size must be a multiple of 32 in \[32, 1024\], got 48"),
+    ("block-2048", lambda x, p, b: _fwd2d(x, p, b, block=2048), ValueError,
+     r"block_size must be a multiple of 32 in \[32, 1024\], got 2048"),
+    ("params-not-square", lambda x, p, b: _fwd2d(x, torch.randn(G + 1, G + 2, 5, 3, device="cuda"), b),
+     ValueError, r"params must be \[G\+1, G\+1, N_out, N_in/2\] with G >= 3"),
+    ("num-grids-2", lambda x, p, b: _fwd2d(x, torch.randn(3, 3, 5, 3, device="cuda"),
+                                           cdf_borders(2, device="cuda")),
+     ValueError, r"with G >= 3, got shape \[3, 3, 5, 3\]"),
+    ("borders-length", lambda x, p, b: _fwd2d(x, p, cdf_borders(G + 1, device="cuda")), ValueError,
+     r"borders must have G\+1=6 entries, got 7"),
+    ("input-features", lambda x, p, b: _fwd2d(torch.randn(8, 31, device="cuda"), p, b), ValueError,
+     r"x has 8 input features but params expects input_dim=2\*3=6"),
+    ("input-features-batch-first",
+     lambda x, p, b: _fwd2d(torch.randn(31, 8, device="cuda"), p, b, batch_last=False), ValueError,
+     r"x has 8 input features"),
+    ("output-dim-0", lambda x, p, b: _fwd2d(x, p[:, :, :0], b), ValueError,
+     "output_dim must be >= 1, got 0"),
+    ("backward-tile-16-block-40",
+     lambda x, p, b: _bwd2d(torch.randn(5, 31, device="cuda"), x, p, b, tile=16, block=40),
+     ValueError, "lmkan2d_backward: block_size must be a multiple of 32"),
+    ("backward-grad-y-shape", lambda x, p, b: _bwd2d(torch.randn(5, 30, device="cuda"), x, p, b),
+     ValueError, r"lmkan2d_backward: grad_y must have shape \[5, 31\], got \[5, 30\]"),
+    ("backward-grad-y-batch-first",
+     lambda x, p, b: _bwd2d(torch.randn(5, 31, device="cuda"), x.t().contiguous(), p, b,
+                            batch_last=False),
+     ValueError, r"grad_y must have shape \[31, 5\], got \[5, 31\]"),
+    ("backward-grad-y-float64", lambda x, p, b: _bwd2d(torch.randn(5, 31, device="cuda").double(), x, p, b),
+     TypeError, "grad_y must be float32"),
+    ("backward-grad-y-1d", lambda x, p, b: _bwd2d(torch.randn(155, device="cuda"), x, p, b),
+     ValueError, "grad_y must have 2 dimensions"),
+]
+
+
+@pytest.mark.parametrize("case", CASES_2D, ids=[c[0] for c in CASES_2D])
+def test_lmkan2d_op_errors(case):
+    assert_cuda_kernel("lmkan2d_forward")
+    _, call, exc, pattern = case
+    with pytest.raises(exc, match=pattern):
+        call(*_valid_2d())
+    torch.cuda.synchronize()  # nothing was launched with the bad arguments
+
+
+CASES_1D = [
+    ("x-on-cpu", lambda x, p, b: _fwd1d(x.cpu(), p, b), ValueError, "x must be a CUDA tensor"),
+    ("params-bfloat16", lambda x, p, b: _fwd1d(x, p.bfloat16(), b), TypeError,
+     "params must be float32"),
+    ("params-2d", lambda x, p, b: _fwd1d(x, p[0], b), ValueError, "params must have 3 dimensions"),
+    ("one-node-row", lambda x, p, b: _fwd1d(x, p[:1], b[:1]), ValueError,
+     r"params must have at least 2 node rows \(G\+1\)"),
+    ("borders-length", lambda x, p, b: _fwd1d(x, p, cdf_borders(G + 2, device="cuda")), ValueError,
+     r"borders must have G\+1 = 6 entries \(params.size\(0\)\), got 8"),
+    ("input-features", lambda x, p, b: _fwd1d(torch.randn(7, 31, device="cuda"), p, b), ValueError,
+     r"x must have 6 input features \(params.size\(2\)\) along dim 0, got shape \[7, 31\]"),
+    ("too-many-grids", lambda x, p, b: _fwd1d(x, torch.randn(4001, 5, 6, device="cuda"),
+                                              torch.linspace(-2, 2, 4001, device="cuda")),
+     ValueError, r"lmkan1d forward: num_grids=4000 needs \d+ bytes of shared memory per block"),
+    ("backward-grad-y-shape", lambda x, p, b: _bwd1d(torch.randn(4, 31, device="cuda"), x, p, b),
+     ValueError, r"grad_y must have shape \[N_out, B\] = \[5, 31\], got \[4, 31\]"),
+    ("backward-grad-y-on-cpu", lambda x, p, b: _bwd1d(torch.randn(5, 31), x, p, b), ValueError,
+     "grad_y must be a CUDA tensor"),
+    ("backward-too-many-grids",
+     lambda x, p, b: _bwd1d(torch.randn(5, 31, device="cuda"), x, torch.randn(4001, 5, 6, device="cuda"),
+                            torch.linspace(-2, 2, 4001, device="cuda")),
+     ValueError, r"lmkan1d backward \(dx\): num_grids=4000 needs \d+ bytes"),
+]
+
+
+@pytest.mark.parametrize("case", CASES_1D, ids=[c[0] for c in CASES_1D])
+def test_lmkan1d_op_errors(case):
+    assert_cuda_kernel("lmkan1d_forward")
+    _, call, exc, pattern = case
+    with pytest.raises(exc, match=pattern):
+        call(*_valid_1d())
+    torch.cuda.synchronize()
+
+
+def _regularizer_cases():
+    b8 = lambda: cdf_borders(8, device="cuda")  # noqa: E731
+    p2 = lambda *shape: torch.randn(*shape, device="cuda")  # noqa: E731
+    return [
+        ("hessian-params-shape", lambda: torch.ops.lmkan.hessian2d(p2(9, 8, 2, 2), b8()), ValueError,
+         r"params must have shape .* with G\+1 = borders.size\(0\) = 9, got shape \[9, 8, 2, 2\]"),
+        ("hessian-params-dims", lambda: torch.ops.lmkan.hessian2d(p2(9, 2, 2), b8()), ValueError,
+         r"params must have shape .*, got shape \[9, 2, 2\]"),
+        ("second-diff-params-dims", lambda: torch.ops.lmkan.second_diff1d(p2(9, 8, 2, 2), b8()),
+         ValueError, "params must have shape"),
+        ("hessian-too-few-nodes", lambda: torch.ops.lmkan.hessian2d(p2(2, 2, 2, 2), b8()[:2]),
+         ValueError, r"borders must hold G\+1 nodes with 3 <= G\+1 <= 4000, got 2"),
+        ("hessian-borders-on-cpu", lambda: torch.ops.lmkan.hessian2d(p2(9, 9, 2, 2), b8().cpu()),
+         ValueError, "borders must be a CUDA tensor"),
+        ("hessian-params-float64", lambda: torch.ops.lmkan.hessian2d(p2(9, 9, 2, 2).double(), b8()),
+         TypeError, "params must be float32"),
+        ("hessian-backward-grad-r", lambda: torch.ops.lmkan.hessian2d_backward(
+            torch.ones(2, device="cuda"), p2(9, 9, 2, 2), b8()), ValueError,
+         r"grad_r must be a 0-dim tensor \(one element\), got shape \[2\]"),
+        ("second-diff-backward-grad-r-cpu", lambda: torch.ops.lmkan.second_diff1d_backward(
+            torch.ones(()), p2(9, 2, 2), b8()), ValueError, "grad_r must be a CUDA tensor"),
+        ("second-diff-borders-cpu", lambda: torch.ops.lmkan.second_diff1d(p2(9, 2, 2), b8().cpu()),
+         ValueError, "borders must be a CUDA tensor"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_regularizer_op_errors(index):
+    assert_cuda_kernel("hessian2d")
+    _, call, exc, pattern = _regularizer_cases()[index]
+    with pytest.raises(exc, match=pattern):
+        call()
+    torch.cuda.synchronize()
+
+
+def test_max_num_grids_op_errors(monkeypatch):
+    assert_cuda_kernel("lmkan2d_forward")
+    count = torch.cuda.device_count()
+    with pytest.raises(ValueError, match="tile_size must be 4, 8 or 16, got 12"):
+        torch.ops.lmkan.lmkan2d_max_num_grids(12, "forward", 0)
+    with pytest.raises(ValueError, match="mode must be 'forward', .* got 'sideways'"):
+        torch.ops.lmkan.lmkan2d_max_num_grids(8, "sideways", 0)
+    for op in (lambda i: torch.ops.lmkan.lmkan2d_max_num_grids(8, "forward", i),
+               lambda i: torch.ops.lmkan.lmkan1d_max_num_grids(i)):
+        for index in (-1, count):
+            with pytest.raises(ValueError, match=rf"device_index must be in \[0, {count}\), got {index}"):
+                op(index)
+    monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", "99k")
+    with pytest.raises(ValueError, match=r"LMKAN_SMEM_BUDGET_KB must be an integer number of KiB "
+                                         r"in \[16, 1024\] .* got '99k'"):
+        torch.ops.lmkan.lmkan1d_max_num_grids(0)
+    monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", "8")
+    with pytest.raises(ValueError, match="got '8'"):
+        torch.ops.lmkan.lmkan2d_max_num_grids(8, "forward", 0)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (tensors on different devices)")
+def test_tensors_on_two_devices():
+    x, params, borders = _valid_2d()
+    with pytest.raises(ValueError, match="x is on cuda:0 but params is on cuda:1"):
+        _fwd2d(x, params.to("cuda:1"), borders)
+    x, params, borders = _valid_1d()
+    with pytest.raises(ValueError, match="x is on cuda:0 but borders is on cuda:1"):
+        _fwd1d(x, params, borders.to("cuda:1"))
