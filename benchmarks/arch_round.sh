@@ -81,7 +81,8 @@ for stage in "$@"; do
       for b in sm90 sm80; do
         for topic in ${BENCH_TOPICS:-2d 1d}; do
           (cd /tmp/lmkan-$b && export PYTHONPATH=/tmp/lmkan-$b && timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_$topic.py \
-             --json "$OUT/bench_${topic}_$b.json" ${BENCH_ARGS:-} > "$OUT/bench_${topic}_$b.log" 2>&1)
+             --json "$OUT/bench_${topic}_$b.json" $([ $topic = 2d ] && echo ${BENCH2D_ARGS:-}) \
+             > "$OUT/bench_${topic}_$b.log" 2>&1)
           echo "bench_$topic $b rc=$?" >> "$OUT/summary.txt"
         done
       done

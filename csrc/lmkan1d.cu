@@ -150,11 +150,16 @@ size_t tile_smem_bytes(int rows, int stage_inputs, int num_grids) {
          sizeof(float2) * kTileWarps * stage_inputs * kWarpSamples + sizeof(float) * (num_grids + 1);
 }
 
-// Inputs per stage: as many as kStageBudget holds (at least `min_inputs`, a multiple of it).
-int tile_stage_inputs(int rows, int min_inputs) {
+// Inputs per stage: as many as kStageBudget holds (at least `min_inputs`, a multiple of it),
+// fewer where the two stages would not fit the device's shared memory `smem_limit` (99 KB on
+// consumer GPUs: there the stage, not kStageBudget, bounds it, so the num_grids limit is
+// set by one stage of min_inputs inputs, not by kStageBudget's 8).
+int tile_stage_inputs(int rows, int min_inputs, int num_grids, size_t smem_limit) {
   int n = static_cast<int>(kStageBudget / (sizeof(float) * rows * kTileOut));
   n = n / min_inputs * min_inputs;
-  return n < min_inputs ? min_inputs : (n > kMaxStageInputs ? kMaxStageInputs : n);
+  n = n < min_inputs ? min_inputs : (n > kMaxStageInputs ? kMaxStageInputs : n);
+  while (n > min_inputs && tile_smem_bytes(rows, n, num_grids) > smem_limit) n -= min_inputs;
+  return n;
 }
 
 // Entry e of a stage's 16 x n (sample, input) cells: consecutive lanes take consecutive
@@ -400,13 +405,14 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
   }
 }
 
-size_t fwd_smem_bytes(int num_grids) {
+// Shared memory of the forward / dx kernels on a device allowing `smem_limit` per block.
+size_t fwd_smem_bytes(int num_grids, size_t smem_limit) {
   const int rows = num_grids + 1;
-  return tile_smem_bytes(rows, tile_stage_inputs(rows, 1), num_grids);
+  return tile_smem_bytes(rows, tile_stage_inputs(rows, 1, num_grids, smem_limit), num_grids);
 }
 
-size_t dx_smem_bytes(int num_grids) {
-  return tile_smem_bytes(num_grids, tile_stage_inputs(num_grids, 2), num_grids);
+size_t dx_smem_bytes(int num_grids, size_t smem_limit) {
+  return tile_smem_bytes(num_grids, tile_stage_inputs(num_grids, 2, num_grids, smem_limit), num_grids);
 }
 
 // ==========================================================================================
@@ -840,7 +846,8 @@ TileArgs tile_args(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   a.n_out = sh.n_out;
   a.num_grids = sh.num_grids;
   a.rows = rows;
-  a.stage_inputs = tile_stage_inputs(rows, min_stage_inputs);
+  a.stage_inputs = tile_stage_inputs(rows, min_stage_inputs, sh.num_grids,
+                                     static_cast<size_t>(max_dynamic_smem(x.get_device())));
   a.uniform = uniform_grid;
   a.batch_last = batch_last;
   a.rows_only = rows_only;
@@ -868,7 +875,7 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
                             : at::empty({sh.batch, sh.n_out}, x.options());
   if (sh.batch == 0 || sh.n_out == 0) return y;
   if (sh.n_in == 0) return y.zero_();
-  const size_t smem = fwd_smem_bytes(sh.num_grids);
+  const size_t smem = fwd_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()));
   check_smem(smem, x.get_device(), "forward", sh.num_grids);
   const unsigned blocks = sample_blocks(sh.batch);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -885,7 +892,7 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
 void launch_dx(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
                const at::Tensor& borders, const Shapes& sh, bool uniform_grid, bool batch_last,
                at::Tensor& grad_x, cudaStream_t stream) {
-  const size_t smem = dx_smem_bytes(sh.num_grids);
+  const size_t smem = dx_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()));
   check_smem(smem, x.get_device(), "backward (dx)", sh.num_grids);
   const unsigned blocks = sample_blocks(sh.batch);
   const int n_in_pad = (sh.n_in + 1) / 2 * 2;  // stages hold pairs of inputs
@@ -1063,7 +1070,7 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
 int64_t lmkan1d_max_num_grids(int64_t device_index) {
   const size_t limit = static_cast<size_t>(max_dynamic_smem(static_cast<int>(device_index)));
   int g = 0;
-  while (fwd_smem_bytes(g + 1) <= limit && dx_smem_bytes(g + 1) <= limit &&
+  while (fwd_smem_bytes(g + 1, limit) <= limit && dx_smem_bytes(g + 1, limit) <= limit &&
          dc_smem_bytes(g + 1) <= limit) {
     ++g;
   }

@@ -68,7 +68,6 @@ def test_isolated_build_with_a_toolkit_stops_with_the_fix(tmp_path):
 def test_no_cuda_switch_is_recorded(tmp_path):
     proc, status = _run_setup(tmp_path, {"LMKAN_NO_CUDA": "1"}, hide_torch=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "lmKAN"
     assert status == {"cuda_extension": "skipped", "reason": "LMKAN_NO_CUDA=1 was set at install time"}
 
 
