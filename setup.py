@@ -165,7 +165,7 @@ def _cuda_extension():
                    "`pip install --no-build-isolation .` (pip's default build isolation hides "
                    f"the installed torch). {NO_CUDA_HINT}.")
             STATUS.set("failed", msg)
-            raise RuntimeError(msg) from exc
+            sys.exit(f"[lmKAN setup] error: {msg}")  # the message alone, no traceback
         STATUS.set("skipped", "no CUDA toolkit was found at install time (and torch was not "
                    "importable in the build environment)")
         _log("no CUDA toolkit and no torch in the build environment: building the pure-Python "
@@ -177,7 +177,7 @@ def _cuda_extension():
                else f"the installed torch {torch.__version__} is not a CUDA build")
         STATUS.set("skipped", why, torch_version=torch.__version__)
         if force:
-            raise RuntimeError(f"LMKAN_FORCE_CUDA=1 but {why}.")
+            sys.exit(f"[lmKAN setup] error: LMKAN_FORCE_CUDA=1 but {why}.")
         _log(f"{why}: building the pure-Python package only (CPU path).")
         return [], {}
 

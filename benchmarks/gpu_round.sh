@@ -8,6 +8,9 @@ set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# the system compiler: a toolchain wrapper that links libstdc++ statically (the GPU machine
+# image's default CXX) makes every C++ exception a SIGSEGV, and setup.py refuses its build
+export CXX=${CXX_FOR_LMKAN:-/usr/bin/g++} CUDAHOSTCXX=${CXX_FOR_LMKAN:-/usr/bin/g++}
 PY=${PYTHON:-python3}
 
 for stage in "$@"; do
