@@ -219,14 +219,12 @@ def _cuda_extension():
                 reason = (f"building the CUDA extension failed ({type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r})")
                 STATUS.set("failed", reason, **details)
-                _log(f"{reason}. The compiler's output is above. lmKAN's CUDA kernels were NOT "
-                     f"built. Fix the error, or set {NO_CUDA_HINT}.")
-                raise
+                # the message alone as the install's last line (no traceback after it)
+                sys.exit(f"[lmKAN setup] error: {reason}; the compiler's output is above. "
+                         f"lmKAN's CUDA kernels were NOT built. Fix the error, or install without "
+                         f"them on purpose: {NO_CUDA_HINT}.")
             STATUS.set("built", f"built for TORCH_CUDA_ARCH_LIST={arch_list}", **details)
-            self._copy_status()
-
-        def _copy_status(self):
-            STATUS.write(os.path.join(self.build_lib, "lmKAN"))
+            STATUS.write(os.path.join(self.build_lib, "lmKAN"))  # into the wheel too
 
     STATUS.set("building", "the build started but did not finish", **details)
     _log(f"building the CUDA extension from {len(sources)} sources for "

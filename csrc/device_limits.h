@@ -1,8 +1,11 @@
 // Per-device limits that the host code plans launches with: one cache for every op.
 //
 // Shared memory differs per architecture (opt-in per block: 99 KB on sm_86/89/120, 163 KB on
-// sm_80, 227 KB on sm_90/100), so every num_grids limit and every choice between staging a
-// table in shared memory and reading it through L2 reads these figures, never a constant.
+// sm_80, 227 KB on sm_90/100), and so do the threads per SM, so every num_grids limit, every
+// choice between staging a table in shared memory and reading it through L2, and every
+// occupancy estimate reads these figures, never a constant. (No host choice depends on the
+// compute capability itself: the kernels' code paths differ per architecture at compile
+// time, cp_async.cuh, with one shared-memory layout.)
 //
 // LMKAN_SMEM_BUDGET_KB=N caps the shared memory the kernels plan with at N KiB per block
 // (and N + 1 KiB per SM, the 1 KiB the hardware reserves per block on every architecture
@@ -21,7 +24,6 @@ struct DeviceLimits {
   int smem_per_sm;         // shared memory per SM (bytes)
   int num_sms;
   int max_threads_per_sm;  // 2048 on sm_80/90/100, 1536 on sm_86/89/120
-  int cc_major, cc_minor;  // compute capability
 };
 
 // The device's limits, with LMKAN_SMEM_BUDGET_KB applied (ValueError for a malformed value).

@@ -77,6 +77,34 @@ def test_force_cuda_without_torch_is_an_error(tmp_path):
     assert proc.returncode != 0 and status["cuda_extension"] == "failed"
 
 
+def test_failed_cuda_build_stops_with_a_last_line_that_says_why(tmp_path):
+    """A compile error ends the build (no silent CPU-only install): the compiler's error is
+    printed, the last line says the kernels were not built and how to opt out, and the
+    status file records it. Every source is broken, so the first compile job fails."""
+    if torch.version.cuda is None or not os.path.exists(os.path.join(
+            os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        pytest.skip("needs a CUDA build of torch and a CUDA toolkit (nvcc)")
+    shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path)
+    shutil.copytree(os.path.join(ROOT, "csrc"), tmp_path / "csrc")
+    (tmp_path / "lmKAN").mkdir()
+    for source in glob.glob(str(tmp_path / "csrc" / "*.c*")):
+        text = open(source).read()
+        with open(source, "w") as f:
+            f.write("#error broken on purpose by test_build.py\n" + text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMKAN_")}
+    env.update(MAX_JOBS="1", TORCH_CUDA_ARCH_LIST="8.0")
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "error: #error broken on purpose by test_build.py" in output
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("[lmKAN setup] error: building the CUDA extension failed"), last
+    assert "lmKAN's CUDA kernels were NOT built" in last and "LMKAN_NO_CUDA=1" in last
+    status = json.loads((tmp_path / "lmKAN" / "_build_status.json").read_text())
+    assert status["cuda_extension"] == "failed" and status["arch_list"] == "8.0"
+
+
 def test_default_architectures_cover_ampere_to_blackwell():
     setup = _setup_module()
     assert setup.DEFAULT_ARCH_LIST == "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
