@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import cuda_median_ms, warm_up_gpu  # noqa: E402
 from profile_1d import kernel_breakdown, print_breakdown  # noqa: E402
 
-# Shared-memory limit of the direct lookup scheme (PERFORMANCE.md): 2 reads per
+# Shared-memory limit of the direct lookup scheme (docs/performance.md): 2 reads per
 # (sample, output, input) at 132 SMs x 1.98 GHz x 128 B/clk.
 def smem_limit_ms(batch, n_in, n_out, reads=2):
     return batch * n_out * n_in * reads * 4 / 128 / (132 * 1.98e9) * 1e3

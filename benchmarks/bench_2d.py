@@ -1,7 +1,7 @@
 """LMKAN2DLayer kernels: forward and forward+backward time and peak memory.
 
 Each case beside nn.Linear at the same shape (fp32, TF32, bf16) measured in the same run and
-beside the shared-memory limit of the direct lookup scheme (PERFORMANCE.md). CUDA events,
+beside the shared-memory limit of the direct lookup scheme (docs/performance.md). CUDA events,
 warm-up, median (eager: host costs included). Cases of at most GRAPH_MAX_BATCH samples also
 get the GPU time of their fastest configuration, and of nn.Linear fp32, from CUDA-graph
 replays. Prints a table last; writes JSON (--json).
@@ -24,8 +24,9 @@ from lmKAN.grids import cdf_borders
 
 from _timing import cuda_graph_replay, cuda_median_ms, warm_up_gpu
 
-# (name, G, n_in, n_out, batch, modes, forward limit ms from PERFORMANCE.md or None, original ms)
-# The original lmKAN's best configuration per case, measured on the H200 (PERFORMANCE.md,
+# (name, G, n_in, n_out, batch, modes, forward limit ms from docs/performance.md or None,
+#  original ms)
+# The original lmKAN's best configuration per case, measured on the H200 (docs/performance.md,
 # 2026-12-01; the small case's forward on the H100).
 CASES = [
     ("G16 512->512 B=2^20", 16, 512, 512, 1 << 20, ("fwd",), 65.7, {"fwd": 85.0}),

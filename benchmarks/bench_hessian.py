@@ -16,7 +16,7 @@ Columns, per table (ms, medians):
   value / grad   CUDA-graph replay of the value op alone / the gradient op alone
   floor   copy(P) + read(P) in the same run
 The eager pure-PyTorch reference is timed for comparison; the original lmKAN took 0.86 ms
-(torch.compile'd, PERFORMANCE.md).
+(torch.compile'd, docs/performance.md).
 
 `--host-only` needs no GPU: it times the host side of the autograd path (the op's C++
 autograd against a Python register_autograd wrapper of the same schema) with empty CPU
@@ -36,7 +36,7 @@ from lmKAN import KANLayer, LMKAN2DLayer, _reference
 
 from _timing import cuda_graph_replay, cuda_median_ms, warm_up_gpu
 
-ORIGINAL_MS = {"2d_G26_256x256": 0.86}  # PERFORMANCE.md, same H100 model
+ORIGINAL_MS = {"2d_G26_256x256": 0.86}  # docs/performance.md, same H100 model
 
 
 def bench(fn, reps=200, warmup=20):

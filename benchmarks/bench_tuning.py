@@ -1,6 +1,6 @@
 """Auto-tuned vs default vs best hand-picked kernel settings of the 2D layer (issue 7).
 
-For each PERFORMANCE.md 2D case and mode (fwd: the forward op; bwd: the backward op
+For each docs/performance.md 2D case and mode (fwd: the forward op; bwd: the backward op
 alone, which is what the tuner times), time every candidate configuration (tile x block,
 and fast mode for bwd) at the case's full batch, then let lmKAN.tune pick with an empty
 cache (its wall time is "tune s") and look the pick up in the same grid of timings.

@@ -4,7 +4,7 @@
 
 Correctness: every (tile, block, layout) on small odd shapes, num_grids 3, 8, 26 and 64 (64
 reads the table through L1/L2 at every tile), against the float64 reference (<= 1e-5 rel L2).
-Timings: the PERFORMANCE.md forward cases, CUDA events, median, beside nn.Linear (fp32) at the
+Timings: the docs/performance.md forward cases, CUDA events, median, beside nn.Linear (fp32) at the
 same shape. The table is printed last.
 """
 import argparse

@@ -1,4 +1,4 @@
-// Grid cells on the device (SPEC.md section 1), shared by every kernel.
+// Grid cells on the device (docs/spec.md section 1), shared by every kernel.
 //
 // A cell is (index, d): index in [0, G-1] for ANY float input (NaN and +-inf included),
 // so table reads never leave the table; d = (v - g_i) / (g_{i+1} - g_i) carries the
@@ -27,7 +27,7 @@ __device__ __forceinline__ int clamp_cell(float t, int num_grids) {
   return static_cast<int>(fminf(fmaxf(t, 0.f), static_cast<float>(num_grids - 1)));
 }
 
-// The CDF grid's cell index of v (SPEC.md section 1): in [0, G-1] for any float.
+// The CDF grid's cell index of v (docs/spec.md section 1): in [0, G-1] for any float.
 __device__ __forceinline__ int cdf_index(float v, int num_grids) {
   return clamp_cell(floorf(num_grids * laplace_cdf(v)), num_grids);
 }

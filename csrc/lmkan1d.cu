@@ -1,4 +1,4 @@
-// CUDA kernels of the 1D linear-spline layer (SPEC.md section 4):
+// CUDA kernels of the 1D linear-spline layer (docs/spec.md section 4):
 //   y[o] = sum_i (1 - d) C[k, o, i] + d C[k+1, o, i],   (k, d) = cell of x[i].
 //
 // Forward and dx share one shape ("tiled" kernels): the 32 lanes of a warp own 32 x 4

@@ -1,4 +1,4 @@
-// Shared pieces of the LMKAN2DLayer CUDA kernels (SPEC.md section 2).
+// Shared pieces of the LMKAN2DLayer CUDA kernels (docs/spec.md section 2).
 //
 // Table layout used by the kernels: the parameters [G+1, G+1, N_out, N_in/2] are first
 // repacked into a tiled table Pt of shape [n_tiles, N_in/2, (G+1)^2, W] with W = 8 *

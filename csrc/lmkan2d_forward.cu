@@ -515,7 +515,7 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   const at::cuda::CUDAGuard guard(x_in.device());
   if (!batch_last) {
     // Batch-first runs the batch-last kernel between two tiled transposes (x in, y out): at
-    // the PERFORMANCE.md shapes they should cost ~3-4% of the forward, where the kernel's
+    // the docs/performance.md shapes they should cost ~3-4% of the forward, where the kernel's
     // strided batch-first access (one sample's K outputs per lane: scattered rows) cost
     // +5% (G=8), +11% (G=16) and +21% (G=26) in R4. Extra memory: one copy of x and of y.
     const at::Tensor y_bl = forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size,

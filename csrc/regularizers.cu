@@ -1,4 +1,4 @@
-// Smoothness regularisers of the lookup tables (SPEC.md sections 3 and 4), value and
+// Smoothness regularisers of the lookup tables (docs/spec.md sections 3 and 4), value and
 // gradient, without host synchronisation and without atomics.
 //
 //   hessian2d(params [S, S, N_out, N_in/2], borders [S]) -> R (0-dim)
@@ -66,7 +66,7 @@ constexpr int kBlocksPerSM2d = 4;
 // Per-node coefficients of the second differences, for the inner nodes k = 1..S-2:
 //   f''(k) = kp[k] * (P[k+1] - P[k]) - km[k] * (P[k] - P[k-1]),
 //   kp = 2 / (hs * hp), km = 2 / (hs * hm), ihs = 1 / hs, hs = hm + hp,
-// as SPEC.md writes 2/(hm+hp) * ((P[k+1]-P[k])/hp - (P[k]-P[k-1])/hm). Computed in double
+// as docs/spec.md writes 2/(hm+hp) * ((P[k+1]-P[k])/hp - (P[k]-P[k-1])/hm). Computed in double
 // from the float32 borders, rounded once. Entries 0 and S-1 are zero (no second difference
 // at the end nodes). coef: shared memory [3 * S] = km[S], kp[S], ihs[S].
 __device__ void fill_coefficients(const float* __restrict__ borders, int S, float* coef) {

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of every lmKAN op (SPEC.md sections 2-4).
+"""Pure-PyTorch reference of every lmKAN op (docs/spec.md sections 2-4).
 
 This is both the CPU execution path and the oracle that the CUDA kernels are tested
 against. Everything is vectorised and differentiable by autograd, works in float32 and

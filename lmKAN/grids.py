@@ -1,4 +1,4 @@
-"""Grids of the lookup layers (SPEC.md section 1): node positions and the cell of a value.
+"""Grids of the lookup layers (docs/spec.md section 1): node positions and the cell of a value.
 
 `cdf_borders` / `uniform_borders` give the G+1 node positions; `find_cell` maps values to
 (cell index, position d inside the cell). Every float input, NaN and +-inf included, lands

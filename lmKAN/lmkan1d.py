@@ -1,4 +1,4 @@
-"""LMKAN1DLayer (linear-spline KAN, SPEC.md section 4) and the KANditioned-style KANLayer."""
+"""LMKAN1DLayer (linear-spline KAN, docs/spec.md section 4) and the KANditioned-style KANLayer."""
 import os
 
 import torch
@@ -102,7 +102,7 @@ class LMKAN1DLayer(nn.Module):
                              f"num_grids <= {limit}")
 
     def get_hessian_regularization(self):
-        """Squared second difference of every spline on its grid (SPEC.md section 4)."""
+        """Squared second difference of every spline on its grid (docs/spec.md section 4)."""
         return ops.second_diff1d(self.func_parameter, self.borders)
 
     def extra_repr(self):

@@ -1,4 +1,4 @@
-"""LMKAN2DLayer: the lookup multivariate KAN layer (SPEC.md section 2)."""
+"""LMKAN2DLayer: the lookup multivariate KAN layer (docs/spec.md section 2)."""
 import math
 import os
 import warnings
@@ -114,7 +114,7 @@ class LMKAN2DLayer(nn.Module):
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def get_hessian_regularization(self):
-        """Smoothness penalty R (SPEC.md section 3): a differentiable 0-dim tensor."""
+        """Smoothness penalty R (docs/spec.md section 3): a differentiable 0-dim tensor."""
         return ops.hessian2d(self.func_parameter, self.borders)
 
     def _deterministic_now(self):

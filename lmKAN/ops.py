@@ -67,7 +67,7 @@ def mixed_precision(layer_op):
 def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
             backward_tile_size=8, backward_block_size=512, backward_fast_mode=False,
             deterministic=False):
-    """2D lookup layer (SPEC.md section 2). x: [N_in, B] or [B, N_in] (2-D).
+    """2D lookup layer (docs/spec.md section 2). x: [N_in, B] or [B, N_in] (2-D).
 
     deterministic: the CUDA backward uses no float atomics (bitwise reproducible gradients).
     """
@@ -81,7 +81,7 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
 
 @mixed_precision
 def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, deterministic=None):
-    """1D linear-spline layer (SPEC.md section 4). x: [N_in, B] or [B, N_in] (2-D).
+    """1D linear-spline layer (docs/spec.md section 4). x: [N_in, B] or [B, N_in] (2-D).
 
     deterministic: bitwise-reproducible backward on CUDA (a fixed-order reduction of the
     parameter gradient instead of atomics); None follows
@@ -112,14 +112,14 @@ def _regulariser_kernel_applies(op, params, borders):
 
 
 def hessian2d(params, borders):
-    """Hessian smoothness regulariser of a 2D table (SPEC.md section 3), a 0-dim tensor."""
+    """Hessian smoothness regulariser of a 2D table (docs/spec.md section 3), a 0-dim tensor."""
     if _regulariser_kernel_applies(_HESSIAN2D_OP, params, borders):
         return _HESSIAN2D_OP(params, borders)
     return _reference.hessian2d(params, borders)
 
 
 def second_diff1d(params, borders):
-    """Second-difference regulariser of a 1D table (SPEC.md section 4), a 0-dim tensor."""
+    """Second-difference regulariser of a 1D table (docs/spec.md section 4), a 0-dim tensor."""
     if _regulariser_kernel_applies(_SECOND_DIFF1D_OP, params, borders):
         return _SECOND_DIFF1D_OP(params, borders)
     return _reference.second_diff1d(params, borders)

@@ -1,6 +1,6 @@
 """Command line: tune the 2D layer's kernel settings and print the table.
 
-  python -m lmKAN.tune                      # the PERFORMANCE.md cases (same as --cases)
+  python -m lmKAN.tune                      # the docs/performance.md cases (same as --cases)
   python -m lmKAN.tune --num-grids 8 --in 512 --out 512 --batch 65536 [--layout batch_first]
   python -m lmKAN.tune --cases --force      # re-time shapes already in the cache
 
@@ -22,7 +22,8 @@ from .lmkan2d import LMKAN2DLayer
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m lmKAN.tune", description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", action="store_true", help="the 2D cases of PERFORMANCE.md (default)")
+    ap.add_argument("--cases", action="store_true",
+                    help="the 2D cases of docs/performance.md (default)")
     ap.add_argument("--num-grids", type=int, help="grid cells G of one shape to tune")
     ap.add_argument("--in", dest="input_dim", type=int, help="input_dim of that shape")
     ap.add_argument("--out", dest="output_dim", type=int, help="output_dim of that shape")

@@ -51,7 +51,7 @@ SHORT_RUN_MS = 1.0          # runs shorter than this are timed in back-to-back g
 DEFAULTS_2D = {"tile_size_forward": 8, "block_size_forward": 1024, "tile_size_backward": 8,
                "block_size_backward": 512, "backward_fast_mode": False}
 
-# The 2D cases of PERFORMANCE.md: (name, num_grids, input_dim, output_dim, batch).
+# The 2D cases of docs/performance.md: (name, num_grids, input_dim, output_dim, batch).
 PERFORMANCE_CASES = [
     ("G16 512->512 B=2^20", 16, 512, 512, 1 << 20),
     ("G8 512->512 B=2^18", 8, 512, 512, 1 << 18),

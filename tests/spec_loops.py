@@ -1,7 +1,7 @@
-"""Direct, loop-by-loop evaluation of the SPEC.md formulas in Python floats (float64).
+"""Direct, loop-by-loop evaluation of the docs/spec.md formulas in Python floats (float64).
 
 Deliberately independent of lmKAN's reference: no torch ops, no vectorisation, the
-formulas exactly as SPEC.md writes them. Only for small sizes.
+formulas exactly as docs/spec.md writes them. Only for small sizes.
 """
 import math
 

@@ -1,4 +1,4 @@
-"""CUDA kernels of LMKAN2DLayer against the float64 reference (SPEC.md sections 2 and 5)."""
+"""CUDA kernels of LMKAN2DLayer against the float64 reference (docs/spec.md sections 2 and 5)."""
 import warnings
 
 import pytest

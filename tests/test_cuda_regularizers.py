@@ -1,6 +1,6 @@
 """CUDA kernels of the smoothness regularisers against the float64 reference.
 
-hessian2d (SPEC.md section 3) and second_diff1d (section 4): value and gradient, relative
+hessian2d (docs/spec.md section 3) and second_diff1d (section 4): value and gradient, relative
 L2 <= 1e-5, num_grids 3..64, odd sizes and sizes of 1, NaN parameters, no host sync.
 """
 import pytest

@@ -1,4 +1,4 @@
-"""The pure-PyTorch reference against a direct loop evaluation of SPEC.md (float64)."""
+"""The pure-PyTorch reference against a direct loop evaluation of docs/spec.md (float64)."""
 import math
 
 import pytest
