@@ -1,5 +1,7 @@
-// Autograd of the layer ops (lmkan2d_forward, lmkan1d_forward), in C++ as for the
-// regularisers (csrc/regularizers.cu): a torch.library.register_autograd wrapper runs Python
+// Autograd of the layer ops (lmkan2d_forward, lmkan1d_forward) and of the regularisers
+// (hessian2d, second_diff1d), in C++, in a host-only file (the .cu files then skip the
+// autograd headers, most of their host compile time): a torch.library.register_autograd
+// wrapper runs Python
 // on every forward and backward, which dominated a small training step (G=26 128->128
 // B=1024: ~0.15 ms of GPU work in a ~0.35-0.45 ms eager step, R37's profile). Both directions
 // go through the dispatcher (the forward below autograd), so torch.compile and opcheck
@@ -109,6 +111,50 @@ at::Tensor lmkan1d_forward_autograd(const at::Tensor& x, const at::Tensor& param
   return Lmkan1dFunction::apply(x, params, borders, uniform_grid, batch_last, deterministic);
 }
 
+// ---- Regularisers ------------------------------------------------------------------------
+// A regulariser is called once per layer per training step and its kernels take ~0.1 ms, so
+// a Python autograd wrapper (~0.2 ms of host time per forward+backward) would cost more than
+// the GPU work.
+using RegulariserOp = at::Tensor(const at::Tensor&, const at::Tensor&);
+using RegulariserBackwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+// R = op(params, borders), differentiable in params (borders are a fixed grid). The op
+// handles are looked up once (function-local statics: the schemas exist by then, being
+// declared in this library).
+template <const char* kValueName, const char* kBackwardName>
+struct RegulariserFunction : public torch::autograd::Function<RegulariserFunction<kValueName, kBackwardName>> {
+  // params: [S, S, N_out, N_in/2] or [S, N_out, N_in]; borders: [S]. Returns R, 0-dim.
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& params,
+                            const at::Tensor& borders) {
+    static const auto value_op = find_op<RegulariserOp>(kValueName);
+    ctx->save_for_backward({params, borders});
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return value_op.call(params, borders);
+  }
+
+  // grad_outputs: {dL/dR} (0-dim, materialised by autograd when unused). Returns
+  // {dL/dparams, none for borders}.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    static const auto backward_op = find_op<RegulariserBackwardOp>(kBackwardName);
+    const auto saved = ctx->get_saved_variables();
+    return {backward_op.call(grad_outputs[0], saved[0], saved[1]), at::Tensor()};
+  }
+};
+
+constexpr char kHessian2dName[] = "lmkan::hessian2d";
+constexpr char kHessian2dBackwardName[] = "lmkan::hessian2d_backward";
+constexpr char kSecondDiff1dName[] = "lmkan::second_diff1d";
+constexpr char kSecondDiff1dBackwardName[] = "lmkan::second_diff1d_backward";
+
+at::Tensor hessian2d_autograd(const at::Tensor& params, const at::Tensor& borders) {
+  return RegulariserFunction<kHessian2dName, kHessian2dBackwardName>::apply(params, borders);
+}
+
+at::Tensor second_diff1d_autograd(const at::Tensor& params, const at::Tensor& borders) {
+  return RegulariserFunction<kSecondDiff1dName, kSecondDiff1dBackwardName>::apply(params, borders);
+}
+
 }  // namespace
 }  // namespace lmkan
 
@@ -117,4 +163,6 @@ at::Tensor lmkan1d_forward_autograd(const at::Tensor& x, const at::Tensor& param
 TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
   m.impl("lmkan2d_forward", &lmkan::lmkan2d_forward_autograd);
   m.impl("lmkan1d_forward", &lmkan::lmkan1d_forward_autograd);
+  m.impl("hessian2d", &lmkan::hessian2d_autograd);
+  m.impl("second_diff1d", &lmkan::second_diff1d_autograd);
 }

@@ -40,7 +40,11 @@
 // in a private region of a global workspace (plain loads and stores, one warp per region).
 #include <algorithm>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -715,7 +719,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
                                                : std::vector<int64_t>{batch, n_out};
   TORCH_CHECK_VALUE(gy_in.sizes() == at::IntArrayRef(want), "lmkan2d_backward: grad_y must have shape ",
                     at::IntArrayRef(want), ", got ", gy_in.sizes());
-  const at::cuda::CUDAGuard guard(x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous(), gy = gy_in.contiguous();
   if (batch == 0) return {at::empty_like(x), at::zeros_like(params)};

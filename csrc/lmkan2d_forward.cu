@@ -14,7 +14,11 @@
 #include <string>
 #include <vector>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -512,7 +516,7 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                         bool deterministic) {
   // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
-  const at::cuda::CUDAGuard guard(x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
   if (!batch_last) {
     // Batch-first runs the batch-last kernel between two tiled transposes (x in, y out): at
     // the docs/performance.md shapes they should cost ~3-4% of the forward, where the kernel's

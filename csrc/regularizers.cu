@@ -26,15 +26,14 @@
 // R. The gradient kernels read dL/dR from device memory. Per-node coefficients are computed
 // from `borders` in double by every block into shared memory.
 //
-// Autograd is registered here in C++ (end of file), so a Python call is one op call.
+// Their autograd is registered in C++ (csrc/layer_autograd.cpp), so a Python call is one op
+// call.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <cuda_runtime.h>
@@ -762,77 +761,9 @@ at::Tensor second_diff1d_backward_cuda(const at::Tensor& grad_r_in, const at::Te
 }  // namespace
 }  // namespace lmkan
 
-// ---------------------------------------------------------------------------------------
-// Autograd, in C++: the regulariser is called once per layer per training step, and its
-// kernels take ~0.1 ms, so a Python autograd wrapper (~0.2 ms of host time per
-// forward+backward) would cost more than the GPU work. Both directions go through the
-// dispatcher (the forward below autograd), so torch.compile and opcheck trace the
-// registered fake implementations (lmKAN/ops.py) as they would any op.
-
-namespace lmkan {
-namespace {
-
-using RegulariserOp = at::Tensor(const at::Tensor&, const at::Tensor&);
-using RegulariserBackwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
-
-c10::TypedOperatorHandle<RegulariserOp> find_value_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<RegulariserOp>();
-}
-
-c10::TypedOperatorHandle<RegulariserBackwardOp> find_backward_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<RegulariserBackwardOp>();
-}
-
-// R = op(params, borders), differentiable in params (borders are a fixed grid). The op
-// handles are looked up once (function-local statics: the schemas exist by then, being
-// declared in this library).
-template <const char* kValueName, const char* kBackwardName>
-struct RegulariserFunction : public torch::autograd::Function<RegulariserFunction<kValueName, kBackwardName>> {
-  // params: [S, S, N_out, N_in/2] or [S, N_out, N_in]; borders: [S]. Returns R, 0-dim.
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& params,
-                            const at::Tensor& borders) {
-    static const auto value_op = find_value_op(kValueName);
-    ctx->save_for_backward({params, borders});
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return value_op.call(params, borders);
-  }
-
-  // grad_outputs: {dL/dR} (0-dim, materialised by autograd when unused). Returns
-  // {dL/dparams, none for borders}.
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
-    static const auto backward_op = find_backward_op(kBackwardName);
-    const auto saved = ctx->get_saved_variables();
-    return {backward_op.call(grad_outputs[0], saved[0], saved[1]), at::Tensor()};
-  }
-};
-
-constexpr char kHessian2dName[] = "lmkan::hessian2d";
-constexpr char kHessian2dBackwardName[] = "lmkan::hessian2d_backward";
-constexpr char kSecondDiff1dName[] = "lmkan::second_diff1d";
-constexpr char kSecondDiff1dBackwardName[] = "lmkan::second_diff1d_backward";
-
-at::Tensor hessian2d_autograd(const at::Tensor& params, const at::Tensor& borders) {
-  return RegulariserFunction<kHessian2dName, kHessian2dBackwardName>::apply(params, borders);
-}
-
-at::Tensor second_diff1d_autograd(const at::Tensor& params, const at::Tensor& borders) {
-  return RegulariserFunction<kSecondDiff1dName, kSecondDiff1dBackwardName>::apply(params, borders);
-}
-
-}  // namespace
-}  // namespace lmkan
-
 TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
   m.impl("hessian2d", &lmkan::hessian2d_cuda);
   m.impl("hessian2d_backward", &lmkan::hessian2d_backward_cuda);
   m.impl("second_diff1d", &lmkan::second_diff1d_cuda);
   m.impl("second_diff1d_backward", &lmkan::second_diff1d_backward_cuda);
-}
-
-// Autograd for every backend: a CPU or meta tensor reaches the same Function, and the
-// dispatcher then finds (or reports missing) that backend's kernel.
-TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
-  m.impl("hessian2d", &lmkan::hessian2d_autograd);
-  m.impl("second_diff1d", &lmkan::second_diff1d_autograd);
 }
