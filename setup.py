@@ -211,6 +211,14 @@ def _cuda_extension():
     class CheckedBuildExtension(BuildExtension):
         """Records the outcome; a failure stops the install with a line that says why."""
 
+        def finalize_options(self):
+            super().finalize_options()
+            if getattr(self, "editable_mode", False) or self.inplace:
+                # an object directory that outlives the install (pip's editable build would
+                # use a fresh temporary one), so that installing again recompiles only the
+                # sources that changed
+                self.build_temp = os.path.join(HERE, "build", f"temp-{sys.implementation.cache_tag}")
+
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
