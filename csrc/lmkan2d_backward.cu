@@ -574,7 +574,8 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   const int64_t smem = dp_smem_bytes(num_grids, TILE, warps, chunk, in_smem);
   const int64_t blocks_xy = int64_t(n_tiles) * ((n_pairs + warps - 1) / warps);
   const int64_t resident = std::max<int64_t>(
-      1, std::min<int64_t>(lim.smem_per_sm / (smem + kReservedSmemPerBlock), lim.max_threads_per_sm / (32 * warps)));
+      1, std::min<int64_t>(lim.smem_per_sm / (smem + kReservedSmemPerBlock),
+                         lim.max_threads_per_sm / (32 * warps)));
   const int64_t target = 2 * int64_t(lim.num_sms) * resident;
   int64_t splits = std::max<int64_t>(1, (target + blocks_xy - 1) / blocks_xy);
   splits = std::min<int64_t>({splits, std::max<int64_t>(1, batch / (4 * chunk)), 65535});
@@ -645,7 +646,8 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
   // bounded workspace
   const int64_t blocks_xy = int64_t(n_tiles) * n_pairs;
   const int64_t resident = std::max<int64_t>(
-      1, std::min<int64_t>(lim.smem_per_sm / (smem + kReservedSmemPerBlock), lim.max_threads_per_sm / (32 * warps)));
+      1, std::min<int64_t>(lim.smem_per_sm / (smem + kReservedSmemPerBlock),
+                         lim.max_threads_per_sm / (32 * warps)));
   const int64_t target = 2 * int64_t(lim.num_sms) * resident;
   int64_t splits = std::max<int64_t>(1, (target + blocks_xy - 1) / blocks_xy);
   splits = std::min<int64_t>({splits, std::max<int64_t>(1, batch / (2 * chunk)), 65535});

@@ -217,7 +217,9 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   for (int blocks = reg_blocks; blocks >= 1 && nbuf == 0; --blocks)
     for (int n = kSampleLanesMaxBuffers; n >= 2 && nbuf == 0; --n) {
       const int64_t bytes = sample_lanes_smem_bytes(num_grids, w, n);
-      if (bytes <= lim.smem_optin && blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm) nbuf = n;
+      if (bytes <= lim.smem_optin &&
+          blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm)
+        nbuf = n;
     }
   if (nbuf == 0) nbuf = 1;  // the caller checked that one buffer fits
   const int64_t smem = sample_lanes_smem_bytes(num_grids, w, nbuf);
