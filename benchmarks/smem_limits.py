@@ -1,4 +1,5 @@
-"""The num_grids limits of both layers per shared-memory budget (README, "Limits").
+"""The num_grids limits of both layers per shared-memory budget (README: the limit table under
+"Performance").
 
 For each opt-in budget of a GPU family (99 KB: sm_86/89/120, 163 KB: sm_80, 227 KB:
 sm_90/100) the limits are read from the kernels' own planning code with
@@ -21,13 +22,15 @@ MODES = ("forward", "backward_deterministic", "backward")
 def main():
     own = torch.cuda.get_device_properties(0).shared_memory_per_block_optin // 1024
     print(f"device: {torch.cuda.get_device_name()} ({own} KiB opt-in shared memory per block)")
-    print(f"{'budget':>7} {'GPUs':24} " + " ".join(f"{m + ' t' + str(t):>26}" for m in MODES for t in (4, 8, 16)
-                                                if m != "backward" or t == 8) + f" {'1D':>5}")
+    # the non-deterministic backward's limit (its cell histogram) is the same at every tile
+    columns = [(mode, tile) for mode in MODES for tile in (4, 8, 16) if mode != "backward" or tile == 8]
+    print(f"{'budget':>7} {'GPUs':24} " + " ".join(f"{m + ' t' + str(t):>26}" for m, t in columns)
+          + f" {'1D':>5}")
     for budget, gpus in BUDGETS.items():
         if budget > own:
             continue
         os.environ["LMKAN_SMEM_BUDGET_KB"] = str(budget)
-        cells = [max_num_grids(t, m, "cuda") for m in MODES for t in (4, 8, 16) if m != "backward" or t == 8]
+        cells = [max_num_grids(t, m, "cuda") for m, t in columns]
         print(f"{budget:>5}KB {gpus:24} " + " ".join(f"{c:>26}" for c in cells)
               + f" {_max_num_grids_1d(torch.device('cuda')):>5}")
 

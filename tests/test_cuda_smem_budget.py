@@ -19,8 +19,9 @@ from test_cuda_2d import TILES, _check
 pytestmark = requires_gpu
 
 MODES = ("forward", "backward", "backward_fast", "backward_deterministic")
-# README.rst, "Limits": the largest num_grids per opt-in shared-memory budget (KiB per block),
-# 2D as {mode: (tile 4, tile 8, tile 16)} and the 1D layer's.
+# README.rst, the limit table under "Performance": the largest num_grids per opt-in
+# shared-memory budget (KiB per block), 2D as {mode: (tile 4, tile 8, tile 16)}, and the
+# 1D layer's.
 LIMITS = {
     99: {"forward": (27, 18, 13), "backward": (157, 157, 157), "backward_fast": (157, 157, 157),
          "backward_deterministic": (26, 18, 11), "1d": 40},
