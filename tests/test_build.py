@@ -7,6 +7,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def test_installed_extension_covers_its_architecture_list():
         pytest.skip("built for the visible GPUs' architectures (TORCH_CUDA_ARCH_LIST unset)")
     import list_elf
     cubins, ptx = list_elf.code_of(path)
-    wanted = [a.replace("+PTX", "") for a in status["arch_list"].split(";")]
+    wanted = [a.replace("+PTX", "") for a in re.split(r"[;,\s]+", status["arch_list"].strip())]
     assert cubins == [f"sm_{a.replace('.', '')}" for a in wanted], (status, cubins)
     if status["arch_list"].endswith("+PTX"):
         assert ptx == [f"sm_{wanted[-1].replace('.', '')}"], ptx

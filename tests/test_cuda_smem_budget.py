@@ -40,6 +40,9 @@ def _limits():
 @pytest.mark.parametrize("budget", sorted(LIMITS))
 def test_limits_per_budget(budget, monkeypatch):
     assert_cuda_kernel("lmkan2d_forward")
+    own_kb = torch.cuda.get_device_properties(0).shared_memory_per_block_optin // 1024
+    if budget > own_kb:  # a cap above the device's own shared memory changes nothing
+        pytest.skip(f"this GPU allows {own_kb} KB per block, less than the {budget} KB budget")
     own = _limits()
     monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", str(budget))
     capped = _limits()
