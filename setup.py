@@ -117,8 +117,9 @@ def _elf_needed(path):
 
 
 def _compiler_in_use():
-    cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
-    return cxx.split()[0], shutil.which(cxx.split()[0]) or cxx.split()[0]
+    """(name, resolved path) of the C++ compiler the build uses."""
+    name = (os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++").split()[0]
+    return name, shutil.which(name) or name
 
 
 def _check_dynamic_libstdcxx(path):
@@ -227,6 +228,11 @@ def _cuda_extension():
                 reason = (f"building the CUDA extension failed ({type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r})")
                 STATUS.set("failed", reason, **details)
+                # no extension file may outlive a failed build: an in-place build writes it
+                # where `import lmKAN._C` finds it (and a rejected one crashes on any error)
+                built = self.get_ext_fullpath(ext.name)
+                if os.path.exists(built):
+                    os.remove(built)
                 # the message alone as the install's last line (no traceback after it)
                 sys.exit(f"[lmKAN setup] error: {reason}; the compiler's output is above. "
                          f"lmKAN's CUDA kernels were NOT built. Fix the error, or install without "

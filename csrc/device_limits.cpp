@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
-#include <string>
 #include <vector>
 
 #include <c10/cuda/CUDAException.h>
@@ -38,22 +37,23 @@ int64_t smem_budget_bytes() {
 
 }  // namespace
 
+// Called on every launch: after a device's first query, a lock, a copy and one getenv.
 DeviceLimits device_limits(int device_index) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaGetDeviceCount(&count));
-  TORCH_CHECK_VALUE(device_index >= 0 && device_index < count, "device_index must be in [0, ",
-                    count, "), got ", device_index);
   static std::mutex mutex;
   static std::vector<DeviceLimits> cache;
   static std::vector<bool> known;
   DeviceLimits d;
   {
     std::lock_guard<std::mutex> lock(mutex);
-    if (device_index >= static_cast<int>(cache.size())) {
-      cache.resize(device_index + 1);
-      known.resize(device_index + 1, false);
-    }
-    if (!known[device_index]) {
+    if (device_index < 0 || device_index >= static_cast<int>(known.size()) || !known[device_index]) {
+      int count = 0;  // asked once per device, not per launch
+      C10_CUDA_CHECK(cudaGetDeviceCount(&count));
+      TORCH_CHECK_VALUE(device_index >= 0 && device_index < count, "device_index must be in [0, ",
+                        count, "), got ", device_index);
+      if (device_index >= static_cast<int>(cache.size())) {
+        cache.resize(device_index + 1);
+        known.resize(device_index + 1, false);
+      }
       cache[device_index] = query(device_index);
       known[device_index] = true;
     }

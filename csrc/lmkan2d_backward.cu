@@ -554,7 +554,8 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   // whole opt-in memory (fast); fast mode also stages larger chunks of samples.
   const int max_warps = std::min(block / 32, n_pairs);
   const int64_t budget = fast ? lim.smem_optin
-                              : std::min<int64_t>(lim.smem_per_sm / 2 - kReservedSmemPerBlock, lim.smem_optin);
+                              : std::min<int64_t>(
+                                    lim.smem_per_sm / 2 - kReservedSmemPerBlock, lim.smem_optin);
   // Fast mode with a shared accumulator and no more cells than the largest chunk also sorts
   // each chunk by cell (runs of one cell accumulate in registers).
   const int chunk_pref = fast ? kDpMaxChunk : 64;
@@ -625,7 +626,8 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
   // on the H100, G = 26: 4-warp blocks, one per SM, took 189 ms against 71 ms).
   int warps = std::min(std::max(block / 32, 1), dp_sorted_max_warps(K));
   if (!fast) {
-    const int64_t half_sm = std::min<int64_t>(lim.smem_per_sm / 2 - kReservedSmemPerBlock, lim.smem_optin);
+    const int64_t half_sm =
+        std::min<int64_t>(lim.smem_per_sm / 2 - kReservedSmemPerBlock, lim.smem_optin);
     int w = warps;
     while (w > 4 && dp_sorted_smem_bytes(num_grids, W, w) > half_sm) --w;
     if (dp_sorted_smem_bytes(num_grids, W, w) <= half_sm) warps = w;

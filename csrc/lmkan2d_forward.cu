@@ -10,9 +10,7 @@
 // order). It serves the grad_x of the deterministic backward (dx_by_output_rows), and the
 // forward for num_grids past the shared-memory limit, where its whole-row reads coalesce.
 #include <algorithm>
-#include <mutex>
 #include <string>
-#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -383,18 +381,21 @@ struct LaunchPlan {
 // regs: registers per thread of the variant. Table buffers: two (the copy of the next pair
 // overlaps the compute) when they fit, else one, else none: the table is then read through
 // L1/L2 (no num_grids ceiling, slower). Prefer as many resident blocks as the registers
-// allow (up to the SM's thread limit), then two buffers over one: a second block hides a block's
-// barrier and staging waits better than a second buffer does. Small batches split the pairs
+// allow (up to the SM's thread limit), then two buffers over one: a second block hides a
+// block's barrier and staging waits better than a second buffer does. Small batches split the pairs
 // over blockIdx.z so the grid fills the device (max_splits = 1 forbids it).
 LaunchPlan plan_launch(int num_grids, int w, int nb, int block, int regs, int64_t batch,
                        int n_out, int n_pairs, int64_t max_splits, const DeviceLimits& lim,
                        bool stage_table = true) {
   LaunchPlan plan{};
-  const int reg_blocks = std::max(1, std::min(lim.max_threads_per_sm / block, 65536 / (regs * block)));
+  const int reg_blocks =
+      std::max(1, std::min(lim.max_threads_per_sm / block, 65536 / (regs * block)));
   for (int blocks = stage_table ? reg_blocks : 0; blocks >= 1 && plan.nbuf == 0; --blocks)
     for (int n = 2; n >= 1 && plan.nbuf == 0; --n) {
       const int64_t bytes = forward_smem_bytes(num_grids, w, n, nb);
-      if (bytes <= lim.smem_optin && blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm) plan.nbuf = n;
+      if (bytes <= lim.smem_optin &&
+          blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm)
+        plan.nbuf = n;
     }
   plan.smem = forward_smem_bytes(num_grids, w, plan.nbuf, nb);
   TORCH_CHECK_VALUE(plan.smem <= lim.smem_optin, "lmkan2d: block_size=", block, " needs ",

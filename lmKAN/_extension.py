@@ -24,6 +24,12 @@ _INSTALL_HINT = ("To get the kernels: install a CUDA toolkit (nvcc) and a CUDA b
 _STATUS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_status.json")
 
 
+def smem_budget_key():
+    """The LMKAN_SMEM_BUDGET_KB cap that the kernels' limits depend on (csrc/device_limits.h,
+    read at every launch): part of the key of every cached limit."""
+    return os.environ.get("LMKAN_SMEM_BUDGET_KB", "")
+
+
 def _build_status():
     """What setup.py recorded about the CUDA extension (setup.py, BuildStatus), or None."""
     try:

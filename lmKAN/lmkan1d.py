@@ -1,11 +1,10 @@
 """LMKAN1DLayer (linear-spline KAN, docs/spec.md section 4) and the KANditioned-style KANLayer."""
-import os
-
 import torch
 from torch import nn
 
 from . import ops
 from ._checks import check_choice, check_input, check_int, check_positive_float
+from ._extension import smem_budget_key
 from .grids import cdf_borders, uniform_borders
 
 __all__ = ["LMKAN1DLayer", "KANLayer", "INIT_MODES", "GRIDS"]
@@ -121,8 +120,7 @@ class LMKAN1DLayer(nn.Module):
 def _max_num_grids_1d(device):
     """Largest num_grids of the 1D CUDA kernels on a CUDA device (cached per device)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    # LMKAN_SMEM_BUDGET_KB (csrc/device_limits.h) changes the limit, so it is part of the key
-    key = (index, os.environ.get("LMKAN_SMEM_BUDGET_KB", ""))
+    key = (index, smem_budget_key())
     if key not in _MAX_NUM_GRIDS_1D:
         _MAX_NUM_GRIDS_1D[key] = torch.ops.lmkan.lmkan1d_max_num_grids(index)
     return _MAX_NUM_GRIDS_1D[key]

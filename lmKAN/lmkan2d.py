@@ -1,6 +1,5 @@
 """LMKAN2DLayer: the lookup multivariate KAN layer (docs/spec.md section 2)."""
 import math
-import os
 import warnings
 
 import torch
@@ -8,6 +7,7 @@ from torch import nn
 
 from . import ops, tuning
 from ._checks import check_choice, check_input, check_int
+from ._extension import smem_budget_key
 from .grids import cdf_borders
 
 __all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES"]
@@ -180,8 +180,7 @@ def max_num_grids(tile_size, mode, device):
     """
     device = torch.device(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    # LMKAN_SMEM_BUDGET_KB (csrc/device_limits.h) changes the limits, so it is part of the key
-    key = (tile_size, mode, index, os.environ.get("LMKAN_SMEM_BUDGET_KB", ""))
+    key = (tile_size, mode, index, smem_budget_key())
     if key not in _MAX_NUM_GRIDS_CACHE:
         _MAX_NUM_GRIDS_CACHE[key] = torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index)
     return _MAX_NUM_GRIDS_CACHE[key]

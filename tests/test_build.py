@@ -92,6 +92,9 @@ def test_failed_cuda_build_stops_with_a_last_line_that_says_why(tmp_path):
         text = open(source).read()
         with open(source, "w") as f:
             f.write("#error broken on purpose by test_build.py\n" + text)
+    # an extension left by an earlier in-place build must not survive the failed one
+    stale = tmp_path / "lmKAN" / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
+    stale.write_bytes(b"stale")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMKAN_")}
     env.update(MAX_JOBS="1", TORCH_CUDA_ARCH_LIST="8.0")
     proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
@@ -104,6 +107,7 @@ def test_failed_cuda_build_stops_with_a_last_line_that_says_why(tmp_path):
     assert "lmKAN's CUDA kernels were NOT built" in last and "LMKAN_NO_CUDA=1" in last
     status = json.loads((tmp_path / "lmKAN" / "_build_status.json").read_text())
     assert status["cuda_extension"] == "failed" and status["arch_list"] == "8.0"
+    assert not stale.exists()
 
 
 def test_default_architectures_cover_ampere_to_blackwell():

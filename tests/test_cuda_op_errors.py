@@ -98,15 +98,6 @@ CASES_2D = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES_2D, ids=[c[0] for c in CASES_2D])
-def test_lmkan2d_op_errors(case):
-    assert_cuda_kernel("lmkan2d_forward")
-    _, call, exc, pattern = case
-    with pytest.raises(exc, match=pattern):
-        call(*_valid_2d())
-    torch.cuda.synchronize()  # nothing was launched with the bad arguments
-
-
 CASES_1D = [
     ("x-on-cpu", lambda x, p, b: _fwd1d(x.cpu(), p, b), ValueError, "x must be a CUDA tensor"),
     ("params-bfloat16", lambda x, p, b: _fwd1d(x, p.bfloat16(), b), TypeError,
@@ -132,48 +123,51 @@ CASES_1D = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES_1D, ids=[c[0] for c in CASES_1D])
-def test_lmkan1d_op_errors(case):
-    assert_cuda_kernel("lmkan1d_forward")
-    _, call, exc, pattern = case
+def _b8():
+    return cdf_borders(8, device="cuda")
+
+
+def _p2(*shape):
+    return torch.randn(*shape, device="cuda")
+
+
+CASES_REGULARIZERS = [
+    ("hessian-params-shape", lambda: torch.ops.lmkan.hessian2d(_p2(9, 8, 2, 2), _b8()), ValueError,
+     r"params must have shape .* with G\+1 = borders.size\(0\) = 9, got shape \[9, 8, 2, 2\]"),
+    ("hessian-params-dims", lambda: torch.ops.lmkan.hessian2d(_p2(9, 2, 2), _b8()), ValueError,
+     r"params must have shape .*, got shape \[9, 2, 2\]"),
+    ("second-diff-params-dims", lambda: torch.ops.lmkan.second_diff1d(_p2(9, 8, 2, 2), _b8()),
+     ValueError, "params must have shape"),
+    ("hessian-too-few-nodes", lambda: torch.ops.lmkan.hessian2d(_p2(2, 2, 2, 2), _b8()[:2]),
+     ValueError, r"borders must hold G\+1 nodes with 3 <= G\+1 <= 4000, got 2"),
+    ("hessian-borders-on-cpu", lambda: torch.ops.lmkan.hessian2d(_p2(9, 9, 2, 2), _b8().cpu()),
+     ValueError, "borders must be a CUDA tensor"),
+    ("hessian-params-float64", lambda: torch.ops.lmkan.hessian2d(_p2(9, 9, 2, 2).double(), _b8()),
+     TypeError, "params must be float32"),
+    ("hessian-backward-grad-r", lambda: torch.ops.lmkan.hessian2d_backward(
+        torch.ones(2, device="cuda"), _p2(9, 9, 2, 2), _b8()), ValueError,
+     r"grad_r must be a 0-dim tensor \(one element\), got shape \[2\]"),
+    ("second-diff-backward-grad-r-cpu", lambda: torch.ops.lmkan.second_diff1d_backward(
+        torch.ones(()), _p2(9, 2, 2), _b8()), ValueError, "grad_r must be a CUDA tensor"),
+    ("second-diff-borders-cpu", lambda: torch.ops.lmkan.second_diff1d(_p2(9, 2, 2), _b8().cpu()),
+     ValueError, "borders must be a CUDA tensor"),
+]
+
+# (op family, its kernel, valid arguments to break) for each table above
+FAMILIES = [("lmkan2d", "lmkan2d_forward", _valid_2d, CASES_2D),
+            ("lmkan1d", "lmkan1d_forward", _valid_1d, CASES_1D),
+            ("regularizer", "hessian2d", tuple, CASES_REGULARIZERS)]
+CASES = [(kernel, valid, *case) for _, kernel, valid, table in FAMILIES for case in table]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{family}-{case[0]}" for family, _, _, table in FAMILIES
+                                             for case in table])
+def test_op_errors(case):
+    kernel, valid, _, call, exc, pattern = case
+    assert_cuda_kernel(kernel)
     with pytest.raises(exc, match=pattern):
-        call(*_valid_1d())
-    torch.cuda.synchronize()
-
-
-def _regularizer_cases():
-    b8 = lambda: cdf_borders(8, device="cuda")  # noqa: E731
-    p2 = lambda *shape: torch.randn(*shape, device="cuda")  # noqa: E731
-    return [
-        ("hessian-params-shape", lambda: torch.ops.lmkan.hessian2d(p2(9, 8, 2, 2), b8()), ValueError,
-         r"params must have shape .* with G\+1 = borders.size\(0\) = 9, got shape \[9, 8, 2, 2\]"),
-        ("hessian-params-dims", lambda: torch.ops.lmkan.hessian2d(p2(9, 2, 2), b8()), ValueError,
-         r"params must have shape .*, got shape \[9, 2, 2\]"),
-        ("second-diff-params-dims", lambda: torch.ops.lmkan.second_diff1d(p2(9, 8, 2, 2), b8()),
-         ValueError, "params must have shape"),
-        ("hessian-too-few-nodes", lambda: torch.ops.lmkan.hessian2d(p2(2, 2, 2, 2), b8()[:2]),
-         ValueError, r"borders must hold G\+1 nodes with 3 <= G\+1 <= 4000, got 2"),
-        ("hessian-borders-on-cpu", lambda: torch.ops.lmkan.hessian2d(p2(9, 9, 2, 2), b8().cpu()),
-         ValueError, "borders must be a CUDA tensor"),
-        ("hessian-params-float64", lambda: torch.ops.lmkan.hessian2d(p2(9, 9, 2, 2).double(), b8()),
-         TypeError, "params must be float32"),
-        ("hessian-backward-grad-r", lambda: torch.ops.lmkan.hessian2d_backward(
-            torch.ones(2, device="cuda"), p2(9, 9, 2, 2), b8()), ValueError,
-         r"grad_r must be a 0-dim tensor \(one element\), got shape \[2\]"),
-        ("second-diff-backward-grad-r-cpu", lambda: torch.ops.lmkan.second_diff1d_backward(
-            torch.ones(()), p2(9, 2, 2), b8()), ValueError, "grad_r must be a CUDA tensor"),
-        ("second-diff-borders-cpu", lambda: torch.ops.lmkan.second_diff1d(p2(9, 2, 2), b8().cpu()),
-         ValueError, "borders must be a CUDA tensor"),
-    ]
-
-
-@pytest.mark.parametrize("index", range(9))
-def test_regularizer_op_errors(index):
-    assert_cuda_kernel("hessian2d")
-    _, call, exc, pattern = _regularizer_cases()[index]
-    with pytest.raises(exc, match=pattern):
-        call()
-    torch.cuda.synchronize()
+        call(*valid())
+    torch.cuda.synchronize()  # nothing was launched with the bad arguments
 
 
 def test_max_num_grids_op_errors(monkeypatch):
