@@ -228,11 +228,15 @@ def _cuda_extension():
                 reason = (f"building the CUDA extension failed ({type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r})")
                 STATUS.set("failed", reason, **details)
-                # no extension file may outlive a failed build: an in-place build writes it
-                # where `import lmKAN._C` finds it (and a rejected one crashes on any error)
+                # no extension file may outlive a failed build: the build directory's, nor the
+                # copy that an earlier in-place or editable build left beside the sources,
+                # where `import lmKAN._C` finds it (a rejected one crashes on any error)
                 built = self.get_ext_fullpath(ext.name)
-                if os.path.exists(built):
-                    os.remove(built)
+                beside_sources = os.path.join(HERE, *ext.name.split(".")[:-1],
+                                              os.path.basename(built))
+                for path in {built, beside_sources}:
+                    if os.path.exists(path):
+                        os.remove(path)
                 # the message alone as the install's last line (no traceback after it)
                 sys.exit(f"[lmKAN setup] error: {reason}; the compiler's output is above. "
                          f"lmKAN's CUDA kernels were NOT built. Fix the error, or install without "
