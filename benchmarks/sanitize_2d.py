@@ -58,6 +58,9 @@ def main():
                 _launch(g, 6, 8 * tile - 3, 300, True, tile, 256, True, True)
                 _launch(g, 6, 8 * tile + 5, 300, False, tile, 1024, False, False)
     os.environ["LMKAN_SMEM_BUDGET_KB"] = ""
+    # rings that wrap several times (17 pairs): depths 4, 3, 2 on a 227 KB GPU
+    for g, tile, block in ((5, 4, 1024), (16, 4, 512), (26, 4, 1024)):
+        _launch(g, 34, 8 * tile + 3, 2 * block + 37, True, tile, block, False, False)
     torch.cuda.synchronize()
     print("sanitize_2d: all launches done")
 

@@ -41,6 +41,15 @@ __device__ __forceinline__ void cp_async_wait() {
 // the block (and the barrier is initialised with one arrival per thread instead of one).
 // kBulkCopy is the compile-time switch; the host code never depends on it: both paths use the
 // same shared-memory layout and launch shape.
+// Below sm_90 an mbarrier wait polls (mbarrier.test_wait; try_wait, which suspends the warp
+// in hardware, exists from sm_90 only), and every failed poll is one more shared-memory access
+// on the pipe the kernels' table lookups are bound by. A waiting warp therefore sleeps
+// LMKAN_WAIT_BACKOFF_NS between polls (A7, benchmarks/NOTES.md: the Ampere path's G=16 forward
+// 87.4 ms polling, 85.8 at 20 ns, 84.9 at 100 ns, 84.3 at 400 ns, on the H200). A compile-time
+// knob (NVCC_APPEND_FLAGS=-DLMKAN_WAIT_BACKOFF_NS=N) for measuring other GPUs; 0 polls.
+#ifndef LMKAN_WAIT_BACKOFF_NS
+#define LMKAN_WAIT_BACKOFF_NS 400
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 constexpr bool kBulkCopy = false;
 #else
@@ -107,6 +116,9 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned phase) {
     asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
                  " selp.u32 %0, 1, 0, p;\n}\n"
                  : "=r"(done) : "r"(smem_u32(bar)), "r"(phase) : "memory");
+#if LMKAN_WAIT_BACKOFF_NS > 0
+    if (!done) __nanosleep(LMKAN_WAIT_BACKOFF_NS);
+#endif
 #endif
   } while (!done);
 }
