@@ -6,11 +6,10 @@ elsewhere. `backend_info()` says which backend runs and why; `tune(model, x)` pi
 kernels' tile and block sizes ahead of time (else done on the first CUDA call).
 """
 from ._extension import BackendInfo, backend_info
+from ._version import __version__
 from .lmkan1d import KANLayer, LMKAN1DLayer
 from .lmkan2d import LMKAN2DLayer, max_num_grids
 from .tuning import tune
-
-__version__ = "0.3.0"
 
 __all__ = ["LMKAN2DLayer", "LMKAN1DLayer", "KANLayer", "backend_info", "BackendInfo",
            "max_num_grids", "tune", "__version__"]

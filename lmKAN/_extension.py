@@ -25,7 +25,7 @@ _STATUS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_
 
 
 def smem_budget_key():
-    """The LMKAN_SMEM_BUDGET_KB cap that the kernels' limits depend on (csrc/device_limits.h,
+    """The LMKAN_SMEM_BUDGET_KB cap that the kernels' limits depend on (csrc/common/device_limits.h,
     read at every launch): part of the key of every cached limit."""
     return os.environ.get("LMKAN_SMEM_BUDGET_KB", "")
 

@@ -2,15 +2,13 @@
 import torch
 from torch import nn
 
-from . import ops
+from . import _device, ops
 from ._checks import check_choice, check_input, check_int, check_positive_float
-from ._extension import smem_budget_key
 from .grids import cdf_borders, uniform_borders
 
 __all__ = ["LMKAN1DLayer", "KANLayer", "INIT_MODES", "GRIDS"]
 
 INIT_MODES = ("random_normal", "identity", "zero")
-_MAX_NUM_GRIDS_1D = {}  # (device index, budget) -> largest num_grids of the 1D kernels
 GRIDS = ("cdf", "uniform")
 
 
@@ -119,11 +117,7 @@ class LMKAN1DLayer(nn.Module):
 @torch.compiler.assume_constant_result
 def _max_num_grids_1d(device):
     """Largest num_grids of the 1D CUDA kernels on a CUDA device (cached per device)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (index, smem_budget_key())
-    if key not in _MAX_NUM_GRIDS_1D:
-        _MAX_NUM_GRIDS_1D[key] = torch.ops.lmkan.lmkan1d_max_num_grids(index)
-    return _MAX_NUM_GRIDS_1D[key]
+    return _device.max_num_grids_1d(device)
 
 
 class KANLayer(LMKAN1DLayer):

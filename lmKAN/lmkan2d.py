@@ -5,15 +5,12 @@ import warnings
 import torch
 from torch import nn
 
-from . import ops, tuning
+from . import _device, ops, tuning
 from ._checks import check_choice, check_input, check_int
-from ._extension import smem_budget_key
+from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
 from .grids import cdf_borders
 
 __all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES"]
-
-SUPPORTED_TILE_SIZES = (4, 8, 16)
-SUPPORTED_BLOCK_SIZES = (32, 64, 128, 256, 512, 1024)
 
 
 class LMKAN2DLayer(nn.Module):
@@ -92,6 +89,9 @@ class LMKAN2DLayer(nn.Module):
         self.batch_last = bool(batch_last)
         self.deterministic = None if deterministic is None else bool(deterministic)
         self._warned_slow_fallback = False
+        # What resolving the "auto" settings keeps between calls (lmKAN.tuning writes there,
+        # never into the layer); not in the state dict.
+        self._launch_resolver = tuning.LaunchResolver()
         self.init_scale = float(init_scale)
         side = self.num_grids + 1
         self.func_parameter = nn.Parameter(torch.empty(side, side, self.output_dim, self.input_dim // 2))
@@ -106,12 +106,23 @@ class LMKAN2DLayer(nn.Module):
     def forward(self, x):
         x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, "LMKAN2DLayer")
         needs_backward = torch.is_grad_enabled() and (x2d.requires_grad or self.func_parameter.requires_grad)
-        config = tuning.launch_config_2d(self, x2d, needs_backward)  # "auto" -> values
+        config = self._launch_resolver.config(self, x2d, needs_backward)  # "auto" -> values
         if x2d.is_cuda:
             self._check_fits_on_device(x2d.device, needs_backward, config)
         y = ops.lmkan2d(x2d, self.func_parameter, self.borders, self.batch_last, *config,
                         self._deterministic_now())
         return y if lead is None else y.reshape(*lead, self.output_dim)
+
+    def __setstate__(self, state):
+        # A layer pickled whole by lmKAN <= 0.3.0 has no resolver; it kept the same state in
+        # its own attributes (_tuning_memo, dropped here; _tuned_choices, carried over).
+        state = dict(state)
+        state.pop("_tuning_memo", None)
+        choices = state.pop("_tuned_choices", None)
+        super().__setstate__(state)
+        if getattr(self, "_launch_resolver", None) is None:
+            self._launch_resolver = tuning.LaunchResolver()
+            self._launch_resolver.choices.update(choices or {})
 
     def get_hessian_regularization(self):
         """Smoothness penalty R (docs/spec.md section 3): a differentiable 0-dim tensor."""
@@ -148,7 +159,7 @@ class LMKAN2DLayer(nn.Module):
 
     def extra_repr(self):
         return (f"num_grids={self.num_grids}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
-                f"{tuning.describe(self)}, batch_last={self.batch_last}, "
+                f"{self._launch_resolver.describe(self)}, batch_last={self.batch_last}, "
                 f"deterministic={self.deterministic}")
 
     def plot_functions(self, path, pairs=None, **kwargs):
@@ -163,9 +174,6 @@ def _auto_or_choice(name, value, supported):
     return tuning.AUTO if value == tuning.AUTO else check_choice(name, value, supported)
 
 
-_MAX_NUM_GRIDS_CACHE = {}
-
-
 # A constant to torch.compile (fixed per device): the layer's check stays in the graph's
 # trace without a break.
 @torch.compiler.assume_constant_result
@@ -178,9 +186,4 @@ def max_num_grids(tile_size, mode, device):
     deterministic) read the table through L2 at any num_grids by design and are bounded by
     their cell histogram; past it they run the deterministic kernels' L2 variants.
     """
-    device = torch.device(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (tile_size, mode, index, smem_budget_key())
-    if key not in _MAX_NUM_GRIDS_CACHE:
-        _MAX_NUM_GRIDS_CACHE[key] = torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index)
-    return _MAX_NUM_GRIDS_CACHE[key]
+    return _device.max_num_grids_2d(tile_size, mode, device)

@@ -4,8 +4,8 @@ Each public function here picks the backend per call: a CUDA float32 tensor runs
 `torch.ops.lmkan.*` kernel when the extension has one for that op; any other tensor (CPU,
 float64, or an op without a kernel) runs the differentiable pure-PyTorch reference.
 The kernels get `register_fake` (shape propagation for torch.compile) registrations below.
-Their autograd is registered in C++ (csrc/layer_autograd.cpp for the layers,
-csrc/regularizers.cu for the regularisers): a Python autograd wrapper's host time was most
+Their autograd is registered in C++ (csrc/lmkan2d/autograd.cpp, csrc/lmkan1d/autograd.cpp,
+csrc/regularizers/autograd.cpp): a Python autograd wrapper's host time was most
 of a small training step, so the Python side of each op is one `torch.ops` call.
 """
 import functools
@@ -15,7 +15,8 @@ import torch
 from . import _reference
 from ._extension import _MODULE, has_cuda_kernel
 
-__all__ = ["lmkan2d", "lmkan1d", "hessian2d", "second_diff1d", "kernel_available"]
+__all__ = ["lmkan2d", "lmkan1d", "hessian2d", "second_diff1d", "kernel_available",
+           "kernel_applies"]
 
 
 @torch.compiler.assume_constant_result
@@ -28,7 +29,10 @@ def kernel_available(op_name, dispatch_key="CUDA"):
     return has_cuda_kernel(op_name, dispatch_key)
 
 
-def _kernel_applies(op_name, *tensors):
+def kernel_applies(op_name, *tensors):
+    """True when a call of `op_name` on `tensors` runs the CUDA kernel: the first tensor is
+    on a CUDA device, all are float32, and the kernel is compiled in. (lmKAN.tuning asks
+    it too: only calls that run kernels have settings to tune.)"""
     return (tensors[0].is_cuda and all(t.dtype == torch.float32 for t in tensors)
             and kernel_available(op_name))
 
@@ -71,7 +75,7 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
 
     deterministic: the CUDA backward uses no float atomics (bitwise reproducible gradients).
     """
-    if _kernel_applies("lmkan2d_forward", x, params, borders):
+    if kernel_applies("lmkan2d_forward", x, params, borders):
         return torch.ops.lmkan.lmkan2d_forward(
             x.contiguous(), params.contiguous(), borders.contiguous(), batch_last, tile_size,
             block_size, backward_tile_size, backward_block_size, backward_fast_mode,
@@ -89,7 +93,7 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
     """
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    if _kernel_applies("lmkan1d_forward", x, params, borders):
+    if kernel_applies("lmkan1d_forward", x, params, borders):
         return torch.ops.lmkan.lmkan1d_forward(
             x.contiguous(), params.contiguous(), borders.contiguous(), uniform_grid, batch_last,
             bool(deterministic))

@@ -1,4 +1,5 @@
-"""Automatic tile/block choice (lmKAN.tuning): cache, keys, resolution, lmKAN.tune, CLI.
+"""Automatic tile/block choice (lmKAN.tuning): cache, keys, resolution, lmKAN.tune, CLI, and the
+package's structure (no import cycle, one device cache, per-layer state owned by the layer).
 
 CPU tests drive the whole resolution path with a fake timer (the kernels are declared
 present and the timer returns a figure per configuration); GPU tests time for real.
@@ -49,10 +50,10 @@ class FakeTimer:
 def fake_gpu(monkeypatch):
     """Pretend CPU tensors run kernels on a GPU called "Fake GPU"; return the fake timer."""
     timer = FakeTimer()
-    monkeypatch.setattr(tuning, "_timer", timer)
-    monkeypatch.setattr(tuning, "_kernels_apply", lambda layer, x: True)
-    monkeypatch.setattr(tuning, "_has_backward_kernel", lambda: True)
-    monkeypatch.setattr(tuning, "device_signature", lambda device: ("Fake GPU", "9.0"))
+    monkeypatch.setattr(tuning.search, "_timer", timer)
+    monkeypatch.setattr(tuning.resolve, "_kernels_apply", lambda layer, x: True)
+    monkeypatch.setattr(tuning.resolve, "_has_backward_kernel", lambda: True)
+    monkeypatch.setattr(tuning.key, "device_signature", lambda device: ("Fake GPU", "9.0"))
     return timer
 
 
@@ -62,6 +63,11 @@ def _layer(**kwargs):
 
 def _x(batch=40):
     return torch.randn(6, batch, requires_grad=True)
+
+
+def _config(layer, x, needs_backward):
+    """What the layer's forward resolves, through the resolver the layer owns."""
+    return tuning.launch_config_2d(layer, x, needs_backward, layer._launch_resolver)
 
 
 # --- cache file ---------------------------------------------------------------------------
@@ -151,7 +157,7 @@ def test_key_contents(fake_gpu):
     assert (key.layer, key.input_dim, key.output_dim, key.num_grids) == ("LMKAN2DLayer", 6, 5, 8)
     assert (key.batch_bucket, key.layout, key.mode, key.dtype) == (1024, "batch_first", "backward", "float32")
     assert key.searched == "tile_size=4,block_size=auto,fast_mode=auto"
-    assert tuning._parse_key(key.as_string()) == key
+    assert tuning.key.parse_key(key.as_string()) == key
     forward = tuning.make_key(layer, torch.randn(1000, 6), "forward")
     assert forward.searched == "tile_size=auto,block_size=auto" and forward != key
 
@@ -173,9 +179,9 @@ def test_auto_is_the_default_and_state_dict_unchanged():
 
 def test_cpu_resolves_to_defaults_without_timing(monkeypatch):
     timer = FakeTimer()
-    monkeypatch.setattr(tuning, "_timer", timer)
+    monkeypatch.setattr(tuning.search, "_timer", timer)
     layer = _layer(backward_fast_mode="auto")
-    config = tuning.launch_config_2d(layer, _x(), needs_backward=True)
+    config = _config(layer, _x(), needs_backward=True)
     assert config == tuning.LaunchConfig2D(8, 1024, 8, 512, False)
     assert timer.calls == [] and not os.path.exists(tuning.cache_path())
 
@@ -207,29 +213,29 @@ def test_choice_is_reused_from_disk_by_a_fresh_process(fake_gpu):
     assert len(entries) == 2  # forward and backward
     tuning.clear_memory_cache()
     fake_gpu.calls.clear()
-    assert tuning.launch_config_2d(_layer(), _x(), True) == (16, 256, 16, 256, False)
+    assert _config(_layer(), _x(), True) == (16, 256, 16, 256, False)
     assert fake_gpu.calls == []
 
 
 def test_no_grad_resolves_the_forward_only(fake_gpu):
     layer = _layer()
     with torch.no_grad():
-        config = tuning.launch_config_2d(layer, _x(), needs_backward=torch.is_grad_enabled())
+        config = _config(layer, _x(), needs_backward=torch.is_grad_enabled())
     assert config == (16, 256, 8, 512, False)
     assert len(fake_gpu.calls) == 8 and "tile_size_backward=auto," in repr(layer)
 
 
 def test_explicit_values_bypass_tuning(fake_gpu, monkeypatch):
-    monkeypatch.setattr(tuning, "make_key", lambda *a: pytest.fail("explicit settings built a key"))
+    monkeypatch.setattr(tuning.resolve, "make_key", lambda *a: pytest.fail("explicit settings built a key"))
     layer = _layer(tile_size_forward=4, block_size_forward=64, tile_size_backward=8,
                    block_size_backward=128, backward_fast_mode=False)
-    assert tuning.launch_config_2d(layer, _x(), True) == (4, 64, 8, 128, False)
+    assert _config(layer, _x(), True) == (4, 64, 8, 128, False)
     assert fake_gpu.calls == []
 
 
 def test_partly_explicit_searches_only_the_auto_settings(fake_gpu):
     layer = _layer(tile_size_forward=4, block_size_backward=64)
-    config = tuning.launch_config_2d(layer, _x(), True)
+    config = _config(layer, _x(), True)
     assert config == (4, 256, 16, 64, False)
     assert {c["tile_size"] for c in fake_gpu.calls if "fast_mode" not in c} == {4}
     assert {c["block_size"] for c in fake_gpu.calls if "fast_mode" in c} == {64}
@@ -240,16 +246,16 @@ def test_refused_candidates_are_skipped(fake_gpu):
     layer = _layer()
     # tile 16 would be the fastest: it was tried in both modes, and the choice is the best
     # of the rest (tiles 4 and 8 tie, the default tile 8 was timed first)
-    assert tuning.launch_config_2d(layer, _x(), True) == (8, 256, 8, 256, False)
+    assert _config(layer, _x(), True) == (8, 256, 8, 256, False)
     assert {c["tile_size"] for c in fake_gpu.calls} == {4, 8, 16}
 
 
 def test_nothing_fits_falls_back_to_the_default_and_is_not_retried(fake_gpu):
     fake_gpu.refuse = (4, 8, 16)
     layer = _layer()
-    assert tuning.launch_config_2d(layer, _x(), True) == (8, 1024, 8, 512, False)
+    assert _config(layer, _x(), True) == (8, 1024, 8, 512, False)
     fake_gpu.calls.clear()
-    tuning.launch_config_2d(layer, _x(), True)
+    _config(layer, _x(), True)
     assert fake_gpu.calls == [] and not os.path.exists(tuning.cache_path())
 
 
@@ -257,7 +263,7 @@ def test_tuning_off_uses_the_defaults(fake_gpu, monkeypatch):
     _layer()(_x())  # a timed choice in the cache...
     fake_gpu.calls.clear()
     monkeypatch.setenv(tuning.ENV_TUNING, "off")
-    assert tuning.launch_config_2d(_layer(), _x(), True) == (8, 1024, 8, 512, False)
+    assert _config(_layer(), _x(), True) == (8, 1024, 8, 512, False)
     assert fake_gpu.calls == []  # ...is not used, and nothing is timed
 
 
@@ -267,22 +273,22 @@ def test_no_timing_during_graph_capture_then_timed_later(fake_gpu, monkeypatch):
     x = _x().detach().as_subclass(CudaLooking)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     layer = _layer()
-    assert tuning.launch_config_2d(layer, x, True) == (8, 1024, 8, 512, False)
+    assert _config(layer, x, True) == (8, 1024, 8, 512, False)
     assert fake_gpu.calls == []
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    assert tuning.launch_config_2d(layer, _x(), True) == (16, 256, 16, 256, False)
+    assert _config(layer, _x(), True) == (16, 256, 16, 256, False)
     assert fake_gpu.calls
 
 
 def test_no_timing_while_compiling(fake_gpu, monkeypatch):
     layer = _layer()
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert tuning.launch_config_2d(layer, _x(), True) == (8, 1024, 8, 512, False)
+    assert _config(layer, _x(), True) == (8, 1024, 8, 512, False)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
-    tuning.launch_config_2d(layer, _x(), True)
+    _config(layer, _x(), True)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     fake_gpu.calls.clear()
-    assert tuning.launch_config_2d(layer, _x(), True) == (16, 256, 16, 256, False)  # last eager
+    assert _config(layer, _x(), True) == (16, 256, 16, 256, False)  # last eager
     assert fake_gpu.calls == []
 
 
@@ -294,7 +300,7 @@ def test_search_is_a_coordinate_search():
         timed.append(choice)
         return 5.0 - (choice["tile_size"] == 4) - (choice["block_size"] == 32) * 2
 
-    choice, ms, default_ms = tuning._search(options, time_choice)
+    choice, ms, default_ms = tuning.search.coordinate_search(options, time_choice)
     assert choice == {"tile_size": 4, "block_size": 32, "fast_mode": False}
     assert (ms, default_ms) == (2.0, 5.0) and len(timed) == 6 + 2
 
@@ -360,7 +366,7 @@ def test_gpu_auto_resolves_and_matches_explicit():
     x = (torch.randn(64, 3000, device="cuda") * 1.5).requires_grad_(True)
     y = layer(x)
     y.sum().backward()
-    choice = layer._tuned_choices
+    choice = layer._launch_resolver.choices
     assert set(choice) == {"forward", "backward"}
     entries = json.load(open(tuning.cache_path()))["entries"]
     assert len(entries) == 2 and all(e["ms"] > 0 for e in entries.values())
@@ -376,11 +382,11 @@ def test_gpu_choice_reused_by_a_fresh_process():
             "import torch; from lmKAN import LMKAN2DLayer, tuning\n"
             "layer = LMKAN2DLayer(8, 64, 48).cuda()\n"
             "layer(torch.randn(64, 3000, device='cuda', requires_grad=True)).sum().backward()\n"
-            "print(json.dumps(layer._tuned_choices, sort_keys=True))\n")
+            "print(json.dumps(layer._launch_resolver.choices, sort_keys=True))\n")
     first = run_python(code)
     assert first.returncode == 0, first.stderr
     # The second process must not time: its timer fails the run if called.
-    second = run_python(code.replace("layer = ", "tuning._timer = None\nlayer = ", 1))
+    second = run_python(code.replace("layer = ", "tuning.search._timer = None\nlayer = ", 1))
     assert second.returncode == 0, second.stderr
     assert first.stdout == second.stdout
 
@@ -427,7 +433,7 @@ def test_measure_groups_short_runs(monkeypatch):
     def fake_event_ms(run, count):
         counts.append(count)
         return 0.02  # a 20-microsecond kernel
-    monkeypatch.setattr(tuning, "_event_ms", fake_event_ms)
+    monkeypatch.setattr(tuning.search, "_event_ms", fake_event_ms)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     runs = []
     assert tuning.measure_ms(lambda: runs.append(1)) == 0.02
@@ -438,7 +444,164 @@ def test_measure_groups_short_runs(monkeypatch):
 def test_forced_tune_updates_layers_already_resolved(fake_gpu, monkeypatch):
     layer = _layer()
     x = _x()
-    assert tuning.launch_config_2d(layer, x, True) == (16, 256, 16, 256, False)
-    monkeypatch.setattr(tuning, "_timer", lambda run, choice: 1.0 + (choice["tile_size"] != 4))
+    assert _config(layer, x, True) == (16, 256, 16, 256, False)
+    monkeypatch.setattr(tuning.search, "_timer", lambda run, choice: 1.0 + (choice["tile_size"] != 4))
     lmKAN.tune(layer, x.detach(), force=True)
-    assert tuning.launch_config_2d(layer, x, True) == (4, 1024, 4, 512, False)  # ties: default block
+    assert _config(layer, x, True) == (4, 1024, 4, 512, False)  # ties: default block
+
+
+# --- package structure: no import cycle, one device cache, the layer owns its state -------
+
+TUNING_DIR = os.path.join(WORKTREE, "lmKAN", "tuning")
+TUNING_MODULES = sorted(f[:-3] for f in os.listdir(TUNING_DIR) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("module", TUNING_MODULES)
+def test_each_tuning_module_imports_first_in_a_fresh_process(module):
+    """Each tuning module imports first in a fresh interpreter. (Python runs lmKAN/__init__
+    first, which imports the layers, which import the tuning package; the scan below
+    guards the tuning modules' own imports.)"""
+    name = "lmKAN.tuning" + ("" if module == "__init__" else "." + module)
+    done = run_python(f"import sys; sys.path.insert(0, {WORKTREE!r})\nimport {name}")
+    assert done.returncode == 0, done.stderr
+
+
+def _lmkan_imports(path):
+    """(line, absolute lmKAN module or package attribute) of every import in `path`, and of
+    every importlib.import_module / __import__ call with a literal name."""
+    import ast
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module
+            else:  # relative to lmKAN.tuning (its modules are lmKAN.tuning.<name>)
+                parts = ["lmKAN", "tuning"][:max(3 - node.level, 0)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if node.module is None:  # "from .. import x": x is a module or a package attribute
+                found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, base))
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and getattr(node.func, "attr", getattr(node.func, "id", None))
+              in ("import_module", "__import__")):
+            found.append((node.lineno, str(node.args[0].value)))
+    return [(line, name) for line, name in found if name == "lmKAN" or name.startswith("lmKAN.")]
+
+
+def test_tuning_package_imports_no_layer_module_nor_the_package():
+    """The tuning package imports lmKAN's leaf modules only (ops, _extension, _device,
+    _constants, _version) and itself: never lmKAN (its __init__ imports the layers, which
+    import tuning), lmKAN.lmkan2d, lmKAN.lmkan1d or the CLI module lmKAN.tune."""
+    lmkan_dir = os.path.join(WORKTREE, "lmKAN")
+    bad = []
+    for module in TUNING_MODULES:
+        for line, name in _lmkan_imports(os.path.join(TUNING_DIR, module + ".py")):
+            inside = name.startswith("lmKAN.tuning")
+            leaf = name.count(".") == 1 and os.path.isfile(os.path.join(lmkan_dir, name[6:] + ".py"))
+            if not inside and not (leaf and name[6:] not in ("lmkan2d", "lmkan1d", "tune")):
+                bad.append(f"{module}.py:{line}: {name}")
+    assert bad == []
+
+
+def test_import_scan_sees_forbidden_imports(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("import lmKAN\nfrom .. import __version__\nfrom ..lmkan2d import X\n"
+                    "from . import key\nfrom .. import ops\ndef f():\n    from lmKAN import lmkan1d\n")
+    assert [name for _, name in _lmkan_imports(str(path))] == [
+        "lmKAN", "lmKAN.__version__", "lmKAN.lmkan2d", "lmKAN.tuning.key", "lmKAN.ops", "lmKAN"]
+
+
+def test_version_matches_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    from lmKAN._version import __version__
+    with open(os.path.join(WORKTREE, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["version"] == __version__ == lmKAN.__version__
+
+
+def test_every_subpackage_is_packaged():
+    """pyproject.toml lists every subpackage (setuptools installs only the listed ones: a
+    missing lmKAN.tuning would make an installed lmKAN fail on import)."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(WORKTREE, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    root = os.path.join(WORKTREE, "lmKAN")
+    found = {"lmKAN"} | {"lmKAN." + d for d in os.listdir(root)
+                         if os.path.isfile(os.path.join(root, d, "__init__.py"))}
+    assert found <= listed
+
+
+def test_one_device_cache_serves_signatures_and_limits(monkeypatch):
+    from lmKAN import _device
+    from lmKAN.lmkan1d import _max_num_grids_1d
+    monkeypatch.setattr(_device, "_FACTS", {})
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: asked.append(i) or (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {i}")
+    monkeypatch.setattr(_device, "_ask_limit_2d", lambda t, m, i: asked.append((t, m, i)) or 100 + t)
+    monkeypatch.setattr(_device, "_ask_limit_1d", lambda i: asked.append(i) or 50)
+    monkeypatch.delenv("LMKAN_SMEM_BUDGET_KB", raising=False)
+    for _ in range(2):  # the second round is answered from the cache
+        assert _device.device_signature(torch.device("cuda", 3)) == ("GPU 3", "9.0")
+        assert lmKAN.max_num_grids(8, "forward", "cuda:3") == 108
+        assert _max_num_grids_1d(torch.device("cuda", 3)) == 50
+    assert asked == [3, (8, "forward", 3), 3]
+    monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", "64")  # the kernels' limits depend on it
+    lmKAN.max_num_grids(8, "forward", "cuda:3")
+    _device.device_signature(torch.device("cuda", 3))
+    assert asked == [3, (8, "forward", 3), 3, (8, "forward", 3)]
+    assert len(_device._FACTS) == 4
+
+
+def test_resolution_state_lives_in_the_resolver_not_the_layer(fake_gpu):
+    layer = _layer(backward_fast_mode="auto")
+    before = dict(layer.__dict__)
+    layer(_x()).sum().backward()
+    repr(layer)
+    assert set(layer.__dict__) == set(before)  # no attribute added to the layer
+    resolver = layer._launch_resolver
+    assert resolver is before["_launch_resolver"]
+    assert set(resolver.choices) == {"forward", "backward"} and len(resolver.memo) == 1
+
+
+def test_launch_config_without_a_resolver_remembers_nothing(fake_gpu):
+    layer = _layer()
+    assert tuning.launch_config_2d(layer, _x(), True) == (16, 256, 16, 256, False)
+    assert layer._launch_resolver.choices == {} and "tile_size_forward=auto," in repr(layer)
+    assert "tile_size_forward=auto," in tuning.describe(layer)
+    assert _config(layer, _x(), True) == (16, 256, 16, 256, False)  # cached: not timed again
+    assert "tile_size_forward=auto:16" in tuning.describe(layer, layer._launch_resolver)
+
+
+def _pickled_and_loaded(layer, tmp_path):
+    path = tmp_path / "layer.pt"
+    torch.save(layer, path)
+    return torch.load(path, weights_only=False)
+
+
+def test_pickled_layer_keeps_its_choices_and_drops_its_memo(fake_gpu, tmp_path):
+    layer = _layer()
+    layer(_x()).sum().backward()
+    loaded = _pickled_and_loaded(layer, tmp_path)
+    assert loaded._launch_resolver is not layer._launch_resolver
+    assert loaded._launch_resolver.choices == layer._launch_resolver.choices
+    assert loaded._launch_resolver.memo == {}  # keyed by this process's devices: not carried
+    assert repr(loaded) == repr(layer)
+    fake_gpu.calls.clear()
+    assert _config(loaded, _x(), True) == (16, 256, 16, 256, False) and fake_gpu.calls == []
+
+
+def test_layer_pickled_by_the_previous_version_loads(fake_gpu, tmp_path):
+    """lmKAN <= 0.3.0 kept the memo and choices in the layer's own attributes."""
+    layer = _layer()
+    del layer._launch_resolver
+    layer.__dict__["_tuning_memo"] = {("stale",): "ignored"}
+    layer.__dict__["_tuned_choices"] = {"forward": {"tile_size": 4, "block_size": 64}}
+    loaded = _pickled_and_loaded(layer, tmp_path)
+    assert "_tuning_memo" not in loaded.__dict__ and "_tuned_choices" not in loaded.__dict__
+    assert "tile_size_forward=auto:4, block_size_forward=auto:64" in repr(loaded)
+    loaded(_x()).sum().backward()
+    assert "tile_size_forward=auto:16" in repr(loaded)

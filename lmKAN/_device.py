@@ -1,0 +1,68 @@
+"""The one per-device cache of lmKAN's Python side: facts about a CUDA device that are
+asked for on many calls and do not change while the process runs.
+
+- device_signature: (GPU name, "major.minor"), part of every tuning key (lmKAN.tuning).
+- max_num_grids_2d / max_num_grids_1d: the largest num_grids each kernel family serves
+  from shared memory (the layers' checks before launch). The kernels read
+  LMKAN_SMEM_BUDGET_KB at every launch, so the budget is part of these entries' keys.
+
+Every entry sits in one dict keyed by (fact, device index, details...); the layers wrap the
+limits with torch.compiler.assume_constant_result where they are called under torch.compile.
+"""
+import torch
+
+from ._extension import smem_budget_key
+
+__all__ = ["device_index", "device_signature", "max_num_grids_2d", "max_num_grids_1d"]
+
+_FACTS = {}  # (fact name, device index, *details) -> value
+
+
+def device_index(device):
+    """The CUDA device index of `device` (a torch.device or its string); the current device
+    where it names none ("cuda")."""
+    device = torch.device(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _cached(key, compute, *args):
+    """_FACTS[key], computed by compute(*args) on the first request. Two threads may both
+    compute a missing entry; they get the same value, so the race is harmless."""
+    try:
+        return _FACTS[key]
+    except KeyError:
+        value = _FACTS[key] = compute(*args)
+        return value
+
+
+def device_signature(device):
+    """(GPU name, "major.minor" compute capability) of a CUDA device."""
+    index = device_index(device)
+    return _cached(("signature", index), _ask_signature, index)
+
+
+def _ask_signature(index):
+    major, minor = torch.cuda.get_device_capability(index)
+    return torch.cuda.get_device_name(index), f"{major}.{minor}"
+
+
+def max_num_grids_2d(tile_size, mode, device):
+    """The 2D kernels' limit for a tile size and mode (lmKAN.lmkan2d.max_num_grids)."""
+    index = device_index(device)
+    return _cached(("max_num_grids_2d", index, tile_size, mode, smem_budget_key()),
+                   _ask_limit_2d, tile_size, mode, index)
+
+
+def max_num_grids_1d(device):
+    """The 1D kernels' limit (LMKAN1DLayer's check)."""
+    index = device_index(device)
+    return _cached(("max_num_grids_1d", index, smem_budget_key()), _ask_limit_1d, index)
+
+
+# The ops are looked up when first asked (they exist only where the extension is built).
+def _ask_limit_2d(tile_size, mode, index):
+    return torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index)
+
+
+def _ask_limit_1d(index):
+    return torch.ops.lmkan.lmkan1d_max_num_grids(index)
