@@ -188,7 +188,9 @@ def _cuda_extension():
         _log(f"no GPU visible: TORCH_CUDA_ARCH_LIST defaults to {DEFAULT_ARCH_LIST}")
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(the visible GPUs')")
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*.cu")))
+    # csrc/ops.cpp (the schemas), csrc/common/ (shared primitives), one folder per op family
+    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True)
+                     + glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     n_cuda = sum(s.endswith(".cu") for s in sources)
     version_macros = [
         ("LMKAN_TORCH_VERSION", f'"{torch.__version__}"'),

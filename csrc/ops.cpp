@@ -1,6 +1,8 @@
-// Operator schemas of the lmkan library: declared here once, implemented per backend
-// in the .cu files (TORCH_LIBRARY_IMPL(lmkan, CUDA, m)). The CPU path is the pure-PyTorch
-// reference in lmKAN/_reference.py, so no CPU kernels are registered.
+// Operator schemas of the lmkan library, declared here once. Each op family has its folder
+// (lmkan2d/, lmkan1d/, regularizers/): host code, kernels, the CUDA implementations
+// (TORCH_LIBRARY_IMPL(lmkan, CUDA, m)) and the autograd (autograd.cpp); common/ holds the
+// primitives they share. The CPU path is the pure-PyTorch reference in lmKAN/_reference.py,
+// so no CPU kernels are registered.
 //
 // Shapes (G = num_grids):
 //   2D layer:  x [N_in, B] (batch_last) or [B, N_in]; params [G+1, G+1, N_out, N_in/2];

@@ -20,7 +20,7 @@ import lmKAN
 from lmKAN import _extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))  # list_elf.py
 
 
 def _setup_module():
@@ -88,7 +88,7 @@ def test_failed_cuda_build_stops_with_a_last_line_that_says_why(tmp_path):
     shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path)
     shutil.copytree(os.path.join(ROOT, "csrc"), tmp_path / "csrc")
     (tmp_path / "lmKAN").mkdir()
-    for source in glob.glob(str(tmp_path / "csrc" / "*.c*")):
+    for source in glob.glob(str(tmp_path / "csrc" / "**" / "*.c*"), recursive=True):
         text = open(source).read()
         with open(source, "w") as f:
             f.write("#error broken on purpose by test_build.py\n" + text)

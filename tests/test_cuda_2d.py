@@ -211,7 +211,7 @@ def test_odd_shapes(shape, block):
 @pytest.mark.parametrize("batch_last", (True, False))
 @pytest.mark.parametrize("tile", TILES)
 def test_sorted_backward_chunks_and_many_tiles(tile, batch_last):
-    """The non-deterministic backward (cell-sorted chunks, lmkan2d_runs.cu) with a wide output:
+    """The non-deterministic backward (cell-sorted chunks, csrc/lmkan2d/backward_runs.cu) with a wide output:
     the batch is sorted in several chunks (grad_y rows of 8 MB per chunk in normal mode,
     32 MB in fast mode) and each warp walks 18 output tiles, the last one ragged."""
     width = 8 * tile

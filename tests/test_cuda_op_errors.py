@@ -1,6 +1,6 @@
 """Every argument check of every CUDA op raises the documented Python exception, in process.
 
-The ops check their arguments in C++ (csrc/checks.h and each op's host code);
+The ops check their arguments in C++ (csrc/common/checks.h and each op's host code);
 TORCH_CHECK_VALUE raises ValueError and TORCH_CHECK_TYPE TypeError. These run in the test
 process itself: an extension whose C++ exceptions do not unwind (one linked against a static
 libstdc++, which setup.py now refuses to build) would end the session here, loudly.

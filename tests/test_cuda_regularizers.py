@@ -48,7 +48,7 @@ def _check(op, fn, params, borders, scale=1.0):
 
 
 @requires_gpu
-# The gradient kernel's window kinds (csrc/regularizers.cu): G <= 14 generic only (13: one
+# The gradient kernel's window kinds (csrc/regularizers/): G <= 14 generic only (13: one
 # chunk, 14: two), 15: left + right at the edge, 26: left + right, 28 and 42: interior
 # windows too, 64: three interior windows.
 @pytest.mark.parametrize("num_grids", [3, 4, 5, 7, 8, 13, 14, 15, 16, 26, 27, 28, 29, 31, 42, 64])

@@ -1,7 +1,7 @@
 """The shared-memory budgets of other GPUs, run on this one (LMKAN_SMEM_BUDGET_KB).
 
 Consumer GPUs (sm_86, sm_89, sm_120) let a block opt in to 99 KB of shared memory, the A100
-(sm_80) 163 KB, Hopper and B200 227 KB. The kernels plan with csrc/device_limits.h, where
+(sm_80) 163 KB, Hopper and B200 227 KB. The kernels plan with csrc/common/device_limits.h, where
 LMKAN_SMEM_BUDGET_KB caps the budget: at 99 and 163 KB the num_grids limits must be those
 README's limit table gives, and at and just past each limit (past it: the L2 fallbacks) the
 kernels must match the float64 reference.

@@ -4,12 +4,12 @@
 # only compute_80 code, which the driver compiles for the GPU at load time: the kernels' code
 # below sm_90 (cp.async instead of bulk copies, scalar float atomics) then runs on the H200.
 #
-#   bash benchmarks/arch_round.sh build          # both builds, one after the other, timed
-#   bash benchmarks/arch_round.sh test [PATHS]   # pytest on both builds at once (default: tests)
-#   bash benchmarks/arch_round.sh sanitize       # memcheck + racecheck of every kernel, both builds
-#   bash benchmarks/arch_round.sh bench          # bench_2d and bench_1d, one build after the other
-#   bash benchmarks/arch_round.sh buildall       # the whole default architecture list, timed
-#   bash benchmarks/arch_round.sh limits         # num_grids limits at 99 / 163 / 227 KB
+#   bash tools/arch_round.sh build          # both builds, one after the other, timed
+#   bash tools/arch_round.sh test [PATHS]   # pytest on both builds at once (default: tests)
+#   bash tools/arch_round.sh sanitize       # memcheck + racecheck of every kernel, both builds
+#   bash tools/arch_round.sh bench          # bench_2d and bench_1d, one build after the other
+#   bash tools/arch_round.sh buildall       # the whole default architecture list, timed
+#   bash tools/arch_round.sh limits         # num_grids limits at 99 / 163 / 227 KB
 #
 # Builds use the system compiler (CXX=/usr/bin/g++): see README, "The C++ compiler".
 # Logs and JSON go to $OUT (default benchmarks/results); a summary is printed last.
@@ -50,7 +50,7 @@ for stage in "$@"; do
       copy_tree /tmp/lmkan-all
       # no GPU visible to the build, as on a build machine: setup.py's default list
       BUILD_VISIBLE_DEVICES="" timed_build /tmp/lmkan-all "" "$OUT/build_all.log" || exit 1
-      $PY "$SRC/benchmarks/list_elf.py" /tmp/lmkan-all/lmKAN/_C*.so | tee -a "$OUT/summary.txt"
+      $PY "$SRC/tools/list_elf.py" /tmp/lmkan-all/lmKAN/_C*.so | tee -a "$OUT/summary.txt"
       grep "TORCH_CUDA_ARCH_LIST defaults" "$OUT/build_all.log" | tee -a "$OUT/summary.txt"
       ;;
     test)
@@ -68,7 +68,7 @@ for stage in "$@"; do
         for topic in 2d 1d reg; do
           for tool in memcheck racecheck; do
             (cd /tmp/lmkan-$b && export PYTHONPATH=/tmp/lmkan-$b && timeout ${SANITIZE_TIMEOUT:-400} compute-sanitizer --tool $tool \
-               $PY benchmarks/sanitize_$topic.py > "$OUT/san_${b}_${topic}_$tool.log" 2>&1
+               $PY tools/sanitize_$topic.py > "$OUT/san_${b}_${topic}_$tool.log" 2>&1
              echo "sanitize $b $topic $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
                "$OUT/san_${b}_${topic}_$tool.log" | tail -1)" >> "$OUT/summary.txt") &
           done
@@ -91,7 +91,7 @@ for stage in "$@"; do
       done; done
       ;;
     limits)
-      (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY benchmarks/smem_limits.py) | tee -a "$OUT/summary.txt"
+      (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY tools/smem_limits.py) | tee -a "$OUT/summary.txt"
       ;;
     *) echo "unknown stage $stage (build, buildall, test, sanitize, bench, limits)"; exit 2 ;;
   esac

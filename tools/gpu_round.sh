@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One round on a GPU machine, in stages so that it fits a 10-minute command:
-#   bash benchmarks/gpu_round.sh build     # build the extension (timed, 16 jobs)
-#   bash benchmarks/gpu_round.sh test      # every test, sanitizers on every kernel, error diag
-#   bash benchmarks/gpu_round.sh bench     # the benchmark scripts, JSON + tables
+#   bash tools/gpu_round.sh build     # build the extension (timed, 16 jobs)
+#   bash tools/gpu_round.sh test      # every test, sanitizers on every kernel
+#   bash tools/gpu_round.sh bench     # the benchmark scripts, JSON + tables
 # Logs and JSON go to $OUT (default benchmarks/results); a short summary is printed last.
 set -u
 OUT=${OUT:-benchmarks/results}
@@ -33,7 +33,7 @@ for stage in "$@"; do
       grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
       for topic in 2d 1d reg; do
         for tool in memcheck racecheck; do
-          timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool $PY benchmarks/sanitize_$topic.py \
+          timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool $PY tools/sanitize_$topic.py \
             > "$OUT/sanitize_tmp.log" 2>&1
           rc=$?
           cat "$OUT/sanitize_tmp.log" >> "$OUT/sanitize.log"
@@ -42,7 +42,6 @@ for stage in "$@"; do
         done
       done
       rm -f "$OUT/sanitize_tmp.log"
-      $PY benchmarks/diag_errors.py 2>&1 | tee -a "$OUT/summary.txt"
       ;;
     bench)
       # BENCH_TOPICS: which scripts (default all); BENCH_TIMEOUT: seconds each.

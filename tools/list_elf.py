@@ -1,6 +1,6 @@
 """The GPU code inside a built extension: one line of cubin architectures, one of PTX.
 
-  python benchmarks/list_elf.py lmKAN/_C*.so
+  python tools/list_elf.py lmKAN/_C*.so
 
 Uses cuobjdump (CUDA_HOME/bin, PATH, or the copy inside the triton package).
 """

@@ -2,7 +2,7 @@
 
     ncu --clock-control none -k regex:forward_kernel --section SpeedOfLight \
         --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
-        python benchmarks/ncu_2d_forward.py [--grids 16] [--batch 262144] [--block 1024]
+        python tools/ncu_2d_forward.py [--grids 16] [--batch 262144] [--block 1024]
 """
 import argparse
 

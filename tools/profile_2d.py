@@ -1,11 +1,13 @@
 """Per-kernel times of one 2D forward+backward (torch.profiler), and its CUDA-event time.
 
-    python benchmarks/profile_2d.py [--cases G8,G26] [--tiles 4,8,16] [--fast 0,1]
+    python tools/profile_2d.py [--cases G8,G26] [--tiles 4,8,16] [--fast 0,1]
 
 For each case and backward configuration: the fwd+bwd median (CUDA events) and the
 kernels' GPU time in one step, so that dx, dP, packing and reductions are seen apart.
 """
 import argparse
+import os
+import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -13,7 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 from lmKAN import ops
 from lmKAN.grids import cdf_borders
 
-from _timing import cuda_median_ms, warm_up_gpu
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from _timing import cuda_median_ms, warm_up_gpu  # noqa: E402 (benchmarks/_timing.py)
 
 CASES = {"G8": (8, 512, 512, 1 << 18), "G26": (26, 256, 256, 1 << 18), "G16": (16, 512, 512, 1 << 18),
          "G26small": (26, 128, 128, 1024)}

@@ -1,7 +1,7 @@
 """Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize_1d.py
-    compute-sanitizer --tool racecheck python benchmarks/sanitize_1d.py
+    compute-sanitizer --tool memcheck python tools/sanitize_1d.py
+    compute-sanitizer --tool racecheck python tools/sanitize_1d.py
 """
 import os
 

@@ -1,7 +1,7 @@
 """Small launches of every LMKAN2DLayer kernel, for compute-sanitizer memcheck / racecheck.
 
-  compute-sanitizer --tool memcheck  python benchmarks/sanitize_2d.py
-  compute-sanitizer --tool racecheck python benchmarks/sanitize_2d.py
+  compute-sanitizer --tool memcheck  python tools/sanitize_2d.py
+  compute-sanitizer --tool racecheck python tools/sanitize_2d.py
 """
 import os
 

@@ -1,6 +1,6 @@
 """Small cases of every regulariser kernel, for compute-sanitizer (memcheck, racecheck).
 
-Usage: compute-sanitizer --tool memcheck python benchmarks/sanitize_reg.py
+Usage: compute-sanitizer --tool memcheck python tools/sanitize_reg.py
 Covers: one and several column chunks, partial chunks, sizes of 1, odd block fills, every
 window kind of the 2D gradient kernel (generic: G 3, 4, 14; left/right: 15, 26; interior:
 28, 64; generic middle windows: 200), the opt-in shared-memory path (G 3100), and the

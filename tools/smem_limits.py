@@ -3,10 +3,10 @@
 
 For each opt-in budget of a GPU family (99 KB: sm_86/89/120, 163 KB: sm_80, 227 KB:
 sm_90/100) the limits are read from the kernels' own planning code with
-LMKAN_SMEM_BUDGET_KB set (csrc/device_limits.h), on whatever GPU runs this; rows for budgets
+LMKAN_SMEM_BUDGET_KB set (csrc/common/device_limits.h), on whatever GPU runs this; rows for budgets
 above the GPU's own shared memory are skipped.
 
-  python benchmarks/smem_limits.py
+  python tools/smem_limits.py
 """
 import os
 

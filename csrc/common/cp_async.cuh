@@ -44,7 +44,7 @@ __device__ __forceinline__ void cp_async_wait() {
 // Below sm_90 an mbarrier wait polls (mbarrier.test_wait; try_wait, which suspends the warp
 // in hardware, exists from sm_90 only), and every failed poll is one more shared-memory access
 // on the pipe the kernels' table lookups are bound by. A waiting warp therefore sleeps
-// LMKAN_WAIT_BACKOFF_NS between polls (A7, benchmarks/NOTES.md: the Ampere path's G=16 forward
+// LMKAN_WAIT_BACKOFF_NS between polls (A7, docs/rounds/NOTES.md: the Ampere path's G=16 forward
 // 87.4 ms polling, 85.8 at 20 ns, 84.9 at 100 ns, 84.3 at 400 ns, on the H200). A compile-time
 // knob (NVCC_APPEND_FLAGS=-DLMKAN_WAIT_BACKOFF_NS=N) for measuring other GPUs; 0 polls.
 #ifndef LMKAN_WAIT_BACKOFF_NS

@@ -1,5 +1,5 @@
 // The per-device limits cache (device_limits.h).
-#include "device_limits.h"
+#include "common/device_limits.h"
 
 #include <algorithm>
 #include <cstdint>

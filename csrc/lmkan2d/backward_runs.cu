@@ -39,8 +39,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 
-#include "checks.h"
-#include "lmkan2d_common.cuh"
+#include "common/checks.h"
+#include "lmkan2d/device.cuh"
 
 namespace lmkan {
 namespace lmkan2d {

@@ -36,8 +36,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 
-#include "cp_async.cuh"
-#include "lmkan2d_common.cuh"
+#include "common/cp_async.cuh"
+#include "lmkan2d/device.cuh"
 
 namespace lmkan {
 namespace lmkan2d {

@@ -1,0 +1,57 @@
+// Autograd of lmkan1d_forward (common/autograd.h says why in C++). The backward saves x,
+// params and borders (no copies) and calls lmkan1d_backward with the forward's settings;
+// borders get no gradient (a fixed grid).
+#include <torch/library.h>
+
+#include "common/autograd.h"
+
+namespace lmkan {
+namespace lmkan1d {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using Lmkan1dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
+                                    bool, bool);
+using Lmkan1dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool, bool);
+
+struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& params,
+                            const at::Tensor& borders, bool uniform_grid, bool batch_last,
+                            bool deterministic) {
+    static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
+    ctx->save_for_backward({x, params, borders});
+    ctx->saved_data["uniform_grid"] = uniform_grid;
+    ctx->saved_data["batch_last"] = batch_last;
+    ctx->saved_data["deterministic"] = deterministic;
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(x, params, borders, uniform_grid, batch_last, deterministic);
+  }
+
+  // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 4 arguments.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
+    const auto saved = ctx->get_saved_variables();
+    auto [grad_x, grad_p] =
+        op.call(grad_outputs[0].contiguous(), saved[0], saved[1], saved[2],
+                ctx->saved_data["uniform_grid"].toBool(), ctx->saved_data["batch_last"].toBool(),
+                ctx->saved_data["deterministic"].toBool());
+    return {grad_x, grad_p, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor lmkan1d_forward_autograd(const at::Tensor& x, const at::Tensor& params,
+                                    const at::Tensor& borders, bool uniform_grid, bool batch_last,
+                                    bool deterministic) {
+  return Lmkan1dFunction::apply(x, params, borders, uniform_grid, batch_last, deterministic);
+}
+
+}  // namespace
+}  // namespace lmkan1d
+}  // namespace lmkan
+
+TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
+  m.impl("lmkan1d_forward", &lmkan::lmkan1d::lmkan1d_forward_autograd);
+}

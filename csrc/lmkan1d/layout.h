@@ -1,0 +1,157 @@
+// LMKAN1DLayer / KANLayer kernels: what the kernels (tiles.cu, grad_params.cu) and the host
+// code (ops.cpp) share: launch shapes, argument structs, shared-memory sizes, the launchers.
+//
+// CUDA kernels of the 1D linear-spline layer (docs/spec.md section 4):
+//   y[o] = sum_i (1 - d) C[k, o, i] + d C[k+1, o, i],   (k, d) = cell of x[i].
+//
+// Forward and dx share one shape ("tiled" kernels): the 32 lanes of a warp own 32 x 4
+// CONSECUTIVE outputs (a float4 each) of one 128-output tile, so every table read of a warp
+// is one 512-byte row, 4 conflict-free wavefronts, and a sample's cell is a warp-uniform
+// broadcast. The table is packed once per call (pack kernel) as [tile][input][row][128], so
+// the slice of a stage of inputs is one contiguous block that cp.async copies into shared
+// memory (double buffered). A warp keeps 16 samples in registers.
+//   forward: rows are the node values C[k]; y tile accumulated in registers, written once.
+//   dx: rows are the slopes (C[k+1] - C[k]) / h_k; grad_y of the warp's 16 samples in
+//     registers; per (sample, input) a lane's partial dot product over its 4 outputs, summed
+//     over the 32 lanes by a transpose-reduce (31 shuffles per 32 sums). The block loops over
+//     all output tiles itself, so grad_x is written by one thread per entry: no atomics,
+//     deterministic.
+// dC, G <= 31 (grouped): a warp owns one input and 64 outputs (a float2 per lane); per chunk
+//   of 256 samples it counting-sorts them by cell and walks the cells in order, summing a run
+//   of one cell in registers into node sums that stay in registers for the whole batch slice.
+//   Per (sample, input) it reads shared memory twice (sorted entry, dy row), writes nothing.
+// dC, larger G: a warp owns two inputs and 32 outputs (lanes); for a chunk of samples it reads
+//   each sample's cells (broadcast) and dy[s, o] and updates its own columns of a shared-memory
+//   accumulator (thread-exclusive: no shared atomics). The two inputs are independent
+//   read-modify-write chains, interleaved to hide the shared-memory latency.
+// Both split the batch into slices; each block flushes once: global atomicAdd, or
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace lmkan {
+namespace lmkan1d {
+
+// ---- tiled kernels (forward, dx) ------------------------------------------------------------
+constexpr int kTileThreads = 512;
+constexpr int kTileWarps = kTileThreads / 32;
+constexpr int kTileOut = 128;                 // outputs per tile: 32 lanes x float4
+constexpr int kRowChunks = kTileOut / 4;      // float4s per table row
+constexpr int kWarpSamples = 16;              // samples per warp, in registers
+constexpr int kBlockSamples = kTileWarps * kWarpSamples;  // 256
+constexpr int kMaxStageInputs = 8;
+constexpr int kXPerLane = kMaxStageInputs * kWarpSamples / 32;  // x values a lane prefetches
+constexpr size_t kStageBudget = 64 * 1024;    // bytes of one table buffer, when rows allow
+
+// ---- dC configuration --------------------------------------------------------------------
+constexpr int kDcThreads = 256;
+constexpr int kDcWarps = kDcThreads / 32;
+constexpr int kDcInputs = 2 * kDcWarps;  // two inputs per warp
+constexpr int kDcChunk = 64;             // samples per staged chunk
+
+struct TileArgs {
+  const float* x;        // [N_in, B] (batch_last) or [B, N_in]
+  const float* packed;   // [tiles][n_in_pad][rows][128]
+  const float* borders;  // [G+1]
+  int64_t batch;
+  int n_in, n_in_pad, n_out, num_grids, rows, stage_inputs;
+  bool uniform, batch_last;
+  bool rows_only;  // cells hold only the row offset (int [input][16]; dx), else float2 (row, d)
+};
+
+
+// Shared memory of a tiled block: two table buffers, the warps' cells, the borders.
+inline size_t tile_smem_bytes(int rows, int stage_inputs, int num_grids) {
+  return sizeof(float) * 2 * stage_inputs * rows * kTileOut +
+         sizeof(float2) * kTileWarps * stage_inputs * kWarpSamples + sizeof(float) * (num_grids + 1);
+}
+
+// Inputs per stage: as many as kStageBudget holds (at least `min_inputs`, a multiple of it),
+// fewer where the two stages would not fit the device's shared memory `smem_limit` (99 KB on
+// consumer GPUs: there the stage, not kStageBudget, bounds it, so the num_grids limit is
+// set by one stage of min_inputs inputs, not by kStageBudget's 8).
+inline int tile_stage_inputs(int rows, int min_inputs, int num_grids, size_t smem_limit) {
+  int n = static_cast<int>(kStageBudget / (sizeof(float) * rows * kTileOut));
+  n = n / min_inputs * min_inputs;
+  n = n < min_inputs ? min_inputs : (n > kMaxStageInputs ? kMaxStageInputs : n);
+  while (n > min_inputs && tile_smem_bytes(rows, n, num_grids) > smem_limit) n -= min_inputs;
+  return n;
+}
+
+// Entry e of a stage's 16 x n (sample, input) cells: consecutive lanes take consecutive
+
+// Shared memory of the forward / dx kernels on a device allowing `smem_limit` per block.
+inline size_t fwd_smem_bytes(int num_grids, size_t smem_limit) {
+  const int rows = num_grids + 1;
+  return tile_smem_bytes(rows, tile_stage_inputs(rows, 1, num_grids, smem_limit), num_grids);
+}
+
+inline size_t dx_smem_bytes(int num_grids, size_t smem_limit) {
+  return tile_smem_bytes(num_grids, tile_stage_inputs(num_grids, 2, num_grids, smem_limit), num_grids);
+}
+
+// Shared memory of the dC kernel with a shared-memory accumulator (larger G).
+inline size_t dc_smem_bytes(int num_grids) {
+  return sizeof(float) * (kDcInputs * (num_grids + 1) * 32 + kDcChunk * 32) +
+         sizeof(float2) * kDcInputs * kDcChunk + sizeof(float) * (num_grids + 2);
+}
+
+// A warp owns one input and 64 outputs (a float2 per lane). Per chunk of 256 samples it sorts
+// its input's samples by cell (counting sort, ranks from __match_any_sync, so the order
+// depends only on the data) and walks the cells in order: a run of samples in cell k sums
+// g (1 - d) and g d in registers, then adds them to the node sums acc[k] and acc[k+1], which
+// stay in registers for the whole slice. Shared memory is read once per (sample, input) for
+// the sorted entry (a broadcast) and once for the dy row (2 wavefronts); nothing is written
+// per sample. The node sums need G+1 <= 32 registers pairs with static indices, hence the
+// fully unrolled cell loop and the G <= 31 limit (larger G use the kernel above).
+constexpr int kGcThreads = 256;
+constexpr int kGcWarps = kGcThreads / 32;  // = inputs per block
+constexpr int kGcOut = 64;                 // outputs per block: 32 lanes x float2
+constexpr int kGcChunk = 256;              // samples per chunk
+constexpr int kGcPerLane = kGcChunk / 32;  // samples a lane sorts
+constexpr int kGcMaxCells = 31;            // node sums in registers: G + 1 <= 32
+// dy row stride in floats: 16-byte aligned rows (float4 stores), and for batch-last's
+// transposed stores consecutive samples start 4 banks apart (4-way, not 32-way conflicts).
+constexpr int kGcDyStride = kGcOut + 4;
+
+static_assert(kGcWarps * (kGcMaxCells + 1) * kGcOut <= kGcChunk * kGcDyStride,
+              "the dy buffer must hold the flush buffer");
+
+inline size_t grouped_smem_bytes(int num_grids) {
+  return sizeof(float) * kGcChunk * kGcDyStride + 2 * sizeof(float2) * kGcWarps * kGcChunk +
+         sizeof(int) * kGcWarps * 32 + sizeof(float) * (num_grids + 1);
+}
+
+struct GroupedArgs {
+  const float* grad_y;  // like y: [N_out, B] (batch_last) or [B, N_out]
+  const float* x;       // [N_in, B] or [B, N_in]
+  const float* borders;  // [G+1]
+  float* out;  // accumulate ? grad_params (zeroed) : workspace [slices][G+1][N_out][N_in]
+  int64_t batch, slice_len;
+  int n_in, n_out, num_grids;
+  bool uniform, batch_last, accumulate;
+  bool vector_dy;  // batch-first grad_y rows can be read as float4 (N_out % 4 == 0, aligned)
+};
+
+// Launchers (tiles.cu, grad_params.cu): each sets its kernel's dynamic shared-memory limit
+// where it uses any, launches on `stream` and checks the launch.
+void launch_pack(dim3 grid, cudaStream_t stream, const float* params, const float* borders,
+                 float* packed, int n_in, int n_in_pad, int n_out, int num_grids, int rows,
+                 bool slopes, bool uniform);
+void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream);
+void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
+               size_t smem, cudaStream_t stream);
+void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* grad_y,
+                      const float* x, const float* borders, float* out, int64_t batch, int n_in,
+                      int n_out, int num_grids, bool uniform, bool batch_last, int64_t slice_len,
+                      bool accumulate);
+// Resident blocks per SM of the grouped dC kernel with `smem` bytes (sets its limit first).
+int grouped_dc_blocks_per_sm(size_t smem);
+void launch_grouped_dc(const GroupedArgs& a, dim3 grid, size_t smem, cudaStream_t stream);
+void launch_sum_slices(const float* ws, float* out, int64_t plane, int slices, cudaStream_t stream);
+
+}  // namespace lmkan1d
+}  // namespace lmkan

@@ -1,0 +1,314 @@
+// The 1D layer's ops on CUDA (host code): argument checks, launch planning (stage sizes,
+// batch slices, which dC kernel), lmkan1d_forward, lmkan1d_backward, lmkan1d_max_num_grids.
+// The kernels are in tiles.cu and grad_params.cu; layout.h has the scheme.
+#include <algorithm>
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/device_limits.h"
+#include "lmkan1d/layout.h"
+
+namespace lmkan {
+namespace lmkan1d {
+namespace {
+
+// The shared memory a block may use (device_limits.h: LMKAN_SMEM_BUDGET_KB applies).
+int max_dynamic_smem(int device) { return device_limits(device).smem_optin; }
+
+struct Shapes {
+  int64_t batch;
+  int n_in, n_out, num_grids;
+};
+
+Shapes check_args(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
+                  bool batch_last) {
+  check_layer_tensors(x, params, borders, 3);
+  Shapes sh;
+  sh.num_grids = static_cast<int>(params.size(0)) - 1;
+  TORCH_CHECK_VALUE(sh.num_grids >= 1, "params must have at least 2 node rows (G+1), got shape ",
+                    params.sizes());
+  TORCH_CHECK_VALUE(borders.size(0) == params.size(0), "borders must have G+1 = ",
+                    params.size(0), " entries (params.size(0)), got ", borders.size(0));
+  sh.n_out = static_cast<int>(params.size(1));
+  sh.n_in = static_cast<int>(params.size(2));
+  const int64_t x_in = batch_last ? x.size(0) : x.size(1);
+  TORCH_CHECK_VALUE(x_in == sh.n_in, "x must have ", sh.n_in, " input features (params.size(2)) along dim ",
+                    batch_last ? 0 : 1, ", got shape ", x.sizes());
+  sh.batch = batch_last ? x.size(1) : x.size(0);
+  return sh;
+}
+
+void check_smem(size_t need, int device, const char* which, int num_grids) {
+  const int limit = max_dynamic_smem(device);
+  TORCH_CHECK_VALUE(need <= static_cast<size_t>(limit), "lmkan1d ", which, ": num_grids=",
+                    num_grids, " needs ", need, " bytes of shared memory per block, the device allows ",
+                    limit, "; use a smaller num_grids");
+}
+
+int output_tiles(int n_out) { return (n_out + kTileOut - 1) / kTileOut; }
+
+// The packed table of the tiled kernels: node values (rows G+1) or slopes (rows G).
+at::Tensor pack_table(const at::Tensor& params, const at::Tensor& borders, const Shapes& sh,
+                      int n_in_pad, bool slopes, bool uniform_grid, cudaStream_t stream) {
+  const int rows = slopes ? sh.num_grids : sh.num_grids + 1;
+  at::Tensor packed = at::empty({output_tiles(sh.n_out), n_in_pad, rows, kTileOut}, params.options());
+  if (packed.numel() == 0) return packed;
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(output_tiles(sh.n_out)),
+                  static_cast<unsigned>((n_in_pad + 31) / 32));
+  launch_pack(grid, stream, params.data_ptr<float>(), borders.data_ptr<float>(),
+              packed.data_ptr<float>(), sh.n_in, n_in_pad, sh.n_out, sh.num_grids, rows, slopes,
+              uniform_grid);
+  return packed;
+}
+
+TileArgs tile_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& borders,
+                   const Shapes& sh, int n_in_pad, int rows, int min_stage_inputs,
+                   bool rows_only, bool uniform_grid, bool batch_last) {
+  TileArgs a;
+  a.x = x.data_ptr<float>();
+  a.packed = packed.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.batch = sh.batch;
+  a.n_in = sh.n_in;
+  a.n_in_pad = n_in_pad;
+  a.n_out = sh.n_out;
+  a.num_grids = sh.num_grids;
+  a.rows = rows;
+  a.stage_inputs = tile_stage_inputs(rows, min_stage_inputs, sh.num_grids,
+                                     static_cast<size_t>(max_dynamic_smem(x.get_device())));
+  a.uniform = uniform_grid;
+  a.batch_last = batch_last;
+  a.rows_only = rows_only;
+  return a;
+}
+
+unsigned sample_blocks(int64_t batch) {
+  const int64_t blocks = (batch + kBlockSamples - 1) / kBlockSamples;
+  TORCH_CHECK_VALUE(blocks < (int64_t{1} << 31), "batch ", batch, " is too large");
+  return static_cast<unsigned>(blocks);
+}
+
+// `deterministic` is accepted for the autograd registration (saved for the backward); the
+// forward kernel has no atomics and is deterministic either way.
+at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
+                                const at::Tensor& borders_in, bool uniform_grid, bool batch_last,
+                                bool deterministic) {
+  (void)deterministic;
+  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]
+  const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]
+  const at::Tensor borders = borders_in.contiguous();  // [G+1]
+  at::Tensor y = batch_last ? at::empty({sh.n_out, sh.batch}, x.options())
+                            : at::empty({sh.batch, sh.n_out}, x.options());
+  if (sh.batch == 0 || sh.n_out == 0) return y;
+  if (sh.n_in == 0) return y.zero_();
+  const size_t smem = fwd_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()));
+  check_smem(smem, x.get_device(), "forward", sh.num_grids);
+  const unsigned blocks = sample_blocks(sh.batch);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor packed = pack_table(params, borders, sh, sh.n_in, false, uniform_grid, stream);
+  const TileArgs a = tile_args(x, packed, borders, sh, sh.n_in, sh.num_grids + 1, 1, false,
+                               uniform_grid, batch_last);
+  launch_forward(a, y.data_ptr<float>(), dim3(blocks, output_tiles(sh.n_out)), smem, stream);
+  return y;
+}
+
+void run_dx(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
+            const at::Tensor& borders, const Shapes& sh, bool uniform_grid, bool batch_last,
+            at::Tensor& grad_x, cudaStream_t stream) {
+  const size_t smem = dx_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()));
+  check_smem(smem, x.get_device(), "backward (dx)", sh.num_grids);
+  const unsigned blocks = sample_blocks(sh.batch);
+  const int n_in_pad = (sh.n_in + 1) / 2 * 2;  // stages hold pairs of inputs
+  const at::Tensor slopes = pack_table(params, borders, sh, n_in_pad, true, uniform_grid, stream);
+  const TileArgs a = tile_args(x, slopes, borders, sh, n_in_pad, sh.num_grids, 2, true,
+                               uniform_grid, batch_last);
+  launch_dx(a, grad_y.data_ptr<float>(), grad_x.data_ptr<float>(), output_tiles(sh.n_out), blocks,
+            smem, stream);
+}
+
+// Slices of the batch for dC: enough blocks for ~8 per SM, each slice at least 4 chunks.
+int64_t dc_slices(const Shapes& sh, int sms) {
+  const int64_t tiles = static_cast<int64_t>((sh.n_out + 31) / 32) * ((sh.n_in + kDcInputs - 1) / kDcInputs);
+  int64_t slices = std::max<int64_t>(1, (int64_t{8} * sms + tiles - 1) / tiles);
+  slices = std::min<int64_t>(slices, std::max<int64_t>(1, sh.batch / (4 * kDcChunk)));
+  slices = std::min<int64_t>(slices, 65535);
+  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  return (sh.batch + slice_len - 1) / slice_len;
+}
+
+// Slices of the batch for the grouped dC: the fewest (each at least 4 chunks, at most 64)
+// whose blocks fill the resident slots of every wave, the last included, to at least 85%
+// (blocks do equal work, so a part-empty wave is lost time); else the best filling count.
+int64_t grouped_dc_slices(const Shapes& sh, int64_t tiles, int64_t slots) {
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(64, sh.batch / (4 * kGcChunk)));
+  int64_t best = 1;
+  double best_fill = 0.0;
+  for (int64_t slices = 1; slices <= most; ++slices) {
+    const int64_t blocks = tiles * slices;
+    const double fill = static_cast<double>(blocks) / (((blocks + slots - 1) / slots) * slots);
+    if (fill >= 0.85) return slices;
+    if (fill > best_fill + 1e-9) { best_fill = fill; best = slices; }
+  }
+  return best;
+}
+
+// Runs the dC kernel (`slices` batch slices per tile) and reduces the slices: one slice
+// stores straight into grad_params; several add atomically (any order) or, deterministic,
+// store into a per-slice workspace that is summed in slice order. `launch(out, accumulate)`.
+template <typename Launch>
+void run_dc_slices(int64_t slices, bool deterministic, at::Tensor& grad_params,
+                   cudaStream_t stream, Launch launch) {
+  const bool accumulate = slices > 1 && !deterministic;
+  const int64_t plane = grad_params.numel();
+  at::Tensor workspace = (slices > 1 && deterministic)
+                             ? at::empty({slices, plane}, grad_params.options())
+                             : grad_params;
+  if (accumulate) grad_params.zero_();
+  launch(workspace.data_ptr<float>(), accumulate);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (slices > 1 && deterministic) {
+    launch_sum_slices(workspace.data_ptr<float>(), grad_params.data_ptr<float>(), plane,
+                      static_cast<int>(slices), stream);
+  }
+}
+
+int device_sms(int device) { return device_limits(device).num_sms; }
+
+// dC for G <= kGcMaxCells: cell-grouped kernel.
+void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
+                       const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
+                       at::Tensor& grad_params, cudaStream_t stream) {
+  const int device = x.get_device();
+  const size_t smem = grouped_smem_bytes(sh.num_grids);
+  check_smem(smem, device, "backward (dC)", sh.num_grids);
+  const int per_sm = grouped_dc_blocks_per_sm(smem);
+  const int64_t tiles = static_cast<int64_t>((sh.n_out + kGcOut - 1) / kGcOut) *
+                        ((sh.n_in + kGcWarps - 1) / kGcWarps);
+  const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) * device_sms(device);
+  int64_t slices = grouped_dc_slices(sh, tiles, slots);
+  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  slices = (sh.batch + slice_len - 1) / slice_len;
+  GroupedArgs a;
+  a.grad_y = grad_y.data_ptr<float>();
+  a.x = x.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.batch = sh.batch;
+  a.slice_len = slice_len;
+  a.n_in = sh.n_in;
+  a.n_out = sh.n_out;
+  a.num_grids = sh.num_grids;
+  a.uniform = uniform_grid;
+  a.batch_last = batch_last;
+  a.vector_dy = !batch_last && sh.n_out % 4 == 0 &&
+                reinterpret_cast<uintptr_t>(a.grad_y) % 16 == 0;
+  const dim3 grid((sh.n_out + kGcOut - 1) / kGcOut, (sh.n_in + kGcWarps - 1) / kGcWarps,
+                  static_cast<unsigned>(slices));
+  run_dc_slices(slices, deterministic, grad_params, stream, [&](float* out, bool accumulate) {
+    a.out = out;
+    a.accumulate = accumulate;
+    launch_grouped_dc(a, grid, smem, stream);
+  });
+}
+
+// dC for larger G: shared-memory accumulator kernel.
+void launch_dc_shared(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
+                      const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
+                      at::Tensor& grad_params, cudaStream_t stream) {
+  const int device = x.get_device();
+  const size_t smem = dc_smem_bytes(sh.num_grids);
+  check_smem(smem, device, "backward (dC)", sh.num_grids);
+  const int64_t slices = dc_slices(sh, device_sms(device));
+  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  const dim3 grid((sh.n_out + 31) / 32, (sh.n_in + kDcInputs - 1) / kDcInputs,
+                  static_cast<unsigned>(slices));
+  run_dc_slices(slices, deterministic, grad_params, stream, [&](float* out, bool accumulate) {
+    launch_shared_dc(grid, smem, stream, grad_y.data_ptr<float>(), x.data_ptr<float>(),
+                     borders.data_ptr<float>(), out, sh.batch, sh.n_in, sh.n_out, sh.num_grids,
+                     uniform_grid, batch_last, slice_len, accumulate);
+  });
+}
+
+void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
+               const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
+               at::Tensor& grad_params, cudaStream_t stream) {
+  // The grouped kernel needs G <= 31, ~100 KB of shared memory (devices with less take the
+  // other kernel, whose limit is what lmkan1d_max_num_grids reports) and N_in / 8 blocks
+  // along grid y (<= 65535; the other kernel takes N_in / 16).
+  const bool grouped =
+      sh.num_grids <= kGcMaxCells && (sh.n_in + kGcWarps - 1) / kGcWarps <= 65535 &&
+      grouped_smem_bytes(sh.num_grids) <= static_cast<size_t>(max_dynamic_smem(x.get_device()));
+  if (grouped)
+    launch_dc_grouped(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
+  else
+    launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
+}
+
+std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_y_in,
+                                                         const at::Tensor& x_in,
+                                                         const at::Tensor& params_in,
+                                                         const at::Tensor& borders_in,
+                                                         bool uniform_grid, bool batch_last,
+                                                         bool deterministic) {
+  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  check_cuda_float(grad_y_in, "grad_y");
+  check_same_device(x_in, "x", grad_y_in, "grad_y");
+  check_dim(grad_y_in, 2, "grad_y");
+  const int64_t gy_out = batch_last ? grad_y_in.size(0) : grad_y_in.size(1);
+  const int64_t gy_batch = batch_last ? grad_y_in.size(1) : grad_y_in.size(0);
+  TORCH_CHECK_VALUE(gy_out == sh.n_out && gy_batch == sh.batch, "grad_y must have shape ",
+                    batch_last ? "[N_out, B] = [" : "[B, N_out] = [",
+                    batch_last ? sh.n_out : sh.batch, ", ", batch_last ? sh.batch : sh.n_out,
+                    "], got ", grad_y_in.sizes());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor grad_y = grad_y_in.contiguous();  // like y
+  const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]
+  const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]
+  const at::Tensor borders = borders_in.contiguous();  // [G+1]
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_params = at::empty_like(params);
+  if (sh.batch == 0 || sh.n_in == 0 || sh.n_out == 0) {
+    grad_x.zero_();
+    grad_params.zero_();
+    return {grad_x, grad_params};
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  run_dx(grad_y, x, params, borders, sh, uniform_grid, batch_last, grad_x, stream);
+  launch_dc(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
+  return {grad_x, grad_params};
+}
+
+}  // namespace
+
+// Largest G whose forward, dx and dC kernels all fit the device's shared memory, so the
+// layer can raise a clear error in Python before any launch.
+int64_t lmkan1d_max_num_grids(int64_t device_index) {
+  const size_t limit = static_cast<size_t>(max_dynamic_smem(static_cast<int>(device_index)));
+  int g = 0;
+  while (fwd_smem_bytes(g + 1, limit) <= limit && dx_smem_bytes(g + 1, limit) <= limit &&
+         dc_smem_bytes(g + 1) <= limit) {
+    ++g;
+  }
+  return g;
+}
+
+TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {
+  m.impl("lmkan1d_max_num_grids", &lmkan1d_max_num_grids);
+}
+
+TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
+  m.impl("lmkan1d_forward", &lmkan1d_forward_cuda);
+  m.impl("lmkan1d_backward", &lmkan1d_backward_cuda);
+}
+
+}  // namespace lmkan1d
+}  // namespace lmkan

@@ -1,0 +1,345 @@
+// The 1D layer's tiled kernels (layout.h has the scheme): table packing, forward, grad_x.
+#include <c10/cuda/CUDAException.h>
+
+#include "common/cp_async.cuh"
+#include "lmkan1d/device.cuh"
+
+namespace lmkan {
+namespace lmkan1d {
+namespace {
+
+// ==========================================================================================
+// Table packing (forward values or dx slopes)
+// ==========================================================================================
+// packed: [tiles][n_in_pad][rows][128] with packed[t][i][r][w] =
+//   values (rows = G+1): params[r, 128t + w, i]
+//   slopes (rows = G):   (params[r+1, o, i] - params[r, o, i]) / h_r,  o = 128t + w
+// and zero for o >= N_out or i >= N_in. params: [G+1, N_out, N_in]; borders: [G+1].
+// One block per (row r, output tile t, 32 inputs): read [128 outputs][32 inputs] of params
+// (consecutive threads: consecutive inputs, coalesced), transpose through shared memory
+// (rows padded to 33 floats: conflict-free both ways), write [32 inputs][128 outputs] of
+// packed (consecutive threads: consecutive outputs, coalesced).
+__global__ void lmkan1d_pack_kernel(const float* __restrict__ params,
+                                    const float* __restrict__ borders,
+                                    float* __restrict__ packed, int n_in, int n_in_pad,
+                                    int n_out, int num_grids, int rows, bool slopes,
+                                    bool uniform) {
+  __shared__ float block_tile[kTileOut][33];
+  const int r = blockIdx.x, t = blockIdx.y, i0 = blockIdx.z * 32;
+  const float inv_h = !slopes  ? 0.f
+                      : uniform ? num_grids / (borders[num_grids] - borders[0])
+                                : 1.f / (borders[r + 1] - borders[r]);
+  for (int e = threadIdx.x; e < kTileOut * 32; e += blockDim.x) {
+    const int w = e / 32, i = i0 + e % 32;
+    const int o = t * kTileOut + w;
+    float v = 0.f;
+    if (i < n_in && o < n_out) {
+      const float c0 = params[(static_cast<int64_t>(r) * n_out + o) * n_in + i];
+      v = slopes ? (params[(static_cast<int64_t>(r + 1) * n_out + o) * n_in + i] - c0) * inv_h : c0;
+    }
+    block_tile[w][e % 32] = v;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < kTileOut * 32; e += blockDim.x) {
+    const int i = i0 + e / kTileOut, w = e % kTileOut;
+    if (i < n_in_pad)
+      packed[((static_cast<int64_t>(t) * n_in_pad + i) * rows + r) * kTileOut + w] =
+          block_tile[w][e / kTileOut];
+  }
+}
+
+// ==========================================================================================
+// Tiled kernels: shared pieces
+// ==========================================================================================
+// Shared memory of a tiled block: two table buffers, the warps' cells, the borders.
+struct TileSmem {
+  float* table;   // [2][stage_inputs][rows][128]
+  float2* cells;  // this warp's [stage_inputs][16]: (float4 offset of row k in a buffer, d),
+                  // or with rows_only the offsets alone as int [stage_inputs][16]
+  float* borders;  // [G+1]
+  int stage_floats;
+};
+
+__device__ __forceinline__ TileSmem carve_tile_smem(float* smem, const TileArgs& a, int warp) {
+  TileSmem t;
+  t.stage_floats = a.stage_inputs * a.rows * kTileOut;
+  t.table = smem;
+  float2* all_cells = reinterpret_cast<float2*>(smem + 2 * t.stage_floats);
+  t.cells = all_cells + warp * a.stage_inputs * kWarpSamples;
+  t.borders = reinterpret_cast<float*>(all_cells + kTileWarps * a.stage_inputs * kWarpSamples);
+  return t;
+}
+
+// Entry e of a stage's 16 x n (sample, input) cells: consecutive lanes take consecutive
+// elements of x in memory (inputs for batch-first, samples for batch-last).
+__device__ __forceinline__ void stage_entry(int e, int n, bool batch_last, int& il, int& m) {
+  if (batch_last) { m = e % kWarpSamples; il = e / kWarpSamples; }
+  else            { il = e % n;           m = e / n; }
+}
+
+// Prefetch the x values of this warp's samples for inputs [i0, i0 + n) (0 outside x).
+__device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileArgs& a,
+                                             int64_t s_warp, int i0, int n, int lane) {
+#pragma unroll
+  for (int j = 0; j < kXPerLane; ++j) {
+    const int e = lane + 32 * j;
+    float v = 0.f;
+    if (e < n * kWarpSamples) {
+      int il, m;
+      stage_entry(e, n, a.batch_last, il, m);
+      const int i = i0 + il;
+      const int64_t s = s_warp + m;
+      if (i < a.n_in && s < a.batch)
+        v = a.batch_last ? a.x[static_cast<int64_t>(i) * a.batch + s] : a.x[s * a.n_in + i];
+    }
+    xr[j] = v;
+  }
+}
+
+// Cells of the prefetched x values into this warp's cell buffer.
+__device__ __forceinline__ void store_stage_cells(const TileSmem& t, const float (&xr)[kXPerLane],
+                                                  const TileArgs& a, int n, int lane) {
+#pragma unroll
+  for (int j = 0; j < kXPerLane; ++j) {
+    const int e = lane + 32 * j;
+    if (e < n * kWarpSamples) {
+      int il, m;
+      stage_entry(e, n, a.batch_last, il, m);
+      const Cell c = find_cell(xr[j], t.borders, a.num_grids, a.uniform);
+      const int row = (il * a.rows + c.index) * kRowChunks;
+      if (a.rows_only) reinterpret_cast<int*>(t.cells)[il * kWarpSamples + m] = row;
+      else             t.cells[il * kWarpSamples + m] = make_float2(__int_as_float(row), c.d);
+    }
+  }
+}
+
+// cp.async the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed).
+__device__ __forceinline__ void stage_table(float* buf, const TileArgs& a, int tile, int i0, int n) {
+  const float* src = a.packed + (static_cast<int64_t>(tile) * a.n_in_pad + i0) * a.rows * kTileOut;
+  const int chunks = n * a.rows * kRowChunks;
+  for (int e = threadIdx.x; e < chunks; e += kTileThreads) cp_async16(buf + 4 * e, src + 4 * e);
+}
+
+__device__ __forceinline__ float component(const float4& v, int c) {
+  return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
+}
+
+// The input pipeline of one tile: for every stage, `consume(table4, i0, n)` runs with the
+// stage's table buffer (float4 view) and this warp's cells in t.cells, for inputs [i0, i0+n). Stage st+1 is
+// copied (cp.async) and its x values loaded while stage st is consumed.
+template <typename Consume>
+__device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
+                                           int64_t s_warp, int lane, Consume consume) {
+  const int per = a.stage_inputs;
+  const int stages = (a.n_in_pad + per - 1) / per;
+  float xr[kXPerLane];
+  load_stage_x(xr, a, s_warp, 0, min(per, a.n_in_pad), lane);
+  stage_table(t.table, a, tile, 0, min(per, a.n_in_pad));
+  cp_async_commit();
+  for (int st = 0; st < stages; ++st) {
+    const int i0 = st * per;
+    const int n = min(per, a.n_in_pad - i0);
+    store_stage_cells(t, xr, a, n, lane);  // previous readers passed the trailing barrier
+    if (st + 1 < stages) {
+      const int i1 = i0 + per;
+      const int n1 = min(per, a.n_in_pad - i1);
+      load_stage_x(xr, a, s_warp, i1, n1, lane);
+      stage_table(t.table + ((st + 1) & 1) * t.stage_floats, a, tile, i1, n1);
+    }
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage st landed"
+    cp_async_wait<1>();
+    __syncthreads();
+    consume(reinterpret_cast<const float4*>(t.table + (st & 1) * t.stage_floats), i0, n);
+    __syncthreads();  // buffer st & 1 and the cells are free for the next stages
+  }
+}
+
+// ==========================================================================================
+// Forward
+// ==========================================================================================
+// a.packed: values, rows = G+1, n_in_pad = N_in; y: [N_out, B] (batch_last) or [B, N_out].
+// Grid: (ceil(B / 256), ceil(N_out / 128)), 512 threads. Shared memory: tile_smem_bytes.
+__global__ void __launch_bounds__(kTileThreads, 1)
+lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
+  extern __shared__ __align__(16) float smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const TileSmem t = carve_tile_smem(smem, a, warp);
+  const int tile = blockIdx.y;
+  const int64_t s_warp = static_cast<int64_t>(blockIdx.x) * kBlockSamples + warp * kWarpSamples;
+  load_borders(t.borders, a.borders, a.num_grids + 1);
+  __syncthreads();
+
+  float4 acc[kWarpSamples];
+#pragma unroll
+  for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
+
+  run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int, int n) {
+#pragma unroll 1
+    for (int il = 0; il < n; ++il) {
+      // Two samples' cells per broadcast read.
+      const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
+#pragma unroll
+      for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
+        const float4 c = cells4[m2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = __float_as_int(h == 0 ? c.x : c.z);
+          const float d = h == 0 ? c.y : c.w;
+          const float4 lo = table4[row + lane];
+          const float4 hi = table4[row + kRowChunks + lane];
+          const float w0 = 1.f - d;
+          float4& r = acc[2 * m2 + h];
+          r.x = fmaf(w0, lo.x, fmaf(d, hi.x, r.x));
+          r.y = fmaf(w0, lo.y, fmaf(d, hi.y, r.y));
+          r.z = fmaf(w0, lo.z, fmaf(d, hi.z, r.z));
+          r.w = fmaf(w0, lo.w, fmaf(d, hi.w, r.w));
+        }
+      }
+    }
+  });
+
+  const int o = tile * kTileOut + lane * 4;
+  const bool vector_store = !a.batch_last && (a.n_out & 3) == 0 && o < a.n_out;
+#pragma unroll
+  for (int m = 0; m < kWarpSamples; ++m) {
+    const int64_t s = s_warp + m;
+    if (s >= a.batch) continue;
+    if (vector_store) {
+      *reinterpret_cast<float4*>(y + s * a.n_out + o) = acc[m];
+      continue;
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (o + c >= a.n_out) continue;
+      const int64_t off = a.batch_last ? static_cast<int64_t>(o + c) * a.batch + s : s * a.n_out + o + c;
+      y[off] = component(acc[m], c);
+    }
+  }
+}
+
+// ==========================================================================================
+// Backward, dx
+// ==========================================================================================
+// v[0..N) of every lane -> v[0..N/2): lanes with bit N/2 set keep the upper half, the others
+// the lower half, each adding the partner's copy of the half it keeps.
+template <int N>
+__device__ __forceinline__ void fold_half(float (&v)[32], int lane) {
+  constexpr int H = N / 2;
+  const bool upper = (lane & H) != 0;
+#pragma unroll
+  for (int j = 0; j < H; ++j) {
+    const float send = upper ? v[j] : v[j + H];
+    const float keep = upper ? v[j + H] : v[j];
+    v[j] = keep + __shfl_xor_sync(0xffffffffu, send, H);
+  }
+}
+
+// Transpose-reduce: returns, in lane L, the sum over the 32 lanes of their v[L].
+__device__ __forceinline__ float reduce_scatter_32(float (&v)[32], int lane) {
+  fold_half<32>(v, lane);
+  fold_half<16>(v, lane);
+  fold_half<8>(v, lane);
+  fold_half<4>(v, lane);
+  fold_half<2>(v, lane);
+  return v[0];
+}
+
+__device__ __forceinline__ float dot4(const float4& a, const float4& b) {
+  return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, a.w * b.w)));
+}
+
+// a.packed: slopes, rows = G, n_in_pad = N_in rounded up to even (stages hold input pairs);
+// grad_y: like y; grad_x: like x, fully written. Grid: ceil(B / 256), 512 threads.
+__global__ void __launch_bounds__(kTileThreads, 1)
+lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
+                           float* __restrict__ grad_x, int tiles) {
+  extern __shared__ __align__(16) float smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const TileSmem t = carve_tile_smem(smem, a, warp);
+  const int64_t s_warp = static_cast<int64_t>(blockIdx.x) * kBlockSamples + warp * kWarpSamples;
+  load_borders(t.borders, a.borders, a.num_grids + 1);
+  __syncthreads();
+
+  // After the reduce, lane L holds the sum of sample L/2, input (L & 1) of the pair.
+  const int64_t s_mine = s_warp + (lane >> 1);
+  for (int tile = 0; tile < tiles; ++tile) {
+    float4 gy[kWarpSamples];  // grad_y of the warp's samples at this lane's 4 outputs
+    const int o = tile * kTileOut + lane * 4;
+#pragma unroll
+    for (int m = 0; m < kWarpSamples; ++m) {
+      const int64_t s = s_warp + m;
+      float g[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        g[c] = 0.f;
+        if (s < a.batch && o + c < a.n_out)
+          g[c] = a.batch_last ? grad_y[static_cast<int64_t>(o + c) * a.batch + s]
+                              : grad_y[s * a.n_out + o + c];
+      }
+      gy[m] = make_float4(g[0], g[1], g[2], g[3]);
+    }
+
+    run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int i0, int n) {
+#pragma unroll 1
+      for (int il = 0; il < n; il += 2) {
+        // This lane's entry of the pair's 32 sums; its previous value (earlier output
+        // tiles) is loaded first so that the load overlaps the dot products.
+        const int i = i0 + il + (lane & 1);
+        const bool mine = s_mine < a.batch && i < a.n_in;
+        const int64_t off = a.batch_last ? static_cast<int64_t>(i) * a.batch + s_mine
+                                         : s_mine * a.n_in + i;
+        const float prev = (mine && tile > 0) ? grad_x[off] : 0.f;
+        // Row offsets of four samples per broadcast read (rows_only cells).
+        const int4* rows_a = reinterpret_cast<const int4*>(t.cells) + il * (kWarpSamples / 4);
+        const int4* rows_b = rows_a + kWarpSamples / 4;
+        float part[32];  // [sample m][input of the pair]: index 2m + (0 or 1)
+#pragma unroll
+        for (int q = 0; q < kWarpSamples / 4; ++q) {
+          const int4 ra = rows_a[q], rb = rows_b[q];
+          const int row_a[4] = {ra.x, ra.y, ra.z, ra.w};
+          const int row_b[4] = {rb.x, rb.y, rb.z, rb.w};
+#pragma unroll
+          for (int h = 0; h < 4; ++h) {
+            const int m = 4 * q + h;
+            part[2 * m + 0] = dot4(gy[m], table4[row_a[h] + lane]);
+            part[2 * m + 1] = dot4(gy[m], table4[row_b[h] + lane]);
+          }
+        }
+        const float sum = reduce_scatter_32(part, lane);
+        // Tile 0 writes, later tiles add: the same thread owns this entry in every tile.
+        if (mine) grad_x[off] = tile == 0 ? sum : prev + sum;
+      }
+    });
+  }
+}
+
+void set_smem(const void* kernel, size_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+}
+
+}  // namespace
+
+void launch_pack(dim3 grid, cudaStream_t stream, const float* params, const float* borders,
+                 float* packed, int n_in, int n_in_pad, int n_out, int num_grids, int rows,
+                 bool slopes, bool uniform) {
+  lmkan1d_pack_kernel<<<grid, 256, 0, stream>>>(params, borders, packed, n_in, n_in_pad, n_out,
+                                                num_grids, rows, slopes, uniform);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream) {
+  set_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel), smem);
+  lmkan1d_forward_kernel<<<grid, kTileThreads, smem, stream>>>(a, y);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
+               size_t smem, cudaStream_t stream) {
+  set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dx_kernel), smem);
+  lmkan1d_backward_dx_kernel<<<blocks, kTileThreads, smem, stream>>>(a, grad_y, grad_x, tiles);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace lmkan1d
+}  // namespace lmkan

@@ -1,0 +1,134 @@
+// LMKAN2DLayer backward: grad_x (dx) and grad_params (dP).
+//
+// What runs (backward_cuda):
+// - Not deterministic (both modes): backward_by_runs (backward_runs.cu), grad_x and dP in one
+//   pass over cell-sorted chunks of the batch, unless it declines (num_grids past its cell
+//   histogram, or a narrow output whose padded grad_y copy would be large); then the
+//   kernels of grad_x.cu and grad_params.cu, with float atomics where they are faster.
+// - Deterministic, or declined (launch_backward):
+//   - dx: the forward kernel's scheme (dx_by_output_rows, output_lanes.cu); dx_kernel
+//     (grad_x.cu) only where deterministic mode has several output tiles to add in a fixed order.
+//   - dP (grad_params.cu): dp_sorted_kernel (cell-sorted chunks) when its accumulator fits in shared
+//     memory; dp_kernel otherwise (per-warp accumulator, in shared memory or, past that, in
+//     a global workspace).
+//
+// Lane layout (all kernels): the 32 lanes of a warp take W = 8 * TILE CONSECUTIVE outputs
+// of one output tile, K = TILE / 4 adjacent outputs per lane, and all lanes work on the same
+// (sample, pair) at a time. With the table packed as [n_tiles, P, cells, W], a corner of a
+// cell is one contiguous W-float row, so each corner access of a warp is K conflict-free
+// 128-byte wavefronts, and the sample's cell (index, d1, d2) is a warp-uniform broadcast.
+//
+// dx_kernel: a block walks every output tile for warps x SW samples (SW = 16, 32 at tile 4);
+// per tile a lane keeps grad_y of its warp's SW samples x K outputs in registers. It loops
+// over the input pairs, staging each pair's table slice [cells][W] and the cells of its
+// samples in shared memory. Per pair a lane forms its partial dy/dx1, dy/dx2 over its K
+// outputs for 16 samples at a time (32 values), one transpose-reduce over the warp leaves
+// lane l with the full sum of value l, and the thread that owns a dx entry adds each tile's
+// sum to it (no atomics, no workspace).
+//
+// dp_kernel (no shared-memory atomics): a warp owns one (output tile, pair) and a private
+// accumulator [cells][W] in which each lane owns its K columns, so the read-modify-write of
+// the 4 corners needs no atomics and has no races. A block (warps = consecutive pairs of one
+// output tile) walks a batch range in chunks: grad_y [chunk][W] is staged once per block,
+// each warp stages its pair's cells. The accumulator is flushed once, in the packed layout
+// [split, n_tiles, P, cells, W]: float atomics (REDG) into one zeroed copy when the batch is
+// split over blocks, plain stores when it is not or when deterministic (one copy per split,
+// summed in fixed order afterwards), then unpacked to [G+1, G+1, N_out, P].
+//
+// No num_grids ceiling: when the table slice (dx) or the accumulator (dP) does not fit in
+// shared memory, the same kernels read the table from global memory (L1/L2) and accumulate
+// in a private region of a global workspace (plain loads and stores, one warp per region).
+#include <tuple>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "lmkan2d/layout.h"
+
+namespace lmkan {
+namespace lmkan2d {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> launch_backward(int tile,
+    const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
+    const at::Tensor& gy, int64_t batch, int n_out, int n_pairs, int num_grids, int block,
+    bool batch_last, bool fast, bool deterministic, const DeviceLimits& lim) {
+  const int64_t in_dim = 2 * int64_t(n_pairs);
+  const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
+  const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
+  // grad_x by the forward kernel's scheme; dx_kernel (tiles added in a fixed order) where
+  // that would need atomics in deterministic mode
+  at::Tensor dx = dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic);
+  if (!dx.defined())
+    dx = dx_by_sample_tiles(x, params, borders, gy, tile, batch, n_out, n_pairs, num_grids, block,
+                            lim, xs_f, xs_b, gs_f, gs_b);
+  at::Tensor dp = dp_by_sorted_chunks(x, borders, gy, tile, batch, n_out, n_pairs, num_grids,
+                                      block, fast, batch_last, lim, xs_f, xs_b);
+  if (!dp.defined())
+    dp = dp_by_warp_accumulators(x, borders, gy, tile, batch, n_out, n_pairs, num_grids, block,
+                                 fast, batch_last, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  return {dx, dp};
+}
+
+
+}  // namespace
+
+// dP workspace [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) ->
+// [G+1, G+1, N_out, P].
+at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
+  const at::Tensor packed = ws.size(0) > 1 ? ws.sum(0) : ws.select(0, 0);
+  const int64_t side = num_grids + 1, n_tiles = ws.size(1), n_pairs = ws.size(2), w = ws.size(4);
+  return packed.permute({2, 0, 3, 1})
+      .reshape({side, side, n_tiles * w, n_pairs})
+      .narrow(2, 0, n_out)
+      .contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const at::Tensor& x_in,
+                                                 const at::Tensor& params_in,
+                                                 const at::Tensor& borders_in, bool batch_last,
+                                                 int64_t tile_size, int64_t block_size,
+                                                 bool fast_mode, bool deterministic) {
+  // grad_y: [N_out, B] (batch_last) or [B, N_out]; x: [N_in, B] or [B, N_in];
+  // params: [G+1, G+1, N_out, N_in/2]; borders: [G+1]. Returns (grad_x like x, grad_params).
+  check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_backward");
+  check_cuda_float(gy_in, "grad_y");
+  check_same_device(x_in, "x", gy_in, "grad_y");
+  check_dim(gy_in, 2, "grad_y");
+  const int64_t n_out = params_in.size(2);
+  const int64_t batch = batch_last ? x_in.size(1) : x_in.size(0);
+  const std::vector<int64_t> want = batch_last ? std::vector<int64_t>{n_out, batch}
+                                               : std::vector<int64_t>{batch, n_out};
+  TORCH_CHECK_VALUE(gy_in.sizes() == at::IntArrayRef(want), "lmkan2d_backward: grad_y must have shape ",
+                    at::IntArrayRef(want), ", got ", gy_in.sizes());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
+                   borders = borders_in.contiguous(), gy = gy_in.contiguous();
+  if (batch == 0) return {at::empty_like(x), at::zeros_like(params)};
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int n_pairs = static_cast<int>(params.size(3));
+  const DeviceLimits lim = device_limits(x.device().index());
+  const int block = static_cast<int>(block_size);
+  const int n = static_cast<int>(n_out);
+  if (!deterministic) {
+    // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
+    // cell, a 4x larger sorted buffer)
+    auto runs = backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
+                                 block, fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal);
+    if (std::get<0>(runs).defined()) return runs;
+  }
+  return launch_backward(static_cast<int>(tile_size), x, params, borders, gy, batch, n, n_pairs,
+                         num_grids, block, batch_last, fast_mode, deterministic, lim);
+}
+
+}  // namespace lmkan2d
+}  // namespace lmkan
+
+TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
+  m.impl("lmkan2d_backward", &lmkan::lmkan2d::backward_cuda);
+}

@@ -1,0 +1,132 @@
+// Device helpers shared by the LMKAN2DLayer kernels: the warp transpose-reduce, a sample's
+// pair cell, K-wide row loads and stores, and the read-modify-write of a cell's 4 corners.
+#pragma once
+#include <cstdint>
+
+#include "common/grid.cuh"
+#include "lmkan2d/layout.h"
+
+namespace lmkan {
+namespace lmkan2d {
+
+// N values per lane in (N = 16 or 32), N warp-wide sums out: afterwards v[0] of lane l
+// holds the sum over all 32 lanes of v[l % N]. Recursive halving: at the step of width HALF
+// a lane keeps the half of its values whose index bit HALF equals its own lane bit and sends
+// the other half to lane ^ HALF (N - 1 shuffles), then lanes l and l ^ N, ... add up.
+template <int N, int HALF>
+__device__ __forceinline__ void transpose_reduce_step(float (&v)[N], int lane) {
+  const bool upper = (lane & HALF) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float keep = upper ? v[i + HALF] : v[i];
+    const float send = upper ? v[i] : v[i + HALF];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
+  }
+  if constexpr (HALF > 1) transpose_reduce_step<N, HALF / 2>(v, lane);
+}
+template <int N>
+__device__ __forceinline__ void transpose_reduce(float (&v)[N], int lane) {
+  transpose_reduce_step<N, N / 2>(v, lane);
+#pragma unroll
+  for (int width = N; width < 32; width *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
+}
+
+// Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2.
+__device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
+                                            const float* s_borders, int num_grids,
+                                            int64_t xs_f, int64_t xs_b, float2* inv_h) {
+  const int64_t f = 2 * int64_t(p);
+  const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
+  const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
+  if (inv_h != nullptr) {
+    *inv_h = make_float2(1.f / (s_borders[c1.index + 1] - s_borders[c1.index]),
+                         1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));
+  }
+  return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
+}
+
+// K consecutive floats of a lane from read-only global memory, one vector load (K * lane
+// floats into a W-float row: aligned).
+template <int K>
+__device__ __forceinline__ void load_row(const float* p, float (&v)[K]) {
+  if constexpr (K == 4) {
+    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+  } else if constexpr (K == 2) {
+    const float2 t = __ldg(reinterpret_cast<const float2*>(p));
+    v[0] = t.x; v[1] = t.y;
+  } else {
+    v[0] = __ldg(p);
+  }
+}
+
+// K consecutive floats (16/8/4-byte aligned: K * lane floats into a W-float row).
+template <int K>
+__device__ __forceinline__ void load_k(const float* p, float (&v)[K]) {
+  if constexpr (K == 4) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+  } else if constexpr (K == 2) {
+    const float2 t = *reinterpret_cast<const float2*>(p);
+    v[0] = t.x; v[1] = t.y;
+  } else {
+    v[0] = p[0];
+  }
+}
+
+template <int K>
+__device__ __forceinline__ void store_k(float* p, const float (&v)[K]) {
+  if constexpr (K == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  } else if constexpr (K == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  } else {
+    p[0] = v[0];
+  }
+}
+
+// Corner j = 2a + b of a cell, (i1+a, i2+b), relative to the cell's row in a [cells][W]
+// array: distinct rows for the 4 corners.
+__device__ __forceinline__ int corner_offset(int j, int side, int width) {
+  return ((j >> 1) * side + (j & 1)) * width;
+}
+
+// The 4 corners of a cell at q (a lane's K columns).
+template <int K>
+__device__ __forceinline__ void load_corners(const float* q, int side, float (&r)[4][K]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) load_k<K>(q + corner_offset(j, side, 32 * K), r[j]);
+}
+
+template <int K>
+__device__ __forceinline__ void store_corners(float* q, int side, const float (&r)[4][K]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) store_k<K>(q + corner_offset(j, side, 32 * K), r[j]);
+}
+
+// r += g * the bilinear weights of (d1, d2) at the 4 corners.
+template <int K>
+__device__ __forceinline__ void add_sample(float (&r)[4][K], const float (&g)[K], float d1,
+                                           float d2) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float g1 = g[k] * d1, g0 = g[k] - g1;  // g * d1, g * (1 - d1)
+    r[0][k] += g0 - g0 * d2;
+    r[1][k] += g0 * d2;
+    r[2][k] += g1 - g1 * d2;
+    r[3][k] += g1 * d2;
+  }
+}
+
+// Read-modify-write of one sample's 4 corners (all loads, then all stores).
+template <int K>
+__device__ __forceinline__ void update_cell(float* q, int side, const float (&g)[K], float d1,
+                                            float d2) {
+  float r[4][K];
+  load_corners<K>(q, side, r);
+  add_sample<K>(r, g, d1, d2);
+  store_corners<K>(q, side, r);
+}
+
+}  // namespace lmkan2d
+}  // namespace lmkan

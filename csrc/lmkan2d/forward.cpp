@@ -1,0 +1,73 @@
+// The lmkan2d_forward op on CUDA: argument checks, the batch-first transposes, and the
+// choice of kernel: the sample-lanes kernel (forward_sample_lanes.cu) wherever one table
+// slice fits in shared memory, the output-lanes kernel (output_lanes.cu) past that.
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "lmkan2d/layout.h"
+
+namespace lmkan {
+namespace lmkan2d {
+
+void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
+                  bool batch_last, int64_t tile_size, int64_t block_size, const char* op) {
+  check_layer_tensors(x, params, borders, 4);
+  TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16, op,
+                    ": tile_size must be 4, 8 or 16, got ", tile_size);
+  TORCH_CHECK_VALUE(block_size >= 32 && block_size <= 1024 && block_size % 32 == 0, op,
+                    ": block_size must be a multiple of 32 in [32, 1024], got ", block_size);
+  const int64_t side = params.size(0);
+  TORCH_CHECK_VALUE(side >= 4 && params.size(1) == side, op,
+                    ": params must be [G+1, G+1, N_out, N_in/2] with G >= 3, got shape ",
+                    params.sizes());
+  TORCH_CHECK_VALUE(borders.size(0) == side, op, ": borders must have G+1=", side,
+                    " entries, got ", borders.size(0));
+  const int64_t in_dim = batch_last ? x.size(0) : x.size(1);
+  TORCH_CHECK_VALUE(in_dim == 2 * params.size(3), op, ": x has ", in_dim,
+                    " input features but params expects input_dim=2*", params.size(3), "=",
+                    2 * params.size(3), " (x shape ", x.sizes(), ", batch_last=", batch_last, ")");
+  TORCH_CHECK_VALUE(params.size(2) >= 1, op, ": output_dim must be >= 1, got ", params.size(2));
+}
+
+at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
+                        const at::Tensor& borders_in, bool batch_last, int64_t tile_size,
+                        int64_t block_size, int64_t backward_tile_size,
+                        int64_t backward_block_size, bool backward_fast_mode,
+                        bool deterministic) {
+  // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
+  check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  if (!batch_last) {
+    // Batch-first runs the batch-last kernel between two tiled transposes (x in, y out): at
+    // the docs/performance.md shapes they should cost ~3-4% of the forward, where the kernel's
+    // strided batch-first access (one sample's K outputs per lane: scattered rows) cost
+    // +5% (G=8), +11% (G=16) and +21% (G=26) in R4. Extra memory: one copy of x and of y.
+    const at::Tensor y_bl = forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size,
+                                         block_size, backward_tile_size, backward_block_size,
+                                         backward_fast_mode, deterministic);
+    return transpose(y_bl);
+  }
+  const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
+                   borders = borders_in.contiguous();
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
+  const DeviceLimits lim = device_limits(x.device().index());
+  // Lanes own samples (forward_sample_lanes.cu) wherever one table slice fits in shared
+  // memory (R34: G=16 74.0 ms against 110.1 for the output-lanes scheme, G=26 5.0 against
+  // 9.9). Past that, the output-lanes kernel (output_lanes.cu) reads the table through L1/L2
+  // with whole-row (coalesced) reads, where per-lane rows cost 5x (G=26 tile 16: 51.6
+  // against 11.0 ms).
+  // (Here x is batch-last: batch-first went through the transposes above.)
+  if (sample_lanes_smem_bytes(num_grids, 8 * tile, 1) <= lim.smem_optin)
+    return forward_by_sample_lanes(x, params, borders, tile, block);
+  return forward_by_output_lanes(x, params, borders, tile, block);
+}
+
+}  // namespace lmkan2d
+}  // namespace lmkan
+
+TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
+  m.impl("lmkan2d_forward", &lmkan::lmkan2d::forward_cuda);
+}

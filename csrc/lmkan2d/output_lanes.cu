@@ -1,0 +1,455 @@
+// LMKAN2DLayer: the output-lanes kernel, which serves grad_x (dx_by_output_rows) and the
+// forward for num_grids past the shared-memory limit (forward_by_output_lanes).
+//
+// Output-lanes scheme: a block owns an output tile of W = 32K outputs and a chunk of samples;
+// it loops over the input pairs (of its split) with each pair's table slice staged in shared
+// memory (or read through L1/L2), a warp takes one sample at a time with its lanes on
+// consecutive outputs, accumulates in registers and writes every output once (deterministic,
+// no atomics; small batches split the pairs over blocks and sum the partials in a fixed
+// order). It serves the grad_x of the deterministic backward (dx_by_output_rows), and the
+// forward for num_grids past the shared-memory limit, where its whole-row reads coalesce.
+#include <algorithm>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "common/cp_async.cuh"
+#include "lmkan2d/device.cuh"
+
+namespace lmkan {
+namespace lmkan2d {
+namespace {
+
+// ---- Forward kernel ------------------------------------------------------------------------
+//
+// Lane layout: a lane owns K CONSECUTIVE OUTPUTS (o = tile*W + K*lane + k, W = 32K) and reads
+// them as one K-wide vector (float, float2, float4), so the 32 lanes of a warp read one whole
+// W-float table row: conflict-free whatever the cells (K wavefronts, the minimum), with
+// compile-time row offsets and one load instruction per corner. A lane also owns M samples of
+// its warp; the block's warps take different samples of the same output tile and share the
+// staged table. Per (sample, pair) the warp reads the sample's cell (row offset, d1, d2) as one
+// broadcast float4 from shared memory, computes the 4 bilinear weights once, then does 4 vector
+// reads and 4K FMAs.
+// The table slice [cells][W] of a pair (one contiguous run of the packed table) is staged by
+// ONE bulk copy (TMA, cp.async.bulk; per-thread cp.async below sm_90, see cp_async.cuh)
+// completing on an mbarrier, into a ring of `nbuf` buffers:
+// with 2 buffers the copy of pair p+1 overlaps the compute of pair p, and no thread spends
+// load/store instructions on staging (per-thread 16-byte copies were ~30% of the MIO
+// instructions). Cells of pair p+1 are computed from x loads issued before the compute of
+// pair p. TABLE_IN_SMEM = false reads the packed table through L1/L2 instead (for num_grids
+// whose slice does not fit in shared memory).
+
+struct ForwardArgs {
+  const float* x;        // x: (f, b) at f*xs_f + b*xs_b
+  const float* packed;   // [n_tiles, P, cells, W]
+  const float* borders;  // [G+1]
+  float* y;              // y (or the split workspace): (o, b) at o*ys_f + b*ys_b, split * ys_split
+  int64_t batch;
+  int n_out, n_pairs, num_grids;
+  int pairs_per_split;   // pair range of blockIdx.z
+  int nbuf;              // staged table buffers (1 or 2; ignored when the table is read from global)
+  // dx mode only: grad_y (o, b) at o*gs_f + b*gs_b; y is then grad_x (layout of x), added
+  // to with float atomics unless `dx_single_writer` (one output tile and one pair split)
+  const float* gy;
+  int64_t gs_f, gs_b;
+  bool dx_single_writer;
+  int64_t xs_f, xs_b, ys_f, ys_b, ys_split;
+};
+
+// Cell info of (sample s, pair p) for the block's samples, from two x values.
+__device__ __forceinline__ float4 pair_info(float v1, float v2, const float* s_borders,
+                                            int num_grids, int side, int row_floats) {
+  const Cell c1 = cdf_cell(v1, s_borders, num_grids);
+  const Cell c2 = cdf_cell(v2, s_borders, num_grids);
+  return make_float4(__int_as_float((c1.index * side + c2.index) * row_floats), c1.d, c2.d, 0.f);
+}
+
+template <int K> struct Vec;
+template <> struct Vec<1> { using T = float; };
+template <> struct Vec<2> { using T = float2; };
+template <> struct Vec<4> { using T = float4; };
+__device__ __forceinline__ float elem(float v, int) { return v; }
+__device__ __forceinline__ float elem(float2 v, int k) { return k == 0 ? v.x : v.y; }
+__device__ __forceinline__ float elem(float4 v, int k) {
+  return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
+}
+
+// The 4 corners (c1, c2), (c1, c2+1), (c1+1, c2), (c1+1, c2+1) of a lane's K columns.
+template <int K, bool TABLE_IN_SMEM>
+__device__ __forceinline__ void load_corners(const float* q0, const float* q1,
+                                             typename Vec<K>::T (&c)[4]) {
+  using VecT = typename Vec<K>::T;
+  constexpr int W = 32 * K;
+  if constexpr (TABLE_IN_SMEM) {
+    c[0] = *reinterpret_cast<const VecT*>(q0);
+    c[1] = *reinterpret_cast<const VecT*>(q0 + W);
+    c[2] = *reinterpret_cast<const VecT*>(q1);
+    c[3] = *reinterpret_cast<const VecT*>(q1 + W);
+  } else {
+    c[0] = __ldg(reinterpret_cast<const VecT*>(q0));
+    c[1] = __ldg(reinterpret_cast<const VecT*>(q0 + W));
+    c[2] = __ldg(reinterpret_cast<const VecT*>(q1));
+    c[3] = __ldg(reinterpret_cast<const VecT*>(q1 + W));
+  }
+}
+
+// grad_x contributions of one pair for a warp's M samples (see forward_kernel, DX = true).
+// g: grad_y [M][K] of the lane; tab: the pair's table slice at the lane's columns; inf: the
+// warp's cells; b_warp: the warp's first sample.
+template <int K, int M, bool TABLE_IN_SMEM>
+__device__ __forceinline__ void dx_pair(const ForwardArgs& a, const float (&g)[M][K],
+                                        const float* tab, const float4* inf, int below,
+                                        const float* s_borders, int side, int lane,
+                                        int64_t b_warp, int pair) {
+  constexpr int W = 32 * K;
+  constexpr int R = M >= 16 ? 16 : M;  // samples per round: 2R partial sums per lane
+#pragma unroll
+  for (int r0 = 0; r0 < M; r0 += R) {
+    float part[2 * R];  // [r]: sum over the lane's outputs of g * dy/dd1; [R + r]: dy/dd2
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float4 v = inf[r0 + r];  // broadcast
+      const float* q0 = tab + __float_as_int(v.x);
+      typename Vec<K>::T c[4];
+      load_corners<K, TABLE_IN_SMEM>(q0, q0 + below, c);
+      float gA = 0.f, gB = 0.f, gC = 0.f, gD = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float gk = g[r0 + r][k];
+        gA = fmaf(gk, elem(c[0], k), gA);
+        gB = fmaf(gk, elem(c[1], k), gB);
+        gC = fmaf(gk, elem(c[2], k), gC);
+        gD = fmaf(gk, elem(c[3], k), gD);
+      }
+      part[r] = (1.f - v.z) * (gC - gA) + v.z * (gD - gB);
+      part[R + r] = (1.f - v.y) * (gB - gA) + v.y * (gD - gC);
+    }
+    transpose_reduce<2 * R>(part, lane);
+    if (lane < 2 * R) {  // lane: sample r0 + lane % R, input 2*pair + lane / R
+      const int r = lane % R, input = lane / R;
+      const int64_t b = b_warp + r0 + r;
+      if (b < a.batch) {
+        const int cell = __float_as_int(inf[r0 + r].x) / W;  // c1 * side + c2
+        const int c1 = cell / side;
+        const int c = input == 0 ? c1 : cell - c1 * side;
+        const float v = part[0] / (s_borders[c + 1] - s_borders[c]);  // dd/dx = 1/h
+        float* dst = a.y + (2 * int64_t(pair) + input) * a.ys_f + b * a.ys_b;
+        if (a.dx_single_writer) *dst = v;
+        else atomicAdd(dst, v);
+      }
+    }
+  }
+}
+
+// Forward (DX = false): 64 accumulators per thread (M*K = 64) for blocks of up to 256
+// threads, two per SM (<= 128 registers); 32 (M*K = 32) for 512- or 1024-thread blocks.
+// DX = true, the forward-shaped grad_x of the backward: the M x K registers hold grad_y of the
+// lane's samples and outputs; per (sample, pair) a lane forms its partial dy/dx1 and dy/dx2
+// over its K outputs, a transpose-reduce over rounds of 16 samples (8 at K = 4) finishes one
+// sum per lane (about one shuffle per sum), scaled by 1/h and added to grad_x.
+template <int K, int M, bool TABLE_IN_SMEM, bool DX = false>
+__global__ void __launch_bounds__(DX ? 512 : (M * K > 32 ? 256 : 1024),
+                                  DX ? 1 : (M * K > 32 ? 2 : 1))
+forward_kernel(const ForwardArgs a) {
+  using VecT = typename Vec<K>::T;
+  constexpr int W = 32 * K;              // outputs per tile (floats per table row)
+  constexpr int SPT = (M + 31) / 32;     // samples per thread in the cell computation
+  extern __shared__ __align__(16) float smem[];
+  const int side = a.num_grids + 1;
+  const int cells = side * side;
+  const int slice = cells * W;           // floats of one (tile, pair) table slice
+  const int warps = blockDim.x / 32;
+  const int nb = warps * M;              // samples per block
+  const int nbuf = TABLE_IN_SMEM ? a.nbuf : 0;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem);            // [2] one per buffer
+  float* table = smem + 4;                                       // [nbuf][cells][W]
+  float4* info = reinterpret_cast<float4*>(table + int64_t(nbuf) * slice);  // [2][nb]
+  float* s_borders = reinterpret_cast<float*>(info + 2 * nb);
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
+  if (TABLE_IN_SMEM && threadIdx.x == 0)
+    for (int i = 0; i < nbuf; ++i) mbarrier_init(bars + i, staging_arrivals());
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int tile = blockIdx.y;
+  const int64_t b0 = blockIdx.x * int64_t(nb);
+  const int p_begin = blockIdx.z * a.pairs_per_split;
+  const int p_end = min(a.n_pairs, p_begin + a.pairs_per_split);
+  const int np = p_end - p_begin;
+  const float* tile_table = a.packed + (int64_t(tile) * a.n_pairs + p_begin) * slice;
+
+  // x values of this thread's samples for one pair (loaded a pair ahead).
+  float xv1[SPT], xv2[SPT];
+  auto load_x = [&](int p) {
+#pragma unroll
+    for (int i = 0; i < SPT; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
+      const int64_t b = b0 + s;
+      xv1[i] = xv2[i] = 0.f;
+      if (s < nb && b < a.batch) {
+        const int64_t f = 2 * int64_t(p_begin + p);
+        xv1[i] = __ldg(a.x + f * a.xs_f + b * a.xs_b);
+        xv2[i] = __ldg(a.x + (f + 1) * a.xs_f + b * a.xs_b);
+      }
+    }
+  };
+  auto store_info = [&](int p) {
+#pragma unroll
+    for (int i = 0; i < SPT; ++i) {
+      const int s = threadIdx.x + i * blockDim.x;
+      if (s < nb) info[(p & 1) * nb + s] = pair_info(xv1[i], xv2[i], s_borders, a.num_grids, side, W);
+    }
+  };
+  // Start the copy of pair p into buffer p % nbuf: one thread (bulk copy), or every thread
+  // its share below sm_90 (cp_async.cuh); either way the buffer's barrier completes a phase.
+  auto stage = [&](int p) {
+    if constexpr (TABLE_IN_SMEM) {
+      if ((!kBulkCopy || threadIdx.x == 0) && p < np)
+        stage_to_shared(table + int64_t(p % nbuf) * slice, tile_table + int64_t(p) * slice,
+                        static_cast<unsigned>(slice) * 4u, bars + p % nbuf);
+    }
+  };
+  auto wait_staged = [&](int p) {  // the k-th use of a buffer completes its phase k % 2
+    if constexpr (TABLE_IN_SMEM) mbarrier_wait(bars + p % nbuf, (p / nbuf) & 1);
+  };
+
+  float acc[M][K];  // forward: the outputs; dx: grad_y, loaded once
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      acc[m][k] = 0.f;
+      if constexpr (DX) {
+        const int o = tile * W + K * lane + k;
+        const int64_t b = b0 + warp * M + m;
+        if (o < a.n_out && b < a.batch) acc[m][k] = __ldg(a.gy + int64_t(o) * a.gs_f + b * a.gs_b);
+      }
+    }
+
+  __syncthreads();  // borders, barriers
+  if (np > 0) { load_x(0); store_info(0); }
+  if (nbuf == 2) stage(0);
+  for (int p = 0; p < np; ++p) {
+    if (nbuf == 2) {
+      wait_staged(p);
+      __syncthreads();  // pair p's cells visible; every warp is done with pair p-1's buffer
+      stage(p + 1);
+    } else {
+      __syncthreads();  // pair p's cells visible; every warp is done with the buffer
+      stage(p);
+      wait_staged(p);
+    }
+    if (p + 1 < np) load_x(p + 1);
+
+    const float* tab;
+    if constexpr (TABLE_IN_SMEM) tab = table + int64_t(p % nbuf) * slice + K * lane;
+    else tab = tile_table + int64_t(p) * slice + K * lane;
+    const float4* inf = info + (p & 1) * nb + warp * M;
+    const int below = side * W;  // floats from row (c1, c2) to row (c1 + 1, c2)
+    if constexpr (DX) {
+      dx_pair<K, M, TABLE_IN_SMEM>(a, acc, tab, inf, below, s_borders, side, lane,
+                                   b0 + warp * M, p_begin + p);
+    } else {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float4 v = inf[m];  // broadcast
+      const float* q0 = tab + __float_as_int(v.x);
+      const float* q1 = q0 + below;
+      const float e1 = 1.f - v.y, e2 = 1.f - v.z;
+      const float w00 = e1 * e2, w01 = e1 * v.z, w10 = v.y * e2, w11 = v.y * v.z;
+      VecT c00, c01, c10, c11;
+      if constexpr (TABLE_IN_SMEM) {
+        c00 = *reinterpret_cast<const VecT*>(q0);
+        c01 = *reinterpret_cast<const VecT*>(q0 + W);
+        c10 = *reinterpret_cast<const VecT*>(q1);
+        c11 = *reinterpret_cast<const VecT*>(q1 + W);
+      } else {
+        c00 = __ldg(reinterpret_cast<const VecT*>(q0));
+        c01 = __ldg(reinterpret_cast<const VecT*>(q0 + W));
+        c10 = __ldg(reinterpret_cast<const VecT*>(q1));
+        c11 = __ldg(reinterpret_cast<const VecT*>(q1 + W));
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        acc[m][k] = fmaf(w00, elem(c00, k), fmaf(w01, elem(c01, k),
+                    fmaf(w10, elem(c10, k), fmaf(w11, elem(c11, k), acc[m][k]))));
+    }
+    }
+    if (p + 1 < np) store_info(p + 1);  // read after the next barrier
+  }
+
+  if constexpr (DX) return;
+  float* y = a.y + blockIdx.z * a.ys_split;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int o = tile * W + K * lane + k;
+    if (o >= a.n_out) continue;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const int64_t b = b0 + warp * M + m;
+      if (b < a.batch) y[int64_t(o) * a.ys_f + b * a.ys_b] = acc[m][k];
+    }
+  }
+}
+
+// The forward (DX = false) runs here only for num_grids whose table slice does not fit in
+// shared memory (forward_cuda), so only its L1/L2 variant is instantiated.
+template <int K, int M, bool DX = false>
+void launch_forward_km(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  auto kernel = forward_kernel<K, M, false, DX>;
+  if constexpr (DX) {
+    if (a.nbuf > 0) kernel = forward_kernel<K, M, true, DX>;
+  }
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  kernel<<<grid, block, smem, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Launch shape of forward_kernel: table buffers, shared memory, grid, pair splits.
+struct LaunchPlan {
+  int nbuf;
+  int64_t smem, n_tiles, sample_blocks, splits;
+  int pairs_per_split;
+};
+
+// regs: registers per thread of the variant. Table buffers: two (the copy of the next pair
+// overlaps the compute) when they fit, else one, else none: the table is then read through
+// L1/L2 (no num_grids ceiling, slower). Prefer as many resident blocks as the registers
+// allow (up to the SM's thread limit), then two buffers over one: a second block hides a
+// block's barrier and staging waits better than a second buffer does. Small batches split the pairs
+// over blockIdx.z so the grid fills the device (max_splits = 1 forbids it).
+LaunchPlan plan_launch(int num_grids, int w, int nb, int block, int regs, int64_t batch,
+                       int n_out, int n_pairs, int64_t max_splits, const DeviceLimits& lim,
+                       bool stage_table = true) {
+  LaunchPlan plan{};
+  const int reg_blocks =
+      std::max(1, std::min(lim.max_threads_per_sm / block, 65536 / (regs * block)));
+  for (int blocks = stage_table ? reg_blocks : 0; blocks >= 1 && plan.nbuf == 0; --blocks)
+    for (int n = 2; n >= 1 && plan.nbuf == 0; --n) {
+      const int64_t bytes = forward_smem_bytes(num_grids, w, n, nb);
+      if (bytes <= lim.smem_optin &&
+          blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm)
+        plan.nbuf = n;
+    }
+  plan.smem = forward_smem_bytes(num_grids, w, plan.nbuf, nb);
+  TORCH_CHECK_VALUE(plan.smem <= lim.smem_optin, "lmkan2d: block_size=", block, " needs ",
+                    plan.smem, " bytes of shared memory for its cells, the device allows ",
+                    lim.smem_optin);
+  plan.n_tiles = (n_out + w - 1) / w;
+  plan.sample_blocks = (batch + nb - 1) / nb;
+  const int64_t target_blocks = 2 * int64_t(lim.num_sms);
+  const int64_t blocks_xy = plan.sample_blocks * plan.n_tiles;
+  int64_t splits = std::max<int64_t>(1, (target_blocks + blocks_xy - 1) / blocks_xy);
+  splits = std::min<int64_t>({splits, std::max(1, n_pairs / 4), max_splits});
+  plan.pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
+  plan.splits = (n_pairs + plan.pairs_per_split - 1) / plan.pairs_per_split;
+  TORCH_CHECK(plan.sample_blocks < (int64_t(1) << 31) && plan.n_tiles <= 65535,
+              "lmkan2d: grid too large (batch ", batch, ", output_dim ", n_out, ")");
+  return plan;
+}
+
+ForwardArgs make_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& borders,
+                      float* out, int64_t batch, int n_out, int n_pairs, int num_grids,
+                      const LaunchPlan& plan, bool batch_last) {
+  ForwardArgs a{};
+  a.x = x.data_ptr<float>();
+  a.packed = packed.data_ptr<float>();
+  a.borders = borders.data_ptr<float>();
+  a.y = out;
+  a.batch = batch;
+  a.n_out = n_out;
+  a.n_pairs = n_pairs;
+  a.num_grids = num_grids;
+  a.pairs_per_split = plan.pairs_per_split;
+  a.nbuf = plan.nbuf;
+  a.xs_f = batch_last ? batch : 1;
+  a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
+  a.ys_f = batch_last ? batch : 1;  // y and grad_y: [N_out, B] or [B, N_out]
+  a.ys_b = batch_last ? 1 : n_out;
+  a.ys_split = batch * int64_t(n_out);
+  return a;
+}
+
+template <int K>
+void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
+  if (block > 256) launch_forward_km<K, samples_per_lane(K, 1024)>(a, grid, block, smem);
+  else launch_forward_km<K, samples_per_lane(K, 256)>(a, grid, block, smem);
+}
+
+}  // namespace
+
+// x batch-last [N_in, B]; y [N_out, B].
+at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params,
+                                   const at::Tensor& borders, int tile, int block) {
+  const bool batch_last = true;
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = x.size(1);
+  const DeviceLimits lim = device_limits(x.device().index());
+  at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
+                            : at::empty({batch, n_out}, x.options());
+  if (batch == 0) return y;
+  const int k = forward_lanes_outputs(tile), w = 32 * k;
+  const int nb = (block / 32) * samples_per_lane(k, block);
+  const int regs = samples_per_lane(k, block) * k > 32 ? 128 : 64;
+  const LaunchPlan plan = plan_launch(num_grids, w, nb, block, regs, batch, n_out, n_pairs,
+                                      n_pairs, lim, /*stage_table=*/false);
+  const at::Tensor packed = pack_table(params, w);
+  // pair splits: partial sums to a workspace reduced in a fixed order (deterministic)
+  at::Tensor out = plan.splits > 1 ? at::empty({plan.splits, y.size(0), y.size(1)}, y.options()) : y;
+  const ForwardArgs a = make_args(x, packed, borders, out.data_ptr<float>(), batch, n_out,
+                                  n_pairs, num_grids, plan, batch_last);
+  const int64_t smem = plan.smem;
+  const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
+                  static_cast<unsigned>(plan.splits));
+  if (k == 1) launch_forward_k<1>(a, grid, block, smem);
+  else if (k == 2) launch_forward_k<2>(a, grid, block, smem);
+  else launch_forward_k<4>(a, grid, block, smem);
+  if (plan.splits > 1) at::sum_out(y, out, {0});
+  return y;
+}
+
+at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
+                             const at::Tensor& borders, const at::Tensor& gy, bool batch_last,
+                             int tile, int block_size, bool deterministic) {
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  const DeviceLimits lim = device_limits(x.device().index());
+  const int k = forward_lanes_outputs(tile), w = 32 * k;
+  const int block = std::min(block_size, 512);  // 128 registers per thread
+  const int nb = (block / 32) * dx_samples_per_lane(k);
+  // deterministic: one writer per grad_x entry (one output tile, no pair split), or none
+  if (deterministic && (n_out + w - 1) / w > 1) return at::Tensor();
+  const LaunchPlan plan = plan_launch(num_grids, w, nb, block, 128, batch, n_out, n_pairs,
+                                      deterministic ? 1 : n_pairs, lim);
+  const bool single_writer = plan.n_tiles == 1 && plan.splits == 1;
+  at::Tensor dx = single_writer ? at::empty_like(x) : at::zeros_like(x);
+  const at::Tensor packed = pack_table(params, w);
+  ForwardArgs a = make_args(x, packed, borders, dx.data_ptr<float>(), batch, n_out, n_pairs,
+                            num_grids, plan, batch_last);
+  a.gy = gy.data_ptr<float>();
+  a.gs_f = a.ys_f;  // grad_y has y's layout; grad_x has x's
+  a.gs_b = a.ys_b;
+  a.ys_f = a.xs_f;
+  a.ys_b = a.xs_b;
+  a.ys_split = 0;
+  a.dx_single_writer = single_writer;
+  const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
+                  static_cast<unsigned>(plan.splits));
+  if (k == 1) launch_forward_km<1, dx_samples_per_lane(1), true>(a, grid, block, plan.smem);
+  else if (k == 2) launch_forward_km<2, dx_samples_per_lane(2), true>(a, grid, block, plan.smem);
+  else launch_forward_km<4, dx_samples_per_lane(4), true>(a, grid, block, plan.smem);
+  return dx;
+}
+
+
+}  // namespace lmkan2d
+}  // namespace lmkan

@@ -1,0 +1,92 @@
+// Smoothness regularisers of the lookup tables (docs/spec.md sections 3 and 4), value and
+// gradient, without host synchronisation and without atomics.
+//
+//   hessian2d(params [S, S, N_out, N_in/2], borders [S]) -> R (0-dim)
+//   hessian2d_backward(grad_r (0-dim, on the device), params, borders) -> dR/dparams * grad_r
+//   second_diff1d(params [S, N_out, N_in], borders [S]) -> R (0-dim)
+//   second_diff1d_backward(grad_r, params, borders) -> dR/dparams * grad_r
+// with S = G + 1 nodes per axis.
+//
+// Layout: the last two dims of params flatten to M functions m = (o, p), contiguous, so
+// every stencil neighbour of element (a, b, m) lies M elements away along b, S*M along a.
+// One thread owns one function m and a chunk of at most W columns b (the chunks partition
+// the columns, so every value and every gradient entry is computed by exactly one thread);
+// a warp's loads and stores are 32 consecutive m: fully coalesced. The 2D kernels slide a
+// window of three parameter rows down the a axis through a shared-memory ring (RowRing,
+// filled two rows ahead by cp.async) and, in the gradient, three gradient rows in
+// registers, so each parameter is read once from DRAM (the chunk halos, two
+// columns, are re-read from L2 by the neighbouring chunk's block, which runs at the same
+// time: the chunk is the fastest-varying block index). In 2D the value and the gradient
+// share one chunking and one "window" of W columns per thread, whose position relative to
+// the table edges (its kind) is resolved at compile time: no per-column edge tests in the
+// row loops (see Window below).
+//
+// The value is reduced deterministically in two stages: each block writes its partial sum
+// (double) to a buffer, and one small kernel adds the partials in a fixed order and writes
+// R. The gradient kernels read dL/dR from device memory. Per-node coefficients are computed
+// from `borders` in double by every block into shared memory.
+//
+// Files: launch.h (limits, chunking, the launchers), device.cuh (helpers of both families),
+// common.cu (checks, launches, the fixed-order final sum), hessian2d.cu, second_diff1d.cu,
+// autograd.cpp (their autograd, registered in C++ so that a Python call is one op call).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace lmkan {
+namespace regularizers {
+
+constexpr int kThreads = 128;        // threads per block of the main kernels (functions m)
+constexpr int kFinishThreads = 256;  // threads of the final reduction kernel
+// S <= kMaxNodes: 1D: 3 * S floats (< 48 KiB); 2D: S float4 and a 45 KiB row ring (up to
+// 110 080 B, opted in above 48 KiB).
+constexpr int kMaxNodes = 4000;
+
+// Column-chunk widths (1D: registers hold W + 4 rows; 2D: the ring holds 5 rows of W + 4
+// slots per thread, and the gradient's registers three gradient rows of W). For num_grids up
+// to 26 these give two chunks per function in 2D.
+constexpr int kW2d = 14;  // window columns per thread, 2D value and gradient
+constexpr int kW1d = 16;  // rows per thread, 1D value and gradient
+// 2D kernels: at most 128 registers, so 4 blocks (16 warps) fit on an SM and the
+// 256x256, G=26 case (2 chunks x 256 blocks) runs in one wave on 132 SMs.
+constexpr int kBlocksPerSM2d = 4;
+
+struct Chunks {
+  int count;  // chunks per function
+  int width;  // columns (rows in 1D) per chunk, the last one may have fewer
+};
+
+// Splits n columns into as few chunks of at most max_width as possible, of near-equal width.
+inline Chunks split(int n, int max_width) {
+  Chunks c;
+  c.count = (n + max_width - 1) / max_width;
+  c.width = (n + c.count - 1) / c.count;
+  return c;
+}
+
+// Checks shared by the four ops; returns S (nodes per axis) and sets M (functions).
+int check_table(const at::Tensor& params, const at::Tensor& borders, int64_t table_dims,
+                const char* shape, int64_t* M);
+void check_grad_r(const at::Tensor& grad_r, const at::Tensor& params);
+
+inline size_t coef_bytes(int S) { return static_cast<size_t>(3 * S) * sizeof(float); }
+
+// The value kernels (one block: kThreads functions x one chunk) and the gradient kernels.
+using ValueKernel = void (*)(const float*, const float*, double*, int, int64_t, int, int);
+using GradKernel = void (*)(const float*, const float*, const float*, float*, int, int64_t, int,
+                            int);
+
+// Launches the value kernel `kernel` (`shared_bytes` of dynamic shared memory) on the
+// given chunks, then the final reduction; returns R = scale * sum.
+at::Tensor reduce_value(ValueKernel kernel, size_t shared_bytes, const at::Tensor& params,
+                        const at::Tensor& borders, int S, int64_t M, Chunks chunks, double scale);
+// Launches the gradient kernel `kernel` with `shared_bytes` of dynamic shared memory on
+// `chunks` per block of functions and returns dR/dparams * grad_r.
+at::Tensor launch_grad(GradKernel kernel, size_t shared_bytes, const at::Tensor& grad_r,
+                       const at::Tensor& params, const at::Tensor& borders, int S, int64_t M,
+                       Chunks chunks);
+
+}  // namespace regularizers
+}  // namespace lmkan
