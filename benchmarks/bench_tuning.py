@@ -38,7 +38,7 @@ def runner(layer, x, grad_y, mode, config):
     params, borders = layer.func_parameter.detach(), layer.borders
     if mode == "fwd":
         return lambda: torch.ops.lmkan.lmkan2d_forward(x, params, borders, layer.batch_last,
-                                                        tile, block, 8, 512, False)
+                                                        tile, block)
     return lambda: torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, layer.batch_last,
                                                      tile, block, fast)
 

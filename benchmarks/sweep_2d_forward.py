@@ -28,7 +28,7 @@ CASES = [  # name, G, n_in, n_out, batch, direct-scheme limit (ms), original (ms
 
 
 def forward(x, params, borders, batch_last, tile, block):
-    return torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, 8, 512, False)
+    return torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block)
 
 
 def rel_l2(a, b):

@@ -15,13 +15,16 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(lmkan, m) {
-  // The backward_* arguments and `deterministic` are unused by the forward kernel: the
-  // autograd registration (lmKAN/ops.py) saves them for the backward launch.
+  // The differentiable layer op: the forward kernel's arguments, then the backward's
+  // settings, which its autograd (lmkan2d/autograd.cpp) saves for lmkan2d_backward.
   // deterministic: the backward uses no float atomics (partials reduced in a fixed order),
   // so two runs give bitwise equal gradients.
-  m.def("lmkan2d_forward(Tensor x, Tensor params, Tensor borders, bool batch_last, "
-        "int tile_size, int block_size, int backward_tile_size, int backward_block_size, "
+  m.def("lmkan2d(Tensor x, Tensor params, Tensor borders, bool batch_last, int tile_size, "
+        "int block_size, int backward_tile_size, int backward_block_size, "
         "bool backward_fast_mode, bool deterministic=False) -> Tensor");
+  // The forward kernel and the backward kernels, each with only the arguments it uses.
+  m.def("lmkan2d_forward(Tensor x, Tensor params, Tensor borders, bool batch_last, "
+        "int tile_size, int block_size) -> Tensor");
   m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool batch_last, int tile_size, int block_size, bool fast_mode, "
         "bool deterministic=False) -> (Tensor, Tensor)");
@@ -29,10 +32,13 @@ TORCH_LIBRARY(lmkan, m) {
   // or "backward_fast"; lets the layer raise a clear error before any launch.
   m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index) -> int");
 
-  // deterministic: bitwise-reproducible backward (fixed-order reductions instead of
-  // atomics); the forward is deterministic either way and only saves it for the backward.
-  m.def("lmkan1d_forward(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
+  // The differentiable layer op (autograd: lmkan1d/autograd.cpp). deterministic:
+  // bitwise-reproducible backward (fixed-order reductions instead of atomics); the forward
+  // kernel is deterministic either way and does not take it.
+  m.def("lmkan1d(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
         "bool batch_last, bool deterministic=False) -> Tensor");
+  m.def("lmkan1d_forward(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
+        "bool batch_last) -> Tensor");
   // Largest num_grids the 1D kernels support on a device (forward and backward alike).
   m.def("lmkan1d_max_num_grids(int device_index) -> int");
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "

@@ -76,7 +76,7 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
     deterministic: the CUDA backward uses no float atomics (bitwise reproducible gradients).
     """
     if kernel_applies("lmkan2d_forward", x, params, borders):
-        return torch.ops.lmkan.lmkan2d_forward(
+        return torch.ops.lmkan.lmkan2d(
             x.contiguous(), params.contiguous(), borders.contiguous(), batch_last, tile_size,
             block_size, backward_tile_size, backward_block_size, backward_fast_mode,
             bool(deterministic))
@@ -94,7 +94,7 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     if kernel_applies("lmkan1d_forward", x, params, borders):
-        return torch.ops.lmkan.lmkan1d_forward(
+        return torch.ops.lmkan.lmkan1d(
             x.contiguous(), params.contiguous(), borders.contiguous(), uniform_grid, batch_last,
             bool(deterministic))
     return _reference.lmkan1d_forward(x, params, borders, uniform_grid, batch_last)
@@ -129,30 +129,84 @@ def second_diff1d(params, borders):
     return _reference.second_diff1d(params, borders)
 
 
+def _check_layer_tensors(x, params, borders, params_dims):
+    """The kernels' shape checks (csrc/common/checks.h), for the fake implementations: under
+    torch.compile a bad call raises the ValueError that eager raises, at trace time."""
+    for name, t, dims in (("x", x, 2), ("params", params, params_dims), ("borders", borders, 1)):
+        torch._check_value(t.dim() == dims, lambda: f"{name} must have {dims} dimensions, got "
+                                                    f"shape {list(t.shape)}")
+
+
+def _check_2d(op, x, params, borders, batch_last, tile_size, block_size):
+    """lmkan2d_forward's and lmkan2d_backward's checks (csrc/lmkan2d/forward.cpp, check_common)."""
+    _check_layer_tensors(x, params, borders, 4)
+    torch._check_value(tile_size in (4, 8, 16),
+                       lambda: f"{op}: tile_size must be 4, 8 or 16, got {tile_size}")
+    torch._check_value(32 <= block_size <= 1024 and block_size % 32 == 0,
+                       lambda: f"{op}: block_size must be a multiple of 32 in [32, 1024], got "
+                               f"{block_size}")
+    side = params.shape[0]
+    torch._check_value(side >= 4 and params.shape[1] == side,
+                       lambda: f"{op}: params must be [G+1, G+1, N_out, N_in/2] with G >= 3, "
+                               f"got shape {list(params.shape)}")
+    torch._check_value(borders.shape[0] == side,
+                       lambda: f"{op}: borders must have G+1={side} entries, got {borders.shape[0]}")
+    in_dim = x.shape[0] if batch_last else x.shape[1]
+    torch._check_value(in_dim == 2 * params.shape[3],
+                       lambda: f"{op}: x has {in_dim} input features but params expects "
+                               f"input_dim=2*{params.shape[3]}={2 * params.shape[3]} (x shape "
+                               f"{list(x.shape)}, batch_last={batch_last})")
+    torch._check_value(params.shape[2] >= 1,
+                       lambda: f"{op}: output_dim must be >= 1, got {params.shape[2]}")
+
+
+def _check_1d(x, params, borders, batch_last):
+    """lmkan1d_forward's and lmkan1d_backward's checks (csrc/lmkan1d/ops.cpp, check_args)."""
+    _check_layer_tensors(x, params, borders, 3)
+    torch._check_value(params.shape[0] >= 2,
+                       lambda: f"params must have at least 2 node rows (G+1), got shape "
+                               f"{list(params.shape)}")
+    torch._check_value(borders.shape[0] == params.shape[0],
+                       lambda: f"borders must have G+1 = {params.shape[0]} entries "
+                               f"(params.size(0)), got {borders.shape[0]}")
+    in_dim = x.shape[0] if batch_last else x.shape[1]
+    torch._check_value(in_dim == params.shape[2],
+                       lambda: f"x must have {params.shape[2]} input features "
+                               f"(params.size(2)) along dim {0 if batch_last else 1}, got shape "
+                               f"{list(x.shape)}")
+
+
+def _layer_output(x, n_out, batch_last):
+    batch = x.shape[1] if batch_last else x.shape[0]
+    return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
+
+
 def _register():
-    """Fake registrations for the ops whose schemas the extension declares."""
+    """Fake registrations for the kernel ops whose schemas the extension declares. The layer
+    ops lmkan2d and lmkan1d need none: below autograd they run lmkan2d_forward /
+    lmkan1d_forward (csrc/*/autograd.cpp), whose fakes are these."""
     lib = "lmkan::"
 
     # --- 2D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan2d_forward")
-    def _(x, params, borders, batch_last, tile_size, block_size, bt, bb, fast, deterministic=False):
-        batch = x.shape[1] if batch_last else x.shape[0]
-        n_out = params.shape[2]
-        return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
+    def _(x, params, borders, batch_last, tile_size, block_size):
+        _check_2d("lmkan2d_forward", x, params, borders, batch_last, tile_size, block_size)
+        return _layer_output(x, params.shape[2], batch_last)
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
     def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode, deterministic=False):
+        _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size)
         return torch.empty_like(x), torch.empty_like(params)
 
     # --- 1D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan1d_forward")
-    def _(x, params, borders, uniform_grid, batch_last, deterministic=False):
-        batch = x.shape[1] if batch_last else x.shape[0]
-        n_out = params.shape[1]
-        return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
+    def _(x, params, borders, uniform_grid, batch_last):
+        _check_1d(x, params, borders, batch_last)
+        return _layer_output(x, params.shape[1], batch_last)
 
     @torch.library.register_fake(lib + "lmkan1d_backward")
     def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False):
+        _check_1d(x, params, borders, batch_last)
         return torch.empty_like(x), torch.empty_like(params)
 
     # --- regularisers ------------------------------------------------------------------

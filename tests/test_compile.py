@@ -120,11 +120,15 @@ def _opcheck_cases():
         x = 1.5 * torch.randn(shape_x, device=dev)
         gy = torch.randn(shape_y, device=dev)
         cases += [
-            ("lmkan2d_forward", (x.requires_grad_(True), p2.clone().requires_grad_(True), cdf,
-                                 batch_last, 8, 256, 8, 256, False)),
+            ("lmkan2d", (x.requires_grad_(True), p2.clone().requires_grad_(True), cdf,
+                         batch_last, 8, 256, 8, 256, False)),
+            ("lmkan2d", (x.detach(), p2, cdf, batch_last, 4, 128, 16, 64, True, True)),
+            ("lmkan2d_forward", (x.detach(), p2, cdf, batch_last, 8, 256)),
             ("lmkan2d_backward", (gy, x.detach(), p2, cdf, batch_last, 8, 256, False)),
-            ("lmkan1d_forward", (x.detach().requires_grad_(True), p1.clone().requires_grad_(True),
-                                 uni, True, batch_last)),
+            ("lmkan1d", (x.detach().requires_grad_(True), p1.clone().requires_grad_(True),
+                         uni, True, batch_last)),
+            ("lmkan1d", (x.detach().requires_grad_(True), p1.clone().requires_grad_(True),
+                         cdf, False, batch_last, True)),
             ("lmkan1d_forward", (x.detach(), p1, cdf, False, batch_last)),
             ("lmkan1d_backward", (gy, x.detach(), p1, uni, True, batch_last)),
         ]
@@ -137,14 +141,16 @@ def _opcheck_cases():
     return cases
 
 
-OP_NAMES = ["lmkan2d_forward", "lmkan2d_backward", "lmkan1d_forward", "lmkan1d_backward",
+OP_NAMES = ["lmkan2d", "lmkan2d_forward", "lmkan2d_backward", "lmkan1d", "lmkan1d_forward",
+            "lmkan1d_backward",
             "hessian2d", "hessian2d_backward", "second_diff1d", "second_diff1d_backward"]
 
 
 @requires_gpu
 @pytest.mark.parametrize("op_name", OP_NAMES)
 def test_opcheck_cuda(op_name):
-    assert_cuda_kernel(op_name)
+    # the layer ops lmkan2d / lmkan1d run the forward kernel op below autograd
+    assert_cuda_kernel(op_name + "_forward" if op_name in ("lmkan2d", "lmkan1d") else op_name)
     cases = [args for name, args in _opcheck_cases() if name == op_name]
     assert cases
     for args in cases:

@@ -105,7 +105,7 @@ def test_kernels_match_float64(shape, uniform, batch_last, deterministic):
     if g > torch.ops.lmkan.lmkan1d_max_num_grids(torch.cuda.current_device()):
         pytest.skip(f"num_grids={g} is over this device's limit")
     x, params, borders = _case(g, n_in, n_out, batch, uniform, batch_last, far=True)
-    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last, deterministic)
+    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last)
     grad_y = torch.randn_like(y)
     gx, gp = torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, uniform, batch_last,
                                               deterministic)
@@ -185,7 +185,7 @@ def test_deterministic_backward_is_bitwise_reproducible(batch_last):
     kernel splits the batch over many blocks (the atomic path would differ run to run)."""
     g, n_in, n_out, batch = 31, 64, 96, 40000
     x, params, borders = _case(g, n_in, n_out, batch, True, batch_last, far=True)
-    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, True, batch_last, True)
+    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, True, batch_last)
     grad_y = torch.randn_like(y)
     runs = [torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, True, batch_last, True)
             for _ in range(3)]
@@ -260,7 +260,7 @@ def test_noncontiguous_input_and_opcheck():
     assert rel_l2(y, y_ref) <= TOL
     torch.library.opcheck(torch.ops.lmkan.lmkan1d_forward, (x, params, borders, True, False),
                           test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.lmkan.lmkan1d_forward, (x, params, borders, True, False, True),
+    torch.library.opcheck(torch.ops.lmkan.lmkan1d, (x, params, borders, True, False, True),
                           test_utils=("test_schema", "test_faketensor"))
     gy = torch.randn(64, 11, device="cuda")
     torch.library.opcheck(torch.ops.lmkan.lmkan1d_backward,

@@ -31,8 +31,7 @@ def _reference_all(x, params, borders, grad_y, batch_last):
 
 def _kernels(x, params, borders, grad_y, batch_last, tile, block, fast, bwd_block=None,
              deterministic=False):
-    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, tile,
-                                        bwd_block or block, fast, deterministic)
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block)
     gx, gp = _backward(grad_y, x, params, borders, batch_last, tile, bwd_block or block, fast,
                        deterministic)
     return y, gx, gp
@@ -99,8 +98,7 @@ def test_forward_buffer_ring(num_grids, tile, block):
     assert_cuda_kernel("lmkan2d_forward")
     for batch in (2 * block + 37, 45):
         x, params, borders = _make(num_grids, 34, 8 * tile + 3, batch, True)
-        y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, block, 8, 512,
-                                            False, False)
+        y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, block)
         ref = _reference.lmkan2d_forward(x.double(), params.double(), borders.double())
         err = rel_l2(y, ref)
         assert err <= TOL, f"rel L2 {err:.3e} (G={num_grids}, tile={tile}, block={block}, batch={batch})"
@@ -116,7 +114,7 @@ def test_forward_memory(tile):
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 256, 8, 512, False, False)
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 256)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     width = 8 * tile
@@ -135,7 +133,7 @@ def test_largest_num_grids(tile, mode):
     assert g >= 3
     if mode == "forward":
         x, params, borders = _make(g, 6, 5, 301, True)
-        y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128, tile, 128, False, False)
+        y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128)
         assert rel_l2(y, _reference.lmkan2d_forward(x.double(), params.double(), borders.double())) <= TOL
     else:
         fast, deterministic = mode == "backward_fast", mode == "backward_deterministic"
@@ -369,7 +367,7 @@ def test_int64_offsets():
     x = torch.randn(batch, n_in, device="cuda")
     params = torch.randn(4, 4, n_out, n_in // 2, device="cuda")
     borders = cdf_borders(3, device="cuda")
-    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, False, 8, 1024, 8, 512, False, False)
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, False, 8, 1024)
     tail = slice(batch - 1000, batch)
     ry = _reference.lmkan2d_forward(x[tail].double(), params.double(), borders.double(), False)
     assert rel_l2(y[tail], ry) <= TOL

@@ -28,8 +28,7 @@ def _valid_1d():
 
 
 def _fwd2d(x, params, borders, batch_last=True, tile=8, block=128):
-    return torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, tile, block,
-                                           False, False)
+    return torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block)
 
 
 def _bwd2d(gy, x, params, borders, batch_last=True, tile=8, block=128):
@@ -38,7 +37,7 @@ def _bwd2d(gy, x, params, borders, batch_last=True, tile=8, block=128):
 
 
 def _fwd1d(x, params, borders, batch_last=True):
-    return torch.ops.lmkan.lmkan1d_forward(x, params, borders, False, batch_last, False)
+    return torch.ops.lmkan.lmkan1d_forward(x, params, borders, False, batch_last)
 
 
 def _bwd1d(gy, x, params, borders, batch_last=True):

@@ -23,5 +23,5 @@ params = torch.randn(G + 1, G + 1, args.dim, args.dim // 2, device="cuda")
 borders = cdf_borders(G, device="cuda")
 x = torch.randn(args.dim, args.batch, device="cuda")
 for tile in map(int, args.tiles.split(",")):
-    torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, args.block, 8, 512, False)
+    torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, args.block)
 torch.cuda.synchronize()

@@ -17,8 +17,7 @@ def _launch(g, n_in, n_out, batch, batch_last, tile, block, fast, deterministic,
     params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
     borders = cdf_borders(g, device="cuda")
     if forward:
-        torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, tile, block,
-                                        fast, deterministic)
+        torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block)
     gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
     torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile, block, fast,
                                      deterministic)

@@ -1,6 +1,7 @@
-// Autograd of lmkan1d_forward (common/autograd.h says why in C++). The backward saves x,
-// params and borders (no copies) and calls lmkan1d_backward with the forward's settings;
-// borders get no gradient (a fixed grid).
+// The differentiable layer op lmkan1d: its autograd (common/autograd.h says why in C++) and
+// its implementation below autograd. The forward runs lmkan1d_forward and saves x, params
+// and borders (no copies) with `deterministic`, which only the backward kernel takes; the
+// backward runs lmkan1d_backward. borders get no gradient (a fixed grid).
 #include <torch/library.h>
 
 #include "common/autograd.h"
@@ -13,7 +14,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using Lmkan1dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
-                                    bool, bool);
+                                    bool);
 using Lmkan1dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool, bool);
 
@@ -27,7 +28,7 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
     ctx->saved_data["batch_last"] = batch_last;
     ctx->saved_data["deterministic"] = deterministic;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(x, params, borders, uniform_grid, batch_last, deterministic);
+    return op.call(x, params, borders, uniform_grid, batch_last);
   }
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 4 arguments.
@@ -42,10 +43,18 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
   }
 };
 
-at::Tensor lmkan1d_forward_autograd(const at::Tensor& x, const at::Tensor& params,
+at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                     bool deterministic) {
   return Lmkan1dFunction::apply(x, params, borders, uniform_grid, batch_last, deterministic);
+}
+
+// Below autograd (inference mode, or a caller already below it): the forward alone.
+at::Tensor lmkan1d_no_autograd(const at::Tensor& x, const at::Tensor& params,
+                               const at::Tensor& borders, bool uniform_grid, bool batch_last,
+                               bool) {
+  static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
+  return op.call(x, params, borders, uniform_grid, batch_last);
 }
 
 }  // namespace
@@ -53,5 +62,9 @@ at::Tensor lmkan1d_forward_autograd(const at::Tensor& x, const at::Tensor& param
 }  // namespace lmkan
 
 TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
-  m.impl("lmkan1d_forward", &lmkan::lmkan1d::lmkan1d_forward_autograd);
+  m.impl("lmkan1d", &lmkan::lmkan1d::lmkan1d_autograd);
+}
+
+TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {
+  m.impl("lmkan1d", &lmkan::lmkan1d::lmkan1d_no_autograd);
 }

@@ -96,12 +96,9 @@ unsigned sample_blocks(int64_t batch) {
   return static_cast<unsigned>(blocks);
 }
 
-// `deterministic` is accepted for the autograd registration (saved for the backward); the
-// forward kernel has no atomics and is deterministic either way.
+// The forward kernel has no atomics: deterministic whatever the layer's setting.
 at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
-                                const at::Tensor& borders_in, bool uniform_grid, bool batch_last,
-                                bool deterministic) {
-  (void)deterministic;
+                                const at::Tensor& borders_in, bool uniform_grid, bool batch_last) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]

@@ -1,6 +1,7 @@
-// Autograd of lmkan2d_forward (common/autograd.h says why in C++). The backward saves x,
-// params and borders (no copies) and calls lmkan2d_backward with the configuration arguments
-// the forward op was given; borders get no gradient (a fixed grid).
+// The differentiable layer op lmkan2d: its autograd (common/autograd.h says why in C++) and
+// its implementation below autograd. The forward runs lmkan2d_forward and saves x, params
+// and borders (no copies) with the backward's settings, which only the backward kernels
+// take; the backward runs lmkan2d_backward. borders get no gradient (a fixed grid).
 #include <torch/library.h>
 
 #include "common/autograd.h"
@@ -13,7 +14,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using Lmkan2dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
-                                    int64_t, int64_t, int64_t, int64_t, bool, bool);
+                                    int64_t, int64_t);
 using Lmkan2dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t,
     int64_t, bool, bool);
@@ -32,8 +33,7 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
     ctx->saved_data["fast"] = backward_fast_mode;
     ctx->saved_data["deterministic"] = deterministic;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(x, params, borders, batch_last, tile_size, block_size, backward_tile_size,
-                   backward_block_size, backward_fast_mode, deterministic);
+    return op.call(x, params, borders, batch_last, tile_size, block_size);
   }
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 8 arguments.
@@ -50,7 +50,7 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
   }
 };
 
-at::Tensor lmkan2d_forward_autograd(const at::Tensor& x, const at::Tensor& params,
+at::Tensor lmkan2d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool batch_last, int64_t tile_size,
                                     int64_t block_size, int64_t backward_tile_size,
                                     int64_t backward_block_size, bool backward_fast_mode,
@@ -60,10 +60,22 @@ at::Tensor lmkan2d_forward_autograd(const at::Tensor& x, const at::Tensor& param
                                 deterministic);
 }
 
+// Below autograd (inference mode, or a caller already below it): the forward alone.
+at::Tensor lmkan2d_no_autograd(const at::Tensor& x, const at::Tensor& params,
+                               const at::Tensor& borders, bool batch_last, int64_t tile_size,
+                               int64_t block_size, int64_t, int64_t, bool, bool) {
+  static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
+  return op.call(x, params, borders, batch_last, tile_size, block_size);
+}
+
 }  // namespace
 }  // namespace lmkan2d
 }  // namespace lmkan
 
 TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
-  m.impl("lmkan2d_forward", &lmkan::lmkan2d::lmkan2d_forward_autograd);
+  m.impl("lmkan2d", &lmkan::lmkan2d::lmkan2d_autograd);
+}
+
+TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {
+  m.impl("lmkan2d", &lmkan::lmkan2d::lmkan2d_no_autograd);
 }

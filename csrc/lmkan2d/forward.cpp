@@ -33,9 +33,7 @@ void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tenso
 
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                         const at::Tensor& borders_in, bool batch_last, int64_t tile_size,
-                        int64_t block_size, int64_t backward_tile_size,
-                        int64_t backward_block_size, bool backward_fast_mode,
-                        bool deterministic) {
+                        int64_t block_size) {
   // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -44,9 +42,8 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
     // the docs/performance.md shapes they should cost ~3-4% of the forward, where the kernel's
     // strided batch-first access (one sample's K outputs per lane: scattered rows) cost
     // +5% (G=8), +11% (G=16) and +21% (G=26) in R4. Extra memory: one copy of x and of y.
-    const at::Tensor y_bl = forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size,
-                                         block_size, backward_tile_size, backward_block_size,
-                                         backward_fast_mode, deterministic);
+    const at::Tensor y_bl =
+        forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size, block_size);
     return transpose(y_bl);
   }
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),

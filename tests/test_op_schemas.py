@@ -1,0 +1,136 @@
+"""The op schemas and their fake implementations, without a GPU (the extension must be built:
+CI builds it; skipped where it is not).
+
+Each kernel op takes only the arguments its kernels use; the layer ops lmkan2d / lmkan1d carry
+the backward's settings to their autograd (csrc/lmkan2d/autograd.cpp, csrc/lmkan1d/autograd.cpp).
+On meta tensors the ops run their fake implementations (lmKAN/ops.py), so shapes, the C++
+autograd wiring and the fakes' checks are exercised here: under torch.compile a bad call
+raises the ValueError that eager raises.
+"""
+import pytest
+import torch
+
+from lmKAN import _extension
+from lmKAN.grids import cdf_borders
+
+pytestmark = pytest.mark.skipif(_extension._MODULE is None,
+                                reason="the CUDA extension is not built here (its schemas and "
+                                       "fakes are what this file tests)")
+
+KERNEL_OPS = {
+    "lmkan2d_forward": ["x", "params", "borders", "batch_last", "tile_size", "block_size"],
+    "lmkan2d_backward": ["grad_y", "x", "params", "borders", "batch_last", "tile_size",
+                         "block_size", "fast_mode", "deterministic"],
+    "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last"],
+    "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
+                         "deterministic"],
+}
+LAYER_OPS = {
+    "lmkan2d": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
+                "backward_tile_size", "backward_block_size", "backward_fast_mode",
+                "deterministic"],
+    "lmkan1d": ["x", "params", "borders", "uniform_grid", "batch_last", "deterministic"],
+}
+
+
+@pytest.mark.parametrize("name,args", {**KERNEL_OPS, **LAYER_OPS}.items(), ids=str)
+def test_schema_arguments(name, args):
+    schema = getattr(torch.ops.lmkan, name).default._schema
+    assert [a.name for a in schema.arguments] == args
+
+
+def _meta_2d(g=5, n_in=6, n_out=7, batch=9, batch_last=True, grad=False):
+    x = torch.empty((n_in, batch) if batch_last else (batch, n_in), device="meta",
+                    requires_grad=grad)
+    params = torch.empty(g + 1, g + 1, n_out, n_in // 2, device="meta", requires_grad=grad)
+    return x, params, cdf_borders(g).to("meta")
+
+
+def _meta_1d(g=5, n_in=6, n_out=7, batch=9, batch_last=True, grad=False):
+    x = torch.empty((n_in, batch) if batch_last else (batch, n_in), device="meta",
+                    requires_grad=grad)
+    params = torch.empty(g + 1, n_out, n_in, device="meta", requires_grad=grad)
+    return x, params, cdf_borders(g).to("meta")
+
+
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_layer_ops_autograd_on_meta(batch_last):
+    """The layer ops' C++ autograd runs the forward kernel op, then the backward kernel op
+    with the saved settings: gradients of x's and params' shapes."""
+    x, params, borders = _meta_2d(batch_last=batch_last, grad=True)
+    y = torch.ops.lmkan.lmkan2d(x, params, borders, batch_last, 8, 256, 4, 128, True, True)
+    assert y.shape == ((7, 9) if batch_last else (9, 7))
+    gx, gp = torch.autograd.grad(y, (x, params), torch.empty_like(y))
+    assert gx.shape == x.shape and gp.shape == params.shape
+
+    x, params, borders = _meta_1d(batch_last=batch_last, grad=True)
+    y = torch.ops.lmkan.lmkan1d(x, params, borders, False, batch_last, True)
+    assert y.shape == ((7, 9) if batch_last else (9, 7))
+    gx, gp = torch.autograd.grad(y, (x, params), torch.empty_like(y))
+    assert gx.shape == x.shape and gp.shape == params.shape
+
+
+def test_layer_ops_in_inference_mode_on_meta():
+    """Below autograd the layer ops run the forward kernel op alone."""
+    with torch.inference_mode():
+        y = torch.ops.lmkan.lmkan2d(*_meta_2d(), True, 8, 256, 8, 512, False, False)
+        assert y.shape == (7, 9)
+        y = torch.ops.lmkan.lmkan1d(*_meta_1d(), True, True, False)
+        assert y.shape == (7, 9)
+
+
+# (description, call on meta tensors, expected message) for each check of the fakes; the
+# messages are the kernels' own (csrc/common/checks.h, csrc/lmkan2d/forward.cpp,
+# csrc/lmkan1d/ops.cpp).
+def _bad_2d(**changes):
+    x, params, borders = _meta_2d()
+    args = dict(x=x, params=params, borders=borders, batch_last=True, tile_size=8, block_size=256)
+    args.update(changes)
+    return lambda: torch.ops.lmkan.lmkan2d_forward(*args.values())
+
+
+def _bad_1d(**changes):
+    x, params, borders = _meta_1d()
+    args = dict(x=x, params=params, borders=borders, uniform_grid=False, batch_last=True)
+    args.update(changes)
+    return lambda: torch.ops.lmkan.lmkan1d_forward(*args.values())
+
+
+BAD_CALLS = [
+    ("2d x 3-D", _bad_2d(x=torch.empty(6, 9, 1, device="meta")), "x must have 2 dimensions"),
+    ("2d tile 3", _bad_2d(tile_size=3), "tile_size must be 4, 8 or 16, got 3"),
+    ("2d block 48", _bad_2d(block_size=48), "block_size must be a multiple of 32"),
+    ("2d block 2048", _bad_2d(block_size=2048), "block_size must be a multiple of 32"),
+    ("2d params not square", _bad_2d(params=torch.empty(6, 5, 7, 3, device="meta")),
+     "params must be [G+1, G+1, N_out, N_in/2]"),
+    ("2d borders", _bad_2d(borders=torch.empty(9, device="meta")),
+     "borders must have G+1=6 entries, got 9"),
+    ("2d features", _bad_2d(x=torch.empty(8, 9, device="meta")),
+     "x has 8 input features but params expects input_dim=2*3=6"),
+    ("2d batch-first features", _bad_2d(batch_last=False), "x has 9 input features"),
+    ("1d params 2-D", _bad_1d(params=torch.empty(6, 7, device="meta")),
+     "params must have 3 dimensions"),
+    ("1d borders", _bad_1d(borders=torch.empty(4, device="meta")),
+     "borders must have G+1 = 6 entries (params.size(0)), got 4"),
+    ("1d features", _bad_1d(x=torch.empty(5, 9, device="meta")),
+     "x must have 6 input features (params.size(2)) along dim 0"),
+]
+
+
+@pytest.mark.parametrize("what,call,message", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_fake_checks_raise_what_the_kernels_raise(what, call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert message in str(info.value), str(info.value)
+
+
+def test_compiled_bad_call_raises_value_error():
+    """torch.compile traces the fakes: a wrong feature count raises ValueError at trace time,
+    as the eager kernel does (not a shape error deep inside the compiled graph)."""
+    torch._dynamo.reset()
+    x, params, borders = _meta_2d()
+    fn = torch.compile(lambda x, p, b: torch.ops.lmkan.lmkan2d_forward(x, p, b, True, 8, 256),
+                       fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception) as info:
+        fn(torch.empty(8, 9, device="meta"), params, borders)
+    assert "x has 8 input features" in str(info.value)
