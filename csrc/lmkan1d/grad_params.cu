@@ -359,7 +359,8 @@ void launch_grouped_dc(const GroupedArgs& a, dim3 grid, size_t smem, cudaStream_
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void launch_sum_slices(const float* ws, float* out, int64_t plane, int slices, cudaStream_t stream) {
+void launch_sum_slices(const float* ws, float* out, int64_t plane, int slices,
+                       cudaStream_t stream) {
   const int threads = 256;
   lmkan1d_sum_slices_kernel<<<static_cast<unsigned>((plane + threads - 1) / threads), threads, 0,
                               stream>>>(ws, out, plane, slices);

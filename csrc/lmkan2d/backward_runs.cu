@@ -40,6 +40,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/checks.h"
+#include "common/static_switch.h"
 #include "lmkan2d/device.cuh"
 
 namespace lmkan {
@@ -357,7 +358,9 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
-  const auto runs = k == 1 ? runs_kernel<1> : k == 2 ? runs_kernel<2> : runs_kernel<4>;
+  const auto runs = switch_value<1, 2, 4>(k, [](auto k_c) {
+    return &runs_kernel<decltype(k_c)::value>;
+  });
   C10_CUDA_CHECK(cudaFuncSetAttribute(bucket_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bucket_smem)));
   C10_CUDA_CHECK(cudaFuncSetAttribute(runs, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -37,6 +37,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/cp_async.cuh"
+#include "common/static_switch.h"
 #include "lmkan2d/device.cuh"
 
 namespace lmkan {
@@ -250,9 +251,9 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   a.nbuf = nbuf;
   const dim3 grid(static_cast<unsigned>(sample_blocks), static_cast<unsigned>(n_tiles),
                   static_cast<unsigned>(splits));
-  if (ts == 1) launch_sample_lanes<1>(a, grid, block, smem);
-  else if (ts == 2) launch_sample_lanes<2>(a, grid, block, smem);
-  else launch_sample_lanes<4>(a, grid, block, smem);
+  switch_value<1, 2, 4>(ts, [&](auto ts_c) {
+    launch_sample_lanes<decltype(ts_c)::value>(a, grid, block, smem);
+  });
   if (splits > 1) at::sum_out(y, out, {0});
   return y;
 }

@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "common/static_switch.h"
 #include "lmkan2d/device.cuh"
 
 namespace lmkan {
@@ -433,11 +434,11 @@ at::Tensor dp_by_sorted_chunks(const at::Tensor& x, const at::Tensor& borders,
                                const at::Tensor& gy, int tile, int64_t batch, int n_out,
                                int n_pairs, int num_grids, int block, bool fast, bool batch_last,
                                const DeviceLimits& lim, int64_t xs_f, int64_t xs_b) {
-  const auto run = tile == 4    ? launch_dp_sorted<4>
-                   : tile == 8  ? launch_dp_sorted<8>
-                                : launch_dp_sorted<16>;
-  return run(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast, batch_last, lim, xs_f,
-             xs_b);
+  return switch_value<4, 8, 16>(tile, [&](auto tile_c) {
+    constexpr int kTile = decltype(tile_c)::value;
+    return launch_dp_sorted<kTile>(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast,
+                                   batch_last, lim, xs_f, xs_b);
+  });
 }
 
 at::Tensor dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& borders,
@@ -445,9 +446,11 @@ at::Tensor dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& border
                                    int n_pairs, int num_grids, int block, bool fast,
                                    bool batch_last, bool deterministic, const DeviceLimits& lim,
                                    int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
-  const auto run = tile == 4 ? launch_dp<4> : tile == 8 ? launch_dp<8> : launch_dp<16>;
-  return run(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast, batch_last,
-             deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  return switch_value<4, 8, 16>(tile, [&](auto tile_c) {
+    constexpr int kTile = decltype(tile_c)::value;
+    return launch_dp<kTile>(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast,
+                            batch_last, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  });
 }
 
 }  // namespace lmkan2d

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "common/static_switch.h"
 #include "lmkan2d/device.cuh"
 
 namespace lmkan {
@@ -154,9 +155,11 @@ at::Tensor dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& params,
                               int64_t batch, int n_out, int n_pairs, int num_grids, int block,
                               const DeviceLimits& lim, int64_t xs_f, int64_t xs_b, int64_t gs_f,
                               int64_t gs_b) {
-  const auto run = tile == 4 ? launch_dx<4> : tile == 8 ? launch_dx<8> : launch_dx<16>;
-  return run(x, params, borders, gy, batch, n_out, n_pairs, num_grids, block, lim, xs_f, xs_b,
-             gs_f, gs_b);
+  return switch_value<4, 8, 16>(tile, [&](auto tile_c) {
+    constexpr int kTile = decltype(tile_c)::value;
+    return launch_dx<kTile>(x, params, borders, gy, batch, n_out, n_pairs, num_grids, block, lim,
+                            xs_f, xs_b, gs_f, gs_b);
+  });
 }
 
 }  // namespace lmkan2d

@@ -18,6 +18,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "common/cp_async.cuh"
+#include "common/static_switch.h"
 #include "lmkan2d/device.cuh"
 
 namespace lmkan {
@@ -408,9 +409,9 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
   const int64_t smem = plan.smem;
   const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
                   static_cast<unsigned>(plan.splits));
-  if (k == 1) launch_forward_k<1>(a, grid, block, smem);
-  else if (k == 2) launch_forward_k<2>(a, grid, block, smem);
-  else launch_forward_k<4>(a, grid, block, smem);
+  switch_value<1, 2, 4>(k, [&](auto k_c) {
+    launch_forward_k<decltype(k_c)::value>(a, grid, block, smem);
+  });
   if (plan.splits > 1) at::sum_out(y, out, {0});
   return y;
 }
@@ -444,9 +445,10 @@ at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
   a.dx_single_writer = single_writer;
   const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
                   static_cast<unsigned>(plan.splits));
-  if (k == 1) launch_forward_km<1, dx_samples_per_lane(1), true>(a, grid, block, plan.smem);
-  else if (k == 2) launch_forward_km<2, dx_samples_per_lane(2), true>(a, grid, block, plan.smem);
-  else launch_forward_km<4, dx_samples_per_lane(4), true>(a, grid, block, plan.smem);
+  switch_value<1, 2, 4>(k, [&](auto k_c) {
+    constexpr int kK = decltype(k_c)::value;
+    launch_forward_km<kK, dx_samples_per_lane(kK), true>(a, grid, block, plan.smem);
+  });
   return dx;
 }
 
