@@ -106,7 +106,8 @@ inline size_t dc_smem_bytes(int num_grids) {
 // stay in registers for the whole slice. Shared memory is read once per (sample, input) for
 // the sorted entry (a broadcast) and once for the dy row (2 wavefronts); nothing is written
 // per sample. The node sums need G+1 <= 32 registers pairs with static indices, hence the
-// fully unrolled cell loop and the G <= 31 limit (larger G use the kernel above).
+// fully unrolled cell loop and the G <= 31 limit (larger G use the shared-accumulator
+// kernel, grad_params.cu).
 constexpr int kGcThreads = 256;
 constexpr int kGcWarps = kGcThreads / 32;  // = inputs per block
 constexpr int kGcOut = 64;                 // outputs per block: 32 lanes x float2

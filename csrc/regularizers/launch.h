@@ -19,7 +19,7 @@
 // time: the chunk is the fastest-varying block index). In 2D the value and the gradient
 // share one chunking and one "window" of W columns per thread, whose position relative to
 // the table edges (its kind) is resolved at compile time: no per-column edge tests in the
-// row loops (see Window below).
+// row loops (see Window in hessian2d.cu).
 //
 // The value is reduced deterministically in two stages: each block writes its partial sum
 // (double) to a buffer, and one small kernel adds the partials in a fixed order and writes
