@@ -1,0 +1,123 @@
+"""Eager per-call cost of small models, where host time is most of a step (issue 16, item 6).
+
+    python benchmarks/bench_overhead.py [--device cuda] [--calls 2000] [--json PATH]
+
+Rows (wall time per call over back-to-back calls, one synchronisation at each end, as an eager
+user sees it; median of --samples samples):
+- no-grad forward of LMKAN2DLayer(26, 128, 128) at B=1024, beside nn.Linear(128, 128);
+- one training step (forward, loss, backward, Adam) of a two-layer lmKAN network
+  (32->64 G=10, BatchNorm1d, 64->8, plus the Hessian term) at B=1024, beside an MLP
+  32->256->256->1 (ReLU, same optimiser).
+The targets (issue 16): that forward <= 45 us on the H200 (the original lmKAN: 48 us there),
+the lmKAN step no slower than the MLP's. The table is printed last; --json writes the rows.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from lmKAN import LMKAN2DLayer
+from lmKAN.regularization import hessian_regularization
+
+TARGETS_US = {"lmKAN 2D forward, no grad": 45.0}
+
+
+def per_call_us(fn, device, calls, samples, warmup=20):
+    """Median over `samples` of the wall time per call of `calls` back-to-back fn() calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times)
+
+
+class SmallLmkan(nn.Module):
+    """32 -> 64 (lmKAN 2D, G=10) -> BatchNorm1d -> 8 (lmKAN 2D, G=10), batch-first."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = LMKAN2DLayer(10, 32, 64, batch_last=False)
+        self.norm = nn.BatchNorm1d(64)
+        self.second = LMKAN2DLayer(10, 64, 8, batch_last=False)
+
+    def forward(self, x):
+        return self.second(self.norm(self.first(x)))
+
+
+def train_step(model, x, y, optimiser, hessian_weight):
+    def step():
+        optimiser.zero_grad(set_to_none=True)
+        loss = (model(x) - y).square().mean()
+        if hessian_weight:
+            loss = loss + hessian_weight * hessian_regularization(model)
+        loss.backward()
+        optimiser.step()
+    return step
+
+
+def measure(device, calls, samples):
+    torch.manual_seed(0)
+    rows = []
+    layer = LMKAN2DLayer(26, 128, 128).to(device)
+    linear = nn.Linear(128, 128).to(device)
+    x_bl = torch.randn(128, 1024, device=device)
+    x_bf = x_bl.t().contiguous()
+    with torch.no_grad():
+        rows.append(("lmKAN 2D forward, no grad", "LMKAN2DLayer(26, 128, 128), B=1024",
+                     per_call_us(lambda: layer(x_bl), device, calls, samples)))
+        rows.append(("nn.Linear forward, no grad", "nn.Linear(128, 128), B=1024",
+                     per_call_us(lambda: linear(x_bf), device, calls, samples)))
+
+    step_calls = max(1, calls // 10)
+    kan = SmallLmkan().to(device).train()
+    mlp = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                        nn.Linear(256, 1)).to(device).train()
+    x = torch.randn(1024, 32, device=device)
+    rows.append(("lmKAN training step", "32->64 G=10, BatchNorm, 64->8, Adam, Hessian, B=1024",
+                 per_call_us(train_step(kan, x, torch.randn(1024, 8, device=device),
+                                        torch.optim.Adam(kan.parameters()), 1e-4),
+                             device, step_calls, samples)))
+    rows.append(("MLP training step", "32->256->256->1, Adam, B=1024",
+                 per_call_us(train_step(mlp, x, torch.randn(1024, 1, device=device),
+                                        torch.optim.Adam(mlp.parameters()), 0.0),
+                             device, step_calls, samples)))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--calls", type=int, default=2000, help="back-to-back calls per sample "
+                        "(training steps: a tenth of it)")
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    rows = measure(device, args.calls, args.samples)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "rows": [
+                {"case": c, "shape": s, "us_per_call": us,
+                 "target_us": TARGETS_US.get(c) if device.type == "cuda" else None}
+                for c, s, us in rows]}, f, indent=1)
+    print(f"device: {name} (eager, wall time per call over back-to-back calls, median)")
+    print(f"{'case':28s} {'shape':52s} {'us/call':>9s} {'target':>7s}")
+    for case, shape, us in rows:
+        target = TARGETS_US.get(case) if device.type == "cuda" else None  # a GPU target
+        print(f"{case:28s} {shape:52s} {us:9.1f} {'' if target is None else f'{target:7.1f}'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
