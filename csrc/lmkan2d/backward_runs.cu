@@ -177,11 +177,11 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
   for (int i = lane; i < len; i += 32) seg_entries[i] = __ldcs(ent + i);  // evict first
   __syncwarp();
 
-  for (int tile = 0; tile < a.n_tiles; ++tile) {
-    const int64_t slice = (int64_t(tile) * a.n_pairs + p) * cells * W + K * lane;
+  for (int tile_index = 0; tile_index < a.n_tiles; ++tile_index) {
+    const int64_t slice = (int64_t(tile_index) * a.n_pairs + p) * cells * W + K * lane;
     const float* tab = a.packed + slice;
     float* wsp = a.ws + slice;
-    const float* gy = a.gyt + a.b0 * a.ld + tile * W + K * lane;
+    const float* gy = a.gyt + a.b0 * a.ld + tile_index * W + K * lane;
 
     // dP corner gradients of the current cell: [0] (i1,i2), [1] (i1,i2+1), [2] (i1+1,i2),
     // [3] (i1+1,i2+1); table corners (i1,i2+1), (i1+1,i2+1) kept for the carry to the
@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
         } else {
           const float sum = merge(half0, half, 16);
           const int i = 2 * (t0 - 12) + lane;  // this lane's (sample, input) slot
-          if (i < 2 * len) dxacc[i] = tile == 0 ? sum : dxacc[i] + sum;
+          if (i < 2 * len) dxacc[i] = tile_index == 0 ? sum : dxacc[i] + sum;
         }
       }
     }

@@ -98,10 +98,10 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   const int rot = lane % 8;    // chunk order j XOR rot, see the bank note above
   const int64_t b = blockIdx.x * int64_t(blockDim.x / TS) + warp * SPW + lane % SPW;
   const bool valid = b < a.batch;
-  const int tile = blockIdx.y;
+  const int tile_index = blockIdx.y;
   const int p_begin = blockIdx.z * a.pairs_per_split;
   const int np = min(a.n_pairs, p_begin + a.pairs_per_split) - p_begin;
-  const float* tile_table = a.packed + (int64_t(tile) * a.n_pairs + p_begin) * slice;
+  const float* tile_table = a.packed + (int64_t(tile_index) * a.n_pairs + p_begin) * slice;
   // The refill of pair q is issued during pair q - lead (thread 0 alone with bulk copies).
   const bool producer = kBulkCopy ? threadIdx.x == 0 : true;
   const int lead = (kBulkCopy || nbuf <= 2) ? nbuf - 1 : nbuf - 2;
@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
 #pragma unroll
     for (int t = 1; t < 8; ++t)
       if (j == t) v = acc[t];
-    const int o = tile * W + sub * 32 + 4 * c;
+    const int o = tile_index * W + sub * 32 + 4 * c;
     if (o < a.n_out) y[int64_t(o) * a.batch] = v.x;
     if (o + 1 < a.n_out) y[int64_t(o + 1) * a.batch] = v.y;
     if (o + 2 < a.n_out) y[int64_t(o + 2) * a.batch] = v.z;

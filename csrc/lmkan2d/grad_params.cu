@@ -62,7 +62,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
       (reinterpret_cast<uintptr_t>(offs + cells + 1) + 15) & ~uintptr_t(15));  // [chunk]
   float* s_borders = reinterpret_cast<float*>(sorted + chunk);  // [side]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int p = blockIdx.x, tile = blockIdx.y;
+  const int p = blockIdx.x, tile_index = blockIdx.y;
   const int64_t ld = int64_t(n_tiles) * W;
   const int64_t b_begin = blockIdx.z * per_split;
   const int64_t b_end = min(batch, b_begin + per_split);
@@ -70,7 +70,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
   for (int i = threadIdx.x; i < cells * W / 4; i += blockDim.x)
     reinterpret_cast<float4*>(acc)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-  const float* gy_tile = gyt + tile * W + K * lane;
+  const float* gy_tile = gyt + tile_index * W + K * lane;
 
   for (int64_t b0 = b_begin; b0 < b_end; b0 += chunk) {
     for (int i = threadIdx.x; i < warps * cells; i += blockDim.x) wcount[i] = 0;
@@ -173,7 +173,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
   }
   // 5. the slice's accumulator -> its workspace copy (one writer per element)
   float4* dst = reinterpret_cast<float4*>(
-      ws + ((blockIdx.z * int64_t(n_tiles) + tile) * n_pairs + p) * int64_t(cells) * W);
+      ws + ((blockIdx.z * int64_t(n_tiles) + tile_index) * n_pairs + p) * int64_t(cells) * W);
   for (int i = threadIdx.x; i < cells * W / 4; i += blockDim.x)
     dst[i] = reinterpret_cast<const float4*>(acc)[i];
 }

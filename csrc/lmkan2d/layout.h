@@ -12,6 +12,9 @@
 //
 // This header is what the kernels' files and the host code (forward.cpp, backward.cpp,
 // max_num_grids.cpp) share: launch shapes, shared-memory footprints, the kernel entry points.
+//
+// Names: `tile` is a tile size (tile_size: 4, 8 or 16; W = 8 * tile outputs per output tile)
+// in host code and in these functions; in kernels, `tile_index` says which output tile.
 #pragma once
 #include <cstdint>
 #include <string>

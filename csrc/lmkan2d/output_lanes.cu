@@ -175,12 +175,12 @@ forward_kernel(const ForwardArgs a) {
     for (int i = 0; i < nbuf; ++i) mbarrier_init(bars + i, staging_arrivals());
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int tile = blockIdx.y;
+  const int tile_index = blockIdx.y;
   const int64_t b0 = blockIdx.x * int64_t(nb);
   const int p_begin = blockIdx.z * a.pairs_per_split;
   const int p_end = min(a.n_pairs, p_begin + a.pairs_per_split);
   const int np = p_end - p_begin;
-  const float* tile_table = a.packed + (int64_t(tile) * a.n_pairs + p_begin) * slice;
+  const float* tile_table = a.packed + (int64_t(tile_index) * a.n_pairs + p_begin) * slice;
 
   // x values of this thread's samples for one pair (loaded a pair ahead).
   float xv1[SPT], xv2[SPT];
@@ -224,7 +224,7 @@ forward_kernel(const ForwardArgs a) {
     for (int k = 0; k < K; ++k) {
       acc[m][k] = 0.f;
       if constexpr (DX) {
-        const int o = tile * W + K * lane + k;
+        const int o = tile_index * W + K * lane + k;
         const int64_t b = b0 + warp * M + m;
         if (o < a.n_out && b < a.batch) acc[m][k] = __ldg(a.gy + int64_t(o) * a.gs_f + b * a.gs_b);
       }
@@ -286,7 +286,7 @@ forward_kernel(const ForwardArgs a) {
   float* y = a.y + blockIdx.z * a.ys_split;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    const int o = tile * W + K * lane + k;
+    const int o = tile_index * W + K * lane + k;
     if (o >= a.n_out) continue;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
