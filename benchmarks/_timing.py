@@ -30,6 +30,25 @@ def cuda_median_ms(fn, reps, warmup=3, calls_per_sample=1, sync_each=True):
     return statistics.median(s.elapsed_time(e) / calls_per_sample for s, e in samples)
 
 
+def wall_us_per_call(fn, calls, samples, warmup, sync=None):
+    """Median over `samples` of the wall-clock microseconds per call of `calls` back-to-back
+    fn() calls, after `warmup` calls: host cost as an eager user sees it. sync: called
+    before each clock read (torch.cuda.synchronize to include the GPU work; None: host only).
+    """
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times)
+
+
 def cuda_graph_replay(step, warmup=3):
     """Capture step() in a CUDA graph (after `warmup` calls on a side stream, as capture
     requires); returns the graph's replay function: the same GPU work without host cost."""

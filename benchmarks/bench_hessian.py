@@ -27,14 +27,13 @@ Usage: python benchmarks/bench_hessian.py [--json PATH] [--host-only]
 import argparse
 import json
 import os
-import statistics
 
 import torch
 
 import lmKAN
 from lmKAN import KANLayer, LMKAN2DLayer, _reference
 
-from _timing import cuda_graph_replay, cuda_median_ms, warm_up_gpu
+from _timing import cuda_graph_replay, cuda_median_ms, wall_us_per_call, warm_up_gpu
 
 ORIGINAL_MS = {"2d_G26_256x256": 0.86}  # docs/performance.md, same H100 model
 
@@ -119,7 +118,6 @@ def host_overhead_cpu(calls=2000, reps=7):
     that lmKAN used before; prints both next to the floor of any backward() call
     (`q.sum().backward()` on a 4-element tensor).
     """
-    import time
 
     def value_cpu(params, borders):
         return params.new_empty(())
@@ -150,15 +148,7 @@ def host_overhead_cpu(calls=2000, reps=7):
     tiny = torch.randn(4, requires_grad=True)
 
     def per_call_us(step):
-        for _ in range(calls // 10):
-            step()
-        samples = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            for _ in range(calls):
-                step()
-            samples.append((time.perf_counter() - start) / calls * 1e6)
-        return statistics.median(samples)
+        return wall_us_per_call(step, calls, reps, warmup=calls // 10)
 
     def cpp_step():
         params.grad = None

@@ -13,8 +13,8 @@ the lmKAN step no slower than the MLP's. The table is printed last; --json write
 """
 import argparse
 import json
-import statistics
-import time
+import os
+import sys
 
 import torch
 from torch import nn
@@ -22,23 +22,16 @@ from torch import nn
 from lmKAN import LMKAN2DLayer
 from lmKAN.regularization import hessian_regularization
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import wall_us_per_call  # noqa: E402
+
 TARGETS_US = {"lmKAN 2D forward, no grad": 45.0}
 
 
-def per_call_us(fn, device, calls, samples, warmup=20):
-    """Median over `samples` of the wall time per call of `calls` back-to-back fn() calls."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        sync()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(times)
+def per_call_us(fn, device, calls, samples):
+    """Wall time per call over back-to-back calls, the GPU work included (_timing.py)."""
+    return wall_us_per_call(fn, calls, samples, warmup=20,
+                            sync=torch.cuda.synchronize if device.type == "cuda" else None)
 
 
 class SmallLmkan(nn.Module):

@@ -67,7 +67,7 @@ def _x(batch=40):
 
 def _config(layer, x, needs_backward):
     """What the layer's forward resolves, through the resolver the layer owns."""
-    return tuning.launch_config_2d(layer, x, needs_backward, layer._launch_resolver)
+    return layer._launch_resolver.config(layer, x, needs_backward)
 
 
 # --- cache file ---------------------------------------------------------------------------
@@ -456,16 +456,6 @@ TUNING_DIR = os.path.join(WORKTREE, "lmKAN", "tuning")
 TUNING_MODULES = sorted(f[:-3] for f in os.listdir(TUNING_DIR) if f.endswith(".py"))
 
 
-@pytest.mark.parametrize("module", TUNING_MODULES)
-def test_each_tuning_module_imports_first_in_a_fresh_process(module):
-    """Each tuning module imports first in a fresh interpreter. (Python runs lmKAN/__init__
-    first, which imports the layers, which import the tuning package; the scan below
-    guards the tuning modules' own imports.)"""
-    name = "lmKAN.tuning" + ("" if module == "__init__" else "." + module)
-    done = run_python(f"import sys; sys.path.insert(0, {WORKTREE!r})\nimport {name}")
-    assert done.returncode == 0, done.stderr
-
-
 def _lmkan_imports(path):
     """(line, absolute lmKAN module or package attribute) of every import in `path`, and of
     every importlib.import_module / __import__ call with a literal name."""
@@ -565,15 +555,6 @@ def test_resolution_state_lives_in_the_resolver_not_the_layer(fake_gpu):
     resolver = layer._launch_resolver
     assert resolver is before["_launch_resolver"]
     assert set(resolver.choices) == {"forward", "backward"} and len(resolver.memo) == 1
-
-
-def test_launch_config_without_a_resolver_remembers_nothing(fake_gpu):
-    layer = _layer()
-    assert tuning.launch_config_2d(layer, _x(), True) == (16, 256, 16, 256, False)
-    assert layer._launch_resolver.choices == {} and "tile_size_forward=auto," in repr(layer)
-    assert "tile_size_forward=auto," in tuning.describe(layer)
-    assert _config(layer, _x(), True) == (16, 256, 16, 256, False)  # cached: not timed again
-    assert "tile_size_forward=auto:16" in tuning.describe(layer, layer._launch_resolver)
 
 
 def _pickled_and_loaded(layer, tmp_path):

@@ -328,11 +328,6 @@ __global__ void lmkan1d_sum_slices_kernel(const float* __restrict__ ws, float* _
   out[e] = v;
 }
 
-void set_smem(const void* kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-}
-
 }  // namespace
 
 void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* grad_y,

@@ -313,11 +313,6 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
   }
 }
 
-void set_smem(const void* kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-}
-
 }  // namespace
 
 void launch_pack(dim3 grid, cudaStream_t stream, const float* params, const float* borders,

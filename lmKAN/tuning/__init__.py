@@ -24,23 +24,23 @@ _constants and _version; never the layer modules or the package itself):
   cache.py    the memory + JSON file cache: lookup, store, clear_memory_cache, cache_path
   search.py   candidates, CUDA-event timing (measure_ms), the coordinate search
   session.py  lmKAN.tune() and its TuneRow report, PERFORMANCE_CASES
-  resolve.py  the per-call resolution: LaunchResolver (owned by each 2D layer),
-              launch_config_2d, describe, tuning_enabled
+  resolve.py  the per-call resolution: LaunchResolver (owned by each 2D layer: its
+              config() and describe()), tuning_enabled
   cli.py      the command line `python -m lmKAN.tune` (lmKAN/tune.py passes it the layer)
 """
 from .cache import (CACHE_FORMAT, CACHE_VERSION, ENV_CACHE_DIR, cache_path,
                     clear_memory_cache, lookup, store)
 from .key import (AUTO, BATCH_BUCKET_CAP, DEFAULTS_2D, LaunchConfig2D, TuningKey, batch_bucket,
                   device_signature, make_key)
-from .resolve import (ENV_TUNING, LaunchResolver, describe, launch_config_2d, layer_settings,
-                      tuning_enabled)
+from .resolve import ENV_TUNING, LaunchResolver, layer_settings, tuning_enabled
 from .search import CANDIDATE_BUDGET_S, MAX_REPS, SHORT_RUN_MS, measure_ms
 from .session import PERFORMANCE_CASES, TuneRow, format_config, tune
 
-# Public: LaunchResolver, and every name lmKAN/tuning.py had before it became this package.
+# Public: LaunchResolver, and the names lmKAN/tuning.py had before it became this package
+# (launch_config_2d and describe are now LaunchResolver.config and .describe).
 __all__ = ["AUTO", "LaunchConfig2D", "LaunchResolver", "TuningKey", "TuneRow", "tune",
            "cache_path", "clear_memory_cache", "tuning_enabled", "batch_bucket",
            "PERFORMANCE_CASES", "DEFAULTS_2D", "BATCH_BUCKET_CAP", "ENV_CACHE_DIR", "ENV_TUNING",
            "CACHE_FORMAT", "CACHE_VERSION", "MAX_REPS", "CANDIDATE_BUDGET_S", "SHORT_RUN_MS",
            "lookup", "store", "device_signature", "make_key", "measure_ms", "layer_settings",
-           "launch_config_2d", "describe", "format_config"]
+           "format_config"]

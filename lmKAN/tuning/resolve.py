@@ -1,8 +1,7 @@
 """The per-call resolution of "auto" settings, which LMKAN2DLayer.forward runs on every call.
 
 Holds LaunchResolver (the per-layer state: memo and last choices, owned by the layer),
-launch_config_2d and describe (the same for callers without a resolver), layer_settings
-and tuning_enabled (the LMKAN_TUNING switch).
+layer_settings and tuning_enabled (the LMKAN_TUNING switch).
 """
 import functools
 import os
@@ -16,8 +15,7 @@ from .key import AUTO, DEFAULTS_2D, MODE_FIELDS, LaunchConfig2D, batch_bucket, m
 from .search import stand_in_entry, time_mode
 from .session import SESSION
 
-__all__ = ["ENV_TUNING", "LaunchResolver", "launch_config_2d", "describe", "layer_settings",
-           "tuning_enabled"]
+__all__ = ["ENV_TUNING", "LaunchResolver", "layer_settings", "tuning_enabled"]
 
 ENV_TUNING = "LMKAN_TUNING"
 
@@ -111,17 +109,6 @@ class LaunchResolver:
                 else:
                     parts.append(f"{attr}={value}")
         return ", ".join(parts)
-
-
-def launch_config_2d(layer, x, needs_backward, resolver=None):
-    """LaunchResolver.config through `resolver`, the one the layer owns; without one, a
-    fresh resolver: the same configuration, but nothing is remembered for the layer."""
-    return (LaunchResolver() if resolver is None else resolver).config(layer, x, needs_backward)
-
-
-def describe(layer, resolver=None):
-    """LaunchResolver.describe through `resolver` (without one: no resolved values)."""
-    return (LaunchResolver() if resolver is None else resolver).describe(layer)
 
 
 # Module-level, so that tests can stand in for a GPU with kernels.
