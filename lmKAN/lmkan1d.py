@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from . import _device, ops
+from ._call_plans import PlannedCalls, may_store_plan
 from ._checks import check_choice, check_input, check_int, check_positive_float
 from .grids import cdf_borders, uniform_borders
 
@@ -12,7 +13,7 @@ INIT_MODES = ("random_normal", "identity", "zero")
 GRIDS = ("cdf", "uniform")
 
 
-class LMKAN1DLayer(nn.Module):
+class LMKAN1DLayer(PlannedCalls):
     """y[o] = sum over inputs i of f_{o,i}(x[i]), each f piecewise linear on a fixed grid.
 
     Args:
@@ -80,12 +81,23 @@ class LMKAN1DLayer(nn.Module):
             return g[0] + steps * ((g[-1] - g[0]) / self.num_grids)
         return g
 
-    def forward(self, x):
-        x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, type(self).__name__)
-        if x2d.is_cuda and self.func_parameter.dtype == torch.float32 and ops.kernel_available("lmkan1d_forward"):
+    # Assigning one of these drops the layer's call plans (lmKAN/_call_plans.py).
+    PLAN_SETTINGS = frozenset({"batch_last", "deterministic", "grid"})
+
+    def _forward_general(self, x, params, key):
+        """Checks, the shared-memory limit, mixed precision and the backend choice; stores
+        the call's plan where later calls may reuse it."""
+        x2d, lead = check_input(x, params, self.input_dim, self.batch_last, type(self).__name__)
+        borders = self.borders
+        kernel_runs = ops.kernel_applies("lmkan1d_forward", x2d, params, borders)
+        if x2d.is_cuda and params.dtype == torch.float32 and ops.kernel_available("lmkan1d_forward"):
             self._check_fits_on_device(x2d.device)
-        y = ops.lmkan1d(x2d, self.func_parameter, self.borders, self.grid == "uniform", self.batch_last,
-                        self.deterministic)
+        deterministic = (torch.are_deterministic_algorithms_enabled() if self.deterministic is None
+                         else self.deterministic)
+        plan = (self.grid == "uniform", self.batch_last, deterministic)
+        y = ops.lmkan1d(x2d, params, borders, *plan)
+        if may_store_plan(key, x, kernel_runs):
+            self._call_plans[key] = plan
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def _check_fits_on_device(self, device):
@@ -151,3 +163,8 @@ class KANLayer(LMKAN1DLayer):
         with tempfile.TemporaryDirectory() as tmp:
             return plot_1d_functions(self, os.path.join(tmp, "mappings.png"),
                                      title="KAN Layer Mappings")["figure"]
+
+
+# The differentiable layer op (csrc/lmkan1d/autograd.cpp) that the layer's call plans run
+# (lmKAN/_call_plans.py); None without the extension: every call takes the general path.
+LMKAN1DLayer.PLANNED_OP = torch.ops.lmkan.lmkan1d.default if ops.kernel_available("lmkan1d_forward") else None

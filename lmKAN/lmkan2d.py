@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import _device, ops, tuning
+from ._call_plans import PlannedCalls, may_store_plan
 from ._checks import check_choice, check_input, check_int
 from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
 from .grids import cdf_borders
@@ -13,7 +14,7 @@ from .grids import cdf_borders
 __all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES"]
 
 
-class LMKAN2DLayer(nn.Module):
+class LMKAN2DLayer(PlannedCalls):
     """y[o] = sum over input pairs p of f_{o,p}(x[2p], x[2p+1]), each f a bilinear table.
 
     Args:
@@ -103,14 +104,24 @@ class LMKAN2DLayer(nn.Module):
         with torch.no_grad():
             self.func_parameter.uniform_(-bound, bound)
 
-    def forward(self, x):
-        x2d, lead = check_input(x, self.func_parameter, self.input_dim, self.batch_last, "LMKAN2DLayer")
-        needs_backward = torch.is_grad_enabled() and (x2d.requires_grad or self.func_parameter.requires_grad)
+    # Assigning one of these drops the layer's call plans (lmKAN/_call_plans.py).
+    PLAN_SETTINGS = frozenset({"tile_size_forward", "block_size_forward", "tile_size_backward",
+                               "block_size_backward", "backward_fast_mode", "batch_last",
+                               "deterministic"})
+
+    def _forward_general(self, x, params, key):
+        """Checks, "auto" resolution, the shared-memory warning, mixed precision and the
+        backend choice; stores the call's plan where later calls may reuse it."""
+        x2d, lead = check_input(x, params, self.input_dim, self.batch_last, "LMKAN2DLayer")
+        borders = self.borders
+        needs_backward = torch.is_grad_enabled() and (x2d.requires_grad or params.requires_grad)
         config = self._launch_resolver.config(self, x2d, needs_backward)  # "auto" -> values
         if x2d.is_cuda:
             self._check_fits_on_device(x2d.device, needs_backward, config)
-        y = ops.lmkan2d(x2d, self.func_parameter, self.borders, self.batch_last, *config,
-                        self._deterministic_now())
+        plan = (self.batch_last, *config, self._deterministic_now())
+        y = ops.lmkan2d(x2d, params, borders, *plan)
+        if may_store_plan(key, x, ops.kernel_applies("lmkan2d_forward", x2d, params, borders)):
+            self._call_plans[key] = plan
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def __setstate__(self, state):
@@ -119,7 +130,7 @@ class LMKAN2DLayer(nn.Module):
         state = dict(state)
         state.pop("_tuning_memo", None)
         choices = state.pop("_tuned_choices", None)
-        super().__setstate__(state)
+        super().__setstate__(state)  # PlannedCalls: an empty plan memo
         if getattr(self, "_launch_resolver", None) is None:
             self._launch_resolver = tuning.LaunchResolver()
             self._launch_resolver.choices.update(choices or {})
@@ -187,3 +198,8 @@ def max_num_grids(tile_size, mode, device):
     their cell histogram; past it they run the deterministic kernels' L2 variants.
     """
     return _device.max_num_grids_2d(tile_size, mode, device)
+
+
+# The differentiable layer op (csrc/lmkan2d/autograd.cpp) that the layer's call plans run
+# (lmKAN/_call_plans.py); None without the extension: every call takes the general path.
+LMKAN2DLayer.PLANNED_OP = torch.ops.lmkan.lmkan2d.default if ops.kernel_available("lmkan2d_forward") else None

@@ -24,7 +24,7 @@ MODES = ("forward", "backward", "backward_fast", "backward_deterministic")
 # 1D layer's.
 LIMITS = {
     99: {"forward": (27, 18, 13), "backward": (157, 157, 157), "backward_fast": (157, 157, 157),
-         "backward_deterministic": (26, 18, 11), "1d": 40},
+         "backward_deterministic": (26, 18, 12), "1d": 40},
     163: {"forward": (35, 24, 17), "backward": (202, 202, 202), "backward_fast": (202, 202, 202),
           "backward_deterministic": (34, 23, 16), "1d": 72},
     227: {"forward": (41, 29, 20), "backward": (239, 239, 239), "backward_fast": (239, 239, 239),

@@ -9,6 +9,7 @@
 // and the dispatcher then finds (or reports missing) that backend's kernel.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -19,6 +20,14 @@ namespace lmkan {
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// Whether a layer op's call records an autograd node: grad mode on and x or the table
+// requiring grad. Where it does not (no_grad, frozen inference), the layer ops run their
+// forward op directly: Function::apply would still save the inputs and the backward's
+// settings, host time that an inference call pays for nothing.
+inline bool records_graph(const at::Tensor& x, const at::Tensor& params) {
+  return at::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad());
 }
 
 }  // namespace lmkan

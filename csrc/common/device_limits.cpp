@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include <c10/cuda/CUDAException.h>
@@ -65,6 +67,21 @@ DeviceLimits device_limits(int device_index) {
     d.smem_per_sm = static_cast<int>(std::min<int64_t>(d.smem_per_sm, budget + kReservedSmemPerBlock));
   }
   return d;
+}
+
+void allow_dynamic_smem(const void* kernel, int64_t bytes) {
+  constexpr int64_t kDefaultDynamicSmem = 48 * 1024;
+  if (bytes <= kDefaultDynamicSmem) return;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int64_t> allowed;  // (kernel, device) -> bytes
+  std::lock_guard<std::mutex> lock(mutex);
+  int64_t& current = allowed[{kernel, device}];
+  if (bytes <= current) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+  current = bytes;
 }
 
 }  // namespace lmkan

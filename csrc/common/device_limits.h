@@ -13,6 +13,7 @@
 // shared memory (N = 99 or 163). It is read at every query, so it can change while a process
 // runs; a value above the device's own limit changes nothing.
 #pragma once
+#include <cstdint>
 
 namespace lmkan {
 
@@ -28,5 +29,12 @@ struct DeviceLimits {
 
 // The device's limits, with LMKAN_SMEM_BUDGET_KB applied (ValueError for a malformed value).
 DeviceLimits device_limits(int device_index);
+
+// Lets `kernel` (a __global__ function's address) launch with `bytes` of dynamic shared
+// memory on the current device: past the 48 KiB default a kernel must be opted in
+// (cudaFuncSetAttribute). Every launcher calls this before a launch; the driver is asked only
+// when a kernel needs more on a device than it was last allowed there (one driver call per
+// kernel and device in a steady state, not one per launch: ~1 us of host time each).
+void allow_dynamic_smem(const void* kernel, int64_t bytes);
 
 }  // namespace lmkan

@@ -46,6 +46,11 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
 at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                     bool deterministic) {
+  if (!records_graph(x, params)) {
+    static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(x, params, borders, uniform_grid, batch_last);
+  }
   return Lmkan1dFunction::apply(x, params, borders, uniform_grid, batch_last, deterministic);
 }
 

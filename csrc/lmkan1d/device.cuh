@@ -4,6 +4,7 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include "common/device_limits.h"
 #include "common/grid.cuh"
 #include "lmkan1d/layout.h"
 
@@ -19,13 +20,6 @@ __device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int n
 
 __device__ __forceinline__ void load_borders(float* borders_s, const float* borders, int n) {
   for (int j = threadIdx.x; j < n; j += blockDim.x) borders_s[j] = borders[j];
-}
-
-// Host: lets `kernel` take `bytes` of dynamic shared memory (the launchers of tiles.cu and
-// grad_params.cu call it before each launch that uses any).
-inline void set_smem(const void* kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
 }
 
 }  // namespace lmkan1d

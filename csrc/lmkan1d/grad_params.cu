@@ -334,7 +334,7 @@ void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* 
                       const float* x, const float* borders, float* out, int64_t batch, int n_in,
                       int n_out, int num_grids, bool uniform, bool batch_last, int64_t slice_len,
                       bool accumulate) {
-  set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel), smem);
+  allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel), smem);
   lmkan1d_backward_dc_kernel<<<grid, kDcThreads, smem, stream>>>(
       grad_y, x, borders, out, batch, n_in, n_out, num_grids, uniform, batch_last, slice_len,
       accumulate);
@@ -343,7 +343,7 @@ void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* 
 
 int grouped_dc_blocks_per_sm(size_t smem) {
   const void* kernel = reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel);
-  set_smem(kernel, smem);
+  allow_dynamic_smem(kernel, smem);
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGcThreads, smem));
   return per_sm;

@@ -324,14 +324,14 @@ void launch_pack(dim3 grid, cudaStream_t stream, const float* params, const floa
 }
 
 void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream) {
-  set_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel), smem);
+  allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel), smem);
   lmkan1d_forward_kernel<<<grid, kTileThreads, smem, stream>>>(a, y);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
                size_t smem, cudaStream_t stream) {
-  set_smem(reinterpret_cast<const void*>(lmkan1d_backward_dx_kernel), smem);
+  allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_backward_dx_kernel), smem);
   lmkan1d_backward_dx_kernel<<<blocks, kTileThreads, smem, stream>>>(a, grad_y, grad_x, tiles);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

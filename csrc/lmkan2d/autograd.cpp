@@ -55,6 +55,11 @@ at::Tensor lmkan2d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     int64_t block_size, int64_t backward_tile_size,
                                     int64_t backward_block_size, bool backward_fast_mode,
                                     bool deterministic) {
+  if (!records_graph(x, params)) {
+    static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(x, params, borders, batch_last, tile_size, block_size);
+  }
   return Lmkan2dFunction::apply(x, params, borders, batch_last, tile_size, block_size,
                                 backward_tile_size, backward_block_size, backward_fast_mode,
                                 deterministic);

@@ -1,11 +1,11 @@
 // LMKAN2DLayer backward: grad_x (dx) and grad_params (dP).
 //
-// What runs (backward_cuda):
+// What runs (backward_cuda runs what plan_backward, plan.h, chooses):
 // - Not deterministic (both modes): backward_by_runs (backward_runs.cu), grad_x and dP in one
-//   pass over cell-sorted chunks of the batch, unless it declines (num_grids past its cell
-//   histogram, or a narrow output whose padded grad_y copy would be large); then the
-//   kernels of grad_x.cu and grad_params.cu, with float atomics where they are faster.
-// - Deterministic, or declined (launch_backward):
+//   pass over cell-sorted chunks of the batch, except past its cell histogram's num_grids or
+//   for a narrow output whose padded grad_y copy would be large; those run the
+//   kernels below, with float atomics where they are faster.
+// - Deterministic, or past the sorted backward (run_separate_kernels):
 //   - dx: the forward kernel's scheme (dx_by_output_rows, output_lanes.cu); dx_kernel
 //     (grad_x.cu) only where deterministic mode has several output tiles to add in a fixed order.
 //   - dP (grad_params.cu): dp_sorted_kernel (cell-sorted chunks) when its accumulator fits in shared
@@ -49,32 +49,35 @@
 
 #include "common/checks.h"
 #include "lmkan2d/layout.h"
+#include "lmkan2d/plan.h"
 
 namespace lmkan {
 namespace lmkan2d {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> launch_backward(int tile,
-    const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
-    const at::Tensor& gy, int64_t batch, int n_out, int n_pairs, int num_grids, int block,
-    bool batch_last, bool fast, bool deterministic, const DeviceLimits& lim) {
+// The separate grad_x and grad_params kernels, as the plan chose them.
+std::tuple<at::Tensor, at::Tensor> run_separate_kernels(
+    const BackwardPlan& plan, int tile, const at::Tensor& x, const at::Tensor& params,
+    const at::Tensor& borders, const at::Tensor& gy, int64_t batch, int n_out, int n_pairs,
+    int num_grids, int block, bool batch_last, bool fast, bool deterministic,
+    const DeviceLimits& lim) {
   const int64_t in_dim = 2 * int64_t(n_pairs);
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
-  // grad_x by the forward kernel's scheme; dx_kernel (tiles added in a fixed order) where
-  // that would need atomics in deterministic mode
-  at::Tensor dx = dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic);
-  if (!dx.defined())
-    dx = dx_by_sample_tiles(x, params, borders, gy, tile, batch, n_out, n_pairs, num_grids, block,
-                            lim, xs_f, xs_b, gs_f, gs_b);
-  at::Tensor dp = dp_by_sorted_chunks(x, borders, gy, tile, batch, n_out, n_pairs, num_grids,
-                                      block, fast, batch_last, lim, xs_f, xs_b);
-  if (!dp.defined())
-    dp = dp_by_warp_accumulators(x, borders, gy, tile, batch, n_out, n_pairs, num_grids, block,
-                                 fast, batch_last, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
+  const at::Tensor dx =
+      plan.grad_x == GradXKernel::kOutputRows
+          ? dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic)
+          : dx_by_sample_tiles(x, params, borders, gy, tile, batch, n_out, n_pairs, num_grids,
+                               block, lim, xs_f, xs_b, gs_f, gs_b);
+  const at::Tensor dp =
+      plan.grad_params == GradParamsKernel::kSortedChunks
+          ? dp_by_sorted_chunks(x, borders, gy, tile, batch, n_out, n_pairs, num_grids, block,
+                                fast, batch_last, lim, xs_f, xs_b)
+          : dp_by_warp_accumulators(x, borders, gy, tile, batch, n_out, n_pairs, num_grids,
+                                    block, fast, batch_last, deterministic, lim, xs_f, xs_b,
+                                    gs_f, gs_b);
   return {dx, dp};
 }
-
 
 }  // namespace
 
@@ -115,15 +118,17 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const DeviceLimits lim = device_limits(x.device().index());
   const int block = static_cast<int>(block_size);
   const int n = static_cast<int>(n_out);
-  if (!deterministic) {
+  const BackwardPlan plan = plan_backward({num_grids, n_out, batch}, static_cast<int>(tile_size),
+                                          block, fast_mode, deterministic, lim);
+  if (plan.grad_x == GradXKernel::kRuns) {
     // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
     // cell, a 4x larger sorted buffer)
-    auto runs = backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
-                                 block, fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal);
-    if (std::get<0>(runs).defined()) return runs;
+    return backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
+                            block, fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal);
   }
-  return launch_backward(static_cast<int>(tile_size), x, params, borders, gy, batch, n, n_pairs,
-                         num_grids, block, batch_last, fast_mode, deterministic, lim);
+  return run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy, batch, n,
+                              n_pairs, num_grids, block, batch_last, fast_mode, deterministic,
+                              lim);
 }
 
 }  // namespace lmkan2d

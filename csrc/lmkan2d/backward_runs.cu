@@ -54,7 +54,6 @@ constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
 constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (~110 registers)
 constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
 constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;  // sorted entries of a chunk
-constexpr int64_t kRunMaxPaddedBytes = int64_t(1) << 30;     // zero-padded grad_y copy
 
 // Exclusive scan of count[0, n) in place by the whole block; returns the total.
 __device__ int block_exclusive_scan(int* count, int n, int* warp_sums) {
@@ -327,16 +326,12 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t batch = batch_last ? x.size(1) : x.size(0);
   const DeviceLimits lim = device_limits(x.device().index());
   const int64_t bucket_smem = runs_bucket_smem_bytes(num_grids);
-  if (bucket_smem > lim.smem_optin) return {};  // num_grids too large for the histogram
-  if (n_out == 0) return {};                     // nothing to sort for
+  TORCH_INTERNAL_ASSERT(bucket_smem <= lim.smem_optin,
+                        "plan_backward chose the sorted backward past its cell histogram");
   const int k = forward_lanes_outputs(tile), w = 32 * k;
   const int n_tiles = (n_out + w - 1) / w;
   const int64_t ld = int64_t(n_tiles) * w;
   const int64_t in_dim = 2 * int64_t(n_pairs);
-
-  // A padded copy of a narrow grad_y (n_out well below one tile) would cost more memory than
-  // the path saves: such layers keep the shared-memory kernels.
-  if (ld != n_out && batch * ld * 4 > kRunMaxPaddedBytes) return {};
 
   // grad_y as rows [B][ld], zero-padded past n_out
   at::Tensor gyt = batch_last ? transpose(gy) : gy;
@@ -361,10 +356,8 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const auto runs = switch_value<1, 2, 4>(k, [](auto k_c) {
     return &runs_kernel<decltype(k_c)::value>;
   });
-  C10_CUDA_CHECK(cudaFuncSetAttribute(bucket_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bucket_smem)));
-  C10_CUDA_CHECK(cudaFuncSetAttribute(runs, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(runs_smem)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(bucket_kernel), bucket_smem);
+  allow_dynamic_smem(reinterpret_cast<const void*>(runs), runs_smem);
   RunsArgs a;
   a.entries = reinterpret_cast<const int4*>(entries.data_ptr<int>());
   a.packed = packed.data_ptr<float>();

@@ -1,12 +1,14 @@
 // The lmkan2d_forward op on CUDA: argument checks, the batch-first transposes, and the
-// choice of kernel: the sample-lanes kernel (forward_sample_lanes.cu) wherever one table
-// slice fits in shared memory, the output-lanes kernel (output_lanes.cu) past that.
+// kernel plan_forward (plan.h) chooses: the sample-lanes kernel (forward_sample_lanes.cu)
+// wherever one table slice fits in shared memory, the output-lanes kernel (output_lanes.cu)
+// past that.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
 #include "lmkan2d/layout.h"
+#include "lmkan2d/plan.h"
 
 namespace lmkan {
 namespace lmkan2d {
@@ -48,18 +50,13 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   }
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous();
-  const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
-  const DeviceLimits lim = device_limits(x.device().index());
-  // Lanes own samples (forward_sample_lanes.cu) wherever one table slice fits in shared
-  // memory (R34: G=16 74.0 ms against 110.1 for the output-lanes scheme, G=26 5.0 against
-  // 9.9). Past that, the output-lanes kernel (output_lanes.cu) reads the table through L1/L2
-  // with whole-row (coalesced) reads, where per-lane rows cost 5x (G=26 tile 16: 51.6
-  // against 11.0 ms).
-  // (Here x is batch-last: batch-first went through the transposes above.)
-  if (sample_lanes_smem_bytes(num_grids, 8 * tile, 1) <= lim.smem_optin)
-    return forward_by_sample_lanes(x, params, borders, tile, block);
-  return forward_by_output_lanes(x, params, borders, tile, block);
+  const CallShape shape{static_cast<int>(params.size(0)) - 1, params.size(2), x.size(1)};
+  switch (plan_forward(shape, tile, device_limits(x.device().index())).kernel) {
+    case ForwardKernel::kSampleLanes: return forward_by_sample_lanes(x, params, borders, tile, block);
+    case ForwardKernel::kOutputLanes: return forward_by_output_lanes(x, params, borders, tile, block);
+  }
+  TORCH_CHECK(false, "lmkan2d_forward: unknown kernel plan");
 }
 
 }  // namespace lmkan2d

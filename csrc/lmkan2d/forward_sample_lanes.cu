@@ -188,8 +188,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
 template <int TS>
 void launch_sample_lanes(const SampleLanesArgs& a, dim3 grid, int block, int64_t smem) {
   const auto kernel = sample_lanes_forward_kernel<TS>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -28,16 +28,7 @@ namespace {
 // coalesced line, served from L2/L1.
 // Cells are processed in 4 phases by the parity of (i1, i2): cells of one phase have
 // disjoint corners, so the warps of a phase never touch the same accumulator row.
-constexpr int kSortSpl = 8;  // samples per lane per chunk in the sort
-
-// Shared memory of the sorted dP kernel: accumulator [cells][W] floats, per-warp cell counts
-// [warps][cells] and run offsets [cells + 1] (ints), the sorted chunk [C] (float4), borders.
-inline int64_t dp_sorted_smem_bytes(int num_grids, int w, int warps) {
-  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  const int64_t chunk = int64_t(warps) * 32 * kSortSpl;
-  return cells * w * 4 + int64_t(warps) * cells * 4 + (cells + 1) * 4 + chunk * 16 +
-         int64_t(num_grids + 1) * 4 + 16;
-}
+// (kSortSpl and dp_sorted_smem_bytes, the kernel's shared memory: footprints.h)
 
 // Blocks of up to 16 warps at K = 4 (one block per SM: its accumulator rows are long), 8
 // elsewhere (four blocks per SM at <= 64 registers); measured on the H100, G = 8.
@@ -355,8 +346,7 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
                       ? at::zeros({copies, n_tiles, n_pairs, cells, W}, options)
                       : at::empty({copies, n_tiles, n_pairs, cells, W}, options);
   const auto kernel = in_smem ? dp_kernel<TILE, true> : dp_kernel<TILE, false>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   dim3 grid(static_cast<unsigned>(blocks_xy), static_cast<unsigned>(splits));
   kernel<<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<float>(), borders.data_ptr<float>(), gy.data_ptr<float>(), ws.data_ptr<float>(),
@@ -366,9 +356,8 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   return unpack_dp(ws, num_grids, n_out);
 }
 
-// Sorted-chunk dP (dp_sorted_kernel) when its accumulator fits in shared memory; an
-// undefined tensor otherwise (the caller then runs launch_dp). Deterministic either way:
-// each split writes its own copy, summed in a fixed order.
+// Sorted-chunk dP (dp_sorted_kernel), where plan_backward found its accumulator fits in
+// shared memory. Deterministic: each split writes its own copy, summed in a fixed order.
 template <int TILE>
 at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, const at::Tensor& gy,
                             int64_t batch, int n_out, int n_pairs, int num_grids, int block,
@@ -390,7 +379,8 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
     if (dp_sorted_smem_bytes(num_grids, W, w) <= half_sm) warps = w;
   }
   while (warps > 1 && dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) --warps;
-  if (dp_sorted_smem_bytes(num_grids, W, warps) > lim.smem_optin) return at::Tensor();
+  TORCH_INTERNAL_ASSERT(dp_sorted_smem_bytes(num_grids, W, warps) <= lim.smem_optin,
+                        "plan_backward chose dp_sorted_kernel where its accumulator does not fit");
   const int64_t smem = dp_sorted_smem_bytes(num_grids, W, warps);
   const int64_t chunk = int64_t(warps) * 32 * kSortSpl;
   // grad_y as rows [B][n_tiles * W] with zero padding past n_out
@@ -416,9 +406,7 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
   per_split = (per_split + chunk - 1) / chunk * chunk;
   splits = (batch + per_split - 1) / per_split;
   at::Tensor ws = at::empty({splits, n_tiles, n_pairs, cells, W}, x.options());
-  C10_CUDA_CHECK(cudaFuncSetAttribute(dp_sorted_kernel<K>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(dp_sorted_kernel<K>), smem);
   dim3 grid(static_cast<unsigned>(n_pairs), static_cast<unsigned>(n_tiles),
             static_cast<unsigned>(splits));
   dp_sorted_kernel<K><<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(

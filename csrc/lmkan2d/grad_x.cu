@@ -136,8 +136,7 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   const at::Tensor packed = pack_table(params, W);
   at::Tensor dx = at::empty_like(x);  // every entry written by its owner, first tile first
   const auto kernel = in_smem ? dx_kernel<TILE, true> : dx_kernel<TILE, false>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   const int64_t samples = int64_t(warps) * dx_samples_per_warp(TILE);
   const dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples));
   kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(

@@ -305,8 +305,7 @@ void launch_forward_km(const ForwardArgs& a, dim3 grid, int block, int64_t smem)
   if constexpr (DX) {
     if (a.nbuf > 0) kernel = forward_kernel<K, M, true, DX>;
   }
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   kernel<<<grid, block, smem, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -427,8 +426,9 @@ at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
   const int k = forward_lanes_outputs(tile), w = 32 * k;
   const int block = std::min(block_size, 512);  // 128 registers per thread
   const int nb = (block / 32) * dx_samples_per_lane(k);
-  // deterministic: one writer per grad_x entry (one output tile, no pair split), or none
-  if (deterministic && (n_out + w - 1) / w > 1) return at::Tensor();
+  // deterministic: one writer per grad_x entry (one output tile, no pair split)
+  TORCH_INTERNAL_ASSERT(!deterministic || (n_out + w - 1) / w == 1,
+                        "plan_backward chose dx_by_output_rows for a deterministic multi-tile call");
   const LaunchPlan plan = plan_launch(num_grids, w, nb, block, 128, batch, n_out, n_pairs,
                                       deterministic ? 1 : n_pairs, lim);
   const bool single_writer = plan.n_tiles == 1 && plan.splits == 1;

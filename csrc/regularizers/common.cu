@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "common/checks.h"
+#include "common/device_limits.h"
 #include "regularizers/device.cuh"
 
 namespace lmkan {
@@ -28,15 +29,6 @@ int64_t num_blocks(int64_t M, int num_chunks) {
   TORCH_CHECK_VALUE(blocks <= 0x7fffffff, "params has too many functions (N_out * N_in = ", M,
                     ") for one launch");
   return blocks;
-}
-
-// Lets `kernel` take more than the default 48 KiB of dynamic shared memory (large S only).
-template <typename Kernel>
-void allow_shared_bytes(Kernel kernel, size_t shared_bytes) {
-  if (shared_bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(shared_bytes)));
-  }
 }
 
 }  // namespace
@@ -75,7 +67,7 @@ at::Tensor reduce_value(ValueKernel kernel, size_t shared_bytes, const at::Tenso
   // partials: [blocks] double (at least one element so the final kernel writes R = 0).
   at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1)}, params.options().dtype(at::kDouble));
   if (blocks > 0) {
-    allow_shared_bytes(kernel, shared_bytes);
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared_bytes);
     kernel<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
         params.data_ptr<float>(), borders.data_ptr<float>(), partials.data_ptr<double>(), S, M,
         chunks.count, chunks.width);
@@ -95,7 +87,7 @@ at::Tensor launch_grad(GradKernel kernel, size_t shared_bytes, const at::Tensor&
   if (M == 0) return grad;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t blocks = num_blocks(M, num_chunks);
-  allow_shared_bytes(kernel, shared_bytes);
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared_bytes);
   kernel<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
       grad_r.data_ptr<float>(), params.data_ptr<float>(), borders.data_ptr<float>(),
       grad.data_ptr<float>(), S, M, num_chunks, chunks.width);

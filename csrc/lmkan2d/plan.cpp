@@ -1,0 +1,91 @@
+// The 2D layer's kernel plans (plan.h): which kernels serve a call, from the footprints of
+// footprints.h and the device's limits. Host-only and free of ATen, so that the choice can
+// be read (and tested) without a GPU.
+#include "lmkan2d/plan.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "lmkan2d/footprints.h"
+
+namespace lmkan {
+namespace lmkan2d {
+namespace {
+
+int64_t output_tiles(int64_t n_out, int tile) { return (n_out + 8 * tile - 1) / (8 * tile); }
+
+// The sorted backward (backward_runs.cu) serves a call when its cell histogram fits in
+// shared memory and grad_y needs no large zero-padded copy (a narrow output).
+bool runs_serve(const CallShape& s, int tile, const DeviceLimits& lim) {
+  if (runs_bucket_smem_bytes(s.num_grids) > lim.smem_optin) return false;
+  const int64_t ld = output_tiles(s.n_out, tile) * 8 * tile;
+  return ld == s.n_out || s.batch * ld * 4 <= kRunMaxPaddedBytes;
+}
+
+// dx_by_output_rows stages the table slice in shared memory when one buffer of it fits
+// beside the cells of a block's samples (output_lanes.cu, plan_launch).
+bool output_rows_table_fits(int num_grids, int tile, int block, const DeviceLimits& lim) {
+  const int k = forward_lanes_outputs(tile);
+  const int samples = (std::min(block, 512) / 32) * dx_samples_per_lane(k);
+  const int64_t bytes = forward_smem_bytes(num_grids, 8 * tile, 1, samples);
+  return bytes <= lim.smem_optin && bytes + kReservedSmemPerBlock <= lim.smem_per_sm;
+}
+
+}  // namespace
+
+ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& lim) {
+  // Lanes own samples wherever one table slice fits in shared memory (R34: G=16 74.0 ms
+  // against 110.1 for the output-lanes scheme, G=26 5.0 against 9.9). Past that, the
+  // output-lanes kernel reads the table through L1/L2 with whole-row (coalesced) reads,
+  // where per-lane rows cost 5x (G=26 tile 16: 51.6 against 11.0 ms).
+  if (sample_lanes_smem_bytes(shape.num_grids, 8 * tile, 1) <= lim.smem_optin)
+    return {ForwardKernel::kSampleLanes, true};
+  return {ForwardKernel::kOutputLanes, false};
+}
+
+BackwardPlan plan_backward(const CallShape& shape, int tile, int block, bool fast,
+                           bool deterministic, const DeviceLimits& lim) {
+  (void)fast;  // both modes choose alike; fast mode changes the launches' sizes only
+  if (!deterministic && runs_serve(shape, tile, lim))
+    return {GradXKernel::kRuns, GradParamsKernel::kRuns, true};
+  BackwardPlan plan{};
+  const int g = shape.num_grids;
+  // grad_x: the forward's scheme (atomics over tiles, so deterministic only with one tile),
+  // else dx_kernel, which adds the tiles in a fixed order (table in shared memory with as
+  // few as one warp per block).
+  if (!deterministic || output_tiles(shape.n_out, tile) == 1) {
+    plan.grad_x = GradXKernel::kOutputRows;
+    plan.full_speed = output_rows_table_fits(g, tile, block, lim);
+  } else {
+    plan.grad_x = GradXKernel::kSampleTiles;
+    plan.full_speed = dx_smem_bytes(g, tile, 1, true) <= lim.smem_optin;
+  }
+  // grad_params: cell-sorted chunks where its accumulator fits (one warp at the least);
+  // else per-warp accumulators, in shared memory where one fits beside the smallest chunk.
+  if (dp_sorted_smem_bytes(g, 8 * tile, 1) <= lim.smem_optin) {
+    plan.grad_params = GradParamsKernel::kSortedChunks;
+  } else {
+    plan.grad_params = GradParamsKernel::kWarpAccumulators;
+    plan.full_speed = plan.full_speed && dp_smem_bytes(g, tile, 1, kDpMinChunk, true) <= lim.smem_optin;
+  }
+  return plan;
+}
+
+int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim) {
+  const bool forward = std::strcmp(mode, "forward") == 0;
+  const bool deterministic = std::strcmp(mode, "backward_deterministic") == 0;
+  const bool fast = std::strcmp(mode, "backward_fast") == 0;
+  int best = 0;
+  for (int g = 3; g < 4096; ++g) {
+    // two output tiles (the multi-tile kernels), one sample: no padded copy of grad_y
+    const CallShape shape{g, 2 * 8 * int64_t(tile), 1};
+    const bool full_speed = forward ? plan_forward(shape, tile, lim).full_speed
+                                    : plan_backward(shape, tile, 32, fast, deterministic, lim).full_speed;
+    if (!full_speed) break;
+    best = g;
+  }
+  return best;
+}
+
+}  // namespace lmkan2d
+}  // namespace lmkan

@@ -1,0 +1,69 @@
+// The kernel plans of the 2D layer ops: for each op, the one place that decides which
+// kernels serve a call and where they keep the table (shared memory or L1/L2).
+//
+// forward.cpp and backward.cpp run what plan_forward / plan_backward say; the kernels'
+// launchers (forward_sample_lanes.cu, output_lanes.cu, backward_runs.cu, grad_x.cu,
+// grad_params.cu) take the choice as given and only size the launch (buffers, warps, pair
+// splits) for it. lmkan2d_max_num_grids (max_num_grids.cpp) asks the same functions which
+// num_grids they serve at full speed, so the limit, the layer's warning past it and the
+// launches cannot disagree. Host-only (no CUDA or ATen headers); docs/kernels.md explains
+// each kernel and why it serves its cases.
+#pragma once
+#include <cstdint>
+
+#include "common/device_limits.h"
+
+namespace lmkan {
+namespace lmkan2d {
+
+// What a call is, as far as the choice of kernels goes.
+struct CallShape {
+  int num_grids;
+  int64_t n_out;
+  int64_t batch;
+};
+
+enum class ForwardKernel {
+  kSampleLanes,  // forward_sample_lanes.cu: lanes own samples; table slices in shared memory
+  kOutputLanes,  // output_lanes.cu: lanes own outputs; table read through L1/L2
+};
+
+struct ForwardPlan {
+  ForwardKernel kernel;
+  bool full_speed;  // the table slice is staged in shared memory
+};
+
+// tile: tile_size (4, 8 or 16).
+ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& lim);
+
+enum class GradXKernel {
+  kRuns,         // backward_runs.cu: grad_x and grad_params in one pass over cell-sorted chunks
+  kOutputRows,   // output_lanes.cu (the forward's scheme; atomics over tiles and pair splits)
+  kSampleTiles,  // grad_x.cu: output tiles added in a fixed order (deterministic, > 1 tile)
+};
+
+enum class GradParamsKernel {
+  kRuns,              // with grad_x, above
+  kSortedChunks,      // grad_params.cu, dp_sorted_kernel: accumulator in shared memory
+  kWarpAccumulators,  // grad_params.cu, dp_kernel: per-warp accumulators, shared or global
+};
+
+struct BackwardPlan {
+  GradXKernel grad_x;
+  GradParamsKernel grad_params;
+  // grad_x's table and grad_params' accumulator in shared memory (kRuns reads the table
+  // through L2 by design, and is full speed wherever it serves)
+  bool full_speed;
+};
+
+// block: block_size_backward; fast: backward_fast_mode.
+BackwardPlan plan_backward(const CallShape& shape, int tile, int block, bool fast,
+                           bool deterministic, const DeviceLimits& lim);
+
+// The largest num_grids served at full speed for a tile size and mode ("forward",
+// "backward", "backward_fast", "backward_deterministic"): of a layer wider than one output
+// tile, with the smallest block (the kernels' least shared memory).
+int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim);
+
+}  // namespace lmkan2d
+}  // namespace lmkan

@@ -1,0 +1,95 @@
+"""The layers' lean call path: one key, one dict lookup and one op call per steady-state call.
+
+A layer call does a good deal of Python before its op runs: input checks, resolving "auto"
+launch settings, the shared-memory warning, the mixed-precision policy, picking the backend.
+On a small layer that Python cost more than the GPU work (LMKAN2DLayer(26, 128, 128) at
+B=1024 on the H200: 76 us per no-grad call, of which the op itself was ~40; docs/decisions.md,
+"Per-call cost"). Its outcome depends only on what `call_key` collects, so the first call of
+each kind runs the general path and stores the op's remaining arguments (its *plan*) under
+that key; later calls of that kind look the plan up and call the op directly.
+
+A plan is stored only for calls that run the CUDA kernels with float32 tensors outside
+autocast, torch.compile tracing, CUDA graph capture and lmKAN.tune() sessions, on a 2-D
+input: every other call takes the general path every time. A layer drops its plans when a
+setting they depend on is assigned (PlannedCalls.__setattr__), when the tuning cache's memory
+is cleared (its generation is part of the key), and when pickled.
+
+What is read once per key rather than per call: LMKAN_TUNING (a change applies to call kinds
+a layer has not seen yet, or after lmKAN.tuning.clear_memory_cache()).
+"""
+import torch
+from torch import nn
+
+from .tuning.cache import MEMORY_GENERATION
+from .tuning.session import SESSION
+
+__all__ = ["PlannedCalls", "call_key", "may_store_plan"]
+
+
+def call_key(x, params, deterministic):
+    """What decides a call's op arguments, or None when the call must take the general path
+    (x not a plain tensor, torch.compile tracing, an lmKAN.tune() session)."""
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling() or SESSION.force is not None:
+        return None
+    return (x.shape, x.dtype, x.device, params.dtype, params.device,
+            torch.is_grad_enabled() and (x.requires_grad or params.requires_grad),
+            torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic,
+            torch.is_autocast_enabled("cuda"), MEMORY_GENERATION[0])
+
+
+def may_store_plan(key, x, kernel_runs):
+    """Whether the general path's op arguments for `key` may serve later calls of that key:
+    the call ran the CUDA kernels (float32 tensors) on a 2-D x, outside autocast (whose
+    casts the general path does) and outside CUDA graph capture (where "auto" settings are
+    not timed: the next eager call resolves them)."""
+    return (key is not None and kernel_runs and x.dim() == 2 and not key[7]
+            and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
+class PlannedCalls(nn.Module):
+    """Base of the layers: holds `_call_plans` (call key -> op arguments after x, params and
+    borders), runs a call from its plan where there is one, and drops the plans when an
+    attribute in PLAN_SETTINGS is assigned.
+
+    A layer class sets PLAN_SETTINGS, PLANNED_OP (its differentiable layer op, None without
+    the extension: then no plan is ever stored) and `_forward_general(x, params, key)`, which
+    calls `may_store_plan` to decide whether to keep the call's plan.
+    """
+
+    PLAN_SETTINGS = frozenset()
+    PLANNED_OP = None
+
+    def __init__(self):
+        super().__init__()
+        self._call_plans = {}
+
+    def forward(self, x):
+        params = self._parameters["func_parameter"]
+        key = call_key(x, params, self.deterministic)
+        plan = self._call_plans.get(key)
+        if plan is not None:  # a call like an earlier one: its op arguments, no Python checks
+            return self.PLANNED_OP(x, params, self._buffers["borders"], *plan)
+        return self._forward_general(x, params, key)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self.PLAN_SETTINGS and "_call_plans" in self.__dict__:
+            self._call_plans.clear()
+
+    def __getstate__(self):
+        # Plans name device indices and this process's cache generation: not carried over.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_call_plans"] = {}
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_call_plans" not in self.__dict__:  # pickled before the lean path existed
+            self._call_plans = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half(), ...: the parameters' dtype and device are in the key, but a
+        # conversion may also replace them; start afresh.
+        self._call_plans.clear()
+        return super()._apply(fn, *args, **kwargs)

@@ -1,0 +1,185 @@
+"""The layers' lean call path (lmKAN/_call_plans.py): when a plan is stored, reused, dropped.
+
+CPU tests stand in for the kernels: `kernel_runs` is forced true where the layer decides
+whether to store a plan, and the layer op the plans call is replaced by one that records
+its arguments and runs the reference. GPU tests run the real op and compare with the
+general path.
+"""
+import copy
+import pickle
+
+import pytest
+import torch
+
+from lmKAN import LMKAN1DLayer, LMKAN2DLayer, _call_plans, _reference, lmkan1d, lmkan2d
+from conftest import requires_gpu
+
+
+class RecordingOp:
+    """Stands for torch.ops.lmkan.lmkan2d / lmkan1d: records each call's extra arguments."""
+
+    def __init__(self, reference):
+        self.calls = []
+        self.reference = reference
+
+    def __call__(self, x, params, borders, *plan):
+        self.calls.append(plan)
+        return self.reference(x, params, borders, plan)
+
+
+def _reference_2d(x, params, borders, plan):
+    return _reference.lmkan2d_forward(x, params, borders, plan[0])
+
+
+def _reference_1d(x, params, borders, plan):
+    return _reference.lmkan1d_forward(x, params, borders, plan[0], plan[1])
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """Plans stored as if the kernels ran; the plans' op call recorded (both layers)."""
+    ops = {"2d": RecordingOp(_reference_2d), "1d": RecordingOp(_reference_1d)}
+    store = _call_plans.may_store_plan
+    for module, layer, op in ((lmkan2d, LMKAN2DLayer, ops["2d"]), (lmkan1d, LMKAN1DLayer, ops["1d"])):
+        monkeypatch.setattr(layer, "PLANNED_OP", op)
+        monkeypatch.setattr(module, "may_store_plan",
+                            lambda key, x, kernel_runs: store(key, x, True))
+    return ops
+
+
+def _layer_2d(**kwargs):
+    return LMKAN2DLayer(5, 6, 3, tile_size_forward=8, block_size_forward=256,
+                        tile_size_backward=8, block_size_backward=256, **kwargs)
+
+
+def test_second_call_runs_the_stored_plan(planned):
+    layer, x = _layer_2d(), torch.randn(6, 10)
+    y1 = layer(x)
+    assert planned["2d"].calls == [] and len(layer._call_plans) == 1
+    y2 = layer(x)
+    assert planned["2d"].calls == [(True, 8, 256, 8, 256, False, False)]
+    torch.testing.assert_close(y2, y1, rtol=0, atol=0)
+
+
+def test_plan_follows_the_layer_settings(planned):
+    layer, x = _layer_2d(), torch.randn(6, 10)
+    layer(x)
+    layer.tile_size_forward = 16  # assigning a setting drops the plans
+    assert layer._call_plans == {}
+    layer(x)
+    layer(x)
+    assert planned["2d"].calls == [(True, 16, 256, 8, 256, False, False)]
+
+
+@pytest.mark.parametrize("change", ["no_grad", "shape", "dtype", "deterministic", "no_grad_params"])
+def test_a_different_kind_of_call_takes_the_general_path(planned, change):
+    layer, x = _layer_2d(), torch.randn(6, 10)
+    layer(x)
+    if change == "no_grad":
+        with torch.no_grad():
+            layer(x)
+    elif change == "shape":
+        x = torch.randn(6, 11)
+    elif change == "dtype":
+        layer, x = layer.double(), x.double()
+    elif change == "deterministic":
+        layer.deterministic = True
+    elif change == "no_grad_params":
+        layer.func_parameter.requires_grad_(False)
+    if change != "no_grad":
+        layer(x)
+    assert planned["2d"].calls == []
+
+
+def test_gradients_through_the_plan_match(planned):
+    layer, x = _layer_2d(), torch.randn(6, 10)
+    x1 = x.clone().requires_grad_(True)
+    layer(x1).square().sum().backward()
+    g1, gp1 = x1.grad, layer.func_parameter.grad.clone()
+    layer.zero_grad()
+    x2 = x.clone().requires_grad_(True)
+    layer(x2).square().sum().backward()
+    assert planned["2d"].calls, "the second call should have run its plan"
+    torch.testing.assert_close(x2.grad, g1, rtol=0, atol=0)
+    torch.testing.assert_close(layer.func_parameter.grad, gp1, rtol=0, atol=0)
+
+
+def test_bad_input_after_a_plan_gets_the_layers_message(planned):
+    layer = _layer_2d()
+    layer(torch.randn(6, 10))
+    with pytest.raises(ValueError, match=r"LMKAN2DLayer input must have shape \[input_dim=6"):
+        layer(torch.randn(4, 10))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        layer([[0.0] * 10] * 6)
+
+
+def test_no_plan_where_the_general_path_must_run(planned):
+    layer = LMKAN2DLayer(5, 6, 3, batch_last=False)
+    layer(torch.randn(2, 5, 6))  # 3-D batch-first input: reshaped by the general path
+    assert layer._call_plans == {}
+    x = torch.randn(5, 6)
+    with pytest.MonkeyPatch.context() as patch:  # autocast's casts: the general path
+        patch.setattr(torch, "is_autocast_enabled", lambda device_type: True)
+        key = _call_plans.call_key(x, layer.func_parameter, None)
+    assert key is not None and not _call_plans.may_store_plan(key, x, True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.compiler, "is_compiling", lambda: True)
+        layer(torch.randn(5, 6))
+    assert layer._call_plans == {}
+
+
+def test_plans_are_not_pickled_or_kept_across_conversions(planned):
+    layer, x = _layer_2d(), torch.randn(6, 10)
+    layer(x)
+    assert pickle.loads(pickle.dumps(layer))._call_plans == {}
+    assert copy.deepcopy(layer)._call_plans == {}
+    assert len(layer._call_plans) == 1
+    layer.float()  # any .to()/.cuda()/.half() conversion
+    assert layer._call_plans == {}
+
+
+def test_tuning_cache_clear_makes_plans_stale(planned):
+    from lmKAN import tuning
+    layer, x = _layer_2d(), torch.randn(6, 10)
+    layer(x)
+    tuning.clear_memory_cache()
+    layer(x)
+    assert planned["2d"].calls == []
+
+
+def test_1d_layer_plans(planned):
+    layer = LMKAN1DLayer(7, 4, 3, grid="uniform", batch_last=False)
+    x = torch.randn(9, 4)
+    y1 = layer(x)
+    y2 = layer(x)
+    assert planned["1d"].calls == [(True, False, False)]
+    torch.testing.assert_close(y2, y1, rtol=0, atol=0)
+    layer.batch_last = True
+    assert layer._call_plans == {}
+
+
+@requires_gpu
+@pytest.mark.parametrize("batch_last", [True, False])
+@pytest.mark.parametrize("kind", ["2d", "1d"])
+def test_cuda_plan_matches_the_general_path(kind, batch_last):
+    torch.manual_seed(0)
+    if kind == "2d":
+        layer = LMKAN2DLayer(6, 10, 70, batch_last=batch_last).cuda()
+    else:
+        layer = LMKAN1DLayer(6, 10, 70, batch_last=batch_last).cuda()
+    x = torch.randn((10, 300) if batch_last else (300, 10), device="cuda")
+    grads = []
+    for _ in range(2):  # the first call fills the plan, the second runs it
+        xg = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        y = layer(xg)
+        y.square().sum().backward()
+        grads.append((y.detach(), xg.grad, layer.func_parameter.grad.clone()))
+        with torch.no_grad():
+            grads.append((layer(x),))
+    assert len(layer._call_plans) == 2  # with and without grad
+    assert grads[0][0].shape == ((70, 300) if batch_last else (300, 70))
+    torch.testing.assert_close(grads[2][0], grads[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[3][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[2][1], grads[0][1], rtol=1e-6, atol=1e-6)  # atomics
+    torch.testing.assert_close(grads[2][2], grads[0][2], rtol=1e-6, atol=1e-6)
