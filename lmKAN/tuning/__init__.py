@@ -12,7 +12,9 @@ written atomically (temporary file + os.replace) and merged with what other proc
 wrote since it was read; a corrupt or foreign file is ignored with one warning.
 
 LMKAN_TUNING=off (or 0/false/no) disables timing: "auto" then means the defaults
-(DEFAULTS_2D; lmKAN.tune() still times: it is an explicit request).
+(DEFAULTS_2D; lmKAN.tune() still times: it is an explicit request). A layer reads it when
+it first sees a kind of call: later calls of that kind run the stored plan
+(lmKAN/_call_plans.py).
 
 Timing never happens on CPU tensors (no kernels: "auto" resolves to the defaults), inside
 CUDA graph capture, or while torch.compile traces (both use the cached choice or the
