@@ -3,6 +3,7 @@
 // deterministic per-slice workspaces.
 #include <c10/cuda/CUDAException.h>
 
+#include "common/warp.cuh"
 #include "lmkan1d/device.cuh"
 
 namespace lmkan {
@@ -217,12 +218,7 @@ __device__ __forceinline__ void sort_chunk_by_cell(const float2* cells, float2* 
   }
   // Exclusive scan of the 32 counts: bins[k] = start of cell k.
   const int count = bins[lane];
-  int inclusive = count;
-#pragma unroll
-  for (int step = 1; step < 32; step *= 2) {
-    const int t = __shfl_up_sync(0xffffffffu, inclusive, step);
-    if (lane >= step) inclusive += t;
-  }
+  const int inclusive = warp_inclusive_scan(count, lane);
   bins[lane] = inclusive - count;
   __syncwarp();
 #pragma unroll

@@ -2,6 +2,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/cp_async.cuh"
+#include "common/warp.cuh"
 #include "lmkan1d/device.cuh"
 
 namespace lmkan {
@@ -220,29 +221,6 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 // ==========================================================================================
 // Backward, dx
 // ==========================================================================================
-// v[0..N) of every lane -> v[0..N/2): lanes with bit N/2 set keep the upper half, the others
-// the lower half, each adding the partner's copy of the half it keeps.
-template <int N>
-__device__ __forceinline__ void fold_half(float (&v)[32], int lane) {
-  constexpr int H = N / 2;
-  const bool upper = (lane & H) != 0;
-#pragma unroll
-  for (int j = 0; j < H; ++j) {
-    const float send = upper ? v[j] : v[j + H];
-    const float keep = upper ? v[j + H] : v[j];
-    v[j] = keep + __shfl_xor_sync(0xffffffffu, send, H);
-  }
-}
-
-// Transpose-reduce: returns, in lane L, the sum over the 32 lanes of their v[L].
-__device__ __forceinline__ float reduce_scatter_32(float (&v)[32], int lane) {
-  fold_half<32>(v, lane);
-  fold_half<16>(v, lane);
-  fold_half<8>(v, lane);
-  fold_half<4>(v, lane);
-  fold_half<2>(v, lane);
-  return v[0];
-}
 
 __device__ __forceinline__ float dot4(const float4& a, const float4& b) {
   return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, a.w * b.w)));
@@ -305,7 +283,8 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
             part[2 * m + 1] = dot4(gy[m], table4[row_b[h] + lane]);
           }
         }
-        const float sum = reduce_scatter_32(part, lane);
+        transpose_reduce<32>(part, lane);  // lane L: the sum over the lanes of part[L]
+        const float sum = part[0];
         // Tile 0 writes, later tiles add: the same thread owns this entry in every tile.
         if (mine) grad_x[off] = tile == 0 ? sum : prev + sum;
       }

@@ -62,22 +62,12 @@ __device__ int block_exclusive_scan(int* count, int n, int* warp_sums) {
   const int begin = min(n, static_cast<int>(threadIdx.x) * per), end = min(n, begin + per);
   int local = 0;
   for (int i = begin; i < end; ++i) local += count[i];
-  int incl = local;
-#pragma unroll
-  for (int d = 1; d < 32; d *= 2) {
-    const int t = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += t;
-  }
+  const int incl = warp_inclusive_scan(local, lane);
   if (lane == 31) warp_sums[warp] = incl;
   __syncthreads();
   if (warp == 0) {
     const int v = lane < warps ? warp_sums[lane] : 0;
-    int w_incl = v;
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-      const int t = __shfl_up_sync(0xffffffffu, w_incl, d);
-      if (lane >= d) w_incl += t;
-    }
+    const int w_incl = warp_inclusive_scan(v, lane);
     warp_sums[lane] = w_incl - v;  // exclusive prefix of the warp totals
     if (lane == 31) warp_sums[32] = w_incl;
   }
@@ -215,7 +205,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
     const int rounds_end = (len + 15) & ~15;
     float g_next[U][K];
 #pragma unroll
-    for (int u = 0; u < U; ++u) load_row<K>(gy + int64_t(seg_entries[min(u, len - 1)].x) * a.ld, g_next[u]);
+    for (int u = 0; u < U; ++u) load_k<K, true>(gy + int64_t(seg_entries[min(u, len - 1)].x) * a.ld, g_next[u]);
     for (int t0 = 0; t0 < rounds_end; t0 += U) {
       float g[U][K];
 #pragma unroll
@@ -226,7 +216,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int s = seg_entries[min(t0 + U + u, len - 1)].x;
-          load_row<K>(gy + int64_t(s) * a.ld, g_next[u]);
+          load_k<K, true>(gy + int64_t(s) * a.ld, g_next[u]);
         }
       }
       float v[U];  // level-0 sums of the batch's samples (over lanes l, l ^ 1)
@@ -252,11 +242,11 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
               for (int j = 0; j < 4; ++j)
 #pragma unroll
                 for (int k = 0; k < K; ++k) acc[j][k] = 0.f;
-              load_row<K>(tab + int64_t(key) * W, t00);
-              load_row<K>(tab + int64_t(key + side) * W, t10);
+              load_k<K, true>(tab + int64_t(key) * W, t00);
+              load_k<K, true>(tab + int64_t(key + side) * W, t10);
             }
-            load_row<K>(tab + int64_t(key + 1) * W, t01);
-            load_row<K>(tab + int64_t(key + side + 1) * W, t11);
+            load_k<K, true>(tab + int64_t(key + 1) * W, t01);
+            load_k<K, true>(tab + int64_t(key + side + 1) * W, t11);
 #pragma unroll
             for (int k = 0; k < K; ++k) {
               e1[k] = t10[k] - t00[k];

@@ -4,32 +4,13 @@
 #include <cstdint>
 
 #include "common/grid.cuh"
+#include "common/warp.cuh"
 #include "lmkan2d/layout.h"
 
 namespace lmkan {
 namespace lmkan2d {
 
-// N values per lane in (N = 16 or 32), N warp-wide sums out: afterwards v[0] of lane l
-// holds the sum over all 32 lanes of v[l % N]. Recursive halving: at the step of width HALF
-// a lane keeps the half of its values whose index bit HALF equals its own lane bit and sends
-// the other half to lane ^ HALF (N - 1 shuffles), then lanes l and l ^ N, ... add up.
-template <int N, int HALF>
-__device__ __forceinline__ void transpose_reduce_step(float (&v)[N], int lane) {
-  const bool upper = (lane & HALF) != 0;
-#pragma unroll
-  for (int i = 0; i < HALF; ++i) {
-    const float keep = upper ? v[i + HALF] : v[i];
-    const float send = upper ? v[i] : v[i + HALF];
-    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
-  }
-  if constexpr (HALF > 1) transpose_reduce_step<N, HALF / 2>(v, lane);
-}
-template <int N>
-__device__ __forceinline__ void transpose_reduce(float (&v)[N], int lane) {
-  transpose_reduce_step<N, N / 2>(v, lane);
-#pragma unroll
-  for (int width = N; width < 32; width *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
-}
+// (transpose_reduce, the warp scan: common/warp.cuh)
 
 // Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2.
 __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
@@ -45,32 +26,21 @@ __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t
   return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
 }
 
-// K consecutive floats of a lane from read-only global memory, one vector load (K * lane
-// floats into a W-float row: aligned).
-template <int K>
-__device__ __forceinline__ void load_row(const float* p, float (&v)[K]) {
-  if constexpr (K == 4) {
-    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
-    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
-  } else if constexpr (K == 2) {
-    const float2 t = __ldg(reinterpret_cast<const float2*>(p));
-    v[0] = t.x; v[1] = t.y;
-  } else {
-    v[0] = __ldg(p);
-  }
-}
-
-// K consecutive floats (16/8/4-byte aligned: K * lane floats into a W-float row).
-template <int K>
+// K consecutive floats of a lane into v, one vector access (K * lane floats into a W-float
+// row: 16/8/4-byte aligned). kReadOnly: through the read-only data cache (__ldg; global
+// memory that nothing writes while the kernel runs), else a plain load (shared memory too).
+template <int K, bool kReadOnly = false>
 __device__ __forceinline__ void load_k(const float* p, float (&v)[K]) {
   if constexpr (K == 4) {
-    const float4 t = *reinterpret_cast<const float4*>(p);
+    const float4 t = kReadOnly ? __ldg(reinterpret_cast<const float4*>(p))
+                               : *reinterpret_cast<const float4*>(p);
     v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
   } else if constexpr (K == 2) {
-    const float2 t = *reinterpret_cast<const float2*>(p);
+    const float2 t = kReadOnly ? __ldg(reinterpret_cast<const float2*>(p))
+                               : *reinterpret_cast<const float2*>(p);
     v[0] = t.x; v[1] = t.y;
   } else {
-    v[0] = p[0];
+    v[0] = kReadOnly ? __ldg(p) : p[0];
   }
 }
 

@@ -3,6 +3,7 @@
 // lmkan2d_max_num_grids reports and the launch agree. No ATen; __host__ __device__ only
 // where a kernel reads the value too.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cuda_runtime.h>
 
@@ -95,6 +96,21 @@ inline int64_t dp_sorted_smem_bytes(int num_grids, int w, int warps) {
   const int64_t chunk = int64_t(warps) * 32 * kSortSpl;
   return cells * w * 4 + int64_t(warps) * cells * 4 + (cells + 1) * 4 + chunk * 16 +
          int64_t(num_grids + 1) * 4 + 16;
+}
+
+// Pair splits of the forward-shaped kernels (forward_sample_lanes.cu, output_lanes.cu): a
+// grid of blocks_xy blocks with fewer than about two per SM (small batches) splits the pairs
+// over blockIdx.z, at least 4 pairs and at most max_splits splits; the callers add the
+// partial sums in a fixed order.
+struct PairSplit {
+  int64_t splits;
+  int pairs_per_split;
+};
+inline PairSplit split_pairs(int64_t blocks_xy, int n_pairs, int num_sms, int64_t max_splits) {
+  int64_t splits = std::max<int64_t>(1, (2 * int64_t(num_sms) + blocks_xy - 1) / blocks_xy);
+  splits = std::min<int64_t>({splits, std::max(1, n_pairs / 4), max_splits});
+  const int pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
+  return {(n_pairs + pairs_per_split - 1) / pairs_per_split, pairs_per_split};
 }
 
 }  // namespace lmkan2d

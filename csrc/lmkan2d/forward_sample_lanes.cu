@@ -229,10 +229,9 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   TORCH_CHECK(sample_blocks < (int64_t(1) << 31) && n_tiles <= 65535,
               "lmkan2d: grid too large (batch ", batch, ", output_dim ", n_out, ")");
   const int64_t blocks_xy = sample_blocks * n_tiles;
-  int64_t splits = std::max<int64_t>(1, (2 * int64_t(lim.num_sms) + blocks_xy - 1) / blocks_xy);
-  splits = std::min<int64_t>(splits, std::max(1, n_pairs / 4));
-  const int pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
-  splits = (n_pairs + pairs_per_split - 1) / pairs_per_split;
+  const PairSplit split = split_pairs(blocks_xy, n_pairs, lim.num_sms, n_pairs);
+  const int64_t splits = split.splits;
+  const int pairs_per_split = split.pairs_per_split;
 
   const at::Tensor packed = pack_table(params, w);
   at::Tensor out = splits > 1 ? at::empty({splits, n_out, batch}, y.options()) : y;

@@ -108,12 +108,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
       for (int base = 0; base < cells; base += 32) {
         const int c = base + lane;
         const int v = c < cells ? offs[c] : 0;
-        int incl = v;
-#pragma unroll
-        for (int d = 1; d < 32; d *= 2) {
-          const int t = __shfl_up_sync(0xffffffffu, incl, d);
-          if (lane >= d) incl += t;
-        }
+        const int incl = warp_inclusive_scan(v, lane);
         if (c < cells) offs[c] = carry + incl - v;
         carry += __shfl_sync(0xffffffffu, incl, 31);
       }
@@ -147,7 +142,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
         for (int s = s0; s < s1; ++s) {
           const float4 v = sorted[s];  // broadcast
           float g[K];
-          load_row<K>(gy_tile + (b0 + __float_as_int(v.x)) * ld, g);
+          load_k<K, true>(gy_tile + (b0 + __float_as_int(v.x)) * ld, g);
           add_sample<K>(r, g, v.y, v.z);
         }
         float* q = acc + int64_t(c) * W + K * lane;

@@ -342,12 +342,10 @@ LaunchPlan plan_launch(int num_grids, int w, int nb, int block, int regs, int64_
                     lim.smem_optin);
   plan.n_tiles = (n_out + w - 1) / w;
   plan.sample_blocks = (batch + nb - 1) / nb;
-  const int64_t target_blocks = 2 * int64_t(lim.num_sms);
-  const int64_t blocks_xy = plan.sample_blocks * plan.n_tiles;
-  int64_t splits = std::max<int64_t>(1, (target_blocks + blocks_xy - 1) / blocks_xy);
-  splits = std::min<int64_t>({splits, std::max(1, n_pairs / 4), max_splits});
-  plan.pairs_per_split = static_cast<int>((n_pairs + splits - 1) / splits);
-  plan.splits = (n_pairs + plan.pairs_per_split - 1) / plan.pairs_per_split;
+  const PairSplit split =
+      split_pairs(plan.sample_blocks * plan.n_tiles, n_pairs, lim.num_sms, max_splits);
+  plan.splits = split.splits;
+  plan.pairs_per_split = split.pairs_per_split;
   TORCH_CHECK(plan.sample_blocks < (int64_t(1) << 31) && plan.n_tiles <= 65535,
               "lmkan2d: grid too large (batch ", batch, ", output_dim ", n_out, ")");
   return plan;

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/warp.cuh"
 #include "regularizers/launch.h"
 
 namespace lmkan {
@@ -35,14 +36,13 @@ static __device__ void fill_coefficients(const float* __restrict__ borders, int 
 
 // Sum of v over the block, valid in thread 0. red: shared [32]. Fixed order: deterministic.
 static __device__ double block_sum(double v, double* red) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  v = warp_sum_to_lane0(v);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (lane == 0) red[warp] = v;
   __syncthreads();
   const int num_warps = (blockDim.x + 31) >> 5;
   if (warp == 0) {
-    v = lane < num_warps ? red[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    v = warp_sum_to_lane0(lane < num_warps ? red[lane] : 0.0);
   }
   return v;
 }

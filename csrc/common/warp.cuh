@@ -1,0 +1,48 @@
+// Warp-wide primitives shared by the kernels of every op family (one definition each).
+// All lanes of the warp must take part (full mask).
+#pragma once
+
+namespace lmkan {
+
+// Inclusive prefix sum of v over the lanes (lane l gets v of lanes 0..l): Hillis-Steele,
+// 5 shuffles. An exclusive scan is the result minus v; the warp total is lane 31's result.
+__device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int t = __shfl_up_sync(0xffffffffu, v, d);
+    if (lane >= d) v += t;
+  }
+  return v;
+}
+
+// Sum of v over the warp, valid in lane 0 (a fixed order: deterministic).
+template <typename T>
+__device__ __forceinline__ T warp_sum_to_lane0(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Transpose-reduce: N values per lane in (N = 2 .. 32, a power of two), N warp-wide sums
+// out: afterwards v[0] of lane l holds the sum over all 32 lanes of v[l % N]. Recursive
+// halving: at the step of width HALF a lane keeps the half of its values whose index bit
+// HALF equals its own lane bit and sends the other half to lane ^ HALF (N - 1 shuffles in
+// all), then lanes l and l ^ N, ... add up.
+template <int N, int HALF>
+__device__ __forceinline__ void transpose_reduce_step(float (&v)[N], int lane) {
+  const bool upper = (lane & HALF) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float keep = upper ? v[i + HALF] : v[i];
+    const float send = upper ? v[i] : v[i + HALF];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
+  }
+  if constexpr (HALF > 1) transpose_reduce_step<N, HALF / 2>(v, lane);
+}
+template <int N>
+__device__ __forceinline__ void transpose_reduce(float (&v)[N], int lane) {
+  transpose_reduce_step<N, N / 2>(v, lane);
+#pragma unroll
+  for (int width = N; width < 32; width *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
+}
+
+}  // namespace lmkan
