@@ -2,14 +2,16 @@
 
 This is both the CPU execution path and the oracle that the CUDA kernels are tested
 against. Everything is vectorised and differentiable by autograd, works in float32 and
-float64, on any device. The lookups go through `embedding_bag` with per-sample weights:
+float64, on any device. float16/bfloat16 tensors are computed in float32 (cells, weights,
+sums; grids.compute_dtype) and the result is returned in their dtype; parameter gradients
+come back in the parameters' dtype. The lookups go through `embedding_bag` with per-sample weights:
 each sample is a "bag" of 4 (2D) or 2 (1D) table rows per input feature, so memory stays
 O(B * N_out) instead of O(B * N_out * N_in).
 """
 import torch
 import torch.nn.functional as F
 
-from .grids import find_cell
+from .grids import compute_dtype, find_cell
 
 __all__ = ["lmkan2d_forward", "lmkan1d_forward", "hessian2d", "second_diff1d"]
 
@@ -27,15 +29,17 @@ def lmkan2d_forward(x, params, borders, batch_last=True):
     xb = _to_batch_first(x, batch_last)
     batch = xb.shape[0]
     side, _, n_out, n_pairs = params.shape
+    out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
     i1, d1 = find_cell(xb[:, 0::2], borders)  # [B, N_in/2]
     i2, d2 = find_cell(xb[:, 1::2], borders)
     # Row of P[i1, i2, :, p] in the table laid out as [N_in/2, G+1, G+1] x N_out.
     row = torch.arange(n_pairs, device=x.device) * (side * side) + i1 * side + i2
     rows = torch.stack([row, row + 1, row + side, row + side + 1], dim=-1)
     weights = torch.stack([(1 - d1) * (1 - d2), (1 - d1) * d2, d1 * (1 - d2), d1 * d2], dim=-1)
-    table = params.permute(3, 0, 1, 2).reshape(n_pairs * side * side, n_out)
+    table = params.permute(3, 0, 1, 2).reshape(n_pairs * side * side, n_out).to(dtype)
     y = F.embedding_bag(rows.reshape(batch, 4 * n_pairs), table,
-                        per_sample_weights=weights.reshape(batch, 4 * n_pairs), mode="sum")
+                        per_sample_weights=weights.to(dtype).reshape(batch, 4 * n_pairs), mode="sum")
+    y = y.to(out_dtype)
     return y.t() if batch_last else y
 
 
@@ -47,13 +51,15 @@ def lmkan1d_forward(x, params, borders, uniform_grid=False, batch_last=True):
     xb = _to_batch_first(x, batch_last)
     batch = xb.shape[0]
     side, n_out, n_in = params.shape
+    out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
     index, d = find_cell(xb, borders, uniform=uniform_grid)  # [B, N_in]
     row = torch.arange(n_in, device=x.device) * side + index
     rows = torch.stack([row, row + 1], dim=-1)
     weights = torch.stack([1 - d, d], dim=-1)
-    table = params.permute(2, 0, 1).reshape(n_in * side, n_out)
+    table = params.permute(2, 0, 1).reshape(n_in * side, n_out).to(dtype)
     y = F.embedding_bag(rows.reshape(batch, 2 * n_in), table,
-                        per_sample_weights=weights.reshape(batch, 2 * n_in), mode="sum")
+                        per_sample_weights=weights.to(dtype).reshape(batch, 2 * n_in), mode="sum")
+    y = y.to(out_dtype)
     return y.t() if batch_last else y
 
 
@@ -66,8 +72,10 @@ def _node_spacings(borders, dtype):
 def hessian2d(params, borders):
     """R = sum over (o, p) of mean over inner nodes (a, b) of fxx^2 + 2 fxy^2 + fyy^2.
 
-    params: [G+1, G+1, N_out, N_in/2]; returns a 0-dim tensor.
+    params: [G+1, G+1, N_out, N_in/2]; returns a 0-dim tensor, in float32 for a
+    float16/bfloat16 table (computed in grids.compute_dtype).
     """
+    params = params.to(compute_dtype(params.dtype))
     hm, hp = _node_spacings(borders, params.dtype)
     hs = hm + hp
     col = lambda t: t[:, None, None, None]  # noqa: E731 - broadcast along dim 0
@@ -80,7 +88,9 @@ def hessian2d(params, borders):
 
 
 def second_diff1d(params, borders):
-    """Sum over (o, i) of the mean over inner nodes of f''^2. params: [G+1, N_out, N_in]."""
+    """Sum over (o, i) of the mean over inner nodes of f''^2. params: [G+1, N_out, N_in];
+    a 0-dim tensor, in float32 for a float16/bfloat16 table (grids.compute_dtype)."""
+    params = params.to(compute_dtype(params.dtype))
     hm, hp = _node_spacings(borders, params.dtype)
     hm, hp = hm[:, None, None], hp[:, None, None]
     center = params[1:-1]

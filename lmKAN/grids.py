@@ -8,7 +8,8 @@ import math
 
 import torch
 
-__all__ = ["laplace_cdf", "laplace_icdf", "cdf_borders", "uniform_borders", "find_cell"]
+__all__ = ["laplace_cdf", "laplace_icdf", "cdf_borders", "uniform_borders", "find_cell",
+           "compute_dtype"]
 
 
 def laplace_cdf(v: float) -> float:
@@ -38,14 +39,25 @@ def uniform_borders(num_grids: int, spline_width: float, dtype=torch.float32, de
     return torch.tensor(g, dtype=dtype, device=device)
 
 
+def compute_dtype(dtype):
+    """The dtype cells, weights and sums are computed in for tensors of `dtype`: at least
+    float32 (float16/bfloat16 cannot hold a cell index past 256 or 2048, nor a node of a fine
+    grid: near x = 1 a cell of a G=300 grid is 0.018 wide, and bfloat16 moves a node there by
+    about 0.004); float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def find_cell(v: torch.Tensor, borders: torch.Tensor, uniform: bool = False):
     """Cell index (int64, in [0, G-1]) and position d of every element of `v`.
 
     d = (v - g_i) / (g_{i+1} - g_i) lies in [0, 1) inside the grid and extrapolates beyond
-    the end nodes; NaN inputs get cell 0 and d = NaN.
+    the end nodes; NaN inputs get cell 0 and d = NaN. Computed, and d returned, in
+    compute_dtype(v.dtype): at least float32.
     """
     num_grids = borders.shape[0] - 1
-    borders = borders.to(v.dtype)
+    dtype = compute_dtype(v.dtype)
+    v = v.to(dtype)
+    borders = borders.to(dtype)
     if uniform:
         lo, hi = borders[0], borders[num_grids]
         pos = (v - lo) * (num_grids / (hi - lo))

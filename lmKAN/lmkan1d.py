@@ -3,8 +3,9 @@ import torch
 from torch import nn
 
 from . import _device, ops
-from ._call_plans import PlannedCalls, may_store_plan
+from ._call_plans import may_store_plan
 from ._checks import check_choice, check_input, check_int, check_positive_float
+from ._layer_base import LookupLayerBase
 from .grids import cdf_borders, uniform_borders
 
 __all__ = ["LMKAN1DLayer", "KANLayer", "INIT_MODES", "GRIDS"]
@@ -13,7 +14,7 @@ INIT_MODES = ("random_normal", "identity", "zero")
 GRIDS = ("cdf", "uniform")
 
 
-class LMKAN1DLayer(PlannedCalls):
+class LMKAN1DLayer(LookupLayerBase):
     """y[o] = sum over inputs i of f_{o,i}(x[i]), each f piecewise linear on a fixed grid.
 
     Args:

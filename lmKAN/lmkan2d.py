@@ -6,15 +6,16 @@ import torch
 from torch import nn
 
 from . import _device, ops, tuning
-from ._call_plans import PlannedCalls, may_store_plan
+from ._call_plans import may_store_plan
 from ._checks import check_choice, check_input, check_int
 from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
+from ._layer_base import LookupLayerBase
 from .grids import cdf_borders
 
 __all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES"]
 
 
-class LMKAN2DLayer(PlannedCalls):
+class LMKAN2DLayer(LookupLayerBase):
     """y[o] = sum over input pairs p of f_{o,p}(x[2p], x[2p+1]), each f a bilinear table.
 
     Args:
