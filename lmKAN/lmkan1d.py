@@ -50,10 +50,21 @@ class LMKAN1DLayer(LookupLayerBase):
         self.batch_last = bool(batch_last)
         self.deterministic = None if deterministic is None else bool(deterministic)
         self.func_parameter = nn.Parameter(torch.empty(self.num_grids + 1, self.output_dim, self.input_dim))
-        borders = (uniform_borders(self.num_grids, self.spline_width) if self.grid == "uniform"
-                   else cdf_borders(self.num_grids))
-        self.register_buffer("borders", borders)
+        self.register_buffer("borders", self.grid_nodes())
         self.reset_parameters()
+
+    def grid_nodes(self):
+        """The float32 nodes of this layer's grid (uniform or CDF, num_grids cells)."""
+        if self.grid == "uniform":
+            return uniform_borders(self.num_grids, self.spline_width)
+        return cdf_borders(self.num_grids)
+
+    def grid_description(self):
+        if self.grid == "uniform":
+            half = self.spline_width / 2
+            return (f"the uniform grid of num_grids={self.num_grids} on [{-half:g}, {half:g}] "
+                    f"({self.num_grids + 1} nodes, spline_width={self.spline_width:g})")
+        return f"the CDF grid of num_grids={self.num_grids} ({self.num_grids + 1} nodes)"
 
     def reset_parameters(self):
         with torch.no_grad():

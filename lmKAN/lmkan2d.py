@@ -97,8 +97,15 @@ class LMKAN2DLayer(LookupLayerBase):
         self.init_scale = float(init_scale)
         side = self.num_grids + 1
         self.func_parameter = nn.Parameter(torch.empty(side, side, self.output_dim, self.input_dim // 2))
-        self.register_buffer("borders", cdf_borders(self.num_grids))
+        self.register_buffer("borders", self.grid_nodes())
         self.reset_parameters()
+
+    def grid_nodes(self):
+        """The float32 nodes of this layer's grid (the CDF grid of num_grids cells)."""
+        return cdf_borders(self.num_grids)
+
+    def grid_description(self):
+        return f"the CDF grid of num_grids={self.num_grids} ({self.num_grids + 1} nodes)"
 
     def reset_parameters(self):
         bound = self.init_scale / math.sqrt(self.input_dim)
