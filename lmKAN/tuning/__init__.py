@@ -9,7 +9,8 @@ dtype, which settings are searched); see `TuningKey`.
 Choices live in an in-memory dict in front of a JSON file: $LMKAN_CACHE_DIR/tuning.json,
 else $XDG_CACHE_HOME/lmKAN/tuning.json, else ~/.cache/lmKAN/tuning.json. The file is
 written atomically (temporary file + os.replace) and merged with what other processes
-wrote since it was read; a corrupt or foreign file is ignored with one warning.
+wrote, under a lock file (filelock); entries are validated when read; a corrupt, foreign,
+non-regular or oversized file is ignored with one warning.
 
 LMKAN_TUNING=off (or 0/false/no) disables timing: "auto" then means the defaults
 (DEFAULTS_2D; lmKAN.tune() still times: it is an explicit request). A layer reads it when
