@@ -2,6 +2,7 @@
 
 Every message names the argument, what was expected and what was received.
 """
+import math
 import numbers
 
 import torch
@@ -22,17 +23,40 @@ def check_int(name, value, minimum, even=False):
 
 
 def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    """One of `choices`, of the same type as they are (8.0 is not the tile size 8; the
+    string "False" is not False)."""
+    if not any(value == c and type(value) is type(c) for c in choices):
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r} "
+                         f"({type(value).__name__})")
     return value
 
 
-def check_positive_float(name, value):
+def check_bool(name, value, also=()):
+    """A bool (numpy's too), or one of the values in `also` (e.g. None, "auto"). Strings such
+    as "false" are refused: bool("false") is True."""
+    if any(value is a or (isinstance(a, str) and value == a) for a in also):
+        return value
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    allowed = ["True", "False"] + [repr(a) for a in also]
+    raise TypeError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got "
+                    f"{type(value).__name__} ({value!r})")
+
+
+def check_real(name, value, minimum=None, exclusive=False):
+    """A finite real number (not a bool), at least `minimum` (above it if `exclusive`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+        raise ValueError(f"{name} must be {'>' if exclusive else '>='} {minimum:g}, got {value!r}")
     return float(value)
+
+
+def check_positive_float(name, value):
+    """A finite real number > 0."""
+    return check_real(name, value, 0.0, exclusive=True)
 
 
 def check_input(x, weight, input_dim, batch_last, layer_name):

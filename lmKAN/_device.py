@@ -19,10 +19,23 @@ _FACTS = {}  # (fact name, device index, *details) -> value
 
 
 def device_index(device):
-    """The CUDA device index of `device` (a torch.device or its string); the current device
-    where it names none ("cuda")."""
-    device = torch.device(device)
-    return device.index if device.index is not None else torch.cuda.current_device()
+    """The CUDA device index of `device` (a torch.device, its string or an int); the current
+    device where it names none ("cuda"). ValueError for a device that is not a CUDA device,
+    or a CUDA device this machine does not have."""
+    if isinstance(device, bool) or not isinstance(device, (torch.device, str, int)):
+        raise TypeError(f"device must be a CUDA device (torch.device, 'cuda', 'cuda:N' or an "
+                        f"index), got {type(device).__name__} ({device!r})")
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"device must be a CUDA device: the num_grids limits are those of the "
+                         f"CUDA kernels (the CPU path has none), got {device}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA device is available on this machine")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if not 0 <= index < torch.cuda.device_count():
+        raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s)")
+    return index
 
 
 def _cached(key, compute, *args):

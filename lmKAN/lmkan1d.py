@@ -4,7 +4,7 @@ from torch import nn
 
 from . import _device, ops
 from ._call_plans import may_store_plan
-from ._checks import check_choice, check_input, check_int, check_positive_float
+from ._checks import check_bool, check_choice, check_input, check_int, check_positive_float
 from ._layer_base import LookupLayerBase
 from .grids import cdf_borders, uniform_borders
 
@@ -47,8 +47,8 @@ class LMKAN1DLayer(LookupLayerBase):
         if init == "identity" and self.input_dim != self.output_dim:
             raise ValueError(f"init='identity' needs input_dim == output_dim, got input_dim="
                              f"{self.input_dim} and output_dim={self.output_dim}")
-        self.batch_last = bool(batch_last)
-        self.deterministic = None if deterministic is None else bool(deterministic)
+        self.batch_last = check_bool("batch_last", batch_last)
+        self.deterministic = check_bool("deterministic", deterministic, (None,))
         self.func_parameter = nn.Parameter(torch.empty(self.num_grids + 1, self.output_dim, self.input_dim))
         self.register_buffer("borders", self.grid_nodes())
         self.reset_parameters()
@@ -163,17 +163,19 @@ class KANLayer(LMKAN1DLayer):
         self.out_features = self.output_dim
         self.num_control_points = num_control_points
 
-    def visualize_all_mappings(self, save_path=None):
-        """KANditioned's method: every (input, output) spline in one figure, saved to
-        `save_path` (needs matplotlib). Returns the figure."""
+    def visualize_all_mappings(self, save_path=None, pairs=None):
+        """KANditioned's method: the (input, output) splines in one figure, saved to
+        `save_path` (needs matplotlib). Returns the figure. As plot_functions, it draws the
+        first 8 inputs x the first 8 outputs by default (the title says so when the layer
+        has more); pairs="all" draws every spline (a 256 -> 256 layer has 65,536)."""
         import os
         import tempfile
 
         from .plotting import plot_1d_functions
         if save_path is not None:
-            return plot_1d_functions(self, save_path, title="KAN Layer Mappings")["figure"]
+            return plot_1d_functions(self, save_path, pairs=pairs, title="KAN Layer Mappings")["figure"]
         with tempfile.TemporaryDirectory() as tmp:
-            return plot_1d_functions(self, os.path.join(tmp, "mappings.png"),
+            return plot_1d_functions(self, os.path.join(tmp, "mappings.png"), pairs=pairs,
                                      title="KAN Layer Mappings")["figure"]
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from . import _device, ops, tuning
 from ._call_plans import may_store_plan
-from ._checks import check_choice, check_input, check_int
+from ._checks import check_bool, check_choice, check_input, check_int, check_real
 from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
 from ._layer_base import LookupLayerBase
 from .grids import cdf_borders
@@ -87,14 +87,14 @@ class LMKAN2DLayer(LookupLayerBase):
         self.block_size_backward = _auto_or_choice("block_size_backward", block_size_backward, SUPPORTED_BLOCK_SIZES)
         self.tile_size_forward = _auto_or_choice("tile_size_forward", tile_size_forward, SUPPORTED_TILE_SIZES)
         self.tile_size_backward = _auto_or_choice("tile_size_backward", tile_size_backward, SUPPORTED_TILE_SIZES)
-        self.backward_fast_mode = tuning.AUTO if backward_fast_mode == tuning.AUTO else bool(backward_fast_mode)
-        self.batch_last = bool(batch_last)
-        self.deterministic = None if deterministic is None else bool(deterministic)
+        self.backward_fast_mode = check_bool("backward_fast_mode", backward_fast_mode, (tuning.AUTO,))
+        self.batch_last = check_bool("batch_last", batch_last)
+        self.deterministic = check_bool("deterministic", deterministic, (None,))
         self._warned_slow_fallback = False
         # What resolving the "auto" settings keeps between calls (lmKAN.tuning writes there,
         # never into the layer); not in the state dict.
         self._launch_resolver = tuning.LaunchResolver()
-        self.init_scale = float(init_scale)
+        self.init_scale = check_real("init_scale", init_scale, 0.0)
         side = self.num_grids + 1
         self.func_parameter = nn.Parameter(torch.empty(side, side, self.output_dim, self.input_dim // 2))
         self.register_buffer("borders", self.grid_nodes())
@@ -189,8 +189,10 @@ class LMKAN2DLayer(LookupLayerBase):
 
 
 def _auto_or_choice(name, value, supported):
-    """"auto" (resolved per call by lmKAN.tuning) or one of the supported values."""
-    return tuning.AUTO if value == tuning.AUTO else check_choice(name, value, supported)
+    """"auto" (resolved per call by lmKAN.tuning) or one of the supported ints."""
+    if isinstance(value, str) and value == tuning.AUTO:
+        return tuning.AUTO
+    return check_choice(name, value, supported)
 
 
 # A constant to torch.compile (fixed per device): the layer's check stays in the graph's
@@ -205,7 +207,12 @@ def max_num_grids(tile_size, mode, device):
     deterministic) read the table through L2 at any num_grids by design and are bounded by
     their cell histogram; past it they run the deterministic kernels' L2 variants.
     """
+    check_choice("tile_size", tile_size, SUPPORTED_TILE_SIZES)
+    check_choice("mode", mode, MAX_NUM_GRIDS_MODES)
     return _device.max_num_grids_2d(tile_size, mode, device)
+
+
+MAX_NUM_GRIDS_MODES = ("forward", "backward", "backward_fast", "backward_deterministic")
 
 
 # The differentiable layer op (csrc/lmkan2d/autograd.cpp) that the layer's call plans run

@@ -213,6 +213,28 @@ def _register():
     for name in ("hessian2d", "second_diff1d"):
         _register_regulariser_fakes(lib + name)
 
+    # --- CPU tensors: say where the CPU path is ---------------------------------------------
+    for name, layer_op in KERNEL_OPS.items():
+        torch.library.impl(lib + name, "CPU")(_cpu_refusal(name, layer_op))
+
+
+# Each kernel op, and the function of this module that runs it or the reference.
+KERNEL_OPS = {"lmkan2d_forward": "lmkan2d", "lmkan2d_backward": "lmkan2d",
+              "lmkan1d_forward": "lmkan1d", "lmkan1d_backward": "lmkan1d",
+              "hessian2d": "hessian2d", "hessian2d_backward": "hessian2d",
+              "second_diff1d": "second_diff1d", "second_diff1d_backward": "second_diff1d"}
+
+
+def _cpu_refusal(name, layer_op):
+    """The CPU 'kernel' of a CUDA-only op: an error that points to the CPU path (torch's own
+    would only say that the op has no CPU kernel)."""
+    def refuse(*args, **kwargs):
+        raise NotImplementedError(
+            f"torch.ops.lmkan.{name} runs on CUDA tensors only (its kernels are CUDA kernels); "
+            f"on the CPU, lmKAN runs its pure-PyTorch reference: call the layers, or "
+            f"lmKAN.ops.{layer_op}(...), which picks the kernel or the reference per call")
+    return refuse
+
 
 def _register_regulariser_fakes(qualname):
     torch.library.register_fake(qualname)(lambda params, borders: params.new_empty(()))

@@ -11,8 +11,11 @@ stops cells that see few samples from fitting noise); decaying it lets the layer
 full resolution later.
 """
 import math
+import numbers
 
 import torch
+
+from ._checks import check_int, check_positive_float
 
 __all__ = ["HessianSchedule", "hessian_regularization"]
 
@@ -42,15 +45,17 @@ class HessianSchedule:
     """
 
     def __init__(self, total_steps, start=1e-3, end=1e-6, decay_fraction=0.8):
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if not (start > 0 and end > 0):
-            raise ValueError(f"start and end must be > 0, got start={start}, end={end}")
-        if not 0 < decay_fraction <= 1:
-            raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
-        self.total_steps, self.start, self.end = total_steps, start, end
-        self.decay_steps = max(1, int(decay_fraction * total_steps))
+        self.total_steps = check_int("total_steps", total_steps, 1)
+        self.start = check_positive_float("start", start)
+        self.end = check_positive_float("end", end)
+        decay_fraction = check_positive_float("decay_fraction", decay_fraction)
+        if decay_fraction > 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction!r}")
+        self.decay_steps = max(1, int(decay_fraction * self.total_steps))
 
     def __call__(self, step):
-        t = min(max(step, 0), self.decay_steps) / self.decay_steps
+        """The weight at `step` (an int; steps before 0 take the start weight)."""
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"step must be an int, got {type(step).__name__} ({step!r})")
+        t = min(max(int(step), 0), self.decay_steps) / self.decay_steps
         return math.exp((1 - t) * math.log(self.start) + t * math.log(self.end))

@@ -146,6 +146,18 @@ CONSTRUCTOR_ERRORS = [
     (LMKAN1DLayer, dict(init="orthogonal"), ValueError, ["init", "identity", "orthogonal"]),
     (LMKAN1DLayer, dict(init="identity", output_dim=3), ValueError, ["identity", "input_dim", "6", "3"]),
     (LMKAN1DLayer, dict(spline_width=0.0), ValueError, ["spline_width", "0.0"]),
+    # strict types and finite values (each of these was accepted, or failed elsewhere)
+    (LMKAN2DLayer, dict(backward_fast_mode="no"), TypeError, ["backward_fast_mode", "False", "'no'"]),
+    (LMKAN2DLayer, dict(deterministic="false"), TypeError, ["deterministic", "None", "'false'"]),
+    (LMKAN2DLayer, dict(batch_last="False"), TypeError, ["batch_last", "True", "'False'"]),
+    (LMKAN2DLayer, dict(tile_size_forward=8.0), ValueError, ["tile_size_forward", "8.0", "float"]),
+    (LMKAN2DLayer, dict(block_size_backward=True), ValueError, ["block_size_backward", "True", "bool"]),
+    (LMKAN2DLayer, dict(init_scale=float("nan")), ValueError, ["init_scale", "finite", "nan"]),
+    (LMKAN2DLayer, dict(init_scale=-0.1), ValueError, ["init_scale", ">= 0", "-0.1"]),
+    (LMKAN2DLayer, dict(init_scale="0.1"), TypeError, ["init_scale", "real", "'0.1'"]),
+    (LMKAN1DLayer, dict(spline_width=float("inf")), ValueError, ["spline_width", "finite", "inf"]),
+    (LMKAN1DLayer, dict(batch_last="False"), TypeError, ["batch_last", "'False'"]),
+    (LMKAN1DLayer, dict(deterministic=1), TypeError, ["deterministic", "int", "1"]),
 ]
 
 

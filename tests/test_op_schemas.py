@@ -134,3 +134,19 @@ def test_compiled_bad_call_raises_value_error():
     with pytest.raises(Exception) as info:
         fn(torch.empty(8, 9, device="meta"), params, borders)
     assert "x has 8 input features" in str(info.value)
+
+
+def test_kernel_ops_on_cpu_tensors_point_to_the_cpu_path():
+    g = 5
+    x, params, borders = torch.randn(4, 7), torch.randn(g + 1, g + 1, 3, 2), cdf_borders(g)
+    calls = {
+        "lmkan2d_forward": lambda: torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 256),
+        "lmkan2d": lambda: torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 256,
+                                                   False, False),
+        "lmkan1d_forward": lambda: torch.ops.lmkan.lmkan1d_forward(
+            x, torch.randn(g + 1, 3, 4), borders, False, True),
+        "hessian2d": lambda: torch.ops.lmkan.hessian2d(params, borders),
+    }
+    for name, call in calls.items():
+        with pytest.raises(NotImplementedError, match=r"CUDA tensors only.*pure-PyTorch reference"):
+            call()

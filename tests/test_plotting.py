@@ -6,7 +6,7 @@ import torch
 from lmKAN import KANLayer, LMKAN1DLayer, LMKAN2DLayer
 from lmKAN import plotting
 
-matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install lmKAN[plot])")
+matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install matplotlib)")
 
 
 def _layer_value_1d(layer, i, o, points):
@@ -91,5 +91,38 @@ def test_missing_matplotlib_message(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(ImportError, match=r"pip install matplotlib.*lmKAN\[plot\]"):
+    with pytest.raises(ImportError, match=r"pip install matplotlib.*\.\[plot\]"):
         plotting.plot_1d_functions(LMKAN1DLayer(4, 1, 1), "unused.png")
+
+
+def test_default_selection_is_bounded_and_said(tmp_path):
+    import time
+    start = time.monotonic()
+    fig = KANLayer(256, 256, "random_normal").visualize_all_mappings(save_path=tmp_path / "k.png")
+    assert time.monotonic() - start < 60  # 65,536 panels took over 15 minutes before
+    assert len([a for a in fig.axes if a.lines]) == plotting.DEFAULT_SIDE ** 2
+    assert "first 8 of 256 inputs x first 8 of 256 outputs" in fig._suptitle.get_text()
+    out = LMKAN2DLayer(6, 40, 3).plot_functions(tmp_path / "f.png", resolution=5)
+    assert sorted(out["values"]) == [(p, o) for p in range(8) for o in range(3)]
+    assert "first 8 of 20 input pairs" in out["figure"]._suptitle.get_text()
+    small = LMKAN1DLayer(4, 3, 2)
+    out = small.plot_functions(tmp_path / "s.png", pairs="all", num_points=5)
+    assert len(out["values"]) == 6 and "first" not in out["figure"]._suptitle.get_text()
+
+
+@pytest.mark.parametrize("kind,kwargs,exc,words", [
+    ("2d", dict(resolution=0), ValueError, ["resolution", ">= 2", "0"]),
+    ("2d", dict(pairs=[(0.9, 1.7)]), TypeError, ["pairs", "ints", "(0.9, 1.7)"]),
+    ("2d", dict(pairs="every"), TypeError, ["pairs", "'all'", "'every'"]),
+    ("2d", dict(value_range=(1.0, -1.0)), ValueError, ["value_range", "lo < hi"]),
+    ("1d", dict(num_points=1), ValueError, ["num_points", ">= 2", "1"]),
+    ("1d", dict(x_range=(0.0, float("inf"))), ValueError, ["x_range[1]", "finite", "inf"]),
+    ("1d", dict(ncols=0), ValueError, ["ncols", ">= 1", "0"]),
+])
+def test_plot_arguments_are_checked(tmp_path, kind, kwargs, exc, words):
+    layer = LMKAN2DLayer(6, 4, 3) if kind == "2d" else LMKAN1DLayer(6, 3, 2)
+    with pytest.raises(exc) as info:
+        layer.plot_functions(tmp_path / "bad.png", **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+

@@ -18,12 +18,25 @@ def test_schedule_decays_geometrically_then_holds():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
-@pytest.mark.parametrize("kw,word", [(dict(total_steps=0), "total_steps"),
-                                     (dict(total_steps=5, start=0.0), "start"),
-                                     (dict(total_steps=5, decay_fraction=1.5), "decay_fraction")])
-def test_schedule_rejects_bad_arguments(kw, word):
-    with pytest.raises(ValueError, match=word):
+@pytest.mark.parametrize("kw,exc,words", [
+    (dict(total_steps=0), ValueError, ["total_steps", ">= 1", "0"]),
+    (dict(total_steps="10"), TypeError, ["total_steps", "int", "'10'"]),
+    (dict(total_steps=5, start=0.0), ValueError, ["start", "> 0", "0.0"]),
+    (dict(total_steps=10, end=math.inf), ValueError, ["end", "finite", "inf"]),
+    (dict(total_steps=10, start=math.nan), ValueError, ["start", "finite", "nan"]),
+    (dict(total_steps=5, decay_fraction=1.5), ValueError, ["decay_fraction", "(0, 1]", "1.5"])])
+def test_schedule_rejects_bad_arguments(kw, exc, words):
+    with pytest.raises(exc) as info:
         HessianSchedule(**kw)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_schedule_step_is_an_int():
+    s = HessianSchedule(10)
+    assert s(-3) == s(0)
+    with pytest.raises(TypeError, match="step must be an int, got str"):
+        s("3")
 
 
 def test_model_regularisation_sums_every_lmkan_layer():

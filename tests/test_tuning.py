@@ -328,9 +328,24 @@ def test_tune_times_even_when_tuning_is_off(fake_gpu, monkeypatch):
     assert [r.mode for r in rows] == ["forward"] and fake_gpu.calls
 
 
-def test_tune_on_cpu_has_nothing_to_time():
-    rows = lmKAN.tune(torch.nn.Sequential(_layer()), torch.randn(6, 10))
-    assert [r.ms for r in rows] == [] or all(r.ms is None for r in rows)
+def test_tune_on_cpu_says_there_is_nothing_to_time():
+    with pytest.warns(RuntimeWarning, match="nothing was tuned.*move the model and the example "
+                                            "input to a CUDA device"):
+        rows = lmKAN.tune(torch.nn.Sequential(_layer()), torch.randn(6, 10))
+    assert rows == []
+
+
+@pytest.mark.parametrize("args,exc,words", [
+    ((8, "forward", "cpu"), ValueError, ["CUDA device", "cpu"]),
+    ((8, "forward", 3.5), TypeError, ["device", "float"]),
+    ((12, "forward", "cuda"), ValueError, ["tile_size", "[4, 8, 16]", "12"]),
+    ((8, "sideways", "cuda"), ValueError, ["mode", "backward_deterministic", "sideways"]),
+])
+def test_max_num_grids_arguments(args, exc, words):
+    with pytest.raises(exc) as info:
+        lmKAN.max_num_grids(*args)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
 
 
 def test_tune_is_callable_after_importing_the_cli_module(fake_gpu):
@@ -529,6 +544,8 @@ def test_one_device_cache_serves_signatures_and_limits(monkeypatch):
     from lmKAN.lmkan1d import _max_num_grids_1d
     monkeypatch.setattr(_device, "_FACTS", {})
     asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 4 GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: asked.append(i) or (9, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {i}")
     monkeypatch.setattr(_device, "_ask_limit_2d", lambda t, m, i: asked.append((t, m, i)) or 100 + t)

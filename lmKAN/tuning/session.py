@@ -6,6 +6,7 @@ and PERFORMANCE_CASES (the shapes the command line tunes by default).
 """
 import dataclasses
 import threading
+import warnings
 
 import torch
 
@@ -69,8 +70,14 @@ def tune(model, example_input, force=False, backward=True):
         recorded = SESSION.rows
     finally:
         SESSION.force, SESSION.rows = None, None
-    return [_row(names.get(id(layer), type(layer).__name__), key, entry, cached)
+    rows = [_row(names.get(id(layer), type(layer).__name__), key, entry, cached)
             for layer, key, entry, cached in _unique(recorded)]
+    if not rows:
+        warnings.warn("lmKAN.tune: nothing was tuned: no LMKAN2DLayer with \"auto\" settings ran "
+                      "its CUDA kernels in this call (on the CPU, or for float64 or 16-bit "
+                      "layers, there are no kernels and \"auto\" means the defaults; move the "
+                      "model and the example input to a CUDA device)", RuntimeWarning, stacklevel=2)
+    return rows
 
 
 def _backward_once(model, output):
