@@ -1,6 +1,6 @@
 """Train an lmKAN classifier with the Hessian schedule on scikit-learn's digits, against an MLP.
 
-    pip install scikit-learn matplotlib     # or: pip install lmKAN[examples]
+    pip install scikit-learn matplotlib     # or, from the lmKAN source tree: pip install ".[examples]"
     python examples/train_digits.py                  # CPU or GPU; seconds on 2 CPU cores
     python examples/train_digits.py --epochs 5 --out /tmp/digits
 

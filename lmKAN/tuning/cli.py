@@ -98,7 +98,7 @@ def main(argv, layer_class):
     if reason is not None:
         print(f"lmKAN.tune: nothing to tune: {reason}")
         return 0
-    from tqdm import tqdm  # an optional dependency (lmKAN[progress]): only where there is work
+    from tqdm import tqdm  # optional (the "progress" extra): imported only where there is work
     todo = shapes(args)
     rows = []
     with tqdm(todo, desc="tuning", unit="shape", file=sys.stderr) as bar:
