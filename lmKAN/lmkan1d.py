@@ -12,6 +12,8 @@ __all__ = ["LMKAN1DLayer", "KANLayer", "INIT_MODES", "GRIDS"]
 
 INIT_MODES = ("random_normal", "identity", "zero")
 GRIDS = ("cdf", "uniform")
+# KANditioned's `impl` values (its releases differ): accepted by KANLayer, without effect.
+KANDITIONED_IMPLS = ("sparse_matmul", "sparse_matmul_csr", "embedding_bag", "embedding")
 
 
 class LMKAN1DLayer(LookupLayerBase):
@@ -148,20 +150,59 @@ class KANLayer(LMKAN1DLayer):
     """Drop-in for KANditioned's KANLayer: batch-first, uniform grid of num_control_points.
 
     KANLayer(in_features, out_features, init, num_control_points=32, spline_width=4.0,
-    deterministic=None)
+    variant="B-spline", impl=..., *, deterministic=None)
     is LMKAN1DLayer(num_control_points - 1, in_features, out_features, grid="uniform",
-    spline_width=spline_width, init=init, batch_last=False); `deterministic` as there.
+    spline_width=spline_width, init=init, batch_last=False); `deterministic` as there
+    (keyword-only). KANditioned's arguments keep their positions: `variant` must be
+    "B-spline" (the piecewise-linear spline these kernels compute; "parallel_scan" and "DCT"
+    are other parameterisations and raise), `impl` names one of KANditioned's
+    implementations and has no effect here (one set of kernels serves every call).
+
+    A KANditioned state dict (`kan_weight` [in, K, out] with its buffers `local_bias` and
+    `feature_offset`) loads into a KANLayer of the same sizes, num_control_points K and
+    spline_width, and gives the same outputs as KANditioned's embedding-bag forward.
+    KANditioned's inits put node k at (k - (K-1)/2) * slope, i.e. a slope of
+    (K-1)/spline_width in x: its "identity" is y = x (K-1)/spline_width, where lmKAN's
+    "identity" is y = x.
     """
 
     def __init__(self, in_features, out_features, init="random_normal", num_control_points=32,
-                 spline_width=4.0, deterministic=None):
+                 spline_width=4.0, variant="B-spline", impl="sparse_matmul", *,
+                 deterministic=None):
         num_control_points = check_int("num_control_points", num_control_points, 4)
+        if variant != "B-spline":
+            raise ValueError(f"variant must be 'B-spline' (KANditioned's piecewise-linear spline, "
+                             f"which lmKAN computes); its 'parallel_scan' and 'DCT' variants are "
+                             f"not supported, got {variant!r}")
+        check_choice("impl", impl, KANDITIONED_IMPLS)
         super().__init__(num_control_points - 1, in_features, out_features, grid="uniform",
                          spline_width=spline_width, init=init, batch_last=False,
                          deterministic=deterministic)
         self.in_features = self.input_dim
         self.out_features = self.output_dim
         self.num_control_points = num_control_points
+        self.variant, self.impl = variant, impl
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A KANditioned checkpoint: its table kan_weight [in, K, out] is this layer's
+        # func_parameter [K, out, in]; its buffers hold only index arithmetic.
+        weight_key = prefix + "kan_weight"
+        if weight_key in state_dict and prefix + "func_parameter" not in state_dict:
+            state_dict = dict(state_dict)
+            weight = state_dict.pop(weight_key)
+            for name in ("local_bias", "feature_offset"):
+                state_dict.pop(prefix + name, None)
+            expected = (self.input_dim, self.num_control_points, self.output_dim)
+            if tuple(weight.shape) != expected:
+                error_msgs.append(f"{weight_key}: a KANditioned table of shape [in_features, "
+                                  f"num_control_points, out_features] = {list(expected)} was "
+                                  f"expected, got {list(weight.shape)}")
+                return
+            state_dict[prefix + "func_parameter"] = weight.permute(1, 2, 0)
+            state_dict.setdefault(prefix + "borders", self.grid_nodes())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def visualize_all_mappings(self, save_path=None, pairs=None):
         """KANditioned's method: the (input, output) splines in one figure, saved to
