@@ -20,27 +20,22 @@ def _to_batch_first(x: torch.Tensor, batch_last: bool) -> torch.Tensor:
     return x.t() if batch_last else x
 
 
+# The lookups' temporaries (row indices and weights, 4 per input pair and sample in 2D, 2
+# per input in 1D, plus the cell computation's) grow with batch x inputs: a 512-input layer
+# at B=65536 peaked at 2.5 GB forward, 5.1 GB forward+backward, for a 128 MiB input. Larger
+# calls run in chunks of at most CHUNK_ENTRIES lookups (~50 MB of indices and weights), and
+# their backward recomputes each chunk (_ChunkedLookup) instead of keeping every chunk's
+# temporaries for autograd.
+CHUNK_ENTRIES = 1 << 22
+
+
 def lmkan2d_forward(x, params, borders, batch_last=True):
     """y = sum over input pairs of bilinear table lookups.
 
     x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2];
     borders: [G+1]. Returns [N_out, B] or [B, N_out].
     """
-    xb = _to_batch_first(x, batch_last)
-    batch = xb.shape[0]
-    side, _, n_out, n_pairs = params.shape
-    out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
-    i1, d1 = find_cell(xb[:, 0::2], borders)  # [B, N_in/2]
-    i2, d2 = find_cell(xb[:, 1::2], borders)
-    # Row of P[i1, i2, :, p] in the table laid out as [N_in/2, G+1, G+1] x N_out.
-    row = torch.arange(n_pairs, device=x.device) * (side * side) + i1 * side + i2
-    rows = torch.stack([row, row + 1, row + side, row + side + 1], dim=-1)
-    weights = torch.stack([(1 - d1) * (1 - d2), (1 - d1) * d2, d1 * (1 - d2), d1 * d2], dim=-1)
-    table = params.permute(3, 0, 1, 2).reshape(n_pairs * side * side, n_out).to(dtype)
-    y = F.embedding_bag(rows.reshape(batch, 4 * n_pairs), table,
-                        per_sample_weights=weights.to(dtype).reshape(batch, 4 * n_pairs), mode="sum")
-    y = y.to(out_dtype)
-    return y.t() if batch_last else y
+    return _chunked(_lmkan2d_batch_first, 4 * params.shape[3], x, params, borders, batch_last)
 
 
 def lmkan1d_forward(x, params, borders, uniform_grid=False, batch_last=True):
@@ -48,19 +43,87 @@ def lmkan1d_forward(x, params, borders, uniform_grid=False, batch_last=True):
 
     x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, N_out, N_in]; borders: [G+1].
     """
+    return _chunked(_lmkan1d_batch_first, 2 * params.shape[2], x, params, borders, batch_last,
+                    uniform_grid)
+
+
+def _chunked(lookup, entries_per_sample, x, params, borders, batch_last, *extra):
+    """lookup(xb [B, N_in], params, borders, *extra) -> [B, N_out], over chunks of the batch
+    when one call would exceed CHUNK_ENTRIES lookups; in x's layout."""
     xb = _to_batch_first(x, batch_last)
+    chunk = max(1, CHUNK_ENTRIES // max(1, entries_per_sample))
+    if xb.shape[0] <= chunk:
+        y = lookup(xb, params, borders, *extra)
+    else:
+        y = _ChunkedLookup.apply(xb, params, borders, chunk, lookup, *extra)
+    return y.t() if batch_last else y
+
+
+class _ChunkedLookup(torch.autograd.Function):
+    """A lookup over batch chunks that keeps only x, params and borders for the backward,
+    which recomputes one chunk at a time (the same arithmetic, so the same gradients)."""
+
+    @staticmethod
+    def forward(ctx, xb, params, borders, chunk, lookup, *extra):
+        ctx.save_for_backward(xb, params, borders)
+        ctx.chunk, ctx.lookup, ctx.extra = chunk, lookup, extra
+        return torch.cat([lookup(xb[i:i + chunk], params, borders, *extra)
+                          for i in range(0, xb.shape[0], chunk)])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        xb, params, borders = ctx.saved_tensors
+        want_x, want_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = torch.empty_like(xb) if want_x else None
+        # the table's gradient is summed over chunks in at least float32 (16-bit tables)
+        grad_p = torch.zeros_like(params, dtype=compute_dtype(params.dtype)) if want_p else None
+        with torch.enable_grad():
+            p = params.detach().requires_grad_(want_p)
+            for i in range(0, xb.shape[0], ctx.chunk):
+                xc = xb[i:i + ctx.chunk].detach().requires_grad_(want_x)
+                yc = ctx.lookup(xc, p, borders, *ctx.extra)
+                inputs = [t for t, want in ((xc, want_x), (p, want_p)) if want]
+                grads = torch.autograd.grad(yc, inputs, grad_y[i:i + ctx.chunk])
+                if want_x:
+                    grad_x[i:i + ctx.chunk] = grads[0]
+                if want_p:
+                    grad_p += grads[-1]
+        if want_p:
+            grad_p = grad_p.to(params.dtype)
+        return (grad_x, grad_p) + (None,) * (3 + len(ctx.extra))
+
+
+def _lmkan2d_batch_first(xb, params, borders):
+    """The 2D lookup of a batch-first x [B, N_in] -> [B, N_out]."""
+    batch = xb.shape[0]
+    side, _, n_out, n_pairs = params.shape
+    out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
+    i1, d1 = find_cell(xb[:, 0::2], borders)  # [B, N_in/2]
+    i2, d2 = find_cell(xb[:, 1::2], borders)
+    # Row of P[i1, i2, :, p] in the table laid out as [N_in/2, G+1, G+1] x N_out.
+    row = torch.arange(n_pairs, device=xb.device) * (side * side) + i1 * side + i2
+    rows = torch.stack([row, row + 1, row + side, row + side + 1], dim=-1)
+    weights = torch.stack([(1 - d1) * (1 - d2), (1 - d1) * d2, d1 * (1 - d2), d1 * d2], dim=-1)
+    table = params.permute(3, 0, 1, 2).reshape(n_pairs * side * side, n_out).to(dtype)
+    y = F.embedding_bag(rows.reshape(batch, 4 * n_pairs), table,
+                        per_sample_weights=weights.to(dtype).reshape(batch, 4 * n_pairs), mode="sum")
+    return y.to(out_dtype)
+
+
+def _lmkan1d_batch_first(xb, params, borders, uniform_grid):
+    """The 1D lookup of a batch-first x [B, N_in] -> [B, N_out]."""
     batch = xb.shape[0]
     side, n_out, n_in = params.shape
     out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
     index, d = find_cell(xb, borders, uniform=uniform_grid)  # [B, N_in]
-    row = torch.arange(n_in, device=x.device) * side + index
+    row = torch.arange(n_in, device=xb.device) * side + index
     rows = torch.stack([row, row + 1], dim=-1)
     weights = torch.stack([1 - d, d], dim=-1)
     table = params.permute(2, 0, 1).reshape(n_in * side, n_out).to(dtype)
     y = F.embedding_bag(rows.reshape(batch, 2 * n_in), table,
                         per_sample_weights=weights.to(dtype).reshape(batch, 2 * n_in), mode="sum")
-    y = y.to(out_dtype)
-    return y.t() if batch_last else y
+    return y.to(out_dtype)
 
 
 def _node_spacings(borders, dtype):
