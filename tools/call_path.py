@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-from _timing import cuda_graph_replay, wall_us_per_call  # noqa: E402
+from _timing import cuda_graph_replay, cuda_median_ms, wall_us_per_call  # noqa: E402
 from bench_overhead import SmallLmkan, train_step  # noqa: E402
 
 from lmKAN import LMKAN2DLayer  # noqa: E402
@@ -44,16 +44,8 @@ def host_us(fn, calls=50, samples=15):
 
 
 def gpu_us(fn, replays=200):
-    replay = cuda_graph_replay(fn)
-    for _ in range(10):
-        replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / replays * 1e3
+    """GPU microseconds per call: fn captured as a CUDA graph, replayed back to back."""
+    return cuda_median_ms(cuda_graph_replay(fn), reps=5, warmup=10, calls_per_sample=replays) * 1e3
 
 
 def wall_us(fn, calls=2000):
