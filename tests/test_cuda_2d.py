@@ -124,6 +124,34 @@ def test_forward_memory(tile):
     assert extra <= y.numel() * 4 + packed + (4 << 20), (extra, y.numel() * 4, packed)
 
 
+
+# Batch-first forwards whose x and y take at most 1 MiB read and write them through strides;
+# larger ones run the batch-last kernel between two transposes (csrc/lmkan2d/plan.cpp).
+STRIDED_BATCH_FIRST_MAX_BYTES = 1 << 20
+
+
+@requires_gpu
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("num_grids", (8, 64))
+def test_batch_first_forward_paths(tile, num_grids):
+    """Batch-first y equals the batch-last kernel's y transposed, bitwise, on both sides of
+    the strided/transposed threshold and for both forward kernels (G=64 reads the table
+    through L2 with the output-lanes kernel), with pair splits (small batches) and ragged
+    tiles; and matches the float64 reference."""
+    assert_cuda_kernel("lmkan2d_forward")
+    n_in, n_out = 34, 8 * tile + 5
+    for batch in (45, 1003, 7001):
+        strided = batch * (n_in + n_out) * 4 <= STRIDED_BATCH_FIRST_MAX_BYTES
+        assert strided == (batch < 7000)  # both paths below
+        x_bl, params, borders = _make(num_grids, n_in, n_out, batch, True)
+        x_bf = x_bl.t().contiguous()
+        y_bl = torch.ops.lmkan.lmkan2d_forward(x_bl, params, borders, True, tile, 256)
+        y_bf = torch.ops.lmkan.lmkan2d_forward(x_bf, params, borders, False, tile, 256)
+        assert y_bf.shape == (batch, n_out) and y_bf.is_contiguous()
+        assert torch.equal(y_bf, y_bl.t()), (batch, strided)
+        ref = _reference.lmkan2d_forward(x_bf.double(), params.double(), borders.double(), False)
+        assert rel_l2(y_bf, ref) <= TOL
+
 @requires_gpu
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))

@@ -60,6 +60,8 @@ def main():
     # rings that wrap several times (17 pairs): depths 4, 3, 2 on a 227 KB GPU
     for g, tile, block in ((5, 4, 1024), (16, 4, 512), (26, 4, 1024)):
         _launch(g, 34, 8 * tile + 3, 2 * block + 37, True, tile, block, False, False)
+    # batch-first past the strided limit (1 MiB of x and y): the forward's two transposes
+    _launch(5, 34, 37, 7001, False, 4, 256, False, False)
     torch.cuda.synchronize()
     print("sanitize_2d: all launches done")
 

@@ -81,17 +81,6 @@ std::tuple<at::Tensor, at::Tensor> run_separate_kernels(
 
 }  // namespace
 
-// dP workspace [copies, n_tiles, P, cells, W] -> (sum over copies, fixed order) ->
-// [G+1, G+1, N_out, P].
-at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
-  const at::Tensor packed = ws.size(0) > 1 ? ws.sum(0) : ws.select(0, 0);
-  const int64_t side = num_grids + 1, n_tiles = ws.size(1), n_pairs = ws.size(2), w = ws.size(4);
-  return packed.permute({2, 0, 3, 1})
-      .reshape({side, side, n_tiles * w, n_pairs})
-      .narrow(2, 0, n_out)
-      .contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const at::Tensor& x_in,
                                                  const at::Tensor& params_in,
                                                  const at::Tensor& borders_in, bool batch_last,

@@ -1,5 +1,5 @@
-// The lmkan2d_forward op on CUDA: argument checks, the batch-first transposes, and the
-// kernel plan_forward (plan.h) chooses: the sample-lanes kernel (forward_sample_lanes.cu)
+// The lmkan2d_forward op on CUDA: argument checks, the batch-first transposes where the plan
+// asks for them, and the kernel plan_forward (plan.h) chooses: the sample-lanes kernel (forward_sample_lanes.cu)
 // wherever one table slice fits in shared memory, the output-lanes kernel (output_lanes.cu)
 // past that.
 #include <ATen/core/Tensor.h>
@@ -39,11 +39,17 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  if (!batch_last) {
-    // Batch-first runs the batch-last kernel between two tiled transposes (x in, y out): at
-    // the docs/performance.md shapes they should cost ~3-4% of the forward, where the kernel's
-    // strided batch-first access (one sample's K outputs per lane: scattered rows) cost
-    // +5% (G=8), +11% (G=16) and +21% (G=26) in R4. Extra memory: one copy of x and of y.
+  const int64_t batch = batch_last ? x_in.size(1) : x_in.size(0);
+  const CallShape shape{static_cast<int>(params_in.size(0)) - 1, params_in.size(2), batch,
+                        2 * params_in.size(3), batch_last};
+  const ForwardPlan plan = plan_forward(shape, static_cast<int>(tile_size),
+                                        device_limits(x_in.device().index()));
+  if (!batch_last && plan.transposes) {
+    // Large batch-first calls run the batch-last kernel between two tiled transposes (x in,
+    // y out): at the docs/performance.md shapes they cost ~3-4% of the forward, where the
+    // kernel's strided batch-first access (scattered rows) cost +5% (G=8), +11% (G=16) and
+    // +21% (G=26) in R4. Extra memory: one copy of x and of y. Small ones (plan.cpp) read
+    // and write through the strides: two launches fewer.
     const at::Tensor y_bl =
         forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size, block_size);
     return transpose(y_bl);
@@ -51,10 +57,11 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous();
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
-  const CallShape shape{static_cast<int>(params.size(0)) - 1, params.size(2), x.size(1)};
-  switch (plan_forward(shape, tile, device_limits(x.device().index())).kernel) {
-    case ForwardKernel::kSampleLanes: return forward_by_sample_lanes(x, params, borders, tile, block);
-    case ForwardKernel::kOutputLanes: return forward_by_output_lanes(x, params, borders, tile, block);
+  switch (plan.kernel) {
+    case ForwardKernel::kSampleLanes:
+      return forward_by_sample_lanes(x, params, borders, tile, block, batch_last);
+    case ForwardKernel::kOutputLanes:
+      return forward_by_output_lanes(x, params, borders, tile, block, batch_last);
   }
   TORCH_CHECK(false, "lmkan2d_forward: unknown kernel plan");
 }

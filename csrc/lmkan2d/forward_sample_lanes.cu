@@ -1,4 +1,5 @@
-// LMKAN2DLayer forward, lanes own samples (batch-last; the host transposes batch-first).
+// LMKAN2DLayer forward, lanes own samples. x and y are read and written through strides, so
+// small batch-first calls run without transposes (plan_forward decides; forward.cpp).
 //
 // Scheme: a block owns an output tile of W = 8 * tile_size outputs and a chunk of samples and
 // loops over the input pairs of its split, each pair's table slice [cells][W] staged in shared
@@ -32,7 +33,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 
@@ -45,11 +45,11 @@ namespace lmkan2d {
 namespace {
 
 struct SampleLanesArgs {
-  const float* x;        // [N_in, B] contiguous
+  const float* x;        // (f, b) at f * xs_f + b * xs_b
   const float* packed;   // [n_tiles, P, cells, W]
   const float* borders;  // [G+1]
-  float* y;              // [N_out, B] (or the split workspace, split * ys_split further)
-  int64_t batch, ys_split;
+  float* y;              // (o, b) at o * ys_f + b * ys_b (in split z: z * ys_split further)
+  int64_t batch, ys_split, xs_f, xs_b, ys_f, ys_b;
   int n_out, n_pairs, num_grids;
   int pairs_per_split;   // pair range of blockIdx.z
   int nbuf;              // staged table buffers, 1 .. kSampleLanesMaxBuffers
@@ -118,13 +118,13 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   if (producer)
     for (int q = 0; q < min(lead, np); ++q) refill(q);
 
-  // x[f][b] at f * batch + b: the pair's two rows, advanced by two rows per pair. Lanes past
-  // the batch read the last sample (unpredicated loads) and store nothing.
-  const float* xp = a.x + 2 * int64_t(p_begin) * a.batch + (valid ? b : a.batch - 1);
+  // The pair's two features, advanced by two features per pair. Lanes past the batch read
+  // the last sample (unpredicated loads) and store nothing.
+  const float* xp = a.x + 2 * int64_t(p_begin) * a.xs_f + (valid ? b : a.batch - 1) * a.xs_b;
   float x1 = 0.f, x2 = 0.f;
   if (np > 0) {
     x1 = __ldg(xp);
-    x2 = __ldg(xp + a.batch);
+    x2 = __ldg(xp + a.xs_f);
   }
   float4 acc[8];
 #pragma unroll
@@ -139,10 +139,10 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   for (int p = 0; p < np; ++p) {
     if (producer && p + lead < np) refill(p + lead);
     const float v1 = x1, v2 = x2;
-    xp += 2 * a.batch;
+    xp += 2 * a.xs_f;
     if (p + 1 < np) {  // the next pair's x, in flight during this pair
       x1 = __ldg(xp);
-      x2 = __ldg(xp + a.batch);
+      x2 = __ldg(xp + a.xs_f);
     }
     const Cell c1 = grid_cell(v1, s_grid, a.num_grids);
     const Cell c2 = grid_cell(v2, s_grid, a.num_grids);
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   }
 
   if (!valid) return;
-  float* y = a.y + blockIdx.z * a.ys_split + b;
+  float* y = a.y + blockIdx.z * a.ys_split + b * a.ys_b;
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
     const int j = c ^ rot;  // the accumulator that holds output chunk c
@@ -178,10 +178,10 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
     for (int t = 1; t < 8; ++t)
       if (j == t) v = acc[t];
     const int o = tile_index * W + sub * 32 + 4 * c;
-    if (o < a.n_out) y[int64_t(o) * a.batch] = v.x;
-    if (o + 1 < a.n_out) y[int64_t(o + 1) * a.batch] = v.y;
-    if (o + 2 < a.n_out) y[int64_t(o + 2) * a.batch] = v.z;
-    if (o + 3 < a.n_out) y[int64_t(o + 3) * a.batch] = v.w;
+    if (o < a.n_out) y[int64_t(o) * a.ys_f] = v.x;
+    if (o + 1 < a.n_out) y[int64_t(o + 1) * a.ys_f] = v.y;
+    if (o + 2 < a.n_out) y[int64_t(o + 2) * a.ys_f] = v.z;
+    if (o + 3 < a.n_out) y[int64_t(o + 3) * a.ys_f] = v.w;
   }
 }
 
@@ -201,13 +201,16 @@ void launch_sample_lanes(const SampleLanesArgs& a, dim3 grid, int block, int64_t
 // batches split the pairs over blockIdx.z (partials summed in a fixed order) so the grid
 // fills the device.
 at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params,
-                                   const at::Tensor& borders, int tile, int block) {
+                                   const at::Tensor& borders, int tile, int block,
+                                   bool batch_last) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = x.size(1);
-  at::Tensor y = at::empty({n_out, batch}, x.options());
-  if (batch == 0) return y;
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  const auto new_y = [&] {
+    return batch_last ? at::empty({n_out, batch}, x.options()) : at::empty({batch, n_out}, x.options());
+  };
+  if (batch == 0) return new_y();
   const DeviceLimits lim = device_limits(x.device().index());
   const int ts = tile / 4, w = 8 * tile;
   const int64_t samples_per_block = block / ts;
@@ -234,7 +237,11 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   const int pairs_per_split = split.pairs_per_split;
 
   const at::Tensor packed = pack_table(params, w);
-  at::Tensor out = splits > 1 ? at::empty({splits, n_out, batch}, y.options()) : y;
+  // Pair-split partials go to a workspace in the batch-last layout [splits, N_out, B] either
+  // way: batch-first stores (a lane's outputs N_out floats apart from its neighbours') would
+  // be scattered once per split; the final sum transposes them instead.
+  at::Tensor out = splits > 1 ? at::empty({splits, n_out, batch}, x.options()) : new_y();
+  const bool store_batch_last = batch_last || splits > 1;
   SampleLanesArgs a{};
   a.x = x.data_ptr<float>();
   a.packed = packed.data_ptr<float>();
@@ -242,6 +249,10 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   a.y = out.data_ptr<float>();
   a.batch = batch;
   a.ys_split = batch * int64_t(n_out);
+  a.xs_f = batch_last ? batch : 1;  // x: [N_in, B] or [B, N_in]
+  a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
+  a.ys_f = store_batch_last ? batch : 1;  // y: [N_out, B] or [B, N_out]
+  a.ys_b = store_batch_last ? 1 : n_out;
   a.n_out = n_out;
   a.n_pairs = n_pairs;
   a.num_grids = num_grids;
@@ -252,7 +263,10 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   switch_value<1, 2, 4>(ts, [&](auto ts_c) {
     launch_sample_lanes<decltype(ts_c)::value>(a, grid, block, smem);
   });
-  if (splits > 1) at::sum_out(y, out, {0});
+  if (splits == 1) return out;
+  if (!batch_last) return sum_splits_transposed(out);
+  at::Tensor y = new_y();
+  sum_splits(out, y);
   return y;
 }
 

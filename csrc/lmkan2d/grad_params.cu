@@ -378,14 +378,9 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
                         "plan_backward chose dp_sorted_kernel where its accumulator does not fit");
   const int64_t smem = dp_sorted_smem_bytes(num_grids, W, warps);
   const int64_t chunk = int64_t(warps) * 32 * kSortSpl;
-  // grad_y as rows [B][n_tiles * W] with zero padding past n_out
-  at::Tensor gyt;
-  if (!batch_last && int64_t(n_tiles) * W == n_out) {
-    gyt = gy;
-  } else {
-    gyt = at::zeros({batch, int64_t(n_tiles) * W}, gy.options());
-    gyt.narrow(1, 0, n_out).copy_(batch_last ? gy.t() : gy);
-  }
+  // grad_y as rows [B][n_tiles * W] with zero padding past n_out (one launch at most)
+  const int64_t ld = int64_t(n_tiles) * W;
+  const at::Tensor gyt = batch_last ? transpose(gy, ld) : pad_columns(gy, ld);
   // split the batch until the grid fills the device (each split >= 2 chunks), within a
   // bounded workspace
   const int64_t blocks_xy = int64_t(n_tiles) * n_pairs;

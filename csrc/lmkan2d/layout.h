@@ -28,20 +28,32 @@ namespace lmkan {
 namespace lmkan2d {
 
 at::Tensor pack_table(const at::Tensor& params, int width);
-// [rows, cols] -> contiguous [cols, rows] through 32 x 32 shared-memory tiles.
-at::Tensor transpose(const at::Tensor& in);
-// dP workspace [copies, n_tiles, P, cells, W] -> sum over copies (fixed order) ->
-// [G+1, G+1, N_out, P].
+// [rows, cols] -> contiguous [cols, max(ld, rows)] through 32 x 32 shared-memory tiles, the
+// rows past `rows` zero.
+at::Tensor transpose(const at::Tensor& in, int64_t ld = 0);
+// [rows, cols] -> contiguous [rows, ld], the columns past `cols` zero (`in` itself when
+// ld <= cols).
+at::Tensor pad_columns(const at::Tensor& in, int64_t ld);
+// y = the sum over the first dim of parts [splits, *y.shape], in a fixed order (both
+// contiguous).
+void sum_splits(const at::Tensor& parts, at::Tensor& y);
+// [cols, rows] = the sum over the first dim of parts [splits, rows, cols], transposed (the
+// same fixed order as sum_splits).
+at::Tensor sum_splits_transposed(const at::Tensor& parts);
+// dP workspace [copies, n_tiles, P, cells, W] (contiguous) -> sum over copies (fixed order)
+// -> [G+1, G+1, N_out, P].
 at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out);
 
 // ---- Forward (forward.cpp) ----
-// y [N_out, B] from x [N_in, B] (contiguous, batch-last): lanes own samples, the table
-// slices staged in shared memory (forward_sample_lanes.cu).
+// y [N_out, B] from x [N_in, B] (batch_last), or [B, N_out] from [B, N_in] (x contiguous):
+// lanes own samples, the table slices staged in shared memory (forward_sample_lanes.cu).
 at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params,
-                                   const at::Tensor& borders, int tile, int block);
+                                   const at::Tensor& borders, int tile, int block,
+                                   bool batch_last);
 // The same from the output-lanes kernel, the table read through L1/L2 (output_lanes.cu).
 at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params,
-                                   const at::Tensor& borders, int tile, int block);
+                                   const at::Tensor& borders, int tile, int block,
+                                   bool batch_last);
 
 // ---- Backward (backward.cpp) ----
 // grad_x and grad_params in one pass over cell-sorted chunks (backward_runs.cu).

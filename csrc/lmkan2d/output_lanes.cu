@@ -12,7 +12,6 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -381,14 +380,14 @@ void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) 
 
 }  // namespace
 
-// x batch-last [N_in, B]; y [N_out, B].
+// x [N_in, B] and y [N_out, B] (batch_last), or [B, N_in] and [B, N_out].
 at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params,
-                                   const at::Tensor& borders, int tile, int block) {
-  const bool batch_last = true;
+                                   const at::Tensor& borders, int tile, int block,
+                                   bool batch_last) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = x.size(1);
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
   const DeviceLimits lim = device_limits(x.device().index());
   at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
                             : at::empty({batch, n_out}, x.options());
@@ -409,7 +408,7 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
   switch_value<1, 2, 4>(k, [&](auto k_c) {
     launch_forward_k<decltype(k_c)::value>(a, grid, block, smem);
   });
-  if (plan.splits > 1) at::sum_out(y, out, {0});
+  if (plan.splits > 1) sum_splits(out, y);
   return y;
 }
 

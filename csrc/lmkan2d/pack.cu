@@ -1,4 +1,7 @@
-// Table packing and the tiled transpose of the 2D layer (layout.h has the packed layout).
+// Table packing and unpacking, the tiled transpose and the small copies of the 2D layer's
+// host paths (layout.h has the packed layout).
+#include <algorithm>
+
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -18,16 +21,27 @@ namespace lmkan2d {
 constexpr int kPackPairs = 32, kPackRows = 8;  // block: 32 x 8 threads
 constexpr int kPackMaxWidth = 128;             // W = 8 * tile_size <= 128
 
-__global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
-    const float* __restrict__ params, float* __restrict__ packed, int64_t cells, int n_out,
-    int n_pairs, int width, int n_tiles, int pair_groups) {
-  __shared__ float tile[kPackMaxWidth][kPackPairs + 1];
+// The (cell, output tile, group of 32 pairs) of this block of the pack and unpack kernels: the
+// pair group varies fastest, then the tile, then the cell.
+struct PackBlock {
+  int64_t cell;
+  int tile_index, p0, o0;  // first pair and first output of the block
+};
+__device__ __forceinline__ PackBlock pack_block(int pair_groups, int n_tiles, int width) {
   int64_t b = blockIdx.x;
   const int group = static_cast<int>(b % pair_groups);
   b /= pair_groups;
   const int tile_index = static_cast<int>(b % n_tiles);
-  const int64_t c = b / n_tiles;
-  const int p0 = group * kPackPairs, o0 = tile_index * width;
+  return {b / n_tiles, tile_index, group * kPackPairs, tile_index * width};
+}
+
+__global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
+    const float* __restrict__ params, float* __restrict__ packed, int64_t cells, int n_out,
+    int n_pairs, int width, int n_tiles, int pair_groups) {
+  __shared__ float tile[kPackMaxWidth][kPackPairs + 1];
+  const PackBlock blk = pack_block(pair_groups, n_tiles, width);
+  const int64_t c = blk.cell;
+  const int tile_index = blk.tile_index, p0 = blk.p0, o0 = blk.o0;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int p = p0 + tx;
   for (int r = ty; r < width; r += kPackRows) {
@@ -62,47 +76,167 @@ at::Tensor pack_table(const at::Tensor& params, int width) {
   return packed;
 }
 
-// out[c][r] = in[r][c] for in: [rows, cols], out: [cols, rows], both contiguous. One block
-// moves one 32 x 32 tile through shared memory so that the reads and the writes are both
-// coalesced (ATen's copy of a transposed view reads or writes with a stride: ~8x slower at
-// these shapes, measured in the version 7 round). The tile row is 33 floats, so the column
-// reads of the second phase fall into 32 different banks. Tiles are numbered on one grid
-// axis (int64 arithmetic), so neither side is limited to 65535 tiles.
+// out[c][r] = in[r][c] for in: [rows, cols], out: [cols, ld] with r < rows, and zero for
+// rows <= r < ld (the padded rows the sorted backward reads); with `splits` > 1, in is
+// [splits, rows, cols] and out the transposed sum over splits (the batch-first forward's
+// pair-split partials, written batch-last by the kernel: coalesced stores). One block moves one 32 x 32
+// tile through shared memory so that the reads and the writes are both coalesced (ATen's
+// copy of a transposed view reads or writes with a stride: ~8x slower at these shapes,
+// measured in the version 7 round). The tile row is 33 floats, so the column reads of the
+// second phase fall into 32 different banks. Tiles are numbered on one grid axis (int64
+// arithmetic), so neither side is limited to 65535 tiles.
 constexpr int kTransposeTile = 32, kTransposeRows = 8;  // 32 x 8 threads, 4 elements each
 
 __global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_kernel(
     const float* __restrict__ in, float* __restrict__ out, int64_t rows, int64_t cols,
-    int64_t col_tiles) {
+    int64_t ld, int64_t col_tiles, int64_t splits) {
   __shared__ float tile[kTransposeTile][kTransposeTile + 1];
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) / col_tiles) * kTransposeTile;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) % col_tiles) * kTransposeTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t split_stride = rows * cols;
 #pragma unroll
   for (int i = ty; i < kTransposeTile; i += kTransposeRows) {
     const int64_t r = r0 + i, c = c0 + tx;
-    if (r < rows && c < cols) tile[i][tx] = in[r * cols + c];
+    float v = 0.f;
+    if (r < rows && c < cols) {
+      v = in[r * cols + c];
+      for (int64_t s = 1; s < splits; ++s) v += in[s * split_stride + r * cols + c];
+    }
+    tile[i][tx] = v;
   }
   __syncthreads();
 #pragma unroll
   for (int i = ty; i < kTransposeTile; i += kTransposeRows) {
     const int64_t c = c0 + i, r = r0 + tx;
-    if (c < cols && r < rows) out[c * rows + r] = tile[tx][i];
+    if (c < cols && r < ld) out[c * ld + r] = tile[tx][i];
   }
 }
 
-// [rows, cols] -> contiguous [cols, rows] (float32, any strides in; on the current stream).
-at::Tensor transpose(const at::Tensor& in_any) {
-  const at::Tensor in = in_any.contiguous();
-  const int64_t rows = in.size(0), cols = in.size(1);
-  at::Tensor out = at::empty({cols, rows}, in.options());
-  if (rows == 0 || cols == 0) return out;
+namespace {
+
+// out [cols, ld] from in [splits, rows, cols] (contiguous): the sum over splits (in order),
+// transposed, zero past `rows`.
+at::Tensor launch_transpose(const at::Tensor& in, int64_t splits, int64_t rows, int64_t cols,
+                            int64_t ld) {
+  ld = std::max(ld, rows);
+  at::Tensor out = at::empty({cols, ld}, in.options());
+  if (ld == 0 || cols == 0) return out;
   const int64_t col_tiles = (cols + kTransposeTile - 1) / kTransposeTile;
-  const int64_t tiles = (rows + kTransposeTile - 1) / kTransposeTile * col_tiles;
+  const int64_t tiles = (ld + kTransposeTile - 1) / kTransposeTile * col_tiles;
   TORCH_CHECK(tiles < (int64_t(1) << 31), "lmkan2d: tensor too large to transpose (", rows, " x ",
               cols, ")");
   transpose_kernel<<<static_cast<unsigned>(tiles), dim3(kTransposeTile, kTransposeRows), 0,
                      c10::cuda::getCurrentCUDAStream()>>>(in.data_ptr<float>(), out.data_ptr<float>(),
-                                                          rows, cols, col_tiles);
+                                                          rows, cols, ld, col_tiles, splits);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+
+at::Tensor transpose(const at::Tensor& in_any, int64_t ld) {
+  const at::Tensor in = in_any.contiguous();
+  return launch_transpose(in, 1, in.size(0), in.size(1), ld);
+}
+
+at::Tensor sum_splits_transposed(const at::Tensor& parts) {
+  TORCH_INTERNAL_ASSERT(parts.is_contiguous() && parts.dim() == 3);
+  return launch_transpose(parts, parts.size(0), parts.size(1), parts.size(2), 0);
+}
+
+// out[r][c] = c < cols ? in[r][c] : 0 for out [rows, ld]: one launch where constant_pad_nd
+// takes a fill, a view and a copy (host cost of the small training step, issue 16).
+__global__ void pad_columns_kernel(const float* __restrict__ in, float* __restrict__ out,
+                                   int64_t cols, int64_t ld, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / ld, c = i - r * ld;
+    out[i] = c < cols ? in[r * cols + c] : 0.f;
+  }
+}
+
+at::Tensor pad_columns(const at::Tensor& in_any, int64_t ld) {
+  const at::Tensor in = in_any.contiguous();
+  const int64_t rows = in.size(0), cols = in.size(1);
+  if (ld <= cols) return in;
+  at::Tensor out = at::empty({rows, ld}, in.options());
+  const int64_t n = rows * ld;
+  if (n == 0) return out;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+  pad_columns_kernel<<<blocks, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      in.data_ptr<float>(), out.data_ptr<float>(), cols, ld, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// y[i] = sum over s of parts[s][i], s = 0, 1, ... in order (deterministic): the pair splits'
+// partial sums of the forward-shaped kernels. One launch, no ATen reduction on the host path.
+__global__ void sum_splits_kernel(const float* __restrict__ parts, float* __restrict__ y,
+                                  int64_t splits, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float v = parts[i];
+    for (int64_t s = 1; s < splits; ++s) v += parts[s * n + i];
+    y[i] = v;
+  }
+}
+
+void sum_splits(const at::Tensor& parts, at::Tensor& y) {
+  const int64_t n = y.numel();
+  TORCH_INTERNAL_ASSERT(parts.is_contiguous() && y.is_contiguous() && parts.numel() == parts.size(0) * n);
+  if (n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+  sum_splits_kernel<<<blocks, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      parts.data_ptr<float>(), y.data_ptr<float>(), parts.size(0), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// out [cells, N_out, P] = sum over copies s (in order) of ws[s] [n_tiles, P, cells, W]: the
+// inverse of pack_table_kernel, through the same shared-memory transpose. A block takes one
+// cell, one output tile and up to 32 pairs: it reads each pair's W-float row (coalesced),
+// then writes rows o of 32 consecutive pairs. tile[w][q]: the writes of the first phase go
+// to addresses w * 33 + q, 32 different banks for the 32 lanes' w.
+__global__ void __launch_bounds__(kPackPairs * kPackRows) unpack_table_kernel(
+    const float* __restrict__ ws, float* __restrict__ out, int64_t cells, int n_out,
+    int n_pairs, int width, int n_tiles, int pair_groups, int copies) {
+  __shared__ float tile[kPackMaxWidth][kPackPairs + 1];
+  const PackBlock blk = pack_block(pair_groups, n_tiles, width);
+  const int64_t c = blk.cell;
+  const int tile_index = blk.tile_index, p0 = blk.p0, o0 = blk.o0;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t copy_stride = int64_t(n_tiles) * n_pairs * cells * width;
+  for (int q = ty; q < kPackPairs && p0 + q < n_pairs; q += kPackRows) {
+    const float* src = ws + ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
+    for (int t = tx; t < width; t += kPackPairs) {
+      float v = src[t];
+      for (int s = 1; s < copies; ++s) v += src[s * copy_stride + t];
+      tile[t][q] = v;
+    }
+  }
+  __syncthreads();
+  const int p = p0 + tx;
+  if (p >= n_pairs) return;
+  for (int r = ty; r < width && o0 + r < n_out; r += kPackRows)
+    out[(c * n_out + o0 + r) * n_pairs + p] = tile[r][tx];
+}
+
+at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
+  TORCH_INTERNAL_ASSERT(ws.is_contiguous() && ws.dim() == 5);
+  const int64_t side = num_grids + 1, cells = side * side;
+  const int copies = static_cast<int>(ws.size(0)), n_tiles = static_cast<int>(ws.size(1));
+  const int n_pairs = static_cast<int>(ws.size(2)), width = static_cast<int>(ws.size(4));
+  TORCH_CHECK(width >= 1 && width <= kPackMaxWidth, "unpack_dp: width ", width, " > ", kPackMaxWidth);
+  at::Tensor out = at::empty({side, side, n_out, n_pairs}, ws.options());
+  if (out.numel() == 0) return out;
+  if (copies == 0) return out.zero_();
+  const int pair_groups = (n_pairs + kPackPairs - 1) / kPackPairs;
+  const int64_t blocks = cells * n_tiles * pair_groups;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "unpack_dp: table too large (", blocks, " blocks)");
+  unpack_table_kernel<<<static_cast<unsigned>(blocks), dim3(kPackPairs, kPackRows), 0,
+                        c10::cuda::getCurrentCUDAStream()>>>(
+      ws.data_ptr<float>(), out.data_ptr<float>(), cells, n_out, n_pairs, width, n_tiles,
+      pair_groups, copies);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -31,6 +31,13 @@ bool output_rows_table_fits(int num_grids, int tile, int block, const DeviceLimi
   return bytes <= lim.smem_optin && bytes + kReservedSmemPerBlock <= lim.smem_per_sm;
 }
 
+// Batch-first forwards whose x and y together take at most this many bytes read and write
+// them through strides; larger ones transpose. The kernels' strided batch-first access cost
+// +5% (G=8) to +21% (G=26) at B = 2^18 (R4) where the two transposes cost ~3-4%; at small
+// sizes the transposes' two launches and allocations (~15 us of host time each on the H200's
+// host) outweigh that (issue 16: the small training step is host-bound).
+constexpr int64_t kStridedBatchFirstMaxBytes = int64_t(1) << 20;
+
 }  // namespace
 
 ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& lim) {
@@ -38,9 +45,11 @@ ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& l
   // against 110.1 for the output-lanes scheme, G=26 5.0 against 9.9). Past that, the
   // output-lanes kernel reads the table through L1/L2 with whole-row (coalesced) reads,
   // where per-lane rows cost 5x (G=26 tile 16: 51.6 against 11.0 ms).
+  const bool transposes =
+      !shape.batch_last && shape.batch * (shape.n_in + shape.n_out) * 4 > kStridedBatchFirstMaxBytes;
   if (sample_lanes_smem_bytes(shape.num_grids, 8 * tile, 1) <= lim.smem_optin)
-    return {ForwardKernel::kSampleLanes, true};
-  return {ForwardKernel::kOutputLanes, false};
+    return {ForwardKernel::kSampleLanes, true, transposes};
+  return {ForwardKernel::kOutputLanes, false, transposes};
 }
 
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block, bool fast,

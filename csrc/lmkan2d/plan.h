@@ -21,6 +21,8 @@ struct CallShape {
   int num_grids;
   int64_t n_out;
   int64_t batch;
+  int64_t n_in = 0;         // input features (the forward's batch-first choice reads it)
+  bool batch_last = true;   // x [N_in, B]; false: [B, N_in]
 };
 
 enum class ForwardKernel {
@@ -31,6 +33,9 @@ enum class ForwardKernel {
 struct ForwardPlan {
   ForwardKernel kernel;
   bool full_speed;  // the table slice is staged in shared memory
+  // batch-first only: run the batch-last kernel between two transposes (x in, y out) rather
+  // than read x and write y through their batch-first strides
+  bool transposes;
 };
 
 // tile: tile_size (4, 8 or 16).
