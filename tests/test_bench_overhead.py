@@ -17,4 +17,7 @@ def test_bench_overhead_runs_on_cpu(tmp_path, capsys):
     assert cases == ["lmKAN 2D forward, no grad", "nn.Linear forward, no grad",
                      "lmKAN training step", "MLP training step"]
     assert all(row["us_per_call"] > 0 and row["target_us"] is None for row in report["rows"])
-    assert capsys.readouterr().out.splitlines()[-1].startswith("MLP training step")
+    assert report["step_ratio"] > 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("MLP training step")
+    assert lines[-1].startswith("step time lmKAN / MLP: ")
