@@ -11,12 +11,15 @@ import torch
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def check_int(name, value, minimum, even=False):
-    """A Python int >= minimum (and even if asked); bools are rejected."""
+def check_int(name, value, minimum, even=False, maximum=None, why=""):
+    """A Python int in [minimum, maximum] (and even if asked); bools are rejected. `why`:
+    the reason for the maximum, appended to its message."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}{why}, got {value}")
     if even and value % 2:
         raise ValueError(f"{name} must be even (inputs are taken in pairs), got {value}")
     return int(value)

@@ -11,7 +11,7 @@ O(B * N_out) instead of O(B * N_out * N_in).
 import torch
 import torch.nn.functional as F
 
-from .grids import compute_dtype, find_cell
+from .grids import cell_nodes, compute_dtype, find_cell
 
 __all__ = ["lmkan2d_forward", "lmkan1d_forward", "hessian2d", "second_diff1d"]
 
@@ -112,17 +112,29 @@ def _lmkan2d_batch_first(xb, params, borders):
 
 
 def _lmkan1d_batch_first(xb, params, borders, uniform_grid):
-    """The 1D lookup of a batch-first x [B, N_in] -> [B, N_out]."""
+    """The 1D lookup of a batch-first x [B, N_in] -> [B, N_out], as f_i + (x - g_i) s_i with
+    the cell's slope s_i = (f_{i+1} - f_i) / (g_{i+1} - g_i): beyond the end nodes a huge
+    finite x overflows that product to +-inf, where (1 - d) f_i + d f_{i+1} gave inf - inf =
+    NaN (and d itself overflows first on fine grids)."""
     batch = xb.shape[0]
     side, n_out, n_in = params.shape
     out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
-    index, d = find_cell(xb, borders, uniform=uniform_grid)  # [B, N_in]
-    row = torch.arange(n_in, device=xb.device) * side + index
-    rows = torch.stack([row, row + 1], dim=-1)
-    weights = torch.stack([1 - d, d], dim=-1)
-    table = params.permute(2, 0, 1).reshape(n_in * side, n_out).to(dtype)
+    index, _ = find_cell(xb, borders, uniform=uniform_grid)  # [B, N_in]
+    nodes = cell_nodes(borders, uniform_grid, dtype)
+    offset = xb.to(dtype) - nodes[index]  # finite for finite x
+    values = params.to(dtype)
+    # cell widths: one width for the uniform grid (differences of its rounded nodes would
+    # carry their rounding into every slope)
+    widths = ((nodes[-1] - nodes[0]) / (side - 1)).expand(side - 1) if uniform_grid else nodes[1:] - nodes[:-1]
+    slopes = (values[1:] - values[:-1]) / widths[:, None, None]  # [G, N_out, N_in]
+    # rows: the values of input i at i * (G+1) + cell, its slopes after all values
+    table = torch.cat([values.permute(2, 0, 1).reshape(n_in * side, n_out),
+                       slopes.permute(2, 0, 1).reshape(n_in * (side - 1), n_out)])
+    inputs = torch.arange(n_in, device=xb.device)
+    rows = torch.stack([inputs * side + index, n_in * side + inputs * (side - 1) + index], dim=-1)
+    weights = torch.stack([torch.ones_like(offset), offset], dim=-1)
     y = F.embedding_bag(rows.reshape(batch, 2 * n_in), table,
-                        per_sample_weights=weights.to(dtype).reshape(batch, 2 * n_in), mode="sum")
+                        per_sample_weights=weights.reshape(batch, 2 * n_in), mode="sum")
     return y.to(out_dtype)
 
 

@@ -73,3 +73,15 @@ def find_cell(v: torch.Tensor, borders: torch.Tensor, uniform: bool = False):
         left = borders[index]
         d = (v - left) / (borders[index + 1] - left)
     return index, d
+
+
+def cell_nodes(borders: torch.Tensor, uniform: bool = False, dtype=None):
+    """The node positions g_i as find_cell sees them, in `dtype` (default: borders' compute
+    dtype). The uniform cell uses only the end nodes (s = (v - g_0) G / (g_G - g_0)), so its
+    inner nodes sit exactly at equal steps even where float32 rounding moved the stored
+    borders."""
+    g = borders.to(dtype or compute_dtype(borders.dtype))
+    if not uniform:
+        return g
+    steps = torch.arange(g.shape[0], dtype=g.dtype, device=g.device)
+    return g[0] + steps * ((g[-1] - g[0]) / (g.shape[0] - 1))

@@ -6,7 +6,7 @@ from . import _device, ops
 from ._call_plans import may_store_plan
 from ._checks import check_bool, check_choice, check_input, check_int, check_positive_float
 from ._layer_base import LookupLayerBase
-from .grids import cdf_borders, uniform_borders
+from .grids import cdf_borders, cell_nodes, uniform_borders
 
 __all__ = ["LMKAN1DLayer", "KANLayer", "INIT_MODES", "GRIDS"]
 
@@ -41,8 +41,10 @@ class LMKAN1DLayer(LookupLayerBase):
                  init="random_normal", batch_last=True, deterministic=None):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3)
-        self.input_dim = check_int("input_dim", input_dim, 1)
-        self.output_dim = check_int("output_dim", output_dim, 1)
+        self.input_dim = check_int("input_dim", input_dim, 1, maximum=2 ** 31 - 1,
+                                   why=" (inputs are counted in 32 bits)")
+        self.output_dim = check_int("output_dim", output_dim, 1, maximum=2 ** 31 - 1,
+                                    why=" (outputs are counted in 32 bits)")
         self.grid = check_choice("grid", grid, GRIDS)
         self.spline_width = check_positive_float("spline_width", spline_width)
         self.init = check_choice("init", init, INIT_MODES)
@@ -83,17 +85,9 @@ class LMKAN1DLayer(LookupLayerBase):
             self.func_parameter.copy_(nodes)
 
     def _node_positions(self):
-        """Node positions as the cell formula sees them, in float64.
-
-        The uniform cell uses only the end nodes (s = (v - g_0) G / (g_G - g_0)), so its
-        inner nodes sit exactly at equal steps even where float32 rounding moved the stored
-        borders; identity and straight-line inits then reproduce v to rounding.
-        """
-        g = self.borders.to(torch.float64)
-        if self.grid == "uniform":
-            steps = torch.arange(self.num_grids + 1, dtype=torch.float64, device=g.device)
-            return g[0] + steps * ((g[-1] - g[0]) / self.num_grids)
-        return g
+        """Node positions as the cell formula sees them, in float64 (grids.cell_nodes):
+        identity and straight-line inits then reproduce v to rounding."""
+        return cell_nodes(self.borders, self.grid == "uniform", torch.float64)
 
     # Assigning one of these drops the layer's call plans (lmKAN/_call_plans.py).
     PLAN_SETTINGS = frozenset({"batch_last", "deterministic", "grid"})

@@ -12,14 +12,20 @@ from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
 from ._layer_base import LookupLayerBase
 from .grids import cdf_borders
 
-__all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES"]
+__all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES", "MAX_NUM_GRIDS"]
+
+# The largest num_grids of a 2D layer: the ops take at most 4000 grid nodes (their table
+# offsets are 32-bit; csrc/lmkan2d/plan.h, kMaxTableSide). Such a table has 16 million cells
+# per function.
+MAX_NUM_GRIDS = ops.MAX_TABLE_SIDE_2D - 1
+INT32_MAX = 2 ** 31 - 1
 
 
 class LMKAN2DLayer(LookupLayerBase):
     """y[o] = sum over input pairs p of f_{o,p}(x[2p], x[2p+1]), each f a bilinear table.
 
     Args:
-        num_grids: grid cells G per input (>= 3); each function has (G+1)^2 values.
+        num_grids: grid cells G per input (3 .. 3999); each function has (G+1)^2 values.
         input_dim: number of input features (even: inputs are taken in pairs).
         output_dim: number of outputs.
         block_size_forward, block_size_backward: CUDA threads per block.
@@ -80,9 +86,12 @@ class LMKAN2DLayer(LookupLayerBase):
                  tile_size_backward=tuning.AUTO, init_scale=0.1, backward_fast_mode=False,
                  batch_last=True, deterministic=None):
         super().__init__()
-        self.num_grids = check_int("num_grids", num_grids, 3)
-        self.input_dim = check_int("input_dim", input_dim, 2, even=True)
-        self.output_dim = check_int("output_dim", output_dim, 1)
+        self.num_grids = check_int("num_grids", num_grids, 3, maximum=MAX_NUM_GRIDS,
+                                   why=" (the CUDA kernels' table offsets are 32-bit)")
+        self.input_dim = check_int("input_dim", input_dim, 2, even=True, maximum=2 * INT32_MAX,
+                                   why=" (input pairs are counted in 32 bits)")
+        self.output_dim = check_int("output_dim", output_dim, 1, maximum=INT32_MAX,
+                                    why=" (outputs are counted in 32 bits)")
         self.block_size_forward = _auto_or_choice("block_size_forward", block_size_forward, SUPPORTED_BLOCK_SIZES)
         self.block_size_backward = _auto_or_choice("block_size_backward", block_size_backward, SUPPORTED_BLOCK_SIZES)
         self.tile_size_forward = _auto_or_choice("tile_size_forward", tile_size_forward, SUPPORTED_TILE_SIZES)
@@ -156,6 +165,8 @@ class LMKAN2DLayer(LookupLayerBase):
         on `device` (lmKAN.max_num_grids): they then read the table from global memory
         (correct, slower).
 
+        A tile size the user set is checked as set; one that "auto" chose is not the user's
+        doing, so "auto" warns only when no tile size serves num_grids at full speed.
         config: the call's tuning.LaunchConfig2D ("auto" already resolved)."""
         if getattr(self, "_warned_slow_fallback", False) or not ops.kernel_available(
                 "lmkan2d_max_num_grids", "CompositeExplicitAutograd"):
@@ -166,11 +177,16 @@ class LMKAN2DLayer(LookupLayerBase):
                     else "backward_fast" if config.backward_fast_mode else "backward")
             checks.append((mode, "tile_size_backward", config.tile_size_backward))
         for mode, arg, tile in checks:
-            limit = max_num_grids(tile, mode, device)
+            if getattr(self, arg) == tuning.AUTO:
+                limit = max(max_num_grids(t, mode, device) for t in SUPPORTED_TILE_SIZES)
+                setting = f"any {arg}"
+            else:
+                limit = max_num_grids(tile, mode, device)
+                setting = f"{arg}={tile}"
             if self.num_grids > limit:
                 self._warned_slow_fallback = True
                 warnings.warn(f"LMKAN2DLayer: num_grids={self.num_grids} exceeds the largest num_grids "
-                              f"served at full speed with {arg}={tile} ({mode}) on "
+                              f"served at full speed with {setting} ({mode}) on "
                               f"{torch.cuda.get_device_name(device)}, which is {limit}; expected "
                               f"slower: the table is read from L2 instead of shared memory",
                               stacklevel=3)

@@ -137,6 +137,11 @@ def _check_layer_tensors(x, params, borders, params_dims):
                                                     f"shape {list(t.shape)}")
 
 
+# The ops' size limits (csrc/lmkan2d/plan.h kMaxTableSide; ints narrowed in the host code).
+MAX_TABLE_SIDE_2D = 4000
+_INT32_MAX = 2 ** 31 - 1
+
+
 def _check_2d(op, x, params, borders, batch_last, tile_size, block_size):
     """lmkan2d_forward's and lmkan2d_backward's checks (csrc/lmkan2d/forward.cpp, check_common)."""
     _check_layer_tensors(x, params, borders, 4)
@@ -151,6 +156,15 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size):
                                f"got shape {list(params.shape)}")
     torch._check_value(borders.shape[0] == side,
                        lambda: f"{op}: borders must have G+1={side} entries, got {borders.shape[0]}")
+    torch._check_value(side <= MAX_TABLE_SIDE_2D,
+                       lambda: f"{op}: num_grids must be at most {MAX_TABLE_SIDE_2D - 1} (the "
+                               f"kernels' table offsets are 32-bit), got {side - 1}")
+    torch._check_value(params.shape[3] >= 1,
+                       lambda: f"{op}: params must hold at least one input pair (N_in/2 >= 1), "
+                               f"got shape {list(params.shape)}")
+    torch._check_value(params.shape[2] <= _INT32_MAX and params.shape[3] <= _INT32_MAX,
+                       lambda: f"{op}: output_dim and input_dim/2 must be below 2^31, got params "
+                               f"shape {list(params.shape)}")
     in_dim = x.shape[0] if batch_last else x.shape[1]
     torch._check_value(in_dim == 2 * params.shape[3],
                        lambda: f"{op}: x has {in_dim} input features but params expects "
@@ -169,6 +183,11 @@ def _check_1d(x, params, borders, batch_last):
     torch._check_value(borders.shape[0] == params.shape[0],
                        lambda: f"borders must have G+1 = {params.shape[0]} entries "
                                f"(params.size(0)), got {borders.shape[0]}")
+    torch._check_value(params.shape[1] >= 1 and params.shape[2] >= 1,
+                       lambda: f"params must hold at least one output and one input ([G+1, N_out, "
+                               f"N_in]), got shape {list(params.shape)}")
+    torch._check_value(max(params.shape) <= _INT32_MAX,
+                       lambda: f"params dims must be below 2^31, got shape {list(params.shape)}")
     in_dim = x.shape[0] if batch_last else x.shape[1]
     torch._check_value(in_dim == params.shape[2],
                        lambda: f"x must have {params.shape[2]} input features "

@@ -248,6 +248,16 @@ def test_sorted_backward_chunks_and_many_tiles(tile, batch_last):
 
 
 @requires_gpu
+@pytest.mark.parametrize("batch_last", (True, False))
+def test_more_pairs_than_a_sorted_chunk_holds(batch_last):
+    """65,537 input pairs: a chunk of the sorted backward (16 bytes per pair and sample, 256 MB)
+    cannot hold one 256-sample segment for each, so the plan sends the call to the other
+    kernels (the chunk was 0 samples: an invalid launch)."""
+    for fast in (False, True):
+        _check(3, 2 * 65537, 3, 5, batch_last, 8, fast, block=128)
+
+
+@requires_gpu
 @pytest.mark.parametrize("tile", TILES)
 def test_far_outside_grid(tile):
     _check(8, 20, 12, 515, True, tile, False, scale=40.0)
@@ -338,6 +348,34 @@ def test_layer_warns_once_past_shared_memory():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             quiet(x).sum().backward()
+
+
+@requires_gpu
+def test_no_warning_about_a_tile_auto_chose():
+    """A tile size that "auto" chose is not the user's: LMKAN2DLayer(26, 256, 256,
+    deterministic=True) once warned that num_grids=26 exceeds tile_size_backward=16's limit,
+    a tile never asked for. "auto" warns only when no tile serves num_grids at full speed;
+    a tile the user set is still checked as set."""
+    mode = "backward_deterministic"
+    best = max(max_num_grids(t, mode, "cuda") for t in TILES)
+    g = 26
+    assert max_num_grids(16, mode, "cuda") < g <= best  # the case of the report (H100/H200)
+    x = torch.randn(256, 2000, device="cuda")
+    auto = LMKAN2DLayer(g, 256, 256, deterministic=True).cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto(x).sum().backward()
+    chosen = LMKAN2DLayer(g, 256, 256, tile_size_backward=16, deterministic=True).cuda()
+    with pytest.warns(UserWarning, match=rf"num_grids={g}.*tile_size_backward=16"):
+        chosen(x).sum().backward()
+    # past every tile's limit, "auto" warns, naming no tile of its own (the forward's check
+    # comes first where num_grids is past its limits too)
+    g = best + 1
+    forward_best = max(max_num_grids(t, "forward", "cuda") for t in TILES)
+    which, limit = ("forward", forward_best) if g > forward_best else ("backward", best)
+    beyond = LMKAN2DLayer(g, 4, 6, deterministic=True).cuda()
+    with pytest.warns(UserWarning, match=rf"num_grids={g}.*any tile_size_{which}.*{limit}"):
+        beyond(torch.randn(4, 300, device="cuda", requires_grad=True)).sum().backward()
 
 
 @requires_gpu

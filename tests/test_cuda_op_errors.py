@@ -44,6 +44,11 @@ def _bwd1d(gy, x, params, borders, batch_last=True):
     return torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, False, batch_last, False)
 
 
+def _zeros(*shape):
+    """A float32 CUDA tensor of any shape that takes one element of memory."""
+    return torch.zeros((), device="cuda").expand(*shape)
+
+
 def _replace(args, index, value):
     args = list(args)
     args[index] = value
@@ -81,6 +86,16 @@ CASES_2D = [
      r"x has 8 input features"),
     ("output-dim-0", lambda x, p, b: _fwd2d(x, p[:, :, :0], b), ValueError,
      "output_dim must be >= 1, got 0"),
+    # sizes the kernels cannot index, refused before any launch (expanded views: no memory)
+    ("zero-pairs", lambda x, p, b: _fwd2d(x[:0], p[..., :0], b), ValueError,
+     r"params must hold at least one input pair \(N_in/2 >= 1\), got shape \[6, 6, 5, 0\]"),
+    ("backward-zero-pairs",
+     lambda x, p, b: _bwd2d(torch.randn(5, 31, device="cuda"), x[:0], p[..., :0], b), ValueError,
+     "lmkan2d_backward: params must hold at least one input pair"),
+    ("num-grids-4000", lambda x, p, b: _fwd2d(x, _zeros(4001, 4001, 5, 3), cdf_borders(4000, device="cuda")),
+     ValueError, r"num_grids must be at most 3999 \(the kernels' table offsets are 32-bit\), got 4000"),
+    ("output-dim-2^31", lambda x, p, b: _fwd2d(x, _zeros(G + 1, G + 1, 2 ** 31, 3), b), ValueError,
+     r"output_dim and input_dim/2 must be below 2\^31, got params shape \[6, 6, 2147483648, 3\]"),
     ("backward-tile-16-block-40",
      lambda x, p, b: _bwd2d(torch.randn(5, 31, device="cuda"), x, p, b, tile=16, block=40),
      ValueError, "lmkan2d_backward: block_size must be a multiple of 32"),
@@ -108,6 +123,12 @@ CASES_1D = [
      r"borders must have G\+1 = 6 entries \(params.size\(0\)\), got 8"),
     ("input-features", lambda x, p, b: _fwd1d(torch.randn(7, 31, device="cuda"), p, b), ValueError,
      r"x must have 6 input features \(params.size\(2\)\) along dim 0, got shape \[7, 31\]"),
+    ("zero-inputs", lambda x, p, b: _fwd1d(x[:0], p[..., :0], b), ValueError,
+     r"params must hold at least one output and one input \(\[G\+1, N_out, N_in\]\), got shape \[6, 5, 0\]"),
+    ("zero-outputs", lambda x, p, b: _fwd1d(x, p[:, :0], b), ValueError,
+     "params must hold at least one output and one input"),
+    ("outputs-2^31", lambda x, p, b: _fwd1d(x, _zeros(G + 1, 2 ** 31, 6), b), ValueError,
+     r"params dims must be below 2\^31, got shape \[6, 2147483648, 6\]"),
     ("too-many-grids", lambda x, p, b: _fwd1d(x, torch.randn(4001, 5, 6, device="cuda"),
                                               torch.linspace(-2, 2, 4001, device="cuda")),
      ValueError, r"lmkan1d forward: num_grids=4000 needs \d+ bytes of shared memory per block"),

@@ -136,6 +136,11 @@ CONSTRUCTOR_ERRORS = [
     (LMKAN2DLayer, dict(input_dim=5), ValueError, ["input_dim", "even", "5"]),
     (LMKAN2DLayer, dict(input_dim=0), ValueError, ["input_dim", ">= 2", "0"]),
     (LMKAN2DLayer, dict(output_dim=-1), ValueError, ["output_dim", ">= 1", "-1"]),
+    # sizes the ops cannot index (32-bit offsets and counts), refused before any allocation
+    (LMKAN2DLayer, dict(num_grids=4000), ValueError, ["num_grids", "<= 3999", "32-bit", "4000"]),
+    (LMKAN2DLayer, dict(output_dim=2 ** 31), ValueError, ["output_dim", "<= 2147483647", "2147483648"]),
+    (LMKAN2DLayer, dict(input_dim=2 ** 32), ValueError, ["input_dim", "<= 4294967294", "4294967296"]),
+    (LMKAN1DLayer, dict(input_dim=2 ** 31), ValueError, ["input_dim", "<= 2147483647", "2147483648"]),
     (LMKAN2DLayer, dict(tile_size_forward=5), ValueError, ["tile_size_forward", "[4, 8, 16]", "5"]),
     (LMKAN2DLayer, dict(tile_size_backward=32), ValueError, ["tile_size_backward", "32"]),
     (LMKAN2DLayer, dict(block_size_forward=100), ValueError, ["block_size_forward", "1024", "100"]),
@@ -210,3 +215,20 @@ def test_modules_compose_in_a_network():
     reg = sum(m.get_hessian_regularization() for m in net if hasattr(m, "get_hessian_regularization"))
     (y.square().mean() + reg).backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("grid", ["uniform", "cdf"])
+def test_huge_finite_inputs_give_no_nan_1d(grid):
+    """Beyond the end nodes f(x) = f_i + (x - g_i) s_i: a huge finite x overflows to +-inf at
+    worst, never inf - inf = NaN as (1 - d) f_i + d f_{i+1} did (KANLayer(2, 2,
+    init="identity") gave NaN at 5e37). CPU path; the CUDA kernels' form is still the old one."""
+    layer = LMKAN1DLayer(300 if grid == "uniform" else 8, 2, 2, grid=grid, init="identity",
+                         batch_last=False)
+    x = torch.tensor([[5e37, 1.0], [-5e37, 2.0], [3e38, -3e38], [1.5, -0.25]], requires_grad=True)
+    y = layer(x)
+    assert not y.isnan().any()
+    torch.testing.assert_close(y, x.detach(), rtol=1e-5, atol=1e-5)  # identity, to rounding
+    (y.clamp(-1e30, 1e30) * torch.randn_like(y)).sum().backward()
+    assert not x.grad.isnan().any() and not layer.func_parameter.grad.isnan().any()
+    kd = KANLayer(2, 2, init="identity")  # the reported case
+    assert not kd(torch.tensor([[5e37, -5e37]])).isnan().any()

@@ -30,4 +30,14 @@ inline bool records_graph(const at::Tensor& x, const at::Tensor& params) {
   return at::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad());
 }
 
+// Called first in every backward: with create_graph=True the engine runs backwards in grad
+// mode, and the backward ops have no autograd of their own, so a second derivative through
+// them would come back silently wrong (issue 18, item 9). Refused with a clear error until
+// the backward ops get theirs.
+inline void refuse_double_backward(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), op,
+              ": second derivatives (a backward with create_graph=True through this op) are "
+              "not implemented yet; compute this gradient with create_graph=False");
+}
+
 }  // namespace lmkan

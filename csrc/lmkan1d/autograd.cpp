@@ -33,6 +33,7 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 4 arguments.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_double_backward("lmkan::lmkan1d");
     static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
     const auto saved = ctx->get_saved_variables();
     auto [grad_x, grad_p] =

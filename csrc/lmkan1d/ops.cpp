@@ -37,6 +37,12 @@ Shapes check_args(const at::Tensor& x, const at::Tensor& params, const at::Tenso
                     params.sizes());
   TORCH_CHECK_VALUE(borders.size(0) == params.size(0), "borders must have G+1 = ",
                     params.size(0), " entries (params.size(0)), got ", borders.size(0));
+  TORCH_CHECK_VALUE(params.size(1) >= 1 && params.size(2) >= 1,
+                    "params must hold at least one output and one input ([G+1, N_out, N_in]), "
+                    "got shape ", params.sizes());
+  TORCH_CHECK_VALUE(params.size(0) <= INT32_MAX && params.size(1) <= INT32_MAX &&
+                        params.size(2) <= INT32_MAX,
+                    "params dims must be below 2^31, got shape ", params.sizes());
   sh.n_out = static_cast<int>(params.size(1));
   sh.n_in = static_cast<int>(params.size(2));
   const int64_t x_in = batch_last ? x.size(0) : x.size(1);

@@ -38,6 +38,7 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 8 arguments.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_double_backward("lmkan::lmkan2d");
     static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
     const auto saved = ctx->get_saved_variables();
     auto [grad_x, grad_p] =

@@ -46,12 +46,10 @@ namespace lmkan2d {
 namespace {
 
 constexpr int kBucketThreads = 1024;
-constexpr int kRunSegment = 256;        // sorted entries per warp, at most (multiple of 16)
 constexpr int kRunMinSegment = 32;      // shortest segment (small batches: more warps)
 constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
 constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (~110 registers)
 constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
-constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;  // sorted entries of a chunk
 
 // Exclusive scan of count[0, n) in place by the whole block; returns the total.
 __device__ int block_exclusive_scan(int* count, int n, int* warp_sums) {
@@ -335,6 +333,8 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   chunk = std::min<int64_t>(chunk, kRunMaxEntriesBytes / (int64_t(n_pairs) * 16));
   chunk = std::min<int64_t>(chunk, (batch + kRunSegment - 1) / kRunSegment * kRunSegment);
   chunk = chunk / kRunSegment * kRunSegment;
+  TORCH_INTERNAL_ASSERT(chunk >= kRunSegment, "plan_backward chose the sorted backward for ",
+                        n_pairs, " pairs, more than a chunk of its sorted entries holds");
   at::Tensor entries = at::empty({n_pairs, chunk, 4}, x.options().dtype(at::kInt));
 
   const int warps = std::max(1, std::min(block_size, kRunMaxThreads) / 32);

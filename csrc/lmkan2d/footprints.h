@@ -47,6 +47,13 @@ inline int64_t sample_lanes_smem_bytes(int num_grids, int w, int nbuf) {
 constexpr int64_t kRunChunkBytesNormal = int64_t(8) << 20;
 constexpr int64_t kRunChunkBytesFast = int64_t(32) << 20;
 
+// Sorted entries per warp, at most (a multiple of 16), and the bytes of one chunk's sorted
+// entries (16 per pair and sample): a chunk holds at least one segment of samples, so the
+// sort serves at most kRunMaxEntriesBytes / (16 * kRunSegment) = 65536 pairs.
+constexpr int kRunSegment = 256;
+constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;
+inline bool runs_pairs_fit(int64_t n_pairs) { return n_pairs * 16 * kRunSegment <= kRunMaxEntriesBytes; }
+
 // Its shared memory bound: the cell histogram of the sort, (G+1)^2 counters (bytes).
 inline int64_t runs_bucket_smem_bytes(int num_grids) {
   const int64_t side = num_grids + 1;

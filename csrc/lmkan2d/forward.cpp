@@ -2,6 +2,8 @@
 // asks for them, and the kernel plan_forward (plan.h) chooses: the sample-lanes kernel (forward_sample_lanes.cu)
 // wherever one table slice fits in shared memory, the output-lanes kernel (output_lanes.cu)
 // past that.
+#include <cstdint>
+
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -26,6 +28,15 @@ void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tenso
                     params.sizes());
   TORCH_CHECK_VALUE(borders.size(0) == side, op, ": borders must have G+1=", side,
                     " entries, got ", borders.size(0));
+  // Table offsets in the kernels are 32-bit: (G+1)^2 * W floats with W <= 128 stays below
+  // 2^31 up to G+1 = 4095; the limit is the regularisers' (kMaxNodes, 4000 nodes).
+  TORCH_CHECK_VALUE(side <= kMaxTableSide, op, ": num_grids must be at most ", kMaxTableSide - 1,
+                    " (the kernels' table offsets are 32-bit), got ", side - 1);
+  TORCH_CHECK_VALUE(params.size(3) >= 1, op, ": params must hold at least one input pair "
+                    "(N_in/2 >= 1), got shape ", params.sizes());
+  TORCH_CHECK_VALUE(params.size(2) <= INT32_MAX && params.size(3) <= INT32_MAX, op,
+                    ": output_dim and input_dim/2 must be below 2^31, got params shape ",
+                    params.sizes());
   const int64_t in_dim = batch_last ? x.size(0) : x.size(1);
   TORCH_CHECK_VALUE(in_dim == 2 * params.size(3), op, ": x has ", in_dim,
                     " input features but params expects input_dim=2*", params.size(3), "=",

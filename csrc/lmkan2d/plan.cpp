@@ -15,9 +15,11 @@ namespace {
 int64_t output_tiles(int64_t n_out, int tile) { return (n_out + 8 * tile - 1) / (8 * tile); }
 
 // The sorted backward (backward_runs.cu) serves a call when its cell histogram fits in
-// shared memory and grad_y needs no large zero-padded copy (a narrow output).
+// shared memory, a chunk of samples holds a whole segment for every pair, and grad_y needs no
+// large zero-padded copy (a narrow output).
 bool runs_serve(const CallShape& s, int tile, const DeviceLimits& lim) {
   if (runs_bucket_smem_bytes(s.num_grids) > lim.smem_optin) return false;
+  if (!runs_pairs_fit(s.n_in / 2)) return false;
   const int64_t ld = output_tiles(s.n_out, tile) * 8 * tile;
   return ld == s.n_out || s.batch * ld * 4 <= kRunMaxPaddedBytes;
 }
@@ -87,7 +89,7 @@ int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim) {
   int best = 0;
   for (int g = 3; g < 4096; ++g) {
     // two output tiles (the multi-tile kernels), one sample: no padded copy of grad_y
-    const CallShape shape{g, 2 * 8 * int64_t(tile), 1};
+    const CallShape shape{g, 2 * 8 * int64_t(tile), 1, 2};
     const bool full_speed = forward ? plan_forward(shape, tile, lim).full_speed
                                     : plan_backward(shape, tile, 32, fast, deterministic, lim).full_speed;
     if (!full_speed) break;

@@ -16,12 +16,16 @@
 namespace lmkan {
 namespace lmkan2d {
 
+// Largest G+1 the ops accept (csrc/lmkan2d/forward.cpp, check_common): table offsets are
+// 32-bit in the kernels, and the regularisers take at most 4000 nodes.
+constexpr int64_t kMaxTableSide = 4000;
+
 // What a call is, as far as the choice of kernels goes.
 struct CallShape {
   int num_grids;
   int64_t n_out;
   int64_t batch;
-  int64_t n_in = 0;         // input features (the forward's batch-first choice reads it)
+  int64_t n_in = 0;         // input features (2 per pair)
   bool batch_last = true;   // x [N_in, B]; false: [B, N_in]
 };
 

@@ -34,6 +34,7 @@ struct RegulariserFunction : public torch::autograd::Function<RegulariserFunctio
   // {dL/dparams, none for borders}.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
+    refuse_double_backward(kValueName);
     static const auto backward_op = find_op<RegulariserBackwardOp>(kBackwardName);
     const auto saved = ctx->get_saved_variables();
     return {backward_op.call(grad_outputs[0], saved[0], saved[1]), at::Tensor()};
