@@ -1,12 +1,16 @@
 """Per-kernel SASS of two built extensions, compared: the check that a change only moved code.
 
-  python tools/sass_diff.py OLD/lmKAN/_C*.so NEW/lmKAN/_C*.so
+  python tools/sass_diff.py [--opcodes] OLD/lmKAN/_C*.so NEW/lmKAN/_C*.so
 
 Kernels are matched by architecture and demangled name with the project's namespaces dropped
 (lmkan::, lmkan2d::, lmkan1d::, regularizers::, anonymous namespaces), so a kernel that moved
 between files or namespaces still meets its old self. Prints the count of identical kernels
 and every kernel that differs or exists on one side only; exit status 1 if any does. Needs
 cuobjdump (see list_elf.py) and c++filt.
+
+--opcodes: match kernels without their parameter lists and compare opcode sequences only
+(operands dropped): the check for a change of a kernel's parameters into one argument struct,
+which moves the parameters' constant-bank offsets and nothing else.
 """
 import collections
 import re
@@ -37,8 +41,33 @@ def kernels(path):
     return {(a, plain[name]): tuple(lines) for (a, name), lines in code.items()}
 
 
-def main(old_path, new_path):
+def without_parameters(name):
+    """The demangled name without its final parenthesised parameter list."""
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(name[i], 0)
+        if depth == 0 and name[i] == "(":
+            return name[:i]
+    return name
+
+
+def opcodes(lines):
+    """The opcodes (with modifiers, predicates dropped) of SASS lines "/*0010*/ OP ... ;"."""
+    ops = []
+    for line in lines:
+        tokens = line.split()[1:]
+        if tokens and tokens[0].startswith("@"):
+            tokens = tokens[1:]
+        if tokens:
+            ops.append(tokens[0].rstrip(";"))
+    return tuple(ops)
+
+
+def main(old_path, new_path, opcodes_only=False):
     old, new = kernels(old_path), kernels(new_path)
+    if opcodes_only:
+        old = {(a, without_parameters(n)): opcodes(c) for (a, n), c in old.items()}
+        new = {(a, without_parameters(n)): opcodes(c) for (a, n), c in new.items()}
     same = [k for k in old if new.get(k) == old[k]]
     differ = [k for k in old if k in new and new[k] != old[k]]
     print(f"kernels: {len(old)} old, {len(new)} new; identical SASS: {len(same)}")
@@ -53,6 +82,7 @@ def main(old_path, new_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    args = [a for a in sys.argv[1:] if a != "--opcodes"]
+    if len(args) != 2:
         sys.exit(__doc__)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*args, opcodes_only="--opcodes" in sys.argv[1:]))

@@ -107,9 +107,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const DeviceLimits lim = device_limits(x.device().index());
   const int block = static_cast<int>(block_size);
   const int n = static_cast<int>(n_out);
-  const BackwardPlan plan = plan_backward({num_grids, n_out, batch, 2 * int64_t(n_pairs), batch_last},
-                                          static_cast<int>(tile_size),
-                                          block, fast_mode, deterministic, lim);
+  const BackwardPlan plan =
+      plan_backward({num_grids, n_out, batch, 2 * int64_t(n_pairs), batch_last},
+                    static_cast<int>(tile_size), block, deterministic, lim);
   if (plan.grad_x == GradXKernel::kRuns) {
     // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
     // cell, a 4x larger sorted buffer)

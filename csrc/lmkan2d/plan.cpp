@@ -54,9 +54,8 @@ ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& l
   return {ForwardKernel::kOutputLanes, false, transposes};
 }
 
-BackwardPlan plan_backward(const CallShape& shape, int tile, int block, bool fast,
+BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
                            bool deterministic, const DeviceLimits& lim) {
-  (void)fast;  // both modes choose alike; fast mode changes the launches' sizes only
   if (!deterministic && runs_serve(shape, tile, lim))
     return {GradXKernel::kRuns, GradParamsKernel::kRuns, true};
   BackwardPlan plan{};
@@ -85,13 +84,12 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block, bool fas
 int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim) {
   const bool forward = std::strcmp(mode, "forward") == 0;
   const bool deterministic = std::strcmp(mode, "backward_deterministic") == 0;
-  const bool fast = std::strcmp(mode, "backward_fast") == 0;
   int best = 0;
   for (int g = 3; g < 4096; ++g) {
     // two output tiles (the multi-tile kernels), one sample: no padded copy of grad_y
     const CallShape shape{g, 2 * 8 * int64_t(tile), 1, 2};
     const bool full_speed = forward ? plan_forward(shape, tile, lim).full_speed
-                                    : plan_backward(shape, tile, 32, fast, deterministic, lim).full_speed;
+                                    : plan_backward(shape, tile, 32, deterministic, lim).full_speed;
     if (!full_speed) break;
     best = g;
   }

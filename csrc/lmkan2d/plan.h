@@ -65,8 +65,9 @@ struct BackwardPlan {
   bool full_speed;
 };
 
-// block: block_size_backward; fast: backward_fast_mode.
-BackwardPlan plan_backward(const CallShape& shape, int tile, int block, bool fast,
+// block: block_size_backward. backward_fast_mode does not change the choice (it changes the
+// chosen kernels' launch sizes only), so it is not an argument.
+BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
                            bool deterministic, const DeviceLimits& lim);
 
 // The largest num_grids served at full speed for a tile size and mode ("forward",
