@@ -10,6 +10,13 @@
 #   bash tools/arch_round.sh bench          # bench_2d and bench_1d, one build after the other
 #   bash tools/arch_round.sh buildall       # the whole default architecture list, timed
 #   bash tools/arch_round.sh limits         # num_grids limits at 99 / 163 / 227 KB
+#   BASE_TAR=base.tar bash tools/arch_round.sh compare
+#       # a change against an earlier revision, in one run: `git archive REV -o base.tar`
+#       # first (an untracked file travels to the GPU machine); both sm_90 builds, then
+#       # bench_overhead (new, base, new) and bench_2d (BENCH2D_ARGS, default: the G8, G26
+#       # and small cases at tiles 4 and 8, block 512) of each
+#   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
+#       # tool brings back a few files only); the summary stays beside it
 #
 # Builds use the system compiler (CXX=/usr/bin/g++): see README, "The C++ compiler".
 # Logs and JSON go to $OUT (default benchmarks/results); a summary is printed last.
@@ -90,10 +97,38 @@ for stage in "$@"; do
         echo "== bench_$topic $b"; grep -v "^{" "$OUT/bench_${topic}_$b.log" | tail -40
       done; done
       ;;
+    compare)
+      [ -f "${BASE_TAR:-}" ] || { echo "compare: set BASE_TAR to a git archive of the base revision"; exit 2; }
+      rm -rf /tmp/lmkan-base && mkdir -p /tmp/lmkan-base && tar xf "$BASE_TAR" -C /tmp/lmkan-base
+      copy_tree /tmp/lmkan-new
+      for b in new base; do  # both at once, half the jobs each
+        MAX_JOBS=$(( ${MAX_JOBS:-16} / 2 )) timed_build /tmp/lmkan-$b 9.0 "$OUT/build_$b.log" &
+      done
+      wait
+      for b in new base new; do  # the host's speed drifts: the new build on both sides
+        (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout 120 $PY benchmarks/bench_overhead.py) \
+          >> "$OUT/overhead_$b.log" 2>&1
+      done
+      for b in new base; do
+        (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_2d.py \
+           --json "$OUT/bench_2d_$b.json" ${BENCH2D_ARGS:---cases G8,G26 --tiles 4,8 --blocks 512}) \
+          > "$OUT/bench_2d_$b.log" 2>&1
+        echo "bench_2d $b rc=$?" >> "$OUT/summary.txt"
+      done
+      for b in new base; do
+        echo "== $b"; grep -E "step|no grad" "$OUT/overhead_$b.log"
+        grep -v "^{" "$OUT/bench_2d_$b.log" | grep -E "^G" | tail -40
+      done
+      ;;
+    pack)
+      tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \
+        && mv /tmp/lmkan-results.tgz "$OUT/results.tgz" \
+        && find "$OUT" -type f ! -name results.tgz ! -name summary.txt -delete
+      ;;
     limits)
       (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY tools/smem_limits.py) | tee -a "$OUT/summary.txt"
       ;;
-    *) echo "unknown stage $stage (build, buildall, test, sanitize, bench, limits)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, buildall, test, sanitize, bench, compare, pack, limits)"; exit 2 ;;
   esac
 done
 echo "== summary"; cat "$OUT/summary.txt"
