@@ -94,6 +94,11 @@ class _ChunkedLookup(torch.autograd.Function):
         return (grad_x, grad_p) + (None,) * (3 + len(ctx.extra))
 
 
+# Inputs more than this many cells past the end nodes make the float32 bilinear weights
+# (1 - d1)(1 - d2), ... large enough that their weighted sum can overflow as inf - inf.
+FAR_CELLS = 2.0 ** 20
+
+
 def _lmkan2d_batch_first(xb, params, borders):
     """The 2D lookup of a batch-first x [B, N_in] -> [B, N_out]."""
     batch = xb.shape[0]
@@ -101,6 +106,13 @@ def _lmkan2d_batch_first(xb, params, borders):
     out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
     i1, d1 = find_cell(xb[:, 0::2], borders)  # [B, N_in/2]
     i2, d2 = find_cell(xb[:, 1::2], borders)
+    if (dtype != torch.float64 and xb.device.type == "cpu" and not torch.compiler.is_compiling()
+            and bool(((d1.abs() > FAR_CELLS) | (d2.abs() > FAR_CELLS)).any())):
+        # A finite input far past the grid (docs/spec.md, "Robustness"): float64 holds the
+        # weights of any float32 input, and the result rounds to +-inf where it overflows.
+        # Eager CPU only: the check would synchronise a GPU on every call, and it is a
+        # data-dependent branch that torch.compile cannot trace.
+        return _lmkan2d_batch_first(xb.double(), params.double(), borders.double()).to(out_dtype)
     # Row of P[i1, i2, :, p] in the table laid out as [N_in/2, G+1, G+1] x N_out.
     row = torch.arange(n_pairs, device=xb.device) * (side * side) + i1 * side + i2
     rows = torch.stack([row, row + 1, row + side, row + side + 1], dim=-1)

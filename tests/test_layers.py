@@ -232,3 +232,28 @@ def test_huge_finite_inputs_give_no_nan_1d(grid):
     assert not x.grad.isnan().any() and not layer.func_parameter.grad.isnan().any()
     kd = KANLayer(2, 2, init="identity")  # the reported case
     assert not kd(torch.tensor([[5e37, -5e37]])).isnan().any()
+
+
+def test_huge_finite_inputs_give_no_nan_2d():
+    """2D, CPU path: a call with inputs more than FAR_CELLS cells past the end nodes is
+    evaluated in float64, where the bilinear weights of any float32 input fit, and rounds to
+    +-inf where it overflows (in float32, (1 - d1)(1 - d2) f00 + ... gave inf - inf = NaN)."""
+    torch.manual_seed(0)
+    layer = LMKAN2DLayer(8, 4, 3, batch_last=False)
+    with torch.no_grad():
+        layer.func_parameter.normal_()
+    x = torch.tensor([[5e37, 5e37, 1.0, -2.0], [3e38, -3e38, 3e38, 3e38],
+                      [5e37, 1.0, 0.5, 0.25], [0.1, 0.2, 0.3, 0.4]], requires_grad=True)
+    y = layer(x)
+    assert not y.isnan().any() and y.isinf().any()
+    expected = ref.lmkan2d_forward(x.detach().double(), layer.func_parameter.detach().double(),
+                                   layer.borders.double(), batch_last=False).float()
+    assert torch.equal(y.detach(), expected)
+    (y.clamp(-1e30, 1e30) * torch.randn_like(y)).sum().backward()
+    assert not x.grad.isnan().any() and not layer.func_parameter.grad.isnan().any()
+    # inputs within FAR_CELLS stay in float32
+    near = torch.tensor([[1e5, -1e5, 3.0, 0.0]])
+    assert lmKAN.grids.find_cell(near, layer.borders)[1].abs().max() < ref.FAR_CELLS
+    torch.testing.assert_close(layer(near).double(), ref.lmkan2d_forward(
+        near.double(), layer.func_parameter.detach().double(), layer.borders.double(), False),
+        rtol=1e-5, atol=1e-3)
