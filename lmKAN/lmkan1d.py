@@ -41,9 +41,9 @@ class LMKAN1DLayer(LookupLayerBase):
                  init="random_normal", batch_last=True, deterministic=None):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3)
-        self.input_dim = check_int("input_dim", input_dim, 1, maximum=2 ** 31 - 1,
+        self.input_dim = check_int("input_dim", input_dim, 1, maximum=ops.INT32_MAX,
                                    why=" (inputs are counted in 32 bits)")
-        self.output_dim = check_int("output_dim", output_dim, 1, maximum=2 ** 31 - 1,
+        self.output_dim = check_int("output_dim", output_dim, 1, maximum=ops.INT32_MAX,
                                     why=" (outputs are counted in 32 bits)")
         self.grid = check_choice("grid", grid, GRIDS)
         self.spline_width = check_positive_float("spline_width", spline_width)

@@ -139,7 +139,7 @@ def _check_layer_tensors(x, params, borders, params_dims):
 
 # The ops' size limits (csrc/lmkan2d/plan.h kMaxTableSide; ints narrowed in the host code).
 MAX_TABLE_SIDE_2D = 4000
-_INT32_MAX = 2 ** 31 - 1
+INT32_MAX = 2 ** 31 - 1
 
 
 def _check_2d(op, x, params, borders, batch_last, tile_size, block_size):
@@ -162,7 +162,7 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size):
     torch._check_value(params.shape[3] >= 1,
                        lambda: f"{op}: params must hold at least one input pair (N_in/2 >= 1), "
                                f"got shape {list(params.shape)}")
-    torch._check_value(params.shape[2] <= _INT32_MAX and params.shape[3] <= _INT32_MAX,
+    torch._check_value(params.shape[2] <= INT32_MAX and params.shape[3] <= INT32_MAX,
                        lambda: f"{op}: output_dim and input_dim/2 must be below 2^31, got params "
                                f"shape {list(params.shape)}")
     in_dim = x.shape[0] if batch_last else x.shape[1]
@@ -186,7 +186,7 @@ def _check_1d(x, params, borders, batch_last):
     torch._check_value(params.shape[1] >= 1 and params.shape[2] >= 1,
                        lambda: f"params must hold at least one output and one input ([G+1, N_out, "
                                f"N_in]), got shape {list(params.shape)}")
-    torch._check_value(max(params.shape) <= _INT32_MAX,
+    torch._check_value(max(params.shape) <= INT32_MAX,
                        lambda: f"params dims must be below 2^31, got shape {list(params.shape)}")
     in_dim = x.shape[0] if batch_last else x.shape[1]
     torch._check_value(in_dim == params.shape[2],

@@ -124,7 +124,6 @@ def test_forward_memory(tile):
     assert extra <= y.numel() * 4 + packed + (4 << 20), (extra, y.numel() * 4, packed)
 
 
-
 # Batch-first forwards whose x and y take at most 1 MiB read and write them through strides;
 # larger ones run the batch-last kernel between two transposes (csrc/lmkan2d/plan.cpp).
 STRIDED_BATCH_FIRST_MAX_BYTES = 1 << 20
@@ -151,6 +150,7 @@ def test_batch_first_forward_paths(tile, num_grids):
         assert torch.equal(y_bf, y_bl.t()), (batch, strided)
         ref = _reference.lmkan2d_forward(x_bf.double(), params.double(), borders.double(), False)
         assert rel_l2(y_bf, ref) <= TOL
+
 
 @requires_gpu
 @pytest.mark.parametrize("tile", TILES)

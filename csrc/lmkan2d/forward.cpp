@@ -55,7 +55,7 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                         2 * params_in.size(3), batch_last};
   const ForwardPlan plan = plan_forward(shape, static_cast<int>(tile_size),
                                         device_limits(x_in.device().index()));
-  if (!batch_last && plan.transposes) {
+  if (plan.transposes) {  // batch-first only
     // Large batch-first calls run the batch-last kernel between two tiled transposes (x in,
     // y out): at the docs/performance.md shapes they cost ~3-4% of the forward, where the
     // kernel's strided batch-first access (scattered rows) cost +5% (G=8), +11% (G=16) and

@@ -36,8 +36,9 @@ bool output_rows_table_fits(int num_grids, int tile, int block, const DeviceLimi
 // Batch-first forwards whose x and y together take at most this many bytes read and write
 // them through strides; larger ones transpose. The kernels' strided batch-first access cost
 // +5% (G=8) to +21% (G=26) at B = 2^18 (R4) where the two transposes cost ~3-4%; at small
-// sizes the transposes' two launches and allocations (~15 us of host time each on the H200's
-// host) outweigh that (issue 16: the small training step is host-bound).
+// sizes the transposes' two launches and allocations (~9 and ~6 us of host time each under
+// the profiler on the H200's host, round S1) outweigh that (the small training step is
+// host-bound).
 constexpr int64_t kStridedBatchFirstMaxBytes = int64_t(1) << 20;
 
 }  // namespace
