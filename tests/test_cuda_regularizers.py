@@ -71,6 +71,27 @@ def test_second_diff1d_matches_reference(num_grids, n_out, n_in, uniform):
 
 
 @requires_gpu
+@pytest.mark.parametrize("regulariser", ["hessian2d", "second_diff1d"])
+@pytest.mark.parametrize("num_grids,n_out,n_in", [
+    (10, 16, 16), (10, 1, 257), (10, 1, 1), (10, 37, 29), (26, 8, 16), (26, 9, 15)])
+def test_value_one_block_and_multi_block(regulariser, num_grids, n_out, n_in):
+    """Both launches of the value (csrc/regularizers/launch.h, ValueOut): tables of at most 2
+    blocks of work (128 functions x one chunk) are summed by one block in one launch, larger
+    ones by one block each and a final sum. At G = 10 every table is one chunk: 256
+    functions are 2 blocks (one block), 257 are 3 (many); at G = 26 both values have two
+    chunks (8 x 16 functions: 1 x 2 blocks; 9 x 15: 2 x 2)."""
+    if regulariser == "hessian2d":
+        side = num_grids + 1
+        params = torch.randn(side, side, n_out, n_in, device="cuda")
+        _check(torch.ops.lmkan.hessian2d, _reference.hessian2d, params,
+               cdf_borders(num_grids, device="cuda"))
+    else:
+        params = torch.randn(num_grids + 1, n_out, n_in, device="cuda")
+        _check(torch.ops.lmkan.second_diff1d, _reference.second_diff1d, params,
+               cdf_borders(num_grids, device="cuda"))
+
+
+@requires_gpu
 @pytest.mark.parametrize("num_grids", [200, 3100])
 def test_hessian2d_many_nodes(num_grids):
     """G = 200: some middle windows take the generic kind; G = 3100: the gradient kernel's
@@ -128,9 +149,10 @@ def test_second_diff1d_large_accuracy():
 
 
 @requires_gpu
-def test_deterministic():
-    params = torch.randn(27, 27, 64, 33, device="cuda")
-    borders = cdf_borders(26, device="cuda")
+@pytest.mark.parametrize("num_grids,n_out,n_pairs", [(26, 64, 33), (10, 8, 16)])  # many, one block
+def test_deterministic(num_grids, n_out, n_pairs):
+    params = torch.randn(num_grids + 1, num_grids + 1, n_out, n_pairs, device="cuda")
+    borders = cdf_borders(num_grids, device="cuda")
     grad_r = torch.tensor(1.0, device="cuda")
     r1 = torch.ops.lmkan.hessian2d(params, borders)
     r2 = torch.ops.lmkan.hessian2d(params, borders)

@@ -3,8 +3,9 @@
 Usage: compute-sanitizer --tool memcheck python tools/sanitize_reg.py
 Covers: one and several column chunks, partial chunks, sizes of 1, odd block fills, every
 window kind of the 2D gradient kernel (generic: G 3, 4, 14; left/right: 15, 26; interior:
-28, 64; generic middle windows: 200), the opt-in shared-memory path (G 3100), and the
-autograd path (value and gradient through backward()).
+28, 64; generic middle windows: 200), the opt-in shared-memory path (G 3100), the value's
+one-block and multi-block launches (at most / more than 2 blocks of work of 128 functions x
+one chunk), and the autograd path (value and gradient through backward()).
 """
 import torch
 
@@ -18,7 +19,8 @@ def main():
     grad_r = torch.tensor(0.75, device="cuda")
     worst = 0.0
     for g, n_out, n_pairs in ((3, 1, 1), (4, 3, 5), (14, 2, 3), (15, 1, 2), (26, 5, 3), (28, 2, 3),
-                              (29, 1, 129), (64, 2, 3), (200, 1, 1), (3100, 1, 1)):
+                              (29, 1, 129), (64, 2, 3), (200, 1, 1), (3100, 1, 1),
+                              (10, 9, 32), (10, 8, 32)):  # many blocks; two blocks, one launch
         p = torch.randn(g + 1, g + 1, n_out, n_pairs, device="cuda")
         b = cdf_borders(g, device="cuda")
         r = torch.ops.lmkan.hessian2d(p, b)
@@ -26,7 +28,8 @@ def main():
         ref = _reference.hessian2d(p.double(), b)
         worst = max(worst, abs(r.item() - ref.item()) / abs(ref.item()))
         assert torch.isfinite(d).all()
-    for g, n_out, n_in in ((3, 1, 1), (5, 3, 5), (31, 7, 33), (40, 1, 130)):
+    for g, n_out, n_in in ((3, 1, 1), (5, 3, 5), (31, 7, 33), (40, 1, 130), (10, 9, 32),
+                          (10, 8, 32)):
         p = torch.randn(g + 1, n_out, n_in, device="cuda")
         b = uniform_borders(g, 4.0, device="cuda")
         r = torch.ops.lmkan.second_diff1d(p, b)

@@ -59,18 +59,28 @@ void check_grad_r(const at::Tensor& grad_r, const at::Tensor& params) {
                     grad_r.sizes());
 }
 
-at::Tensor reduce_value(ValueKernel kernel, size_t shared_bytes, const at::Tensor& params,
+at::Tensor reduce_value(ValueKernels kernels, size_t shared_bytes, const at::Tensor& params,
                         const at::Tensor& borders, int S, int64_t M, Chunks chunks, double scale) {
   at::Tensor out = at::empty({}, params.options());  // 0-dim R
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t blocks = M == 0 ? 0 : num_blocks(M, chunks.count);
+  ValueOut value_out{nullptr, out.data_ptr<float>(), scale, blocks};
+  if (blocks >= 1 && blocks <= kOneBlockMaxBlocks) {
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernels.one_block), shared_bytes);
+    kernels.one_block<<<1, kThreads, shared_bytes, stream>>>(
+        params.data_ptr<float>(), borders.data_ptr<float>(), value_out, S, M, chunks.count,
+        chunks.width);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return out;
+  }
   // partials: [blocks] double (at least one element so the final kernel writes R = 0).
   at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1)}, params.options().dtype(at::kDouble));
+  value_out.partials = partials.data_ptr<double>();
   if (blocks > 0) {
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared_bytes);
-    kernel<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
-        params.data_ptr<float>(), borders.data_ptr<float>(), partials.data_ptr<double>(), S, M,
-        chunks.count, chunks.width);
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernels.multi_block), shared_bytes);
+    kernels.multi_block<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
+        params.data_ptr<float>(), borders.data_ptr<float>(), value_out, S, M, chunks.count,
+        chunks.width);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   finish_sum_kernel<<<1, kFinishThreads, 0, stream>>>(partials.data_ptr<double>(), blocks, scale,

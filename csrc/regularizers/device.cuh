@@ -47,6 +47,34 @@ static __device__ double block_sum(double v, double* red) {
   return v;
 }
 
+// This thread's share of the value, summed over the blocks of work this block does
+// (ValueOut in launch.h): its own in a multi-block launch (no loop, so that instance's code is
+// the plain one-block-of-work kernel), all of them in turn in a one-block launch.
+// work(b): this thread's sum over block of work b (unsigned, as blockIdx.x: the launchers
+// check that the blocks fit an int, and 64-bit index divisions would cost a call).
+template <bool kOneBlock, typename Work>
+__device__ __forceinline__ double sum_over_work(const ValueOut& o, Work&& work) {
+  if (!kOneBlock) return work(blockIdx.x);
+  double total = 0.0;
+#pragma unroll 1
+  for (unsigned b = 0; b < static_cast<unsigned>(o.blocks); ++b) total += work(b);
+  return total;
+}
+
+// Adds the block's per-thread sums and writes the partial sum (multi-block launch) or R (one
+// block). Every thread of the block calls it.
+template <bool kOneBlock>
+__device__ __forceinline__ void write_value(double v, double* red, const ValueOut& o) {
+  v = block_sum(v, red);
+  if (threadIdx.x == 0) {
+    if (kOneBlock) {
+      o.out[0] = static_cast<float>(v * o.scale);
+    } else {
+      o.partials[blockIdx.x] = v;
+    }
+  }
+}
+
 // Loads n <= N values of one row, columns col0 .. col0+n-1, from a column-strided table;
 // columns outside [0, S) and slots >= n read as 0.
 // row: pointer to column 0 of the row at function m; M: column stride.

@@ -346,31 +346,35 @@ __device__ __forceinline__ double hessian2d_value_window(const float* __restrict
   return total;
 }
 
-// R partial sums, 2D. params: [S, S, M]; borders: [S]; partials: [gridDim.x] (double).
-// Block b covers chunk (b % num_chunks) of functions (b / num_chunks) * kThreads + tid, with
-// the gradient kernel's chunks and windows (hessian2d_grad_kernel).
-template <int W>
+// R, 2D (ValueOut: partial sums or, in a one-block launch, R itself). params: [S, S, M];
+// borders: [S]. Block of work b covers chunk (b % num_chunks) of functions
+// (b / num_chunks) * kThreads + tid, with the gradient kernel's chunks and windows
+// (hessian2d_grad_kernel). A thread's ring column is its own (RowRing), and every copy into
+// it has landed when a window ends, so the one-block launch reuses it without a barrier.
+template <int W, bool kOneBlock>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_value_kernel(
-    const float* __restrict__ params, const float* __restrict__ borders,
-    double* __restrict__ partials, int S, int64_t M, int num_chunks, int chunk_width) {
+    const float* __restrict__ params, const float* __restrict__ borders, ValueOut o, int S,
+    int64_t M, int num_chunks, int chunk_width) {
   extern __shared__ float4 coef4[];  // [S], then the RowRing ring
   float* ring = reinterpret_cast<float*>(coef4 + S) + threadIdx.x;
   __shared__ double red[32];
   fill_stencil_coefficients(borders, S, coef4);
   __syncthreads();
 
-  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
-  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
-  double total = 0.0;
-  if (m < M) {  // every thread reaches block_sum
-    const Window win = chunk_window<W>(chunk, chunk_width, S);
-    const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
-    with_window_kind(win.kind, [&](auto kind) {
-      total = hessian2d_value_window<W, decltype(kind)::value>(row0, coef4, S, M, win, ring);
-    });
-  }
-  total = block_sum(total, red);
-  if (threadIdx.x == 0) partials[blockIdx.x] = total;
+  const double total = sum_over_work<kOneBlock>(o, [&](unsigned b) {
+    const int chunk = static_cast<int>(b % num_chunks);
+    const int64_t m = static_cast<int64_t>(b / num_chunks) * kThreads + threadIdx.x;
+    double sum = 0.0;
+    if (m < M) {  // every thread reaches write_value
+      const Window win = chunk_window<W>(chunk, chunk_width, S);
+      const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
+      with_window_kind(win.kind, [&](auto kind) {
+        sum = hessian2d_value_window<W, decltype(kind)::value>(row0, coef4, S, M, win, ring);
+      });
+    }
+    return sum;
+  });
+  write_value<kOneBlock>(total, red, o);
 }
 
 // dR/dP * grad_r, 2D. grad_r: [1]; params, grad: [S, S, M]; borders: [S].
@@ -415,7 +419,8 @@ at::Tensor hessian2d_cuda(const at::Tensor& params_in, const at::Tensor& borders
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
   const double inner = static_cast<double>(S - 2);
-  return reduce_value(hessian2d_value_kernel<kW2d>, hessian2d_shared_bytes(S), params, borders, S, M,
+  return reduce_value({hessian2d_value_kernel<kW2d, false>, hessian2d_value_kernel<kW2d, true>},
+                      hessian2d_shared_bytes(S), params, borders, S, M,
                       split(S, kW2d), 1.0 / (inner * inner));
 }
 

@@ -23,7 +23,8 @@
 //
 // The value is reduced deterministically in two stages: each block writes its partial sum
 // (double) to a buffer, and one small kernel adds the partials in a fixed order and writes
-// R. The gradient kernels read dL/dR from device memory. Per-node coefficients are computed
+// R; a small table (at most kOneBlockMaxBlocks blocks of work) is summed by one block in a
+// single launch (ValueOut). The gradient kernels read dL/dR from device memory. Per-node coefficients are computed
 // from `borders` in double by every block into shared memory.
 //
 // Files: launch.h (limits, chunking, the launchers), device.cuh (helpers of both families),
@@ -73,14 +74,34 @@ void check_grad_r(const at::Tensor& grad_r, const at::Tensor& params);
 
 inline size_t coef_bytes(int S) { return static_cast<size_t>(3 * S) * sizeof(float); }
 
-// The value kernels (one block: kThreads functions x one chunk) and the gradient kernels.
-using ValueKernel = void (*)(const float*, const float*, double*, int, int64_t, int, int);
+// Where a value kernel's sum goes. A block of work is kThreads functions x one chunk.
+// Multi-block launches: block b does block of work b and writes partials[b], which
+// finish_sum_kernel adds in a fixed order. One-block launches, for tables of at most
+// kOneBlockMaxBlocks blocks of work: the one block does them all in turn and writes
+// R = scale * sum itself. One launch and one allocation less per call: a small training step
+// is bound by its launches on the host (docs/decisions.md, "Per-call cost"). The block does
+// the blocks of work one after the other, each bound by the latency of its S row loads (a
+// limit of 8 blocks gave 28.7 us per call on the H200 for tables of 8 and 2 blocks at S = 11,
+// docs/decisions.md), so only the smallest tables take it.
+struct ValueOut {
+  double* partials;  // [blocks], multi-block launches
+  float* out;        // R (0-dim), one-block launches
+  double scale;      // R = scale * sum, one-block launches
+  int64_t blocks;    // blocks of work
+};
+constexpr int64_t kOneBlockMaxBlocks = 2;
+
+// The value kernels, each in its multi-block and one-block instance, and the gradient kernels.
+using ValueKernel = void (*)(const float*, const float*, ValueOut, int, int64_t, int, int);
+struct ValueKernels {
+  ValueKernel multi_block, one_block;
+};
 using GradKernel = void (*)(const float*, const float*, const float*, float*, int, int64_t, int,
                             int);
 
-// Launches the value kernel `kernel` (`shared_bytes` of dynamic shared memory) on the
-// given chunks, then the final reduction; returns R = scale * sum.
-at::Tensor reduce_value(ValueKernel kernel, size_t shared_bytes, const at::Tensor& params,
+// Launches a value kernel (`shared_bytes` of dynamic shared memory) on the given chunks, one
+// block or many then the final reduction (ValueOut); returns R = scale * sum.
+at::Tensor reduce_value(ValueKernels kernels, size_t shared_bytes, const at::Tensor& params,
                         const at::Tensor& borders, int S, int64_t M, Chunks chunks, double scale);
 // Launches the gradient kernel `kernel` with `shared_bytes` of dynamic shared memory on
 // `chunks` per block of functions and returns dR/dparams * grad_r.

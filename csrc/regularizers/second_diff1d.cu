@@ -8,12 +8,12 @@ namespace lmkan {
 namespace regularizers {
 namespace {
 
-// R partial sums, 1D. One block: kThreads functions x one chunk of inner rows.
-// params: [S, M]; borders: [S]; partials: [gridDim.x] (double).
-template <int W>
+// R, 1D (ValueOut: partial sums or, in a one-block launch, R itself). Block of work b:
+// kThreads functions x one chunk of inner rows. params: [S, M]; borders: [S].
+template <int W, bool kOneBlock>
 __global__ void __launch_bounds__(kThreads) second_diff1d_value_kernel(
-    const float* __restrict__ params, const float* __restrict__ borders,
-    double* __restrict__ partials, int S, int64_t M, int num_chunks, int chunk_width) {
+    const float* __restrict__ params, const float* __restrict__ borders, ValueOut o, int S,
+    int64_t M, int num_chunks, int chunk_width) {
   extern __shared__ float coef[];  // [3 * S]
   __shared__ double red[32];
   fill_coefficients(borders, S, coef);
@@ -21,26 +21,27 @@ __global__ void __launch_bounds__(kThreads) second_diff1d_value_kernel(
   const float* km = coef;
   const float* kp = coef + S;
 
-  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
-  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
-  const int a0 = 1 + chunk * chunk_width;       // first inner row of the chunk
-  const int na = min(chunk_width, S - 1 - a0);  // inner rows a0 .. a0+na-1
-
-  float acc = 0.f;  // at most W terms
-  if (m < M) {
-    float p[W + 2];  // rows a0-1 .. a0+na
-    load_row(p, params + m, a0 - 1, na + 2, S, M);
+  const double total = sum_over_work<kOneBlock>(o, [&](unsigned b) {
+    const int chunk = static_cast<int>(b % num_chunks);
+    const int64_t m = static_cast<int64_t>(b / num_chunks) * kThreads + threadIdx.x;
+    const int a0 = 1 + chunk * chunk_width;       // first inner row of the chunk
+    const int na = min(chunk_width, S - 1 - a0);  // inner rows a0 .. a0+na-1
+    float acc = 0.f;  // at most W terms
+    if (m < M) {
+      float p[W + 2];  // rows a0-1 .. a0+na
+      load_row(p, params + m, a0 - 1, na + 2, S, M);
 #pragma unroll
-    for (int j = 1; j <= W; ++j) {
-      if (j <= na) {
-        const int a = a0 - 1 + j;
-        const float f = kp[a] * (p[j + 1] - p[j]) - km[a] * (p[j] - p[j - 1]);
-        acc = fmaf(f, f, acc);
+      for (int j = 1; j <= W; ++j) {
+        if (j <= na) {
+          const int a = a0 - 1 + j;
+          const float f = kp[a] * (p[j + 1] - p[j]) - km[a] * (p[j] - p[j - 1]);
+          acc = fmaf(f, f, acc);
+        }
       }
     }
-  }
-  const double total = block_sum(static_cast<double>(acc), red);
-  if (threadIdx.x == 0) partials[blockIdx.x] = total;
+    return static_cast<double>(acc);
+  });
+  write_value<kOneBlock>(total, red, o);
 }
 
 // dR/dP * grad_r, 1D. One block: kThreads functions x one chunk of rows (all S rows
@@ -98,7 +99,9 @@ at::Tensor second_diff1d_cuda(const at::Tensor& params_in, const at::Tensor& bor
   const c10::cuda::CUDAGuard guard(params_in.device());
   const at::Tensor params = params_in.contiguous();
   const at::Tensor borders = borders_in.contiguous();
-  return reduce_value(second_diff1d_value_kernel<kW1d>, coef_bytes(S), params, borders, S, M,
+  return reduce_value({second_diff1d_value_kernel<kW1d, false>,
+                       second_diff1d_value_kernel<kW1d, true>},
+                      coef_bytes(S), params, borders, S, M,
                       split(S - 2, kW1d), 1.0 / static_cast<double>(S - 2));
 }
 
