@@ -7,11 +7,13 @@ get the GPU time of their fastest configuration, and of nn.Linear fp32, from CUD
 replays. Prints a table last; writes JSON (--json).
 
   python benchmarks/bench_2d.py [--json PATH] [--reps N] [--cases G16,G8 ...] [--tiles 4,8]
-                                [--blocks 256,512,1024]
+                                [--blocks 256,512,1024] [--tables float32,bfloat16,float16]
+                                [--modes fwd,bwd,fwd+bwd]
 
 --cases keeps the cases whose name starts with one of the given prefixes; --tiles and --blocks
 narrow the configurations searched (forward blocks; the backward searches 256 and 512 of
-them).
+them); --tables lists the table dtypes timed (the ops' table_dtype: 16-bit tables are read
+as such by the forward, README "Mixed precision"), each with its own search.
 """
 import argparse
 import json
@@ -62,23 +64,28 @@ def peak_mb(fn):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+TABLES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, block_f, tile_b, block_b, fast, mode,
-              deterministic=False):
+              deterministic=False, table="float32"):
     x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
     params = (torch.rand(G + 1, G + 1, n_out, n_in // 2, device="cuda") - 0.5) * 0.2
     borders = cdf_borders(G, device="cuda")
+    table_dtype = None if table == "float32" else TABLES[table]
     if mode == "fwd":
-        return lambda: ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast)
+        return lambda: ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast,
+                                   False, table_dtype)
     gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
     if mode == "bwd":  # the backward op alone (dx and dP kernels)
         return lambda: torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile_b,
-                                                        block_b, fast, deterministic)
+                                                        block_b, fast, deterministic, table_dtype)
     x.requires_grad_(True)
     params.requires_grad_(True)
 
     def step():
         y = ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast,
-                        deterministic)
+                        deterministic, table_dtype)
         x.grad = None
         params.grad = None
         y.backward(gy)
@@ -100,18 +107,58 @@ def linear_fns(n_in, n_out, batch, dtype, backward):
 
 
 def run_config(args, name, G, n_in, n_out, batch, mode, label, tile_f, block_f, tile_b, block_b,
-               fast, batch_last, determ):
+               fast, batch_last, determ, table):
     """One configuration: time and peak memory (an error is reported, not raised)."""
     try:
         fn = lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, block_f, tile_b, block_b, fast, mode,
-                       determ)
+                       determ, table)
         ms, mem, err = timed(fn, args.reps), peak_mb(fn), None
     except Exception as exc:  # noqa: BLE001  (report, keep going)
         ms, mem, err = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"[:200]
     torch.cuda.empty_cache()
-    return dict(case=name, mode=mode, config=label, tile_f=tile_f, block_f=block_f, tile_b=tile_b,
-                block_b=block_b,
+    return dict(case=name, mode=mode, config=label, table=table, tile_f=tile_f, block_f=block_f,
+                tile_b=tile_b, block_b=block_b,
                 fast=fast, batch_last=batch_last, deterministic=determ, ms=ms, peak_mb=mem, error=err)
+
+
+def run_table(args, name, G, n_in, n_out, batch, mode, table, tiles, blocks, best_forward):
+    """The rows of one case, mode and table dtype. Batch-last configurations first; then the
+    fastest of them again with batch-first inputs (and, for the backward, deterministic), so
+    the layout's cost is measured at the configuration a tuned layer would run. fwd+bwd uses
+    the case's fastest forward tile and block for that table dtype."""
+    backward = mode != "fwd"
+    prefix = "" if table == "float32" else f"{table} "
+    if backward:
+        tile_f, block_f = best_forward.get((name, table), (16 if G <= 16 else 8, 1024))
+        configs = [(f"{prefix}bwd tile {tile} block {block} {'fast' if fast else 'normal'}", tile_f,
+                    block_f, tile, block, fast)
+                   for tile in tiles for block in blocks if block in (256, 512)
+                   for fast in (False, True)]
+    else:
+        configs = [(f"{prefix}tile {tile} block {block}", tile, block, 8, 512, False)
+                   for tile in tiles for block in blocks]
+    rows = [run_config(args, name, G, n_in, n_out, batch, mode, label, tile_f, block_f, tile_b,
+                       block_b, fast, True, False, table)
+            for label, tile_f, block_f, tile_b, block_b, fast in configs]
+    best = min((r for r in rows if r["error"] is None), key=lambda r: r["ms"])
+    if mode == "fwd":
+        best_forward[(name, table)] = (best["tile_f"], best["block_f"])
+    variants = [("batch-first", False, False)]
+    if backward:
+        variants.append(("determ.", True, True))
+    for suffix, batch_last, determ in variants:
+        row = run_config(args, name, G, n_in, n_out, batch, mode, f"{best['config']} {suffix}",
+                         best["tile_f"], best["block_f"], best["tile_b"], best["block_b"],
+                         best["fast"], batch_last, determ, table)
+        row["vs_batch_last"] = row["ms"] / best["ms"]
+        rows.append(row)
+    if batch <= GRAPH_MAX_BATCH:  # host-bound: the GPU time too, best config and Linear
+        fn = lmkan_fns(G, n_in, n_out, batch, True, best["tile_f"], best["block_f"],
+                       best["tile_b"], best["block_b"], best["fast"], mode, False, table)
+        best["graph_ms"] = graph_ms(fn, args.reps)
+        best["linear_fp32_graph_ms"] = graph_ms(linear_fns(n_in, n_out, batch, torch.float32,
+                                                           backward), args.reps)
+    return rows
 
 
 def main():
@@ -121,7 +168,15 @@ def main():
     ap.add_argument("--cases", default="", help="comma-separated case name prefixes (default: all)")
     ap.add_argument("--tiles", default="4,8,16")
     ap.add_argument("--blocks", default="256,512,1024")
+    ap.add_argument("--modes", default="", help="comma-separated modes to keep: fwd, bwd, "
+                    "fwd+bwd (default: each case's own)")
+    ap.add_argument("--tables", default="float32", help="table dtypes, comma-separated: "
+                    + ", ".join(TABLES))
     args = ap.parse_args()
+    tables = args.tables.split(",")
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        ap.error(f"--tables: unknown table dtype(s) {unknown}; expected some of {list(TABLES)}")
     tiles = [int(t) for t in args.tiles.split(",")]
     blocks = [int(b) for b in args.blocks.split(",")]
     prefixes = [p for p in args.cases.split(",") if p]
@@ -130,8 +185,9 @@ def main():
     torch.manual_seed(0)
     rows = []
     best_forward = {}
+    keep_modes = [m for m in args.modes.split(",") if m]
     for name, G, n_in, n_out, batch, modes, limit, original in cases:
-        for mode in modes:
+        for mode in (m for m in modes if not keep_modes or m in keep_modes):
             backward = mode != "fwd"
             lin = {}
             for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
@@ -139,41 +195,10 @@ def main():
                 torch.backends.cuda.matmul.allow_tf32 = tf32
                 lin[label] = timed(linear_fns(n_in, n_out, batch, dtype, backward), args.reps)
             torch.backends.cuda.matmul.allow_tf32 = False
-            # Batch-last configurations first; then the fastest of them again with batch-first
-            # inputs (and, for the backward, deterministic), so the layout's cost is measured at
-            # the configuration a tuned layer would run. fwd+bwd uses this case's fastest
-            # forward tile and block.
-            if backward:
-                tile_f, block_f = best_forward.get(name, (16 if G <= 16 else 8, 1024))
-                configs = [(f"bwd tile {tile} block {block} {'fast' if fast else 'normal'}", tile_f, block_f,
-                            tile, block, fast)
-                           for tile in tiles for block in blocks if block in (256, 512)
-                           for fast in (False, True)]
-            else:
-                configs = [(f"tile {tile} block {block}", tile, block, 8, 512, False)
-                           for tile in tiles for block in blocks]
             case_rows = []
-            for label, tile_f, block_f, tile_b, block_b, fast in configs:
-                case_rows.append(run_config(args, name, G, n_in, n_out, batch, mode, label, tile_f,
-                                            block_f, tile_b, block_b, fast, True, False))
-            best = min((r for r in case_rows if r["error"] is None), key=lambda r: r["ms"])
-            if mode == "fwd":
-                best_forward[name] = (best["tile_f"], best["block_f"])
-            variants = [("batch-first", False, False)]
-            if backward:
-                variants.append(("determ.", True, True))
-            for suffix, batch_last, determ in variants:
-                row = run_config(args, name, G, n_in, n_out, batch, mode, f"{best['config']} {suffix}",
-                                 best["tile_f"], best["block_f"], best["tile_b"], best["block_b"],
-                                 best["fast"], batch_last, determ)
-                row["vs_batch_last"] = row["ms"] / best["ms"]
-                case_rows.append(row)
-            if batch <= GRAPH_MAX_BATCH:  # host-bound: the GPU time too, best config and Linear
-                fn = lmkan_fns(G, n_in, n_out, batch, True, best["tile_f"], best["block_f"],
-                               best["tile_b"], best["block_b"], best["fast"], mode)
-                best["graph_ms"] = graph_ms(fn, args.reps)
-                best["linear_fp32_graph_ms"] = graph_ms(linear_fns(n_in, n_out, batch, torch.float32,
-                                                                   backward), args.reps)
+            for table in tables:
+                case_rows += run_table(args, name, G, n_in, n_out, batch, mode, table, tiles,
+                                       blocks, best_forward)
             for row in case_rows:
                 row.update(limit_ms=None if limit is None else {"fwd": 1, "bwd": 3, "fwd+bwd": 4}[mode] * limit,
                            original_ms=original.get(mode), linear_fp32_ms=lin["fp32"],
@@ -186,17 +211,17 @@ def main():
     print(f"\ndevice: {torch.cuda.get_device_name()}   (limit: fwd = shared-memory bound of the direct "
           f"scheme; bwd = 3x, fwd+bwd = 4x that; bwd rows time the backward op alone; vs b-last: time over "
           f"the fastest batch-last configuration of the same case and mode)")
-    hdr = f"{'case':22} {'mode':8} {'config':32} {'ms':>9} {'peakMB':>8} {'limit':>7} {'orig':>7} {'lin32':>7} {'tf32':>7} {'bf16':>7} {'vs b-last':>9}"
+    hdr = f"{'case':22} {'mode':8} {'config':46} {'ms':>9} {'peakMB':>8} {'limit':>7} {'orig':>7} {'lin32':>7} {'tf32':>7} {'bf16':>7} {'vs b-last':>9}"
     print(hdr)
     for r in rows:
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"{r['case']:22} {r['mode']:8} {r['config']:32} {r['ms']:9.3f} {r['peak_mb']:8.0f} "
+        print(f"{r['case']:22} {r['mode']:8} {r['config']:46} {r['ms']:9.3f} {r['peak_mb']:8.0f} "
               f"{fmt(r['limit_ms']):>7} {fmt(r['original_ms']):>7} {r['linear_fp32_ms']:7.3f} "
               f"{r['linear_tf32_ms']:7.3f} {r['linear_bf16_ms']:7.3f} "
               + (f"{r['vs_batch_last']:9.3f}" if 'vs_batch_last' in r else f"{'':9}")
               + (f"  ERR {r['error']}" if r['error'] else ""))
         if "graph_ms" in r:
-            print(f"{r['case']:22} {r['mode']:8} {'  same, CUDA graph (GPU time)':32} {r['graph_ms']:9.3f} "
+            print(f"{r['case']:22} {r['mode']:8} {'  same, CUDA graph (GPU time)':46} {r['graph_ms']:9.3f} "
                   f"{'':8} {'':>7} {'':>7} {r['linear_fp32_graph_ms']:7.3f}")
 
 

@@ -18,16 +18,20 @@ TORCH_LIBRARY(lmkan, m) {
   // The differentiable layer op: the forward kernel's arguments, then the backward's
   // settings, which its autograd (lmkan2d/autograd.cpp) saves for lmkan2d_backward.
   // deterministic: the backward uses no float atomics (partials reduced in a fixed order),
-  // so two runs give bitwise equal gradients.
+  // so two runs give bitwise equal gradients. params may be float32, float16 or bfloat16
+  // (x, borders and y are float32); table_dtype: the dtype the table's values are rounded
+  // to before the kernels read them (None: params' own), the same in the forward and the
+  // backward; a 16-bit table is read as such by the forward. grad_params has params' dtype
+  // (accumulated in float32).
   m.def("lmkan2d(Tensor x, Tensor params, Tensor borders, bool batch_last, int tile_size, "
         "int block_size, int backward_tile_size, int backward_block_size, "
-        "bool backward_fast_mode, bool deterministic=False) -> Tensor");
+        "bool backward_fast_mode, bool deterministic=False, ScalarType? table_dtype=None) -> Tensor");
   // The forward kernel and the backward kernels, each with only the arguments it uses.
   m.def("lmkan2d_forward(Tensor x, Tensor params, Tensor borders, bool batch_last, "
-        "int tile_size, int block_size) -> Tensor");
+        "int tile_size, int block_size, ScalarType? table_dtype=None) -> Tensor");
   m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool batch_last, int tile_size, int block_size, bool fast_mode, "
-        "bool deterministic=False) -> (Tensor, Tensor)");
+        "bool deterministic=False, ScalarType? table_dtype=None) -> (Tensor, Tensor)");
   // Largest num_grids that a tile size supports on a device, for "forward", "backward"
   // or "backward_fast"; lets the layer raise a clear error before any launch.
   m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index) -> int");

@@ -34,6 +34,15 @@ def check_choice(name, value, choices):
     return value
 
 
+def check_table_dtype(value):
+    """None, torch.float32, torch.float16 or torch.bfloat16 (the layers' table_dtype)."""
+    allowed = (torch.float32, torch.float16, torch.bfloat16)
+    if value is None or value in allowed:
+        return value
+    raise TypeError(f"table_dtype must be None, torch.float32, torch.float16 or torch.bfloat16, "
+                    f"got {type(value).__name__} ({value!r})")
+
+
 def check_bool(name, value, also=()):
     """A bool (numpy's too), or one of the values in `also` (e.g. None, "auto"). Strings such
     as "false" are refused: bool("false") is True."""

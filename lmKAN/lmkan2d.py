@@ -7,7 +7,8 @@ from torch import nn
 
 from . import _device, ops, tuning
 from ._call_plans import may_store_plan
-from ._checks import check_bool, check_choice, check_input, check_int, check_real
+from ._checks import (check_bool, check_choice, check_input, check_int, check_real,
+                      check_table_dtype)
 from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
 from ._layer_base import LookupLayerBase
 from .grids import cdf_borders
@@ -43,6 +44,14 @@ class LMKAN2DLayer(LookupLayerBase):
             fixed order), so gradients are bitwise reproducible; False: atomics where they
             are faster; None (default): follow torch.are_deterministic_algorithms_enabled()
             at each call.
+        table_dtype: the dtype the table's values are rounded to when the layer runs: None
+            (default) follows autocast's dtype inside an autocast region and the
+            parameters' dtype elsewhere (float32 as before; float16/bfloat16 after
+            `.half()` / `.to(torch.bfloat16)`); torch.float32 keeps float32 tables under
+            autocast; torch.float16 or torch.bfloat16 rounds the table outside autocast too
+            (16-bit inference of a float32 layer). Cells, weights and sums stay float32; on
+            CUDA the forward reads 16-bit tables as such (half the shared-memory bytes).
+            README, "Mixed precision", has the measured speed and error of each.
 
     Kernels: every 2D kernel works on output tiles of 8 * tile_size outputs, the table
     packed so that one cell's values for a tile are one contiguous row.
@@ -83,7 +92,7 @@ class LMKAN2DLayer(LookupLayerBase):
     def __init__(self, num_grids, input_dim, output_dim, block_size_forward=tuning.AUTO,
                  block_size_backward=tuning.AUTO, tile_size_forward=tuning.AUTO,
                  tile_size_backward=tuning.AUTO, init_scale=0.1, backward_fast_mode=False,
-                 batch_last=True, deterministic=None):
+                 batch_last=True, deterministic=None, table_dtype=None):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3, maximum=MAX_NUM_GRIDS,
                                    why=" (the CUDA kernels' table offsets are 32-bit)")
@@ -98,6 +107,7 @@ class LMKAN2DLayer(LookupLayerBase):
         self.backward_fast_mode = check_bool("backward_fast_mode", backward_fast_mode, (tuning.AUTO,))
         self.batch_last = check_bool("batch_last", batch_last)
         self.deterministic = check_bool("deterministic", deterministic, (None,))
+        self.table_dtype = check_table_dtype(table_dtype)
         self._warned_slow_fallback = False
         # What resolving the "auto" settings keeps between calls (lmKAN.tuning writes there,
         # never into the layer); not in the state dict.
@@ -123,7 +133,7 @@ class LMKAN2DLayer(LookupLayerBase):
     # Assigning one of these drops the layer's call plans (lmKAN/_call_plans.py).
     PLAN_SETTINGS = frozenset({"tile_size_forward", "block_size_forward", "tile_size_backward",
                                "block_size_backward", "backward_fast_mode", "batch_last",
-                               "deterministic"})
+                               "deterministic", "table_dtype"})
 
     def _forward_general(self, x, params, key):
         """Checks, "auto" resolution, the shared-memory warning, mixed precision and the
@@ -131,10 +141,13 @@ class LMKAN2DLayer(LookupLayerBase):
         x2d, lead = check_input(x, params, self.input_dim, self.batch_last, "LMKAN2DLayer")
         borders = self.borders
         needs_backward = torch.is_grad_enabled() and (x2d.requires_grad or params.requires_grad)
-        config = self._launch_resolver.config(self, x2d, needs_backward)  # "auto" -> values
+        table_dtype = getattr(self, "table_dtype", None)  # None for layers pickled before it
+        # "auto" -> values, timed with this call's table dtype
+        config = self._launch_resolver.config(self, x2d, needs_backward,
+                                              ops.call_table_dtype(x2d, params, table_dtype))
         if x2d.is_cuda:
             self._check_fits_on_device(x2d.device, needs_backward, config)
-        plan = (self.batch_last, *config, self._deterministic_now())
+        plan = (self.batch_last, *config, self._deterministic_now(), table_dtype)
         y = ops.lmkan2d(x2d, params, borders, *plan)
         if may_store_plan(key, x, ops.kernel_applies("lmkan2d_forward", x2d, params, borders)):
             self._call_plans[key] = plan

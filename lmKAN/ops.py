@@ -8,6 +8,7 @@ Their autograd is registered in C++ (csrc/lmkan2d/autograd.cpp, csrc/lmkan1d/aut
 csrc/regularizers/autograd.cpp): a Python autograd wrapper's host time was most
 of a small training step, so the Python side of each op is one `torch.ops` call.
 """
+import contextlib
 import functools
 
 import torch
@@ -41,6 +42,7 @@ def kernel_applies(op_name, *tensors):
 # traceable by torch.compile on every supported torch version.
 _AUTOCAST_DEVICE_TYPES = frozenset(
     t for t in ("cpu", "cuda", "xpu", "hpu", "mps", "mtia") if torch.amp.is_autocast_available(t))
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 def mixed_precision(layer_op):
@@ -67,20 +69,74 @@ def mixed_precision(layer_op):
     return run
 
 
-@mixed_precision
+TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
+def table_dtype_of_call(params, table_dtype, autocast_dtype):
+    """The dtype a 2D call's table is rounded to (README "Mixed precision"): `table_dtype`
+    where given; else autocast's dtype for float32 parameters inside an autocast region
+    (`autocast_dtype`, None outside one); else the parameters' own dtype."""
+    if table_dtype is not None:
+        return table_dtype
+    if autocast_dtype is not None and params.dtype == torch.float32:
+        return autocast_dtype
+    return params.dtype
+
+
+def _autocast_dtype(x, params):
+    """Autocast's dtype where a call on `x` runs inside an autocast region enabled for x's
+    device (float64 parameters excepted, as autocast leaves float64 alone), else None."""
+    device_type = x.device.type
+    if (params.dtype != torch.float64 and device_type in _AUTOCAST_DEVICE_TYPES
+            and torch.is_autocast_enabled(device_type)):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def call_table_dtype(x, params, table_dtype):
+    """The table dtype of a 2D call on `x` (table_dtype_of_call in the current autocast state)."""
+    return table_dtype_of_call(params, table_dtype, _autocast_dtype(x, params))
+
+
+def _kernel_2d_applies(x, params, borders):
+    """The 2D kernels take float32 x and borders and float32/float16/bfloat16 parameters; any
+    floating x is converted to float32 for them."""
+    return (x.is_cuda and params.dtype in TABLE_DTYPES and borders.dtype == torch.float32
+            and x.dtype.is_floating_point and kernel_available("lmkan2d_forward"))
+
+
 def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
             backward_tile_size=8, backward_block_size=512, backward_fast_mode=False,
-            deterministic=False):
+            deterministic=False, table_dtype=None):
     """2D lookup layer (docs/spec.md section 2). x: [N_in, B] or [B, N_in] (2-D).
 
     deterministic: the CUDA backward uses no float atomics (bitwise reproducible gradients).
+    table_dtype: None, torch.float32, torch.float16 or torch.bfloat16, the dtype the table's
+    values are rounded to (table_dtype_of_call); cells, weights and sums are float32 either
+    way, and the parameter gradient is accumulated in float32 and returned in the
+    parameters' dtype. The output dtype follows nn.Linear: autocast's dtype inside an
+    autocast region enabled for x's device, else x's dtype.
     """
-    if kernel_applies("lmkan2d_forward", x, params, borders):
-        return torch.ops.lmkan.lmkan2d(
-            x.contiguous(), params.contiguous(), borders.contiguous(), batch_last, tile_size,
-            block_size, backward_tile_size, backward_block_size, backward_fast_mode,
-            bool(deterministic))
-    return _reference.lmkan2d_forward(x, params, borders, batch_last)
+    autocast_dtype = _autocast_dtype(x, params)
+    out_dtype = x.dtype if autocast_dtype is None else autocast_dtype
+    table = table_dtype_of_call(params, table_dtype, autocast_dtype)
+    no_autocast = _NO_CONTEXT if autocast_dtype is None else torch.autocast(x.device.type,
+                                                                           enabled=False)
+    with no_autocast:
+        if _kernel_2d_applies(x, params, borders):
+            y = torch.ops.lmkan.lmkan2d(
+                x.to(torch.float32).contiguous(), params.contiguous(), borders.contiguous(),
+                batch_last, tile_size, block_size, backward_tile_size, backward_block_size,
+                backward_fast_mode, bool(deterministic),
+                None if table == params.dtype else table)
+        else:
+            # the table rounded as the kernels round it (a differentiable cast: its gradient
+            # comes back in params' dtype)
+            if table != params.dtype and params.dtype != torch.float64:
+                params = params.to(table).to(params.dtype)
+            y = _reference.lmkan2d_forward(x.to(params.dtype), params, borders, batch_last)
+    return y.to(out_dtype)
 
 
 @mixed_precision
@@ -142,9 +198,15 @@ MAX_TABLE_SIDE_2D = 4000
 INT32_MAX = 2 ** 31 - 1
 
 
-def _check_2d(op, x, params, borders, batch_last, tile_size, block_size):
-    """lmkan2d_forward's and lmkan2d_backward's checks (csrc/lmkan2d/forward.cpp, check_common)."""
+def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_dtype=None):
+    """lmkan2d_forward's and lmkan2d_backward's checks (csrc/lmkan2d/forward.cpp, check_common
+    and resolve_table_dtype)."""
     _check_layer_tensors(x, params, borders, 4)
+    torch._check_type(params.dtype in TABLE_DTYPES,
+                      lambda: f"params must be float32, float16 or bfloat16, got {params.dtype}")
+    torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
+                      lambda: f"{op}: table_dtype must be float32, float16 or bfloat16, got "
+                              f"{table_dtype}")
     torch._check_value(tile_size in (4, 8, 16),
                        lambda: f"{op}: tile_size must be 4, 8 or 16, got {tile_size}")
     torch._check_value(32 <= block_size <= 1024 and block_size % 32 == 0,
@@ -208,13 +270,16 @@ def _register():
 
     # --- 2D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan2d_forward")
-    def _(x, params, borders, batch_last, tile_size, block_size):
-        _check_2d("lmkan2d_forward", x, params, borders, batch_last, tile_size, block_size)
+    def _(x, params, borders, batch_last, tile_size, block_size, table_dtype=None):
+        _check_2d("lmkan2d_forward", x, params, borders, batch_last, tile_size, block_size,
+                  table_dtype)
         return _layer_output(x, params.shape[2], batch_last)
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
-    def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode, deterministic=False):
-        _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size)
+    def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode,
+          deterministic=False, table_dtype=None):
+        _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size,
+                  table_dtype)
         return torch.empty_like(x), torch.empty_like(params)
 
     # --- 1D layer -------------------------------------------------------------------

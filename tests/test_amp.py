@@ -1,14 +1,16 @@
-"""Mixed precision: float16/bfloat16 inputs and autocast regions (policy: lmKAN.ops.mixed_precision).
+"""Mixed precision: float16/bfloat16 inputs and autocast regions (policies: lmKAN.ops.lmkan2d,
+lmKAN.ops.mixed_precision for the 1D layer).
 
-The tables stay float32 and are computed on in float32. Output dtype: outside autocast the
-input's dtype; inside autocast autocast's dtype, as nn.Linear gives. Gradients reach the
-float32 parameters in float32.
+Cells, weights and sums are float32. The 2D layer's table is rounded to autocast's dtype
+inside autocast (table_dtype_of_call; its `table_dtype` argument overrides); the 1D layer's
+table stays float32. Output dtype: outside autocast the input's dtype; inside autocast
+autocast's dtype, as nn.Linear gives. Gradients reach the float32 parameters in float32.
 """
 import pytest
 import torch
 from torch import nn
 
-from lmKAN import KANLayer, LMKAN1DLayer, LMKAN2DLayer
+from lmKAN import KANLayer, LMKAN1DLayer, LMKAN2DLayer, _reference
 
 from conftest import assert_cuda_kernel, requires_gpu
 
@@ -47,11 +49,17 @@ def check_low_precision_input(device, dtype, batch_last):
 
 
 def check_autocast(device, dtype, batch_last):
-    """Inside autocast: output in autocast's dtype, computed in float32 (so exactly the
-    float32 result rounded once), like nn.Linear's output dtype."""
+    """Inside autocast: output in autocast's dtype, computed in float32 from the table as
+    autocast rounds it (2D: to autocast's dtype, the result of table_dtype=dtype outside
+    autocast; 1D: float32), rounded once, like nn.Linear's output dtype."""
     for layer in _layers(device, batch_last):
         x = _input(device, batch_last)
-        expected = layer(x)
+        if isinstance(layer, LMKAN2DLayer):
+            layer.table_dtype = dtype
+            expected = layer(x)
+            layer.table_dtype = None
+        else:
+            expected = layer(x)
         with torch.autocast(device, dtype=dtype):
             y = layer(x)
             assert y.dtype == nn.Linear(2, 2).to(device)(torch.randn(3, 2, device=device)).dtype
@@ -118,7 +126,36 @@ def test_autocast_compiled_cpu():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = compiled(x)
     assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y, layer(x).to(torch.bfloat16), rtol=0, atol=0)
+    expected = LMKAN2DLayer(6, 8, 5, batch_last=False, table_dtype=torch.bfloat16)
+    expected.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(y, expected(x).to(torch.bfloat16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("table", LOW, ids=str)
+def test_table_dtype_rounds_the_table_cpu(table):
+    """table_dtype outside autocast: the float32 computation on the table rounded to `table`;
+    table_dtype=float32 under autocast: the float32 table."""
+    torch.manual_seed(0)
+    layer = LMKAN2DLayer(7, 10, 6, batch_last=False, table_dtype=table)
+    x = torch.randn(50, 10)
+    rounded = layer.func_parameter.detach().to(table).float()
+    expected = _reference.lmkan2d_forward(x, rounded, layer.borders, False)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    layer.table_dtype = torch.float32
+    with torch.autocast("cpu", dtype=table):
+        y = layer(x)
+    exact = _reference.lmkan2d_forward(x, layer.func_parameter.detach(), layer.borders, False)
+    torch.testing.assert_close(y, exact.to(table), rtol=0, atol=0)
+    layer.table_dtype = table  # gradients through the rounding reach the float32 parameters
+    layer(x).square().sum().backward()
+    assert layer.func_parameter.grad.dtype == torch.float32
+    assert torch.isfinite(layer.func_parameter.grad).all()
+
+
+@pytest.mark.parametrize("bad", [torch.float64, torch.int32, "bfloat16", 16])
+def test_table_dtype_checked(bad):
+    with pytest.raises(TypeError, match="table_dtype must be None, torch.float32"):
+        LMKAN2DLayer(5, 4, 3, table_dtype=bad)
 
 
 # --- CUDA (the kernels run in float32 under every 16-bit case) ---------------------------

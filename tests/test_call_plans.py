@@ -57,7 +57,7 @@ def test_second_call_runs_the_stored_plan(planned):
     y1 = layer(x)
     assert planned["2d"].calls == [] and len(layer._call_plans) == 1
     y2 = layer(x)
-    assert planned["2d"].calls == [(True, 8, 256, 8, 256, False, False)]
+    assert planned["2d"].calls == [(True, 8, 256, 8, 256, False, False, None)]
     torch.testing.assert_close(y2, y1, rtol=0, atol=0)
 
 
@@ -68,7 +68,12 @@ def test_plan_follows_the_layer_settings(planned):
     assert layer._call_plans == {}
     layer(x)
     layer(x)
-    assert planned["2d"].calls == [(True, 16, 256, 8, 256, False, False)]
+    assert planned["2d"].calls == [(True, 16, 256, 8, 256, False, False, None)]
+    layer.table_dtype = torch.bfloat16  # the table dtype is part of the plan
+    assert layer._call_plans == {}
+    layer(x)
+    layer(x)
+    assert planned["2d"].calls[-1] == (True, 16, 256, 8, 256, False, False, torch.bfloat16)
 
 
 @pytest.mark.parametrize("change", ["no_grad", "shape", "dtype", "deterministic", "no_grad_params"])

@@ -59,7 +59,11 @@ def _replace(args, index, value):
 CASES_2D = [
     ("x-on-cpu", lambda x, p, b: _fwd2d(x.cpu(), p, b), ValueError, "x must be a CUDA tensor"),
     ("x-float64", lambda x, p, b: _fwd2d(x.double(), p, b), TypeError, "x must be float32"),
-    ("params-float16", lambda x, p, b: _fwd2d(x, p.half(), b), TypeError, "params must be float32"),
+    ("params-float64", lambda x, p, b: _fwd2d(x, p.double(), b), TypeError,
+     "params must be float32, float16 or bfloat16"),
+    ("table-float64", lambda x, p, b: torch.ops.lmkan.lmkan2d_forward(x, p, b, True, 8, 256,
+                                                                     torch.float64),
+     TypeError, "table_dtype must be float32, float16 or bfloat16"),
     ("borders-on-cpu", lambda x, p, b: _fwd2d(x, p, b.cpu()), ValueError,
      "borders must be a CUDA tensor"),
     ("x-3d", lambda x, p, b: _fwd2d(x[None], p, b), ValueError, "x must have 2 dimensions"),

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.skipif(_extension._MODULE is None,
                                        "fakes are what this file tests)")
 
 KERNEL_OPS = {
-    "lmkan2d_forward": ["x", "params", "borders", "batch_last", "tile_size", "block_size"],
+    "lmkan2d_forward": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
+                        "table_dtype"],
     "lmkan2d_backward": ["grad_y", "x", "params", "borders", "batch_last", "tile_size",
-                         "block_size", "fast_mode", "deterministic"],
+                         "block_size", "fast_mode", "deterministic", "table_dtype"],
     "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last"],
     "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
                          "deterministic"],
@@ -28,7 +29,7 @@ KERNEL_OPS = {
 LAYER_OPS = {
     "lmkan2d": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
                 "backward_tile_size", "backward_block_size", "backward_fast_mode",
-                "deterministic"],
+                "deterministic", "table_dtype"],
     "lmkan1d": ["x", "params", "borders", "uniform_grid", "batch_last", "deterministic"],
 }
 
@@ -68,6 +69,23 @@ def test_layer_ops_autograd_on_meta(batch_last):
     assert y.shape == ((7, 9) if batch_last else (9, 7))
     gx, gp = torch.autograd.grad(y, (x, params), torch.empty_like(y))
     assert gx.shape == x.shape and gp.shape == params.shape
+
+
+@pytest.mark.parametrize("params_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_table_dtype_on_meta(params_dtype):
+    """table_dtype reaches both kernel ops through the autograd; grad_params has params'
+    dtype; a table or params dtype the kernels do not take is a TypeError, as in eager."""
+    x, params, borders = _meta_2d(grad=True)
+    params = params.detach().to(params_dtype).requires_grad_(True)
+    y = torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 512, False, False,
+                                torch.bfloat16)
+    assert y.dtype == torch.float32
+    gx, gp = torch.autograd.grad(y, (x, params), torch.empty_like(y))
+    assert gx.dtype == torch.float32 and gp.dtype == params_dtype
+    with pytest.raises(TypeError, match="table_dtype must be float32, float16 or bfloat16"):
+        torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 256, torch.float64)
+    with pytest.raises(TypeError, match="params must be float32, float16 or bfloat16"):
+        torch.ops.lmkan.lmkan2d_forward(x, params.double(), borders, True, 8, 256)
 
 
 def test_layer_ops_in_inference_mode_on_meta():

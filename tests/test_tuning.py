@@ -160,6 +160,11 @@ def test_key_contents(fake_gpu):
     assert tuning.key.parse_key(key.as_string()) == key
     forward = tuning.make_key(layer, torch.randn(1000, 6), "forward")
     assert forward.searched == "tile_size=auto,block_size=auto" and forward != key
+    # a 16-bit table is timed apart (autocast, table_dtype); a float32 table keeps its key
+    sixteen = tuning.make_key(layer, torch.randn(1000, 6), "forward", torch.bfloat16)
+    assert sixteen.dtype == "float32+table=bfloat16" and sixteen != forward
+    assert tuning.key.parse_key(sixteen.as_string()) == sixteen
+    assert tuning.make_key(layer, torch.randn(1000, 6), "forward", torch.float32) == forward
 
 
 # --- resolution ---------------------------------------------------------------------------

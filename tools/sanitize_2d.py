@@ -11,16 +11,17 @@ import lmKAN  # loads the extension
 from lmKAN.grids import cdf_borders
 
 
-def _launch(g, n_in, n_out, batch, batch_last, tile, block, fast, deterministic, forward=True):
+def _launch(g, n_in, n_out, batch, batch_last, tile, block, fast, deterministic, forward=True,
+            table=None, params_dtype=torch.float32):
     x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
     x.view(-1)[3] = float("nan")
-    params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
+    params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda").to(params_dtype)
     borders = cdf_borders(g, device="cuda")
     if forward:
-        torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block)
+        torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, table)
     gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
     torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile, block, fast,
-                                     deterministic)
+                                     deterministic, table)
 
 
 def main():
@@ -62,6 +63,14 @@ def main():
         _launch(g, 34, 8 * tile + 3, 2 * block + 37, True, tile, block, False, False)
     # batch-first past the strided limit (1 MiB of x and y): the forward's two transposes
     _launch(5, 34, 37, 7001, False, 4, 256, False, False)
+    # 16-bit tables (the forward reads them as such, rings of several depths, both layouts,
+    # partial tiles) and 16-bit parameters
+    for table in (torch.float16, torch.bfloat16):
+        for tile in (4, 8, 16):
+            _launch(7, 34, 8 * tile + 3, 1037, True, tile, 256, False, False, table=table)
+            _launch(26, 6, 8 * tile - 5, 300, False, tile, 1024, False, True, table=table)
+        _launch(9, 10, 21, 333, True, 8, 64, False, False, params_dtype=table)
+        _launch(130, 4, 40, 100, True, 16, 256, False, False, table=table)  # past shared memory
     torch.cuda.synchronize()
     print("sanitize_2d: all launches done")
 

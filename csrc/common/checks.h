@@ -23,12 +23,21 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
                     t.sizes());
 }
 
-// The three tensors every layer op takes: float32 CUDA tensors on one device, x 2-D
-// ([N_in, B] or [B, N_in]), params of `params_dims` dimensions, borders 1-D.
+// The three tensors every layer op takes: CUDA tensors on one device, x 2-D ([N_in, B] or
+// [B, N_in]), params of `params_dims` dimensions, borders 1-D; all float32, except params,
+// which may be float16 or bfloat16 where `params_16bit` (the 2D layer's ops).
 inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
-                                const at::Tensor& borders, int64_t params_dims) {
+                                const at::Tensor& borders, int64_t params_dims,
+                                bool params_16bit = false) {
   check_cuda_float(x, "x");
-  check_cuda_float(params, "params");
+  if (params_16bit) {
+    TORCH_CHECK_VALUE(params.is_cuda(), "params must be a CUDA tensor, got device ", params.device());
+    TORCH_CHECK_TYPE(params.scalar_type() == at::kFloat || params.scalar_type() == at::kHalf ||
+                         params.scalar_type() == at::kBFloat16,
+                     "params must be float32, float16 or bfloat16, got ", params.scalar_type());
+  } else {
+    check_cuda_float(params, "params");
+  }
   check_cuda_float(borders, "borders");
   check_same_device(x, "x", params, "params");
   check_same_device(x, "x", borders, "borders");

@@ -14,17 +14,17 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using Lmkan2dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
-                                    int64_t, int64_t);
+                                    int64_t, int64_t, std::optional<at::ScalarType>);
 using Lmkan2dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t,
-    int64_t, bool, bool);
+    int64_t, bool, bool, std::optional<at::ScalarType>);
 
 struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& params,
                             const at::Tensor& borders, bool batch_last, int64_t tile_size,
                             int64_t block_size, int64_t backward_tile_size,
                             int64_t backward_block_size, bool backward_fast_mode,
-                            bool deterministic) {
+                            bool deterministic, std::optional<at::ScalarType> table_dtype) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
     ctx->save_for_backward({x, params, borders});
     ctx->saved_data["batch_last"] = batch_last;
@@ -32,11 +32,12 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
     ctx->saved_data["block"] = backward_block_size;
     ctx->saved_data["fast"] = backward_fast_mode;
     ctx->saved_data["deterministic"] = deterministic;
+    ctx->saved_data["table_dtype"] = table_dtype;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(x, params, borders, batch_last, tile_size, block_size);
+    return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
   }
 
-  // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 8 arguments.
+  // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 9 arguments.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     refuse_double_backward("lmkan::lmkan2d");
     static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
@@ -45,9 +46,10 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
         op.call(grad_outputs[0].contiguous(), saved[0], saved[1], saved[2],
                 ctx->saved_data["batch_last"].toBool(), ctx->saved_data["tile"].toInt(),
                 ctx->saved_data["block"].toInt(), ctx->saved_data["fast"].toBool(),
-                ctx->saved_data["deterministic"].toBool());
+                ctx->saved_data["deterministic"].toBool(),
+                ctx->saved_data["table_dtype"].toOptional<at::ScalarType>());
     return {grad_x, grad_p, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -55,23 +57,24 @@ at::Tensor lmkan2d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool batch_last, int64_t tile_size,
                                     int64_t block_size, int64_t backward_tile_size,
                                     int64_t backward_block_size, bool backward_fast_mode,
-                                    bool deterministic) {
+                                    bool deterministic, std::optional<at::ScalarType> table_dtype) {
   if (!records_graph(x, params)) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(x, params, borders, batch_last, tile_size, block_size);
+    return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
   }
   return Lmkan2dFunction::apply(x, params, borders, batch_last, tile_size, block_size,
                                 backward_tile_size, backward_block_size, backward_fast_mode,
-                                deterministic);
+                                deterministic, table_dtype);
 }
 
 // Below autograd (inference mode, or a caller already below it): the forward alone.
 at::Tensor lmkan2d_no_autograd(const at::Tensor& x, const at::Tensor& params,
                                const at::Tensor& borders, bool batch_last, int64_t tile_size,
-                               int64_t block_size, int64_t, int64_t, bool, bool) {
+                               int64_t block_size, int64_t, int64_t, bool, bool,
+                               std::optional<at::ScalarType> table_dtype) {
   static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
-  return op.call(x, params, borders, batch_last, tile_size, block_size);
+  return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
 }
 
 }  // namespace

@@ -60,15 +60,15 @@ std::tuple<at::Tensor, at::Tensor> run_separate_kernels(
     const BackwardPlan& plan, int tile, const at::Tensor& x, const at::Tensor& params,
     const at::Tensor& borders, const at::Tensor& gy, int64_t batch, int n_out, int n_pairs,
     int num_grids, int block, bool batch_last, bool fast, bool deterministic,
-    const DeviceLimits& lim) {
+    const DeviceLimits& lim, at::ScalarType table) {
   const int64_t in_dim = 2 * int64_t(n_pairs);
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
   const at::Tensor dx =
       plan.grad_x == GradXKernel::kOutputRows
-          ? dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic)
+          ? dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic, table)
           : dx_by_sample_tiles(x, params, borders, gy, tile, batch, n_out, n_pairs, num_grids,
-                               block, lim, xs_f, xs_b, gs_f, gs_b);
+                               block, lim, xs_f, xs_b, gs_f, gs_b, table);
   const at::Tensor dp =
       plan.grad_params == GradParamsKernel::kSortedChunks
           ? dp_by_sorted_chunks(x, borders, gy, tile, batch, n_out, n_pairs, num_grids, block,
@@ -85,10 +85,12 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
                                                  const at::Tensor& params_in,
                                                  const at::Tensor& borders_in, bool batch_last,
                                                  int64_t tile_size, int64_t block_size,
-                                                 bool fast_mode, bool deterministic) {
+                                                 bool fast_mode, bool deterministic,
+                                                 std::optional<at::ScalarType> table_dtype) {
   // grad_y: [N_out, B] (batch_last) or [B, N_out]; x: [N_in, B] or [B, N_in];
   // params: [G+1, G+1, N_out, N_in/2]; borders: [G+1]. Returns (grad_x like x, grad_params).
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_backward");
+  const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan2d_backward");
   check_cuda_float(gy_in, "grad_y");
   check_same_device(x_in, "x", gy_in, "grad_y");
   check_dim(gy_in, 2, "grad_y");
@@ -110,15 +112,18 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const BackwardPlan plan =
       plan_backward({num_grids, n_out, batch, 2 * int64_t(n_pairs), batch_last},
                     static_cast<int>(tile_size), block, deterministic, lim);
-  if (plan.grad_x == GradXKernel::kRuns) {
-    // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
-    // cell, a 4x larger sorted buffer)
-    return backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
-                            block, fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal);
-  }
-  return run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy, batch, n,
-                              n_pairs, num_grids, block, batch_last, fast_mode, deterministic,
-                              lim);
+  // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
+  // cell, a 4x larger sorted buffer)
+  auto [dx, dp] =
+      plan.grad_x == GradXKernel::kRuns
+          ? backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
+                             block, fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal, table)
+          : run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy,
+                                 batch, n, n_pairs, num_grids, block, batch_last, fast_mode,
+                                 deterministic, lim, table);
+  // dP is accumulated in float32; 16-bit parameters get theirs rounded once, here
+  if (params.scalar_type() != at::kFloat) dp = dp.to(params.scalar_type());
+  return {dx, dp};
 }
 
 }  // namespace lmkan2d

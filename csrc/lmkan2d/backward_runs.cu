@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
                                                     bool batch_last, int tile, int block_size,
-                                                    int64_t chunk_bytes) {
+                                                    int64_t chunk_bytes, at::ScalarType table_dtype) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int side = num_grids + 1, cells = side * side;
   const int n_out = static_cast<int>(params.size(2));
@@ -321,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
 
   // grad_y as rows [B][ld], zero-padded past n_out (one launch either way)
   const at::Tensor gyt = batch_last ? transpose(gy, ld) : pad_columns(gy, ld);
-  const at::Tensor packed = pack_table(params, w);
+  const at::Tensor packed = pack_table(params, w, table_dtype);  // float32, rounded values
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor ws = at::empty({1, n_tiles, n_pairs, cells, w}, x.options());
   // zeroed by a memset: cheaper on the host than at::zeros' fill kernel (issue 16)

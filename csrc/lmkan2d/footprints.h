@@ -36,9 +36,10 @@ constexpr int kSampleLanesMaxBuffers = 4;
 __host__ __device__ inline int64_t sample_lanes_table_offset(int num_grids) {
   return (2 * kSampleLanesMaxBuffers * 8 + int64_t(num_grids) * 8 + 127) / 128 * 128;
 }
-inline int64_t sample_lanes_smem_bytes(int num_grids, int w, int nbuf) {
+// value_bytes: 4 for float32 tables, 2 for 16-bit ones.
+inline int64_t sample_lanes_smem_bytes(int num_grids, int w, int nbuf, int value_bytes = 4) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  return sample_lanes_table_offset(num_grids) + int64_t(nbuf) * cells * w * 4;
+  return sample_lanes_table_offset(num_grids) + int64_t(nbuf) * cells * w * value_bytes;
 }
 
 // Non-deterministic backward over cell-sorted chunks (backward_runs.cu), both modes.

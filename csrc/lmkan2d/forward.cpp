@@ -3,6 +3,7 @@
 // wherever one table slice fits in shared memory, the output-lanes kernel (output_lanes.cu)
 // past that.
 #include <cstdint>
+#include <optional>
 
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,7 +18,7 @@ namespace lmkan2d {
 
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op) {
-  check_layer_tensors(x, params, borders, 4);
+  check_layer_tensors(x, params, borders, 4, /*params_16bit=*/true);
   TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16, op,
                     ": tile_size must be 4, 8 or 16, got ", tile_size);
   TORCH_CHECK_VALUE(block_size >= 32 && block_size <= 1024 && block_size % 32 == 0, op,
@@ -44,15 +45,24 @@ void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tenso
   TORCH_CHECK_VALUE(params.size(2) >= 1, op, ": output_dim must be >= 1, got ", params.size(2));
 }
 
+at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,
+                                   const at::Tensor& params, const char* op) {
+  const at::ScalarType t = table_dtype.value_or(params.scalar_type());
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,
+                   ": table_dtype must be float32, float16 or bfloat16, got ", t);
+  return t;
+}
+
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                         const at::Tensor& borders_in, bool batch_last, int64_t tile_size,
-                        int64_t block_size) {
+                        int64_t block_size, std::optional<at::ScalarType> table_dtype) {
   // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
+  const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan2d_forward");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t batch = batch_last ? x_in.size(1) : x_in.size(0);
   const CallShape shape{static_cast<int>(params_in.size(0)) - 1, params_in.size(2), batch,
-                        2 * params_in.size(3), batch_last};
+                        2 * params_in.size(3), batch_last, table == at::kFloat ? 4 : 2};
   const ForwardPlan plan = plan_forward(shape, static_cast<int>(tile_size),
                                         device_limits(x_in.device().index()));
   if (plan.transposes) {  // batch-first only
@@ -62,7 +72,7 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
     // +21% (G=26) in R4. Extra memory: one copy of x and of y. Small ones (plan.cpp) read
     // and write through the strides: two launches fewer.
     const at::Tensor y_bl =
-        forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size, block_size);
+        forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size, block_size, table);
     return transpose(y_bl);
   }
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
@@ -70,9 +80,9 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   const int tile = static_cast<int>(tile_size), block = static_cast<int>(block_size);
   switch (plan.kernel) {
     case ForwardKernel::kSampleLanes:
-      return forward_by_sample_lanes(x, params, borders, tile, block, batch_last);
+      return forward_by_sample_lanes(x, params, borders, tile, block, batch_last, table);
     case ForwardKernel::kOutputLanes:
-      return forward_by_output_lanes(x, params, borders, tile, block, batch_last);
+      return forward_by_output_lanes(x, params, borders, tile, block, batch_last, table);
   }
   TORCH_CHECK(false, "lmkan2d_forward: unknown kernel plan");
 }

@@ -18,6 +18,16 @@
 // undone once, in registers (select chains), before the coalesced stores. (XOR rather than a
 // rotation: on a 128-byte aligned row it is one LOP3 per address.)
 //
+// 16-bit tables (float16 or bfloat16, packed by pack_table in that dtype): a row is W * 2
+// bytes and a lane's 32 outputs are 64 bytes, 4 chunks of 8 outputs (one 16-byte load, 4
+// words of two outputs each, widened to float32 in registers: bfloat16 by a shift or a mask,
+// float16 by a conversion); weights and sums stay float32. Lanes map to sample = lane / TS,
+// sub = lane % TS, and read chunk j XOR f, f = (lane / 2) % 4. For TS >= 2 the rows are 128 or
+// 256 bytes (128-byte aligned), so in each 8-lane phase of a 16-byte load the lanes of either
+// sub parity share one 64-byte half of the bank window and take the 4 different chunks: 8
+// bank quads, one wavefront. At TS = 1 (tile 4) rows are 64 bytes and a row falls in either
+// half of the window with its cell: about two wavefronts per phase (correct, slower).
+//
 // Pipeline: thread 0 refills a buffer once every thread has released it (an "empty" mbarrier
 // with one arrival per thread), and the copy completes on the buffer's "full" mbarrier, so
 // warps drift up to nbuf - 1 pairs apart instead of meeting at a block barrier every pair
@@ -30,6 +40,9 @@
 // instead of nbuf - 1 (lead = nbuf - 2 where nbuf > 2: a refill waits for the release of pair
 // p - 2, not p - 1, and has nbuf - 2 pairs of compute to land in).
 #include <algorithm>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -46,7 +59,7 @@ namespace {
 
 struct SampleLanesArgs {
   const float* x;        // (f, b) at f * xs_f + b * xs_b
-  const float* packed;   // [n_tiles, P, cells, W]
+  const void* packed;    // [n_tiles, P, cells, W], float32 or the 16-bit table type
   const float* borders;  // [G+1]
   float* y;              // (o, b) at o * ys_f + b * ys_b (in split z: z * ys_split further)
   int64_t batch, ys_split, xs_f, xs_b, ys_f, ys_b;
@@ -64,6 +77,35 @@ __device__ __forceinline__ float4 lds128(unsigned addr) {
   return v;
 }
 
+// 16 bytes (8 values of a 16-bit table) from shared memory, as lds128.
+__device__ __forceinline__ uint4 lds128_u32(unsigned addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
+// The two values of a 32-bit word of a 16-bit table (the lower address in the low half),
+// widened to float32 exactly.
+__device__ __forceinline__ float2 widen(unsigned w, __nv_bfloat16) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+__device__ __forceinline__ float2 widen(unsigned w, __half) {
+  __half2 h;
+  memcpy(&h, &w, 4);
+  return __half22float2(h);
+}
+
+// acc.(x, y) += the bilinear sum of one word of the four corners (16-bit tables).
+template <typename T>
+__device__ __forceinline__ void fma_word(float& acc0, float& acc1, unsigned c00, unsigned c01,
+                                         unsigned c10, unsigned c11, float w00, float w01,
+                                         float w10, float w11) {
+  const float2 a = widen(c00, T{}), b = widen(c01, T{}), c = widen(c10, T{}), d = widen(c11, T{});
+  acc0 = fmaf(w00, a.x, fmaf(w01, b.x, fmaf(w10, c.x, fmaf(w11, d.x, acc0))));
+  acc1 = fmaf(w00, a.y, fmaf(w01, b.y, fmaf(w10, c.y, fmaf(w11, d.y, acc1))));
+}
+
 // Cell of v from the node table s_grid[i] = (g_i, 1 / (g_{i+1} - g_i)): one 8-byte read.
 __device__ __forceinline__ Cell grid_cell(float v, const float2* s_grid, int num_grids) {
   const int i = cdf_index(v, num_grids);
@@ -71,18 +113,19 @@ __device__ __forceinline__ Cell grid_cell(float v, const float2* s_grid, int num
   return Cell{i, (v - g.x) * g.y};
 }
 
-template <int TS>
+template <int TS, typename T>
 __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const SampleLanesArgs a) {
-  constexpr int W = 32 * TS;    // outputs per tile = floats per table row
+  constexpr bool k16 = sizeof(T) == 2;
+  constexpr int W = 32 * TS;    // outputs per tile = values per table row
   constexpr int SPW = 32 / TS;  // samples per warp
   extern __shared__ __align__(16) float smem[];
   const int side = a.num_grids + 1;
-  const int slice = side * side * W;  // floats of one (tile, pair) table slice
+  const int slice = side * side * W;  // values of one (tile, pair) table slice
   const int nbuf = a.nbuf;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kSampleLanesMaxBuffers]
   uint64_t* empty = full + kSampleLanesMaxBuffers;      // [kSampleLanesMaxBuffers]
   float2* s_grid = reinterpret_cast<float2*>(empty + kSampleLanesMaxBuffers);  // [G]
-  float* table = smem + sample_lanes_table_offset(a.num_grids) / 4;            // [nbuf][slice]
+  T* table = reinterpret_cast<T*>(smem + sample_lanes_table_offset(a.num_grids) / 4);  // [nbuf][slice]
   for (int i = threadIdx.x; i < a.num_grids; i += blockDim.x)
     s_grid[i] = make_float2(a.borders[i], 1.f / (a.borders[i + 1] - a.borders[i]));
   if (threadIdx.x == 0) {
@@ -94,14 +137,16 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   __syncthreads();
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int sub = lane / SPW;  // which 32 outputs of the tile
-  const int rot = lane % 8;    // chunk order j XOR rot, see the bank note above
-  const int64_t b = blockIdx.x * int64_t(blockDim.x / TS) + warp * SPW + lane % SPW;
+  // which 32 outputs of the tile, the sample within the warp, the chunk order (bank note)
+  const int sub = k16 ? lane % TS : lane / SPW;
+  const int rot = k16 ? (lane >> 1) & 3 : lane % 8;
+  const int64_t b = blockIdx.x * int64_t(blockDim.x / TS) + warp * SPW + (k16 ? lane / TS : lane % SPW);
   const bool valid = b < a.batch;
   const int tile_index = blockIdx.y;
   const int p_begin = blockIdx.z * a.pairs_per_split;
   const int np = min(a.n_pairs, p_begin + a.pairs_per_split) - p_begin;
-  const float* tile_table = a.packed + (int64_t(tile_index) * a.n_pairs + p_begin) * slice;
+  const T* tile_table =
+      static_cast<const T*>(a.packed) + (int64_t(tile_index) * a.n_pairs + p_begin) * slice;
   // The refill of pair q is issued during pair q - lead (thread 0 alone with bulk copies).
   const bool producer = kBulkCopy ? threadIdx.x == 0 : true;
   const int lead = (kBulkCopy || nbuf <= 2) ? nbuf - 1 : nbuf - 2;
@@ -112,8 +157,9 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   auto refill = [&](int q) {
     const int buf = q % nbuf;
     if (q >= nbuf) mbarrier_wait(empty + buf, (q / nbuf - 1) & 1);
-    stage_to_shared(table + int64_t(buf) * slice, tile_table + int64_t(q) * slice,
-                    static_cast<unsigned>(slice) * 4u, full + buf);
+    stage_to_shared(reinterpret_cast<float*>(table + int64_t(buf) * slice),
+                    reinterpret_cast<const float*>(tile_table + int64_t(q) * slice),
+                    static_cast<unsigned>(slice) * unsigned(sizeof(T)), full + buf);
   };
   if (producer)
     for (int q = 0; q < min(lead, np); ++q) refill(q);
@@ -130,10 +176,13 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  // Shared-memory byte address of this lane's first chunk in row 0 of buffer 0. A row starts
-  // on a 128-byte boundary, so chunk (j XOR rot) of a row at address r is r + rot*16 XOR j*16.
-  const unsigned lane_base = smem_u32(table) + sub * 128u + rot * 16u;
-  const unsigned row_bytes = W * 4u, below_bytes = side * W * 4u, slice_bytes = slice * 4u;
+  // Shared-memory byte address of this lane's first chunk in row 0 of buffer 0. A lane's 32
+  // outputs start on a 128-byte (float32) or 64-byte (16-bit) boundary, so chunk (j XOR rot)
+  // of a row at address r is r + rot*16 XOR j*16.
+  constexpr unsigned kValueBytes = sizeof(T);
+  const unsigned lane_base = smem_u32(table) + sub * 32u * kValueBytes + rot * 16u;
+  const unsigned row_bytes = W * kValueBytes, below_bytes = side * W * kValueBytes,
+                 slice_bytes = slice * kValueBytes;
   int buf = 0;
   unsigned phase = 0;
   for (int p = 0; p < np; ++p) {
@@ -150,16 +199,31 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
     const float w00 = e1 * e2, w01 = e1 * c2.d, w10 = c1.d * e2, w11 = c1.d * c2.d;
     const int row = c1.index * side + c2.index;
     mbarrier_wait(full + buf, phase);
+    // 16-byte chunk j of the lane's outputs in the four corner rows: float32 chunk j holds
+    // outputs 4j..4j+3 (accumulator j); a 16-bit chunk j holds 8 (accumulators 2j, 2j + 1)
+    constexpr int kChunks = k16 ? 4 : 8;
+    const unsigned cell_row = lane_base + buf * slice_bytes + row * row_bytes;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const unsigned r0 = (lane_base + buf * slice_bytes + row * row_bytes) ^ (j * 16u);
+    for (int j = 0; j < kChunks; ++j) {
+      const unsigned r0 = cell_row ^ (j * 16u);
       const unsigned r1 = r0 + below_bytes;
-      const float4 c00 = lds128(r0), c01 = lds128(r0 + row_bytes);
-      const float4 c10 = lds128(r1), c11 = lds128(r1 + row_bytes);
-      acc[j].x = fmaf(w00, c00.x, fmaf(w01, c01.x, fmaf(w10, c10.x, fmaf(w11, c11.x, acc[j].x))));
-      acc[j].y = fmaf(w00, c00.y, fmaf(w01, c01.y, fmaf(w10, c10.y, fmaf(w11, c11.y, acc[j].y))));
-      acc[j].z = fmaf(w00, c00.z, fmaf(w01, c01.z, fmaf(w10, c10.z, fmaf(w11, c11.z, acc[j].z))));
-      acc[j].w = fmaf(w00, c00.w, fmaf(w01, c01.w, fmaf(w10, c10.w, fmaf(w11, c11.w, acc[j].w))));
+      if constexpr (k16) {
+        const uint4 c00 = lds128_u32(r0), c01 = lds128_u32(r0 + row_bytes);
+        const uint4 c10 = lds128_u32(r1), c11 = lds128_u32(r1 + row_bytes);
+        float4& lo = acc[2 * j];
+        float4& hi = acc[2 * j + 1];
+        fma_word<T>(lo.x, lo.y, c00.x, c01.x, c10.x, c11.x, w00, w01, w10, w11);
+        fma_word<T>(lo.z, lo.w, c00.y, c01.y, c10.y, c11.y, w00, w01, w10, w11);
+        fma_word<T>(hi.x, hi.y, c00.z, c01.z, c10.z, c11.z, w00, w01, w10, w11);
+        fma_word<T>(hi.z, hi.w, c00.w, c01.w, c10.w, c11.w, w00, w01, w10, w11);
+      } else {
+        const float4 c00 = lds128(r0), c01 = lds128(r0 + row_bytes);
+        const float4 c10 = lds128(r1), c11 = lds128(r1 + row_bytes);
+        acc[j].x = fmaf(w00, c00.x, fmaf(w01, c01.x, fmaf(w10, c10.x, fmaf(w11, c11.x, acc[j].x))));
+        acc[j].y = fmaf(w00, c00.y, fmaf(w01, c01.y, fmaf(w10, c10.y, fmaf(w11, c11.y, acc[j].y))));
+        acc[j].z = fmaf(w00, c00.z, fmaf(w01, c01.z, fmaf(w10, c10.z, fmaf(w11, c11.z, acc[j].z))));
+        acc[j].w = fmaf(w00, c00.w, fmaf(w01, c01.w, fmaf(w10, c10.w, fmaf(w11, c11.w, acc[j].w))));
+      }
     }
     mbarrier_arrive(empty + buf);  // this thread is done with the buffer
     if (++buf == nbuf) {
@@ -172,7 +236,8 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   float* y = a.y + blockIdx.z * a.ys_split + b * a.ys_b;
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
-    const int j = c ^ rot;  // the accumulator that holds output chunk c
+    // the accumulator that holds outputs 4c .. 4c+3 (16-bit: half c % 2 of chunk c / 2)
+    const int j = k16 ? ((((c >> 1) ^ rot) << 1) | (c & 1)) : c ^ rot;
     float4 v = acc[0];
 #pragma unroll
     for (int t = 1; t < 8; ++t)
@@ -185,9 +250,9 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   }
 }
 
-template <int TS>
+template <int TS, typename T>
 void launch_sample_lanes(const SampleLanesArgs& a, dim3 grid, int block, int64_t smem) {
-  const auto kernel = sample_lanes_forward_kernel<TS>;
+  const auto kernel = sample_lanes_forward_kernel<TS, T>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -202,7 +267,7 @@ void launch_sample_lanes(const SampleLanesArgs& a, dim3 grid, int block, int64_t
 // fills the device.
 at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params,
                                    const at::Tensor& borders, int tile, int block,
-                                   bool batch_last) {
+                                   bool batch_last, at::ScalarType table_dtype) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
@@ -213,19 +278,20 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   if (batch == 0) return new_y();
   const DeviceLimits lim = device_limits(x.device().index());
   const int ts = tile / 4, w = 8 * tile;
+  const int value_bytes = table_dtype == at::kFloat ? 4 : 2;  // of the staged table
   const int64_t samples_per_block = block / ts;
 
   int nbuf = 0;
   const int reg_blocks = std::max(1, std::min(1024, lim.max_threads_per_sm) / block);
   for (int blocks = reg_blocks; blocks >= 1 && nbuf == 0; --blocks)
     for (int n = kSampleLanesMaxBuffers; n >= 2 && nbuf == 0; --n) {
-      const int64_t bytes = sample_lanes_smem_bytes(num_grids, w, n);
+      const int64_t bytes = sample_lanes_smem_bytes(num_grids, w, n, value_bytes);
       if (bytes <= lim.smem_optin &&
           blocks * (bytes + kReservedSmemPerBlock) <= lim.smem_per_sm)
         nbuf = n;
     }
   if (nbuf == 0) nbuf = 1;  // the caller checked that one buffer fits
-  const int64_t smem = sample_lanes_smem_bytes(num_grids, w, nbuf);
+  const int64_t smem = sample_lanes_smem_bytes(num_grids, w, nbuf, value_bytes);
 
   const int64_t n_tiles = (n_out + w - 1) / w;
   const int64_t sample_blocks = (batch + samples_per_block - 1) / samples_per_block;
@@ -236,7 +302,7 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   const int64_t splits = split.splits;
   const int pairs_per_split = split.pairs_per_split;
 
-  const at::Tensor packed = pack_table(params, w);
+  const at::Tensor packed = pack_table(params, w, table_dtype, table_dtype);
   // Pair-split partials go to a workspace in the batch-last layout [splits, N_out, B] either
   // way: batch-first stores (a lane's outputs N_out floats apart from its neighbours') would
   // be scattered once per split; the final sum transposes them instead.
@@ -244,7 +310,7 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   const bool store_batch_last = batch_last || splits > 1;
   SampleLanesArgs a{};
   a.x = x.data_ptr<float>();
-  a.packed = packed.data_ptr<float>();
+  a.packed = packed.data_ptr();
   a.borders = borders.data_ptr<float>();
   a.y = out.data_ptr<float>();
   a.batch = batch;
@@ -261,7 +327,12 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   const dim3 grid(static_cast<unsigned>(sample_blocks), static_cast<unsigned>(n_tiles),
                   static_cast<unsigned>(splits));
   switch_value<1, 2, 4>(ts, [&](auto ts_c) {
-    launch_sample_lanes<decltype(ts_c)::value>(a, grid, block, smem);
+    constexpr int kTs = decltype(ts_c)::value;
+    switch (table_dtype) {
+      case at::kHalf: return launch_sample_lanes<kTs, __half>(a, grid, block, smem);
+      case at::kBFloat16: return launch_sample_lanes<kTs, __nv_bfloat16>(a, grid, block, smem);
+      default: return launch_sample_lanes<kTs, float>(a, grid, block, smem);
+    }
   });
   if (splits == 1) return out;
   if (!batch_last) return sum_splits_transposed(out);

@@ -123,7 +123,8 @@ template <int TILE>
 at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                      const at::Tensor& gy, int64_t batch, int n_out, int n_pairs, int num_grids,
                      int block, const DeviceLimits& lim,
-                     int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
+                     int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b,
+                     at::ScalarType table_dtype) {
   constexpr int W = bwd_width(TILE);
   // block_size_backward threads (capped), fewer where that lets the table slice fit in
   // shared memory; past that, the table is read from global memory.
@@ -133,7 +134,7 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   if (!in_smem) warps = std::min(block, dx_max_block(TILE)) / 32;
   const int threads = warps * 32;
   const int64_t smem = dx_smem_bytes(num_grids, TILE, warps, in_smem);
-  const at::Tensor packed = pack_table(params, W);
+  const at::Tensor packed = pack_table(params, W, table_dtype);  // float32, rounded values
   at::Tensor dx = at::empty_like(x);  // every entry written by its owner, first tile first
   const auto kernel = in_smem ? dx_kernel<TILE, true> : dx_kernel<TILE, false>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
@@ -153,11 +154,11 @@ at::Tensor dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& params,
                               const at::Tensor& borders, const at::Tensor& gy, int tile,
                               int64_t batch, int n_out, int n_pairs, int num_grids, int block,
                               const DeviceLimits& lim, int64_t xs_f, int64_t xs_b, int64_t gs_f,
-                              int64_t gs_b) {
+                              int64_t gs_b, at::ScalarType table_dtype) {
   return switch_value<4, 8, 16>(tile, [&](auto tile_c) {
     constexpr int kTile = decltype(tile_c)::value;
     return launch_dx<kTile>(x, params, borders, gy, batch, n_out, n_pairs, num_grids, block, lim,
-                            xs_f, xs_b, gs_f, gs_b);
+                            xs_f, xs_b, gs_f, gs_b, table_dtype);
   });
 }
 

@@ -18,6 +18,7 @@
 // in host code and in these functions; in kernels, `tile_index` says which output tile.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <tuple>
 #include <ATen/core/Tensor.h>
 
@@ -27,7 +28,11 @@
 namespace lmkan {
 namespace lmkan2d {
 
-at::Tensor pack_table(const at::Tensor& params, int width);
+// The packed table Pt [n_tiles, P, cells, width] of params (float32, float16 or bfloat16),
+// its values rounded to `table_dtype` and stored as `packed_dtype` (float32, or table_dtype
+// itself for the kernels that read 16-bit tables).
+at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_dtype = at::kFloat,
+                      at::ScalarType packed_dtype = at::kFloat);
 // [rows, cols] -> contiguous [cols, max(ld, rows)] through 32 x 32 shared-memory tiles, the
 // rows past `rows` zero.
 at::Tensor transpose(const at::Tensor& in, int64_t ld = 0);
@@ -44,35 +49,41 @@ at::Tensor sum_splits_transposed(const at::Tensor& parts);
 // -> [G+1, G+1, N_out, P].
 at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out);
 
+// Every launcher takes params (float32, float16 or bfloat16) and `table_dtype`, the dtype the
+// table's values are rounded to before any kernel reads them (pack_table): the sample-lanes
+// forward reads a 16-bit table as such, the other kernels a float32 copy of the rounded
+// values, so every kernel of a call sees the same table.
+//
 // ---- Forward (forward.cpp) ----
 // y [N_out, B] from x [N_in, B] (batch_last), or [B, N_out] from [B, N_in] (x contiguous):
 // lanes own samples, the table slices staged in shared memory (forward_sample_lanes.cu).
 at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params,
                                    const at::Tensor& borders, int tile, int block,
-                                   bool batch_last);
+                                   bool batch_last, at::ScalarType table_dtype);
 // The same from the output-lanes kernel, the table read through L1/L2 (output_lanes.cu).
 at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params,
                                    const at::Tensor& borders, int tile, int block,
-                                   bool batch_last);
+                                   bool batch_last, at::ScalarType table_dtype);
 
 // ---- Backward (backward.cpp) ----
 // grad_x and grad_params in one pass over cell-sorted chunks (backward_runs.cu).
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
                                                     bool batch_last, int tile, int block_size,
-                                                    int64_t chunk_bytes);
+                                                    int64_t chunk_bytes, at::ScalarType table_dtype);
 // grad_x by the forward's output-lanes scheme (output_lanes.cu): the table staged in shared
 // memory where it fits, float atomics over output tiles and pair splits unless
 // `deterministic` (the plan then sends only single-tile layers here).
 at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
                              const at::Tensor& borders, const at::Tensor& gy, bool batch_last,
-                             int tile, int block_size, bool deterministic);
+                             int tile, int block_size, bool deterministic,
+                             at::ScalarType table_dtype);
 // grad_x by dx_kernel (grad_x.cu): output tiles added in a fixed order, no atomics.
 at::Tensor dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& params,
                               const at::Tensor& borders, const at::Tensor& gy, int tile,
                               int64_t batch, int n_out, int n_pairs, int num_grids, int block,
                               const DeviceLimits& lim, int64_t xs_f, int64_t xs_b, int64_t gs_f,
-                              int64_t gs_b);
+                              int64_t gs_b, at::ScalarType table_dtype);
 // grad_params by cell-sorted chunks (grad_params.cu); the plan sends it only num_grids whose
 // accumulator fits in shared memory.
 at::Tensor dp_by_sorted_chunks(const at::Tensor& x, const at::Tensor& borders,
@@ -89,6 +100,10 @@ at::Tensor dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& border
 // Host checks shared by the forward and backward ops (ValueError on bad arguments).
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op);
+// The dtype a call's table is rounded to: `table_dtype`, or the parameters' own (TypeError
+// unless float32, float16 or bfloat16).
+at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,
+                                   const at::Tensor& params, const char* op);
 
 }  // namespace lmkan2d
 }  // namespace lmkan

@@ -383,7 +383,7 @@ void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) 
 // x [N_in, B] and y [N_out, B] (batch_last), or [B, N_in] and [B, N_out].
 at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params,
                                    const at::Tensor& borders, int tile, int block,
-                                   bool batch_last) {
+                                   bool batch_last, at::ScalarType table_dtype) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
@@ -397,7 +397,7 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
   const int regs = samples_per_lane(k, block) * k > 32 ? 128 : 64;
   const LaunchPlan plan = plan_launch(num_grids, w, nb, block, regs, batch, n_out, n_pairs,
                                       n_pairs, lim, /*stage_table=*/false);
-  const at::Tensor packed = pack_table(params, w);
+  const at::Tensor packed = pack_table(params, w, table_dtype);  // float32, rounded values
   // pair splits: partial sums to a workspace reduced in a fixed order (deterministic)
   at::Tensor out = plan.splits > 1 ? at::empty({plan.splits, y.size(0), y.size(1)}, y.options()) : y;
   const ForwardArgs a = make_args(x, packed, borders, out.data_ptr<float>(), batch, n_out,
@@ -414,7 +414,8 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
 
 at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
                              const at::Tensor& borders, const at::Tensor& gy, bool batch_last,
-                             int tile, int block_size, bool deterministic) {
+                             int tile, int block_size, bool deterministic,
+                             at::ScalarType table_dtype) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
@@ -430,7 +431,7 @@ at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
                                       deterministic ? 1 : n_pairs, lim);
   const bool single_writer = plan.n_tiles == 1 && plan.splits == 1;
   at::Tensor dx = single_writer ? at::empty_like(x) : at::zeros_like(x);
-  const at::Tensor packed = pack_table(params, w);
+  const at::Tensor packed = pack_table(params, w, table_dtype);  // float32, rounded values
   ForwardArgs a = make_args(x, packed, borders, dx.data_ptr<float>(), batch, n_out, n_pairs,
                             num_grids, plan, batch_last);
   a.gy = gy.data_ptr<float>();

@@ -1,6 +1,10 @@
 // Table packing and unpacking, the tiled transpose and the small copies of the 2D layer's
 // host paths (layout.h has the packed layout).
 #include <algorithm>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -35,8 +39,23 @@ __device__ __forceinline__ PackBlock pack_block(int pair_groups, int n_tiles, in
   return {b / n_tiles, tile_index, group * kPackPairs, tile_index * width};
 }
 
+// Table values as the kernels see them: read in the parameters' dtype (In), rounded to the
+// table dtype (Round; float: as given), stored in the packed copy's dtype (Out: the table
+// dtype for the 16-bit kernels, or float32 holding the rounded values for the kernels that
+// read float32 tables, so that every kernel of a call computes with the same table).
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename In, typename Round, typename Out>
 __global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
-    const float* __restrict__ params, float* __restrict__ packed, int64_t cells, int n_out,
+    const In* __restrict__ params, Out* __restrict__ packed, int64_t cells, int n_out,
     int n_pairs, int width, int n_tiles, int pair_groups) {
   __shared__ float tile[kPackMaxWidth][kPackPairs + 1];
   const PackBlock blk = pack_block(pair_groups, n_tiles, width);
@@ -46,32 +65,67 @@ __global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
   const int p = p0 + tx;
   for (int r = ty; r < width; r += kPackRows) {
     const int o = o0 + r;
-    tile[r][tx] = (o < n_out && p < n_pairs) ? params[(c * n_out + o) * n_pairs + p] : 0.f;
+    const float v = (o < n_out && p < n_pairs) ? to_float(params[(c * n_out + o) * n_pairs + p]) : 0.f;
+    if constexpr (std::is_same_v<Round, float>) {
+      tile[r][tx] = v;
+    } else {
+      tile[r][tx] = to_float(from_float<Round>(v));
+    }
   }
   __syncthreads();
   for (int q = ty; q < kPackPairs && p0 + q < n_pairs; q += kPackRows) {
-    float* dst = packed + ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
-    for (int t = tx; t < width; t += kPackPairs) dst[t] = tile[t][q];
+    Out* dst = packed + ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
+    for (int t = tx; t < width; t += kPackPairs) dst[t] = from_float<Out>(tile[t][q]);
   }
 }
 
-at::Tensor pack_table(const at::Tensor& params, int width) {
-  // params: [G+1, G+1, N_out, P] contiguous float32 on the current device.
+// The CUDA type of a table dtype, for `body(type_tag)`.
+template <typename Body>
+void switch_table_type(at::ScalarType dtype, Body&& body) {
+  switch (dtype) {
+    case at::kFloat: return body(float{});
+    case at::kHalf: return body(__half{});
+    case at::kBFloat16: return body(__nv_bfloat16{});
+    default: TORCH_CHECK(false, "lmkan2d: table dtype must be float32, float16 or bfloat16, got ", dtype);
+  }
+}
+
+at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_dtype,
+                      at::ScalarType packed_dtype) {
+  // params: [G+1, G+1, N_out, P] contiguous (float32, float16 or bfloat16) on the current device.
   TORCH_CHECK(width >= 1 && width <= kPackMaxWidth, "pack_table: width ", width, " > ", kPackMaxWidth);
+  TORCH_CHECK(packed_dtype == at::kFloat || packed_dtype == table_dtype,
+              "pack_table: a packed table is float32 or the table dtype, got ", packed_dtype,
+              " for table dtype ", table_dtype);
   const int64_t side = params.size(0);
   const int64_t cells = side * side;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
   const int n_tiles = (n_out + width - 1) / width;
-  at::Tensor packed = at::empty({n_tiles, n_pairs, cells, width}, params.options());
+  at::Tensor packed = at::empty({n_tiles, n_pairs, cells, width}, params.options().dtype(packed_dtype));
   if (packed.numel() == 0) return packed;
   const int pair_groups = (n_pairs + kPackPairs - 1) / kPackPairs;
   const int64_t blocks = cells * n_tiles * pair_groups;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "pack_table: table too large (", blocks, " blocks)");
-  pack_table_kernel<<<static_cast<unsigned>(blocks), dim3(kPackPairs, kPackRows), 0,
-                      c10::cuda::getCurrentCUDAStream()>>>(
-      params.data_ptr<float>(), packed.data_ptr<float>(), cells, n_out, n_pairs, width, n_tiles,
-      pair_groups);
+  switch_table_type(params.scalar_type(), [&](auto in_tag) {
+    using In = decltype(in_tag);
+    switch_table_type(table_dtype, [&](auto round_tag) {
+      using Round = decltype(round_tag);
+      const auto launch = [&](auto out_tag) {
+        using Out = decltype(out_tag);
+        pack_table_kernel<In, Round, Out><<<static_cast<unsigned>(blocks),
+                                            dim3(kPackPairs, kPackRows), 0,
+                                            c10::cuda::getCurrentCUDAStream()>>>(
+            reinterpret_cast<const In*>(params.data_ptr()), reinterpret_cast<Out*>(packed.data_ptr()),
+            cells, n_out, n_pairs, width, n_tiles, pair_groups);
+      };
+      if (packed_dtype == at::kFloat) {
+        launch(float{});
+      } else {
+        launch(Round{});
+      }
+    });
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return packed;
 }

@@ -27,6 +27,7 @@ struct CallShape {
   int64_t batch;
   int64_t n_in = 0;         // input features (2 per pair)
   bool batch_last = true;   // x [N_in, B]; false: [B, N_in]
+  int table_bytes = 4;      // bytes per table value as the forward stages it (16-bit: 2)
 };
 
 enum class ForwardKernel {

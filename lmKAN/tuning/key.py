@@ -78,8 +78,10 @@ def deterministic_now(layer):
     return bool(now()) if now is not None else False
 
 
-def make_key(layer, x, mode):
-    """The TuningKey of a 2D layer's call on the 2-D input `x` for mode forward/backward."""
+def make_key(layer, x, mode, table=torch.float32):
+    """The TuningKey of a 2D layer's call on the 2-D input `x` for mode forward/backward; a
+    call whose table is rounded to 16 bits (`table`) is its own key ("float32+table=bfloat16"),
+    a float32 table keeps the key it always had."""
     gpu, capability = device_signature(x.device)
     batch = x.shape[1] if layer.batch_last else x.shape[0]
     searched = ",".join(f"{entry}={getattr(layer, attr)}" for attr, entry in MODE_FIELDS[mode])
@@ -88,7 +90,12 @@ def make_key(layer, x, mode):
     return TuningKey(gpu, capability, torch.__version__, __version__, "LMKAN2DLayer",
                      layer.input_dim, layer.output_dim, layer.num_grids, batch_bucket(batch),
                      "batch_last" if layer.batch_last else "batch_first", mode,
-                     str(x.dtype).replace("torch.", ""), searched)
+                     _dtype_field(x.dtype, table), searched)
+
+
+def _dtype_field(x_dtype, table):
+    name = str(x_dtype).replace("torch.", "")
+    return name if table == torch.float32 else f"{name}+table={str(table).replace('torch.', '')}"
 
 
 def parse_key(text):

@@ -60,8 +60,9 @@ class LaunchResolver:
         self.memo = {}
         self.choices = dict(state.get("choices", {}))
 
-    def config(self, layer, x, needs_backward):
-        """The concrete LaunchConfig2D for a call of `layer` on the 2-D input `x`.
+    def config(self, layer, x, needs_backward, table=torch.float32):
+        """The concrete LaunchConfig2D for a call of `layer` on the 2-D input `x` whose table
+        is rounded to `table` (lmKAN.ops.call_table_dtype: 16-bit tables are timed apart).
 
         Explicit settings are returned as given. "auto" settings are resolved per mode: the
         cached choice, else (on a CUDA float32 input with kernels, outside graph capture and
@@ -80,21 +81,21 @@ class LaunchResolver:
                     and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
         # Steady state: one tuple and one dict lookup per call (the full key costs ~10x more).
         batch = x.shape[1] if layer.batch_last else x.shape[0]
-        memo_key = (x.device, batch_bucket(batch), x.dtype, needs_backward, settings, may_time,
-                    enabled, MEMORY_GENERATION[0])
+        memo_key = (x.device, batch_bucket(batch), x.dtype, table, needs_backward, settings,
+                    may_time, enabled, MEMORY_GENERATION[0])
         memo = self.memo
         if SESSION.force is None and memo_key in memo:  # lmKAN.tune() resolves (and reports) anew
             return memo[memo_key]
         memo[memo_key] = config = self._resolve_modes(layer, x, needs_backward, settings,
-                                                      may_time)
+                                                      may_time, table)
         return config
 
-    def _resolve_modes(self, layer, x, needs_backward, settings, may_time):
+    def _resolve_modes(self, layer, x, needs_backward, settings, may_time, table):
         """Resolve the "auto" settings of each mode the call needs (backward only with grad)."""
         chosen = {}
         for mode in ("forward", "backward") if needs_backward else ("forward",):
             if any(getattr(layer, attr) == AUTO for attr, _ in MODE_FIELDS[mode]):
-                chosen[mode] = _resolve_mode(layer, x, mode, may_time)
+                chosen[mode] = _resolve_mode(layer, x, mode, may_time, table)
         self.choices.update(chosen)
         return _with_defaults(settings, chosen)
 
@@ -140,9 +141,9 @@ def _defaults_only(settings):
     return _with_defaults(settings, {})
 
 
-def _resolve_mode(layer, x, mode, may_time):
+def _resolve_mode(layer, x, mode, may_time, table=torch.float32):
     """The choice (entry name -> value) of one mode, from the cache or timed now."""
-    key = make_key(layer, x, mode)
+    key = make_key(layer, x, mode, table)
     entry = lookup(key)
     if entry is not None and not entry.get("stand_in") and not may_time:
         if not tuning_enabled() and SESSION.force is None:
@@ -151,7 +152,7 @@ def _resolve_mode(layer, x, mode, may_time):
     # An untimed stand-in (made where timing was not allowed) is timed once it is.
     cached = entry is not None and not SESSION.force and not (may_time and entry.get("stand_in"))
     if not cached and may_time:
-        timed = time_mode(layer, x, mode)
+        timed = time_mode(layer, x, mode, table)
         entry = timed or stand_in_entry(layer, mode, stand_in=False)
         store(key, entry, persist=timed is not None)
     elif entry is None:

@@ -108,20 +108,23 @@ def _timing_inputs(layer, x, mode):
     return x, params, borders, grad_y
 
 
-def _launcher(layer, inputs, mode):
-    """run(choice) for a mode: the forward op, or the backward op on its own."""
+def _launcher(layer, inputs, mode, table=torch.float32):
+    """run(choice) for a mode: the forward op, or the backward op on its own, with the
+    call's table dtype."""
     x, params, borders, grad_y = inputs
+    table_dtype = None if table == params.dtype else table
 
     def run_forward(choice):
         d = DEFAULTS_2D
         return ops.lmkan2d(x, params, borders, layer.batch_last, choice["tile_size"],
                            choice["block_size"], d["tile_size_backward"],
-                           d["block_size_backward"], d["backward_fast_mode"])
+                           d["block_size_backward"], d["backward_fast_mode"], False, table_dtype)
 
     def run_backward(choice):
         return torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, layer.batch_last,
                                                 choice["tile_size"], choice["block_size"],
-                                                choice["fast_mode"], deterministic_now(layer))
+                                                choice["fast_mode"], deterministic_now(layer),
+                                                table_dtype)
     return run_forward if mode == "forward" else run_backward
 
 
@@ -163,10 +166,10 @@ def _best(timed):
     return dict(frozen), ms
 
 
-def time_mode(layer, x, mode):
-    """Time the candidates of one mode; returns a cache entry (config, ms, default_ms), or
-    None when the kernels refused every candidate."""
-    run = _launcher(layer, _timing_inputs(layer, x, mode), mode)
+def time_mode(layer, x, mode, table=torch.float32):
+    """Time the candidates of one mode (with the call's table dtype); returns a cache entry
+    (config, ms, default_ms), or None when the kernels refused every candidate."""
+    run = _launcher(layer, _timing_inputs(layer, x, mode), mode, table)
 
     def time_choice(choice):
         try:
