@@ -84,6 +84,13 @@ def table_dtype_of_call(params, table_dtype, autocast_dtype):
     return params.dtype
 
 
+def rounded_table(params, table):
+    """params rounded to `table` and back to params' dtype, with the gradient of the rounding
+    taken as 1 exactly, as the kernels take it (the backward of a cast would round the
+    gradient to `table` too, or overflow float16)."""
+    return params + (params.detach().to(table).to(params.dtype) - params.detach())
+
+
 def _autocast_dtype(x, params):
     """Autocast's dtype where a call on `x` runs inside an autocast region enabled for x's
     device (float64 parameters excepted, as autocast leaves float64 alone), else None."""
@@ -131,10 +138,8 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
                 backward_fast_mode, bool(deterministic),
                 None if table == params.dtype else table)
         else:
-            # the table rounded as the kernels round it (a differentiable cast: its gradient
-            # comes back in params' dtype)
             if table != params.dtype and params.dtype != torch.float64:
-                params = params.to(table).to(params.dtype)
+                params = rounded_table(params, table)
             y = _reference.lmkan2d_forward(x.to(params.dtype), params, borders, batch_last)
     return y.to(out_dtype)
 
