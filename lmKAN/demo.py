@@ -1,6 +1,6 @@
 """The main job: train a small lmKAN network and an MLP of similar cost on one task.
 
-    python -m lmKAN.demo [--steps N] [--device cpu|cuda] [--seed S]
+    python -m lmKAN.demo [--steps N] [--device cpu|cuda] [--seed S] [--autocast bfloat16|float16]
 
 The task needs no download: regress a fixed smooth teacher function of 8 inputs (sums of
 products and compositions of elementary functions, the structure KANs are built for) from
@@ -59,7 +59,7 @@ def forward_flops(net):
     return 2 * total
 
 
-def train(name, net, data, steps, batch, lr, device, use_hessian, progress):
+def train(name, net, data, steps, batch, lr, device, use_hessian, progress, autocast=None):
     (x_tr, y_tr), (x_te, y_te) = data
     net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -70,7 +70,8 @@ def train(name, net, data, steps, batch, lr, device, use_hessian, progress):
     start = time.perf_counter()
     for step in bar:
         idx = torch.randint(0, x_tr.shape[0], (batch,), generator=gen).to(device)
-        loss = (net(x_tr[idx]) - y_tr[idx]).square().mean()
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            loss = (net(x_tr[idx]).float() - y_tr[idx]).square().mean()
         total = loss + hessian(step) * hessian_regularization(net) if hessian else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -108,18 +109,26 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                        help="train both networks under torch.autocast with this dtype (the 2D "
+                             "layers' tables follow it: README, Mixed precision); float16 on "
+                             "CUDA without a GradScaler can underflow small gradients")
     args = parser.parse_args(argv)
+    autocast = None if args.autocast is None else getattr(torch, args.autocast)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     train_set, test_set = make_data(50000, gen), make_data(5000, gen)
     data = tuple((x.to(device), y.to(device)) for x, y in (train_set, test_set))
     print(lmKAN.backend_info())
-    print(f"task: y = teacher(x) + noise, x ~ N(0, I_{N_INPUTS}); {args.steps} steps of batch {args.batch} on {device}")
+    print(f"task: y = teacher(x) + noise, x ~ N(0, I_{N_INPUTS}); {args.steps} steps of batch {args.batch} on {device}"
+          + ("" if autocast is None else f", under autocast {args.autocast}"))
     progress = _progress()
     rows = [
-        train("lmKAN", lmkan_net(width=32, num_grids=10), data, args.steps, args.batch, 1e-2, device, True, progress),
-        train("MLP", mlp_net(width=24), data, args.steps, args.batch, 3e-3, device, False, progress),
+        train("lmKAN", lmkan_net(width=32, num_grids=10), data, args.steps, args.batch, 1e-2, device, True,
+              progress, autocast),
+        train("MLP", mlp_net(width=24), data, args.steps, args.batch, 3e-3, device, False, progress,
+              autocast),
     ]
     noise_floor = 0.05
     print(f"\n{'model':<8}{'test RMSE':>11}{'params':>10}{'FLOPs/sample':>14}{'ms/step':>10}")

@@ -60,3 +60,10 @@ def test_demo_runs_and_reports_both_models(capsys):
     # The lmKAN network has many more parameters at a similar arithmetic cost.
     assert rows[0]["params"] > 5 * rows[1]["params"]
     assert 0.5 < rows[0]["flops"] / rows[1]["flops"] < 2
+
+
+def test_demo_under_autocast(capsys):
+    """--autocast trains both networks under torch.autocast (the CPU's bfloat16 here)."""
+    rows = demo.main(["--steps", "30", "--batch", "64", "--device", "cpu", "--autocast", "bfloat16"])
+    assert "under autocast bfloat16" in capsys.readouterr().out
+    assert all(math.isfinite(r["rmse"]) for r in rows)
