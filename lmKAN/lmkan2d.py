@@ -207,7 +207,9 @@ class LMKAN2DLayer(LookupLayerBase):
     def extra_repr(self):
         return (f"num_grids={self.num_grids}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
                 f"{self._launch_resolver.describe(self)}, batch_last={self.batch_last}, "
-                f"deterministic={self.deterministic}")
+                f"deterministic={self.deterministic}"
+                + ("" if getattr(self, "table_dtype", None) is None
+                   else f", table_dtype={self.table_dtype}"))
 
     def plot_functions(self, path, pairs=None, **kwargs):
         """Save the learned tables as heatmaps f(x1, x2) to `path` (needs matplotlib); see
