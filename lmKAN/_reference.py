@@ -4,13 +4,14 @@ This is both the CPU execution path and the oracle that the CUDA kernels are tes
 against. Everything is vectorised and differentiable by autograd, works in float32 and
 float64, on any device. float16/bfloat16 tensors are computed in float32 (cells, weights,
 sums; grids.compute_dtype) and the result is returned in their dtype; parameter gradients
-come back in the parameters' dtype. The lookups go through `embedding_bag` with per-sample weights:
-each sample is a "bag" of 4 (2D) or 2 (1D) table rows per input feature, so memory stays
-O(B * N_out) instead of O(B * N_out * N_in).
+come back in the parameters' dtype. The lookups are weighted bags of table rows (_bag.py:
+`embedding_bag` with per-sample weights forward, differentiable to any order): each sample
+is a "bag" of 4 (2D) or 2 (1D) table rows per input feature, so memory stays O(B * N_out)
+instead of O(B * N_out * N_in).
 """
 import torch
-import torch.nn.functional as F
 
+from ._bag import bag_lookup
 from .grids import cell_nodes, compute_dtype, find_cell
 
 __all__ = ["lmkan2d_forward", "lmkan1d_forward", "hessian2d", "second_diff1d"]
@@ -61,7 +62,9 @@ def _chunked(lookup, entries_per_sample, x, params, borders, batch_last, *extra)
 
 class _ChunkedLookup(torch.autograd.Function):
     """A lookup over batch chunks that keeps only x, params and borders for the backward,
-    which recomputes one chunk at a time (the same arithmetic, so the same gradients)."""
+    which recomputes one chunk at a time (the same arithmetic, so the same gradients). A
+    backward that builds a graph (create_graph=True) keeps every chunk's recomputation for
+    the next derivative."""
 
     @staticmethod
     def forward(ctx, xb, params, borders, chunk, lookup, *extra):
@@ -71,10 +74,11 @@ class _ChunkedLookup(torch.autograd.Function):
                           for i in range(0, xb.shape[0], chunk)])
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         xb, params, borders = ctx.saved_tensors
         want_x, want_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():
+            return _ChunkedLookup._graph_backward(ctx, grad_y, xb, params, borders)
         grad_x = torch.empty_like(xb) if want_x else None
         # the table's gradient is summed over chunks in at least float32 (16-bit tables)
         grad_p = torch.zeros_like(params, dtype=compute_dtype(params.dtype)) if want_p else None
@@ -91,6 +95,24 @@ class _ChunkedLookup(torch.autograd.Function):
                     grad_p += grads[-1]
         if want_p:
             grad_p = grad_p.to(params.dtype)
+        return (grad_x, grad_p) + (None,) * (3 + len(ctx.extra))
+
+    @staticmethod
+    def _graph_backward(ctx, grad_y, xb, params, borders):
+        """The chunks' gradients as a graph of x, params and grad_y (the saved tensors keep
+        their history), so that they can be differentiated again."""
+        want_x, want_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grads_x, grad_p = [], None
+        for i in range(0, xb.shape[0], ctx.chunk):
+            xc = xb[i:i + ctx.chunk]
+            yc = ctx.lookup(xc, params, borders, *ctx.extra)
+            inputs = [t for t, want in ((xc, want_x), (params, want_p)) if want]
+            grads = torch.autograd.grad(yc, inputs, grad_y[i:i + ctx.chunk], create_graph=True)
+            if want_x:
+                grads_x.append(grads[0])
+            if want_p:
+                grad_p = grads[-1] if grad_p is None else grad_p + grads[-1]
+        grad_x = torch.cat(grads_x) if want_x else None
         return (grad_x, grad_p) + (None,) * (3 + len(ctx.extra))
 
 
@@ -118,8 +140,8 @@ def _lmkan2d_batch_first(xb, params, borders):
     rows = torch.stack([row, row + 1, row + side, row + side + 1], dim=-1)
     weights = torch.stack([(1 - d1) * (1 - d2), (1 - d1) * d2, d1 * (1 - d2), d1 * d2], dim=-1)
     table = params.permute(3, 0, 1, 2).reshape(n_pairs * side * side, n_out).to(dtype)
-    y = F.embedding_bag(rows.reshape(batch, 4 * n_pairs), table,
-                        per_sample_weights=weights.to(dtype).reshape(batch, 4 * n_pairs), mode="sum")
+    y = bag_lookup(rows.reshape(batch, 4 * n_pairs), table,
+                   weights.to(dtype).reshape(batch, 4 * n_pairs))
     return y.to(out_dtype)
 
 
@@ -145,8 +167,7 @@ def _lmkan1d_batch_first(xb, params, borders, uniform_grid):
     inputs = torch.arange(n_in, device=xb.device)
     rows = torch.stack([inputs * side + index, n_in * side + inputs * (side - 1) + index], dim=-1)
     weights = torch.stack([torch.ones_like(offset), offset], dim=-1)
-    y = F.embedding_bag(rows.reshape(batch, 2 * n_in), table,
-                        per_sample_weights=weights.reshape(batch, 2 * n_in), mode="sum")
+    y = bag_lookup(rows.reshape(batch, 2 * n_in), table, weights.reshape(batch, 2 * n_in))
     return y.to(out_dtype)
 
 

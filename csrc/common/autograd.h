@@ -37,7 +37,9 @@ inline bool records_graph(const at::Tensor& x, const at::Tensor& params) {
 inline void refuse_double_backward(const char* op) {
   TORCH_CHECK(!at::GradMode::is_enabled(), op,
               ": second derivatives (a backward with create_graph=True through this op) are "
-              "not implemented yet; compute this gradient with create_graph=False");
+              "not implemented on CUDA yet; the layers' pure-PyTorch path has them (run the "
+              "model on the CPU, or in float64), or compute this gradient with "
+              "create_graph=False");
 }
 
 }  // namespace lmkan
