@@ -1,4 +1,5 @@
-"""examples/train_digits.py runs end to end (1 epoch; needs scikit-learn, skipped without it)."""
+"""The examples run end to end: train_digits.py (1 epoch; needs scikit-learn, skipped without it),
+train_forces.py (a few steps)."""
 import os
 import subprocess
 import sys
@@ -17,3 +18,16 @@ def test_train_digits_one_epoch(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "lmKAN 2D + Hessian schedule" in result.stdout and "MLP (similar FLOPs)" in result.stdout
     assert (tmp_path / "digits_lmkan_layer0.png").stat().st_size > 0
+
+
+def test_train_forces_runs_on_the_cpu():
+    """examples/train_forces.py: energies and forces (create_graph=True through both
+    models), a few steps on a small data set."""
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "train_forces.py"), "--steps", "15",
+                             "--train", "300", "--test", "60", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["lmKAN"], ["MLP"])]
+    assert [r[0] for r in rows] == ["lmKAN", "MLP"]
+    for r in rows:  # energy RMSE, force RMSE: finite numbers
+        assert all(float(v) == float(v) and float(v) < 1e6 for v in r[1:3])
