@@ -3,12 +3,12 @@
     python examples/train_forces.py                    # CPU: ~10 s on 2 cores
     python examples/train_forces.py --steps 3000 --num-grids 6 --width 48
 
-Nothing is downloaded. Each configuration is a carbon at the origin and four hydrogens at
-the tetrahedral positions (C-H 1.09 A) displaced by N(0, 0.12 A) per coordinate. Its energy
-(eV) is an analytic potential: Morse C-H bonds, harmonic H-C-H angles around 109.47 deg and
-an exponential H-H repulsion; forces are -dE/dr by autograd. Inputs are the 12 Cartesian
-coordinates of the hydrogens relative to the carbon (the lmKAN paper's Cartesian-components
-representation), standardised with the training set's mean and spread.
+Nothing is downloaded (lmKAN.molecules): each configuration is a carbon at the origin and
+four hydrogens at the tetrahedral positions (C-H 1.09 A) displaced by N(0, 0.12 A) per
+coordinate; its energy (eV) is an analytic potential (Morse C-H bonds, harmonic H-C-H angles
+around 109.47 deg, an exponential H-H repulsion) and its forces -dE/dr by autograd. Inputs
+are the 12 Cartesian coordinates of the hydrogens relative to the carbon (the lmKAN paper's
+Cartesian-components representation), standardised with the training set's statistics.
 
 Models (similar inference cost):
 - lmKAN: LMKAN2DLayer(G, 12 -> W) -> LayerNorm -> LMKAN2DLayer(G, W -> 1);
@@ -34,39 +34,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lmKAN import LMKAN2DLayer  # noqa: E402
-
-BOND, MORSE_D, MORSE_A = 1.09, 4.5, 1.8          # A, eV, 1/A
-ANGLE0, ANGLE_K = math.acos(-1.0 / 3.0), 3.0      # rad, eV/rad^2
-REPULSION_A, REPULSION_RHO = 40.0, 0.35           # eV, A
-
-
-def tetrahedron():
-    v = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]],
-                     dtype=torch.float64)
-    return BOND * v / v.norm(dim=1, keepdim=True)
-
-
-def energy(h):
-    """Potential energy (eV) of configurations h [N, 4, 3] (hydrogens, carbon at 0)."""
-    r = h.norm(dim=-1)                                                     # [N, 4]
-    bonds = MORSE_D * (1 - torch.exp(-MORSE_A * (r - BOND))).square()
-    u = h / r[..., None]
-    i, j = torch.triu_indices(4, 4, offset=1)
-    cos = (u[:, i] * u[:, j]).sum(-1).clamp(-1 + 1e-12, 1 - 1e-12)
-    angles = 0.5 * ANGLE_K * (torch.acos(cos) - ANGLE0).square()
-    hh = (h[:, i] - h[:, j]).norm(dim=-1)
-    repulsion = REPULSION_A * torch.exp(-hh / REPULSION_RHO)
-    return bonds.sum(-1) + angles.sum(-1) + repulsion.sum(-1)
-
-
-def make_data(n, generator, sigma=0.12):
-    """Coordinates x [n, 12] (float32), energies e [n, 1] and forces f [n, 12] = -dE/dx."""
-    h = (tetrahedron() + sigma * torch.randn(n, 4, 3, generator=generator, dtype=torch.float64))
-    h.requires_grad_(True)
-    e = energy(h)
-    (grad,) = torch.autograd.grad(e.sum(), h)
-    return h.detach().reshape(n, 12).float(), e.detach()[:, None].float(), (-grad).reshape(n, 12).float()
-
+from lmKAN.molecules import make_ch4_data  # noqa: E402
 
 class Standardise(nn.Module):
     """(x - mean) / std with the training set's statistics, fixed (a per-sample function, so
@@ -170,7 +138,7 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    data = (make_data(args.train, gen), make_data(args.test, gen))
+    data = (make_ch4_data(args.train, gen), make_ch4_data(args.test, gen))
     x_train = data[0][0]
     kan = lmkan_model(x_train, args.num_grids, args.width)
     mlp = mlp_model(x_train, mlp_width_matching(multiply_adds(kan)))

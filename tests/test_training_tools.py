@@ -56,7 +56,7 @@ def test_demo_runs_and_reports_both_models(capsys):
     assert [r["model"] for r in rows] == ["lmKAN", "MLP"]
     for r in rows:
         assert math.isfinite(r["rmse"]) and r["params"] > 0 and r["ms"] > 0
-    assert "test RMSE" in out and "lmKAN backend" in out
+    assert "RMSE (eV)" in out and "lmKAN backend" in out and "CH4" in out
     # The lmKAN network has many more parameters at a similar arithmetic cost.
     assert rows[0]["params"] > 5 * rows[1]["params"]
     assert 0.5 < rows[0]["flops"] / rows[1]["flops"] < 2
