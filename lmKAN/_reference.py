@@ -53,7 +53,9 @@ def _chunked(lookup, entries_per_sample, x, params, borders, batch_last, *extra)
     when one call would exceed CHUNK_ENTRIES lookups; in x's layout."""
     xb = _to_batch_first(x, batch_last)
     chunk = max(1, CHUNK_ENTRIES // max(1, entries_per_sample))
-    if xb.shape[0] <= chunk:
+    # Traced (torch.compile, torch.export): one lookup, so that a dynamic batch size needs no
+    # guard on the chunk size; the eager CPU path bounds its temporaries.
+    if torch.compiler.is_compiling() or xb.shape[0] <= chunk:
         y = lookup(xb, params, borders, *extra)
     else:
         y = _ChunkedLookup.apply(xb, params, borders, chunk, lookup, *extra)
