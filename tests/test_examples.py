@@ -1,5 +1,5 @@
-"""The examples run end to end: train_digits.py (1 epoch; needs scikit-learn, skipped without it),
-train_forces.py (a few steps)."""
+"""The examples run end to end: train_digits.py and train_digits_cnn.py (1 epoch; they need
+scikit-learn and are skipped without it), train_forces.py (a few steps)."""
 import os
 import subprocess
 import sys
@@ -31,3 +31,12 @@ def test_train_forces_runs_on_the_cpu():
     assert [r[0] for r in rows] == ["lmKAN", "MLP"]
     for r in rows:  # energy RMSE, force RMSE: finite numbers
         assert all(float(v) == float(v) and float(v) < 1e6 for v in r[1:3])
+
+
+def test_train_digits_cnn_one_epoch():
+    pytest.importorskip("sklearn")
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "train_digits_cnn.py"), "--epochs", "1",
+                             "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("lmKAN CNN", "CNN "))]
+    assert len(rows) == 2 and all(r[-4].endswith("%") for r in rows)
