@@ -3,8 +3,10 @@
 GPU tests use `cuda_op` below: they skip (with the reason) only where no GPU is visible;
 on a GPU machine a missing kernel is a failure, never a skip.
 """
+import atexit
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,8 +14,11 @@ import tempfile
 import pytest
 import torch
 
-# Tuning choices of the test session go to a private cache, never the user's.
-os.environ.setdefault("LMKAN_CACHE_DIR", tempfile.mkdtemp(prefix="lmkan-test-cache-"))
+# Tuning choices of the test session go to a private cache, never the user's; a cache
+# made here is removed when the session ends.
+if "LMKAN_CACHE_DIR" not in os.environ:
+    os.environ["LMKAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmkan-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LMKAN_CACHE_DIR"], ignore_errors=True)
 
 from lmKAN._extension import backend_info, has_cuda_kernel
 
