@@ -34,10 +34,13 @@ def check_choice(name, value, choices):
     return value
 
 
+# The dtypes a 2D layer's table may be rounded to (its table_dtype, the ops' table_dtype).
+TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def check_table_dtype(value):
     """None, torch.float32, torch.float16 or torch.bfloat16 (the layers' table_dtype)."""
-    allowed = (torch.float32, torch.float16, torch.bfloat16)
-    if value is None or value in allowed:
+    if value is None or value in TABLE_DTYPES:
         return value
     raise TypeError(f"table_dtype must be None, torch.float32, torch.float16 or torch.bfloat16, "
                     f"got {type(value).__name__} ({value!r})")

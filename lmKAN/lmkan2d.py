@@ -141,13 +141,12 @@ class LMKAN2DLayer(LookupLayerBase):
         x2d, lead = check_input(x, params, self.input_dim, self.batch_last, "LMKAN2DLayer")
         borders = self.borders
         needs_backward = torch.is_grad_enabled() and (x2d.requires_grad or params.requires_grad)
-        table_dtype = getattr(self, "table_dtype", None)  # None for layers pickled before it
-        # "auto" -> values, timed with this call's table dtype
-        config = self._launch_resolver.config(self, x2d, needs_backward,
-                                              ops.call_table_dtype(x2d, params, table_dtype))
+        # the call's table dtype (getattr: None for layers pickled before table_dtype)
+        table = ops.call_table_dtype(x2d, params, getattr(self, "table_dtype", None))
+        config = self._launch_resolver.config(self, x2d, needs_backward, table)  # "auto" -> values
         if x2d.is_cuda:
             self._check_fits_on_device(x2d.device, needs_backward, config)
-        plan = (self.batch_last, *config, self._deterministic_now(), table_dtype)
+        plan = (self.batch_last, *config, self._deterministic_now(), table)
         y = ops.lmkan2d(x2d, params, borders, *plan)
         if may_store_plan(key, x, ops.kernel_applies("lmkan2d_forward", x2d, params, borders)):
             self._call_plans[key] = plan

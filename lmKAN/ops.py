@@ -14,6 +14,7 @@ import functools
 import torch
 
 from . import _reference
+from ._checks import TABLE_DTYPES
 from ._extension import _MODULE, has_cuda_kernel
 
 __all__ = ["lmkan2d", "lmkan1d", "hessian2d", "second_diff1d", "kernel_available",
@@ -67,10 +68,6 @@ def mixed_precision(layer_op):
             return layer_op(x, params, *args, **kwargs)
         return layer_op(x.to(params.dtype), params, *args, **kwargs).to(x.dtype)
     return run
-
-
-TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
 def table_dtype_of_call(params, table_dtype, autocast_dtype):

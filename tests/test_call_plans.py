@@ -57,7 +57,7 @@ def test_second_call_runs_the_stored_plan(planned):
     y1 = layer(x)
     assert planned["2d"].calls == [] and len(layer._call_plans) == 1
     y2 = layer(x)
-    assert planned["2d"].calls == [(True, 8, 256, 8, 256, False, False, None)]
+    assert planned["2d"].calls == [(True, 8, 256, 8, 256, False, False, torch.float32)]
     torch.testing.assert_close(y2, y1, rtol=0, atol=0)
 
 
@@ -68,8 +68,8 @@ def test_plan_follows_the_layer_settings(planned):
     assert layer._call_plans == {}
     layer(x)
     layer(x)
-    assert planned["2d"].calls == [(True, 16, 256, 8, 256, False, False, None)]
-    layer.table_dtype = torch.bfloat16  # the table dtype is part of the plan
+    assert planned["2d"].calls == [(True, 16, 256, 8, 256, False, False, torch.float32)]
+    layer.table_dtype = torch.bfloat16  # the call's table dtype is part of the plan
     assert layer._call_plans == {}
     layer(x)
     layer(x)

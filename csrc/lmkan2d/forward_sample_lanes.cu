@@ -41,9 +41,6 @@
 // p - 2, not p - 1, and has nbuf - 2 pairs of compute to land in).
 #include <algorithm>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAStream.h>
@@ -51,6 +48,7 @@
 
 #include "common/cp_async.cuh"
 #include "common/static_switch.h"
+#include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
 
 namespace lmkan {
@@ -327,12 +325,9 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   const dim3 grid(static_cast<unsigned>(sample_blocks), static_cast<unsigned>(n_tiles),
                   static_cast<unsigned>(splits));
   switch_value<1, 2, 4>(ts, [&](auto ts_c) {
-    constexpr int kTs = decltype(ts_c)::value;
-    switch (table_dtype) {
-      case at::kHalf: return launch_sample_lanes<kTs, __half>(a, grid, block, smem);
-      case at::kBFloat16: return launch_sample_lanes<kTs, __nv_bfloat16>(a, grid, block, smem);
-      default: return launch_sample_lanes<kTs, float>(a, grid, block, smem);
-    }
+    switch_table_type(table_dtype, [&](auto tag) {
+      launch_sample_lanes<decltype(ts_c)::value, decltype(tag)>(a, grid, block, smem);
+    });
   });
   if (splits == 1) return out;
   if (!batch_last) return sum_splits_transposed(out);

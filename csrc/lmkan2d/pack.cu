@@ -3,13 +3,11 @@
 #include <algorithm>
 #include <type_traits>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "common/table_type.cuh"
 #include "lmkan2d/layout.h"
 
 namespace lmkan {
@@ -76,17 +74,6 @@ __global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
   for (int q = ty; q < kPackPairs && p0 + q < n_pairs; q += kPackRows) {
     Out* dst = packed + ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
     for (int t = tx; t < width; t += kPackPairs) dst[t] = from_float<Out>(tile[t][q]);
-  }
-}
-
-// The CUDA type of a table dtype, for `body(type_tag)`.
-template <typename Body>
-void switch_table_type(at::ScalarType dtype, Body&& body) {
-  switch (dtype) {
-    case at::kFloat: return body(float{});
-    case at::kHalf: return body(__half{});
-    case at::kBFloat16: return body(__nv_bfloat16{});
-    default: TORCH_CHECK(false, "lmkan2d: table dtype must be float32, float16 or bfloat16, got ", dtype);
   }
 }
 

@@ -95,7 +95,10 @@ class LaunchResolver:
         chosen = {}
         for mode in ("forward", "backward") if needs_backward else ("forward",):
             if any(getattr(layer, attr) == AUTO for attr, _ in MODE_FIELDS[mode]):
-                chosen[mode] = _resolve_mode(layer, x, mode, may_time, table)
+                # only the forward reads a 16-bit table; the backward kernels read a float32
+                # copy of it, so their timing does not depend on the table dtype
+                chosen[mode] = _resolve_mode(layer, x, mode, may_time,
+                                             table if mode == "forward" else torch.float32)
         self.choices.update(chosen)
         return _with_defaults(settings, chosen)
 
