@@ -179,6 +179,59 @@ def test_nan_stays_where_it_belongs(uniform, batch_last):
         assert rel_l2(got[ok], ref[ok]) <= TOL
 
 
+@pytest.mark.parametrize("uniform, num_grids", [(True, 300), (False, 8), (True, 31)])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_huge_finite_inputs_extrapolate_without_nan(uniform, num_grids, batch_last):
+    """A finite input far past the end nodes (docs/spec.md, "Robustness") gives the linear
+    extrapolation f_i + (x - g_i) s_i, +-inf where it overflows, never inf - inf = NaN: the
+    weighted form gave NaN, and on the G = 300 grid d itself overflows at 3e38 while the
+    result is finite. Far inputs at scattered (sample, input) positions, some warps without
+    any; the gradients stay NaN-free where grad_y is 0."""
+    n_in, n_out, batch = 13, 37, 700
+    x, params, borders = _case(num_grids, n_in, n_out, batch, uniform, batch_last)
+    params *= 0.05  # |f| small enough that sums of one far term and the rest stay finite
+    huge = torch.tensor([5e37, -5e37, 3e38, -3e38, 3.4028234e38, -3.4028234e38, 1e30, -2e6],
+                        device="cuda")
+    xb = x.t() if batch_last else x  # [B, N_in] view of x
+    # one far input per chosen sample: two of opposite signs in one sum could be inf - inf
+    far_samples = 48 + torch.randperm(batch - 48, device="cuda")[:120]
+    far_inputs = torch.randint(0, n_in, (120,), device="cuda")
+    xb[far_samples, far_inputs] = huge[torch.arange(120, device="cuda") % len(huge)]
+    xb[16:48] = 1.0  # two whole warps (16 samples each) without far inputs
+    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, uniform, batch_last)
+    y_ref = _reference.lmkan1d_forward(x.double(), params.double(), borders.double(), uniform,
+                                       batch_last)
+    assert not y.isnan().any() and not y_ref.isnan().any()
+    # where the float64 result is beyond float32, the kernel gives an infinity of its sign or
+    # a float32 value within rounding of the overflow threshold
+    big = y_ref.abs() > 3.0e38
+    assert torch.equal(torch.sign(y[big]), torch.sign(y_ref[big]).float())
+    assert (y[big].abs() >= 3.0e38).all()
+    ok = ~big
+    rel = ((y[ok].double() - y_ref[ok]).abs() / y_ref[ok].abs().clamp_min(1.0)).max().item()
+    assert rel <= 1e-5
+    # backward with grad_y 0 on the far samples: their weights (1 - d, d) may be infinite
+    # (d overflows on fine grids), and 0 * inf must not reach the parameter gradient
+    grad_y = torch.randn_like(y)
+    (grad_y.t() if batch_last else grad_y)[far_samples] = 0.0
+    _, gx_ref, gp_ref = _reference_all(x, params, borders, uniform, batch_last, grad_y)
+    for det in (False, True):
+        gx, gp = torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, uniform,
+                                                  batch_last, det)
+        assert not gx.isnan().any() and not gp.isnan().any()
+        assert rel_l2(gp, gp_ref) <= TOL
+        _assert_dx_close(gx, gx_ref, x, params, borders, uniform, batch_last, grad_y)
+
+
+def test_kanlayer_identity_at_huge_inputs():
+    """The reported case: KANLayer(2, 2, init="identity") on 5e37 gave NaN on CUDA."""
+    layer = KANLayer(2, 2, init="identity").cuda()
+    x = torch.tensor([[5e37, -5e37], [3e38, 1.0], [-3e38, 2.5]], device="cuda")
+    y = layer(x)
+    assert not y.isnan().any()
+    torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch_last", [True, False])
 def test_deterministic_backward_is_bitwise_reproducible(batch_last):
     """With deterministic=True two backward runs agree bit for bit, at a size where the dC

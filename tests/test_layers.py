@@ -221,7 +221,7 @@ def test_modules_compose_in_a_network():
 def test_huge_finite_inputs_give_no_nan_1d(grid):
     """Beyond the end nodes f(x) = f_i + (x - g_i) s_i: a huge finite x overflows to +-inf at
     worst, never inf - inf = NaN as (1 - d) f_i + d f_{i+1} did (KANLayer(2, 2,
-    init="identity") gave NaN at 5e37). CPU path; the CUDA kernels' form is still the old one."""
+    init="identity") gave NaN at 5e37). CPU path (tests/test_cuda_1d.py has the kernels')."""
     layer = LMKAN1DLayer(300 if grid == "uniform" else 8, 2, 2, grid=grid, init="identity",
                          batch_last=False)
     x = torch.tensor([[5e37, 1.0], [-5e37, 2.0], [3e38, -3e38], [1.5, -0.25]], requires_grad=True)

@@ -81,7 +81,7 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
         const float v = batch_last ? x[static_cast<int64_t>(i) * batch + s] : x[s * n_in + i];
         const Cell c = find_cell(v, borders_s, num_grids, uniform);
         k = c.index;
-        d = c.d;
+        d = gradient_d(v, c.d);
       }
       cell_s[il * kDcChunk + sl] = make_float2(__int_as_float(k * 32), d);
     }
@@ -190,7 +190,7 @@ __device__ __forceinline__ void stage_grouped_cells(const GroupedSmem& s, const 
                                    : a.x[smp * a.n_in + i];
       const Cell c = find_cell(v, s.borders, a.num_grids, a.uniform);
       k = c.index;
-      d = c.d;
+      d = gradient_d(v, c.d);
     }
     s.cells[il * kGcChunk + sl] = make_float2(__int_as_float(k), d);
   }

@@ -97,9 +97,12 @@ __device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileA
   }
 }
 
-// Cells of the prefetched x values into this warp's cell buffer.
-__device__ __forceinline__ void store_stage_cells(const TileSmem& t, const float (&xr)[kXPerLane],
+// Cells of the prefetched x values into this warp's cell buffer. A far input (device.cuh)
+// gets d = 0 there, so the forward's loop adds f_i alone, and add_far_terms adds the rest;
+// returns whether any of the warp's inputs in this stage is far (the same on all lanes).
+__device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float (&xr)[kXPerLane],
                                                   const TileArgs& a, int n, int lane) {
+  bool far = false;
 #pragma unroll
   for (int j = 0; j < kXPerLane; ++j) {
     const int e = lane + 32 * j;
@@ -108,10 +111,16 @@ __device__ __forceinline__ void store_stage_cells(const TileSmem& t, const float
       stage_entry(e, n, a.batch_last, il, m);
       const Cell c = find_cell(xr[j], t.borders, a.num_grids, a.uniform);
       const int row = (il * a.rows + c.index) * kRowChunks;
-      if (a.rows_only) reinterpret_cast<int*>(t.cells)[il * kWarpSamples + m] = row;
-      else             t.cells[il * kWarpSamples + m] = make_float2(__int_as_float(row), c.d);
+      if (a.rows_only) {
+        reinterpret_cast<int*>(t.cells)[il * kWarpSamples + m] = row;
+        continue;
+      }
+      const bool far_here = is_far(xr[j], c.d);
+      far |= far_here;
+      t.cells[il * kWarpSamples + m] = make_float2(__int_as_float(row), far_here ? 0.f : c.d);
     }
   }
+  return __any_sync(0xffffffffu, far);
 }
 
 // cp.async the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed).
@@ -125,9 +134,10 @@ __device__ __forceinline__ float component(const float4& v, int c) {
   return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
 }
 
-// The input pipeline of one tile: for every stage, `consume(table4, i0, n)` runs with the
-// stage's table buffer (float4 view) and this warp's cells in t.cells, for inputs [i0, i0+n). Stage st+1 is
-// copied (cp.async) and its x values loaded while stage st is consumed.
+// The input pipeline of one tile: for every stage, `consume(table4, i0, n, far)` runs with the
+// stage's table buffer (float4 view) and this warp's cells in t.cells, for inputs [i0, i0+n);
+// far: whether any of them is a far input of this warp. Stage st+1 is copied (cp.async) and
+// its x values loaded while stage st is consumed.
 template <typename Consume>
 __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
                                            int64_t s_warp, int lane, Consume consume) {
@@ -140,7 +150,7 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
   for (int st = 0; st < stages; ++st) {
     const int i0 = st * per;
     const int n = min(per, a.n_in_pad - i0);
-    store_stage_cells(t, xr, a, n, lane);  // previous readers passed the trailing barrier
+    const bool far = store_stage_cells(t, xr, a, n, lane);  // previous readers passed the trailing barrier
     if (st + 1 < stages) {
       const int i1 = i0 + per;
       const int n1 = min(per, a.n_in_pad - i1);
@@ -150,7 +160,7 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
     cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage st landed"
     cp_async_wait<1>();
     __syncthreads();
-    consume(reinterpret_cast<const float4*>(t.table + (st & 1) * t.stage_floats), i0, n);
+    consume(reinterpret_cast<const float4*>(t.table + (st & 1) * t.stage_floats), i0, n, far);
     __syncthreads();  // buffer st & 1 and the cells are free for the next stages
   }
 }
@@ -158,6 +168,34 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
 // ==========================================================================================
 // Forward
 // ==========================================================================================
+// The rest of the far inputs' terms, f_i + ((d 2^-64)(f_{i+1} - f_i)) 2^64 less the f_i that
+// the main loop added (device.cuh, kFarCells). Rare: a warp runs it for a stage only when one
+// of its inputs there is far, and it reads x again rather than keeping d in shared memory.
+__device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const float4* table4,
+                                           const TileArgs& a, int64_t s_warp, int i0, int n,
+                                           const float* borders_s, int lane) {
+#pragma unroll 1
+  for (int il = 0; il < n; ++il) {
+    const int i = i0 + il;
+    if (i >= a.n_in) break;
+#pragma unroll
+    for (int m = 0; m < kWarpSamples; ++m) {
+      const int64_t s = s_warp + m;
+      if (s >= a.batch) break;
+      const float v = a.batch_last ? a.x[static_cast<int64_t>(i) * a.batch + s] : a.x[s * a.n_in + i];
+      const Cell c = find_cell(v, borders_s, a.num_grids, a.uniform);
+      if (!is_far(v, c.d)) continue;  // the same v on all lanes: no divergence
+      const float d = far_scaled_d(v, borders_s, a.num_grids, a.uniform, c.index);
+      const int row = (il * a.rows + c.index) * kRowChunks;
+      const float4 lo = table4[row + lane], hi = table4[row + kRowChunks + lane];
+      float4& r = acc[m];
+      r.x += d * (hi.x - lo.x) * kFarUnscale;
+      r.y += d * (hi.y - lo.y) * kFarUnscale;
+      r.z += d * (hi.z - lo.z) * kFarUnscale;
+      r.w += d * (hi.w - lo.w) * kFarUnscale;
+    }
+  }
+}
 // a.packed: values, rows = G+1, n_in_pad = N_in; y: [N_out, B] (batch_last) or [B, N_out].
 // Grid: (ceil(B / 256), ceil(N_out / 128)), 512 threads. Shared memory: tile_smem_bytes.
 __global__ void __launch_bounds__(kTileThreads, 1)
@@ -174,7 +212,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 #pragma unroll
   for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int, int n) {
+  run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int i0, int n, bool far) {
 #pragma unroll 1
     for (int il = 0; il < n; ++il) {
       // Two samples' cells per broadcast read.
@@ -197,6 +235,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
         }
       }
     }
+    if (far) add_far_terms(acc, table4, a, s_warp, i0, n, t.borders, lane);
   });
 
   const int o = tile * kTileOut + lane * 4;
@@ -257,7 +296,7 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
       gy[m] = make_float4(g[0], g[1], g[2], g[3]);
     }
 
-    run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int i0, int n) {
+    run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int i0, int n, bool) {
 #pragma unroll 1
       for (int il = 0; il < n; il += 2) {
         // This lane's entry of the pair's 32 sums; its previous value (earlier output
