@@ -64,6 +64,21 @@ def cuda_graph_replay(step, warmup=3):
     return graph.replay
 
 
+def peak_memory_gb(step, clear=()):
+    """(peak, peak above the memory allocated before) in GB over one step(), after setting
+    the .grad of each tensor in `clear` to None (so that gradients of earlier calls neither
+    count nor get accumulated into)."""
+    for t in clear:
+        t.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return peak / 1e9, (peak - base) / 1e9
+
+
 def warm_up_gpu(seconds=1.0):
     """Keep the GPU busy for `seconds` (float32 matmuls) before the first timing.
 

@@ -14,7 +14,7 @@ import torch
 from lmKAN import KANLayer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import cuda_median_ms, warm_up_gpu  # noqa: E402
+from _timing import cuda_median_ms, peak_memory_gb, warm_up_gpu  # noqa: E402
 from profile_1d import kernel_breakdown, print_breakdown  # noqa: E402
 
 # Shared-memory limit of the direct lookup scheme (docs/performance.md): 2 reads per
@@ -46,17 +46,9 @@ def measure(name, layer, x):
     # per sample, waited for, so the host latency before the first kernel is included.
     t_f, t_fb = timeit(fwd, calls_per_sample=5), timeit(fwd_bwd, calls_per_sample=5)
     t_f_single, t_fb_single = timeit(fwd), timeit(fwd_bwd)
-    for p in params + [x_req]:
-        p.grad = None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fwd_bwd()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
+    peak, extra = peak_memory_gb(fwd_bwd, params + [x_req])
     return {"name": name, "forward_ms": t_f, "fwd_bwd_ms": t_fb, "forward_single_ms": t_f_single,
-            "fwd_bwd_single_ms": t_fb_single, "peak_gb": peak / 1e9,
-            "peak_extra_gb": (peak - base) / 1e9}
+            "fwd_bwd_single_ms": t_fb_single, "peak_gb": peak, "peak_extra_gb": extra}
 
 
 def main():

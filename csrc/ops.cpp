@@ -32,9 +32,12 @@ TORCH_LIBRARY(lmkan, m) {
   m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool batch_last, int tile_size, int block_size, bool fast_mode, "
         "bool deterministic=False, ScalarType? table_dtype=None) -> (Tensor, Tensor)");
-  // Largest num_grids that a tile size supports on a device, for "forward", "backward"
-  // or "backward_fast"; lets the layer raise a clear error before any launch.
-  m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index) -> int");
+  // Largest num_grids that a tile size serves at full speed on a device, for "forward",
+  // "backward", "backward_fast" or "backward_deterministic"; table_dtype: the forward's table
+  // (float16/bfloat16 tables stage half the bytes; None: float32). The backward kernels read
+  // a float32 table whatever the table dtype.
+  m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index, "
+        "ScalarType? table_dtype=None) -> int");
 
   // The differentiable layer op (autograd: lmkan1d/autograd.cpp). deterministic:
   // bitwise-reproducible backward (fixed-order reductions instead of atomics); the forward

@@ -59,11 +59,13 @@ def _ask_signature(index):
     return torch.cuda.get_device_name(index), f"{major}.{minor}"
 
 
-def max_num_grids_2d(tile_size, mode, device):
-    """The 2D kernels' limit for a tile size and mode (lmKAN.lmkan2d.max_num_grids)."""
+def max_num_grids_2d(tile_size, mode, device, table_dtype=None):
+    """The 2D kernels' limit for a tile size, mode and table dtype (None: float32;
+    lmKAN.lmkan2d.max_num_grids)."""
     index = device_index(device)
-    return _cached(("max_num_grids_2d", index, tile_size, mode, smem_budget_key()),
-                   _ask_limit_2d, tile_size, mode, index)
+    table = None if table_dtype in (None, torch.float32) else table_dtype
+    return _cached(("max_num_grids_2d", index, tile_size, mode, table, smem_budget_key()),
+                   _ask_limit_2d, tile_size, mode, index, table)
 
 
 def max_num_grids_1d(device):
@@ -73,8 +75,8 @@ def max_num_grids_1d(device):
 
 
 # The ops are looked up when first asked (they exist only where the extension is built).
-def _ask_limit_2d(tile_size, mode, index):
-    return torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index)
+def _ask_limit_2d(tile_size, mode, index, table_dtype):
+    return torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index, table_dtype)
 
 
 def _ask_limit_1d(index):

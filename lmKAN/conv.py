@@ -8,17 +8,32 @@ layer the input pairs are consecutive features of that order. Input `[N, C, H, W
 
 Each conv module *is* its layer (a subclass) applied to the unfolded columns, so its
 parameters, state dict keys (`func_parameter`, `borders`), Hessian regulariser, plotting,
-tuning and kernels are the layer's. The columns are a copy ([N*H'*W', C*kh*kw], batch-first):
-memory grows with kernel_size^2; a chunked or in-kernel gather is issue 20's item 2.
+tuning and kernels are the layer's. The layer runs batch-first: a row per output position.
+
+Memory and copies (docs/spec.md, section 4b):
+- The output is the layer's [N*H'*W', out] rows viewed as [N, out, H', W']: channels_last
+  memory (as nn.Conv2d returns for a channels_last input), no copy.
+- A 1x1 convolution (stride 1, no padding) of a channels_last input reads it in place:
+  x.permute(0, 2, 3, 1) is already the layer's [N*H*W, C] rows. Any other input is unfolded.
+- The unfolded columns are a copy of N*H'*W' x C*kh*kw values. Batches whose columns exceed
+  `column_budget_mb` run in chunks of images; with gradients, each chunk is checkpointed
+  (its columns are recomputed in the backward instead of kept), so the columns held at once
+  stay within the budget (twice it while unfold's output is transposed) at the cost of one
+  more forward per chunk. Not under torch.compile / torch.export (one unchunked call).
 """
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_int
+from ._checks import check_int, check_positive_float
 from .lmkan1d import LMKAN1DLayer
 from .lmkan2d import LMKAN2DLayer
 
 __all__ = ["LMKAN2DConv2d", "LMKAN1DConv2d"]
+
+# Unfolded columns held at once by default (MiB): a 3x3 convolution of 64 channels on
+# 128 images of 32x32 takes 288 MiB of float32 columns, one chunk.
+DEFAULT_COLUMN_BUDGET_MB = 1024
 
 
 def _pair(name, value, minimum):
@@ -32,13 +47,33 @@ def _pair(name, value, minimum):
 class _ConvOfLayer:
     """The convolution part shared by both conv modules (mixed into a layer class)."""
 
-    def _init_conv(self, in_channels, kernel_size, stride, padding, dilation):
+    def _init_conv(self, in_channels, kernel_size, stride, padding, dilation, column_budget_mb):
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = _pair("stride", stride, 1)
         self.padding = _pair("padding", padding, 0)
         self.dilation = _pair("dilation", dilation, 1)
+        self.column_budget_mb = (None if column_budget_mb is None
+                                 else check_positive_float("column_budget_mb", column_budget_mb))
         return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+
+    def _reads_input_in_place(self, x):
+        """A 1x1, stride-1, unpadded convolution of a channels_last x: its NHWC view is the
+        layer's batch-first rows."""
+        return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+                and x.permute(0, 2, 3, 1).is_contiguous())
+
+    def _images_per_chunk(self, x, out_h, out_w):
+        """Images whose unfolded columns fit column_budget_mb (at least 1)."""
+        features = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        image_bytes = out_h * out_w * features * x.element_size()
+        return max(1, int(self.column_budget_mb * 2**20) // image_bytes)
+
+    def _columns_forward(self, x, out_h, out_w):
+        """The layer on the unfolded columns of x: [n, out, H', W'] (channels_last memory)."""
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        y = super().forward(cols.transpose(1, 2))  # rows [n, H'*W', F]: one copy of cols
+        return y.reshape(x.shape[0], out_h, out_w, self.output_dim).permute(0, 3, 1, 2)
 
     def output_size(self, height, width):
         """(H', W'), as nn.Conv2d computes them."""
@@ -57,15 +92,27 @@ class _ConvOfLayer:
             raise ValueError(f"{name}: input of {height}x{width} is smaller than the dilated "
                              f"kernel {self.kernel_size} with padding {self.padding} "
                              f"(dilation {self.dilation}): output {out_h}x{out_w}")
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        y = super().forward(cols.transpose(1, 2).reshape(n * out_h * out_w, cols.shape[1]))
-        return y.reshape(n, out_h * out_w, self.output_dim).transpose(1, 2).reshape(
-            n, self.output_dim, out_h, out_w)
+        if self._reads_input_in_place(x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        chunk = n if self.column_budget_mb is None else self._images_per_chunk(x, out_h, out_w)
+        if chunk >= n or torch.compiler.is_compiling():
+            return self._columns_forward(x, out_h, out_w)
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if needs_grad:
+            pieces = [checkpoint(self._columns_forward, xc, out_h, out_w, use_reentrant=False)
+                      for xc in x.split(chunk)]
+        else:
+            pieces = [self._columns_forward(xc, out_h, out_w) for xc in x.split(chunk)]
+        return torch.cat(pieces)
 
     def _conv_repr(self):
-        return (f"in_channels={self.in_channels}, out_channels={self.output_dim}, "
+        text = (f"in_channels={self.in_channels}, out_channels={self.output_dim}, "
                 f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                 f"dilation={self.dilation}")
+        if self.column_budget_mb != DEFAULT_COLUMN_BUDGET_MB:
+            text += f", column_budget_mb={self.column_budget_mb}"
+        return text
 
 
 def _no_batch_last(name, kwargs):
@@ -78,15 +125,17 @@ class LMKAN2DConv2d(_ConvOfLayer, LMKAN2DLayer):
     """A 2D lookup layer applied at every position of a sliding window (nn.Conv2d's geometry).
 
     Args: num_grids, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1
-    (ints or pairs), and LMKAN2DLayer's other keyword arguments (tile and block sizes,
-    init_scale, backward_fast_mode, deterministic, table_dtype). in_channels * kh * kw must be
-    even: the layer takes its inputs in pairs.
+    (ints or pairs), column_budget_mb (the unfolded columns held at once, in MiB; None: no
+    bound; see the module docstring), and LMKAN2DLayer's other keyword arguments (tile and
+    block sizes, init_scale, backward_fast_mode, deterministic, table_dtype).
+    in_channels * kh * kw must be even: the layer takes its inputs in pairs.
     """
 
     def __init__(self, num_grids, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, **layer_kwargs):
+                 dilation=1, column_budget_mb=DEFAULT_COLUMN_BUDGET_MB, **layer_kwargs):
         _no_batch_last("LMKAN2DConv2d", layer_kwargs)
-        features = _ConvOfLayer._init_conv(self, in_channels, kernel_size, stride, padding, dilation)
+        features = _ConvOfLayer._init_conv(self, in_channels, kernel_size, stride, padding,
+                                           dilation, column_budget_mb)
         if features % 2:
             raise ValueError(
                 f"LMKAN2DConv2d needs an even in_channels * kernel_height * kernel_width (its "
@@ -103,14 +152,15 @@ class LMKAN1DConv2d(_ConvOfLayer, LMKAN1DLayer):
     """A 1D linear-spline layer applied at every position of a sliding window.
 
     Args: num_grids, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1
-    (ints or pairs), and LMKAN1DLayer's other keyword arguments (grid, spline_width, init,
-    deterministic).
+    (ints or pairs), column_budget_mb (as LMKAN2DConv2d's), and LMKAN1DLayer's other keyword
+    arguments (grid, spline_width, init, deterministic).
     """
 
     def __init__(self, num_grids, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, **layer_kwargs):
+                 dilation=1, column_budget_mb=DEFAULT_COLUMN_BUDGET_MB, **layer_kwargs):
         _no_batch_last("LMKAN1DConv2d", layer_kwargs)
-        features = _ConvOfLayer._init_conv(self, in_channels, kernel_size, stride, padding, dilation)
+        features = _ConvOfLayer._init_conv(self, in_channels, kernel_size, stride, padding,
+                                           dilation, column_budget_mb)
         LMKAN1DLayer.__init__(self, num_grids, features, out_channels, batch_last=False,
                               **layer_kwargs)
 

@@ -145,7 +145,7 @@ class LMKAN2DLayer(LookupLayerBase):
         table = ops.call_table_dtype(x2d, params, getattr(self, "table_dtype", None))
         config = self._launch_resolver.config(self, x2d, needs_backward, table)  # "auto" -> values
         if x2d.is_cuda:
-            self._check_fits_on_device(x2d.device, needs_backward, config)
+            self._check_fits_on_device(x2d.device, needs_backward, config, table)
         plan = (self.batch_last, *config, self._deterministic_now(), table)
         y = ops.lmkan2d(x2d, params, borders, *plan)
         if may_store_plan(key, x, ops.kernel_applies("lmkan2d_forward", x2d, params, borders)):
@@ -171,29 +171,32 @@ class LMKAN2DLayer(LookupLayerBase):
         forced = getattr(self, "deterministic", None)  # None also for layers pickled before it
         return torch.are_deterministic_algorithms_enabled() if forced is None else forced
 
-    def _check_fits_on_device(self, device, needs_backward, config):
+    def _check_fits_on_device(self, device, needs_backward, config, table):
         """Warn once when num_grids exceeds what the kernels of this call serve at full speed
         on `device` (lmKAN.max_num_grids): they then read the table from global memory
         (correct, slower).
 
         A tile size the user set is checked as set; one that "auto" chose is not the user's
         doing, so "auto" warns only when no tile size serves num_grids at full speed.
-        config: the call's tuning.LaunchConfig2D ("auto" already resolved)."""
+        config: the call's tuning.LaunchConfig2D ("auto" already resolved); table: the
+        call's table dtype (the forward's limit depends on it)."""
         if getattr(self, "_warned_slow_fallback", False) or not ops.kernel_available(
                 "lmkan2d_max_num_grids", "CompositeExplicitAutograd"):
             return
-        checks = [("forward", "tile_size_forward", config.tile_size_forward)]
+        checks = [("forward", "tile_size_forward", config.tile_size_forward, table)]
         if needs_backward:
             mode = ("backward_deterministic" if self._deterministic_now()
                     else "backward_fast" if config.backward_fast_mode else "backward")
-            checks.append((mode, "tile_size_backward", config.tile_size_backward))
-        for mode, arg, tile in checks:
+            checks.append((mode, "tile_size_backward", config.tile_size_backward, None))
+        for mode, arg, tile, table_dtype in checks:
             if getattr(self, arg) == tuning.AUTO:
-                limit = max(max_num_grids(t, mode, device) for t in SUPPORTED_TILE_SIZES)
+                limit = max(max_num_grids(t, mode, device, table_dtype) for t in SUPPORTED_TILE_SIZES)
                 setting = f"any {arg}"
             else:
-                limit = max_num_grids(tile, mode, device)
+                limit = max_num_grids(tile, mode, device, table_dtype)
                 setting = f"{arg}={tile}"
+            if table_dtype not in (None, torch.float32):
+                setting += f" and {table_dtype} tables"
             if self.num_grids > limit:
                 self._warned_slow_fallback = True
                 warnings.warn(f"LMKAN2DLayer: num_grids={self.num_grids} exceeds the largest num_grids "
@@ -227,7 +230,7 @@ def _auto_or_choice(name, value, supported):
 # A constant to torch.compile (fixed per device): the layer's check stays in the graph's
 # trace without a break.
 @torch.compiler.assume_constant_result
-def max_num_grids(tile_size, mode, device):
+def max_num_grids(tile_size, mode, device, table_dtype=None):
     """Largest num_grids the CUDA kernels support for a tile size and mode on a device.
 
     mode: "forward", "backward", "backward_fast" or "backward_deterministic". Past the
@@ -235,10 +238,14 @@ def max_num_grids(tile_size, mode, device):
     through L2 instead of shared memory: correct, slower. "backward" and "backward_fast" (not
     deterministic) read the table through L2 at any num_grids by design and are bounded by
     their cell histogram; past it they run the deterministic kernels' L2 variants.
+    table_dtype: the table of the call (docs/spec.md, "16-bit tables"; None: float32). A
+    float16/bfloat16 table stages half the bytes, so its "forward" limit is higher; the
+    backward modes read a float32 table whatever the table dtype.
     """
     check_choice("tile_size", tile_size, SUPPORTED_TILE_SIZES)
     check_choice("mode", mode, MAX_NUM_GRIDS_MODES)
-    return _device.max_num_grids_2d(tile_size, mode, device)
+    check_table_dtype(table_dtype)
+    return _device.max_num_grids_2d(tile_size, mode, device, table_dtype)
 
 
 MAX_NUM_GRIDS_MODES = ("forward", "backward", "backward_fast", "backward_deterministic")

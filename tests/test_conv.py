@@ -86,6 +86,82 @@ def test_regulariser_counts_each_conv_once():
     assert sorted(model[0].state_dict()) == ["borders", "func_parameter"]
 
 
+@pytest.mark.parametrize("kind", ["2d", "1d"])
+def test_pointwise_reads_a_channels_last_input_in_place(kind, monkeypatch):
+    """A 1x1 convolution of a channels_last input hands the layer a view of x (no copy), and
+    every output is a view of the layer's rows (channels_last memory)."""
+    torch.manual_seed(5)
+    conv = _conv(kind, (6, 7, 1, 1, 0, 1, 4, 5)).double()
+    with torch.no_grad():
+        conv.func_parameter.normal_()
+    layer_class = type(conv).__mro__[2]  # the layer class after the conv mixin
+    seen = []
+    original = layer_class.forward
+    monkeypatch.setattr(layer_class, "forward", lambda self, x: seen.append(x) or original(self, x))
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64).to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = conv(x)
+    assert seen[-1].data_ptr() == x.data_ptr() and seen[-1].shape == (3, 4, 5, 6)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    p = conv.func_parameter.detach().clone().requires_grad_(True)
+    xr = x.detach().contiguous().requires_grad_(True)
+    expected = _by_unfold(conv, xr, p)
+    torch.testing.assert_close(y, expected)
+    gy = torch.randn_like(expected)
+    for got, want in zip(torch.autograd.grad(y, (x, conv.func_parameter), gy),
+                         torch.autograd.grad(expected, (xr, p), gy)):
+        torch.testing.assert_close(got, want)
+    # an NCHW input is unfolded (a copy), with the same result
+    y_nchw = conv(x.detach().contiguous())
+    assert seen[-1].data_ptr() != x.data_ptr()
+    torch.testing.assert_close(y_nchw, expected)
+    # k x k: the output too is the rows' view
+    conv3 = _conv(kind, GEOMETRIES[0])
+    assert conv3(torch.randn(2, 2, 7, 6)).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kind", ["2d", "1d"])
+def test_column_budget_chunks_images(kind, monkeypatch):
+    """Columns over column_budget_mb run in chunks of images: the same outputs and gradients
+    as one call; with gradients each chunk is checkpointed (its layer call runs again in
+    the backward), without them it runs once."""
+    torch.manual_seed(6)
+    geometry = GEOMETRIES[1]  # 4 -> 3 channels, 3x3, stride 2, padding 1, on 11x10
+    whole = _conv(kind, geometry, column_budget_mb=None).double()
+    with torch.no_grad():
+        whole.func_parameter.normal_()
+    out_h, out_w = whole.output_size(11, 10)
+    image_mb = out_h * out_w * 4 * 9 * 8 / 2**20  # float64 columns of one image
+    chunked = _conv(kind, geometry, column_budget_mb=2.5 * image_mb).double()
+    chunked.load_state_dict(whole.state_dict())
+    assert chunked._images_per_chunk(torch.zeros(1, dtype=torch.float64), out_h, out_w) == 2
+    layer_class = type(chunked).__mro__[2]
+    calls = []
+    original = layer_class.forward
+    monkeypatch.setattr(layer_class, "forward",
+                        lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    x = torch.randn(5, 4, 11, 10, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(5, 3, out_h, out_w, dtype=torch.float64)
+    y = chunked(x)
+    assert calls == [2, 2, 1]
+    grads = torch.autograd.grad(y, (x, chunked.func_parameter), gy)
+    assert calls[3:] == [1, 2, 2]  # recomputed chunk by chunk in the backward (last first)
+    calls.clear()
+    y_whole = whole(x)
+    assert calls == [5]
+    torch.testing.assert_close(y, y_whole)
+    for got, want in zip(grads, torch.autograd.grad(y_whole, (x, whole.func_parameter), gy)):
+        torch.testing.assert_close(got, want)
+    calls.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(x), y_whole)
+    assert calls == [2, 2, 1]
+    assert "column_budget_mb" in repr(chunked) and "column_budget_mb" not in repr(_conv(kind, geometry))
+    for bad in (0, -1.0, float("nan"), "64"):
+        with pytest.raises((ValueError, TypeError), match="column_budget_mb"):
+            _conv(kind, geometry, column_budget_mb=bad)
+
+
 def _small_cnn(device):
     return nn.Sequential(LMKAN2DConv2d(6, 2, 8, 3, padding=1), nn.BatchNorm2d(8),
                          LMKAN1DConv2d(6, 8, 4, 1), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).to(device)
@@ -103,11 +179,16 @@ def test_compile_fullgraph_cpu():
 @requires_gpu
 @pytest.mark.parametrize("kind", ["2d", "1d"])
 @pytest.mark.parametrize("geometry", GEOMETRIES[1:4], ids=["stride2", "dilated", "1x1"])
-def test_cuda_matches_the_float64_definition(kind, geometry):
-    """The kernels on the unfolded columns against the float64 definition (<= 1e-5)."""
+@pytest.mark.parametrize("memory", ["nchw", "channels_last", "chunked"])
+def test_cuda_matches_the_float64_definition(kind, geometry, memory):
+    """The kernels on the unfolded columns (or on a channels_last input read in place, or in
+    checkpointed chunks of images) against the float64 definition (<= 1e-5)."""
     torch.manual_seed(3)
-    conv = _conv(kind, geometry).cuda()
-    x = torch.randn(4, geometry[0], geometry[6], geometry[7], device="cuda", requires_grad=True)
+    conv = _conv(kind, geometry, column_budget_mb=1e-3 if memory == "chunked" else 1024).cuda()
+    x = torch.randn(4, geometry[0], geometry[6], geometry[7], device="cuda")
+    if memory == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     y = conv(x)
     gy = torch.randn_like(y)
     gx, gp = torch.autograd.grad(y, (x, conv.func_parameter), gy)

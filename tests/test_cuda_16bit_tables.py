@@ -6,10 +6,12 @@ grad_params) in every layout, tile size and backward mode; 16-bit parameters (`.
 `.to(torch.bfloat16)`) run the kernels and get their gradient in their own dtype; autocast
 and the layer's `table_dtype` pick the table dtype as documented.
 """
+import warnings
+
 import pytest
 import torch
 
-from lmKAN import LMKAN2DLayer, _reference, ops
+from lmKAN import LMKAN2DLayer, _reference, max_num_grids, ops
 from lmKAN.grids import cdf_borders
 
 from conftest import assert_cuda_kernel, rel_l2, requires_gpu
@@ -89,6 +91,37 @@ def test_past_the_shared_memory_limit(table):
     """num_grids whose 16-bit slice does not fit in shared memory: the output-lanes kernel
     reads a float32 copy of the rounded table, so the result is the same function."""
     _check(130, 4, 40, 300, True, 16, table)
+
+
+@requires_gpu
+@pytest.mark.parametrize("table", SIXTEEN, ids=str)
+@pytest.mark.parametrize("tile", (4, 8, 16))
+def test_forward_limit_follows_the_table_dtype(table, tile):
+    """max_num_grids(..., table_dtype) reports the plan's 16-bit forward limit (half the
+    staged bytes: higher than float32's); at it the forward still stages the table, one past
+    it the output-lanes kernel takes over, both against the rounded reference; the backward
+    modes' limits do not depend on the table dtype; the layer warns past the 16-bit limit only."""
+    assert_cuda_kernel("lmkan2d_max_num_grids")
+    limit32 = max_num_grids(tile, "forward", "cuda")
+    limit16 = max_num_grids(tile, "forward", "cuda", table)
+    assert limit16 > limit32
+    assert max_num_grids(tile, "forward", "cuda", torch.float32) == limit32
+    for mode in ("backward", "backward_fast", "backward_deterministic"):
+        assert max_num_grids(tile, mode, "cuda", table) == max_num_grids(tile, mode, "cuda")
+    for g in (limit16, limit16 + 1):
+        _check(g, 4, 8 * tile + 3, 70, True, tile, table)
+    for g, warns in ((limit16, False), (limit16 + 1, True)):
+        layer = LMKAN2DLayer(g, 4, 8, tile_size_forward=tile, table_dtype=table).cuda()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.no_grad():
+                layer(torch.randn(4, 16, device="cuda"))
+        slow = [w for w in caught if "exceeds the largest num_grids" in str(w.message)]
+        assert bool(slow) == warns, [str(w.message) for w in caught]
+        if warns:
+            assert f"{table} tables" in str(slow[0].message) and str(limit16) in str(slow[0].message)
+    with pytest.raises(TypeError, match="table_dtype"):
+        max_num_grids(tile, "forward", "cuda", torch.float64)
 
 
 @requires_gpu

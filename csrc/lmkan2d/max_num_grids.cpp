@@ -2,6 +2,9 @@
 // device, as the kernel plans (plan.h) that the launches follow decide it.
 #include <string>
 
+#include <optional>
+
+#include <c10/core/ScalarType.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
@@ -11,7 +14,8 @@
 namespace lmkan {
 namespace lmkan2d {
 
-int64_t max_num_grids_op(int64_t tile_size, c10::string_view mode, int64_t device_index) {
+int64_t max_num_grids_op(int64_t tile_size, c10::string_view mode, int64_t device_index,
+                         std::optional<c10::ScalarType> table_dtype) {
   TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16,
                     "lmkan2d_max_num_grids: tile_size must be 4, 8 or 16, got ", tile_size);
   const std::string m(mode.data(), mode.size());
@@ -24,8 +28,13 @@ int64_t max_num_grids_op(int64_t tile_size, c10::string_view mode, int64_t devic
   TORCH_CHECK_VALUE(device_index >= 0 && device_index < count,
                     "lmkan2d_max_num_grids: device_index must be in [0, ", count, "), got ",
                     device_index);
+  const c10::ScalarType table = table_dtype.value_or(c10::kFloat);
+  TORCH_CHECK_VALUE(table == c10::kFloat || table == c10::kHalf || table == c10::kBFloat16,
+                    "lmkan2d_max_num_grids: table_dtype must be float32, float16 or bfloat16, got ",
+                    table);
   return max_num_grids_for(static_cast<int>(tile_size), m.c_str(),
-                           device_limits(static_cast<int>(device_index)));
+                           device_limits(static_cast<int>(device_index)),
+                           table == c10::kFloat ? 4 : 2);
 }
 
 }  // namespace lmkan2d

@@ -82,13 +82,14 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
   return plan;
 }
 
-int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim) {
+int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes) {
   const bool forward = std::strcmp(mode, "forward") == 0;
   const bool deterministic = std::strcmp(mode, "backward_deterministic") == 0;
   int best = 0;
   for (int g = 3; g < 4096; ++g) {
     // two output tiles (the multi-tile kernels), one sample: no padded copy of grad_y
-    const CallShape shape{g, 2 * 8 * int64_t(tile), 1, 2};
+    CallShape shape{g, 2 * 8 * int64_t(tile), 1, 2};
+    shape.table_bytes = table_bytes;  // the forward's staged table (the backward's is float32)
     const bool full_speed = forward ? plan_forward(shape, tile, lim).full_speed
                                     : plan_backward(shape, tile, 32, deterministic, lim).full_speed;
     if (!full_speed) break;

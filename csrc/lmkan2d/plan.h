@@ -74,7 +74,7 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
 // The largest num_grids served at full speed for a tile size and mode ("forward",
 // "backward", "backward_fast", "backward_deterministic"): of a layer wider than one output
 // tile, with the smallest block (the kernels' least shared memory).
-int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim);
+int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes = 4);
 
 }  // namespace lmkan2d
 }  // namespace lmkan
