@@ -23,14 +23,17 @@ def main():
     own = torch.cuda.get_device_properties(0).shared_memory_per_block_optin // 1024
     print(f"device: {torch.cuda.get_device_name()} ({own} KiB opt-in shared memory per block)")
     # the non-deterministic backward's limit (its cell histogram) is the same at every tile
-    columns = [(mode, tile) for mode in MODES for tile in (4, 8, 16) if mode != "backward" or tile == 8]
-    print(f"{'budget':>7} {'GPUs':24} " + " ".join(f"{m + ' t' + str(t):>26}" for m, t in columns)
-          + f" {'1D':>5}")
+    # and the forward's limit with 16-bit tables (half the staged bytes; float16 = bfloat16)
+    columns = [(mode, tile, None) for mode in MODES for tile in (4, 8, 16)
+               if mode != "backward" or tile == 8]
+    columns += [("forward", tile, torch.bfloat16) for tile in (4, 8, 16)]
+    names = [f"{m} t{t}" + (" 16-bit" if table else "") for m, t, table in columns]
+    print(f"{'budget':>7} {'GPUs':24} " + " ".join(f"{n:>26}" for n in names) + f" {'1D':>5}")
     for budget, gpus in BUDGETS.items():
         if budget > own:
             continue
         os.environ["LMKAN_SMEM_BUDGET_KB"] = str(budget)
-        cells = [max_num_grids(t, m, "cuda") for m, t in columns]
+        cells = [max_num_grids(t, m, "cuda", table) for m, t, table in columns]
         print(f"{budget:>5}KB {gpus:24} " + " ".join(f"{c:>26}" for c in cells)
               + f" {_max_num_grids_1d(torch.device('cuda')):>5}")
 
