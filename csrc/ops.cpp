@@ -41,15 +41,17 @@ TORCH_LIBRARY(lmkan, m) {
 
   // The differentiable layer op (autograd: lmkan1d/autograd.cpp). deterministic:
   // bitwise-reproducible backward (fixed-order reductions instead of atomics); the forward
-  // kernel is deterministic either way and does not take it.
+  // kernel is deterministic either way and does not take it. table_dtype: as lmkan2d's
+  // (the forward reads a 16-bit table; dx reads float32 slopes of the rounded values).
   m.def("lmkan1d(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
-        "bool batch_last, bool deterministic=False) -> Tensor");
+        "bool batch_last, bool deterministic=False, ScalarType? table_dtype=None) -> Tensor");
   m.def("lmkan1d_forward(Tensor x, Tensor params, Tensor borders, bool uniform_grid, "
-        "bool batch_last) -> Tensor");
+        "bool batch_last, ScalarType? table_dtype=None) -> Tensor");
   // Largest num_grids the 1D kernels support on a device (forward and backward alike).
   m.def("lmkan1d_max_num_grids(int device_index) -> int");
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
-        "bool uniform_grid, bool batch_last, bool deterministic=False) -> (Tensor, Tensor)");
+        "bool uniform_grid, bool batch_last, bool deterministic=False, "
+        "ScalarType? table_dtype=None) -> (Tensor, Tensor)");
 
   m.def("hessian2d(Tensor params, Tensor borders) -> Tensor");
   m.def("hessian2d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");

@@ -4,7 +4,8 @@ from torch import nn
 
 from . import _device, ops
 from ._call_plans import may_store_plan
-from ._checks import check_bool, check_choice, check_input, check_int, check_positive_float
+from ._checks import (check_bool, check_choice, check_input, check_int, check_positive_float,
+                      check_table_dtype)
 from ._layer_base import LookupLayerBase
 from .grids import cdf_borders, cell_nodes, uniform_borders
 
@@ -32,13 +33,20 @@ class LMKAN1DLayer(LookupLayerBase):
             parameter gradient instead of atomics, a little slower and a workspace of a few
             parameter-sized buffers); None (default) follows
             torch.are_deterministic_algorithms_enabled() at call time.
+        table_dtype: the dtype the table's values are rounded to when the layer runs, as
+            LMKAN2DLayer's: None (default) follows autocast's dtype inside an autocast region
+            and the parameters' dtype elsewhere; torch.float32 keeps float32 tables under
+            autocast; torch.float16 / torch.bfloat16 round the table outside autocast too.
+            On CUDA the forward reads the 16-bit table (half the shared-memory bytes) and
+            grad_x float32 slopes of the rounded values; cells, weights and sums stay
+            float32, and the parameter gradient is accumulated in float32.
 
     Beyond the end nodes each function extrapolates linearly. `func_parameter` has shape
     [G+1, output_dim, input_dim].
     """
 
     def __init__(self, num_grids, input_dim, output_dim, grid="cdf", spline_width=4.0,
-                 init="random_normal", batch_last=True, deterministic=None):
+                 init="random_normal", batch_last=True, deterministic=None, table_dtype=None):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3)
         self.input_dim = check_int("input_dim", input_dim, 1, maximum=ops.INT32_MAX,
@@ -53,6 +61,7 @@ class LMKAN1DLayer(LookupLayerBase):
                              f"{self.input_dim} and output_dim={self.output_dim}")
         self.batch_last = check_bool("batch_last", batch_last)
         self.deterministic = check_bool("deterministic", deterministic, (None,))
+        self.table_dtype = check_table_dtype(table_dtype)
         self.func_parameter = nn.Parameter(torch.empty(self.num_grids + 1, self.output_dim, self.input_dim))
         self.register_buffer("borders", self.grid_nodes())
         self.reset_parameters()
@@ -90,7 +99,7 @@ class LMKAN1DLayer(LookupLayerBase):
         return cell_nodes(self.borders, self.grid == "uniform", torch.float64)
 
     # Assigning one of these drops the layer's call plans (lmKAN/_call_plans.py).
-    PLAN_SETTINGS = frozenset({"batch_last", "deterministic", "grid"})
+    PLAN_SETTINGS = frozenset({"batch_last", "deterministic", "grid", "table_dtype"})
 
     def _forward_general(self, x, params, key):
         """Checks, the shared-memory limit, mixed precision and the backend choice; stores
@@ -98,11 +107,13 @@ class LMKAN1DLayer(LookupLayerBase):
         x2d, lead = check_input(x, params, self.input_dim, self.batch_last, type(self).__name__)
         borders = self.borders
         kernel_runs = ops.kernel_applies("lmkan1d_forward", x2d, params, borders)
-        if x2d.is_cuda and params.dtype == torch.float32 and ops.kernel_available("lmkan1d_forward"):
+        if x2d.is_cuda and ops.kernel_available("lmkan1d_forward"):
             self._check_fits_on_device(x2d.device)
         deterministic = (torch.are_deterministic_algorithms_enabled() if self.deterministic is None
                          else self.deterministic)
-        plan = (self.grid == "uniform", self.batch_last, deterministic)
+        # the call's table dtype (getattr: None for layers pickled before table_dtype)
+        table = ops.call_table_dtype(x2d, params, getattr(self, "table_dtype", None))
+        plan = (self.grid == "uniform", self.batch_last, deterministic, table)
         y = ops.lmkan1d(x2d, params, borders, *plan)
         if may_store_plan(key, x, kernel_runs):
             self._call_plans[key] = plan
@@ -124,7 +135,9 @@ class LMKAN1DLayer(LookupLayerBase):
 
     def extra_repr(self):
         return (f"num_grids={self.num_grids}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
-                f"grid={self.grid!r}, init={self.init!r}, batch_last={self.batch_last}")
+                f"grid={self.grid!r}, init={self.init!r}, batch_last={self.batch_last}"
+                + ("" if getattr(self, "table_dtype", None) is None
+                   else f", table_dtype={self.table_dtype}"))
 
     def plot_functions(self, path, pairs=None, **kwargs):
         """Save the learned splines as curves to `path` (needs matplotlib); see
@@ -144,10 +157,10 @@ class KANLayer(LMKAN1DLayer):
     """Drop-in for KANditioned's KANLayer: batch-first, uniform grid of num_control_points.
 
     KANLayer(in_features, out_features, init, num_control_points=32, spline_width=4.0,
-    variant="B-spline", impl=..., *, deterministic=None)
+    variant="B-spline", impl=..., *, deterministic=None, table_dtype=None)
     is LMKAN1DLayer(num_control_points - 1, in_features, out_features, grid="uniform",
-    spline_width=spline_width, init=init, batch_last=False); `deterministic` as there
-    (keyword-only). KANditioned's arguments keep their positions: `variant` must be
+    spline_width=spline_width, init=init, batch_last=False); `deterministic` and
+    `table_dtype` as there (keyword-only). KANditioned's arguments keep their positions: `variant` must be
     "B-spline" (the piecewise-linear spline these kernels compute; "parallel_scan" and "DCT"
     are other parameterisations and raise), `impl` names one of KANditioned's
     implementations and has no effect here (one set of kernels serves every call).
@@ -162,7 +175,7 @@ class KANLayer(LMKAN1DLayer):
 
     def __init__(self, in_features, out_features, init="random_normal", num_control_points=32,
                  spline_width=4.0, variant="B-spline", impl="sparse_matmul", *,
-                 deterministic=None):
+                 deterministic=None, table_dtype=None):
         num_control_points = check_int("num_control_points", num_control_points, 4)
         if variant != "B-spline":
             raise ValueError(f"variant must be 'B-spline' (KANditioned's piecewise-linear spline, "
@@ -171,7 +184,7 @@ class KANLayer(LMKAN1DLayer):
         check_choice("impl", impl, KANDITIONED_IMPLS)
         super().__init__(num_control_points - 1, in_features, out_features, grid="uniform",
                          spline_width=spline_width, init=init, batch_last=False,
-                         deterministic=deterministic)
+                         deterministic=deterministic, table_dtype=table_dtype)
         self.in_features = self.input_dim
         self.out_features = self.output_dim
         self.num_control_points = num_control_points

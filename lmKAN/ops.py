@@ -9,7 +9,6 @@ csrc/regularizers/autograd.cpp): a Python autograd wrapper's host time was most
 of a small training step, so the Python side of each op is one `torch.ops` call.
 """
 import contextlib
-import functools
 
 import torch
 
@@ -46,32 +45,8 @@ _AUTOCAST_DEVICE_TYPES = frozenset(
 _NO_CONTEXT = contextlib.nullcontext()
 
 
-def mixed_precision(layer_op):
-    """Mixed-precision policy of the layer ops (README "Mixed precision").
-
-    The tables and all arithmetic stay in the parameters' dtype (float32): a float16 or
-    bfloat16 `x` is upcast first and its gradient comes back in its own dtype.
-    The output dtype follows nn.Linear: inside an autocast region enabled for x's device,
-    autocast's dtype (float16/bfloat16), so the next layer sees what a Linear would have
-    given it; outside autocast, x's dtype. float64 parameters are left alone, as autocast
-    leaves float64 alone.
-    """
-    @functools.wraps(layer_op)
-    def run(x, params, *args, **kwargs):
-        device_type = x.device.type
-        if (params.dtype == torch.float32 and device_type in _AUTOCAST_DEVICE_TYPES
-                and torch.is_autocast_enabled(device_type)):
-            with torch.autocast(device_type, enabled=False):
-                y = layer_op(x.to(params.dtype), params, *args, **kwargs)
-            return y.to(torch.get_autocast_dtype(device_type))
-        if x.dtype == params.dtype:
-            return layer_op(x, params, *args, **kwargs)
-        return layer_op(x.to(params.dtype), params, *args, **kwargs).to(x.dtype)
-    return run
-
-
 def table_dtype_of_call(params, table_dtype, autocast_dtype):
-    """The dtype a 2D call's table is rounded to (README "Mixed precision"): `table_dtype`
+    """The dtype a layer call's table is rounded to (README "Mixed precision"): `table_dtype`
     where given; else autocast's dtype for float32 parameters inside an autocast region
     (`autocast_dtype`, None outside one); else the parameters' own dtype."""
     if table_dtype is not None:
@@ -99,15 +74,37 @@ def _autocast_dtype(x, params):
 
 
 def call_table_dtype(x, params, table_dtype):
-    """The table dtype of a 2D call on `x` (table_dtype_of_call in the current autocast state)."""
+    """The table dtype of a layer call on `x` (table_dtype_of_call in the current autocast
+    state)."""
     return table_dtype_of_call(params, table_dtype, _autocast_dtype(x, params))
 
 
-def _kernel_2d_applies(x, params, borders):
-    """The 2D kernels take float32 x and borders and float32/float16/bfloat16 parameters; any
-    floating x is converted to float32 for them."""
+def _layer_kernel_applies(op_name, x, params, borders):
+    """The layer kernels take float32 x and borders and float32/float16/bfloat16 parameters;
+    any floating x is converted to float32 for them."""
     return (x.is_cuda and params.dtype in TABLE_DTYPES and borders.dtype == torch.float32
-            and x.dtype.is_floating_point and kernel_available("lmkan2d_forward"))
+            and x.dtype.is_floating_point and kernel_available(op_name))
+
+
+def _run_layer(x, params, table_dtype, kernel, reference):
+    """The mixed-precision policy of both layer ops (README "Mixed precision"): the call's
+    table dtype (table_dtype_of_call), then kernel(x32, table) where the kernels apply, else
+    reference(x, params) on the table rounded to that dtype. Cells, weights and sums are
+    float32 (or float64) either way. The output dtype follows nn.Linear: autocast's dtype
+    inside an autocast region enabled for x's device, else x's dtype."""
+    autocast_dtype = _autocast_dtype(x, params)
+    out_dtype = x.dtype if autocast_dtype is None else autocast_dtype
+    table = table_dtype_of_call(params, table_dtype, autocast_dtype)
+    no_autocast = _NO_CONTEXT if autocast_dtype is None else torch.autocast(x.device.type,
+                                                                           enabled=False)
+    with no_autocast:
+        if kernel is not None:
+            y = kernel(x.to(torch.float32).contiguous(), None if table == params.dtype else table)
+        else:
+            if table != params.dtype and params.dtype != torch.float64:
+                params = rounded_table(params, table)
+            y = reference(x.to(params.dtype), params)
+    return y.to(out_dtype)
 
 
 def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
@@ -122,40 +119,36 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
     parameters' dtype. The output dtype follows nn.Linear: autocast's dtype inside an
     autocast region enabled for x's device, else x's dtype.
     """
-    autocast_dtype = _autocast_dtype(x, params)
-    out_dtype = x.dtype if autocast_dtype is None else autocast_dtype
-    table = table_dtype_of_call(params, table_dtype, autocast_dtype)
-    no_autocast = _NO_CONTEXT if autocast_dtype is None else torch.autocast(x.device.type,
-                                                                           enabled=False)
-    with no_autocast:
-        if _kernel_2d_applies(x, params, borders):
-            y = torch.ops.lmkan.lmkan2d(
-                x.to(torch.float32).contiguous(), params.contiguous(), borders.contiguous(),
-                batch_last, tile_size, block_size, backward_tile_size, backward_block_size,
-                backward_fast_mode, bool(deterministic),
-                None if table == params.dtype else table)
-        else:
-            if table != params.dtype and params.dtype != torch.float64:
-                params = rounded_table(params, table)
-            y = _reference.lmkan2d_forward(x.to(params.dtype), params, borders, batch_last)
-    return y.to(out_dtype)
+    def run_kernel(x32, table):
+        return torch.ops.lmkan.lmkan2d(
+            x32, params.contiguous(), borders.contiguous(), batch_last, tile_size, block_size,
+            backward_tile_size, backward_block_size, backward_fast_mode, bool(deterministic), table)
+
+    applies = _layer_kernel_applies("lmkan2d_forward", x, params, borders)
+    return _run_layer(x, params, table_dtype, run_kernel if applies else None,
+                      lambda xr, pr: _reference.lmkan2d_forward(xr, pr, borders, batch_last))
 
 
-@mixed_precision
-def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, deterministic=None):
+def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, deterministic=None,
+            table_dtype=None):
     """1D linear-spline layer (docs/spec.md section 4). x: [N_in, B] or [B, N_in] (2-D).
 
     deterministic: bitwise-reproducible backward on CUDA (a fixed-order reduction of the
     parameter gradient instead of atomics); None follows
     torch.are_deterministic_algorithms_enabled() at call time.
+    table_dtype: as lmkan2d's (the forward reads the rounded table in that dtype; grad_x
+    reads float32 slopes of the rounded values).
     """
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    if kernel_applies("lmkan1d_forward", x, params, borders):
-        return torch.ops.lmkan.lmkan1d(
-            x.contiguous(), params.contiguous(), borders.contiguous(), uniform_grid, batch_last,
-            bool(deterministic))
-    return _reference.lmkan1d_forward(x, params, borders, uniform_grid, batch_last)
+    def run_kernel(x32, table):
+        return torch.ops.lmkan.lmkan1d(x32, params.contiguous(), borders.contiguous(),
+                                       uniform_grid, batch_last, bool(deterministic), table)
+
+    applies = _layer_kernel_applies("lmkan1d_forward", x, params, borders)
+    return _run_layer(x, params, table_dtype, run_kernel if applies else None,
+                      lambda xr, pr: _reference.lmkan1d_forward(xr, pr, borders, uniform_grid,
+                                                                batch_last))
 
 
 # The regularisers' ops, resolved once (None without the kernels): a layer calls them every
@@ -238,9 +231,14 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_d
                        lambda: f"{op}: output_dim must be >= 1, got {params.shape[2]}")
 
 
-def _check_1d(x, params, borders, batch_last):
-    """lmkan1d_forward's and lmkan1d_backward's checks (csrc/lmkan1d/ops.cpp, check_args)."""
+def _check_1d(x, params, borders, batch_last, table_dtype=None):
+    """lmkan1d_forward's and lmkan1d_backward's checks (csrc/lmkan1d/ops.cpp, check_args and
+    resolve_table_dtype)."""
     _check_layer_tensors(x, params, borders, 3)
+    torch._check_type(params.dtype in TABLE_DTYPES,
+                      lambda: f"params must be float32, float16 or bfloat16, got {params.dtype}")
+    torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
+                      lambda: f"table_dtype must be float32, float16 or bfloat16, got {table_dtype}")
     torch._check_value(params.shape[0] >= 2,
                        lambda: f"params must have at least 2 node rows (G+1), got shape "
                                f"{list(params.shape)}")
@@ -286,13 +284,14 @@ def _register():
 
     # --- 1D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan1d_forward")
-    def _(x, params, borders, uniform_grid, batch_last):
-        _check_1d(x, params, borders, batch_last)
+    def _(x, params, borders, uniform_grid, batch_last, table_dtype=None):
+        _check_1d(x, params, borders, batch_last, table_dtype)
         return _layer_output(x, params.shape[1], batch_last)
 
     @torch.library.register_fake(lib + "lmkan1d_backward")
-    def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False):
-        _check_1d(x, params, borders, batch_last)
+    def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False,
+          table_dtype=None):
+        _check_1d(x, params, borders, batch_last, table_dtype)
         return torch.empty_like(x), torch.empty_like(params)
 
     # --- regularisers ------------------------------------------------------------------

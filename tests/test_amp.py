@@ -1,10 +1,10 @@
-"""Mixed precision: float16/bfloat16 inputs and autocast regions (policies: lmKAN.ops.lmkan2d,
-lmKAN.ops.mixed_precision for the 1D layer).
+"""Mixed precision: float16/bfloat16 inputs and autocast regions (policy: lmKAN.ops._run_layer,
+for both layers).
 
-Cells, weights and sums are float32. The 2D layer's table is rounded to autocast's dtype
-inside autocast (table_dtype_of_call; its `table_dtype` argument overrides); the 1D layer's
-table stays float32. Output dtype: outside autocast the input's dtype; inside autocast
-autocast's dtype, as nn.Linear gives. Gradients reach the float32 parameters in float32.
+Cells, weights and sums are float32. A layer's table is rounded to autocast's dtype inside
+autocast (table_dtype_of_call; the layers' `table_dtype` argument overrides). Output dtype:
+outside autocast the input's dtype; inside autocast autocast's dtype, as nn.Linear gives.
+Gradients reach the float32 parameters in float32.
 """
 import pytest
 import torch
@@ -49,17 +49,14 @@ def check_low_precision_input(device, dtype, batch_last):
 
 
 def check_autocast(device, dtype, batch_last):
-    """Inside autocast: output in autocast's dtype, computed in float32 from the table as
-    autocast rounds it (2D: to autocast's dtype, the result of table_dtype=dtype outside
-    autocast; 1D: float32), rounded once, like nn.Linear's output dtype."""
+    """Inside autocast: output in autocast's dtype, computed in float32 from the table rounded
+    to autocast's dtype (the result of table_dtype=dtype outside autocast), rounded once,
+    like nn.Linear's output dtype."""
     for layer in _layers(device, batch_last):
         x = _input(device, batch_last)
-        if isinstance(layer, LMKAN2DLayer):
-            layer.table_dtype = dtype
-            expected = layer(x)
-            layer.table_dtype = None
-        else:
-            expected = layer(x)
+        layer.table_dtype = dtype
+        expected = layer(x)
+        layer.table_dtype = None
         with torch.autocast(device, dtype=dtype):
             y = layer(x)
             assert y.dtype == nn.Linear(2, 2).to(device)(torch.randn(3, 2, device=device)).dtype
@@ -131,20 +128,33 @@ def test_autocast_compiled_cpu():
     torch.testing.assert_close(y, expected(x).to(torch.bfloat16), rtol=0, atol=0)
 
 
+def _reference_of(layer, x, params):
+    if isinstance(layer, LMKAN2DLayer):
+        return _reference.lmkan2d_forward(x, params, layer.borders, False)
+    return _reference.lmkan1d_forward(x, params, layer.borders, layer.grid == "uniform", False)
+
+
 @pytest.mark.parametrize("table", LOW, ids=str)
-def test_table_dtype_rounds_the_table_cpu(table):
+@pytest.mark.parametrize("make", [lambda **kw: LMKAN2DLayer(7, 10, 6, batch_last=False, **kw),
+                                  lambda **kw: LMKAN1DLayer(7, 10, 6, batch_last=False, **kw),
+                                  lambda **kw: KANLayer(10, 6, **kw)], ids=["2d", "1d", "kan"])
+def test_table_dtype_rounds_the_table_cpu(table, make):
     """table_dtype outside autocast: the float32 computation on the table rounded to `table`;
     table_dtype=float32 under autocast: the float32 table."""
     torch.manual_seed(0)
-    layer = LMKAN2DLayer(7, 10, 6, batch_last=False, table_dtype=table)
+    layer = make(table_dtype=table)
+    with torch.no_grad():
+        layer.func_parameter.add_(0.01 * torch.randn_like(layer.func_parameter))
+    assert f"table_dtype={table}" in repr(layer)
     x = torch.randn(50, 10)
     rounded = layer.func_parameter.detach().to(table).float()
-    expected = _reference.lmkan2d_forward(x, rounded, layer.borders, False)
+    expected = _reference_of(layer, x, rounded)
+    assert not torch.equal(expected, _reference_of(layer, x, layer.func_parameter.detach()))
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
     layer.table_dtype = torch.float32
     with torch.autocast("cpu", dtype=table):
         y = layer(x)
-    exact = _reference.lmkan2d_forward(x, layer.func_parameter.detach(), layer.borders, False)
+    exact = _reference_of(layer, x, layer.func_parameter.detach())
     torch.testing.assert_close(y, exact.to(table), rtol=0, atol=0)
     # gradients through the rounding reach the float32 parameters unrounded: grad_params
     # does not depend on the table, so it equals the float32 table's exactly
@@ -160,8 +170,11 @@ def test_table_dtype_rounds_the_table_cpu(table):
 
 @pytest.mark.parametrize("bad", [torch.float64, torch.int32, "bfloat16", 16])
 def test_table_dtype_checked(bad):
+    for make in (LMKAN2DLayer, LMKAN1DLayer):
+        with pytest.raises(TypeError, match="table_dtype must be None, torch.float32"):
+            make(5, 4, 3, table_dtype=bad)
     with pytest.raises(TypeError, match="table_dtype must be None, torch.float32"):
-        LMKAN2DLayer(5, 4, 3, table_dtype=bad)
+        KANLayer(4, 3, table_dtype=bad)
 
 
 # --- CUDA (the kernels run in float32 under every 16-bit case) ---------------------------

@@ -157,7 +157,7 @@ def test_1d_layer_plans(planned):
     x = torch.randn(9, 4)
     y1 = layer(x)
     y2 = layer(x)
-    assert planned["1d"].calls == [(True, False, False)]
+    assert planned["1d"].calls == [(True, False, False, torch.float32)]
     torch.testing.assert_close(y2, y1, rtol=0, atol=0)
     layer.batch_last = True
     assert layer._call_plans == {}

@@ -22,15 +22,16 @@ KERNEL_OPS = {
                         "table_dtype"],
     "lmkan2d_backward": ["grad_y", "x", "params", "borders", "batch_last", "tile_size",
                          "block_size", "fast_mode", "deterministic", "table_dtype"],
-    "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last"],
+    "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last", "table_dtype"],
     "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
-                         "deterministic"],
+                         "deterministic", "table_dtype"],
 }
 LAYER_OPS = {
     "lmkan2d": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
                 "backward_tile_size", "backward_block_size", "backward_fast_mode",
                 "deterministic", "table_dtype"],
-    "lmkan1d": ["x", "params", "borders", "uniform_grid", "batch_last", "deterministic"],
+    "lmkan1d": ["x", "params", "borders", "uniform_grid", "batch_last", "deterministic",
+                "table_dtype"],
 }
 
 

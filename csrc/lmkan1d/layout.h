@@ -11,6 +11,9 @@
 // the slice of a stage of inputs is one contiguous block that cp.async copies into shared
 // memory (double buffered). A warp keeps 16 samples in registers.
 //   forward: rows are the node values C[k]; y tile accumulated in registers, written once.
+//     With a 16-bit table (float16/bfloat16) a lane's 4 values are one 8-byte read (a warp
+//     reads a 256-byte row, 2 wavefronts) widened to float32; cells, weights and sums stay
+//     float32.
 //   dx: rows are the slopes (C[k+1] - C[k]) / h_k; grad_y of the warp's 16 samples in
 //     registers; per (sample, input) a lane's partial dot product over its 4 outputs, summed
 //     over the 32 lanes by a transpose-reduce (31 shuffles per 32 sums). The block loops over
@@ -30,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <c10/core/ScalarType.h>
 #include <cuda_runtime.h>
 
 namespace lmkan {
@@ -54,7 +58,7 @@ constexpr int kDcChunk = 64;             // samples per staged chunk
 
 struct TileArgs {
   const float* x;        // [N_in, B] (batch_last) or [B, N_in]
-  const float* packed;   // [tiles][n_in_pad][rows][128]
+  const void* packed;    // [tiles][n_in_pad][rows][128]: float, or the forward's 16-bit table
   const float* borders;  // [G+1]
   int64_t batch;
   int n_in, n_in_pad, n_out, num_grids, rows, stage_inputs;
@@ -63,9 +67,10 @@ struct TileArgs {
 };
 
 
-// Shared memory of a tiled block: two table buffers, the warps' cells, the borders.
-inline size_t tile_smem_bytes(int rows, int stage_inputs, int num_grids) {
-  return sizeof(float) * 2 * stage_inputs * rows * kTileOut +
+// Shared memory of a tiled block: two table buffers (table_bytes per value: 4, or 2 for the
+// forward's 16-bit tables), the warps' cells, the borders.
+inline size_t tile_smem_bytes(int rows, int stage_inputs, int num_grids, int table_bytes = 4) {
+  return size_t(table_bytes) * 2 * stage_inputs * rows * kTileOut +
          sizeof(float2) * kTileWarps * stage_inputs * kWarpSamples + sizeof(float) * (num_grids + 1);
 }
 
@@ -73,20 +78,23 @@ inline size_t tile_smem_bytes(int rows, int stage_inputs, int num_grids) {
 // fewer where the two stages would not fit the device's shared memory `smem_limit` (99 KB on
 // consumer GPUs: there the stage, not kStageBudget, bounds it, so the num_grids limit is
 // set by one stage of min_inputs inputs, not by kStageBudget's 8).
-inline int tile_stage_inputs(int rows, int min_inputs, int num_grids, size_t smem_limit) {
-  int n = static_cast<int>(kStageBudget / (sizeof(float) * rows * kTileOut));
+inline int tile_stage_inputs(int rows, int min_inputs, int num_grids, size_t smem_limit,
+                             int table_bytes = 4) {
+  int n = static_cast<int>(kStageBudget / (size_t(table_bytes) * rows * kTileOut));
   n = n / min_inputs * min_inputs;
   n = n < min_inputs ? min_inputs : (n > kMaxStageInputs ? kMaxStageInputs : n);
-  while (n > min_inputs && tile_smem_bytes(rows, n, num_grids) > smem_limit) n -= min_inputs;
+  while (n > min_inputs && tile_smem_bytes(rows, n, num_grids, table_bytes) > smem_limit)
+    n -= min_inputs;
   return n;
 }
 
 // Entry e of a stage's 16 x n (sample, input) cells: consecutive lanes take consecutive
 
 // Shared memory of the forward / dx kernels on a device allowing `smem_limit` per block.
-inline size_t fwd_smem_bytes(int num_grids, size_t smem_limit) {
+inline size_t fwd_smem_bytes(int num_grids, size_t smem_limit, int table_bytes = 4) {
   const int rows = num_grids + 1;
-  return tile_smem_bytes(rows, tile_stage_inputs(rows, 1, num_grids, smem_limit), num_grids);
+  return tile_smem_bytes(rows, tile_stage_inputs(rows, 1, num_grids, smem_limit, table_bytes),
+                         num_grids, table_bytes);
 }
 
 inline size_t dx_smem_bytes(int num_grids, size_t smem_limit) {
@@ -139,10 +147,15 @@ struct GroupedArgs {
 
 // Launchers (tiles.cu, grad_params.cu): each sets its kernel's dynamic shared-memory limit
 // where it uses any, launches on `stream` and checks the launch.
-void launch_pack(dim3 grid, cudaStream_t stream, const float* params, const float* borders,
-                 float* packed, int n_in, int n_in_pad, int n_out, int num_grids, int rows,
-                 bool slopes, bool uniform);
-void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream);
+// launch_pack: params of dtype params_dtype (float32/float16/bfloat16), each value rounded to
+// table_dtype first; values stored as packed_dtype (table_dtype or float32), slopes as float32.
+void launch_pack(dim3 grid, cudaStream_t stream, const void* params, const float* borders,
+                 void* packed, int n_in, int n_in_pad, int n_out, int num_grids, int rows,
+                 bool slopes, bool uniform, c10::ScalarType params_dtype,
+                 c10::ScalarType table_dtype, c10::ScalarType packed_dtype);
+// launch_forward: a.packed holds values of table_dtype.
+void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream,
+                    c10::ScalarType table_dtype);
 void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
                size_t smem, cudaStream_t stream);
 void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* grad_y,

@@ -3,6 +3,7 @@
 // The kernels are in tiles.cu and grad_params.cu; layout.h has the scheme.
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -30,7 +31,7 @@ struct Shapes {
 
 Shapes check_args(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last) {
-  check_layer_tensors(x, params, borders, 3);
+  check_layer_tensors(x, params, borders, 3, /*params_16bit=*/true);
   Shapes sh;
   sh.num_grids = static_cast<int>(params.size(0)) - 1;
   TORCH_CHECK_VALUE(sh.num_grids >= 1, "params must have at least 2 node rows (G+1), got shape ",
@@ -61,17 +62,30 @@ void check_smem(size_t need, int device, const char* which, int num_grids) {
 
 int output_tiles(int n_out) { return (n_out + kTileOut - 1) / kTileOut; }
 
-// The packed table of the tiled kernels: node values (rows G+1) or slopes (rows G).
+// The table dtype of a call: table_dtype where given, else the parameters' dtype.
+at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,
+                                   const at::Tensor& params, const char* op) {
+  const at::ScalarType t = table_dtype.value_or(params.scalar_type());
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,
+                   ": table_dtype must be float32, float16 or bfloat16, got ", t);
+  return t;
+}
+
+// The packed table of the tiled kernels: node values (rows G+1, in the table dtype) or
+// slopes (rows G, float32, from the values rounded to the table dtype).
 at::Tensor pack_table(const at::Tensor& params, const at::Tensor& borders, const Shapes& sh,
-                      int n_in_pad, bool slopes, bool uniform_grid, cudaStream_t stream) {
+                      int n_in_pad, bool slopes, bool uniform_grid, at::ScalarType table,
+                      cudaStream_t stream) {
   const int rows = slopes ? sh.num_grids : sh.num_grids + 1;
-  at::Tensor packed = at::empty({output_tiles(sh.n_out), n_in_pad, rows, kTileOut}, params.options());
+  const at::ScalarType packed_dtype = slopes ? at::kFloat : table;
+  at::Tensor packed = at::empty({output_tiles(sh.n_out), n_in_pad, rows, kTileOut},
+                                params.options().dtype(packed_dtype));
   if (packed.numel() == 0) return packed;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(output_tiles(sh.n_out)),
                   static_cast<unsigned>((n_in_pad + 31) / 32));
-  launch_pack(grid, stream, params.data_ptr<float>(), borders.data_ptr<float>(),
-              packed.data_ptr<float>(), sh.n_in, n_in_pad, sh.n_out, sh.num_grids, rows, slopes,
-              uniform_grid);
+  launch_pack(grid, stream, params.data_ptr(), borders.data_ptr<float>(), packed.data_ptr(),
+              sh.n_in, n_in_pad, sh.n_out, sh.num_grids, rows, slopes, uniform_grid,
+              params.scalar_type(), table, packed_dtype);
   return packed;
 }
 
@@ -80,7 +94,7 @@ TileArgs tile_args(const at::Tensor& x, const at::Tensor& packed, const at::Tens
                    bool rows_only, bool uniform_grid, bool batch_last) {
   TileArgs a;
   a.x = x.data_ptr<float>();
-  a.packed = packed.data_ptr<float>();
+  a.packed = packed.data_ptr();
   a.borders = borders.data_ptr<float>();
   a.batch = sh.batch;
   a.n_in = sh.n_in;
@@ -89,7 +103,8 @@ TileArgs tile_args(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   a.num_grids = sh.num_grids;
   a.rows = rows;
   a.stage_inputs = tile_stage_inputs(rows, min_stage_inputs, sh.num_grids,
-                                     static_cast<size_t>(max_dynamic_smem(x.get_device())));
+                                     static_cast<size_t>(max_dynamic_smem(x.get_device())),
+                                     static_cast<int>(packed.element_size()));
   a.uniform = uniform_grid;
   a.batch_last = batch_last;
   a.rows_only = rows_only;
@@ -103,9 +118,13 @@ unsigned sample_blocks(int64_t batch) {
 }
 
 // The forward kernel has no atomics: deterministic whatever the layer's setting.
+// table_dtype: the dtype the table is rounded to and read in (None: the parameters').
 at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
-                                const at::Tensor& borders_in, bool uniform_grid, bool batch_last) {
+                                const at::Tensor& borders_in, bool uniform_grid, bool batch_last,
+                                std::optional<at::ScalarType> table_dtype) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_forward");
+  const int table_bytes = table == at::kFloat ? 4 : 2;
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]
   const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]
@@ -114,25 +133,28 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
                             : at::empty({sh.batch, sh.n_out}, x.options());
   if (sh.batch == 0 || sh.n_out == 0) return y;
   if (sh.n_in == 0) return y.zero_();
-  const size_t smem = fwd_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()));
+  const size_t smem = fwd_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()), table_bytes);
   check_smem(smem, x.get_device(), "forward", sh.num_grids);
   const unsigned blocks = sample_blocks(sh.batch);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor packed = pack_table(params, borders, sh, sh.n_in, false, uniform_grid, stream);
+  const at::Tensor packed =
+      pack_table(params, borders, sh, sh.n_in, false, uniform_grid, table, stream);
   const TileArgs a = tile_args(x, packed, borders, sh, sh.n_in, sh.num_grids + 1, 1, false,
                                uniform_grid, batch_last);
-  launch_forward(a, y.data_ptr<float>(), dim3(blocks, output_tiles(sh.n_out)), smem, stream);
+  launch_forward(a, y.data_ptr<float>(), dim3(blocks, output_tiles(sh.n_out)), smem, stream,
+                 table);
   return y;
 }
 
 void run_dx(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
             const at::Tensor& borders, const Shapes& sh, bool uniform_grid, bool batch_last,
-            at::Tensor& grad_x, cudaStream_t stream) {
+            at::ScalarType table, at::Tensor& grad_x, cudaStream_t stream) {
   const size_t smem = dx_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()));
   check_smem(smem, x.get_device(), "backward (dx)", sh.num_grids);
   const unsigned blocks = sample_blocks(sh.batch);
   const int n_in_pad = (sh.n_in + 1) / 2 * 2;  // stages hold pairs of inputs
-  const at::Tensor slopes = pack_table(params, borders, sh, n_in_pad, true, uniform_grid, stream);
+  const at::Tensor slopes =
+      pack_table(params, borders, sh, n_in_pad, true, uniform_grid, table, stream);
   const TileArgs a = tile_args(x, slopes, borders, sh, n_in_pad, sh.num_grids, 2, true,
                                uniform_grid, batch_last);
   launch_dx(a, grad_y.data_ptr<float>(), grad_x.data_ptr<float>(), output_tiles(sh.n_out), blocks,
@@ -261,8 +283,10 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
                                                          const at::Tensor& params_in,
                                                          const at::Tensor& borders_in,
                                                          bool uniform_grid, bool batch_last,
-                                                         bool deterministic) {
+                                                         bool deterministic,
+                                                         std::optional<at::ScalarType> table_dtype) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_backward");
   check_cuda_float(grad_y_in, "grad_y");
   check_same_device(x_in, "x", grad_y_in, "grad_y");
   check_dim(grad_y_in, 2, "grad_y");
@@ -278,16 +302,17 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
   const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]
   const at::Tensor borders = borders_in.contiguous();  // [G+1]
   at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_params = at::empty_like(params);
+  // accumulated in float32; 16-bit parameters get it rounded once to their dtype
+  at::Tensor grad_params = at::empty(params.sizes(), params.options().dtype(at::kFloat));
   if (sh.batch == 0 || sh.n_in == 0 || sh.n_out == 0) {
     grad_x.zero_();
     grad_params.zero_();
-    return {grad_x, grad_params};
+    return {grad_x, grad_params.to(params.scalar_type())};
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  run_dx(grad_y, x, params, borders, sh, uniform_grid, batch_last, grad_x, stream);
+  run_dx(grad_y, x, params, borders, sh, uniform_grid, batch_last, table, grad_x, stream);
   launch_dc(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
-  return {grad_x, grad_params};
+  return {grad_x, grad_params.to(params.scalar_type())};
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/cp_async.cuh"
+#include "common/table_type.cuh"
 #include "common/warp.cuh"
 #include "lmkan1d/device.cuh"
 
@@ -15,14 +16,18 @@ namespace {
 // packed: [tiles][n_in_pad][rows][128] with packed[t][i][r][w] =
 //   values (rows = G+1): params[r, 128t + w, i]
 //   slopes (rows = G):   (params[r+1, o, i] - params[r, o, i]) / h_r,  o = 128t + w
-// and zero for o >= N_out or i >= N_in. params: [G+1, N_out, N_in]; borders: [G+1].
+// and zero for o >= N_out or i >= N_in. params: [G+1, N_out, N_in] of type In; borders: [G+1].
+// Every parameter is rounded to the table type (Round) first, so that the slopes of dx
+// are those of the table the forward reads; values are stored as Out (Round or float),
+// slopes as float.
 // One block per (row r, output tile t, 32 inputs): read [128 outputs][32 inputs] of params
 // (consecutive threads: consecutive inputs, coalesced), transpose through shared memory
 // (rows padded to 33 floats: conflict-free both ways), write [32 inputs][128 outputs] of
 // packed (consecutive threads: consecutive outputs, coalesced).
-__global__ void lmkan1d_pack_kernel(const float* __restrict__ params,
+template <typename In, typename Round, typename Out>
+__global__ void lmkan1d_pack_kernel(const In* __restrict__ params,
                                     const float* __restrict__ borders,
-                                    float* __restrict__ packed, int n_in, int n_in_pad,
+                                    Out* __restrict__ packed, int n_in, int n_in_pad,
                                     int n_out, int num_grids, int rows, bool slopes,
                                     bool uniform) {
   __shared__ float block_tile[kTileOut][33];
@@ -35,8 +40,15 @@ __global__ void lmkan1d_pack_kernel(const float* __restrict__ params,
     const int o = t * kTileOut + w;
     float v = 0.f;
     if (i < n_in && o < n_out) {
-      const float c0 = params[(static_cast<int64_t>(r) * n_out + o) * n_in + i];
-      v = slopes ? (params[(static_cast<int64_t>(r + 1) * n_out + o) * n_in + i] - c0) * inv_h : c0;
+      const float c0 = to_float(from_float<Round>(
+          to_float(params[(static_cast<int64_t>(r) * n_out + o) * n_in + i])));
+      if (slopes) {
+        const float c1 = to_float(from_float<Round>(
+            to_float(params[(static_cast<int64_t>(r + 1) * n_out + o) * n_in + i])));
+        v = (c1 - c0) * inv_h;
+      } else {
+        v = c0;
+      }
     }
     block_tile[w][e % 32] = v;
   }
@@ -45,7 +57,7 @@ __global__ void lmkan1d_pack_kernel(const float* __restrict__ params,
     const int i = i0 + e / kTileOut, w = e % kTileOut;
     if (i < n_in_pad)
       packed[((static_cast<int64_t>(t) * n_in_pad + i) * rows + r) * kTileOut + w] =
-          block_tile[w][e / kTileOut];
+          from_float<Out>(block_tile[w][e / kTileOut]);
   }
 }
 
@@ -54,18 +66,19 @@ __global__ void lmkan1d_pack_kernel(const float* __restrict__ params,
 // ==========================================================================================
 // Shared memory of a tiled block: two table buffers, the warps' cells, the borders.
 struct TileSmem {
-  float* table;   // [2][stage_inputs][rows][128]
-  float2* cells;  // this warp's [stage_inputs][16]: (float4 offset of row k in a buffer, d),
-                  // or with rows_only the offsets alone as int [stage_inputs][16]
+  char* table;    // [2][stage_inputs][rows][128] table values (4 or 2 bytes each)
+  float2* cells;  // this warp's [stage_inputs][16]: (offset of row k in a buffer in groups of
+                  // 4 values, d), or with rows_only the offsets alone as int [stage_inputs][16]
   float* borders;  // [G+1]
-  int stage_floats;
+  int stage_bytes;
 };
 
-__device__ __forceinline__ TileSmem carve_tile_smem(float* smem, const TileArgs& a, int warp) {
+__device__ __forceinline__ TileSmem carve_tile_smem(float* smem, const TileArgs& a, int warp,
+                                                    int table_bytes) {
   TileSmem t;
-  t.stage_floats = a.stage_inputs * a.rows * kTileOut;
-  t.table = smem;
-  float2* all_cells = reinterpret_cast<float2*>(smem + 2 * t.stage_floats);
+  t.stage_bytes = a.stage_inputs * a.rows * kTileOut * table_bytes;  // a multiple of 256
+  t.table = reinterpret_cast<char*>(smem);
+  float2* all_cells = reinterpret_cast<float2*>(t.table + 2 * t.stage_bytes);
   t.cells = all_cells + warp * a.stage_inputs * kWarpSamples;
   t.borders = reinterpret_cast<float*>(all_cells + kTileWarps * a.stage_inputs * kWarpSamples);
   return t;
@@ -123,29 +136,35 @@ __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float
   return __any_sync(0xffffffffu, far);
 }
 
-// cp.async the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed).
-__device__ __forceinline__ void stage_table(float* buf, const TileArgs& a, int tile, int i0, int n) {
-  const float* src = a.packed + (static_cast<int64_t>(tile) * a.n_in_pad + i0) * a.rows * kTileOut;
-  const int chunks = n * a.rows * kRowChunks;
-  for (int e = threadIdx.x; e < chunks; e += kTileThreads) cp_async16(buf + 4 * e, src + 4 * e);
+// cp.async the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed), in
+// 16-byte pieces (a row is 512 or 256 bytes).
+__device__ __forceinline__ void stage_table(char* buf, const TileArgs& a, int tile, int i0, int n,
+                                            int table_bytes) {
+  const float* src = reinterpret_cast<const float*>(
+      static_cast<const char*>(a.packed) +
+      (static_cast<int64_t>(tile) * a.n_in_pad + i0) * a.rows * kTileOut * table_bytes);
+  float* dst = reinterpret_cast<float*>(buf);
+  const int chunks = n * a.rows * kTileOut * table_bytes / 16;
+  for (int e = threadIdx.x; e < chunks; e += kTileThreads) cp_async16(dst + 4 * e, src + 4 * e);
 }
 
 __device__ __forceinline__ float component(const float4& v, int c) {
   return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
 }
 
-// The input pipeline of one tile: for every stage, `consume(table4, i0, n, far)` runs with the
-// stage's table buffer (float4 view) and this warp's cells in t.cells, for inputs [i0, i0+n);
-// far: whether any of them is a far input of this warp. Stage st+1 is copied (cp.async) and
-// its x values loaded while stage st is consumed.
-template <typename Consume>
+// The input pipeline of one tile: for every stage, `consume(table, i0, n, far)` runs with the
+// stage's table buffer (values of type T) and this warp's cells in t.cells, for inputs
+// [i0, i0+n); far: whether any of them is a far input of this warp. Stage st+1 is copied
+// (cp.async) and its x values loaded while stage st is consumed.
+template <typename T, typename Consume>
 __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
                                            int64_t s_warp, int lane, Consume consume) {
+  constexpr int kBytes = sizeof(T);
   const int per = a.stage_inputs;
   const int stages = (a.n_in_pad + per - 1) / per;
   float xr[kXPerLane];
   load_stage_x(xr, a, s_warp, 0, min(per, a.n_in_pad), lane);
-  stage_table(t.table, a, tile, 0, min(per, a.n_in_pad));
+  stage_table(t.table, a, tile, 0, min(per, a.n_in_pad), kBytes);
   cp_async_commit();
   for (int st = 0; st < stages; ++st) {
     const int i0 = st * per;
@@ -155,12 +174,12 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
       const int i1 = i0 + per;
       const int n1 = min(per, a.n_in_pad - i1);
       load_stage_x(xr, a, s_warp, i1, n1, lane);
-      stage_table(t.table + ((st + 1) & 1) * t.stage_floats, a, tile, i1, n1);
+      stage_table(t.table + ((st + 1) & 1) * t.stage_bytes, a, tile, i1, n1, kBytes);
     }
     cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage st landed"
     cp_async_wait<1>();
     __syncthreads();
-    consume(reinterpret_cast<const float4*>(t.table + (st & 1) * t.stage_floats), i0, n, far);
+    consume(reinterpret_cast<const T*>(t.table + (st & 1) * t.stage_bytes), i0, n, far);
     __syncthreads();  // buffer st & 1 and the cells are free for the next stages
   }
 }
@@ -171,7 +190,8 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
 // The rest of the far inputs' terms, f_i + ((d 2^-64)(f_{i+1} - f_i)) 2^64 less the f_i that
 // the main loop added (device.cuh, kFarCells). Rare: a warp runs it for a stage only when one
 // of its inputs there is far, and it reads x again rather than keeping d in shared memory.
-__device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const float4* table4,
+template <typename T>
+__device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const T* table,
                                            const TileArgs& a, int64_t s_warp, int i0, int n,
                                            const float* borders_s, int lane) {
 #pragma unroll 1
@@ -187,7 +207,8 @@ __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const
       if (!is_far(v, c.d)) continue;  // the same v on all lanes: no divergence
       const float d = far_scaled_d(v, borders_s, a.num_grids, a.uniform, c.index);
       const int row = (il * a.rows + c.index) * kRowChunks;
-      const float4 lo = table4[row + lane], hi = table4[row + kRowChunks + lane];
+      const float4 lo = load_table4(table, row + lane);
+      const float4 hi = load_table4(table, row + kRowChunks + lane);
       float4& r = acc[m];
       r.x += d * (hi.x - lo.x) * kFarUnscale;
       r.y += d * (hi.y - lo.y) * kFarUnscale;
@@ -196,13 +217,15 @@ __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const
     }
   }
 }
-// a.packed: values, rows = G+1, n_in_pad = N_in; y: [N_out, B] (batch_last) or [B, N_out].
-// Grid: (ceil(B / 256), ceil(N_out / 128)), 512 threads. Shared memory: tile_smem_bytes.
+// a.packed: values of type T (float, __half, __nv_bfloat16), rows = G+1, n_in_pad = N_in;
+// y: [N_out, B] (batch_last) or [B, N_out]. Grid: (ceil(B / 256), ceil(N_out / 128)), 512
+// threads. Shared memory: tile_smem_bytes.
+template <typename T>
 __global__ void __launch_bounds__(kTileThreads, 1)
 lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
   extern __shared__ __align__(16) float smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const TileSmem t = carve_tile_smem(smem, a, warp);
+  const TileSmem t = carve_tile_smem(smem, a, warp, sizeof(T));
   const int tile = blockIdx.y;
   const int64_t s_warp = static_cast<int64_t>(blockIdx.x) * kBlockSamples + warp * kWarpSamples;
   load_borders(t.borders, a.borders, a.num_grids + 1);
@@ -212,7 +235,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 #pragma unroll
   for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int i0, int n, bool far) {
+  run_stages<T>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
 #pragma unroll 1
     for (int il = 0; il < n; ++il) {
       // Two samples' cells per broadcast read.
@@ -224,8 +247,8 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
         for (int h = 0; h < 2; ++h) {
           const int row = __float_as_int(h == 0 ? c.x : c.z);
           const float d = h == 0 ? c.y : c.w;
-          const float4 lo = table4[row + lane];
-          const float4 hi = table4[row + kRowChunks + lane];
+          const float4 lo = load_table4(table, row + lane);
+          const float4 hi = load_table4(table, row + kRowChunks + lane);
           const float w0 = 1.f - d;
           float4& r = acc[2 * m2 + h];
           r.x = fmaf(w0, lo.x, fmaf(d, hi.x, r.x));
@@ -235,7 +258,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
         }
       }
     }
-    if (far) add_far_terms(acc, table4, a, s_warp, i0, n, t.borders, lane);
+    if (far) add_far_terms(acc, table, a, s_warp, i0, n, t.borders, lane);
   });
 
   const int o = tile * kTileOut + lane * 4;
@@ -272,7 +295,7 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
                            float* __restrict__ grad_x, int tiles) {
   extern __shared__ __align__(16) float smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const TileSmem t = carve_tile_smem(smem, a, warp);
+  const TileSmem t = carve_tile_smem(smem, a, warp, sizeof(float));
   const int64_t s_warp = static_cast<int64_t>(blockIdx.x) * kBlockSamples + warp * kWarpSamples;
   load_borders(t.borders, a.borders, a.num_grids + 1);
   __syncthreads();
@@ -296,7 +319,8 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
       gy[m] = make_float4(g[0], g[1], g[2], g[3]);
     }
 
-    run_stages(t, a, tile, s_warp, lane, [&](const float4* table4, int i0, int n, bool) {
+    run_stages<float>(t, a, tile, s_warp, lane, [&](const float* table, int i0, int n, bool) {
+      const float4* table4 = reinterpret_cast<const float4*>(table);
 #pragma unroll 1
       for (int il = 0; il < n; il += 2) {
         // This lane's entry of the pair's 32 sums; its previous value (earlier output
@@ -333,17 +357,39 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
 
 }  // namespace
 
-void launch_pack(dim3 grid, cudaStream_t stream, const float* params, const float* borders,
-                 float* packed, int n_in, int n_in_pad, int n_out, int num_grids, int rows,
-                 bool slopes, bool uniform) {
-  lmkan1d_pack_kernel<<<grid, 256, 0, stream>>>(params, borders, packed, n_in, n_in_pad, n_out,
-                                                num_grids, rows, slopes, uniform);
+void launch_pack(dim3 grid, cudaStream_t stream, const void* params, const float* borders,
+                 void* packed, int n_in, int n_in_pad, int n_out, int num_grids, int rows,
+                 bool slopes, bool uniform, c10::ScalarType params_dtype,
+                 c10::ScalarType table_dtype, c10::ScalarType packed_dtype) {
+  TORCH_CHECK(packed_dtype == c10::kFloat || (packed_dtype == table_dtype && !slopes),
+              "lmkan1d pack: slopes are packed as float32, values as float32 or the table dtype");
+  switch_table_type(params_dtype, [&](auto in_tag) {
+    using In = decltype(in_tag);
+    switch_table_type(table_dtype, [&](auto round_tag) {
+      using Round = decltype(round_tag);
+      const auto launch = [&](auto out_tag) {
+        using Out = decltype(out_tag);
+        lmkan1d_pack_kernel<In, Round, Out><<<grid, 256, 0, stream>>>(
+            static_cast<const In*>(params), borders, static_cast<Out*>(packed), n_in, n_in_pad,
+            n_out, num_grids, rows, slopes, uniform);
+      };
+      if (packed_dtype == c10::kFloat) {
+        launch(float{});
+      } else {
+        launch(Round{});
+      }
+    });
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream) {
-  allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel), smem);
-  lmkan1d_forward_kernel<<<grid, kTileThreads, smem, stream>>>(a, y);
+void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream,
+                    c10::ScalarType table_dtype) {
+  switch_table_type(table_dtype, [&](auto tag) {
+    using T = decltype(tag);
+    allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel<T>), smem);
+    lmkan1d_forward_kernel<T><<<grid, kTileThreads, smem, stream>>>(a, y);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -41,15 +41,6 @@ __device__ __forceinline__ PackBlock pack_block(int pair_groups, int n_tiles, in
 // table dtype (Round; float: as given), stored in the packed copy's dtype (Out: the table
 // dtype for the 16-bit kernels, or float32 holding the rounded values for the kernels that
 // read float32 tables, so that every kernel of a call computes with the same table).
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <typename In, typename Round, typename Out>
 __global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
