@@ -68,7 +68,13 @@ def main():
     rows.append(measure("lmKAN KANLayer", KANLayer(n, n, "random_normal", args.control_points).to(dev), x))
     rows.append(measure("lmKAN KANLayer determ.",
                         KANLayer(n, n, "random_normal", args.control_points, deterministic=True).to(dev), x))
+    for table in (torch.bfloat16, torch.float16):  # 16-bit tables of a float32 layer
+        rows.append(measure(f"lmKAN KANLayer table={str(table)[6:]}",
+                            KANLayer(n, n, "random_normal", args.control_points,
+                                     table_dtype=table).to(dev), x))
     rows.append(measure("nn.Linear (fp32)", torch.nn.Linear(n, n).to(dev), x))
+    rows.append(measure("nn.Linear (bf16)", torch.nn.Linear(n, n).to(dev, torch.bfloat16),
+                        x.to(torch.bfloat16)))
     try:
         from KANditioned import KANLayer as KDLayer
         kd = KDLayer(n, n, "random_normal", num_control_points=args.control_points,

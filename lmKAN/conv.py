@@ -153,7 +153,7 @@ class LMKAN1DConv2d(_ConvOfLayer, LMKAN1DLayer):
 
     Args: num_grids, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1
     (ints or pairs), column_budget_mb (as LMKAN2DConv2d's), and LMKAN1DLayer's other keyword
-    arguments (grid, spline_width, init, deterministic).
+    arguments (grid, spline_width, init, deterministic, table_dtype).
     """
 
     def __init__(self, num_grids, in_channels, out_channels, kernel_size, stride=1, padding=0,
