@@ -101,7 +101,7 @@ def test_forward_limit_follows_the_table_dtype(table, tile):
     staged bytes: higher than float32's); at it the forward still stages the table, one past
     it the output-lanes kernel takes over, both against the rounded reference; the backward
     modes' limits do not depend on the table dtype; the layer warns past the 16-bit limit only."""
-    assert_cuda_kernel("lmkan2d_max_num_grids")
+    assert_cuda_kernel("lmkan2d_forward")
     limit32 = max_num_grids(tile, "forward", "cuda")
     limit16 = max_num_grids(tile, "forward", "cuda", table)
     assert limit16 > limit32

@@ -139,14 +139,21 @@ def test_layer_policy(dtype):
 
 @pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
 def test_table_error_against_the_exact_table(dtype):
-    """The error a 16-bit table costs against the exact float32 table, at the bench shape
-    (README "Mixed precision" quotes these bounds: float16 ~5e-4, bfloat16 ~4e-3)."""
+    """The error a 16-bit table costs against the exact float32 table, at the bench shape: the
+    rounding's, as the CPU reference gives it for this seed and shape (float16 5.0e-4,
+    bfloat16 4.0e-3; README "Mixed precision"), within 10%."""
     torch.manual_seed(1)
     layer = KANLayer(256, 256).cuda()
     with torch.no_grad():
         layer.func_parameter.add_(0.05 * torch.randn_like(layer.func_parameter))
     x = 1.5 * torch.randn(4096, 256, device="cuda")
     exact = layer(x)
+    cpu = KANLayer(256, 256)  # the same rounding on the CPU path
+    cpu.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        exact_cpu = cpu(x.cpu())
+        cpu.table_dtype = dtype
+        expected = rel_l2(cpu(x.cpu()), exact_cpu)
     layer.table_dtype = dtype
     err = rel_l2(layer(x), exact)
-    assert 0 < err <= {torch.float16: 5e-4, torch.bfloat16: 4e-3}[dtype]
+    assert 0.9 * expected <= err <= 1.1 * expected

@@ -179,13 +179,13 @@ def test_nan_stays_where_it_belongs(uniform, batch_last):
         assert rel_l2(got[ok], ref[ok]) <= TOL
 
 
-@pytest.mark.parametrize("uniform, num_grids", [(True, 300), (False, 8), (True, 31)])
+@pytest.mark.parametrize("uniform, num_grids", [(True, 100), (False, 8), (True, 31)])
 @pytest.mark.parametrize("batch_last", [True, False])
 def test_huge_finite_inputs_extrapolate_without_nan(uniform, num_grids, batch_last):
     """A finite input far past the end nodes (docs/spec.md, "Robustness") gives the linear
     extrapolation f_i + (x - g_i) s_i, +-inf where it overflows, never inf - inf = NaN: the
-    weighted form gave NaN, and on the G = 300 grid d itself overflows at 3e38 while the
-    result is finite. Far inputs at scattered (sample, input) positions, some warps without
+    weighted form gave NaN, and on the G = 100 grid d itself overflows past 2.7e37 while the
+    result may be finite. Far inputs at scattered (sample, input) positions, some warps without
     any; the gradients stay NaN-free where grad_y is 0."""
     n_in, n_out, batch = 13, 37, 700
     x, params, borders = _case(num_grids, n_in, n_out, batch, uniform, batch_last)

@@ -118,8 +118,11 @@ CASES_2D = [
 
 CASES_1D = [
     ("x-on-cpu", lambda x, p, b: _fwd1d(x.cpu(), p, b), ValueError, "x must be a CUDA tensor"),
-    ("params-bfloat16", lambda x, p, b: _fwd1d(x, p.bfloat16(), b), TypeError,
-     "params must be float32"),
+    ("params-float64", lambda x, p, b: _fwd1d(x, p.double(), b), TypeError,
+     "params must be float32, float16 or bfloat16"),
+    ("table-float64", lambda x, p, b: torch.ops.lmkan.lmkan1d_forward(x, p, b, True, True,
+                                                                     torch.float64),
+     TypeError, "table_dtype must be float32, float16 or bfloat16"),
     ("params-2d", lambda x, p, b: _fwd1d(x, p[0], b), ValueError, "params must have 3 dimensions"),
     ("one-node-row", lambda x, p, b: _fwd1d(x, p[:1], b[:1]), ValueError,
      r"params must have at least 2 node rows \(G\+1\)"),

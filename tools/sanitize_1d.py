@@ -1,9 +1,10 @@
 """Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python tools/sanitize_1d.py
-    compute-sanitizer --tool racecheck python tools/sanitize_1d.py
+    compute-sanitizer --tool racecheck python tools/sanitize_1d.py [all|float32|16bit]
 """
 import os
+import sys
 
 import torch
 
@@ -12,8 +13,17 @@ from lmKAN.lmkan1d import _max_num_grids_1d
 from lmKAN.grids import cdf_borders, uniform_borders
 
 
-def main():
+def main(part):
     torch.manual_seed(0)
+    if part in ("all", "float32"):
+        float32_launches()
+    if part in ("all", "16bit"):
+        sixteen_bit_launches()
+    torch.cuda.synchronize()
+    print(f"sanitize_1d ({part}): all launches done")
+
+
+def float32_launches():
     for uniform in (False, True):
         for batch_last in (True, False):
             # Shapes: odd inputs, 3 output tiles (dx loops over them), several dC slices with
@@ -43,9 +53,21 @@ def main():
                 torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, params, cdf_borders(g).cuda(),
                                                  False, True, deterministic)
     os.environ["LMKAN_SMEM_BUDGET_KB"] = ""
-    torch.cuda.synchronize()
-    print("sanitize_1d: all launches done")
+
+
+def sixteen_bit_launches():
+    """16-bit tables (the forward's 16-bit stages, far pass included) and 16-bit parameters."""
+    for table in (torch.float16, torch.bfloat16):
+        for g, n_in, n_out, batch in ((31, 37, 45, 531), (100, 9, 131, 260)):
+            borders = uniform_borders(g, 4.0).cuda()
+            params = torch.randn(g + 1, n_out, n_in, device="cuda")
+            x = 1.5 * torch.randn(batch, n_in, device="cuda")
+            x.view(-1)[5::97] = 3e38
+            for p, t in ((params, table), (params.to(table), None)):
+                y = torch.ops.lmkan.lmkan1d_forward(x, p, borders, True, False, t)
+                torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, p, borders, True, False,
+                                                 False, t)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "all")
