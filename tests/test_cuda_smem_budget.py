@@ -20,19 +20,24 @@ pytestmark = requires_gpu
 
 MODES = ("forward", "backward", "backward_fast", "backward_deterministic")
 # README.rst, the limit table under "Performance": the largest num_grids per opt-in
-# shared-memory budget (KiB per block), 2D as {mode: (tile 4, tile 8, tile 16)}, and the
-# 1D layer's.
+# shared-memory budget (KiB per block), 2D as {mode: (tile 4, tile 8, tile 16)} (the
+# forward's also with 16-bit tables), and the 1D layer's.
 LIMITS = {
     99: {"forward": (27, 18, 13), "backward": (157, 157, 157), "backward_fast": (157, 157, 157),
-         "backward_deterministic": (26, 18, 12), "1d": 40},
+         "backward_deterministic": (26, 18, 12), "forward_16bit": (38, 27, 18), "1d": 40},
     163: {"forward": (35, 24, 17), "backward": (202, 202, 202), "backward_fast": (202, 202, 202),
-          "backward_deterministic": (34, 23, 16), "1d": 72},
+          "backward_deterministic": (34, 23, 16), "forward_16bit": (49, 35, 24), "1d": 72},
     227: {"forward": (41, 29, 20), "backward": (239, 239, 239), "backward_fast": (239, 239, 239),
-          "backward_deterministic": (41, 28, 19), "1d": 104},
+          "backward_deterministic": (41, 28, 19), "forward_16bit": (59, 41, 29), "1d": 104},
 }
+
 
 def _limits():
     table = {mode: tuple(max_num_grids(tile, mode, "cuda") for tile in TILES) for mode in MODES}
+    sixteen = {t: tuple(max_num_grids(tile, "forward", "cuda", t) for tile in TILES)
+               for t in (torch.float16, torch.bfloat16)}
+    assert sixteen[torch.float16] == sixteen[torch.bfloat16]  # the same staged bytes
+    table["forward_16bit"] = sixteen[torch.bfloat16]
     table["1d"] = _max_num_grids_1d(torch.device("cuda"))
     return table
 
