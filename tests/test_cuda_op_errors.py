@@ -120,7 +120,7 @@ CASES_1D = [
     ("x-on-cpu", lambda x, p, b: _fwd1d(x.cpu(), p, b), ValueError, "x must be a CUDA tensor"),
     ("params-float64", lambda x, p, b: _fwd1d(x, p.double(), b), TypeError,
      "params must be float32, float16 or bfloat16"),
-    ("table-float64", lambda x, p, b: torch.ops.lmkan.lmkan1d_forward(x, p, b, True, True,
+    ("table-float64", lambda x, p, b: torch.ops.lmkan.lmkan1d_forward(x, p, b, False, True,
                                                                      torch.float64),
      TypeError, "table_dtype must be float32, float16 or bfloat16"),
     ("params-2d", lambda x, p, b: _fwd1d(x, p[0], b), ValueError, "params must have 3 dimensions"),
