@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-# Input dtypes accepted by float32 layers: computed in float32 (ops.mixed_precision).
+# Input dtypes accepted by float32 layers: computed in float32 (ops._run_layer).
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 
 
