@@ -65,8 +65,7 @@ class _ConvOfLayer:
 
     def _images_per_chunk(self, x, out_h, out_w):
         """Images whose unfolded columns fit column_budget_mb (at least 1)."""
-        features = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        image_bytes = out_h * out_w * features * x.element_size()
+        image_bytes = out_h * out_w * self.input_dim * x.element_size()  # input_dim = C*kh*kw
         return max(1, int(self.column_budget_mb * 2**20) // image_bytes)
 
     def _columns_forward(self, x, out_h, out_w):

@@ -53,6 +53,26 @@ def rel_l2(actual, expected):
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
 
 
+def check_table_dtype_policy(layer, x, reference, dtype, tol=1e-5):
+    """A CUDA layer's table dtype (README "Mixed precision"): autocast rounds the table to
+    autocast's dtype, table_dtype=float32 keeps float32 under autocast, table_dtype=dtype
+    rounds it outside autocast (float32 output). reference(table): the float64 result on the
+    table rounded to `table`. Leaves layer.table_dtype = dtype."""
+    with torch.autocast("cuda", dtype=dtype):
+        y_auto = layer(x)
+    assert y_auto.dtype == dtype
+    assert rel_l2(y_auto, reference(dtype)) <= torch.finfo(dtype).eps
+    layer.table_dtype = torch.float32
+    with torch.autocast("cuda", dtype=dtype):
+        y_f32 = layer(x)
+    assert rel_l2(y_f32, reference(torch.float32)) <= torch.finfo(dtype).eps
+    layer.table_dtype = dtype
+    y_inference = layer(x)
+    assert y_inference.dtype == torch.float32
+    assert rel_l2(y_inference, reference(dtype)) <= tol
+    return y_inference
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

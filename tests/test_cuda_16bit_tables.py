@@ -14,7 +14,7 @@ import torch
 from lmKAN import LMKAN2DLayer, _reference, max_num_grids, ops
 from lmKAN.grids import cdf_borders
 
-from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+from conftest import assert_cuda_kernel, check_table_dtype_policy, rel_l2, requires_gpu
 
 TOL = 1e-5
 SIXTEEN = (torch.float16, torch.bfloat16)
@@ -172,18 +172,7 @@ def test_layer_policy(dtype):
         return _reference.lmkan2d_forward(x.double(), params.to(table).double(), borders.double(),
                                           False)
 
-    with torch.autocast("cuda", dtype=dtype):
-        y_auto = layer(x)
-    assert y_auto.dtype == dtype
-    assert rel_l2(y_auto, reference(dtype)) <= torch.finfo(dtype).eps
-    layer.table_dtype = torch.float32
-    with torch.autocast("cuda", dtype=dtype):
-        y_f32 = layer(x)
-    assert rel_l2(y_f32, reference(torch.float32)) <= torch.finfo(dtype).eps
-    layer.table_dtype = dtype
-    y_inference = layer(x)
-    assert y_inference.dtype == torch.float32
-    assert rel_l2(y_inference, reference(dtype)) <= TOL
+    check_table_dtype_policy(layer, x, reference, dtype, TOL)
     layer.table_dtype = None
     half = LMKAN2DLayer(10, 16, 24, batch_last=False).cuda().to(dtype)
     y_half = half(x.to(dtype))

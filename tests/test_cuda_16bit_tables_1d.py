@@ -12,7 +12,7 @@ import torch
 from lmKAN import KANLayer, LMKAN1DLayer, _reference
 from lmKAN.grids import cdf_borders, uniform_borders
 
-from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+from conftest import assert_cuda_kernel, check_table_dtype_policy, rel_l2, requires_gpu
 from test_cuda_1d import _assert_dx_close
 
 pytestmark = requires_gpu
@@ -112,18 +112,7 @@ def test_layer_policy(dtype):
                                           True, False)
 
     assert rel_l2(reference(dtype), reference(torch.float32)) > 10 * TOL  # the cases differ
-    with torch.autocast("cuda", dtype=dtype):
-        y_auto = layer(x)
-    assert y_auto.dtype == dtype
-    assert rel_l2(y_auto, reference(dtype)) <= torch.finfo(dtype).eps
-    layer.table_dtype = torch.float32
-    with torch.autocast("cuda", dtype=dtype):
-        y_f32 = layer(x)
-    assert rel_l2(y_f32, reference(torch.float32)) <= torch.finfo(dtype).eps
-    layer.table_dtype = dtype
-    y_inference = layer(x)
-    assert y_inference.dtype == torch.float32
-    assert rel_l2(y_inference, reference(dtype)) <= TOL
+    y_inference = check_table_dtype_policy(layer, x, reference, dtype, TOL)
     y_inference.sum().backward()  # the plan of this call runs the 16-bit table too
     assert rel_l2(layer(x), reference(dtype)) <= TOL
     half = LMKAN1DLayer(10, 16, 24, batch_last=False).cuda().to(dtype)

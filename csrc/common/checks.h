@@ -1,6 +1,8 @@
 // Host-side argument checks shared by the CUDA ops. Messages name the argument, what was
 // expected and what was received. TORCH_CHECK_VALUE raises ValueError in Python.
 #pragma once
+#include <optional>
+
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 
@@ -44,6 +46,16 @@ inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
   check_dim(x, 2, "x");
   check_dim(params, params_dims, "params");
   check_dim(borders, 1, "borders");
+}
+
+// The dtype a call's table is rounded to (both layers' ops): `table_dtype` where given, else
+// the parameters' own; TypeError unless float32, float16 or bfloat16.
+inline at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,
+                                          const at::Tensor& params, const char* op) {
+  const at::ScalarType t = table_dtype.value_or(params.scalar_type());
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,
+                   ": table_dtype must be float32, float16 or bfloat16, got ", t);
+  return t;
 }
 
 }  // namespace lmkan

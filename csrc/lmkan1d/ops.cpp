@@ -62,15 +62,6 @@ void check_smem(size_t need, int device, const char* which, int num_grids) {
 
 int output_tiles(int n_out) { return (n_out + kTileOut - 1) / kTileOut; }
 
-// The table dtype of a call: table_dtype where given, else the parameters' dtype.
-at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,
-                                   const at::Tensor& params, const char* op) {
-  const at::ScalarType t = table_dtype.value_or(params.scalar_type());
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,
-                   ": table_dtype must be float32, float16 or bfloat16, got ", t);
-  return t;
-}
-
 // The packed table of the tiled kernels: node values (rows G+1, in the table dtype) or
 // slopes (rows G, float32, from the values rounded to the table dtype).
 at::Tensor pack_table(const at::Tensor& params, const at::Tensor& borders, const Shapes& sh,

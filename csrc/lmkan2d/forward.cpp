@@ -45,14 +45,6 @@ void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tenso
   TORCH_CHECK_VALUE(params.size(2) >= 1, op, ": output_dim must be >= 1, got ", params.size(2));
 }
 
-at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,
-                                   const at::Tensor& params, const char* op) {
-  const at::ScalarType t = table_dtype.value_or(params.scalar_type());
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,
-                   ": table_dtype must be float32, float16 or bfloat16, got ", t);
-  return t;
-}
-
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                         const at::Tensor& borders_in, bool batch_last, int64_t tile_size,
                         int64_t block_size, std::optional<at::ScalarType> table_dtype) {

@@ -18,7 +18,6 @@
 // in host code and in these functions; in kernels, `tile_index` says which output tile.
 #pragma once
 #include <cstdint>
-#include <optional>
 #include <tuple>
 #include <ATen/core/Tensor.h>
 
@@ -100,10 +99,6 @@ at::Tensor dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& border
 // Host checks shared by the forward and backward ops (ValueError on bad arguments).
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op);
-// The dtype a call's table is rounded to: `table_dtype`, or the parameters' own (TypeError
-// unless float32, float16 or bfloat16).
-at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,
-                                   const at::Tensor& params, const char* op);
 
 }  // namespace lmkan2d
 }  // namespace lmkan
