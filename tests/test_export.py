@@ -43,7 +43,9 @@ def _model(device):
 def _export_and_check(device, tmp_path):
     model = _model(device)
     example = torch.randn(5, 2, 8, 8, device=device)
-    batch = torch.export.Dim("batch", min=2, max=1 << 16)
+    # max 65535: on CUDA, torch's batch norm adds the guard N <= 65535 (its cuDNN choice), and
+    # export refuses a range wider than the guards it traced
+    batch = torch.export.Dim("batch", min=2, max=65535)
     exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     package = torch._inductor.aoti_compile_and_package(
         exported, package_path=str(tmp_path / "lmkan_model.pt2"))
@@ -56,7 +58,9 @@ def _export_and_check(device, tmp_path):
     result = subprocess.run([sys.executable, "-c", LOAD_AND_RUN, package, str(tmp_path / "x.pt"),
                              str(tmp_path / "y.pt")], capture_output=True, text=True, env=env,
                             timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    hint = ("\n(SIGSEGV: was the package compiled with a CXX that links libstdc++ statically? "
+            "README, 'Export')" if result.returncode == -11 else "")
+    assert result.returncode == 0, result.stdout + result.stderr + hint
 
 
 def test_export_and_aoti_cpu(tmp_path):
