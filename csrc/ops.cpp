@@ -52,6 +52,13 @@ TORCH_LIBRARY(lmkan, m) {
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool uniform_grid, bool batch_last, bool deterministic=False, "
         "ScalarType? table_dtype=None) -> (Tensor, Tensor)");
+  // The pieces of lmkan1d_backward's own derivatives (its autograd: lmKAN/ops.py):
+  // y = sum_i weights[s, i] slope[k, o, i], and the parameter gradient with node weights
+  // (-w/h_k, w/h_k) (docs/spec.md, "Second derivatives").
+  m.def("lmkan1d_slope_forward(Tensor x, Tensor weights, Tensor params, Tensor borders, "
+        "bool uniform_grid, bool batch_last, ScalarType? table_dtype=None) -> Tensor");
+  m.def("lmkan1d_slope_grad_params(Tensor grad_y, Tensor x, Tensor weights, Tensor params, "
+        "Tensor borders, bool uniform_grid, bool batch_last, bool deterministic=False) -> Tensor");
 
   m.def("hessian2d(Tensor params, Tensor borders) -> Tensor");
   m.def("hessian2d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");

@@ -82,6 +82,7 @@ elif _MODULE is None and torch.cuda.is_available():
                   RuntimeWarning, stacklevel=2)
 
 _OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan1d_forward", "lmkan1d_backward",
+        "lmkan1d_slope_forward", "lmkan1d_slope_grad_params",
         "hessian2d", "hessian2d_backward", "second_diff1d", "second_diff1d_backward")
 
 

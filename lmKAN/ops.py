@@ -294,6 +294,21 @@ def _register():
         _check_1d(x, params, borders, batch_last, table_dtype)
         return torch.empty_like(x), torch.empty_like(params)
 
+    # the pieces of lmkan1d_backward's derivatives (csrc/lmkan1d/autograd.cpp)
+    @torch.library.register_fake(lib + "lmkan1d_slope_forward")
+    def _(x, weights, params, borders, uniform_grid, batch_last, table_dtype=None):
+        _check_1d(x, params, borders, batch_last, table_dtype)
+        torch._check_value(weights.shape == x.shape, lambda: f"weights must have x's shape "
+                                                             f"{list(x.shape)}, got {list(weights.shape)}")
+        return _layer_output(x, params.shape[1], batch_last)
+
+    @torch.library.register_fake(lib + "lmkan1d_slope_grad_params")
+    def _(grad_y, x, weights, params, borders, uniform_grid, batch_last, deterministic=False):
+        _check_1d(x, params, borders, batch_last)
+        torch._check_value(weights.shape == x.shape, lambda: f"weights must have x's shape "
+                                                             f"{list(x.shape)}, got {list(weights.shape)}")
+        return torch.empty_like(params)
+
     # --- regularisers ------------------------------------------------------------------
     for name in ("hessian2d", "second_diff1d"):
         _register_regulariser_fakes(lib + name)
@@ -306,6 +321,7 @@ def _register():
 # Each kernel op, and the function of this module that runs it or the reference.
 KERNEL_OPS = {"lmkan2d_forward": "lmkan2d", "lmkan2d_backward": "lmkan2d",
               "lmkan1d_forward": "lmkan1d", "lmkan1d_backward": "lmkan1d",
+              "lmkan1d_slope_forward": "lmkan1d", "lmkan1d_slope_grad_params": "lmkan1d",
               "hessian2d": "hessian2d", "hessian2d_backward": "hessian2d",
               "second_diff1d": "second_diff1d", "second_diff1d_backward": "second_diff1d"}
 

@@ -25,6 +25,10 @@ KERNEL_OPS = {
     "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last", "table_dtype"],
     "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
                          "deterministic", "table_dtype"],
+    "lmkan1d_slope_forward": ["x", "weights", "params", "borders", "uniform_grid", "batch_last",
+                              "table_dtype"],
+    "lmkan1d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "uniform_grid",
+                                  "batch_last", "deterministic"],
 }
 LAYER_OPS = {
     "lmkan2d": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
@@ -70,6 +74,22 @@ def test_layer_ops_autograd_on_meta(batch_last):
     assert y.shape == ((7, 9) if batch_last else (9, 7))
     gx, gp = torch.autograd.grad(y, (x, params), torch.empty_like(y))
     assert gx.shape == x.shape and gp.shape == params.shape
+
+
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_1d_second_derivatives_on_meta(batch_last):
+    """The 1D backward op's own autograd (csrc/lmkan1d/autograd.cpp) runs its derivative ops:
+    second derivatives of x's, params' and grad_y's shapes; the 2D layer's still refuse."""
+    x, params, borders = _meta_1d(batch_last=batch_last, grad=True)
+    y = torch.ops.lmkan.lmkan1d(x, params, borders, False, batch_last, False)
+    gy = torch.empty_like(y).requires_grad_(True)
+    gx, gp = torch.autograd.grad(y, (x, params), gy, create_graph=True)
+    dx, dp, dgy = torch.autograd.grad((gx * 2).sum() + (gp * 3).sum(), (x, params, gy))
+    assert dx.shape == x.shape and dp.shape == params.shape and dgy.shape == gy.shape
+    x, params, borders = _meta_2d(batch_last=batch_last, grad=True)
+    y = torch.ops.lmkan.lmkan2d(x, params, borders, batch_last, 8, 256, 4, 128, True, True)
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        torch.autograd.grad(y, x, torch.empty_like(y), create_graph=True)
 
 
 @pytest.mark.parametrize("params_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
