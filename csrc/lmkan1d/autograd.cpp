@@ -108,7 +108,7 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
       if (ctx->needs_input_grad(0)) {
         const at::Tensor part =
             slope_forward_op.call(x, weights, params, borders, uniform, batch_last, table);
-        d_grad_y = d_grad_y.defined() ? d_grad_y + part : part;
+        d_grad_y = d_grad_y.defined() ? d_grad_y.add(part) : part;
       }
       if (ctx->needs_input_grad(2))
         d_params = slope_grad_params_op.call(grad_y, x, weights, params, borders, uniform,
