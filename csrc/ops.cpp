@@ -32,6 +32,16 @@ TORCH_LIBRARY(lmkan, m) {
   m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool batch_last, int tile_size, int block_size, bool fast_mode, "
         "bool deterministic=False, ScalarType? table_dtype=None) -> (Tensor, Tensor)");
+  // The pieces of lmkan2d_backward's own derivatives (its autograd: lmkan2d/autograd.cpp),
+  // for weights like x: d<weights, grad_x>/d grad_y (y = sum_p weights . grad f_p), its x
+  // part (the pairs' mixed second derivatives) and its parameter part (docs/spec.md,
+  // "Second derivatives"). One launch configuration (tile 8), not tuned.
+  m.def("lmkan2d_slope_forward(Tensor x, Tensor weights, Tensor params, Tensor borders, "
+        "bool batch_last, ScalarType? table_dtype=None) -> Tensor");
+  m.def("lmkan2d_slope_grad_x(Tensor grad_y, Tensor x, Tensor weights, Tensor params, "
+        "Tensor borders, bool batch_last, ScalarType? table_dtype=None) -> Tensor");
+  m.def("lmkan2d_slope_grad_params(Tensor grad_y, Tensor x, Tensor weights, Tensor params, "
+        "Tensor borders, bool batch_last, bool deterministic=False) -> Tensor");
   // Largest num_grids that a tile size serves at full speed on a device, for "forward",
   // "backward", "backward_fast" or "backward_deterministic"; table_dtype: the forward's table
   // (float16/bfloat16 tables stage half the bytes; None: float32). The backward kernels read
@@ -52,6 +62,13 @@ TORCH_LIBRARY(lmkan, m) {
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool uniform_grid, bool batch_last, bool deterministic=False, "
         "ScalarType? table_dtype=None) -> (Tensor, Tensor)");
+  // The pieces of lmkan1d_backward's own derivatives (its autograd: lmKAN/ops.py):
+  // y = sum_i weights[s, i] slope[k, o, i], and the parameter gradient with node weights
+  // (-w/h_k, w/h_k) (docs/spec.md, "Second derivatives").
+  m.def("lmkan1d_slope_forward(Tensor x, Tensor weights, Tensor params, Tensor borders, "
+        "bool uniform_grid, bool batch_last, ScalarType? table_dtype=None) -> Tensor");
+  m.def("lmkan1d_slope_grad_params(Tensor grad_y, Tensor x, Tensor weights, Tensor params, "
+        "Tensor borders, bool uniform_grid, bool batch_last, bool deterministic=False) -> Tensor");
 
   m.def("hessian2d(Tensor params, Tensor borders) -> Tensor");
   m.def("hessian2d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");

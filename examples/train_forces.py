@@ -18,10 +18,9 @@ Models (similar inference cost):
 
 Both are trained on loss = MSE(E) + force_weight * MSE(F), the predicted forces taken as
 -dE/dx with create_graph=True, so the loss's gradient is a second derivative through the
-model. lmKAN's second derivatives run on its pure-PyTorch path (docs/spec.md, "Second
-derivatives"); its CUDA kernels do not have them yet, so with --device cuda the lmKAN model
-is trained on the CPU and the script says so. Reports energy and force RMSE on held-out
-configurations, parameters, multiply-adds and time per training step.
+model: on the CPU through lmKAN's pure-PyTorch path, on a GPU through its CUDA kernels (the
+backward ops' own autograd; docs/spec.md, "Second derivatives"). Reports energy and force
+RMSE on held-out configurations, parameters, multiply-adds and time per training step.
 """
 import argparse
 import math
@@ -142,15 +141,10 @@ def main(argv=None):
     x_train = data[0][0]
     kan = lmkan_model(x_train, args.num_grids, args.width)
     mlp = mlp_model(x_train, mlp_width_matching(multiply_adds(kan)))
-    # lmKAN's CUDA kernels have no second derivatives yet: its force training runs on the CPU
-    kan_device = torch.device("cpu") if device.type == "cuda" else device
-    if kan_device != device:
-        print("note: lmKAN's CUDA kernels have no second derivatives yet (docs/spec.md, "
-              "'Second derivatives'); its force training runs on the CPU")
     print(f"{args.train} training / {args.test} held-out configurations; energies "
           f"{data[0][1].mean():.3f} +- {data[0][1].std():.3f} eV, force components "
           f"+- {data[0][2].std():.3f} eV/A; {args.steps} steps of batch {args.batch}")
-    rows = [train("lmKAN", kan, data, args, kan_device), train("MLP", mlp, data, args, device)]
+    rows = [train("lmKAN", kan, data, args, device), train("MLP", mlp, data, args, device)]
     print(f"\n{'model':<7}{'energy RMSE':>13}{'force RMSE':>12}{'params':>9}{'mult-adds':>11}"
           f"{'ms/step':>9}  device")
     for r in rows:

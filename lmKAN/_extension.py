@@ -81,7 +81,9 @@ elif _MODULE is None and torch.cuda.is_available():
     warnings.warn(_REASON + " Until then CUDA tensors use the slower pure-PyTorch path.",
                   RuntimeWarning, stacklevel=2)
 
-_OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan1d_forward", "lmkan1d_backward",
+_OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan2d_slope_forward", "lmkan2d_slope_grad_x",
+        "lmkan2d_slope_grad_params", "lmkan1d_forward", "lmkan1d_backward",
+        "lmkan1d_slope_forward", "lmkan1d_slope_grad_params",
         "hessian2d", "hessian2d_backward", "second_diff1d", "second_diff1d_backward")
 
 

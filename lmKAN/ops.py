@@ -282,6 +282,31 @@ def _register():
                   table_dtype)
         return torch.empty_like(x), torch.empty_like(params)
 
+    # the pieces of lmkan2d_backward's derivatives (csrc/lmkan2d/autograd.cpp): tile 8,
+    # block 512 (csrc/lmkan2d/layout.h, kSlopeTile)
+    def _check_slopes(op, x, weights, params, borders, batch_last, table_dtype=None):
+        _check_2d(op, x, params, borders, batch_last, 8, 512, table_dtype)
+        torch._check_value(weights.shape == x.shape, lambda: f"{op}: weights must have x's "
+                                                             f"shape {list(x.shape)}, got "
+                                                             f"{list(weights.shape)}")
+
+    @torch.library.register_fake(lib + "lmkan2d_slope_forward")
+    def _(x, weights, params, borders, batch_last, table_dtype=None):
+        _check_slopes("lmkan2d_slope_forward", x, weights, params, borders, batch_last,
+                      table_dtype)
+        return _layer_output(x, params.shape[2], batch_last)
+
+    @torch.library.register_fake(lib + "lmkan2d_slope_grad_x")
+    def _(grad_y, x, weights, params, borders, batch_last, table_dtype=None):
+        _check_slopes("lmkan2d_slope_grad_x", x, weights, params, borders, batch_last,
+                      table_dtype)
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(lib + "lmkan2d_slope_grad_params")
+    def _(grad_y, x, weights, params, borders, batch_last, deterministic=False):
+        _check_slopes("lmkan2d_slope_grad_params", x, weights, params, borders, batch_last)
+        return torch.empty_like(params)
+
     # --- 1D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan1d_forward")
     def _(x, params, borders, uniform_grid, batch_last, table_dtype=None):
@@ -294,6 +319,21 @@ def _register():
         _check_1d(x, params, borders, batch_last, table_dtype)
         return torch.empty_like(x), torch.empty_like(params)
 
+    # the pieces of lmkan1d_backward's derivatives (csrc/lmkan1d/autograd.cpp)
+    @torch.library.register_fake(lib + "lmkan1d_slope_forward")
+    def _(x, weights, params, borders, uniform_grid, batch_last, table_dtype=None):
+        _check_1d(x, params, borders, batch_last, table_dtype)
+        torch._check_value(weights.shape == x.shape, lambda: f"weights must have x's shape "
+                                                             f"{list(x.shape)}, got {list(weights.shape)}")
+        return _layer_output(x, params.shape[1], batch_last)
+
+    @torch.library.register_fake(lib + "lmkan1d_slope_grad_params")
+    def _(grad_y, x, weights, params, borders, uniform_grid, batch_last, deterministic=False):
+        _check_1d(x, params, borders, batch_last)
+        torch._check_value(weights.shape == x.shape, lambda: f"weights must have x's shape "
+                                                             f"{list(x.shape)}, got {list(weights.shape)}")
+        return torch.empty_like(params)
+
     # --- regularisers ------------------------------------------------------------------
     for name in ("hessian2d", "second_diff1d"):
         _register_regulariser_fakes(lib + name)
@@ -305,7 +345,10 @@ def _register():
 
 # Each kernel op, and the function of this module that runs it or the reference.
 KERNEL_OPS = {"lmkan2d_forward": "lmkan2d", "lmkan2d_backward": "lmkan2d",
+              "lmkan2d_slope_forward": "lmkan2d", "lmkan2d_slope_grad_x": "lmkan2d",
+              "lmkan2d_slope_grad_params": "lmkan2d",
               "lmkan1d_forward": "lmkan1d", "lmkan1d_backward": "lmkan1d",
+              "lmkan1d_slope_forward": "lmkan1d", "lmkan1d_slope_grad_params": "lmkan1d",
               "hessian2d": "hessian2d", "hessian2d_backward": "hessian2d",
               "second_diff1d": "second_diff1d", "second_diff1d_backward": "second_diff1d"}
 

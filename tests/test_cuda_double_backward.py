@@ -1,9 +1,13 @@
-"""Until the backward ops have autograd of their own (second derivatives), a backward with
-create_graph=True through a CUDA op raises instead of returning a silently wrong graph."""
+"""Second derivatives through the CUDA ops (issue 19, item 2; docs/spec.md, "Second
+derivatives"). The backward ops of both layers have their own autograd
+(csrc/lmkan1d/autograd.cpp, csrc/lmkan2d/autograd.cpp): second derivatives with respect to x,
+the parameters and the upstream gradient match the float64 reference. The regularisers'
+backward ops do not have one: a backward with create_graph=True through them raises instead
+of returning a silently wrong graph, and so does a third derivative through a layer."""
 import pytest
 import torch
 
-from lmKAN import LMKAN1DLayer, LMKAN2DLayer
+from lmKAN import KANLayer, LMKAN1DLayer, LMKAN2DLayer
 
 from conftest import assert_cuda_kernel, rel_l2, requires_gpu
 
@@ -18,11 +22,11 @@ def _loss(kind, layer, x):
     return layer.get_hessian_regularization()  # the 2D Hessian or the 1D second difference
 
 
-@pytest.mark.parametrize("kind", ["2d", "1d", "hessian2d", "second_diff1d"])
+@pytest.mark.parametrize("kind", ["hessian2d", "second_diff1d"])
 def test_create_graph_raises_and_first_derivatives_still_work(kind):
     assert_cuda_kernel("lmkan2d_forward")
     torch.manual_seed(0)
-    layer = (LMKAN2DLayer(5, 6, 7) if kind in ("2d", "hessian2d") else LMKAN1DLayer(5, 6, 7)).cuda()
+    layer = (LMKAN2DLayer(5, 6, 7) if kind == "hessian2d" else LMKAN1DLayer(5, 6, 7)).cuda()
     x = torch.randn(6, 33, device="cuda", requires_grad=True)
     inputs = [layer.func_parameter] + ([x] if kind in ("2d", "1d") else [])
     with pytest.raises(RuntimeError, match=MESSAGE):
@@ -32,3 +36,182 @@ def test_create_graph_raises_and_first_derivatives_still_work(kind):
     again = torch.autograd.grad(_loss(kind, layer, x), inputs)
     for a, b in zip(first, again):
         assert a.abs().sum() > 0 and rel_l2(a, b) <= 1e-6
+
+
+def _second_derivatives(layer, x, gy, r, q):
+    """d/d(x, params, gy) of <grad_x, r> + <grad_params, q>, grad_x and grad_params taken with
+    create_graph=True: every term of the backward op's own derivatives."""
+    params = layer.func_parameter
+    gx, gp = torch.autograd.grad(layer(x), (x, params), gy, create_graph=True)
+    loss = (gx * r).sum() + (gp * q).sum()
+    return torch.autograd.grad(loss, (x, params, gy))
+
+
+@pytest.mark.parametrize("grid", ["cdf", "uniform"])
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+@pytest.mark.parametrize("table", [None, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_1d_second_derivatives_match_float64(grid, batch_last, table):
+    """Odd sizes, inputs past the grid (extrapolation), a 16-bit table (the slopes of the
+    rounded values, against the reference on the rounded table)."""
+    assert_cuda_kernel("lmkan1d_slope_forward")
+    torch.manual_seed(1)
+    layer = LMKAN1DLayer(13, 21, 35, grid=grid, batch_last=batch_last, table_dtype=table).cuda()
+    with torch.no_grad():
+        layer.func_parameter.add_(0.3 * torch.randn_like(layer.func_parameter))
+    shape = (21, 301) if batch_last else (301, 21)
+    x = (3.0 * torch.randn(*shape, device="cuda")).requires_grad_(True)  # some past the grid
+    gy = torch.randn((35, 301) if batch_last else (301, 35), device="cuda", requires_grad=True)
+    r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
+    got = _second_derivatives(layer, x, gy, r, q)
+
+    reference = LMKAN1DLayer(13, 21, 35, grid=grid, batch_last=batch_last).double()
+    with torch.no_grad():
+        values = layer.func_parameter.detach()
+        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
+    xd = x.detach().cpu().double().requires_grad_(True)
+    gyd = gy.detach().cpu().double().requires_grad_(True)
+    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
+    for name, a, b in zip(("x", "params", "grad_y"), got, want):
+        assert torch.isfinite(a).all(), name
+        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_1d_force_training_step(deterministic):
+    """The force loss of an energy model (forces = -dE/dx by autograd, create_graph=True):
+    its parameter gradient matches the float64 reference; deterministic mode is bitwise
+    stable."""
+    torch.manual_seed(2)
+    layer = KANLayer(12, 1, deterministic=deterministic).cuda()
+    with torch.no_grad():
+        layer.func_parameter.add_(0.2 * torch.randn_like(layer.func_parameter))
+    x = torch.randn(517, 12, device="cuda", requires_grad=True)
+    target = torch.randn(517, 12, device="cuda")
+
+    def force_loss_grad(model, xin, tgt):
+        energy = model(xin).sum()
+        forces = -torch.autograd.grad(energy, xin, create_graph=True)[0]
+        return torch.autograd.grad((forces - tgt).square().mean(), model.func_parameter)[0]
+
+    got = force_loss_grad(layer, x, target)
+    reference = KANLayer(12, 1).double()
+    reference.load_state_dict(layer.state_dict())
+    want = force_loss_grad(reference, x.detach().cpu().double().requires_grad_(True),
+                           target.cpu().double())
+    assert got.abs().sum() > 0
+    assert rel_l2(got.cpu(), want) <= 1e-5
+    if deterministic:
+        assert torch.equal(got, force_loss_grad(layer, x, target))
+
+
+def test_1d_third_derivatives_raise():
+    """Second derivatives work; a graph of them (create_graph=True once more) is refused."""
+    layer = LMKAN1DLayer(5, 6, 7).cuda()
+    x = torch.randn(6, 33, device="cuda", requires_grad=True)
+    gx = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)[0]
+    second = torch.autograd.grad(gx.sin().sum(), layer.func_parameter, retain_graph=True)[0]
+    assert second.abs().sum() > 0
+    with pytest.raises(RuntimeError, match=MESSAGE):
+        torch.autograd.grad(gx.sin().sum(), layer.func_parameter, create_graph=True)
+
+
+# (num_grids, N_in, N_out, B): G = 5 keeps the slope kernels' table and accumulators in shared
+# memory, G = 40 reads the table and accumulates through global memory; N_out = 70 spans two
+# 64-output tiles (the mixed term is summed over tiles in a fixed order); odd batches.
+SHAPES_2D = [(5, 14, 70, 301), (40, 6, 9, 133)]
+
+
+@pytest.mark.parametrize("shape", SHAPES_2D, ids=str)
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+@pytest.mark.parametrize("table", [None, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_2d_second_derivatives_match_float64(shape, batch_last, table):
+    """d/d(x, params, grad_y) of <grad_x, r> + <grad_params, q>: the slope forward, the mixed
+    second derivatives, the slope parameter gradient and the lookups of q, against the float64
+    reference (the table rounded to the 16-bit dtype where one is used); inputs past the grid."""
+    assert_cuda_kernel("lmkan2d_slope_forward")
+    num_grids, n_in, n_out, batch = shape
+    torch.manual_seed(3)
+    layer = LMKAN2DLayer(num_grids, n_in, n_out, batch_last=batch_last, table_dtype=table).cuda()
+    with torch.no_grad():
+        layer.func_parameter.add_(0.3 * torch.randn_like(layer.func_parameter))
+    x_shape = (n_in, batch) if batch_last else (batch, n_in)
+    x = (2.5 * torch.randn(*x_shape, device="cuda")).requires_grad_(True)
+    gy = torch.randn(*((n_out, batch) if batch_last else (batch, n_out)), device="cuda",
+                     requires_grad=True)
+    r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
+    got = _second_derivatives(layer, x, gy, r, q)
+
+    reference = LMKAN2DLayer(num_grids, n_in, n_out, batch_last=batch_last).double()
+    with torch.no_grad():
+        values = layer.func_parameter.detach()
+        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
+    xd = x.detach().cpu().double().requires_grad_(True)
+    gyd = gy.detach().cpu().double().requires_grad_(True)
+    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
+    for name, a, b in zip(("x", "params", "grad_y"), got, want):
+        assert torch.isfinite(a).all(), name
+        assert b.abs().sum() > 0, name  # every term is exercised
+        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+
+
+def test_2d_mixed_term_alone():
+    """The x part of d<grad_x, r>/dx is the pairs' mixed second derivatives only: with r on the
+    first input of each pair it lands on the second input, and the first input's is 0."""
+    torch.manual_seed(4)
+    layer = LMKAN2DLayer(7, 4, 5).cuda()
+    with torch.no_grad():
+        layer.func_parameter.add_(torch.randn_like(layer.func_parameter))
+    x = torch.randn(4, 97, device="cuda", requires_grad=True)
+    gx = torch.autograd.grad(layer(x).sum(), x, create_graph=True)[0]
+    r = torch.zeros_like(x)
+    r[0::2] = torch.randn(2, 97, device="cuda")
+    dx = torch.autograd.grad((gx * r).sum(), x)[0]
+    assert torch.equal(dx[0::2], torch.zeros_like(dx[0::2]))
+    assert dx[1::2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_2d_force_training_step(deterministic):
+    """A force loss through two 2D layers (forces = -dE/dx, create_graph=True): the parameter
+    gradients match the float64 reference; deterministic mode is bitwise stable."""
+    torch.manual_seed(5)
+
+    def model(dtype=torch.float32, device="cuda"):
+        return torch.nn.Sequential(
+            LMKAN2DLayer(6, 12, 16, batch_last=False, deterministic=deterministic),
+            torch.nn.Tanh(),
+            LMKAN2DLayer(6, 16, 1, batch_last=False, deterministic=deterministic)).to(device, dtype)
+
+    net = model()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(517, 12, device="cuda", requires_grad=True)
+    target = torch.randn(517, 12, device="cuda")
+
+    def force_loss_grads(m, xin, tgt):
+        energy = m(xin).sum()
+        forces = -torch.autograd.grad(energy, xin, create_graph=True)[0]
+        return torch.autograd.grad((forces - tgt).square().mean(), list(m.parameters()))
+
+    got = force_loss_grads(net, x, target)
+    reference = model(torch.float64, "cpu")
+    reference.load_state_dict(net.state_dict())
+    want = force_loss_grads(reference, x.detach().cpu().double().requires_grad_(True),
+                            target.cpu().double())
+    for a, b in zip(got, want):
+        assert b.abs().sum() > 0
+        assert rel_l2(a.cpu(), b) <= 1e-5
+    if deterministic:
+        again = force_loss_grads(net, x, target)
+        assert all(torch.equal(a, b) for a, b in zip(got, again))
+
+
+def test_2d_third_derivatives_raise():
+    layer = LMKAN2DLayer(5, 6, 7).cuda()
+    x = torch.randn(6, 33, device="cuda", requires_grad=True)
+    gx = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)[0]
+    second = torch.autograd.grad(gx.sin().sum(), layer.func_parameter, retain_graph=True)[0]
+    assert second.abs().sum() > 0
+    with pytest.raises(RuntimeError, match=MESSAGE):
+        torch.autograd.grad(gx.sin().sum(), layer.func_parameter, create_graph=True)

@@ -22,9 +22,18 @@ KERNEL_OPS = {
                         "table_dtype"],
     "lmkan2d_backward": ["grad_y", "x", "params", "borders", "batch_last", "tile_size",
                          "block_size", "fast_mode", "deterministic", "table_dtype"],
+    "lmkan2d_slope_forward": ["x", "weights", "params", "borders", "batch_last", "table_dtype"],
+    "lmkan2d_slope_grad_x": ["grad_y", "x", "weights", "params", "borders", "batch_last",
+                             "table_dtype"],
+    "lmkan2d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "batch_last",
+                                  "deterministic"],
     "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last", "table_dtype"],
     "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
                          "deterministic", "table_dtype"],
+    "lmkan1d_slope_forward": ["x", "weights", "params", "borders", "uniform_grid", "batch_last",
+                              "table_dtype"],
+    "lmkan1d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "uniform_grid",
+                                  "batch_last", "deterministic"],
 }
 LAYER_OPS = {
     "lmkan2d": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
@@ -70,6 +79,32 @@ def test_layer_ops_autograd_on_meta(batch_last):
     assert y.shape == ((7, 9) if batch_last else (9, 7))
     gx, gp = torch.autograd.grad(y, (x, params), torch.empty_like(y))
     assert gx.shape == x.shape and gp.shape == params.shape
+
+
+@pytest.mark.parametrize("batch_last", [True, False])
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_second_derivatives_on_meta(kind, batch_last):
+    """The backward ops' own autograd (csrc/lmkan1d/autograd.cpp, csrc/lmkan2d/autograd.cpp)
+    runs their derivative ops: second derivatives of x's, params' and grad_y's shapes and
+    dtypes (16-bit parameters included)."""
+    if kind == "1d":
+        x, params, borders = _meta_1d(batch_last=batch_last, grad=True)
+        y = torch.ops.lmkan.lmkan1d(x, params, borders, False, batch_last, False)
+    else:
+        x, params, borders = _meta_2d(batch_last=batch_last, grad=True)
+        params = params.detach().to(torch.bfloat16).requires_grad_(True)
+        y = torch.ops.lmkan.lmkan2d(x, params, borders, batch_last, 8, 256, 4, 128, True, True)
+    gy = torch.empty_like(y).requires_grad_(True)
+    gx, gp = torch.autograd.grad(y, (x, params), gy, create_graph=True)
+    dx, dp, dgy = torch.autograd.grad((gx * 2).sum() + (gp * 3).sum(), (x, params, gy))
+    assert dx.shape == x.shape and dp.shape == params.shape and dgy.shape == gy.shape
+    assert dp.dtype == params.dtype and dx.dtype == dgy.dtype == torch.float32
+
+
+def test_2d_slope_fakes_check_weights():
+    x, params, borders = _meta_2d()
+    with pytest.raises(ValueError, match="weights must have x's shape"):
+        torch.ops.lmkan.lmkan2d_slope_forward(x, x[:, :3], params, borders, True)
 
 
 @pytest.mark.parametrize("params_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)

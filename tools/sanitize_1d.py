@@ -1,7 +1,7 @@
 """Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python tools/sanitize_1d.py
-    compute-sanitizer --tool racecheck python tools/sanitize_1d.py [all|float32|16bit]
+    compute-sanitizer --tool racecheck python tools/sanitize_1d.py [all|float32|16bit|second]
 """
 import os
 import sys
@@ -19,6 +19,8 @@ def main(part):
         float32_launches()
     if part in ("all", "16bit"):
         sixteen_bit_launches()
+    if part in ("all", "second"):
+        second_derivative_launches()
     torch.cuda.synchronize()
     print(f"sanitize_1d ({part}): all launches done")
 
@@ -67,6 +69,25 @@ def sixteen_bit_launches():
                 y = torch.ops.lmkan.lmkan1d_forward(x, p, borders, True, False, t)
                 torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, p, borders, True, False,
                                                  False, t)
+
+
+def second_derivative_launches():
+    """The derivative ops of lmkan1d_backward: the slope forward and the slope dC, both grids,
+    both layouts, deterministic and not, a 16-bit table."""
+    for uniform in (False, True):
+        for batch_last in (True, False):
+            for g, n_in, n_out, batch in ((31, 37, 45, 531), (5, 3, 1, 7), (40, 11, 70, 700)):
+                borders = (uniform_borders(g, 4.0) if uniform else cdf_borders(g)).cuda()
+                params = torch.randn(g + 1, n_out, n_in, device="cuda")
+                shape = (n_in, batch) if batch_last else (batch, n_in)
+                x, w = 1.5 * torch.randn(*shape, device="cuda"), torch.randn(*shape, device="cuda")
+                gy = torch.randn(*((n_out, batch) if batch_last else (batch, n_out)), device="cuda")
+                for table in (None, torch.bfloat16):
+                    torch.ops.lmkan.lmkan1d_slope_forward(x, w, params, borders, uniform,
+                                                          batch_last, table)
+                for deterministic in (False, True):
+                    torch.ops.lmkan.lmkan1d_slope_grad_params(gy, x, w, params, borders, uniform,
+                                                              batch_last, deterministic)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Small launches of every LMKAN2DLayer kernel, for compute-sanitizer memcheck / racecheck.
 
-  compute-sanitizer --tool memcheck  python tools/sanitize_2d.py
-  compute-sanitizer --tool racecheck python tools/sanitize_2d.py
+  compute-sanitizer --tool memcheck  python tools/sanitize_2d.py [all|layer|second]
+  compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second]
 """
 import os
+import sys
 
 import torch
 
@@ -24,8 +25,40 @@ def _launch(g, n_in, n_out, batch, batch_last, tile, block, fast, deterministic,
                                      deterministic, table)
 
 
-def main():
+def main(part):
     torch.manual_seed(0)
+    if part in ("all", "layer"):
+        layer_launches()
+    if part in ("all", "second"):
+        second_derivative_launches()
+    torch.cuda.synchronize()
+    print(f"sanitize_2d ({part}): all launches done")
+
+
+def second_derivative_launches():
+    """The derivative ops of lmkan2d_backward (tile 8): table and accumulators in shared memory
+    (G = 5) and in global memory (G = 40), two output tiles plus a partial one, pair splits of
+    a small batch, both layouts, deterministic and not, a 16-bit table, NaN and far inputs."""
+    for g in (5, 40):
+        for batch_last in (True, False):
+            for n_in, n_out, batch in ((10, 131, 77), (6, 9, 700)):
+                x = 1.5 * torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda")
+                x.view(-1)[3] = float("nan")
+                x.view(-1)[7] = 40.0
+                w = torch.randn_like(x)
+                params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
+                borders = cdf_borders(g, device="cuda")
+                gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+                for table in (None, torch.bfloat16):
+                    torch.ops.lmkan.lmkan2d_slope_forward(x, w, params, borders, batch_last, table)
+                    torch.ops.lmkan.lmkan2d_slope_grad_x(gy, x, w, params, borders, batch_last,
+                                                         table)
+                for deterministic in (False, True):
+                    torch.ops.lmkan.lmkan2d_slope_grad_params(gy, x, w, params, borders,
+                                                              batch_last, deterministic)
+
+
+def layer_launches():
     for tile in (4, 8, 16):
         for batch_last in (True, False):
             for fast in (False, True):
@@ -71,9 +104,7 @@ def main():
             _launch(26, 6, 8 * tile - 5, 300, False, tile, 1024, False, True, table=table)
         _launch(9, 10, 21, 333, True, 8, 64, False, False, params_dtype=table)
         _launch(130, 4, 40, 100, True, 16, 256, False, False, table=table)  # past shared memory
-    torch.cuda.synchronize()
-    print("sanitize_2d: all launches done")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "all")

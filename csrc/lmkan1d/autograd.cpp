@@ -19,6 +19,11 @@ using Lmkan1dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const 
 using Lmkan1dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool, bool,
     TableDtype);
+using Lmkan1dSlopeForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, bool, bool, TableDtype);
+using Lmkan1dSlopeGradParamsOp = at::Tensor(const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, bool, bool, bool);
 
 struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& params,
@@ -35,8 +40,9 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
   }
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 5 arguments.
+  // With create_graph=True the engine runs this in grad mode: lmkan1d_backward then records
+  // its own node (Lmkan1dBackwardFunction), so second derivatives work.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    refuse_double_backward("lmkan::lmkan1d");
     static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
     const auto saved = ctx->get_saved_variables();
     auto [grad_x, grad_p] =
@@ -47,6 +53,87 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
     return {grad_x, grad_p, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
+
+// lmkan1d_backward's autograd: its derivatives (docs/spec.md, "Second derivatives"). Given
+// the upstream ggx (like grad_x) and ggp (like grad_params):
+//   d/d grad_y = forward(x, ggp) + slope_forward(x, ggx, params)  (sum_i ggx slope[k])
+//   d/d x      = grad_x of the forward on the table ggp with grad_y  (the weights' slope;
+//                grad_x itself is piecewise constant in x)
+//   d/d params = slope_grad_params(grad_y, x, ggx)  (nodes k, k+1: -+ ggx grad_y / h_k)
+// The 16-bit table of a call enters through the slopes (rounded as the backward's).
+struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwardFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& x,
+                               const at::Tensor& params, const at::Tensor& borders,
+                               bool uniform_grid, bool batch_last, bool deterministic,
+                               TableDtype table_dtype) {
+    static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
+    ctx->save_for_backward({grad_y, x, params, borders});
+    ctx->saved_data["uniform_grid"] = uniform_grid;
+    ctx->saved_data["batch_last"] = batch_last;
+    ctx->saved_data["deterministic"] = deterministic;
+    ctx->saved_data["table_dtype"] = table_dtype;
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_x, grad_p] =
+        op.call(grad_y, x, params, borders, uniform_grid, batch_last, deterministic, table_dtype);
+    return {grad_x, grad_p};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_double_backward("lmkan::lmkan1d_backward");  // third derivatives
+    static const auto forward_op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
+    static const auto backward_op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
+    static const auto slope_forward_op =
+        find_op<Lmkan1dSlopeForwardOp>("lmkan::lmkan1d_slope_forward");
+    static const auto slope_grad_params_op =
+        find_op<Lmkan1dSlopeGradParamsOp>("lmkan::lmkan1d_slope_grad_params");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &grad_y = saved[0], &x = saved[1], &params = saved[2], &borders = saved[3];
+    const bool uniform = ctx->saved_data["uniform_grid"].toBool();
+    const bool batch_last = ctx->saved_data["batch_last"].toBool();
+    const bool deterministic = ctx->saved_data["deterministic"].toBool();
+    const TableDtype table = ctx->saved_data["table_dtype"].toOptional<at::ScalarType>();
+    const at::Tensor& ggx = grad_outputs[0];
+    const at::Tensor& ggp = grad_outputs[1];
+    at::Tensor d_grad_y, d_x, d_params;
+    if (ggp.defined()) {
+      const at::Tensor table_ggp = ggp.contiguous();
+      if (ctx->needs_input_grad(0))
+        d_grad_y = forward_op.call(x, table_ggp, borders, uniform, batch_last, TableDtype());
+      if (ctx->needs_input_grad(1))
+        d_x = std::get<0>(backward_op.call(grad_y, x, table_ggp, borders, uniform, batch_last,
+                                           deterministic, TableDtype()));
+    }
+    if (ggx.defined()) {
+      const at::Tensor weights = ggx.contiguous();
+      if (ctx->needs_input_grad(0)) {
+        const at::Tensor part =
+            slope_forward_op.call(x, weights, params, borders, uniform, batch_last, table);
+        d_grad_y = d_grad_y.defined() ? d_grad_y.add(part) : part;
+      }
+      if (ctx->needs_input_grad(2))
+        d_params = slope_grad_params_op.call(grad_y, x, weights, params, borders, uniform,
+                                             batch_last, deterministic);
+    }
+    return {d_grad_y, d_x, d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_autograd(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
+    const at::Tensor& borders, bool uniform_grid, bool batch_last, bool deterministic,
+    TableDtype table_dtype) {
+  if (!at::GradMode::is_enabled() ||
+      !(grad_y.requires_grad() || x.requires_grad() || params.requires_grad())) {
+    static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(grad_y, x, params, borders, uniform_grid, batch_last, deterministic,
+                   table_dtype);
+  }
+  const auto out = Lmkan1dBackwardFunction::apply(grad_y, x, params, borders, uniform_grid,
+                                                  batch_last, deterministic, table_dtype);
+  return {out[0], out[1]};
+}
 
 at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool uniform_grid, bool batch_last,
@@ -74,6 +161,7 @@ at::Tensor lmkan1d_no_autograd(const at::Tensor& x, const at::Tensor& params,
 
 TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
   m.impl("lmkan1d", &lmkan::lmkan1d::lmkan1d_autograd);
+  m.impl("lmkan1d_backward", &lmkan::lmkan1d::lmkan1d_backward_autograd);
 }
 
 TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {

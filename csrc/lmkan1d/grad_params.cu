@@ -15,27 +15,40 @@ namespace {
 // ==========================================================================================
 // One sample's update of this lane's columns of two inputs' accumulators: (row offset, d)
 // of each input's cell, g = dy[s, o]. All four loads come before any store, so the two
-// read-modify-write chains overlap their shared-memory latency.
+// read-modify-write chains overlap their shared-memory latency. The node weights are
+// (1 - d, d); with kSlopes d holds c = w / h_k and they are (-c, c) (second derivatives:
+// the parameters' part of d grad_x, for upstream weights w).
+template <bool kSlopes>
 __device__ __forceinline__ void accumulate_two_inputs(float* acc_a, float* acc_b, float row_a,
                                                       float d_a, float row_b, float d_b, float g) {
   float* pa = acc_a + __float_as_int(row_a);
   float* pb = acc_b + __float_as_int(row_b);
   const float lo_a = pa[0], hi_a = pa[32], lo_b = pb[0], hi_b = pb[32];
-  pa[0] = fmaf(g, 1.f - d_a, lo_a);
+  pa[0] = fmaf(g, kSlopes ? -d_a : 1.f - d_a, lo_a);
   pa[32] = fmaf(g, d_a, hi_a);
-  pb[0] = fmaf(g, 1.f - d_b, lo_b);
+  pb[0] = fmaf(g, kSlopes ? -d_b : 1.f - d_b, lo_b);
   pb[32] = fmaf(g, d_b, hi_b);
+}
+
+// 1 / h_k: the width of cell k.
+__device__ __forceinline__ float inverse_width(const float* borders_s, int num_grids, bool uniform,
+                                               int k) {
+  return uniform ? num_grids / (borders_s[num_grids] - borders_s[0])
+                 : 1.f / (borders_s[k + 1] - borders_s[k]);
 }
 
 // out: accumulate ? grad_params [G+1, N_out, N_in], zero on entry, atomically added to
 //                 : a workspace [slices][G+1][N_out][N_in] (slice z = blockIdx.z), stored.
 // Grid: (ceil(N_out / 32), ceil(N_in / 16), slices); block b.z handles samples
 // [z * slice_len, (z+1) * slice_len).
+// kSlopes: weights (like x) given; the node weights are (-w/h_k, w/h_k) (accumulate_two_inputs).
+template <bool kSlopes = false>
 __global__ void __launch_bounds__(kDcThreads)
 lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __restrict__ x,
                            const float* __restrict__ borders, float* __restrict__ out,
                            int64_t batch, int n_in, int n_out, int num_grids, bool uniform,
-                           bool batch_last, int64_t slice_len, bool accumulate) {
+                           bool batch_last, int64_t slice_len, bool accumulate,
+                           const float* __restrict__ weights = nullptr) {
   extern __shared__ __align__(16) float smem[];
   const int side = num_grids + 1;
   float* acc_s = smem;                              // [16 inputs][G+1][32 outputs]
@@ -81,7 +94,13 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
         const float v = batch_last ? x[static_cast<int64_t>(i) * batch + s] : x[s * n_in + i];
         const Cell c = find_cell(v, borders_s, num_grids, uniform);
         k = c.index;
-        d = gradient_d(v, c.d);
+        if (kSlopes) {
+          const float w = batch_last ? weights[static_cast<int64_t>(i) * batch + s]
+                                     : weights[s * n_in + i];
+          d = w * inverse_width(borders_s, num_grids, uniform, k);
+        } else {
+          d = gradient_d(v, c.d);
+        }
       }
       cell_s[il * kDcChunk + sl] = make_float2(__int_as_float(k * 32), d);
     }
@@ -101,8 +120,8 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
       const int next = p + 1 < pairs ? p + 1 : p;
       const float4 na = cells_a[next], nb = cells_b[next];
       const float g0 = dy_s[(2 * p) * 32 + lane], g1 = dy_s[(2 * p + 1) * 32 + lane];
-      accumulate_two_inputs(acc_a, acc_b, ca.x, ca.y, cb.x, cb.y, g0);
-      accumulate_two_inputs(acc_a, acc_b, ca.z, ca.w, cb.z, cb.w, g1);
+      accumulate_two_inputs<kSlopes>(acc_a, acc_b, ca.x, ca.y, cb.x, cb.y, g0);
+      accumulate_two_inputs<kSlopes>(acc_a, acc_b, ca.z, ca.w, cb.z, cb.w, g1);
       ca = na;
       cb = nb;
     }
@@ -329,11 +348,18 @@ __global__ void lmkan1d_sum_slices_kernel(const float* __restrict__ ws, float* _
 void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* grad_y,
                       const float* x, const float* borders, float* out, int64_t batch, int n_in,
                       int n_out, int num_grids, bool uniform, bool batch_last, int64_t slice_len,
-                      bool accumulate) {
-  allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel), smem);
-  lmkan1d_backward_dc_kernel<<<grid, kDcThreads, smem, stream>>>(
-      grad_y, x, borders, out, batch, n_in, n_out, num_grids, uniform, batch_last, slice_len,
-      accumulate);
+                      bool accumulate, const float* weights) {
+  if (weights == nullptr) {
+    allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel<false>), smem);
+    lmkan1d_backward_dc_kernel<false><<<grid, kDcThreads, smem, stream>>>(
+        grad_y, x, borders, out, batch, n_in, n_out, num_grids, uniform, batch_last, slice_len,
+        accumulate);
+  } else {
+    allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_backward_dc_kernel<true>), smem);
+    lmkan1d_backward_dc_kernel<true><<<grid, kDcThreads, smem, stream>>>(
+        grad_y, x, borders, out, batch, n_in, n_out, num_grids, uniform, batch_last, slice_len,
+        accumulate, weights);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

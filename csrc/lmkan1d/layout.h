@@ -60,6 +60,7 @@ struct TileArgs {
   const float* x;        // [N_in, B] (batch_last) or [B, N_in]
   const void* packed;    // [tiles][n_in_pad][rows][128]: float, or the forward's 16-bit table
   const float* borders;  // [G+1]
+  const float* weights = nullptr;  // like x: the slope forward's per-input weights
   int64_t batch;
   int n_in, n_in_pad, n_out, num_grids, rows, stage_inputs;
   bool uniform, batch_last;
@@ -156,12 +157,17 @@ void launch_pack(dim3 grid, cudaStream_t stream, const void* params, const float
 // launch_forward: a.packed holds values of table_dtype.
 void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream,
                     c10::ScalarType table_dtype);
+// launch_slope_forward: y[s, o] = sum_i weights[s, i] * slope[k(s, i), o, i] with a.packed the
+// float32 slopes (rows G) and a.weights set (second derivatives: d grad_x / d P, transposed).
+void launch_slope_forward(const TileArgs& a, float* y, dim3 grid, size_t smem,
+                          cudaStream_t stream);
 void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
                size_t smem, cudaStream_t stream);
+// weights (like x) non-null: the second-derivative variant, node weights (-w/h_k, w/h_k).
 void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* grad_y,
                       const float* x, const float* borders, float* out, int64_t batch, int n_in,
                       int n_out, int num_grids, bool uniform, bool batch_last, int64_t slice_len,
-                      bool accumulate);
+                      bool accumulate, const float* weights = nullptr);
 // Resident blocks per SM of the grouped dC kernel with `smem` bytes (sets its limit first).
 int grouped_dc_blocks_per_sm(size_t smem);
 void launch_grouped_dc(const GroupedArgs& a, dim3 grid, size_t smem, cudaStream_t stream);

@@ -236,10 +236,12 @@ void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::
   });
 }
 
-// dC for larger G: shared-memory accumulator kernel.
+// dC for larger G: shared-memory accumulator kernel. weights (like x, or undefined): the
+// second-derivative variant (node weights -w/h_k and w/h_k instead of 1 - d and d).
 void launch_dc_shared(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
                       const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
-                      at::Tensor& grad_params, cudaStream_t stream) {
+                      at::Tensor& grad_params, cudaStream_t stream,
+                      const at::Tensor& weights = at::Tensor()) {
   const int device = x.get_device();
   const size_t smem = dc_smem_bytes(sh.num_grids);
   check_smem(smem, device, "backward (dC)", sh.num_grids);
@@ -250,7 +252,8 @@ void launch_dc_shared(const at::Tensor& grad_y, const at::Tensor& x, const at::T
   run_dc_slices(slices, deterministic, grad_params, stream, [&](float* out, bool accumulate) {
     launch_shared_dc(grid, smem, stream, grad_y.data_ptr<float>(), x.data_ptr<float>(),
                      borders.data_ptr<float>(), out, sh.batch, sh.n_in, sh.n_out, sh.num_grids,
-                     uniform_grid, batch_last, slice_len, accumulate);
+                     uniform_grid, batch_last, slice_len, accumulate,
+                     weights.defined() ? weights.data_ptr<float>() : nullptr);
   });
 }
 
@@ -269,6 +272,80 @@ void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& 
     launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
 }
 
+void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x, const Shapes& sh,
+                  bool batch_last) {
+  check_cuda_float(grad_y, "grad_y");
+  check_same_device(x, "x", grad_y, "grad_y");
+  check_dim(grad_y, 2, "grad_y");
+  const int64_t gy_out = batch_last ? grad_y.size(0) : grad_y.size(1);
+  const int64_t gy_batch = batch_last ? grad_y.size(1) : grad_y.size(0);
+  TORCH_CHECK_VALUE(gy_out == sh.n_out && gy_batch == sh.batch, "grad_y must have shape ",
+                    batch_last ? "[N_out, B] = [" : "[B, N_out] = [",
+                    batch_last ? sh.n_out : sh.batch, ", ", batch_last ? sh.batch : sh.n_out,
+                    "], got ", grad_y.sizes());
+}
+
+void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  check_cuda_float(t, name);
+  check_same_device(x, "x", t, name);
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " must have x's shape ", x.sizes(), ", got ",
+                    t.sizes());
+}
+
+// Second derivatives (the autograd of lmkan1d_backward, lmKAN/ops.py): the transposed
+// contraction of grad_x's slopes, y[s, o] = sum_i weights[s, i] * slope[k(s, i), o, i],
+// slopes of the table rounded to table_dtype as the backward's.
+at::Tensor lmkan1d_slope_forward_cuda(const at::Tensor& x_in, const at::Tensor& weights_in,
+                                      const at::Tensor& params_in, const at::Tensor& borders_in,
+                                      bool uniform_grid, bool batch_last,
+                                      std::optional<at::ScalarType> table_dtype) {
+  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  check_like_x(weights_in, x_in, "weights");
+  const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_slope_forward");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), weights = weights_in.contiguous();
+  const at::Tensor params = params_in.contiguous(), borders = borders_in.contiguous();
+  at::Tensor y = batch_last ? at::empty({sh.n_out, sh.batch}, x.options())
+                            : at::empty({sh.batch, sh.n_out}, x.options());
+  if (sh.batch == 0 || sh.n_out == 0) return y;
+  if (sh.n_in == 0) return y.zero_();
+  const int rows = sh.num_grids;  // slopes
+  const size_t limit = static_cast<size_t>(max_dynamic_smem(x.get_device()));
+  const size_t smem =
+      tile_smem_bytes(rows, tile_stage_inputs(rows, 1, sh.num_grids, limit), sh.num_grids);
+  check_smem(smem, x.get_device(), "slope forward", sh.num_grids);
+  const unsigned blocks = sample_blocks(sh.batch);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor slopes = pack_table(params, borders, sh, sh.n_in, true, uniform_grid, table, stream);
+  TileArgs a = tile_args(x, slopes, borders, sh, sh.n_in, rows, 1, false, uniform_grid, batch_last);
+  a.weights = weights.data_ptr<float>();
+  launch_slope_forward(a, y.data_ptr<float>(), dim3(blocks, output_tiles(sh.n_out)), smem, stream);
+  return y;
+}
+
+// Second derivatives: the parameters' part of d(grad_x . weights), accumulated over samples:
+// out[k+1, o, i] += grad_y[s, o] w / h_k and out[k, o, i] -= the same, w = weights[s, i];
+// in the parameters' dtype (accumulated in float32).
+at::Tensor lmkan1d_slope_grad_params_cuda(const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                                          const at::Tensor& weights_in, const at::Tensor& params_in,
+                                          const at::Tensor& borders_in, bool uniform_grid,
+                                          bool batch_last, bool deterministic) {
+  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  check_grad_y(grad_y_in, x_in, sh, batch_last);
+  check_like_x(weights_in, x_in, "weights");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous();
+  const at::Tensor weights = weights_in.contiguous(), borders = borders_in.contiguous();
+  at::Tensor grad_params = at::empty(params_in.sizes(), params_in.options().dtype(at::kFloat));
+  if (sh.batch == 0 || sh.n_in == 0 || sh.n_out == 0) {
+    grad_params.zero_();
+    return grad_params.to(params_in.scalar_type());
+  }
+  launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params,
+                   c10::cuda::getCurrentCUDAStream(), weights);
+  return grad_params.to(params_in.scalar_type());
+}
+
 std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_y_in,
                                                          const at::Tensor& x_in,
                                                          const at::Tensor& params_in,
@@ -278,15 +355,7 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
                                                          std::optional<at::ScalarType> table_dtype) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_backward");
-  check_cuda_float(grad_y_in, "grad_y");
-  check_same_device(x_in, "x", grad_y_in, "grad_y");
-  check_dim(grad_y_in, 2, "grad_y");
-  const int64_t gy_out = batch_last ? grad_y_in.size(0) : grad_y_in.size(1);
-  const int64_t gy_batch = batch_last ? grad_y_in.size(1) : grad_y_in.size(0);
-  TORCH_CHECK_VALUE(gy_out == sh.n_out && gy_batch == sh.batch, "grad_y must have shape ",
-                    batch_last ? "[N_out, B] = [" : "[B, N_out] = [",
-                    batch_last ? sh.n_out : sh.batch, ", ", batch_last ? sh.batch : sh.n_out,
-                    "], got ", grad_y_in.sizes());
+  check_grad_y(grad_y_in, x_in, sh, batch_last);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor grad_y = grad_y_in.contiguous();  // like y
   const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]
@@ -327,6 +396,8 @@ TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {
 TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
   m.impl("lmkan1d_forward", &lmkan1d_forward_cuda);
   m.impl("lmkan1d_backward", &lmkan1d_backward_cuda);
+  m.impl("lmkan1d_slope_forward", &lmkan1d_slope_forward_cuda);
+  m.impl("lmkan1d_slope_grad_params", &lmkan1d_slope_grad_params_cuda);
 }
 
 }  // namespace lmkan1d

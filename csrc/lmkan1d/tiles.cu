@@ -91,9 +91,11 @@ __device__ __forceinline__ void stage_entry(int e, int n, bool batch_last, int& 
   else            { il = e % n;           m = e / n; }
 }
 
-// Prefetch the x values of this warp's samples for inputs [i0, i0 + n) (0 outside x).
+// Prefetch the values of src (x, or the weights laid out like x) of this warp's samples for
+// inputs [i0, i0 + n) (0 outside).
 __device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileArgs& a,
-                                             int64_t s_warp, int i0, int n, int lane) {
+                                             const float* src, int64_t s_warp, int i0, int n,
+                                             int lane) {
 #pragma unroll
   for (int j = 0; j < kXPerLane; ++j) {
     const int e = lane + 32 * j;
@@ -104,7 +106,7 @@ __device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileA
       const int i = i0 + il;
       const int64_t s = s_warp + m;
       if (i < a.n_in && s < a.batch)
-        v = a.batch_last ? a.x[static_cast<int64_t>(i) * a.batch + s] : a.x[s * a.n_in + i];
+        v = a.batch_last ? src[static_cast<int64_t>(i) * a.batch + s] : src[s * a.n_in + i];
     }
     xr[j] = v;
   }
@@ -113,7 +115,10 @@ __device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileA
 // Cells of the prefetched x values into this warp's cell buffer. A far input (device.cuh)
 // gets d = 0 there, so the forward's loop adds f_i alone, and add_far_terms adds the rest;
 // returns whether any of the warp's inputs in this stage is far (the same on all lanes).
+// kWeights (the slope forward): the cell holds (row, weight) instead, wr the weights.
+template <bool kWeights>
 __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float (&xr)[kXPerLane],
+                                                  const float (&wr)[kXPerLane],
                                                   const TileArgs& a, int n, int lane) {
   bool far = false;
 #pragma unroll
@@ -126,6 +131,10 @@ __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float
       const int row = (il * a.rows + c.index) * kRowChunks;
       if (a.rows_only) {
         reinterpret_cast<int*>(t.cells)[il * kWarpSamples + m] = row;
+        continue;
+      }
+      if (kWeights) {
+        t.cells[il * kWarpSamples + m] = make_float2(__int_as_float(row), wr[j]);
         continue;
       }
       const bool far_here = is_far(xr[j], c.d);
@@ -156,24 +165,28 @@ __device__ __forceinline__ float component(const float4& v, int c) {
 // stage's table buffer (values of type T) and this warp's cells in t.cells, for inputs
 // [i0, i0+n); far: whether any of them is a far input of this warp. Stage st+1 is copied
 // (cp.async) and its x values loaded while stage st is consumed.
-template <typename T, typename Consume>
+// kWeights: the weights (a.weights) are prefetched beside x and stored in the cells.
+template <typename T, bool kWeights = false, typename Consume>
 __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
                                            int64_t s_warp, int lane, Consume consume) {
   constexpr int kBytes = sizeof(T);
   const int per = a.stage_inputs;
   const int stages = (a.n_in_pad + per - 1) / per;
-  float xr[kXPerLane];
-  load_stage_x(xr, a, s_warp, 0, min(per, a.n_in_pad), lane);
+  float xr[kXPerLane], wr[kXPerLane];
+  load_stage_x(xr, a, a.x, s_warp, 0, min(per, a.n_in_pad), lane);
+  if (kWeights) load_stage_x(wr, a, a.weights, s_warp, 0, min(per, a.n_in_pad), lane);
   stage_table(t.table, a, tile, 0, min(per, a.n_in_pad), kBytes);
   cp_async_commit();
   for (int st = 0; st < stages; ++st) {
     const int i0 = st * per;
     const int n = min(per, a.n_in_pad - i0);
-    const bool far = store_stage_cells(t, xr, a, n, lane);  // previous readers passed the trailing barrier
+    // previous readers passed the trailing barrier
+    const bool far = store_stage_cells<kWeights>(t, xr, wr, a, n, lane);
     if (st + 1 < stages) {
       const int i1 = i0 + per;
       const int n1 = min(per, a.n_in_pad - i1);
-      load_stage_x(xr, a, s_warp, i1, n1, lane);
+      load_stage_x(xr, a, a.x, s_warp, i1, n1, lane);
+      if (kWeights) load_stage_x(wr, a, a.weights, s_warp, i1, n1, lane);
       stage_table(t.table + ((st + 1) & 1) * t.stage_bytes, a, tile, i1, n1, kBytes);
     }
     cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage st landed"
@@ -220,7 +233,9 @@ __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const
 // a.packed: values of type T (float, __half, __nv_bfloat16), rows = G+1, n_in_pad = N_in;
 // y: [N_out, B] (batch_last) or [B, N_out]. Grid: (ceil(B / 256), ceil(N_out / 128)), 512
 // threads. Shared memory: tile_smem_bytes.
-template <typename T>
+// kSlopes (T = float): a.packed holds the slopes (rows = G) and the cells the weights
+// a.weights[s, i]; y[s, o] = sum_i weights[s, i] slope[k, o, i], one row read per term.
+template <typename T, bool kSlopes = false>
 __global__ void __launch_bounds__(kTileThreads, 1)
 lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
   extern __shared__ __align__(16) float smem[];
@@ -235,30 +250,52 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 #pragma unroll
   for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  run_stages<T>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
+  run_stages<T, kSlopes>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
+    if constexpr (kSlopes) {
 #pragma unroll 1
-    for (int il = 0; il < n; ++il) {
-      // Two samples' cells per broadcast read.
-      const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
+      for (int il = 0; il < n; ++il) {
+        const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
 #pragma unroll
-      for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
-        const float4 c = cells4[m2];
+        for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
+          const float4 c = cells4[m2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = __float_as_int(h == 0 ? c.x : c.z);
-          const float d = h == 0 ? c.y : c.w;
-          const float4 lo = load_table4(table, row + lane);
-          const float4 hi = load_table4(table, row + kRowChunks + lane);
-          const float w0 = 1.f - d;
-          float4& r = acc[2 * m2 + h];
-          r.x = fmaf(w0, lo.x, fmaf(d, hi.x, r.x));
-          r.y = fmaf(w0, lo.y, fmaf(d, hi.y, r.y));
-          r.z = fmaf(w0, lo.z, fmaf(d, hi.z, r.z));
-          r.w = fmaf(w0, lo.w, fmaf(d, hi.w, r.w));
+          for (int h = 0; h < 2; ++h) {
+            const int row = __float_as_int(h == 0 ? c.x : c.z);
+            const float w = h == 0 ? c.y : c.w;
+            const float4 s = load_table4(table, row + lane);
+            float4& r = acc[2 * m2 + h];
+            r.x = fmaf(w, s.x, r.x);
+            r.y = fmaf(w, s.y, r.y);
+            r.z = fmaf(w, s.z, r.z);
+            r.w = fmaf(w, s.w, r.w);
+          }
         }
       }
+    } else {
+#pragma unroll 1
+      for (int il = 0; il < n; ++il) {
+        // Two samples' cells per broadcast read.
+        const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
+#pragma unroll
+        for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
+          const float4 c = cells4[m2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int row = __float_as_int(h == 0 ? c.x : c.z);
+            const float d = h == 0 ? c.y : c.w;
+            const float4 lo = load_table4(table, row + lane);
+            const float4 hi = load_table4(table, row + kRowChunks + lane);
+            const float w0 = 1.f - d;
+            float4& r = acc[2 * m2 + h];
+            r.x = fmaf(w0, lo.x, fmaf(d, hi.x, r.x));
+            r.y = fmaf(w0, lo.y, fmaf(d, hi.y, r.y));
+            r.z = fmaf(w0, lo.z, fmaf(d, hi.z, r.z));
+            r.w = fmaf(w0, lo.w, fmaf(d, hi.w, r.w));
+          }
+        }
+      }
+      if (far) add_far_terms(acc, table, a, s_warp, i0, n, t.borders, lane);
     }
-    if (far) add_far_terms(acc, table, a, s_warp, i0, n, t.borders, lane);
   });
 
   const int o = tile * kTileOut + lane * 4;
@@ -390,6 +427,13 @@ void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStr
     allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel<T>), smem);
     lmkan1d_forward_kernel<T><<<grid, kTileThreads, smem, stream>>>(a, y);
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_slope_forward(const TileArgs& a, float* y, dim3 grid, size_t smem,
+                          cudaStream_t stream) {
+  allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel<float, true>), smem);
+  lmkan1d_forward_kernel<float, true><<<grid, kTileThreads, smem, stream>>>(a, y);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -1,7 +1,8 @@
 // The differentiable layer op lmkan2d: its autograd (common/autograd.h says why in C++) and
 // its implementation below autograd. The forward runs lmkan2d_forward and saves x, params
 // and borders (no copies) with the backward's settings, which only the backward kernels
-// take; the backward runs lmkan2d_backward. borders get no gradient (a fixed grid).
+// take; the backward runs lmkan2d_backward, which has an autograd of its own (second
+// derivatives). borders get no gradient (a fixed grid).
 #include <torch/library.h>
 
 #include "common/autograd.h"
@@ -18,6 +19,14 @@ using Lmkan2dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const 
 using Lmkan2dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t,
     int64_t, bool, bool, std::optional<at::ScalarType>);
+using Lmkan2dSlopeForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, bool, std::optional<at::ScalarType>);
+using Lmkan2dSlopeGradXOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                       const at::Tensor&, const at::Tensor&, bool,
+                                       std::optional<at::ScalarType>);
+using Lmkan2dSlopeGradParamsOp = at::Tensor(const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, bool, bool);
 
 struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& params,
@@ -38,8 +47,9 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
   }
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 9 arguments.
+  // With create_graph=True the engine runs this in grad mode: lmkan2d_backward then records
+  // its own node (Lmkan2dBackwardFunction), so second derivatives work.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    refuse_double_backward("lmkan::lmkan2d");
     static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
     const auto saved = ctx->get_saved_variables();
     auto [grad_x, grad_p] =
@@ -52,6 +62,101 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
+
+// lmkan2d_backward's autograd: its derivatives (docs/spec.md, "Second derivatives"). Given
+// the upstream ggx (like grad_x) and ggp (like grad_params):
+//   d/d grad_y = forward(x, ggp) + slope_forward(x, ggx, params)
+//   d/d x      = grad_x of the forward on the table ggp with grad_y
+//                + slope_grad_x(grad_y, x, ggx, params)  (the pairs' mixed derivatives)
+//   d/d params = slope_grad_params(grad_y, x, ggx)
+// The lookups of ggp run with the call's backward tile and block; the 16-bit table of a call
+// enters through params (rounded as the backward's).
+struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwardFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& x,
+                               const at::Tensor& params, const at::Tensor& borders,
+                               bool batch_last, int64_t tile_size, int64_t block_size,
+                               bool fast_mode, bool deterministic,
+                               std::optional<at::ScalarType> table_dtype) {
+    static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
+    ctx->save_for_backward({grad_y, x, params, borders});
+    ctx->saved_data["batch_last"] = batch_last;
+    ctx->saved_data["tile"] = tile_size;
+    ctx->saved_data["block"] = block_size;
+    ctx->saved_data["fast"] = fast_mode;
+    ctx->saved_data["deterministic"] = deterministic;
+    ctx->saved_data["table_dtype"] = table_dtype;
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_x, grad_p] = op.call(grad_y, x, params, borders, batch_last, tile_size,
+                                    block_size, fast_mode, deterministic, table_dtype);
+    return {grad_x, grad_p};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_double_backward("lmkan::lmkan2d_backward");  // third derivatives
+    static const auto forward_op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
+    static const auto backward_op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
+    static const auto slope_forward_op =
+        find_op<Lmkan2dSlopeForwardOp>("lmkan::lmkan2d_slope_forward");
+    static const auto slope_grad_x_op = find_op<Lmkan2dSlopeGradXOp>("lmkan::lmkan2d_slope_grad_x");
+    static const auto slope_grad_params_op =
+        find_op<Lmkan2dSlopeGradParamsOp>("lmkan::lmkan2d_slope_grad_params");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &grad_y = saved[0], &x = saved[1], &params = saved[2], &borders = saved[3];
+    const bool batch_last = ctx->saved_data["batch_last"].toBool();
+    const int64_t tile = ctx->saved_data["tile"].toInt();
+    const int64_t block = ctx->saved_data["block"].toInt();
+    const bool fast = ctx->saved_data["fast"].toBool();
+    const bool deterministic = ctx->saved_data["deterministic"].toBool();
+    const auto table = ctx->saved_data["table_dtype"].toOptional<at::ScalarType>();
+    const at::Tensor& ggx = grad_outputs[0];
+    const at::Tensor& ggp = grad_outputs[1];
+    at::Tensor d_grad_y, d_x, d_params;
+    if (ggp.defined()) {
+      const at::Tensor table_ggp = ggp.contiguous();
+      if (ctx->needs_input_grad(0))
+        d_grad_y = forward_op.call(x, table_ggp, borders, batch_last, tile, block,
+                                   std::optional<at::ScalarType>());
+      if (ctx->needs_input_grad(1))
+        d_x = std::get<0>(backward_op.call(grad_y, x, table_ggp, borders, batch_last, tile, block,
+                                           fast, deterministic, std::optional<at::ScalarType>()));
+    }
+    if (ggx.defined()) {
+      const at::Tensor weights = ggx.contiguous();
+      if (ctx->needs_input_grad(0)) {
+        const at::Tensor part =
+            slope_forward_op.call(x, weights, params, borders, batch_last, table);
+        d_grad_y = d_grad_y.defined() ? d_grad_y.add(part) : part;
+      }
+      if (ctx->needs_input_grad(1)) {
+        const at::Tensor part =
+            slope_grad_x_op.call(grad_y, x, weights, params, borders, batch_last, table);
+        d_x = d_x.defined() ? d_x.add(part) : part;
+      }
+      if (ctx->needs_input_grad(2))
+        d_params = slope_grad_params_op.call(grad_y, x, weights, params, borders, batch_last,
+                                             deterministic);
+    }
+    return {d_grad_y, d_x, d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> lmkan2d_backward_autograd(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
+    const at::Tensor& borders, bool batch_last, int64_t tile_size, int64_t block_size,
+    bool fast_mode, bool deterministic, std::optional<at::ScalarType> table_dtype) {
+  if (!at::GradMode::is_enabled() ||
+      !(grad_y.requires_grad() || x.requires_grad() || params.requires_grad())) {
+    static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode,
+                   deterministic, table_dtype);
+  }
+  const auto out = Lmkan2dBackwardFunction::apply(grad_y, x, params, borders, batch_last,
+                                                  tile_size, block_size, fast_mode,
+                                                  deterministic, table_dtype);
+  return {out[0], out[1]};
+}
 
 at::Tensor lmkan2d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool batch_last, int64_t tile_size,
@@ -83,6 +188,7 @@ at::Tensor lmkan2d_no_autograd(const at::Tensor& x, const at::Tensor& params,
 
 TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
   m.impl("lmkan2d", &lmkan::lmkan2d::lmkan2d_autograd);
+  m.impl("lmkan2d_backward", &lmkan::lmkan2d::lmkan2d_backward_autograd);
 }
 
 TORCH_LIBRARY_IMPL(lmkan, CompositeExplicitAutograd, m) {

@@ -1,5 +1,6 @@
 // Device helpers shared by the LMKAN2DLayer kernels: the warp transpose-reduce, a sample's
-// pair cell, K-wide row loads and stores, and the read-modify-write of a cell's 4 corners.
+// pair cell (and its second-derivative weights), K-wide row loads and stores, and the
+// read-modify-write of a cell's 4 corners.
 #pragma once
 #include <cstdint>
 
@@ -24,6 +25,30 @@ __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t
                          1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));
   }
   return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
+}
+
+// The second-derivative variant of pair_cell (the ops lmkan2d_slope_*): the corner weights
+// of w . grad f, the directional derivative of the cell's bilinear function along the
+// sample's weights (w1, w2) at (d1, d2), as (index, w01, w10, w11); w00 = -(w01 + w10 + w11)
+// (the 4 weights sum to 0). With a = w1 / h1, c = w2 / h2:
+//   w00 = -a (1 - d2) - c (1 - d1), w01 = -a d2 + c (1 - d1),
+//   w10 = a (1 - d2) - c d1,        w11 = a d2 + c d1.
+__device__ __forceinline__ float4 slope_weights(float d1, float d2, float a, float c) {
+  return make_float4(0.f, c * (1.f - d1) - a * d2, a * (1.f - d2) - c * d1, a * d2 + c * d1);
+}
+
+__device__ __forceinline__ float4 slope_pair_cell(const float* __restrict__ x,
+                                                  const float* __restrict__ w, int64_t b, int p,
+                                                  const float* s_borders, int num_grids,
+                                                  int64_t xs_f, int64_t xs_b) {
+  const int64_t f1 = 2 * int64_t(p) * xs_f + b * xs_b, f2 = f1 + xs_f;
+  const Cell c1 = cdf_cell(x[f1], s_borders, num_grids);
+  const Cell c2 = cdf_cell(x[f2], s_borders, num_grids);
+  const float a = w[f1] / (s_borders[c1.index + 1] - s_borders[c1.index]);
+  const float c = w[f2] / (s_borders[c2.index + 1] - s_borders[c2.index]);
+  float4 r = slope_weights(c1.d, c2.d, a, c);
+  r.x = __int_as_float(c1.index * (num_grids + 1) + c2.index);
+  return r;
 }
 
 // K consecutive floats of a lane into v, one vector access (K * lane floats into a W-float
@@ -86,6 +111,33 @@ __device__ __forceinline__ void add_sample(float (&r)[4][K], const float (&g)[K]
     r[2][k] += g1 - g1 * d2;
     r[3][k] += g1 * d2;
   }
+}
+
+// r += g * the corner weights of a cell info: (index, d1, d2, -) from pair_cell, or with
+// kSlopes (index, w01, w10, w11) from slope_pair_cell.
+template <int K, bool kSlopes>
+__device__ __forceinline__ void add_info(float (&r)[4][K], const float (&g)[K], float4 c) {
+  if constexpr (kSlopes) {
+    const float w00 = -(c.y + c.z + c.w);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      r[0][k] = fmaf(g[k], w00, r[0][k]);
+      r[1][k] = fmaf(g[k], c.y, r[1][k]);
+      r[2][k] = fmaf(g[k], c.z, r[2][k]);
+      r[3][k] = fmaf(g[k], c.w, r[3][k]);
+    }
+  } else {
+    add_sample<K>(r, g, c.y, c.z);
+  }
+}
+
+template <int K, bool kSlopes>
+__device__ __forceinline__ void update_cell_info(float* q, int side, const float (&g)[K],
+                                                 float4 c) {
+  float r[4][K];
+  load_corners<K>(q, side, r);
+  add_info<K, kSlopes>(r, g, c);
+  store_corners<K>(q, side, r);
 }
 
 // Read-modify-write of one sample's 4 corners (all loads, then all stores).

@@ -165,9 +165,12 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
 }
 
 
-template <int TILE, bool ACC_IN_SMEM>
+// kSlopes: the parameters' part of d<w, grad_x>/dP (the op lmkan2d_slope_grad_params): the
+// corner weights of w . grad f (slope_pair_cell) instead of the bilinear weights.
+template <int TILE, bool ACC_IN_SMEM, bool kSlopes = false>
 __global__ void __launch_bounds__(1024)
 dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
+          const float* __restrict__ w,        // kSlopes: the weights, x's layout
           const float* __restrict__ borders,  // [G+1]
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
           float* ws,                          // [splits or 1, n_tiles, P, cells, W]
@@ -221,7 +224,8 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
     __syncthreads();  // borders visible before the cells below use them
     if (!has_pair) continue;
     for (int s = lane; s < cs; s += 32)
-      my_info[s] = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+      my_info[s] = kSlopes ? slope_pair_cell(x, w, b0 + s, p, s_borders, num_grids, xs_f, xs_b)
+                           : pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
     __syncwarp();
     // Two samples at a time: their cells' corners are disjoint (the usual case), the same
     // cell (one read-modify-write), or overlapping (one after the other). Disjoint corners
@@ -238,18 +242,18 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
       if (gap == 0) {
         float r[4][K];
         load_corners<K>(acc + i0 * W, side, r);
-        add_sample<K>(r, g0, c0.y, c0.z);
-        add_sample<K>(r, g1, c1.y, c1.z);
+        add_info<K, kSlopes>(r, g0, c0);
+        add_info<K, kSlopes>(r, g1, c1);
         store_corners<K>(acc + i0 * W, side, r);
       } else if (gap == 1 || gap == side - 1 || gap == side || gap == side + 1) {
-        update_cell<K>(acc + i0 * W, side, g0, c0.y, c0.z);
-        update_cell<K>(acc + i1 * W, side, g1, c1.y, c1.z);
+        update_cell_info<K, kSlopes>(acc + i0 * W, side, g0, c0);
+        update_cell_info<K, kSlopes>(acc + i1 * W, side, g1, c1);
       } else {
         float r0[4][K], r1[4][K];
         load_corners<K>(acc + i0 * W, side, r0);
         load_corners<K>(acc + i1 * W, side, r1);
-        add_sample<K>(r0, g0, c0.y, c0.z);
-        add_sample<K>(r1, g1, c1.y, c1.z);
+        add_info<K, kSlopes>(r0, g0, c0);
+        add_info<K, kSlopes>(r1, g1, c1);
         store_corners<K>(acc + i0 * W, side, r0);
         store_corners<K>(acc + i1 * W, side, r1);
       }
@@ -258,7 +262,7 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
       const float4 c = my_info[s];
       float g[K];
       load_k<K>(gy_s + s * W + lane * K, g);
-      update_cell<K>(acc + __float_as_int(c.x) * W, side, g, c.y, c.z);
+      update_cell_info<K, kSlopes>(acc + __float_as_int(c.x) * W, side, g, c);
     }
     __syncwarp();  // my_info is rewritten by other lanes in the next chunk
   }
@@ -284,11 +288,13 @@ dp_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
 // its own copy of dP (deterministic, or the global-memory accumulator).
 constexpr int64_t kDpWorkspaceBytes = int64_t(1) << 30;
 
-template <int TILE>
+// weights (kSlopes only): like x.
+template <int TILE, bool kSlopes = false>
 at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::Tensor& gy,
                      int64_t batch, int n_out, int n_pairs, int num_grids, int block, bool fast,
                      bool batch_last, bool deterministic, const DeviceLimits& lim,
-                     int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b) {
+                     int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b,
+                     const at::Tensor& weights = at::Tensor()) {
   constexpr int W = bwd_width(TILE);
   const int n_tiles = (n_out + W - 1) / W;
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
@@ -340,11 +346,11 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
   at::Tensor ws = (atomics || !in_smem)
                       ? at::zeros({copies, n_tiles, n_pairs, cells, W}, options)
                       : at::empty({copies, n_tiles, n_pairs, cells, W}, options);
-  const auto kernel = in_smem ? dp_kernel<TILE, true> : dp_kernel<TILE, false>;
+  const auto kernel = in_smem ? dp_kernel<TILE, true, kSlopes> : dp_kernel<TILE, false, kSlopes>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   dim3 grid(static_cast<unsigned>(blocks_xy), static_cast<unsigned>(splits));
   kernel<<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), borders.data_ptr<float>(), gy.data_ptr<float>(), ws.data_ptr<float>(),
+      x.data_ptr<float>(), kSlopes ? weights.data_ptr<float>() : nullptr, borders.data_ptr<float>(), gy.data_ptr<float>(), ws.data_ptr<float>(),
       batch, n_out, n_pairs, num_grids, chunk, per_split, batch_last, atomics, per_split_copies,
       xs_f, xs_b, gs_f, gs_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -429,6 +435,18 @@ at::Tensor dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& border
     return launch_dp<kTile>(x, borders, gy, batch, n_out, n_pairs, num_grids, block, fast,
                             batch_last, deterministic, lim, xs_f, xs_b, gs_f, gs_b);
   });
+}
+
+at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& weights,
+                                         const at::Tensor& borders, const at::Tensor& gy,
+                                         int64_t batch, int n_out, int n_pairs, int num_grids,
+                                         bool batch_last, bool deterministic,
+                                         const DeviceLimits& lim) {
+  const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
+  const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
+  return launch_dp<kSlopeTile, true>(x, borders, gy, batch, n_out, n_pairs, num_grids,
+                                     kSlopeBlock, /*fast=*/false, batch_last, deterministic, lim,
+                                     xs_f, xs_b, gs_f, gs_b, weights);
 }
 
 }  // namespace lmkan2d

@@ -17,10 +17,14 @@ namespace {
 // per lane fit without spilling (K = 4 needs ~160 registers: at most 256 threads).
 constexpr int dx_max_block(int tile) { return tile == 16 ? 256 : 512; }
 
-// Deterministic grad_x over several output tiles (see the file comment).
-template <int TILE, bool TABLE_IN_SMEM>
+// Deterministic grad_x over several output tiles (see the file comment). kSlopes: the x part
+// of d<w, grad_x>/dx (the op lmkan2d_slope_grad_x): per pair the mixed second derivative
+// sum_o g d2f/dx1dx2 = sum_o g (c00 - c01 - c10 + c11) / (h1 h2) (d2f/dx1^2 = d2f/dx2^2 = 0
+// inside a cell), times the weight of the pair's other input.
+template <int TILE, bool TABLE_IN_SMEM, bool kSlopes = false>
 __global__ void __launch_bounds__(dx_max_block(TILE), 2)  // 2 blocks per SM: staging overlaps
 dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
+          const float* __restrict__ w,        // kSlopes: the weights, x's layout
           const float* __restrict__ packed,   // [n_tiles, P, cells, W]
           const float* __restrict__ borders,  // [G+1]
           const float* __restrict__ gy,       // grad_y: (o, b) at o*gs_f + b*gs_b
@@ -102,15 +106,25 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
             gA += gk * r[0][k]; gB += gk * r[1][k]; gC += gk * r[2][k]; gD += gk * r[3][k];
           }
           const float d1 = c.y, d2 = c.z;
-          part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
-          part[S + s] = (1.f - d1) * (gB - gA) + d1 * (gD - gC);
+          if constexpr (kSlopes) {
+            part[s] = part[S + s] = (gD - gC) - (gB - gA);
+          } else {
+            part[s] = (1.f - d2) * (gC - gA) + d2 * (gD - gB);
+            part[S + s] = (1.f - d1) * (gB - gA) + d1 * (gD - gC);
+          }
         }
         transpose_reduce(part, lane);
         const int64_t my_b = b_warp + first + my_sample;
         if (my_b < batch) {
           const float2 h = inv_h[warp * SW + first + my_sample];
-          const float v = part[0] * (my_input == 0 ? h.x : h.y);
           const int64_t off = (2 * int64_t(p) + my_input) * xs_f + my_b * xs_b;
+          float v;
+          if constexpr (kSlopes) {  // d/dx1 gets w2's share and d/dx2 w1's
+            const int64_t other = (2 * int64_t(p) + 1 - my_input) * xs_f + my_b * xs_b;
+            v = part[0] * (h.x * h.y) * w[other];
+          } else {
+            v = part[0] * (my_input == 0 ? h.x : h.y);
+          }
           if (first_tile) dx[off] = v;
           else dx[off] += v;  // this thread wrote it for the previous tile
         }
@@ -119,12 +133,13 @@ dx_kernel(const float* __restrict__ x,        // x: (f, b) at f*xs_f + b*xs_b
   }
 }
 
-template <int TILE>
+// weights (kSlopes only): like x.
+template <int TILE, bool kSlopes = false>
 at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                      const at::Tensor& gy, int64_t batch, int n_out, int n_pairs, int num_grids,
                      int block, const DeviceLimits& lim,
                      int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b,
-                     at::ScalarType table_dtype) {
+                     at::ScalarType table_dtype, const at::Tensor& weights = at::Tensor()) {
   constexpr int W = bwd_width(TILE);
   // block_size_backward threads (capped), fewer where that lets the table slice fit in
   // shared memory; past that, the table is read from global memory.
@@ -136,12 +151,12 @@ at::Tensor launch_dx(const at::Tensor& x, const at::Tensor& params, const at::Te
   const int64_t smem = dx_smem_bytes(num_grids, TILE, warps, in_smem);
   const at::Tensor packed = pack_table(params, W, table_dtype);  // float32, rounded values
   at::Tensor dx = at::empty_like(x);  // every entry written by its owner, first tile first
-  const auto kernel = in_smem ? dx_kernel<TILE, true> : dx_kernel<TILE, false>;
+  const auto kernel = in_smem ? dx_kernel<TILE, true, kSlopes> : dx_kernel<TILE, false, kSlopes>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   const int64_t samples = int64_t(warps) * dx_samples_per_warp(TILE);
   const dim3 grid(static_cast<unsigned>((batch + samples - 1) / samples));
   kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), packed.data_ptr<float>(), borders.data_ptr<float>(),
+      x.data_ptr<float>(), kSlopes ? weights.data_ptr<float>() : nullptr, packed.data_ptr<float>(), borders.data_ptr<float>(),
       gy.data_ptr<float>(), dx.data_ptr<float>(), batch, n_out, n_pairs, num_grids, xs_f, xs_b,
       gs_f, gs_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -160,6 +175,18 @@ at::Tensor dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& params,
     return launch_dx<kTile>(x, params, borders, gy, batch, n_out, n_pairs, num_grids, block, lim,
                             xs_f, xs_b, gs_f, gs_b, table_dtype);
   });
+}
+
+at::Tensor slope_dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& weights,
+                                    const at::Tensor& params, const at::Tensor& borders,
+                                    const at::Tensor& gy, int64_t batch, int n_out, int n_pairs,
+                                    int num_grids, bool batch_last, const DeviceLimits& lim,
+                                    at::ScalarType table_dtype) {
+  const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
+  const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
+  return launch_dx<kSlopeTile, true>(x, params, borders, gy, batch, n_out, n_pairs, num_grids,
+                                     kSlopeBlock, lim, xs_f, xs_b, gs_f, gs_b, table_dtype,
+                                     weights);
 }
 
 }  // namespace lmkan2d

@@ -96,6 +96,29 @@ at::Tensor dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& border
                                    bool batch_last, bool deterministic, const DeviceLimits& lim,
                                    int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b);
 
+// ---- Second derivatives (second_derivatives.cpp): the pieces of d<w, grad_x>, w like x ----
+// One launch configuration (tile 8; blocks of 256 threads for the forward-shaped kernel, 512
+// for the others): these ops are not tuned.
+constexpr int kSlopeTile = 8, kSlopeBlock = 512, kSlopeForwardBlock = 256;
+// d/d grad_y: y = sum_p w . grad f_p (output_lanes.cu, the forward kernel's slope mode).
+at::Tensor slope_forward_by_output_lanes(const at::Tensor& x, const at::Tensor& weights,
+                                         const at::Tensor& params, const at::Tensor& borders,
+                                         bool batch_last, at::ScalarType table_dtype);
+// d/dx: the mixed second derivative of each pair times the other input's weight (grad_x.cu,
+// dx_kernel's slope mode; deterministic).
+at::Tensor slope_dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& weights,
+                                    const at::Tensor& params, const at::Tensor& borders,
+                                    const at::Tensor& gy, int64_t batch, int n_out, int n_pairs,
+                                    int num_grids, bool batch_last, const DeviceLimits& lim,
+                                    at::ScalarType table_dtype);
+// d/dP: grad_y times the corner weights of w . grad f (grad_params.cu, dp_kernel's slope
+// mode), float32 [G+1, G+1, N_out, P].
+at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& weights,
+                                         const at::Tensor& borders, const at::Tensor& gy,
+                                         int64_t batch, int n_out, int n_pairs, int num_grids,
+                                         bool batch_last, bool deterministic,
+                                         const DeviceLimits& lim);
+
 // Host checks shared by the forward and backward ops (ValueError on bad arguments).
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op);

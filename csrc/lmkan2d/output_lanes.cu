@@ -58,6 +58,8 @@ struct ForwardArgs {
   int64_t gs_f, gs_b;
   bool dx_single_writer;
   int64_t xs_f, xs_b, ys_f, ys_b, ys_split;
+  // slope mode only (lmkan2d_slope_forward): the weights w, x's layout
+  const float* w;
 };
 
 // Cell info of (sample s, pair p) for the block's samples, from two x values.
@@ -66,6 +68,19 @@ __device__ __forceinline__ float4 pair_info(float v1, float v2, const float* s_b
   const Cell c1 = cdf_cell(v1, s_borders, num_grids);
   const Cell c2 = cdf_cell(v2, s_borders, num_grids);
   return make_float4(__int_as_float((c1.index * side + c2.index) * row_floats), c1.d, c2.d, 0.f);
+}
+
+// The slope mode's cell info: (row offset, w01, w10, w11) of w . grad f (slope_weights).
+__device__ __forceinline__ float4 slope_info(float v1, float v2, float w1, float w2,
+                                             const float* s_borders, int num_grids, int side,
+                                             int row_floats) {
+  const Cell c1 = cdf_cell(v1, s_borders, num_grids);
+  const Cell c2 = cdf_cell(v2, s_borders, num_grids);
+  const float a = w1 / (s_borders[c1.index + 1] - s_borders[c1.index]);
+  const float c = w2 / (s_borders[c2.index + 1] - s_borders[c2.index]);
+  float4 r = slope_weights(c1.d, c2.d, a, c);
+  r.x = __int_as_float((c1.index * side + c2.index) * row_floats);
+  return r;
 }
 
 template <int K> struct Vec;
@@ -151,7 +166,9 @@ __device__ __forceinline__ void dx_pair(const ForwardArgs& a, const float (&g)[M
 // lane's samples and outputs; per (sample, pair) a lane forms its partial dy/dx1 and dy/dx2
 // over its K outputs, a transpose-reduce over rounds of 16 samples (8 at K = 4) finishes one
 // sum per lane (about one shuffle per sum), scaled by 1/h and added to grad_x.
-template <int K, int M, bool TABLE_IN_SMEM, bool DX = false>
+// SLOPES (forward only), the op lmkan2d_slope_forward: y = sum_p w . grad f_p, the same
+// lookups with the corner weights of slope_info instead of the bilinear weights.
+template <int K, int M, bool TABLE_IN_SMEM, bool DX = false, bool SLOPES = false>
 __global__ void __launch_bounds__(DX ? 512 : (M * K > 32 ? 256 : 1024),
                                   DX ? 1 : (M * K > 32 ? 2 : 1))
 forward_kernel(const ForwardArgs a) {
@@ -182,17 +199,21 @@ forward_kernel(const ForwardArgs a) {
   const float* tile_table = a.packed + (int64_t(tile_index) * a.n_pairs + p_begin) * slice;
 
   // x values of this thread's samples for one pair (loaded a pair ahead).
-  float xv1[SPT], xv2[SPT];
+  float xv1[SPT], xv2[SPT], wv1[SPT], wv2[SPT];  // (wv: slope mode)
   auto load_x = [&](int p) {
 #pragma unroll
     for (int i = 0; i < SPT; ++i) {
       const int s = threadIdx.x + i * blockDim.x;
       const int64_t b = b0 + s;
-      xv1[i] = xv2[i] = 0.f;
+      xv1[i] = xv2[i] = wv1[i] = wv2[i] = 0.f;
       if (s < nb && b < a.batch) {
         const int64_t f = 2 * int64_t(p_begin + p);
         xv1[i] = __ldg(a.x + f * a.xs_f + b * a.xs_b);
         xv2[i] = __ldg(a.x + (f + 1) * a.xs_f + b * a.xs_b);
+        if constexpr (SLOPES) {
+          wv1[i] = __ldg(a.w + f * a.xs_f + b * a.xs_b);
+          wv2[i] = __ldg(a.w + (f + 1) * a.xs_f + b * a.xs_b);
+        }
       }
     }
   };
@@ -200,7 +221,10 @@ forward_kernel(const ForwardArgs a) {
 #pragma unroll
     for (int i = 0; i < SPT; ++i) {
       const int s = threadIdx.x + i * blockDim.x;
-      if (s < nb) info[(p & 1) * nb + s] = pair_info(xv1[i], xv2[i], s_borders, a.num_grids, side, W);
+      if (s < nb)
+        info[(p & 1) * nb + s] =
+            SLOPES ? slope_info(xv1[i], xv2[i], wv1[i], wv2[i], s_borders, a.num_grids, side, W)
+                   : pair_info(xv1[i], xv2[i], s_borders, a.num_grids, side, W);
     }
   };
   // Start the copy of pair p into buffer p % nbuf: one thread (bulk copy), or every thread
@@ -258,8 +282,13 @@ forward_kernel(const ForwardArgs a) {
       const float4 v = inf[m];  // broadcast
       const float* q0 = tab + __float_as_int(v.x);
       const float* q1 = q0 + below;
-      const float e1 = 1.f - v.y, e2 = 1.f - v.z;
-      const float w00 = e1 * e2, w01 = e1 * v.z, w10 = v.y * e2, w11 = v.y * v.z;
+      float w00, w01, w10, w11;
+      if constexpr (SLOPES) {
+        w01 = v.y; w10 = v.z; w11 = v.w; w00 = -(w01 + w10 + w11);
+      } else {
+        const float e1 = 1.f - v.y, e2 = 1.f - v.z;
+        w00 = e1 * e2; w01 = e1 * v.z; w10 = v.y * e2; w11 = v.y * v.z;
+      }
       VecT c00, c01, c10, c11;
       if constexpr (TABLE_IN_SMEM) {
         c00 = *reinterpret_cast<const VecT*>(q0);
@@ -450,6 +479,38 @@ at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
   return dx;
 }
 
+
+at::Tensor slope_forward_by_output_lanes(const at::Tensor& x, const at::Tensor& weights,
+                                         const at::Tensor& params, const at::Tensor& borders,
+                                         bool batch_last, at::ScalarType table_dtype) {
+  constexpr int k = forward_lanes_outputs(kSlopeTile), w = 32 * k;
+  constexpr int block = kSlopeForwardBlock, m = samples_per_lane(k, block);
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int n_out = static_cast<int>(params.size(2));
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  const DeviceLimits lim = device_limits(x.device().index());
+  at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
+                            : at::empty({batch, n_out}, x.options());
+  if (batch == 0) return y;
+  const int nb = (block / 32) * m;
+  const LaunchPlan plan = plan_launch(num_grids, w, nb, block, m * k > 32 ? 128 : 64, batch,
+                                      n_out, n_pairs, n_pairs, lim);
+  const at::Tensor packed = pack_table(params, w, table_dtype);  // float32, rounded values
+  at::Tensor out = plan.splits > 1 ? at::empty({plan.splits, y.size(0), y.size(1)}, y.options()) : y;
+  ForwardArgs a = make_args(x, packed, borders, out.data_ptr<float>(), batch, n_out, n_pairs,
+                            num_grids, plan, batch_last);
+  a.w = weights.data_ptr<float>();
+  const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
+                  static_cast<unsigned>(plan.splits));
+  const auto kernel = plan.nbuf > 0 ? forward_kernel<k, m, true, false, true>
+                                    : forward_kernel<k, m, false, false, true>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), plan.smem);
+  kernel<<<grid, block, plan.smem, c10::cuda::getCurrentCUDAStream()>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (plan.splits > 1) sum_splits(out, y);
+  return y;
+}
 
 }  // namespace lmkan2d
 }  // namespace lmkan

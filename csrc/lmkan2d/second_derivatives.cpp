@@ -1,0 +1,107 @@
+// The ops of lmkan2d_backward's own derivatives (its autograd: lmkan2d/autograd.cpp;
+// docs/spec.md, "Second derivatives"). For weights w like x, grad_x = sum_o grad_y df_o/dx
+// contracted with w is <w, grad_x>; its derivatives are
+//   lmkan2d_slope_forward     d/d grad_y: y[o, b] = sum_p w . grad f_{o,p}  (forward-shaped)
+//   lmkan2d_slope_grad_x      d/dx: per pair sum_o grad_y d2f/dx1dx2, times the weight of
+//                             the pair's other input (d2f/dx1^2 = d2f/dx2^2 = 0 in a cell)
+//   lmkan2d_slope_grad_params d/dP: grad_y times the corner weights of w . grad f
+// Tables are rounded to table_dtype as the layer's backward rounds them.
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "lmkan2d/layout.h"
+
+namespace lmkan {
+namespace lmkan2d {
+namespace {
+
+// The layer tensors and `weights` (like x); the launch settings are the ops' own.
+void check_slope_args(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& params,
+                      const at::Tensor& borders, bool batch_last, const char* op) {
+  check_common(x, params, borders, batch_last, kSlopeTile, kSlopeBlock, op);
+  check_cuda_float(weights, "weights");
+  check_same_device(x, "x", weights, "weights");
+  TORCH_CHECK_VALUE(weights.sizes() == x.sizes(), op, ": weights must have x's shape ",
+                    x.sizes(), ", got ", weights.sizes());
+}
+
+void check_grad_y(const at::Tensor& gy, const at::Tensor& x, int64_t n_out, int64_t batch,
+                  bool batch_last, const char* op) {
+  check_cuda_float(gy, "grad_y");
+  check_same_device(x, "x", gy, "grad_y");
+  check_dim(gy, 2, "grad_y");
+  const std::vector<int64_t> want = batch_last ? std::vector<int64_t>{n_out, batch}
+                                               : std::vector<int64_t>{batch, n_out};
+  TORCH_CHECK_VALUE(gy.sizes() == at::IntArrayRef(want), op, ": grad_y must have shape ",
+                    at::IntArrayRef(want), ", got ", gy.sizes());
+}
+
+int64_t batch_of(const at::Tensor& x, bool batch_last) {
+  return batch_last ? x.size(1) : x.size(0);
+}
+
+at::Tensor slope_forward_cuda(const at::Tensor& x, const at::Tensor& weights,
+                              const at::Tensor& params, const at::Tensor& borders,
+                              bool batch_last, std::optional<at::ScalarType> table_dtype) {
+  constexpr const char* op = "lmkan2d_slope_forward";
+  check_slope_args(x, weights, params, borders, batch_last, op);
+  const at::ScalarType table = resolve_table_dtype(table_dtype, params, op);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return slope_forward_by_output_lanes(x.contiguous(), weights.contiguous(), params.contiguous(),
+                                       borders.contiguous(), batch_last, table);
+}
+
+at::Tensor slope_grad_x_cuda(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& weights,
+                             const at::Tensor& params, const at::Tensor& borders,
+                             bool batch_last, std::optional<at::ScalarType> table_dtype) {
+  constexpr const char* op = "lmkan2d_slope_grad_x";
+  check_slope_args(x, weights, params, borders, batch_last, op);
+  const int64_t batch = batch_of(x, batch_last);
+  check_grad_y(gy, x, params.size(2), batch, batch_last, op);
+  const at::ScalarType table = resolve_table_dtype(table_dtype, params, op);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  if (batch == 0) return at::empty_like(xc);
+  return slope_dx_by_sample_tiles(xc, weights.contiguous(), params.contiguous(),
+                                  borders.contiguous(), gy.contiguous(), batch,
+                                  static_cast<int>(params.size(2)),
+                                  static_cast<int>(params.size(3)),
+                                  static_cast<int>(params.size(0)) - 1, batch_last,
+                                  device_limits(x.device().index()), table);
+}
+
+at::Tensor slope_grad_params_cuda(const at::Tensor& gy, const at::Tensor& x,
+                                  const at::Tensor& weights, const at::Tensor& params,
+                                  const at::Tensor& borders, bool batch_last, bool deterministic) {
+  constexpr const char* op = "lmkan2d_slope_grad_params";
+  check_slope_args(x, weights, params, borders, batch_last, op);
+  const int64_t batch = batch_of(x, batch_last);
+  check_grad_y(gy, x, params.size(2), batch, batch_last, op);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (batch == 0) return at::zeros_like(params);
+  const at::Tensor dp = slope_dp_by_warp_accumulators(
+      x.contiguous(), weights.contiguous(), borders.contiguous(), gy.contiguous(), batch,
+      static_cast<int>(params.size(2)), static_cast<int>(params.size(3)),
+      static_cast<int>(params.size(0)) - 1, batch_last, deterministic,
+      device_limits(x.device().index()));
+  // accumulated in float32; 16-bit parameters get theirs rounded once, here
+  return params.scalar_type() == at::kFloat ? dp : dp.to(params.scalar_type());
+}
+
+}  // namespace
+}  // namespace lmkan2d
+}  // namespace lmkan
+
+TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
+  m.impl("lmkan2d_slope_forward", &lmkan::lmkan2d::slope_forward_cuda);
+  m.impl("lmkan2d_slope_grad_x", &lmkan::lmkan2d::slope_grad_x_cuda);
+  m.impl("lmkan2d_slope_grad_params", &lmkan::lmkan2d::slope_grad_params_cuda);
+}
