@@ -215,3 +215,25 @@ def test_2d_third_derivatives_raise():
     assert second.abs().sum() > 0
     with pytest.raises(RuntimeError, match=MESSAGE):
         torch.autograd.grad(gx.sin().sum(), layer.func_parameter, create_graph=True)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_nan_input_stays_local_in_second_derivatives(kind):
+    """A NaN in input 0 of one sample (docs/spec.md, "Robustness"): the second derivatives are
+    NaN only where they depend on it: that sample's column of d/d grad_y, its entries of d/dx
+    for input 0 (2D: the pair of inputs 0 and 1), the parameters of input 0 (pair 0)."""
+    torch.manual_seed(6)
+    layer = (LMKAN2DLayer(6, 8, 9) if kind == "2d" else LMKAN1DLayer(6, 8, 9)).cuda()
+    x = torch.randn(8, 67, device="cuda")
+    x[0, 5] = float("nan")
+    x.requires_grad_(True)
+    gy = torch.randn(9, 67, device="cuda", requires_grad=True)
+    r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
+    dx, dp, dgy = _second_derivatives(layer, x, gy, r, q)
+    assert dgy[:, 5].isnan().all()
+    others = torch.ones(67, dtype=torch.bool, device="cuda")
+    others[5] = False
+    assert torch.isfinite(dgy[:, others]).all()
+    touched = 2 if kind == "2d" else 1  # inputs whose derivatives see input 0's value
+    assert torch.isfinite(dx[:, others]).all() and torch.isfinite(dx[touched:, 5]).all()
+    assert torch.isfinite(dp[..., 1:]).all()  # the other inputs' (pairs') parameters

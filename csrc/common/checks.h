@@ -48,6 +48,19 @@ inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
   check_dim(borders, 1, "borders");
 }
 
+// grad_y of a layer op's backward: float32 on x's device, [N_out, B] (batch_last) or
+// [B, N_out].
+inline void check_grad_y(const at::Tensor& gy, const at::Tensor& x, int64_t n_out, int64_t batch,
+                         bool batch_last, const char* op) {
+  check_cuda_float(gy, "grad_y");
+  check_same_device(x, "x", gy, "grad_y");
+  check_dim(gy, 2, "grad_y");
+  const int64_t rows = batch_last ? n_out : batch, cols = batch_last ? batch : n_out;
+  TORCH_CHECK_VALUE(gy.size(0) == rows && gy.size(1) == cols, op, ": grad_y must have shape ",
+                    batch_last ? "[N_out, B] = [" : "[B, N_out] = [", rows, ", ", cols,
+                    "], got ", gy.sizes());
+}
+
 // The dtype a call's table is rounded to (both layers' ops): `table_dtype` where given, else
 // the parameters' own; TypeError unless float32, float16 or bfloat16.
 inline at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,

@@ -272,19 +272,6 @@ void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& 
     launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
 }
 
-void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x, const Shapes& sh,
-                  bool batch_last) {
-  check_cuda_float(grad_y, "grad_y");
-  check_same_device(x, "x", grad_y, "grad_y");
-  check_dim(grad_y, 2, "grad_y");
-  const int64_t gy_out = batch_last ? grad_y.size(0) : grad_y.size(1);
-  const int64_t gy_batch = batch_last ? grad_y.size(1) : grad_y.size(0);
-  TORCH_CHECK_VALUE(gy_out == sh.n_out && gy_batch == sh.batch, "grad_y must have shape ",
-                    batch_last ? "[N_out, B] = [" : "[B, N_out] = [",
-                    batch_last ? sh.n_out : sh.batch, ", ", batch_last ? sh.batch : sh.n_out,
-                    "], got ", grad_y.sizes());
-}
-
 void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name) {
   check_cuda_float(t, name);
   check_same_device(x, "x", t, name);
@@ -331,7 +318,7 @@ at::Tensor lmkan1d_slope_grad_params_cuda(const at::Tensor& grad_y_in, const at:
                                           const at::Tensor& borders_in, bool uniform_grid,
                                           bool batch_last, bool deterministic) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
-  check_grad_y(grad_y_in, x_in, sh, batch_last);
+  check_grad_y(grad_y_in, x_in, sh.n_out, sh.batch, batch_last, "lmkan1d_slope_grad_params");
   check_like_x(weights_in, x_in, "weights");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous();
@@ -355,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
                                                          std::optional<at::ScalarType> table_dtype) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_backward");
-  check_grad_y(grad_y_in, x_in, sh, batch_last);
+  check_grad_y(grad_y_in, x_in, sh.n_out, sh.batch, batch_last, "lmkan1d_backward");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor grad_y = grad_y_in.contiguous();  // like y
   const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]

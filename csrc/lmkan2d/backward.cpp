@@ -39,7 +39,6 @@
 // shared memory, the same kernels read the table from global memory (L1/L2) and accumulate
 // in a private region of a global workspace (plain loads and stores, one warp per region).
 #include <tuple>
-#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -91,15 +90,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   // params: [G+1, G+1, N_out, N_in/2]; borders: [G+1]. Returns (grad_x like x, grad_params).
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_backward");
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan2d_backward");
-  check_cuda_float(gy_in, "grad_y");
-  check_same_device(x_in, "x", gy_in, "grad_y");
-  check_dim(gy_in, 2, "grad_y");
   const int64_t n_out = params_in.size(2);
   const int64_t batch = batch_last ? x_in.size(1) : x_in.size(0);
-  const std::vector<int64_t> want = batch_last ? std::vector<int64_t>{n_out, batch}
-                                               : std::vector<int64_t>{batch, n_out};
-  TORCH_CHECK_VALUE(gy_in.sizes() == at::IntArrayRef(want), "lmkan2d_backward: grad_y must have shape ",
-                    at::IntArrayRef(want), ", got ", gy_in.sizes());
+  check_grad_y(gy_in, x_in, n_out, batch, batch_last, "lmkan2d_backward");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous(), gy = gy_in.contiguous();

@@ -8,7 +8,6 @@
 // Tables are rounded to table_dtype as the layer's backward rounds them.
 #include <cstdint>
 #include <optional>
-#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -31,17 +30,6 @@ void check_slope_args(const at::Tensor& x, const at::Tensor& weights, const at::
   check_same_device(x, "x", weights, "weights");
   TORCH_CHECK_VALUE(weights.sizes() == x.sizes(), op, ": weights must have x's shape ",
                     x.sizes(), ", got ", weights.sizes());
-}
-
-void check_grad_y(const at::Tensor& gy, const at::Tensor& x, int64_t n_out, int64_t batch,
-                  bool batch_last, const char* op) {
-  check_cuda_float(gy, "grad_y");
-  check_same_device(x, "x", gy, "grad_y");
-  check_dim(gy, 2, "grad_y");
-  const std::vector<int64_t> want = batch_last ? std::vector<int64_t>{n_out, batch}
-                                               : std::vector<int64_t>{batch, n_out};
-  TORCH_CHECK_VALUE(gy.sizes() == at::IntArrayRef(want), op, ": grad_y must have shape ",
-                    at::IntArrayRef(want), ", got ", gy.sizes());
 }
 
 int64_t batch_of(const at::Tensor& x, bool batch_last) {

@@ -1,0 +1,55 @@
+"""Where a force-training step's GPU time goes: torch.profiler over a few steps of
+benchmarks/bench_forces.py's models, the kernels by total CUDA time (the leads of
+docs/decisions.md, issue 19, are to be checked against this table).
+
+    python tools/profile_forces.py [--kind 2d] [--batch 65536] [--width 256] [--steps 5]
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from bench_forces import _model  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kind", choices=("1d", "2d"), default="2d")
+    ap.add_argument("--batch", type=int, default=65536)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--num-grids", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_forces.py profiles CUDA kernels: no CUDA GPU is visible")
+    torch.manual_seed(0)
+    model = _model(args.kind, args.width, args.num_grids).cuda()
+    x = torch.randn(args.batch, 12, device="cuda")
+    energy_target = torch.randn(args.batch, 1, device="cuda")
+    force_target = torch.randn(args.batch, 12, device="cuda")
+
+    def force_step():
+        model.zero_grad(set_to_none=True)
+        xr = x.detach().requires_grad_(True)
+        energy = model(xr)
+        forces = -torch.autograd.grad(energy.sum(), xr, create_graph=True)[0]
+        ((energy - energy_target).square().mean()
+         + (forces - force_target).square().mean()).backward()
+
+    for _ in range(3):  # warm-up: tuning, allocations
+        force_step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.steps):
+            force_step()
+        torch.cuda.synchronize()
+    print(f"{torch.cuda.get_device_name()}, {args.kind} model, B={args.batch}, width "
+          f"{args.width}, {args.steps} force steps:")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
