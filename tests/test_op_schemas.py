@@ -101,6 +101,22 @@ def test_second_derivatives_on_meta(kind, batch_last):
     assert dp.dtype == params.dtype and dx.dtype == dgy.dtype == torch.float32
 
 
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_third_derivatives_raise_on_meta(kind):
+    """A graph of second derivatives (create_graph=True once more) is refused by name."""
+    if kind == "1d":
+        x, params, borders = _meta_1d(grad=True)
+        y = torch.ops.lmkan.lmkan1d(x, params, borders, False, True, False)
+    else:
+        x, params, borders = _meta_2d(grad=True)
+        y = torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 512, False, False)
+    gx = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)[0]
+    second = torch.autograd.grad(gx, params, torch.ones_like(gx), retain_graph=True)[0]
+    assert second.shape == params.shape
+    with pytest.raises(RuntimeError, match=f"lmkan{kind}_backward: third derivatives"):
+        torch.autograd.grad(gx, params, torch.ones_like(gx), create_graph=True)
+
+
 def test_2d_slope_fakes_check_weights():
     x, params, borders = _meta_2d()
     with pytest.raises(ValueError, match="weights must have x's shape"):

@@ -30,16 +30,16 @@ inline bool records_graph(const at::Tensor& x, const at::Tensor& params) {
   return at::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad());
 }
 
-// Called first in every backward: with create_graph=True the engine runs backwards in grad
-// mode, and the backward ops have no autograd of their own, so a second derivative through
-// them would come back silently wrong (issue 18, item 9). Refused with a clear error until
-// the backward ops get theirs.
-inline void refuse_double_backward(const char* op) {
-  TORCH_CHECK(!at::GradMode::is_enabled(), op,
-              ": second derivatives (a backward with create_graph=True through this op) are "
-              "not implemented on CUDA yet; the layers' pure-PyTorch path has them (run the "
-              "model on the CPU, or in float64), or compute this gradient with "
-              "create_graph=False");
+// Called first in a backward whose own derivatives are not built: with create_graph=True the
+// engine runs backwards in grad mode, and a derivative through an op without autograd would
+// come back silently wrong (issue 18, item 9), so it is refused with a clear error. The
+// regularisers' backward ops (second derivatives) and the layers' backward ops' backward
+// (third derivatives) call it; `order` names what is refused.
+inline void refuse_double_backward(const char* op, const char* order = "second derivatives") {
+  TORCH_CHECK(!at::GradMode::is_enabled(), op, ": ", order,
+              " (a backward with create_graph=True through this op) are not implemented on "
+              "CUDA; the layers' pure-PyTorch path has every order (run the model on the CPU, "
+              "or in float64), or compute this gradient with create_graph=False");
 }
 
 }  // namespace lmkan

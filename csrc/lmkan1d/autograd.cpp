@@ -79,7 +79,7 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    refuse_double_backward("lmkan::lmkan1d_backward");  // third derivatives
+    refuse_double_backward("lmkan::lmkan1d_backward", "third derivatives");
     static const auto forward_op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
     static const auto backward_op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
     static const auto slope_forward_op =

@@ -92,7 +92,7 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    refuse_double_backward("lmkan::lmkan2d_backward");  // third derivatives
+    refuse_double_backward("lmkan::lmkan2d_backward", "third derivatives");
     static const auto forward_op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
     static const auto backward_op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
     static const auto slope_forward_op =
