@@ -3,6 +3,7 @@ benchmarks/bench_forces.py's models, the kernels by total CUDA time (the leads o
 docs/decisions.md, issue 19, are to be checked against this table).
 
     python tools/profile_forces.py [--kind 2d] [--batch 65536] [--width 256] [--steps 5]
+        [--norm layernorm|none]
 """
 import argparse
 import os
@@ -22,11 +23,12 @@ def main():
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--num-grids", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--norm", choices=("layernorm", "none"), default="layernorm")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_forces.py profiles CUDA kernels: no CUDA GPU is visible")
     torch.manual_seed(0)
-    model = _model(args.kind, args.width, args.num_grids).cuda()
+    model = _model(args.kind, args.width, args.num_grids, args.norm).cuda()
     x = torch.randn(args.batch, 12, device="cuda")
     energy_target = torch.randn(args.batch, 1, device="cuda")
     force_target = torch.randn(args.batch, 12, device="cuda")
@@ -46,8 +48,8 @@ def main():
         for _ in range(args.steps):
             force_step()
         torch.cuda.synchronize()
-    print(f"{torch.cuda.get_device_name()}, {args.kind} model, B={args.batch}, width "
-          f"{args.width}, {args.steps} force steps:")
+    print(f"{torch.cuda.get_device_name()}, {args.kind} model ({args.norm}), B={args.batch}, "
+          f"width {args.width}, {args.steps} force steps:")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
 
 
