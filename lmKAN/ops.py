@@ -257,6 +257,13 @@ def _check_1d(x, params, borders, batch_last, table_dtype=None):
                                f"{list(x.shape)}")
 
 
+def _check_weights(op, x, weights):
+    """The second-derivative ops' weights: x's shape (csrc/common/checks.h, check_like_x)."""
+    torch._check_value(weights.shape == x.shape, lambda: f"{op}: weights must have x's shape "
+                                                         f"{list(x.shape)}, got "
+                                                         f"{list(weights.shape)}")
+
+
 def _layer_output(x, n_out, batch_last):
     batch = x.shape[1] if batch_last else x.shape[0]
     return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
@@ -286,9 +293,7 @@ def _register():
     # block 512 (csrc/lmkan2d/layout.h, kSlopeTile)
     def _check_slopes(op, x, weights, params, borders, batch_last, table_dtype=None):
         _check_2d(op, x, params, borders, batch_last, 8, 512, table_dtype)
-        torch._check_value(weights.shape == x.shape, lambda: f"{op}: weights must have x's "
-                                                             f"shape {list(x.shape)}, got "
-                                                             f"{list(weights.shape)}")
+        _check_weights(op, x, weights)
 
     @torch.library.register_fake(lib + "lmkan2d_slope_forward")
     def _(x, weights, params, borders, batch_last, table_dtype=None):
@@ -323,15 +328,13 @@ def _register():
     @torch.library.register_fake(lib + "lmkan1d_slope_forward")
     def _(x, weights, params, borders, uniform_grid, batch_last, table_dtype=None):
         _check_1d(x, params, borders, batch_last, table_dtype)
-        torch._check_value(weights.shape == x.shape, lambda: f"weights must have x's shape "
-                                                             f"{list(x.shape)}, got {list(weights.shape)}")
+        _check_weights("lmkan1d_slope_forward", x, weights)
         return _layer_output(x, params.shape[1], batch_last)
 
     @torch.library.register_fake(lib + "lmkan1d_slope_grad_params")
     def _(grad_y, x, weights, params, borders, uniform_grid, batch_last, deterministic=False):
         _check_1d(x, params, borders, batch_last)
-        torch._check_value(weights.shape == x.shape, lambda: f"weights must have x's shape "
-                                                             f"{list(x.shape)}, got {list(weights.shape)}")
+        _check_weights("lmkan1d_slope_grad_params", x, weights)
         return torch.empty_like(params)
 
     # --- regularisers ------------------------------------------------------------------

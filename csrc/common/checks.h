@@ -61,6 +61,15 @@ inline void check_grad_y(const at::Tensor& gy, const at::Tensor& x, int64_t n_ou
                     "], got ", gy.sizes());
 }
 
+// A tensor laid out like x (the second-derivative ops' weights): float32, x's device and shape.
+inline void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name,
+                         const char* op) {
+  check_cuda_float(t, name);
+  check_same_device(x, "x", t, name);
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have x's shape ", x.sizes(),
+                    ", got ", t.sizes());
+}
+
 // The dtype a call's table is rounded to (both layers' ops): `table_dtype` where given, else
 // the parameters' own; TypeError unless float32, float16 or bfloat16.
 inline at::ScalarType resolve_table_dtype(const std::optional<at::ScalarType>& table_dtype,

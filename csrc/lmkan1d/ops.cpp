@@ -272,13 +272,6 @@ void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& 
     launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
 }
 
-void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  check_cuda_float(t, name);
-  check_same_device(x, "x", t, name);
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " must have x's shape ", x.sizes(), ", got ",
-                    t.sizes());
-}
-
 // Second derivatives (the autograd of lmkan1d_backward, lmKAN/ops.py): the transposed
 // contraction of grad_x's slopes, y[s, o] = sum_i weights[s, i] * slope[k(s, i), o, i],
 // slopes of the table rounded to table_dtype as the backward's.
@@ -287,7 +280,7 @@ at::Tensor lmkan1d_slope_forward_cuda(const at::Tensor& x_in, const at::Tensor& 
                                       bool uniform_grid, bool batch_last,
                                       std::optional<at::ScalarType> table_dtype) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
-  check_like_x(weights_in, x_in, "weights");
+  check_like_x(weights_in, x_in, "weights", "lmkan1d_slope_forward");
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_slope_forward");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), weights = weights_in.contiguous();
@@ -319,7 +312,7 @@ at::Tensor lmkan1d_slope_grad_params_cuda(const at::Tensor& grad_y_in, const at:
                                           bool batch_last, bool deterministic) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
   check_grad_y(grad_y_in, x_in, sh.n_out, sh.batch, batch_last, "lmkan1d_slope_grad_params");
-  check_like_x(weights_in, x_in, "weights");
+  check_like_x(weights_in, x_in, "weights", "lmkan1d_slope_grad_params");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous();
   const at::Tensor weights = weights_in.contiguous(), borders = borders_in.contiguous();

@@ -26,10 +26,7 @@ namespace {
 void check_slope_args(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& params,
                       const at::Tensor& borders, bool batch_last, const char* op) {
   check_common(x, params, borders, batch_last, kSlopeTile, kSlopeBlock, op);
-  check_cuda_float(weights, "weights");
-  check_same_device(x, "x", weights, "weights");
-  TORCH_CHECK_VALUE(weights.sizes() == x.sizes(), op, ": weights must have x's shape ",
-                    x.sizes(), ", got ", weights.sizes());
+  check_like_x(weights, x, "weights", op);
 }
 
 int64_t batch_of(const at::Tensor& x, bool batch_last) {
