@@ -31,9 +31,12 @@ def kernel_available(op_name, dispatch_key="CUDA"):
 
 
 def kernel_applies(op_name, *tensors):
-    """True when a call of `op_name` on `tensors` runs the CUDA kernel: the first tensor is
-    on a CUDA device, all are float32, and the kernel is compiled in. (lmKAN.tuning asks
-    it too: only calls that run kernels have settings to tune.)"""
+    """True for a float32 call of `op_name` on the CUDA kernel: the first tensor is on a CUDA
+    device, all are float32, and the kernel is compiled in. The layers' lean call path stores
+    plans only for such calls (their op arguments serve the raw op directly), and
+    lmKAN.tuning times only them. The kernels also take 16-bit parameters and convert other
+    floating x (_layer_kernel_applies): those calls run the kernels through the general path,
+    with default launch settings where "auto"."""
     return (tensors[0].is_cuda and all(t.dtype == torch.float32 for t in tensors)
             and kernel_available(op_name))
 
@@ -80,8 +83,9 @@ def call_table_dtype(x, params, table_dtype):
 
 
 def _layer_kernel_applies(op_name, x, params, borders):
-    """The layer kernels take float32 x and borders and float32/float16/bfloat16 parameters;
-    any floating x is converted to float32 for them."""
+    """Whether a layer call runs the CUDA kernels: they take float32 borders and
+    float32/float16/bfloat16 parameters, and any floating x is converted to float32 for them
+    (kernel_applies is the narrower float32-only test of the plans and the tuner)."""
     return (x.is_cuda and params.dtype in TABLE_DTYPES and borders.dtype == torch.float32
             and x.dtype.is_floating_point and kernel_available(op_name))
 
