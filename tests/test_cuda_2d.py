@@ -463,3 +463,84 @@ def test_int64_offsets_fast_backward():
     assert rel_l2(gx[tail], rgx) <= TOL
     assert gx[:1000].abs().max().item() == 0  # zero grad_y gives zero grad_x
     assert rel_l2(gp, rgp) <= TOL
+
+
+@requires_gpu
+@pytest.mark.parametrize("case", ["sample_lanes", "sample_lanes_bf16", "output_lanes"])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_far_inputs_forward_without_nan(case, batch_last):
+    """Finite inputs far past the grid (docs/spec.md, "Robustness"): the forward kernels give
+    the float64 value, +-inf where it overflows, never NaN (the float32 bilinear weights gave
+    inf - inf). One far input per chosen sample, at scattered (sample, input) positions, two
+    whole warps without any; both forward kernels (the output-lanes kernel serves num_grids
+    past the shared-memory limit) and a 16-bit table."""
+    tile = 4
+    table = torch.bfloat16 if case.endswith("bf16") else None
+    g = max_num_grids(tile, "forward", "cuda") + 3 if case == "output_lanes" else 8
+    n_in, n_out, batch = 10, 37, 700
+    torch.manual_seed(7)
+    borders = cdf_borders(g, device="cuda")
+    params = 0.05 * torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
+    params[:, :, 0] *= 1000.0  # output 0's far values overflow float32, the others' stay finite
+    x = torch.randn(*((n_in, batch) if batch_last else (batch, n_in)), device="cuda")
+    xb = x.t() if batch_last else x  # [B, N_in] view
+    huge = torch.tensor([5e37, -5e37, 3e38, -3e38, 1e30, -2e7, 1e12, -1e9], device="cuda")
+    far_samples = 48 + torch.randperm(batch - 48, device="cuda")[:150]
+    far_inputs = torch.randint(0, n_in, (150,), device="cuda")
+    xb[far_samples, far_inputs] = huge[torch.arange(150, device="cuda") % len(huge)]
+    xb[16:48] = 0.3
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, 256, table)
+    table_values = params if table is None else params.to(table)
+    y_ref = _reference.lmkan2d_forward(x.double(), table_values.double(), borders.double(),
+                                       batch_last)
+    assert not y.isnan().any() and not y_ref.isnan().any()
+    big = y_ref.abs() > 3.0e38
+    assert big.any() and (~big).any()
+    assert torch.equal(torch.sign(y[big]), torch.sign(y_ref[big]).float())
+    assert (y[big].abs() >= 3.0e38).all()
+    # Samples without a far input: the float32 contract. Elsewhere each finite value to 1e-5
+    # of the larger of its own size and its output's rms over those samples (output 0's
+    # terms are 1000x larger: a small sum of them carries their float32 rounding).
+    yb, rb = (y.t(), y_ref.t()) if batch_last else (y, y_ref)
+    far_rows = torch.zeros(batch, dtype=torch.bool, device="cuda")
+    far_rows[far_samples] = True
+    assert rel_l2(yb[~far_rows], rb[~far_rows]) <= TOL
+    scale = rb[~far_rows].pow(2).mean(0).sqrt()
+    ok = ~(rb.abs() > 3.0e38)
+    rel = ((yb.double() - rb).abs() / torch.maximum(rb.abs(), scale.expand_as(rb)))[ok]
+    assert rel.max().item() <= 1e-5
+
+
+@requires_gpu
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("g, n_out", [(8, 37), (8, 200), (60, 9)], ids=str)
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_far_inputs_backward_without_nan(batch_last, g, n_out, deterministic):
+    """Far inputs in the backward: every backward kernel takes them at d = 0 and far_fixup.cu
+    replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
+    the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
+    Shapes: the cell-sorted backward, several output tiles, and num_grids past the shared
+    memory of the deterministic kernels."""
+    n_in, batch = 10, 700
+    torch.manual_seed(8)
+    x, params, borders = _make(g, n_in, n_out, batch, batch_last)
+    params *= 0.05
+    xb = x.t() if batch_last else x
+    huge = torch.tensor([2e7, -3e7, 1e9, -1e12, 5e14, -4e8], device="cuda")
+    far_samples = 48 + torch.randperm(batch - 48, device="cuda")[:120]
+    far_inputs = torch.randint(0, n_in, (120,), device="cuda")
+    xb[far_samples, far_inputs] = huge[torch.arange(120, device="cuda") % len(huge)]
+    grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8, 256,
+                                              False, deterministic)
+    _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
+    for got, want in ((gx, rgx), (gp, rgp)):
+        assert not got.isnan().any()
+        large = want.abs() > 1e3
+        assert large.any() and (~large).any()
+        assert rel_l2(got[large], want[large]) <= TOL
+        assert rel_l2(got[~large], want[~large]) <= TOL
+    if deterministic:
+        again = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8, 256,
+                                                 False, True)
+        assert torch.equal(gx, again[0]) and torch.equal(gp, again[1])

@@ -114,6 +114,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
           : run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy,
                                  batch, n, n_pairs, num_grids, block, batch_last, fast_mode,
                                  deterministic, lim, table);
+  // far inputs, which the kernels took at d = 0 (device.cuh): their pairs in float64
+  far_fixup(x, params, table, borders, gy, dx, dp, batch_last);
   // dP is accumulated in float32; 16-bit parameters get theirs rounded once, here
   if (params.scalar_type() != at::kFloat) dp = dp.to(params.scalar_type());
   return {dx, dp};

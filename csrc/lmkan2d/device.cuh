@@ -13,13 +13,49 @@ namespace lmkan2d {
 
 // (transpose_reduce, the warp scan: common/warp.cuh)
 
-// Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2.
+// A finite input more than kFarCells cells past the end nodes ("far", docs/spec.md,
+// "Robustness"): no float32 form of its bilinear terms is NaN-free (inf - inf where the
+// value is finite, or 0 * inf). Every kernel gives such an input d = 0 (pair_cell, the
+// forwards' cell code); the forwards then add the difference to the pair's value in float64
+// after their loop (far_correction), and after the backward kernels far_fixup.cu replaces
+// the pair's grad_x and corrects grad_params in float64. NaN and +-inf inputs are not far
+// (they keep their d, as in the reference).
+constexpr float kFarCells = 1048576.f;  // 2^20
+
+__device__ __forceinline__ bool is_far(float v, float d) {
+  return !(fabsf(d) <= kFarCells) && fabsf(v) < INFINITY;
+}
+
+// d of v in cell i, in float64 (borders: [G+1], global or shared memory).
+__device__ __forceinline__ double exact_d(float v, const float* borders, int i) {
+  const double lo = borders[i];
+  return (double(v) - lo) / (double(borders[i + 1]) - lo);
+}
+
+// What the float64 value of one output of a pair differs by from what the kernel's loop added
+// for it, u = the loop's 4 float32 weights: f = c00 + D1 (c10 - c00) + D2 (c01 - c00)
+// + D1 D2 (c11 - c10 - c01 + c00) (differences of float32 values are exact in float64),
+// rounded once to float32 (+-inf where it overflows).
+__device__ __forceinline__ float far_correction(float c00, float c01, float c10, float c11,
+                                               double D1, double D2, float u00, float u01,
+                                               float u10, float u11) {
+  const double a = c00, b = c01, c = c10, d = c11;
+  const double exact = a + D1 * (c - a) + D2 * (b - a) + D1 * D2 * ((d - c) - (b - a));
+  const double added = double(u00) * a + double(u01) * b + double(u10) * c + double(u11) * d;
+  return static_cast<float>(exact - added);
+}
+
+// Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2;
+// a far input's d is 0 (above).
 __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
                                             const float* s_borders, int num_grids,
                                             int64_t xs_f, int64_t xs_b, float2* inv_h) {
   const int64_t f = 2 * int64_t(p);
-  const Cell c1 = cdf_cell(x[f * xs_f + b * xs_b], s_borders, num_grids);
-  const Cell c2 = cdf_cell(x[(f + 1) * xs_f + b * xs_b], s_borders, num_grids);
+  const float v1 = x[f * xs_f + b * xs_b], v2 = x[(f + 1) * xs_f + b * xs_b];
+  Cell c1 = cdf_cell(v1, s_borders, num_grids);
+  Cell c2 = cdf_cell(v2, s_borders, num_grids);
+  if (is_far(v1, c1.d)) c1.d = 0.f;  // corrected by far_fixup.cu
+  if (is_far(v2, c2.d)) c2.d = 0.f;
   if (inv_h != nullptr) {
     *inv_h = make_float2(1.f / (s_borders[c1.index + 1] - s_borders[c1.index]),
                          1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));
@@ -49,6 +85,11 @@ __device__ __forceinline__ float4 slope_pair_cell(const float* __restrict__ x,
   float4 r = slope_weights(c1.d, c2.d, a, c);
   r.x = __int_as_float(c1.index * (num_grids + 1) + c2.index);
   return r;
+}
+
+// Component i (compile-time after unrolling) of a float4.
+__device__ __forceinline__ float& component(float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
 // K consecutive floats of a lane into v, one vector access (K * lane floats into a W-float

@@ -111,6 +111,49 @@ __device__ __forceinline__ Cell grid_cell(float v, const float2* s_grid, int num
   return Cell{i, (v - g.x) * g.y};
 }
 
+// Far inputs (device.cuh, kFarCells) of this thread's sample: the loop gave them d = 0; add
+// each far pair's float64 value less what the loop added, for the thread's 32 outputs,
+// reading the packed table from global memory (rare: only threads whose sample holds one).
+// acc: as in the kernel (float32: acc[j] holds output chunk j ^ rot; 16-bit: acc[2j], acc[2j+1]
+// the two halves of 8-output chunk j ^ rot), copied to local memory by the caller: not
+// inlined, so the kernel's loop keeps its registers (inlined, every instantiation spilled
+// 300-380 bytes at the 64-register bound, against 0-64 without it).
+template <int TS, typename T>
+__device__ __noinline__ void add_far_pairs(float4* acc, const SampleLanesArgs& a,
+                                              const T* tile_table, const float2* s_grid,
+                                              int p_begin, int np, int64_t b, int sub, int rot) {
+  constexpr bool k16 = sizeof(T) == 2;
+  constexpr int W = 32 * TS, kChunks = k16 ? 4 : 8, kPerChunk = k16 ? 8 : 4;
+  const int side = a.num_grids + 1;
+  const int64_t slice = int64_t(side) * side * W;
+  const float* xp = a.x + 2 * int64_t(p_begin) * a.xs_f + b * a.xs_b;
+  for (int p = 0; p < np; ++p, xp += 2 * a.xs_f) {
+    const float v1 = __ldg(xp), v2 = __ldg(xp + a.xs_f);
+    const Cell c1 = grid_cell(v1, s_grid, a.num_grids);
+    const Cell c2 = grid_cell(v2, s_grid, a.num_grids);
+    const bool f1 = is_far(v1, c1.d), f2 = is_far(v2, c2.d);
+    if (!(f1 || f2)) continue;
+    const float d1 = f1 ? 0.f : c1.d, d2 = f2 ? 0.f : c2.d;  // the loop's
+    const float e1 = 1.f - d1, e2 = 1.f - d2;
+    const float u00 = e1 * e2, u01 = e1 * d2, u10 = d1 * e2, u11 = d1 * d2;
+    const double D1 = exact_d(v1, a.borders, c1.index), D2 = exact_d(v2, a.borders, c2.index);
+    const T* q = tile_table + p * slice + int64_t(c1.index * side + c2.index) * W + sub * 32;
+    const int64_t below = int64_t(side) * W;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int chunk = j ^ rot;
+#pragma unroll
+      for (int e = 0; e < kPerChunk; ++e) {
+        const int o = kPerChunk * chunk + e;
+        const float corr = far_correction(to_float(q[o]), to_float(q[o + W]),
+                                          to_float(q[o + below]), to_float(q[o + below + W]),
+                                          D1, D2, u00, u01, u10, u11);
+        component(acc[k16 ? 2 * j + e / 4 : j], e % 4) += corr;
+      }
+    }
+  }
+}
+
 template <int TS, typename T>
 __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const SampleLanesArgs a) {
   constexpr bool k16 = sizeof(T) == 2;
@@ -173,6 +216,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   float4 acc[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  bool any_far = false;  // this thread's sample holds a far input (add_far_pairs)
 
   // Shared-memory byte address of this lane's first chunk in row 0 of buffer 0. A lane's 32
   // outputs start on a 128-byte (float32) or 64-byte (16-bit) boundary, so chunk (j XOR rot)
@@ -193,8 +237,11 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
     }
     const Cell c1 = grid_cell(v1, s_grid, a.num_grids);
     const Cell c2 = grid_cell(v2, s_grid, a.num_grids);
-    const float e1 = 1.f - c1.d, e2 = 1.f - c2.d;
-    const float w00 = e1 * e2, w01 = e1 * c2.d, w10 = c1.d * e2, w11 = c1.d * c2.d;
+    const bool f1 = is_far(v1, c1.d), f2 = is_far(v2, c2.d);
+    any_far = any_far || f1 || f2;
+    const float d1 = f1 ? 0.f : c1.d, d2 = f2 ? 0.f : c2.d;  // far: after the loop
+    const float e1 = 1.f - d1, e2 = 1.f - d2;
+    const float w00 = e1 * e2, w01 = e1 * d2, w10 = d1 * e2, w11 = d1 * d2;
     const int row = c1.index * side + c2.index;
     mbarrier_wait(full + buf, phase);
     // 16-byte chunk j of the lane's outputs in the four corner rows: float32 chunk j holds
@@ -230,6 +277,15 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
     }
   }
 
+  if (any_far) {  // rare: a copy of the accumulators through local memory
+    float4 spill[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) spill[j] = acc[j];
+    add_far_pairs<TS, T>(spill, a, tile_table, s_grid, p_begin, np, valid ? b : a.batch - 1, sub,
+                         rot);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j] = spill[j];
+  }
   if (!valid) return;
   float* y = a.y + blockIdx.z * a.ys_split + b * a.ys_b;
 #pragma unroll

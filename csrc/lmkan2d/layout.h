@@ -119,6 +119,15 @@ at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& 
                                          bool batch_last, bool deterministic,
                                          const DeviceLimits& lim);
 
+// After the backward kernels (far_fixup.cu): grad_x of each (sample, pair) that holds a far
+// input replaced by its float64 value, and grad_params (float32 [G+1, G+1, N_out, P])
+// corrected to the float64 bilinear weights; params as the backward got them (rounded to
+// table_dtype as the kernels read them). One block per pair; without far inputs it reads x
+// once and writes nothing.
+void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType table_dtype,
+               const at::Tensor& borders, const at::Tensor& gy, at::Tensor& dx, at::Tensor& dp,
+               bool batch_last);
+
 // Host checks shared by the forward and backward ops (ValueError on bad arguments).
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op);

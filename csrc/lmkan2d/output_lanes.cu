@@ -62,12 +62,62 @@ struct ForwardArgs {
   const float* w;
 };
 
-// Cell info of (sample s, pair p) for the block's samples, from two x values.
+// Cell info of (sample s, pair p) for the block's samples, from two x values. kFar: a far
+// input (device.cuh) gets d = 0 and sets *far where far is given (the forward, which adds
+// its pair's float64 value after the loop, add_far_pairs; grad_x is replaced by
+// far_fixup.cu).
+template <bool kFar = false>
 __device__ __forceinline__ float4 pair_info(float v1, float v2, const float* s_borders,
-                                            int num_grids, int side, int row_floats) {
-  const Cell c1 = cdf_cell(v1, s_borders, num_grids);
-  const Cell c2 = cdf_cell(v2, s_borders, num_grids);
+                                            int num_grids, int side, int row_floats,
+                                            int* far = nullptr) {
+  Cell c1 = cdf_cell(v1, s_borders, num_grids);
+  Cell c2 = cdf_cell(v2, s_borders, num_grids);
+  if constexpr (kFar) {
+    const bool f1 = is_far(v1, c1.d), f2 = is_far(v2, c2.d);
+    if ((f1 || f2) && far != nullptr) atomicOr(far, 1);
+    if (f1) c1.d = 0.f;
+    if (f2) c2.d = 0.f;
+  }
   return make_float4(__int_as_float((c1.index * side + c2.index) * row_floats), c1.d, c2.d, 0.f);
+}
+
+// The forward's far inputs (pair_info<true>): for each of the warp's M samples, each pair
+// that holds one gets its float64 value less what the loop added (d = 0 for the far input),
+// for the lane's K outputs, from the packed table in global memory. Rare: only blocks that
+// saw a far input run it. Not inlined, on a copy of the accumulators in local memory (as in
+// forward_sample_lanes.cu): inlined, it made the kernel's loop spill (up to 264 bytes).
+template <int K, int M>
+__device__ __noinline__ void add_far_pairs(float (*acc)[K], const float* x, int64_t xs_f,
+                                              int64_t xs_b, const float* borders,
+                                              const float* s_borders, const float* tile_table,
+                                              int num_grids, int p_begin, int np,
+                                              int64_t b_warp, int64_t batch, int lane) {
+  constexpr int W = 32 * K;
+  const int side = num_grids + 1;
+  const int64_t slice = int64_t(side) * side * W;
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const int64_t b = b_warp + m;
+    if (b >= batch) break;
+    for (int p = 0; p < np; ++p) {
+      const int64_t f = 2 * int64_t(p_begin + p);
+      const float v1 = __ldg(x + f * xs_f + b * xs_b), v2 = __ldg(x + (f + 1) * xs_f + b * xs_b);
+      const Cell c1 = cdf_cell(v1, s_borders, num_grids);
+      const Cell c2 = cdf_cell(v2, s_borders, num_grids);
+      const bool f1 = is_far(v1, c1.d), f2 = is_far(v2, c2.d);
+      if (!(f1 || f2)) continue;  // warp-uniform: every lane reads the same sample
+      const float d1 = f1 ? 0.f : c1.d, d2 = f2 ? 0.f : c2.d;  // the loop's
+      const float e1 = 1.f - d1, e2 = 1.f - d2;
+      const double D1 = exact_d(v1, borders, c1.index), D2 = exact_d(v2, borders, c2.index);
+      const float* q = tile_table + p * slice + int64_t(c1.index * side + c2.index) * W + K * lane;
+      const int64_t below = int64_t(side) * W;
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        acc[m][k] += far_correction(__ldg(q + k), __ldg(q + k + W), __ldg(q + k + below),
+                                    __ldg(q + k + below + W), D1, D2, e1 * e2, e1 * d2,
+                                    d1 * e2, d1 * d2);
+    }
+  }
 }
 
 // The slope mode's cell info: (row offset, w01, w10, w11) of w . grad f (slope_weights).
@@ -186,6 +236,10 @@ forward_kernel(const ForwardArgs a) {
   float* table = smem + 4;                                       // [nbuf][cells][W]
   float4* info = reinterpret_cast<float4*>(table + int64_t(nbuf) * slice);  // [2][nb]
   float* s_borders = reinterpret_cast<float*>(info + 2 * nb);
+  // the forward's far-input flag (pair_info<true>), in the footprint's last 16 bytes
+  int* s_far = reinterpret_cast<int*>(s_borders + side);
+  constexpr bool kFar = !DX && !SLOPES;
+  if (kFar && threadIdx.x == 0) *s_far = 0;
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
   if (TABLE_IN_SMEM && threadIdx.x == 0)
     for (int i = 0; i < nbuf; ++i) mbarrier_init(bars + i, staging_arrivals());
@@ -224,7 +278,8 @@ forward_kernel(const ForwardArgs a) {
       if (s < nb)
         info[(p & 1) * nb + s] =
             SLOPES ? slope_info(xv1[i], xv2[i], wv1[i], wv2[i], s_borders, a.num_grids, side, W)
-                   : pair_info(xv1[i], xv2[i], s_borders, a.num_grids, side, W);
+                   : pair_info<true>(xv1[i], xv2[i], s_borders, a.num_grids, side, W,
+                                     kFar ? s_far : nullptr);
     }
   };
   // Start the copy of pair p into buffer p % nbuf: one thread (bulk copy), or every thread
@@ -311,6 +366,22 @@ forward_kernel(const ForwardArgs a) {
   }
 
   if constexpr (DX) return;
+  if constexpr (kFar) {
+    __syncthreads();  // every pair_info of the block has run
+    if (*s_far) {  // rare: through a copy of the accumulators in local memory
+      float spill[M][K];
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int k = 0; k < K; ++k) spill[m][k] = acc[m][k];
+      add_far_pairs<K, M>(spill, a.x, a.xs_f, a.xs_b, a.borders, s_borders, tile_table,
+                          a.num_grids, p_begin, np, b0 + warp * M, a.batch, lane);
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int k = 0; k < K; ++k) acc[m][k] = spill[m][k];
+    }
+  }
   float* y = a.y + blockIdx.z * a.ys_split;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
