@@ -50,7 +50,23 @@ def main():
         torch.cuda.synchronize()
     print(f"{torch.cuda.get_device_name()}, {args.kind} model ({args.norm}), B={args.batch}, "
           f"width {args.width}, {args.steps} force steps:")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
+    _print_kernels(prof.key_averages(), args.steps)
+
+
+def _print_kernels(events, steps, rows=25):
+    """Kernels by GPU time, with their whole names (the profiler's own table cuts them at a
+    column width, which hid which template instantiation ran)."""
+    def device_us(e):  # torch >= 2.4 names it device time; older releases cuda time
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+    kernels = sorted((e for e in events if device_us(e) > 0), key=device_us, reverse=True)
+    total = sum(device_us(e) for e in kernels)
+    print(f"GPU time {total / 1000:.3f} ms over {steps} steps ({total / 1000 / steps:.3f} ms a step)")
+    print(f"{'share':>6} {'ms/step':>8} {'calls/step':>10} {'us/call':>8}  kernel")
+    for e in kernels[:rows]:
+        us = device_us(e)
+        print(f"{100 * us / total:5.1f}% {us / 1000 / steps:8.3f} {e.count / steps:10.1f} "
+              f"{us / e.count:8.1f}  {e.key}")
 
 
 if __name__ == "__main__":

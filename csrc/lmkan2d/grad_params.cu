@@ -34,9 +34,12 @@ namespace {
 // elsewhere (four blocks per SM at <= 64 registers); measured on the H100, G = 8.
 constexpr int dp_sorted_max_warps(int k) { return k == 4 ? 16 : 8; }
 
-template <int K>
+// kSlopes: the parameters' part of d<w, grad_x>/dP (lmkan2d_slope_grad_params): the sorted
+// entries carry the corner weights of w . grad f (slope_pair_cell) in place of (d1, d2).
+template <int K, bool kSlopes = false>
 __global__ void __launch_bounds__(32 * dp_sorted_max_warps(K), K == 4 ? 1 : 4)
 dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*xs_b
+                 const float* __restrict__ w,       // kSlopes: the weights, x's layout
                  const float* __restrict__ borders,  // [G+1]
                  const float* __restrict__ gyt,      // grad_y rows [B][ld], ld = n_tiles * W
                  float* __restrict__ ws,             // [splits, n_tiles, P, cells, W]
@@ -69,19 +72,22 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
     // 1. cells of the warp's samples (in sample order) and their rank among the warp's
     //    earlier samples of the same cell
     int key[kSortSpl], rank[kSortSpl];
-    float d1[kSortSpl], d2[kSortSpl];
+    float d1[kSortSpl], d2[kSortSpl], d3[kSortSpl];  // (d1, d2, -) or the 3 slope weights
     int* my_count = wcount + warp * cells;
 #pragma unroll
     for (int t = 0; t < kSortSpl; ++t) {
       const int s = (warp * kSortSpl + t) * 32 + lane;
       const int64_t b = b0 + s;
       key[t] = -1 - lane;  // unique and never counted for samples past the range
-      d1[t] = d2[t] = 0.f;
+      d1[t] = d2[t] = d3[t] = 0.f;
       if (b < b_end) {
-        const float4 c = pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+        const float4 c = kSlopes
+                             ? slope_pair_cell(x, w, b, p, s_borders, num_grids, xs_f, xs_b)
+                             : pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, nullptr);
         key[t] = __float_as_int(c.x);
         d1[t] = c.y;
         d2[t] = c.z;
+        d3[t] = c.w;
       }
       const unsigned peers = __match_any_sync(0xffffffffu, key[t]);
       const int before = key[t] >= 0 ? my_count[key[t]] : 0;
@@ -115,13 +121,14 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
       if (lane == 0) offs[cells] = carry;
     }
     __syncthreads();
-    // 3. scatter (chunk-relative sample index, d1, d2) to the sorted position
+    // 3. scatter (chunk-relative sample index, d1, d2, -) or (index, slope weights) to the
+    //    sorted position
 #pragma unroll
     for (int t = 0; t < kSortSpl; ++t) {
       if (key[t] >= 0) {
         const int s = (warp * kSortSpl + t) * 32 + lane;
         const int pos = offs[key[t]] + wcount[warp * cells + key[t]] + rank[t];
-        sorted[pos] = make_float4(__int_as_float(s), d1[t], d2[t], 0.f);
+        sorted[pos] = make_float4(__int_as_float(s), d1[t], d2[t], kSlopes ? d3[t] : 0.f);
       }
     }
     __syncthreads();
@@ -143,7 +150,7 @@ dp_sorted_kernel(const float* __restrict__ x,       // x: (f, b) at f*xs_f + b*x
           const float4 v = sorted[s];  // broadcast
           float g[K];
           load_k<K, true>(gy_tile + (b0 + __float_as_int(v.x)) * ld, g);
-          add_sample<K>(r, g, v.y, v.z);
+          add_info<K, kSlopes>(r, g, v);
         }
         float* q = acc + int64_t(c) * W + K * lane;
         float old[4][K];
@@ -359,11 +366,12 @@ at::Tensor launch_dp(const at::Tensor& x, const at::Tensor& borders, const at::T
 
 // Sorted-chunk dP (dp_sorted_kernel), where plan_backward found its accumulator fits in
 // shared memory. Deterministic: each split writes its own copy, summed in a fixed order.
-template <int TILE>
+// weights (kSlopes only): like x.
+template <int TILE, bool kSlopes = false>
 at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, const at::Tensor& gy,
                             int64_t batch, int n_out, int n_pairs, int num_grids, int block,
                             bool fast, bool batch_last, const DeviceLimits& lim, int64_t xs_f,
-                            int64_t xs_b) {
+                            int64_t xs_b, const at::Tensor& weights = at::Tensor()) {
   constexpr int K = TILE / 4, W = bwd_width(TILE);
   const int n_tiles = (n_out + W - 1) / W;
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
@@ -402,11 +410,11 @@ at::Tensor launch_dp_sorted(const at::Tensor& x, const at::Tensor& borders, cons
   per_split = (per_split + chunk - 1) / chunk * chunk;
   splits = (batch + per_split - 1) / per_split;
   at::Tensor ws = at::empty({splits, n_tiles, n_pairs, cells, W}, x.options());
-  allow_dynamic_smem(reinterpret_cast<const void*>(dp_sorted_kernel<K>), smem);
+  allow_dynamic_smem(reinterpret_cast<const void*>(dp_sorted_kernel<K, kSlopes>), smem);
   dim3 grid(static_cast<unsigned>(n_pairs), static_cast<unsigned>(n_tiles),
             static_cast<unsigned>(splits));
-  dp_sorted_kernel<K><<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), borders.data_ptr<float>(), gyt.data_ptr<float>(), ws.data_ptr<float>(),
+  dp_sorted_kernel<K, kSlopes><<<grid, warps * 32, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<float>(), kSlopes ? weights.data_ptr<float>() : nullptr, borders.data_ptr<float>(), gyt.data_ptr<float>(), ws.data_ptr<float>(),
       batch, n_pairs, n_tiles, num_grids, per_split, xs_f, xs_b);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return unpack_dp(ws, num_grids, n_out);
@@ -444,6 +452,12 @@ at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& 
                                          const DeviceLimits& lim) {
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
+  // cell-sorted chunks where the slice's accumulator fits in shared memory (as the layer's
+  // deterministic backward chooses), per-warp accumulators past that; both deterministic
+  if (dp_sorted_smem_bytes(num_grids, bwd_width(kSlopeTile), 1) <= lim.smem_optin)
+    return launch_dp_sorted<kSlopeTile, true>(x, borders, gy, batch, n_out, n_pairs, num_grids,
+                                              kSlopeBlock, /*fast=*/false, batch_last, lim, xs_f,
+                                              xs_b, weights);
   return launch_dp<kSlopeTile, true>(x, borders, gy, batch, n_out, n_pairs, num_grids,
                                      kSlopeBlock, /*fast=*/false, batch_last, deterministic, lim,
                                      xs_f, xs_b, gs_f, gs_b, weights);
