@@ -198,6 +198,49 @@ def test_2d_force_training_step(deterministic):
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_force_step_runs_no_lookups_on_tables_of_zeros(kind):
+    """A force loss does not use the first backward's parameter-gradient output: it reaches
+    the backward op's autograd undefined (not materialized as zeros), so no forward and no
+    backward runs on a table of zeros. A two-layer model's energy-and-force step then calls
+    the forward op twice (once per layer; a third call was the first layer's upstream term
+    on zeros); the gradients match the float64 reference."""
+    torch.manual_seed(6)
+
+    def model(dtype=torch.float32, device="cuda"):
+        if kind == "1d":
+            layers = KANLayer(12, 16), torch.nn.Tanh(), KANLayer(16, 1)
+        else:
+            layers = (LMKAN2DLayer(6, 12, 16, batch_last=False), torch.nn.Tanh(),
+                      LMKAN2DLayer(6, 16, 1, batch_last=False))
+        return torch.nn.Sequential(*layers).to(device, dtype)
+
+    net = model()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(301, 12, device="cuda", requires_grad=True)
+    target = torch.randn(301, 12, device="cuda")
+
+    def step_grads(m, xin, tgt):
+        energy = m(xin)
+        forces = -torch.autograd.grad(energy.sum(), xin, create_graph=True)[0]
+        loss = energy.square().mean() + (forces - tgt).square().mean()
+        return torch.autograd.grad(loss, list(m.parameters()))
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = step_grads(net, x, target)
+    forward_op = f"lmkan::lmkan{kind}_forward"
+    assert sum(e.count for e in prof.key_averages() if e.key == forward_op) == 2
+    reference = model(torch.float64, "cpu")
+    reference.load_state_dict(net.state_dict())
+    want = step_grads(reference, x.detach().cpu().double().requires_grad_(True),
+                      target.cpu().double())
+    for a, b in zip(got, want):
+        assert b.abs().sum() > 0
+        assert rel_l2(a.cpu(), b) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
 def test_third_derivatives_raise(kind):
     """Second derivatives work; a graph of them (create_graph=True once more) is refused."""
     layer = (LMKAN1DLayer(5, 6, 7) if kind == "1d" else LMKAN2DLayer(5, 6, 7)).cuda()

@@ -68,6 +68,10 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
                                TableDtype table_dtype) {
     static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
     ctx->save_for_backward({grad_y, x, params, borders});
+    // An output that the loss does not use (grad_params in force training, whose loss reads
+    // grad_x only) reaches backward undefined, not as zeros: the terms of ggp (a forward and
+    // a whole backward on a table of zeros) and of ggx are then skipped.
+    ctx->set_materialize_grads(false);
     ctx->saved_data["uniform_grid"] = uniform_grid;
     ctx->saved_data["batch_last"] = batch_last;
     ctx->saved_data["deterministic"] = deterministic;

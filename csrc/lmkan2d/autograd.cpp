@@ -79,6 +79,10 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
                                std::optional<at::ScalarType> table_dtype) {
     static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
     ctx->save_for_backward({grad_y, x, params, borders});
+    // An output that the loss does not use (grad_params in force training, whose loss reads
+    // grad_x only) reaches backward undefined, not as zeros: the terms of ggp (a forward and
+    // a whole backward on a table of zeros) and of ggx are then skipped.
+    ctx->set_materialize_grads(false);
     ctx->saved_data["batch_last"] = batch_last;
     ctx->saved_data["tile"] = tile_size;
     ctx->saved_data["block"] = block_size;
