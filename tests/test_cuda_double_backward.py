@@ -160,6 +160,28 @@ def test_2d_mixed_term_alone():
     assert dx[1::2].abs().sum() > 0
 
 
+def _perturbed_net_and_data(model, batch):
+    """model(dtype, device) -> network: a CUDA float32 one with perturbed parameters, inputs
+    [batch, 12] that require grad, and force targets."""
+    net = model()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(batch, 12, device="cuda", requires_grad=True)
+    return net, x, torch.randn(batch, 12, device="cuda")
+
+
+def _assert_matches_float64(got, model, net, grads_of, x, target):
+    """got = grads_of(net, x, target) against the same on a float64 CPU copy of net."""
+    reference = model(torch.float64, "cpu")
+    reference.load_state_dict(net.state_dict())
+    want = grads_of(reference, x.detach().cpu().double().requires_grad_(True),
+                    target.cpu().double())
+    for a, b in zip(got, want):
+        assert b.abs().sum() > 0
+        assert rel_l2(a.cpu(), b) <= 1e-5
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_2d_force_training_step(deterministic):
     """A force loss through two 2D layers (forces = -dE/dx, create_graph=True): the parameter
@@ -172,12 +194,7 @@ def test_2d_force_training_step(deterministic):
             torch.nn.Tanh(),
             LMKAN2DLayer(6, 16, 1, batch_last=False, deterministic=deterministic)).to(device, dtype)
 
-    net = model()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    x = torch.randn(517, 12, device="cuda", requires_grad=True)
-    target = torch.randn(517, 12, device="cuda")
+    net, x, target = _perturbed_net_and_data(model, 517)
 
     def force_loss_grads(m, xin, tgt):
         energy = m(xin).sum()
@@ -185,13 +202,7 @@ def test_2d_force_training_step(deterministic):
         return torch.autograd.grad((forces - tgt).square().mean(), list(m.parameters()))
 
     got = force_loss_grads(net, x, target)
-    reference = model(torch.float64, "cpu")
-    reference.load_state_dict(net.state_dict())
-    want = force_loss_grads(reference, x.detach().cpu().double().requires_grad_(True),
-                            target.cpu().double())
-    for a, b in zip(got, want):
-        assert b.abs().sum() > 0
-        assert rel_l2(a.cpu(), b) <= 1e-5
+    _assert_matches_float64(got, model, net, force_loss_grads, x, target)
     if deterministic:
         again = force_loss_grads(net, x, target)
         assert all(torch.equal(a, b) for a, b in zip(got, again))
@@ -214,12 +225,7 @@ def test_force_step_runs_no_lookups_on_tables_of_zeros(kind):
                       LMKAN2DLayer(6, 16, 1, batch_last=False))
         return torch.nn.Sequential(*layers).to(device, dtype)
 
-    net = model()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    x = torch.randn(301, 12, device="cuda", requires_grad=True)
-    target = torch.randn(301, 12, device="cuda")
+    net, x, target = _perturbed_net_and_data(model, 301)
 
     def step_grads(m, xin, tgt):
         energy = m(xin)
@@ -231,13 +237,7 @@ def test_force_step_runs_no_lookups_on_tables_of_zeros(kind):
         got = step_grads(net, x, target)
     forward_op = f"lmkan::lmkan{kind}_forward"
     assert sum(e.count for e in prof.key_averages() if e.key == forward_op) == 2
-    reference = model(torch.float64, "cpu")
-    reference.load_state_dict(net.state_dict())
-    want = step_grads(reference, x.detach().cpu().double().requires_grad_(True),
-                      target.cpu().double())
-    for a, b in zip(got, want):
-        assert b.abs().sum() > 0
-        assert rel_l2(a.cpu(), b) <= 1e-5
+    _assert_matches_float64(got, model, net, step_grads, x, target)
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])
