@@ -288,10 +288,10 @@ def _register():
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
     def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode,
-          deterministic=False, table_dtype=None):
+          deterministic=False, table_dtype=None, grad_params=True):
         _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size,
                   table_dtype)
-        return torch.empty_like(x), torch.empty_like(params)
+        return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan2d_backward's derivatives (csrc/lmkan2d/autograd.cpp): tile 8,
     # block 512 (csrc/lmkan2d/layout.h, kSlopeTile)
@@ -324,9 +324,9 @@ def _register():
 
     @torch.library.register_fake(lib + "lmkan1d_backward")
     def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False,
-          table_dtype=None):
+          table_dtype=None, grad_params=True):
         _check_1d(x, params, borders, batch_last, table_dtype)
-        return torch.empty_like(x), torch.empty_like(params)
+        return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan1d_backward's derivatives (csrc/lmkan1d/autograd.cpp)
     @torch.library.register_fake(lib + "lmkan1d_slope_forward")
@@ -348,6 +348,12 @@ def _register():
     # --- CPU tensors: say where the CPU path is ---------------------------------------------
     for name, layer_op in KERNEL_OPS.items():
         torch.library.impl(lib + name, "CPU")(_cpu_refusal(name, layer_op))
+
+
+def _grad_params_like(params, grad_params):
+    """The backward ops' second output: like params, or empty (shape [0]) for grad_params=False
+    (grad_x alone)."""
+    return torch.empty_like(params) if grad_params else params.new_empty((0,))
 
 
 # Each kernel op, and the function of this module that runs it or the reference.

@@ -4,6 +4,8 @@ derivatives"). The backward ops of both layers have their own autograd
 the parameters and the upstream gradient match the float64 reference. The regularisers'
 backward ops do not have one: a backward with create_graph=True through them raises instead
 of returning a silently wrong graph, and so does a third derivative through a layer."""
+import copy
+
 import pytest
 import torch
 
@@ -238,6 +240,38 @@ def test_force_step_runs_no_lookups_on_tables_of_zeros(kind):
     forward_op = f"lmkan::lmkan{kind}_forward"
     assert sum(e.count for e in prof.key_averages() if e.key == forward_op) == 2
     _assert_matches_float64(got, model, net, step_grads, x, target)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+@pytest.mark.parametrize("kind, num_grids", [("1d", 7), ("2d", 6), ("2d", 40)])
+def test_backward_op_grad_x_alone(kind, num_grids, batch_last, deterministic):
+    """grad_params=False (the first backward of a force loss, and grad_x of the forward on a
+    table in second derivatives): the backward ops give grad_x alone, the float64
+    reference's to 1e-5, and an empty second output. 2D: G = 6 takes the output-rows grad_x
+    in place of the cell-sorted backward, G = 40 the kernels past the shared memory."""
+    torch.manual_seed(7)
+    n_in, n_out, batch = 14, 70, 301
+    x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda")
+    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    if kind == "1d":
+        layer = LMKAN1DLayer(num_grids, n_in, n_out, grid="uniform", batch_last=batch_last).cuda()
+        params, borders = layer.func_parameter.detach(), layer.borders
+        args = (True, batch_last, deterministic, None)  # uniform grid
+        op = torch.ops.lmkan.lmkan1d_backward
+    else:
+        layer = LMKAN2DLayer(num_grids, n_in, n_out, batch_last=batch_last).cuda()
+        params, borders = layer.func_parameter.detach(), layer.borders
+        args = (batch_last, 8, 512, False, deterministic, None)
+        op = torch.ops.lmkan.lmkan2d_backward
+    gx, empty = op(gy, x, params, borders, *args, False)
+    assert empty.shape == (0,)
+    reference = copy.deepcopy(layer).double()  # the pure-PyTorch path
+    xd = x.double().requires_grad_(True)
+    want = torch.autograd.grad(reference(xd), xd, gy.double())[0]
+    assert rel_l2(gx, want) <= 1e-5
+    if deterministic:
+        assert torch.equal(gx, op(gy, x, params, borders, *args, False)[0])
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])

@@ -44,7 +44,7 @@ struct FarFixupArgs {
   const float* borders;  // [G+1]
   const float* gy;       // (o, b) at o * gs_f + b * gs_b
   float* dx;             // x's layout
-  float* dp;             // float32 [G+1, G+1, N_out, P]
+  float* dp;             // float32 [G+1, G+1, N_out, P], or nullptr (grad_x alone)
   const uint8_t* flags;  // [P, n_chunks]: chunk c of pair p holds a far input (phase 1)
   int64_t batch, n_chunks, xs_f, xs_b, gs_f, gs_b;
   int n_out, n_pairs, num_grids;
@@ -147,7 +147,7 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
       for (int j = 0; j < 4; ++j) {
         const int64_t at = (corner[j] + o) * a.n_pairs + p;
         c[j] = table_value<P, R>(a, at);
-        a.dp[at] += static_cast<float>(g * exact[j] - g * double(used[j]));
+        if (a.dp != nullptr) a.dp[at] += static_cast<float>(g * exact[j] - g * double(used[j]));
       }
       // dF/dd1 = (c10 - c00) + D2 M, dF/dd2 = (c01 - c00) + D1 M (NaN-free in float64)
       const double m = (c[3] - c[2]) - (c[1] - c[0]);
@@ -217,7 +217,7 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   a.borders = borders.data_ptr<float>();
   a.gy = gy.data_ptr<float>();
   a.dx = dx.data_ptr<float>();
-  a.dp = dp.data_ptr<float>();
+  a.dp = dp.defined() ? dp.data_ptr<float>() : nullptr;
   a.flags = flags.data_ptr<uint8_t>();
   a.batch = batch;
   a.n_chunks = n_chunks;

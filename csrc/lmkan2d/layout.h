@@ -120,8 +120,8 @@ at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& 
                                          const DeviceLimits& lim);
 
 // After the backward kernels (far_fixup.cu): grad_x of each (sample, pair) that holds a far
-// input replaced by its float64 value, and grad_params (float32 [G+1, G+1, N_out, P])
-// corrected to the float64 bilinear weights; params as the backward got them (rounded to
+// input replaced by its float64 value, and grad_params (float32 [G+1, G+1, N_out, P], or
+// undefined for grad_x alone) corrected to the float64 bilinear weights; params as the backward got them (rounded to
 // table_dtype as the kernels read them). One block per pair; without far inputs it reads x
 // once and writes nothing.
 void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType table_dtype,
