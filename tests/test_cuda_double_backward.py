@@ -266,6 +266,8 @@ def test_backward_op_grad_x_alone(kind, num_grids, batch_last, deterministic):
         op = torch.ops.lmkan.lmkan2d_backward
     gx, empty = op(gy, x, params, borders, *args, False)
     assert empty.shape == (0,)
+    torch.library.opcheck(op, (gy, x, params, borders, *args, False),
+                          test_utils=("test_schema", "test_faketensor"))
     reference = copy.deepcopy(layer).double()  # the pure-PyTorch path
     xd = x.double().requires_grad_(True)
     want = torch.autograd.grad(reference(xd), xd, gy.double())[0]
