@@ -2,9 +2,10 @@
 
     python benchmarks/bench_cpu_memory.py [--batch 65536] [--inputs 512] [--outputs 16]
 
-Each case runs in a fresh process; the figure is the growth of the process's peak resident
+Each case runs in a fresh process; the figures are the growth of the process's peak resident
 memory (ru_maxrss) over what it held after creating the layer and the input, in MiB, beside
-the sizes of the input and the output. The table is printed last.
+the sizes of the input and the output, and the call's wall time (one call: the peak is what
+is measured). The table is printed last.
 """
 import argparse
 import json
@@ -12,19 +13,21 @@ import subprocess
 import sys
 
 CASE = r"""
-import resource, sys, torch
+import resource, sys, time, torch
 from lmKAN import LMKAN2DLayer
 batch, n_in, n_out, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
 layer = LMKAN2DLayer(8, n_in, n_out, batch_last=False)
 x = torch.randn(batch, n_in, requires_grad=(mode == "fwd+bwd"))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
 if mode == "fwd":
     with torch.no_grad():
         y = layer(x)
 else:
     layer(x).square().sum().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+seconds = time.perf_counter() - start
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, seconds)
 """
 
 
@@ -39,18 +42,20 @@ def main():
     for mode in ("fwd", "fwd+bwd"):
         out = subprocess.run([sys.executable, "-c", CASE, str(args.batch), str(args.inputs),
                               str(args.outputs), mode], capture_output=True, text=True, check=True)
-        rows.append((mode, float(out.stdout.strip().splitlines()[-1])))
+        mib, seconds = map(float, out.stdout.strip().splitlines()[-1].split())
+        rows.append((mode, mib, seconds))
     x_mib = args.batch * args.inputs * 4 / 2 ** 20
     y_mib = args.batch * args.outputs * 4 / 2 ** 20
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "inputs": args.inputs, "outputs": args.outputs,
                        "input_mib": x_mib, "output_mib": y_mib,
-                       "peak_growth_mib": dict(rows)}, f, indent=1)
+                       "peak_growth_mib": {mode: mib for mode, mib, _ in rows},
+                       "seconds": {mode: sec for mode, _, sec in rows}}, f, indent=1)
     print(f"LMKAN2DLayer(8, {args.inputs}, {args.outputs}) on the CPU, B={args.batch}: input "
           f"{x_mib:.0f} MiB, output {y_mib:.0f} MiB")
-    for mode, mib in rows:
-        print(f"{mode:8s} peak growth {mib:8.0f} MiB")
+    for mode, mib, seconds in rows:
+        print(f"{mode:8s} peak growth {mib:8.0f} MiB  {seconds:6.2f} s")
 
 
 if __name__ == "__main__":

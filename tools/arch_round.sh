@@ -18,6 +18,8 @@
 #       # first (an untracked file travels to the GPU machine); both sm_90 builds, then
 #       # bench_overhead (new, base, new) and bench_2d (BENCH2D_ARGS, default: the G8, G26
 #       # and small cases at tiles 4 and 8, block 512) of each
+#   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
+#       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
 #       # tool brings back a few files only); the summary stays beside it
 #
@@ -118,9 +120,26 @@ for stage in "$@"; do
           > "$OUT/bench_2d_$b.log" 2>&1
         echo "bench_2d $b rc=$?" >> "$OUT/summary.txt"
       done
+      for b in new base new; do  # the force step, new build on both sides again
+        (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout 120 $PY benchmarks/bench_forces.py) \
+          >> "$OUT/forces_$b.log" 2>&1
+      done
       for b in new base; do
         echo "== $b"; grep -E "step|no grad" "$OUT/overhead_$b.log"
         grep -v "^{" "$OUT/bench_2d_$b.log" | grep -E "^G" | tail -40
+        grep -E "force step" "$OUT/forces_$b.log"
+      done
+      ;;
+    forces)
+      for norm in layernorm none; do
+        (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 120 $PY benchmarks/bench_forces.py --norm $norm) \
+          > "$OUT/forces_$norm.log" 2>&1
+        tail -n 4 "$OUT/forces_$norm.log" | tee -a "$OUT/summary.txt"
+      done
+      for kind in 1d 2d; do
+        (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 120 $PY tools/profile_forces.py --kind $kind) \
+          > "$OUT/profile_forces_$kind.log" 2>&1
+        head -n 14 "$OUT/profile_forces_$kind.log" | cut -c1-200
       done
       ;;
     pack)
@@ -131,7 +150,7 @@ for stage in "$@"; do
     limits)
       (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY tools/smem_limits.py) | tee -a "$OUT/summary.txt"
       ;;
-    *) echo "unknown stage $stage (build, buildall, test, sanitize, bench, compare, pack, limits)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, buildall, test, sanitize, bench, compare, forces, pack, limits)"; exit 2 ;;
   esac
 done
 echo "== summary"; cat "$OUT/summary.txt"
