@@ -551,10 +551,13 @@ at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
 }
 
 
-at::Tensor slope_forward_by_output_lanes(const at::Tensor& x, const at::Tensor& weights,
-                                         const at::Tensor& params, const at::Tensor& borders,
-                                         bool batch_last, at::ScalarType table_dtype) {
-  constexpr int k = forward_lanes_outputs(kSlopeTile), w = 32 * k;
+namespace {
+
+template <int kTile>
+at::Tensor slope_forward_at_tile(const at::Tensor& x, const at::Tensor& weights,
+                                 const at::Tensor& params, const at::Tensor& borders,
+                                 bool batch_last, at::ScalarType table_dtype) {
+  constexpr int k = forward_lanes_outputs(kTile), w = 32 * k;
   constexpr int block = kSlopeForwardBlock, m = samples_per_lane(k, block);
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
@@ -581,6 +584,17 @@ at::Tensor slope_forward_by_output_lanes(const at::Tensor& x, const at::Tensor& 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (plan.splits > 1) sum_splits(out, y);
   return y;
+}
+
+}  // namespace
+
+at::Tensor slope_forward_by_output_lanes(const at::Tensor& x, const at::Tensor& weights,
+                                         const at::Tensor& params, const at::Tensor& borders,
+                                         bool batch_last, at::ScalarType table_dtype) {
+  return switch_value<kSlopeNarrowTile, kSlopeTile>(slope_tile(params.size(2)), [&](auto tile_c) {
+    return slope_forward_at_tile<decltype(tile_c)::value>(x, weights, params, borders,
+                                                          batch_last, table_dtype);
+  });
 }
 
 }  // namespace lmkan2d
