@@ -25,6 +25,7 @@
 
 #include "common/device_limits.h"
 #include "common/grid.cuh"
+#include "common/warp.cuh"
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
@@ -231,11 +232,8 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
       s2 += g * ((c[1] - c[0]) + D1 * m);
     }
     // block sums of s1, s2 in a fixed order
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      s1 += __shfl_down_sync(0xffffffffu, s1, off);
-      s2 += __shfl_down_sync(0xffffffffu, s2, off);
-    }
+    s1 = warp_sum_to_lane0(s1);
+    s2 = warp_sum_to_lane0(s2);
     if (lane == 0) {
       sh.sum[0][warp] = s1;
       sh.sum[1][warp] = s2;
