@@ -50,6 +50,22 @@ def _second_derivatives(layer, x, gy, r, q):
     return torch.autograd.grad(loss, (x, params, gy))
 
 
+def _assert_second_derivatives_match(layer, reference, table, x, gy, r, q):
+    """The CUDA layer's second derivatives against a float64 CPU reference layer holding its
+    table (rounded to `table` where one is used): finite, every term exercised, <= 1e-5."""
+    got = _second_derivatives(layer, x, gy, r, q)
+    with torch.no_grad():
+        values = layer.func_parameter.detach()
+        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
+    xd = x.detach().cpu().double().requires_grad_(True)
+    gyd = gy.detach().cpu().double().requires_grad_(True)
+    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
+    for name, a, b in zip(("x", "params", "grad_y"), got, want):
+        assert torch.isfinite(a).all(), name
+        assert b.abs().sum() > 0, name  # every term is exercised
+        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+
+
 @pytest.mark.parametrize("grid", ["cdf", "uniform"])
 @pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
 @pytest.mark.parametrize("table", [None, torch.bfloat16], ids=["float32", "bfloat16"])
@@ -65,18 +81,8 @@ def test_1d_second_derivatives_match_float64(grid, batch_last, table):
     x = (3.0 * torch.randn(*shape, device="cuda")).requires_grad_(True)  # some past the grid
     gy = torch.randn((35, 301) if batch_last else (301, 35), device="cuda", requires_grad=True)
     r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
-    got = _second_derivatives(layer, x, gy, r, q)
-
     reference = LMKAN1DLayer(13, 21, 35, grid=grid, batch_last=batch_last).double()
-    with torch.no_grad():
-        values = layer.func_parameter.detach()
-        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
-    xd = x.detach().cpu().double().requires_grad_(True)
-    gyd = gy.detach().cpu().double().requires_grad_(True)
-    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
-    for name, a, b in zip(("x", "params", "grad_y"), got, want):
-        assert torch.isfinite(a).all(), name
-        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+    _assert_second_derivatives_match(layer, reference, table, x, gy, r, q)
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -131,19 +137,8 @@ def test_2d_second_derivatives_match_float64(shape, batch_last, table):
     gy = torch.randn(*((n_out, batch) if batch_last else (batch, n_out)), device="cuda",
                      requires_grad=True)
     r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
-    got = _second_derivatives(layer, x, gy, r, q)
-
     reference = LMKAN2DLayer(num_grids, n_in, n_out, batch_last=batch_last).double()
-    with torch.no_grad():
-        values = layer.func_parameter.detach()
-        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
-    xd = x.detach().cpu().double().requires_grad_(True)
-    gyd = gy.detach().cpu().double().requires_grad_(True)
-    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
-    for name, a, b in zip(("x", "params", "grad_y"), got, want):
-        assert torch.isfinite(a).all(), name
-        assert b.abs().sum() > 0, name  # every term is exercised
-        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+    _assert_second_derivatives_match(layer, reference, table, x, gy, r, q)
 
 
 def test_2d_mixed_term_alone():
