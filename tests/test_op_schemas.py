@@ -103,6 +103,16 @@ def test_second_derivatives_on_meta(kind, batch_last):
     assert dp.dtype == params.dtype and dx.dtype == dgy.dtype == torch.float32
 
 
+def _meta_layer_call(kind):
+    """x and params of a meta layer (both requiring grad) and the layer op's output."""
+    if kind == "1d":
+        x, params, borders = _meta_1d(grad=True)
+        return x, params, torch.ops.lmkan.lmkan1d(x, params, borders, False, True, False)
+    x, params, borders = _meta_2d(grad=True)
+    return x, params, torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 512, False,
+                                              False)
+
+
 class _BackwardCalls(TorchDispatchMode):
     """Records the grad_params argument of every lmkan*_backward call below autograd."""
 
@@ -126,12 +136,7 @@ def test_backward_asks_for_grad_params_only_when_needed_on_meta(kind):
     autograd.grad(y, x) (the first backward of a force loss) calls the backward op with
     grad_params=False; then grad_x of the forward on ggp in its derivatives is not called at
     all (no upstream for the unused output); autograd.grad(y, (x, params)) asks for it."""
-    if kind == "1d":
-        x, params, borders = _meta_1d(grad=True)
-        y = torch.ops.lmkan.lmkan1d(x, params, borders, False, True, False)
-    else:
-        x, params, borders = _meta_2d(grad=True)
-        y = torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 512, False, False)
+    x, params, y = _meta_layer_call(kind)
     calls = _BackwardCalls()
     with calls:
         gx = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)[0]
@@ -144,12 +149,7 @@ def test_backward_asks_for_grad_params_only_when_needed_on_meta(kind):
 @pytest.mark.parametrize("kind", ["1d", "2d"])
 def test_third_derivatives_raise_on_meta(kind):
     """A graph of second derivatives (create_graph=True once more) is refused by name."""
-    if kind == "1d":
-        x, params, borders = _meta_1d(grad=True)
-        y = torch.ops.lmkan.lmkan1d(x, params, borders, False, True, False)
-    else:
-        x, params, borders = _meta_2d(grad=True)
-        y = torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 512, False, False)
+    x, params, y = _meta_layer_call(kind)
     gx = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)[0]
     second = torch.autograd.grad(gx, params, torch.ones_like(gx), retain_graph=True)[0]
     assert second.shape == params.shape
