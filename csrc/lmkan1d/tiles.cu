@@ -251,42 +251,28 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
   for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 
   run_stages<T, kSlopes>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
-    if constexpr (kSlopes) {
 #pragma unroll 1
-      for (int il = 0; il < n; ++il) {
-        const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
+    for (int il = 0; il < n; ++il) {
+      // Two samples' cells per broadcast read: (row, d), or (row, weight) of a slope row.
+      const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
 #pragma unroll
-        for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
-          const float4 c = cells4[m2];
+      for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
+        const float4 c = cells4[m2];
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = __float_as_int(h == 0 ? c.x : c.z);
-            const float w = h == 0 ? c.y : c.w;
+        for (int h = 0; h < 2; ++h) {
+          const int row = __float_as_int(h == 0 ? c.x : c.z);
+          const float d = h == 0 ? c.y : c.w;
+          float4& r = acc[2 * m2 + h];
+          if constexpr (kSlopes) {  // one slope row, weight d
             const float4 s = load_table4(table, row + lane);
-            float4& r = acc[2 * m2 + h];
-            r.x = fmaf(w, s.x, r.x);
-            r.y = fmaf(w, s.y, r.y);
-            r.z = fmaf(w, s.z, r.z);
-            r.w = fmaf(w, s.w, r.w);
-          }
-        }
-      }
-    } else {
-#pragma unroll 1
-      for (int il = 0; il < n; ++il) {
-        // Two samples' cells per broadcast read.
-        const float4* cells4 = reinterpret_cast<const float4*>(t.cells + il * kWarpSamples);
-#pragma unroll
-        for (int m2 = 0; m2 < kWarpSamples / 2; ++m2) {
-          const float4 c = cells4[m2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = __float_as_int(h == 0 ? c.x : c.z);
-            const float d = h == 0 ? c.y : c.w;
+            r.x = fmaf(d, s.x, r.x);
+            r.y = fmaf(d, s.y, r.y);
+            r.z = fmaf(d, s.z, r.z);
+            r.w = fmaf(d, s.w, r.w);
+          } else {  // two value rows, weights (1 - d, d)
             const float4 lo = load_table4(table, row + lane);
             const float4 hi = load_table4(table, row + kRowChunks + lane);
             const float w0 = 1.f - d;
-            float4& r = acc[2 * m2 + h];
             r.x = fmaf(w0, lo.x, fmaf(d, hi.x, r.x));
             r.y = fmaf(w0, lo.y, fmaf(d, hi.y, r.y));
             r.z = fmaf(w0, lo.z, fmaf(d, hi.z, r.z));
@@ -294,6 +280,8 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
           }
         }
       }
+    }
+    if constexpr (!kSlopes) {
       if (far) add_far_terms(acc, table, a, s_warp, i0, n, t.borders, lane);
     }
   });
