@@ -1,4 +1,5 @@
 """CUDA kernels of LMKAN2DLayer against the float64 reference (docs/spec.md sections 2 and 5)."""
+import copy
 import warnings
 
 import pytest
@@ -317,6 +318,30 @@ def test_layer_autograd(fast, batch_last):
     assert rel_l2(y, yr) <= TOL
     assert rel_l2(x.grad, xd.grad) <= TOL
     assert rel_l2(layer.func_parameter.grad, pd.grad) <= TOL
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_grids", (6, 40))
+def test_float64_layer_on_cuda(num_grids):
+    """A float64 layer on a CUDA device runs the pure-PyTorch path (the kernels take 16- and
+    32-bit tables): same values and gradients as the same layer on the CPU, and no
+    shared-memory check (it once raised TypeError: table_dtype float64 from max_num_grids)."""
+    torch.manual_seed(3)
+    layer = LMKAN2DLayer(num_grids, 14, 9).double()
+    x = torch.randn(14, 301, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(9, 301, dtype=torch.float64)
+    layer(x).backward(gy)
+    gpu = copy.deepcopy(layer).cuda()
+    gpu.func_parameter.grad = None
+    xc = x.detach().cuda().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = gpu(xc)
+    y.backward(gy.cuda())
+    assert y.dtype == torch.float64
+    assert rel_l2(y.cpu(), layer(x)) <= 1e-12
+    assert rel_l2(xc.grad.cpu(), x.grad) <= 1e-12
+    assert rel_l2(gpu.func_parameter.grad.cpu(), layer.func_parameter.grad) <= 1e-12
 
 
 @requires_gpu
