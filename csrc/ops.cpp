@@ -31,7 +31,8 @@ TORCH_LIBRARY(lmkan, m) {
         "int tile_size, int block_size, ScalarType? table_dtype=None) -> Tensor");
   m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool batch_last, int tile_size, int block_size, bool fast_mode, "
-        "bool deterministic=False, ScalarType? table_dtype=None) -> (Tensor, Tensor)");
+        "bool deterministic=False, ScalarType? table_dtype=None, bool grad_params=True) "
+        "-> (Tensor, Tensor)");
   // The pieces of lmkan2d_backward's own derivatives (its autograd: lmkan2d/autograd.cpp),
   // for weights like x: d<weights, grad_x>/d grad_y (y = sum_p weights . grad f_p), its x
   // part (the pairs' mixed second derivatives) and its parameter part (docs/spec.md,
@@ -59,9 +60,11 @@ TORCH_LIBRARY(lmkan, m) {
         "bool batch_last, ScalarType? table_dtype=None) -> Tensor");
   // Largest num_grids the 1D kernels support on a device (forward and backward alike).
   m.def("lmkan1d_max_num_grids(int device_index) -> int");
+  // grad_params=False: grad_x alone (the second output is empty, shape [0]): the first
+  // backward of a force loss, and grad_x of the forward on a table in second derivatives.
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool uniform_grid, bool batch_last, bool deterministic=False, "
-        "ScalarType? table_dtype=None) -> (Tensor, Tensor)");
+        "ScalarType? table_dtype=None, bool grad_params=True) -> (Tensor, Tensor)");
   // The pieces of lmkan1d_backward's own derivatives (its autograd: lmKAN/ops.py):
   // y = sum_i weights[s, i] slope[k, o, i], and the parameter gradient with node weights
   // (-w/h_k, w/h_k) (docs/spec.md, "Second derivatives").

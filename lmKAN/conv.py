@@ -14,7 +14,9 @@ Memory and copies (docs/spec.md, section 4b):
 - The output is the layer's [N*H'*W', out] rows viewed as [N, out, H', W']: channels_last
   memory (as nn.Conv2d returns for a channels_last input), no copy.
 - A 1x1 convolution (stride 1, no padding) of a channels_last input reads it in place:
-  x.permute(0, 2, 3, 1) is already the layer's [N*H*W, C] rows. Any other input is unfolded.
+  x.permute(0, 2, 3, 1) is already the layer's [N*H*W, C] rows. An NCHW input to it costs one
+  copy of x into those rows (unfold's columns would be a copy and a transposed copy).
+  Any other convolution is unfolded.
 - The unfolded columns are a copy of N*H'*W' x C*kh*kw values. Batches whose columns exceed
   `column_budget_mb` run in chunks of images; with gradients, each chunk is checkpointed
   (its columns are recomputed in the backward instead of kept), so the columns held at once
@@ -57,11 +59,9 @@ class _ConvOfLayer:
                                  else check_positive_float("column_budget_mb", column_budget_mb))
         return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
 
-    def _reads_input_in_place(self, x):
-        """A 1x1, stride-1, unpadded convolution of a channels_last x: its NHWC view is the
-        layer's batch-first rows."""
-        return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-                and x.permute(0, 2, 3, 1).is_contiguous())
+    def _is_pointwise(self):
+        """A 1x1, stride-1, unpadded convolution: the layer on x's NHWC rows, no unfold."""
+        return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
     def _images_per_chunk(self, x, out_h, out_w):
         """Images whose unfolded columns fit column_budget_mb (at least 1)."""
@@ -91,8 +91,12 @@ class _ConvOfLayer:
             raise ValueError(f"{name}: input of {height}x{width} is smaller than the dilated "
                              f"kernel {self.kernel_size} with padding {self.padding} "
                              f"(dilation {self.dilation}): output {out_h}x{out_w}")
-        if self._reads_input_in_place(x):
-            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if self._is_pointwise():
+            # [N*H*W, C] rows: a view of channels_last memory, one copy of NCHW memory (the
+            # kernels index a batch with one stride: an image stride would read NCHW in place)
+            rows = x.permute(0, 2, 3, 1).reshape(n * height * width, self.in_channels)
+            y = super().forward(rows)
+            return y.reshape(n, height, width, self.output_dim).permute(0, 3, 1, 2)
         chunk = n if self.column_budget_mb is None else self._images_per_chunk(x, out_h, out_w)
         if chunk >= n or torch.compiler.is_compiling():
             return self._columns_forward(x, out_h, out_w)

@@ -144,7 +144,7 @@ class LMKAN2DLayer(LookupLayerBase):
         # the call's table dtype (getattr: None for layers pickled before table_dtype)
         table = ops.call_table_dtype(x2d, params, getattr(self, "table_dtype", None))
         config = self._launch_resolver.config(self, x2d, needs_backward, table)  # "auto" -> values
-        if x2d.is_cuda:
+        if ops.layer_kernel_applies("lmkan2d_forward", x2d, params, borders):
             self._check_fits_on_device(x2d.device, needs_backward, config, table)
         plan = (self.batch_last, *config, self._deterministic_now(), table)
         y = ops.lmkan2d(x2d, params, borders, *plan)

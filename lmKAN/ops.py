@@ -35,7 +35,7 @@ def kernel_applies(op_name, *tensors):
     device, all are float32, and the kernel is compiled in. The layers' lean call path stores
     plans only for such calls (their op arguments serve the raw op directly), and
     lmKAN.tuning times only them. The kernels also take 16-bit parameters and convert other
-    floating x (_layer_kernel_applies): those calls run the kernels through the general path,
+    floating x (layer_kernel_applies): those calls run the kernels through the general path,
     with default launch settings where "auto"."""
     return (tensors[0].is_cuda and all(t.dtype == torch.float32 for t in tensors)
             and kernel_available(op_name))
@@ -82,7 +82,7 @@ def call_table_dtype(x, params, table_dtype):
     return table_dtype_of_call(params, table_dtype, _autocast_dtype(x, params))
 
 
-def _layer_kernel_applies(op_name, x, params, borders):
+def layer_kernel_applies(op_name, x, params, borders):
     """Whether a layer call runs the CUDA kernels: they take float32 borders and
     float32/float16/bfloat16 parameters, and any floating x is converted to float32 for them
     (kernel_applies is the narrower float32-only test of the plans and the tuner)."""
@@ -128,7 +128,7 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
             x32, params.contiguous(), borders.contiguous(), batch_last, tile_size, block_size,
             backward_tile_size, backward_block_size, backward_fast_mode, bool(deterministic), table)
 
-    applies = _layer_kernel_applies("lmkan2d_forward", x, params, borders)
+    applies = layer_kernel_applies("lmkan2d_forward", x, params, borders)
     return _run_layer(x, params, table_dtype, run_kernel if applies else None,
                       lambda xr, pr: _reference.lmkan2d_forward(xr, pr, borders, batch_last))
 
@@ -149,7 +149,7 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
         return torch.ops.lmkan.lmkan1d(x32, params.contiguous(), borders.contiguous(),
                                        uniform_grid, batch_last, bool(deterministic), table)
 
-    applies = _layer_kernel_applies("lmkan1d_forward", x, params, borders)
+    applies = layer_kernel_applies("lmkan1d_forward", x, params, borders)
     return _run_layer(x, params, table_dtype, run_kernel if applies else None,
                       lambda xr, pr: _reference.lmkan1d_forward(xr, pr, borders, uniform_grid,
                                                                 batch_last))
@@ -288,10 +288,10 @@ def _register():
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
     def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode,
-          deterministic=False, table_dtype=None):
+          deterministic=False, table_dtype=None, grad_params=True):
         _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size,
                   table_dtype)
-        return torch.empty_like(x), torch.empty_like(params)
+        return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan2d_backward's derivatives (csrc/lmkan2d/autograd.cpp): tile 8,
     # block 512 (csrc/lmkan2d/layout.h, kSlopeTile)
@@ -324,9 +324,9 @@ def _register():
 
     @torch.library.register_fake(lib + "lmkan1d_backward")
     def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False,
-          table_dtype=None):
+          table_dtype=None, grad_params=True):
         _check_1d(x, params, borders, batch_last, table_dtype)
-        return torch.empty_like(x), torch.empty_like(params)
+        return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan1d_backward's derivatives (csrc/lmkan1d/autograd.cpp)
     @torch.library.register_fake(lib + "lmkan1d_slope_forward")
@@ -348,6 +348,12 @@ def _register():
     # --- CPU tensors: say where the CPU path is ---------------------------------------------
     for name, layer_op in KERNEL_OPS.items():
         torch.library.impl(lib + name, "CPU")(_cpu_refusal(name, layer_op))
+
+
+def _grad_params_like(params, grad_params):
+    """The backward ops' second output: like params, or empty (shape [0]) for grad_params=False
+    (grad_x alone)."""
+    return torch.empty_like(params) if grad_params else params.new_empty((0,))
 
 
 # Each kernel op, and the function of this module that runs it or the reference.

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmKAN import LMKAN1DConv2d, LMKAN2DConv2d, _reference
+from lmKAN import conv as conv_module
 from lmKAN.regularization import hessian_regularization
 
 from conftest import rel_l2, requires_gpu
@@ -88,8 +89,9 @@ def test_regulariser_counts_each_conv_once():
 
 @pytest.mark.parametrize("kind", ["2d", "1d"])
 def test_pointwise_reads_a_channels_last_input_in_place(kind, monkeypatch):
-    """A 1x1 convolution of a channels_last input hands the layer a view of x (no copy), and
-    every output is a view of the layer's rows (channels_last memory)."""
+    """A 1x1 convolution of a channels_last input hands the layer a view of x (no copy), of
+    an NCHW input one copy of x (no unfold), and every output is a view of the layer's rows
+    (channels_last memory)."""
     torch.manual_seed(5)
     conv = _conv(kind, (6, 7, 1, 1, 0, 1, 4, 5)).double()
     with torch.no_grad():
@@ -101,7 +103,7 @@ def test_pointwise_reads_a_channels_last_input_in_place(kind, monkeypatch):
     x = torch.randn(3, 6, 4, 5, dtype=torch.float64).to(memory_format=torch.channels_last)
     x.requires_grad_(True)
     y = conv(x)
-    assert seen[-1].data_ptr() == x.data_ptr() and seen[-1].shape == (3, 4, 5, 6)
+    assert seen[-1].data_ptr() == x.data_ptr() and seen[-1].shape == (3 * 4 * 5, 6)
     assert y.is_contiguous(memory_format=torch.channels_last)
     p = conv.func_parameter.detach().clone().requires_grad_(True)
     xr = x.detach().contiguous().requires_grad_(True)
@@ -111,9 +113,13 @@ def test_pointwise_reads_a_channels_last_input_in_place(kind, monkeypatch):
     for got, want in zip(torch.autograd.grad(y, (x, conv.func_parameter), gy),
                          torch.autograd.grad(expected, (xr, p), gy)):
         torch.testing.assert_close(got, want)
-    # an NCHW input is unfolded (a copy), with the same result
+    # an NCHW input: one copy into the layer's rows (no unfold), the same result
+    unfolds = []
+    unfold = F.unfold
+    monkeypatch.setattr(conv_module.F, "unfold", lambda *a, **k: unfolds.append(1) or unfold(*a, **k))
     y_nchw = conv(x.detach().contiguous())
-    assert seen[-1].data_ptr() != x.data_ptr()
+    assert seen[-1].data_ptr() != x.data_ptr() and seen[-1].shape == (3 * 4 * 5, 6)
+    assert not unfolds
     torch.testing.assert_close(y_nchw, expected)
     # k x k: the output too is the rows' view
     conv3 = _conv(kind, GEOMETRIES[0])

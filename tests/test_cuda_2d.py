@@ -1,4 +1,5 @@
 """CUDA kernels of LMKAN2DLayer against the float64 reference (docs/spec.md sections 2 and 5)."""
+import copy
 import warnings
 
 import pytest
@@ -320,6 +321,30 @@ def test_layer_autograd(fast, batch_last):
 
 
 @requires_gpu
+@pytest.mark.parametrize("num_grids", (6, 40))
+def test_float64_layer_on_cuda(num_grids):
+    """A float64 layer on a CUDA device runs the pure-PyTorch path (the kernels take 16- and
+    32-bit tables): same values and gradients as the same layer on the CPU, and no
+    shared-memory check (it once raised TypeError: table_dtype float64 from max_num_grids)."""
+    torch.manual_seed(3)
+    layer = LMKAN2DLayer(num_grids, 14, 9).double()
+    x = torch.randn(14, 301, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(9, 301, dtype=torch.float64)
+    layer(x).backward(gy)
+    gpu = copy.deepcopy(layer).cuda()
+    gpu.func_parameter.grad = None
+    xc = x.detach().cuda().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = gpu(xc)
+    y.backward(gy.cuda())
+    assert y.dtype == torch.float64
+    assert rel_l2(y.cpu(), layer(x)) <= 1e-12
+    assert rel_l2(xc.grad.cpu(), x.grad) <= 1e-12
+    assert rel_l2(gpu.func_parameter.grad.cpu(), layer.func_parameter.grad) <= 1e-12
+
+
+@requires_gpu
 def test_layer_warns_once_past_shared_memory():
     """num_grids past the backward's shared-memory limit: one warning, then the global-memory
     fallback, which matches the reference."""
@@ -515,15 +540,19 @@ def test_far_inputs_forward_without_nan(case, batch_last):
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("g, n_out", [(8, 37), (8, 200), (60, 9)], ids=str)
 @pytest.mark.parametrize("batch_last", [True, False])
-def test_far_inputs_backward_without_nan(batch_last, g, n_out, deterministic):
+@pytest.mark.parametrize("batch", [700, 701], ids=["aligned", "odd_misaligned"])
+def test_far_inputs_backward_without_nan(batch, batch_last, g, n_out, deterministic):
     """Far inputs in the backward: every backward kernel takes them at d = 0 and far_fixup.cu
     replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
     the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
     Shapes: the cell-sorted backward, several output tiles, and num_grids past the shared
-    memory of the deterministic kernels."""
-    n_in, batch = 10, 700
+    memory of the deterministic kernels. Batch 701 with x one float past a 16-byte boundary
+    takes the flags kernel's scalar loads (and, batch-first, the last chunk's tail)."""
+    n_in = 10
     torch.manual_seed(8)
     x, params, borders = _make(g, n_in, n_out, batch, batch_last)
+    if batch % 2:  # the same values at a storage offset of one float: not 16-byte aligned
+        x = torch.empty(x.numel() + 1, device="cuda")[1:].view(x.shape).copy_(x)
     params *= 0.05
     xb = x.t() if batch_last else x
     huge = torch.tensor([2e7, -3e7, 1e9, -1e12, 5e14, -4e8], device="cuda")

@@ -4,6 +4,8 @@ derivatives"). The backward ops of both layers have their own autograd
 the parameters and the upstream gradient match the float64 reference. The regularisers'
 backward ops do not have one: a backward with create_graph=True through them raises instead
 of returning a silently wrong graph, and so does a third derivative through a layer."""
+import copy
+
 import pytest
 import torch
 
@@ -48,6 +50,22 @@ def _second_derivatives(layer, x, gy, r, q):
     return torch.autograd.grad(loss, (x, params, gy))
 
 
+def _assert_second_derivatives_match(layer, reference, table, x, gy, r, q):
+    """The CUDA layer's second derivatives against a float64 CPU reference layer holding its
+    table (rounded to `table` where one is used): finite, every term exercised, <= 1e-5."""
+    got = _second_derivatives(layer, x, gy, r, q)
+    with torch.no_grad():
+        values = layer.func_parameter.detach()
+        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
+    xd = x.detach().cpu().double().requires_grad_(True)
+    gyd = gy.detach().cpu().double().requires_grad_(True)
+    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
+    for name, a, b in zip(("x", "params", "grad_y"), got, want):
+        assert torch.isfinite(a).all(), name
+        assert b.abs().sum() > 0, name  # every term is exercised
+        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+
+
 @pytest.mark.parametrize("grid", ["cdf", "uniform"])
 @pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
 @pytest.mark.parametrize("table", [None, torch.bfloat16], ids=["float32", "bfloat16"])
@@ -63,18 +81,8 @@ def test_1d_second_derivatives_match_float64(grid, batch_last, table):
     x = (3.0 * torch.randn(*shape, device="cuda")).requires_grad_(True)  # some past the grid
     gy = torch.randn((35, 301) if batch_last else (301, 35), device="cuda", requires_grad=True)
     r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
-    got = _second_derivatives(layer, x, gy, r, q)
-
     reference = LMKAN1DLayer(13, 21, 35, grid=grid, batch_last=batch_last).double()
-    with torch.no_grad():
-        values = layer.func_parameter.detach()
-        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
-    xd = x.detach().cpu().double().requires_grad_(True)
-    gyd = gy.detach().cpu().double().requires_grad_(True)
-    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
-    for name, a, b in zip(("x", "params", "grad_y"), got, want):
-        assert torch.isfinite(a).all(), name
-        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+    _assert_second_derivatives_match(layer, reference, table, x, gy, r, q)
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -129,19 +137,8 @@ def test_2d_second_derivatives_match_float64(shape, batch_last, table):
     gy = torch.randn(*((n_out, batch) if batch_last else (batch, n_out)), device="cuda",
                      requires_grad=True)
     r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
-    got = _second_derivatives(layer, x, gy, r, q)
-
     reference = LMKAN2DLayer(num_grids, n_in, n_out, batch_last=batch_last).double()
-    with torch.no_grad():
-        values = layer.func_parameter.detach()
-        reference.func_parameter.copy_((values if table is None else values.to(table)).double())
-    xd = x.detach().cpu().double().requires_grad_(True)
-    gyd = gy.detach().cpu().double().requires_grad_(True)
-    want = _second_derivatives(reference, xd, gyd, r.cpu().double(), q.cpu().double())
-    for name, a, b in zip(("x", "params", "grad_y"), got, want):
-        assert torch.isfinite(a).all(), name
-        assert b.abs().sum() > 0, name  # every term is exercised
-        assert rel_l2(a.cpu(), b) <= 1e-5, (name, rel_l2(a.cpu(), b))
+    _assert_second_derivatives_match(layer, reference, table, x, gy, r, q)
 
 
 def test_2d_mixed_term_alone():
@@ -160,6 +157,28 @@ def test_2d_mixed_term_alone():
     assert dx[1::2].abs().sum() > 0
 
 
+def _perturbed_net_and_data(model, batch):
+    """model(dtype, device) -> network: a CUDA float32 one with perturbed parameters, inputs
+    [batch, 12] that require grad, and force targets."""
+    net = model()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(batch, 12, device="cuda", requires_grad=True)
+    return net, x, torch.randn(batch, 12, device="cuda")
+
+
+def _assert_matches_float64(got, model, net, grads_of, x, target):
+    """got = grads_of(net, x, target) against the same on a float64 CPU copy of net."""
+    reference = model(torch.float64, "cpu")
+    reference.load_state_dict(net.state_dict())
+    want = grads_of(reference, x.detach().cpu().double().requires_grad_(True),
+                    target.cpu().double())
+    for a, b in zip(got, want):
+        assert b.abs().sum() > 0
+        assert rel_l2(a.cpu(), b) <= 1e-5
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_2d_force_training_step(deterministic):
     """A force loss through two 2D layers (forces = -dE/dx, create_graph=True): the parameter
@@ -172,12 +191,7 @@ def test_2d_force_training_step(deterministic):
             torch.nn.Tanh(),
             LMKAN2DLayer(6, 16, 1, batch_last=False, deterministic=deterministic)).to(device, dtype)
 
-    net = model()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    x = torch.randn(517, 12, device="cuda", requires_grad=True)
-    target = torch.randn(517, 12, device="cuda")
+    net, x, target = _perturbed_net_and_data(model, 517)
 
     def force_loss_grads(m, xin, tgt):
         energy = m(xin).sum()
@@ -185,16 +199,77 @@ def test_2d_force_training_step(deterministic):
         return torch.autograd.grad((forces - tgt).square().mean(), list(m.parameters()))
 
     got = force_loss_grads(net, x, target)
-    reference = model(torch.float64, "cpu")
-    reference.load_state_dict(net.state_dict())
-    want = force_loss_grads(reference, x.detach().cpu().double().requires_grad_(True),
-                            target.cpu().double())
-    for a, b in zip(got, want):
-        assert b.abs().sum() > 0
-        assert rel_l2(a.cpu(), b) <= 1e-5
+    _assert_matches_float64(got, model, net, force_loss_grads, x, target)
     if deterministic:
         again = force_loss_grads(net, x, target)
         assert all(torch.equal(a, b) for a, b in zip(got, again))
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_force_step_runs_no_lookups_on_tables_of_zeros(kind):
+    """A force loss does not use the first backward's parameter-gradient output: it reaches
+    the backward op's autograd undefined (not materialized as zeros), so no forward and no
+    backward runs on a table of zeros. A two-layer model's energy-and-force step then calls
+    the forward op twice (once per layer; a third call was the first layer's upstream term
+    on zeros); the gradients match the float64 reference."""
+    torch.manual_seed(6)
+
+    def model(dtype=torch.float32, device="cuda"):
+        if kind == "1d":
+            layers = KANLayer(12, 16), torch.nn.Tanh(), KANLayer(16, 1)
+        else:
+            layers = (LMKAN2DLayer(6, 12, 16, batch_last=False), torch.nn.Tanh(),
+                      LMKAN2DLayer(6, 16, 1, batch_last=False))
+        return torch.nn.Sequential(*layers).to(device, dtype)
+
+    net, x, target = _perturbed_net_and_data(model, 301)
+
+    def step_grads(m, xin, tgt):
+        energy = m(xin)
+        forces = -torch.autograd.grad(energy.sum(), xin, create_graph=True)[0]
+        loss = energy.square().mean() + (forces - tgt).square().mean()
+        return torch.autograd.grad(loss, list(m.parameters()))
+
+    step_grads(net, x, target)  # the first call tunes "auto" settings (many forward calls)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = step_grads(net, x, target)
+    forward_op = f"lmkan::lmkan{kind}_forward"
+    assert sum(e.count for e in prof.key_averages() if e.key == forward_op) == 2
+    _assert_matches_float64(got, model, net, step_grads, x, target)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+@pytest.mark.parametrize("kind, num_grids", [("1d", 7), ("2d", 6), ("2d", 40)])
+def test_backward_op_grad_x_alone(kind, num_grids, batch_last, deterministic):
+    """grad_params=False (the first backward of a force loss, and grad_x of the forward on a
+    table in second derivatives): the backward ops give grad_x alone, the float64
+    reference's to 1e-5, and an empty second output. 2D: G = 6 takes the output-rows grad_x
+    in place of the cell-sorted backward, G = 40 the kernels past the shared memory."""
+    torch.manual_seed(7)
+    n_in, n_out, batch = 14, 70, 301
+    x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda")
+    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    if kind == "1d":
+        layer = LMKAN1DLayer(num_grids, n_in, n_out, grid="uniform", batch_last=batch_last).cuda()
+        params, borders = layer.func_parameter.detach(), layer.borders
+        args = (True, batch_last, deterministic, None)  # uniform grid
+        op = torch.ops.lmkan.lmkan1d_backward
+    else:
+        layer = LMKAN2DLayer(num_grids, n_in, n_out, batch_last=batch_last).cuda()
+        params, borders = layer.func_parameter.detach(), layer.borders
+        args = (batch_last, 8, 512, False, deterministic, None)
+        op = torch.ops.lmkan.lmkan2d_backward
+    gx, empty = op(gy, x, params, borders, *args, False)
+    assert empty.shape == (0,)
+    torch.library.opcheck(op, (gy, x, params, borders, *args, False),
+                          test_utils=("test_schema", "test_faketensor"))
+    reference = copy.deepcopy(layer).double()  # the pure-PyTorch path
+    xd = x.double().requires_grad_(True)
+    want = torch.autograd.grad(reference(xd), xd, gy.double())[0]
+    assert rel_l2(gx, want) <= 1e-5
+    if deterministic:
+        assert torch.equal(gx, op(gy, x, params, borders, *args, False)[0])
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])

@@ -9,6 +9,7 @@ raises the ValueError that eager raises.
 """
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmKAN import _extension
 from lmKAN.grids import cdf_borders
@@ -21,7 +22,8 @@ KERNEL_OPS = {
     "lmkan2d_forward": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
                         "table_dtype"],
     "lmkan2d_backward": ["grad_y", "x", "params", "borders", "batch_last", "tile_size",
-                         "block_size", "fast_mode", "deterministic", "table_dtype"],
+                         "block_size", "fast_mode", "deterministic", "table_dtype",
+                         "grad_params"],
     "lmkan2d_slope_forward": ["x", "weights", "params", "borders", "batch_last", "table_dtype"],
     "lmkan2d_slope_grad_x": ["grad_y", "x", "weights", "params", "borders", "batch_last",
                              "table_dtype"],
@@ -29,7 +31,7 @@ KERNEL_OPS = {
                                   "deterministic"],
     "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last", "table_dtype"],
     "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
-                         "deterministic", "table_dtype"],
+                         "deterministic", "table_dtype", "grad_params"],
     "lmkan1d_slope_forward": ["x", "weights", "params", "borders", "uniform_grid", "batch_last",
                               "table_dtype"],
     "lmkan1d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "uniform_grid",
@@ -101,15 +103,53 @@ def test_second_derivatives_on_meta(kind, batch_last):
     assert dp.dtype == params.dtype and dx.dtype == dgy.dtype == torch.float32
 
 
+def _meta_layer_call(kind):
+    """x and params of a meta layer (both requiring grad) and the layer op's output."""
+    if kind == "1d":
+        x, params, borders = _meta_1d(grad=True)
+        return x, params, torch.ops.lmkan.lmkan1d(x, params, borders, False, True, False)
+    x, params, borders = _meta_2d(grad=True)
+    return x, params, torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 512, False,
+                                              False)
+
+
+class _BackwardCalls(TorchDispatchMode):
+    """Records the grad_params argument of every lmkan*_backward call below autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.grad_params = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.name().startswith("lmkan::lmkan") and func.name().endswith("d_backward"):
+            schema_args = func._schema.arguments
+            position = [a.name for a in schema_args].index("grad_params")
+            self.grad_params.append(kwargs.get("grad_params", args[position]
+                                               if len(args) > position else True))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_backward_asks_for_grad_params_only_when_needed_on_meta(kind):
+    """The layers' first backward computes grad_params only where the engine needs it:
+    autograd.grad(y, x) (the first backward of a force loss) calls the backward op with
+    grad_params=False; then grad_x of the forward on ggp in its derivatives is not called at
+    all (no upstream for the unused output); autograd.grad(y, (x, params)) asks for it."""
+    x, params, y = _meta_layer_call(kind)
+    calls = _BackwardCalls()
+    with calls:
+        gx = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)[0]
+        dp = torch.autograd.grad(gx.sum(), params)[0]
+        torch.autograd.grad(y, (x, params), torch.ones_like(y))
+    assert dp.shape == params.shape
+    assert calls.grad_params == [False, True]
+
+
 @pytest.mark.parametrize("kind", ["1d", "2d"])
 def test_third_derivatives_raise_on_meta(kind):
     """A graph of second derivatives (create_graph=True once more) is refused by name."""
-    if kind == "1d":
-        x, params, borders = _meta_1d(grad=True)
-        y = torch.ops.lmkan.lmkan1d(x, params, borders, False, True, False)
-    else:
-        x, params, borders = _meta_2d(grad=True)
-        y = torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 512, False, False)
+    x, params, y = _meta_layer_call(kind)
     gx = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)[0]
     second = torch.autograd.grad(gx, params, torch.ones_like(gx), retain_graph=True)[0]
     assert second.shape == params.shape

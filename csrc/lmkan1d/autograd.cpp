@@ -18,7 +18,7 @@ using Lmkan1dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const 
                                     bool, TableDtype);
 using Lmkan1dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool, bool,
-    TableDtype);
+    TableDtype, bool);
 using Lmkan1dSlopeForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, bool, bool, TableDtype);
 using Lmkan1dSlopeGradParamsOp = at::Tensor(const at::Tensor&, const at::Tensor&,
@@ -41,16 +41,19 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 5 arguments.
   // With create_graph=True the engine runs this in grad mode: lmkan1d_backward then records
-  // its own node (Lmkan1dBackwardFunction), so second derivatives work.
+  // its own node (Lmkan1dBackwardFunction), so second derivatives work. dL/dparams only where
+  // the engine needs it (not for autograd.grad(E, x), the first backward of a force loss).
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
     const auto saved = ctx->get_saved_variables();
+    const bool want_grad_params = ctx->needs_input_grad(1);
     auto [grad_x, grad_p] =
         op.call(grad_outputs[0].contiguous(), saved[0], saved[1], saved[2],
                 ctx->saved_data["uniform_grid"].toBool(), ctx->saved_data["batch_last"].toBool(),
                 ctx->saved_data["deterministic"].toBool(),
-                ctx->saved_data["table_dtype"].toOptional<at::ScalarType>());
-    return {grad_x, grad_p, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+                ctx->saved_data["table_dtype"].toOptional<at::ScalarType>(), want_grad_params);
+    return {grad_x, want_grad_params ? grad_p : at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -65,16 +68,21 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& x,
                                const at::Tensor& params, const at::Tensor& borders,
                                bool uniform_grid, bool batch_last, bool deterministic,
-                               TableDtype table_dtype) {
+                               TableDtype table_dtype, bool want_grad_params) {
     static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
     ctx->save_for_backward({grad_y, x, params, borders});
+    // An output that the loss does not use (grad_params in force training, whose loss reads
+    // grad_x only) reaches backward undefined, not as zeros: the terms of ggp (a forward and
+    // a whole backward on a table of zeros) and of ggx are then skipped.
+    ctx->set_materialize_grads(false);
     ctx->saved_data["uniform_grid"] = uniform_grid;
     ctx->saved_data["batch_last"] = batch_last;
     ctx->saved_data["deterministic"] = deterministic;
     ctx->saved_data["table_dtype"] = table_dtype;
+    ctx->saved_data["grad_params"] = want_grad_params;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [grad_x, grad_p] =
-        op.call(grad_y, x, params, borders, uniform_grid, batch_last, deterministic, table_dtype);
+    auto [grad_x, grad_p] = op.call(grad_y, x, params, borders, uniform_grid, batch_last,
+                                    deterministic, table_dtype, want_grad_params);
     return {grad_x, grad_p};
   }
 
@@ -93,15 +101,16 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
     const bool deterministic = ctx->saved_data["deterministic"].toBool();
     const TableDtype table = ctx->saved_data["table_dtype"].toOptional<at::ScalarType>();
     const at::Tensor& ggx = grad_outputs[0];
+    // ggp of an empty grad_params output (grad_params=False) is no upstream term
     const at::Tensor& ggp = grad_outputs[1];
     at::Tensor d_grad_y, d_x, d_params;
-    if (ggp.defined()) {
+    if (ggp.defined() && ctx->saved_data["grad_params"].toBool()) {
       const at::Tensor table_ggp = ggp.contiguous();
       if (ctx->needs_input_grad(0))
         d_grad_y = forward_op.call(x, table_ggp, borders, uniform, batch_last, TableDtype());
       if (ctx->needs_input_grad(1))
         d_x = std::get<0>(backward_op.call(grad_y, x, table_ggp, borders, uniform, batch_last,
-                                           deterministic, TableDtype()));
+                                           deterministic, TableDtype(), false));
     }
     if (ggx.defined()) {
       const at::Tensor weights = ggx.contiguous();
@@ -115,23 +124,24 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
                                              batch_last, deterministic);
     }
     return {d_grad_y, d_x, d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_autograd(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
     const at::Tensor& borders, bool uniform_grid, bool batch_last, bool deterministic,
-    TableDtype table_dtype) {
+    TableDtype table_dtype, bool want_grad_params) {
   if (!at::GradMode::is_enabled() ||
       !(grad_y.requires_grad() || x.requires_grad() || params.requires_grad())) {
     static const auto op = find_op<Lmkan1dBackwardOp>("lmkan::lmkan1d_backward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(grad_y, x, params, borders, uniform_grid, batch_last, deterministic,
-                   table_dtype);
+                   table_dtype, want_grad_params);
   }
   const auto out = Lmkan1dBackwardFunction::apply(grad_y, x, params, borders, uniform_grid,
-                                                  batch_last, deterministic, table_dtype);
+                                                  batch_last, deterministic, table_dtype,
+                                                  want_grad_params);
   return {out[0], out[1]};
 }
 

@@ -332,7 +332,8 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
                                                          const at::Tensor& borders_in,
                                                          bool uniform_grid, bool batch_last,
                                                          bool deterministic,
-                                                         std::optional<at::ScalarType> table_dtype) {
+                                                         std::optional<at::ScalarType> table_dtype,
+                                                         bool want_grad_params) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_backward");
   check_grad_y(grad_y_in, x_in, sh.n_out, sh.batch, batch_last, "lmkan1d_backward");
@@ -342,8 +343,11 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
   const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]
   const at::Tensor borders = borders_in.contiguous();  // [G+1]
   at::Tensor grad_x = at::empty_like(x);
-  // accumulated in float32; 16-bit parameters get it rounded once to their dtype
-  at::Tensor grad_params = at::empty(params.sizes(), params.options().dtype(at::kFloat));
+  // accumulated in float32; 16-bit parameters get it rounded once to their dtype; without
+  // want_grad_params, empty (the schema's grad_params=False)
+  at::Tensor grad_params = want_grad_params
+                               ? at::empty(params.sizes(), params.options().dtype(at::kFloat))
+                               : at::empty({0}, params.options().dtype(at::kFloat));
   if (sh.batch == 0 || sh.n_in == 0 || sh.n_out == 0) {
     grad_x.zero_();
     grad_params.zero_();
@@ -351,7 +355,9 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   run_dx(grad_y, x, params, borders, sh, uniform_grid, batch_last, table, grad_x, stream);
-  launch_dc(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
+  if (want_grad_params)
+    launch_dc(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params,
+              stream);
   return {grad_x, grad_params.to(params.scalar_type())};
 }
 

@@ -18,7 +18,7 @@ using Lmkan2dForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const 
                                     int64_t, int64_t, std::optional<at::ScalarType>);
 using Lmkan2dBackwardOp = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t,
-    int64_t, bool, bool, std::optional<at::ScalarType>);
+    int64_t, bool, bool, std::optional<at::ScalarType>, bool);
 using Lmkan2dSlopeForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, bool, std::optional<at::ScalarType>);
 using Lmkan2dSlopeGradXOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -48,16 +48,19 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
 
   // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 9 arguments.
   // With create_graph=True the engine runs this in grad mode: lmkan2d_backward then records
-  // its own node (Lmkan2dBackwardFunction), so second derivatives work.
+  // its own node (Lmkan2dBackwardFunction), so second derivatives work. dL/dparams only where
+  // the engine needs it (not for autograd.grad(E, x), the first backward of a force loss).
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
     const auto saved = ctx->get_saved_variables();
+    const bool want_grad_params = ctx->needs_input_grad(1);
     auto [grad_x, grad_p] =
         op.call(grad_outputs[0].contiguous(), saved[0], saved[1], saved[2],
                 ctx->saved_data["batch_last"].toBool(), ctx->saved_data["tile"].toInt(),
                 ctx->saved_data["block"].toInt(), ctx->saved_data["fast"].toBool(),
                 ctx->saved_data["deterministic"].toBool(),
-                ctx->saved_data["table_dtype"].toOptional<at::ScalarType>());
+                ctx->saved_data["table_dtype"].toOptional<at::ScalarType>(), want_grad_params);
+    if (!want_grad_params) grad_p = at::Tensor();
     return {grad_x, grad_p, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -76,18 +79,24 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
                                const at::Tensor& params, const at::Tensor& borders,
                                bool batch_last, int64_t tile_size, int64_t block_size,
                                bool fast_mode, bool deterministic,
-                               std::optional<at::ScalarType> table_dtype) {
+                               std::optional<at::ScalarType> table_dtype, bool want_grad_params) {
     static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
     ctx->save_for_backward({grad_y, x, params, borders});
+    // An output that the loss does not use (grad_params in force training, whose loss reads
+    // grad_x only) reaches backward undefined, not as zeros: the terms of ggp (a forward and
+    // a whole backward on a table of zeros) and of ggx are then skipped.
+    ctx->set_materialize_grads(false);
     ctx->saved_data["batch_last"] = batch_last;
     ctx->saved_data["tile"] = tile_size;
     ctx->saved_data["block"] = block_size;
     ctx->saved_data["fast"] = fast_mode;
     ctx->saved_data["deterministic"] = deterministic;
     ctx->saved_data["table_dtype"] = table_dtype;
+    ctx->saved_data["grad_params"] = want_grad_params;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [grad_x, grad_p] = op.call(grad_y, x, params, borders, batch_last, tile_size,
-                                    block_size, fast_mode, deterministic, table_dtype);
+                                    block_size, fast_mode, deterministic, table_dtype,
+                                    want_grad_params);
     return {grad_x, grad_p};
   }
 
@@ -109,16 +118,18 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
     const bool deterministic = ctx->saved_data["deterministic"].toBool();
     const auto table = ctx->saved_data["table_dtype"].toOptional<at::ScalarType>();
     const at::Tensor& ggx = grad_outputs[0];
+    // ggp of an empty grad_params output (grad_params=False) is no upstream term
     const at::Tensor& ggp = grad_outputs[1];
     at::Tensor d_grad_y, d_x, d_params;
-    if (ggp.defined()) {
+    if (ggp.defined() && ctx->saved_data["grad_params"].toBool()) {
       const at::Tensor table_ggp = ggp.contiguous();
       if (ctx->needs_input_grad(0))
         d_grad_y = forward_op.call(x, table_ggp, borders, batch_last, tile, block,
                                    std::optional<at::ScalarType>());
       if (ctx->needs_input_grad(1))
         d_x = std::get<0>(backward_op.call(grad_y, x, table_ggp, borders, batch_last, tile, block,
-                                           fast, deterministic, std::optional<at::ScalarType>()));
+                                           fast, deterministic, std::optional<at::ScalarType>(),
+                                           false));
     }
     if (ggx.defined()) {
       const at::Tensor weights = ggx.contiguous();
@@ -137,24 +148,25 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
                                              deterministic);
     }
     return {d_grad_y, d_x, d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> lmkan2d_backward_autograd(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& params,
     const at::Tensor& borders, bool batch_last, int64_t tile_size, int64_t block_size,
-    bool fast_mode, bool deterministic, std::optional<at::ScalarType> table_dtype) {
+    bool fast_mode, bool deterministic, std::optional<at::ScalarType> table_dtype,
+    bool want_grad_params) {
   if (!at::GradMode::is_enabled() ||
       !(grad_y.requires_grad() || x.requires_grad() || params.requires_grad())) {
     static const auto op = find_op<Lmkan2dBackwardOp>("lmkan::lmkan2d_backward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode,
-                   deterministic, table_dtype);
+                   deterministic, table_dtype, want_grad_params);
   }
   const auto out = Lmkan2dBackwardFunction::apply(grad_y, x, params, borders, batch_last,
                                                   tile_size, block_size, fast_mode,
-                                                  deterministic, table_dtype);
+                                                  deterministic, table_dtype, want_grad_params);
   return {out[0], out[1]};
 }
 

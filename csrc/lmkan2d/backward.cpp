@@ -41,6 +41,7 @@
 #include <tuple>
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -68,6 +69,7 @@ std::tuple<at::Tensor, at::Tensor> run_separate_kernels(
           ? dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic, table)
           : dx_by_sample_tiles(x, params, borders, gy, tile, batch, n_out, n_pairs, num_grids,
                                block, lim, xs_f, xs_b, gs_f, gs_b, table);
+  if (plan.grad_params == GradParamsKernel::kNone) return {dx, at::Tensor()};
   const at::Tensor dp =
       plan.grad_params == GradParamsKernel::kSortedChunks
           ? dp_by_sorted_chunks(x, borders, gy, tile, batch, n_out, n_pairs, num_grids, block,
@@ -85,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
                                                  const at::Tensor& borders_in, bool batch_last,
                                                  int64_t tile_size, int64_t block_size,
                                                  bool fast_mode, bool deterministic,
-                                                 std::optional<at::ScalarType> table_dtype) {
+                                                 std::optional<at::ScalarType> table_dtype,
+                                                 bool want_grad_params) {
   // grad_y: [N_out, B] (batch_last) or [B, N_out]; x: [N_in, B] or [B, N_in];
   // params: [G+1, G+1, N_out, N_in/2]; borders: [G+1]. Returns (grad_x like x, grad_params).
   check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_backward");
@@ -96,7 +99,10 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous(), gy = gy_in.contiguous();
-  if (batch == 0) return {at::empty_like(x), at::zeros_like(params)};
+  // grad_params=False: an empty second output, and no grad_params kernel runs
+  const auto no_grad_params = [&] { return at::empty({0}, params.options()); };
+  if (batch == 0)
+    return {at::zeros_like(x), want_grad_params ? at::zeros_like(params) : no_grad_params()};
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_pairs = static_cast<int>(params.size(3));
   const DeviceLimits lim = device_limits(x.device().index());
@@ -104,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const int n = static_cast<int>(n_out);
   const BackwardPlan plan =
       plan_backward({num_grids, n_out, batch, 2 * int64_t(n_pairs), batch_last},
-                    static_cast<int>(tile_size), block, deterministic, lim);
+                    static_cast<int>(tile_size), block, deterministic, lim, want_grad_params);
   // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
   // cell, a 4x larger sorted buffer)
   auto [dx, dp] =
@@ -114,8 +120,10 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
           : run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy,
                                  batch, n, n_pairs, num_grids, block, batch_last, fast_mode,
                                  deterministic, lim, table);
+  if (!want_grad_params) dp = at::Tensor();  // the runs kernel's, computed with grad_x
   // far inputs, which the kernels took at d = 0 (device.cuh): their pairs in float64
   far_fixup(x, params, table, borders, gy, dx, dp, batch_last);
+  if (!want_grad_params) return {dx, no_grad_params()};
   // dP is accumulated in float32; 16-bit parameters get theirs rounded once, here
   if (params.scalar_type() != at::kFloat) dp = dp.to(params.scalar_type());
   return {dx, dp};

@@ -4,26 +4,28 @@
 // grad_y (w_exact - w_used) (the float64 bilinear weights less the ones the kernels used).
 //
 // Two kernels:
-// 1. far_flags_kernel: one block per (pair, chunk of kChunk samples), a thread per sample,
-//    writes whether the chunk holds a far input of the pair (one byte, every byte written:
-//    no memset). It reads x once, in parallel over the whole GPU; pairs are the fastest
-//    block index, so in the batch-first layout the blocks of neighbouring pairs, which read
-//    the same 32-byte sectors, run together and share them in L2.
+// 1. far_flags_kernel: one block per chunk of kChunk samples reads the chunk's x (every
+//    feature) in memory order, 16-byte loads where x allows, and writes one byte per pair:
+//    whether the chunk holds a far input of that pair (every byte written: no memset).
 // 2. far_fixup_kernel: one block per pair (it owns that pair's grad_params entries and grad_x
 //    rows: no atomics, deterministic). It reads the pair's flags, kChunk chunks at a time,
 //    and only in flagged chunks finds the far samples in sample order (ballots and a scan
 //    over the warps) and handles them one after the other with its threads over the outputs.
-// A single kernel of one block per pair that classified every sample itself (the first
-// version) walked B / 256 chunks one after the other per pair, latency bound: 1.4 ms of a
-// 13.9 ms backward at G=26 256->256 B=2^18 on the H200.
-#include <algorithm>
+// Measured on the H200 before this form of phase 1 (docs/decisions.md, issue 18): a single
+// per-pair kernel that classified every sample itself walked B / 256 chunks one after the
+// other (+1.4 ms on a 13.9 ms backward at G=26 256->256 B=2^18); a phase 1 of one block per
+// (pair, chunk), one 4-byte load per thread and input, read x at ~0.75 TB/s there and took
+// 39 us a call on batch-first B=65536 x 256 (one 8-byte read per 32-byte sector).
+#include <cstdint>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "common/device_limits.h"
 #include "common/grid.cuh"
+#include "common/warp.cuh"
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
@@ -36,7 +38,6 @@ namespace {
 
 constexpr int kFixupThreads = 256;
 constexpr int kChunk = kFixupThreads;  // samples per far flag: phase 2 takes a chunk per pass
-constexpr int kMaxGridY = 65535;
 
 struct FarFixupArgs {
   const float* x;        // (f, b) at f * xs_f + b * xs_b
@@ -44,33 +45,109 @@ struct FarFixupArgs {
   const float* borders;  // [G+1]
   const float* gy;       // (o, b) at o * gs_f + b * gs_b
   float* dx;             // x's layout
-  float* dp;             // float32 [G+1, G+1, N_out, P]
-  const uint8_t* flags;  // [P, n_chunks]: chunk c of pair p holds a far input (phase 1)
+  float* dp;             // float32 [G+1, G+1, N_out, P], or nullptr (grad_x alone)
+  const uint8_t* flags;  // [n_chunks, P]: chunk c holds a far input of pair p (phase 1)
   int64_t batch, n_chunks, xs_f, xs_b, gs_f, gs_b;
   int n_out, n_pairs, num_grids;
 };
 
-// Phase 1: flags[p * n_chunks + c] = whether samples [c * kChunk, (c + 1) * kChunk) hold a
-// far input of pair p. Only a value outside [borders[0], borders[G]] can be far (inside the
-// grid d is in [0, 1]); NaN fails both compares and is not far, as in is_far.
+// Whether v is far. Only a value outside [borders[0], borders[G]] can be (inside the grid d
+// is in [0, 1]); NaN fails both compares and is not far, as in is_far.
+__device__ __forceinline__ bool far_value(float v, float lo, float hi, const float* borders,
+                                          int num_grids) {
+  return (v < lo || v > hi) && is_far(v, cdf_cell(v, borders, num_grids).d);
+}
+
+// Whether a component of v is outside [lo, hi] (the cheap test before far_value).
+__device__ __forceinline__ bool outside(float4 v, float lo, float hi) {
+  return v.x < lo || v.x > hi || v.y < lo || v.y > hi || v.z < lo || v.z > hi || v.w < lo ||
+         v.w > hi;
+}
+
+// Sets the bit of feature f's pair (f / 2) in the block's pair bits.
+__device__ __forceinline__ void mark_pair(unsigned* s_bits, int64_t f) {
+  atomicOr(&s_bits[f / 64], 1u << ((f / 2) % 32));
+}
+
+// Phase 1: flags[c * P + p] = whether samples [c * kChunk, (c + 1) * kChunk) hold a far input
+// of pair p. One block per chunk c; the pairs' bits gather in shared memory (atomicOr: far
+// inputs are rare, so are the atomics). kVec: 16-byte loads (x 16-byte aligned, and batch-last
+// B % 4 == 0 so that every row segment is).
+template <bool kVec>
 __global__ void __launch_bounds__(kChunk)
     far_flags_kernel(const float* __restrict__ x, const float* __restrict__ borders,
-                     int num_grids, int64_t batch, int64_t xs_f, int64_t xs_b, int64_t n_chunks,
+                     int num_grids, int64_t batch, int n_in, bool batch_last,
                      uint8_t* __restrict__ flags) {
-  const int p = blockIdx.x;
+  extern __shared__ unsigned s_bits[];  // one bit per pair
+  const int n_pairs = n_in / 2, words = (n_pairs + 31) / 32;
+  for (int i = threadIdx.x; i < words; i += blockDim.x) s_bits[i] = 0u;
+  __syncthreads();
   const float lo = borders[0], hi = borders[num_grids];
-  const int64_t f1 = 2 * int64_t(p) * xs_f, f2 = f1 + xs_f;
-  for (int64_t c = blockIdx.y; c < n_chunks; c += gridDim.y) {
-    const int64_t b = c * kChunk + threadIdx.x;
-    bool far = false;
-    if (b < batch) {
-      const float v1 = __ldg(x + f1 + b * xs_b), v2 = __ldg(x + f2 + b * xs_b);
-      if (v1 < lo || v1 > hi) far = is_far(v1, cdf_cell(v1, borders, num_grids).d);
-      if (v2 < lo || v2 > hi) far = far || is_far(v2, cdf_cell(v2, borders, num_grids).d);
+  const int64_t b0 = int64_t(blockIdx.x) * kChunk;
+  const int valid = static_cast<int>(batch - b0 < kChunk ? batch - b0 : kChunk);
+  // kVec: kLoads 16-byte loads in flight per thread before any compare
+  constexpr int kLoads = 4;
+  const float4 inside = make_float4(lo, lo, lo, lo);
+  if (batch_last) {  // rows f: valid consecutive floats at x + f * B + b0
+    if (kVec) {      // 64 threads per row (valid % 4 == 0), 4 rows per pass
+      const int s = 4 * (threadIdx.x % 64);
+      for (int f0 = threadIdx.x / 64; f0 < n_in; f0 += kLoads * (kChunk / 64)) {
+        float4 v[kLoads];
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) {
+          const int f = f0 + u * (kChunk / 64);
+          v[u] = s < valid && f < n_in
+                     ? __ldg(reinterpret_cast<const float4*>(x + int64_t(f) * batch + b0 + s))
+                     : inside;
+        }
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) {
+          if (!outside(v[u], lo, hi)) continue;
+          const int f = f0 + u * (kChunk / 64);
+          if (far_value(v[u].x, lo, hi, borders, num_grids) ||
+              far_value(v[u].y, lo, hi, borders, num_grids) ||
+              far_value(v[u].z, lo, hi, borders, num_grids) ||
+              far_value(v[u].w, lo, hi, borders, num_grids))
+            mark_pair(s_bits, f);
+        }
+      }
+    } else if (static_cast<int>(threadIdx.x) < valid) {
+#pragma unroll 4
+      for (int f = 0; f < n_in; ++f)
+        if (far_value(__ldg(x + int64_t(f) * batch + b0 + threadIdx.x), lo, hi, borders, num_grids))
+          mark_pair(s_bits, f);
     }
-    far = __syncthreads_or(far);
-    if (threadIdx.x == 0) flags[int64_t(p) * n_chunks + c] = far;
+  } else {  // the chunk is valid * N_in consecutive floats; element e is feature e % N_in
+    const float* base = x + b0 * n_in;
+    const int count = valid * n_in;
+    int done = 0;
+    if (kVec) {
+      const int n4 = count / 4;
+      for (int e0 = threadIdx.x; e0 < n4; e0 += kLoads * kChunk) {
+        float4 v[kLoads];
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) {
+          const int e4 = e0 + u * kChunk;
+          v[u] = e4 < n4 ? __ldg(reinterpret_cast<const float4*>(base) + e4) : inside;
+        }
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) {
+          if (!outside(v[u], lo, hi)) continue;
+          const int e = 4 * (e0 + u * kChunk);
+          if (far_value(v[u].x, lo, hi, borders, num_grids)) mark_pair(s_bits, e % n_in);
+          if (far_value(v[u].y, lo, hi, borders, num_grids)) mark_pair(s_bits, (e + 1) % n_in);
+          if (far_value(v[u].z, lo, hi, borders, num_grids)) mark_pair(s_bits, (e + 2) % n_in);
+          if (far_value(v[u].w, lo, hi, borders, num_grids)) mark_pair(s_bits, (e + 3) % n_in);
+        }
+      }
+      done = 4 * n4;
+    }
+    for (int e = done + threadIdx.x; e < count; e += kChunk)
+      if (far_value(__ldg(base + e), lo, hi, borders, num_grids)) mark_pair(s_bits, e % n_in);
   }
+  __syncthreads();
+  for (int p = threadIdx.x; p < n_pairs; p += blockDim.x)
+    flags[int64_t(blockIdx.x) * n_pairs + p] = (s_bits[p / 32] >> (p % 32)) & 1u;
 }
 
 // The positions (threadIdx.x) of this block's threads with keep set, in order, into s_list;
@@ -147,7 +224,7 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
       for (int j = 0; j < 4; ++j) {
         const int64_t at = (corner[j] + o) * a.n_pairs + p;
         c[j] = table_value<P, R>(a, at);
-        a.dp[at] += static_cast<float>(g * exact[j] - g * double(used[j]));
+        if (a.dp != nullptr) a.dp[at] += static_cast<float>(g * exact[j] - g * double(used[j]));
       }
       // dF/dd1 = (c10 - c00) + D2 M, dF/dd2 = (c01 - c00) + D1 M (NaN-free in float64)
       const double m = (c[3] - c[2]) - (c[1] - c[0]);
@@ -155,11 +232,8 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
       s2 += g * ((c[1] - c[0]) + D1 * m);
     }
     // block sums of s1, s2 in a fixed order
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      s1 += __shfl_down_sync(0xffffffffu, s1, off);
-      s2 += __shfl_down_sync(0xffffffffu, s2, off);
-    }
+    s1 = warp_sum_to_lane0(s1);
+    s2 = warp_sum_to_lane0(s2);
     if (lane == 0) {
       sh.sum[0][warp] = s1;
       sh.sum[1][warp] = s2;
@@ -189,7 +263,7 @@ __global__ void __launch_bounds__(kFixupThreads) far_fixup_kernel(const FarFixup
   for (int64_t c0 = 0; c0 < a.n_chunks; c0 += kFixupThreads) {
     // this pass's flagged chunks, in order, then each of them
     const int64_t c = c0 + threadIdx.x;
-    const bool flagged = c < a.n_chunks && a.flags[int64_t(p) * a.n_chunks + c] != 0;
+    const bool flagged = c < a.n_chunks && a.flags[c * a.n_pairs + p] != 0;
     const int n_flagged = compact_in_order(flagged, sh.chunks, sh.warp_count);
     for (int k = 0; k < n_flagged; ++k) {
       fix_chunk<P, R>(a, p, (c0 + sh.chunks[k]) * kChunk, sh);
@@ -210,14 +284,14 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   const int64_t batch = batch_last ? x.size(1) : x.size(0);
   if (batch == 0 || n_pairs == 0) return;
   const int64_t n_chunks = (batch + kChunk - 1) / kChunk;
-  const at::Tensor flags = at::empty({n_pairs, n_chunks}, x.options().dtype(at::kByte));
+  const at::Tensor flags = at::empty({n_chunks, n_pairs}, x.options().dtype(at::kByte));
   FarFixupArgs a{};
   a.x = x.data_ptr<float>();
   a.params = params.data_ptr();
   a.borders = borders.data_ptr<float>();
   a.gy = gy.data_ptr<float>();
   a.dx = dx.data_ptr<float>();
-  a.dp = dp.data_ptr<float>();
+  a.dp = dp.defined() ? dp.data_ptr<float>() : nullptr;
   a.flags = flags.data_ptr<uint8_t>();
   a.batch = batch;
   a.n_chunks = n_chunks;
@@ -229,9 +303,16 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   a.n_pairs = n_pairs;
   a.num_grids = num_grids;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 flag_grid(n_pairs, static_cast<unsigned>(std::min<int64_t>(n_chunks, kMaxGridY)));
-  far_flags_kernel<<<flag_grid, kChunk, 0, stream>>>(a.x, a.borders, num_grids, batch, a.xs_f,
-                                                     a.xs_b, n_chunks, flags.data_ptr<uint8_t>());
+  // phase 1 (x and dx are contiguous here: backward.cpp); a chunk's element count is an int
+  const int n_in = 2 * n_pairs;
+  TORCH_CHECK(int64_t(n_in) * kChunk <= INT32_MAX, "lmkan2d_backward: at most ",
+              INT32_MAX / kChunk, " input features (far-input pass), got ", n_in);
+  const bool vec = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && (!batch_last || batch % 4 == 0);
+  const int64_t bits_bytes = 4 * int64_t((n_pairs + 31) / 32);
+  const auto flags_kernel = vec ? far_flags_kernel<true> : far_flags_kernel<false>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(flags_kernel), bits_bytes);
+  flags_kernel<<<static_cast<unsigned>(n_chunks), kChunk, bits_bytes, stream>>>(
+      a.x, a.borders, num_grids, batch, n_in, batch_last, flags.data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   switch_table_type(params.scalar_type(), [&](auto p_tag) {
     switch_table_type(table_dtype, [&](auto r_tag) {

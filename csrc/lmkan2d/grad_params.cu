@@ -454,13 +454,16 @@ at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& 
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
   // cell-sorted chunks where the slice's accumulator fits in shared memory (as the layer's
   // deterministic backward chooses), per-warp accumulators past that; both deterministic
-  if (dp_sorted_smem_bytes(num_grids, bwd_width(kSlopeTile), 1) <= lim.smem_optin)
-    return launch_dp_sorted<kSlopeTile, true>(x, borders, gy, batch, n_out, n_pairs, num_grids,
-                                              kSlopeBlock, /*fast=*/false, batch_last, lim, xs_f,
-                                              xs_b, weights);
-  return launch_dp<kSlopeTile, true>(x, borders, gy, batch, n_out, n_pairs, num_grids,
-                                     kSlopeBlock, /*fast=*/false, batch_last, deterministic, lim,
-                                     xs_f, xs_b, gs_f, gs_b, weights);
+  return switch_value<kSlopeNarrowTile, kSlopeTile>(slope_tile(n_out), [&](auto tile_c) {
+    constexpr int kTile = decltype(tile_c)::value;
+    if (dp_sorted_smem_bytes(num_grids, bwd_width(kTile), 1) <= lim.smem_optin)
+      return launch_dp_sorted<kTile, true>(x, borders, gy, batch, n_out, n_pairs, num_grids,
+                                           kSlopeBlock, /*fast=*/false, batch_last, lim, xs_f,
+                                           xs_b, weights);
+    return launch_dp<kTile, true>(x, borders, gy, batch, n_out, n_pairs, num_grids,
+                                  kSlopeBlock, /*fast=*/false, batch_last, deterministic, lim,
+                                  xs_f, xs_b, gs_f, gs_b, weights);
+  });
 }
 
 }  // namespace lmkan2d

@@ -184,9 +184,11 @@ at::Tensor slope_dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& weigh
                                     at::ScalarType table_dtype) {
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
-  return launch_dx<kSlopeTile, true>(x, params, borders, gy, batch, n_out, n_pairs, num_grids,
-                                     kSlopeBlock, lim, xs_f, xs_b, gs_f, gs_b, table_dtype,
-                                     weights);
+  return switch_value<kSlopeNarrowTile, kSlopeTile>(slope_tile(n_out), [&](auto tile_c) {
+    return launch_dx<decltype(tile_c)::value, true>(x, params, borders, gy, batch, n_out,
+                                                    n_pairs, num_grids, kSlopeBlock, lim, xs_f,
+                                                    xs_b, gs_f, gs_b, table_dtype, weights);
+  });
 }
 
 }  // namespace lmkan2d

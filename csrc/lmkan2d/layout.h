@@ -97,9 +97,13 @@ at::Tensor dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& border
                                    int64_t xs_f, int64_t xs_b, int64_t gs_f, int64_t gs_b);
 
 // ---- Second derivatives (second_derivatives.cpp): the pieces of d<w, grad_x>, w like x ----
-// One launch configuration (tile 8; blocks of 256 threads for the forward-shaped kernel, 512
-// for the others): these ops are not tuned.
-constexpr int kSlopeTile = 8, kSlopeBlock = 512, kSlopeForwardBlock = 256;
+// Not tuned: tile 8, or 4 for layers of at most 32 outputs (one 32-wide output tile instead
+// of a mostly idle 64-wide one: half the table bytes per pair); blocks of 256 threads for the
+// forward-shaped kernel, 512 for the others.
+constexpr int kSlopeTile = 8, kSlopeNarrowTile = 4, kSlopeBlock = 512, kSlopeForwardBlock = 256;
+constexpr int slope_tile(int64_t n_out) {
+  return n_out <= bwd_width(kSlopeNarrowTile) ? kSlopeNarrowTile : kSlopeTile;
+}
 // d/d grad_y: y = sum_p w . grad f_p (output_lanes.cu, the forward kernel's slope mode).
 at::Tensor slope_forward_by_output_lanes(const at::Tensor& x, const at::Tensor& weights,
                                          const at::Tensor& params, const at::Tensor& borders,
@@ -120,8 +124,8 @@ at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& 
                                          const DeviceLimits& lim);
 
 // After the backward kernels (far_fixup.cu): grad_x of each (sample, pair) that holds a far
-// input replaced by its float64 value, and grad_params (float32 [G+1, G+1, N_out, P])
-// corrected to the float64 bilinear weights; params as the backward got them (rounded to
+// input replaced by its float64 value, and grad_params (float32 [G+1, G+1, N_out, P], or
+// undefined for grad_x alone) corrected to the float64 bilinear weights; params as the backward got them (rounded to
 // table_dtype as the kernels read them). One block per pair; without far inputs it reads x
 // once and writes nothing.
 void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType table_dtype,

@@ -395,14 +395,14 @@ forward_kernel(const ForwardArgs a) {
   }
 }
 
-// The forward (DX = false) runs here only for num_grids whose table slice does not fit in
-// shared memory (forward_cuda), so only its L1/L2 variant is instantiated.
-template <int K, int M, bool DX = false>
+// The forward (DX = SLOPES = false) runs here only for num_grids whose table slice does not
+// fit in shared memory (forward_cuda), so only its L1/L2 variant is instantiated.
+template <int K, int M, bool DX = false, bool SLOPES = false>
 void launch_forward_km(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  auto kernel = forward_kernel<K, M, false, DX>;
-  if constexpr (DX) {
-    if (a.nbuf > 0) kernel = forward_kernel<K, M, true, DX>;
+  auto kernel = forward_kernel<K, M, false, DX, SLOPES>;
+  if constexpr (DX || SLOPES) {
+    if (a.nbuf > 0) kernel = forward_kernel<K, M, true, DX, SLOPES>;
   }
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   kernel<<<grid, block, smem, stream>>>(a);
@@ -472,18 +472,25 @@ ForwardArgs make_args(const at::Tensor& x, const at::Tensor& packed, const at::T
   return a;
 }
 
-template <int K>
+template <int K, bool SLOPES>
 void launch_forward_k(const ForwardArgs& a, dim3 grid, int block, int64_t smem) {
-  if (block > 256) launch_forward_km<K, samples_per_lane(K, 1024)>(a, grid, block, smem);
-  else launch_forward_km<K, samples_per_lane(K, 256)>(a, grid, block, smem);
+  static_assert(kSlopeForwardBlock <= 256, "the slope forward's M is samples_per_lane(K, 256)");
+  if constexpr (!SLOPES) {  // the slope forward runs at kSlopeForwardBlock (256) only
+    if (block > 256) {
+      launch_forward_km<K, samples_per_lane(K, 1024)>(a, grid, block, smem);
+      return;
+    }
+  }
+  launch_forward_km<K, samples_per_lane(K, 256), false, SLOPES>(a, grid, block, smem);
 }
 
-}  // namespace
-
-// x [N_in, B] and y [N_out, B] (batch_last), or [B, N_in] and [B, N_out].
-at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params,
-                                   const at::Tensor& borders, int tile, int block,
-                                   bool batch_last, at::ScalarType table_dtype) {
+// The forward-shaped calls of forward_kernel, y in the layer output's layout: the layer's
+// forward past the shared-memory limit (kSlopes false: the table through L1/L2), and the
+// slope forward (weights like x; the table staged where it fits; tiles 4 and 8 only).
+template <bool kSlopes>
+at::Tensor forward_shaped(const at::Tensor& x, const at::Tensor& params,
+                          const at::Tensor& borders, int tile, int block, bool batch_last,
+                          at::ScalarType table_dtype, const float* weights) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
@@ -496,20 +503,32 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
   const int nb = (block / 32) * samples_per_lane(k, block);
   const int regs = samples_per_lane(k, block) * k > 32 ? 128 : 64;
   const LaunchPlan plan = plan_launch(num_grids, w, nb, block, regs, batch, n_out, n_pairs,
-                                      n_pairs, lim, /*stage_table=*/false);
+                                      n_pairs, lim, /*stage_table=*/kSlopes);
   const at::Tensor packed = pack_table(params, w, table_dtype);  // float32, rounded values
   // pair splits: partial sums to a workspace reduced in a fixed order (deterministic)
   at::Tensor out = plan.splits > 1 ? at::empty({plan.splits, y.size(0), y.size(1)}, y.options()) : y;
-  const ForwardArgs a = make_args(x, packed, borders, out.data_ptr<float>(), batch, n_out,
-                                  n_pairs, num_grids, plan, batch_last);
+  ForwardArgs a = make_args(x, packed, borders, out.data_ptr<float>(), batch, n_out, n_pairs,
+                            num_grids, plan, batch_last);
+  a.w = weights;
   const int64_t smem = plan.smem;
   const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
                   static_cast<unsigned>(plan.splits));
-  switch_value<1, 2, 4>(k, [&](auto k_c) {
-    launch_forward_k<decltype(k_c)::value>(a, grid, block, smem);
-  });
+  const auto launch = [&](auto k_c) {
+    launch_forward_k<decltype(k_c)::value, kSlopes>(a, grid, block, smem);
+  };
+  if constexpr (kSlopes) switch_value<1, 2>(k, launch);
+  else switch_value<1, 2, 4>(k, launch);
   if (plan.splits > 1) sum_splits(out, y);
   return y;
+}
+
+}  // namespace
+
+// x [N_in, B] and y [N_out, B] (batch_last), or [B, N_in] and [B, N_out].
+at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params,
+                                   const at::Tensor& borders, int tile, int block,
+                                   bool batch_last, at::ScalarType table_dtype) {
+  return forward_shaped<false>(x, params, borders, tile, block, batch_last, table_dtype, nullptr);
 }
 
 at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
@@ -554,33 +573,8 @@ at::Tensor dx_by_output_rows(const at::Tensor& x, const at::Tensor& params,
 at::Tensor slope_forward_by_output_lanes(const at::Tensor& x, const at::Tensor& weights,
                                          const at::Tensor& params, const at::Tensor& borders,
                                          bool batch_last, at::ScalarType table_dtype) {
-  constexpr int k = forward_lanes_outputs(kSlopeTile), w = 32 * k;
-  constexpr int block = kSlopeForwardBlock, m = samples_per_lane(k, block);
-  const int num_grids = static_cast<int>(params.size(0)) - 1;
-  const int n_out = static_cast<int>(params.size(2));
-  const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
-  const DeviceLimits lim = device_limits(x.device().index());
-  at::Tensor y = batch_last ? at::empty({n_out, batch}, x.options())
-                            : at::empty({batch, n_out}, x.options());
-  if (batch == 0) return y;
-  const int nb = (block / 32) * m;
-  const LaunchPlan plan = plan_launch(num_grids, w, nb, block, m * k > 32 ? 128 : 64, batch,
-                                      n_out, n_pairs, n_pairs, lim);
-  const at::Tensor packed = pack_table(params, w, table_dtype);  // float32, rounded values
-  at::Tensor out = plan.splits > 1 ? at::empty({plan.splits, y.size(0), y.size(1)}, y.options()) : y;
-  ForwardArgs a = make_args(x, packed, borders, out.data_ptr<float>(), batch, n_out, n_pairs,
-                            num_grids, plan, batch_last);
-  a.w = weights.data_ptr<float>();
-  const dim3 grid(static_cast<unsigned>(plan.sample_blocks), static_cast<unsigned>(plan.n_tiles),
-                  static_cast<unsigned>(plan.splits));
-  const auto kernel = plan.nbuf > 0 ? forward_kernel<k, m, true, false, true>
-                                    : forward_kernel<k, m, false, false, true>;
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), plan.smem);
-  kernel<<<grid, block, plan.smem, c10::cuda::getCurrentCUDAStream()>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (plan.splits > 1) sum_splits(out, y);
-  return y;
+  return forward_shaped<true>(x, params, borders, slope_tile(params.size(2)), kSlopeForwardBlock,
+                              batch_last, table_dtype, weights.data_ptr<float>());
 }
 
 }  // namespace lmkan2d

@@ -56,8 +56,11 @@ ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& l
 }
 
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
-                           bool deterministic, const DeviceLimits& lim) {
-  if (!deterministic && runs_serve(shape, tile, lim))
+                           bool deterministic, const DeviceLimits& lim, bool grad_params) {
+  // grad_x alone: the runs kernel (which computes both) only where the output-rows kernel
+  // would read its table through L2
+  if (!deterministic && runs_serve(shape, tile, lim) &&
+      (grad_params || !output_rows_table_fits(shape.num_grids, tile, block, lim)))
     return {GradXKernel::kRuns, GradParamsKernel::kRuns, true};
   BackwardPlan plan{};
   const int g = shape.num_grids;
@@ -73,7 +76,9 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
   }
   // grad_params: cell-sorted chunks where its accumulator fits (one warp at the least);
   // else per-warp accumulators, in shared memory where one fits beside the smallest chunk.
-  if (dp_sorted_smem_bytes(g, 8 * tile, 1) <= lim.smem_optin) {
+  if (!grad_params) {
+    plan.grad_params = GradParamsKernel::kNone;
+  } else if (dp_sorted_smem_bytes(g, 8 * tile, 1) <= lim.smem_optin) {
     plan.grad_params = GradParamsKernel::kSortedChunks;
   } else {
     plan.grad_params = GradParamsKernel::kWarpAccumulators;

@@ -56,6 +56,7 @@ enum class GradParamsKernel {
   kRuns,              // with grad_x, above
   kSortedChunks,      // grad_params.cu, dp_sorted_kernel: accumulator in shared memory
   kWarpAccumulators,  // grad_params.cu, dp_kernel: per-warp accumulators, shared or global
+  kNone,              // not asked for (lmkan2d_backward's grad_params=False)
 };
 
 struct BackwardPlan {
@@ -67,9 +68,10 @@ struct BackwardPlan {
 };
 
 // block: block_size_backward. backward_fast_mode does not change the choice (it changes the
-// chosen kernels' launch sizes only), so it is not an argument.
+// chosen kernels' launch sizes only), so it is not an argument. grad_params = false: grad_x
+// alone, by the kernel the separate-kernels plan takes for it (the runs kernel computes both).
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
-                           bool deterministic, const DeviceLimits& lim);
+                           bool deterministic, const DeviceLimits& lim, bool grad_params = true);
 
 // The largest num_grids served at full speed for a tile size and mode ("forward",
 // "backward", "backward_fast", "backward_deterministic"): of a layer wider than one output
