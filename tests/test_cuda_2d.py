@@ -345,6 +345,34 @@ def test_float64_layer_on_cuda(num_grids):
 
 
 @requires_gpu
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+@pytest.mark.parametrize("g, n_in, n_out, batch", [(6, 14, 1, 301), (8, 74, 2, 40000),
+                                                   (26, 10, 5, 777), (40, 6, 8, 133)], ids=str)
+def test_few_outputs_grad_x(g, n_in, n_out, batch, batch_last, deterministic):
+    """Layers of at most 8 outputs: grad_x by a thread per (sample, pair)
+    (grad_x_sample_threads.cu) wherever grad_x is computed apart from grad_params (grad x
+    alone, and the deterministic backward), against the float64 reference; every width of
+    the kernel (1, 2, 4 and 8 outputs, rows zero-padded past n_out). B = 40000 with 37 pairs
+    stages groups of 32 pairs (the second group 5 pairs long), the small batches one pair a
+    block; G = 40 with 8 outputs stages 54 KB a pair (past the default 48 KB)."""
+    torch.manual_seed(11)
+    x, params, borders = _make(g, n_in, n_out, batch, batch_last, scale=2.0)
+    grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
+    alone, empty = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8,
+                                                    256, False, deterministic, None, False)
+    assert empty.shape == (0,)
+    assert rel_l2(alone, rgx) <= TOL
+    gx, gp = _backward(grad_y, x, params, borders, batch_last, 8, 256, False, deterministic)
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
+    if deterministic:
+        assert torch.equal(gx, alone)  # the same kernel
+        again = _backward(grad_y, x, params, borders, batch_last, 8, 256, False, True)
+        assert torch.equal(gx, again[0]) and torch.equal(gp, again[1])
+
+
+@requires_gpu
 def test_layer_warns_once_past_shared_memory():
     """num_grids past the backward's shared-memory limit: one warning, then the global-memory
     fallback, which matches the reference."""
@@ -538,15 +566,16 @@ def test_far_inputs_forward_without_nan(case, batch_last):
 
 @requires_gpu
 @pytest.mark.parametrize("deterministic", [False, True])
-@pytest.mark.parametrize("g, n_out", [(8, 37), (8, 200), (60, 9)], ids=str)
+@pytest.mark.parametrize("g, n_out", [(8, 37), (8, 200), (60, 9), (8, 1)], ids=str)
 @pytest.mark.parametrize("batch_last", [True, False])
 @pytest.mark.parametrize("batch", [700, 701], ids=["aligned", "odd_misaligned"])
 def test_far_inputs_backward_without_nan(batch, batch_last, g, n_out, deterministic):
     """Far inputs in the backward: every backward kernel takes them at d = 0 and far_fixup.cu
     replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
     the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
-    Shapes: the cell-sorted backward, several output tiles, and num_grids past the shared
-    memory of the deterministic kernels. Batch 701 with x one float past a 16-byte boundary
+    Shapes: the cell-sorted backward, several output tiles, num_grids past the shared
+    memory of the deterministic kernels, and one output (deterministic: the few-outputs
+    grad_x of grad_x_sample_threads.cu). Batch 701 with x one float past a 16-byte boundary
     takes the flags kernel's scalar loads (and, batch-first, the last chunk's tail)."""
     n_in = 10
     torch.manual_seed(8)

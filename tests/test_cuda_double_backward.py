@@ -115,8 +115,9 @@ def test_1d_force_training_step(deterministic):
 
 # (num_grids, N_in, N_out, B): G = 5 keeps the slope kernels' table and accumulators in shared
 # memory, G = 40 reads the table and accumulates through global memory; N_out = 70 spans two
-# 64-output tiles (the mixed term is summed over tiles in a fixed order); odd batches.
-SHAPES_2D = [(5, 14, 70, 301), (40, 6, 9, 133)]
+# 64-output tiles (the mixed term is summed over tiles in a fixed order); N_out = 1 and 5 take
+# the few-outputs mixed term (grad_x_sample_threads.cu); odd batches.
+SHAPES_2D = [(5, 14, 70, 301), (40, 6, 9, 133), (5, 14, 1, 301), (26, 10, 5, 777)]
 
 
 @pytest.mark.parametrize("shape", SHAPES_2D, ids=str)

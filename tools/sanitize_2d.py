@@ -13,7 +13,7 @@ from lmKAN.grids import cdf_borders
 
 
 def _launch(g, n_in, n_out, batch, batch_last, tile, block, fast, deterministic, forward=True,
-            table=None, params_dtype=torch.float32):
+            table=None, params_dtype=torch.float32, grad_params=True):
     x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * 1.5
     x.view(-1)[3] = float("nan")
     x.view(-1)[5::97] = 3e38  # far inputs: the forwards' float64 pass, far_fixup.cu
@@ -23,7 +23,7 @@ def _launch(g, n_in, n_out, batch, batch_last, tile, block, fast, deterministic,
         torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, tile, block, table)
     gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
     torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile, block, fast,
-                                     deterministic, table)
+                                     deterministic, table, grad_params)
 
 
 def main(part):
@@ -42,7 +42,8 @@ def second_derivative_launches():
     a small batch, both layouts, deterministic and not, a 16-bit table, NaN and far inputs."""
     for g in (5, 40):
         for batch_last in (True, False):
-            for n_in, n_out, batch in ((10, 131, 77), (6, 9, 700)):
+            # (1 and 5 outputs: the few-outputs mixed term, grad_x_sample_threads.cu)
+            for n_in, n_out, batch in ((10, 131, 77), (6, 9, 700), (10, 1, 77), (6, 5, 700)):
                 x = 1.5 * torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda")
                 x.view(-1)[3] = float("nan")
                 x.view(-1)[7] = 40.0
@@ -97,6 +98,15 @@ def layer_launches():
         _launch(g, 34, 8 * tile + 3, 2 * block + 37, True, tile, block, False, False)
     # batch-first past the strided limit (1 MiB of x and y): the forward's two transposes
     _launch(5, 34, 37, 7001, False, 4, 256, False, False)
+    # layers of at most 8 outputs, grad_x by a thread per (sample, pair) (deterministic, or
+    # grad_x alone): every row width (1, 2, 4, 8), one pair a block (small batches), groups of
+    # 4 pairs with a last group of one (B = 9000, 37 pairs), 54 KB a pair (G = 40, 8 outputs)
+    for batch_last in (True, False):
+        for g, n_in, n_out, batch in ((6, 10, 1, 301), (8, 74, 2, 9000), (26, 10, 5, 777),
+                                      (40, 6, 8, 133)):
+            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, True, forward=False)
+            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, False, forward=False,
+                    grad_params=False)
     # 16-bit tables (the forward reads them as such, rings of several depths, both layouts,
     # partial tiles) and 16-bit parameters
     for table in (torch.float16, torch.bfloat16):

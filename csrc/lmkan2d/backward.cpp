@@ -6,8 +6,10 @@
 //   for a narrow output whose padded grad_y copy would be large; those run the
 //   kernels below, with float atomics where they are faster.
 // - Deterministic, or past the sorted backward (run_separate_kernels):
-//   - dx: the forward kernel's scheme (dx_by_output_rows, output_lanes.cu); dx_kernel
-//     (grad_x.cu) only where deterministic mode has several output tiles to add in a fixed order.
+//   - dx: for layers of at most 8 outputs a thread per (sample, pair)
+//     (grad_x_sample_threads.cu); else the forward kernel's scheme (dx_by_output_rows,
+//     output_lanes.cu); dx_kernel (grad_x.cu) only where deterministic mode has several
+//     output tiles to add in a fixed order.
 //   - dP (grad_params.cu): dp_sorted_kernel (cell-sorted chunks) when its accumulator fits in shared
 //     memory; dp_kernel otherwise (per-warp accumulator, in shared memory or, past that, in
 //     a global workspace).
@@ -64,11 +66,18 @@ std::tuple<at::Tensor, at::Tensor> run_separate_kernels(
   const int64_t in_dim = 2 * int64_t(n_pairs);
   const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
   const int64_t gs_f = batch_last ? batch : 1, gs_b = batch_last ? 1 : n_out;
-  const at::Tensor dx =
-      plan.grad_x == GradXKernel::kOutputRows
-          ? dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic, table)
-          : dx_by_sample_tiles(x, params, borders, gy, tile, batch, n_out, n_pairs, num_grids,
-                               block, lim, xs_f, xs_b, gs_f, gs_b, table);
+  at::Tensor dx;
+  switch (plan.grad_x) {
+    case GradXKernel::kOutputRows:
+      dx = dx_by_output_rows(x, params, borders, gy, batch_last, tile, block, deterministic, table);
+      break;
+    case GradXKernel::kSampleThreads:
+      dx = dx_by_sample_threads(x, params, borders, gy, at::Tensor(), batch_last, lim, table);
+      break;
+    default:
+      dx = dx_by_sample_tiles(x, params, borders, gy, tile, batch, n_out, n_pairs, num_grids,
+                              block, lim, xs_f, xs_b, gs_f, gs_b, table);
+  }
   if (plan.grad_params == GradParamsKernel::kNone) return {dx, at::Tensor()};
   const at::Tensor dp =
       plan.grad_params == GradParamsKernel::kSortedChunks

@@ -57,17 +57,21 @@ ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& l
 
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
                            bool deterministic, const DeviceLimits& lim, bool grad_params) {
-  // grad_x alone: the runs kernel (which computes both) only where the output-rows kernel
-  // would read its table through L2
+  const bool few_outputs = sample_threads_serve(shape.num_grids, shape.n_out, lim);
+  // grad_x alone: the runs kernel (which computes both) only where neither the few-outputs
+  // kernel serves nor the output-rows kernel holds its table in shared memory
   if (!deterministic && runs_serve(shape, tile, lim) &&
-      (grad_params || !output_rows_table_fits(shape.num_grids, tile, block, lim)))
+      (grad_params || (!few_outputs && !output_rows_table_fits(shape.num_grids, tile, block, lim))))
     return {GradXKernel::kRuns, GradParamsKernel::kRuns, true};
   BackwardPlan plan{};
   const int g = shape.num_grids;
-  // grad_x: the forward's scheme (atomics over tiles, so deterministic only with one tile),
-  // else dx_kernel, which adds the tiles in a fixed order (table in shared memory with as
-  // few as one warp per block).
-  if (!deterministic || output_tiles(shape.n_out, tile) == 1) {
+  // grad_x: a thread per (sample, pair) for layers of few outputs; else the forward's scheme
+  // (atomics over tiles, so deterministic only with one tile), else dx_kernel, which adds the
+  // tiles in a fixed order (table in shared memory with as few as one warp per block).
+  if (few_outputs) {
+    plan.grad_x = GradXKernel::kSampleThreads;
+    plan.full_speed = true;
+  } else if (!deterministic || output_tiles(shape.n_out, tile) == 1) {
     plan.grad_x = GradXKernel::kOutputRows;
     plan.full_speed = output_rows_table_fits(g, tile, block, lim);
   } else {
@@ -85,6 +89,11 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
     plan.full_speed = plan.full_speed && dp_smem_bytes(g, tile, 1, kDpMinChunk, true) <= lim.smem_optin;
   }
   return plan;
+}
+
+bool sample_threads_serve(int num_grids, int64_t n_out, const DeviceLimits& lim) {
+  return n_out <= kSampleThreadsMaxOutputs &&
+         sample_threads_smem_bytes(num_grids, sample_threads_width(n_out), 1) <= lim.smem_optin;
 }
 
 int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes) {

@@ -50,6 +50,7 @@ enum class GradXKernel {
   kRuns,         // backward_runs.cu: grad_x and grad_params in one pass over cell-sorted chunks
   kOutputRows,   // output_lanes.cu (the forward's scheme; atomics over tiles and pair splits)
   kSampleTiles,  // grad_x.cu: output tiles added in a fixed order (deterministic, > 1 tile)
+  kSampleThreads,  // grad_x_sample_threads.cu: a thread per (sample, pair), few outputs
 };
 
 enum class GradParamsKernel {
@@ -72,6 +73,11 @@ struct BackwardPlan {
 // alone, by the kernel the separate-kernels plan takes for it (the runs kernel computes both).
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
                            bool deterministic, const DeviceLimits& lim, bool grad_params = true);
+
+// Whether grad_x_sample_threads.cu serves a layer (grad_x and the mixed second-derivative
+// term): at most kSampleThreadsMaxOutputs outputs and one pair's table slice in shared
+// memory. Deterministic, table always in shared memory.
+bool sample_threads_serve(int num_grids, int64_t n_out, const DeviceLimits& lim);
 
 // The largest num_grids served at full speed for a tile size and mode ("forward",
 // "backward", "backward_fast", "backward_deterministic"): of a layer wider than one output

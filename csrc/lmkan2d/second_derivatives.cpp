@@ -17,6 +17,7 @@
 
 #include "common/checks.h"
 #include "lmkan2d/layout.h"
+#include "lmkan2d/plan.h"
 
 namespace lmkan {
 namespace lmkan2d {
@@ -55,12 +56,15 @@ at::Tensor slope_grad_x_cuda(const at::Tensor& gy, const at::Tensor& x, const at
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   if (batch == 0) return at::empty_like(xc);
+  const DeviceLimits lim = device_limits(x.device().index());
+  if (sample_threads_serve(static_cast<int>(params.size(0)) - 1, params.size(2), lim))
+    return dx_by_sample_threads(xc, params.contiguous(), borders.contiguous(), gy.contiguous(),
+                                weights.contiguous(), batch_last, lim, table);
   return slope_dx_by_sample_tiles(xc, weights.contiguous(), params.contiguous(),
                                   borders.contiguous(), gy.contiguous(), batch,
                                   static_cast<int>(params.size(2)),
                                   static_cast<int>(params.size(3)),
-                                  static_cast<int>(params.size(0)) - 1, batch_last,
-                                  device_limits(x.device().index()), table);
+                                  static_cast<int>(params.size(0)) - 1, batch_last, lim, table);
 }
 
 at::Tensor slope_grad_params_cuda(const at::Tensor& gy, const at::Tensor& x,
