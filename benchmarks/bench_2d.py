@@ -36,6 +36,8 @@ CASES = [
     ("G26 256->256 B=2^18", 26, 256, 256, 1 << 18, ("fwd", "bwd", "fwd+bwd"), 4.1, {"fwd": 6.6, "fwd+bwd": 46.0}),
     ("G26 128->128 B=1024", 26, 128, 128, 1024, ("fwd", "fwd+bwd"), None, {"fwd": 0.072, "fwd+bwd": 0.325}),
     ("G64 64->64 B=2^16", 64, 64, 64, 1 << 16, ("bwd",), None, {}),
+    # a one-output head (an energy or regression output; the few-outputs kernels' case)
+    ("head G8 256->1 B=2^16", 8, 256, 1, 1 << 16, ("fwd", "bwd", "fwd+bwd"), None, {}),
 ]
 
 
