@@ -350,12 +350,13 @@ def test_float64_layer_on_cuda(num_grids):
 @pytest.mark.parametrize("g, n_in, n_out, batch", [(6, 14, 1, 301), (8, 74, 2, 40000),
                                                    (26, 10, 5, 777), (40, 6, 8, 133)], ids=str)
 def test_few_outputs_grad_x(g, n_in, n_out, batch, batch_last, deterministic):
-    """Layers of at most 8 outputs: grad_x by a thread per (sample, pair)
-    (grad_x_sample_threads.cu) wherever grad_x is computed apart from grad_params (grad x
-    alone, and the deterministic backward), against the float64 reference; every width of
-    the kernel (1, 2, 4 and 8 outputs, rows zero-padded past n_out). B = 40000 with 37 pairs
-    stages groups of 32 pairs (the second group 5 pairs long), the small batches one pair a
-    block; G = 40 with 8 outputs stages 54 KB a pair (past the default 48 KB)."""
+    """Layers of at most 8 outputs, a thread per (sample, pair) (sample_threads.cu): grad_x
+    alone and the deterministic grad_x (dx_sample_threads_kernel), grad_x with grad_params
+    when not deterministic (dp_sample_threads_kernel, shared-memory atomics), against the
+    float64 reference; every width of the kernels (1, 2, 4 and 8 outputs, rows zero-padded
+    past n_out). B = 40000 with 37 pairs stages groups of pairs with a partial last group;
+    the small batches one pair a block; G = 40 with 8 outputs stages 54 KB a pair (past the
+    default 48 KB; the backward's table and accumulator, 108 KB)."""
     torch.manual_seed(11)
     x, params, borders = _make(g, n_in, n_out, batch, batch_last, scale=2.0)
     grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
@@ -574,9 +575,10 @@ def test_far_inputs_backward_without_nan(batch, batch_last, g, n_out, determinis
     replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
     the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
     Shapes: the cell-sorted backward, several output tiles, num_grids past the shared
-    memory of the deterministic kernels, and one output (deterministic: the few-outputs
-    grad_x of grad_x_sample_threads.cu). Batch 701 with x one float past a 16-byte boundary
-    takes the flags kernel's scalar loads (and, batch-first, the last chunk's tail)."""
+    memory of the deterministic kernels, and one output (sample_threads.cu: grad_x alone
+    when deterministic, grad_x with grad_params when not). Batch 701 with x one float past a
+    16-byte boundary takes the flags kernel's scalar loads (and, batch-first, the last
+    chunk's tail)."""
     n_in = 10
     torch.manual_seed(8)
     x, params, borders = _make(g, n_in, n_out, batch, batch_last)
