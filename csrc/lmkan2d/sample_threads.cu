@@ -160,15 +160,30 @@ __device__ __forceinline__ void stage(float* dst, const float* src, int n) {
   }
 }
 
+// This block's group of pairs (blockIdx.y): 2^lg pairs from p0, np of them in the layer;
+// a pair's slice is `slice` floats ([cells][kOutputs]).
+struct PairGroup {
+  int side, slice, lg, pairs, p0, np;
+};
+template <int kOutputs>
+__device__ __forceinline__ PairGroup pair_group(const SampleThreadsArgs& a) {
+  PairGroup g;
+  g.side = a.num_grids + 1;
+  g.slice = g.side * g.side * kOutputs;
+  g.lg = a.log2_pairs;
+  g.pairs = 1 << g.lg;
+  g.p0 = blockIdx.y * g.pairs;
+  g.np = min(g.pairs, a.n_pairs - g.p0);
+  return g;
+}
+
 template <int kOutputs, bool kSlopes>
 __global__ void __launch_bounds__(kSampleThreadsBlock)
     dx_sample_threads_kernel(const SampleThreadsArgs a) {
   extern __shared__ __align__(16) float smem[];
-  const int side = a.num_grids + 1;
-  const int slice = side * side * kOutputs;
-  const int lg = a.log2_pairs, pairs = 1 << lg;
-  const int p0 = blockIdx.y * pairs;
-  const int np = min(pairs, a.n_pairs - p0);
+  const PairGroup grp = pair_group<kOutputs>(a);
+  const int side = grp.side, slice = grp.slice, lg = grp.lg, pairs = grp.pairs, p0 = grp.p0,
+            np = grp.np;
   float* table = smem;                              // [pairs][cells][kOutputs]
   float* s_borders = smem + int64_t(pairs) * slice;  // [side]
   stage<kOutputs>(table, a.packed + int64_t(p0) * slice, np * slice);
@@ -206,11 +221,9 @@ template <int kOutputs, bool kSlopes>
 __global__ void __launch_bounds__(kSampleThreadsBlock)
     dp_sample_threads_kernel(const SampleThreadsArgs a) {
   extern __shared__ __align__(16) float smem[];
-  const int side = a.num_grids + 1;
-  const int slice = side * side * kOutputs;
-  const int lg = a.log2_pairs, pairs = 1 << lg;
-  const int p0 = blockIdx.y * pairs;
-  const int np = min(pairs, a.n_pairs - p0);
+  const PairGroup grp = pair_group<kOutputs>(a);
+  const int side = grp.side, slice = grp.slice, lg = grp.lg, pairs = grp.pairs, p0 = grp.p0,
+            np = grp.np;
   float* acc = smem;                                                // [pairs][cells][kOutputs]
   float* table = acc + int64_t(pairs) * slice;                      // !kSlopes: the same shape
   float* s_borders = table + (kSlopes ? 0 : int64_t(pairs) * slice);  // [side]
