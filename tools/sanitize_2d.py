@@ -73,14 +73,15 @@ def second_derivative_launches(shapes=SLOPE_SHAPES):
 
 
 def few_outputs_launches():
-    """Layers of at most 8 outputs, a thread per (sample, pair) (sample_threads.cu): grad_x
-    (deterministic, or grad_x alone) and grad_x with grad_params (not deterministic; shared
-    atomics); every row width (1, 2, 4, 8), one pair a block (small batches), groups of 4
-    pairs with a last group of one (B = 9000, 37 pairs), 54 KB a pair (G = 40, 8 outputs)."""
+    """Layers of at most 8 outputs, a thread per sample or (sample, pair) (sample_threads.cu):
+    the forward, grad_x (deterministic, or grad_x alone) and grad_x with grad_params (not
+    deterministic; shared atomics); every row width (1, 2, 4, 8), one pair a block (small
+    batches), groups of 4 pairs with a last group of one (B = 9000, 37 pairs), 54 KB a pair
+    (G = 40, 8 outputs), the forward's pairs split over 5 blocks (20 pairs, B = 500)."""
     for batch_last in (True, False):
         for g, n_in, n_out, batch in ((6, 10, 1, 301), (8, 74, 2, 9000), (26, 10, 5, 777),
-                                      (40, 6, 8, 133)):
-            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, True, forward=False)
+                                      (40, 6, 8, 133), (6, 40, 3, 500)):
+            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, True)
             _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, False, forward=False)
             _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, False, forward=False,
                     grad_params=False)

@@ -50,6 +50,10 @@ ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& l
   // where per-lane rows cost 5x (G=26 tile 16: 51.6 against 11.0 ms).
   const bool transposes =
       !shape.batch_last && shape.batch * (shape.n_in + shape.n_out) * 4 > kStridedBatchFirstMaxBytes;
+  // Layers of at most 8 outputs: a thread per sample with its outputs in registers (the
+  // kernels below give a tile of 32 or more outputs to a thread or a warp)
+  if (sample_threads_serve(shape.num_grids, shape.n_out, lim, 1))
+    return {ForwardKernel::kSampleThreads, true, transposes};
   if (sample_lanes_smem_bytes(shape.num_grids, 8 * tile, 1, shape.table_bytes) <= lim.smem_optin)
     return {ForwardKernel::kSampleLanes, true, transposes};
   return {ForwardKernel::kOutputLanes, false, transposes};

@@ -33,6 +33,7 @@ struct CallShape {
 enum class ForwardKernel {
   kSampleLanes,  // forward_sample_lanes.cu: lanes own samples; table slices in shared memory
   kOutputLanes,  // output_lanes.cu: lanes own outputs; table read through L1/L2
+  kSampleThreads,  // sample_threads.cu: a thread owns a sample, layers of at most 8 outputs
 };
 
 struct ForwardPlan {

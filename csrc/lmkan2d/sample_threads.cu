@@ -8,6 +8,9 @@
 // backward 0.67 ms, the slope dP 0.50 ms). Here a thread computes the cells, reads
 // `kOutputs` values at each of the 4 corners, and does its sums for its (sample, pair).
 //
+// forward_sample_threads_kernel: the forward. A thread owns one sample and sums its outputs
+// over the pairs of its block's split, the pairs' slices staged group by group; pair splits
+// (small batches) write partial sums that sum_splits adds in a fixed order: deterministic.
 // dx_sample_threads_kernel: grad_x (or, with the weights, the mixed second-derivative term of
 // lmkan2d_slope_grad_x). Every grad_x entry is written once by one thread: deterministic.
 // dp_sample_threads_kernel: grad_params, with grad_x in the same pass (the backward when not
@@ -51,6 +54,11 @@ namespace {
 constexpr int64_t kSampleThreadsSmemBudget = 24 * 1024;
 
 struct SampleThreadsArgs {
+  // (forward: y (o, b) at o * ys_f + b * ys_b, split z at z * ys_split further; its split's
+  // pairs [z * pairs_per_split, ...), staged `group` pairs at a time)
+  float* y;
+  int64_t ys_f, ys_b, ys_split;
+  int pairs_per_split, group;
   const float* x;        // (f, b) at f * xs_f + b * xs_b
   const float* w;        // slope modes: the weights, x's layout; else nullptr
   const float* packed;   // [P, cells, kOutputs], float32 (not read by the slope dP)
@@ -74,10 +82,9 @@ __device__ __forceinline__ void load_grad_y(const SampleThreadsArgs& a, int64_t 
     g[o] = o < a.n_out ? __ldg(a.gy + int64_t(o) * a.gs_f + b * a.gs_b) : 0.f;
 }
 
-// sum_o g[o] * row[o] over one corner's kOutputs values (shared memory).
+// One corner's kOutputs values (shared memory), in vector loads.
 template <int kOutputs>
-__device__ __forceinline__ float dot_row(const float* row, const float (&g)[kOutputs]) {
-  float v[kOutputs];
+__device__ __forceinline__ void load_row(const float* row, float (&v)[kOutputs]) {
   if constexpr (kOutputs == 8) {
     float lo[4], hi[4];
     load_k<4>(row, lo);
@@ -90,6 +97,13 @@ __device__ __forceinline__ float dot_row(const float* row, const float (&g)[kOut
   } else {
     load_k<kOutputs>(row, v);
   }
+}
+
+// sum_o g[o] * row[o] over one corner's kOutputs values (shared memory).
+template <int kOutputs>
+__device__ __forceinline__ float dot_row(const float* row, const float (&g)[kOutputs]) {
+  float v[kOutputs];
+  load_row<kOutputs>(row, v);
   float s = 0.f;
 #pragma unroll
   for (int o = 0; o < kOutputs; ++o) s = fmaf(g[o], v[o], s);
@@ -101,21 +115,26 @@ __device__ __forceinline__ float dot_row(const float* row, const float (&g)[kOut
 // slope_pair_cell: the second-derivative ops do not handle far inputs).
 struct PairAt {
   int64_t f1, f2;
+  float v1, v2;
   Cell c1, c2;
   float ih1, ih2;
   int cell;  // c1.index * (G + 1) + c2.index
+  bool far;  // either input is far (before zero_far)
 };
 __device__ __forceinline__ PairAt locate(const SampleThreadsArgs& a, const float* s_borders,
                                          int p, int64_t b, bool zero_far) {
   PairAt at;
   at.f1 = 2 * int64_t(p) * a.xs_f + b * a.xs_b;
   at.f2 = at.f1 + a.xs_f;
-  const float v1 = __ldg(a.x + at.f1), v2 = __ldg(a.x + at.f2);
-  at.c1 = cdf_cell(v1, s_borders, a.num_grids);
-  at.c2 = cdf_cell(v2, s_borders, a.num_grids);
+  at.v1 = __ldg(a.x + at.f1);
+  at.v2 = __ldg(a.x + at.f2);
+  at.c1 = cdf_cell(at.v1, s_borders, a.num_grids);
+  at.c2 = cdf_cell(at.v2, s_borders, a.num_grids);
+  const bool far1 = is_far(at.v1, at.c1.d), far2 = is_far(at.v2, at.c2.d);
+  at.far = far1 || far2;
   if (zero_far) {
-    if (is_far(v1, at.c1.d)) at.c1.d = 0.f;
-    if (is_far(v2, at.c2.d)) at.c2.d = 0.f;
+    if (far1) at.c1.d = 0.f;
+    if (far2) at.c2.d = 0.f;
   }
   at.ih1 = 1.f / (s_borders[at.c1.index + 1] - s_borders[at.c1.index]);
   at.ih2 = 1.f / (s_borders[at.c2.index + 1] - s_borders[at.c2.index]);
@@ -175,6 +194,56 @@ __device__ __forceinline__ PairGroup pair_group(const SampleThreadsArgs& a) {
   g.p0 = blockIdx.y * g.pairs;
   g.np = min(g.pairs, a.n_pairs - g.p0);
   return g;
+}
+
+template <int kOutputs>
+__global__ void __launch_bounds__(kSampleThreadsBlock)
+    forward_sample_threads_kernel(const SampleThreadsArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  const int side = a.num_grids + 1;
+  const int slice = side * side * kOutputs;
+  float* table = smem;                                  // [group][cells][kOutputs]
+  float* s_borders = smem + int64_t(a.group) * slice;  // [side]
+  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
+  const int p_begin = blockIdx.z * a.pairs_per_split;
+  const int p_end = min(a.n_pairs, p_begin + a.pairs_per_split);
+  const int64_t b = int64_t(blockIdx.x) * kSampleThreadsBlock + threadIdx.x;
+  const bool valid = b < a.batch;
+  float acc[kOutputs];
+#pragma unroll
+  for (int o = 0; o < kOutputs; ++o) acc[o] = 0.f;
+  for (int g0 = p_begin; g0 < p_end; g0 += a.group) {
+    const int np = min(a.group, p_end - g0);
+    __syncthreads();  // the previous group's slices are consumed
+    stage<kOutputs>(table, a.packed + int64_t(g0) * slice, np * slice);
+    __syncthreads();
+    if (!valid) continue;
+#pragma unroll 2
+    for (int pl = 0; pl < np; ++pl) {
+      const PairAt at = locate(a, s_borders, g0 + pl, b, true);
+      const float* q = table + pl * slice + at.cell * kOutputs;
+      const float d1 = at.c1.d, d2 = at.c2.d, e1 = 1.f - d1, e2 = 1.f - d2;
+      const float u00 = e1 * e2, u01 = e1 * d2, u10 = d1 * e2, u11 = d1 * d2;
+      float c[4][kOutputs];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) load_row<kOutputs>(q + corner_offset(j, side, kOutputs), c[j]);
+#pragma unroll
+      for (int o = 0; o < kOutputs; ++o)
+        acc[o] = fmaf(u00, c[0][o], fmaf(u01, c[1][o], fmaf(u10, c[2][o], fmaf(u11, c[3][o], acc[o]))));
+      if (at.far) {  // d taken as 0 above: the pair's float64 value less what was added
+        const double D1 = exact_d(at.v1, s_borders, at.c1.index);
+        const double D2 = exact_d(at.v2, s_borders, at.c2.index);
+#pragma unroll
+        for (int o = 0; o < kOutputs; ++o)
+          acc[o] += far_correction(c[0][o], c[1][o], c[2][o], c[3][o], D1, D2, u00, u01, u10, u11);
+      }
+    }
+  }
+  if (!valid) return;
+  float* y = a.y + blockIdx.z * a.ys_split + b * a.ys_b;
+#pragma unroll
+  for (int o = 0; o < kOutputs; ++o)
+    if (o < a.n_out) y[int64_t(o) * a.ys_f] = acc[o];
 }
 
 template <int kOutputs, bool kSlopes>
@@ -289,7 +358,7 @@ SampleThreadsArgs make_args(const at::Tensor& x, const at::Tensor& borders, cons
   a.x = x.data_ptr<float>();
   a.w = weights.defined() ? weights.data_ptr<float>() : nullptr;
   a.borders = borders.data_ptr<float>();
-  a.gy = gy.data_ptr<float>();
+  a.gy = gy.defined() ? gy.data_ptr<float>() : nullptr;
   a.batch = batch;
   a.xs_f = batch_last ? batch : 1;
   a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
@@ -317,6 +386,58 @@ int pairs_log2(int num_grids, int width, int slices, int n_pairs, int64_t sample
 }
 
 }  // namespace
+
+at::Tensor forward_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
+                                     const at::Tensor& borders, bool batch_last,
+                                     const DeviceLimits& lim, at::ScalarType table_dtype) {
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  const int64_t n_out = params.size(2);
+  const int n_pairs = static_cast<int>(params.size(3));
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  TORCH_CHECK(sample_threads_serve(num_grids, n_out, lim, 1),
+              "forward_by_sample_threads: not served (internal error)");
+  const auto new_y = [&] {
+    return batch_last ? at::empty({n_out, batch}, x.options()) : at::empty({batch, n_out}, x.options());
+  };
+  if (batch == 0) return new_y();
+  const int width = sample_threads_width(n_out);
+  // pairs staged at a time: as many as the budget holds, at least one
+  const int64_t per_pair = sample_threads_smem_bytes(num_grids, width, 1, 1) -
+                           sample_threads_smem_bytes(num_grids, width, 0, 1);
+  const int group = static_cast<int>(std::clamp<int64_t>(
+      (kSampleThreadsSmemBudget - sample_threads_smem_bytes(num_grids, width, 0, 1)) / per_pair,
+      1, n_pairs));
+  const int64_t smem = sample_threads_smem_bytes(num_grids, width, group, 1);
+  const int64_t sample_blocks = (batch + kSampleThreadsBlock - 1) / kSampleThreadsBlock;
+  TORCH_CHECK(sample_blocks < (int64_t(1) << 31), "lmkan2d: batch ", batch, " is too large a grid");
+  // small batches split the pairs over blockIdx.z (partials summed in a fixed order)
+  const PairSplit split = split_pairs(sample_blocks, n_pairs, lim.num_sms, n_pairs);
+  // partials go to [splits, N_out, B] (batch-last), summed and, batch-first, transposed after
+  at::Tensor out = split.splits > 1 ? at::empty({split.splits, n_out, batch}, x.options()) : new_y();
+  const bool store_batch_last = batch_last || split.splits > 1;
+  const at::Tensor packed = pack_table(params, width, table_dtype);  // float32, rounded values
+  SampleThreadsArgs a = make_args(x, borders, at::Tensor(), at::Tensor(), batch, n_out, n_pairs,
+                                  num_grids, batch_last);
+  a.packed = packed.data_ptr<float>();
+  a.y = out.data_ptr<float>();
+  a.ys_f = store_batch_last ? batch : 1;
+  a.ys_b = store_batch_last ? 1 : n_out;
+  a.ys_split = batch * n_out;
+  a.pairs_per_split = split.pairs_per_split;
+  a.group = group;
+  const dim3 grid(static_cast<unsigned>(sample_blocks), 1, static_cast<unsigned>(split.splits));
+  switch_value<1, 2, 4, 8>(width, [&](auto width_c) {
+    const auto kernel = forward_sample_threads_kernel<decltype(width_c)::value>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
+    kernel<<<grid, kSampleThreadsBlock, smem, c10::cuda::getCurrentCUDAStream()>>>(a);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (split.splits == 1) return out;
+  if (!batch_last) return sum_splits_transposed(out);
+  at::Tensor y = new_y();
+  sum_splits(out, y);
+  return y;
+}
 
 at::Tensor dx_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
                                 const at::Tensor& borders, const at::Tensor& gy,
