@@ -576,10 +576,11 @@ def test_far_inputs_forward_without_nan(case, batch_last):
 
 @requires_gpu
 @pytest.mark.parametrize("deterministic", [False, True])
-@pytest.mark.parametrize("g, n_out", [(8, 37), (8, 200), (60, 9), (8, 1)], ids=str)
+@pytest.mark.parametrize("g, n_in, n_out", [(8, 10, 37), (8, 10, 200), (60, 10, 9), (8, 10, 1),
+                                            (8, 130, 5)], ids=str)
 @pytest.mark.parametrize("batch_last", [True, False])
 @pytest.mark.parametrize("batch", [700, 701], ids=["aligned", "odd_misaligned"])
-def test_far_inputs_backward_without_nan(batch, batch_last, g, n_out, deterministic):
+def test_far_inputs_backward_without_nan(batch, batch_last, g, n_in, n_out, deterministic):
     """Far inputs in the backward: every backward kernel takes them at d = 0 and far_fixup.cu
     replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
     the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
@@ -587,8 +588,8 @@ def test_far_inputs_backward_without_nan(batch, batch_last, g, n_out, determinis
     memory of the deterministic kernels, and one output (sample_threads.cu: grad_x alone
     when deterministic, grad_x with grad_params when not). Batch 701 with x one float past a
     16-byte boundary takes the flags kernel's scalar loads (and, batch-first, the last
-    chunk's tail)."""
-    n_in = 10
+    chunk's tail). 130 inputs batch-last: the flags kernel splits the rows of its 3 chunks
+    over 8 blocks (18 rows each, the last 4)."""
     torch.manual_seed(8)
     x, params, borders = _make(g, n_in, n_out, batch, batch_last)
     if batch % 2:  # the same values at a storage offset of one float: not 16-byte aligned
