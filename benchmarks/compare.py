@@ -3,6 +3,7 @@
     python benchmarks/compare.py                      # the 1D peer case: B=65536, 256 -> 256
     python benchmarks/compare.py --quick              # small sizes (a CPU run in seconds)
     python benchmarks/compare.py --batch 4096 --dim 128 --json out.json --figure-dir figures
+    python benchmarks/compare.py --dtypes float32,bfloat16   # also each layer under autocast
 
 Every layer maps a batch-first x [B, dim] to [B, dim] (float32): lmKAN 2D (G=8), lmKAN 1D
 (KANLayer, 32 control points), a 2-layer nn.Linear MLP (dim -> 4 dim -> dim, ReLU), the
@@ -16,6 +17,10 @@ installed. Columns:
   allocated before it (parameters, input, and for the backward the saved activations);
   "n/a" on the CPU.
 - params / trainable: parameter counts.
+- with --dtypes ...,bfloat16 (or float16): forward and backward time again with the forward
+  under torch.autocast(dtype=...) (the backward outside it, as PyTorch recommends): the
+  lmKAN 2D layer then reads 16-bit tables, nn.Linear runs 16-bit matmuls. Columns "fwd
+  bf16", "bwd bf16" (JSON: each row's "bfloat16" entry).
 
 Writes JSON (--json) and a figure (--figure-dir: performance.svg and .png, needs
 matplotlib) of the measured run, with the device in the title; prints the table last.
@@ -100,16 +105,27 @@ def peak_memory_of(fn, device):
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def measure_layer(layer, batch, dim, device, repeats, warmup):
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+SHORT = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def measure_layer(layer, batch, dim, device, repeats, warmup, autocast=None):
+    """Time and memory of one layer; autocast: None (float32), or the dtype of a
+    torch.autocast region around the forward."""
     x = (1.5 * torch.randn(batch, dim, device=device)).requires_grad_(True)
     dy = torch.randn(batch, dim, device=device)
     state = {}
 
     def forward():
-        state["y"] = layer(x)
+        if autocast is None:
+            state["y"] = layer(x)
+        else:
+            with torch.autocast(device.type, dtype=autocast):
+                state["y"] = layer(x)
 
     def backward():
-        state.pop("y").backward(dy)
+        y = state.pop("y")
+        y.backward(dy.to(y.dtype))
         layer.zero_grad(set_to_none=True)
         x.grad = None
 
@@ -142,14 +158,27 @@ def _mib(value):
     return "n/a" if value is None else f"{value / 2**20:.1f} MiB"
 
 
+def _autocast_columns(results):
+    """The autocast dtypes measured in `results` (keys of AUTOCAST_DTYPES), in that order."""
+    return [d for d in AUTOCAST_DTYPES if any(d in r for r in results.values())]
+
+
 def format_table(results):
-    header = ("layer", "forward", "backward", "fwd memory", "bwd memory", "params", "trainable")
+    extra = _autocast_columns(results)
+    header = ("layer", "forward", "backward") + tuple(
+        f"{phase} {SHORT[d]}" for d in extra for phase in ("fwd", "bwd")) + (
+        "fwd memory", "bwd memory", "params", "trainable")
     rows = [header]
     for name, r in results.items():
         if "error" in r:
-            rows.append((name, "failed: " + r["error"][:60], "", "", "", "", ""))
+            rows.append((name, "failed: " + r["error"][:60]) + ("",) * (len(header) - 2))
             continue
-        rows.append((name, f"{r['forward_ms']:.3f} ms", f"{r['backward_ms']:.3f} ms",
+        cast = []
+        for d in extra:
+            c = r.get(d, {"error": "not measured"})
+            cast += (["failed", ""] if "error" in c else
+                     [f"{c['forward_ms']:.3f} ms", f"{c['backward_ms']:.3f} ms"])
+        rows.append((name, f"{r['forward_ms']:.3f} ms", f"{r['backward_ms']:.3f} ms", *cast,
                      _mib(r["forward_memory_bytes"]), _mib(r["backward_memory_bytes"]),
                      f"{r['params']:,}", f"{r['trainable_params']:,}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -207,10 +236,24 @@ def parse_args(argv=None):
     parser.add_argument("--figure-dir", default=None, help="write performance.svg/.png here")
     parser.add_argument("--from-json", default=None,
                         help="measure nothing: print the table (and draw the figure) of a saved run")
+    parser.add_argument("--dtypes", default="float32",
+                        help="comma-separated: float32 (always measured), bfloat16, float16 (the "
+                        "forward under torch.autocast of that dtype)")
     args = parser.parse_args(argv)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    unknown = [d for d in dtypes if d != "float32" and d not in AUTOCAST_DTYPES]
+    if unknown:
+        parser.error(f"--dtypes: unknown dtype(s) {unknown}; expected float32, "
+                     + ", ".join(AUTOCAST_DTYPES))
+    args.autocast = [d for d in AUTOCAST_DTYPES if d in dtypes]
     if args.quick:
         args.batch, args.dim, args.repeats, args.warmup = 1024, 64, 3, 1
     return args
+
+
+def _title(batch, dim, device, autocast):
+    cast = "".join(f" (and autocast {d})" for d in autocast)
+    return f"{batch} x {dim} -> {dim}, float32{cast}, batch-first, on {device}"
 
 
 def redraw(path, figure_dir):
@@ -218,7 +261,7 @@ def redraw(path, figure_dir):
     matplotlib)."""
     with open(path) as f:
         report = json.load(f)
-    title = f"{report['batch']} x {report['dim']} -> {report['dim']}, float32, batch-first, on {report['device']}"
+    title = _title(report["batch"], report["dim"], report["device"], _autocast_columns(report["results"]))
     if figure_dir:
         report["figures"] = save_figure(report["results"], title, figure_dir)
     print(title)
@@ -241,6 +284,15 @@ def main(argv=None):
         try:
             layer = make().to(device)
             results[name] = measure_layer(layer, args.batch, args.dim, device, args.repeats, args.warmup)
+            for d in args.autocast:
+                try:
+                    row = measure_layer(layer, args.batch, args.dim, device, args.repeats,
+                                        args.warmup, autocast=AUTOCAST_DTYPES[d])
+                    results[name][d] = {k: row[k] for k in ("forward_ms", "backward_ms",
+                                                            "forward_memory_bytes",
+                                                            "backward_memory_bytes")}
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    results[name][d] = {"error": f"{type(exc).__name__}: {exc}"}
         except (RuntimeError, ValueError, TypeError) as exc:  # e.g. out of memory: keep the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -248,7 +300,7 @@ def main(argv=None):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     name = device_name(device)
-    title = f"{args.batch} x {args.dim} -> {args.dim}, float32, batch-first, on {name}"
+    title = _title(args.batch, args.dim, name, args.autocast)
     report = {"device": name, "torch": torch.__version__, "batch": args.batch, "dim": args.dim,
               "repeats": args.repeats, "timer": "cuda events" if device.type == "cuda" else "perf_counter",
               "results": results}

@@ -47,6 +47,29 @@ def test_compare_redraws_a_saved_run(tmp_path, capsys):
     assert (figures / "performance.svg").stat().st_size > 0
     assert sorted(report["results"]) == sorted(json.loads(json_path.read_text())["results"])
 
+def test_compare_autocast_columns(tmp_path, capsys):
+    """--dtypes float32,bfloat16: each layer measured again with its forward under
+    torch.autocast(bfloat16); the JSON row keeps its float32 columns and gains a "bfloat16"
+    entry, the table two columns, and a saved run redraws them."""
+    json_path = tmp_path / "compare.json"
+    compare.main(["--device", "cpu", "--batch", "16", "--dim", "4", "--repeats", "1", "--warmup",
+                  "0", "--only", "linear,2d", "--dtypes", "float32,bfloat16", "--json",
+                  str(json_path)])
+    out = capsys.readouterr().out.splitlines()
+    title, header = out[-5], out[-4]  # then the separator and the 2 rows
+    assert "autocast bfloat16" in title and "fwd bf16" in header and "bwd bf16" in header
+    report = json.loads(json_path.read_text())
+    assert len(report["results"]) == 2
+    for name, row in report["results"].items():
+        assert COLUMNS < set(row) and row["forward_ms"] > 0, (name, row)
+        assert row["bfloat16"]["forward_ms"] > 0 and row["bfloat16"]["backward_ms"] > 0, name
+    compare.main(["--from-json", str(json_path)])
+    assert capsys.readouterr().out.splitlines()[-5:] == out[-5:]
+    with pytest.raises(SystemExit):
+        compare.main(["--dtypes", "float32,int8"])
+    assert "unknown dtype(s) ['int8']" in capsys.readouterr().err
+
+
 def test_bspline_bases_partition_of_unity_and_degree():
     layer = BSplineKANLayer(3, 2, grid_size=5, order=3)
     x = torch.linspace(-0.999, 0.999, 101)[:, None].expand(101, 3)
