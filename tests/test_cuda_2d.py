@@ -381,6 +381,29 @@ def test_few_outputs_kernels(g, n_in, n_out, batch, batch_last, deterministic):
 
 
 @requires_gpu
+@pytest.mark.parametrize("table", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+def test_few_outputs_kernels_16bit_tables(table, batch_last):
+    """The few-outputs kernels with a 16-bit table (table_dtype): forward, grad_x alone and
+    grad_x with grad_params against the float64 reference on the table rounded to that
+    dtype (the float32 contract), and 16-bit parameters (their gradient in their dtype)."""
+    torch.manual_seed(12)
+    g, n_in, n_out, batch = 8, 20, 3, 999
+    x, params, borders = _make(g, n_in, n_out, batch, batch_last)
+    grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    ry, rgx, rgp = _reference_all(x, params.to(table).float(), borders, grad_y, batch_last)
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, 8, 256, table)
+    assert rel_l2(y, ry) <= TOL
+    gx, _ = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8, 256,
+                                             False, False, table, False)
+    assert rel_l2(gx, rgx) <= TOL
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params.to(table), borders, batch_last,
+                                              8, 256, False, False, None)
+    assert gp.dtype == table
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp.float(), rgp) <= 4e-3  # gp rounded to 16 bits
+
+
+@requires_gpu
 def test_layer_warns_once_past_shared_memory():
     """num_grids past the backward's shared-memory limit: one warning, then the global-memory
     fallback, which matches the reference."""
