@@ -157,20 +157,22 @@ def test_batch_first_forward_paths(tile, num_grids):
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))
 def test_largest_num_grids(tile, mode):
+    """At each mode's num_grids limit and one past it (9 outputs: the limits are those of the
+    kernels for layers wider than 8 outputs, which grad_x_sample_threads.cu does not serve)."""
     assert_cuda_kernel("lmkan2d_backward")
     g = max_num_grids(tile, mode, "cuda")
     assert g >= 3
     if mode == "forward":
-        x, params, borders = _make(g, 6, 5, 301, True)
+        x, params, borders = _make(g, 6, 9, 301, True)
         y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 128)
         assert rel_l2(y, _reference.lmkan2d_forward(x.double(), params.double(), borders.double())) <= TOL
     else:
         fast, deterministic = mode == "backward_fast", mode == "backward_deterministic"
-        _check(g, 6, 5, 301, True, tile, fast, block=128, deterministic=deterministic,
+        _check(g, 6, 9, 301, True, tile, fast, block=128, deterministic=deterministic,
                forward=g <= max_num_grids(tile, "forward", "cuda"))
         # one past the limit: the deterministic kernels' global-memory variants (table and
         # dP accumulator in L2), with float atomics unless deterministic
-        _check(g + 1, 6, 5, 301, True, tile, fast, block=128, deterministic=deterministic,
+        _check(g + 1, 6, 9, 301, True, tile, fast, block=128, deterministic=deterministic,
                forward=False)
 
 
@@ -178,11 +180,12 @@ def test_largest_num_grids(tile, mode):
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("num_grids", (64, 128))
 def test_num_grids_beyond_shared_memory(tile, num_grids):
-    """No num_grids ceiling for the backward: large G against the reference."""
+    """No num_grids ceiling for the backward: large G against the reference (9 outputs: the
+    kernels of layers wider than 8 outputs)."""
     assert_cuda_kernel("lmkan2d_backward")
     assert max_num_grids(tile, "backward_deterministic", "cuda") < num_grids
     for batch_last, fast, deterministic in ((True, False, False), (False, True, True)):
-        _check(num_grids, 6, 5, 700, batch_last, tile, fast, block=128,
+        _check(num_grids, 6, 9, 700, batch_last, tile, fast, block=128,
                deterministic=deterministic, forward=False)
 
 
@@ -253,9 +256,10 @@ def test_sorted_backward_chunks_and_many_tiles(tile, batch_last):
 def test_more_pairs_than_a_sorted_chunk_holds(batch_last):
     """65,537 input pairs: a chunk of the sorted backward (16 bytes per pair and sample, 256 MB)
     cannot hold one 256-sample segment for each, so the plan sends the call to the other
-    kernels (the chunk was 0 samples: an invalid launch)."""
+    kernels (the chunk was 0 samples: an invalid launch). 9 outputs: layers of at most 8
+    take their own kernels."""
     for fast in (False, True):
-        _check(3, 2 * 65537, 3, 5, batch_last, 8, fast, block=128)
+        _check(3, 2 * 65537, 9, 5, batch_last, 8, fast, block=128)
 
 
 @requires_gpu
@@ -406,10 +410,11 @@ def test_few_outputs_kernels_16bit_tables(table, batch_last):
 @requires_gpu
 def test_layer_warns_once_past_shared_memory():
     """num_grids past the backward's shared-memory limit: one warning, then the global-memory
-    fallback, which matches the reference."""
+    fallback, which matches the reference (10 outputs: the kernels of layers wider than 8
+    outputs, whose limits max_num_grids reports)."""
     g = max_num_grids(16, "backward_deterministic", "cuda") + 1
     assert g <= max_num_grids(4, "forward", "cuda")
-    layer = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
+    layer = LMKAN2DLayer(g, 4, 10, tile_size_forward=4, tile_size_backward=16,
                          deterministic=True).cuda()
     with torch.no_grad():
         layer.func_parameter.normal_()
@@ -427,7 +432,7 @@ def test_layer_warns_once_past_shared_memory():
     # through L2 by design: no warning
     for fast in (False, True):
         assert max_num_grids(16, "backward_fast" if fast else "backward", "cuda") > g
-        quiet = LMKAN2DLayer(g, 4, 6, tile_size_forward=4, tile_size_backward=16,
+        quiet = LMKAN2DLayer(g, 4, 10, tile_size_forward=4, tile_size_backward=16,
                              backward_fast_mode=fast, deterministic=False).cuda()
         with warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -100,10 +100,10 @@ def layer_launches():
             _launch(5, 6, 17 * 8 * tile + 3, 600, batch_last, tile, 512, True, False,
                     forward=False)
         # a batch split over several dP blocks (deterministic: per-split copies)
-        _launch(3, 8, 6, 5000, True, tile, 64, False, True)
+        _launch(3, 8, 10, 5000, True, tile, 64, False, True)
         # past the shared-memory limit of the deterministic kernels: table and dP accumulator
         # in global memory
-        _launch(lmKAN.max_num_grids(tile, "backward_deterministic", "cuda") + 1, 4, 5, 300,
+        _launch(lmKAN.max_num_grids(tile, "backward_deterministic", "cuda") + 1, 4, 9, 300,
                 tile % 8 == 0, tile, 64, tile == 16, True, forward=False)
     # past the cell histogram of the non-deterministic backward: the same global-memory
     # kernels with float atomics (grad_x over 3 output tiles)
