@@ -158,7 +158,7 @@ def test_batch_first_forward_paths(tile, num_grids):
 @pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))
 def test_largest_num_grids(tile, mode):
     """At each mode's num_grids limit and one past it (9 outputs: the limits are those of the
-    kernels for layers wider than 8 outputs, which grad_x_sample_threads.cu does not serve)."""
+    kernels for layers wider than 8 outputs, which sample_threads.cu does not serve)."""
     assert_cuda_kernel("lmkan2d_backward")
     g = max_num_grids(tile, mode, "cuda")
     assert g >= 3
