@@ -110,57 +110,34 @@ __device__ __forceinline__ float dot_row(const float* row, const float (&g)[kOut
   return s;
 }
 
-// Pair p of sample b: its inputs' offsets in x, cells and 1 / h. zero_far: a far input's d is
-// 0 (as pair_cell; far_fixup.cu corrects its pair afterwards); the slope modes keep d (as
-// slope_pair_cell: the second-derivative ops do not handle far inputs).
-struct PairAt {
-  int64_t f1, f2;
-  float v1, v2;
-  Cell c1, c2;
-  float ih1, ih2;
-  int cell;  // c1.index * (G + 1) + c2.index
-  bool far;  // either input is far (before zero_far)
-};
-__device__ __forceinline__ PairAt locate(const SampleThreadsArgs& a, const float* s_borders,
-                                         int p, int64_t b, bool zero_far) {
-  PairAt at;
-  at.f1 = 2 * int64_t(p) * a.xs_f + b * a.xs_b;
-  at.f2 = at.f1 + a.xs_f;
-  at.v1 = __ldg(a.x + at.f1);
-  at.v2 = __ldg(a.x + at.f2);
-  at.c1 = cdf_cell(at.v1, s_borders, a.num_grids);
-  at.c2 = cdf_cell(at.v2, s_borders, a.num_grids);
-  const bool far1 = is_far(at.v1, at.c1.d), far2 = is_far(at.v2, at.c2.d);
-  at.far = far1 || far2;
-  if (zero_far) {
-    if (far1) at.c1.d = 0.f;
-    if (far2) at.c2.d = 0.f;
-  }
-  at.ih1 = 1.f / (s_borders[at.c1.index + 1] - s_borders[at.c1.index]);
-  at.ih2 = 1.f / (s_borders[at.c2.index + 1] - s_borders[at.c2.index]);
-  at.cell = at.c1.index * (a.num_grids + 1) + at.c2.index;
-  return at;
+// Offset in x of input 2p of sample b (input 2p + 1 is xs_f further). The cells come from
+// device.cuh: pair_cell (far inputs at d = 0, as every backward kernel) and, for the slope
+// dP, slope_pair_cell.
+__device__ __forceinline__ int64_t pair_offset(const SampleThreadsArgs& a, int p, int64_t b) {
+  return 2 * int64_t(p) * a.xs_f + b * a.xs_b;
 }
 
 // grad_x of one (sample, pair) from its cell's 4 corner rows at q (both entries written).
 // kSlopes: the mixed second derivative sum_o g d2f/dx1dx2 times the other input's weight.
 template <int kOutputs, bool kSlopes>
 __device__ __forceinline__ void write_dx(const SampleThreadsArgs& a, const float* q, int side,
-                                         const PairAt& at, const float (&g)[kOutputs]) {
+                                         int64_t f1, float4 c, float2 inv_h,
+                                         const float (&g)[kOutputs]) {
+  const int64_t f2 = f1 + a.xs_f;
   // sum_o g * corner (i1 + a, i2 + b) for corners 00, 01, 10, 11
   const float gA = dot_row<kOutputs>(q, g);
   const float gB = dot_row<kOutputs>(q + kOutputs, g);
   const float gC = dot_row<kOutputs>(q + side * kOutputs, g);
   const float gD = dot_row<kOutputs>(q + (side + 1) * kOutputs, g);
   if constexpr (kSlopes) {
-    const float m = ((gD - gC) - (gB - gA)) * (at.ih1 * at.ih2);
-    const float w1 = __ldg(a.w + at.f1), w2 = __ldg(a.w + at.f2);
-    a.dx[at.f1] = m * w2;
-    a.dx[at.f2] = m * w1;
+    const float m = ((gD - gC) - (gB - gA)) * (inv_h.x * inv_h.y);
+    const float w1 = __ldg(a.w + f1), w2 = __ldg(a.w + f2);
+    a.dx[f1] = m * w2;
+    a.dx[f2] = m * w1;
   } else {
-    const float d1 = at.c1.d, d2 = at.c2.d;
-    a.dx[at.f1] = ((1.f - d2) * (gC - gA) + d2 * (gD - gB)) * at.ih1;
-    a.dx[at.f2] = ((1.f - d1) * (gB - gA) + d1 * (gD - gC)) * at.ih2;
+    const float d1 = c.y, d2 = c.z;
+    a.dx[f1] = ((1.f - d2) * (gC - gA) + d2 * (gD - gB)) * inv_h.x;
+    a.dx[f2] = ((1.f - d1) * (gB - gA) + d1 * (gD - gC)) * inv_h.y;
   }
 }
 
@@ -220,9 +197,12 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
     if (!valid) continue;
 #pragma unroll 2
     for (int pl = 0; pl < np; ++pl) {
-      const PairAt at = locate(a, s_borders, g0 + pl, b, true);
-      const float* q = table + pl * slice + at.cell * kOutputs;
-      const float d1 = at.c1.d, d2 = at.c2.d, e1 = 1.f - d1, e2 = 1.f - d2;
+      bool far;
+      const float4 info = pair_cell(a.x, b, g0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b,
+                                    nullptr, &far);
+      const int cell = __float_as_int(info.x);
+      const float* q = table + pl * slice + cell * kOutputs;
+      const float d1 = info.y, d2 = info.z, e1 = 1.f - d1, e2 = 1.f - d2;
       const float u00 = e1 * e2, u01 = e1 * d2, u10 = d1 * e2, u11 = d1 * d2;
       float c[4][kOutputs];
 #pragma unroll
@@ -230,9 +210,11 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
 #pragma unroll
       for (int o = 0; o < kOutputs; ++o)
         acc[o] = fmaf(u00, c[0][o], fmaf(u01, c[1][o], fmaf(u10, c[2][o], fmaf(u11, c[3][o], acc[o]))));
-      if (at.far) {  // d taken as 0 above: the pair's float64 value less what was added
-        const double D1 = exact_d(at.v1, s_borders, at.c1.index);
-        const double D2 = exact_d(at.v2, s_borders, at.c2.index);
+      if (far) {  // d taken as 0 above: the pair's float64 value less what was added
+        const int64_t f1 = pair_offset(a, g0 + pl, b);
+        const int i1 = cell / side, i2 = cell - i1 * side;
+        const double D1 = exact_d(__ldg(a.x + f1), s_borders, i1);
+        const double D2 = exact_d(__ldg(a.x + f1 + a.xs_f), s_borders, i2);
 #pragma unroll
         for (int o = 0; o < kOutputs; ++o)
           acc[o] += far_correction(c[0][o], c[1][o], c[2][o], c[3][o], D1, D2, u00, u01, u10, u11);
@@ -267,8 +249,10 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
     load_grad_y<kOutputs>(a, b, g);
 #pragma unroll 2
     for (int pl = 0; pl < np; ++pl) {
-      const PairAt at = locate(a, s_borders, p0 + pl, b, true);
-      write_dx<kOutputs, kSlopes>(a, table + pl * slice + at.cell * kOutputs, side, at, g);
+      float2 inv_h;
+      const float4 c = pair_cell(a.x, b, p0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b, &inv_h);
+      write_dx<kOutputs, kSlopes>(a, table + pl * slice + __float_as_int(c.x) * kOutputs, side,
+                                  pair_offset(a, p0 + pl, b), c, inv_h, g);
     }
   } else {  // consecutive threads: consecutive pairs of a sample
     const int items = kSampleThreadsBlock << lg;
@@ -278,8 +262,10 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
       if (pl >= np || b >= a.batch) continue;
       float g[kOutputs];
       load_grad_y<kOutputs>(a, b, g);
-      const PairAt at = locate(a, s_borders, p0 + pl, b, true);
-      write_dx<kOutputs, kSlopes>(a, table + pl * slice + at.cell * kOutputs, side, at, g);
+      float2 inv_h;
+      const float4 c = pair_cell(a.x, b, p0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b, &inv_h);
+      write_dx<kOutputs, kSlopes>(a, table + pl * slice + __float_as_int(c.x) * kOutputs, side,
+                                  pair_offset(a, p0 + pl, b), c, inv_h, g);
     }
   }
 }
@@ -310,24 +296,29 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
     const int64_t b = b_begin + (i >> lg);
     float g[kOutputs];
     load_grad_y<kOutputs>(a, b, g);
-    const PairAt at = locate(a, s_borders, p0 + pl, b, !kSlopes);
     float wt[4];  // the corner weights, corners 00, 01, 10, 11
-    if constexpr (kSlopes) {
-      const float4 s = slope_weights(at.c1.d, at.c2.d, __ldg(a.w + at.f1) * at.ih1,
-                                     __ldg(a.w + at.f2) * at.ih2);
-      wt[0] = -(s.y + s.z + s.w);
-      wt[1] = s.y;
-      wt[2] = s.z;
-      wt[3] = s.w;
+    int cell;
+    if constexpr (kSlopes) {  // (index, w01, w10, w11), as the other slope dP kernels
+      const float4 c = slope_pair_cell(a.x, a.w, b, p0 + pl, s_borders, a.num_grids, a.xs_f,
+                                       a.xs_b);
+      cell = __float_as_int(c.x);
+      wt[0] = -(c.y + c.z + c.w);
+      wt[1] = c.y;
+      wt[2] = c.z;
+      wt[3] = c.w;
     } else {
-      const float d1 = at.c1.d, d2 = at.c2.d, e1 = 1.f - d1;
+      float2 inv_h;
+      const float4 c = pair_cell(a.x, b, p0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b, &inv_h);
+      cell = __float_as_int(c.x);
+      const float d1 = c.y, d2 = c.z, e1 = 1.f - d1;
       wt[0] = e1 - e1 * d2;
       wt[1] = e1 * d2;
       wt[2] = d1 - d1 * d2;
       wt[3] = d1 * d2;
-      write_dx<kOutputs, false>(a, table + pl * slice + at.cell * kOutputs, side, at, g);
+      write_dx<kOutputs, false>(a, table + pl * slice + cell * kOutputs, side,
+                                pair_offset(a, p0 + pl, b), c, inv_h, g);
     }
-    float* q = acc + pl * slice + at.cell * kOutputs;
+    float* q = acc + pl * slice + cell * kOutputs;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       float* row = q + corner_offset(j, side, kOutputs);
