@@ -158,7 +158,7 @@ def test_batch_first_forward_paths(tile, num_grids):
 @pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))
 def test_largest_num_grids(tile, mode):
     """At each mode's num_grids limit and one past it (9 outputs: the limits are those of the
-    kernels for layers wider than 8 outputs, which grad_x_sample_threads.cu does not serve)."""
+    kernels for layers wider than 8 outputs, which sample_threads.cu does not serve)."""
     assert_cuda_kernel("lmkan2d_backward")
     g = max_num_grids(tile, mode, "cuda")
     assert g >= 3
@@ -352,18 +352,26 @@ def test_float64_layer_on_cuda(num_grids):
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
 @pytest.mark.parametrize("g, n_in, n_out, batch", [(6, 14, 1, 301), (8, 74, 2, 40000),
-                                                   (26, 10, 5, 777), (40, 6, 8, 133)], ids=str)
-def test_few_outputs_grad_x(g, n_in, n_out, batch, batch_last, deterministic):
-    """Layers of at most 8 outputs: grad_x by a thread per (sample, pair)
-    (grad_x_sample_threads.cu) wherever grad_x is computed apart from grad_params (grad x
-    alone, and the deterministic backward), against the float64 reference; every width of
-    the kernel (1, 2, 4 and 8 outputs, rows zero-padded past n_out). B = 40000 with 37 pairs
-    stages groups of 32 pairs (the second group 5 pairs long), the small batches one pair a
-    block; G = 40 with 8 outputs stages 54 KB a pair (past the default 48 KB)."""
+                                                   (26, 10, 5, 777), (40, 6, 8, 133),
+                                                   (6, 40, 3, 500)], ids=str)
+def test_few_outputs_kernels(g, n_in, n_out, batch, batch_last, deterministic):
+    """Layers of at most 8 outputs, a thread per sample or (sample, pair) (sample_threads.cu):
+    the forward (forward_sample_threads_kernel), grad_x alone and the deterministic grad_x
+    (dx_sample_threads_kernel), grad_x with grad_params when not deterministic
+    (dp_sample_threads_kernel, shared-memory atomics), against the float64 reference; every
+    width of the kernels (1, 2, 4 and 8 outputs, rows zero-padded past n_out). B = 40000 with
+    37 pairs stages groups of pairs with a partial last group (and its batch-first forward
+    runs between transposes); the small batches one pair a block, the forward's pairs split
+    over blocks at 20 pairs (partial sums, batch-first through strides); G = 40 with 8
+    outputs stages 54 KB a pair (past the default 48 KB; the backward's table and
+    accumulator, 108 KB)."""
     torch.manual_seed(11)
     x, params, borders = _make(g, n_in, n_out, batch, batch_last, scale=2.0)
     grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
-    _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
+    ry, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, 8, 256)
+    assert rel_l2(y, ry) <= TOL
+    assert torch.equal(y, torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, 8, 256))
     alone, empty = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8,
                                                     256, False, deterministic, None, False)
     assert empty.shape == (0,)
@@ -374,6 +382,29 @@ def test_few_outputs_grad_x(g, n_in, n_out, batch, batch_last, deterministic):
         assert torch.equal(gx, alone)  # the same kernel
         again = _backward(grad_y, x, params, borders, batch_last, 8, 256, False, True)
         assert torch.equal(gx, again[0]) and torch.equal(gp, again[1])
+
+
+@requires_gpu
+@pytest.mark.parametrize("table", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch_last", [True, False], ids=["batch_last", "batch_first"])
+def test_few_outputs_kernels_16bit_tables(table, batch_last):
+    """The few-outputs kernels with a 16-bit table (table_dtype): forward, grad_x alone and
+    grad_x with grad_params against the float64 reference on the table rounded to that
+    dtype (the float32 contract), and 16-bit parameters (their gradient in their dtype)."""
+    torch.manual_seed(12)
+    g, n_in, n_out, batch = 8, 20, 3, 999
+    x, params, borders = _make(g, n_in, n_out, batch, batch_last)
+    grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    ry, rgx, rgp = _reference_all(x, params.to(table).float(), borders, grad_y, batch_last)
+    y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, batch_last, 8, 256, table)
+    assert rel_l2(y, ry) <= TOL
+    gx, _ = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8, 256,
+                                             False, False, table, False)
+    assert rel_l2(gx, rgx) <= TOL
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params.to(table), borders, batch_last,
+                                              8, 256, False, False, None)
+    assert gp.dtype == table
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp.float(), rgp) <= 4e-3  # gp rounded to 16 bits
 
 
 @requires_gpu
@@ -524,18 +555,20 @@ def test_int64_offsets_fast_backward():
 
 
 @requires_gpu
-@pytest.mark.parametrize("case", ["sample_lanes", "sample_lanes_bf16", "output_lanes"])
+@pytest.mark.parametrize("case", ["sample_lanes", "sample_lanes_bf16", "output_lanes",
+                                  "sample_threads"])
 @pytest.mark.parametrize("batch_last", [True, False])
 def test_far_inputs_forward_without_nan(case, batch_last):
     """Finite inputs far past the grid (docs/spec.md, "Robustness"): the forward kernels give
     the float64 value, +-inf where it overflows, never NaN (the float32 bilinear weights gave
     inf - inf). One far input per chosen sample, at scattered (sample, input) positions, two
-    whole warps without any; both forward kernels (the output-lanes kernel serves num_grids
-    past the shared-memory limit) and a 16-bit table."""
+    whole warps without any; every forward kernel (the output-lanes kernel serves num_grids
+    past the shared-memory limit, sample_threads.cu layers of at most 8 outputs) and a
+    16-bit table."""
     tile = 4
     table = torch.bfloat16 if case.endswith("bf16") else None
     g = max_num_grids(tile, "forward", "cuda") + 3 if case == "output_lanes" else 8
-    n_in, n_out, batch = 10, 37, 700
+    n_in, n_out, batch = 10, 3 if case == "sample_threads" else 37, 700
     torch.manual_seed(7)
     borders = cdf_borders(g, device="cuda")
     params = 0.05 * torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
@@ -571,18 +604,20 @@ def test_far_inputs_forward_without_nan(case, batch_last):
 
 @requires_gpu
 @pytest.mark.parametrize("deterministic", [False, True])
-@pytest.mark.parametrize("g, n_out", [(8, 37), (8, 200), (60, 9), (8, 1)], ids=str)
+@pytest.mark.parametrize("g, n_in, n_out", [(8, 10, 37), (8, 10, 200), (60, 10, 9), (8, 10, 1),
+                                            (8, 130, 5)], ids=str)
 @pytest.mark.parametrize("batch_last", [True, False])
 @pytest.mark.parametrize("batch", [700, 701], ids=["aligned", "odd_misaligned"])
-def test_far_inputs_backward_without_nan(batch, batch_last, g, n_out, deterministic):
+def test_far_inputs_backward_without_nan(batch, batch_last, g, n_in, n_out, deterministic):
     """Far inputs in the backward: every backward kernel takes them at d = 0 and far_fixup.cu
     replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
     the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
     Shapes: the cell-sorted backward, several output tiles, num_grids past the shared
-    memory of the deterministic kernels, and one output (deterministic: the few-outputs
-    grad_x of grad_x_sample_threads.cu). Batch 701 with x one float past a 16-byte boundary
-    takes the flags kernel's scalar loads (and, batch-first, the last chunk's tail)."""
-    n_in = 10
+    memory of the deterministic kernels, and one output (sample_threads.cu: grad_x alone
+    when deterministic, grad_x with grad_params when not). Batch 701 with x one float past a
+    16-byte boundary takes the flags kernel's scalar loads (and, batch-first, the last
+    chunk's tail). 130 inputs batch-last: the flags kernel splits the rows of its 3 chunks
+    over 8 blocks (18 rows each, the last 4)."""
     torch.manual_seed(8)
     x, params, borders = _make(g, n_in, n_out, batch, batch_last)
     if batch % 2:  # the same values at a storage offset of one float: not 16-byte aligned

@@ -116,7 +116,7 @@ def test_1d_force_training_step(deterministic):
 # (num_grids, N_in, N_out, B): G = 5 keeps the slope kernels' table and accumulators in shared
 # memory, G = 40 reads the table and accumulates through global memory; N_out = 70 spans two
 # 64-output tiles (the mixed term is summed over tiles in a fixed order); N_out = 1 and 5 take
-# the few-outputs mixed term (grad_x_sample_threads.cu); odd batches.
+# the few-outputs mixed term and slope dP (sample_threads.cu); odd batches.
 SHAPES_2D = [(5, 14, 70, 301), (40, 6, 9, 133), (5, 14, 1, 301), (26, 10, 5, 777)]
 
 
@@ -285,17 +285,18 @@ def test_third_derivatives_raise(kind):
         torch.autograd.grad(gx.sin().sum(), layer.func_parameter, create_graph=True)
 
 
-@pytest.mark.parametrize("kind", ["1d", "2d"])
-def test_nan_input_stays_local_in_second_derivatives(kind):
+@pytest.mark.parametrize("kind, n_out", [("1d", 9), ("2d", 9), ("2d", 1)])
+def test_nan_input_stays_local_in_second_derivatives(kind, n_out):
     """A NaN in input 0 of one sample (docs/spec.md, "Robustness"): the second derivatives are
     NaN only where they depend on it: that sample's column of d/d grad_y, its entries of d/dx
-    for input 0 (2D: the pair of inputs 0 and 1), the parameters of input 0 (pair 0)."""
+    for input 0 (2D: the pair of inputs 0 and 1), the parameters of input 0 (pair 0). 2D with
+    one output: the few-outputs kernels (sample_threads.cu)."""
     torch.manual_seed(6)
-    layer = (LMKAN2DLayer(6, 8, 9) if kind == "2d" else LMKAN1DLayer(6, 8, 9)).cuda()
+    layer = (LMKAN2DLayer(6, 8, n_out) if kind == "2d" else LMKAN1DLayer(6, 8, n_out)).cuda()
     x = torch.randn(8, 67, device="cuda")
     x[0, 5] = float("nan")
     x.requires_grad_(True)
-    gy = torch.randn(9, 67, device="cuda", requires_grad=True)
+    gy = torch.randn(n_out, 67, device="cuda", requires_grad=True)
     r, q = torch.randn_like(x), torch.randn_like(layer.func_parameter)
     dx, dp, dgy = _second_derivatives(layer, x, gy, r, q)
     assert dgy[:, 5].isnan().all()

@@ -1,7 +1,10 @@
 """Small launches of every LMKAN2DLayer kernel, for compute-sanitizer memcheck / racecheck.
 
-  compute-sanitizer --tool memcheck  python tools/sanitize_2d.py [all|layer|second]
-  compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second]
+  compute-sanitizer --tool memcheck  python tools/sanitize_2d.py [all|layer|second|few]
+  compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second|few]
+
+(few: only the kernels of layers of at most 8 outputs, sample_threads.cu, also part of the
+others.)
 """
 import os
 import sys
@@ -32,18 +35,27 @@ def main(part):
         layer_launches()
     if part in ("all", "second"):
         second_derivative_launches()
+    if part == "few":
+        few_outputs_launches()
+        second_derivative_launches(shapes=FEW_OUTPUT_SLOPE_SHAPES)
     torch.cuda.synchronize()
     print(f"sanitize_2d ({part}): all launches done")
 
 
-def second_derivative_launches():
+# (N_in, N_out, B) of the second-derivative launches: two output tiles plus a partial one, a
+# partial tile, and 1 and 5 outputs (the few-outputs mixed term and slope dP,
+# sample_threads.cu)
+FEW_OUTPUT_SLOPE_SHAPES = ((10, 1, 77), (6, 5, 700))
+SLOPE_SHAPES = ((10, 131, 77), (6, 9, 700)) + FEW_OUTPUT_SLOPE_SHAPES
+
+
+def second_derivative_launches(shapes=SLOPE_SHAPES):
     """The derivative ops of lmkan2d_backward (tile 8): table and accumulators in shared memory
     (G = 5) and in global memory (G = 40), two output tiles plus a partial one, pair splits of
     a small batch, both layouts, deterministic and not, a 16-bit table, NaN and far inputs."""
     for g in (5, 40):
         for batch_last in (True, False):
-            # (1 and 5 outputs: the few-outputs mixed term, grad_x_sample_threads.cu)
-            for n_in, n_out, batch in ((10, 131, 77), (6, 9, 700), (10, 1, 77), (6, 5, 700)):
+            for n_in, n_out, batch in shapes:
                 x = 1.5 * torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda")
                 x.view(-1)[3] = float("nan")
                 x.view(-1)[7] = 40.0
@@ -58,6 +70,21 @@ def second_derivative_launches():
                 for deterministic in (False, True):
                     torch.ops.lmkan.lmkan2d_slope_grad_params(gy, x, w, params, borders,
                                                               batch_last, deterministic)
+
+
+def few_outputs_launches():
+    """Layers of at most 8 outputs, a thread per sample or (sample, pair) (sample_threads.cu):
+    the forward, grad_x (deterministic, or grad_x alone) and grad_x with grad_params (not
+    deterministic; shared atomics); every row width (1, 2, 4, 8), one pair a block (small
+    batches), groups of 4 pairs with a last group of one (B = 9000, 37 pairs), 54 KB a pair
+    (G = 40, 8 outputs), the forward's pairs split over 5 blocks (20 pairs, B = 500)."""
+    for batch_last in (True, False):
+        for g, n_in, n_out, batch in ((6, 10, 1, 301), (8, 74, 2, 9000), (26, 10, 5, 777),
+                                      (40, 6, 8, 133), (6, 40, 3, 500)):
+            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, True)
+            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, False, forward=False)
+            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, False, forward=False,
+                    grad_params=False)
 
 
 def layer_launches():
@@ -98,15 +125,7 @@ def layer_launches():
         _launch(g, 34, 8 * tile + 3, 2 * block + 37, True, tile, block, False, False)
     # batch-first past the strided limit (1 MiB of x and y): the forward's two transposes
     _launch(5, 34, 37, 7001, False, 4, 256, False, False)
-    # layers of at most 8 outputs, grad_x by a thread per (sample, pair) (deterministic, or
-    # grad_x alone): every row width (1, 2, 4, 8), one pair a block (small batches), groups of
-    # 4 pairs with a last group of one (B = 9000, 37 pairs), 54 KB a pair (G = 40, 8 outputs)
-    for batch_last in (True, False):
-        for g, n_in, n_out, batch in ((6, 10, 1, 301), (8, 74, 2, 9000), (26, 10, 5, 777),
-                                      (40, 6, 8, 133)):
-            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, True, forward=False)
-            _launch(g, n_in, n_out, batch, batch_last, 8, 256, False, False, forward=False,
-                    grad_params=False)
+    few_outputs_launches()
     # 16-bit tables (the forward reads them as such, rings of several depths, both layouts,
     # partial tiles) and 16-bit parameters
     for table in (torch.float16, torch.bfloat16):

@@ -1,13 +1,15 @@
 // LMKAN2DLayer backward: grad_x (dx) and grad_params (dP).
 //
 // What runs (backward_cuda runs what plan_backward, plan.h, chooses):
+// - Layers of at most 8 outputs, not deterministic: dp_by_sample_threads (sample_threads.cu),
+//   grad_x and dP in one pass, a thread per (sample, pair).
 // - Not deterministic (both modes): backward_by_runs (backward_runs.cu), grad_x and dP in one
 //   pass over cell-sorted chunks of the batch, except past its cell histogram's num_grids or
 //   for a narrow output whose padded grad_y copy would be large; those run the
 //   kernels below, with float atomics where they are faster.
 // - Deterministic, or past the sorted backward (run_separate_kernels):
 //   - dx: for layers of at most 8 outputs a thread per (sample, pair)
-//     (grad_x_sample_threads.cu); else the forward kernel's scheme (dx_by_output_rows,
+//     (sample_threads.cu); else the forward kernel's scheme (dx_by_output_rows,
 //     output_lanes.cu); dx_kernel (grad_x.cu) only where deterministic mode has several
 //     output tiles to add in a fixed order.
 //   - dP (grad_params.cu): dp_sorted_kernel (cell-sorted chunks) when its accumulator fits in shared
@@ -123,7 +125,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
   // cell, a 4x larger sorted buffer)
   auto [dx, dp] =
-      plan.grad_x == GradXKernel::kRuns
+      plan.grad_params == GradParamsKernel::kSampleThreads
+          ? dp_by_sample_threads(x, params, borders, gy, at::Tensor(), batch_last, lim, table)
+      : plan.grad_x == GradXKernel::kRuns
           ? backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
                              block, fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal, table)
           : run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy,

@@ -46,16 +46,19 @@ __device__ __forceinline__ float far_correction(float c00, float c01, float c10,
 }
 
 // Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2;
-// a far input's d is 0 (above).
+// a far input's d is 0 (above), and *far (where asked) tells whether either input is far.
 __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
                                             const float* s_borders, int num_grids,
-                                            int64_t xs_f, int64_t xs_b, float2* inv_h) {
+                                            int64_t xs_f, int64_t xs_b, float2* inv_h,
+                                            bool* far = nullptr) {
   const int64_t f = 2 * int64_t(p);
   const float v1 = x[f * xs_f + b * xs_b], v2 = x[(f + 1) * xs_f + b * xs_b];
   Cell c1 = cdf_cell(v1, s_borders, num_grids);
   Cell c2 = cdf_cell(v2, s_borders, num_grids);
-  if (is_far(v1, c1.d)) c1.d = 0.f;  // corrected by far_fixup.cu
-  if (is_far(v2, c2.d)) c2.d = 0.f;
+  const bool far1 = is_far(v1, c1.d), far2 = is_far(v2, c2.d);
+  if (far1) c1.d = 0.f;  // corrected by far_fixup.cu (the forwards: after their loop)
+  if (far2) c2.d = 0.f;
+  if (far != nullptr) *far = far1 || far2;
   if (inv_h != nullptr) {
     *inv_h = make_float2(1.f / (s_borders[c1.index + 1] - s_borders[c1.index]),
                          1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));

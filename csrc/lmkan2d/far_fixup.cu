@@ -7,6 +7,10 @@
 // 1. far_flags_kernel: one block per chunk of kChunk samples reads the chunk's x (every
 //    feature) in memory order, 16-byte loads where x allows, and writes one byte per pair:
 //    whether the chunk holds a far input of that pair (every byte written: no memset).
+//    Batch-last batches of fewer chunks than the GPU has SMs twice over also split the rows
+//    over blockIdx.y (groups of an even number of rows: each block owns its pairs' bytes);
+//    with one block per chunk, B = 1024 at 128 features ran 4 blocks of 8 dependent rounds of
+//    loads each (10 us of a 0.165 ms small fwd+bwd on the H200).
 // 2. far_fixup_kernel: one block per pair (it owns that pair's grad_params entries and grad_x
 //    rows: no atomics, deterministic). It reads the pair's flags, kChunk chunks at a time,
 //    and only in flagged chunks finds the far samples in sample order (ballots and a scan
@@ -16,6 +20,7 @@
 // other (+1.4 ms on a 13.9 ms backward at G=26 256->256 B=2^18); a phase 1 of one block per
 // (pair, chunk), one 4-byte load per thread and input, read x at ~0.75 TB/s there and took
 // 39 us a call on batch-first B=65536 x 256 (one 8-byte read per 32-byte sector).
+#include <algorithm>
 #include <cstdint>
 
 #include <ATen/core/Tensor.h>
@@ -76,10 +81,12 @@ __device__ __forceinline__ void mark_pair(unsigned* s_bits, int64_t f) {
 template <bool kVec>
 __global__ void __launch_bounds__(kChunk)
     far_flags_kernel(const float* __restrict__ x, const float* __restrict__ borders,
-                     int num_grids, int64_t batch, int n_in, bool batch_last,
+                     int num_grids, int64_t batch, int n_in, bool batch_last, int group_rows,
                      uint8_t* __restrict__ flags) {
   extern __shared__ unsigned s_bits[];  // one bit per pair
   const int n_pairs = n_in / 2, words = (n_pairs + 31) / 32;
+  // batch-last: this block's rows [row_begin, row_end) (group_rows even); batch-first: all
+  const int row_begin = blockIdx.y * group_rows, row_end = min(n_in, row_begin + group_rows);
   for (int i = threadIdx.x; i < words; i += blockDim.x) s_bits[i] = 0u;
   __syncthreads();
   const float lo = borders[0], hi = borders[num_grids];
@@ -91,12 +98,12 @@ __global__ void __launch_bounds__(kChunk)
   if (batch_last) {  // rows f: valid consecutive floats at x + f * B + b0
     if (kVec) {      // 64 threads per row (valid % 4 == 0), 4 rows per pass
       const int s = 4 * (threadIdx.x % 64);
-      for (int f0 = threadIdx.x / 64; f0 < n_in; f0 += kLoads * (kChunk / 64)) {
+      for (int f0 = row_begin + threadIdx.x / 64; f0 < row_end; f0 += kLoads * (kChunk / 64)) {
         float4 v[kLoads];
 #pragma unroll
         for (int u = 0; u < kLoads; ++u) {
           const int f = f0 + u * (kChunk / 64);
-          v[u] = s < valid && f < n_in
+          v[u] = s < valid && f < row_end
                      ? __ldg(reinterpret_cast<const float4*>(x + int64_t(f) * batch + b0 + s))
                      : inside;
         }
@@ -113,7 +120,7 @@ __global__ void __launch_bounds__(kChunk)
       }
     } else if (static_cast<int>(threadIdx.x) < valid) {
 #pragma unroll 4
-      for (int f = 0; f < n_in; ++f)
+      for (int f = row_begin; f < row_end; ++f)
         if (far_value(__ldg(x + int64_t(f) * batch + b0 + threadIdx.x), lo, hi, borders, num_grids))
           mark_pair(s_bits, f);
     }
@@ -146,7 +153,7 @@ __global__ void __launch_bounds__(kChunk)
       if (far_value(__ldg(base + e), lo, hi, borders, num_grids)) mark_pair(s_bits, e % n_in);
   }
   __syncthreads();
-  for (int p = threadIdx.x; p < n_pairs; p += blockDim.x)
+  for (int p = row_begin / 2 + threadIdx.x; p < (row_end + 1) / 2; p += blockDim.x)
     flags[int64_t(blockIdx.x) * n_pairs + p] = (s_bits[p / 32] >> (p % 32)) & 1u;
 }
 
@@ -311,8 +318,19 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   const int64_t bits_bytes = 4 * int64_t((n_pairs + 31) / 32);
   const auto flags_kernel = vec ? far_flags_kernel<true> : far_flags_kernel<false>;
   allow_dynamic_smem(reinterpret_cast<const void*>(flags_kernel), bits_bytes);
-  flags_kernel<<<static_cast<unsigned>(n_chunks), kChunk, bits_bytes, stream>>>(
-      a.x, a.borders, num_grids, batch, n_in, batch_last, flags.data_ptr<uint8_t>());
+  // batch-last with few chunks: row groups over blockIdx.y, at least 16 rows each (one
+  // round of the vector loop: 4 rows a pass, 4 loads in flight), an even count
+  int groups = 1;
+  if (batch_last) {
+    const int64_t want = (2 * int64_t(device_limits(x.device().index()).num_sms) + n_chunks - 1) / n_chunks;
+    groups = static_cast<int>(std::clamp<int64_t>(want, 1, std::min(65535, std::max(1, n_in / 16))));
+  }
+  int group_rows = (n_in + groups - 1) / groups;
+  group_rows += group_rows % 2;
+  groups = (n_in + group_rows - 1) / group_rows;
+  flags_kernel<<<dim3(static_cast<unsigned>(n_chunks), static_cast<unsigned>(groups)), kChunk,
+                 bits_bytes, stream>>>(a.x, a.borders, num_grids, batch, n_in, batch_last,
+                                       group_rows, flags.data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   switch_table_type(params.scalar_type(), [&](auto p_tag) {
     switch_table_type(table_dtype, [&](auto r_tag) {

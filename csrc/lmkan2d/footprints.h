@@ -106,20 +106,21 @@ inline int64_t dp_sorted_smem_bytes(int num_grids, int w, int warps) {
          int64_t(num_grids + 1) * 4 + 16;
 }
 
-// grad_x of layers with few outputs (grad_x_sample_threads.cu): a thread per (sample, pair)
-// at a time, the outputs in its registers, the table slices of a group of pairs
-// [pairs][cells][kOutputs] in shared memory. Outputs of a layer it serves, at most: past
-// that, the lanes-over-outputs kernels fill their warps.
+// Kernels of layers with few outputs (sample_threads.cu): a thread per (sample, pair) at a
+// time, the outputs in its registers; the table slices of a group of pairs, or their
+// gradient accumulators, or both, [pairs][cells][kOutputs] each, in shared memory. Outputs of
+// a layer they serve, at most: past that, the lanes-over-outputs kernels fill their warps.
 constexpr int kSampleThreadsMaxOutputs = 8;
 constexpr int kSampleThreadsBlock = 256;  // threads, and samples per block
 // kOutputs: the table row width for n_out outputs (1, 2, 4 or 8; rows zero-padded).
 constexpr int sample_threads_width(int64_t n_out) {
   return n_out <= 1 ? 1 : n_out <= 2 ? 2 : n_out <= 4 ? 4 : 8;
 }
-// Shared memory: the table slices of `pairs` pairs, then the borders (16-byte aligned).
-inline int64_t sample_threads_smem_bytes(int num_grids, int width, int pairs) {
+// Shared memory: `slices` arrays (table, accumulator) of `pairs` pairs' slices, then the
+// borders (16-byte aligned).
+inline int64_t sample_threads_smem_bytes(int num_grids, int width, int pairs, int slices) {
   const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
-  return int64_t(pairs) * cells * width * 4 + (int64_t(num_grids + 1) * 4 + 15) / 16 * 16;
+  return int64_t(slices) * pairs * cells * width * 4 + (int64_t(num_grids + 1) * 4 + 15) / 16 * 16;
 }
 
 // Pair splits of the forward-shaped kernels (forward_sample_lanes.cu, output_lanes.cu): a

@@ -1,7 +1,8 @@
 // The lmkan2d_forward op on CUDA: argument checks, the batch-first transposes where the plan
-// asks for them, and the kernel plan_forward (plan.h) chooses: the sample-lanes kernel (forward_sample_lanes.cu)
-// wherever one table slice fits in shared memory, the output-lanes kernel (output_lanes.cu)
-// past that.
+// asks for them, and the kernel plan_forward (plan.h) chooses: for layers of at most 8
+// outputs a thread per sample (sample_threads.cu); else the sample-lanes kernel
+// (forward_sample_lanes.cu) wherever one table slice fits in shared memory, the output-lanes
+// kernel (output_lanes.cu) past that.
 #include <cstdint>
 #include <optional>
 
@@ -75,6 +76,9 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
       return forward_by_sample_lanes(x, params, borders, tile, block, batch_last, table);
     case ForwardKernel::kOutputLanes:
       return forward_by_output_lanes(x, params, borders, tile, block, batch_last, table);
+    case ForwardKernel::kSampleThreads:
+      return forward_by_sample_threads(x, params, borders, batch_last,
+                                       device_limits(x.device().index()), table);
   }
   TORCH_CHECK(false, "lmkan2d_forward: unknown kernel plan");
 }

@@ -83,13 +83,23 @@ at::Tensor dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& params,
                               int64_t batch, int n_out, int n_pairs, int num_grids, int block,
                               const DeviceLimits& lim, int64_t xs_f, int64_t xs_b, int64_t gs_f,
                               int64_t gs_b, at::ScalarType table_dtype);
-// grad_x by a thread per (sample, pair), for layers that sample_threads_serve (plan.h);
-// with `weights` defined, the mixed second-derivative term instead (as
-// slope_dx_by_sample_tiles). x, gy, weights contiguous.
+// Layers that sample_threads_serve (plan.h), a thread per (sample, pair)
+// (sample_threads.cu); x, gy, weights contiguous. forward_by_sample_threads: y, like
+// forward_by_sample_lanes (deterministic). dx_by_sample_threads: grad_x, or with
+// `weights` defined the mixed second-derivative term (as slope_dx_by_sample_tiles);
+// deterministic. dp_by_sample_threads: (grad_x, grad_params float32 [G+1, G+1, N_out, P]) in
+// one pass, or with `weights` defined (undefined, the slope dP); not deterministic.
+at::Tensor forward_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
+                                     const at::Tensor& borders, bool batch_last,
+                                     const DeviceLimits& lim, at::ScalarType table_dtype);
 at::Tensor dx_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
                                 const at::Tensor& borders, const at::Tensor& gy,
                                 const at::Tensor& weights, bool batch_last,
                                 const DeviceLimits& lim, at::ScalarType table_dtype);
+std::tuple<at::Tensor, at::Tensor> dp_by_sample_threads(
+    const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
+    const at::Tensor& gy, const at::Tensor& weights, bool batch_last, const DeviceLimits& lim,
+    at::ScalarType table_dtype);
 // grad_params by cell-sorted chunks (grad_params.cu); the plan sends it only num_grids whose
 // accumulator fits in shared memory.
 at::Tensor dp_by_sorted_chunks(const at::Tensor& x, const at::Tensor& borders,

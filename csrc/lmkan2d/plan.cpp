@@ -50,6 +50,10 @@ ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& l
   // where per-lane rows cost 5x (G=26 tile 16: 51.6 against 11.0 ms).
   const bool transposes =
       !shape.batch_last && shape.batch * (shape.n_in + shape.n_out) * 4 > kStridedBatchFirstMaxBytes;
+  // Layers of at most 8 outputs: a thread per sample with its outputs in registers (the
+  // kernels below give a tile of 32 or more outputs to a thread or a warp)
+  if (sample_threads_serve(shape.num_grids, shape.n_out, lim, 1))
+    return {ForwardKernel::kSampleThreads, true, transposes};
   if (sample_lanes_smem_bytes(shape.num_grids, 8 * tile, 1, shape.table_bytes) <= lim.smem_optin)
     return {ForwardKernel::kSampleLanes, true, transposes};
   return {ForwardKernel::kOutputLanes, false, transposes};
@@ -57,7 +61,12 @@ ForwardPlan plan_forward(const CallShape& shape, int tile, const DeviceLimits& l
 
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
                            bool deterministic, const DeviceLimits& lim, bool grad_params) {
-  const bool few_outputs = sample_threads_serve(shape.num_grids, shape.n_out, lim);
+  const bool few_outputs = sample_threads_serve(shape.num_grids, shape.n_out, lim, 1);
+  // few outputs, not deterministic: grad_x and grad_params in one pass by a thread per
+  // (sample, pair) (shared-memory float atomics), where the table and the accumulator fit
+  if (!deterministic && grad_params &&
+      sample_threads_serve(shape.num_grids, shape.n_out, lim, 2))
+    return {GradXKernel::kSampleThreads, GradParamsKernel::kSampleThreads, true};
   // grad_x alone: the runs kernel (which computes both) only where neither the few-outputs
   // kernel serves nor the output-rows kernel holds its table in shared memory
   if (!deterministic && runs_serve(shape, tile, lim) &&
@@ -91,9 +100,10 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
   return plan;
 }
 
-bool sample_threads_serve(int num_grids, int64_t n_out, const DeviceLimits& lim) {
+bool sample_threads_serve(int num_grids, int64_t n_out, const DeviceLimits& lim, int slices) {
   return n_out <= kSampleThreadsMaxOutputs &&
-         sample_threads_smem_bytes(num_grids, sample_threads_width(n_out), 1) <= lim.smem_optin;
+         sample_threads_smem_bytes(num_grids, sample_threads_width(n_out), 1, slices) <=
+             lim.smem_optin;
 }
 
 int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes) {

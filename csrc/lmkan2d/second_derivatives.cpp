@@ -8,6 +8,7 @@
 // Tables are rounded to table_dtype as the layer's backward rounds them.
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -57,7 +58,7 @@ at::Tensor slope_grad_x_cuda(const at::Tensor& gy, const at::Tensor& x, const at
   const at::Tensor xc = x.contiguous();
   if (batch == 0) return at::empty_like(xc);
   const DeviceLimits lim = device_limits(x.device().index());
-  if (sample_threads_serve(static_cast<int>(params.size(0)) - 1, params.size(2), lim))
+  if (sample_threads_serve(static_cast<int>(params.size(0)) - 1, params.size(2), lim, 1))
     return dx_by_sample_threads(xc, params.contiguous(), borders.contiguous(), gy.contiguous(),
                                 weights.contiguous(), batch_last, lim, table);
   return slope_dx_by_sample_tiles(xc, weights.contiguous(), params.contiguous(),
@@ -76,11 +77,18 @@ at::Tensor slope_grad_params_cuda(const at::Tensor& gy, const at::Tensor& x,
   check_grad_y(gy, x, params.size(2), batch, batch_last, op);
   const c10::cuda::CUDAGuard guard(x.device());
   if (batch == 0) return at::zeros_like(params);
-  const at::Tensor dp = slope_dp_by_warp_accumulators(
-      x.contiguous(), weights.contiguous(), borders.contiguous(), gy.contiguous(), batch,
-      static_cast<int>(params.size(2)), static_cast<int>(params.size(3)),
-      static_cast<int>(params.size(0)) - 1, batch_last, deterministic,
-      device_limits(x.device().index()));
+  const DeviceLimits lim = device_limits(x.device().index());
+  const at::Tensor xc = x.contiguous(), wc = weights.contiguous(), bc = borders.contiguous(),
+                   gc = gy.contiguous();
+  const int num_grids = static_cast<int>(params.size(0)) - 1;
+  // few outputs, not deterministic: a thread per (sample, pair), shared-memory atomics (the
+  // slope dP reads no table: no table dtype)
+  const at::Tensor dp =
+      !deterministic && sample_threads_serve(num_grids, params.size(2), lim, 1)
+          ? std::get<1>(dp_by_sample_threads(xc, params, bc, gc, wc, batch_last, lim, at::kFloat))
+          : slope_dp_by_warp_accumulators(xc, wc, bc, gc, batch, static_cast<int>(params.size(2)),
+                                          static_cast<int>(params.size(3)), num_grids,
+                                          batch_last, deterministic, lim);
   // accumulated in float32; 16-bit parameters get theirs rounded once, here
   return params.scalar_type() == at::kFloat ? dp : dp.to(params.scalar_type());
 }
