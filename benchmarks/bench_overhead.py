@@ -4,7 +4,8 @@
 
 Rows (wall time per call over back-to-back calls, one synchronisation at each end, as an eager
 user sees it; median of --samples samples):
-- no-grad forward of LMKAN2DLayer(26, 128, 128) at B=1024, beside nn.Linear(128, 128);
+- no-grad forward of LMKAN2DLayer(26, 128, 128) at B=1024, beside nn.Linear(128, 128), in
+  float32 and under autocast bfloat16;
 - one training step (forward, loss, backward, Adam) of a two-layer lmKAN network
   (32->64 G=10, BatchNorm1d, 64->8, plus the Hessian term) at B=1024, beside an MLP
   32->256->256->1 (ReLU, same optimiser). The two steps' samples are taken alternately, so
@@ -74,6 +75,11 @@ def measure(device, calls, samples):
                      per_call_us(lambda: layer(x_bl), device, calls, samples)))
         rows.append(("nn.Linear forward, no grad", "nn.Linear(128, 128), B=1024",
                      per_call_us(lambda: linear(x_bf), device, calls, samples)))
+        with torch.autocast(device.type, dtype=torch.bfloat16):  # 16-bit table, bf16 output
+            rows.append(("lmKAN 2D forward, bf16", "the same, no grad, autocast bfloat16",
+                         per_call_us(lambda: layer(x_bl), device, calls, samples)))
+            rows.append(("nn.Linear forward, bf16", "the same, no grad, autocast bfloat16",
+                         per_call_us(lambda: linear(x_bf), device, calls, samples)))
 
     step_calls = max(1, calls // 10)
     kan = SmallLmkan().to(device).train()

@@ -8,11 +8,14 @@ B=1024 on the H200: 76 us per no-grad call, of which the op itself was ~40; docs
 each kind runs the general path and stores the op's remaining arguments (its *plan*) under
 that key; later calls of that kind look the plan up and call the op directly.
 
-A plan is stored only for calls that run the CUDA kernels with float32 tensors outside
-autocast, torch.compile tracing, CUDA graph capture and lmKAN.tune() sessions, on a 2-D
-input: every other call takes the general path every time. A layer drops its plans when a
-setting they depend on is assigned (PlannedCalls.__setattr__), when the tuning cache's memory
-is cleared (its generation is part of the key), and when pickled.
+A plan is stored only for calls that run the CUDA kernels, on a 2-D input, outside
+torch.compile tracing, CUDA graph capture and lmKAN.tune() sessions: every other call takes
+the general path every time. Calls inside autocast, or with a 16-bit x or 16-bit parameters,
+have plans too: autocast's dtype is part of the key, and such a plan also holds what the
+general path does around the op (x to float32, autocast off for the op, y to the output
+dtype). A layer drops its plans when a setting they depend on is assigned
+(PlannedCalls.__setattr__), when the tuning cache's memory is cleared (its generation is
+part of the key), and when pickled.
 
 What is read once per key rather than per call: LMKAN_TUNING (a change applies to call kinds
 a layer has not seen yet, or after lmKAN.tuning.clear_memory_cache()).
@@ -23,7 +26,13 @@ from torch import nn
 from .tuning.cache import MEMORY_GENERATION
 from .tuning.session import SESSION
 
-__all__ = ["PlannedCalls", "call_key", "may_store_plan"]
+__all__ = ["PlannedCalls", "call_key", "may_store_plan", "plan_of_call"]
+
+
+# Device types with autocast, found at import (as lmKAN.ops does).
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    t for t in ("cpu", "cuda", "xpu", "hpu", "mps", "mtia") if torch.amp.is_autocast_available(t))
+_AUTOCAST = 7  # the key's entry: autocast's dtype for x's device, None outside autocast
 
 
 def call_key(x, params, deterministic):
@@ -31,19 +40,44 @@ def call_key(x, params, deterministic):
     (x not a plain tensor, torch.compile tracing, an lmKAN.tune() session)."""
     if type(x) is not torch.Tensor or torch.compiler.is_compiling() or SESSION.force is not None:
         return None
+    device_type = x.device.type
+    autocast = (torch.get_autocast_dtype(device_type) if device_type in _AUTOCAST_DEVICE_TYPES
+                and torch.is_autocast_enabled(device_type) else None)
     return (x.shape, x.dtype, x.device, params.dtype, params.device,
             torch.is_grad_enabled() and (x.requires_grad or params.requires_grad),
             torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic,
-            torch.is_autocast_enabled("cuda"), MEMORY_GENERATION[0])
+            autocast, MEMORY_GENERATION[0])
 
 
 def may_store_plan(key, x, kernel_runs):
     """Whether the general path's op arguments for `key` may serve later calls of that key:
-    the call ran the CUDA kernels (float32 tensors) on a 2-D x, outside autocast (whose
-    casts the general path does) and outside CUDA graph capture (where "auto" settings are
-    not timed: the next eager call resolves them)."""
-    return (key is not None and kernel_runs and x.dim() == 2 and not key[7]
+    the call ran the CUDA kernels on a 2-D x, outside CUDA graph capture (where "auto"
+    settings are not timed: the next eager call resolves them)."""
+    return (key is not None and kernel_runs and x.dim() == 2
             and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
+def plan_of_call(key, x, args):
+    """The plan to store for a call of `key` whose op arguments after (x, params, borders)
+    are `args`: (args, None, None) where the op alone is the call (float32 x and output,
+    outside autocast), else (args, output dtype, autocast's device type or None), which
+    repeats lmKAN.ops' mixed-precision policy around the op (its _run_layer): the output
+    dtype is autocast's inside autocast (float64 parameters never have plans), else x's."""
+    autocast = key[_AUTOCAST]
+    if autocast is None and x.dtype == torch.float32:
+        return (args, None, None)
+    if autocast is None:
+        return (args, x.dtype, None)
+    return (args, autocast, x.device.type)
+
+
+def _run_cast_plan(op, x, params, borders, args, out_dtype, autocast_device):
+    """A plan's call with the casts of the general path around the op."""
+    if autocast_device is None:
+        return op(x.to(torch.float32), params, borders, *args).to(out_dtype)
+    with torch.autocast(autocast_device, enabled=False):
+        y = op(x.to(torch.float32), params, borders, *args)
+    return y.to(out_dtype)
 
 
 class PlannedCalls(nn.Module):
@@ -53,7 +87,8 @@ class PlannedCalls(nn.Module):
 
     A layer class sets PLAN_SETTINGS, PLANNED_OP (its differentiable layer op, None without
     the extension: then no plan is ever stored) and `_forward_general(x, params, key)`, which
-    calls `may_store_plan` to decide whether to keep the call's plan.
+    calls `may_store_plan` to decide whether to keep the call's plan and `plan_of_call` to
+    make it.
     """
 
     PLAN_SETTINGS = frozenset()
@@ -68,7 +103,11 @@ class PlannedCalls(nn.Module):
         key = call_key(x, params, self.deterministic)
         plan = self._call_plans.get(key)
         if plan is not None:  # a call like an earlier one: its op arguments, no Python checks
-            return self.PLANNED_OP(x, params, self._buffers["borders"], *plan)
+            args, out_dtype, autocast_device = plan
+            if out_dtype is None:
+                return self.PLANNED_OP(x, params, self._buffers["borders"], *args)
+            return _run_cast_plan(self.PLANNED_OP, x, params, self._buffers["borders"], args,
+                                  out_dtype, autocast_device)
         return self._forward_general(x, params, key)
 
     def __setattr__(self, name, value):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from . import _device, ops
-from ._call_plans import may_store_plan
+from ._call_plans import may_store_plan, plan_of_call
 from ._checks import (check_bool, check_choice, check_input, check_int, check_positive_float,
                       check_table_dtype)
 from ._layer_base import LookupLayerBase
@@ -106,7 +106,7 @@ class LMKAN1DLayer(LookupLayerBase):
         the call's plan where later calls may reuse it."""
         x2d, lead = check_input(x, params, self.input_dim, self.batch_last, type(self).__name__)
         borders = self.borders
-        kernel_runs = ops.kernel_applies("lmkan1d_forward", x2d, params, borders)
+        kernel_runs = ops.layer_kernel_applies("lmkan1d_forward", x2d, params, borders)
         if x2d.is_cuda and ops.kernel_available("lmkan1d_forward"):
             self._check_fits_on_device(x2d.device)
         deterministic = (torch.are_deterministic_algorithms_enabled() if self.deterministic is None
@@ -116,7 +116,7 @@ class LMKAN1DLayer(LookupLayerBase):
         plan = (self.grid == "uniform", self.batch_last, deterministic, table)
         y = ops.lmkan1d(x2d, params, borders, *plan)
         if may_store_plan(key, x, kernel_runs):
-            self._call_plans[key] = plan
+            self._call_plans[key] = plan_of_call(key, x, plan)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def _check_fits_on_device(self, device):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from . import _device, ops, tuning
-from ._call_plans import may_store_plan
+from ._call_plans import may_store_plan, plan_of_call
 from ._checks import (check_bool, check_choice, check_input, check_int, check_real,
                       check_table_dtype)
 from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
@@ -148,8 +148,8 @@ class LMKAN2DLayer(LookupLayerBase):
             self._check_fits_on_device(x2d.device, needs_backward, config, table)
         plan = (self.batch_last, *config, self._deterministic_now(), table)
         y = ops.lmkan2d(x2d, params, borders, *plan)
-        if may_store_plan(key, x, ops.kernel_applies("lmkan2d_forward", x2d, params, borders)):
-            self._call_plans[key] = plan
+        if may_store_plan(key, x, ops.layer_kernel_applies("lmkan2d_forward", x2d, params, borders)):
+            self._call_plans[key] = plan_of_call(key, x, plan)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def __setstate__(self, state):

@@ -32,11 +32,9 @@ def kernel_available(op_name, dispatch_key="CUDA"):
 
 def kernel_applies(op_name, *tensors):
     """True for a float32 call of `op_name` on the CUDA kernel: the first tensor is on a CUDA
-    device, all are float32, and the kernel is compiled in. The layers' lean call path stores
-    plans only for such calls (their op arguments serve the raw op directly), and
-    lmKAN.tuning times only them. The kernels also take 16-bit parameters and convert other
-    floating x (layer_kernel_applies): those calls run the kernels through the general path,
-    with default launch settings where "auto"."""
+    device, all are float32, and the kernel is compiled in. lmKAN.tuning times only such
+    calls. The kernels also take 16-bit parameters and convert other floating x
+    (layer_kernel_applies): those calls run with default launch settings where "auto"."""
     return (tensors[0].is_cuda and all(t.dtype == torch.float32 for t in tensors)
             and kernel_available(op_name))
 

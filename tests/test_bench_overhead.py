@@ -15,6 +15,7 @@ def test_bench_overhead_runs_on_cpu(tmp_path, capsys):
     assert report["device"] == "CPU"
     cases = [row["case"] for row in report["rows"]]
     assert cases == ["lmKAN 2D forward, no grad", "nn.Linear forward, no grad",
+                     "lmKAN 2D forward, bf16", "nn.Linear forward, bf16",
                      "lmKAN training step", "MLP training step"]
     assert all(row["us_per_call"] > 0 and row["target_us"] is None for row in report["rows"])
     assert report["step_ratio"] > 0

@@ -11,7 +11,7 @@ import pickle
 import pytest
 import torch
 
-from lmKAN import LMKAN1DLayer, LMKAN2DLayer, _call_plans, _reference, lmkan1d, lmkan2d
+from lmKAN import LMKAN1DLayer, LMKAN2DLayer, _call_plans, _reference, lmkan1d, lmkan2d, ops
 from conftest import requires_gpu
 
 
@@ -23,16 +23,23 @@ class RecordingOp:
         self.reference = reference
 
     def __call__(self, x, params, borders, *plan):
+        # the general path runs the op with autocast off and x in float32: so must a plan
+        assert not torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32
         self.calls.append(plan)
         return self.reference(x, params, borders, plan)
 
 
+def _rounded(params, table):
+    """The table the op computes with (its last argument: the call's table dtype)."""
+    return params if table in (None, params.dtype) else ops.rounded_table(params, table)
+
+
 def _reference_2d(x, params, borders, plan):
-    return _reference.lmkan2d_forward(x, params, borders, plan[0])
+    return _reference.lmkan2d_forward(x, _rounded(params, plan[-1]), borders, plan[0])
 
 
 def _reference_1d(x, params, borders, plan):
-    return _reference.lmkan1d_forward(x, params, borders, plan[0], plan[1])
+    return _reference.lmkan1d_forward(x, _rounded(params, plan[-1]), borders, plan[0], plan[1])
 
 
 @pytest.fixture
@@ -122,15 +129,47 @@ def test_no_plan_where_the_general_path_must_run(planned):
     layer = LMKAN2DLayer(5, 6, 3, batch_last=False)
     layer(torch.randn(2, 5, 6))  # 3-D batch-first input: reshaped by the general path
     assert layer._call_plans == {}
-    x = torch.randn(5, 6)
-    with pytest.MonkeyPatch.context() as patch:  # autocast's casts: the general path
-        patch.setattr(torch, "is_autocast_enabled", lambda device_type: True)
-        key = _call_plans.call_key(x, layer.func_parameter, None)
-    assert key is not None and not _call_plans.may_store_plan(key, x, True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.compiler, "is_compiling", lambda: True)
         layer(torch.randn(5, 6))
     assert layer._call_plans == {}
+
+
+@pytest.mark.parametrize("kind", ["2d", "1d"])
+def test_autocast_and_16bit_calls_run_plans_with_the_general_paths_casts(planned, kind):
+    torch.manual_seed(0)
+    layer = _layer_2d() if kind == "2d" else LMKAN1DLayer(5, 6, 3)
+    x = torch.randn(6, 10)
+    calls = planned[kind].calls
+    # (autocast dtype or None, x dtype): each a kind of call of its own, output as nn.Linear's
+    for autocast, x_dtype, out_dtype in [(torch.bfloat16, torch.float32, torch.bfloat16),
+                                         (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+                                         (torch.float16, torch.float32, torch.float16),
+                                         (None, torch.bfloat16, torch.bfloat16),
+                                         (None, torch.float32, torch.float32)]:
+        xc = x.to(x_dtype).detach().requires_grad_(True)
+        outputs, grads = [], []
+        for _ in range(2):  # the first call takes the general path and stores the plan
+            before = len(calls)
+            if autocast is None:
+                y = layer(xc)
+            else:
+                with torch.autocast("cpu", dtype=autocast):
+                    y = layer(xc)
+            assert y.dtype == out_dtype
+            outputs.append(y.detach())
+            layer.zero_grad()
+            xc.grad = None
+            y.float().square().sum().backward()
+            grads.append((xc.grad, layer.func_parameter.grad.clone()))
+        assert len(calls) == before + 1, (autocast, x_dtype)  # the second call ran the plan
+        table = autocast if autocast is not None else torch.float32
+        assert calls[-1][-1] == table
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+        for g1, g0 in zip(grads[1], grads[0]):
+            assert g1.dtype == g0.dtype
+            torch.testing.assert_close(g1, g0, rtol=0, atol=0)
+    assert len(layer._call_plans) == 5
 
 
 def test_plans_are_not_pickled_or_kept_across_conversions(planned):
@@ -188,3 +227,31 @@ def test_cuda_plan_matches_the_general_path(kind, batch_last):
     torch.testing.assert_close(grads[3][0], grads[1][0], rtol=0, atol=0)
     torch.testing.assert_close(grads[2][1], grads[0][1], rtol=1e-6, atol=1e-6)  # atomics
     torch.testing.assert_close(grads[2][2], grads[0][2], rtol=1e-6, atol=1e-6)
+
+
+@requires_gpu
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["2d", "1d"])
+def test_cuda_autocast_plan_matches_the_general_path(kind, x_dtype):
+    torch.manual_seed(0)
+    if kind == "2d":
+        layer = LMKAN2DLayer(6, 10, 70, batch_last=False).cuda()
+    else:
+        layer = LMKAN1DLayer(6, 10, 70, batch_last=False).cuda()
+    x = torch.randn(300, 10, device="cuda").to(x_dtype)
+    results = []
+    for _ in range(2):  # the first call fills the plan, the second runs it
+        xg = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(xg)
+        y.float().square().sum().backward()
+        results.append((y.detach(), xg.grad, layer.func_parameter.grad.clone()))
+    assert len(layer._call_plans) == 1
+    y0, y1 = results[0][0], results[1][0]
+    assert y0.dtype == y1.dtype == torch.bfloat16
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    assert results[1][1].dtype == x_dtype
+    tol = 1e-6 if x_dtype == torch.float32 else 1e-2  # float atomics, then rounded to x's dtype
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=tol, atol=tol)
+    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-6, atol=1e-6)
