@@ -65,6 +65,12 @@ struct TileArgs {
   int n_in, n_in_pad, n_out, num_grids, rows, stage_inputs;
   bool uniform, batch_last;
   bool rows_only;  // cells hold only the row offset (int [input][16]; dx), else float2 (row, d)
+  // The forwards at small batches (input splits): block z runs the pipeline's stages
+  // [z * stages_per_split, (z + 1) * stages_per_split) and writes its partial sums at
+  // y + z * split_stride (a [splits, y] workspace that sum_splits adds in order). The
+  // defaults make one split of every stage (the dx kernel's 1-D grid has z = 0).
+  int stages_per_split = 1 << 30;
+  int64_t split_stride = 0;
 };
 
 
