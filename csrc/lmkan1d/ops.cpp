@@ -110,12 +110,22 @@ unsigned sample_blocks(int64_t batch) {
   return static_cast<unsigned>(blocks);
 }
 
-// Where the forwards write, and their grid. The grid is (sample blocks, output tiles) with
-// one 512-thread block per SM, so a small batch leaves most SMs idle (LMKAN1DLayer(8, 128,
-// 128) at B = 1024: 4 blocks on the H200's 132 SMs, each walking all 128 inputs, 211 us).
-// There the input pipeline's stages are split over blockIdx.z, up to about one block per
-// SM; each split writes its partial sums into a [splits, y] workspace, which sum_splits
-// adds in a fixed order afterwards (deterministic).
+// Input splits for small batches. The tiled kernels' grid is (sample blocks, output tiles)
+// for the forwards and (sample blocks) for dx, with one 512-thread block per SM, so a small
+// batch leaves most SMs idle (LMKAN1DLayer(8, 128, 128) at B = 1024: 4 blocks on the
+// H200's 132 SMs, each walking all 128 inputs; forward 211 us). There the input pipeline's
+// stages are split over blockIdx.z, up to about one block per SM: sets a.stages_per_split
+// and returns the number of splits (1: none), given `busy` blocks without splits.
+int split_stages(TileArgs& a, int64_t busy, int device) {
+  const int stages = (a.n_in_pad + a.stage_inputs - 1) / a.stage_inputs;
+  const int64_t want = std::min<int64_t>(stages, device_limits(device).num_sms / busy);
+  if (want <= 1) return 1;
+  a.stages_per_split = static_cast<int>((stages + want - 1) / want);
+  return (stages + a.stages_per_split - 1) / a.stages_per_split;  // none empty
+}
+
+// Where the forwards write, and their grid: split, each split writes its partial sums into a
+// [splits, y] workspace, which sum_splits adds in a fixed order afterwards (deterministic).
 struct ForwardTarget {
   dim3 grid;
   float* out;
@@ -124,12 +134,8 @@ struct ForwardTarget {
 
 ForwardTarget forward_target(TileArgs& a, at::Tensor& y, unsigned blocks, int device) {
   const unsigned tiles = static_cast<unsigned>(output_tiles(a.n_out));
-  const int stages = (a.n_in_pad + a.stage_inputs - 1) / a.stage_inputs;
-  const int64_t busy = int64_t(blocks) * tiles;
-  const int64_t want = std::min<int64_t>(stages, device_limits(device).num_sms / busy);
-  if (want <= 1) return {dim3(blocks, tiles), y.data_ptr<float>(), at::Tensor()};
-  a.stages_per_split = static_cast<int>((stages + want - 1) / want);
-  const int splits = (stages + a.stages_per_split - 1) / a.stages_per_split;  // none empty
+  const int splits = split_stages(a, int64_t(blocks) * tiles, device);
+  if (splits == 1) return {dim3(blocks, tiles), y.data_ptr<float>(), at::Tensor()};
   a.split_stride = y.numel();
   std::vector<int64_t> shape{splits};
   shape.insert(shape.end(), y.sizes().begin(), y.sizes().end());
@@ -176,10 +182,12 @@ void run_dx(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& par
   const int n_in_pad = (sh.n_in + 1) / 2 * 2;  // stages hold pairs of inputs
   const at::Tensor slopes =
       pack_table(params, borders, sh, n_in_pad, true, uniform_grid, table, stream);
-  const TileArgs a = tile_args(x, slopes, borders, sh, n_in_pad, sh.num_grids, 2, true,
-                               uniform_grid, batch_last);
-  launch_dx(a, grad_y.data_ptr<float>(), grad_x.data_ptr<float>(), output_tiles(sh.n_out), blocks,
-            smem, stream);
+  TileArgs a = tile_args(x, slopes, borders, sh, n_in_pad, sh.num_grids, 2, true,
+                         uniform_grid, batch_last);
+  // input splits write disjoint inputs of grad_x: no partial sums
+  const int splits = split_stages(a, blocks, x.get_device());
+  launch_dx(a, grad_y.data_ptr<float>(), grad_x.data_ptr<float>(), output_tiles(sh.n_out),
+            dim3(blocks, 1, static_cast<unsigned>(splits)), smem, stream);
 }
 
 // Slices of the batch for dC: enough blocks for ~8 per SM, each slice at least 4 chunks.

@@ -319,7 +319,8 @@ __device__ __forceinline__ float dot4(const float4& a, const float4& b) {
 }
 
 // a.packed: slopes, rows = G, n_in_pad = N_in rounded up to even (stages hold input pairs);
-// grad_y: like y; grad_x: like x, fully written. Grid: ceil(B / 256), 512 threads.
+// grad_y: like y; grad_x: like x, fully written. Grid: (ceil(B / 256), 1, input splits), 512
+// threads; a split's block writes its own inputs' entries (over every output tile).
 __global__ void __launch_bounds__(kTileThreads, 1)
 lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
                            float* __restrict__ grad_x, int tiles) {
@@ -430,10 +431,10 @@ void launch_slope_forward(const TileArgs& a, float* y, dim3 grid, size_t smem,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
+void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, dim3 grid,
                size_t smem, cudaStream_t stream) {
   allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_backward_dx_kernel), smem);
-  lmkan1d_backward_dx_kernel<<<blocks, kTileThreads, smem, stream>>>(a, grad_y, grad_x, tiles);
+  lmkan1d_backward_dx_kernel<<<grid, kTileThreads, smem, stream>>>(a, grad_y, grad_x, tiles);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
