@@ -23,15 +23,13 @@ a layer has not seen yet, or after lmKAN.tuning.clear_memory_cache()).
 import torch
 from torch import nn
 
+from .ops import _AUTOCAST_DEVICE_TYPES
 from .tuning.cache import MEMORY_GENERATION
 from .tuning.session import SESSION
 
 __all__ = ["PlannedCalls", "call_key", "may_store_plan", "plan_of_call"]
 
 
-# Device types with autocast, found at import (as lmKAN.ops does).
-_AUTOCAST_DEVICE_TYPES = frozenset(
-    t for t in ("cpu", "cuda", "xpu", "hpu", "mps", "mtia") if torch.amp.is_autocast_available(t))
 _AUTOCAST = 7  # the key's entry: autocast's dtype for x's device, None outside autocast
 
 
@@ -81,9 +79,10 @@ def _run_cast_plan(op, x, params, borders, args, out_dtype, autocast_device):
 
 
 class PlannedCalls(nn.Module):
-    """Base of the layers: holds `_call_plans` (call key -> op arguments after x, params and
-    borders), runs a call from its plan where there is one, and drops the plans when an
-    attribute in PLAN_SETTINGS is assigned.
+    """Base of the layers: holds `_call_plans` (call key -> plan: the op arguments after x,
+    params and borders, with the casts around the op, plan_of_call), runs a call from its
+    plan where there is one, and drops the plans when an attribute in PLAN_SETTINGS is
+    assigned.
 
     A layer class sets PLAN_SETTINGS, PLANNED_OP (its differentiable layer op, None without
     the extension: then no plan is ever stored) and `_forward_general(x, params, key)`, which
