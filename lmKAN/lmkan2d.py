@@ -144,11 +144,12 @@ class LMKAN2DLayer(LookupLayerBase):
         # the call's table dtype (getattr: None for layers pickled before table_dtype)
         table = ops.call_table_dtype(x2d, params, getattr(self, "table_dtype", None))
         config = self._launch_resolver.config(self, x2d, needs_backward, table)  # "auto" -> values
-        if ops.layer_kernel_applies("lmkan2d_forward", x2d, params, borders):
+        kernel_runs = ops.layer_kernel_applies("lmkan2d_forward", x2d, params, borders)
+        if kernel_runs:
             self._check_fits_on_device(x2d.device, needs_backward, config, table)
         plan = (self.batch_last, *config, self._deterministic_now(), table)
         y = ops.lmkan2d(x2d, params, borders, *plan)
-        if may_store_plan(key, x, ops.layer_kernel_applies("lmkan2d_forward", x2d, params, borders)):
+        if may_store_plan(key, x, kernel_runs):
             self._call_plans[key] = plan_of_call(key, x, plan)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 

@@ -83,7 +83,8 @@ def call_table_dtype(x, params, table_dtype):
 def layer_kernel_applies(op_name, x, params, borders):
     """Whether a layer call runs the CUDA kernels: they take float32 borders and
     float32/float16/bfloat16 parameters, and any floating x is converted to float32 for them
-    (kernel_applies is the narrower float32-only test of the plans and the tuner)."""
+    (kernel_applies is the narrower float32-only test of the tuner). The layers store call
+    plans for such calls (lmKAN/_call_plans.py)."""
     return (x.is_cuda and params.dtype in TABLE_DTYPES and borders.dtype == torch.float32
             and x.dtype.is_floating_point and kernel_available(op_name))
 

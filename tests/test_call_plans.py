@@ -202,56 +202,54 @@ def test_1d_layer_plans(planned):
     assert layer._call_plans == {}
 
 
+def _cuda_layer(kind, batch_last):
+    torch.manual_seed(0)
+    layer_cls = LMKAN2DLayer if kind == "2d" else LMKAN1DLayer
+    return layer_cls(6, 10, 70, batch_last=batch_last).cuda()
+
+
+def _first_and_planned_calls(layer, x, autocast=None):
+    """(y, grad_x, grad_params) of two training calls: the first takes the general path and
+    fills the plan, the second runs it (forward under autocast of that dtype, if given)."""
+    results = []
+    for _ in range(2):
+        xg = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        with torch.autocast("cuda", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            y = layer(xg)
+        y.float().square().sum().backward()
+        results.append((y.detach(), xg.grad, layer.func_parameter.grad.clone()))
+    return results
+
+
 @requires_gpu
 @pytest.mark.parametrize("batch_last", [True, False])
 @pytest.mark.parametrize("kind", ["2d", "1d"])
 def test_cuda_plan_matches_the_general_path(kind, batch_last):
-    torch.manual_seed(0)
-    if kind == "2d":
-        layer = LMKAN2DLayer(6, 10, 70, batch_last=batch_last).cuda()
-    else:
-        layer = LMKAN1DLayer(6, 10, 70, batch_last=batch_last).cuda()
+    layer = _cuda_layer(kind, batch_last)
     x = torch.randn((10, 300) if batch_last else (300, 10), device="cuda")
-    grads = []
-    for _ in range(2):  # the first call fills the plan, the second runs it
-        xg = x.clone().requires_grad_(True)
-        layer.zero_grad()
-        y = layer(xg)
-        y.square().sum().backward()
-        grads.append((y.detach(), xg.grad, layer.func_parameter.grad.clone()))
-        with torch.no_grad():
-            grads.append((layer(x),))
+    (y0, gx0, gp0), (y1, gx1, gp1) = _first_and_planned_calls(layer, x)
+    with torch.no_grad():
+        first, planned = layer(x), layer(x)
     assert len(layer._call_plans) == 2  # with and without grad
-    assert grads[0][0].shape == ((70, 300) if batch_last else (300, 70))
-    torch.testing.assert_close(grads[2][0], grads[0][0], rtol=0, atol=0)
-    torch.testing.assert_close(grads[3][0], grads[1][0], rtol=0, atol=0)
-    torch.testing.assert_close(grads[2][1], grads[0][1], rtol=1e-6, atol=1e-6)  # atomics
-    torch.testing.assert_close(grads[2][2], grads[0][2], rtol=1e-6, atol=1e-6)
+    assert y0.shape == ((70, 300) if batch_last else (300, 70))
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    torch.testing.assert_close(planned, first, rtol=0, atol=0)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-6, atol=1e-6)  # atomics
+    torch.testing.assert_close(gp1, gp0, rtol=1e-6, atol=1e-6)
 
 
 @requires_gpu
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["2d", "1d"])
 def test_cuda_autocast_plan_matches_the_general_path(kind, x_dtype):
-    torch.manual_seed(0)
-    if kind == "2d":
-        layer = LMKAN2DLayer(6, 10, 70, batch_last=False).cuda()
-    else:
-        layer = LMKAN1DLayer(6, 10, 70, batch_last=False).cuda()
+    layer = _cuda_layer(kind, False)
     x = torch.randn(300, 10, device="cuda").to(x_dtype)
-    results = []
-    for _ in range(2):  # the first call fills the plan, the second runs it
-        xg = x.clone().requires_grad_(True)
-        layer.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            y = layer(xg)
-        y.float().square().sum().backward()
-        results.append((y.detach(), xg.grad, layer.func_parameter.grad.clone()))
+    (y0, gx0, gp0), (y1, gx1, gp1) = _first_and_planned_calls(layer, x, torch.bfloat16)
     assert len(layer._call_plans) == 1
-    y0, y1 = results[0][0], results[1][0]
     assert y0.dtype == y1.dtype == torch.bfloat16
     torch.testing.assert_close(y1, y0, rtol=0, atol=0)
-    assert results[1][1].dtype == x_dtype
+    assert gx1.dtype == x_dtype
     tol = 1e-6 if x_dtype == torch.float32 else 1e-2  # float atomics, then rounded to x's dtype
-    torch.testing.assert_close(results[1][1], results[0][1], rtol=tol, atol=tol)
-    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx1, gx0, rtol=tol, atol=tol)
+    torch.testing.assert_close(gp1, gp0, rtol=1e-6, atol=1e-6)

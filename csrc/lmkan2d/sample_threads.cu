@@ -235,9 +235,7 @@ template <int kOutputs, bool kSlopes>
 __global__ void __launch_bounds__(kSampleThreadsBlock)
     dx_sample_threads_kernel(const SampleThreadsArgs a) {
   extern __shared__ __align__(16) float smem[];
-  const PairGroup grp = pair_group<kOutputs>(a);
-  const int side = grp.side, slice = grp.slice, lg = grp.lg, pairs = grp.pairs, p0 = grp.p0,
-            np = grp.np;
+  const auto [side, slice, lg, pairs, p0, np] = pair_group<kOutputs>(a);
   float* table = smem;                              // [pairs][cells][kOutputs]
   float* s_borders = smem + int64_t(pairs) * slice;  // [side]
   stage<kOutputs>(table, a.packed + int64_t(p0) * slice, np * slice);
@@ -279,9 +277,7 @@ template <int kOutputs, bool kSlopes>
 __global__ void __launch_bounds__(kSampleThreadsBlock)
     dp_sample_threads_kernel(const SampleThreadsArgs a) {
   extern __shared__ __align__(16) float smem[];
-  const PairGroup grp = pair_group<kOutputs>(a);
-  const int side = grp.side, slice = grp.slice, lg = grp.lg, pairs = grp.pairs, p0 = grp.p0,
-            np = grp.np;
+  const auto [side, slice, lg, pairs, p0, np] = pair_group<kOutputs>(a);
   float* acc = smem;                                                // [pairs][cells][kOutputs]
   float* table = acc + int64_t(pairs) * slice;                      // !kSlopes: the same shape
   float* s_borders = table + (kSlopes ? 0 : int64_t(pairs) * slice);  // [side]
