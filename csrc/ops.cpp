@@ -46,9 +46,11 @@ TORCH_LIBRARY(lmkan, m) {
   // Largest num_grids that a tile size serves at full speed on a device, for "forward",
   // "backward", "backward_fast" or "backward_deterministic"; table_dtype: the forward's table
   // (float16/bfloat16 tables stage half the bytes; None: float32). The backward kernels read
-  // a float32 table whatever the table dtype.
+  // a float32 table whatever the table dtype. output_dim: a layer of at most 8 outputs gets
+  // the limits of the few-outputs kernels that serve it; None or more outputs, those of the
+  // kernels of wider layers.
   m.def("lmkan2d_max_num_grids(int tile_size, str mode, int device_index, "
-        "ScalarType? table_dtype=None) -> int");
+        "ScalarType? table_dtype=None, int? output_dim=None) -> int");
 
   // The differentiable layer op (autograd: lmkan1d/autograd.cpp). deterministic:
   // bitwise-reproducible backward (fixed-order reductions instead of atomics); the forward

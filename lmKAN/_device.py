@@ -59,13 +59,13 @@ def _ask_signature(index):
     return torch.cuda.get_device_name(index), f"{major}.{minor}"
 
 
-def max_num_grids_2d(tile_size, mode, device, table_dtype=None):
-    """The 2D kernels' limit for a tile size, mode and table dtype (None: float32;
-    lmKAN.lmkan2d.max_num_grids)."""
+def max_num_grids_2d(tile_size, mode, device, table_dtype=None, output_dim=None):
+    """The 2D kernels' limit for a tile size, mode, table dtype (None: float32) and layer
+    width (None: the wide layers'; lmKAN.lmkan2d.max_num_grids)."""
     index = device_index(device)
     table = None if table_dtype in (None, torch.float32) else table_dtype
-    return _cached(("max_num_grids_2d", index, tile_size, mode, table, smem_budget_key()),
-                   _ask_limit_2d, tile_size, mode, index, table)
+    return _cached(("max_num_grids_2d", index, tile_size, mode, table, output_dim,
+                    smem_budget_key()), _ask_limit_2d, tile_size, mode, index, table, output_dim)
 
 
 def max_num_grids_1d(device):
@@ -75,8 +75,8 @@ def max_num_grids_1d(device):
 
 
 # The ops are looked up when first asked (they exist only where the extension is built).
-def _ask_limit_2d(tile_size, mode, index, table_dtype):
-    return torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index, table_dtype)
+def _ask_limit_2d(tile_size, mode, index, table_dtype, output_dim):
+    return torch.ops.lmkan.lmkan2d_max_num_grids(tile_size, mode, index, table_dtype, output_dim)
 
 
 def _ask_limit_1d(index):

@@ -174,7 +174,8 @@ class LMKAN2DLayer(LookupLayerBase):
 
     def _check_fits_on_device(self, device, needs_backward, config, table):
         """Warn once when num_grids exceeds what the kernels of this call serve at full speed
-        on `device` (lmKAN.max_num_grids): they then read the table from global memory
+        on `device` (lmKAN.max_num_grids at this layer's output_dim: layers of at most 8
+        outputs have kernels of their own): they then read the table from global memory
         (correct, slower).
 
         A tile size the user set is checked as set; one that "auto" chose is not the user's
@@ -191,10 +192,11 @@ class LMKAN2DLayer(LookupLayerBase):
             checks.append((mode, "tile_size_backward", config.tile_size_backward, None))
         for mode, arg, tile, table_dtype in checks:
             if getattr(self, arg) == tuning.AUTO:
-                limit = max(max_num_grids(t, mode, device, table_dtype) for t in SUPPORTED_TILE_SIZES)
+                limit = max(max_num_grids(t, mode, device, table_dtype, self.output_dim)
+                            for t in SUPPORTED_TILE_SIZES)
                 setting = f"any {arg}"
             else:
-                limit = max_num_grids(tile, mode, device, table_dtype)
+                limit = max_num_grids(tile, mode, device, table_dtype, self.output_dim)
                 setting = f"{arg}={tile}"
             if table_dtype not in (None, torch.float32):
                 setting += f" and {table_dtype} tables"
@@ -231,7 +233,7 @@ def _auto_or_choice(name, value, supported):
 # A constant to torch.compile (fixed per device): the layer's check stays in the graph's
 # trace without a break.
 @torch.compiler.assume_constant_result
-def max_num_grids(tile_size, mode, device, table_dtype=None):
+def max_num_grids(tile_size, mode, device, table_dtype=None, output_dim=None):
     """Largest num_grids the CUDA kernels support for a tile size and mode on a device.
 
     mode: "forward", "backward", "backward_fast" or "backward_deterministic". Past the
@@ -242,11 +244,16 @@ def max_num_grids(tile_size, mode, device, table_dtype=None):
     table_dtype: the table of the call (docs/spec.md, "16-bit tables"; None: float32). A
     float16/bfloat16 table stages half the bytes, so its "forward" limit is higher; the
     backward modes read a float32 table whatever the table dtype.
+    output_dim: the layer's outputs. Layers of at most 8 outputs run kernels of their own
+    (a thread per sample, the tile size unused) whose limits are higher; None, or more
+    outputs: the limits of the wider layers' kernels.
     """
     check_choice("tile_size", tile_size, SUPPORTED_TILE_SIZES)
     check_choice("mode", mode, MAX_NUM_GRIDS_MODES)
     check_table_dtype(table_dtype)
-    return _device.max_num_grids_2d(tile_size, mode, device, table_dtype)
+    if output_dim is not None:
+        output_dim = check_int("output_dim", output_dim, 1)
+    return _device.max_num_grids_2d(tile_size, mode, device, table_dtype, output_dim)
 
 
 MAX_NUM_GRIDS_MODES = ("forward", "backward", "backward_fast", "backward_deterministic")

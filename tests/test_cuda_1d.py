@@ -115,6 +115,31 @@ def test_kernels_match_float64(shape, uniform, batch_last, deterministic):
     assert rel_l2(gp, gp_ref) <= TOL
 
 
+# Input splits (csrc/lmkan1d/ops.cpp, split_stages): batches too small to give every SM a
+# block split the input pipeline's stages over blocks; the forward's splits write partial
+# sums that sum_splits adds in order, dx's write their own inputs. (G, N_in, N_out, B) on
+# 132 SMs, float32 tables: 16 splits of one stage (G=8, 8 inputs a stage); 10 forward
+# splits of one stage over 2 x 2 blocks (G=31, 4 inputs a stage; 5 with bfloat16 tables);
+# 3 splits of 3, 3 and 2 stages (40 sample blocks); no split (157 sample blocks).
+@pytest.mark.parametrize("table", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch_last", [True, False])
+@pytest.mark.parametrize("shape", [(8, 128, 128, 1024), (31, 37, 130, 300), (8, 64, 5, 10000),
+                                   (8, 20, 5, 40000)], ids=str)
+def test_input_splits(shape, batch_last, table):
+    g, n_in, n_out, batch = shape
+    x, params, borders = _case(g, n_in, n_out, batch, False, batch_last, far=True)
+    y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, False, batch_last, table)
+    again = torch.ops.lmkan.lmkan1d_forward(x, params, borders, False, batch_last, table)
+    assert torch.equal(y, again)  # the splits are added in a fixed order
+    grad_y = torch.randn_like(y)
+    gx, _ = torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, False, batch_last,
+                                             True, table)
+    rounded = params.to(table).to(torch.float32)
+    y_ref, gx_ref, _ = _reference_all(x, rounded, borders, False, batch_last, grad_y)
+    assert rel_l2(y, y_ref) <= TOL
+    _assert_dx_close(gx, gx_ref, x, rounded, borders, False, batch_last, grad_y)
+
+
 @pytest.mark.parametrize("n_out", [96, 130])
 def test_dc_with_misaligned_grad_y(n_out):
     """Batch-first grad_y that is contiguous but not 16-byte aligned (a view at an odd

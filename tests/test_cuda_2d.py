@@ -462,9 +462,46 @@ def test_no_warning_about_a_tile_auto_chose():
     g = best + 1
     forward_best = max(max_num_grids(t, "forward", "cuda") for t in TILES)
     which, limit = ("forward", forward_best) if g > forward_best else ("backward", best)
-    beyond = LMKAN2DLayer(g, 4, 6, deterministic=True).cuda()
+    beyond = LMKAN2DLayer(g, 4, 10, deterministic=True).cuda()  # > 8 outputs: these limits
     with pytest.warns(UserWarning, match=rf"num_grids={g}.*any tile_size_{which}.*{limit}"):
         beyond(torch.randn(4, 300, device="cuda", requires_grad=True)).sum().backward()
+
+
+@requires_gpu
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_few_outputs_limits_and_no_spurious_warning(deterministic):
+    """Layers of at most 8 outputs run the few-outputs kernels (sample_threads.cu), whose
+    shared memory holds one pair's (G+1)^2 x width slice: max_num_grids(..., output_dim)
+    reports their limits, and the layer warns by those. A one-output layer at the largest
+    num_grids they serve (past the wide kernels' forward limit at its tile, where it used to
+    warn) runs without a warning and matches the reference; one more grid warns."""
+    mode = "backward_deterministic" if deterministic else "backward"
+    for t in TILES:
+        for m in ("forward", mode):
+            assert max_num_grids(t, m, "cuda", output_dim=1) >= max_num_grids(t, m, "cuda")
+            # wider layers keep the wide kernels' limits
+            assert max_num_grids(t, m, "cuda", output_dim=9) == max_num_grids(t, m, "cuda")
+    few_forward = max_num_grids(16, "forward", "cuda", output_dim=1)
+    few_backward = max(max_num_grids(t, mode, "cuda", output_dim=1) for t in TILES)
+    g = min(few_forward, few_backward)
+    assert g > max_num_grids(16, "forward", "cuda")
+    layer = LMKAN2DLayer(g, 6, 1, tile_size_forward=16, deterministic=deterministic).cuda()
+    with torch.no_grad():
+        layer.func_parameter.normal_()
+    x = torch.randn(6, 301, device="cuda", requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = layer(x)
+        gy = torch.randn_like(y)
+        y.backward(gy)
+    ry, rgx, rgp = _reference_all(x.detach(), layer.func_parameter.detach(), layer.borders, gy, True)
+    assert rel_l2(y.detach(), ry) <= TOL
+    assert rel_l2(x.grad, rgx) <= TOL and rel_l2(layer.func_parameter.grad, rgp) <= TOL
+    past = LMKAN2DLayer(g + 1, 6, 1, tile_size_forward=16, deterministic=deterministic).cuda()
+    with pytest.warns(UserWarning, match=rf"num_grids={g + 1}"):
+        past(x).sum().backward()
+    with pytest.raises(ValueError, match="output_dim must be >= 1, got 0"):
+        max_num_grids(8, "forward", "cuda", output_dim=0)
 
 
 @requires_gpu

@@ -554,24 +554,28 @@ def test_one_device_cache_serves_signatures_and_limits(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: asked.append(i) or (9, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {i}")
     monkeypatch.setattr(_device, "_ask_limit_2d",
-                        lambda t, m, i, table: asked.append((t, m, i, table)) or 100 + t)
+                        lambda t, m, i, table, n_out: asked.append((t, m, i, table, n_out)) or 100 + t)
     monkeypatch.setattr(_device, "_ask_limit_1d", lambda i: asked.append(i) or 50)
     monkeypatch.delenv("LMKAN_SMEM_BUDGET_KB", raising=False)
     for _ in range(2):  # the second round is answered from the cache
         assert _device.device_signature(torch.device("cuda", 3)) == ("GPU 3", "9.0")
         assert lmKAN.max_num_grids(8, "forward", "cuda:3") == 108
         assert _max_num_grids_1d(torch.device("cuda", 3)) == 50
-    assert asked == [3, (8, "forward", 3, None), 3]
-    # float32 named or not is one entry; a 16-bit table is its own
+    assert asked == [3, (8, "forward", 3, None, None), 3]
+    # float32 named or not is one entry; a 16-bit table is its own, and so is a layer width
     assert lmKAN.max_num_grids(8, "forward", "cuda:3", torch.float32) == 108
     assert lmKAN.max_num_grids(8, "forward", "cuda:3", torch.bfloat16) == 108
-    assert asked == [3, (8, "forward", 3, None), 3, (8, "forward", 3, torch.bfloat16)]
+    assert lmKAN.max_num_grids(8, "forward", "cuda:3", output_dim=1) == 108
+    assert asked == [3, (8, "forward", 3, None, None), 3, (8, "forward", 3, torch.bfloat16, None),
+                     (8, "forward", 3, None, 1)]
+    with pytest.raises(ValueError, match="output_dim must be >= 1, got 0"):
+        lmKAN.max_num_grids(8, "forward", "cuda:3", output_dim=0)
     del asked[3:]
     monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", "64")  # the kernels' limits depend on it
     lmKAN.max_num_grids(8, "forward", "cuda:3")
     _device.device_signature(torch.device("cuda", 3))
-    assert asked == [3, (8, "forward", 3, None), 3, (8, "forward", 3, None)]
-    assert len(_device._FACTS) == 5
+    assert asked == [3, (8, "forward", 3, None, None), 3, (8, "forward", 3, None, None)]
+    assert len(_device._FACTS) == 6
 
 
 def test_resolution_state_lives_in_the_resolver_not_the_layer(fake_gpu):

@@ -21,7 +21,8 @@
 #       # a change against an earlier revision, in one run: `git archive REV -o base.tar`
 #       # first (an untracked file travels to the GPU machine); both sm_90 builds, then
 #       # bench_overhead (new, base, new) and bench_2d (BENCH2D_ARGS, default: the G8, G26
-#       # and small cases at tiles 4 and 8, block 512) of each
+#       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
+#       # its default shape and at B=1024, 128 features
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
 #       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
@@ -130,6 +131,15 @@ for stage in "$@"; do
           > "$OUT/bench_2d_$b.log" 2>&1
         echo "bench_2d $b rc=$?" >> "$OUT/summary.txt"
       done
+      if [ -n "${COMPARE_1D:-}" ]; then  # bench_1d at its default shape and a small batch
+        for b in new base; do
+          for shape in "" "--batch 1024 --features 128"; do
+            (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_1d.py \
+               --json "$OUT/bench_1d_${b}${shape:+_small}.json" $shape) > "$OUT/bench_1d_${b}${shape:+_small}.log" 2>&1
+            echo "bench_1d $b ${shape:-default} rc=$?" >> "$OUT/summary.txt"
+          done
+        done
+      fi
       for b in new base new; do  # the force step, new build on both sides again
         (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout 120 $PY benchmarks/bench_forces.py) \
           >> "$OUT/forces_$b.log" 2>&1
@@ -138,6 +148,7 @@ for stage in "$@"; do
         echo "== $b"; grep -E "step|no grad" "$OUT/overhead_$b.log"
         grep -v "^{" "$OUT/bench_2d_$b.log" | grep -E "^G" | tail -40
         grep -E "force step" "$OUT/forces_$b.log"
+        [ -n "${COMPARE_1D:-}" ] && grep -hE "^lmKAN KANLayer  " "$OUT"/bench_1d_${b}*.log
       done
       ;;
     forces)

@@ -30,8 +30,11 @@ def float32_launches():
         for batch_last in (True, False):
             # Shapes: odd inputs, 3 output tiles (dx loops over them), several dC slices with
             # a partial last chunk (grouped dC, G <= 31), and G = 40 (the shared-accumulator dC).
+            # These small batches split the forward's and dx's input stages over blocks
+            # (ops.cpp, split_stages); B = 40000 (157 sample blocks) runs unsplit.
             for g, n_in, n_out, batch in ((31, 37, 45, 531), (5, 3, 1, 7), (7, 9, 260, 300),
-                                          (31, 20, 40, 3000), (40, 11, 70, 700)):
+                                          (31, 20, 40, 3000), (40, 11, 70, 700),
+                                          (5, 20, 5, 40000)):
                 borders = (uniform_borders(g, 4.0) if uniform else cdf_borders(g)).cuda()
                 params = torch.randn(g + 1, n_out, n_in, device="cuda")
                 x = 1.5 * torch.randn(*((n_in, batch) if batch_last else (batch, n_in)), device="cuda")

@@ -65,6 +65,12 @@ struct TileArgs {
   int n_in, n_in_pad, n_out, num_grids, rows, stage_inputs;
   bool uniform, batch_last;
   bool rows_only;  // cells hold only the row offset (int [input][16]; dx), else float2 (row, d)
+  // Small batches (input splits, ops.cpp split_stages): block z runs the pipeline's stages
+  // [z * stages_per_split, (z + 1) * stages_per_split); the forwards write its partial sums
+  // at y + z * split_stride (a [splits, y] workspace that sum_splits adds in order), dx its
+  // own inputs' entries. The defaults make one split of every stage.
+  int stages_per_split = 1 << 30;
+  int64_t split_stride = 0;
 };
 
 
@@ -161,7 +167,7 @@ void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStr
 // float32 slopes (rows G) and a.weights set (second derivatives: d grad_x / d P, transposed).
 void launch_slope_forward(const TileArgs& a, float* y, dim3 grid, size_t smem,
                           cudaStream_t stream);
-void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
+void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, dim3 grid,
                size_t smem, cudaStream_t stream);
 // weights (like x) non-null: the second-derivative variant, node weights (-w/h_k, w/h_k).
 void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* grad_y,

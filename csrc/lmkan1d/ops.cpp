@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -15,6 +16,7 @@
 
 #include "common/checks.h"
 #include "common/device_limits.h"
+#include "common/sum_splits.h"
 #include "lmkan1d/layout.h"
 
 namespace lmkan {
@@ -108,6 +110,39 @@ unsigned sample_blocks(int64_t batch) {
   return static_cast<unsigned>(blocks);
 }
 
+// Input splits for small batches. The tiled kernels' grid is (sample blocks, output tiles)
+// for the forwards and (sample blocks) for dx, with one 512-thread block per SM, so a small
+// batch leaves most SMs idle (LMKAN1DLayer(8, 128, 128) at B = 1024: 4 blocks on the
+// H200's 132 SMs, each walking all 128 inputs; forward 211 us). There the input pipeline's
+// stages are split over blockIdx.z, up to about one block per SM: sets a.stages_per_split
+// and returns the number of splits (1: none), given `busy` blocks without splits.
+int split_stages(TileArgs& a, int64_t busy, int device) {
+  const int stages = (a.n_in_pad + a.stage_inputs - 1) / a.stage_inputs;
+  const int64_t want = std::min<int64_t>(stages, device_limits(device).num_sms / busy);
+  if (want <= 1) return 1;
+  a.stages_per_split = static_cast<int>((stages + want - 1) / want);
+  return (stages + a.stages_per_split - 1) / a.stages_per_split;  // none empty
+}
+
+// Where the forwards write, and their grid: split, each split writes its partial sums into a
+// [splits, y] workspace, which sum_splits adds in a fixed order afterwards (deterministic).
+struct ForwardTarget {
+  dim3 grid;
+  float* out;
+  at::Tensor parts;  // defined where split: add into y after the launch
+};
+
+ForwardTarget forward_target(TileArgs& a, at::Tensor& y, unsigned blocks, int device) {
+  const unsigned tiles = static_cast<unsigned>(output_tiles(a.n_out));
+  const int splits = split_stages(a, int64_t(blocks) * tiles, device);
+  if (splits == 1) return {dim3(blocks, tiles), y.data_ptr<float>(), at::Tensor()};
+  a.split_stride = y.numel();
+  std::vector<int64_t> shape{splits};
+  shape.insert(shape.end(), y.sizes().begin(), y.sizes().end());
+  at::Tensor parts = at::empty(shape, y.options());
+  return {dim3(blocks, tiles, static_cast<unsigned>(splits)), parts.data_ptr<float>(), parts};
+}
+
 // The forward kernel has no atomics: deterministic whatever the layer's setting.
 // table_dtype: the dtype the table is rounded to and read in (None: the parameters').
 at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
@@ -130,10 +165,11 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor packed =
       pack_table(params, borders, sh, sh.n_in, false, uniform_grid, table, stream);
-  const TileArgs a = tile_args(x, packed, borders, sh, sh.n_in, sh.num_grids + 1, 1, false,
-                               uniform_grid, batch_last);
-  launch_forward(a, y.data_ptr<float>(), dim3(blocks, output_tiles(sh.n_out)), smem, stream,
-                 table);
+  TileArgs a = tile_args(x, packed, borders, sh, sh.n_in, sh.num_grids + 1, 1, false,
+                         uniform_grid, batch_last);
+  const ForwardTarget target = forward_target(a, y, blocks, x.get_device());
+  launch_forward(a, target.out, target.grid, smem, stream, table);
+  if (target.parts.defined()) sum_splits(target.parts, y);
   return y;
 }
 
@@ -146,10 +182,12 @@ void run_dx(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& par
   const int n_in_pad = (sh.n_in + 1) / 2 * 2;  // stages hold pairs of inputs
   const at::Tensor slopes =
       pack_table(params, borders, sh, n_in_pad, true, uniform_grid, table, stream);
-  const TileArgs a = tile_args(x, slopes, borders, sh, n_in_pad, sh.num_grids, 2, true,
-                               uniform_grid, batch_last);
-  launch_dx(a, grad_y.data_ptr<float>(), grad_x.data_ptr<float>(), output_tiles(sh.n_out), blocks,
-            smem, stream);
+  TileArgs a = tile_args(x, slopes, borders, sh, n_in_pad, sh.num_grids, 2, true,
+                         uniform_grid, batch_last);
+  // input splits write disjoint inputs of grad_x: no partial sums
+  const int splits = split_stages(a, blocks, x.get_device());
+  launch_dx(a, grad_y.data_ptr<float>(), grad_x.data_ptr<float>(), output_tiles(sh.n_out),
+            dim3(blocks, 1, static_cast<unsigned>(splits)), smem, stream);
 }
 
 // Slices of the batch for dC: enough blocks for ~8 per SM, each slice at least 4 chunks.
@@ -299,7 +337,9 @@ at::Tensor lmkan1d_slope_forward_cuda(const at::Tensor& x_in, const at::Tensor& 
   const at::Tensor slopes = pack_table(params, borders, sh, sh.n_in, true, uniform_grid, table, stream);
   TileArgs a = tile_args(x, slopes, borders, sh, sh.n_in, rows, 1, false, uniform_grid, batch_last);
   a.weights = weights.data_ptr<float>();
-  launch_slope_forward(a, y.data_ptr<float>(), dim3(blocks, output_tiles(sh.n_out)), smem, stream);
+  const ForwardTarget target = forward_target(a, y, blocks, x.get_device());
+  launch_slope_forward(a, target.out, target.grid, smem, stream);
+  if (target.parts.defined()) sum_splits(target.parts, y);
   return y;
 }
 

@@ -161,7 +161,8 @@ __device__ __forceinline__ float component(const float4& v, int c) {
   return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
 }
 
-// The input pipeline of one tile: for every stage, `consume(table, i0, n, far)` runs with the
+// The input pipeline of one tile: for every stage of this block's split (TileArgs,
+// stages_per_split; all stages without splits), `consume(table, i0, n, far)` runs with the
 // stage's table buffer (values of type T) and this warp's cells in t.cells, for inputs
 // [i0, i0+n); far: whether any of them is a far input of this warp. Stage st+1 is copied
 // (cp.async) and its x values loaded while stage st is consumed.
@@ -172,28 +173,31 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
   constexpr int kBytes = sizeof(T);
   const int per = a.stage_inputs;
   const int stages = (a.n_in_pad + per - 1) / per;
+  const int first = static_cast<int>(blockIdx.z) * a.stages_per_split;  // < stages (host)
+  const int count = min(stages - first, a.stages_per_split);
+  const int i_first = first * per;
   float xr[kXPerLane], wr[kXPerLane];
-  load_stage_x(xr, a, a.x, s_warp, 0, min(per, a.n_in_pad), lane);
-  if (kWeights) load_stage_x(wr, a, a.weights, s_warp, 0, min(per, a.n_in_pad), lane);
-  stage_table(t.table, a, tile, 0, min(per, a.n_in_pad), kBytes);
+  load_stage_x(xr, a, a.x, s_warp, i_first, min(per, a.n_in_pad - i_first), lane);
+  if (kWeights) load_stage_x(wr, a, a.weights, s_warp, i_first, min(per, a.n_in_pad - i_first), lane);
+  stage_table(t.table, a, tile, i_first, min(per, a.n_in_pad - i_first), kBytes);
   cp_async_commit();
-  for (int st = 0; st < stages; ++st) {
-    const int i0 = st * per;
+  for (int k = 0; k < count; ++k) {  // stage first + k, in buffer k & 1
+    const int i0 = i_first + k * per;
     const int n = min(per, a.n_in_pad - i0);
     // previous readers passed the trailing barrier
     const bool far = store_stage_cells<kWeights>(t, xr, wr, a, n, lane);
-    if (st + 1 < stages) {
+    if (k + 1 < count) {
       const int i1 = i0 + per;
       const int n1 = min(per, a.n_in_pad - i1);
       load_stage_x(xr, a, a.x, s_warp, i1, n1, lane);
       if (kWeights) load_stage_x(wr, a, a.weights, s_warp, i1, n1, lane);
-      stage_table(t.table + ((st + 1) & 1) * t.stage_bytes, a, tile, i1, n1, kBytes);
+      stage_table(t.table + ((k + 1) & 1) * t.stage_bytes, a, tile, i1, n1, kBytes);
     }
-    cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage st landed"
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage k landed"
     cp_async_wait<1>();
     __syncthreads();
-    consume(reinterpret_cast<const T*>(t.table + (st & 1) * t.stage_bytes), i0, n, far);
-    __syncthreads();  // buffer st & 1 and the cells are free for the next stages
+    consume(reinterpret_cast<const T*>(t.table + (k & 1) * t.stage_bytes), i0, n, far);
+    __syncthreads();  // buffer k & 1 and the cells are free for the next stages
   }
 }
 
@@ -231,8 +235,8 @@ __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const
   }
 }
 // a.packed: values of type T (float, __half, __nv_bfloat16), rows = G+1, n_in_pad = N_in;
-// y: [N_out, B] (batch_last) or [B, N_out]. Grid: (ceil(B / 256), ceil(N_out / 128)), 512
-// threads. Shared memory: tile_smem_bytes.
+// y: [N_out, B] (batch_last) or [B, N_out]. Grid: (ceil(B / 256), ceil(N_out / 128), input
+// splits), 512 threads. Shared memory: tile_smem_bytes.
 // kSlopes (T = float): a.packed holds the slopes (rows = G) and the cells the weights
 // a.weights[s, i]; y[s, o] = sum_i weights[s, i] slope[k, o, i], one row read per term.
 template <typename T, bool kSlopes = false>
@@ -286,6 +290,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
     }
   });
 
+  y += blockIdx.z * a.split_stride;  // this split's partial sums (0 without splits)
   const int o = tile * kTileOut + lane * 4;
   const bool vector_store = !a.batch_last && (a.n_out & 3) == 0 && o < a.n_out;
 #pragma unroll
@@ -314,7 +319,8 @@ __device__ __forceinline__ float dot4(const float4& a, const float4& b) {
 }
 
 // a.packed: slopes, rows = G, n_in_pad = N_in rounded up to even (stages hold input pairs);
-// grad_y: like y; grad_x: like x, fully written. Grid: ceil(B / 256), 512 threads.
+// grad_y: like y; grad_x: like x, fully written. Grid: (ceil(B / 256), 1, input splits), 512
+// threads; a split's block writes its own inputs' entries (over every output tile).
 __global__ void __launch_bounds__(kTileThreads, 1)
 lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
                            float* __restrict__ grad_x, int tiles) {
@@ -425,10 +431,10 @@ void launch_slope_forward(const TileArgs& a, float* y, dim3 grid, size_t smem,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, unsigned blocks,
+void launch_dx(const TileArgs& a, const float* grad_y, float* grad_x, int tiles, dim3 grid,
                size_t smem, cudaStream_t stream) {
   allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_backward_dx_kernel), smem);
-  lmkan1d_backward_dx_kernel<<<blocks, kTileThreads, smem, stream>>>(a, grad_y, grad_x, tiles);
+  lmkan1d_backward_dx_kernel<<<grid, kTileThreads, smem, stream>>>(a, grad_y, grad_x, tiles);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

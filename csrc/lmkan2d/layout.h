@@ -22,6 +22,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "common/device_limits.h"
+#include "common/sum_splits.h"  // the forwards' split sums
 #include "lmkan2d/footprints.h"
 
 namespace lmkan {
@@ -38,9 +39,6 @@ at::Tensor transpose(const at::Tensor& in, int64_t ld = 0);
 // [rows, cols] -> contiguous [rows, ld], the columns past `cols` zero (`in` itself when
 // ld <= cols).
 at::Tensor pad_columns(const at::Tensor& in, int64_t ld);
-// y = the sum over the first dim of parts [splits, *y.shape], in a fixed order (both
-// contiguous).
-void sum_splits(const at::Tensor& parts, at::Tensor& y);
 // [cols, rows] = the sum over the first dim of parts [splits, rows, cols], transposed (the
 // same fixed order as sum_splits).
 at::Tensor sum_splits_transposed(const at::Tensor& parts);

@@ -15,7 +15,8 @@ namespace lmkan {
 namespace lmkan2d {
 
 int64_t max_num_grids_op(int64_t tile_size, c10::string_view mode, int64_t device_index,
-                         std::optional<c10::ScalarType> table_dtype) {
+                         std::optional<c10::ScalarType> table_dtype,
+                         std::optional<int64_t> output_dim) {
   TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16,
                     "lmkan2d_max_num_grids: tile_size must be 4, 8 or 16, got ", tile_size);
   const std::string m(mode.data(), mode.size());
@@ -32,9 +33,11 @@ int64_t max_num_grids_op(int64_t tile_size, c10::string_view mode, int64_t devic
   TORCH_CHECK_VALUE(table == c10::kFloat || table == c10::kHalf || table == c10::kBFloat16,
                     "lmkan2d_max_num_grids: table_dtype must be float32, float16 or bfloat16, got ",
                     table);
+  TORCH_CHECK_VALUE(!output_dim || *output_dim >= 1,
+                    "lmkan2d_max_num_grids: output_dim must be >= 1, got ", output_dim.value_or(0));
   return max_num_grids_for(static_cast<int>(tile_size), m.c_str(),
                            device_limits(static_cast<int>(device_index)),
-                           table == c10::kFloat ? 4 : 2);
+                           table == c10::kFloat ? 4 : 2, output_dim.value_or(0));
 }
 
 }  // namespace lmkan2d

@@ -202,28 +202,6 @@ at::Tensor pad_columns(const at::Tensor& in_any, int64_t ld) {
   return out;
 }
 
-// y[i] = sum over s of parts[s][i], s = 0, 1, ... in order (deterministic): the pair splits'
-// partial sums of the forward-shaped kernels. One launch, no ATen reduction on the host path.
-__global__ void sum_splits_kernel(const float* __restrict__ parts, float* __restrict__ y,
-                                  int64_t splits, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    float v = parts[i];
-    for (int64_t s = 1; s < splits; ++s) v += parts[s * n + i];
-    y[i] = v;
-  }
-}
-
-void sum_splits(const at::Tensor& parts, at::Tensor& y) {
-  const int64_t n = y.numel();
-  TORCH_INTERNAL_ASSERT(parts.is_contiguous() && y.is_contiguous() && parts.numel() == parts.size(0) * n);
-  if (n == 0) return;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
-  sum_splits_kernel<<<blocks, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      parts.data_ptr<float>(), y.data_ptr<float>(), parts.size(0), n);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 // out [cells, N_out, P] = sum over copies s (in order) of ws[s] [n_tiles, P, cells, W]: the
 // inverse of pack_table_kernel, through the same shared-memory transpose. A block takes one
 // cell, one output tile and up to 32 pairs: it reads each pair's W-float row (coalesced),

@@ -106,13 +106,19 @@ bool sample_threads_serve(int num_grids, int64_t n_out, const DeviceLimits& lim,
              lim.smem_optin;
 }
 
-int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes) {
+int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes,
+                      int64_t n_out) {
   const bool forward = std::strcmp(mode, "forward") == 0;
   const bool deterministic = std::strcmp(mode, "backward_deterministic") == 0;
+  // Layers of at most kSampleThreadsMaxOutputs outputs are planned at their own count (the
+  // few-outputs kernels serve them, sample_threads.cu); wider ones, and n_out = 0, at two
+  // output tiles (the multi-tile kernels: the tightest limits of the wide layers).
+  const int64_t probe_outputs =
+      n_out >= 1 && n_out <= kSampleThreadsMaxOutputs ? n_out : 2 * 8 * int64_t(tile);
   int best = 0;
   for (int g = 3; g < 4096; ++g) {
-    // two output tiles (the multi-tile kernels), one sample: no padded copy of grad_y
-    CallShape shape{g, 2 * 8 * int64_t(tile), 1, 2};
+    // one sample: no padded copy of grad_y
+    CallShape shape{g, probe_outputs, 1, 2};
     shape.table_bytes = table_bytes;  // the forward's staged table (the backward's is float32)
     const bool full_speed = forward ? plan_forward(shape, tile, lim).full_speed
                                     : plan_backward(shape, tile, 32, deterministic, lim).full_speed;

@@ -82,9 +82,12 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
 bool sample_threads_serve(int num_grids, int64_t n_out, const DeviceLimits& lim, int slices);
 
 // The largest num_grids served at full speed for a tile size and mode ("forward",
-// "backward", "backward_fast", "backward_deterministic"): of a layer wider than one output
-// tile, with the smallest block (the kernels' least shared memory).
-int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes = 4);
+// "backward", "backward_fast", "backward_deterministic"), with the smallest block (the
+// kernels' least shared memory): of a layer of n_out outputs where the few-outputs kernels
+// serve it (1 <= n_out <= kSampleThreadsMaxOutputs), else (n_out = 0 too) of a layer of two
+// output tiles.
+int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int table_bytes = 4,
+                      int64_t n_out = 0);
 
 }  // namespace lmkan2d
 }  // namespace lmkan
