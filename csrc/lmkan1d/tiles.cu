@@ -161,6 +161,13 @@ __device__ __forceinline__ float component(const float4& v, int c) {
   return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
 }
 
+__device__ __forceinline__ void set_component(float4& v, int c, float value) {
+  if (c == 0) v.x = value;
+  else if (c == 1) v.y = value;
+  else if (c == 2) v.z = value;
+  else v.w = value;
+}
+
 // The input pipeline of one tile: for every stage of this block's split (TileArgs,
 // stages_per_split; all stages without splits), `consume(table, i0, n, far)` runs with the
 // stage's table buffer (values of type T) and this warp's cells in t.cells, for inputs
@@ -292,6 +299,22 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 
   y += blockIdx.z * a.split_stride;  // this split's partial sums (0 without splits)
   const int o = tile * kTileOut + lane * 4;
+  if (a.batch_last && (a.batch & 3) == 0 && s_warp + kWarpSamples <= a.batch) {
+    // y rows [N_out, B]: the lane writes its kWarpSamples consecutive samples of each of its
+    // outputs as float4s (16 stores of 16 bytes; scalar stores wrote 64 sectors of 4 bytes,
+    // each lane its own row: they were most of a split launch's time, ncu on the H200)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (o + c >= a.n_out) continue;
+      float* row = y + static_cast<int64_t>(o + c) * a.batch + s_warp;
+#pragma unroll
+      for (int q = 0; q < kWarpSamples / 4; ++q)
+        *reinterpret_cast<float4*>(row + 4 * q) =
+            make_float4(component(acc[4 * q], c), component(acc[4 * q + 1], c),
+                        component(acc[4 * q + 2], c), component(acc[4 * q + 3], c));
+    }
+    return;
+  }
   const bool vector_store = !a.batch_last && (a.n_out & 3) == 0 && o < a.n_out;
 #pragma unroll
   for (int m = 0; m < kWarpSamples; ++m) {
@@ -336,18 +359,43 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
   for (int tile = 0; tile < tiles; ++tile) {
     float4 gy[kWarpSamples];  // grad_y of the warp's samples at this lane's 4 outputs
     const int o = tile * kTileOut + lane * 4;
+    // Whole warps of batch-last samples read grad_y rows [N_out, B] as float4s, the lane's
+    // kWarpSamples consecutive samples of each of its outputs (16 loads; the scalar loads
+    // read 64 sectors for 4 bytes each, each lane its own row, as the forward's scalar
+    // stores did). grad_y may be a view at any offset: 16-byte alignment checked. (Tested
+    // here, not hoisted out of the tile loop: a flag live across the pair loop cost spills.)
+    if (a.batch_last && (a.batch & 3) == 0 && s_warp + kWarpSamples <= a.batch &&
+        (reinterpret_cast<uintptr_t>(grad_y) & 15) == 0) {
 #pragma unroll
-    for (int m = 0; m < kWarpSamples; ++m) {
-      const int64_t s = s_warp + m;
-      float g[4];
+      for (int m = 0; m < kWarpSamples; ++m) gy[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        g[c] = 0.f;
-        if (s < a.batch && o + c < a.n_out)
-          g[c] = a.batch_last ? grad_y[static_cast<int64_t>(o + c) * a.batch + s]
-                              : grad_y[s * a.n_out + o + c];
+        if (o + c >= a.n_out) continue;
+        const float4* row =
+            reinterpret_cast<const float4*>(grad_y + static_cast<int64_t>(o + c) * a.batch + s_warp);
+#pragma unroll
+        for (int q = 0; q < kWarpSamples / 4; ++q) {
+          const float4 v = __ldg(row + q);
+          set_component(gy[4 * q], c, v.x);
+          set_component(gy[4 * q + 1], c, v.y);
+          set_component(gy[4 * q + 2], c, v.z);
+          set_component(gy[4 * q + 3], c, v.w);
+        }
       }
-      gy[m] = make_float4(g[0], g[1], g[2], g[3]);
+    } else {
+#pragma unroll
+      for (int m = 0; m < kWarpSamples; ++m) {
+        const int64_t s = s_warp + m;
+        float g[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          g[c] = 0.f;
+          if (s < a.batch && o + c < a.n_out)
+            g[c] = a.batch_last ? grad_y[static_cast<int64_t>(o + c) * a.batch + s]
+                                : grad_y[s * a.n_out + o + c];
+        }
+        gy[m] = make_float4(g[0], g[1], g[2], g[3]);
+      }
     }
 
     run_stages<float>(t, a, tile, s_warp, lane, [&](const float* table, int i0, int n, bool) {
