@@ -111,7 +111,8 @@ def test_forward_limit_follows_the_table_dtype(table, tile):
     for g in (limit16, limit16 + 1):
         _check(g, 4, 8 * tile + 3, 70, True, tile, table)
     for g, warns in ((limit16, False), (limit16 + 1, True)):
-        layer = LMKAN2DLayer(g, 4, 8, tile_size_forward=tile, table_dtype=table).cuda()
+        # 10 outputs: layers of at most 8 have kernels of their own, with higher limits
+        layer = LMKAN2DLayer(g, 4, 10, tile_size_forward=tile, table_dtype=table).cuda()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with torch.no_grad():
