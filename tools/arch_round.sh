@@ -14,6 +14,7 @@
 #   bash tools/arch_round.sh sanitize       # memcheck + racecheck of every kernel, both builds
 #       # (SANITIZE_TOPICS, default "2d 1d reg"; SANITIZE_2D_PART, default all: a part of
 #       # tools/sanitize_2d.py, e.g. few)
+#   bash tools/arch_round.sh check          # test and sanitize at once (their settings as above)
 #   bash tools/arch_round.sh bench          # bench_2d and bench_1d, one build after the other
 #   bash tools/arch_round.sh buildall       # the whole default architecture list, timed
 #   bash tools/arch_round.sh limits         # num_grids limits at 99 / 163 / 227 KB
@@ -26,7 +27,8 @@
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
 #       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
-#       # tool brings back a few files only); the summary stays beside it
+#       # tool brings back 8 files only: end every call's stage list with pack); the
+#       # summary stays beside it
 #
 # Builds use the system compiler (CXX=/usr/bin/g++): see README, "The C++ compiler".
 # Logs and JSON go to $OUT (default benchmarks/results); a summary is printed last.
@@ -168,10 +170,16 @@ for stage in "$@"; do
         && mv /tmp/lmkan-results.tgz "$OUT/results.tgz" \
         && find "$OUT" -type f ! -name results.tgz ! -name summary.txt -delete
       ;;
+    check)  # test and sanitize side by side (one GPU, 16 cores: ~250 s for the 2D and 1D
+      # files with SANITIZE_2D_PART=layer, run I of 2026-12-03, against ~400 s one after the other)
+      ARCH_ROUND_NESTED=1 bash "$0" test > "$OUT/check_test.log" 2>&1 &
+      ARCH_ROUND_NESTED=1 bash "$0" sanitize > "$OUT/check_sanitize.log" 2>&1 &
+      wait
+      ;;
     limits)
       (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY tools/smem_limits.py) | tee -a "$OUT/summary.txt"
       ;;
-    *) echo "unknown stage $stage (build, buildall, test, sanitize, bench, compare, forces, pack, limits)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, buildall, test, sanitize, check, bench, compare, forces, pack, limits)"; exit 2 ;;
   esac
 done
-echo "== summary"; cat "$OUT/summary.txt"
+[ -n "${ARCH_ROUND_NESTED:-}" ] || { echo "== summary"; cat "$OUT/summary.txt"; }
