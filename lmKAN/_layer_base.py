@@ -1,5 +1,7 @@
 """The base of both lookup layers: call plans (lmKAN/_call_plans.py), grid nodes that a
 dtype conversion does not round to 16 bits, and state dicts whose nodes are checked."""
+import warnings
+
 import torch
 
 from ._call_plans import PlannedCalls
@@ -8,6 +10,7 @@ from .grids import compute_dtype
 __all__ = ["LookupLayerBase"]
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+FLOAT16_MAX = 65504.0  # the largest finite float16
 
 
 class LookupLayerBase(PlannedCalls):
@@ -21,16 +24,36 @@ class LookupLayerBase(PlannedCalls):
     grids (G=300: cells 0.018 wide near x = 1, bfloat16 steps of 0.004 there), and the cells
     are computed in float32 anyway (grids.compute_dtype). The nodes are taken from before
     the conversion, so they are not rounded on the way.
+
+    A conversion to float16 warns when table values exceed float16's range (65504): they
+    become infinite, and so does every output that reads them (bfloat16 has float32's
+    range). One reduction at the conversion; calls are not checked.
     """
 
     def _apply(self, fn, *args, **kwargs):
         nodes = self._buffers.get("borders")
+        table = self._parameters.get("func_parameter")
+        table = None if table is None else table.detach()  # the values before the conversion
         result = super()._apply(fn, *args, **kwargs)
         converted = self._buffers.get("borders")
         if nodes is not None and converted is not None and converted.dtype in _SIXTEEN_BIT:
             self._buffers["borders"] = nodes.to(device=converted.device,
                                                 dtype=compute_dtype(nodes.dtype))
+        self._warn_float16_overflow(table)
         return result
+
+    def _warn_float16_overflow(self, before):
+        after = self._parameters.get("func_parameter")
+        if before is None or after is None or after.dtype != torch.float16 or before.dtype in (
+                torch.float16, torch.bfloat16) or not before.is_floating_point():
+            return
+        over = int((before.abs() > FLOAT16_MAX).sum())
+        if over:
+            warnings.warn(f"{type(self).__name__}: {over} of {before.numel()} table values exceed "
+                          f"float16's largest finite value {FLOAT16_MAX:g} (largest magnitude "
+                          f"{before.abs().max().item():.6g}) and became infinite: outputs that "
+                          "read them are inf or NaN. bfloat16 keeps float32's range.",
+                          stacklevel=4)  # the .half() or .to() call
 
     def grid_nodes(self):
         raise NotImplementedError

@@ -1,6 +1,8 @@
 """float16 / bfloat16 layers on the pure-PyTorch path (issue 17, item 4): cells and weights in
 float32, grid nodes that a conversion does not round, results against the float64 reference
 evaluated on the same 16-bit inputs and table."""
+import warnings
+
 import pytest
 import torch
 
@@ -55,6 +57,29 @@ def test_conversion_keeps_the_nodes_in_float32(make, convert):
     layer.float()
     assert torch.equal(layer.borders, nodes)
     assert layer.double().borders.dtype == torch.float64
+
+
+@pytest.mark.parametrize("make", [lambda: LMKAN2DLayer(4, 4, 3), lambda: LMKAN1DLayer(4, 4, 3)])
+def test_float16_conversion_warns_of_values_past_its_range(make):
+    """Table values past 65504 become infinite in float16: the conversion says how many
+    (with the largest magnitude); bfloat16 keeps them finite and stays silent, as does a
+    table within range."""
+    layer = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make().half()  # within range (the initialisation is small)
+        big = make()
+        with torch.no_grad():
+            big.func_parameter.view(-1)[[0, 5]] = torch.tensor([1e5, -7e4])
+        big.to(torch.bfloat16)
+        assert torch.isfinite(big.func_parameter).all()
+    with torch.no_grad():
+        layer.func_parameter.view(-1)[[0, 5]] = torch.tensor([1e5, -7e4])
+    with pytest.warns(UserWarning, match=r"2 of \d+ table values exceed float16's largest finite "
+                                         r"value 65504 \(largest magnitude 100000\)") as record:
+        layer.half()
+    assert record[0].filename == __file__  # points at the .half() call
+    assert torch.isinf(layer.func_parameter).sum() == 2
 
 
 def test_find_cell_computes_in_float32_for_16_bit_values():
