@@ -44,8 +44,8 @@ class LookupLayerBase(PlannedCalls):
 
     def _warn_float16_overflow(self, before):
         after = self._parameters.get("func_parameter")
-        if before is None or after is None or after.dtype != torch.float16 or before.dtype in (
-                torch.float16, torch.bfloat16) or not before.is_floating_point():
+        if (before is None or after is None or after.dtype != torch.float16
+                or before.dtype == torch.float16):  # (bfloat16 has float32's range: checked)
             return
         over = int((before.abs() > FLOAT16_MAX).sum())
         if over:
@@ -53,7 +53,7 @@ class LookupLayerBase(PlannedCalls):
                           f"float16's largest finite value {FLOAT16_MAX:g} (largest magnitude "
                           f"{before.abs().max().item():.6g}) and became infinite: outputs that "
                           "read them are inf or NaN. bfloat16 keeps float32's range.",
-                          stacklevel=4)  # the .half() or .to() call
+                          stacklevel=4)  # a .half() or .to() called on this layer
 
     def grid_nodes(self):
         raise NotImplementedError

@@ -80,6 +80,8 @@ def test_float16_conversion_warns_of_values_past_its_range(make):
         layer.half()
     assert record[0].filename == __file__  # points at the .half() call
     assert torch.isinf(layer.func_parameter).sum() == 2
+    with pytest.warns(UserWarning, match=r"2 of \d+ table values exceed"):
+        big.half()  # bfloat16 to float16: the same values overflow
 
 
 def test_find_cell_computes_in_float32_for_16_bit_values():

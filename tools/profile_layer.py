@@ -14,15 +14,16 @@ layout that runs slower than expected (compare.py's columns, bench_overhead.py's
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, ".."))
+sys.path.insert(0, os.path.join(_HERE, "..", "benchmarks"))
 from lmKAN import LMKAN1DLayer, LMKAN2DLayer  # noqa: E402
+from _timing import cuda_median_ms, wall_us_per_call  # noqa: E402 (benchmarks/_timing.py)
 
 AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,20 +77,11 @@ def make_call(args, device):
 
 
 def median_ms(call, device, reps):
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            call()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    """Median milliseconds of one call: CUDA events around each (benchmarks/_timing.py), or
+    the wall clock on the CPU."""
+    if device.type == "cuda":
+        return cuda_median_ms(call, reps, warmup=0)
+    return wall_us_per_call(call, 1, reps, warmup=0) / 1e3
 
 
 def main(argv=None):
