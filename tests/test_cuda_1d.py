@@ -155,6 +155,21 @@ def test_dc_with_misaligned_grad_y(n_out):
     assert rel_l2(gp, gp_ref) <= TOL
 
 
+def test_dx_with_misaligned_batch_last_grad_y():
+    """Batch-last grad_y at an odd offset: dx reads whole warps' rows as float4s only where
+    grad_y is 16-byte aligned, so this view takes the scalar loads; both give the reference."""
+    g, n_in, n_out, batch = 8, 12, 70, 1024
+    x, params, borders = _case(g, n_in, n_out, batch, False, True)
+    flat = torch.randn(n_out * batch + 1, device="cuda")
+    grad_y = flat[1:].view(n_out, batch)
+    assert grad_y.is_contiguous() and grad_y.data_ptr() % 16 != 0
+    _, gx_ref, gp_ref = _reference_all(x, params, borders, False, True, grad_y)
+    for gy in (grad_y, grad_y.clone()):  # misaligned, aligned
+        gx, gp = torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, False, True, False)
+        _assert_dx_close(gx, gx_ref, x, params, borders, False, True, gy)
+        assert rel_l2(gp, gp_ref) <= TOL
+
+
 @pytest.mark.parametrize("batch_last", [True, False])
 def test_dc_long_runs_of_one_cell(batch_last):
     """Most samples of every chunk in one cell (runs of hundreds in the grouped dC), the rest

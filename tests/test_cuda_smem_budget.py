@@ -87,6 +87,17 @@ def test_2d_sorted_backward_past_its_histogram(budget, monkeypatch):
         _check(g, 4, 9, 400, False, 8, True, block=256, forward=False)
 
 
+@pytest.mark.parametrize("budget", (24, 48))
+def test_2d_sorted_backward_under_a_small_budget(budget, monkeypatch):
+    """Under a budget below every GPU's opt-in the sorted backward's blocks take fewer warps
+    than the block size asks for (a warp stages 6,208 bytes: its segment's entries and grad_x
+    sums): 3 and 7 of 16 at 24 and 48 KB. Against the float64 reference, ragged segments."""
+    assert_cuda_kernel("lmkan2d_backward")
+    monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", str(budget))
+    _check(5, 6, 70, 3001, True, 8, False, block=512, forward=False)
+    _check(5, 6, 70, 3001, False, 8, True, block=512, forward=False)
+
+
 @pytest.mark.parametrize("budget", (99, 163))
 def test_1d_at_the_limit_and_a_clear_error_past_it(budget, monkeypatch):
     assert_cuda_kernel("lmkan1d_forward")

@@ -292,6 +292,22 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 
   y += blockIdx.z * a.split_stride;  // this split's partial sums (0 without splits)
   const int o = tile * kTileOut + lane * 4;
+  if (a.batch_last && (a.batch & 3) == 0 && s_warp + kWarpSamples <= a.batch) {
+    // y rows [N_out, B]: the lane writes its kWarpSamples consecutive samples of each of its
+    // outputs as float4s (16 stores of 16 bytes; scalar stores wrote 64 sectors of 4 bytes,
+    // each lane its own row: they were most of a split launch's time, ncu on the H200)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (o + c >= a.n_out) continue;
+      float* row = y + static_cast<int64_t>(o + c) * a.batch + s_warp;
+#pragma unroll
+      for (int q = 0; q < kWarpSamples / 4; ++q)
+        *reinterpret_cast<float4*>(row + 4 * q) =
+            make_float4(component(acc[4 * q], c), component(acc[4 * q + 1], c),
+                        component(acc[4 * q + 2], c), component(acc[4 * q + 3], c));
+    }
+    return;
+  }
   const bool vector_store = !a.batch_last && (a.n_out & 3) == 0 && o < a.n_out;
 #pragma unroll
   for (int m = 0; m < kWarpSamples; ++m) {
@@ -334,21 +350,48 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
   // After the reduce, lane L holds the sum of sample L/2, input (L & 1) of the pair.
   const int64_t s_mine = s_warp + (lane >> 1);
   for (int tile = 0; tile < tiles; ++tile) {
-    float4 gy[kWarpSamples];  // grad_y of the warp's samples at this lane's 4 outputs
+    // grad_y of the warp's samples at this lane's 4 outputs, by output: gyc[c][q] holds
+    // samples 4q .. 4q+3 of output o + c (so a float4 row load fills one register group;
+    // by sample, the loads needed temporaries that spilled into the pair loop)
+    float4 gyc[4][kWarpSamples / 4];
     const int o = tile * kTileOut + lane * 4;
-#pragma unroll
-    for (int m = 0; m < kWarpSamples; ++m) {
-      const int64_t s = s_warp + m;
-      float g[4];
+    // Whole warps of batch-last samples read grad_y rows [N_out, B] as float4s, the lane's
+    // kWarpSamples consecutive samples of each of its outputs (16 loads; the scalar loads
+    // read 64 sectors for 4 bytes each, each lane its own row, as the forward's scalar
+    // stores did). grad_y may be a view at any offset: 16-byte alignment checked.
+    if (a.batch_last && (a.batch & 3) == 0 && s_warp + kWarpSamples <= a.batch &&
+        (reinterpret_cast<uintptr_t>(grad_y) & 15) == 0) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        g[c] = 0.f;
-        if (s < a.batch && o + c < a.n_out)
-          g[c] = a.batch_last ? grad_y[static_cast<int64_t>(o + c) * a.batch + s]
-                              : grad_y[s * a.n_out + o + c];
+        const float4* row =
+            reinterpret_cast<const float4*>(grad_y + static_cast<int64_t>(o + c) * a.batch + s_warp);
+#pragma unroll
+        for (int q = 0; q < kWarpSamples / 4; ++q)
+          gyc[c][q] = o + c < a.n_out ? __ldg(row + q) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
-      gy[m] = make_float4(g[0], g[1], g[2], g[3]);
+    } else {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+#pragma unroll
+        for (int q = 0; q < kWarpSamples / 4; ++q) {
+          float g[4];
+#pragma unroll
+          for (int h = 0; h < 4; ++h) {
+            const int64_t s = s_warp + 4 * q + h;
+            g[h] = 0.f;
+            if (s < a.batch && o + c < a.n_out)
+              g[h] = a.batch_last ? grad_y[static_cast<int64_t>(o + c) * a.batch + s]
+                                  : grad_y[s * a.n_out + o + c];
+          }
+          gyc[c][q] = make_float4(g[0], g[1], g[2], g[3]);
+        }
+      }
     }
+    // sample m's 4 outputs (registers chosen at compile time)
+    const auto gy = [&](int m) {
+      return make_float4(component(gyc[0][m / 4], m % 4), component(gyc[1][m / 4], m % 4),
+                         component(gyc[2][m / 4], m % 4), component(gyc[3][m / 4], m % 4));
+    };
 
     run_stages<float>(t, a, tile, s_warp, lane, [&](const float* table, int i0, int n, bool) {
       const float4* table4 = reinterpret_cast<const float4*>(table);
@@ -373,8 +416,8 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
 #pragma unroll
           for (int h = 0; h < 4; ++h) {
             const int m = 4 * q + h;
-            part[2 * m + 0] = dot4(gy[m], table4[row_a[h] + lane]);
-            part[2 * m + 1] = dot4(gy[m], table4[row_b[h] + lane]);
+            part[2 * m + 0] = dot4(gy(m), table4[row_a[h] + lane]);
+            part[2 * m + 1] = dot4(gy(m), table4[row_b[h] + lane]);
           }
         }
         transpose_reduce<32>(part, lane);  // lane L: the sum over the lanes of part[L]

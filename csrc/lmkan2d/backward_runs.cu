@@ -17,7 +17,8 @@
 //    changes. Cells are sorted row-major, so moving to the next cell of the same grid row
 //    carries the two shared corners over (2 flushes per cell, not 4). The lane also keeps the
 //    cell's table differences E1, E2, F for grad_x. Per sample: one coalesced grad_y row
-//    (loaded a batch of 4 samples ahead), 4K FMA for dP, 3K for dx, and a transpose-reduce
+//    (loaded a batch of 4 samples ahead into the registers its own sample has just used: no
+//    register copies between batches), 4K FMA for dP, 3K for dx, and a transpose-reduce
 //    of the two dx sums over the warp streamed through the batches (about one shuffle per
 //    sum, its levels fixed at compile time within a batch). The warp adds each tile's sums
 //    into its own [segment][2] shared-memory slots and stores them once at the end: every
@@ -48,8 +49,17 @@ namespace {
 constexpr int kBucketThreads = 1024;
 constexpr int kRunMinSegment = 32;      // shortest segment (small batches: more warps)
 constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
-constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (~110 registers)
+constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (104 registers on sm_90)
 constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
+
+// An opaque copy of p: the compiler cannot fold p's own terms into the addresses computed
+// from it. runs_kernel's grad_y row address is then one IMAD.WIDE from the row's int32
+// offset; otherwise each load re-added the lane and tile terms in 64 bits (5-6 instructions
+// each, SASS of sm_90).
+__device__ __forceinline__ const float* opaque(const float* p) {
+  asm("" : "+l"(p));
+  return p;
+}
 
 // Exclusive scan of count[0, n) in place by the whole block; returns the total.
 __device__ int block_exclusive_scan(int* count, int n, int* warp_sums) {
@@ -136,10 +146,15 @@ struct RunsArgs {
   float* dx;             // grad_x: (f, b) at f * xs_f + b * xs_b
   int64_t b0, entries_stride, ld, xs_f, xs_b;
   int len, seg_len, segments, n_pairs, n_tiles, num_grids;
+  int ld32;              // ld as int: a chunk's rows take chunk * ld < 2^31 floats
 };
 
-// Shared memory per warp: its segment's entries (int4) and its grad_x sums [segment][2].
-constexpr int64_t runs_smem_per_warp() { return int64_t(kRunSegment) * (16 + 8); }
+// Shared memory per warp: its segment's entries (int4), padded by one batch of entries whose
+// row offset is 0 (the prefetch past the segment's end reads them: no bounds checks), and
+// its grad_x sums [segment][2]. 16 warps take 99,328 bytes (+ 4 (G+1) of borders), within
+// the 99 KB opt-in of sm_86 / sm_89 / sm_120 wherever the cell histogram fits.
+constexpr int kRunEntrySlots = kRunSegment + kRunPrefetch;
+constexpr int64_t runs_smem_per_warp() { return int64_t(kRunEntrySlots) * 16 + int64_t(kRunSegment) * 8; }
 
 template <int K>
 __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) {
@@ -147,9 +162,9 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
   extern __shared__ __align__(16) float runs_smem[];
   const int side = a.num_grids + 1, cells = side * side;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  int4* seg_entries = reinterpret_cast<int4*>(runs_smem) + warp * kRunSegment;
-  float* dxacc = runs_smem + int64_t(warps) * kRunSegment * 4 + warp * 2 * kRunSegment;
-  float* s_borders = runs_smem + int64_t(warps) * kRunSegment * 6;  // [side]
+  int4* seg_entries = reinterpret_cast<int4*>(runs_smem) + warp * kRunEntrySlots;
+  float* dxacc = runs_smem + int64_t(warps) * kRunEntrySlots * 4 + warp * 2 * kRunSegment;
+  float* s_borders = dxacc + int64_t(warps - warp) * 2 * kRunSegment;  // [side]
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
   __syncthreads();  // the only block-wide barrier: warps are independent after it
 
@@ -159,14 +174,21 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
   const int seg_begin = static_cast<int>(item % a.segments) * a.seg_len;
   const int len = min(a.len - seg_begin, a.seg_len);
   const int4* ent = a.entries + p * a.entries_stride + seg_begin;
-  for (int i = lane; i < len; i += 32) seg_entries[i] = __ldcs(ent + i);  // evict first
+  // .x: the sample's grad_y row offset in the chunk (int32: host check), the sample is
+  // .x / ld32; the entries are read once (evict first)
+  for (int i = lane; i < len; i += 32) {
+    int4 e = __ldcs(ent + i);
+    e.x *= a.ld32;
+    seg_entries[i] = e;
+  }
+  for (int i = len + lane; i < ((len + 15) & ~15) + U; i += 32) seg_entries[i] = make_int4(0, 0, 0, 0);
   __syncwarp();
 
   for (int tile_index = 0; tile_index < a.n_tiles; ++tile_index) {
     const int64_t slice = (int64_t(tile_index) * a.n_pairs + p) * cells * W + K * lane;
     const float* tab = a.packed + slice;
     float* wsp = a.ws + slice;
-    const float* gy = a.gyt + a.b0 * a.ld + tile_index * W + K * lane;
+    const float* gy = opaque(a.gyt + a.b0 * a.ld + tile_index * W + K * lane);
 
     // dP corner gradients of the current cell: [0] (i1,i2), [1] (i1,i2+1), [2] (i1+1,i2),
     // [3] (i1+1,i2+1); table corners (i1,i2+1), (i1+1,i2+1) kept for the carry to the
@@ -196,25 +218,15 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
       return (up ? hi : lo) + __shfl_xor_sync(0xffffffffu, up ? lo : hi, bit);
     };
 
-    // grad_y rows of U samples are loaded one batch ahead of their use; the loop runs to a
-    // whole round (samples past len contribute zeros and are not stored)
+    // grad_y rows: g[u] holds sample t0 + u's row; once its FMAs are issued it takes the row
+    // of sample t0 + U + u, one batch ahead. The loop runs to a whole round: samples past
+    // len contribute zeros and are not stored (their entries, zeroed above, load row 0,
+    // unused).
     const int rounds_end = (len + 15) & ~15;
-    float g_next[U][K];
+    float g[U][K];
 #pragma unroll
-    for (int u = 0; u < U; ++u) load_k<K, true>(gy + int64_t(seg_entries[min(u, len - 1)].x) * a.ld, g_next[u]);
+    for (int u = 0; u < U; ++u) load_k<K, true>(gy + seg_entries[u].x, g[u]);
     for (int t0 = 0; t0 < rounds_end; t0 += U) {
-      float g[U][K];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int k = 0; k < K; ++k) g[u][k] = g_next[u][k];
-      if (t0 + U < len) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int s = seg_entries[min(t0 + U + u, len - 1)].x;
-          load_k<K, true>(gy + int64_t(s) * a.ld, g_next[u]);
-        }
-      }
       float v[U];  // level-0 sums of the batch's samples (over lanes l, l ^ 1)
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -272,6 +284,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
           s1 = (ge1 + d2 * gf) * ih1;
           s2 = (ge2 + d1 * gf) * ih2;
         }
+        load_k<K, true>(gy + seg_entries[t0 + U + u].x, g[u]);
         v[u] = merge(s1, s2, 1);
       }
       const float quarter = merge(merge(v[0], v[1], 2), merge(v[2], v[3], 2), 4);
@@ -294,7 +307,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
   }
   // each (sample, pair) of the chunk lives in exactly one segment: plain stores
   for (int i = lane; i < 2 * len; i += 32) {
-    const int64_t b = a.b0 + seg_entries[i / 2].x;
+    const int64_t b = a.b0 + seg_entries[i / 2].x / a.ld32;
     a.dx[(2 * int64_t(p) + (i & 1)) * a.xs_f + b * a.xs_b] = dxacc[i];
   }
 }
@@ -335,9 +348,18 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   chunk = chunk / kRunSegment * kRunSegment;
   TORCH_INTERNAL_ASSERT(chunk >= kRunSegment, "plan_backward chose the sorted backward for ",
                         n_pairs, " pairs, more than a chunk of its sorted entries holds");
+  // runs_kernel addresses a chunk's grad_y rows by int32 offsets
+  TORCH_INTERNAL_ASSERT(chunk * ld < (int64_t(1) << 31), "the sorted backward's chunk of ",
+                        chunk, " grad_y rows of ", ld, " floats needs 64-bit offsets");
   at::Tensor entries = at::empty({n_pairs, chunk, 4}, x.options().dtype(at::kInt));
 
-  const int warps = std::max(1, std::min(block_size, kRunMaxThreads) / 32);
+  // warps per block: the block size's, as many as the shared memory holds (16 on every
+  // device's opt-in; fewer under a small LMKAN_SMEM_BUDGET_KB)
+  const int64_t warps_fit = (lim.smem_optin - int64_t(side) * 4) / runs_smem_per_warp();
+  TORCH_INTERNAL_ASSERT(warps_fit >= 1, "runs_kernel: one warp's ", runs_smem_per_warp(),
+                        " bytes of shared memory exceed the device's ", lim.smem_optin);
+  const int warps = static_cast<int>(
+      std::clamp<int64_t>(std::min(block_size, kRunMaxThreads) / 32, 1, warps_fit));
   const int64_t runs_smem = warps * runs_smem_per_warp() + int64_t(side) * 4;
   at::Tensor dx = at::empty_like(x);  // every entry written once
 
@@ -356,6 +378,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   a.dx = dx.data_ptr<float>();
   a.entries_stride = chunk;
   a.ld = ld;
+  a.ld32 = static_cast<int>(ld);
   a.xs_f = xs_f;
   a.xs_b = xs_b;
   a.n_pairs = n_pairs;

@@ -63,6 +63,9 @@ inline int64_t runs_bucket_smem_bytes(int num_grids) {
 // A padded copy of a narrow grad_y (n_out well below one tile) would cost more memory than
 // that backward saves: past this size such layers run the other backward kernels.
 constexpr int64_t kRunMaxPaddedBytes = int64_t(1) << 30;
+// runs_kernel addresses a chunk's grad_y rows by int32 offsets; a chunk holds at most
+// max(kRunSegment rows, 8 M floats), so rows of up to this many floats (8 M outputs) qualify.
+constexpr int64_t kRunMaxRowFloats = ((int64_t(1) << 31) - 1) / kRunSegment;
 
 // A warp of either backward kernel covers W = 8 * tile consecutive outputs of one table row
 // (tile_size_backward / 4 outputs per lane), reading the table packed as

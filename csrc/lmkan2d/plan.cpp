@@ -15,12 +15,13 @@ namespace {
 int64_t output_tiles(int64_t n_out, int tile) { return (n_out + 8 * tile - 1) / (8 * tile); }
 
 // The sorted backward (backward_runs.cu) serves a call when its cell histogram fits in
-// shared memory, a chunk of samples holds a whole segment for every pair, and grad_y needs no
-// large zero-padded copy (a narrow output).
+// shared memory, a chunk of samples holds a whole segment for every pair, a chunk's grad_y
+// rows take int32 offsets, and grad_y needs no large zero-padded copy (a narrow output).
 bool runs_serve(const CallShape& s, int tile, const DeviceLimits& lim) {
   if (runs_bucket_smem_bytes(s.num_grids) > lim.smem_optin) return false;
   if (!runs_pairs_fit(s.n_in / 2)) return false;
   const int64_t ld = output_tiles(s.n_out, tile) * 8 * tile;
+  if (ld > kRunMaxRowFloats) return false;
   return ld == s.n_out || s.batch * ld * 4 <= kRunMaxPaddedBytes;
 }
 
