@@ -34,18 +34,21 @@ struct Grouped {
 
 template <int kWarps, int kChunk>
 struct GroupedSmem {
+  static constexpr int kSlots = grouped_sorted_slots(kChunk);
   float* dy;       // [2][kChunk][kGcDyStride]; at the end the flush buffer [kWarps][G+1][64]
+  float* zero_row;  // [kGcDyStride] zeros, after the dy buffers: the pads' dy row
   float* xs;       // [2][Grouped::kXBuffer]: the chunk's raw x (layout: Grouped::kXRow)
-  float2* sorted;  // [kWarps][kChunk]: (byte offset of the dy row from dy, d), by cell
-  int* bins;       // [kWarps][32]: start of each cell's run in `sorted`; bins[G] = samples
+  float2* sorted;  // [kWarps][kSlots]: (byte offset of the dy row from dy, d), by cell
+  int* bins;       // [kWarps][32]: start of each cell's padded run in `sorted`
   float* borders;  // [G+1]
 
   __device__ explicit GroupedSmem(float* smem) {
     using P = Grouped<kWarps, kChunk>;
     dy = smem;
-    xs = dy + 2 * P::kDyBuffer;
+    zero_row = dy + 2 * P::kDyBuffer;
+    xs = zero_row + kGcDyStride;
     sorted = reinterpret_cast<float2*>(xs + 2 * P::kXBuffer);
-    bins = reinterpret_cast<int*>(sorted + kWarps * kChunk);
+    bins = reinterpret_cast<int*>(sorted + kWarps * kSlots);
     borders = reinterpret_cast<float*>(bins + kWarps * 32);
   }
 };
@@ -125,14 +128,17 @@ __device__ __forceinline__ void stage_chunk(const GroupedSmem<kWarps, kChunk>& s
 }
 
 // Counting sort of this warp's input over one chunk, by one warp: sorted[] gets (byte offset
-// of the sample's dy row, d) in cell order, the samples of a cell in sample order, and
-// bins[k] the start of cell k's run. x_warp: the input's raw x in the chunk buffer, sample sl
-// at x_warp[sl * x_step]. Samples at or past `valid` take cell G (not walked).
+// of the sample's dy row, d) in cell order, the samples of a cell in sample order, each
+// cell's run padded to a multiple of kGcRunGroup with (zero row, 0) entries, and bins[k] the
+// start of cell k's run (bins[G]: the end of the last). x_warp: the input's raw x in the
+// chunk buffer, sample sl at x_warp[sl * x_step]. Samples at or past `valid` take cell G
+// (no slot, not walked).
 template <int kPerLane>
 __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_step, int valid,
-                                                   int dy_row0, const float* borders_s,
-                                                   int num_grids, bool uniform, float2* sorted,
-                                                   int* bins, int lane) {
+                                                   int dy_row0, int zero_row,
+                                                   const float* borders_s, int num_grids,
+                                                   bool uniform, float2* sorted, int* bins,
+                                                   int lane) {
   bins[lane] = 0;
   __syncwarp();
   const unsigned lower_lanes = (1u << lane) - 1u;
@@ -159,10 +165,15 @@ __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_st
     if ((peers & lower_lanes) == 0) bins[cell[r]] = before + __popc(peers);
     __syncwarp();
   }
-  // Exclusive scan of the 32 counts: bins[k] = start of cell k.
+  // Exclusive scan of the 32 padded counts: bins[k] = start of cell k's run; lane k writes
+  // its cell's pads after the cell's samples.
   const int count = bins[lane];
-  const int inclusive = warp_inclusive_scan(count, lane);
-  bins[lane] = inclusive - count;
+  const int padded = lane < num_grids ? (count + kGcRunGroup - 1) / kGcRunGroup * kGcRunGroup : 0;
+  const int start = warp_inclusive_scan(padded, lane) - padded;
+  bins[lane] = start;
+#pragma unroll
+  for (int p = 0; p < kGcRunGroup - 1; ++p)
+    if (count + p < padded) sorted[start + count + p] = make_float2(__int_as_float(zero_row), 0.f);
   __syncwarp();
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
@@ -184,7 +195,8 @@ __device__ __forceinline__ float2 load_shared_float2(unsigned address) {
 
 // Adds one sorted chunk of this warp's input into the node sums (lane: outputs 2 lane, +1).
 // Per run of cell k: sg = sum of g, sgd = sum of g d; node k gets sg - sgd (the weight 1 - d),
-// node k + 1 gets sgd. dy_lane: the shared-memory address of this lane's float2 in dy row 0.
+// node k + 1 gets sgd. Runs are whole groups of kGcRunGroup entries (pads add zeros). dy_lane:
+// the shared-memory address of this lane's float2 in dy row 0.
 __device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const float2* sorted,
                                            const int* bins, unsigned dy_lane, int num_grids) {
 #pragma unroll
@@ -193,14 +205,20 @@ __device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const
     const float2* entry = sorted + bins[k];
     const float2* const run_end = sorted + bins[k + 1];
     float2 sg = make_float2(0.f, 0.f), sgd = make_float2(0.f, 0.f);
-#pragma unroll 4
-    for (; entry != run_end; ++entry) {
-      const float2 e = *entry;
-      const float2 g = load_shared_float2(dy_lane + __float_as_uint(e.x));
-      sg.x += g.x;
-      sg.y += g.y;
-      sgd.x = fmaf(g.x, e.y, sgd.x);
-      sgd.y = fmaf(g.y, e.y, sgd.y);
+#pragma unroll 1
+    for (; entry != run_end; entry += kGcRunGroup) {
+      float2 e[kGcRunGroup], g[kGcRunGroup];
+#pragma unroll
+      for (int q = 0; q < kGcRunGroup; ++q) e[q] = entry[q];
+#pragma unroll
+      for (int q = 0; q < kGcRunGroup; ++q) g[q] = load_shared_float2(dy_lane + __float_as_uint(e[q].x));
+#pragma unroll
+      for (int q = 0; q < kGcRunGroup; ++q) {
+        sg.x += g[q].x;
+        sg.y += g[q].y;
+        sgd.x = fmaf(g[q].x, e[q].y, sgd.x);
+        sgd.y = fmaf(g[q].y, e[q].y, sgd.y);
+      }
     }
     acc[k].x += sg.x - sgd.x;
     acc[k].y += sg.y - sgd.y;
@@ -229,7 +247,8 @@ lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
   float2 acc[kGcMaxCells + 1];
 #pragma unroll
   for (int k = 0; k <= kGcMaxCells; ++k) acc[k] = make_float2(0.f, 0.f);
-  float2* sorted = s.sorted + warp * kChunk;
+  float2* sorted = s.sorted + warp * s.kSlots;
+  for (int j = threadIdx.x; j < kGcDyStride; j += P::kThreads) s.zero_row[j] = 0.f;
   int* bins = s.bins + warp * 32;
   const unsigned dy_lane = smem_u32(s.dy) + lane * static_cast<unsigned>(sizeof(float2));
   // This warp's input in a raw-x buffer: sample sl at [sl * x_step].
@@ -245,15 +264,17 @@ lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
     const int buf = static_cast<int>(c & 1);
     const int64_t c0 = begin + c * kChunk;
     cp_async_wait<0>();
-    // Chunk c has landed for every thread (and the borders are loaded); every warp is done
-    // with chunk c - 1, so its buffer takes chunk c + 1 while this one is sorted and walked.
+    // Chunk c has landed for every thread (the borders and zero row are stored); every warp
+    // is done with chunk c - 1, so its buffer takes chunk c + 1 while this one is sorted and
+    // walked.
     __syncthreads();
     if (c + 1 < chunks) stage_chunk(s, a, c0 + kChunk, valid_at(c0 + kChunk), o0, i0, buf ^ 1);
     if (warp_has_input) {
       sort_chunk_by_cell<P::kPerLane>(
           s.xs + buf * P::kXBuffer + x_first, x_step, valid_at(c0),
-          buf * P::kDyBuffer * static_cast<int>(sizeof(float)), s.borders, a.num_grids,
-          a.uniform, sorted, bins, lane);
+          buf * P::kDyBuffer * static_cast<int>(sizeof(float)),
+          2 * P::kDyBuffer * static_cast<int>(sizeof(float)), s.borders, a.num_grids, a.uniform,
+          sorted, bins, lane);
       walk_cells(acc, sorted, bins, dy_lane, a.num_grids);
     }
   }
