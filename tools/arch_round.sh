@@ -12,8 +12,10 @@
 #       # than 480 s on each build run side by side (2026-12-03): split it over two calls,
 #       # e.g. TEST_PATHS="tests/test_cuda_2d.py tests/test_cuda_regularizers.py" and the rest
 #   bash tools/arch_round.sh sanitize       # memcheck + racecheck of every kernel, both builds
-#       # (SANITIZE_TOPICS, default "2d 1d reg"; SANITIZE_2D_PART, default all: a part of
-#       # tools/sanitize_2d.py, e.g. few)
+#       # (SANITIZE_TOPICS, default "2d 1d reg"; SANITIZE_2D_PART / SANITIZE_1D_PART, default
+#       # all: a part of tools/sanitize_2d.py, e.g. few, or of sanitize_1d.py, e.g. float32;
+#       # SANITIZE_BUILDS, default "sm90 sm80"; SANITIZE_TIMEOUT seconds, default 400: racecheck
+#       # of all of sanitize_1d.py took more than 130 s in run K)
 #   bash tools/arch_round.sh check          # test and sanitize at once (their settings as above)
 #   bash tools/arch_round.sh bench          # bench_2d and bench_1d, one build after the other
 #   bash tools/arch_round.sh buildall       # the whole default architecture list, timed
@@ -23,7 +25,8 @@
 #       # first (an untracked file travels to the GPU machine); both sm_90 builds, then
 #       # bench_overhead (new, base, new) and bench_2d (BENCH2D_ARGS, default: the G8, G26
 #       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
-#       # its default shape and at B=1024, 128 features
+#       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
+#       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB)
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
 #       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
@@ -90,7 +93,7 @@ for stage in "$@"; do
     sanitize)
       for b in ${SANITIZE_BUILDS:-sm90 sm80}; do
         for topic in ${SANITIZE_TOPICS:-2d 1d reg}; do
-          part=$([ $topic = 2d ] && echo ${SANITIZE_2D_PART:-all})
+          case $topic in 2d) part=${SANITIZE_2D_PART:-all} ;; 1d) part=${SANITIZE_1D_PART:-all} ;; *) part= ;; esac
           for tool in memcheck racecheck; do
             (cd /tmp/lmkan-$b && export PYTHONPATH=/tmp/lmkan-$b && timeout ${SANITIZE_TIMEOUT:-400} compute-sanitizer --tool $tool \
                $PY tools/sanitize_$topic.py $part > "$OUT/san_${b}_${topic}_$tool.log" 2>&1
@@ -140,6 +143,12 @@ for stage in "$@"; do
                --json "$OUT/bench_1d_${b}${shape:+_small}.json" $shape) > "$OUT/bench_1d_${b}${shape:+_small}.log" 2>&1
             echo "bench_1d $b ${shape:-default} rc=$?" >> "$OUT/summary.txt"
           done
+          for budget in ${COMPARE_1D_BUDGETS:-}; do  # e.g. "163 99": the default shape there
+            (cd /tmp/lmkan-$b && PYTHONPATH=$PWD LMKAN_SMEM_BUDGET_KB=$budget timeout ${BENCH_TIMEOUT:-300} \
+               $PY benchmarks/bench_1d.py --json "$OUT/bench_1d_${b}_${budget}kb.json") \
+               > "$OUT/bench_1d_${b}_${budget}kb.log" 2>&1
+            echo "bench_1d $b at ${budget} KB rc=$?" >> "$OUT/summary.txt"
+          done
         done
       fi
       for b in new base new; do  # the force step, new build on both sides again
@@ -150,7 +159,7 @@ for stage in "$@"; do
         echo "== $b"; grep -E "step|no grad" "$OUT/overhead_$b.log"
         grep -v "^{" "$OUT/bench_2d_$b.log" | grep -E "^G" | tail -40
         grep -E "force step" "$OUT/forces_$b.log"
-        [ -n "${COMPARE_1D:-}" ] && grep -hE "^lmKAN KANLayer  " "$OUT"/bench_1d_${b}*.log
+        [ -n "${COMPARE_1D:-}" ] && grep -E "^lmKAN KANLayer  |^kernels" "$OUT"/bench_1d_${b}*.log
       done
       ;;
     forces)
