@@ -175,8 +175,9 @@ def test_dx_with_misaligned_batch_last_grad_y():
 @pytest.mark.parametrize("batch_last", [True, False])
 def test_grouped_dc_at_every_budget(budget, batch_last, monkeypatch):
     """The grouped dC's launch shapes (layout.h, kGroupedConfigs): 8 inputs x chunks of 128
-    samples within 99 and 163 KB of shared memory, 16 x 256 on a 227 KB device; partial
-    input and output tiles, a partial last chunk, several slices, far and NaN inputs."""
+    samples within 99 KB of shared memory, 16 x 128 within 163 KB (its node sums flushed in
+    two passes), 16 x 256 on a 227 KB device; partial input and output tiles, a partial last
+    chunk, several slices, far and NaN inputs."""
     monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", budget)
     g, n_in, n_out, batch = 31, 21, 70, 5000
     x, params, borders = _case(g, n_in, n_out, batch, True, batch_last, far=True)

@@ -28,14 +28,18 @@ struct Grouped {
                     kChunk % (kThreads / (kGcOut / 4)) == 0 && kChunk % (kThreads / kGcOut) == 0 &&
                     kChunk % (kThreads / kWarps) == 0 && kWarps % (kThreads / kChunk) == 0,
                 "copy loops: every thread copies the same number of entries");
-  static_assert(kWarps * (kGcMaxCells + 1) * kGcOut <= 2 * kDyBuffer,
-                "the dy buffers must hold the flush buffer");
+  // Warps whose node sums the dy buffers hold at once at the end (16 x 128 flushes in two
+  // passes of 8 warps).
+  static constexpr int kFlushWarps = 2 * kDyBuffer / ((kGcMaxCells + 1) * kGcOut) < kWarps
+                                         ? 2 * kDyBuffer / ((kGcMaxCells + 1) * kGcOut)
+                                         : kWarps;
+  static_assert(kFlushWarps >= 1 && kWarps % kFlushWarps == 0, "whole flush passes");
 };
 
 template <int kWarps, int kChunk>
 struct GroupedSmem {
   static constexpr int kSlots = grouped_sorted_slots(kChunk);
-  float* dy;       // [2][kChunk][kGcDyStride]; at the end the flush buffer [kWarps][G+1][64]
+  float* dy;       // [2][kChunk][kGcDyStride]; at the end the flush buffer (kFlushWarps)
   float* zero_row;  // [kGcDyStride] zeros, after the dy buffers: the pads' dy row
   float* xs;       // [2][Grouped::kXBuffer]: the chunk's raw x (layout: Grouped::kXRow)
   float2* sorted;  // [kWarps][kSlots]: (byte offset of the dy row from dy, d), by cell
@@ -278,27 +282,32 @@ lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
       walk_cells(acc, sorted, bins, dy_lane, a.num_grids);
     }
   }
-  __syncthreads();  // the dy buffers become the flush buffer [kWarps][G+1][64]
-
-#pragma unroll
-  for (int k = 0; k <= kGcMaxCells; ++k) {
-    if (k > a.num_grids) break;
-    reinterpret_cast<float2*>(s.dy + (warp * side + k) * kGcOut)[lane] = acc[k];
-  }
-  __syncthreads();
-  // Consecutive threads take consecutive inputs of one (node, output) row.
+  // The dy buffers become the flush buffer [kFlushWarps][G+1][64]: kWarps / kFlushWarps
+  // passes, each storing its warps' node sums; consecutive threads take consecutive inputs
+  // of one (node, output) row.
   const int64_t plane = static_cast<int64_t>(side) * a.n_out * a.n_in;
   float* dst = a.accumulate ? a.out : a.out + blockIdx.z * plane;
-  for (int e = threadIdx.x; e < kWarps * side * kGcOut; e += P::kThreads) {
-    const int il = e % kWarps;
-    const int o = (e / kWarps) % kGcOut;
-    const int k = e / (kWarps * kGcOut);
-    const int i = i0 + il, oo = o0 + o;
-    if (i < a.n_in && oo < a.n_out) {
-      const int64_t off = (static_cast<int64_t>(k) * a.n_out + oo) * a.n_in + i;
-      const float v = s.dy[(il * side + k) * kGcOut + o];
-      if (a.accumulate) atomicAdd(dst + off, v);
-      else              dst[off] = v;
+  for (int w0 = 0; w0 < kWarps; w0 += P::kFlushWarps) {
+    __syncthreads();  // the walks (first pass) or the previous pass's readers are done
+    if (warp >= w0 && warp < w0 + P::kFlushWarps) {
+#pragma unroll
+      for (int k = 0; k <= kGcMaxCells; ++k) {
+        if (k > a.num_grids) break;
+        reinterpret_cast<float2*>(s.dy + ((warp - w0) * side + k) * kGcOut)[lane] = acc[k];
+      }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < P::kFlushWarps * side * kGcOut; e += P::kThreads) {
+      const int il = e % P::kFlushWarps;
+      const int o = (e / P::kFlushWarps) % kGcOut;
+      const int k = e / (P::kFlushWarps * kGcOut);
+      const int i = i0 + w0 + il, oo = o0 + o;
+      if (i < a.n_in && oo < a.n_out) {
+        const int64_t off = (static_cast<int64_t>(k) * a.n_out + oo) * a.n_in + i;
+        const float v = s.dy[(il * side + k) * kGcOut + o];
+        if (a.accumulate) atomicAdd(dst + off, v);
+        else              dst[off] = v;
+      }
     }
   }
 }
@@ -307,6 +316,8 @@ lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
 const void* grouped_kernel(GroupedConfig c) {
   if (c.warps == 16 && c.chunk == 256)
     return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<16, 256>);
+  if (c.warps == 16 && c.chunk == 128)
+    return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<16, 128>);
   TORCH_CHECK(c.warps == 8 && c.chunk == 128, "lmkan1d: no grouped dC kernel of ", c.warps,
               " warps and chunks of ", c.chunk);
   return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<8, 128>);
@@ -325,9 +336,11 @@ int grouped_dc_blocks_per_sm(GroupedConfig c, size_t smem) {
 
 void launch_grouped_dc(const GroupedArgs& a, GroupedConfig c, dim3 grid, size_t smem,
                        cudaStream_t stream) {
-  allow_dynamic_smem(grouped_kernel(c), smem);
-  if (c.warps == 16)
+  allow_dynamic_smem(grouped_kernel(c), smem);  // checks that c is a built shape
+  if (c.warps == 16 && c.chunk == 256)
     lmkan1d_backward_dc_grouped_kernel<16, 256><<<grid, 512, smem, stream>>>(a);
+  else if (c.warps == 16)
+    lmkan1d_backward_dc_grouped_kernel<16, 128><<<grid, 512, smem, stream>>>(a);
   else
     lmkan1d_backward_dc_grouped_kernel<8, 128><<<grid, 256, smem, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

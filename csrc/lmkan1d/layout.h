@@ -133,14 +133,16 @@ constexpr int kGcDyStride = kGcOut + 4;
 
 // A launch shape of the grouped kernel: `warps` inputs per block (a warp each) and `chunk`
 // samples per double-buffered chunk. The host takes the first that fits the device's shared
-// memory (kGroupedConfigs): 16 x 256 (204 KB) on 227 KB devices, 8 x 128 (86 KB) on 163 KB
-// and 99 KB ones. Longer chunks give longer runs per cell (fewer per-cell overheads), more
-// warps per block fewer dy copies per (sample, input).
+// memory (kGroupedConfigs): 16 x 256 (216 KB) on 227 KB devices, 16 x 128 (115 KB) on 163
+// KB ones (A100), 8 x 128 (92 KB) on 99 KB ones. The node sums take 128 registers a thread,
+// so an SM holds 16 warps at most: one block of 16 or, by shared memory, one or two of 8.
+// Longer chunks give longer runs per cell (fewer per-cell overheads), more warps per block
+// fewer dy copies per (sample, input).
 struct GroupedConfig {
   int warps;
   int chunk;
 };
-constexpr GroupedConfig kGroupedConfigs[] = {{16, 256}, {8, 128}};
+constexpr GroupedConfig kGroupedConfigs[] = {{16, 256}, {16, 128}, {8, 128}};
 
 // Each cell's run of sorted entries is padded to a multiple of kGcRunGroup with entries that
 // read a row of zeros, so the walk takes kGcRunGroup samples a step and has no remainder loop
