@@ -88,8 +88,9 @@ def _assert_dx_close(gx, gx_ref, x, params, borders, uniform, batch_last, grad_y
 # N_out over 2 x 128 (three output tiles: the dx block loops over them) and not a multiple
 # of 4 (the forward's scalar stores); a batch that is not a multiple of the 256-sample block;
 # G = 1 row slope tables; large G (fewer inputs per stage). dC: G <= 31 takes the
-# cell-grouped kernel (8 inputs x 64 outputs per block: 7, 33, 19, 9 inputs and 5, 70, 258
-# outputs leave partial tiles), G = 63 and 100 the shared-accumulator kernel.
+# cell-grouped kernel (16 inputs x 64 outputs per block and chunks of 256 samples on a
+# 227 KB device: 7, 33, 19, 9 inputs, 5, 70, 258 outputs and B = 1000, 2049, 515, 300 leave
+# partial tiles and chunks), G = 63 and 100 the shared-accumulator kernel.
 SHAPES = [(31, 256, 256, 1000), (8, 7, 5, 129), (3, 1, 1, 1), (16, 33, 70, 2049), (63, 40, 96, 777),
           (7, 19, 300, 515), (31, 64, 258, 300), (100, 9, 131, 260)]
 
@@ -168,6 +169,30 @@ def test_dx_with_misaligned_batch_last_grad_y():
         gx, gp = torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, False, True, False)
         _assert_dx_close(gx, gx_ref, x, params, borders, False, True, gy)
         assert rel_l2(gp, gp_ref) <= TOL
+
+
+@pytest.mark.parametrize("budget", ["99", "163", ""])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_grouped_dc_at_every_budget(budget, batch_last, monkeypatch):
+    """The grouped dC's launch shapes (layout.h, kGroupedConfigs): 8 inputs x chunks of 128
+    samples within 99 KB of shared memory, 16 x 128 within 163 KB (its node sums flushed in
+    two passes), 16 x 256 on a 227 KB device; partial input and output tiles, a partial last
+    chunk, several slices, far and NaN inputs."""
+    monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", budget)
+    g, n_in, n_out, batch = 31, 21, 70, 5000
+    x, params, borders = _case(g, n_in, n_out, batch, True, batch_last, far=True)
+    x.view(-1)[7] = float("nan")
+    grad_y = torch.randn(*((n_out, batch) if batch_last else (batch, n_out)), device="cuda")
+    _, _, gp_ref = _reference_all(x, params, borders, True, batch_last, grad_y)
+    nan_input = 7 // batch if batch_last else 7 % n_in
+    finite = torch.ones_like(gp_ref, dtype=torch.bool)
+    finite[:, :, nan_input] = False
+    for deterministic in (False, True):
+        _, gp = torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, True, batch_last,
+                                                 deterministic)
+        assert rel_l2(gp[finite], gp_ref[finite]) <= TOL
+        assert torch.isnan(gp[:, :, nan_input]).any()  # the NaN input's cell is poisoned
+        assert not torch.isnan(gp[finite]).any()
 
 
 @pytest.mark.parametrize("batch_last", [True, False])

@@ -45,9 +45,9 @@ def float32_launches():
                 for deterministic in (False, True):
                     torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, uniform, batch_last,
                                                      deterministic)
-    # the shared-memory budgets of consumer GPUs and of an A100 (LMKAN_SMEM_BUDGET_KB): at 99 KB
-    # the grouped dC does not fit and G <= 31 takes the shared-accumulator kernel; each budget
-    # at its own num_grids limit
+    # the shared-memory budgets of consumer GPUs and of an A100 (LMKAN_SMEM_BUDGET_KB): the
+    # grouped dC (G <= 31) takes its 8 x 128 and 16 x 128 shapes there; each budget also at
+    # its own num_grids limit (the shared-accumulator dC)
     for budget in ("99", "163"):
         os.environ["LMKAN_SMEM_BUDGET_KB"] = budget
         for g in (31, _max_num_grids_1d(torch.device("cuda"))):

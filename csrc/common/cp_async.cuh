@@ -21,6 +21,19 @@ __device__ __forceinline__ void cp_async4(float* dst_s, const float* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
 }
 
+// The same copies, zero-filling the destination instead where `copy` is false (the source
+// size operand is 0: nothing is read from `src`, which must still be a valid address).
+__device__ __forceinline__ void cp_async16_or_zero(float* dst_s, const float* src, bool copy) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_s));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(copy ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4_or_zero(float* dst_s, const float* src, bool copy) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_s));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+               "r"(copy ? 4 : 0));
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // At most kPending of this thread's most recent groups are still in flight.

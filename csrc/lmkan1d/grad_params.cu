@@ -1,9 +1,8 @@
 // The 1D layer's parameter-gradient (dC) kernels (layout.h has the scheme): a shared-memory
-// accumulator for any G, the cell-grouped kernel for G <= 31, and the fixed-order sum of the
-// deterministic per-slice workspaces.
+// accumulator for any G and the fixed-order sum of the deterministic per-slice workspaces.
+// The cell-grouped kernel for G <= 31 is in grad_params_grouped.cu.
 #include <c10/cuda/CUDAException.h>
 
-#include "common/warp.cuh"
 #include "lmkan1d/device.cuh"
 
 namespace lmkan {
@@ -145,194 +144,6 @@ lmkan1d_backward_dc_kernel(const float* __restrict__ grad_y, const float* __rest
   }
 }
 
-// ==========================================================================================
-// Backward, dC grouped by cell (G <= 31): the scheme is in layout.h beside its constants.
-// ==========================================================================================
-struct GroupedSmem {
-  float* dy;       // [kGcChunk][kGcDyStride]; at the end the flush buffer [8][G+1][64]
-  float2* cells;   // [8 inputs][kGcChunk]: (cell index as int bits, d), cell G = no sample
-  float2* sorted;  // [8 inputs][kGcChunk]: (float2 offset of the dy row, d), ordered by cell
-  int* bins;       // [8 inputs][32]: start of each cell's run in `sorted`; bins[G] = samples
-  float* borders;  // [G+1]
-};
-
-__device__ __forceinline__ GroupedSmem carve_grouped_smem(float* smem) {
-  GroupedSmem g;
-  g.dy = smem;
-  g.cells = reinterpret_cast<float2*>(smem + kGcChunk * kGcDyStride);
-  g.sorted = g.cells + kGcWarps * kGcChunk;
-  g.bins = reinterpret_cast<int*>(g.sorted + kGcWarps * kGcChunk);
-  g.borders = reinterpret_cast<float*>(g.bins + kGcWarps * 32);
-  return g;
-}
-
-
-// dy of samples [c0, c0 + valid) and this block's 64 outputs into s.dy (0 outside).
-__device__ __forceinline__ void stage_grouped_dy(const GroupedSmem& s, const GroupedArgs& a,
-                                                 int64_t c0, int valid, int o0) {
-  if (a.vector_dy) {
-    for (int e = threadIdx.x; e < kGcChunk * kGcOut / 4; e += kGcThreads) {
-      const int q = e % (kGcOut / 4), sl = e / (kGcOut / 4);
-      float4 g = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (sl < valid && o0 + 4 * q < a.n_out)
-        g = *reinterpret_cast<const float4*>(a.grad_y + (c0 + sl) * a.n_out + o0 + 4 * q);
-      *reinterpret_cast<float4*>(s.dy + sl * kGcDyStride + 4 * q) = g;
-    }
-    return;
-  }
-  for (int e = threadIdx.x; e < kGcChunk * kGcOut; e += kGcThreads) {
-    int sl, o;
-    if (a.batch_last) { sl = e % kGcChunk; o = e / kGcChunk; }
-    else              { o = e % kGcOut;    sl = e / kGcOut; }
-    const int64_t smp = c0 + sl;
-    float g = 0.f;
-    if (sl < valid && o0 + o < a.n_out)
-      g = a.batch_last ? a.grad_y[static_cast<int64_t>(o0 + o) * a.batch + smp]
-                       : a.grad_y[smp * a.n_out + o0 + o];
-    s.dy[sl * kGcDyStride + o] = g;
-  }
-}
-
-// (cell, d) of samples [c0, c0 + valid) for this block's 8 inputs; cell G marks no sample.
-__device__ __forceinline__ void stage_grouped_cells(const GroupedSmem& s, const GroupedArgs& a,
-                                                    int64_t c0, int valid, int i0) {
-  for (int e = threadIdx.x; e < kGcChunk * kGcWarps; e += kGcThreads) {
-    int sl, il;
-    if (a.batch_last) { sl = e % kGcChunk; il = e / kGcChunk; }
-    else              { il = e % kGcWarps; sl = e / kGcWarps; }
-    const int64_t smp = c0 + sl;
-    const int i = i0 + il;
-    int k = a.num_grids;
-    float d = 0.f;
-    if (sl < valid && i < a.n_in) {
-      const float v = a.batch_last ? a.x[static_cast<int64_t>(i) * a.batch + smp]
-                                   : a.x[smp * a.n_in + i];
-      const Cell c = find_cell(v, s.borders, a.num_grids, a.uniform);
-      k = c.index;
-      d = gradient_d(v, c.d);
-    }
-    s.cells[il * kGcChunk + sl] = make_float2(__int_as_float(k), d);
-  }
-}
-
-// Counting sort of one input's chunk by cell, by one warp: sorted[] gets (dy row offset, d)
-// in cell order, samples of one cell in sample order; bins[k] the start of cell k's run.
-__device__ __forceinline__ void sort_chunk_by_cell(const float2* cells, float2* sorted, int* bins,
-                                                   int lane) {
-  bins[lane] = 0;
-  __syncwarp();
-  const unsigned lower_lanes = (1u << lane) - 1u;
-  // Only the ranks stay in registers (the node sums of the caller hold 64): cells and d are
-  // read again from shared memory for the scatter.
-  int rank[kGcPerLane];
-#pragma unroll
-  for (int r = 0; r < kGcPerLane; ++r) {
-    const int cell = __float_as_int(cells[lane + 32 * r].x);
-    const unsigned peers = __match_any_sync(0xffffffffu, cell);
-    const int before = bins[cell];
-    rank[r] = before + __popc(peers & lower_lanes);
-    __syncwarp();  // every lane has read its count before the lowest peer raises it
-    if ((peers & lower_lanes) == 0) bins[cell] = before + __popc(peers);
-    __syncwarp();
-  }
-  // Exclusive scan of the 32 counts: bins[k] = start of cell k.
-  const int count = bins[lane];
-  const int inclusive = warp_inclusive_scan(count, lane);
-  bins[lane] = inclusive - count;
-  __syncwarp();
-#pragma unroll
-  for (int r = 0; r < kGcPerLane; ++r) {
-    const float2 c = cells[lane + 32 * r];
-    const int row = (lane + 32 * r) * (kGcDyStride / 2);  // float2 offset of the dy row
-    sorted[bins[__float_as_int(c.x)] + rank[r]] = make_float2(__int_as_float(row), c.y);
-  }
-  __syncwarp();
-}
-
-// Adds one sorted chunk of this warp's input into the node sums (lane: outputs 2 lane, +1).
-__device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const float2* sorted,
-                                           const int* bins, const float2* dy_lane, int num_grids) {
-#pragma unroll
-  for (int k = 0; k < kGcMaxCells; ++k) {
-    if (k >= num_grids) break;
-    const int begin = bins[k], end = bins[k + 1];
-    float2 lo = make_float2(0.f, 0.f), hi = make_float2(0.f, 0.f);
-#pragma unroll 4
-    for (int j = begin; j < end; ++j) {
-      const float2 e = sorted[j];
-      const float2 g = dy_lane[__float_as_int(e.x)];
-      const float w0 = 1.f - e.y;
-      lo.x = fmaf(g.x, w0, lo.x);
-      lo.y = fmaf(g.y, w0, lo.y);
-      hi.x = fmaf(g.x, e.y, hi.x);
-      hi.y = fmaf(g.y, e.y, hi.y);
-    }
-    acc[k].x += lo.x;
-    acc[k].y += lo.y;
-    acc[k + 1].x += hi.x;
-    acc[k + 1].y += hi.y;
-  }
-}
-
-// Grid: (ceil(N_out / 64), ceil(N_in / 8), slices); block z handles samples
-// [z * slice_len, (z+1) * slice_len). 256 threads, grouped_smem_bytes(G).
-__global__ void __launch_bounds__(kGcThreads, 2)
-lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
-  extern __shared__ __align__(16) float smem[];
-  const GroupedSmem s = carve_grouped_smem(smem);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int o0 = blockIdx.x * kGcOut;
-  const int i0 = blockIdx.y * kGcWarps;
-  const int64_t begin = static_cast<int64_t>(blockIdx.z) * a.slice_len;
-  const int64_t end = (begin + a.slice_len < a.batch) ? begin + a.slice_len : a.batch;
-  const int side = a.num_grids + 1;
-  const bool warp_has_input = i0 + warp < a.n_in;
-  load_borders(s.borders, a.borders, side);
-
-  float2 acc[kGcMaxCells + 1];
-#pragma unroll
-  for (int k = 0; k <= kGcMaxCells; ++k) acc[k] = make_float2(0.f, 0.f);
-  const float2* cells = s.cells + warp * kGcChunk;
-  float2* sorted = s.sorted + warp * kGcChunk;
-  int* bins = s.bins + warp * 32;
-  const float2* dy_lane = reinterpret_cast<const float2*>(s.dy) + lane;
-
-  for (int64_t c0 = begin; c0 < end; c0 += kGcChunk) {
-    const int valid = static_cast<int>(end - c0 < kGcChunk ? end - c0 : kGcChunk);
-    __syncthreads();  // the previous chunk's readers are done (and the borders are loaded)
-    stage_grouped_dy(s, a, c0, valid, o0);
-    stage_grouped_cells(s, a, c0, valid, i0);
-    __syncthreads();
-    if (warp_has_input) {
-      sort_chunk_by_cell(cells, sorted, bins, lane);
-      walk_cells(acc, sorted, bins, dy_lane, a.num_grids);
-    }
-  }
-  __syncthreads();  // s.dy becomes the flush buffer [8][G+1][64]
-
-#pragma unroll
-  for (int k = 0; k <= kGcMaxCells; ++k) {
-    if (k > a.num_grids) break;
-    reinterpret_cast<float2*>(s.dy + (warp * side + k) * kGcOut)[lane] = acc[k];
-  }
-  __syncthreads();
-  // Consecutive threads take consecutive inputs of one (node, output) row.
-  const int64_t plane = static_cast<int64_t>(side) * a.n_out * a.n_in;
-  float* dst = a.accumulate ? a.out : a.out + blockIdx.z * plane;
-  for (int e = threadIdx.x; e < kGcWarps * side * kGcOut; e += kGcThreads) {
-    const int il = e % kGcWarps;
-    const int o = (e / kGcWarps) % kGcOut;
-    const int k = e / (kGcWarps * kGcOut);
-    const int i = i0 + il, oo = o0 + o;
-    if (i < a.n_in && oo < a.n_out) {
-      const int64_t off = (static_cast<int64_t>(k) * a.n_out + oo) * a.n_in + i;
-      const float v = s.dy[(il * side + k) * kGcOut + o];
-      if (a.accumulate) atomicAdd(dst + off, v);
-      else              dst[off] = v;
-    }
-  }
-}
-
 // out[e] = sum over z = 0, 1, ... of ws[z][e], in that order (deterministic dC).
 __global__ void lmkan1d_sum_slices_kernel(const float* __restrict__ ws, float* __restrict__ out,
                                           int64_t plane, int slices) {
@@ -360,19 +171,6 @@ void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* 
         grad_y, x, borders, out, batch, n_in, n_out, num_grids, uniform, batch_last, slice_len,
         accumulate, weights);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-int grouped_dc_blocks_per_sm(size_t smem) {
-  const void* kernel = reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel);
-  allow_dynamic_smem(kernel, smem);
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGcThreads, smem));
-  return per_sm;
-}
-
-void launch_grouped_dc(const GroupedArgs& a, dim3 grid, size_t smem, cudaStream_t stream) {
-  lmkan1d_backward_dc_grouped_kernel<<<grid, kGcThreads, smem, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

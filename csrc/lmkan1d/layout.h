@@ -1,4 +1,4 @@
-// LMKAN1DLayer / KANLayer kernels: what the kernels (tiles.cu, grad_params.cu) and the host
+// LMKAN1DLayer / KANLayer kernels: what the kernels (tiles.cu, grad_params*.cu) and the host
 // code (ops.cpp) share: launch shapes, argument structs, shared-memory sizes, the launchers.
 //
 // CUDA kernels of the 1D linear-spline layer (docs/spec.md section 4):
@@ -20,8 +20,8 @@
 //     all output tiles itself, so grad_x is written by one thread per entry: no atomics,
 //     deterministic.
 // dC, G <= 31 (grouped): a warp owns one input and 64 outputs (a float2 per lane); per chunk
-//   of 256 samples it counting-sorts them by cell and walks the cells in order, summing a run
-//   of one cell in registers into node sums that stay in registers for the whole batch slice.
+//   of 128 or 256 samples it counting-sorts them by cell and walks the cells in order, summing
+//   a run of one cell in registers into node sums that stay in registers for the whole slice.
 //   Per (sample, input) it reads shared memory twice (sorted entry, dy row), writes nothing.
 // dC, larger G: a warp owns two inputs and 32 outputs (lanes); for a chunk of samples it reads
 //   each sample's cells (broadcast) and dy[s, o] and updates its own columns of a shared-memory
@@ -114,31 +114,51 @@ inline size_t dc_smem_bytes(int num_grids) {
          sizeof(float2) * kDcInputs * kDcChunk + sizeof(float) * (num_grids + 2);
 }
 
-// A warp owns one input and 64 outputs (a float2 per lane). Per chunk of 256 samples it sorts
+// A warp owns one input and 64 outputs (a float2 per lane). Per chunk of samples it sorts
 // its input's samples by cell (counting sort, ranks from __match_any_sync, so the order
 // depends only on the data) and walks the cells in order: a run of samples in cell k sums
-// g (1 - d) and g d in registers, then adds them to the node sums acc[k] and acc[k+1], which
-// stay in registers for the whole slice. Shared memory is read once per (sample, input) for
-// the sorted entry (a broadcast) and once for the dy row (2 wavefronts); nothing is written
-// per sample. The node sums need G+1 <= 32 registers pairs with static indices, hence the
-// fully unrolled cell loop and the G <= 31 limit (larger G use the shared-accumulator
-// kernel, grad_params.cu).
-constexpr int kGcThreads = 256;
-constexpr int kGcWarps = kGcThreads / 32;  // = inputs per block
+// g and g d in registers, then adds g - g d to the node sum acc[k] and g d to acc[k+1];
+// the node sums stay in registers for the whole slice. Shared memory is read once per
+// (sample, input) for the sorted entry (a broadcast) and once for the dy row (2 wavefronts);
+// nothing is written per sample. The node sums need G+1 <= 32 register pairs with static
+// indices, hence the fully unrolled cell loop and the G <= 31 limit (larger G use the
+// shared-accumulator kernel, grad_params.cu). The chunks are double-buffered: cp.async copies
+// the next chunk's dy rows and raw x while the warps sort and walk the current one, so a
+// block waits on global memory once per slice, not once per chunk.
 constexpr int kGcOut = 64;                 // outputs per block: 32 lanes x float2
-constexpr int kGcChunk = 256;              // samples per chunk
-constexpr int kGcPerLane = kGcChunk / 32;  // samples a lane sorts
 constexpr int kGcMaxCells = 31;            // node sums in registers: G + 1 <= 32
-// dy row stride in floats: 16-byte aligned rows (float4 stores), and for batch-last's
-// transposed stores consecutive samples start 4 banks apart (4-way, not 32-way conflicts).
+// dy row stride in floats: 16-byte aligned rows (16-byte copies), and for batch-last's
+// transposed copies consecutive samples start 4 banks apart (4-way, not 32-way conflicts).
 constexpr int kGcDyStride = kGcOut + 4;
 
-static_assert(kGcWarps * (kGcMaxCells + 1) * kGcOut <= kGcChunk * kGcDyStride,
-              "the dy buffer must hold the flush buffer");
+// A launch shape of the grouped kernel: `warps` inputs per block (a warp each) and `chunk`
+// samples per double-buffered chunk. The host takes the first that fits the device's shared
+// memory (kGroupedConfigs): 16 x 256 (216 KB) on 227 KB devices, 16 x 128 (115 KB) on 163
+// KB ones (A100), 8 x 128 (92 KB) on 99 KB ones. The node sums take 128 registers a thread,
+// so an SM holds 16 warps at most: one block of 16 or, by shared memory, one or two of 8.
+// Longer chunks give longer runs per cell (fewer per-cell overheads), more warps per block
+// fewer dy copies per (sample, input).
+struct GroupedConfig {
+  int warps;
+  int chunk;
+};
+constexpr GroupedConfig kGroupedConfigs[] = {{16, 256}, {16, 128}, {8, 128}};
 
-inline size_t grouped_smem_bytes(int num_grids) {
-  return sizeof(float) * kGcChunk * kGcDyStride + 2 * sizeof(float2) * kGcWarps * kGcChunk +
-         sizeof(int) * kGcWarps * 32 + sizeof(float) * (num_grids + 1);
+// Each cell's run of sorted entries is padded to a multiple of kGcRunGroup with entries that
+// read a row of zeros, so the walk takes kGcRunGroup samples a step and has no remainder loop
+// (at ~8 samples per cell, the remainder and its setup were ~40% of the walk's instructions).
+// A warp's sorted entries: the chunk plus at most kGcRunGroup - 1 pads for each of 31 cells.
+constexpr int kGcRunGroup = 4;
+constexpr int grouped_sorted_slots(int chunk) { return chunk + 32 * (kGcRunGroup - 1); }
+
+// Shared memory of a grouped block (grad_params_grouped.cu, GroupedSmem): two dy buffers
+// [chunk][kGcDyStride] and the zero row, two raw-x buffers of chunk x (warps + 1) floats (the
+// batch-first layout's padded rows), the warps' sorted entries (float2) and counts (32 ints),
+// the borders.
+inline size_t grouped_smem_bytes(GroupedConfig c, int num_grids) {
+  return sizeof(float) * (2 * c.chunk * (kGcDyStride + c.warps + 1) + kGcDyStride) +
+         sizeof(float2) * c.warps * grouped_sorted_slots(c.chunk) +
+         sizeof(int) * c.warps * 32 + sizeof(float) * (num_grids + 1);
 }
 
 struct GroupedArgs {
@@ -174,9 +194,11 @@ void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* 
                       const float* x, const float* borders, float* out, int64_t batch, int n_in,
                       int n_out, int num_grids, bool uniform, bool batch_last, int64_t slice_len,
                       bool accumulate, const float* weights = nullptr);
-// Resident blocks per SM of the grouped dC kernel with `smem` bytes (sets its limit first).
-int grouped_dc_blocks_per_sm(size_t smem);
-void launch_grouped_dc(const GroupedArgs& a, dim3 grid, size_t smem, cudaStream_t stream);
+// Resident blocks per SM of the grouped dC kernel of shape `c` with `smem` bytes (sets its
+// limit first).
+int grouped_dc_blocks_per_sm(GroupedConfig c, size_t smem);
+void launch_grouped_dc(const GroupedArgs& a, GroupedConfig c, dim3 grid, size_t smem,
+                       cudaStream_t stream);
 void launch_sum_slices(const float* ws, float* out, int64_t plane, int slices, cudaStream_t stream);
 
 }  // namespace lmkan1d

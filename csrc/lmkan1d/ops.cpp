@@ -205,8 +205,8 @@ int64_t dc_slices(const Shapes& sh, int sms) {
 // (blocks do equal work, so a part-empty wave is lost time); else the best filling count.
 // (Slices of at least 4 chunks left LMKAN1DLayer(8, 128, 128) at B = 1024 one slice: 32
 // blocks on 132 SMs, 61 us, the largest kernel of its training call; H200, run I.)
-int64_t grouped_dc_slices(const Shapes& sh, int64_t tiles, int64_t slots) {
-  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(64, sh.batch / kGcChunk));
+int64_t grouped_dc_slices(const Shapes& sh, int64_t chunk, int64_t tiles, int64_t slots) {
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(64, sh.batch / chunk));
   int64_t best = 1;
   double best_fill = 0.0;
   for (int64_t slices = 1; slices <= most; ++slices) {
@@ -240,19 +240,35 @@ void run_dc_slices(int64_t slices, bool deterministic, at::Tensor& grad_params,
 
 int device_sms(int device) { return device_limits(device).num_sms; }
 
-// dC for G <= kGcMaxCells: cell-grouped kernel.
+// The grouped dC's launch shape on this device: the first of kGroupedConfigs whose shared
+// memory fits (layout.h), or nullptr: the grouped kernel needs G <= 31 and N_in / warps
+// blocks along grid y (<= 65535).
+const GroupedConfig* grouped_dc_config(const Shapes& sh, int device) {
+  if (sh.num_grids > kGcMaxCells) return nullptr;
+  for (const GroupedConfig& c : kGroupedConfigs) {
+    if (grouped_smem_bytes(c, sh.num_grids) <= static_cast<size_t>(max_dynamic_smem(device)) &&
+        (sh.n_in + c.warps - 1) / c.warps <= 65535)
+      return &c;
+  }
+  return nullptr;
+}
+
+// dC for G <= kGcMaxCells: cell-grouped kernel of launch shape c.
 void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
-                       const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
-                       at::Tensor& grad_params, cudaStream_t stream) {
+                       const Shapes& sh, GroupedConfig c, bool uniform_grid, bool batch_last,
+                       bool deterministic, at::Tensor& grad_params, cudaStream_t stream) {
   const int device = x.get_device();
-  const size_t smem = grouped_smem_bytes(sh.num_grids);
-  check_smem(smem, device, "backward (dC)", sh.num_grids);
-  const int per_sm = grouped_dc_blocks_per_sm(smem);
+  const size_t smem = grouped_smem_bytes(c, sh.num_grids);
+  // Resident blocks: the occupancy of the kernel, within the budgeted shared memory per SM
+  const int per_sm = std::min(grouped_dc_blocks_per_sm(c, smem),
+                              device_limits(device).smem_per_sm /
+                                  static_cast<int>(smem + kReservedSmemPerBlock));
   const int64_t tiles = static_cast<int64_t>((sh.n_out + kGcOut - 1) / kGcOut) *
-                        ((sh.n_in + kGcWarps - 1) / kGcWarps);
+                        ((sh.n_in + c.warps - 1) / c.warps);
   const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) * device_sms(device);
-  int64_t slices = grouped_dc_slices(sh, tiles, slots);
-  const int64_t slice_len = (sh.batch + slices - 1) / slices;
+  int64_t slices = grouped_dc_slices(sh, c.chunk, tiles, slots);
+  // whole chunks per slice: only the last slice may end in a partial chunk
+  const int64_t slice_len = ((sh.batch + slices - 1) / slices + c.chunk - 1) / c.chunk * c.chunk;
   slices = (sh.batch + slice_len - 1) / slice_len;
   GroupedArgs a;
   a.grad_y = grad_y.data_ptr<float>();
@@ -267,12 +283,12 @@ void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::
   a.batch_last = batch_last;
   a.vector_dy = !batch_last && sh.n_out % 4 == 0 &&
                 reinterpret_cast<uintptr_t>(a.grad_y) % 16 == 0;
-  const dim3 grid((sh.n_out + kGcOut - 1) / kGcOut, (sh.n_in + kGcWarps - 1) / kGcWarps,
+  const dim3 grid((sh.n_out + kGcOut - 1) / kGcOut, (sh.n_in + c.warps - 1) / c.warps,
                   static_cast<unsigned>(slices));
   run_dc_slices(slices, deterministic, grad_params, stream, [&](float* out, bool accumulate) {
     a.out = out;
     a.accumulate = accumulate;
-    launch_grouped_dc(a, grid, smem, stream);
+    launch_grouped_dc(a, c, grid, smem, stream);
   });
 }
 
@@ -300,14 +316,11 @@ void launch_dc_shared(const at::Tensor& grad_y, const at::Tensor& x, const at::T
 void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
                const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
                at::Tensor& grad_params, cudaStream_t stream) {
-  // The grouped kernel needs G <= 31, ~100 KB of shared memory (devices with less take the
-  // other kernel, whose limit is what lmkan1d_max_num_grids reports) and N_in / 8 blocks
-  // along grid y (<= 65535; the other kernel takes N_in / 16).
-  const bool grouped =
-      sh.num_grids <= kGcMaxCells && (sh.n_in + kGcWarps - 1) / kGcWarps <= 65535 &&
-      grouped_smem_bytes(sh.num_grids) <= static_cast<size_t>(max_dynamic_smem(x.get_device()));
-  if (grouped)
-    launch_dc_grouped(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
+  // G > 31, or a device whose shared memory holds no grouped shape (under 87 KB per block),
+  // takes the shared-accumulator kernel, whose limit is what lmkan1d_max_num_grids reports.
+  if (const GroupedConfig* c = grouped_dc_config(sh, x.get_device()))
+    launch_dc_grouped(grad_y, x, borders, sh, *c, uniform_grid, batch_last, deterministic,
+                      grad_params, stream);
   else
     launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
 }

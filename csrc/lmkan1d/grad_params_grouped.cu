@@ -1,0 +1,350 @@
+// The 1D layer's parameter gradient grouped by cell (num_grids <= 31; layout.h has the
+// scheme beside its constants): per block `kWarps` inputs (a warp each) x 64 outputs, per
+// chunk of `kChunk` samples a counting sort by cell and a walk over the cells whose node sums
+// stay in registers. Chunks are double-buffered with cp.async (dy rows and raw x), so the
+// copies of chunk c + 1 overlap the sort and walk of chunk c; one barrier per chunk.
+#include <c10/cuda/CUDAException.h>
+
+#include "common/cp_async.cuh"
+#include "common/warp.cuh"
+#include "lmkan1d/device.cuh"
+
+namespace lmkan {
+namespace lmkan1d {
+namespace {
+
+template <int kWarps, int kChunk>
+struct Grouped {
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kPerLane = kChunk / 32;       // samples a lane sorts per chunk
+  static constexpr int kDyBuffer = kChunk * kGcDyStride;  // floats of one dy buffer
+  // Raw x of one chunk: batch-last [input][kChunk] (contiguous copies and reads); batch-first
+  // [sample][kWarps + 1] (a sample's inputs are contiguous in x; the odd row stride makes a
+  // warp's reads of one input down the samples conflict-free).
+  static constexpr int kXRow = kWarps + 1;
+  static constexpr int kXBuffer = kChunk * kXRow;
+  static_assert(kThreads % kChunk == 0 && kThreads % kGcOut == 0, "copy loops: fixed columns");
+  static_assert(kThreads % (kGcOut / 4) == 0 && kThreads % kWarps == 0 &&
+                    kChunk % (kThreads / (kGcOut / 4)) == 0 && kChunk % (kThreads / kGcOut) == 0 &&
+                    kChunk % (kThreads / kWarps) == 0 && kWarps % (kThreads / kChunk) == 0,
+                "copy loops: every thread copies the same number of entries");
+  // Warps whose node sums the dy buffers hold at once at the end (16 x 128 flushes in two
+  // passes of 8 warps).
+  static constexpr int kFlushWarps = 2 * kDyBuffer / ((kGcMaxCells + 1) * kGcOut) < kWarps
+                                         ? 2 * kDyBuffer / ((kGcMaxCells + 1) * kGcOut)
+                                         : kWarps;
+  static_assert(kFlushWarps >= 1 && kWarps % kFlushWarps == 0, "whole flush passes");
+};
+
+template <int kWarps, int kChunk>
+struct GroupedSmem {
+  static constexpr int kSlots = grouped_sorted_slots(kChunk);
+  float* dy;       // [2][kChunk][kGcDyStride]; at the end the flush buffer (kFlushWarps)
+  float* zero_row;  // [kGcDyStride] zeros, after the dy buffers: the pads' dy row
+  float* xs;       // [2][Grouped::kXBuffer]: the chunk's raw x (layout: Grouped::kXRow)
+  float2* sorted;  // [kWarps][kSlots]: (byte offset of the dy row from dy, d), by cell
+  int* bins;       // [kWarps][32]: start of each cell's padded run in `sorted`
+  float* borders;  // [G+1]
+
+  __device__ explicit GroupedSmem(float* smem) {
+    using P = Grouped<kWarps, kChunk>;
+    dy = smem;
+    zero_row = dy + 2 * P::kDyBuffer;
+    xs = zero_row + kGcDyStride;
+    sorted = reinterpret_cast<float2*>(xs + 2 * P::kXBuffer);
+    bins = reinterpret_cast<int*>(sorted + kWarps * kSlots);
+    borders = reinterpret_cast<float*>(bins + kWarps * 32);
+  }
+};
+
+// Issues (and commits) the copies of samples [c0, c0 + valid) into buffer `buf`: the dy rows
+// of this block's 64 outputs and the raw x of its inputs, zeros outside the batch and the
+// layer. Each loop gives a thread a fixed column and steps its row (one pointer add per copy).
+template <int kWarps, int kChunk>
+__device__ __forceinline__ void stage_chunk(const GroupedSmem<kWarps, kChunk>& s,
+                                            const GroupedArgs& a, int64_t c0, int valid, int o0,
+                                            int i0, int buf) {
+  using P = Grouped<kWarps, kChunk>;
+  const int t = threadIdx.x;
+  float* dy = s.dy + buf * P::kDyBuffer;
+  if (a.vector_dy) {  // batch-first rows as float4 (N_out % 4 == 0: a float4 is in or out)
+    constexpr int kQuads = kGcOut / 4, kStep = P::kThreads / kQuads;
+    const int q = t % kQuads, sl0 = t / kQuads;
+    const bool out_ok = o0 + 4 * q < a.n_out;
+    const float* src = a.grad_y + (c0 + sl0) * a.n_out + o0 + 4 * q;
+#pragma unroll
+    for (int r = 0; r < kChunk / kStep; ++r) {
+      const int sl = sl0 + r * kStep;
+      const bool ok = out_ok && sl < valid;
+      cp_async16_or_zero(dy + sl * kGcDyStride + 4 * q, ok ? src : a.grad_y, ok);
+      src += kStep * a.n_out;
+    }
+  } else if (a.batch_last) {  // grad_y [N_out, B]: consecutive threads, consecutive samples
+    constexpr int kStep = P::kThreads / kChunk;
+    const int sl = t % kChunk, o_first = t / kChunk;
+    const float* src = a.grad_y + static_cast<int64_t>(o0 + o_first) * a.batch + c0 + sl;
+#pragma unroll 8
+    for (int r = 0; r < kGcOut / kStep; ++r) {
+      const int o = o_first + r * kStep;
+      const bool ok = sl < valid && o0 + o < a.n_out;
+      cp_async4_or_zero(dy + sl * kGcDyStride + o, ok ? src : a.grad_y, ok);
+      src += kStep * a.batch;
+    }
+  } else {  // batch-first rows that are not 16-byte aligned or not whole float4s
+    constexpr int kStep = P::kThreads / kGcOut;
+    const int o = t % kGcOut, sl0 = t / kGcOut;
+    const bool out_ok = o0 + o < a.n_out;
+    const float* src = a.grad_y + (c0 + sl0) * a.n_out + o0 + o;
+#pragma unroll 8
+    for (int r = 0; r < kChunk / kStep; ++r) {
+      const int sl = sl0 + r * kStep;
+      const bool ok = out_ok && sl < valid;
+      cp_async4_or_zero(dy + sl * kGcDyStride + o, ok ? src : a.grad_y, ok);
+      src += kStep * a.n_out;
+    }
+  }
+  float* xs = s.xs + buf * P::kXBuffer;
+  if (a.batch_last) {  // x [N_in, B]
+    constexpr int kStep = P::kThreads / kChunk;
+    const int sl = t % kChunk, il_first = t / kChunk;
+    const float* src = a.x + static_cast<int64_t>(i0 + il_first) * a.batch + c0 + sl;
+#pragma unroll
+    for (int r = 0; r < kWarps / kStep; ++r) {
+      const int il = il_first + r * kStep;
+      const bool ok = sl < valid && i0 + il < a.n_in;
+      cp_async4_or_zero(xs + il * kChunk + sl, ok ? src : a.x, ok);
+      src += kStep * a.batch;
+    }
+  } else {  // x [B, N_in]: consecutive threads, consecutive inputs of a sample
+    constexpr int kStep = P::kThreads / kWarps;
+    const int il = t % kWarps, sl0 = t / kWarps;
+    const bool in_ok = i0 + il < a.n_in;
+    const float* src = a.x + (c0 + sl0) * a.n_in + i0 + il;
+#pragma unroll
+    for (int r = 0; r < kChunk / kStep; ++r) {
+      const int sl = sl0 + r * kStep;
+      const bool ok = in_ok && sl < valid;
+      cp_async4_or_zero(xs + sl * P::kXRow + il, ok ? src : a.x, ok);
+      src += kStep * a.n_in;
+    }
+  }
+  cp_async_commit();
+}
+
+// Counting sort of this warp's input over one chunk, by one warp: sorted[] gets (byte offset
+// of the sample's dy row, d) in cell order, the samples of a cell in sample order, each
+// cell's run padded to a multiple of kGcRunGroup with (zero row, 0) entries, and bins[k] the
+// start of cell k's run (bins[G]: the end of the last). x_warp: the input's raw x in the
+// chunk buffer, sample sl at x_warp[sl * x_step]. Samples at or past `valid` take cell G
+// (no slot, not walked).
+template <int kPerLane>
+__device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_step, int valid,
+                                                   int dy_row0, int zero_row,
+                                                   const float* borders_s, int num_grids,
+                                                   bool uniform, float2* sorted, int* bins,
+                                                   int lane) {
+  bins[lane] = 0;
+  __syncwarp();
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  int cell[kPerLane], rank[kPerLane];
+  float dd[kPerLane];
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    const int sl = lane + 32 * r;
+    cell[r] = num_grids;
+    dd[r] = 0.f;
+    if (sl < valid) {
+      const float v = x_warp[sl * x_step];
+      const Cell c = find_cell(v, borders_s, num_grids, uniform);
+      cell[r] = c.index;
+      dd[r] = gradient_d(v, c.d);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    const unsigned peers = __match_any_sync(0xffffffffu, cell[r]);
+    const int before = bins[cell[r]];
+    rank[r] = before + __popc(peers & lower_lanes);
+    __syncwarp();  // every lane has read its count before the lowest peer raises it
+    if ((peers & lower_lanes) == 0) bins[cell[r]] = before + __popc(peers);
+    __syncwarp();
+  }
+  // Exclusive scan of the 32 padded counts: bins[k] = start of cell k's run; lane k writes
+  // its cell's pads after the cell's samples.
+  const int count = bins[lane];
+  const int padded = lane < num_grids ? (count + kGcRunGroup - 1) / kGcRunGroup * kGcRunGroup : 0;
+  const int start = warp_inclusive_scan(padded, lane) - padded;
+  bins[lane] = start;
+#pragma unroll
+  for (int p = 0; p < kGcRunGroup - 1; ++p)
+    if (count + p < padded) sorted[start + count + p] = make_float2(__int_as_float(zero_row), 0.f);
+  __syncwarp();
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    if (cell[r] < num_grids) {
+      const int row = dy_row0 + (lane + 32 * r) * kGcDyStride * static_cast<int>(sizeof(float));
+      sorted[bins[cell[r]] + rank[r]] = make_float2(__int_as_float(row), dd[r]);
+    }
+  }
+  __syncwarp();
+}
+
+// A float2 at a shared-memory address (the walk's dy rows: one add forms the address, where
+// the compiler's own form of `lane base + entry offset` took two).
+__device__ __forceinline__ float2 load_shared_float2(unsigned address) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(address));
+  return v;
+}
+
+// Adds one sorted chunk of this warp's input into the node sums (lane: outputs 2 lane, +1).
+// Per run of cell k: sg = sum of g, sgd = sum of g d; node k gets sg - sgd (the weight 1 - d),
+// node k + 1 gets sgd. Runs are whole groups of kGcRunGroup entries (pads add zeros). dy_lane:
+// the shared-memory address of this lane's float2 in dy row 0.
+__device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const float2* sorted,
+                                           const int* bins, unsigned dy_lane, int num_grids) {
+#pragma unroll
+  for (int k = 0; k < kGcMaxCells; ++k) {
+    if (k >= num_grids) break;
+    const float2* entry = sorted + bins[k];
+    const float2* const run_end = sorted + bins[k + 1];
+    float2 sg = make_float2(0.f, 0.f), sgd = make_float2(0.f, 0.f);
+#pragma unroll 1
+    for (; entry != run_end; entry += kGcRunGroup) {
+      float2 e[kGcRunGroup], g[kGcRunGroup];
+#pragma unroll
+      for (int q = 0; q < kGcRunGroup; ++q) e[q] = entry[q];
+#pragma unroll
+      for (int q = 0; q < kGcRunGroup; ++q) g[q] = load_shared_float2(dy_lane + __float_as_uint(e[q].x));
+#pragma unroll
+      for (int q = 0; q < kGcRunGroup; ++q) {
+        sg.x += g[q].x;
+        sg.y += g[q].y;
+        sgd.x = fmaf(g[q].x, e[q].y, sgd.x);
+        sgd.y = fmaf(g[q].y, e[q].y, sgd.y);
+      }
+    }
+    acc[k].x += sg.x - sgd.x;
+    acc[k].y += sg.y - sgd.y;
+    acc[k + 1].x += sgd.x;
+    acc[k + 1].y += sgd.y;
+  }
+}
+
+// Grid: (ceil(N_out / 64), ceil(N_in / kWarps), slices); block z handles samples
+// [z * slice_len, (z+1) * slice_len). kWarps x 32 threads, grouped_smem_bytes.
+template <int kWarps, int kChunk>
+__global__ void __launch_bounds__(kWarps * 32, 512 / (kWarps * 32))
+lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
+  using P = Grouped<kWarps, kChunk>;
+  extern __shared__ __align__(16) float smem[];
+  const GroupedSmem<kWarps, kChunk> s(smem);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int o0 = blockIdx.x * kGcOut;
+  const int i0 = blockIdx.y * kWarps;
+  const int64_t begin = static_cast<int64_t>(blockIdx.z) * a.slice_len;
+  const int64_t end = (begin + a.slice_len < a.batch) ? begin + a.slice_len : a.batch;
+  const int side = a.num_grids + 1;
+  const bool warp_has_input = i0 + warp < a.n_in;
+  load_borders(s.borders, a.borders, side);
+
+  float2 acc[kGcMaxCells + 1];
+#pragma unroll
+  for (int k = 0; k <= kGcMaxCells; ++k) acc[k] = make_float2(0.f, 0.f);
+  float2* sorted = s.sorted + warp * s.kSlots;
+  for (int j = threadIdx.x; j < kGcDyStride; j += P::kThreads) s.zero_row[j] = 0.f;
+  int* bins = s.bins + warp * 32;
+  const unsigned dy_lane = smem_u32(s.dy) + lane * static_cast<unsigned>(sizeof(float2));
+  // This warp's input in a raw-x buffer: sample sl at [sl * x_step].
+  const int x_first = a.batch_last ? warp * kChunk : warp;
+  const int x_step = a.batch_last ? 1 : P::kXRow;
+
+  const int64_t chunks = end > begin ? (end - begin + kChunk - 1) / kChunk : 0;
+  auto valid_at = [&](int64_t c0) {
+    return static_cast<int>(end - c0 < kChunk ? end - c0 : kChunk);
+  };
+  if (chunks > 0) stage_chunk(s, a, begin, valid_at(begin), o0, i0, 0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int buf = static_cast<int>(c & 1);
+    const int64_t c0 = begin + c * kChunk;
+    cp_async_wait<0>();
+    // Chunk c has landed for every thread (the borders and zero row are stored); every warp
+    // is done with chunk c - 1, so its buffer takes chunk c + 1 while this one is sorted and
+    // walked.
+    __syncthreads();
+    if (c + 1 < chunks) stage_chunk(s, a, c0 + kChunk, valid_at(c0 + kChunk), o0, i0, buf ^ 1);
+    if (warp_has_input) {
+      sort_chunk_by_cell<P::kPerLane>(
+          s.xs + buf * P::kXBuffer + x_first, x_step, valid_at(c0),
+          buf * P::kDyBuffer * static_cast<int>(sizeof(float)),
+          2 * P::kDyBuffer * static_cast<int>(sizeof(float)), s.borders, a.num_grids, a.uniform,
+          sorted, bins, lane);
+      walk_cells(acc, sorted, bins, dy_lane, a.num_grids);
+    }
+  }
+  // The dy buffers become the flush buffer [kFlushWarps][G+1][64]: kWarps / kFlushWarps
+  // passes, each storing its warps' node sums; consecutive threads take consecutive inputs
+  // of one (node, output) row.
+  const int64_t plane = static_cast<int64_t>(side) * a.n_out * a.n_in;
+  float* dst = a.accumulate ? a.out : a.out + blockIdx.z * plane;
+  for (int w0 = 0; w0 < kWarps; w0 += P::kFlushWarps) {
+    __syncthreads();  // the walks (first pass) or the previous pass's readers are done
+    if (warp >= w0 && warp < w0 + P::kFlushWarps) {
+#pragma unroll
+      for (int k = 0; k <= kGcMaxCells; ++k) {
+        if (k > a.num_grids) break;
+        reinterpret_cast<float2*>(s.dy + ((warp - w0) * side + k) * kGcOut)[lane] = acc[k];
+      }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < P::kFlushWarps * side * kGcOut; e += P::kThreads) {
+      const int il = e % P::kFlushWarps;
+      const int o = (e / P::kFlushWarps) % kGcOut;
+      const int k = e / (P::kFlushWarps * kGcOut);
+      const int i = i0 + w0 + il, oo = o0 + o;
+      if (i < a.n_in && oo < a.n_out) {
+        const int64_t off = (static_cast<int64_t>(k) * a.n_out + oo) * a.n_in + i;
+        const float v = s.dy[(il * side + k) * kGcOut + o];
+        if (a.accumulate) atomicAdd(dst + off, v);
+        else              dst[off] = v;
+      }
+    }
+  }
+}
+
+// The kernel of launch shape c (one of kGroupedConfigs).
+const void* grouped_kernel(GroupedConfig c) {
+  if (c.warps == 16 && c.chunk == 256)
+    return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<16, 256>);
+  if (c.warps == 16 && c.chunk == 128)
+    return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<16, 128>);
+  TORCH_CHECK(c.warps == 8 && c.chunk == 128, "lmkan1d: no grouped dC kernel of ", c.warps,
+              " warps and chunks of ", c.chunk);
+  return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<8, 128>);
+}
+
+}  // namespace
+
+int grouped_dc_blocks_per_sm(GroupedConfig c, size_t smem) {
+  const void* kernel = grouped_kernel(c);
+  allow_dynamic_smem(kernel, smem);
+  int per_sm = 0;
+  C10_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, c.warps * 32, smem));
+  return per_sm;
+}
+
+void launch_grouped_dc(const GroupedArgs& a, GroupedConfig c, dim3 grid, size_t smem,
+                       cudaStream_t stream) {
+  allow_dynamic_smem(grouped_kernel(c), smem);  // checks that c is a built shape
+  if (c.warps == 16 && c.chunk == 256)
+    lmkan1d_backward_dc_grouped_kernel<16, 256><<<grid, 512, smem, stream>>>(a);
+  else if (c.warps == 16)
+    lmkan1d_backward_dc_grouped_kernel<16, 128><<<grid, 512, smem, stream>>>(a);
+  else
+    lmkan1d_backward_dc_grouped_kernel<8, 128><<<grid, 256, smem, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace lmkan1d
+}  // namespace lmkan
