@@ -133,7 +133,8 @@ __device__ __forceinline__ void stage_chunk(const GroupedSmem<kWarps, kChunk>& s
 
 // The lanes whose cell equals this lane's (cells < 32): the AND over the cell's 5 bits of
 // the ballot of that bit (or of its complement), as __match_any_sync gives it. Five votes
-// and their masks in place of one MATCH.ANY (lead: run K's sort region stalled on it).
+// and their masks in place of one MATCH.ANY, which the sort's stalls waited on (ncu, run L2):
+// the kernel 1.84 -> 1.68 ms on the H200 (run L4; docs/decisions.md, 1D layer).
 __device__ __forceinline__ unsigned lanes_with_cell(int cell) {
   unsigned peers = 0xffffffffu;
 #pragma unroll

@@ -115,7 +115,7 @@ inline size_t dc_smem_bytes(int num_grids) {
 }
 
 // A warp owns one input and 64 outputs (a float2 per lane). Per chunk of samples it sorts
-// its input's samples by cell (counting sort, ranks from __match_any_sync, so the order
+// its input's samples by cell (counting sort, peer lanes from five ballots, so the order
 // depends only on the data) and walks the cells in order: a run of samples in cell k sums
 // g and g d in registers, then adds g - g d to the node sum acc[k] and g d to acc[k+1];
 // the node sums stay in registers for the whole slice. Shared memory is read once per
