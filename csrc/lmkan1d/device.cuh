@@ -18,6 +18,18 @@ __device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int n
                  : cdf_cell(v, borders_s, num_grids);
 }
 
+// The uniform grid's num_grids / (hi - lo), for find_cell's form below (one division per
+// batch of cells instead of one per cell).
+__device__ __forceinline__ float uniform_scale(const float* borders_s, int num_grids) {
+  return num_grids / (borders_s[num_grids] - borders_s[0]);
+}
+
+__device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int num_grids,
+                                          bool uniform, float scale) {
+  return uniform ? uniform_cell_scaled(v, borders_s[0], scale, num_grids)
+                 : cdf_cell(v, borders_s, num_grids);
+}
+
 // A finite input more than kFarCells cells past the end nodes ("far"): its d does not fit the
 // weighted form (1 - d) f_i + d f_{i+1} (inf - inf = NaN), and on fine grids d itself
 // overflows although f_i + (v - g_i) s_i is finite (identity at 3e38 on a G = 300 grid).

@@ -85,10 +85,24 @@ __device__ __forceinline__ TileSmem carve_tile_smem(float* smem, const TileArgs&
 }
 
 // Entry e of a stage's 16 x n (sample, input) cells: consecutive lanes take consecutive
-// elements of x in memory (inputs for batch-first, samples for batch-last).
-__device__ __forceinline__ void stage_entry(int e, int n, bool batch_last, int& il, int& m) {
+// elements of x in memory (inputs for batch-first, samples for batch-last). inv_n: 1 / n
+// (stage_reciprocal). e / n as floor((e + 1/2) inv_n) in float: the quotient lies at least
+// 1/(2n) from an integer and its rounding error is below 2^-22 (e + 1/2) / n, so the floor is
+// exact for e < 2^16, n <= 2^8; an int division by a runtime n took ~25 instructions (with
+// the uniform cell's float division, a third of a stage's work per warp; ncu, run M3).
+__device__ __forceinline__ float stage_reciprocal(int n) {
+  return __frcp_rn(static_cast<float>(n));
+}
+
+__device__ __forceinline__ void stage_entry(int e, int n, float inv_n, bool batch_last, int& il,
+                                            int& m) {
+  static_assert(kMaxStageInputs * kWarpSamples <= (1 << 16) && kMaxStageInputs <= (1 << 8),
+                "stage_entry's float quotient");
   if (batch_last) { m = e % kWarpSamples; il = e / kWarpSamples; }
-  else            { il = e % n;           m = e / n; }
+  else {
+    m = static_cast<int>((static_cast<float>(e) + 0.5f) * inv_n);
+    il = e - m * n;
+  }
 }
 
 // Prefetch the values of src (x, or the weights laid out like x) of this warp's samples for
@@ -96,13 +110,14 @@ __device__ __forceinline__ void stage_entry(int e, int n, bool batch_last, int& 
 __device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileArgs& a,
                                              const float* src, int64_t s_warp, int i0, int n,
                                              int lane) {
+  const float inv_n = stage_reciprocal(n);
 #pragma unroll
   for (int j = 0; j < kXPerLane; ++j) {
     const int e = lane + 32 * j;
     float v = 0.f;
     if (e < n * kWarpSamples) {
       int il, m;
-      stage_entry(e, n, a.batch_last, il, m);
+      stage_entry(e, n, inv_n, a.batch_last, il, m);
       const int i = i0 + il;
       const int64_t s = s_warp + m;
       if (i < a.n_in && s < a.batch)
@@ -121,13 +136,15 @@ __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float
                                                   const float (&wr)[kXPerLane],
                                                   const TileArgs& a, int n, int lane) {
   bool far = false;
+  const float inv_n = stage_reciprocal(n);
+  const float scale = a.uniform ? uniform_scale(t.borders, a.num_grids) : 0.f;
 #pragma unroll
   for (int j = 0; j < kXPerLane; ++j) {
     const int e = lane + 32 * j;
     if (e < n * kWarpSamples) {
       int il, m;
-      stage_entry(e, n, a.batch_last, il, m);
-      const Cell c = find_cell(xr[j], t.borders, a.num_grids, a.uniform);
+      stage_entry(e, n, inv_n, a.batch_last, il, m);
+      const Cell c = find_cell(xr[j], t.borders, a.num_grids, a.uniform, scale);
       const int row = (il * a.rows + c.index) * kRowChunks;
       if (a.rows_only) {
         reinterpret_cast<int*>(t.cells)[il * kWarpSamples + m] = row;
@@ -255,6 +272,9 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
   for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 
   run_stages<T, kSlopes>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
+    // This lane's 4 values of row 0: a row's address is then one multiply-add of its offset
+    // (row + lane took an add and a multiply-add per row pair)
+    const T* const table_lane = table + 4 * lane;
 #pragma unroll 1
     for (int il = 0; il < n; ++il) {
       // Two samples' cells per broadcast read: (row, d), or (row, weight) of a slope row.
@@ -268,14 +288,14 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
           const float d = h == 0 ? c.y : c.w;
           float4& r = acc[2 * m2 + h];
           if constexpr (kSlopes) {  // one slope row, weight d
-            const float4 s = load_table4(table, row + lane);
+            const float4 s = load_table4(table_lane, row);
             r.x = fmaf(d, s.x, r.x);
             r.y = fmaf(d, s.y, r.y);
             r.z = fmaf(d, s.z, r.z);
             r.w = fmaf(d, s.w, r.w);
           } else {  // two value rows, weights (1 - d, d)
-            const float4 lo = load_table4(table, row + lane);
-            const float4 hi = load_table4(table, row + kRowChunks + lane);
+            const float4 lo = load_table4(table_lane, row);
+            const float4 hi = load_table4(table_lane, row + kRowChunks);
             const float w0 = 1.f - d;
             r.x = fmaf(w0, lo.x, fmaf(d, hi.x, r.x));
             r.y = fmaf(w0, lo.y, fmaf(d, hi.y, r.y));
