@@ -39,6 +39,11 @@ struct Grouped {
 template <int kWarps, int kChunk>
 struct GroupedSmem {
   static constexpr int kSlots = grouped_sorted_slots(kChunk);
+  // The walk reads entries two per float4: each warp's array starts 16-byte aligned (so do
+  // the arrays before it: dy rows of kGcDyStride floats, the raw-x buffers).
+  static_assert(kSlots % 2 == 0 && kGcDyStride % 4 == 0 &&
+                    (2 * Grouped<kWarps, kChunk>::kXBuffer) % 4 == 0,
+                "16-byte aligned sorted entries");
   float* dy;       // [2][kChunk][kGcDyStride]; at the end the flush buffer (kFlushWarps)
   float* zero_row;  // [kGcDyStride] zeros, after the dy buffers: the pads' dy row
   float* xs;       // [2][Grouped::kXBuffer]: the chunk's raw x (layout: Grouped::kXRow)
@@ -163,6 +168,7 @@ __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_st
   const unsigned lower_lanes = (1u << lane) - 1u;
   int cell[kPerLane], rank[kPerLane];
   float dd[kPerLane];
+  const float scale = uniform ? uniform_scale(borders_s, num_grids) : 0.f;
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
     const int sl = lane + 32 * r;
@@ -170,7 +176,7 @@ __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_st
     dd[r] = 0.f;
     if (sl < valid) {
       const float v = x_warp[sl * x_step];
-      const Cell c = find_cell(v, borders_s, num_grids, uniform);
+      const Cell c = find_cell(v, borders_s, num_grids, uniform, scale);
       cell[r] = c.index;
       dd[r] = gradient_d(v, c.d);
     }
@@ -214,29 +220,40 @@ __device__ __forceinline__ float2 load_shared_float2(unsigned address) {
 
 // Adds one sorted chunk of this warp's input into the node sums (lane: outputs 2 lane, +1).
 // Per run of cell k: sg = sum of g, sgd = sum of g d; node k gets sg - sgd (the weight 1 - d),
-// node k + 1 gets sgd. Runs are whole groups of kGcRunGroup entries (pads add zeros). dy_lane:
-// the shared-memory address of this lane's float2 in dy row 0.
+// node k + 1 gets sgd. Runs are whole groups of kGcRunGroup entries (pads add zeros), read
+// two entries per float4 (runs start at multiples of kGcRunGroup entries of 16-byte aligned
+// arrays). dy_lane: the shared-memory address of this lane's float2 in dy row 0.
 __device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const float2* sorted,
                                            const int* bins, unsigned dy_lane, int num_grids) {
+  static_assert(kGcRunGroup % 2 == 0, "groups of whole float4 pairs of entries");
 #pragma unroll
   for (int k = 0; k < kGcMaxCells; ++k) {
     if (k >= num_grids) break;
-    const float2* entry = sorted + bins[k];
-    const float2* const run_end = sorted + bins[k + 1];
+    const float4* entry = reinterpret_cast<const float4*>(sorted + bins[k]);
+    const float4* const run_end = reinterpret_cast<const float4*>(sorted + bins[k + 1]);
     float2 sg = make_float2(0.f, 0.f), sgd = make_float2(0.f, 0.f);
 #pragma unroll 1
-    for (; entry != run_end; entry += kGcRunGroup) {
-      float2 e[kGcRunGroup], g[kGcRunGroup];
+    for (; entry != run_end; entry += kGcRunGroup / 2) {
+      float4 pair[kGcRunGroup / 2];  // (row, d) of entries 2 j and 2 j + 1
+      float2 g[kGcRunGroup];
+      float d[kGcRunGroup];
 #pragma unroll
-      for (int q = 0; q < kGcRunGroup; ++q) e[q] = entry[q];
+      for (int j = 0; j < kGcRunGroup / 2; ++j) {
+        pair[j] = entry[j];
+        d[2 * j] = pair[j].y;
+        d[2 * j + 1] = pair[j].w;
+      }
 #pragma unroll
-      for (int q = 0; q < kGcRunGroup; ++q) g[q] = load_shared_float2(dy_lane + __float_as_uint(e[q].x));
+      for (int j = 0; j < kGcRunGroup / 2; ++j) {
+        g[2 * j] = load_shared_float2(dy_lane + __float_as_uint(pair[j].x));
+        g[2 * j + 1] = load_shared_float2(dy_lane + __float_as_uint(pair[j].z));
+      }
 #pragma unroll
       for (int q = 0; q < kGcRunGroup; ++q) {
         sg.x += g[q].x;
         sg.y += g[q].y;
-        sgd.x = fmaf(g[q].x, e[q].y, sgd.x);
-        sgd.y = fmaf(g[q].y, e[q].y, sgd.y);
+        sgd.x = fmaf(g[q].x, d[q], sgd.x);
+        sgd.y = fmaf(g[q].y, d[q], sgd.y);
       }
     }
     acc[k].x += sg.x - sgd.x;
