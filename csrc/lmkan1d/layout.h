@@ -114,17 +114,17 @@ inline size_t dc_smem_bytes(int num_grids) {
          sizeof(float2) * kDcInputs * kDcChunk + sizeof(float) * (num_grids + 2);
 }
 
-// A warp owns one input and 64 outputs (a float2 per lane). Per chunk of samples it sorts
-// its input's samples by cell (counting sort, peer lanes from five ballots, so the order
-// depends only on the data) and walks the cells in order: a run of samples in cell k sums
-// g and g d in registers, then adds g - g d to the node sum acc[k] and g d to acc[k+1];
-// the node sums stay in registers for the whole slice. Shared memory is read once per
-// (sample, input) for the sorted entry (a broadcast) and once for the dy row (2 wavefronts);
-// nothing is written per sample. The node sums need G+1 <= 32 register pairs with static
-// indices, hence the fully unrolled cell loop and the G <= 31 limit (larger G use the
+// A warp owns one input and 64 outputs (a float2 per lane). Per chunk of samples it sorts its
+// input's samples by cell (counting sort, peer lanes from five ballots, so the order depends
+// only on the data) and walks the cells in order: a run of samples in cell k sums g and g d in
+// registers, then adds g - g d to the node sum acc[k] and g d to acc[k+1]; the node sums stay
+// in registers for the whole slice. Shared memory is read once per (sample, input) for the
+// sorted entry (a broadcast, two entries per 16-byte read) and once for the dy row (2
+// wavefronts); nothing is written per sample. The node sums need G+1 <= 32 register pairs with
+// static indices, hence the fully unrolled cell loop and the G <= 31 limit (larger G use the
 // shared-accumulator kernel, grad_params.cu). The chunks are double-buffered: cp.async copies
-// the next chunk's dy rows and raw x while the warps sort and walk the current one, so a
-// block waits on global memory once per slice, not once per chunk.
+// the next chunk's dy rows and raw x while the warps sort and walk the current one, so a block
+// waits on global memory once per slice, not once per chunk.
 constexpr int kGcOut = 64;                 // outputs per block: 32 lanes x float2
 constexpr int kGcMaxCells = 31;            // node sums in registers: G + 1 <= 32
 // dy row stride in floats: 16-byte aligned rows (16-byte copies), and for batch-last's
