@@ -41,19 +41,14 @@ __device__ __forceinline__ Cell cdf_cell(float v, const float* borders, int num_
   return c;
 }
 
-// Uniform grid on [lo, hi] with num_grids cells (the 1D layer's grid="uniform"); scale is
-// num_grids / (hi - lo), which a thread that looks up many values computes once (a float
-// division is ~10 instructions): the same value, so the same cells, as uniform_cell's.
-__device__ __forceinline__ Cell uniform_cell_scaled(float v, float lo, float scale, int num_grids) {
+// Uniform grid starting at lo with num_grids cells; scale = num_grids / (hi - lo), which a
+// thread that looks up many values computes once (a float division is ~10 instructions).
+__device__ __forceinline__ Cell uniform_cell(float v, float lo, float scale, int num_grids) {
   Cell c;
   const float s = (v - lo) * scale;
   c.index = clamp_cell(floorf(s), num_grids);
   c.d = s - static_cast<float>(c.index);
   return c;
-}
-
-__device__ __forceinline__ Cell uniform_cell(float v, float lo, float hi, int num_grids) {
-  return uniform_cell_scaled(v, lo, num_grids / (hi - lo), num_grids);
 }
 
 }  // namespace lmkan

@@ -15,6 +15,21 @@ __device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
   return v;
 }
 
+// The lanes whose key equals this lane's, for keys in [0, 32): __match_any_sync's result
+// from five ballots (one per key bit: the AND of each ballot or its complement). Five votes
+// and their masks in place of one MATCH.ANY, which the 1D grouped dC's sort stalled on (ncu,
+// run L2): that kernel 1.84 -> 1.68 ms on the H200 (run L4; docs/decisions.md, 1D layer).
+__device__ __forceinline__ unsigned warp_match_key32(int key) {
+  unsigned peers = 0xffffffffu;
+#pragma unroll
+  for (int b = 0; b < 5; ++b) {
+    const bool set = (key >> b) & 1;
+    const unsigned ones = __ballot_sync(0xffffffffu, set);
+    peers &= set ? ones : ~ones;
+  }
+  return peers;
+}
+
 // Sum of v over the warp, valid in lane 0 (a fixed order: deterministic).
 template <typename T>
 __device__ __forceinline__ T warp_sum_to_lane0(T v) {

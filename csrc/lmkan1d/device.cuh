@@ -11,23 +11,25 @@
 namespace lmkan {
 namespace lmkan1d {
 
-// Cell of v with the node table in shared memory (borders_s: [G+1]).
-__device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int num_grids,
-                                          bool uniform) {
-  return uniform ? uniform_cell(v, borders_s[0], borders_s[num_grids], num_grids)
-                 : cdf_cell(v, borders_s, num_grids);
-}
-
-// The uniform grid's num_grids / (hi - lo), for find_cell's form below (one division per
-// batch of cells instead of one per cell).
+// The uniform grid's num_grids / (hi - lo) (borders_s: [G+1], shared memory).
 __device__ __forceinline__ float uniform_scale(const float* borders_s, int num_grids) {
   return num_grids / (borders_s[num_grids] - borders_s[0]);
 }
 
+// Cell of v with the node table in shared memory; scale: uniform_scale(borders_s, num_grids)
+// on the uniform grid (unused otherwise), which a thread that looks up many values computes
+// once.
 __device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int num_grids,
                                           bool uniform, float scale) {
-  return uniform ? uniform_cell_scaled(v, borders_s[0], scale, num_grids)
+  return uniform ? uniform_cell(v, borders_s[0], scale, num_grids)
                  : cdf_cell(v, borders_s, num_grids);
+}
+
+// The same for one value.
+__device__ __forceinline__ Cell find_cell(float v, const float* borders_s, int num_grids,
+                                          bool uniform) {
+  return find_cell(v, borders_s, num_grids, uniform,
+                   uniform ? uniform_scale(borders_s, num_grids) : 0.f);
 }
 
 // A finite input more than kFarCells cells past the end nodes ("far"): its d does not fit the

@@ -136,21 +136,6 @@ __device__ __forceinline__ void stage_chunk(const GroupedSmem<kWarps, kChunk>& s
   cp_async_commit();
 }
 
-// The lanes whose cell equals this lane's (cells < 32): the AND over the cell's 5 bits of
-// the ballot of that bit (or of its complement), as __match_any_sync gives it. Five votes
-// and their masks in place of one MATCH.ANY, which the sort's stalls waited on (ncu, run L2):
-// the kernel 1.84 -> 1.68 ms on the H200 (run L4; docs/decisions.md, 1D layer).
-__device__ __forceinline__ unsigned lanes_with_cell(int cell) {
-  unsigned peers = 0xffffffffu;
-#pragma unroll
-  for (int b = 0; b < 5; ++b) {
-    const bool set = (cell >> b) & 1;
-    const unsigned ones = __ballot_sync(0xffffffffu, set);
-    peers &= set ? ones : ~ones;
-  }
-  return peers;
-}
-
 // Counting sort of this warp's input over one chunk, by one warp: sorted[] gets (byte offset
 // of the sample's dy row, d) in cell order, the samples of a cell in sample order, each
 // cell's run padded to a multiple of kGcRunGroup with (zero row, 0) entries, and bins[k] the
@@ -183,7 +168,7 @@ __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_st
   }
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
-    const unsigned peers = lanes_with_cell(cell[r]);
+    const unsigned peers = warp_match_key32(cell[r]);  // cells < 32
     const int before = bins[cell[r]];
     rank[r] = before + __popc(peers & lower_lanes);
     __syncwarp();  // every lane has read its count before the lowest peer raises it
