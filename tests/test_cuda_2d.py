@@ -644,17 +644,20 @@ def test_far_inputs_forward_without_nan(case, batch_last):
 @pytest.mark.parametrize("g, n_in, n_out", [(8, 10, 37), (8, 10, 200), (60, 10, 9), (8, 10, 1),
                                             (8, 130, 5)], ids=str)
 @pytest.mark.parametrize("batch_last", [True, False])
-@pytest.mark.parametrize("batch", [700, 701], ids=["aligned", "odd_misaligned"])
+@pytest.mark.parametrize("batch", [700, 701, 1300, 1301],
+                         ids=["inline", "inline_odd_misaligned", "flags", "flags_odd_misaligned"])
 def test_far_inputs_backward_without_nan(batch, batch_last, g, n_in, n_out, deterministic):
     """Far inputs in the backward: every backward kernel takes them at d = 0 and far_fixup.cu
     replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
     the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
     Shapes: the cell-sorted backward, several output tiles, num_grids past the shared
     memory of the deterministic kernels, and one output (sample_threads.cu: grad_x alone
-    when deterministic, grad_x with grad_params when not). Batch 701 with x one float past a
-    16-byte boundary takes the flags kernel's scalar loads (and, batch-first, the last
-    chunk's tail). 130 inputs batch-last: the flags kernel splits the rows of its 3 chunks
-    over 8 blocks (18 rows each, the last 4)."""
+    when deterministic, grad_x with grad_params when not). Batches 700 and 701 (3 chunks of
+    256) are classified by the fixup kernel itself; 1300 and 1301 (6 chunks) by the flags
+    kernel first. Odd batches with x one float past a 16-byte boundary take the flags
+    kernel's scalar loads (and, batch-first, the last chunk's tail). 130 inputs batch-last:
+    the flags kernel splits the rows of its 6 chunks over 8 blocks (18 rows each, the last
+    4)."""
     torch.manual_seed(8)
     x, params, borders = _make(g, n_in, n_out, batch, batch_last)
     if batch % 2:  # the same values at a storage offset of one float: not 16-byte aligned

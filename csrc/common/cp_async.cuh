@@ -1,4 +1,5 @@
-// Asynchronous global -> shared copies (cp.async, sm_80+), shared by the translation units.
+// Asynchronous global -> shared copies (cp.async, sm_80+), bulk copies and mbarriers (sm_90),
+// and shared-memory loads at 32-bit addresses, shared by the translation units.
 // A thread's copies land in commit groups; cp.async.wait_group N returns once at most the
 // N most recent groups of THIS thread are still in flight, and makes the landed data visible
 // to this thread only (other threads need a barrier as well).
@@ -71,6 +72,31 @@ constexpr bool kBulkCopy = true;
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Shared-memory loads at 32-bit shared-window addresses (smem_u32), for the 2D sample-lanes
+// forward and the 1D grouped dC: a lane's address formed as `lane base + offset` is one add,
+// where from C++ pointers the compiler re-associated it into two instructions. volatile:
+// never moved above the barrier or mbarrier wait that makes a buffer valid. (The 1D dx
+// kernel's loads this way: 353 instead of 390 instructions per pair loop, but 1.227 against
+// 1.195 ms, run N3, H200: not used there, docs/decisions.md.)
+__device__ __forceinline__ float4 lds128(unsigned addr) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
+  return v;
+}
+// 16 bytes as four words (8 values of a 16-bit table).
+__device__ __forceinline__ uint4 lds128_u32(unsigned addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ float2 lds64(unsigned addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr));
+  return v;
 }
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));

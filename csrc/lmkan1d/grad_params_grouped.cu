@@ -195,14 +195,6 @@ __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_st
   __syncwarp();
 }
 
-// A float2 at a shared-memory address (the walk's dy rows: one add forms the address, where
-// the compiler's own form of `lane base + entry offset` took two).
-__device__ __forceinline__ float2 load_shared_float2(unsigned address) {
-  float2 v;
-  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(address));
-  return v;
-}
-
 // Adds one sorted chunk of this warp's input into the node sums (lane: outputs 2 lane, +1).
 // Per run of cell k: sg = sum of g, sgd = sum of g d; node k gets sg - sgd (the weight 1 - d),
 // node k + 1 gets sgd. Runs are whole groups of kGcRunGroup entries (pads add zeros), read
@@ -230,8 +222,8 @@ __device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const
       }
 #pragma unroll
       for (int j = 0; j < kGcRunGroup / 2; ++j) {
-        g[2 * j] = load_shared_float2(dy_lane + __float_as_uint(pair[j].x));
-        g[2 * j + 1] = load_shared_float2(dy_lane + __float_as_uint(pair[j].z));
+        g[2 * j] = lds64(dy_lane + __float_as_uint(pair[j].x));
+        g[2 * j + 1] = lds64(dy_lane + __float_as_uint(pair[j].z));
       }
 #pragma unroll
       for (int q = 0; q < kGcRunGroup; ++q) {

@@ -319,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
                                                     bool batch_last, int tile, int block_size,
                                                     int64_t chunk_bytes, at::ScalarType table_dtype) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
-  const int side = num_grids + 1, cells = side * side;
+  const int side = num_grids + 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
   const int64_t batch = batch_last ? x.size(1) : x.size(0);
@@ -334,11 +334,11 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
 
   // grad_y as rows [B][ld], zero-padded past n_out (one launch either way)
   const at::Tensor gyt = batch_last ? transpose(gy, ld) : pad_columns(gy, ld);
-  const at::Tensor packed = pack_table(params, w, table_dtype);  // float32, rounded values
+  // the table (float32, rounded values) and the dP workspace [n_tiles, P, cells, W] of the
+  // same shape, zeroed by the same launch (no memset: host cost, issue 16)
+  at::Tensor ws;
+  const at::Tensor packed = pack_table(params, w, table_dtype, at::kFloat, &ws, ZeroLike::kPacked);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor ws = at::empty({1, n_tiles, n_pairs, cells, w}, x.options());
-  // zeroed by a memset: cheaper on the host than at::zeros' fill kernel (issue 16)
-  C10_CUDA_CHECK(cudaMemsetAsync(ws.data_ptr<float>(), 0, ws.numel() * sizeof(float), stream));
 
   // chunk: grad_y rows of ~chunk_bytes, a whole number of segments, bounded sorted buffer
   int64_t chunk = std::max<int64_t>(kRunSegment, chunk_bytes / (ld * 4));

@@ -15,6 +15,9 @@
 //    rows: no atomics, deterministic). It reads the pair's flags, kChunk chunks at a time,
 //    and only in flagged chunks finds the far samples in sample order (ballots and a scan
 //    over the warps) and handles them one after the other with its threads over the outputs.
+// Batches of at most kInlineChunks chunks skip phase 1: the fixup block classifies its pair's
+// samples itself (all its loads in flight at once, one barrier per chunk), which saves the
+// flags launch and allocation of every small backward (host-bound training steps, issue 16).
 // Measured on the H200 before this form of phase 1 (docs/decisions.md, issue 18): a single
 // per-pair kernel that classified every sample itself walked B / 256 chunks one after the
 // other (+1.4 ms on a 13.9 ms backward at G=26 256->256 B=2^18); a phase 1 of one block per
@@ -43,6 +46,7 @@ namespace {
 
 constexpr int kFixupThreads = 256;
 constexpr int kChunk = kFixupThreads;  // samples per far flag: phase 2 takes a chunk per pass
+constexpr int kInlineChunks = 4;       // batches of at most this many chunks: no phase 1
 
 struct FarFixupArgs {
   const float* x;        // (f, b) at f * xs_f + b * xs_b
@@ -51,7 +55,8 @@ struct FarFixupArgs {
   const float* gy;       // (o, b) at o * gs_f + b * gs_b
   float* dx;             // x's layout
   float* dp;             // float32 [G+1, G+1, N_out, P], or nullptr (grad_x alone)
-  const uint8_t* flags;  // [n_chunks, P]: chunk c holds a far input of pair p (phase 1)
+  const uint8_t* flags;  // [n_chunks, P]: chunk c holds a far input of pair p (phase 1), or
+                         // nullptr: n_chunks <= kInlineChunks, the fixup kernel classifies
   int64_t batch, n_chunks, xs_f, xs_b, gs_f, gs_b;
   int n_out, n_pairs, num_grids;
 };
@@ -261,16 +266,42 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
   }
 }
 
+// Without phase 1 (a.flags == nullptr, at most kInlineChunks chunks): bit c of the result is
+// whether chunk c holds a far input of pair p. Every thread loads its sample of each chunk
+// first (the loads in flight together), then one barrier per chunk gathers the answers.
+__device__ unsigned far_chunks_of_pair(const FarFixupArgs& a, int p, const float* s_borders) {
+  const int64_t f1 = 2 * int64_t(p) * a.xs_f, f2 = f1 + a.xs_f;
+  float v1[kInlineChunks], v2[kInlineChunks];
+#pragma unroll
+  for (int c = 0; c < kInlineChunks; ++c) {
+    const int64_t b = int64_t(c) * kChunk + threadIdx.x;
+    const bool in = b < a.batch;
+    v1[c] = in ? a.x[f1 + b * a.xs_b] : s_borders[0];  // a border: not far
+    v2[c] = in ? a.x[f2 + b * a.xs_b] : s_borders[0];
+  }
+  const float lo = s_borders[0], hi = s_borders[a.num_grids];
+  unsigned bits = 0u;
+#pragma unroll
+  for (int c = 0; c < kInlineChunks; ++c) {
+    const bool far = far_value(v1[c], lo, hi, s_borders, a.num_grids) ||
+                     far_value(v2[c], lo, hi, s_borders, a.num_grids);
+    if (__syncthreads_or(far)) bits |= 1u << c;
+  }
+  return bits;
+}
+
 template <typename P, typename R>
 __global__ void __launch_bounds__(kFixupThreads) far_fixup_kernel(const FarFixupArgs a) {
   __shared__ FixupShared sh;
   const int p = blockIdx.x;
   for (int i = threadIdx.x; i < a.num_grids + 1; i += blockDim.x) sh.borders[i] = a.borders[i];
   __syncthreads();
+  const unsigned inline_flags = a.flags == nullptr ? far_chunks_of_pair(a, p, sh.borders) : 0u;
   for (int64_t c0 = 0; c0 < a.n_chunks; c0 += kFixupThreads) {
     // this pass's flagged chunks, in order, then each of them
     const int64_t c = c0 + threadIdx.x;
-    const bool flagged = c < a.n_chunks && a.flags[c * a.n_pairs + p] != 0;
+    const bool flagged = c < a.n_chunks && (a.flags == nullptr ? ((inline_flags >> c) & 1u) != 0
+                                                               : a.flags[c * a.n_pairs + p] != 0);
     const int n_flagged = compact_in_order(flagged, sh.chunks, sh.warp_count);
     for (int k = 0; k < n_flagged; ++k) {
       fix_chunk<P, R>(a, p, (c0 + sh.chunks[k]) * kChunk, sh);
@@ -278,6 +309,36 @@ __global__ void __launch_bounds__(kFixupThreads) far_fixup_kernel(const FarFixup
     }
     __syncthreads();  // sh.chunks reused by the next pass
   }
+}
+
+// Phase 1: the flags [n_chunks, P] of a (far_flags_kernel).
+at::Tensor launch_far_flags(const FarFixupArgs& a, bool batch_last, int device,
+                            cudaStream_t stream) {
+  const at::Tensor flags =
+      at::empty({a.n_chunks, a.n_pairs}, at::TensorOptions().device(at::kCUDA, device).dtype(at::kByte));
+  // x and dx are contiguous here (backward.cpp); a chunk's element count is an int
+  const int n_in = 2 * a.n_pairs;
+  TORCH_CHECK(int64_t(n_in) * kChunk <= INT32_MAX, "lmkan2d_backward: at most ",
+              INT32_MAX / kChunk, " input features (far-input pass), got ", n_in);
+  const bool vec = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && (!batch_last || a.batch % 4 == 0);
+  const int64_t bits_bytes = 4 * int64_t((a.n_pairs + 31) / 32);
+  const auto flags_kernel = vec ? far_flags_kernel<true> : far_flags_kernel<false>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(flags_kernel), bits_bytes);
+  // batch-last with few chunks: row groups over blockIdx.y, at least 16 rows each (one
+  // round of the vector loop: 4 rows a pass, 4 loads in flight), an even count
+  int groups = 1;
+  if (batch_last) {
+    const int64_t want = (2 * int64_t(device_limits(device).num_sms) + a.n_chunks - 1) / a.n_chunks;
+    groups = static_cast<int>(std::clamp<int64_t>(want, 1, std::min(65535, std::max(1, n_in / 16))));
+  }
+  int group_rows = (n_in + groups - 1) / groups;
+  group_rows += group_rows % 2;
+  groups = (n_in + group_rows - 1) / group_rows;
+  flags_kernel<<<dim3(static_cast<unsigned>(a.n_chunks), static_cast<unsigned>(groups)), kChunk,
+                 bits_bytes, stream>>>(a.x, a.borders, a.num_grids, a.batch, n_in, batch_last,
+                                       group_rows, flags.data_ptr<uint8_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return flags;
 }
 
 }  // namespace
@@ -290,8 +351,6 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   const int n_pairs = static_cast<int>(params.size(3));
   const int64_t batch = batch_last ? x.size(1) : x.size(0);
   if (batch == 0 || n_pairs == 0) return;
-  const int64_t n_chunks = (batch + kChunk - 1) / kChunk;
-  const at::Tensor flags = at::empty({n_chunks, n_pairs}, x.options().dtype(at::kByte));
   FarFixupArgs a{};
   a.x = x.data_ptr<float>();
   a.params = params.data_ptr();
@@ -299,9 +358,8 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   a.gy = gy.data_ptr<float>();
   a.dx = dx.data_ptr<float>();
   a.dp = dp.defined() ? dp.data_ptr<float>() : nullptr;
-  a.flags = flags.data_ptr<uint8_t>();
   a.batch = batch;
-  a.n_chunks = n_chunks;
+  a.n_chunks = (batch + kChunk - 1) / kChunk;
   a.xs_f = batch_last ? batch : 1;
   a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
   a.gs_f = batch_last ? batch : 1;
@@ -310,28 +368,11 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   a.n_pairs = n_pairs;
   a.num_grids = num_grids;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // phase 1 (x and dx are contiguous here: backward.cpp); a chunk's element count is an int
-  const int n_in = 2 * n_pairs;
-  TORCH_CHECK(int64_t(n_in) * kChunk <= INT32_MAX, "lmkan2d_backward: at most ",
-              INT32_MAX / kChunk, " input features (far-input pass), got ", n_in);
-  const bool vec = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && (!batch_last || batch % 4 == 0);
-  const int64_t bits_bytes = 4 * int64_t((n_pairs + 31) / 32);
-  const auto flags_kernel = vec ? far_flags_kernel<true> : far_flags_kernel<false>;
-  allow_dynamic_smem(reinterpret_cast<const void*>(flags_kernel), bits_bytes);
-  // batch-last with few chunks: row groups over blockIdx.y, at least 16 rows each (one
-  // round of the vector loop: 4 rows a pass, 4 loads in flight), an even count
-  int groups = 1;
-  if (batch_last) {
-    const int64_t want = (2 * int64_t(device_limits(x.device().index()).num_sms) + n_chunks - 1) / n_chunks;
-    groups = static_cast<int>(std::clamp<int64_t>(want, 1, std::min(65535, std::max(1, n_in / 16))));
-  }
-  int group_rows = (n_in + groups - 1) / groups;
-  group_rows += group_rows % 2;
-  groups = (n_in + group_rows - 1) / group_rows;
-  flags_kernel<<<dim3(static_cast<unsigned>(n_chunks), static_cast<unsigned>(groups)), kChunk,
-                 bits_bytes, stream>>>(a.x, a.borders, num_grids, batch, n_in, batch_last,
-                                       group_rows, flags.data_ptr<uint8_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // small batches: no phase 1 (the fixup kernel classifies, far_chunks_of_pair)
+  const at::Tensor flags = a.n_chunks > kInlineChunks
+                               ? launch_far_flags(a, batch_last, x.device().index(), stream)
+                               : at::Tensor();
+  a.flags = flags.defined() ? flags.data_ptr<uint8_t>() : nullptr;
   switch_table_type(params.scalar_type(), [&](auto p_tag) {
     switch_table_type(table_dtype, [&](auto r_tag) {
       far_fixup_kernel<decltype(p_tag), decltype(r_tag)><<<n_pairs, kFixupThreads, 0, stream>>>(a);

@@ -66,23 +66,6 @@ struct SampleLanesArgs {
   int nbuf;              // staged table buffers, 1 .. kSampleLanesMaxBuffers
 };
 
-// 16 bytes from shared memory at a 32-bit shared-window address. volatile: never moved above
-// the mbarrier wait that makes the buffer valid (an asm volatile with a memory clobber).
-__device__ __forceinline__ float4 lds128(unsigned addr) {
-  float4 v;
-  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
-  return v;
-}
-
-// 16 bytes (8 values of a 16-bit table) from shared memory, as lds128.
-__device__ __forceinline__ uint4 lds128_u32(unsigned addr) {
-  uint4 v;
-  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-  return v;
-}
-
 // The two values of a 32-bit word of a 16-bit table (the lower address in the low half),
 // widened to float32 exactly.
 __device__ __forceinline__ float2 widen(unsigned w, __nv_bfloat16) {

@@ -30,9 +30,13 @@ namespace lmkan2d {
 
 // The packed table Pt [n_tiles, P, cells, width] of params (float32, float16 or bfloat16),
 // its values rounded to `table_dtype` and stored as `packed_dtype` (float32, or table_dtype
-// itself for the kernels that read 16-bit tables).
+// itself for the kernels that read 16-bit tables). With `zeros`, the same launch also makes
+// *zeros a float32 tensor of zeros shaped as the packed table (ZeroLike::kPacked) or as
+// params (kParams): the backward's dP accumulators, without a memset.
+enum class ZeroLike { kNone, kPacked, kParams };
 at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_dtype = at::kFloat,
-                      at::ScalarType packed_dtype = at::kFloat);
+                      at::ScalarType packed_dtype = at::kFloat, at::Tensor* zeros = nullptr,
+                      ZeroLike zero_like = ZeroLike::kNone);
 // [rows, cols] -> contiguous [cols, max(ld, rows)] through 32 x 32 shared-memory tiles, the
 // rows past `rows` zero.
 at::Tensor transpose(const at::Tensor& in, int64_t ld = 0);
@@ -42,8 +46,8 @@ at::Tensor pad_columns(const at::Tensor& in, int64_t ld);
 // [cols, rows] = the sum over the first dim of parts [splits, rows, cols], transposed (the
 // same fixed order as sum_splits).
 at::Tensor sum_splits_transposed(const at::Tensor& parts);
-// dP workspace [copies, n_tiles, P, cells, W] (contiguous) -> sum over copies (fixed order)
-// -> [G+1, G+1, N_out, P].
+// dP workspace [copies, n_tiles, P, cells, W] (contiguous; 4-D: one copy) -> sum over copies
+// (fixed order) -> [G+1, G+1, N_out, P].
 at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out);
 
 // Every launcher takes params (float32, float16 or bfloat16) and `table_dtype`, the dtype the

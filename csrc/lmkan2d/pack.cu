@@ -42,10 +42,15 @@ __device__ __forceinline__ PackBlock pack_block(int pair_groups, int n_tiles, in
 // dtype for the 16-bit kernels, or float32 holding the rounded values for the kernels that
 // read float32 tables, so that every kernel of a call computes with the same table).
 
+// zeros (optional, float32): set to zero in the same pass, at the index of every element
+// the block reads (ZeroLike::kParams: a tensor shaped as params) or writes (kPacked: shaped
+// as the packed table). The backward's dP accumulators need zeros; a memset would be one
+// more host call per backward (host-bound small steps, issue 16).
 template <typename In, typename Round, typename Out>
 __global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
-    const In* __restrict__ params, Out* __restrict__ packed, int64_t cells, int n_out,
-    int n_pairs, int width, int n_tiles, int pair_groups) {
+    const In* __restrict__ params, Out* __restrict__ packed, float* __restrict__ zeros,
+    ZeroLike zero_like, int64_t cells, int n_out, int n_pairs, int width, int n_tiles,
+    int pair_groups) {
   __shared__ float tile[kPackMaxWidth][kPackPairs + 1];
   const PackBlock blk = pack_block(pair_groups, n_tiles, width);
   const int64_t c = blk.cell;
@@ -54,7 +59,10 @@ __global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
   const int p = p0 + tx;
   for (int r = ty; r < width; r += kPackRows) {
     const int o = o0 + r;
-    const float v = (o < n_out && p < n_pairs) ? to_float(params[(c * n_out + o) * n_pairs + p]) : 0.f;
+    const bool in = o < n_out && p < n_pairs;
+    const int64_t at = (c * n_out + o) * n_pairs + p;
+    const float v = in ? to_float(params[at]) : 0.f;
+    if (in && zero_like == ZeroLike::kParams) zeros[at] = 0.f;
     if constexpr (std::is_same_v<Round, float>) {
       tile[r][tx] = v;
     } else {
@@ -63,13 +71,16 @@ __global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
   }
   __syncthreads();
   for (int q = ty; q < kPackPairs && p0 + q < n_pairs; q += kPackRows) {
-    Out* dst = packed + ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
-    for (int t = tx; t < width; t += kPackPairs) dst[t] = from_float<Out>(tile[t][q]);
+    const int64_t row = ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
+    for (int t = tx; t < width; t += kPackPairs) {
+      packed[row + t] = from_float<Out>(tile[t][q]);
+      if (zero_like == ZeroLike::kPacked) zeros[row + t] = 0.f;
+    }
   }
 }
 
 at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_dtype,
-                      at::ScalarType packed_dtype) {
+                      at::ScalarType packed_dtype, at::Tensor* zeros, ZeroLike zero_like) {
   // params: [G+1, G+1, N_out, P] contiguous (float32, float16 or bfloat16) on the current device.
   TORCH_CHECK(width >= 1 && width <= kPackMaxWidth, "pack_table: width ", width, " > ", kPackMaxWidth);
   TORCH_CHECK(packed_dtype == at::kFloat || packed_dtype == table_dtype,
@@ -81,7 +92,15 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
   const int n_pairs = static_cast<int>(params.size(3));
   const int n_tiles = (n_out + width - 1) / width;
   at::Tensor packed = at::empty({n_tiles, n_pairs, cells, width}, params.options().dtype(packed_dtype));
-  if (packed.numel() == 0) return packed;
+  TORCH_CHECK((zeros == nullptr) == (zero_like == ZeroLike::kNone),
+              "pack_table: a zeroed tensor comes with its layout");
+  if (zeros != nullptr)
+    *zeros = at::empty(zero_like == ZeroLike::kPacked ? packed.sizes() : params.sizes(),
+                       params.options().dtype(at::kFloat));
+  if (packed.numel() == 0) {
+    if (zeros != nullptr) zeros->zero_();  // params may hold elements (no pairs: none)
+    return packed;
+  }
   const int pair_groups = (n_pairs + kPackPairs - 1) / kPackPairs;
   const int64_t blocks = cells * n_tiles * pair_groups;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "pack_table: table too large (", blocks, " blocks)");
@@ -95,7 +114,8 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
                                             dim3(kPackPairs, kPackRows), 0,
                                             c10::cuda::getCurrentCUDAStream()>>>(
             reinterpret_cast<const In*>(params.data_ptr()), reinterpret_cast<Out*>(packed.data_ptr()),
-            cells, n_out, n_pairs, width, n_tiles, pair_groups);
+            zeros != nullptr ? zeros->data_ptr<float>() : nullptr, zero_like, cells, n_out,
+            n_pairs, width, n_tiles, pair_groups);
       };
       if (packed_dtype == at::kFloat) {
         launch(float{});
@@ -232,10 +252,12 @@ __global__ void __launch_bounds__(kPackPairs * kPackRows) unpack_table_kernel(
 }
 
 at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
-  TORCH_INTERNAL_ASSERT(ws.is_contiguous() && ws.dim() == 5);
+  TORCH_INTERNAL_ASSERT(ws.is_contiguous() && (ws.dim() == 4 || ws.dim() == 5));
   const int64_t side = num_grids + 1, cells = side * side;
-  const int copies = static_cast<int>(ws.size(0)), n_tiles = static_cast<int>(ws.size(1));
-  const int n_pairs = static_cast<int>(ws.size(2)), width = static_cast<int>(ws.size(4));
+  const int first = static_cast<int>(ws.dim()) - 4;  // a 4-D ws is one copy
+  const int copies = first == 0 ? 1 : static_cast<int>(ws.size(0));
+  const int n_tiles = static_cast<int>(ws.size(first)), n_pairs = static_cast<int>(ws.size(first + 1));
+  const int width = static_cast<int>(ws.size(first + 3));
   TORCH_CHECK(width >= 1 && width <= kPackMaxWidth, "unpack_dp: width ", width, " > ", kPackMaxWidth);
   at::Tensor out = at::empty({side, side, n_out, n_pairs}, ws.options());
   if (out.numel() == 0) return out;

@@ -486,11 +486,19 @@ std::tuple<at::Tensor, at::Tensor> dp_by_sample_threads(
   TORCH_CHECK(sample_threads_serve(num_grids, n_out, lim, slices),
               "dp_by_sample_threads: not served (internal error)");
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor dp = at::empty(params.sizes(), x.options());  // float32, zeroed below
-  C10_CUDA_CHECK(cudaMemsetAsync(dp.data_ptr<float>(), 0, dp.numel() * sizeof(float), stream));
+  const int width = sample_threads_width(n_out);
+  // dP (float32, params' shape), zeroed by the pack launch where there is one (no memset:
+  // host cost, issue 16)
+  at::Tensor dp;
+  const at::Tensor packed = slopes ? at::Tensor()
+                                   : pack_table(params, width, table_dtype, at::kFloat, &dp,
+                                                ZeroLike::kParams);
+  if (slopes) {
+    dp = at::empty(params.sizes(), x.options());
+    C10_CUDA_CHECK(cudaMemsetAsync(dp.data_ptr<float>(), 0, dp.numel() * sizeof(float), stream));
+  }
   at::Tensor dx = slopes ? at::Tensor() : at::empty_like(x);  // every entry written once
   if (batch == 0 || n_pairs == 0) return {dx, dp};
-  const int width = sample_threads_width(n_out);
   // samples per block: a range with enough blocks for ~4 per SM, at least 256 samples each
   const int64_t most_blocks = (batch + kSampleThreadsBlock - 1) / kSampleThreadsBlock;
   const int lg = pairs_log2(num_grids, width, slices, n_pairs, most_blocks, lim);
@@ -501,7 +509,6 @@ std::tuple<at::Tensor, at::Tensor> dp_by_sample_threads(
   const int64_t sample_blocks = (batch + per_block - 1) / per_block;
   TORCH_CHECK(pair_blocks <= 65535, "lmkan2d grad_params: ", n_pairs, " pairs is too large a grid");
   const int64_t smem = sample_threads_smem_bytes(num_grids, width, 1 << lg, slices);
-  const at::Tensor packed = slopes ? at::Tensor() : pack_table(params, width, table_dtype);
   SampleThreadsArgs a = make_args(x, borders, gy, weights, batch, n_out, n_pairs, num_grids,
                                   batch_last);
   a.packed = slopes ? nullptr : packed.data_ptr<float>();
