@@ -1,0 +1,106 @@
+"""Where a small training step's wall time goes: bench_overhead.py's two steps taken apart.
+
+    python tools/step_breakdown.py [--device cuda] [--calls 200] [--samples 7]
+
+For the lmKAN network (32->64 G=10, BatchNorm1d, 64->8, batch-first, B=1024) and the MLP
+(32->256->256->1) of benchmarks/bench_overhead.py, times cumulative prefixes of one step,
+eager, as wall microseconds per call over back-to-back calls (synchronised at the ends):
+
+    forward         zero_grad, the model's forward and the loss
+    + backward      loss.backward()
+    + hessian       the Hessian term added to the loss before the backward (lmKAN only)
+    + adam          optimiser.step(): the whole step of bench_overhead.py
+
+The difference of neighbouring rows is the cost of a stage (with its share of the
+backward). The two models' samples alternate, as in bench_overhead.py, so that a drift of
+the host's speed reaches both; each figure is a median over --samples samples. Prints the
+table last. For the step-ratio target of issue 16 (item 6): which stage holds the gap.
+"""
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+from torch import nn
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, ".."))
+sys.path.insert(0, os.path.join(_HERE, "..", "benchmarks"))
+from bench_overhead import SmallLmkan  # noqa: E402
+from lmKAN.regularization import hessian_regularization  # noqa: E402
+from _timing import wall_us_per_call  # noqa: E402 (benchmarks/_timing.py)
+
+STAGES = ("forward", "+ backward", "+ hessian", "+ adam")
+
+
+def stage_fn(model, x, target, optimiser, stage, hessian_weight):
+    """One call of the step cut after `stage` (STAGES)."""
+    upto = STAGES.index(stage)
+    with_hessian = hessian_weight > 0 and upto >= STAGES.index("+ hessian")
+
+    def step():
+        optimiser.zero_grad(set_to_none=True)
+        loss = (model(x) - target).square().mean()
+        if with_hessian:
+            loss = loss + hessian_weight * hessian_regularization(model)
+        if upto >= STAGES.index("+ backward"):
+            loss.backward()
+        if upto >= STAGES.index("+ adam"):
+            optimiser.step()
+    return step
+
+
+def measure(device, calls, samples):
+    torch.manual_seed(0)
+    x = torch.randn(1024, 32, device=device)
+    kan = SmallLmkan().to(device).train()
+    mlp = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                        nn.Linear(256, 1)).to(device).train()
+    models = {
+        "lmKAN": (kan, torch.randn(1024, 8, device=device), torch.optim.Adam(kan.parameters()), 1e-4),
+        "MLP": (mlp, torch.randn(1024, 1, device=device), torch.optim.Adam(mlp.parameters()), 0.0),
+    }
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    rows = {}
+    for stage in STAGES:
+        fns = {name: stage_fn(m, x, t, opt, stage, w) for name, (m, t, opt, w) in models.items()
+               if not (name == "MLP" and stage == "+ hessian")}
+        for fn in fns.values():  # warm-up (the first calls resolve plans, allocate)
+            wall_us_per_call(fn, calls, 1, warmup=10, sync=sync)
+        times = {name: [] for name in fns}
+        for _ in range(samples):  # alternately: see the module docstring
+            for name, fn in fns.items():
+                times[name].append(wall_us_per_call(fn, calls, 1, warmup=0, sync=sync))
+        rows[stage] = {name: statistics.median(t) for name, t in times.items()}
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=7)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = measure(device, args.calls, args.samples)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{name}: wall us per step prefix (median of {args.samples} alternate samples of "
+          f"{args.calls} calls); in brackets the stage's own cost")
+    print(f"{'stage':<12}{'lmKAN':>18}{'MLP':>18}")
+    previous = {"lmKAN": 0.0, "MLP": 0.0}
+    for stage in STAGES:
+        cells = []
+        for model in ("lmKAN", "MLP"):
+            us = rows[stage].get(model)
+            if us is None:
+                cells.append(f"{'-':>18}")
+                continue
+            cells.append(f"{us:9.1f} ({us - previous[model]:6.1f})")
+            previous[model] = us
+        print(f"{stage:<12}" + "".join(cells))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
