@@ -84,7 +84,8 @@ elif _MODULE is None and torch.cuda.is_available():
 _OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan2d_slope_forward", "lmkan2d_slope_grad_x",
         "lmkan2d_slope_grad_params", "lmkan1d_forward", "lmkan1d_backward",
         "lmkan1d_slope_forward", "lmkan1d_slope_grad_params",
-        "hessian2d", "hessian2d_backward", "second_diff1d", "second_diff1d_backward")
+        "hessian2d", "hessian2d_backward", "hessian2d_sum", "hessian2d_sum_backward",
+        "second_diff1d", "second_diff1d_backward")
 
 
 @functools.lru_cache(maxsize=None)

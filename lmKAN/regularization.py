@@ -15,7 +15,9 @@ import numbers
 
 import torch
 
+from . import ops
 from ._checks import check_int, check_positive_float
+from .lmkan2d import LMKAN2DLayer
 
 __all__ = ["HessianSchedule", "hessian_regularization"]
 
@@ -23,16 +25,27 @@ __all__ = ["HessianSchedule", "hessian_regularization"]
 def hessian_regularization(model: torch.nn.Module) -> torch.Tensor:
     """Sum of `get_hessian_regularization()` over every lmKAN layer in `model`.
 
-    One device-side call per layer, no host synchronisation. Returns a 0-dim tensor (zero
-    on the model's device when it has no lmKAN layer).
+    No host synchronisation. The 2D layers' Hessians (LMKAN2DLayer and its subclasses, such
+    as LMKAN2DConv2d) are summed by one call (`lmKAN.ops.hessian2d_sum`: on CUDA one value
+    launch for up to 8 tables, and one gradient launch); every other layer adds its own
+    term. Returns a 0-dim tensor (zero on the model's device when it has no lmKAN layer).
     """
-    terms = [m.get_hessian_regularization() for m in model.modules()
-             if hasattr(m, "get_hessian_regularization")]
+    terms, tables = [], []
+    for m in model.modules():
+        if not hasattr(m, "get_hessian_regularization"):
+            continue
+        if isinstance(m, LMKAN2DLayer) and \
+                type(m).get_hessian_regularization is LMKAN2DLayer.get_hessian_regularization:
+            tables.append((m.func_parameter, m.borders))
+        else:
+            terms.append(m.get_hessian_regularization())
+    if tables:
+        terms.insert(0, ops.hessian2d_sum([p for p, _ in tables], [b for _, b in tables]))
     if not terms:
         param = next(model.parameters(), None)
         return torch.zeros((), device=param.device if param is not None else None)
     total = terms[0]
-    for term in terms[1:]:  # one op per extra layer (stack + sum would be two ops for two)
+    for term in terms[1:]:  # one op per extra term (stack + sum would be two ops for two)
         total = total + term
     return total
 

@@ -113,6 +113,7 @@ def _opcheck_cases():
     cdf, uni = cdf_borders(g).to(dev), uniform_borders(g, 4.0).to(dev)
     p2 = torch.randn(g + 1, g + 1, n_out, n_in // 2, device=dev)
     p1 = torch.randn(g + 1, n_out, n_in, device=dev)
+    cdf5, p2b = cdf_borders(5).to(dev), torch.randn(6, 6, 3, 7, device=dev)
     cases = []
     for batch_last in (True, False):
         shape_x = (n_in, batch) if batch_last else (batch, n_in)
@@ -146,13 +147,18 @@ def _opcheck_cases():
         ("hessian2d_backward", (torch.tensor(0.7, device=dev), p2, cdf)),
         ("second_diff1d", (p1.clone().requires_grad_(True), cdf)),
         ("second_diff1d_backward", (torch.tensor(0.7, device=dev), p1, cdf)),
+        # two tables of different num_grids, one gradient each
+        ("hessian2d_sum", ([p2.clone().requires_grad_(True), p2b.clone().requires_grad_(True)],
+                           [cdf, cdf5])),
+        ("hessian2d_sum_backward", (torch.tensor(0.7, device=dev), [p2, p2b], [cdf, cdf5])),
     ]
     return cases
 
 
 OP_NAMES = ["lmkan2d", "lmkan2d_forward", "lmkan2d_backward", "lmkan1d", "lmkan1d_forward",
             "lmkan1d_backward",
-            "hessian2d", "hessian2d_backward", "second_diff1d", "second_diff1d_backward"]
+            "hessian2d", "hessian2d_backward", "hessian2d_sum", "hessian2d_sum_backward",
+            "second_diff1d", "second_diff1d_backward"]
 
 
 @requires_gpu

@@ -237,3 +237,84 @@ def test_many_layers_no_host_sync():
         expected += r.item()
         assert rel_l2(layer.func_parameter.grad, g) <= TOL
     assert abs(total.item() - expected) <= TOL * abs(expected)
+
+
+def _tables(specs, seed):
+    """(params, borders) per (num_grids, n_out, n_pairs) of specs, float32 on the GPU."""
+    torch.manual_seed(seed)
+    out = []
+    for g, n_out, n_pairs in specs:
+        params = torch.randn(g + 1, g + 1, n_out, n_pairs, device="cuda") * 1.5
+        out.append((params, cdf_borders(g, device="cuda")))
+    return out
+
+
+@requires_gpu
+@pytest.mark.parametrize("specs", [
+    # two tiny tables: 2 blocks of work in all, the one-block launch switching tables
+    [(5, 1, 3), (10, 2, 1)],
+    # the small training step's tables (8 + 2 blocks of work), one launch of each kind
+    [(10, 64, 16), (10, 8, 32)],
+    # different num_grids: 1 and 2 column chunks, generic and edge windows, an odd width
+    [(3, 7, 1), (26, 33, 9), (13, 1, 129), (64, 3, 5)],
+    # more than 8 tables: two launches into one sum
+    [(4 + i % 5, 1 + i, 2 + (i * 7) % 11) for i in range(11)],
+], ids=["one_block", "small_step", "mixed_grids", "eleven_tables"])
+def test_hessian2d_sum_matches_reference(specs):
+    """hessian2d_sum over several tables: the value against the sum of the float64
+    references, every table's gradient against its reference, relative 1e-5; the gradients
+    written in full (allocator poisoned with NaN)."""
+    assert_cuda_kernel("hessian2d_sum")
+    assert_cuda_kernel("hessian2d_sum_backward")
+    tables = _tables(specs, seed=len(specs))
+    params, borders = [p for p, _ in tables], [b for _, b in tables]
+    grad_r = torch.tensor(0.75, device="cuda")
+    _poison_allocator(sum(p.numel() for p in params) * 4)
+    r = torch.ops.lmkan.hessian2d_sum(params, borders)
+    _poison_allocator(sum(p.numel() for p in params) * 4)
+    grads = torch.ops.lmkan.hessian2d_sum_backward(grad_r, params, borders)
+    assert r.shape == () and r.dtype == torch.float32 and len(grads) == len(params)
+    expected = 0.0
+    for p, b, g in zip(params, borders, grads):
+        ref_r, ref_g = _reference_value_and_grad(_reference.hessian2d, p, b, grad_r)
+        expected += ref_r.item()
+        assert g.shape == p.shape and torch.isfinite(g).all(), "unwritten gradient entries"
+        assert rel_l2(g, ref_g) <= TOL
+    assert abs(r.double().item() - expected) <= TOL * abs(expected)
+    # deterministic: the same bits again
+    assert torch.equal(torch.ops.lmkan.hessian2d_sum(params, borders), r)
+
+
+@requires_gpu
+def test_hessian_regularization_sums_2d_layers_in_one_call(monkeypatch):
+    """hessian_regularization(model) gives every 2D layer (a conv too) to one hessian2d_sum
+    call and adds the other layers' terms: the value and every layer's gradient as with one
+    call per layer; a subclass that overrides get_hessian_regularization keeps its own."""
+    from lmKAN import LMKAN2DConv2d
+    from lmKAN.regularization import hessian_regularization
+
+    class Scaled2D(LMKAN2DLayer):
+        def get_hessian_regularization(self):
+            return 3.0 * super().get_hessian_regularization()
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(LMKAN2DLayer(10, 32, 64), LMKAN1DLayer(7, 64, 16),
+                                LMKAN2DLayer(26, 16, 8), LMKAN2DConv2d(5, 2, 3, 1),
+                                Scaled2D(4, 8, 4)).cuda()
+    for m in model:
+        with torch.no_grad():
+            m.func_parameter.normal_()
+    calls = []
+    original = ops.hessian2d_sum
+    monkeypatch.setattr(ops, "hessian2d_sum",
+                        lambda p, b: calls.append(len(p)) or original(p, b))
+    total = hessian_regularization(model)
+    assert calls == [3]  # the three 2D layers without an override
+    total.backward(torch.tensor(0.5, device="cuda"))
+    got = [m.func_parameter.grad.clone() for m in model]
+    model.zero_grad(set_to_none=True)
+    separate = sum(m.get_hessian_regularization() for m in model)
+    separate.backward(torch.tensor(0.5, device="cuda"))
+    assert abs(total.item() - separate.item()) <= 1e-6 * abs(separate.item())
+    for m, g in zip(model, got):
+        assert rel_l2(g, m.func_parameter.grad) <= 1e-6

@@ -50,6 +50,27 @@ def test_model_regularisation_sums_every_lmkan_layer():
     assert hessian_regularization(nn.Linear(2, 2)).item() == 0.0
 
 
+def test_hessian2d_sum_is_the_sum_of_the_tables():
+    """lmKAN.ops.hessian2d_sum (hessian_regularization's call for the 2D layers): on the CPU the
+    sum of hessian2d per table, in order; lists of different lengths or empty lists refused."""
+    from lmKAN import ops
+    from lmKAN.grids import cdf_borders
+    torch.manual_seed(3)
+    params = [torch.randn(g + 1, g + 1, n, p, dtype=torch.float64, requires_grad=True)
+              for g, n, p in ((4, 3, 2), (9, 1, 5), (6, 2, 2))]
+    borders = [cdf_borders(g, dtype=torch.float64) for g in (4, 9, 6)]
+    total = ops.hessian2d_sum(params, borders)
+    expected = sum(ops.hessian2d(p, b) for p, b in zip(params, borders))
+    torch.testing.assert_close(total, expected)
+    grads = torch.autograd.grad(total, params)
+    expected_grads = torch.autograd.grad(expected, params)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)
+    for bad in (([params[0]], borders), ([], [])):
+        with pytest.raises(ValueError, match="same, non-zero length, got"):
+            ops.hessian2d_sum(*bad)
+
+
 def test_demo_runs_and_reports_both_models(capsys):
     rows = demo.main(["--steps", "40", "--batch", "64", "--device", "cpu"])
     out = capsys.readouterr().out

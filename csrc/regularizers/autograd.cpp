@@ -41,6 +41,40 @@ struct RegulariserFunction : public torch::autograd::Function<RegulariserFunctio
   }
 };
 
+// R = hessian2d_sum(params list, borders list): the sum of hessian2d over the tables, one
+// autograd node for all of them. Its backward returns one gradient per table, then none for
+// each border.
+struct Hessian2dSumFunction : public torch::autograd::Function<Hessian2dSumFunction> {
+  using ValueOp = at::Tensor(at::TensorList, at::TensorList);
+  using BackwardOp = std::vector<at::Tensor>(const at::Tensor&, at::TensorList, at::TensorList);
+
+  static at::Tensor forward(AutogradContext* ctx, at::TensorList params, at::TensorList borders) {
+    static const auto value_op = find_op<ValueOp>("lmkan::hessian2d_sum");
+    std::vector<at::Tensor> saved(params.begin(), params.end());
+    saved.insert(saved.end(), borders.begin(), borders.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["tables"] = static_cast<int64_t>(params.size());
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return value_op.call(params, borders);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_double_backward("lmkan::hessian2d_sum");
+    static const auto backward_op = find_op<BackwardOp>("lmkan::hessian2d_sum_backward");
+    const auto saved = ctx->get_saved_variables();
+    const int64_t n = ctx->saved_data["tables"].toInt();
+    const std::vector<at::Tensor> params(saved.begin(), saved.begin() + n);
+    const std::vector<at::Tensor> borders(saved.begin() + n, saved.end());
+    variable_list grads = backward_op.call(grad_outputs[0], params, borders);
+    grads.resize(2 * n);  // borders: none
+    return grads;
+  }
+};
+
+at::Tensor hessian2d_sum_autograd(at::TensorList params, at::TensorList borders) {
+  return Hessian2dSumFunction::apply(params, borders);
+}
+
 constexpr char kHessian2dName[] = "lmkan::hessian2d";
 constexpr char kHessian2dBackwardName[] = "lmkan::hessian2d_backward";
 constexpr char kSecondDiff1dName[] = "lmkan::second_diff1d";
@@ -61,4 +95,5 @@ at::Tensor second_diff1d_autograd(const at::Tensor& params, const at::Tensor& bo
 TORCH_LIBRARY_IMPL(lmkan, Autograd, m) {
   m.impl("hessian2d", &lmkan::regularizers::hessian2d_autograd);
   m.impl("second_diff1d", &lmkan::regularizers::second_diff1d_autograd);
+  m.impl("hessian2d_sum", &lmkan::regularizers::hessian2d_sum_autograd);
 }

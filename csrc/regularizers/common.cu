@@ -24,14 +24,14 @@ __global__ void __launch_bounds__(kFinishThreads) finish_sum_kernel(
   if (threadIdx.x == 0) out[0] = static_cast<float>(v * scale);
 }
 
+}  // namespace
+
 int64_t num_blocks(int64_t M, int num_chunks) {
   const int64_t blocks = (M + kThreads - 1) / kThreads * num_chunks;
   TORCH_CHECK_VALUE(blocks <= 0x7fffffff, "params has too many functions (N_out * N_in = ", M,
                     ") for one launch");
   return blocks;
 }
-
-}  // namespace
 
 int check_table(const at::Tensor& params, const at::Tensor& borders, int64_t table_dims,
                 const char* shape, int64_t* M) {
@@ -59,34 +59,38 @@ void check_grad_r(const at::Tensor& grad_r, const at::Tensor& params) {
                     grad_r.sizes());
 }
 
-at::Tensor reduce_value(ValueKernels kernels, size_t shared_bytes, const at::Tensor& params,
-                        const at::Tensor& borders, int S, int64_t M, Chunks chunks, double scale) {
-  at::Tensor out = at::empty({}, params.options());  // 0-dim R
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t blocks = M == 0 ? 0 : num_blocks(M, chunks.count);
+at::Tensor reduce_value_blocks(int64_t blocks, double scale, bool one_block_allowed,
+                               const at::TensorOptions& options,
+                               const std::function<void(const ValueOut&)>& launch) {
+  at::Tensor out = at::empty({}, options);  // 0-dim R
   ValueOut value_out{nullptr, out.data_ptr<float>(), scale, blocks};
-  if (blocks >= 1 && blocks <= kOneBlockMaxBlocks) {
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernels.one_block), shared_bytes);
-    kernels.one_block<<<1, kThreads, shared_bytes, stream>>>(
-        params.data_ptr<float>(), borders.data_ptr<float>(), value_out, S, M, chunks.count,
-        chunks.width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (one_block_allowed && blocks >= 1 && blocks <= kOneBlockMaxBlocks) {
+    launch(value_out);
     return out;
   }
   // partials: [blocks] double (at least one element so the final kernel writes R = 0).
-  at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1)}, params.options().dtype(at::kDouble));
+  at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1)}, options.dtype(at::kDouble));
   value_out.partials = partials.data_ptr<double>();
-  if (blocks > 0) {
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernels.multi_block), shared_bytes);
-    kernels.multi_block<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(
-        params.data_ptr<float>(), borders.data_ptr<float>(), value_out, S, M, chunks.count,
-        chunks.width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  finish_sum_kernel<<<1, kFinishThreads, 0, stream>>>(partials.data_ptr<double>(), blocks, scale,
-                                                      out.data_ptr<float>());
+  if (blocks > 0) launch(value_out);
+  finish_sum_kernel<<<1, kFinishThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      partials.data_ptr<double>(), blocks, scale, out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
+}
+
+at::Tensor reduce_value(ValueKernels kernels, size_t shared_bytes, const at::Tensor& params,
+                        const at::Tensor& borders, int S, int64_t M, Chunks chunks, double scale) {
+  const int64_t blocks = M == 0 ? 0 : num_blocks(M, chunks.count);
+  return reduce_value_blocks(blocks, scale, true, params.options(), [&](const ValueOut& o) {
+    const bool one_block = o.partials == nullptr;
+    const ValueKernel kernel = one_block ? kernels.one_block : kernels.multi_block;
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared_bytes);
+    kernel<<<one_block ? 1u : static_cast<unsigned>(blocks), kThreads, shared_bytes,
+             c10::cuda::getCurrentCUDAStream()>>>(params.data_ptr<float>(),
+                                                  borders.data_ptr<float>(), o, S, M,
+                                                  chunks.count, chunks.width);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 at::Tensor launch_grad(GradKernel kernel, size_t shared_bytes, const at::Tensor& grad_r,

@@ -1,6 +1,15 @@
 // hessian2d and hessian2d_backward on CUDA: the 2D stencil kernels (launch.h has the scheme).
+#include <algorithm>
+#include <vector>
+
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/device_limits.h"
 
 #include "common/cp_async.cuh"
 #include "regularizers/device.cuh"
@@ -346,64 +355,99 @@ __device__ __forceinline__ double hessian2d_value_window(const float* __restrict
   return total;
 }
 
-// R, 2D (ValueOut: partial sums or, in a one-block launch, R itself). params: [S, S, M];
-// borders: [S]. Block of work b covers chunk (b % num_chunks) of functions
-// (b / num_chunks) * kThreads + tid, with the gradient kernel's chunks and windows
-// (hessian2d_grad_kernel). A thread's ring column is its own (RowRing), and every copy into
-// it has landed when a window ends, so the one-block launch reuses it without a barrier.
-template <int W, bool kOneBlock>
+// Table t of block of work b in a TableSet, and b's index within that table's blocks.
+struct TableOf {
+  int t;
+  unsigned local;
+};
+// kMulti = false: a set of one table, whose fields are then read at constant offsets of the
+// parameter space as separate arguments were (indexed by a run-time t, they took registers
+// for the whole kernel: the gradient kernel spilled 64 bytes instead of 8 at G = 26).
+template <bool kMulti>
+__device__ __forceinline__ TableOf table_of(const TableSet& set, unsigned b) {
+  if (!kMulti) return {0, b};
+  int t = 0;
+  while (t + 1 < set.count && b >= set.block_end[t]) ++t;  // the same on every thread
+  return {t, t == 0 ? b : b - set.block_end[t - 1]};
+}
+
+// R, 2D (ValueOut: partial sums or, in a one-block launch, R itself), of every table of the
+// set: R = sum over tables of scale[t] * (the table's stencil sum). params: [S, S, M];
+// borders: [S]. Block of work b covers chunk (local % num_chunks) of functions
+// (local / num_chunks) * kThreads + tid of its table (table_of), with the gradient kernel's
+// chunks and windows (hessian2d_grad_kernel). A thread's ring column is its own (RowRing),
+// and every copy into it has landed when a window ends, so the one-block launch reuses it
+// without a barrier; the coefficients are refilled (between two barriers) when its blocks
+// of work pass to another table. kMulti = false (one table): the table's scale is applied
+// by the final sum (o.scale), as the single-table op always did.
+template <int W, bool kOneBlock, bool kMulti>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_value_kernel(
-    const float* __restrict__ params, const float* __restrict__ borders, ValueOut o, int S,
-    int64_t M, int num_chunks, int chunk_width) {
-  extern __shared__ float4 coef4[];  // [S], then the RowRing ring
-  float* ring = reinterpret_cast<float*>(coef4 + S) + threadIdx.x;
+    const __grid_constant__ TableSet set, ValueOut o) {
+  extern __shared__ float4 coef4[];  // [max_nodes], then the RowRing ring
+  float* ring = reinterpret_cast<float*>(coef4 + set.max_nodes) + threadIdx.x;
   __shared__ double red[32];
-  fill_stencil_coefficients(borders, S, coef4);
-  __syncthreads();
+  int filled = 0;  // the table whose coefficients coef4 holds
+  if (kMulti) {
+    filled = -1;
+  } else {
+    fill_stencil_coefficients(set.borders[0], set.S[0], coef4);
+    __syncthreads();
+  }
 
   const double total = sum_over_work<kOneBlock>(o, [&](unsigned b) {
-    const int chunk = static_cast<int>(b % num_chunks);
-    const int64_t m = static_cast<int64_t>(b / num_chunks) * kThreads + threadIdx.x;
+    const TableOf at = table_of<kMulti>(set, b);
+    if (kMulti && at.t != filled) {  // uniform: every thread of the block reaches the barriers
+      if (filled >= 0) __syncthreads();  // the previous table's coefficients are read
+      fill_stencil_coefficients(set.borders[at.t], set.S[at.t], coef4);
+      __syncthreads();
+      filled = at.t;
+    }
+    const int S = set.S[at.t], num_chunks = set.num_chunks[at.t];
+    const int64_t M = set.M[at.t];
+    const int chunk = static_cast<int>(at.local % num_chunks);
+    const int64_t m = static_cast<int64_t>(at.local / num_chunks) * kThreads + threadIdx.x;
     double sum = 0.0;
     if (m < M) {  // every thread reaches write_value
-      const Window win = chunk_window<W>(chunk, chunk_width, S);
-      const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
+      const Window win = chunk_window<W>(chunk, set.chunk_width[at.t], S);
+      const float* row0 = set.params[at.t] + m + static_cast<int64_t>(win.bs) * M;
       with_window_kind(win.kind, [&](auto kind) {
         sum = hessian2d_value_window<W, decltype(kind)::value>(row0, coef4, S, M, win, ring);
       });
     }
-    return sum;
+    return kMulti ? sum * set.scale[at.t] : sum;
   });
   write_value<kOneBlock>(total, red, o);
 }
 
-// dR/dP * grad_r, 2D. grad_r: [1]; params, grad: [S, S, M]; borders: [S].
-// One block: kThreads functions x one chunk of gradient columns b0 .. b0+nb-1 (balanced
-// chunks of at most W columns partition the S columns). A thread computes the stencil
-// over a window of W columns bs .. bs+W-1 (bs = b0, except that the last chunk's window
-// is pulled left to end at column S-1 so that the table edge sits at a fixed place in
-// it) and stores the nb columns it owns. The window's kind (uniform per block) selects a
-// variant whose edge handling is resolved at compile time. With balanced chunks every
-// middle chunk's window is interior up to S ~ 12 W; beyond, some are generic (slower).
-template <int W>
+// dR/dP * grad_r, 2D, of every table of the set. grad_r: [1]; params, grad: [S, S, M];
+// borders: [S]. One block: kThreads functions x one chunk of gradient columns b0 .. b0+nb-1
+// of one table (balanced chunks of at most W columns partition the S columns). A thread
+// computes the stencil over a window of W columns bs .. bs+W-1 (bs = b0, except that the
+// last chunk's window is pulled left to end at column S-1 so that the table edge sits at a
+// fixed place in it) and stores the nb columns it owns. The window's kind (uniform per
+// block) selects a variant whose edge handling is resolved at compile time. With balanced
+// chunks every middle chunk's window is interior up to S ~ 12 W; beyond, some are generic
+// (slower).
+template <int W, bool kMulti>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kernel(
-    const float* __restrict__ grad_r, const float* __restrict__ params,
-    const float* __restrict__ borders, float* __restrict__ grad, int S, int64_t M,
-    int num_chunks, int chunk_width) {
-  extern __shared__ float4 coef4[];  // [S], then the RowRing ring
-  float* ring = reinterpret_cast<float*>(coef4 + S) + threadIdx.x;
-  fill_stencil_coefficients(borders, S, coef4);
+    const float* __restrict__ grad_r, const __grid_constant__ TableSet set) {
+  extern __shared__ float4 coef4[];  // [max_nodes], then the RowRing ring
+  float* ring = reinterpret_cast<float*>(coef4 + set.max_nodes) + threadIdx.x;
+  const TableOf at = table_of<kMulti>(set, blockIdx.x);
+  const int S = set.S[at.t], num_chunks = set.num_chunks[at.t];
+  const int64_t M = set.M[at.t];
+  fill_stencil_coefficients(set.borders[at.t], S, coef4);
   __syncthreads();
 
-  const int chunk = static_cast<int>(blockIdx.x % num_chunks);
-  const int64_t m = static_cast<int64_t>(blockIdx.x / num_chunks) * kThreads + threadIdx.x;
+  const int chunk = static_cast<int>(at.local % num_chunks);
+  const int64_t m = static_cast<int64_t>(at.local / num_chunks) * kThreads + threadIdx.x;
   if (m >= M) return;  // no block-wide synchronisation below
-  const Window win = chunk_window<W>(chunk, chunk_width, S);
+  const Window win = chunk_window<W>(chunk, set.chunk_width[at.t], S);
   // d/dP of grad_r * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale * f * df/dP.
   const float inner = static_cast<float>(S - 2);
   const float scale = __ldg(grad_r) * (2.f / (inner * inner));
-  const float* row0 = params + m + static_cast<int64_t>(win.bs) * M;
-  float* grow0 = grad + m + static_cast<int64_t>(win.bs) * M;
+  const float* row0 = set.params[at.t] + m + static_cast<int64_t>(win.bs) * M;
+  float* grow0 = set.grad[at.t] + m + static_cast<int64_t>(win.bs) * M;
   with_window_kind(win.kind, [&](auto kind) {
     hessian2d_grad_window<W, decltype(kind)::value>(row0, grow0, coef4, S, M, win, scale, ring);
   });
@@ -411,32 +455,143 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kerne
 
 constexpr const char* kShape2d = "[G+1, G+1, N_out, N_in/2]";
 
+// The checked, contiguous tables of a call, and their launch sets.
+struct Tables {
+  std::vector<at::Tensor> params, borders;
+  std::vector<int> S;
+  std::vector<int64_t> M, blocks;
+  int64_t total_blocks = 0;
+};
+
+Tables check_tables(at::TensorList params, at::TensorList borders, const char* op) {
+  TORCH_CHECK_VALUE(params.size() == borders.size() && !params.empty(), op,
+                    ": params and borders must be lists of the same, non-zero length, got ",
+                    params.size(), " and ", borders.size());
+  Tables t;
+  for (size_t i = 0; i < params.size(); ++i) {
+    int64_t M = 0;
+    const int S = check_table(params[i], borders[i], 4, kShape2d, &M);
+    check_same_device(params[i], "params", params[0], "params[0]");
+    t.params.push_back(params[i].contiguous());
+    t.borders.push_back(borders[i].contiguous());
+    t.S.push_back(S);
+    t.M.push_back(M);
+    t.blocks.push_back(M == 0 ? 0 : num_blocks(M, split(S, kW2d).count));
+    t.total_blocks += t.blocks.back();
+  }
+  TORCH_CHECK_VALUE(t.total_blocks <= 0x7fffffff, op, ": too many functions for one launch");
+  return t;
+}
+
+// The set of tables [first, last) (at most kMaxTables), grads optional.
+TableSet make_set(const Tables& t, size_t first, size_t last, std::vector<at::Tensor>* grads) {
+  TableSet set{};
+  set.count = static_cast<int>(last - first);
+  unsigned end = 0;
+  for (size_t i = first; i < last; ++i) {
+    const int k = static_cast<int>(i - first);
+    const Chunks chunks = split(t.S[i], kW2d);
+    const double inner = static_cast<double>(t.S[i] - 2);
+    set.params[k] = t.params[i].data_ptr<float>();
+    set.borders[k] = t.borders[i].data_ptr<float>();
+    set.grad[k] = grads != nullptr ? (*grads)[i].data_ptr<float>() : nullptr;
+    set.M[k] = t.M[i];
+    set.scale[k] = 1.0 / (inner * inner);
+    set.S[k] = t.S[i];
+    set.num_chunks[k] = chunks.count;
+    set.chunk_width[k] = chunks.width;
+    end += static_cast<unsigned>(t.blocks[i]);
+    set.block_end[k] = end;
+    set.max_nodes = std::max(set.max_nodes, t.S[i]);
+  }
+  return set;
+}
+
+// Calls launch(set, blocks, first_block) for consecutive groups of at most kMaxTables tables
+// that hold blocks of work.
+template <typename Launch>
+void for_each_launch(const Tables& t, std::vector<at::Tensor>* grads, Launch&& launch) {
+  int64_t first_block = 0;
+  for (size_t first = 0; first < t.params.size(); first += kMaxTables) {
+    const size_t last = std::min(t.params.size(), first + kMaxTables);
+    const TableSet set = make_set(t, first, last, grads);
+    const int64_t blocks = set.block_end[set.count - 1];
+    if (blocks > 0) launch(set, blocks, first_block);
+    first_block += blocks;
+  }
+}
+
+// R = sum over the tables of their Hessian values: one value launch per kMaxTables tables
+// (one block for at most kOneBlockMaxBlocks blocks of work), one final sum.
+at::Tensor hessian2d_value(const Tables& t) {
+  const c10::cuda::CUDAGuard guard(t.params[0].device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool one_launch = t.params.size() <= static_cast<size_t>(kMaxTables);
+  const bool multi = t.params.size() > 1;
+  // one table: its scale applied at the end (kMulti = false); several: per table, in the kernel
+  const double inner = static_cast<double>(t.S[0] - 2);
+  const double scale = multi ? 1.0 : 1.0 / (inner * inner);
+  return reduce_value_blocks(
+      t.total_blocks, scale, one_launch, t.params[0].options(), [&](const ValueOut& o) {
+        for_each_launch(t, nullptr, [&](const TableSet& set, int64_t blocks, int64_t first) {
+          const bool one_block = o.partials == nullptr;
+          const auto kernel = multi ? (one_block ? hessian2d_value_kernel<kW2d, true, true>
+                                                 : hessian2d_value_kernel<kW2d, false, true>)
+                                    : (one_block ? hessian2d_value_kernel<kW2d, true, false>
+                                                 : hessian2d_value_kernel<kW2d, false, false>);
+          const size_t shared = hessian2d_shared_bytes(set.max_nodes);
+          allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared);
+          ValueOut part = o;
+          if (!one_block) part.partials = o.partials + first;
+          kernel<<<one_block ? 1u : static_cast<unsigned>(blocks), kThreads, shared, stream>>>(
+              set, part);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+}
+
+// dR/dparams * grad_r of every table, one launch per kMaxTables tables.
+std::vector<at::Tensor> hessian2d_grads(const at::Tensor& grad_r_in, const Tables& t) {
+  check_grad_r(grad_r_in, t.params[0]);
+  const c10::cuda::CUDAGuard guard(t.params[0].device());
+  const at::Tensor grad_r = grad_r_in.contiguous();
+  std::vector<at::Tensor> grads;
+  for (const at::Tensor& p : t.params) grads.push_back(at::empty_like(p));  // contiguous
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto kernel = t.params.size() > 1 ? hessian2d_grad_kernel<kW2d, true>
+                                           : hessian2d_grad_kernel<kW2d, false>;
+  for_each_launch(t, &grads, [&](const TableSet& set, int64_t blocks, int64_t) {
+    const size_t shared = hessian2d_shared_bytes(set.max_nodes);
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared);
+    kernel<<<static_cast<unsigned>(blocks), kThreads, shared, stream>>>(grad_r.data_ptr<float>(),
+                                                                       set);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grads;
+}
+
 // params: [S, S, N_out, N_in/2]; borders: [S]. Returns R, 0-dim float32.
-at::Tensor hessian2d_cuda(const at::Tensor& params_in, const at::Tensor& borders_in) {
-  int64_t M = 0;
-  const int S = check_table(params_in, borders_in, 4, kShape2d, &M);
-  const c10::cuda::CUDAGuard guard(params_in.device());
-  const at::Tensor params = params_in.contiguous();
-  const at::Tensor borders = borders_in.contiguous();
-  const double inner = static_cast<double>(S - 2);
-  return reduce_value({hessian2d_value_kernel<kW2d, false>, hessian2d_value_kernel<kW2d, true>},
-                      hessian2d_shared_bytes(S), params, borders, S, M,
-                      split(S, kW2d), 1.0 / (inner * inner));
+at::Tensor hessian2d_cuda(const at::Tensor& params, const at::Tensor& borders) {
+  return hessian2d_value(check_tables({params}, {borders}, "hessian2d"));
 }
 
 // grad_r: 0-dim; params: [S, S, N_out, N_in/2]; borders: [S]. Returns [S, S, N_out, N_in/2].
-at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r_in, const at::Tensor& params_in,
-                                   const at::Tensor& borders_in) {
-  int64_t M = 0;
-  const int S = check_table(params_in, borders_in, 4, kShape2d, &M);
-  check_grad_r(grad_r_in, params_in);
-  const c10::cuda::CUDAGuard guard(params_in.device());
-  const at::Tensor grad_r = grad_r_in.contiguous();
-  const at::Tensor params = params_in.contiguous();
-  const at::Tensor borders = borders_in.contiguous();
-  const Chunks chunks = split(S, kW2d);
-  return launch_grad(hessian2d_grad_kernel<kW2d>, hessian2d_shared_bytes(S), grad_r, params, borders, S, M,
-                     chunks);
+at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r, const at::Tensor& params,
+                                   const at::Tensor& borders) {
+  return hessian2d_grads(grad_r, check_tables({params}, {borders}, "hessian2d_backward"))[0];
+}
+
+// The sum of hessian2d over lists of tables (a model's 2D layers): one value launch and one
+// final sum for up to kMaxTables tables, where one call per table takes two or three
+// launches and an add each (host-bound small training steps, docs/decisions.md).
+at::Tensor hessian2d_sum_cuda(at::TensorList params, at::TensorList borders) {
+  return hessian2d_value(check_tables(params, borders, "hessian2d_sum"));
+}
+
+std::vector<at::Tensor> hessian2d_sum_backward_cuda(const at::Tensor& grad_r,
+                                                    at::TensorList params,
+                                                    at::TensorList borders) {
+  return hessian2d_grads(grad_r, check_tables(params, borders, "hessian2d_sum_backward"));
 }
 
 }  // namespace
@@ -446,4 +601,6 @@ at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r_in, const at::Tensor
 TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
   m.impl("hessian2d", &lmkan::regularizers::hessian2d_cuda);
   m.impl("hessian2d_backward", &lmkan::regularizers::hessian2d_backward_cuda);
+  m.impl("hessian2d_sum", &lmkan::regularizers::hessian2d_sum_cuda);
+  m.impl("hessian2d_sum_backward", &lmkan::regularizers::hessian2d_sum_backward_cuda);
 }

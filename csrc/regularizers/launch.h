@@ -33,6 +33,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 #include <ATen/core/Tensor.h>
 
@@ -99,10 +100,36 @@ struct ValueKernels {
 using GradKernel = void (*)(const float*, const float*, const float*, float*, int, int64_t, int,
                             int);
 
+// The value of `blocks` blocks of work: launch(o) runs the value kernel, one block when
+// o.partials is null (blocks <= kOneBlockMaxBlocks and one_block_allowed: R = o.scale * sum,
+// written by the kernel), else one block per block of work writing o.partials, then the
+// final reduction adds them in order; returns R, 0-dim float32 (`options`' device).
+at::Tensor reduce_value_blocks(int64_t blocks, double scale, bool one_block_allowed,
+                               const at::TensorOptions& options,
+                               const std::function<void(const ValueOut&)>& launch);
 // Launches a value kernel (`shared_bytes` of dynamic shared memory) on the given chunks, one
 // block or many then the final reduction (ValueOut); returns R = scale * sum.
 at::Tensor reduce_value(ValueKernels kernels, size_t shared_bytes, const at::Tensor& params,
                         const at::Tensor& borders, int S, int64_t M, Chunks chunks, double scale);
+// Blocks of work of a table of M functions in chunks of `num_chunks` (checked to fit an int).
+int64_t num_blocks(int64_t M, int num_chunks);
+
+// The 2D tables of one launch of the Hessian kernels (hessian2d.cu): a model's 2D layers
+// in one launch (hessian2d_sum; the single-table ops pass one). Block of work b belongs to
+// table t with block_end[t-1] <= b < block_end[t] (block_end[-1] = 0). Passed by value as a
+// __grid_constant__ kernel argument, so a table's fields are read in place, indexed by t.
+constexpr int kMaxTables = 8;
+struct TableSet {
+  const float* params[kMaxTables];  // [S, S, M] contiguous
+  const float* borders[kMaxTables];  // [S]
+  float* grad[kMaxTables];           // gradient kernels: [S, S, M]
+  int64_t M[kMaxTables];
+  double scale[kMaxTables];          // value kernels: R_t = scale[t] * its sum
+  int S[kMaxTables], num_chunks[kMaxTables], chunk_width[kMaxTables];
+  unsigned block_end[kMaxTables];
+  int count;
+  int max_nodes;  // the largest S: the coefficients' shared-memory slots before the ring
+};
 // Launches the gradient kernel `kernel` with `shared_bytes` of dynamic shared memory on
 // `chunks` per block of functions and returns dR/dparams * grad_r.
 at::Tensor launch_grad(GradKernel kernel, size_t shared_bytes, const at::Tensor& grad_r,
