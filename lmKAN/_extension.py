@@ -57,6 +57,26 @@ def _missing_reason():
             f"the compiler's output. {_INSTALL_HINT}")
 
 
+# The ops the Python side uses (csrc/ops.cpp defines them): an extension built from an older
+# source tree can lack some, which then counts as a stale build.
+_OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan2d_slope_forward", "lmkan2d_slope_grad_x",
+        "lmkan2d_slope_grad_params", "lmkan1d_forward", "lmkan1d_backward",
+        "lmkan1d_slope_forward", "lmkan1d_slope_grad_params",
+        "hessian2d", "hessian2d_backward", "hessian2d_sum", "hessian2d_sum_backward",
+        "second_diff1d", "second_diff1d_backward")
+
+
+def _missing_ops():
+    """The ops of _OPS that the loaded extension did not register."""
+    missing = []
+    for name in _OPS:
+        try:
+            torch._C._dispatch_find_schema_or_throw(f"lmkan::{name}", "")
+        except RuntimeError:
+            missing.append(name)
+    return missing
+
+
 def _load():
     """Return (module or None, reason string, whether a stale build was found)."""
     try:
@@ -71,6 +91,10 @@ def _load():
     if built != running:
         return None, (f"lmKAN's CUDA extension was built for torch {built[0]} / CUDA {built[1]} "
                       f"but torch {running[0]} / CUDA {running[1]} is running. {_REBUILD_HINT}"), True
+    missing = _missing_ops()
+    if missing:
+        return None, (f"lmKAN's CUDA extension ({module.__file__}) was built from an older lmKAN "
+                      f"source: it lacks the ops {', '.join(missing)}. {_REBUILD_HINT}"), True
     return module, f"CUDA extension loaded ({module.__file__})", False
 
 
@@ -80,13 +104,6 @@ if _STALE:
 elif _MODULE is None and torch.cuda.is_available():
     warnings.warn(_REASON + " Until then CUDA tensors use the slower pure-PyTorch path.",
                   RuntimeWarning, stacklevel=2)
-
-_OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan2d_slope_forward", "lmkan2d_slope_grad_x",
-        "lmkan2d_slope_grad_params", "lmkan1d_forward", "lmkan1d_backward",
-        "lmkan1d_slope_forward", "lmkan1d_slope_grad_params",
-        "hessian2d", "hessian2d_backward", "hessian2d_sum", "hessian2d_sum_backward",
-        "second_diff1d", "second_diff1d_backward")
-
 
 @functools.lru_cache(maxsize=None)
 def has_cuda_kernel(op_name: str, dispatch_key: str = "CUDA") -> bool:

@@ -260,3 +260,25 @@ def test_kernel_ops_on_cpu_tensors_point_to_the_cpu_path():
     for name, call in calls.items():
         with pytest.raises(NotImplementedError, match=r"CUDA tensors only.*pure-PyTorch reference"):
             call()
+
+
+def test_hessian2d_sum_autograd_on_meta():
+    """hessian2d_sum's C++ autograd (csrc/regularizers/autograd.cpp) over a list of tables of
+    different num_grids: a 0-dim value, one gradient per table of its shape, none for the
+    borders."""
+    params = [torch.empty(6, 6, 3, 2, device="meta", requires_grad=True),
+              torch.empty(11, 11, 4, 5, device="meta", requires_grad=True)]
+    borders = [cdf_borders(5).to("meta"), cdf_borders(10).to("meta")]
+    r = torch.ops.lmkan.hessian2d_sum(params, borders)
+    assert r.shape == () and r.requires_grad
+    grads = torch.autograd.grad(r, params)
+    assert [g.shape for g in grads] == [p.shape for p in params]
+
+
+def test_extension_lacking_an_op_counts_as_stale(monkeypatch):
+    """An extension built from an older source tree (an op of _OPS not registered) is not used:
+    _load reports it as stale, naming the missing op and how to rebuild."""
+    monkeypatch.setattr(_extension, "_OPS", _extension._OPS + ("no_such_op",))
+    module, reason, stale = _extension._load()
+    assert module is None and stale
+    assert "no_such_op" in reason and "older lmKAN source" in reason and "pip install" in reason
