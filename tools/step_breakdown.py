@@ -13,8 +13,14 @@ eager, as wall microseconds per call over back-to-back calls (synchronised at th
 
 The difference of neighbouring rows is the cost of a stage (with its share of the
 backward). The two models' samples alternate, as in bench_overhead.py, so that a drift of
-the host's speed reaches both; each figure is a median over --samples samples. Prints the
-table last. For the step-ratio target of issue 16 (item 6): which stage holds the gap.
+the host's speed reaches both; each figure is a median over --samples samples. Each prefix
+is timed apart, so on a noisy host a stage's difference carries the noise of two figures.
+
+A second table times the lmKAN network's Hessian term alone, forward and backward, as
+`hessian_regularization(model)` computes it (its 2D layers in one `hessian2d_sum` call)
+against one `get_hessian_regularization()` call per layer, the two alternating: a smaller
+quantity than a step, for the calls that term makes. Prints both tables last. For the
+step-ratio target of issue 16 (item 6): which stage holds the gap.
 """
 import argparse
 import os
@@ -76,6 +82,35 @@ def measure(device, calls, samples):
     return rows
 
 
+def measure_hessian(device, calls, samples):
+    """Wall us per forward+backward of the lmKAN network's Hessian term: hessian_regularization
+    (one call for the 2D layers) and one call per layer, alternating."""
+    torch.manual_seed(0)
+    kan = SmallLmkan().to(device).train()
+    layers = [m for m in kan.modules() if hasattr(m, "get_hessian_regularization")]
+
+    def batched():
+        kan.zero_grad(set_to_none=True)
+        hessian_regularization(kan).backward()
+
+    def per_layer():
+        kan.zero_grad(set_to_none=True)
+        total = layers[0].get_hessian_regularization()
+        for layer in layers[1:]:
+            total = total + layer.get_hessian_regularization()
+        total.backward()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    fns = {"hessian_regularization": batched, "one call per layer": per_layer}
+    for fn in fns.values():
+        wall_us_per_call(fn, calls, 1, warmup=10, sync=sync)
+    times = {name: [] for name in fns}
+    for _ in range(samples):
+        for name, fn in fns.items():
+            times[name].append(wall_us_per_call(fn, calls, 1, warmup=0, sync=sync))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -99,7 +134,12 @@ def main(argv=None):
             cells.append(f"{us:9.1f} ({us - previous[model]:6.1f})")
             previous[model] = us
         print(f"{stage:<12}" + "".join(cells))
-    return rows
+    hessian = measure_hessian(device, args.calls, args.samples)
+    print(f"Hessian term of the lmKAN network, forward+backward (wall us, median of "
+          f"{args.samples} alternate samples):")
+    for name, us in hessian.items():
+        print(f"  {name:<24}{us:9.1f}")
+    return rows, hessian
 
 
 if __name__ == "__main__":
