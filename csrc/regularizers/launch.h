@@ -5,7 +5,9 @@
 //   hessian2d_backward(grad_r (0-dim, on the device), params, borders) -> dR/dparams * grad_r
 //   second_diff1d(params [S, N_out, N_in], borders [S]) -> R (0-dim)
 //   second_diff1d_backward(grad_r, params, borders) -> dR/dparams * grad_r
-// with S = G + 1 nodes per axis.
+//   hessian2d_sum(params list, borders list) -> the sum of hessian2d over the tables
+//   hessian2d_sum_backward(grad_r, params list, borders list) -> one gradient per table
+// with S = G + 1 nodes per axis (per table: the 2D kernels take a TableSet, below).
 //
 // Layout: the last two dims of params flatten to M functions m = (o, p), contiguous, so
 // every stencil neighbour of element (a, b, m) lies M elements away along b, S*M along a.
@@ -24,8 +26,8 @@
 // The value is reduced deterministically in two stages: each block writes its partial sum
 // (double) to a buffer, and one small kernel adds the partials in a fixed order and writes
 // R; a small table (at most kOneBlockMaxBlocks blocks of work) is summed by one block in a
-// single launch (ValueOut). The gradient kernels read dL/dR from device memory. Per-node coefficients are computed
-// from `borders` in double by every block into shared memory.
+// single launch (ValueOut). The gradient kernels read dL/dR from device memory. Per-node
+// coefficients are computed from `borders` in double by every block into shared memory.
 //
 // Files: launch.h (limits, chunking, the launchers), device.cuh (helpers of both families),
 // common.cu (checks, launches, the fixed-order final sum), hessian2d.cu, second_diff1d.cu,
