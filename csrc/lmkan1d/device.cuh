@@ -11,7 +11,8 @@
 namespace lmkan {
 namespace lmkan1d {
 
-// The uniform grid's num_grids / (hi - lo) (borders_s: [G+1], shared memory).
+// The uniform grid's num_grids / (hi - lo), 1 / (cell width) (borders_s: [G+1], in shared or
+// global memory).
 __device__ __forceinline__ float uniform_scale(const float* borders_s, int num_grids) {
   return num_grids / (borders_s[num_grids] - borders_s[0]);
 }
@@ -50,8 +51,8 @@ __device__ __forceinline__ bool is_far(float v, float d) {
 __device__ __forceinline__ float far_scaled_d(float v, const float* borders_s, int num_grids,
                                               bool uniform, int index) {
   if (uniform) {
-    const float lo = borders_s[0], hi = borders_s[num_grids];
-    return ((v - lo) * kFarScale) * (num_grids / (hi - lo)) - index * kFarScale;
+    return ((v - borders_s[0]) * kFarScale) * uniform_scale(borders_s, num_grids) -
+           index * kFarScale;
   }
   const float lo = borders_s[index];
   return ((v - lo) * kFarScale) / (borders_s[index + 1] - lo);

@@ -32,8 +32,7 @@ __device__ __forceinline__ void accumulate_two_inputs(float* acc_a, float* acc_b
 // 1 / h_k: the width of cell k.
 __device__ __forceinline__ float inverse_width(const float* borders_s, int num_grids, bool uniform,
                                                int k) {
-  return uniform ? num_grids / (borders_s[num_grids] - borders_s[0])
-                 : 1.f / (borders_s[k + 1] - borders_s[k]);
+  return uniform ? uniform_scale(borders_s, num_grids) : 1.f / (borders_s[k + 1] - borders_s[k]);
 }
 
 // out: accumulate ? grad_params [G+1, N_out, N_in], zero on entry, atomically added to

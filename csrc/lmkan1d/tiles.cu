@@ -33,7 +33,7 @@ __global__ void lmkan1d_pack_kernel(const In* __restrict__ params,
   __shared__ float block_tile[kTileOut][33];
   const int r = blockIdx.x, t = blockIdx.y, i0 = blockIdx.z * 32;
   const float inv_h = !slopes  ? 0.f
-                      : uniform ? num_grids / (borders[num_grids] - borders[0])
+                      : uniform ? uniform_scale(borders, num_grids)
                                 : 1.f / (borders[r + 1] - borders[r]);
   for (int e = threadIdx.x; e < kTileOut * 32; e += blockDim.x) {
     const int w = e / 32, i = i0 + e % 32;

@@ -97,10 +97,7 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
   if (zeros != nullptr)
     *zeros = at::empty(zero_like == ZeroLike::kPacked ? packed.sizes() : params.sizes(),
                        params.options().dtype(at::kFloat));
-  if (packed.numel() == 0) {
-    if (zeros != nullptr) zeros->zero_();  // params may hold elements (no pairs: none)
-    return packed;
-  }
+  if (packed.numel() == 0) return packed;  // no pairs: zeros is empty too
   const int pair_groups = (n_pairs + kPackPairs - 1) / kPackPairs;
   const int64_t blocks = cells * n_tiles * pair_groups;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "pack_table: table too large (", blocks, " blocks)");
