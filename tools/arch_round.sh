@@ -27,6 +27,8 @@
 #       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
 #       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
 #       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB)
+#   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
+#       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
 #       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
@@ -174,6 +176,22 @@ for stage in "$@"; do
         head -n 14 "$OUT/profile_forces_$kind.log" | cut -c1-200
       done
       ;;
+    step)  # the small training step against the MLP (issue 16, item 6), sm_90 build:
+      # tools/step_breakdown.py (the step by stage, then the Hessian term alone) and
+      # bench_overhead.py twice around it; STEP_SAMPLES alternate pairs each (default 15)
+      for run in 1 2 3; do
+        if [ $run = 2 ]; then
+          (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 240 $PY tools/step_breakdown.py \
+             --samples ${STEP_SAMPLES:-15}) > "$OUT/step_breakdown.log" 2>&1
+          echo "step_breakdown rc=$?" >> "$OUT/summary.txt"
+        else
+          (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 180 $PY benchmarks/bench_overhead.py \
+             --samples ${STEP_SAMPLES:-15} --json "$OUT/overhead_$run.json") > "$OUT/overhead_$run.log" 2>&1
+          grep -E "step" "$OUT/overhead_$run.log" | tee -a "$OUT/summary.txt"
+        fi
+      done
+      tail -n 12 "$OUT/step_breakdown.log"
+      ;;
     pack)
       tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \
         && mv /tmp/lmkan-results.tgz "$OUT/results.tgz" \
@@ -188,7 +206,7 @@ for stage in "$@"; do
     limits)
       (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY tools/smem_limits.py) | tee -a "$OUT/summary.txt"
       ;;
-    *) echo "unknown stage $stage (build, buildall, test, sanitize, check, bench, compare, forces, pack, limits)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, buildall, test, sanitize, check, bench, compare, step, forces, pack, limits)"; exit 2 ;;
   esac
 done
 [ -n "${ARCH_ROUND_NESTED:-}" ] || { echo "== summary"; cat "$OUT/summary.txt"; }
