@@ -185,7 +185,7 @@ def hessian2d_sum(params_list, borders_list, weight=1.0):
     Tables on one CUDA device in float32 take one op call: one value launch and one final
     sum for up to 8 tables, one gradient launch in the backward (where a call per table takes
     two or three launches and an add each: a small training step is bound by its launches);
-    the weight is applied inside those launches. Any other mix is the sum of hessian2d per
+    the weight is applied inside those launches (one table too: the single-table kernels). Any other mix is the sum of hessian2d per
     table, in order, times the weight.
     """
     params_list, borders_list = list(params_list), list(borders_list)
@@ -193,7 +193,7 @@ def hessian2d_sum(params_list, borders_list, weight=1.0):
         raise ValueError(f"hessian2d_sum: params_list and borders_list must be lists of the same, "
                          f"non-zero length, got {len(params_list)} and {len(borders_list)}")
     device = params_list[0].device
-    if len(params_list) > 1 and all(
+    if all(
             _regulariser_kernel_applies(_HESSIAN2D_SUM_OP, p, b) and p.device == device
             for p, b in zip(params_list, borders_list)):
         return _HESSIAN2D_SUM_OP(params_list, borders_list, weight)

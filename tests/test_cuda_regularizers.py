@@ -259,7 +259,9 @@ def _tables(specs, seed):
     [(3, 7, 1), (26, 33, 9), (13, 1, 129), (64, 3, 5)],
     # more than 8 tables: two launches into one sum
     [(4 + i % 5, 1 + i, 2 + (i * 7) % 11) for i in range(11)],
-], ids=["one_block", "small_step", "mixed_grids", "eleven_tables"])
+    # one table (a model of one 2D layer): the single-table kernels, the weight inside
+    [(26, 33, 9)],
+], ids=["one_block", "small_step", "mixed_grids", "eleven_tables", "one_table"])
 @pytest.mark.parametrize("weight", [1.0, 0.37])
 def test_hessian2d_sum_matches_reference(specs, weight):
     """hessian2d_sum over several tables: the value against weight times the sum of the
