@@ -26,9 +26,12 @@
 #       # bench_overhead (new, base, new) and bench_2d (BENCH2D_ARGS, default: the G8, G26
 #       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
 #       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
-#       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB)
+#       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_HESSIAN=1
+#       # adds bench_hessian.py
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
 #       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again
+#   bash tools/arch_round.sh probe          # tools/probe_gather_mma.py (PROBE_ARGS) in the
+#       # sm_90 build's tree
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
 #       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
@@ -153,6 +156,13 @@ for stage in "$@"; do
           done
         done
       fi
+      if [ -n "${COMPARE_HESSIAN:-}" ]; then  # the regulariser kernels, both builds
+        for b in new base; do
+          (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_hessian.py \
+             --json "$OUT/bench_hessian_$b.json") > "$OUT/bench_hessian_$b.log" 2>&1
+          echo "bench_hessian $b rc=$?" >> "$OUT/summary.txt"
+        done
+      fi
       for b in new base new; do  # the force step, new build on both sides again
         (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout 120 $PY benchmarks/bench_forces.py) \
           >> "$OUT/forces_$b.log" 2>&1
@@ -162,6 +172,7 @@ for stage in "$@"; do
         grep -v "^{" "$OUT/bench_2d_$b.log" | grep -E "^G" | tail -40
         grep -E "force step" "$OUT/forces_$b.log"
         [ -n "${COMPARE_1D:-}" ] && grep -E "^lmKAN KANLayer  |^kernels" "$OUT"/bench_1d_${b}*.log
+        [ -n "${COMPARE_HESSIAN:-}" ] && grep -v "^{" "$OUT/bench_hessian_$b.log" | tail -12
       done
       ;;
     forces)
@@ -192,6 +203,12 @@ for stage in "$@"; do
       done
       tail -n 12 "$OUT/step_breakdown.log"
       ;;
+    probe)  # tools/probe_gather_mma.py in the sm_90 build's tree (it compiles its own .cu)
+      (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 400 $PY tools/probe_gather_mma.py \
+         ${PROBE_ARGS:-}) > "$OUT/probe_gather_mma.log" 2>&1
+      echo "probe_gather_mma rc=$?" >> "$OUT/summary.txt"
+      tail -n 8 "$OUT/probe_gather_mma.log" | tee -a "$OUT/summary.txt"
+      ;;
     pack)
       tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \
         && mv /tmp/lmkan-results.tgz "$OUT/results.tgz" \
@@ -206,7 +223,7 @@ for stage in "$@"; do
     limits)
       (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY tools/smem_limits.py) | tee -a "$OUT/summary.txt"
       ;;
-    *) echo "unknown stage $stage (build, buildall, test, sanitize, check, bench, compare, step, forces, pack, limits)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, buildall, test, sanitize, check, bench, compare, step, probe, forces, pack, limits)"; exit 2 ;;
   esac
 done
 [ -n "${ARCH_ROUND_NESTED:-}" ] || { echo "== summary"; cat "$OUT/summary.txt"; }
