@@ -179,27 +179,28 @@ def hessian2d(params, borders):
     return _reference.hessian2d(params, borders)
 
 
-def hessian2d_sum(params_list, borders_list):
-    """The sum of hessian2d over 2D tables (a model's 2D layers), a 0-dim tensor.
+def hessian2d_sum(params_list, borders_list, weight=1.0):
+    """weight times the sum of hessian2d over 2D tables (a model's 2D layers), a 0-dim tensor.
 
     Tables on one CUDA device in float32 take one op call: one value launch and one final
     sum for up to 8 tables, one gradient launch in the backward (where a call per table takes
-    two or three launches and an add each: a small training step is bound by its launches).
-    Any other mix is the sum of hessian2d per table, in order.
+    two or three launches and an add each: a small training step is bound by its launches);
+    the weight is applied inside those launches (one table too: the single-table kernels). Any other mix is the sum of hessian2d per
+    table, in order, times the weight.
     """
     params_list, borders_list = list(params_list), list(borders_list)
     if len(params_list) != len(borders_list) or not params_list:
         raise ValueError(f"hessian2d_sum: params_list and borders_list must be lists of the same, "
                          f"non-zero length, got {len(params_list)} and {len(borders_list)}")
     device = params_list[0].device
-    if len(params_list) > 1 and all(
+    if all(
             _regulariser_kernel_applies(_HESSIAN2D_SUM_OP, p, b) and p.device == device
             for p, b in zip(params_list, borders_list)):
-        return _HESSIAN2D_SUM_OP(params_list, borders_list)
+        return _HESSIAN2D_SUM_OP(params_list, borders_list, weight)
     total = hessian2d(params_list[0], borders_list[0])
     for params, borders in zip(params_list[1:], borders_list[1:]):
         total = total + hessian2d(params, borders)
-    return total
+    return total if weight == 1.0 else weight * total
 
 
 def second_diff1d(params, borders):
@@ -370,9 +371,9 @@ def _register():
     for name in ("hessian2d", "second_diff1d"):
         _register_regulariser_fakes(lib + name)
     torch.library.register_fake(lib + "hessian2d_sum")(
-        lambda params, borders: params[0].new_empty(()))
+        lambda params, borders, weight=1.0: params[0].new_empty(()))
     torch.library.register_fake(lib + "hessian2d_sum_backward")(
-        lambda grad_r, params, borders: [p.new_empty(p.shape) for p in params])
+        lambda grad_r, params, borders, weight=1.0: [p.new_empty(p.shape) for p in params])
 
     # --- CPU tensors: say where the CPU path is ---------------------------------------------
     for name, layer_op in KERNEL_OPS.items():

@@ -43,8 +43,9 @@ class MixedModel(nn.Module):
 
 
 def training_loss(model, x):
-    """Task loss plus the Hessian regularisers, as a training step computes it."""
-    return model(x).square().mean() + 1e-3 * hessian_regularization(model)
+    """Task loss plus the Hessian regularisers, as a training step computes it (the weight
+    given to hessian_regularization: under torch.compile it multiplies the sum)."""
+    return model(x).square().mean() + hessian_regularization(model, weight=1e-3)
 
 
 def _run(model, x, compiled_with=None):
@@ -151,6 +152,9 @@ def _opcheck_cases():
         ("hessian2d_sum", ([p2.clone().requires_grad_(True), p2b.clone().requires_grad_(True)],
                            [cdf, cdf5])),
         ("hessian2d_sum_backward", (torch.tensor(0.7, device=dev), [p2, p2b], [cdf, cdf5])),
+        ("hessian2d_sum_backward", (torch.tensor(0.7, device=dev), [p2, p2b], [cdf, cdf5], 0.3)),
+        ("hessian2d_sum", ([p2.clone().requires_grad_(True), p2b.clone().requires_grad_(True)],
+                           [cdf, cdf5], 0.3)),  # weighted
     ]
     return cases
 

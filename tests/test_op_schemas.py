@@ -269,10 +269,11 @@ def test_hessian2d_sum_autograd_on_meta():
     params = [torch.empty(6, 6, 3, 2, device="meta", requires_grad=True),
               torch.empty(11, 11, 4, 5, device="meta", requires_grad=True)]
     borders = [cdf_borders(5).to("meta"), cdf_borders(10).to("meta")]
-    r = torch.ops.lmkan.hessian2d_sum(params, borders)
-    assert r.shape == () and r.requires_grad
-    grads = torch.autograd.grad(r, params)
-    assert [g.shape for g in grads] == [p.shape for p in params]
+    for args in ((), (0.25,)):  # weight: default, given
+        r = torch.ops.lmkan.hessian2d_sum(params, borders, *args)
+        assert r.shape == () and r.requires_grad
+        grads = torch.autograd.grad(r, params)
+        assert [g.shape for g in grads] == [p.shape for p in params]
 
 
 def test_extension_lacking_an_op_counts_as_stale(monkeypatch):

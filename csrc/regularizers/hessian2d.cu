@@ -443,9 +443,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kerne
   const int64_t m = static_cast<int64_t>(at.local / num_chunks) * kThreads + threadIdx.x;
   if (m >= M) return;  // no block-wide synchronisation below
   const Window win = chunk_window<W>(chunk, set.chunk_width[at.t], S);
-  // d/dP of grad_r * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale * f * df/dP.
-  const float inner = static_cast<float>(S - 2);
-  const float scale = __ldg(grad_r) * (2.f / (inner * inner));
+  // d/dP of grad_r * weight * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale f df/dP,
+  // scale = grad_r * 2 weight / (S-2)^2 (grad_scale: the host's)
+  const float scale = __ldg(grad_r) * set.grad_scale[at.t];
   const float* row0 = set.params[at.t] + m + static_cast<int64_t>(win.bs) * M;
   float* grow0 = set.grad[at.t] + m + static_cast<int64_t>(win.bs) * M;
   with_window_kind(win.kind, [&](auto kind) {
@@ -484,7 +484,8 @@ Tables check_tables(at::TensorList params, at::TensorList borders, const char* o
 }
 
 // The set of tables [first, last) (at most kMaxTables), grads optional.
-TableSet make_set(const Tables& t, size_t first, size_t last, std::vector<at::Tensor>* grads) {
+TableSet make_set(const Tables& t, size_t first, size_t last, std::vector<at::Tensor>* grads,
+                  float weight) {
   TableSet set{};
   set.count = static_cast<int>(last - first);
   unsigned end = 0;
@@ -497,6 +498,7 @@ TableSet make_set(const Tables& t, size_t first, size_t last, std::vector<at::Te
     set.grad[k] = grads != nullptr ? (*grads)[i].data_ptr<float>() : nullptr;
     set.M[k] = t.M[i];
     set.scale[k] = 1.0 / (inner * inner);
+    set.grad_scale[k] = static_cast<float>(2.0 * weight / (inner * inner));
     set.S[k] = t.S[i];
     set.num_chunks[k] = chunks.count;
     set.chunk_width[k] = chunks.width;
@@ -510,30 +512,32 @@ TableSet make_set(const Tables& t, size_t first, size_t last, std::vector<at::Te
 // Calls launch(set, blocks, first_block) for consecutive groups of at most kMaxTables tables
 // that hold blocks of work.
 template <typename Launch>
-void for_each_launch(const Tables& t, std::vector<at::Tensor>* grads, Launch&& launch) {
+void for_each_launch(const Tables& t, std::vector<at::Tensor>* grads, float weight,
+                     Launch&& launch) {
   int64_t first_block = 0;
   for (size_t first = 0; first < t.params.size(); first += kMaxTables) {
     const size_t last = std::min(t.params.size(), first + kMaxTables);
-    const TableSet set = make_set(t, first, last, grads);
+    const TableSet set = make_set(t, first, last, grads, weight);
     const int64_t blocks = set.block_end[set.count - 1];
     if (blocks > 0) launch(set, blocks, first_block);
     first_block += blocks;
   }
 }
 
-// R = sum over the tables of their Hessian values: one value launch per kMaxTables tables
-// (one block for at most kOneBlockMaxBlocks blocks of work), one final sum.
-at::Tensor hessian2d_value(const Tables& t) {
+// R = weight * the sum over the tables of their Hessian values: one value launch per
+// kMaxTables tables (one block for at most kOneBlockMaxBlocks blocks of work), one final sum
+// (which applies the weight: no multiplication op for a weighted term).
+at::Tensor hessian2d_value(const Tables& t, double weight = 1.0) {
   const c10::cuda::CUDAGuard guard(t.params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool one_launch = t.params.size() <= static_cast<size_t>(kMaxTables);
   const bool multi = t.params.size() > 1;
   // one table: its scale applied at the end (kMulti = false); several: per table, in the kernel
   const double inner = static_cast<double>(t.S[0] - 2);
-  const double scale = multi ? 1.0 : 1.0 / (inner * inner);
+  const double scale = multi ? weight : weight / (inner * inner);
   return reduce_value_blocks(
       t.total_blocks, scale, one_launch, t.params[0].options(), [&](const ValueOut& o) {
-        for_each_launch(t, nullptr, [&](const TableSet& set, int64_t blocks, int64_t first) {
+        for_each_launch(t, nullptr, 1.f, [&](const TableSet& set, int64_t blocks, int64_t first) {
           const bool one_block = o.partials == nullptr;
           const auto kernel = multi ? (one_block ? hessian2d_value_kernel<kW2d, true, true>
                                                  : hessian2d_value_kernel<kW2d, false, true>)
@@ -550,8 +554,9 @@ at::Tensor hessian2d_value(const Tables& t) {
       });
 }
 
-// dR/dparams * grad_r of every table, one launch per kMaxTables tables.
-std::vector<at::Tensor> hessian2d_grads(const at::Tensor& grad_r_in, const Tables& t) {
+// dR/dparams * grad_r * weight of every table, one launch per kMaxTables tables.
+std::vector<at::Tensor> hessian2d_grads(const at::Tensor& grad_r_in, const Tables& t,
+                                        double weight = 1.0) {
   check_grad_r(grad_r_in, t.params[0]);
   const c10::cuda::CUDAGuard guard(t.params[0].device());
   const at::Tensor grad_r = grad_r_in.contiguous();
@@ -560,7 +565,8 @@ std::vector<at::Tensor> hessian2d_grads(const at::Tensor& grad_r_in, const Table
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto kernel = t.params.size() > 1 ? hessian2d_grad_kernel<kW2d, true>
                                            : hessian2d_grad_kernel<kW2d, false>;
-  for_each_launch(t, &grads, [&](const TableSet& set, int64_t blocks, int64_t) {
+  for_each_launch(t, &grads, static_cast<float>(weight), [&](const TableSet& set, int64_t blocks,
+                                                              int64_t) {
     const size_t shared = hessian2d_shared_bytes(set.max_nodes);
     allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared);
     kernel<<<static_cast<unsigned>(blocks), kThreads, shared, stream>>>(grad_r.data_ptr<float>(),
@@ -581,17 +587,18 @@ at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r, const at::Tensor& p
   return hessian2d_grads(grad_r, check_tables({params}, {borders}, "hessian2d_backward"))[0];
 }
 
-// The sum of hessian2d over lists of tables (a model's 2D layers): one value launch and one
-// final sum for up to kMaxTables tables, where one call per table takes two or three
-// launches and an add each (host-bound small training steps, docs/decisions.md).
-at::Tensor hessian2d_sum_cuda(at::TensorList params, at::TensorList borders) {
-  return hessian2d_value(check_tables(params, borders, "hessian2d_sum"));
+// weight * the sum of hessian2d over lists of tables (a model's 2D layers): one value
+// launch and one final sum for up to kMaxTables tables, where one call per table takes two
+// or three launches and an add each, and a weight outside the op a multiplication in each
+// direction (host-bound small training steps, docs/decisions.md).
+at::Tensor hessian2d_sum_cuda(at::TensorList params, at::TensorList borders, double weight) {
+  return hessian2d_value(check_tables(params, borders, "hessian2d_sum"), weight);
 }
 
 std::vector<at::Tensor> hessian2d_sum_backward_cuda(const at::Tensor& grad_r,
                                                     at::TensorList params,
-                                                    at::TensorList borders) {
-  return hessian2d_grads(grad_r, check_tables(params, borders, "hessian2d_sum_backward"));
+                                                    at::TensorList borders, double weight) {
+  return hessian2d_grads(grad_r, check_tables(params, borders, "hessian2d_sum_backward"), weight);
 }
 
 }  // namespace

@@ -127,6 +127,8 @@ struct TableSet {
   float* grad[kMaxTables];           // gradient kernels: [S, S, M]
   int64_t M[kMaxTables];
   double scale[kMaxTables];          // value kernels: R_t = scale[t] * its sum
+  float grad_scale[kMaxTables];      // gradient kernels: dR/dparams = grad_r * grad_scale[t] *
+                                     // (the stencil's f df/dP), 2 weight / (S-2)^2
   int S[kMaxTables], num_chunks[kMaxTables], chunk_width[kMaxTables];
   unsigned block_end[kMaxTables];
   int count;
