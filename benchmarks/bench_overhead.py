@@ -54,6 +54,18 @@ class SmallLmkan(nn.Module):
         return self.second(self.norm(self.first(x)))
 
 
+def step_models(device):
+    """The two training steps' cases: the shared input x [1024, 32] and, per model name, the
+    model (train mode), its target and the weight of its Hessian term (tools/step_breakdown.py
+    and tools/call_path.py take the same)."""
+    kan = SmallLmkan().to(device).train()
+    mlp = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                        nn.Linear(256, 1)).to(device).train()
+    x = torch.randn(1024, 32, device=device)
+    return x, {"lmKAN": (kan, torch.randn(1024, 8, device=device), 1e-4),
+               "MLP": (mlp, torch.randn(1024, 1, device=device), 0.0)}
+
+
 def train_step(model, x, y, optimiser, hessian_weight):
     def step():
         optimiser.zero_grad(set_to_none=True)
@@ -84,14 +96,9 @@ def measure(device, calls, samples):
                          per_call_us(lambda: linear(x_bf), device, calls, samples)))
 
     step_calls = max(1, calls // 10)
-    kan = SmallLmkan().to(device).train()
-    mlp = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                        nn.Linear(256, 1)).to(device).train()
-    x = torch.randn(1024, 32, device=device)
-    kan_step = train_step(kan, x, torch.randn(1024, 8, device=device),
-                          torch.optim.Adam(kan.parameters()), 1e-4)
-    mlp_step = train_step(mlp, x, torch.randn(1024, 1, device=device),
-                          torch.optim.Adam(mlp.parameters()), 0.0)
+    x, cases = step_models(device)
+    kan_step, mlp_step = (train_step(m, x, y, torch.optim.Adam(m.parameters()), w)
+                          for m, y, w in (cases["lmKAN"], cases["MLP"]))
     kan_us, mlp_us = [], []
     per_call_us(kan_step, device, step_calls, 1)  # warm-up of both (first calls tune, allocate)
     per_call_us(mlp_step, device, step_calls, 1)
