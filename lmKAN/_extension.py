@@ -57,19 +57,23 @@ def _missing_reason():
             f"the compiler's output. {_INSTALL_HINT}")
 
 
-# The ops the Python side uses (csrc/ops.cpp defines them): an extension built from an older
-# source tree can lack some, which then counts as a stale build.
-_OPS = ("lmkan2d_forward", "lmkan2d_backward", "lmkan2d_slope_forward", "lmkan2d_slope_grad_x",
-        "lmkan2d_slope_grad_params", "lmkan1d_forward", "lmkan1d_backward",
-        "lmkan1d_slope_forward", "lmkan1d_slope_grad_params",
-        "hessian2d", "hessian2d_backward", "hessian2d_sum", "hessian2d_sum_backward",
-        "second_diff1d", "second_diff1d_backward")
+# The kernel ops the Python side uses (csrc/ops.cpp defines them), each with the lmKAN.ops
+# function that runs it or the pure-PyTorch reference (ops.py's CPU refusals name it). An
+# extension built from an older source tree can lack some, which then counts as a stale build.
+KERNEL_OPS = {"lmkan2d_forward": "lmkan2d", "lmkan2d_backward": "lmkan2d",
+              "lmkan2d_slope_forward": "lmkan2d", "lmkan2d_slope_grad_x": "lmkan2d",
+              "lmkan2d_slope_grad_params": "lmkan2d",
+              "lmkan1d_forward": "lmkan1d", "lmkan1d_backward": "lmkan1d",
+              "lmkan1d_slope_forward": "lmkan1d", "lmkan1d_slope_grad_params": "lmkan1d",
+              "hessian2d": "hessian2d", "hessian2d_backward": "hessian2d",
+              "hessian2d_sum": "hessian2d_sum", "hessian2d_sum_backward": "hessian2d_sum",
+              "second_diff1d": "second_diff1d", "second_diff1d_backward": "second_diff1d"}
 
 
 def _missing_ops():
-    """The ops of _OPS that the loaded extension did not register."""
+    """The ops of KERNEL_OPS that the loaded extension did not register."""
     missing = []
-    for name in _OPS:
+    for name in KERNEL_OPS:
         try:
             torch._C._dispatch_find_schema_or_throw(f"lmkan::{name}", "")
         except RuntimeError:
@@ -145,7 +149,7 @@ def backend_info() -> BackendInfo:
     return BackendInfo(
         extension_loaded=_MODULE is not None,
         reason=_REASON,
-        cuda_kernels=tuple(op for op in _OPS if has_cuda_kernel(op)),
+        cuda_kernels=tuple(op for op in KERNEL_OPS if has_cuda_kernel(op)),
         gpu_available=torch.cuda.is_available(),
         torch_version=torch.__version__,
     )

@@ -14,7 +14,7 @@ import torch
 
 from . import _reference
 from ._checks import TABLE_DTYPES
-from ._extension import _MODULE, has_cuda_kernel
+from ._extension import _MODULE, KERNEL_OPS, has_cuda_kernel
 
 __all__ = ["lmkan2d", "lmkan1d", "hessian2d", "hessian2d_sum", "second_diff1d", "kernel_available",
            "kernel_applies"]
@@ -384,17 +384,6 @@ def _grad_params_like(params, grad_params):
     """The backward ops' second output: like params, or empty (shape [0]) for grad_params=False
     (grad_x alone)."""
     return torch.empty_like(params) if grad_params else params.new_empty((0,))
-
-
-# Each kernel op, and the function of this module that runs it or the reference.
-KERNEL_OPS = {"lmkan2d_forward": "lmkan2d", "lmkan2d_backward": "lmkan2d",
-              "lmkan2d_slope_forward": "lmkan2d", "lmkan2d_slope_grad_x": "lmkan2d",
-              "lmkan2d_slope_grad_params": "lmkan2d",
-              "lmkan1d_forward": "lmkan1d", "lmkan1d_backward": "lmkan1d",
-              "lmkan1d_slope_forward": "lmkan1d", "lmkan1d_slope_grad_params": "lmkan1d",
-              "hessian2d": "hessian2d", "hessian2d_backward": "hessian2d",
-              "hessian2d_sum": "hessian2d_sum", "hessian2d_sum_backward": "hessian2d_sum",
-              "second_diff1d": "second_diff1d", "second_diff1d_backward": "second_diff1d"}
 
 
 def _cpu_refusal(name, layer_op):

@@ -277,9 +277,9 @@ def test_hessian2d_sum_autograd_on_meta():
 
 
 def test_extension_lacking_an_op_counts_as_stale(monkeypatch):
-    """An extension built from an older source tree (an op of _OPS not registered) is not used:
-    _load reports it as stale, naming the missing op and how to rebuild."""
-    monkeypatch.setattr(_extension, "_OPS", _extension._OPS + ("no_such_op",))
+    """An extension built from an older source tree (an op of KERNEL_OPS not registered) is not
+    used: _load reports it as stale, naming the missing op and how to rebuild."""
+    monkeypatch.setattr(_extension, "KERNEL_OPS", {**_extension.KERNEL_OPS, "no_such_op": "lmkan2d"})
     module, reason, stale = _extension._load()
     assert module is None and stale
     assert "no_such_op" in reason and "older lmKAN source" in reason and "pip install" in reason

@@ -29,7 +29,8 @@
 #       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_HESSIAN=1
 #       # adds bench_hessian.py
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
-#       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again
+#       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again; the
+#       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
 #   bash tools/arch_round.sh probe          # tools/probe_gather_mma.py (PROBE_ARGS) in the
 #       # sm_90 build's tree
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
@@ -202,6 +203,12 @@ for stage in "$@"; do
         fi
       done
       tail -n 12 "$OUT/step_breakdown.log"
+      for dtype in float32 bfloat16; do  # the main job's step, float32 and under autocast
+        (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 120 $PY -m lmKAN.demo --steps 600 \
+           $([ $dtype = bfloat16 ] && echo --autocast bfloat16) 2>/dev/null) > "$OUT/demo_$dtype.log"
+        echo "demo $dtype: $(grep -E '^(lmKAN|MLP) +[0-9]' "$OUT/demo_$dtype.log" | tr -s ' ' | tr '\n' ';')" \
+          | tee -a "$OUT/summary.txt"
+      done
       ;;
     probe)  # tools/probe_gather_mma.py in the sm_90 build's tree (it compiles its own .cu)
       (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 400 $PY tools/probe_gather_mma.py \

@@ -23,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 from _timing import cuda_graph_replay, cuda_median_ms, wall_us_per_call  # noqa: E402
-from bench_overhead import SmallLmkan, train_step  # noqa: E402
+from bench_overhead import step_models, train_step  # noqa: E402
 
 from lmKAN import LMKAN2DLayer  # noqa: E402
 from lmKAN._checks import check_input  # noqa: E402
@@ -109,14 +109,9 @@ def main():
                 fn = lambda t=tile, bl=block: torch.ops.lmkan.lmkan2d_forward(x, p, b, True, t, bl)
                 configs.append((tile, block, gpu_us(fn)))
 
-    kan = SmallLmkan().to(device).train()
-    mlp = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                        nn.Linear(256, 1)).to(device).train()
-    xs = torch.randn(1024, 32, device=device)
-    kan_step = train_step(kan, xs, torch.randn(1024, 8, device=device),
-                          torch.optim.Adam(kan.parameters()), 1e-4)
-    mlp_step = train_step(mlp, xs, torch.randn(1024, 1, device=device),
-                          torch.optim.Adam(mlp.parameters()), 0.0)
+    xs, cases = step_models(device)
+    kan_step, mlp_step = (train_step(m, xs, y, torch.optim.Adam(m.parameters()), w)
+                          for m, y, w in (cases["lmKAN"], cases["MLP"]))
     for name, fn in (("lmKAN training step", kan_step), ("MLP training step", mlp_step)):
         rows.append((name, wall_us(fn, calls=200), host_us(fn, calls=10), None))
     profile_table(kan_step, os.path.join(args.out, "profile_kan_step.txt"), calls=20)

@@ -28,12 +28,11 @@ import statistics
 import sys
 
 import torch
-from torch import nn
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, ".."))
 sys.path.insert(0, os.path.join(_HERE, "..", "benchmarks"))
-from bench_overhead import SmallLmkan  # noqa: E402
+from bench_overhead import SmallLmkan, step_models  # noqa: E402
 from lmKAN.regularization import hessian_regularization  # noqa: E402
 from _timing import wall_us_per_call  # noqa: E402 (benchmarks/_timing.py)
 
@@ -59,14 +58,8 @@ def stage_fn(model, x, target, optimiser, stage, hessian_weight):
 
 def measure(device, calls, samples):
     torch.manual_seed(0)
-    x = torch.randn(1024, 32, device=device)
-    kan = SmallLmkan().to(device).train()
-    mlp = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                        nn.Linear(256, 1)).to(device).train()
-    models = {
-        "lmKAN": (kan, torch.randn(1024, 8, device=device), torch.optim.Adam(kan.parameters()), 1e-4),
-        "MLP": (mlp, torch.randn(1024, 1, device=device), torch.optim.Adam(mlp.parameters()), 0.0),
-    }
+    x, cases = step_models(device)
+    models = {name: (m, y, torch.optim.Adam(m.parameters()), w) for name, (m, y, w) in cases.items()}
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     rows = {}
     for stage in STAGES:
