@@ -40,13 +40,12 @@ def hessian_regularization(model: torch.nn.Module, weight=1.0) -> torch.Tensor:
     if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, torch.Tensor)):
         raise TypeError(f"weight must be a real number or a tensor, got {type(weight).__name__} "
                         f"({weight!r})")
+    if isinstance(weight, numbers.Real) and not math.isfinite(weight):
+        raise ValueError(f"weight must be finite, got {weight!r}")
     if isinstance(weight, torch.Tensor) or torch.compiler.is_compiling():
         total = _weighted_sum(model, 1.0)
         return total if isinstance(weight, numbers.Real) and weight == 1.0 else weight * total
-    weight = float(weight)
-    if not math.isfinite(weight):
-        raise ValueError(f"weight must be finite, got {weight!r}")
-    return _weighted_sum(model, weight)
+    return _weighted_sum(model, float(weight))
 
 
 def _weighted_sum(model, weight):
