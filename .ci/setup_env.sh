@@ -24,6 +24,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   step "creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
+# torch's CUDA build and its CUDA libraries take about 6 GiB in the venv, plus pip's
+# unpacking; a full disk would otherwise stop pip halfway (OSError 28) with a broken venv.
+# Checked only while torch is not installed yet; LMKAN_SKIP_SPACE_CHECK=1 skips it (e.g. for
+# a CPU-only torch through LMKAN_TORCH_SPEC).
+NEED_GIB=8
+if [ "${LMKAN_SKIP_SPACE_CHECK:-}" != "1" ] && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  free_kib=$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')
+  if [ -n "$free_kib" ] && [ "$free_kib" -lt $(( NEED_GIB * 1024 * 1024 )) ]; then
+    echo "error: installing $TORCH_SPEC needs about $NEED_GIB GiB free where $VENV lives;" \
+         "$(( free_kib / 1024 / 1024 )) GiB free there ($(df -P "$VENV" | awk 'NR == 2 {print $6}'))." \
+         "Free some space, or set LMKAN_VENV to a venv path on a larger disk." >&2
+    exit 1
+  fi
+fi
 step "installing $TORCH_SPEC and build/test dependencies"
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy ninja pytest tqdm matplotlib

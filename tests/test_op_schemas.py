@@ -189,6 +189,21 @@ def test_layer_ops_in_inference_mode_on_meta():
         assert y.shape == (7, 9)
 
 
+def test_forward_ops_take_images_on_meta():
+    """The forward ops take batch-last images [N, N_in, L] and return [N, N_out, L]
+    (csrc/common/images.h); the differentiable layer ops refuse them (no backward)."""
+    _, params, borders = _meta_2d()
+    x = torch.empty(4, 6, 9, device="meta")
+    assert torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 256).shape == (4, 7, 9)
+    _, params1, borders1 = _meta_1d()
+    assert torch.ops.lmkan.lmkan1d_forward(x, params1, borders1, False, True).shape == (4, 7, 9)
+    with pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
+        torch.ops.lmkan.lmkan2d(x, params.requires_grad_(True), borders, True, 8, 256, 8, 512,
+                                False, False)
+    with pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
+        torch.ops.lmkan.lmkan1d(x, params1.requires_grad_(True), borders1, False, True, False)
+
+
 # (description, call on meta tensors, expected message) for each check of the fakes; the
 # messages are the kernels' own (csrc/common/checks.h, csrc/lmkan2d/forward.cpp,
 # csrc/lmkan1d/ops.cpp).
@@ -207,7 +222,8 @@ def _bad_1d(**changes):
 
 
 BAD_CALLS = [
-    ("2d x 3-D", _bad_2d(x=torch.empty(6, 9, 1, device="meta")), "x must have 2 dimensions"),
+    ("2d images features", _bad_2d(x=torch.empty(6, 9, 1, device="meta")),
+     "x has 9 input features"),
     ("2d tile 3", _bad_2d(tile_size=3), "tile_size must be 4, 8 or 16, got 3"),
     ("2d block 48", _bad_2d(block_size=48), "block_size must be a multiple of 32"),
     ("2d block 2048", _bad_2d(block_size=2048), "block_size must be a multiple of 32"),
@@ -224,7 +240,17 @@ BAD_CALLS = [
      "borders must have G+1 = 6 entries (params.size(0)), got 4"),
     ("1d features", _bad_1d(x=torch.empty(5, 9, device="meta")),
      "x must have 6 input features (params.size(2)) along dim 0"),
+    ("1d images features", _bad_1d(x=torch.empty(2, 5, 9, device="meta")),
+     "x must have 6 input features (params.size(2)) along dim 1"),
 ]
+# x's dimensions, both forward ops: 2-D, or 3-D images that are batch-last
+for _kind, _bad in (("2d", _bad_2d), ("1d", _bad_1d)):
+    BAD_CALLS += [
+        (f"{_kind} x 4-D", _bad(x=torch.empty(2, 6, 9, 1, device="meta")),
+         "x must have 2 dimensions ([N_in, B] or [B, N_in]) or 3 ([N, N_in, L]"),
+        (f"{_kind} images batch-first", _bad(x=torch.empty(2, 6, 9, device="meta"), batch_last=False),
+         "a 3-D x ([N, N_in, L] images) is batch-last"),
+    ]
 
 
 @pytest.mark.parametrize("what,call,message", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])

@@ -30,6 +30,10 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
                             const at::Tensor& borders, bool uniform_grid, bool batch_last,
                             bool deterministic, TableDtype table_dtype) {
     static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
+    // images [N, N_in, L] have a forward only (lmkan1d_forward; common/images.h)
+    TORCH_CHECK_VALUE(x.dim() == 2, "lmkan1d: x must have 2 dimensions ([N_in, B] or [B, N_in]), "
+                      "got shape ", x.sizes(), " (3-D images [N, N_in, L] run through "
+                      "lmkan1d_forward, which has no backward)");
     ctx->save_for_backward({x, params, borders});
     ctx->saved_data["uniform_grid"] = uniform_grid;
     ctx->saved_data["batch_last"] = batch_last;

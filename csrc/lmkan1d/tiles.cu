@@ -106,10 +106,11 @@ __device__ __forceinline__ void stage_entry(int e, int n, float inv_n, bool batc
 }
 
 // Prefetch the values of src (x, or the weights laid out like x) of this warp's samples for
-// inputs [i0, i0 + n) (0 outside).
+// inputs [i0, i0 + n) (0 outside). Batch-last, sample s_warp + m of input i is at
+// base + i * stride + m (plain tensors: s_warp and the batch; images: TileArgs).
 __device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileArgs& a,
-                                             const float* src, int64_t s_warp, int i0, int n,
-                                             int lane) {
+                                             const float* src, int64_t s_warp, int64_t base,
+                                             int64_t stride, int i0, int n, int lane) {
   const float inv_n = stage_reciprocal(n);
 #pragma unroll
   for (int j = 0; j < kXPerLane; ++j) {
@@ -121,7 +122,7 @@ __device__ __forceinline__ void load_stage_x(float (&xr)[kXPerLane], const TileA
       const int i = i0 + il;
       const int64_t s = s_warp + m;
       if (i < a.n_in && s < a.batch)
-        v = a.batch_last ? src[static_cast<int64_t>(i) * a.batch + s] : src[s * a.n_in + i];
+        v = a.batch_last ? src[base + static_cast<int64_t>(i) * stride + m] : src[s * a.n_in + i];
     }
     xr[j] = v;
   }
@@ -184,7 +185,8 @@ __device__ __forceinline__ float component(const float4& v, int c) {
 // [i0, i0+n); far: whether any of them is a far input of this warp. Stage st+1 is copied
 // (cp.async) and its x values loaded while stage st is consumed.
 // kWeights: the weights (a.weights) are prefetched beside x and stored in the cells.
-template <typename T, bool kWeights = false, typename Consume>
+// kImages: x holds images (TileArgs; the forward only, never with weights).
+template <typename T, bool kWeights = false, bool kImages = false, typename Consume>
 __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
                                            int64_t s_warp, int lane, Consume consume) {
   constexpr int kBytes = sizeof(T);
@@ -194,8 +196,11 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
   const int count = min(stages - first, a.stages_per_split);
   const int i_first = first * per;
   float xr[kXPerLane], wr[kXPerLane];
-  load_stage_x(xr, a, a.x, s_warp, i_first, min(per, a.n_in_pad - i_first), lane);
-  if (kWeights) load_stage_x(wr, a, a.weights, s_warp, i_first, min(per, a.n_in_pad - i_first), lane);
+  const int64_t base = kImages ? warp_image_offset(s_warp, a.image_len, a.image_stride_x) : s_warp;
+  const int64_t stride = kImages ? a.image_len : a.batch;
+  load_stage_x(xr, a, a.x, s_warp, base, stride, i_first, min(per, a.n_in_pad - i_first), lane);
+  if (kWeights)
+    load_stage_x(wr, a, a.weights, s_warp, base, stride, i_first, min(per, a.n_in_pad - i_first), lane);
   stage_table(t.table, a, tile, i_first, min(per, a.n_in_pad - i_first), kBytes);
   cp_async_commit();
   for (int k = 0; k < count; ++k) {  // stage first + k, in buffer k & 1
@@ -206,8 +211,8 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
     if (k + 1 < count) {
       const int i1 = i0 + per;
       const int n1 = min(per, a.n_in_pad - i1);
-      load_stage_x(xr, a, a.x, s_warp, i1, n1, lane);
-      if (kWeights) load_stage_x(wr, a, a.weights, s_warp, i1, n1, lane);
+      load_stage_x(xr, a, a.x, s_warp, base, stride, i1, n1, lane);
+      if (kWeights) load_stage_x(wr, a, a.weights, s_warp, base, stride, i1, n1, lane);
       stage_table(t.table + ((k + 1) & 1) * t.stage_bytes, a, tile, i1, n1, kBytes);
     }
     cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage k landed"
@@ -224,7 +229,7 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
 // The rest of the far inputs' terms, f_i + ((d 2^-64)(f_{i+1} - f_i)) 2^64 less the f_i that
 // the main loop added (device.cuh, kFarCells). Rare: a warp runs it for a stage only when one
 // of its inputs there is far, and it reads x again rather than keeping d in shared memory.
-template <typename T>
+template <typename T, bool kImages>
 __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const T* table,
                                            const TileArgs& a, int64_t s_warp, int i0, int n,
                                            const float* borders_s, int lane) {
@@ -236,7 +241,11 @@ __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const
     for (int m = 0; m < kWarpSamples; ++m) {
       const int64_t s = s_warp + m;
       if (s >= a.batch) break;
-      const float v = a.batch_last ? a.x[static_cast<int64_t>(i) * a.batch + s] : a.x[s * a.n_in + i];
+      const float v =
+          !a.batch_last ? a.x[s * a.n_in + i]
+          : kImages ? a.x[warp_image_offset(s_warp, a.image_len, a.image_stride_x) +
+                          static_cast<int64_t>(i) * a.image_len + m]
+                    : a.x[static_cast<int64_t>(i) * a.batch + s];
       const Cell c = find_cell(v, borders_s, a.num_grids, a.uniform);
       if (!is_far(v, c.d)) continue;  // the same v on all lanes: no divergence
       const float d = far_scaled_d(v, borders_s, a.num_grids, a.uniform, c.index);
@@ -256,7 +265,8 @@ __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const
 // splits), 512 threads. Shared memory: tile_smem_bytes.
 // kSlopes (T = float): a.packed holds the slopes (rows = G) and the cells the weights
 // a.weights[s, i]; y[s, o] = sum_i weights[s, i] slope[k, o, i], one row read per term.
-template <typename T, bool kSlopes = false>
+// kImages: x and y hold images (TileArgs).
+template <typename T, bool kSlopes = false, bool kImages = false>
 __global__ void __launch_bounds__(kTileThreads, 1)
 lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
   extern __shared__ __align__(16) float smem[];
@@ -271,7 +281,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 #pragma unroll
   for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  run_stages<T, kSlopes>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
+  run_stages<T, kSlopes, kImages>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
     // This lane's 4 values of row 0: a row's address is then one multiply-add of its offset
     // (row + lane took an add and a multiply-add per row pair)
     const T* const table_lane = table + 4 * lane;
@@ -306,12 +316,29 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
       }
     }
     if constexpr (!kSlopes) {
-      if (far) add_far_terms(acc, table, a, s_warp, i0, n, t.borders, lane);
+      if (far) add_far_terms<T, kImages>(acc, table, a, s_warp, i0, n, t.borders, lane);
     }
   });
 
   y += blockIdx.z * a.split_stride;  // this split's partial sums (0 without splits)
   const int o = tile * kTileOut + lane * 4;
+  if constexpr (kImages) {
+    // images (batch-last, L a multiple of kWarpSamples, so this warp's samples are L's
+    // consecutive positions of one image): the float4 stores below, at the image's offsets
+    if (s_warp >= a.batch) return;
+    float* const at = y + warp_image_offset(s_warp, a.image_len, a.image_stride_y);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (o + c >= a.n_out) continue;
+      float* row = at + static_cast<int64_t>(o + c) * a.image_len;
+#pragma unroll
+      for (int q = 0; q < kWarpSamples / 4; ++q)
+        *reinterpret_cast<float4*>(row + 4 * q) =
+            make_float4(component(acc[4 * q], c), component(acc[4 * q + 1], c),
+                        component(acc[4 * q + 2], c), component(acc[4 * q + 3], c));
+    }
+    return;
+  }
   if (a.batch_last && (a.batch & 3) == 0 && s_warp + kWarpSamples <= a.batch) {
     // y rows [N_out, B]: the lane writes its kWarpSamples consecutive samples of each of its
     // outputs as float4s (16 stores of 16 bytes; scalar stores wrote 64 sectors of 4 bytes,
@@ -478,11 +505,12 @@ void launch_pack(dim3 grid, cudaStream_t stream, const void* params, const float
 }
 
 void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream,
-                    c10::ScalarType table_dtype) {
+                    c10::ScalarType table_dtype, bool images) {
   switch_table_type(table_dtype, [&](auto tag) {
     using T = decltype(tag);
-    allow_dynamic_smem(reinterpret_cast<const void*>(lmkan1d_forward_kernel<T>), smem);
-    lmkan1d_forward_kernel<T><<<grid, kTileThreads, smem, stream>>>(a, y);
+    const auto kernel = images ? lmkan1d_forward_kernel<T, false, true> : lmkan1d_forward_kernel<T>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
+    kernel<<<grid, kTileThreads, smem, stream>>>(a, y);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -35,6 +35,10 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
                             int64_t backward_block_size, bool backward_fast_mode,
                             bool deterministic, std::optional<at::ScalarType> table_dtype) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
+    // images [N, N_in, L] have a forward only (lmkan2d_forward; common/images.h)
+    TORCH_CHECK_VALUE(x.dim() == 2, "lmkan2d: x must have 2 dimensions ([N_in, B] or [B, N_in]), "
+                      "got shape ", x.sizes(), " (3-D images [N, N_in, L] run through "
+                      "lmkan2d_forward, which has no backward)");
     ctx->save_for_backward({x, params, borders});
     ctx->saved_data["batch_last"] = batch_last;
     ctx->saved_data["tile"] = backward_tile_size;
