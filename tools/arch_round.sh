@@ -27,7 +27,7 @@
 #       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
 #       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
 #       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_HESSIAN=1
-#       # adds bench_hessian.py
+#       # adds bench_hessian.py, COMPARE_CONV=1 bench_conv.py
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
 #       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again; the
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
@@ -164,6 +164,13 @@ for stage in "$@"; do
           echo "bench_hessian $b rc=$?" >> "$OUT/summary.txt"
         done
       fi
+      if [ -n "${COMPARE_CONV:-}" ]; then  # the convolutions against nn.Conv2d, both builds
+        for b in new base; do
+          (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_conv.py \
+             --json "$OUT/bench_conv_$b.json") > "$OUT/bench_conv_$b.log" 2>&1
+          echo "bench_conv $b rc=$?" >> "$OUT/summary.txt"
+        done
+      fi
       for b in new base new; do  # the force step, new build on both sides again
         (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout 120 $PY benchmarks/bench_forces.py) \
           >> "$OUT/forces_$b.log" 2>&1
@@ -174,6 +181,7 @@ for stage in "$@"; do
         grep -E "force step" "$OUT/forces_$b.log"
         [ -n "${COMPARE_1D:-}" ] && grep -E "^lmKAN KANLayer  |^kernels" "$OUT"/bench_1d_${b}*.log
         [ -n "${COMPARE_HESSIAN:-}" ] && grep -v "^{" "$OUT/bench_hessian_$b.log" | tail -12
+        [ -n "${COMPARE_CONV:-}" ] && grep -v "^{" "$OUT/bench_conv_$b.log" | tail -16
       done
       ;;
     forces)
