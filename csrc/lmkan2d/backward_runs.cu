@@ -265,7 +265,11 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
         // The common batch: 4 samples of the segment, all in the current cell (entries are
         // sorted by cell: the batch's last key equal to cur means all four are). No branch
         // per sample, so the four samples' FMAs and row loads interleave; the general path
-        // below fences each sample by a convergence barrier (BSSY/BSYNC).
+        // below fences each sample by a convergence barrier (BSSY/BSYNC). This relies on
+        // bucket_kernel's counting sort (cells ascending within a segment), where the
+        // per-sample path alone would be correct in any order. The loads are volatile asm
+        // (lds128_u32), so entry t0 + 3 is read twice here and the prefetch reads whole
+        // 16-byte entries for their .x: broadcasts, a few wavefronts per batch.
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const float2 s = add_sample_of_cell(entry(t0 + u), g[u]);
