@@ -8,7 +8,7 @@ The data set (1797 8x8 images of handwritten digits, 10 classes) ships inside sc
 nothing is downloaded. Models, on standardised pixels:
 
 - lmKAN: LMKAN2DLayer(G, 64 -> 32) -> LMKAN2DLayer(G, 32 -> 10), trained with
-  task loss + hessian_regularization(model, weight=HessianSchedule(step));
+  task loss + hessian_regularization(model, weight=schedule(step)), schedule a HessianSchedule;
 - MLP: Linear(64 -> H) -> ReLU -> Linear(H -> 10), H chosen so that its forward FLOPs
   match the lmKAN model's.
 

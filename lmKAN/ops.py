@@ -207,22 +207,29 @@ def hessian2d_sum(params_list, borders_list, weight=1.0):
     Tables on one CUDA device in float32 take one op call: one value launch and one final
     sum for up to 8 tables, one gradient launch in the backward (where a call per table takes
     two or three launches and an add each: a small training step is bound by its launches);
-    the weight is applied inside those launches (one table too: the single-table kernels). Any other mix is the sum of hessian2d per
-    table, in order, times the weight.
+    a number weight is applied inside those launches (one table too: the single-table
+    kernels). A tensor weight, or any weight under torch.compile, multiplies the op's sum
+    (the op's float argument would detach a tensor and sync the host, and a traced float
+    would be specialised). Any other mix of tables is the sum of hessian2d per table, in
+    order, times the weight.
     """
     params_list, borders_list = list(params_list), list(borders_list)
     if len(params_list) != len(borders_list) or not params_list:
         raise ValueError(f"hessian2d_sum: params_list and borders_list must be lists of the same, "
                          f"non-zero length, got {len(params_list)} and {len(borders_list)}")
     device = params_list[0].device
+    multiply = isinstance(weight, torch.Tensor) or weight != 1.0
     if all(
             _regulariser_kernel_applies(_HESSIAN2D_SUM_OP, p, b) and p.device == device
             for p, b in zip(params_list, borders_list)):
-        return _HESSIAN2D_SUM_OP(params_list, borders_list, weight)
+        if not (isinstance(weight, torch.Tensor) or torch.compiler.is_compiling()):
+            return _HESSIAN2D_SUM_OP(params_list, borders_list, float(weight))
+        total = _HESSIAN2D_SUM_OP(params_list, borders_list, 1.0)
+        return weight * total if multiply else total
     total = hessian2d(params_list[0], borders_list[0])
     for params, borders in zip(params_list[1:], borders_list[1:]):
         total = total + hessian2d(params, borders)
-    return total if weight == 1.0 else weight * total
+    return weight * total if multiply else total
 
 
 def second_diff1d(params, borders):

@@ -40,9 +40,12 @@ def hessian_regularization(model: torch.nn.Module, weight=1.0) -> torch.Tensor:
     if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, torch.Tensor)):
         raise TypeError(f"weight must be a real number or a tensor, got {type(weight).__name__} "
                         f"({weight!r})")
-    if isinstance(weight, numbers.Real) and not math.isfinite(weight):
+    compiling = torch.compiler.is_compiling()
+    # not while tracing: there a changing float weight is symbolic after its first value, and
+    # math.isfinite on it would break the graph (the multiplication below propagates a NaN)
+    if isinstance(weight, numbers.Real) and not compiling and not math.isfinite(weight):
         raise ValueError(f"weight must be finite, got {weight!r}")
-    if isinstance(weight, torch.Tensor) or torch.compiler.is_compiling():
+    if isinstance(weight, torch.Tensor) or compiling:
         total = _weighted_sum(model, 1.0)
         return total if isinstance(weight, numbers.Real) and weight == 1.0 else weight * total
     return _weighted_sum(model, float(weight))

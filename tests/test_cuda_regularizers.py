@@ -324,3 +324,21 @@ def test_hessian_regularization_sums_2d_layers_in_one_call(monkeypatch):
     assert abs(total.item() - separate.item()) <= 1e-6 * abs(separate.item())
     for m, g in zip(model, got):
         assert rel_l2(g, m.func_parameter.grad) <= 1e-6
+
+
+@requires_gpu
+def test_hessian2d_sum_tensor_weight_keeps_its_gradient():
+    """lmKAN.ops.hessian2d_sum with a tensor weight on CUDA multiplies the op's sum (the op's
+    float argument would detach it): the weight gets the unweighted sum as its gradient, and
+    the tables weight times their gradients."""
+    torch.manual_seed(6)
+    params = [torch.randn(9, 9, 5, 3, device="cuda", requires_grad=True) for _ in range(2)]
+    borders = [cdf_borders(8, device="cuda")] * 2
+    weight = torch.tensor(0.4, device="cuda", requires_grad=True)
+    r = ops.hessian2d_sum(params, borders, weight)
+    unweighted = ops.hessian2d_sum([p.detach() for p in params], borders)
+    gw, *gp = torch.autograd.grad(r, [weight] + params)
+    assert torch.allclose(gw, unweighted, rtol=1e-6)
+    for p, g in zip(params, gp):
+        (expected,) = torch.autograd.grad(ops.hessian2d_sum([p], [borders[0]]), p)
+        assert rel_l2(g, 0.4 * expected) <= 1e-6

@@ -18,38 +18,13 @@ pytestmark = pytest.mark.skipif(_extension._MODULE is None,
                                 reason="the CUDA extension is not built here (its schemas and "
                                        "fakes are what this file tests)")
 
-KERNEL_OPS = {
-    "lmkan2d_forward": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
-                        "table_dtype"],
-    "lmkan2d_backward": ["grad_y", "x", "params", "borders", "batch_last", "tile_size",
-                         "block_size", "fast_mode", "deterministic", "table_dtype",
-                         "grad_params"],
-    "lmkan2d_slope_forward": ["x", "weights", "params", "borders", "batch_last", "table_dtype"],
-    "lmkan2d_slope_grad_x": ["grad_y", "x", "weights", "params", "borders", "batch_last",
-                             "table_dtype"],
-    "lmkan2d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "batch_last",
-                                  "deterministic"],
-    "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last", "table_dtype"],
-    "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
-                         "deterministic", "table_dtype", "grad_params"],
-    "lmkan1d_slope_forward": ["x", "weights", "params", "borders", "uniform_grid", "batch_last",
-                              "table_dtype"],
-    "lmkan1d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "uniform_grid",
-                                  "batch_last", "deterministic"],
-}
-LAYER_OPS = {
-    "lmkan2d": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
-                "backward_tile_size", "backward_block_size", "backward_fast_mode",
-                "deterministic", "table_dtype"],
-    "lmkan1d": ["x", "params", "borders", "uniform_grid", "batch_last", "deterministic",
-                "table_dtype"],
-}
 
-
-@pytest.mark.parametrize("name,args", {**KERNEL_OPS, **LAYER_OPS}.items(), ids=str)
+@pytest.mark.parametrize("name,args", _extension.OP_ARGUMENTS.items(), ids=str)
 def test_schema_arguments(name, args):
+    """The built schemas name the arguments that the Python side passes by position
+    (lmKAN._extension.OP_ARGUMENTS, which also decides whether a build is stale)."""
     schema = getattr(torch.ops.lmkan, name).default._schema
-    assert [a.name for a in schema.arguments] == args
+    assert tuple(a.name for a in schema.arguments) == args
 
 
 def _meta_2d(g=5, n_in=6, n_out=7, batch=9, batch_last=True, grad=False):
@@ -303,9 +278,14 @@ def test_hessian2d_sum_autograd_on_meta():
 
 
 def test_extension_lacking_an_op_counts_as_stale(monkeypatch):
-    """An extension built from an older source tree (an op of KERNEL_OPS not registered) is not
-    used: _load reports it as stale, naming the missing op and how to rebuild."""
-    monkeypatch.setattr(_extension, "KERNEL_OPS", {**_extension.KERNEL_OPS, "no_such_op": "lmkan2d"})
+    """An extension built from an older source tree (an op not registered, or registered with
+    other arguments) is not used: _load reports it as stale, naming the op and how to
+    rebuild."""
+    monkeypatch.setattr(_extension, "OP_ARGUMENTS",
+                        {**_extension.OP_ARGUMENTS, "no_such_op": ("x",),
+                         "hessian2d_sum": ("params", "borders")})
     module, reason, stale = _extension._load()
     assert module is None and stale
-    assert "no_such_op" in reason and "older lmKAN source" in reason and "pip install" in reason
+    assert "no_such_op (missing)" in reason and "older lmKAN source" in reason
+    assert ("hessian2d_sum (arguments params, borders, weight; expected params, borders)"
+            in reason) and "pip install" in reason

@@ -251,7 +251,7 @@ __device__ __forceinline__ PositionTerms position_terms(
 // with T_j = exy_j - exy_{j+2}, exy = 2 fxy ihs_a ihs_b, nk = -(km + kp). Terms of
 // positions that are not inner nodes are zero (a select, never a multiplication by zero,
 // so NaN parameters reach only the gradients that depend on them). Unscaled; each row is
-// scaled by grad_r * 2 / (S-2)^2 when stored.
+// scaled when stored by grad_r times the table's grad_scale (2 w / (S-2)^2, w the sum's weight).
 template <int W, int kKind>
 __device__ __forceinline__ void hessian2d_grad_window(
     const float* __restrict__ row0, float* __restrict__ grow0, const float4* __restrict__ coef,

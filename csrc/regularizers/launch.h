@@ -5,8 +5,9 @@
 //   hessian2d_backward(grad_r (0-dim, on the device), params, borders) -> dR/dparams * grad_r
 //   second_diff1d(params [S, N_out, N_in], borders [S]) -> R (0-dim)
 //   second_diff1d_backward(grad_r, params, borders) -> dR/dparams * grad_r
-//   hessian2d_sum(params list, borders list) -> the sum of hessian2d over the tables
-//   hessian2d_sum_backward(grad_r, params list, borders list) -> one gradient per table
+//   hessian2d_sum(params list, borders list, weight) -> weight times the sum of hessian2d
+//   hessian2d_sum_backward(grad_r, params list, borders list, weight) -> one gradient per
+//       table, each dR/dparams * weight * grad_r
 // with S = G + 1 nodes per axis (per table: the 2D kernels take a TableSet, below).
 //
 // Layout: the last two dims of params flatten to M functions m = (o, p), contiguous, so
