@@ -31,8 +31,9 @@
 // coefficients are computed from `borders` in double by every block into shared memory.
 //
 // Files: launch.h (limits, chunking, the launchers), device.cuh (helpers of both families),
-// common.cu (checks, launches, the fixed-order final sum), hessian2d.cu, second_diff1d.cu,
-// autograd.cpp (their autograd, registered in C++ so that a Python call is one op call).
+// common.cu (checks, launches, the fixed-order final sum), hessian2d.cu (the 2D kernels),
+// hessian2d_ops.cpp (the 2D ops' host code), second_diff1d.cu, autograd.cpp (their
+// autograd, registered in C++ so that a Python call is one op call).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -135,6 +136,12 @@ struct TableSet {
   int count;
   int max_nodes;  // the largest S: the coefficients' shared-memory slots before the ring
 };
+// The 2D kernels on one TableSet (hessian2d.cu), on the current stream: the value kernel over
+// `blocks` blocks of work (one block when part.partials is null; R = part.scale * sum),
+// and the gradient kernel, one block per block of work. multi: the set may hold several
+// tables (else its one table's fields are read at constant offsets).
+void launch_hessian2d_value(const TableSet& set, const ValueOut& part, int64_t blocks, bool multi);
+void launch_hessian2d_grad(const TableSet& set, const float* grad_r, int64_t blocks, bool multi);
 // Launches the gradient kernel `kernel` with `shared_bytes` of dynamic shared memory on
 // `chunks` per block of functions and returns dR/dparams * grad_r.
 at::Tensor launch_grad(GradKernel kernel, size_t shared_bytes, const at::Tensor& grad_r,
