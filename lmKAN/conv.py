@@ -32,11 +32,17 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import ops
-from ._checks import check_int, check_positive_float
+from ._checks import LOW_PRECISION_DTYPES, check_int, check_positive_float
 from .lmkan1d import LMKAN1DLayer
 from .lmkan2d import LMKAN2DLayer
 
 __all__ = ["LMKAN2DConv2d", "LMKAN1DConv2d"]
+
+# The forward kernels that read images in place (csrc/common/images.h): the 2D layer's for
+# layers of more than 8 outputs (csrc/lmkan2d/plan.h: fewer run a thread per sample), the
+# 1D layer's where a warp's 16 samples lie in one image (csrc/lmkan1d/layout.h, kWarpSamples).
+SAMPLE_THREADS_MAX_OUTPUTS = 8
+IMAGE_SAMPLES_1D = 16
 
 # Unfolded columns held at once by default (MiB): a 3x3 convolution of 64 channels on
 # 128 images of 32x32 takes 288 MiB of float32 columns, one chunk.
@@ -72,14 +78,25 @@ class _ConvOfLayer:
         """Whether a 1x1 convolution hands x [N, C, H, W] to the forward kernels as N batch-last
         images [C, H*W] (no copy): an eager call on the CUDA kernels with NCHW-contiguous x
         (channels_last x has its rows view) where no gradient is needed (the image layout has
-        a forward only)."""
+        a forward only), of a dtype and device the layer takes (else the rows path raises
+        the layer's error), and where the kernel that serves it reads images in place: 1D
+        layers where H*W is a multiple of 16, 2D layers of more than 8 outputs (the op copies
+        the others to a plain layout, x in and y out: two copies where the rows take one)."""
         if not (x.is_cuda and x.is_contiguous()) or torch.compiler.is_compiling():
             return False
         if torch.is_grad_enabled() and (x.requires_grad
                                         or any(p.requires_grad for p in self.parameters())):
             return False
-        op = "lmkan2d_forward" if isinstance(self, LMKAN2DLayer) else "lmkan1d_forward"
-        return ops.layer_kernel_applies(op, x, self.func_parameter, self.borders)
+        params = self.func_parameter
+        if x.device != params.device or not (
+                x.dtype == params.dtype
+                or (x.dtype in LOW_PRECISION_DTYPES and params.dtype == torch.float32)):
+            return False
+        if isinstance(self, LMKAN2DLayer):
+            op, served = "lmkan2d_forward", self.output_dim > SAMPLE_THREADS_MAX_OUTPUTS
+        else:
+            op, served = "lmkan1d_forward", (x.shape[2] * x.shape[3]) % IMAGE_SAMPLES_1D == 0
+        return served and ops.layer_kernel_applies(op, x, params, self.borders)
 
     def _images_per_chunk(self, x, out_h, out_w):
         """Images whose unfolded columns fit column_budget_mb (at least 1)."""

@@ -16,8 +16,8 @@ from . import _reference
 from ._checks import TABLE_DTYPES
 from ._extension import _MODULE, KERNEL_OPS, has_cuda_kernel
 
-__all__ = ["lmkan2d", "lmkan1d", "hessian2d", "hessian2d_sum", "second_diff1d", "kernel_available",
-           "kernel_applies"]
+__all__ = ["lmkan2d", "lmkan1d", "lmkan2d_forward_images", "lmkan1d_forward_images", "hessian2d",
+           "hessian2d_sum", "second_diff1d", "kernel_available", "kernel_applies"]
 
 
 @torch.compiler.assume_constant_result

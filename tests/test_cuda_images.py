@@ -22,7 +22,8 @@ pytestmark = requires_gpu
 IMAGE_CASES = [
     (256, 16, 96, 256),  # many samples: the 2D sample-lanes kernel and the 1D tiles in place
     (3, 6, 40, 25),      # few samples: pair / stage splits; L odd: the 1D copy
-    (5, 8, 4, 48),       # 2D: 4 outputs, the sample-threads kernel (a copy); 1D: in place, split
+    (5, 40, 4, 48),      # 2D: 4 outputs, the sample-threads kernel (a copy); 1D: in place, split
+                         # over input stages (240 samples, one block)
     (2, 10, 130, 64),    # 3 output tiles of 64 (2D, tile 8) and 2 of 128 (1D)
 ]
 
@@ -107,14 +108,15 @@ def test_images_errors():
         torch.ops.lmkan.lmkan2d_forward(x, params, borders, False, 8, 256)
     with pytest.raises(ValueError, match="x has 9 input features"):
         torch.ops.lmkan.lmkan2d_forward(x.transpose(1, 2).contiguous(), params, borders, True, 8, 256)
-    with pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
-        torch.ops.lmkan.lmkan2d(x, params.requires_grad_(True), borders, True, 8, 256, 8, 512,
-                                False, False)
     params1 = torch.randn(g + 1, 7, 6, device="cuda")
     with pytest.raises(ValueError, match="a 3-D x"):
         torch.ops.lmkan.lmkan1d_forward(x, params1, borders, False, False)
-    with pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
-        torch.ops.lmkan.lmkan1d(x, params1.requires_grad_(True), borders, False, True, False)
+    for grad in (True, False):  # the layer ops refuse images, recording a graph or not
+        with pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
+            torch.ops.lmkan.lmkan2d(x, params.requires_grad_(grad), borders, True, 8, 256, 8, 512,
+                                    False, False)
+        with pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
+            torch.ops.lmkan.lmkan1d(x, params1.requires_grad_(grad), borders, False, True, False)
 
 
 # ---- the 1x1 convolution ------------------------------------------------------------------
@@ -138,27 +140,42 @@ def _definition(conv, x):
 
 @pytest.mark.parametrize("kind", ["2d", "1d"])
 @pytest.mark.parametrize("size", [(4, 4), (5, 7)], ids=["L16", "L35"])
-def test_pointwise_conv_reads_nchw_in_place_without_grad(kind, size, monkeypatch):
+@pytest.mark.parametrize("c_out", [40, 4])
+def test_pointwise_conv_reads_nchw_in_place_without_grad(kind, size, c_out, monkeypatch):
     """Under no_grad an NCHW 1x1 convolution hands the forward op x's own memory as N images
-    (no copy) and returns NCHW; with gradients it takes the layer's rows (one copy). Both
-    match the float64 definition."""
+    (no copy) and returns NCHW where the kernel that serves it reads images (2D: more than 8
+    outputs; 1D: H*W a multiple of 16); otherwise, and with gradients, it takes the layer's
+    rows (one copy). Every path matches the float64 definition."""
     torch.manual_seed(4)
-    conv = _pointwise(kind, 6, 40)
+    conv = _pointwise(kind, 6, c_out)
     name = "lmkan2d_forward_images" if kind == "2d" else "lmkan1d_forward_images"
     seen = []
     original = getattr(ops, name)
     monkeypatch.setattr(ops, name, lambda x, *a: seen.append((x.data_ptr(), x.shape)) or original(x, *a))
     x = torch.randn(3, 6, *size, device="cuda")
+    in_place = c_out > 8 if kind == "2d" else (size[0] * size[1]) % 16 == 0
     with torch.no_grad():
         y = conv(x)
-    assert seen == [(x.data_ptr(), (3, 6, size[0] * size[1]))]
-    assert y.shape == (3, 40, *size) and y.is_contiguous()
+    assert seen == ([(x.data_ptr(), (3, 6, size[0] * size[1]))] if in_place else [])
+    assert y.shape == (3, c_out, *size)
+    assert y.is_contiguous() == in_place  # else the rows' channels_last view
     assert rel_l2(y, _definition(conv, x)) <= 1e-5
+    calls = len(seen)
     y_grad = conv(x)  # parameters require grad: the rows path
-    assert len(seen) == 1
+    assert len(seen) == calls
     assert rel_l2(y_grad, y) <= 1e-6
     conv.requires_grad_(False)  # a frozen layer needs no gradient either
-    assert rel_l2(conv(x), y) == 0.0 and len(seen) == 2
+    assert rel_l2(conv(x), y) == 0.0 and len(seen) == calls + in_place
+
+
+def test_pointwise_conv_without_grad_keeps_the_layers_dtype_rule():
+    """The image path takes what the layer takes: a float64 input to a float32 conv raises the
+    layer's TypeError under no_grad as it does with gradients."""
+    conv = _pointwise("2d", 6, 40)
+    x = torch.randn(2, 6, 4, 4, device="cuda", dtype=torch.float64)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), pytest.raises(TypeError, match="dtype torch.float64"):
+            conv(x)
 
 
 @pytest.mark.parametrize("kind", ["2d", "1d"])

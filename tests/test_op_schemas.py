@@ -7,6 +7,8 @@ On meta tensors the ops run their fake implementations (lmKAN/ops.py), so shapes
 autograd wiring and the fakes' checks are exercised here: under torch.compile a bad call
 raises the ValueError that eager raises.
 """
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -166,17 +168,20 @@ def test_layer_ops_in_inference_mode_on_meta():
 
 def test_forward_ops_take_images_on_meta():
     """The forward ops take batch-last images [N, N_in, L] and return [N, N_out, L]
-    (csrc/common/images.h); the differentiable layer ops refuse them (no backward)."""
+    (csrc/common/images.h); the differentiable layer ops refuse them (no backward) in every
+    grad mode: recording a graph, not recording one, in inference mode."""
     _, params, borders = _meta_2d()
     x = torch.empty(4, 6, 9, device="meta")
     assert torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 256).shape == (4, 7, 9)
     _, params1, borders1 = _meta_1d()
     assert torch.ops.lmkan.lmkan1d_forward(x, params1, borders1, False, True).shape == (4, 7, 9)
-    with pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
-        torch.ops.lmkan.lmkan2d(x, params.requires_grad_(True), borders, True, 8, 256, 8, 512,
-                                False, False)
-    with pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
-        torch.ops.lmkan.lmkan1d(x, params1.requires_grad_(True), borders1, False, True, False)
+    for grad in (True, False, "inference"):
+        p2, p1 = params.detach().requires_grad_(grad is True), params1.detach().requires_grad_(grad is True)
+        mode = torch.inference_mode() if grad == "inference" else contextlib.nullcontext()
+        with mode, pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
+            torch.ops.lmkan.lmkan2d(x, p2, borders, True, 8, 256, 8, 512, False, False)
+        with mode, pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
+            torch.ops.lmkan.lmkan1d(x, p1, borders1, False, True, False)
 
 
 # (description, call on meta tensors, expected message) for each check of the fakes; the

@@ -30,10 +30,6 @@ struct Lmkan1dFunction : public torch::autograd::Function<Lmkan1dFunction> {
                             const at::Tensor& borders, bool uniform_grid, bool batch_last,
                             bool deterministic, TableDtype table_dtype) {
     static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
-    // images [N, N_in, L] have a forward only (lmkan1d_forward; common/images.h)
-    TORCH_CHECK_VALUE(x.dim() == 2, "lmkan1d: x must have 2 dimensions ([N_in, B] or [B, N_in]), "
-                      "got shape ", x.sizes(), " (3-D images [N, N_in, L] run through "
-                      "lmkan1d_forward, which has no backward)");
     ctx->save_for_backward({x, params, borders});
     ctx->saved_data["uniform_grid"] = uniform_grid;
     ctx->saved_data["batch_last"] = batch_last;
@@ -152,6 +148,7 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_autograd(
 at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                     bool deterministic, TableDtype table_dtype) {
+  check_layer_op_x(x, "lmkan1d");
   if (!records_graph(x, params)) {
     static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -165,6 +162,7 @@ at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
 at::Tensor lmkan1d_no_autograd(const at::Tensor& x, const at::Tensor& params,
                                const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                bool, TableDtype table_dtype) {
+  check_layer_op_x(x, "lmkan1d");
   static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
   return op.call(x, params, borders, uniform_grid, batch_last, table_dtype);
 }

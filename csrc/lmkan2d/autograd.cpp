@@ -35,10 +35,6 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
                             int64_t backward_block_size, bool backward_fast_mode,
                             bool deterministic, std::optional<at::ScalarType> table_dtype) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
-    // images [N, N_in, L] have a forward only (lmkan2d_forward; common/images.h)
-    TORCH_CHECK_VALUE(x.dim() == 2, "lmkan2d: x must have 2 dimensions ([N_in, B] or [B, N_in]), "
-                      "got shape ", x.sizes(), " (3-D images [N, N_in, L] run through "
-                      "lmkan2d_forward, which has no backward)");
     ctx->save_for_backward({x, params, borders});
     ctx->saved_data["batch_last"] = batch_last;
     ctx->saved_data["tile"] = backward_tile_size;
@@ -179,6 +175,7 @@ at::Tensor lmkan2d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     int64_t block_size, int64_t backward_tile_size,
                                     int64_t backward_block_size, bool backward_fast_mode,
                                     bool deterministic, std::optional<at::ScalarType> table_dtype) {
+  check_layer_op_x(x, "lmkan2d");
   if (!records_graph(x, params)) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -194,6 +191,7 @@ at::Tensor lmkan2d_no_autograd(const at::Tensor& x, const at::Tensor& params,
                                const at::Tensor& borders, bool batch_last, int64_t tile_size,
                                int64_t block_size, int64_t, int64_t, bool, bool,
                                std::optional<at::ScalarType> table_dtype) {
+  check_layer_op_x(x, "lmkan2d");
   static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
   return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
 }
