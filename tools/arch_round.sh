@@ -33,6 +33,8 @@
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
 #   bash tools/arch_round.sh probe          # tools/probe_gather_mma.py (PROBE_ARGS) in the
 #       # sm_90 build's tree
+#   bash tools/arch_round.sh cnn            # examples/train_digits_cnn.py on the GPU (sm_90
+#       # build): README's GPU row of the digits CNNs
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
 #       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
@@ -223,6 +225,12 @@ for stage in "$@"; do
          ${PROBE_ARGS:-}) > "$OUT/probe_gather_mma.log" 2>&1
       echo "probe_gather_mma rc=$?" >> "$OUT/summary.txt"
       tail -n 8 "$OUT/probe_gather_mma.log" | tee -a "$OUT/summary.txt"
+      ;;
+    cnn)  # the digits CNN example on the GPU (issue 20, item 4), sm_90 build
+      (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 300 $PY examples/train_digits_cnn.py \
+         --device cuda 2>/dev/null) > "$OUT/train_digits_cnn.log"
+      echo "train_digits_cnn rc=$?" >> "$OUT/summary.txt"
+      tail -n 4 "$OUT/train_digits_cnn.log" | tee -a "$OUT/summary.txt"
       ;;
     pack)
       tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \
