@@ -72,20 +72,13 @@ struct TileArgs {
   int stages_per_split = 1 << 30;
   int64_t split_stride = 0;
   // Images (lmkan1d_forward of x [N, N_in, L] into y [N, N_out, L], batch_last;
-  // common/images.h): batch = N L, image_len = L, a multiple of kWarpSamples so that a warp's
-  // samples lie in one image, whose x and y start image_stride_x / _y apart. A plain tensor
-  // is one image (image_len = batch; tile_args), so its offsets are those of [N_in, B].
+  // common/images.h): batch = N L <= kMaxImageSamples, image_len = L, a multiple of
+  // kWarpSamples so that a warp's samples lie in one image, whose x and y start
+  // image_stride_x / _y apart (a warp's first sample's offsets: SampleOffsets). A plain
+  // tensor is one image (image_len = batch; tile_args).
   int64_t image_len = 0;
   int64_t image_stride_x = 0, image_stride_y = 0;
 };
-
-// Offset of a warp's first sample s_warp in a batch-last tensor of images (TileArgs):
-// features of one image are image_len apart. Plain tensors: s_warp (one image).
-__host__ __device__ __forceinline__ int64_t warp_image_offset(int64_t s_warp, int64_t image_len,
-                                                              int64_t image_stride) {
-  return s_warp < image_len ? s_warp
-                            : (s_warp / image_len) * image_stride + s_warp % image_len;
-}
 
 
 // Shared memory of a tiled block: two table buffers (table_bytes per value: 4, or 2 for the

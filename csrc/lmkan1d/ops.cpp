@@ -16,6 +16,7 @@
 
 #include "common/checks.h"
 #include "common/device_limits.h"
+#include "common/images.h"
 #include "common/sum_splits.h"
 #include "lmkan1d/layout.h"
 
@@ -165,7 +166,7 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
                                 std::optional<at::ScalarType> table_dtype) {
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last, /*images=*/true);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  if (x_in.dim() == 3 && sh.image_len % kWarpSamples != 0) {
+  if (x_in.dim() == 3 && (sh.image_len % kWarpSamples != 0 || sh.batch > kMaxImageSamples)) {
     const at::Tensor y = lmkan1d_forward_cuda(
         x_in.transpose(0, 1).reshape({sh.n_in, sh.batch}), params_in, borders_in, uniform_grid,
         true, table_dtype);

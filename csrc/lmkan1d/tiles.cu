@@ -2,6 +2,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/cp_async.cuh"
+#include "common/images.h"
 #include "common/table_type.cuh"
 #include "common/warp.cuh"
 #include "lmkan1d/device.cuh"
@@ -185,10 +186,12 @@ __device__ __forceinline__ float component(const float4& v, int c) {
 // [i0, i0+n); far: whether any of them is a far input of this warp. Stage st+1 is copied
 // (cp.async) and its x values loaded while stage st is consumed.
 // kWeights: the weights (a.weights) are prefetched beside x and stored in the cells.
-// kImages: x holds images (TileArgs; the forward only, never with weights).
+// x_base: x's offset of sample s_warp (plain tensors: s_warp); kImages: x holds images
+// (TileArgs; the forward only, never with weights), features image_len apart.
 template <typename T, bool kWeights = false, bool kImages = false, typename Consume>
 __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
-                                           int64_t s_warp, int lane, Consume consume) {
+                                           int64_t s_warp, int64_t x_base, int lane,
+                                           Consume consume) {
   constexpr int kBytes = sizeof(T);
   const int per = a.stage_inputs;
   const int stages = (a.n_in_pad + per - 1) / per;
@@ -196,7 +199,7 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
   const int count = min(stages - first, a.stages_per_split);
   const int i_first = first * per;
   float xr[kXPerLane], wr[kXPerLane];
-  const int64_t base = kImages ? warp_image_offset(s_warp, a.image_len, a.image_stride_x) : s_warp;
+  const int64_t base = x_base;
   const int64_t stride = kImages ? a.image_len : a.batch;
   load_stage_x(xr, a, a.x, s_warp, base, stride, i_first, min(per, a.n_in_pad - i_first), lane);
   if (kWeights)
@@ -231,8 +234,8 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
 // of its inputs there is far, and it reads x again rather than keeping d in shared memory.
 template <typename T, bool kImages>
 __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const T* table,
-                                           const TileArgs& a, int64_t s_warp, int i0, int n,
-                                           const float* borders_s, int lane) {
+                                           const TileArgs& a, int64_t s_warp, int64_t x_base,
+                                           int i0, int n, const float* borders_s, int lane) {
 #pragma unroll 1
   for (int il = 0; il < n; ++il) {
     const int i = i0 + il;
@@ -243,8 +246,7 @@ __device__ __forceinline__ void add_far_terms(float4 (&acc)[kWarpSamples], const
       if (s >= a.batch) break;
       const float v =
           !a.batch_last ? a.x[s * a.n_in + i]
-          : kImages ? a.x[warp_image_offset(s_warp, a.image_len, a.image_stride_x) +
-                          static_cast<int64_t>(i) * a.image_len + m]
+          : kImages ? a.x[x_base + static_cast<int64_t>(i) * a.image_len + m]
                     : a.x[static_cast<int64_t>(i) * a.batch + s];
       const Cell c = find_cell(v, borders_s, a.num_grids, a.uniform);
       if (!is_far(v, c.d)) continue;  // the same v on all lanes: no divergence
@@ -281,7 +283,10 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
 #pragma unroll
   for (int m = 0; m < kWarpSamples; ++m) acc[m] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  run_stages<T, kSlopes, kImages>(t, a, tile, s_warp, lane, [&](const T* table, int i0, int n, bool far) {
+  // x's offset of sample s_warp: one division per warp for images (common/images.h)
+  const int64_t x_base = kImages ? SampleOffsets{1, a.image_len, a.image_stride_x}(s_warp) : s_warp;
+  run_stages<T, kSlopes, kImages>(t, a, tile, s_warp, x_base, lane,
+                                  [&](const T* table, int i0, int n, bool far) {
     // This lane's 4 values of row 0: a row's address is then one multiply-add of its offset
     // (row + lane took an add and a multiply-add per row pair)
     const T* const table_lane = table + 4 * lane;
@@ -316,7 +321,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
       }
     }
     if constexpr (!kSlopes) {
-      if (far) add_far_terms<T, kImages>(acc, table, a, s_warp, i0, n, t.borders, lane);
+      if (far) add_far_terms<T, kImages>(acc, table, a, s_warp, x_base, i0, n, t.borders, lane);
     }
   });
 
@@ -326,7 +331,7 @@ lmkan1d_forward_kernel(const TileArgs a, float* __restrict__ y) {
     // images (batch-last, L a multiple of kWarpSamples, so this warp's samples are L's
     // consecutive positions of one image): the float4 stores below, at the image's offsets
     if (s_warp >= a.batch) return;
-    float* const at = y + warp_image_offset(s_warp, a.image_len, a.image_stride_y);
+    float* const at = y + SampleOffsets{1, a.image_len, a.image_stride_y}(s_warp);
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       if (o + c >= a.n_out) continue;
@@ -440,7 +445,7 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
                          component(gyc[2][m / 4], m % 4), component(gyc[3][m / 4], m % 4));
     };
 
-    run_stages<float>(t, a, tile, s_warp, lane, [&](const float* table, int i0, int n, bool) {
+    run_stages<float>(t, a, tile, s_warp, s_warp, lane, [&](const float* table, int i0, int n, bool) {
       const float4* table4 = reinterpret_cast<const float4*>(table);
 #pragma unroll 1
       for (int il = 0; il < n; il += 2) {
