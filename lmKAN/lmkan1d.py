@@ -124,7 +124,8 @@ class LMKAN1DLayer(LookupLayerBase):
         (ops.lmkan1d_forward_images: CUDA kernels, no autograd)."""
         self._check_fits_on_device(x.device)
         return ops.lmkan1d_forward_images(x, self.func_parameter, self.borders,
-                                          self.grid == "uniform", getattr(self, "table_dtype", None))
+                                          self.grid == "uniform",
+                                          getattr(self, "table_dtype", None))
 
     def _check_fits_on_device(self, device):
         """Raise before launch when num_grids exceeds what the 1D kernels support on `device`."""

@@ -93,7 +93,8 @@ def test_images_match_the_float64_reference(kind):
     if kind == "2d":
         params = torch.randn(g + 1, g + 1, o, c // 2, device="cuda")
         y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 512)
-        ref = _reference.lmkan2d_forward(_plain(x).double(), params.double(), borders.double(), True)
+        ref = _reference.lmkan2d_forward(_plain(x).double(), params.double(), borders.double(),
+                                         True)
     else:
         params = torch.randn(g + 1, o, c, device="cuda")
         y = torch.ops.lmkan.lmkan1d_forward(x, params, borders, False, True)
@@ -110,7 +111,8 @@ def test_images_errors():
     with pytest.raises(ValueError, match=r"a 3-D x \(\[N, N_in, L\] images\) is batch-last"):
         torch.ops.lmkan.lmkan2d_forward(x, params, borders, False, 8, 256)
     with pytest.raises(ValueError, match="x has 9 input features"):
-        torch.ops.lmkan.lmkan2d_forward(x.transpose(1, 2).contiguous(), params, borders, True, 8, 256)
+        torch.ops.lmkan.lmkan2d_forward(x.transpose(1, 2).contiguous(), params, borders, True, 8,
+                                        256)
     params1 = torch.randn(g + 1, 7, 6, device="cuda")
     with pytest.raises(ValueError, match="a 3-D x"):
         torch.ops.lmkan.lmkan1d_forward(x, params1, borders, False, False)
@@ -154,7 +156,8 @@ def test_pointwise_conv_reads_nchw_in_place_without_grad(kind, size, c_out, monk
     name = "lmkan2d_forward_images" if kind == "2d" else "lmkan1d_forward_images"
     seen = []
     original = getattr(ops, name)
-    monkeypatch.setattr(ops, name, lambda x, *a: seen.append((x.data_ptr(), x.shape)) or original(x, *a))
+    monkeypatch.setattr(ops, name,
+                        lambda x, *a: seen.append((x.data_ptr(), x.shape)) or original(x, *a))
     x = torch.randn(3, 6, *size, device="cuda")
     in_place = c_out > 8 if kind == "2d" else (size[0] * size[1]) % 16 == 0
     with torch.no_grad():

@@ -33,8 +33,8 @@ def offsets(tmp_path_factory):
     directory = tmp_path_factory.mktemp("images")
     source, binary = directory / "offsets.cpp", directory / "offsets"
     source.write_text(PROGRAM)
-    subprocess.run([compiler, "-std=c++17", "-O1", "-I", HEADER_DIR, str(source), "-o", str(binary)],
-                   check=True, capture_output=True)
+    subprocess.run([compiler, "-std=c++17", "-O1", "-I", HEADER_DIR, str(source), "-o",
+                    str(binary)], check=True, capture_output=True)
 
     def run(*args):
         out = subprocess.run([str(binary), *map(str, args)], check=True, capture_output=True,

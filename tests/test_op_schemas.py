@@ -176,7 +176,8 @@ def test_forward_ops_take_images_on_meta():
     _, params1, borders1 = _meta_1d()
     assert torch.ops.lmkan.lmkan1d_forward(x, params1, borders1, False, True).shape == (4, 7, 9)
     for grad in (True, False, "inference"):
-        p2, p1 = params.detach().requires_grad_(grad is True), params1.detach().requires_grad_(grad is True)
+        p2 = params.detach().requires_grad_(grad is True)
+        p1 = params1.detach().requires_grad_(grad is True)
         mode = torch.inference_mode() if grad == "inference" else contextlib.nullcontext()
         with mode, pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
             torch.ops.lmkan.lmkan2d(x, p2, borders, True, 8, 256, 8, 512, False, False)
@@ -228,7 +229,8 @@ for _kind, _bad in (("2d", _bad_2d), ("1d", _bad_1d)):
     BAD_CALLS += [
         (f"{_kind} x 4-D", _bad(x=torch.empty(2, 6, 9, 1, device="meta")),
          "x must have 2 dimensions ([N_in, B] or [B, N_in]) or 3 ([N, N_in, L]"),
-        (f"{_kind} images batch-first", _bad(x=torch.empty(2, 6, 9, device="meta"), batch_last=False),
+        (f"{_kind} images batch-first",
+         _bad(x=torch.empty(2, 6, 9, device="meta"), batch_last=False),
          "a 3-D x ([N, N_in, L] images) is batch-last"),
     ]
 

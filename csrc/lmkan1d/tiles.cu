@@ -203,7 +203,8 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
   const int64_t stride = kImages ? a.image_len : a.batch;
   load_stage_x(xr, a, a.x, s_warp, base, stride, i_first, min(per, a.n_in_pad - i_first), lane);
   if (kWeights)
-    load_stage_x(wr, a, a.weights, s_warp, base, stride, i_first, min(per, a.n_in_pad - i_first), lane);
+    load_stage_x(wr, a, a.weights, s_warp, base, stride, i_first, min(per, a.n_in_pad - i_first),
+                 lane);
   stage_table(t.table, a, tile, i_first, min(per, a.n_in_pad - i_first), kBytes);
   cp_async_commit();
   for (int k = 0; k < count; ++k) {  // stage first + k, in buffer k & 1
@@ -445,7 +446,8 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
                          component(gyc[2][m / 4], m % 4), component(gyc[3][m / 4], m % 4));
     };
 
-    run_stages<float>(t, a, tile, s_warp, s_warp, lane, [&](const float* table, int i0, int n, bool) {
+    run_stages<float>(t, a, tile, s_warp, s_warp, lane,
+                      [&](const float* table, int i0, int n, bool) {
       const float4* table4 = reinterpret_cast<const float4*>(table);
 #pragma unroll 1
       for (int il = 0; il < n; il += 2) {

@@ -61,7 +61,8 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan2d_forward");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool images = x_in.dim() == 3;
-  const int64_t batch = images ? x_in.size(0) * x_in.size(2) : batch_last ? x_in.size(1) : x_in.size(0);
+  const int64_t batch =
+      images ? x_in.size(0) * x_in.size(2) : batch_last ? x_in.size(1) : x_in.size(0);
   const CallShape shape{static_cast<int>(params_in.size(0)) - 1, params_in.size(2), batch,
                         2 * params_in.size(3), batch_last, table == at::kFloat ? 4 : 2};
   const ForwardPlan plan = plan_forward(shape, static_cast<int>(tile_size),

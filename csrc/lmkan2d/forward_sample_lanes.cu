@@ -205,7 +205,8 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
 
   // The pair's two features, advanced by two features per pair. Lanes past the batch read
   // the last sample (unpredicated loads) and store nothing.
-  const float* xp = a.x + 2 * int64_t(p_begin) * a.xs_f + sample_offset<kImages>(valid ? b : a.batch - 1, a.xs_b, x_images);
+  const float* xp = a.x + 2 * int64_t(p_begin) * a.xs_f +
+                    sample_offset<kImages>(valid ? b : a.batch - 1, a.xs_b, x_images);
   float x1 = 0.f, x2 = 0.f;
   if (np > 0) {
     x1 = __ldg(xp);
