@@ -1,5 +1,6 @@
-// LMKAN1DLayer / KANLayer kernels: what the kernels (tiles.cu, grad_params*.cu) and the host
-// code (ops.cpp) share: launch shapes, argument structs, shared-memory sizes, the launchers.
+// LMKAN1DLayer / KANLayer kernels: what the kernels (pack.cu, forward.cu, grad_x.cu with the
+// pipeline of tiles.cuh, grad_params*.cu) and the host code (ops.cpp) share: launch shapes,
+// argument structs, shared-memory sizes, the launchers.
 //
 // CUDA kernels of the 1D linear-spline layer (docs/spec.md section 4):
 //   y[o] = sum_i (1 - d) C[k, o, i] + d C[k+1, o, i],   (k, d) = cell of x[i].
@@ -179,8 +180,8 @@ struct GroupedArgs {
   bool vector_dy;  // batch-first grad_y rows can be read as float4 (N_out % 4 == 0, aligned)
 };
 
-// Launchers (tiles.cu, grad_params.cu): each sets its kernel's dynamic shared-memory limit
-// where it uses any, launches on `stream` and checks the launch.
+// Launchers (pack.cu, forward.cu, grad_x.cu, grad_params*.cu): each sets its kernel's dynamic
+// shared-memory limit where it uses any, launches on `stream` and checks the launch.
 // launch_pack: params of dtype params_dtype (float32/float16/bfloat16), each value rounded to
 // table_dtype first; values stored as packed_dtype (table_dtype or float32), slopes as float32.
 void launch_pack(dim3 grid, cudaStream_t stream, const void* params, const float* borders,

@@ -1,6 +1,7 @@
 // The 1D layer's ops on CUDA (host code): argument checks, launch planning (stage sizes,
 // batch slices, which dC kernel), lmkan1d_forward, lmkan1d_backward, lmkan1d_max_num_grids.
-// The kernels are in tiles.cu and grad_params.cu; layout.h has the scheme.
+// The kernels are in pack.cu, forward.cu, grad_x.cu and grad_params*.cu; layout.h has the
+// scheme.
 #include <algorithm>
 #include <cstdint>
 #include <optional>
