@@ -39,11 +39,10 @@
 
 namespace {
 using lmkan::mbarrier_arrive;
-using lmkan::mbarrier_init;
+using lmkan::init_staging_ring;
 using lmkan::mbarrier_wait;
 using lmkan::smem_u32;
 using lmkan::stage_to_shared;
-using lmkan::staging_arrivals;
 
 constexpr int kW = 64;  // outputs per tile = bfloat16 values per table row (128 bytes)
 
@@ -82,12 +81,7 @@ __global__ void __launch_bounds__(NW * 32, 1) gather_mma_forward_kernel(
   // [nbuf][2 copies][cells][64] bfloat16 (rows 128-byte aligned), then the barriers
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + nbuf * slice_bytes);
   uint64_t* empty = full + nbuf;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < nbuf; ++i) {
-      mbarrier_init(full + i, staging_arrivals());
-      mbarrier_init(empty + i, blockDim.x);
-    }
-  }
+  init_staging_ring(full, empty, nbuf);
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane >> 2, t = lane & 3;

@@ -108,6 +108,17 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned count) {
 // thread of the block below sm_90.
 __device__ __forceinline__ unsigned staging_arrivals() { return kBulkCopy ? 1u : blockDim.x; }
 
+// A ring of nbuf staged buffers, by thread 0: buffer i's "full" barrier completes when its
+// copy has landed (staging_arrivals), its "empty" barrier when every thread of the block has
+// released it. The caller synchronises the block before the barriers are used.
+__device__ __forceinline__ void init_staging_ring(uint64_t* full, uint64_t* empty, int nbuf) {
+  if (threadIdx.x != 0) return;
+  for (int i = 0; i < nbuf; ++i) {
+    mbarrier_init(full + i, staging_arrivals());
+    mbarrier_init(empty + i, blockDim.x);
+  }
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // One thread: copy `bytes` (multiple of 16, 16-byte aligned ends) global -> shared; the
 // barrier's phase completes when they have landed.

@@ -167,12 +167,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
   T* table = reinterpret_cast<T*>(smem + sample_lanes_table_offset(a.num_grids) / 4);  // [nbuf][slice]
   for (int i = threadIdx.x; i < a.num_grids; i += blockDim.x)
     s_grid[i] = make_float2(a.borders[i], 1.f / (a.borders[i + 1] - a.borders[i]));
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < nbuf; ++i) {
-      mbarrier_init(full + i, staging_arrivals());
-      mbarrier_init(empty + i, blockDim.x);
-    }
-  }
+  init_staging_ring(full, empty, nbuf);
   __syncthreads();
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
