@@ -71,7 +71,7 @@ def train_step(model, x, y, optimiser, hessian_weight):
         optimiser.zero_grad(set_to_none=True)
         loss = (model(x) - y).square().mean()
         if hessian_weight:
-            loss = loss + hessian_weight * hessian_regularization(model)
+            loss = loss + hessian_regularization(model, weight=hessian_weight)
         loss.backward()
         optimiser.step()
     return step

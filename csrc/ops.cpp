@@ -79,8 +79,9 @@ TORCH_LIBRARY(lmkan, m) {
   m.def("hessian2d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");
   // The sum of hessian2d over lists of tables (a model's 2D layers) in one launch per 8
   // tables: lmKAN.hessian_regularization's call.
-  m.def("hessian2d_sum(Tensor[] params, Tensor[] borders) -> Tensor");
-  m.def("hessian2d_sum_backward(Tensor grad_r, Tensor[] params, Tensor[] borders) -> Tensor[]");
+  m.def("hessian2d_sum(Tensor[] params, Tensor[] borders, float weight=1.0) -> Tensor");
+  m.def("hessian2d_sum_backward(Tensor grad_r, Tensor[] params, Tensor[] borders, "
+        "float weight=1.0) -> Tensor[]");
   m.def("second_diff1d(Tensor params, Tensor borders) -> Tensor");
   m.def("second_diff1d_backward(Tensor grad_r, Tensor params, Tensor borders) -> Tensor");
 }

@@ -98,7 +98,7 @@ def main():
         x, y = x[rank * share:(rank + 1) * share].to(device), y[rank * share:(rank + 1) * share].to(device)
         task_loss = nn.functional.mse_loss(trained(x), y)
         # Every rank adds the same regulariser; DDP's average leaves its gradient unchanged.
-        loss = task_loss + schedule(step) * hessian_regularization(model)
+        loss = task_loss + hessian_regularization(model, weight=schedule(step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -8,7 +8,7 @@ The data set (1797 8x8 images of handwritten digits, 10 classes) ships inside sc
 nothing is downloaded. Models, on standardised pixels:
 
 - lmKAN: LMKAN2DLayer(G, 64 -> 32) -> LMKAN2DLayer(G, 32 -> 10), trained with
-  task loss + HessianSchedule(step) * hessian_regularization(model);
+  task loss + hessian_regularization(model, weight=schedule(step)), schedule a HessianSchedule;
 - MLP: Linear(64 -> H) -> ReLU -> Linear(H -> 10), H chosen so that its forward FLOPs
   match the lmKAN model's.
 
@@ -83,7 +83,7 @@ def train(model, data, epochs, batch, lr, hessian=None, seed=0):
             index = index.to(x.device)
             loss = nn.functional.cross_entropy(model(x[index]), y[index])
             if schedule is not None:
-                loss = loss + schedule(step) * hessian_regularization(model)
+                loss = loss + hessian_regularization(model, weight=schedule(step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

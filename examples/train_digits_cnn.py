@@ -89,7 +89,7 @@ def train(name, model, data, args, hessian):
             index = index.to(x.device)
             loss = nn.functional.cross_entropy(model(x[index]), y[index])
             if schedule is not None:
-                loss = loss + schedule(step) * hessian_regularization(model)
+                loss = loss + hessian_regularization(model, weight=schedule(step))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -69,16 +69,55 @@ KERNEL_OPS = {"lmkan2d_forward": "lmkan2d", "lmkan2d_backward": "lmkan2d",
               "hessian2d_sum": "hessian2d_sum", "hessian2d_sum_backward": "hessian2d_sum",
               "second_diff1d": "second_diff1d", "second_diff1d_backward": "second_diff1d"}
 
+# The arguments each op's schema names (csrc/ops.cpp): the Python side passes them by
+# position, so a build whose schema differs (an argument added since, as hessian2d_sum's
+# weight) is stale too, and falls back with a warning instead of failing on every call.
+OP_ARGUMENTS = {
+    "lmkan2d": ("x", "params", "borders", "batch_last", "tile_size", "block_size",
+                "backward_tile_size", "backward_block_size", "backward_fast_mode",
+                "deterministic", "table_dtype"),
+    "lmkan2d_forward": ("x", "params", "borders", "batch_last", "tile_size", "block_size",
+                        "table_dtype"),
+    "lmkan2d_backward": ("grad_y", "x", "params", "borders", "batch_last", "tile_size",
+                         "block_size", "fast_mode", "deterministic", "table_dtype",
+                         "grad_params"),
+    "lmkan2d_slope_forward": ("x", "weights", "params", "borders", "batch_last", "table_dtype"),
+    "lmkan2d_slope_grad_x": ("grad_y", "x", "weights", "params", "borders", "batch_last",
+                             "table_dtype"),
+    "lmkan2d_slope_grad_params": ("grad_y", "x", "weights", "params", "borders", "batch_last",
+                                  "deterministic"),
+    "lmkan1d": ("x", "params", "borders", "uniform_grid", "batch_last", "deterministic",
+                "table_dtype"),
+    "lmkan1d_forward": ("x", "params", "borders", "uniform_grid", "batch_last", "table_dtype"),
+    "lmkan1d_backward": ("grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
+                         "deterministic", "table_dtype", "grad_params"),
+    "lmkan1d_slope_forward": ("x", "weights", "params", "borders", "uniform_grid", "batch_last",
+                              "table_dtype"),
+    "lmkan1d_slope_grad_params": ("grad_y", "x", "weights", "params", "borders", "uniform_grid",
+                                  "batch_last", "deterministic"),
+    "hessian2d": ("params", "borders"),
+    "hessian2d_backward": ("grad_r", "params", "borders"),
+    "hessian2d_sum": ("params", "borders", "weight"),
+    "hessian2d_sum_backward": ("grad_r", "params", "borders", "weight"),
+    "second_diff1d": ("params", "borders"),
+    "second_diff1d_backward": ("grad_r", "params", "borders"),
+}
 
-def _missing_ops():
-    """The ops of KERNEL_OPS that the loaded extension did not register."""
-    missing = []
-    for name in KERNEL_OPS:
+
+def _stale_ops():
+    """What the loaded extension lacks: the ops of OP_ARGUMENTS it did not register, or
+    registered with other arguments, one description each."""
+    stale = []
+    for name, expected in OP_ARGUMENTS.items():
         try:
-            torch._C._dispatch_find_schema_or_throw(f"lmkan::{name}", "")
+            schema = torch._C._dispatch_find_schema_or_throw(f"lmkan::{name}", "").schema()
         except RuntimeError:
-            missing.append(name)
-    return missing
+            stale.append(f"{name} (missing)")
+            continue
+        found = tuple(a.name for a in schema.arguments)
+        if found != expected:
+            stale.append(f"{name} (arguments {', '.join(found)}; expected {', '.join(expected)})")
+    return stale
 
 
 def _load():
@@ -95,10 +134,10 @@ def _load():
     if built != running:
         return None, (f"lmKAN's CUDA extension was built for torch {built[0]} / CUDA {built[1]} "
                       f"but torch {running[0]} / CUDA {running[1]} is running. {_REBUILD_HINT}"), True
-    missing = _missing_ops()
-    if missing:
+    stale = _stale_ops()
+    if stale:
         return None, (f"lmKAN's CUDA extension ({module.__file__}) was built from an older lmKAN "
-                      f"source: it lacks the ops {', '.join(missing)}. {_REBUILD_HINT}"), True
+                      f"source; these ops differ: {'; '.join(stale)}. {_REBUILD_HINT}"), True
     return module, f"CUDA extension loaded ({module.__file__})", False
 
 

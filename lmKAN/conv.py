@@ -14,9 +14,13 @@ Memory and copies (docs/spec.md, section 4b):
 - The output is the layer's [N*H'*W', out] rows viewed as [N, out, H', W']: channels_last
   memory (as nn.Conv2d returns for a channels_last input), no copy.
 - A 1x1 convolution (stride 1, no padding) of a channels_last input reads it in place:
-  x.permute(0, 2, 3, 1) is already the layer's [N*H*W, C] rows. An NCHW input to it costs one
-  copy of x into those rows (unfold's columns would be a copy and a transposed copy).
-  Any other convolution is unfolded.
+  x.permute(0, 2, 3, 1) is already the layer's [N*H*W, C] rows. An NCHW input to it is read
+  in place too where no gradient is needed (eager CUDA calls under torch.no_grad or of
+  frozen layers): x[n] is a batch-last [C, H*W] matrix, and the forward kernels take the N
+  images as such (`_forward_images`; csrc/common/images.h); the output is then NCHW
+  (contiguous). With gradients (the backward kernels index one batch stride), under
+  torch.compile / torch.export and on the CPU it costs one copy of x into the rows (unfold's
+  columns would be a copy and a transposed copy). Any other convolution is unfolded.
 - The unfolded columns are a copy of N*H'*W' x C*kh*kw values. Batches whose columns exceed
   `column_budget_mb` run in chunks of images; with gradients, each chunk is checkpointed
   (its columns are recomputed in the backward instead of kept), so the columns held at once
@@ -27,11 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_int, check_positive_float
+from . import ops
+from ._checks import LOW_PRECISION_DTYPES, check_int, check_positive_float
 from .lmkan1d import LMKAN1DLayer
 from .lmkan2d import LMKAN2DLayer
 
 __all__ = ["LMKAN2DConv2d", "LMKAN1DConv2d"]
+
+# The forward kernels that read images in place (csrc/common/images.h): the 2D layer's for
+# layers of more than 8 outputs (csrc/lmkan2d/plan.h: fewer run a thread per sample), the
+# 1D layer's where a warp's 16 samples lie in one image (csrc/lmkan1d/layout.h, kWarpSamples).
+SAMPLE_THREADS_MAX_OUTPUTS = 8
+IMAGE_SAMPLES_1D = 16
 
 # Unfolded columns held at once by default (MiB): a 3x3 convolution of 64 channels on
 # 128 images of 32x32 takes 288 MiB of float32 columns, one chunk.
@@ -63,6 +74,30 @@ class _ConvOfLayer:
         """A 1x1, stride-1, unpadded convolution: the layer on x's NHWC rows, no unfold."""
         return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
+    def _reads_nchw_in_place(self, x):
+        """Whether a 1x1 convolution hands x [N, C, H, W] to the forward kernels as N batch-last
+        images [C, H*W] (no copy): an eager call on the CUDA kernels with NCHW-contiguous x
+        (channels_last x has its rows view) where no gradient is needed (the image layout has
+        a forward only), of a dtype and device the layer takes (else the rows path raises
+        the layer's error), and where the kernel that serves it reads images in place: 1D
+        layers where H*W is a multiple of 16, 2D layers of more than 8 outputs (the op copies
+        the others to a plain layout, x in and y out: two copies where the rows take one)."""
+        if not (x.is_cuda and x.is_contiguous()) or torch.compiler.is_compiling():
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad
+                                        or any(p.requires_grad for p in self.parameters())):
+            return False
+        params = self.func_parameter
+        if x.device != params.device or not (
+                x.dtype == params.dtype
+                or (x.dtype in LOW_PRECISION_DTYPES and params.dtype == torch.float32)):
+            return False
+        if isinstance(self, LMKAN2DLayer):
+            op, served = "lmkan2d_forward", self.output_dim > SAMPLE_THREADS_MAX_OUTPUTS
+        else:
+            op, served = "lmkan1d_forward", (x.shape[2] * x.shape[3]) % IMAGE_SAMPLES_1D == 0
+        return served and ops.layer_kernel_applies(op, x, params, self.borders)
+
     def _images_per_chunk(self, x, out_h, out_w):
         """Images whose unfolded columns fit column_budget_mb (at least 1)."""
         image_bytes = out_h * out_w * self.input_dim * x.element_size()  # input_dim = C*kh*kw
@@ -92,8 +127,11 @@ class _ConvOfLayer:
                              f"kernel {self.kernel_size} with padding {self.padding} "
                              f"(dilation {self.dilation}): output {out_h}x{out_w}")
         if self._is_pointwise():
+            if self._reads_nchw_in_place(x):  # N images [C, H*W], batch-last: no copy
+                y = self._forward_images(x.view(n, self.in_channels, height * width))
+                return y.view(n, self.output_dim, height, width)
             # [N*H*W, C] rows: a view of channels_last memory, one copy of NCHW memory (the
-            # kernels index a batch with one stride: an image stride would read NCHW in place)
+            # backward kernels index a batch with one stride)
             rows = x.permute(0, 2, 3, 1).reshape(n * height * width, self.in_channels)
             y = super().forward(rows)
             return y.reshape(n, height, width, self.output_dim).permute(0, 3, 1, 2)

@@ -70,7 +70,7 @@ def train(name, net, data, steps, batch, lr, device, use_hessian, progress, auto
         idx = torch.randint(0, x_tr.shape[0], (batch,), generator=gen).to(device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = (net(x_tr[idx]).float() - y_tr[idx]).square().mean()
-        total = loss + hessian(step) * hessian_regularization(net) if hessian else loss
+        total = loss + hessian_regularization(net, weight=hessian(step)) if hessian else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()

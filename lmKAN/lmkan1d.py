@@ -119,6 +119,14 @@ class LMKAN1DLayer(LookupLayerBase):
             self._call_plans[key] = plan_of_call(key, x, plan)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
+    def _forward_images(self, x):
+        """The layer on batch-last images x [N, input_dim, L] -> [N, output_dim, L]
+        (ops.lmkan1d_forward_images: CUDA kernels, no autograd)."""
+        self._check_fits_on_device(x.device)
+        return ops.lmkan1d_forward_images(x, self.func_parameter, self.borders,
+                                          self.grid == "uniform",
+                                          getattr(self, "table_dtype", None))
+
     def _check_fits_on_device(self, device):
         """Raise before launch when num_grids exceeds what the 1D kernels support on `device`."""
         if not ops.kernel_available("lmkan1d_max_num_grids", "CompositeExplicitAutograd"):

@@ -153,6 +153,19 @@ class LMKAN2DLayer(LookupLayerBase):
             self._call_plans[key] = plan_of_call(key, x, plan)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
+    def _forward_images(self, x):
+        """The layer on batch-last images x [N, input_dim, L] -> [N, output_dim, L]
+        (ops.lmkan2d_forward_images: CUDA kernels, no autograd), with the launch settings and
+        the shared-memory warning of a call on those N*L samples."""
+        params = self.func_parameter
+        table = ops.call_table_dtype(x, params, getattr(self, "table_dtype", None))
+        config = self._launch_resolver.config(self, _images_stand_in(x, self.batch_last), False,
+                                              table)
+        self._check_fits_on_device(x.device, False, config, table)
+        return ops.lmkan2d_forward_images(x, params, self.borders, config.tile_size_forward,
+                                          config.block_size_forward,
+                                          getattr(self, "table_dtype", None))
+
     def __setstate__(self, state):
         # A layer pickled whole by lmKAN <= 0.3.0 has no resolver; it kept the same state in
         # its own attributes (_tuning_memo, dropped here; _tuned_choices, carried over).
@@ -221,6 +234,17 @@ class LMKAN2DLayer(LookupLayerBase):
         lmKAN.plotting.plot_2d_functions for `pairs` ((pair, output)) and the other options."""
         from .plotting import plot_2d_functions
         return plot_2d_functions(self, path, pairs=pairs, **kwargs)
+
+
+def _images_stand_in(x, batch_last):
+    """A zero-copy 2-D view of the images x [N, F, L] shaped as the layer's input for their
+    N*L samples ([F, N*L] batch-last, [N*L, F] batch-first), for the launch resolver, which
+    reads an input's shape, dtype and device and, where it times, its values: a view of x's
+    memory (its samples' columns are not one), in bounds since (N + F - 1) L <= N F L."""
+    n, features, length = x.shape
+    if batch_last:
+        return x.as_strided((features, n * length), (length, 1))
+    return x.as_strided((n * length, features), (1, length))
 
 
 def _auto_or_choice(name, value, supported):

@@ -16,8 +16,8 @@ from . import _reference
 from ._checks import TABLE_DTYPES
 from ._extension import _MODULE, KERNEL_OPS, has_cuda_kernel
 
-__all__ = ["lmkan2d", "lmkan1d", "hessian2d", "hessian2d_sum", "second_diff1d", "kernel_available",
-           "kernel_applies"]
+__all__ = ["lmkan2d", "lmkan1d", "lmkan2d_forward_images", "lmkan1d_forward_images", "hessian2d",
+           "hessian2d_sum", "second_diff1d", "kernel_available", "kernel_applies"]
 
 
 @torch.compiler.assume_constant_result
@@ -154,6 +154,28 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
                                                                 batch_last))
 
 
+def lmkan2d_forward_images(x, params, borders, tile_size=8, block_size=1024, table_dtype=None):
+    """The 2D layer on batch-last images: x [N, N_in, L] -> y [N, N_out, L], where image n is
+    the batch-last matrix x[n] (an NCHW tensor viewed with L = H*W, read in place; docs/spec.md,
+    "Layouts"). CUDA kernels only and forward only: no autograd, so callers use it where no
+    gradient is needed (lmKAN.conv). Mixed precision as lmkan2d's."""
+    def run_kernel(x32, table):
+        return torch.ops.lmkan.lmkan2d_forward(x32, params.contiguous(), borders.contiguous(),
+                                               True, tile_size, block_size, table)
+
+    return _run_layer(x, params, table_dtype, run_kernel, None)
+
+
+def lmkan1d_forward_images(x, params, borders, uniform_grid=False, table_dtype=None):
+    """The 1D layer on batch-last images x [N, N_in, L] -> y [N, N_out, L], as
+    lmkan2d_forward_images (CUDA kernels only, forward only)."""
+    def run_kernel(x32, table):
+        return torch.ops.lmkan.lmkan1d_forward(x32, params.contiguous(), borders.contiguous(),
+                                               uniform_grid, True, table)
+
+    return _run_layer(x, params, table_dtype, run_kernel, None)
+
+
 # The regularisers' ops, resolved once (None without the kernels): a layer calls them every
 # training step, so the per-call Python work is kept to the tests below and one op call.
 # The ops accept non-contiguous tables (the kernels' host code makes them contiguous).
@@ -179,27 +201,35 @@ def hessian2d(params, borders):
     return _reference.hessian2d(params, borders)
 
 
-def hessian2d_sum(params_list, borders_list):
-    """The sum of hessian2d over 2D tables (a model's 2D layers), a 0-dim tensor.
+def hessian2d_sum(params_list, borders_list, weight=1.0):
+    """weight times the sum of hessian2d over 2D tables (a model's 2D layers), a 0-dim tensor.
 
     Tables on one CUDA device in float32 take one op call: one value launch and one final
     sum for up to 8 tables, one gradient launch in the backward (where a call per table takes
-    two or three launches and an add each: a small training step is bound by its launches).
-    Any other mix is the sum of hessian2d per table, in order.
+    two or three launches and an add each: a small training step is bound by its launches);
+    a number weight is applied inside those launches (one table too: the single-table
+    kernels). A tensor weight, or any weight under torch.compile, multiplies the op's sum
+    (the op's float argument would detach a tensor and sync the host, and a traced float
+    would be specialised). Any other mix of tables is the sum of hessian2d per table, in
+    order, times the weight.
     """
     params_list, borders_list = list(params_list), list(borders_list)
     if len(params_list) != len(borders_list) or not params_list:
         raise ValueError(f"hessian2d_sum: params_list and borders_list must be lists of the same, "
                          f"non-zero length, got {len(params_list)} and {len(borders_list)}")
     device = params_list[0].device
-    if len(params_list) > 1 and all(
+    multiply = isinstance(weight, torch.Tensor) or weight != 1.0
+    if all(
             _regulariser_kernel_applies(_HESSIAN2D_SUM_OP, p, b) and p.device == device
             for p, b in zip(params_list, borders_list)):
-        return _HESSIAN2D_SUM_OP(params_list, borders_list)
+        if not (isinstance(weight, torch.Tensor) or torch.compiler.is_compiling()):
+            return _HESSIAN2D_SUM_OP(params_list, borders_list, float(weight))
+        total = _HESSIAN2D_SUM_OP(params_list, borders_list, 1.0)
+        return weight * total if multiply else total
     total = hessian2d(params_list[0], borders_list[0])
     for params, borders in zip(params_list[1:], borders_list[1:]):
         total = total + hessian2d(params, borders)
-    return total
+    return weight * total if multiply else total
 
 
 def second_diff1d(params, borders):
@@ -209,12 +239,31 @@ def second_diff1d(params, borders):
     return _reference.second_diff1d(params, borders)
 
 
-def _check_layer_tensors(x, params, borders, params_dims):
+def _check_layer_tensors(x, params, borders, params_dims, images=False):
     """The kernels' shape checks (csrc/common/checks.h), for the fake implementations: under
-    torch.compile a bad call raises the ValueError that eager raises, at trace time."""
+    torch.compile a bad call raises the ValueError that eager raises, at trace time.
+    images: x may also be 3-D, [N, N_in, L] (the forward ops; csrc/common/images.h)."""
+    if images:
+        torch._check_value(x.dim() in (2, 3), lambda: f"x must have 2 dimensions ([N_in, B] or "
+                                                      f"[B, N_in]) or 3 ([N, N_in, L]: images, "
+                                                      f"batch_last), got shape {list(x.shape)}")
     for name, t, dims in (("x", x, 2), ("params", params, params_dims), ("borders", borders, 1)):
+        if name == "x" and images:
+            continue
         torch._check_value(t.dim() == dims, lambda: f"{name} must have {dims} dimensions, got "
                                                     f"shape {list(t.shape)}")
+
+
+def _check_images_layout(op, x, batch_last):
+    """A 3-D x of a forward op holds images [N, N_in, L], which are batch-last."""
+    torch._check_value(x.dim() == 2 or batch_last,
+                       lambda: f"{op}: a 3-D x ([N, N_in, L] images) is batch-last; got "
+                               f"batch_last=False with x of shape {list(x.shape)}")
+
+
+def _in_features(x, batch_last):
+    """x's input features: [N_in, B], [B, N_in] or images [N, N_in, L]."""
+    return x.shape[1] if x.dim() == 3 or not batch_last else x.shape[0]
 
 
 # The ops' size limits (csrc/lmkan2d/plan.h kMaxTableSide; ints narrowed in the host code).
@@ -222,10 +271,12 @@ MAX_TABLE_SIDE_2D = 4000
 INT32_MAX = 2 ** 31 - 1
 
 
-def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_dtype=None):
+def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_dtype=None,
+              images=False):
     """lmkan2d_forward's and lmkan2d_backward's checks (csrc/lmkan2d/forward.cpp, check_common
-    and resolve_table_dtype)."""
-    _check_layer_tensors(x, params, borders, 4)
+    and resolve_table_dtype); images: the forward's 3-D x."""
+    _check_layer_tensors(x, params, borders, 4, images)
+    _check_images_layout(op, x, batch_last)
     torch._check_type(params.dtype in TABLE_DTYPES,
                       lambda: f"params must be float32, float16 or bfloat16, got {params.dtype}")
     torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
@@ -251,7 +302,7 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_d
     torch._check_value(params.shape[2] <= INT32_MAX and params.shape[3] <= INT32_MAX,
                        lambda: f"{op}: output_dim and input_dim/2 must be below 2^31, got params "
                                f"shape {list(params.shape)}")
-    in_dim = x.shape[0] if batch_last else x.shape[1]
+    in_dim = _in_features(x, batch_last)
     torch._check_value(in_dim == 2 * params.shape[3],
                        lambda: f"{op}: x has {in_dim} input features but params expects "
                                f"input_dim=2*{params.shape[3]}={2 * params.shape[3]} (x shape "
@@ -260,10 +311,11 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_d
                        lambda: f"{op}: output_dim must be >= 1, got {params.shape[2]}")
 
 
-def _check_1d(x, params, borders, batch_last, table_dtype=None):
+def _check_1d(x, params, borders, batch_last, table_dtype=None, images=False):
     """lmkan1d_forward's and lmkan1d_backward's checks (csrc/lmkan1d/ops.cpp, check_args and
-    resolve_table_dtype)."""
-    _check_layer_tensors(x, params, borders, 3)
+    resolve_table_dtype); images: the forward's 3-D x."""
+    _check_layer_tensors(x, params, borders, 3, images)
+    _check_images_layout("lmkan1d_forward", x, batch_last)
     torch._check_type(params.dtype in TABLE_DTYPES,
                       lambda: f"params must be float32, float16 or bfloat16, got {params.dtype}")
     torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
@@ -279,10 +331,11 @@ def _check_1d(x, params, borders, batch_last, table_dtype=None):
                                f"N_in]), got shape {list(params.shape)}")
     torch._check_value(max(params.shape) <= INT32_MAX,
                        lambda: f"params dims must be below 2^31, got shape {list(params.shape)}")
-    in_dim = x.shape[0] if batch_last else x.shape[1]
+    in_dim = _in_features(x, batch_last)
     torch._check_value(in_dim == params.shape[2],
                        lambda: f"x must have {params.shape[2]} input features "
-                               f"(params.size(2)) along dim {0 if batch_last else 1}, got shape "
+                               f"(params.size(2)) along dim "
+                               f"{1 if x.dim() == 3 or not batch_last else 0}, got shape "
                                f"{list(x.shape)}")
 
 
@@ -294,6 +347,8 @@ def _check_weights(op, x, weights):
 
 
 def _layer_output(x, n_out, batch_last):
+    if x.dim() == 3:  # images [N, N_in, L] -> [N, N_out, L]
+        return x.new_empty((x.shape[0], n_out, x.shape[2]))
     batch = x.shape[1] if batch_last else x.shape[0]
     return x.new_empty((n_out, batch) if batch_last else (batch, n_out))
 
@@ -308,7 +363,7 @@ def _register():
     @torch.library.register_fake(lib + "lmkan2d_forward")
     def _(x, params, borders, batch_last, tile_size, block_size, table_dtype=None):
         _check_2d("lmkan2d_forward", x, params, borders, batch_last, tile_size, block_size,
-                  table_dtype)
+                  table_dtype, images=True)
         return _layer_output(x, params.shape[2], batch_last)
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
@@ -344,7 +399,7 @@ def _register():
     # --- 1D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan1d_forward")
     def _(x, params, borders, uniform_grid, batch_last, table_dtype=None):
-        _check_1d(x, params, borders, batch_last, table_dtype)
+        _check_1d(x, params, borders, batch_last, table_dtype, images=True)
         return _layer_output(x, params.shape[1], batch_last)
 
     @torch.library.register_fake(lib + "lmkan1d_backward")
@@ -370,9 +425,9 @@ def _register():
     for name in ("hessian2d", "second_diff1d"):
         _register_regulariser_fakes(lib + name)
     torch.library.register_fake(lib + "hessian2d_sum")(
-        lambda params, borders: params[0].new_empty(()))
+        lambda params, borders, weight=1.0: params[0].new_empty(()))
     torch.library.register_fake(lib + "hessian2d_sum_backward")(
-        lambda grad_r, params, borders: [p.new_empty(p.shape) for p in params])
+        lambda grad_r, params, borders, weight=1.0: [p.new_empty(p.shape) for p in params])
 
     # --- CPU tensors: say where the CPU path is ---------------------------------------------
     for name, layer_op in KERNEL_OPS.items():

@@ -141,6 +141,16 @@ def _built_extension():
     return paths[0]
 
 
+def test_built_extension_is_not_stale():
+    """A CUDA extension built from this tree loads: its ops and their arguments are the ones
+    lmKAN._extension expects (OP_ARGUMENTS), so a wrong table there cannot turn the kernels
+    off quietly (every kernel test would skip)."""
+    built = glob.glob(os.path.join(os.path.dirname(lmKAN.__file__), "_C*.so"))
+    if not built:
+        pytest.skip("no CUDA extension built in this tree")
+    assert _extension._MODULE is not None, _extension._REASON
+
+
 def test_installed_extension_links_libstdcxx_dynamically():
     setup = _setup_module()
     assert any(lib.startswith("libstdc++.so") for lib in setup._elf_needed(_built_extension()))

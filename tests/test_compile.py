@@ -43,8 +43,9 @@ class MixedModel(nn.Module):
 
 
 def training_loss(model, x):
-    """Task loss plus the Hessian regularisers, as a training step computes it."""
-    return model(x).square().mean() + 1e-3 * hessian_regularization(model)
+    """Task loss plus the Hessian regularisers, as a training step computes it (the weight
+    given to hessian_regularization: under torch.compile it multiplies the sum)."""
+    return model(x).square().mean() + hessian_regularization(model, weight=1e-3)
 
 
 def _run(model, x, compiled_with=None):
@@ -84,6 +85,31 @@ def test_compile_fullgraph_matches_eager_cpu(batch_last):
                     reason="CPU inductor compile takes ~45 s on 2 cores; set LMKAN_TEST_INDUCTOR=1")
 def test_compile_inductor_cpu():
     assert_compiled_matches_eager("cpu", "inductor", batch_last=False)
+
+
+def _weighted_step_counts(device):
+    """A compiled (fullgraph) step whose Hessian weight changes every call, as a schedule's
+    does: its losses against eager's, and how many frames dynamo compiled for 4 weights."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch._dynamo.reset()
+    model = MixedModel(batch_last=False).to(device).train()
+    x = 1.5 * torch.randn(16, 6, device=device)
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(lambda m, x, w: m(x).square().mean() + hessian_regularization(m, weight=w),
+                         fullgraph=True, backend=counter)
+    pairs = []
+    for w in (1e-3, 2e-3, 3e-3, 5e-4):
+        pairs.append((step(model, x, w), model(x).square().mean() + hessian_regularization(model, weight=w)))
+    return pairs, counter.frame_count
+
+
+def test_compiled_step_with_a_changing_weight_cpu():
+    """A float weight becomes symbolic after its first value: no graph break (fullgraph) and
+    no compile per value (the finiteness check is skipped while tracing)."""
+    pairs, frames = _weighted_step_counts("cpu")
+    for compiled, eager in pairs:
+        torch.testing.assert_close(compiled, eager, rtol=TOL, atol=TOL)
+    assert frames <= 2, frames
 
 
 def test_compile_eval_mode_no_grad_cpu():
@@ -151,6 +177,9 @@ def _opcheck_cases():
         ("hessian2d_sum", ([p2.clone().requires_grad_(True), p2b.clone().requires_grad_(True)],
                            [cdf, cdf5])),
         ("hessian2d_sum_backward", (torch.tensor(0.7, device=dev), [p2, p2b], [cdf, cdf5])),
+        ("hessian2d_sum_backward", (torch.tensor(0.7, device=dev), [p2, p2b], [cdf, cdf5], 0.3)),
+        ("hessian2d_sum", ([p2.clone().requires_grad_(True), p2b.clone().requires_grad_(True)],
+                           [cdf, cdf5], 0.3)),  # weighted
     ]
     return cases
 

@@ -251,6 +251,43 @@ def test_sorted_backward_chunks_and_many_tiles(tile, batch_last):
         _check(5, 6, n_out, fast_chunk + 77, batch_last, tile, fast, block=512, forward=False)
 
 
+# Runs of sorted samples per cell: every length from 1 to 9 (the runs kernel's 4-sample
+# batches: shorter, equal, straddling), long runs across its 256-entry segments, and a run
+# that ends a segment exactly.
+RUN_LENGTHS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 4, 1, 3, 12, 255, 2, 256, 1, 257, 5, 16, 17, 3)
+
+
+@requires_gpu
+@pytest.mark.parametrize("batch_last", (True, False))
+@pytest.mark.parametrize("fast", (False, True))
+@pytest.mark.parametrize("tile", TILES)
+def test_sorted_backward_run_lengths(tile, fast, batch_last):
+    """The cell-sorted backward (csrc/lmkan2d/backward_runs.cu) on inputs placed at cell
+    centres so that each pair's cells hold runs of RUN_LENGTHS samples (a different order of
+    cells per pair, samples shuffled): its per-sample path, its 4-sample batches within a
+    cell and the carries between them, against the float64 reference."""
+    torch.manual_seed(11)
+    g, n_pairs = 8, 3
+    borders = cdf_borders(g, device="cuda")
+    centres = (borders[:-1] + borders[1:]) / 2
+    lengths = torch.tensor(RUN_LENGTHS, device="cuda")
+    batch = int(lengths.sum())
+    x = torch.empty(2 * n_pairs, batch, device="cuda")
+    for p in range(n_pairs):
+        cells = torch.randperm(g * g, device="cuda")[:len(RUN_LENGTHS)]
+        per_sample = torch.repeat_interleave(cells, lengths)[torch.randperm(batch, device="cuda")]
+        x[2 * p] = centres[per_sample // g]
+        x[2 * p + 1] = centres[per_sample % g]
+    if not batch_last:
+        x = x.t().contiguous()
+    n_out = 8 * tile + 3
+    params = torch.randn(g + 1, g + 1, n_out, n_pairs, device="cuda")
+    grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    gx, gp = _backward(grad_y, x, params, borders, batch_last, tile, 256, fast)
+    _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
+
+
 @requires_gpu
 @pytest.mark.parametrize("batch_last", (True, False))
 def test_more_pairs_than_a_sorted_chunk_holds(batch_last):

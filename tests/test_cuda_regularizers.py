@@ -259,30 +259,33 @@ def _tables(specs, seed):
     [(3, 7, 1), (26, 33, 9), (13, 1, 129), (64, 3, 5)],
     # more than 8 tables: two launches into one sum
     [(4 + i % 5, 1 + i, 2 + (i * 7) % 11) for i in range(11)],
-], ids=["one_block", "small_step", "mixed_grids", "eleven_tables"])
-def test_hessian2d_sum_matches_reference(specs):
-    """hessian2d_sum over several tables: the value against the sum of the float64
-    references, every table's gradient against its reference, relative 1e-5; the gradients
-    written in full (allocator poisoned with NaN)."""
+    # one table (a model of one 2D layer): the single-table kernels, the weight inside
+    [(26, 33, 9)],
+], ids=["one_block", "small_step", "mixed_grids", "eleven_tables", "one_table"])
+@pytest.mark.parametrize("weight", [1.0, 0.37])
+def test_hessian2d_sum_matches_reference(specs, weight):
+    """hessian2d_sum over several tables: the value against weight times the sum of the
+    float64 references, every table's gradient against weight times its reference, relative
+    1e-5; the gradients written in full (allocator poisoned with NaN)."""
     assert_cuda_kernel("hessian2d_sum")
     assert_cuda_kernel("hessian2d_sum_backward")
     tables = _tables(specs, seed=len(specs))
     params, borders = [p for p, _ in tables], [b for _, b in tables]
     grad_r = torch.tensor(0.75, device="cuda")
     _poison_allocator(sum(p.numel() for p in params) * 4)
-    r = torch.ops.lmkan.hessian2d_sum(params, borders)
+    r = torch.ops.lmkan.hessian2d_sum(params, borders, weight)
     _poison_allocator(sum(p.numel() for p in params) * 4)
-    grads = torch.ops.lmkan.hessian2d_sum_backward(grad_r, params, borders)
+    grads = torch.ops.lmkan.hessian2d_sum_backward(grad_r, params, borders, weight)
     assert r.shape == () and r.dtype == torch.float32 and len(grads) == len(params)
     expected = 0.0
     for p, b, g in zip(params, borders, grads):
         ref_r, ref_g = _reference_value_and_grad(_reference.hessian2d, p, b, grad_r)
-        expected += ref_r.item()
+        expected += weight * ref_r.item()
         assert g.shape == p.shape and torch.isfinite(g).all(), "unwritten gradient entries"
-        assert rel_l2(g, ref_g) <= TOL
+        assert rel_l2(g, weight * ref_g) <= TOL
     assert abs(r.double().item() - expected) <= TOL * abs(expected)
     # deterministic: the same bits again
-    assert torch.equal(torch.ops.lmkan.hessian2d_sum(params, borders), r)
+    assert torch.equal(torch.ops.lmkan.hessian2d_sum(params, borders, weight), r)
 
 
 @requires_gpu
@@ -307,9 +310,12 @@ def test_hessian_regularization_sums_2d_layers_in_one_call(monkeypatch):
     calls = []
     original = ops.hessian2d_sum
     monkeypatch.setattr(ops, "hessian2d_sum",
-                        lambda p, b: calls.append(len(p)) or original(p, b))
+                        lambda p, b, w=1.0: calls.append(len(p)) or original(p, b, w))
     total = hessian_regularization(model)
     assert calls == [3]  # the three 2D layers without an override
+    weighted = hessian_regularization(model, weight=0.25)  # the weight inside the launches
+    assert calls == [3, 3]
+    assert abs(weighted.item() - 0.25 * total.item()) <= 1e-6 * abs(total.item())
     total.backward(torch.tensor(0.5, device="cuda"))
     got = [m.func_parameter.grad.clone() for m in model]
     model.zero_grad(set_to_none=True)
@@ -318,3 +324,21 @@ def test_hessian_regularization_sums_2d_layers_in_one_call(monkeypatch):
     assert abs(total.item() - separate.item()) <= 1e-6 * abs(separate.item())
     for m, g in zip(model, got):
         assert rel_l2(g, m.func_parameter.grad) <= 1e-6
+
+
+@requires_gpu
+def test_hessian2d_sum_tensor_weight_keeps_its_gradient():
+    """lmKAN.ops.hessian2d_sum with a tensor weight on CUDA multiplies the op's sum (the op's
+    float argument would detach it): the weight gets the unweighted sum as its gradient, and
+    the tables weight times their gradients."""
+    torch.manual_seed(6)
+    params = [torch.randn(9, 9, 5, 3, device="cuda", requires_grad=True) for _ in range(2)]
+    borders = [cdf_borders(8, device="cuda")] * 2
+    weight = torch.tensor(0.4, device="cuda", requires_grad=True)
+    r = ops.hessian2d_sum(params, borders, weight)
+    unweighted = ops.hessian2d_sum([p.detach() for p in params], borders)
+    gw, *gp = torch.autograd.grad(r, [weight] + params)
+    assert torch.allclose(gw, unweighted, rtol=1e-6)
+    for p, g in zip(params, gp):
+        (expected,) = torch.autograd.grad(ops.hessian2d_sum([p], [borders[0]]), p)
+        assert rel_l2(g, 0.4 * expected) <= 1e-6

@@ -7,6 +7,8 @@ On meta tensors the ops run their fake implementations (lmKAN/ops.py), so shapes
 autograd wiring and the fakes' checks are exercised here: under torch.compile a bad call
 raises the ValueError that eager raises.
 """
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -18,38 +20,13 @@ pytestmark = pytest.mark.skipif(_extension._MODULE is None,
                                 reason="the CUDA extension is not built here (its schemas and "
                                        "fakes are what this file tests)")
 
-KERNEL_OPS = {
-    "lmkan2d_forward": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
-                        "table_dtype"],
-    "lmkan2d_backward": ["grad_y", "x", "params", "borders", "batch_last", "tile_size",
-                         "block_size", "fast_mode", "deterministic", "table_dtype",
-                         "grad_params"],
-    "lmkan2d_slope_forward": ["x", "weights", "params", "borders", "batch_last", "table_dtype"],
-    "lmkan2d_slope_grad_x": ["grad_y", "x", "weights", "params", "borders", "batch_last",
-                             "table_dtype"],
-    "lmkan2d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "batch_last",
-                                  "deterministic"],
-    "lmkan1d_forward": ["x", "params", "borders", "uniform_grid", "batch_last", "table_dtype"],
-    "lmkan1d_backward": ["grad_y", "x", "params", "borders", "uniform_grid", "batch_last",
-                         "deterministic", "table_dtype", "grad_params"],
-    "lmkan1d_slope_forward": ["x", "weights", "params", "borders", "uniform_grid", "batch_last",
-                              "table_dtype"],
-    "lmkan1d_slope_grad_params": ["grad_y", "x", "weights", "params", "borders", "uniform_grid",
-                                  "batch_last", "deterministic"],
-}
-LAYER_OPS = {
-    "lmkan2d": ["x", "params", "borders", "batch_last", "tile_size", "block_size",
-                "backward_tile_size", "backward_block_size", "backward_fast_mode",
-                "deterministic", "table_dtype"],
-    "lmkan1d": ["x", "params", "borders", "uniform_grid", "batch_last", "deterministic",
-                "table_dtype"],
-}
 
-
-@pytest.mark.parametrize("name,args", {**KERNEL_OPS, **LAYER_OPS}.items(), ids=str)
+@pytest.mark.parametrize("name,args", _extension.OP_ARGUMENTS.items(), ids=str)
 def test_schema_arguments(name, args):
+    """The built schemas name the arguments that the Python side passes by position
+    (lmKAN._extension.OP_ARGUMENTS, which also decides whether a build is stale)."""
     schema = getattr(torch.ops.lmkan, name).default._schema
-    assert [a.name for a in schema.arguments] == args
+    assert tuple(a.name for a in schema.arguments) == args
 
 
 def _meta_2d(g=5, n_in=6, n_out=7, batch=9, batch_last=True, grad=False):
@@ -189,6 +166,25 @@ def test_layer_ops_in_inference_mode_on_meta():
         assert y.shape == (7, 9)
 
 
+def test_forward_ops_take_images_on_meta():
+    """The forward ops take batch-last images [N, N_in, L] and return [N, N_out, L]
+    (csrc/common/images.h); the differentiable layer ops refuse them (no backward) in every
+    grad mode: recording a graph, not recording one, in inference mode."""
+    _, params, borders = _meta_2d()
+    x = torch.empty(4, 6, 9, device="meta")
+    assert torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 256).shape == (4, 7, 9)
+    _, params1, borders1 = _meta_1d()
+    assert torch.ops.lmkan.lmkan1d_forward(x, params1, borders1, False, True).shape == (4, 7, 9)
+    for grad in (True, False, "inference"):
+        p2 = params.detach().requires_grad_(grad is True)
+        p1 = params1.detach().requires_grad_(grad is True)
+        mode = torch.inference_mode() if grad == "inference" else contextlib.nullcontext()
+        with mode, pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
+            torch.ops.lmkan.lmkan2d(x, p2, borders, True, 8, 256, 8, 512, False, False)
+        with mode, pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
+            torch.ops.lmkan.lmkan1d(x, p1, borders1, False, True, False)
+
+
 # (description, call on meta tensors, expected message) for each check of the fakes; the
 # messages are the kernels' own (csrc/common/checks.h, csrc/lmkan2d/forward.cpp,
 # csrc/lmkan1d/ops.cpp).
@@ -207,7 +203,8 @@ def _bad_1d(**changes):
 
 
 BAD_CALLS = [
-    ("2d x 3-D", _bad_2d(x=torch.empty(6, 9, 1, device="meta")), "x must have 2 dimensions"),
+    ("2d images features", _bad_2d(x=torch.empty(6, 9, 1, device="meta")),
+     "x has 9 input features"),
     ("2d tile 3", _bad_2d(tile_size=3), "tile_size must be 4, 8 or 16, got 3"),
     ("2d block 48", _bad_2d(block_size=48), "block_size must be a multiple of 32"),
     ("2d block 2048", _bad_2d(block_size=2048), "block_size must be a multiple of 32"),
@@ -224,7 +221,18 @@ BAD_CALLS = [
      "borders must have G+1 = 6 entries (params.size(0)), got 4"),
     ("1d features", _bad_1d(x=torch.empty(5, 9, device="meta")),
      "x must have 6 input features (params.size(2)) along dim 0"),
+    ("1d images features", _bad_1d(x=torch.empty(2, 5, 9, device="meta")),
+     "x must have 6 input features (params.size(2)) along dim 1"),
 ]
+# x's dimensions, both forward ops: 2-D, or 3-D images that are batch-last
+for _kind, _bad in (("2d", _bad_2d), ("1d", _bad_1d)):
+    BAD_CALLS += [
+        (f"{_kind} x 4-D", _bad(x=torch.empty(2, 6, 9, 1, device="meta")),
+         "x must have 2 dimensions ([N_in, B] or [B, N_in]) or 3 ([N, N_in, L]"),
+        (f"{_kind} images batch-first",
+         _bad(x=torch.empty(2, 6, 9, device="meta"), batch_last=False),
+         "a 3-D x ([N, N_in, L] images) is batch-last"),
+    ]
 
 
 @pytest.mark.parametrize("what,call,message", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
@@ -269,16 +277,22 @@ def test_hessian2d_sum_autograd_on_meta():
     params = [torch.empty(6, 6, 3, 2, device="meta", requires_grad=True),
               torch.empty(11, 11, 4, 5, device="meta", requires_grad=True)]
     borders = [cdf_borders(5).to("meta"), cdf_borders(10).to("meta")]
-    r = torch.ops.lmkan.hessian2d_sum(params, borders)
-    assert r.shape == () and r.requires_grad
-    grads = torch.autograd.grad(r, params)
-    assert [g.shape for g in grads] == [p.shape for p in params]
+    for args in ((), (0.25,)):  # weight: default, given
+        r = torch.ops.lmkan.hessian2d_sum(params, borders, *args)
+        assert r.shape == () and r.requires_grad
+        grads = torch.autograd.grad(r, params)
+        assert [g.shape for g in grads] == [p.shape for p in params]
 
 
 def test_extension_lacking_an_op_counts_as_stale(monkeypatch):
-    """An extension built from an older source tree (an op of KERNEL_OPS not registered) is not
-    used: _load reports it as stale, naming the missing op and how to rebuild."""
-    monkeypatch.setattr(_extension, "KERNEL_OPS", {**_extension.KERNEL_OPS, "no_such_op": "lmkan2d"})
+    """An extension built from an older source tree (an op not registered, or registered with
+    other arguments) is not used: _load reports it as stale, naming the op and how to
+    rebuild."""
+    monkeypatch.setattr(_extension, "OP_ARGUMENTS",
+                        {**_extension.OP_ARGUMENTS, "no_such_op": ("x",),
+                         "hessian2d_sum": ("params", "borders")})
     module, reason, stale = _extension._load()
     assert module is None and stale
-    assert "no_such_op" in reason and "older lmKAN source" in reason and "pip install" in reason
+    assert "no_such_op (missing)" in reason and "older lmKAN source" in reason
+    assert ("hessian2d_sum (arguments params, borders, weight; expected params, borders)"
+            in reason) and "pip install" in reason

@@ -50,6 +50,41 @@ def test_model_regularisation_sums_every_lmkan_layer():
     assert hessian_regularization(nn.Linear(2, 2)).item() == 0.0
 
 
+def test_model_regularisation_weight_is_the_product():
+    """hessian_regularization(model, weight=w) is w * hessian_regularization(model), value and
+    gradients, whether the weight goes into the ops (a number) or multiplies the sum (a
+    tensor); a model of 1D layers alone, and one without lmKAN layers, too."""
+    torch.manual_seed(4)
+    a, b = LMKAN2DLayer(5, 4, 6, batch_last=False), LMKAN1DLayer(5, 6, 2, batch_last=False)
+    c = LMKAN2DLayer(7, 2, 3, batch_last=False)
+    for net in (nn.Sequential(a, nn.ReLU(), b, c), nn.Sequential(b)):
+        for m in net:
+            if hasattr(m, "func_parameter"):
+                with torch.no_grad():
+                    m.func_parameter.normal_()
+        params = [m.func_parameter for m in net if hasattr(m, "func_parameter")]
+        plain = hessian_regularization(net)
+        expected_grads = torch.autograd.grad(0.3 * plain, params)
+        for weight in (0.3, torch.tensor(0.3)):
+            weighted = hessian_regularization(net, weight=weight)
+            torch.testing.assert_close(weighted, 0.3 * plain)
+            for g, e in zip(torch.autograd.grad(weighted, params), expected_grads):
+                torch.testing.assert_close(g, e)
+    assert hessian_regularization(nn.Linear(2, 2), weight=5.0).item() == 0.0
+
+
+@pytest.mark.parametrize("weight,exc,words", [
+    ("0.1", TypeError, ["weight", "real number or a tensor", "'0.1'"]),
+    (True, TypeError, ["weight", "bool"]),
+    (math.inf, ValueError, ["weight", "finite", "inf"])])
+def test_model_regularisation_rejects_bad_weights(weight, exc, words):
+    net = nn.Sequential(LMKAN2DLayer(5, 4, 6))
+    with pytest.raises(exc) as info:
+        hessian_regularization(net, weight=weight)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
 def test_hessian2d_sum_is_the_sum_of_the_tables():
     """lmKAN.ops.hessian2d_sum (hessian_regularization's call for the 2D layers): on the CPU the
     sum of hessian2d per table, in order; lists of different lengths or empty lists refused."""
@@ -62,6 +97,7 @@ def test_hessian2d_sum_is_the_sum_of_the_tables():
     total = ops.hessian2d_sum(params, borders)
     expected = sum(ops.hessian2d(p, b) for p, b in zip(params, borders))
     torch.testing.assert_close(total, expected)
+    torch.testing.assert_close(ops.hessian2d_sum(params, borders, 0.4), 0.4 * expected)
     grads = torch.autograd.grad(total, params)
     expected_grads = torch.autograd.grad(expected, params)
     for g, e in zip(grads, expected_grads):

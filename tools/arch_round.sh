@@ -27,12 +27,14 @@
 #       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
 #       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
 #       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_HESSIAN=1
-#       # adds bench_hessian.py
+#       # adds bench_hessian.py, COMPARE_CONV=1 bench_conv.py
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
 #       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again; the
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
 #   bash tools/arch_round.sh probe          # tools/probe_gather_mma.py (PROBE_ARGS) in the
 #       # sm_90 build's tree
+#   bash tools/arch_round.sh cnn            # examples/train_digits_cnn.py on the GPU (sm_90
+#       # build): README's GPU row of the digits CNNs
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
 #       # and without LayerNorm, tools/profile_forces.py of both layer kinds
 #   bash tools/arch_round.sh pack           # $OUT's logs into one results.tgz (the device
@@ -164,6 +166,13 @@ for stage in "$@"; do
           echo "bench_hessian $b rc=$?" >> "$OUT/summary.txt"
         done
       fi
+      if [ -n "${COMPARE_CONV:-}" ]; then  # the convolutions against nn.Conv2d, both builds
+        for b in new base; do
+          (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_conv.py \
+             --json "$OUT/bench_conv_$b.json") > "$OUT/bench_conv_$b.log" 2>&1
+          echo "bench_conv $b rc=$?" >> "$OUT/summary.txt"
+        done
+      fi
       for b in new base new; do  # the force step, new build on both sides again
         (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout 120 $PY benchmarks/bench_forces.py) \
           >> "$OUT/forces_$b.log" 2>&1
@@ -174,6 +183,7 @@ for stage in "$@"; do
         grep -E "force step" "$OUT/forces_$b.log"
         [ -n "${COMPARE_1D:-}" ] && grep -E "^lmKAN KANLayer  |^kernels" "$OUT"/bench_1d_${b}*.log
         [ -n "${COMPARE_HESSIAN:-}" ] && grep -v "^{" "$OUT/bench_hessian_$b.log" | tail -12
+        [ -n "${COMPARE_CONV:-}" ] && grep -v "^{" "$OUT/bench_conv_$b.log" | tail -16
       done
       ;;
     forces)
@@ -215,6 +225,12 @@ for stage in "$@"; do
          ${PROBE_ARGS:-}) > "$OUT/probe_gather_mma.log" 2>&1
       echo "probe_gather_mma rc=$?" >> "$OUT/summary.txt"
       tail -n 8 "$OUT/probe_gather_mma.log" | tee -a "$OUT/summary.txt"
+      ;;
+    cnn)  # the digits CNN example on the GPU (issue 20, item 4), sm_90 build
+      (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 300 $PY examples/train_digits_cnn.py \
+         --device cuda 2>/dev/null) > "$OUT/train_digits_cnn.log"
+      echo "train_digits_cnn rc=$?" >> "$OUT/summary.txt"
+      tail -n 4 "$OUT/train_digits_cnn.log" | tee -a "$OUT/summary.txt"
       ;;
     pack)
       tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \

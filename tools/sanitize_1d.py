@@ -1,7 +1,7 @@
 """Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python tools/sanitize_1d.py
-    compute-sanitizer --tool racecheck python tools/sanitize_1d.py [all|float32|16bit|second]
+    compute-sanitizer --tool racecheck python tools/sanitize_1d.py [all|float32|16bit|second|images]
 """
 import os
 import sys
@@ -21,6 +21,8 @@ def main(part):
         sixteen_bit_launches()
     if part in ("all", "second"):
         second_derivative_launches()
+    if part in ("all", "images"):
+        image_launches()
     torch.cuda.synchronize()
     print(f"sanitize_1d ({part}): all launches done")
 
@@ -58,6 +60,19 @@ def float32_launches():
                 torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, params, cdf_borders(g).cuda(),
                                                  False, True, deterministic)
     os.environ["LMKAN_SMEM_BUDGET_KB"] = ""
+
+
+def image_launches():
+    """lmkan1d_forward on images [N, N_in, L] (csrc/common/images.h): in place where L is a
+    multiple of 16 (unsplit, and split over stages), both table types, far inputs; the copy
+    where it is not."""
+    for table in (None, torch.bfloat16):
+        for n, length in ((157, 48), (3, 32), (5, 21)):
+            params = torch.randn(32, 260, 37, device="cuda")
+            x = 1.5 * torch.randn(n, 37, length, device="cuda")
+            x.view(-1)[3] = float("nan")
+            x.view(-1)[5::97] = 3e38
+            torch.ops.lmkan.lmkan1d_forward(x, params, cdf_borders(31).cuda(), False, True, table)
 
 
 def sixteen_bit_launches():

@@ -1,10 +1,10 @@
 """Small launches of every LMKAN2DLayer kernel, for compute-sanitizer memcheck / racecheck.
 
-  compute-sanitizer --tool memcheck  python tools/sanitize_2d.py [all|layer|second|few]
-  compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second|few]
+  compute-sanitizer --tool memcheck  python tools/sanitize_2d.py [all|layer|second|few|images]
+  compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second|few|images]
 
 (few: only the kernels of layers of at most 8 outputs, sample_threads.cu, also part of the
-others.)
+others; images: the forward on batch-last images [N, N_in, L], also part of layer.)
 """
 import os
 import sys
@@ -38,6 +38,8 @@ def main(part):
     if part == "few":
         few_outputs_launches()
         second_derivative_launches(shapes=FEW_OUTPUT_SLOPE_SHAPES)
+    if part == "images":
+        image_launches()
     torch.cuda.synchronize()
     print(f"sanitize_2d ({part}): all launches done")
 
@@ -87,7 +89,26 @@ def few_outputs_launches():
                     grad_params=False)
 
 
+def image_launches():
+    """lmkan2d_forward on images [N, N_in, L] (csrc/common/images.h): the sample-lanes kernel
+    in place (image instances, every tile, both table types, a split sum of a small batch,
+    far inputs), and the copies around the few-outputs kernel."""
+    for table in (None, torch.bfloat16):
+        for tile in (4, 8, 16):
+            for n, length in ((37, 49), (2, 13)):  # unsplit, and split over pairs
+                x = 1.5 * torch.randn(n, 10, length, device="cuda")
+                x.view(-1)[3] = float("nan")
+                x.view(-1)[5::97] = 3e38
+                params = torch.randn(6, 6, 8 * tile + 3, 5, device="cuda")
+                torch.ops.lmkan.lmkan2d_forward(x, params, cdf_borders(5, device="cuda"), True,
+                                                tile, 256, table)
+    x = torch.randn(3, 6, 25, device="cuda")
+    torch.ops.lmkan.lmkan2d_forward(x, torch.randn(6, 6, 5, 3, device="cuda"),
+                                    cdf_borders(5, device="cuda"), True, 8, 256)
+
+
 def layer_launches():
+    image_launches()
     for tile in (4, 8, 16):
         for batch_last in (True, False):
             for fast in (False, True):

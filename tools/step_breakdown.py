@@ -48,7 +48,7 @@ def stage_fn(model, x, target, optimiser, stage, hessian_weight):
         optimiser.zero_grad(set_to_none=True)
         loss = (model(x) - target).square().mean()
         if with_hessian:
-            loss = loss + hessian_weight * hessian_regularization(model)
+            loss = loss + hessian_regularization(model, weight=hessian_weight)
         if upto >= STAGES.index("+ backward"):
             loss.backward()
         if upto >= STAGES.index("+ adam"):

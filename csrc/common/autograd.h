@@ -30,6 +30,14 @@ inline bool records_graph(const at::Tensor& x, const at::Tensor& params) {
   return at::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad());
 }
 
+// The differentiable layer ops take a 2-D x, in every grad mode: batch-last images
+// [N, N_in, L] (common/images.h) have a forward only, through the forward ops.
+inline void check_layer_op_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must have 2 dimensions ([N_in, B] or [B, N_in]), "
+                    "got shape ", x.sizes(), " (3-D images [N, N_in, L] run through ", op,
+                    "_forward, which has no backward)");
+}
+
 // Called first in a backward whose own derivatives are not built: with create_graph=True the
 // engine runs backwards in grad mode, and a derivative through an op without autograd would
 // come back silently wrong (issue 18, item 9), so it is refused with a clear error. The

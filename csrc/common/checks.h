@@ -26,11 +26,12 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
 }
 
 // The three tensors every layer op takes: CUDA tensors on one device, x 2-D ([N_in, B] or
-// [B, N_in]), params of `params_dims` dimensions, borders 1-D; all float32, except params,
-// which may be float16 or bfloat16 where `params_16bit` (the 2D layer's ops).
+// [B, N_in]; with `images` also 3-D: [N, N_in, L] images, batch_last, common/images.h),
+// params of `params_dims` dimensions, borders 1-D; all float32, except params, which may be
+// float16 or bfloat16 where `params_16bit` (the layers' ops).
 inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
                                 const at::Tensor& borders, int64_t params_dims,
-                                bool params_16bit = false) {
+                                bool params_16bit = false, bool images = false) {
   check_cuda_float(x, "x");
   if (params_16bit) {
     TORCH_CHECK_VALUE(params.is_cuda(), "params must be a CUDA tensor, got device ", params.device());
@@ -43,7 +44,12 @@ inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
   check_cuda_float(borders, "borders");
   check_same_device(x, "x", params, "params");
   check_same_device(x, "x", borders, "borders");
-  check_dim(x, 2, "x");
+  if (images) {
+    TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, "x must have 2 dimensions ([N_in, B] or "
+                      "[B, N_in]) or 3 ([N, N_in, L]: images, batch_last), got shape ", x.sizes());
+  } else {
+    check_dim(x, 2, "x");
+  }
   check_dim(params, params_dims, "params");
   check_dim(borders, 1, "borders");
 }

@@ -148,6 +148,7 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_autograd(
 at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                     bool deterministic, TableDtype table_dtype) {
+  check_layer_op_x(x, "lmkan1d");
   if (!records_graph(x, params)) {
     static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -161,6 +162,7 @@ at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
 at::Tensor lmkan1d_no_autograd(const at::Tensor& x, const at::Tensor& params,
                                const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                bool, TableDtype table_dtype) {
+  check_layer_op_x(x, "lmkan1d");
   static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
   return op.call(x, params, borders, uniform_grid, batch_last, table_dtype);
 }

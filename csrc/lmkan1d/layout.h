@@ -1,5 +1,6 @@
-// LMKAN1DLayer / KANLayer kernels: what the kernels (tiles.cu, grad_params*.cu) and the host
-// code (ops.cpp) share: launch shapes, argument structs, shared-memory sizes, the launchers.
+// LMKAN1DLayer / KANLayer kernels: what the kernels (pack.cu, forward.cu, grad_x.cu with the
+// pipeline of tiles.cuh, grad_params*.cu) and the host code (ops.cpp) share: launch shapes,
+// argument structs, shared-memory sizes, the launchers.
 //
 // CUDA kernels of the 1D linear-spline layer (docs/spec.md section 4):
 //   y[o] = sum_i (1 - d) C[k, o, i] + d C[k+1, o, i],   (k, d) = cell of x[i].
@@ -71,6 +72,13 @@ struct TileArgs {
   // own inputs' entries. The defaults make one split of every stage.
   int stages_per_split = 1 << 30;
   int64_t split_stride = 0;
+  // Images (lmkan1d_forward of x [N, N_in, L] into y [N, N_out, L], batch_last;
+  // common/images.h): batch = N L <= kMaxImageSamples, image_len = L, a multiple of
+  // kWarpSamples so that a warp's samples lie in one image, whose x and y start
+  // image_stride_x / _y apart (a warp's first sample's offsets: SampleOffsets). A plain
+  // tensor is one image (image_len = batch; tile_args).
+  int64_t image_len = 0;
+  int64_t image_stride_x = 0, image_stride_y = 0;
 };
 
 
@@ -172,17 +180,17 @@ struct GroupedArgs {
   bool vector_dy;  // batch-first grad_y rows can be read as float4 (N_out % 4 == 0, aligned)
 };
 
-// Launchers (tiles.cu, grad_params.cu): each sets its kernel's dynamic shared-memory limit
-// where it uses any, launches on `stream` and checks the launch.
+// Launchers (pack.cu, forward.cu, grad_x.cu, grad_params*.cu): each sets its kernel's dynamic
+// shared-memory limit where it uses any, launches on `stream` and checks the launch.
 // launch_pack: params of dtype params_dtype (float32/float16/bfloat16), each value rounded to
 // table_dtype first; values stored as packed_dtype (table_dtype or float32), slopes as float32.
 void launch_pack(dim3 grid, cudaStream_t stream, const void* params, const float* borders,
                  void* packed, int n_in, int n_in_pad, int n_out, int num_grids, int rows,
                  bool slopes, bool uniform, c10::ScalarType params_dtype,
                  c10::ScalarType table_dtype, c10::ScalarType packed_dtype);
-// launch_forward: a.packed holds values of table_dtype.
+// launch_forward: a.packed holds values of table_dtype; images: x and y hold images (TileArgs).
 void launch_forward(const TileArgs& a, float* y, dim3 grid, size_t smem, cudaStream_t stream,
-                    c10::ScalarType table_dtype);
+                    c10::ScalarType table_dtype, bool images = false);
 // launch_slope_forward: y[s, o] = sum_i weights[s, i] * slope[k(s, i), o, i] with a.packed the
 // float32 slopes (rows G) and a.weights set (second derivatives: d grad_x / d P, transposed).
 void launch_slope_forward(const TileArgs& a, float* y, dim3 grid, size_t smem,

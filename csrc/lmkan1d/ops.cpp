@@ -1,6 +1,7 @@
 // The 1D layer's ops on CUDA (host code): argument checks, launch planning (stage sizes,
 // batch slices, which dC kernel), lmkan1d_forward, lmkan1d_backward, lmkan1d_max_num_grids.
-// The kernels are in tiles.cu and grad_params.cu; layout.h has the scheme.
+// The kernels are in pack.cu, forward.cu, grad_x.cu and grad_params*.cu; layout.h has the
+// scheme.
 #include <algorithm>
 #include <cstdint>
 #include <optional>
@@ -16,6 +17,7 @@
 
 #include "common/checks.h"
 #include "common/device_limits.h"
+#include "common/images.h"
 #include "common/sum_splits.h"
 #include "lmkan1d/layout.h"
 
@@ -29,11 +31,15 @@ int max_dynamic_smem(int device) { return device_limits(device).smem_optin; }
 struct Shapes {
   int64_t batch;
   int n_in, n_out, num_grids;
+  int64_t images = 0, image_len = 0;  // x [images, N_in, image_len] (images: lmkan1d_forward)
 };
 
+// images: x may also be [N, N_in, L] (lmkan1d_forward only; common/images.h).
 Shapes check_args(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
-                  bool batch_last) {
-  check_layer_tensors(x, params, borders, 3, /*params_16bit=*/true);
+                  bool batch_last, bool images = false) {
+  check_layer_tensors(x, params, borders, 3, /*params_16bit=*/true, images);
+  TORCH_CHECK_VALUE(x.dim() == 2 || batch_last, "lmkan1d_forward: a 3-D x ([N, N_in, L] images) "
+                    "is batch-last; got batch_last=False with x of shape ", x.sizes());
   Shapes sh;
   sh.num_grids = static_cast<int>(params.size(0)) - 1;
   TORCH_CHECK_VALUE(sh.num_grids >= 1, "params must have at least 2 node rows (G+1), got shape ",
@@ -48,10 +54,17 @@ Shapes check_args(const at::Tensor& x, const at::Tensor& params, const at::Tenso
                     "params dims must be below 2^31, got shape ", params.sizes());
   sh.n_out = static_cast<int>(params.size(1));
   sh.n_in = static_cast<int>(params.size(2));
-  const int64_t x_in = batch_last ? x.size(0) : x.size(1);
-  TORCH_CHECK_VALUE(x_in == sh.n_in, "x must have ", sh.n_in, " input features (params.size(2)) along dim ",
-                    batch_last ? 0 : 1, ", got shape ", x.sizes());
-  sh.batch = batch_last ? x.size(1) : x.size(0);
+  const int feature_dim = x.dim() == 3 ? 1 : batch_last ? 0 : 1;
+  TORCH_CHECK_VALUE(x.size(feature_dim) == sh.n_in, "x must have ", sh.n_in,
+                    " input features (params.size(2)) along dim ", feature_dim, ", got shape ",
+                    x.sizes());
+  if (x.dim() == 3) {
+    sh.images = x.size(0);
+    sh.image_len = x.size(2);
+    sh.batch = sh.images * sh.image_len;
+  } else {
+    sh.batch = batch_last ? x.size(1) : x.size(0);
+  }
   return sh;
 }
 
@@ -101,6 +114,7 @@ TileArgs tile_args(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   a.uniform = uniform_grid;
   a.batch_last = batch_last;
   a.rows_only = rows_only;
+  a.image_len = std::max<int64_t>(sh.batch, 1);  // one image (lmkan1d_forward sets images)
   return a;
 }
 
@@ -145,18 +159,28 @@ ForwardTarget forward_target(TileArgs& a, at::Tensor& y, unsigned blocks, int de
 
 // The forward kernel has no atomics: deterministic whatever the layer's setting.
 // table_dtype: the dtype the table is rounded to and read in (None: the parameters').
+// Images x [N, N_in, L] give y [N, N_out, L] (common/images.h): read and written in place
+// where L is a multiple of kWarpSamples (a warp's samples in one image), else through a
+// batch-last copy [N_in, N L].
 at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                                 const at::Tensor& borders_in, bool uniform_grid, bool batch_last,
                                 std::optional<at::ScalarType> table_dtype) {
-  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last, /*images=*/true);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  if (x_in.dim() == 3 && (sh.image_len % kWarpSamples != 0 || sh.batch > kMaxImageSamples)) {
+    const at::Tensor y = lmkan1d_forward_cuda(
+        x_in.transpose(0, 1).reshape({sh.n_in, sh.batch}), params_in, borders_in, uniform_grid,
+        true, table_dtype);
+    return y.view({sh.n_out, sh.images, sh.image_len}).transpose(0, 1).contiguous();
+  }
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_forward");
   const int table_bytes = table == at::kFloat ? 4 : 2;
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]
+  const at::Tensor x = x_in.contiguous();            // [N_in, B], [B, N_in] or [N, N_in, L]
   const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]
   const at::Tensor borders = borders_in.contiguous();  // [G+1]
-  at::Tensor y = batch_last ? at::empty({sh.n_out, sh.batch}, x.options())
-                            : at::empty({sh.batch, sh.n_out}, x.options());
+  at::Tensor y = x.dim() == 3 ? at::empty({sh.images, int64_t(sh.n_out), sh.image_len}, x.options())
+                 : batch_last ? at::empty({sh.n_out, sh.batch}, x.options())
+                              : at::empty({sh.batch, sh.n_out}, x.options());
   if (sh.batch == 0 || sh.n_out == 0) return y;
   if (sh.n_in == 0) return y.zero_();
   const size_t smem = fwd_smem_bytes(sh.num_grids, max_dynamic_smem(x.get_device()), table_bytes);
@@ -167,8 +191,14 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
       pack_table(params, borders, sh, sh.n_in, false, uniform_grid, table, stream);
   TileArgs a = tile_args(x, packed, borders, sh, sh.n_in, sh.num_grids + 1, 1, false,
                          uniform_grid, batch_last);
+  if (x.dim() == 3) {
+    a.image_len = sh.image_len;
+    a.image_stride_x = int64_t(sh.n_in) * sh.image_len;
+    a.image_stride_y = int64_t(sh.n_out) * sh.image_len;
+  }
+  // splits write [splits, y] partials with y's layout: images too
   const ForwardTarget target = forward_target(a, y, blocks, x.get_device());
-  launch_forward(a, target.out, target.grid, smem, stream, table);
+  launch_forward(a, target.out, target.grid, smem, stream, table, x.dim() == 3);
   if (target.parts.defined()) sum_splits(target.parts, y);
   return y;
 }

@@ -175,6 +175,7 @@ at::Tensor lmkan2d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     int64_t block_size, int64_t backward_tile_size,
                                     int64_t backward_block_size, bool backward_fast_mode,
                                     bool deterministic, std::optional<at::ScalarType> table_dtype) {
+  check_layer_op_x(x, "lmkan2d");
   if (!records_graph(x, params)) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -190,6 +191,7 @@ at::Tensor lmkan2d_no_autograd(const at::Tensor& x, const at::Tensor& params,
                                const at::Tensor& borders, bool batch_last, int64_t tile_size,
                                int64_t block_size, int64_t, int64_t, bool, bool,
                                std::optional<at::ScalarType> table_dtype) {
+  check_layer_op_x(x, "lmkan2d");
   static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
   return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
 }

@@ -12,7 +12,8 @@
 //    path is not deterministic (its dP is flushed with float atomics anyway).
 // 2. runs_kernel: a warp takes one pair and one segment of <= kRunSegment consecutive sorted
 //    entries (staged in shared memory) and walks it once per output tile (W = 32K outputs,
-//    K per lane). A lane keeps the 4 corner gradients of its K outputs for the current cell
+//    K per lane), in batches of 4 samples; a batch within the current cell (most of them:
+//    runs are tens of samples long) takes a path without a branch per sample. A lane keeps the 4 corner gradients of its K outputs for the current cell
 //    in registers and flushes them with vector float atomics (RED.128 at K = 4) when the cell
 //    changes. Cells are sorted row-major, so moving to the next cell of the same grid row
 //    carries the two shared corners over (2 flushes per cell, not 4). The lane also keeps the
@@ -39,6 +40,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/checks.h"
+#include "common/cp_async.cuh"
 #include "common/static_switch.h"
 #include "lmkan2d/device.cuh"
 
@@ -212,9 +214,19 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
         red_row<K>(wsp + int64_t(cur + side + 1) * W, acc[3]);
       }
     };
+    // The lane and the shared-window address of the warp's entries are loop-carried through
+    // an empty asm in the batch loop, so they stay in registers there: otherwise the compiler
+    // re-derives them in every batch from threadIdx.x and the CTA id (two S2R reads, whose
+    // latency sat before the batch's first entry load; sm_90 SASS).
+    int lane_r = lane;
+    unsigned ents = smem_u32(seg_entries);  // entry i at ents + 16 i
+    auto entry = [&](int i) {  // broadcast: (row offset, cell, d1, d2)
+      const uint4 e = lds128_u32(ents + 16 * i);
+      return make_int4(int(e.x), int(e.y), int(e.z), int(e.w));
+    };
     // keep the half named by lane bit `bit`, send the other: (lo, hi) -> one partial
     auto merge = [&](float lo, float hi, int bit) {
-      const bool up = lane & bit;
+      const bool up = lane_r & bit;
       return (up ? hi : lo) + __shfl_xor_sync(0xffffffffu, up ? lo : hi, bit);
     };
 
@@ -226,66 +238,88 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
     float g[U][K];
 #pragma unroll
     for (int u = 0; u < U; ++u) load_k<K, true>(gy + seg_entries[u].x, g[u]);
-    for (int t0 = 0; t0 < rounds_end; t0 += U) {
-      float v[U];  // level-0 sums of the batch's samples (over lanes l, l ^ 1)
+    // One sample of the current cell: its 4K dP FMAs and 3K dx FMAs, the corners in
+    // registers; returns the sample's two dx sums (inputs 2p, 2p + 1).
+    auto add_sample_of_cell = [&](const int4 e, const float (&gu)[K]) {
+      const float d1 = __int_as_float(e.z), d2 = __int_as_float(e.w);
+      const float a1 = 1.f - d1, a2 = 1.f - d2;
+      const float w00 = a1 * a2, w01 = a1 * d2, w10 = d1 * a2, w11 = d1 * d2;
+      float ge1 = 0.f, ge2 = 0.f, gf = 0.f;  // sum_k g E1, g E2, g F
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        float s1 = 0.f, s2 = 0.f;
-        if (t0 + u < len) {
-          const int4 e = seg_entries[t0 + u];  // broadcast: (sample, cell, d1, d2)
-          const int key = e.y;
-          if (key != cur) {
-            const bool carry = cur >= 0 && key == cur + 1;  // same grid row, next cell
-            if (cur >= 0) flush(carry);
-            float t00[K], t10[K];
-            if (carry) {
+      for (int k = 0; k < K; ++k) {
+        const float gk = gu[k];
+        acc[0][k] += gk * w00;
+        acc[1][k] += gk * w01;
+        acc[2][k] += gk * w10;
+        acc[3][k] += gk * w11;
+        ge1 += gk * e1[k];
+        ge2 += gk * e2[k];
+        gf += gk * f[k];
+      }
+      return make_float2((ge1 + d2 * gf) * ih1, (ge2 + d1 * gf) * ih2);
+    };
+    for (int t0 = 0; t0 < rounds_end; t0 += U) {
+      asm volatile("" : "+r"(lane_r), "+r"(ents));
+      float v[U];  // level-0 sums of the batch's samples (over lanes l, l ^ 1)
+      if (t0 + U <= len && entry(t0 + U - 1).y == cur) {
+        // The common batch: 4 samples of the segment, all in the current cell (entries are
+        // sorted by cell: the batch's last key equal to cur means all four are). No branch
+        // per sample, so the four samples' FMAs and row loads interleave; the general path
+        // below fences each sample by a convergence barrier (BSSY/BSYNC). This relies on
+        // bucket_kernel's counting sort (cells ascending within a segment), where the
+        // per-sample path alone would be correct in any order. The loads are volatile asm
+        // (lds128_u32), so entry t0 + 3 is read twice here and the prefetch reads whole
+        // 16-byte entries for their .x: broadcasts, a few wavefronts per batch.
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const float2 s = add_sample_of_cell(entry(t0 + u), g[u]);
+          load_k<K, true>(gy + entry(t0 + U + u).x, g[u]);
+          v[u] = merge(s.x, s.y, 1);
+        }
+      } else {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          float2 s = make_float2(0.f, 0.f);  // samples past len contribute zeros
+          if (t0 + u < len) {
+            const int4 e = entry(t0 + u);
+            const int key = e.y;
+            if (key != cur) {
+              const bool carry = cur >= 0 && key == cur + 1;  // same grid row, next cell
+              if (cur >= 0) flush(carry);
+              float t00[K], t10[K];
+              if (carry) {
+#pragma unroll
+                for (int k = 0; k < K; ++k) {
+                  acc[0][k] = acc[1][k]; acc[2][k] = acc[3][k];
+                  acc[1][k] = 0.f; acc[3][k] = 0.f;
+                  t00[k] = t01[k]; t10[k] = t11[k];
+                }
+              } else {
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                  for (int k = 0; k < K; ++k) acc[j][k] = 0.f;
+                load_k<K, true>(tab + int64_t(key) * W, t00);
+                load_k<K, true>(tab + int64_t(key + side) * W, t10);
+              }
+              load_k<K, true>(tab + int64_t(key + 1) * W, t01);
+              load_k<K, true>(tab + int64_t(key + side + 1) * W, t11);
 #pragma unroll
               for (int k = 0; k < K; ++k) {
-                acc[0][k] = acc[1][k]; acc[2][k] = acc[3][k];
-                acc[1][k] = 0.f; acc[3][k] = 0.f;
-                t00[k] = t01[k]; t10[k] = t11[k];
+                e1[k] = t10[k] - t00[k];
+                e2[k] = t01[k] - t00[k];
+                f[k] = (t11[k] - t01[k]) - e1[k];
               }
-            } else {
-#pragma unroll
-              for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int k = 0; k < K; ++k) acc[j][k] = 0.f;
-              load_k<K, true>(tab + int64_t(key) * W, t00);
-              load_k<K, true>(tab + int64_t(key + side) * W, t10);
+              const int i1 = key / side, i2 = key - i1 * side;
+              ih1 = 1.f / (s_borders[i1 + 1] - s_borders[i1]);
+              ih2 = 1.f / (s_borders[i2 + 1] - s_borders[i2]);
+              cur = key;
             }
-            load_k<K, true>(tab + int64_t(key + 1) * W, t01);
-            load_k<K, true>(tab + int64_t(key + side + 1) * W, t11);
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-              e1[k] = t10[k] - t00[k];
-              e2[k] = t01[k] - t00[k];
-              f[k] = (t11[k] - t01[k]) - e1[k];
-            }
-            const int i1 = key / side, i2 = key - i1 * side;
-            ih1 = 1.f / (s_borders[i1 + 1] - s_borders[i1]);
-            ih2 = 1.f / (s_borders[i2 + 1] - s_borders[i2]);
-            cur = key;
+            s = add_sample_of_cell(e, g[u]);
           }
-          const float d1 = __int_as_float(e.z), d2 = __int_as_float(e.w);
-          const float a1 = 1.f - d1, a2 = 1.f - d2;
-          const float w00 = a1 * a2, w01 = a1 * d2, w10 = d1 * a2, w11 = d1 * d2;
-          float ge1 = 0.f, ge2 = 0.f, gf = 0.f;  // sum_k g E1, g E2, g F
-#pragma unroll
-          for (int k = 0; k < K; ++k) {
-            const float gk = g[u][k];
-            acc[0][k] += gk * w00;
-            acc[1][k] += gk * w01;
-            acc[2][k] += gk * w10;
-            acc[3][k] += gk * w11;
-            ge1 += gk * e1[k];
-            ge2 += gk * e2[k];
-            gf += gk * f[k];
-          }
-          s1 = (ge1 + d2 * gf) * ih1;
-          s2 = (ge2 + d1 * gf) * ih2;
+          load_k<K, true>(gy + entry(t0 + U + u).x, g[u]);
+          v[u] = merge(s.x, s.y, 1);
         }
-        load_k<K, true>(gy + seg_entries[t0 + U + u].x, g[u]);
-        v[u] = merge(s1, s2, 1);
       }
       const float quarter = merge(merge(v[0], v[1], 2), merge(v[2], v[3], 2), 4);
       const int q = (t0 >> 2) & 3;  // the batch's quarter of the round
@@ -297,7 +331,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
           half0 = half;
         } else {
           const float sum = merge(half0, half, 16);
-          const int i = 2 * (t0 - 12) + lane;  // this lane's (sample, input) slot
+          const int i = 2 * (t0 - 12) + lane_r;  // this lane's (sample, input) slot
           if (i < 2 * len) dxacc[i] = tile_index == 0 ? sum : dxacc[i] + sum;
         }
       }

@@ -2,7 +2,8 @@
 // asks for them, and the kernel plan_forward (plan.h) chooses: for layers of at most 8
 // outputs a thread per sample (sample_threads.cu); else the sample-lanes kernel
 // (forward_sample_lanes.cu) wherever one table slice fits in shared memory, the output-lanes
-// kernel (output_lanes.cu) past that.
+// kernel (output_lanes.cu) past that. Images [N, N_in, L] (common/images.h) are read in place
+// by the sample-lanes kernel; the other kernels get a batch-last copy.
 #include <cstdint>
 #include <optional>
 
@@ -11,6 +12,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/images.h"
 #include "lmkan2d/layout.h"
 #include "lmkan2d/plan.h"
 
@@ -18,8 +20,11 @@ namespace lmkan {
 namespace lmkan2d {
 
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
-                  bool batch_last, int64_t tile_size, int64_t block_size, const char* op) {
-  check_layer_tensors(x, params, borders, 4, /*params_16bit=*/true);
+                  bool batch_last, int64_t tile_size, int64_t block_size, const char* op,
+                  bool images) {
+  check_layer_tensors(x, params, borders, 4, /*params_16bit=*/true, images);
+  TORCH_CHECK_VALUE(x.dim() == 2 || batch_last, op, ": a 3-D x ([N, N_in, L] images) is "
+                    "batch-last; got batch_last=False with x of shape ", x.sizes());
   TORCH_CHECK_VALUE(tile_size == 4 || tile_size == 8 || tile_size == 16, op,
                     ": tile_size must be 4, 8 or 16, got ", tile_size);
   TORCH_CHECK_VALUE(block_size >= 32 && block_size <= 1024 && block_size % 32 == 0, op,
@@ -39,7 +44,7 @@ void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tenso
   TORCH_CHECK_VALUE(params.size(2) <= INT32_MAX && params.size(3) <= INT32_MAX, op,
                     ": output_dim and input_dim/2 must be below 2^31, got params shape ",
                     params.sizes());
-  const int64_t in_dim = batch_last ? x.size(0) : x.size(1);
+  const int64_t in_dim = x.dim() == 3 ? x.size(1) : batch_last ? x.size(0) : x.size(1);
   TORCH_CHECK_VALUE(in_dim == 2 * params.size(3), op, ": x has ", in_dim,
                     " input features but params expects input_dim=2*", params.size(3), "=",
                     2 * params.size(3), " (x shape ", x.sizes(), ", batch_last=", batch_last, ")");
@@ -49,11 +54,15 @@ void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tenso
 at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
                         const at::Tensor& borders_in, bool batch_last, int64_t tile_size,
                         int64_t block_size, std::optional<at::ScalarType> table_dtype) {
-  // x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
-  check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward");
+  // x: [N_in, B] (batch_last), [B, N_in] or images [N, N_in, L] (batch_last);
+  // params: [G+1, G+1, N_out, N_in/2]; borders: [G+1].
+  check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_forward",
+               /*images=*/true);
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan2d_forward");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const int64_t batch = batch_last ? x_in.size(1) : x_in.size(0);
+  const bool images = x_in.dim() == 3;
+  const int64_t batch =
+      images ? x_in.size(0) * x_in.size(2) : batch_last ? x_in.size(1) : x_in.size(0);
   const CallShape shape{static_cast<int>(params_in.size(0)) - 1, params_in.size(2), batch,
                         2 * params_in.size(3), batch_last, table == at::kFloat ? 4 : 2};
   const ForwardPlan plan = plan_forward(shape, static_cast<int>(tile_size),
@@ -67,6 +76,14 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
     const at::Tensor y_bl =
         forward_cuda(transpose(x_in), params_in, borders_in, true, tile_size, block_size, table);
     return transpose(y_bl);
+  }
+  if (images && (plan.kernel != ForwardKernel::kSampleLanes || batch > kMaxImageSamples)) {
+    // [N, N_in, L] -> a batch-last copy [N_in, N*L]; y [N_out, N*L] -> [N, N_out, L] (only
+    // the sample-lanes kernel reads images, in 32-bit sample divisions: common/images.h)
+    const int64_t n = x_in.size(0), len = x_in.size(2);
+    const at::Tensor y = forward_cuda(x_in.transpose(0, 1).reshape({x_in.size(1), n * len}),
+                                      params_in, borders_in, true, tile_size, block_size, table);
+    return y.view({y.size(0), n, len}).transpose(0, 1).contiguous();
   }
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous();

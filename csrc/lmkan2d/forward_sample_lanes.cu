@@ -1,5 +1,7 @@
 // LMKAN2DLayer forward, lanes own samples. x and y are read and written through strides, so
-// small batch-first calls run without transposes (plan_forward decides; forward.cpp).
+// small batch-first calls run without transposes (plan_forward decides; forward.cpp), and
+// batch-last images [N, N_in, L] (common/images.h: an NCHW 1x1 convolution's input) are read
+// and written in place, a thread forming its sample's offsets once.
 //
 // Scheme: a block owns an output tile of W = 8 * tile_size outputs and a chunk of samples and
 // loops over the input pairs of its split, each pair's table slice [cells][W] staged in shared
@@ -47,6 +49,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/cp_async.cuh"
+#include "common/images.h"
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
@@ -56,15 +59,26 @@ namespace lmkan2d {
 namespace {
 
 struct SampleLanesArgs {
-  const float* x;        // (f, b) at f * xs_f + b * xs_b
+  const float* x;        // (f, b) at f * xs_f + b * xs_b (images: f * xs_f + x_images(b))
   const void* packed;    // [n_tiles, P, cells, W], float32 or the 16-bit table type
   const float* borders;  // [G+1]
-  float* y;              // (o, b) at o * ys_f + b * ys_b (in split z: z * ys_split further)
+  float* y;              // (o, b) at o * ys_f + b * ys_b (images: o * ys_f + y_images(b);
+                         // in split z: z * ys_split further)
   int64_t batch, ys_split, xs_f, xs_b, ys_f, ys_b;
   int n_out, n_pairs, num_grids;
   int pairs_per_split;   // pair range of blockIdx.z
   int nbuf;              // staged table buffers, 1 .. kSampleLanesMaxBuffers
 };
+
+// Images (common/images.h) are a template switch, their offsets separate kernel arguments:
+// with a runtime test, or with the offsets inside SampleLanesArgs (which the kernel copies to
+// its stack for add_far_pairs), the 64-register kernel's hot loop got 2-6 spill loads per
+// pair in the plain instances too (sm_90 SASS), where it has none.
+template <bool kImages>
+__device__ __forceinline__ int64_t sample_offset(int64_t b, int64_t step, const SampleOffsets& o) {
+  if constexpr (kImages) return o(b);
+  else return b * step;
+}
 
 // The two values of a 32-bit word of a 16-bit table (the lower address in the low half),
 // widened to float32 exactly.
@@ -137,8 +151,9 @@ __device__ __noinline__ void add_far_pairs(float4* acc, const SampleLanesArgs& a
   }
 }
 
-template <int TS, typename T>
-__global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const SampleLanesArgs a) {
+template <int TS, typename T, bool kImages>
+__global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
+    const SampleLanesArgs a, const SampleOffsets x_images, const SampleOffsets y_images) {
   constexpr bool k16 = sizeof(T) == 2;
   constexpr int W = 32 * TS;    // outputs per tile = values per table row
   constexpr int SPW = 32 / TS;  // samples per warp
@@ -185,7 +200,8 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
 
   // The pair's two features, advanced by two features per pair. Lanes past the batch read
   // the last sample (unpredicated loads) and store nothing.
-  const float* xp = a.x + 2 * int64_t(p_begin) * a.xs_f + (valid ? b : a.batch - 1) * a.xs_b;
+  const float* xp = a.x + 2 * int64_t(p_begin) * a.xs_f +
+                    sample_offset<kImages>(valid ? b : a.batch - 1, a.xs_b, x_images);
   float x1 = 0.f, x2 = 0.f;
   if (np > 0) {
     x1 = __ldg(xp);
@@ -259,13 +275,19 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
     float4 spill[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) spill[j] = acc[j];
-    add_far_pairs<TS, T>(spill, a, tile_table, s_grid, p_begin, np, valid ? b : a.batch - 1, sub,
-                         rot);
+    if constexpr (kImages) {  // x at the sample's offset, as a plain tensor's sample 0
+      SampleLanesArgs at_sample = a;
+      at_sample.x += x_images(valid ? b : a.batch - 1);
+      add_far_pairs<TS, T>(spill, at_sample, tile_table, s_grid, p_begin, np, 0, sub, rot);
+    } else {
+      add_far_pairs<TS, T>(spill, a, tile_table, s_grid, p_begin, np, valid ? b : a.batch - 1, sub,
+                           rot);
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[j] = spill[j];
   }
   if (!valid) return;
-  float* y = a.y + blockIdx.z * a.ys_split + b * a.ys_b;
+  float* y = a.y + blockIdx.z * a.ys_split + sample_offset<kImages>(b, a.ys_b, y_images);
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
     // the accumulator that holds outputs 4c .. 4c+3 (16-bit: half c % 2 of chunk c / 2)
@@ -282,11 +304,12 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(const Sam
   }
 }
 
-template <int TS, typename T>
-void launch_sample_lanes(const SampleLanesArgs& a, dim3 grid, int block, int64_t smem) {
-  const auto kernel = sample_lanes_forward_kernel<TS, T>;
+template <int TS, typename T, bool kImages>
+void launch_sample_lanes(const SampleLanesArgs& a, const SampleOffsets& x_images,
+                         const SampleOffsets& y_images, dim3 grid, int block, int64_t smem) {
+  const auto kernel = sample_lanes_forward_kernel<TS, T, kImages>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-  kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(a);
+  kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(a, x_images, y_images);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -303,9 +326,14 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  // images: x [N, N_in, L] (batch_last), y [N, N_out, L] (common/images.h)
+  const bool images = x.dim() == 3;
+  const int64_t image_len = images ? x.size(2) : 0;
+  const int64_t batch = images ? x.size(0) * image_len : batch_last ? x.size(1) : x.size(0);
   const auto new_y = [&] {
-    return batch_last ? at::empty({n_out, batch}, x.options()) : at::empty({batch, n_out}, x.options());
+    return images ? at::empty({x.size(0), n_out, image_len}, x.options())
+           : batch_last ? at::empty({n_out, batch}, x.options())
+                        : at::empty({batch, n_out}, x.options());
   };
   if (batch == 0) return new_y();
   const DeviceLimits lim = device_limits(x.device().index());
@@ -347,10 +375,19 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   a.y = out.data_ptr<float>();
   a.batch = batch;
   a.ys_split = batch * int64_t(n_out);
-  a.xs_f = batch_last ? batch : 1;  // x: [N_in, B] or [B, N_in]
+  // x: [N_in, B], [B, N_in] or images [N, N_in, L]; y: [N_out, B], [B, N_out] or images
+  // [N, N_out, L] (the split workspace: [splits, N_out, B])
+  const bool store_images = images && splits == 1;
+  a.xs_f = images ? image_len : batch_last ? batch : 1;
   a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
-  a.ys_f = store_batch_last ? batch : 1;  // y: [N_out, B] or [B, N_out]
+  a.ys_f = store_images ? image_len : store_batch_last ? batch : 1;
   a.ys_b = store_batch_last ? 1 : n_out;
+  const SampleOffsets x_images =
+      images ? SampleOffsets{1, image_len, 2 * int64_t(n_pairs) * image_len}
+             : plain_offsets(a.xs_b, batch);
+  const SampleOffsets y_images = store_images
+                                     ? SampleOffsets{1, image_len, int64_t(n_out) * image_len}
+                                     : plain_offsets(a.ys_b, batch);
   a.n_out = n_out;
   a.n_pairs = n_pairs;
   a.num_grids = num_grids;
@@ -360,14 +397,21 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
                   static_cast<unsigned>(splits));
   switch_value<1, 2, 4>(ts, [&](auto ts_c) {
     switch_table_type(table_dtype, [&](auto tag) {
-      launch_sample_lanes<decltype(ts_c)::value, decltype(tag)>(a, grid, block, smem);
+      if (images)  // x, and y where not split, hold images (common/images.h)
+        launch_sample_lanes<decltype(ts_c)::value, decltype(tag), true>(a, x_images, y_images,
+                                                                         grid, block, smem);
+      else
+        launch_sample_lanes<decltype(ts_c)::value, decltype(tag), false>(a, x_images, y_images,
+                                                                          grid, block, smem);
     });
   });
   if (splits == 1) return out;
   if (!batch_last) return sum_splits_transposed(out);
-  at::Tensor y = new_y();
+  at::Tensor y = at::empty({n_out, batch}, x.options());
   sum_splits(out, y);
-  return y;
+  if (!images) return y;
+  // small batches only (splits fill an under-used device): [N_out, N*L] -> [N, N_out, L]
+  return y.view({n_out, x.size(0), image_len}).transpose(0, 1).contiguous();
 }
 
 }  // namespace lmkan2d

@@ -58,6 +58,7 @@ at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out);
 // ---- Forward (forward.cpp) ----
 // y [N_out, B] from x [N_in, B] (batch_last), or [B, N_out] from [B, N_in] (x contiguous):
 // lanes own samples, the table slices staged in shared memory (forward_sample_lanes.cu).
+// Also y [N, N_out, L] from images x [N, N_in, L] (batch_last, common/images.h), in place.
 at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params,
                                    const at::Tensor& borders, int tile, int block,
                                    bool batch_last, at::ScalarType table_dtype);
@@ -152,8 +153,10 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
                bool batch_last);
 
 // Host checks shared by the forward and backward ops (ValueError on bad arguments).
+// images: x may also be [N, N_in, L] (lmkan2d_forward only; common/images.h).
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
-                  bool batch_last, int64_t tile_size, int64_t block_size, const char* op);
+                  bool batch_last, int64_t tile_size, int64_t block_size, const char* op,
+                  bool images = false);
 
 }  // namespace lmkan2d
 }  // namespace lmkan

@@ -41,21 +41,24 @@ struct RegulariserFunction : public torch::autograd::Function<RegulariserFunctio
   }
 };
 
-// R = hessian2d_sum(params list, borders list): the sum of hessian2d over the tables, one
-// autograd node for all of them. Its backward returns one gradient per table, then none for
-// each border.
+// R = hessian2d_sum(params list, borders list, weight): weight times the sum of hessian2d
+// over the tables, one autograd node for all of them. Its backward returns one gradient per
+// table, then none for each border and for the weight.
 struct Hessian2dSumFunction : public torch::autograd::Function<Hessian2dSumFunction> {
-  using ValueOp = at::Tensor(at::TensorList, at::TensorList);
-  using BackwardOp = std::vector<at::Tensor>(const at::Tensor&, at::TensorList, at::TensorList);
+  using ValueOp = at::Tensor(at::TensorList, at::TensorList, double);
+  using BackwardOp = std::vector<at::Tensor>(const at::Tensor&, at::TensorList, at::TensorList,
+                                             double);
 
-  static at::Tensor forward(AutogradContext* ctx, at::TensorList params, at::TensorList borders) {
+  static at::Tensor forward(AutogradContext* ctx, at::TensorList params, at::TensorList borders,
+                            double weight) {
     static const auto value_op = find_op<ValueOp>("lmkan::hessian2d_sum");
     std::vector<at::Tensor> saved(params.begin(), params.end());
     saved.insert(saved.end(), borders.begin(), borders.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["tables"] = static_cast<int64_t>(params.size());
+    ctx->saved_data["weight"] = weight;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return value_op.call(params, borders);
+    return value_op.call(params, borders, weight);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -65,14 +68,15 @@ struct Hessian2dSumFunction : public torch::autograd::Function<Hessian2dSumFunct
     const int64_t n = ctx->saved_data["tables"].toInt();
     const std::vector<at::Tensor> params(saved.begin(), saved.begin() + n);
     const std::vector<at::Tensor> borders(saved.begin() + n, saved.end());
-    variable_list grads = backward_op.call(grad_outputs[0], params, borders);
-    grads.resize(2 * n);  // borders: none
+    variable_list grads =
+        backward_op.call(grad_outputs[0], params, borders, ctx->saved_data["weight"].toDouble());
+    grads.resize(2 * n + 1);  // borders and the weight: none
     return grads;
   }
 };
 
-at::Tensor hessian2d_sum_autograd(at::TensorList params, at::TensorList borders) {
-  return Hessian2dSumFunction::apply(params, borders);
+at::Tensor hessian2d_sum_autograd(at::TensorList params, at::TensorList borders, double weight) {
+  return Hessian2dSumFunction::apply(params, borders, weight);
 }
 
 constexpr char kHessian2dName[] = "lmkan::hessian2d";

@@ -1,14 +1,11 @@
-// hessian2d and hessian2d_backward on CUDA: the 2D stencil kernels (launch.h has the scheme).
+// The 2D Hessian stencil kernels (value and gradient) and their launchers (launch.h has the
+// scheme); the ops' host code, which groups a call's tables into TableSets, is
+// hessian2d_ops.cpp.
 #include <algorithm>
-#include <vector>
 
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
-#include "common/checks.h"
 #include "common/device_limits.h"
 
 #include "common/cp_async.cuh"
@@ -251,7 +248,7 @@ __device__ __forceinline__ PositionTerms position_terms(
 // with T_j = exy_j - exy_{j+2}, exy = 2 fxy ihs_a ihs_b, nk = -(km + kp). Terms of
 // positions that are not inner nodes are zero (a select, never a multiplication by zero,
 // so NaN parameters reach only the gradients that depend on them). Unscaled; each row is
-// scaled by grad_r * 2 / (S-2)^2 when stored.
+// scaled when stored by grad_r times the table's grad_scale (2 w / (S-2)^2, w the sum's weight).
 template <int W, int kKind>
 __device__ __forceinline__ void hessian2d_grad_window(
     const float* __restrict__ row0, float* __restrict__ grow0, const float4* __restrict__ coef,
@@ -443,9 +440,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kerne
   const int64_t m = static_cast<int64_t>(at.local / num_chunks) * kThreads + threadIdx.x;
   if (m >= M) return;  // no block-wide synchronisation below
   const Window win = chunk_window<W>(chunk, set.chunk_width[at.t], S);
-  // d/dP of grad_r * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale * f * df/dP.
-  const float inner = static_cast<float>(S - 2);
-  const float scale = __ldg(grad_r) * (2.f / (inner * inner));
+  // d/dP of grad_r * weight * mean_(a,b) (fxx^2 + 2 fxy^2 + fyy^2): f^2 -> scale f df/dP,
+  // scale = grad_r * 2 weight / (S-2)^2 (grad_scale: the host's)
+  const float scale = __ldg(grad_r) * set.grad_scale[at.t];
   const float* row0 = set.params[at.t] + m + static_cast<int64_t>(win.bs) * M;
   float* grow0 = set.grad[at.t] + m + static_cast<int64_t>(win.bs) * M;
   with_window_kind(win.kind, [&](auto kind) {
@@ -453,154 +450,29 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM2d) hessian2d_grad_kerne
   });
 }
 
-constexpr const char* kShape2d = "[G+1, G+1, N_out, N_in/2]";
-
-// The checked, contiguous tables of a call, and their launch sets.
-struct Tables {
-  std::vector<at::Tensor> params, borders;
-  std::vector<int> S;
-  std::vector<int64_t> M, blocks;
-  int64_t total_blocks = 0;
-};
-
-Tables check_tables(at::TensorList params, at::TensorList borders, const char* op) {
-  TORCH_CHECK_VALUE(params.size() == borders.size() && !params.empty(), op,
-                    ": params and borders must be lists of the same, non-zero length, got ",
-                    params.size(), " and ", borders.size());
-  Tables t;
-  for (size_t i = 0; i < params.size(); ++i) {
-    int64_t M = 0;
-    const int S = check_table(params[i], borders[i], 4, kShape2d, &M);
-    check_same_device(params[i], "params", params[0], "params[0]");
-    t.params.push_back(params[i].contiguous());
-    t.borders.push_back(borders[i].contiguous());
-    t.S.push_back(S);
-    t.M.push_back(M);
-    t.blocks.push_back(M == 0 ? 0 : num_blocks(M, split(S, kW2d).count));
-    t.total_blocks += t.blocks.back();
-  }
-  TORCH_CHECK_VALUE(t.total_blocks <= 0x7fffffff, op, ": too many functions for one launch");
-  return t;
-}
-
-// The set of tables [first, last) (at most kMaxTables), grads optional.
-TableSet make_set(const Tables& t, size_t first, size_t last, std::vector<at::Tensor>* grads) {
-  TableSet set{};
-  set.count = static_cast<int>(last - first);
-  unsigned end = 0;
-  for (size_t i = first; i < last; ++i) {
-    const int k = static_cast<int>(i - first);
-    const Chunks chunks = split(t.S[i], kW2d);
-    const double inner = static_cast<double>(t.S[i] - 2);
-    set.params[k] = t.params[i].data_ptr<float>();
-    set.borders[k] = t.borders[i].data_ptr<float>();
-    set.grad[k] = grads != nullptr ? (*grads)[i].data_ptr<float>() : nullptr;
-    set.M[k] = t.M[i];
-    set.scale[k] = 1.0 / (inner * inner);
-    set.S[k] = t.S[i];
-    set.num_chunks[k] = chunks.count;
-    set.chunk_width[k] = chunks.width;
-    end += static_cast<unsigned>(t.blocks[i]);
-    set.block_end[k] = end;
-    set.max_nodes = std::max(set.max_nodes, t.S[i]);
-  }
-  return set;
-}
-
-// Calls launch(set, blocks, first_block) for consecutive groups of at most kMaxTables tables
-// that hold blocks of work.
-template <typename Launch>
-void for_each_launch(const Tables& t, std::vector<at::Tensor>* grads, Launch&& launch) {
-  int64_t first_block = 0;
-  for (size_t first = 0; first < t.params.size(); first += kMaxTables) {
-    const size_t last = std::min(t.params.size(), first + kMaxTables);
-    const TableSet set = make_set(t, first, last, grads);
-    const int64_t blocks = set.block_end[set.count - 1];
-    if (blocks > 0) launch(set, blocks, first_block);
-    first_block += blocks;
-  }
-}
-
-// R = sum over the tables of their Hessian values: one value launch per kMaxTables tables
-// (one block for at most kOneBlockMaxBlocks blocks of work), one final sum.
-at::Tensor hessian2d_value(const Tables& t) {
-  const c10::cuda::CUDAGuard guard(t.params[0].device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool one_launch = t.params.size() <= static_cast<size_t>(kMaxTables);
-  const bool multi = t.params.size() > 1;
-  // one table: its scale applied at the end (kMulti = false); several: per table, in the kernel
-  const double inner = static_cast<double>(t.S[0] - 2);
-  const double scale = multi ? 1.0 : 1.0 / (inner * inner);
-  return reduce_value_blocks(
-      t.total_blocks, scale, one_launch, t.params[0].options(), [&](const ValueOut& o) {
-        for_each_launch(t, nullptr, [&](const TableSet& set, int64_t blocks, int64_t first) {
-          const bool one_block = o.partials == nullptr;
-          const auto kernel = multi ? (one_block ? hessian2d_value_kernel<kW2d, true, true>
-                                                 : hessian2d_value_kernel<kW2d, false, true>)
-                                    : (one_block ? hessian2d_value_kernel<kW2d, true, false>
-                                                 : hessian2d_value_kernel<kW2d, false, false>);
-          const size_t shared = hessian2d_shared_bytes(set.max_nodes);
-          allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared);
-          ValueOut part = o;
-          if (!one_block) part.partials = o.partials + first;
-          kernel<<<one_block ? 1u : static_cast<unsigned>(blocks), kThreads, shared, stream>>>(
-              set, part);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
-}
-
-// dR/dparams * grad_r of every table, one launch per kMaxTables tables.
-std::vector<at::Tensor> hessian2d_grads(const at::Tensor& grad_r_in, const Tables& t) {
-  check_grad_r(grad_r_in, t.params[0]);
-  const c10::cuda::CUDAGuard guard(t.params[0].device());
-  const at::Tensor grad_r = grad_r_in.contiguous();
-  std::vector<at::Tensor> grads;
-  for (const at::Tensor& p : t.params) grads.push_back(at::empty_like(p));  // contiguous
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto kernel = t.params.size() > 1 ? hessian2d_grad_kernel<kW2d, true>
-                                           : hessian2d_grad_kernel<kW2d, false>;
-  for_each_launch(t, &grads, [&](const TableSet& set, int64_t blocks, int64_t) {
-    const size_t shared = hessian2d_shared_bytes(set.max_nodes);
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared);
-    kernel<<<static_cast<unsigned>(blocks), kThreads, shared, stream>>>(grad_r.data_ptr<float>(),
-                                                                       set);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return grads;
-}
-
-// params: [S, S, N_out, N_in/2]; borders: [S]. Returns R, 0-dim float32.
-at::Tensor hessian2d_cuda(const at::Tensor& params, const at::Tensor& borders) {
-  return hessian2d_value(check_tables({params}, {borders}, "hessian2d"));
-}
-
-// grad_r: 0-dim; params: [S, S, N_out, N_in/2]; borders: [S]. Returns [S, S, N_out, N_in/2].
-at::Tensor hessian2d_backward_cuda(const at::Tensor& grad_r, const at::Tensor& params,
-                                   const at::Tensor& borders) {
-  return hessian2d_grads(grad_r, check_tables({params}, {borders}, "hessian2d_backward"))[0];
-}
-
-// The sum of hessian2d over lists of tables (a model's 2D layers): one value launch and one
-// final sum for up to kMaxTables tables, where one call per table takes two or three
-// launches and an add each (host-bound small training steps, docs/decisions.md).
-at::Tensor hessian2d_sum_cuda(at::TensorList params, at::TensorList borders) {
-  return hessian2d_value(check_tables(params, borders, "hessian2d_sum"));
-}
-
-std::vector<at::Tensor> hessian2d_sum_backward_cuda(const at::Tensor& grad_r,
-                                                    at::TensorList params,
-                                                    at::TensorList borders) {
-  return hessian2d_grads(grad_r, check_tables(params, borders, "hessian2d_sum_backward"));
-}
-
 }  // namespace
+
+void launch_hessian2d_value(const TableSet& set, const ValueOut& part, int64_t blocks, bool multi) {
+  const bool one_block = part.partials == nullptr;
+  const auto kernel = multi ? (one_block ? hessian2d_value_kernel<kW2d, true, true>
+                                         : hessian2d_value_kernel<kW2d, false, true>)
+                            : (one_block ? hessian2d_value_kernel<kW2d, true, false>
+                                         : hessian2d_value_kernel<kW2d, false, false>);
+  const size_t shared = hessian2d_shared_bytes(set.max_nodes);
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared);
+  kernel<<<one_block ? 1u : static_cast<unsigned>(blocks), kThreads, shared,
+           c10::cuda::getCurrentCUDAStream()>>>(set, part);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_hessian2d_grad(const TableSet& set, const float* grad_r, int64_t blocks, bool multi) {
+  const auto kernel = multi ? hessian2d_grad_kernel<kW2d, true> : hessian2d_grad_kernel<kW2d, false>;
+  const size_t shared = hessian2d_shared_bytes(set.max_nodes);
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), shared);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
+      grad_r, set);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace regularizers
 }  // namespace lmkan
-
-TORCH_LIBRARY_IMPL(lmkan, CUDA, m) {
-  m.impl("hessian2d", &lmkan::regularizers::hessian2d_cuda);
-  m.impl("hessian2d_backward", &lmkan::regularizers::hessian2d_backward_cuda);
-  m.impl("hessian2d_sum", &lmkan::regularizers::hessian2d_sum_cuda);
-  m.impl("hessian2d_sum_backward", &lmkan::regularizers::hessian2d_sum_backward_cuda);
-}

@@ -5,8 +5,9 @@
 //   hessian2d_backward(grad_r (0-dim, on the device), params, borders) -> dR/dparams * grad_r
 //   second_diff1d(params [S, N_out, N_in], borders [S]) -> R (0-dim)
 //   second_diff1d_backward(grad_r, params, borders) -> dR/dparams * grad_r
-//   hessian2d_sum(params list, borders list) -> the sum of hessian2d over the tables
-//   hessian2d_sum_backward(grad_r, params list, borders list) -> one gradient per table
+//   hessian2d_sum(params list, borders list, weight) -> weight times the sum of hessian2d
+//   hessian2d_sum_backward(grad_r, params list, borders list, weight) -> one gradient per
+//       table, each dR/dparams * weight * grad_r
 // with S = G + 1 nodes per axis (per table: the 2D kernels take a TableSet, below).
 //
 // Layout: the last two dims of params flatten to M functions m = (o, p), contiguous, so
@@ -30,8 +31,9 @@
 // coefficients are computed from `borders` in double by every block into shared memory.
 //
 // Files: launch.h (limits, chunking, the launchers), device.cuh (helpers of both families),
-// common.cu (checks, launches, the fixed-order final sum), hessian2d.cu, second_diff1d.cu,
-// autograd.cpp (their autograd, registered in C++ so that a Python call is one op call).
+// common.cu (checks, launches, the fixed-order final sum), hessian2d.cu (the 2D kernels),
+// hessian2d_ops.cpp (the 2D ops' host code), second_diff1d.cu, autograd.cpp (their
+// autograd, registered in C++ so that a Python call is one op call).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -127,11 +129,19 @@ struct TableSet {
   float* grad[kMaxTables];           // gradient kernels: [S, S, M]
   int64_t M[kMaxTables];
   double scale[kMaxTables];          // value kernels: R_t = scale[t] * its sum
+  float grad_scale[kMaxTables];      // gradient kernels: dR/dparams = grad_r * grad_scale[t] *
+                                     // (the stencil's f df/dP), 2 weight / (S-2)^2
   int S[kMaxTables], num_chunks[kMaxTables], chunk_width[kMaxTables];
   unsigned block_end[kMaxTables];
   int count;
   int max_nodes;  // the largest S: the coefficients' shared-memory slots before the ring
 };
+// The 2D kernels on one TableSet (hessian2d.cu), on the current stream: the value kernel over
+// `blocks` blocks of work (one block when part.partials is null; R = part.scale * sum),
+// and the gradient kernel, one block per block of work. multi: the set may hold several
+// tables (else its one table's fields are read at constant offsets).
+void launch_hessian2d_value(const TableSet& set, const ValueOut& part, int64_t blocks, bool multi);
+void launch_hessian2d_grad(const TableSet& set, const float* grad_r, int64_t blocks, bool multi);
 // Launches the gradient kernel `kernel` with `shared_bytes` of dynamic shared memory on
 // `chunks` per block of functions and returns dR/dparams * grad_r.
 at::Tensor launch_grad(GradKernel kernel, size_t shared_bytes, const at::Tensor& grad_r,
