@@ -15,12 +15,15 @@ Memory and copies (docs/spec.md, section 4b):
   memory (as nn.Conv2d returns for a channels_last input), no copy.
 - A 1x1 convolution (stride 1, no padding) of a channels_last input reads it in place:
   x.permute(0, 2, 3, 1) is already the layer's [N*H*W, C] rows. An NCHW input to it is read
-  in place too where no gradient is needed (eager CUDA calls under torch.no_grad or of
-  frozen layers): x[n] is a batch-last [C, H*W] matrix, and the forward kernels take the N
-  images as such (`_forward_images`; csrc/common/images.h); the output is then NCHW
-  (contiguous). With gradients (the backward kernels index one batch stride), under
-  torch.compile / torch.export and on the CPU it costs one copy of x into the rows (unfold's
-  columns would be a copy and a transposed copy). Any other convolution is unfolded.
+  in place too in eager CUDA calls: x[n] is a batch-last [C, H*W] matrix, and the kernels
+  take the N images as such (`_forward_images`; csrc/common/images.h); the output is then
+  NCHW (contiguous). The 2D layer trains on them too: its sorted backward (the default,
+  not deterministic) reads x and writes grad_x in place, and transposes grad_y into rows
+  as it does for any batch-last call; its other backward kernels run on copies. The 1D
+  layer reads images in its forward only (no gradient needed: torch.no_grad, frozen
+  layers). Otherwise (1D training, torch.compile / torch.export, the CPU) it costs one copy
+  of x into the rows (unfold's columns would be a copy and a transposed copy). Any other
+  convolution is unfolded.
 - The unfolded columns are a copy of N*H'*W' x C*kh*kw values. Batches whose columns exceed
   `column_budget_mb` run in chunks of images; with gradients, each chunk is checkpointed
   (its columns are recomputed in the backward instead of kept), so the columns held at once
@@ -75,17 +78,20 @@ class _ConvOfLayer:
         return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
     def _reads_nchw_in_place(self, x):
-        """Whether a 1x1 convolution hands x [N, C, H, W] to the forward kernels as N batch-last
-        images [C, H*W] (no copy): an eager call on the CUDA kernels with NCHW-contiguous x
-        (channels_last x has its rows view) where no gradient is needed (the image layout has
-        a forward only), of a dtype and device the layer takes (else the rows path raises
-        the layer's error), and where the kernel that serves it reads images in place: 1D
-        layers where H*W is a multiple of 16, 2D layers of more than 8 outputs (the op copies
-        the others to a plain layout, x in and y out: two copies where the rows take one)."""
+        """Whether a 1x1 convolution hands x [N, C, H, W] to the kernels as N batch-last images
+        [C, H*W] (no copy): an eager call on the CUDA kernels with NCHW-contiguous x
+        (channels_last x has its rows view), of a dtype and device the layer takes (else the
+        rows path raises the layer's error), where the forward kernel that serves it reads
+        images in place (1D layers where H*W is a multiple of 16, 2D layers of more than 8
+        outputs: the op copies the others to a plain layout, x in and y out, two copies where
+        the rows take one), and, where a gradient is needed, only for the 2D layer: its
+        sorted backward reads images in place, and the 1D backward would copy x, grad_y and
+        grad_x (three copies where the rows take one)."""
         if not (x.is_cuda and x.is_contiguous()) or torch.compiler.is_compiling():
             return False
-        if torch.is_grad_enabled() and (x.requires_grad
-                                        or any(p.requires_grad for p in self.parameters())):
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if needs_grad and not isinstance(self, LMKAN2DLayer):
             return False
         params = self.func_parameter
         if x.device != params.device or not (
@@ -130,8 +136,8 @@ class _ConvOfLayer:
             if self._reads_nchw_in_place(x):  # N images [C, H*W], batch-last: no copy
                 y = self._forward_images(x.view(n, self.in_channels, height * width))
                 return y.view(n, self.output_dim, height, width)
-            # [N*H*W, C] rows: a view of channels_last memory, one copy of NCHW memory (the
-            # backward kernels index a batch with one stride)
+            # [N*H*W, C] rows: a view of channels_last memory, one copy of NCHW memory (see
+            # _reads_nchw_in_place for when images are not taken)
             rows = x.permute(0, 2, 3, 1).reshape(n * height * width, self.in_channels)
             y = super().forward(rows)
             return y.reshape(n, height, width, self.output_dim).permute(0, 3, 1, 2)

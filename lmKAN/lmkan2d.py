@@ -154,17 +154,18 @@ class LMKAN2DLayer(LookupLayerBase):
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def _forward_images(self, x):
-        """The layer on batch-last images x [N, input_dim, L] -> [N, output_dim, L]
-        (ops.lmkan2d_forward_images: CUDA kernels, no autograd), with the launch settings and
-        the shared-memory warning of a call on those N*L samples."""
+        """The layer on batch-last images x [N, input_dim, L] -> [N, output_dim, L] (the CUDA
+        kernels read and write them in place: the forward, and the backward where its sorted
+        kernel serves; docs/kernels.md, "Images"), with autograd, the launch settings and the
+        shared-memory warning of a call on those N*L samples."""
         params = self.func_parameter
+        needs_backward = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
         table = ops.call_table_dtype(x, params, getattr(self, "table_dtype", None))
-        config = self._launch_resolver.config(self, _images_stand_in(x, self.batch_last), False,
-                                              table)
-        self._check_fits_on_device(x.device, False, config, table)
-        return ops.lmkan2d_forward_images(x, params, self.borders, config.tile_size_forward,
-                                          config.block_size_forward,
-                                          getattr(self, "table_dtype", None))
+        config = self._launch_resolver.config(self, _images_stand_in(x, self.batch_last),
+                                              needs_backward, table)
+        self._check_fits_on_device(x.device, needs_backward, config, table)
+        return ops.lmkan2d(x, params, self.borders, True, *config, self._deterministic_now(),
+                           table)
 
     def __setstate__(self, state):
         # A layer pickled whole by lmKAN <= 0.3.0 has no resolver; it kept the same state in

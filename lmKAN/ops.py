@@ -110,10 +110,21 @@ def _run_layer(x, params, table_dtype, kernel, reference):
     return y.to(out_dtype)
 
 
+def _check_images_on_kernels(op, x, params, borders, applies):
+    """Images (3-D x) have no pure-PyTorch path: the reference takes 2-D inputs."""
+    if x.dim() == 3 and not applies:
+        raise ValueError(f"{op}: images x [N, N_in, L] run on the CUDA kernels only (a floating "
+                         f"CUDA x, float32, float16 or bfloat16 params, float32 borders); got "
+                         f"x {x.dtype} on {x.device}, params {params.dtype}, borders "
+                         f"{borders.dtype}")
+
+
 def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
             backward_tile_size=8, backward_block_size=512, backward_fast_mode=False,
             deterministic=False, table_dtype=None):
-    """2D lookup layer (docs/spec.md section 2). x: [N_in, B] or [B, N_in] (2-D).
+    """2D lookup layer (docs/spec.md section 2). x: [N_in, B] or [B, N_in] (2-D), or
+    batch-last images [N, N_in, L] (batch_last=True; y is then [N, N_out, L]: docs/spec.md,
+    "Layouts"), on the CUDA kernels only.
 
     deterministic: the CUDA backward uses no float atomics (bitwise reproducible gradients).
     table_dtype: None, torch.float32, torch.float16 or torch.bfloat16, the dtype the table's
@@ -128,13 +139,15 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
             backward_tile_size, backward_block_size, backward_fast_mode, bool(deterministic), table)
 
     applies = layer_kernel_applies("lmkan2d_forward", x, params, borders)
+    _check_images_on_kernels("lmkan2d", x, params, borders, applies)
     return _run_layer(x, params, table_dtype, run_kernel if applies else None,
                       lambda xr, pr: _reference.lmkan2d_forward(xr, pr, borders, batch_last))
 
 
 def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, deterministic=None,
             table_dtype=None):
-    """1D linear-spline layer (docs/spec.md section 4). x: [N_in, B] or [B, N_in] (2-D).
+    """1D linear-spline layer (docs/spec.md section 4). x: [N_in, B] or [B, N_in] (2-D), or
+    batch-last images [N, N_in, L] as lmkan2d's (its backward runs on batch-last copies).
 
     deterministic: bitwise-reproducible backward on CUDA (a fixed-order reduction of the
     parameter gradient instead of atomics); None follows
@@ -149,6 +162,7 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
                                        uniform_grid, batch_last, bool(deterministic), table)
 
     applies = layer_kernel_applies("lmkan1d_forward", x, params, borders)
+    _check_images_on_kernels("lmkan1d", x, params, borders, applies)
     return _run_layer(x, params, table_dtype, run_kernel if applies else None,
                       lambda xr, pr: _reference.lmkan1d_forward(xr, pr, borders, uniform_grid,
                                                                 batch_last))
@@ -315,7 +329,7 @@ def _check_1d(x, params, borders, batch_last, table_dtype=None, images=False):
     """lmkan1d_forward's and lmkan1d_backward's checks (csrc/lmkan1d/ops.cpp, check_args and
     resolve_table_dtype); images: the forward's 3-D x."""
     _check_layer_tensors(x, params, borders, 3, images)
-    _check_images_layout("lmkan1d_forward", x, batch_last)
+    _check_images_layout("lmkan1d", x, batch_last)
     torch._check_type(params.dtype in TABLE_DTYPES,
                       lambda: f"params must be float32, float16 or bfloat16, got {params.dtype}")
     torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
@@ -370,7 +384,7 @@ def _register():
     def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode,
           deterministic=False, table_dtype=None, grad_params=True):
         _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size,
-                  table_dtype)
+                  table_dtype, images=True)
         return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan2d_backward's derivatives (csrc/lmkan2d/autograd.cpp): tile 8,
@@ -405,7 +419,7 @@ def _register():
     @torch.library.register_fake(lib + "lmkan1d_backward")
     def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False,
           table_dtype=None, grad_params=True):
-        _check_1d(x, params, borders, batch_last, table_dtype)
+        _check_1d(x, params, borders, batch_last, table_dtype, images=True)
         return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan1d_backward's derivatives (csrc/lmkan1d/autograd.cpp)

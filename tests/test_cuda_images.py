@@ -1,15 +1,18 @@
-"""Batch-last images in the forward ops, and the NCHW 1x1 convolution that reads its input in
-place through them (csrc/common/images.h, lmKAN/conv.py; issue 20, item 2).
+"""Batch-last images in the ops, and the NCHW 1x1 convolution that reads its input in place
+through them (csrc/common/images.h, lmKAN/conv.py; issue 20, item 2).
 
-lmkan2d_forward / lmkan1d_forward take x [N, N_in, L] (image n is the batch-last matrix x[n])
-and return y [N, N_out, L]. Each sample's arithmetic is that of the same sample in a plain
-batch-last call, so the images' result must equal the plain call on the batch-last copy
-[N_in, N*L] viewed back, on every path: read in place (the 2D sample-lanes kernel, the 1D
-tiles where L is a multiple of 16), through the split sums of small batches, and through
-the copies of the kernels that do not read images. Checked to 1e-6 rather than bit for bit:
-the in-place paths run other instances of the kernels (the same source arithmetic; only
-addresses differ), whose floating-point code the compiler could schedule or contract
-differently; a wrong offset gives errors of order 1.
+The forward ops take x [N, N_in, L] (image n is the batch-last matrix x[n]) and return y
+[N, N_out, L]; the backward ops take grad_y [N, N_out, L] with such an x and return grad_x
+[N, N_in, L]; the layer ops take images in every grad mode. Each sample's arithmetic is that
+of the same sample in a plain batch-last call, so the images' results must equal the plain
+call on the batch-last copy [N_in, N*L] viewed back, on every path: read in place (the 2D
+sample-lanes forward, the 1D tiles where L is a multiple of 16, the 2D sorted backward and
+its far-input fixup), through the split sums of small batches, and through the copies of
+the kernels that do not read images. Checked to 1e-6 rather than bit for bit: the in-place
+paths run other instances of the kernels (the same source arithmetic; only addresses
+differ), whose floating-point code the compiler could schedule or contract differently,
+and the parameter gradients of the non-deterministic backward are float atomics; a wrong
+offset gives errors of order 1.
 """
 import pytest
 import torch
@@ -116,12 +119,114 @@ def test_images_errors():
     params1 = torch.randn(g + 1, 7, 6, device="cuda")
     with pytest.raises(ValueError, match="a 3-D x"):
         torch.ops.lmkan.lmkan1d_forward(x, params1, borders, False, False)
-    for grad in (True, False):  # the layer ops refuse images, recording a graph or not
-        with pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
-            torch.ops.lmkan.lmkan2d(x, params.requires_grad_(grad), borders, True, 8, 256, 8, 512,
-                                    False, False)
-        with pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
-            torch.ops.lmkan.lmkan1d(x, params1.requires_grad_(grad), borders, False, True, False)
+    gy = torch.randn(2, 7, 9, device="cuda")
+    with pytest.raises(ValueError, match=r"grad_y of images x \[2, 6, 9\] must have shape "
+                                         r"\[N, N_out, L\] = \[2, 7, 9\], got \[7, 18\]"):
+        torch.ops.lmkan.lmkan2d_backward(_plain(gy), x, params, borders, True, 8, 256, False)
+    with pytest.raises(ValueError, match=r"must have shape \[N, N_out, L\] = \[2, 7, 9\], got "
+                                         r"\[2, 7, 8\]"):
+        torch.ops.lmkan.lmkan1d_backward(gy[..., :8], x, params1, borders, False, True)
+    with pytest.raises(ValueError, match="images x \\[N, N_in, L\\] run on the CUDA kernels only"):
+        ops.lmkan2d(x.cpu(), params.cpu(), borders.cpu())
+
+
+# ---- the backward ops and the layer ops' autograd ------------------------------------------
+
+# IMAGE_CASES and one of 1,480 samples with L % 4 != 0: the far-input fixup's flag pass (more
+# than 4 chunks of 256 samples) reads images without 16-byte loads; "large" (65,536 samples,
+# L % 4 == 0) takes them with, over several chunks of the sorted backward.
+BACKWARD_CASES = IMAGE_CASES + [(40, 8, 24, 37)]
+BACKWARD_IDS = ["large", "small", "few-outputs", "tiles", "flags"]
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=BACKWARD_IDS)
+@pytest.mark.parametrize("mode", ["normal", "fast", "deterministic"])
+@pytest.mark.parametrize("table", [None, torch.bfloat16])
+def test_2d_images_backward_equals_the_plain_backward(case, mode, table):
+    """grad_x (images, contiguous) and grad_params of images equal the plain batch-last
+    call's: in place where the sorted backward serves (not deterministic, more than 8
+    outputs), through copies elsewhere; with far inputs (float64 fixup)."""
+    assert_cuda_kernel("lmkan2d_backward")
+    n, c, o, length = case
+    torch.manual_seed(7)
+    g = 6
+    params = torch.randn(g + 1, g + 1, o, c // 2, device="cuda")
+    borders = cdf_borders(g).cuda()
+    x = _inputs(n, c, length, far=True)
+    gy = torch.randn(n, o, length, device="cuda")
+    fast, det = mode == "fast", mode == "deterministic"
+    for grad_params in (True, False):
+        gx, gp = torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, True, 8, 512, fast,
+                                                  det, table, grad_params)
+        assert gx.shape == x.shape and gx.is_contiguous()
+        pgx, pgp = torch.ops.lmkan.lmkan2d_backward(_plain(gy), _plain(x), params, borders, True,
+                                                    8, 512, fast, det, table, grad_params)
+        assert rel_l2(gx, _images(pgx, n)) <= 1e-6
+        if grad_params:
+            assert rel_l2(gp, pgp) <= 1e-6
+        else:
+            assert gp.numel() == 0
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=BACKWARD_IDS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_1d_images_backward_equals_the_plain_backward(case, deterministic):
+    assert_cuda_kernel("lmkan1d_backward")
+    n, c, o, length = case
+    torch.manual_seed(8)
+    g = 9
+    params = torch.randn(g + 1, o, c, device="cuda")
+    borders = cdf_borders(g).cuda()
+    x = _inputs(n, c, length, far=True)
+    gy = torch.randn(n, o, length, device="cuda")
+    gx, gp = torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, False, True, deterministic)
+    assert gx.shape == x.shape and gx.is_contiguous()
+    pgx, pgp = torch.ops.lmkan.lmkan1d_backward(_plain(gy), _plain(x), params, borders, False,
+                                                True, deterministic)
+    assert rel_l2(gx, _images(pgx, n)) <= 1e-6 and rel_l2(gp, pgp) <= 1e-6
+
+
+def _layer_op(kind, params, borders, mode):
+    """The differentiable layer op of `kind` in backward mode `mode`."""
+    det = mode == "deterministic"
+    if kind == "2d":
+        return lambda x, p: torch.ops.lmkan.lmkan2d(x, p, borders, True, 8, 512, 8, 512,
+                                                    mode == "fast", det)
+    return lambda x, p: torch.ops.lmkan.lmkan1d(x, p, borders, False, True, det)
+
+
+@pytest.mark.parametrize("kind", ["2d", "1d"])
+@pytest.mark.parametrize("mode", ["normal", "fast", "deterministic"])
+def test_layer_ops_train_on_images(kind, mode):
+    """The layer ops' autograd on images: y, the first derivatives and the second ones (a
+    force-style loss through grad_x, create_graph=True) equal those of the plain call, and
+    each is laid out as its tensor (images for x)."""
+    n, c, o, length = 6, 8, 40, 48
+    torch.manual_seed(9)
+    g = 6
+    borders = cdf_borders(g).cuda()
+    shape = (g + 1, g + 1, o, c // 2) if kind == "2d" else (g + 1, o, c)
+    params = torch.randn(*shape, device="cuda")
+    op = _layer_op(kind, params, borders, mode)
+    x = _inputs(n, c, length)
+    w, v = torch.randn(n, o, length, device="cuda"), torch.randn(n, c, length, device="cuda")
+
+    def derivatives(x_in, w_in, v_in):
+        x_in = x_in.detach().requires_grad_()
+        p = params.clone().requires_grad_()
+        y = op(x_in, p)
+        energy = (y * w_in).sum()
+        gx, = torch.autograd.grad(energy, x_in, create_graph=True)
+        gxx, gpp = torch.autograd.grad(energy + (gx * v_in).sum(), (x_in, p))
+        return y, gx, gxx, gpp
+
+    y, gx, gxx, gpp = derivatives(x, w, v)
+    py, pgx, pgxx, pgpp = derivatives(_plain(x), _plain(w), _plain(v))
+    assert y.shape == (n, o, length) and gx.shape == gxx.shape == x.shape
+    assert rel_l2(y, _images(py, n)) <= 1e-6
+    assert rel_l2(gx, _images(pgx, n)) <= 1e-6
+    assert rel_l2(gxx, _images(pgxx, n)) <= 1e-6
+    assert rel_l2(gpp, pgpp) <= 1e-6
 
 
 # ---- the 1x1 convolution ------------------------------------------------------------------
@@ -143,35 +248,76 @@ def _definition(conv, x):
     return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
+def _spy_images(monkeypatch, name):
+    """Records (data pointer, shape) of each 3-D x that ops.<name> receives."""
+    seen = []
+    original = getattr(ops, name)
+
+    def spy(x, *args, **kwargs):
+        if x.dim() == 3:
+            seen.append((x.data_ptr(), tuple(x.shape)))
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(ops, name, spy)
+    return seen
+
+
 @pytest.mark.parametrize("kind", ["2d", "1d"])
 @pytest.mark.parametrize("size", [(4, 4), (5, 7)], ids=["L16", "L35"])
 @pytest.mark.parametrize("c_out", [40, 4])
-def test_pointwise_conv_reads_nchw_in_place_without_grad(kind, size, c_out, monkeypatch):
-    """Under no_grad an NCHW 1x1 convolution hands the forward op x's own memory as N images
-    (no copy) and returns NCHW where the kernel that serves it reads images (2D: more than 8
-    outputs; 1D: H*W a multiple of 16); otherwise, and with gradients, it takes the layer's
-    rows (one copy). Every path matches the float64 definition."""
+def test_pointwise_conv_reads_nchw_in_place(kind, size, c_out, monkeypatch):
+    """An NCHW 1x1 convolution hands the kernels x's own memory as N images (no copy) and
+    returns NCHW where the forward kernel that serves it reads images (2D: more than 8
+    outputs; 1D: H*W a multiple of 16): the 2D layer with or without gradients, the 1D layer
+    without (its backward would copy); otherwise it takes the layer's rows (one copy). Every
+    path matches the float64 definition."""
     torch.manual_seed(4)
     conv = _pointwise(kind, 6, c_out)
-    name = "lmkan2d_forward_images" if kind == "2d" else "lmkan1d_forward_images"
-    seen = []
-    original = getattr(ops, name)
-    monkeypatch.setattr(ops, name,
-                        lambda x, *a: seen.append((x.data_ptr(), x.shape)) or original(x, *a))
+    seen = _spy_images(monkeypatch, "lmkan2d" if kind == "2d" else "lmkan1d_forward_images")
     x = torch.randn(3, 6, *size, device="cuda")
     in_place = c_out > 8 if kind == "2d" else (size[0] * size[1]) % 16 == 0
+    images = [(x.data_ptr(), (3, 6, size[0] * size[1]))]
     with torch.no_grad():
         y = conv(x)
-    assert seen == ([(x.data_ptr(), (3, 6, size[0] * size[1]))] if in_place else [])
+    assert seen == (images if in_place else [])
     assert y.shape == (3, c_out, *size)
     assert y.is_contiguous() == in_place  # else the rows' channels_last view
     assert rel_l2(y, _definition(conv, x)) <= 1e-5
-    calls = len(seen)
-    y_grad = conv(x)  # parameters require grad: the rows path
-    assert len(seen) == calls
+    seen.clear()
+    y_grad = conv(x)  # parameters require grad: images for the 2D layer only
+    grad_in_place = in_place and kind == "2d"
+    assert seen == (images if grad_in_place else [])
+    assert y_grad.requires_grad and y_grad.is_contiguous() == grad_in_place
     assert rel_l2(y_grad, y) <= 1e-6
+    seen.clear()
     conv.requires_grad_(False)  # a frozen layer needs no gradient either
-    assert rel_l2(conv(x), y) == 0.0 and len(seen) == calls + in_place
+    assert rel_l2(conv(x), y) == 0.0 and seen == (images if in_place else [])
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 7)], ids=["L16", "L35"])
+@pytest.mark.parametrize("mode", ["normal", "fast", "deterministic"])
+def test_2d_pointwise_conv_trains_in_place(size, mode, monkeypatch):
+    """Training a 2D 1x1 convolution on NCHW x: the layer op gets x's own memory, and y,
+    grad_x and grad_params match the float64 definition (relative L2 <= 1e-5), in each
+    backward mode (the sorted backward in place, the deterministic one on copies)."""
+    torch.manual_seed(10)
+    conv = _pointwise("2d", 6, 40)
+    conv.backward_fast_mode, conv.deterministic = mode == "fast", mode == "deterministic"
+    seen = _spy_images(monkeypatch, "lmkan2d")
+    x = (torch.randn(3, 6, *size, device="cuda") * 1.5).requires_grad_()
+    y = conv(x)
+    assert seen == [(x.data_ptr(), (3, 6, size[0] * size[1]))]
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    xd = x.detach().double().requires_grad_()
+    pd = conv.func_parameter.detach().double().requires_grad_()
+    rows = xd.permute(0, 2, 3, 1).reshape(-1, 6)
+    yd = _reference.lmkan2d_forward(rows, pd, conv.borders.double(), False)
+    yd = yd.reshape(3, *size, 40).permute(0, 3, 1, 2)
+    yd.backward(gy.double())
+    assert rel_l2(y, yd) <= 1e-5
+    assert rel_l2(x.grad, xd.grad) <= 1e-5
+    assert rel_l2(conv.func_parameter.grad, pd.grad) <= 1e-5
 
 
 def test_pointwise_conv_without_grad_keeps_the_layers_dtype_rule():

@@ -166,23 +166,31 @@ def test_layer_ops_in_inference_mode_on_meta():
         assert y.shape == (7, 9)
 
 
-def test_forward_ops_take_images_on_meta():
-    """The forward ops take batch-last images [N, N_in, L] and return [N, N_out, L]
-    (csrc/common/images.h); the differentiable layer ops refuse them (no backward) in every
-    grad mode: recording a graph, not recording one, in inference mode."""
+def test_ops_take_images_on_meta():
+    """The forward, backward and layer ops take batch-last images [N, N_in, L] and return
+    [N, N_out, L] (csrc/common/images.h; grad_x like x) in every grad mode: recording a graph,
+    not recording one, in inference mode."""
     _, params, borders = _meta_2d()
     x = torch.empty(4, 6, 9, device="meta")
+    gy = torch.empty(4, 7, 9, device="meta")
     assert torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, 8, 256).shape == (4, 7, 9)
     _, params1, borders1 = _meta_1d()
     assert torch.ops.lmkan.lmkan1d_forward(x, params1, borders1, False, True).shape == (4, 7, 9)
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, True, 8, 256, False)
+    assert gx.shape == x.shape and gp.shape == params.shape
+    gx, gp = torch.ops.lmkan.lmkan1d_backward(gy, x, params1, borders1, False, True)
+    assert gx.shape == x.shape and gp.shape == params1.shape
     for grad in (True, False, "inference"):
         p2 = params.detach().requires_grad_(grad is True)
         p1 = params1.detach().requires_grad_(grad is True)
         mode = torch.inference_mode() if grad == "inference" else contextlib.nullcontext()
-        with mode, pytest.raises(ValueError, match="lmkan2d: x must have 2 dimensions"):
-            torch.ops.lmkan.lmkan2d(x, p2, borders, True, 8, 256, 8, 512, False, False)
-        with mode, pytest.raises(ValueError, match="lmkan1d: x must have 2 dimensions"):
-            torch.ops.lmkan.lmkan1d(x, p1, borders1, False, True, False)
+        with mode:
+            y2 = torch.ops.lmkan.lmkan2d(x, p2, borders, True, 8, 256, 8, 512, False, False)
+            y1 = torch.ops.lmkan.lmkan1d(x, p1, borders1, False, True, False)
+        assert y2.shape == (4, 7, 9) and y1.shape == (4, 7, 9)
+        assert y2.requires_grad == y1.requires_grad == (grad is True)
+    with pytest.raises(ValueError, match=r"a 3-D x \(\[N, N_in, L\] images\) is batch-last"):
+        torch.ops.lmkan.lmkan2d(x, params, borders, False, 8, 256, 8, 512, False, False)
 
 
 # (description, call on meta tensors, expected message) for each check of the fakes; the

@@ -4,7 +4,8 @@
   compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second|few|images]
 
 (few: only the kernels of layers of at most 8 outputs, sample_threads.cu, also part of the
-others; images: the forward on batch-last images [N, N_in, L], also part of layer.)
+others; images: the forward and the backward on batch-last images [N, N_in, L], also part
+of layer.)
 """
 import os
 import sys
@@ -105,6 +106,24 @@ def image_launches():
     x = torch.randn(3, 6, 25, device="cuda")
     torch.ops.lmkan.lmkan2d_forward(x, torch.randn(6, 6, 5, 3, device="cuda"),
                                     cdf_borders(5, device="cuda"), True, 8, 256)
+    image_backward_launches()
+
+
+def image_backward_launches():
+    """lmkan2d_backward on images: the sorted backward in place (bucket and runs image
+    instances over several chunks, the image transpose of grad_y, far_fixup's flag pass with
+    and without 16-byte loads: L % 4 == 0 and not, more than 4 chunks of 256 samples), and
+    the copies around the deterministic plan."""
+    borders = cdf_borders(5, device="cuda")
+    for n, length, fast, deterministic in ((300, 64, False, False), (40, 37, True, False),
+                                           (9, 30, False, True)):
+        x = 1.5 * torch.randn(n, 10, length, device="cuda")
+        x.view(-1)[3] = float("nan")
+        x.view(-1)[5::97] = 3e38
+        params = torch.randn(6, 6, 70, 5, device="cuda")
+        gy = torch.randn(n, 70, length, device="cuda")
+        torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, True, 8, 512, fast,
+                                         deterministic)
 
 
 def layer_launches():

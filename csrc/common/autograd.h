@@ -13,6 +13,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "common/image_rows.h"
+
 namespace lmkan {
 
 // The typed handle of a registered op (looked up once per call site: function-local statics,
@@ -28,14 +30,6 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 // settings, host time that an inference call pays for nothing.
 inline bool records_graph(const at::Tensor& x, const at::Tensor& params) {
   return at::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad());
-}
-
-// The differentiable layer ops take a 2-D x, in every grad mode: batch-last images
-// [N, N_in, L] (common/images.h) have a forward only, through the forward ops.
-inline void check_layer_op_x(const at::Tensor& x, const char* op) {
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must have 2 dimensions ([N_in, B] or [B, N_in]), "
-                    "got shape ", x.sizes(), " (3-D images [N, N_in, L] run through ", op,
-                    "_forward, which has no backward)");
 }
 
 // Called first in a backward whose own derivatives are not built: with create_graph=True the

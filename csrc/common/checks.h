@@ -55,11 +55,18 @@ inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
 }
 
 // grad_y of a layer op's backward: float32 on x's device, [N_out, B] (batch_last) or
-// [B, N_out].
+// [B, N_out]; for images x [N, N_in, L] (common/images.h), [N, N_out, L].
 inline void check_grad_y(const at::Tensor& gy, const at::Tensor& x, int64_t n_out, int64_t batch,
                          bool batch_last, const char* op) {
   check_cuda_float(gy, "grad_y");
   check_same_device(x, "x", gy, "grad_y");
+  if (x.dim() == 3) {
+    TORCH_CHECK_VALUE(gy.dim() == 3 && gy.size(0) == x.size(0) && gy.size(1) == n_out &&
+                          gy.size(2) == x.size(2),
+                      op, ": grad_y of images x ", x.sizes(), " must have shape [N, N_out, L] = [",
+                      x.size(0), ", ", n_out, ", ", x.size(2), "], got ", gy.sizes());
+    return;
+  }
   check_dim(gy, 2, "grad_y");
   const int64_t rows = batch_last ? n_out : batch, cols = batch_last ? batch : n_out;
   TORCH_CHECK_VALUE(gy.size(0) == rows && gy.size(1) == cols, op, ": grad_y must have shape ",

@@ -95,14 +95,24 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
     static const auto slope_grad_params_op =
         find_op<Lmkan1dSlopeGradParamsOp>("lmkan::lmkan1d_slope_grad_params");
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &grad_y = saved[0], &x = saved[1], &params = saved[2], &borders = saved[3];
+    const at::Tensor &params = saved[2], &borders = saved[3];
+    at::Tensor grad_y = saved[0], x = saved[1];
     const bool uniform = ctx->saved_data["uniform_grid"].toBool();
     const bool batch_last = ctx->saved_data["batch_last"].toBool();
     const bool deterministic = ctx->saved_data["deterministic"].toBool();
     const TableDtype table = ctx->saved_data["table_dtype"].toOptional<at::ScalarType>();
-    const at::Tensor& ggx = grad_outputs[0];
+    at::Tensor ggx = grad_outputs[0];
     // ggp of an empty grad_params output (grad_params=False) is no upstream term
     const at::Tensor& ggp = grad_outputs[1];
+    // images [N, N_in, L] (batch-last): the slope ops take 2-D tensors, so every term is
+    // formed on batch-last copies [N_in, N * L] and its result turned back into images
+    const bool images = x.dim() == 3;
+    const int64_t n_images = images ? x.size(0) : 0, image_len = images ? x.size(2) : 0;
+    if (images) {
+      grad_y = images_as_rows(grad_y);
+      x = images_as_rows(x);
+      if (ggx.defined()) ggx = images_as_rows(ggx);
+    }
     at::Tensor d_grad_y, d_x, d_params;
     if (ggp.defined() && ctx->saved_data["grad_params"].toBool()) {
       const at::Tensor table_ggp = ggp.contiguous();
@@ -122,6 +132,10 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
       if (ctx->needs_input_grad(2))
         d_params = slope_grad_params_op.call(grad_y, x, weights, params, borders, uniform,
                                              batch_last, deterministic);
+    }
+    if (images) {
+      if (d_grad_y.defined()) d_grad_y = rows_as_images(d_grad_y, n_images, image_len);
+      if (d_x.defined()) d_x = rows_as_images(d_x, n_images, image_len);
     }
     return {d_grad_y, d_x, d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
@@ -148,7 +162,6 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_autograd(
 at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                     bool deterministic, TableDtype table_dtype) {
-  check_layer_op_x(x, "lmkan1d");
   if (!records_graph(x, params)) {
     static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -162,7 +175,6 @@ at::Tensor lmkan1d_autograd(const at::Tensor& x, const at::Tensor& params,
 at::Tensor lmkan1d_no_autograd(const at::Tensor& x, const at::Tensor& params,
                                const at::Tensor& borders, bool uniform_grid, bool batch_last,
                                bool, TableDtype table_dtype) {
-  check_layer_op_x(x, "lmkan1d");
   static const auto op = find_op<Lmkan1dForwardOp>("lmkan::lmkan1d_forward");
   return op.call(x, params, borders, uniform_grid, batch_last, table_dtype);
 }

@@ -17,6 +17,7 @@
 
 #include "common/checks.h"
 #include "common/device_limits.h"
+#include "common/image_rows.h"
 #include "common/images.h"
 #include "common/sum_splits.h"
 #include "lmkan1d/layout.h"
@@ -31,14 +32,14 @@ int max_dynamic_smem(int device) { return device_limits(device).smem_optin; }
 struct Shapes {
   int64_t batch;
   int n_in, n_out, num_grids;
-  int64_t images = 0, image_len = 0;  // x [images, N_in, image_len] (images: lmkan1d_forward)
+  int64_t images = 0, image_len = 0;  // x [images, N_in, image_len] (forward, backward)
 };
 
-// images: x may also be [N, N_in, L] (lmkan1d_forward only; common/images.h).
+// images: x may also be [N, N_in, L] (lmkan1d_forward, lmkan1d_backward; common/images.h).
 Shapes check_args(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, bool images = false) {
   check_layer_tensors(x, params, borders, 3, /*params_16bit=*/true, images);
-  TORCH_CHECK_VALUE(x.dim() == 2 || batch_last, "lmkan1d_forward: a 3-D x ([N, N_in, L] images) "
+  TORCH_CHECK_VALUE(x.dim() == 2 || batch_last, "lmkan1d: a 3-D x ([N, N_in, L] images) "
                     "is batch-last; got batch_last=False with x of shape ", x.sizes());
   Shapes sh;
   sh.num_grids = static_cast<int>(params.size(0)) - 1;
@@ -419,10 +420,19 @@ std::tuple<at::Tensor, at::Tensor> lmkan1d_backward_cuda(const at::Tensor& grad_
                                                          bool deterministic,
                                                          std::optional<at::ScalarType> table_dtype,
                                                          bool want_grad_params) {
-  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last);
+  const Shapes sh = check_args(x_in, params_in, borders_in, batch_last, /*images=*/true);
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_backward");
   check_grad_y(grad_y_in, x_in, sh.n_out, sh.batch, batch_last, "lmkan1d_backward");
   const c10::cuda::CUDAGuard guard(x_in.device());
+  if (x_in.dim() == 3) {
+    // images [N, N_in, L]: the backward kernels index samples with one stride, so they run
+    // on batch-last copies of x and grad_y, and grad_x goes back into images (three copies:
+    // a 1x1 convolution's training keeps its rows path, lmKAN/conv.py)
+    auto [grad_x, grad_params] = lmkan1d_backward_cuda(
+        images_as_rows(grad_y_in), images_as_rows(x_in), params_in, borders_in, uniform_grid,
+        true, deterministic, table_dtype, want_grad_params);
+    return {rows_as_images(grad_x, sh.images, sh.image_len), grad_params};
+  }
   const at::Tensor grad_y = grad_y_in.contiguous();  // like y
   const at::Tensor x = x_in.contiguous();            // [N_in, B] or [B, N_in]
   const at::Tensor params = params_in.contiguous();  // [G+1, N_out, N_in]

@@ -1,6 +1,8 @@
 // LMKAN2DLayer backward: grad_x (dx) and grad_params (dP).
 //
-// What runs (backward_cuda runs what plan_backward, plan.h, chooses):
+// What runs (backward_cuda runs what plan_backward, plan.h, chooses). Images [N, N_in, L] (a
+// 1x1 convolution's, common/images.h) are read and written in place by the sorted backward
+// (backward_by_runs and far_fixup); every other plan runs on batch-last copies.
 // - Layers of at most 8 outputs, not deterministic: dp_by_sample_threads (sample_threads.cu),
 //   grad_x and dP in one pass, a thread per (sample, pair).
 // - Not deterministic (both modes): backward_by_runs (backward_runs.cu), grad_x and dP in one
@@ -52,6 +54,8 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/image_rows.h"
+#include "common/images.h"
 #include "lmkan2d/layout.h"
 #include "lmkan2d/plan.h"
 
@@ -100,12 +104,16 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
                                                  bool fast_mode, bool deterministic,
                                                  std::optional<at::ScalarType> table_dtype,
                                                  bool want_grad_params) {
-  // grad_y: [N_out, B] (batch_last) or [B, N_out]; x: [N_in, B] or [B, N_in];
+  // grad_y: [N_out, B] (batch_last) or [B, N_out]; x: [N_in, B] or [B, N_in]; or images
+  // x [N, N_in, L], grad_y [N, N_out, L] (batch_last, common/images.h);
   // params: [G+1, G+1, N_out, N_in/2]; borders: [G+1]. Returns (grad_x like x, grad_params).
-  check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_backward");
+  check_common(x_in, params_in, borders_in, batch_last, tile_size, block_size, "lmkan2d_backward",
+               /*images=*/true);
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan2d_backward");
   const int64_t n_out = params_in.size(2);
-  const int64_t batch = batch_last ? x_in.size(1) : x_in.size(0);
+  const bool images = x_in.dim() == 3;
+  const int64_t batch =
+      images ? x_in.size(0) * x_in.size(2) : batch_last ? x_in.size(1) : x_in.size(0);
   check_grad_y(gy_in, x_in, n_out, batch, batch_last, "lmkan2d_backward");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
@@ -122,6 +130,15 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const BackwardPlan plan =
       plan_backward({num_grids, n_out, batch, 2 * int64_t(n_pairs), batch_last},
                     static_cast<int>(tile_size), block, deterministic, lim, want_grad_params);
+  if (images && (plan.grad_x != GradXKernel::kRuns || batch > kMaxImageSamples)) {
+    // Only the sorted backward reads images in place (backward_runs.cu, far_fixup.cu; its
+    // grad_y is transposed into rows as a plain one is); the other kernels index samples with
+    // one stride and run on batch-last copies [N_in, N L], grad_x copied back into images.
+    auto [dx, dp] = backward_cuda(images_as_rows(gy), images_as_rows(x), params, borders, true,
+                                  tile_size, block_size, fast_mode, deterministic, table_dtype,
+                                  want_grad_params);
+    return {rows_as_images(dx, x.size(0), x.size(2)), dp};
+  }
   // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
   // cell, a 4x larger sorted buffer)
   auto [dx, dp] =

@@ -41,6 +41,7 @@
 
 #include "common/checks.h"
 #include "common/cp_async.cuh"
+#include "common/images.h"
 #include "common/static_switch.h"
 #include "lmkan2d/device.cuh"
 
@@ -91,10 +92,24 @@ __device__ int block_exclusive_scan(int* count, int n, int* warp_sums) {
   return total;
 }
 
+// Sample b's cell of pair p: x (f, b) at f * xs_f + b * xs_b, or for images (kImages,
+// common/images.h) at f * xs_f + x_images(b), xs_f = L.
+template <bool kImages>
+__device__ __forceinline__ float4 sample_pair_cell(const float* __restrict__ x, int64_t b, int p,
+                                                   const float* s_borders, int num_grids,
+                                                   int64_t xs_f, int64_t xs_b,
+                                                   const SampleOffsets& x_images) {
+  if constexpr (kImages)
+    return pair_cell(x + x_images(b), 0, p, s_borders, num_grids, xs_f, 0, nullptr);
+  return pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+}
+
 // Sort the samples [b0, b0 + len) of pair blockIdx.x by cell into entries[p][0, len).
+template <bool kImages>
 __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
     const float* __restrict__ x, const float* __restrict__ borders, int4* __restrict__ entries,
-    int64_t b0, int len, int64_t entries_stride, int num_grids, int64_t xs_f, int64_t xs_b) {
+    int64_t b0, int len, int64_t entries_stride, int num_grids, int64_t xs_f, int64_t xs_b,
+    const SampleOffsets x_images) {
   extern __shared__ __align__(16) int bucket_smem[];
   const int side = num_grids + 1, keys = side * side;
   int* count = bucket_smem;                                 // [keys]: counts, then cursors
@@ -105,7 +120,8 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
   __syncthreads();
   for (int s = threadIdx.x; s < len; s += blockDim.x) {
-    const float4 c = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+    const float4 c =
+        sample_pair_cell<kImages>(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, x_images);
     atomicAdd(&count[__float_as_int(c.x)], 1);
   }
   __syncthreads();
@@ -114,7 +130,8 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   // the next free slot of its cell
   int4* out = entries + p * entries_stride;
   for (int s = threadIdx.x; s < len; s += blockDim.x) {
-    const float4 c = pair_cell(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+    const float4 c =
+        sample_pair_cell<kImages>(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, x_images);
     const int key = __float_as_int(c.x);
     const int pos = atomicAdd(&count[key], 1);
     __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));  // read once
@@ -145,7 +162,8 @@ struct RunsArgs {
   const float* gyt;      // grad_y rows [B][ld], ld = n_tiles * W (zero-padded)
   const float* borders;  // [G+1]
   float* ws;             // dP [n_tiles, P, cells, W], zeroed before the first chunk
-  float* dx;             // grad_x: (f, b) at f * xs_f + b * xs_b
+  float* dx;             // grad_x: (f, b) at f * xs_f + b * xs_b (images: runs_kernel's
+                         // dx_images(b) for b * xs_b)
   int64_t b0, entries_stride, ld, xs_f, xs_b;
   int len, seg_len, segments, n_pairs, n_tiles, num_grids;
   int ld32;              // ld as int: a chunk's rows take chunk * ld < 2^31 floats
@@ -158,8 +176,12 @@ struct RunsArgs {
 constexpr int kRunEntrySlots = kRunSegment + kRunPrefetch;
 constexpr int64_t runs_smem_per_warp() { return int64_t(kRunEntrySlots) * 16 + int64_t(kRunSegment) * 8; }
 
-template <int K>
-__global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) {
+// kImages: grad_x is images (common/images.h), written at f * xs_f + dx_images(b); the
+// offsets are a separate argument, used in the final stores only (the batch loop is the same
+// code either way).
+template <int K, bool kImages>
+__global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
+                                                              const SampleOffsets dx_images) {
   constexpr int W = 32 * K, U = kRunPrefetch;
   extern __shared__ __align__(16) float runs_smem[];
   const int side = a.num_grids + 1, cells = side * side;
@@ -342,7 +364,8 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a) 
   // each (sample, pair) of the chunk lives in exactly one segment: plain stores
   for (int i = lane; i < 2 * len; i += 32) {
     const int64_t b = a.b0 + seg_entries[i / 2].x / a.ld32;
-    a.dx[(2 * int64_t(p) + (i & 1)) * a.xs_f + b * a.xs_b] = dxacc[i];
+    const int64_t at_sample = kImages ? dx_images(b) : b * a.xs_b;
+    a.dx[(2 * int64_t(p) + (i & 1)) * a.xs_f + at_sample] = dxacc[i];
   }
 }
 
@@ -356,7 +379,12 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int side = num_grids + 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  // images [N, N_in, L] (batch_last; backward.cpp keeps N L within kMaxImageSamples): x and
+  // grad_x read and written in place, grad_y transposed into the rows below as a plain
+  // batch-last grad_y is
+  const bool images = x.dim() == 3;
+  const int64_t image_len = images ? x.size(2) : 0;
+  const int64_t batch = images ? x.size(0) * image_len : batch_last ? x.size(1) : x.size(0);
   const DeviceLimits lim = device_limits(x.device().index());
   const int64_t bucket_smem = runs_bucket_smem_bytes(num_grids);
   TORCH_INTERNAL_ASSERT(bucket_smem <= lim.smem_optin,
@@ -367,7 +395,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t in_dim = 2 * int64_t(n_pairs);
 
   // grad_y as rows [B][ld], zero-padded past n_out (one launch either way)
-  const at::Tensor gyt = batch_last ? transpose(gy, ld) : pad_columns(gy, ld);
+  const at::Tensor gyt = batch_last ? transpose(gy, ld) : pad_columns(gy, ld);  // images too
   // the table (float32, rounded values) and the dP workspace [n_tiles, P, cells, W] of the
   // same shape, zeroed by the same launch (no memset: host cost, issue 16)
   at::Tensor ws;
@@ -397,11 +425,16 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t runs_smem = warps * runs_smem_per_warp() + int64_t(side) * 4;
   at::Tensor dx = at::empty_like(x);  // every entry written once
 
-  const int64_t xs_f = batch_last ? batch : 1, xs_b = batch_last ? 1 : in_dim;
-  const auto runs = switch_value<1, 2, 4>(k, [](auto k_c) {
-    return &runs_kernel<decltype(k_c)::value>;
+  const int64_t xs_f = images ? image_len : batch_last ? batch : 1;
+  const int64_t xs_b = batch_last ? 1 : in_dim;
+  const SampleOffsets x_images =
+      images ? SampleOffsets{1, image_len, in_dim * image_len} : SampleOffsets{};
+  const auto runs = switch_value<1, 2, 4>(k, [&](auto k_c) {
+    return images ? &runs_kernel<decltype(k_c)::value, true>
+                  : &runs_kernel<decltype(k_c)::value, false>;
   });
-  allow_dynamic_smem(reinterpret_cast<const void*>(bucket_kernel), bucket_smem);
+  const auto bucket = images ? bucket_kernel<true> : bucket_kernel<false>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(bucket), bucket_smem);
   allow_dynamic_smem(reinterpret_cast<const void*>(runs), runs_smem);
   RunsArgs a;
   a.entries = reinterpret_cast<const int4*>(entries.data_ptr<int>());
@@ -420,9 +453,9 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   a.num_grids = num_grids;
   for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
     const int len = static_cast<int>(std::min(chunk, batch - b0));
-    bucket_kernel<<<n_pairs, kBucketThreads, bucket_smem, stream>>>(
+    bucket<<<n_pairs, kBucketThreads, bucket_smem, stream>>>(
         x.data_ptr<float>(), borders.data_ptr<float>(), reinterpret_cast<int4*>(entries.data_ptr<int>()),
-        b0, len, chunk, num_grids, xs_f, xs_b);
+        b0, len, chunk, num_grids, xs_f, xs_b, x_images);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     a.b0 = b0;
     a.len = len;
@@ -433,7 +466,8 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
     a.seg_len = static_cast<int>(std::clamp<int64_t>((seg + 15) / 16 * 16, kRunMinSegment, kRunSegment));
     a.segments = (len + a.seg_len - 1) / a.seg_len;
     const int64_t items = int64_t(n_pairs) * a.segments;
-    runs<<<static_cast<unsigned>((items + warps - 1) / warps), warps * 32, runs_smem, stream>>>(a);
+    runs<<<static_cast<unsigned>((items + warps - 1) / warps), warps * 32, runs_smem, stream>>>(
+        a, x_images);  // grad_x: x's layout
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {dx, unpack_dp(ws, num_grids, n_out)};

@@ -33,6 +33,7 @@
 
 #include "common/device_limits.h"
 #include "common/grid.cuh"
+#include "common/images.h"
 #include "common/warp.cuh"
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
@@ -49,15 +50,18 @@ constexpr int kChunk = kFixupThreads;  // samples per far flag: phase 2 takes a 
 constexpr int kInlineChunks = 4;       // batches of at most this many chunks: no phase 1
 
 struct FarFixupArgs {
-  const float* x;        // (f, b) at f * xs_f + b * xs_b
+  const float* x;        // (f, b) at f * xs_f + x_at(b)
   const void* params;    // [G+1, G+1, N_out, P] of type P (kernel template), rounded to R
   const float* borders;  // [G+1]
-  const float* gy;       // (o, b) at o * gs_f + b * gs_b
+  const float* gy;       // (o, b) at o * gs_f + gy_at(b)
   float* dx;             // x's layout
   float* dp;             // float32 [G+1, G+1, N_out, P], or nullptr (grad_x alone)
   const uint8_t* flags;  // [n_chunks, P]: chunk c holds a far input of pair p (phase 1), or
                          // nullptr: n_chunks <= kInlineChunks, the fixup kernel classifies
-  int64_t batch, n_chunks, xs_f, xs_b, gs_f, gs_b;
+  int64_t batch, n_chunks, xs_f, gs_f;
+  // samples' offsets (common/images.h): b * xs_b of a plain tensor (the layout's sample
+  // step), or those of images [N, N_in, L] / [N, N_out, L] (a 1x1 convolution's backward)
+  SampleOffsets x_at, gy_at;
   int n_out, n_pairs, num_grids;
 };
 
@@ -81,13 +85,15 @@ __device__ __forceinline__ void mark_pair(unsigned* s_bits, int64_t f) {
 
 // Phase 1: flags[c * P + p] = whether samples [c * kChunk, (c + 1) * kChunk) hold a far input
 // of pair p. One block per chunk c; the pairs' bits gather in shared memory (atomicOr: far
-// inputs are rare, so are the atomics). kVec: 16-byte loads (x 16-byte aligned, and batch-last
-// B % 4 == 0 so that every row segment is).
+// inputs are rare, so are the atomics). Batch-last x (f, b) is at f * xs_f + x_at(b) (images:
+// common/images.h). kVec: 16-byte loads (x 16-byte aligned, and batch-last B % 4 == 0, or
+// L % 4 == 0 for images, so that every row segment is, and 4 samples from a multiple of 4
+// lie in one image).
 template <bool kVec>
 __global__ void __launch_bounds__(kChunk)
     far_flags_kernel(const float* __restrict__ x, const float* __restrict__ borders,
                      int num_grids, int64_t batch, int n_in, bool batch_last, int group_rows,
-                     uint8_t* __restrict__ flags) {
+                     int64_t xs_f, const SampleOffsets x_at, uint8_t* __restrict__ flags) {
   extern __shared__ unsigned s_bits[];  // one bit per pair
   const int n_pairs = n_in / 2, words = (n_pairs + 31) / 32;
   // batch-last: this block's rows [row_begin, row_end) (group_rows even); batch-first: all
@@ -100,7 +106,7 @@ __global__ void __launch_bounds__(kChunk)
   // kVec: kLoads 16-byte loads in flight per thread before any compare
   constexpr int kLoads = 4;
   const float4 inside = make_float4(lo, lo, lo, lo);
-  if (batch_last) {  // rows f: valid consecutive floats at x + f * B + b0
+  if (batch_last) {  // rows f: valid samples from x + f * xs_f + x_at(b0)
     if (kVec) {      // 64 threads per row (valid % 4 == 0), 4 rows per pass
       const int s = 4 * (threadIdx.x % 64);
       for (int f0 = row_begin + threadIdx.x / 64; f0 < row_end; f0 += kLoads * (kChunk / 64)) {
@@ -109,7 +115,7 @@ __global__ void __launch_bounds__(kChunk)
         for (int u = 0; u < kLoads; ++u) {
           const int f = f0 + u * (kChunk / 64);
           v[u] = s < valid && f < row_end
-                     ? __ldg(reinterpret_cast<const float4*>(x + int64_t(f) * batch + b0 + s))
+                     ? __ldg(reinterpret_cast<const float4*>(x + f * xs_f + x_at(b0 + s)))
                      : inside;
         }
 #pragma unroll
@@ -124,10 +130,10 @@ __global__ void __launch_bounds__(kChunk)
         }
       }
     } else if (static_cast<int>(threadIdx.x) < valid) {
+      const float* xb = x + x_at(b0 + threadIdx.x);
 #pragma unroll 4
       for (int f = row_begin; f < row_end; ++f)
-        if (far_value(__ldg(x + int64_t(f) * batch + b0 + threadIdx.x), lo, hi, borders, num_grids))
-          mark_pair(s_bits, f);
+        if (far_value(__ldg(xb + f * xs_f), lo, hi, borders, num_grids)) mark_pair(s_bits, f);
     }
   } else {  // the chunk is valid * N_in consecutive floats; element e is feature e % N_in
     const float* base = x + b0 * n_in;
@@ -205,7 +211,8 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
   const int64_t b = b0 + threadIdx.x;
   bool far = false;
   if (b < a.batch) {
-    const float v1 = a.x[f1 + b * a.xs_b], v2 = a.x[f2 + b * a.xs_b];
+    const int64_t at = a.x_at(b);
+    const float v1 = a.x[f1 + at], v2 = a.x[f2 + at];
     far = is_far(v1, cdf_cell(v1, s_borders, a.num_grids).d) ||
           is_far(v2, cdf_cell(v2, s_borders, a.num_grids).d);
   }
@@ -214,7 +221,8 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
   // 2. each far sample: every thread its outputs
   for (int i = 0; i < total; ++i) {
     const int64_t bf = b0 + sh.list[i];
-    const float v1 = a.x[f1 + bf * a.xs_b], v2 = a.x[f2 + bf * a.xs_b];
+    const int64_t x_at = a.x_at(bf), gy_at = a.gy_at(bf);
+    const float v1 = a.x[f1 + x_at], v2 = a.x[f2 + x_at];
     const Cell c1 = cdf_cell(v1, s_borders, a.num_grids);
     const Cell c2 = cdf_cell(v2, s_borders, a.num_grids);
     const bool far1 = is_far(v1, c1.d), far2 = is_far(v2, c2.d);
@@ -230,7 +238,7 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
       corner[j] = (int64_t(c1.index + (j >> 1)) * side + c2.index + (j & 1)) * a.n_out;
     double s1 = 0.0, s2 = 0.0;  // sum_o g dF/dd1, sum_o g dF/dd2
     for (int o = threadIdx.x; o < a.n_out; o += blockDim.x) {
-      const double g = a.gy[int64_t(o) * a.gs_f + bf * a.gs_b];
+      const double g = a.gy[int64_t(o) * a.gs_f + gy_at];
       double c[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -259,8 +267,8 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
       }
       const double h1 = double(s_borders[c1.index + 1]) - s_borders[c1.index];
       const double h2 = double(s_borders[c2.index + 1]) - s_borders[c2.index];
-      a.dx[f1 + bf * a.xs_b] = static_cast<float>(t1 / h1);
-      a.dx[f2 + bf * a.xs_b] = static_cast<float>(t2 / h2);
+      a.dx[f1 + x_at] = static_cast<float>(t1 / h1);  // grad_x: x's layout
+      a.dx[f2 + x_at] = static_cast<float>(t2 / h2);
     }
     __syncthreads();  // sh.sum reused by the next far sample
   }
@@ -276,8 +284,9 @@ __device__ unsigned far_chunks_of_pair(const FarFixupArgs& a, int p, const float
   for (int c = 0; c < kInlineChunks; ++c) {
     const int64_t b = int64_t(c) * kChunk + threadIdx.x;
     const bool in = b < a.batch;
-    v1[c] = in ? a.x[f1 + b * a.xs_b] : s_borders[0];  // a border: not far
-    v2[c] = in ? a.x[f2 + b * a.xs_b] : s_borders[0];
+    const int64_t at = in ? a.x_at(b) : 0;
+    v1[c] = in ? a.x[f1 + at] : s_borders[0];  // a border: not far
+    v2[c] = in ? a.x[f2 + at] : s_borders[0];
   }
   const float lo = s_borders[0], hi = s_borders[a.num_grids];
   unsigned bits = 0u;
@@ -320,7 +329,9 @@ at::Tensor launch_far_flags(const FarFixupArgs& a, bool batch_last, int device,
   const int n_in = 2 * a.n_pairs;
   TORCH_CHECK(int64_t(n_in) * kChunk <= INT32_MAX, "lmkan2d_backward: at most ",
               INT32_MAX / kChunk, " input features (far-input pass), got ", n_in);
-  const bool vec = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && (!batch_last || a.batch % 4 == 0);
+  const bool images = a.x_at.len < a.batch;  // several images (plain: len = batch)
+  const bool vec = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 &&
+                   (!batch_last || (images ? a.x_at.len % 4 == 0 : a.batch % 4 == 0));
   const int64_t bits_bytes = 4 * int64_t((a.n_pairs + 31) / 32);
   const auto flags_kernel = vec ? far_flags_kernel<true> : far_flags_kernel<false>;
   allow_dynamic_smem(reinterpret_cast<const void*>(flags_kernel), bits_bytes);
@@ -336,7 +347,7 @@ at::Tensor launch_far_flags(const FarFixupArgs& a, bool batch_last, int device,
   groups = (n_in + group_rows - 1) / group_rows;
   flags_kernel<<<dim3(static_cast<unsigned>(a.n_chunks), static_cast<unsigned>(groups)), kChunk,
                  bits_bytes, stream>>>(a.x, a.borders, a.num_grids, a.batch, n_in, batch_last,
-                                       group_rows, flags.data_ptr<uint8_t>());
+                                       group_rows, a.xs_f, a.x_at, flags.data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return flags;
 }
@@ -349,7 +360,11 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int n_out = static_cast<int>(params.size(2));
   const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
+  // images [N, N_in, L] (batch_last), grad_y [N, N_out, L], grad_x like x (common/images.h;
+  // backward.cpp keeps N L within kMaxImageSamples)
+  const bool images = x.dim() == 3;
+  const int64_t image_len = images ? x.size(2) : 0;
+  const int64_t batch = images ? x.size(0) * image_len : batch_last ? x.size(1) : x.size(0);
   if (batch == 0 || n_pairs == 0) return;
   FarFixupArgs a{};
   a.x = x.data_ptr<float>();
@@ -360,10 +375,16 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   a.dp = dp.defined() ? dp.data_ptr<float>() : nullptr;
   a.batch = batch;
   a.n_chunks = (batch + kChunk - 1) / kChunk;
-  a.xs_f = batch_last ? batch : 1;
-  a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
-  a.gs_f = batch_last ? batch : 1;
-  a.gs_b = batch_last ? 1 : n_out;
+  if (images) {
+    a.xs_f = a.gs_f = image_len;
+    a.x_at = SampleOffsets{1, image_len, 2 * int64_t(n_pairs) * image_len};
+    a.gy_at = SampleOffsets{1, image_len, int64_t(n_out) * image_len};
+  } else {
+    a.xs_f = batch_last ? batch : 1;
+    a.gs_f = batch_last ? batch : 1;
+    a.x_at = plain_offsets(batch_last ? 1 : 2 * int64_t(n_pairs), batch);
+    a.gy_at = plain_offsets(batch_last ? 1 : n_out, batch);
+  }
   a.n_out = n_out;
   a.n_pairs = n_pairs;
   a.num_grids = num_grids;

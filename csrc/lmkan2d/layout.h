@@ -38,7 +38,8 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
                       at::ScalarType packed_dtype = at::kFloat, at::Tensor* zeros = nullptr,
                       ZeroLike zero_like = ZeroLike::kNone);
 // [rows, cols] -> contiguous [cols, max(ld, rows)] through 32 x 32 shared-memory tiles, the
-// rows past `rows` zero.
+// rows past `rows` zero. Also images [N, rows, L] -> [N L, max(ld, rows)] (at most
+// kMaxImageSamples samples, common/images.h).
 at::Tensor transpose(const at::Tensor& in, int64_t ld = 0);
 // [rows, cols] -> contiguous [rows, ld], the columns past `cols` zero (`in` itself when
 // ld <= cols).

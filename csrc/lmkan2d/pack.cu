@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "common/images.h"
 #include "common/table_type.cuh"
 #include "lmkan2d/layout.h"
 
@@ -128,7 +129,10 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
 // out[c][r] = in[r][c] for in: [rows, cols], out: [cols, ld] with r < rows, and zero for
 // rows <= r < ld (the padded rows the sorted backward reads); with `splits` > 1, in is
 // [splits, rows, cols] and out the transposed sum over splits (the batch-first forward's
-// pair-split partials, written batch-last by the kernel: coalesced stores). One block moves one 32 x 32
+// pair-split partials, written batch-last by the kernel: coalesced stores). kImages: in holds
+// images [N, rows, L] (common/images.h), whose N * L = cols samples are the columns (the
+// sorted backward's grad_y of a 1x1 convolution, one copy as for a plain batch-last grad_y).
+// One block moves one 32 x 32
 // tile through shared memory so that the reads and the writes are both coalesced (ATen's
 // copy of a transposed view reads or writes with a stride: ~8x slower at these shapes,
 // measured in the version 7 round). The tile row is 33 floats, so the column reads of the
@@ -136,9 +140,10 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
 // arithmetic), so neither side is limited to 65535 tiles.
 constexpr int kTransposeTile = 32, kTransposeRows = 8;  // 32 x 8 threads, 4 elements each
 
+template <bool kImages>
 __global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_kernel(
     const float* __restrict__ in, float* __restrict__ out, int64_t rows, int64_t cols,
-    int64_t ld, int64_t col_tiles, int64_t splits) {
+    int64_t ld, int64_t col_tiles, int64_t splits, const SampleOffsets images) {
   __shared__ float tile[kTransposeTile][kTransposeTile + 1];
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) / col_tiles) * kTransposeTile;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) % col_tiles) * kTransposeTile;
@@ -149,8 +154,12 @@ __global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_ker
     const int64_t r = r0 + i, c = c0 + tx;
     float v = 0.f;
     if (r < rows && c < cols) {
-      v = in[r * cols + c];
-      for (int64_t s = 1; s < splits; ++s) v += in[s * split_stride + r * cols + c];
+      if constexpr (kImages) {  // row r of sample c's image
+        v = in[r * images.len + images(c)];
+      } else {
+        v = in[r * cols + c];
+        for (int64_t s = 1; s < splits; ++s) v += in[s * split_stride + r * cols + c];
+      }
     }
     tile[i][tx] = v;
   }
@@ -164,10 +173,10 @@ __global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_ker
 
 namespace {
 
-// out [cols, ld] from in [splits, rows, cols] (contiguous): the sum over splits (in order),
-// transposed, zero past `rows`.
+// out [cols, ld] from in [splits, rows, cols] (contiguous), or from images in [N, rows, L]
+// (cols = N L, one split): the sum over splits (in order), transposed, zero past `rows`.
 at::Tensor launch_transpose(const at::Tensor& in, int64_t splits, int64_t rows, int64_t cols,
-                            int64_t ld) {
+                            int64_t ld, const SampleOffsets* images = nullptr) {
   ld = std::max(ld, rows);
   at::Tensor out = at::empty({cols, ld}, in.options());
   if (ld == 0 || cols == 0) return out;
@@ -175,9 +184,11 @@ at::Tensor launch_transpose(const at::Tensor& in, int64_t splits, int64_t rows, 
   const int64_t tiles = (ld + kTransposeTile - 1) / kTransposeTile * col_tiles;
   TORCH_CHECK(tiles < (int64_t(1) << 31), "lmkan2d: tensor too large to transpose (", rows, " x ",
               cols, ")");
-  transpose_kernel<<<static_cast<unsigned>(tiles), dim3(kTransposeTile, kTransposeRows), 0,
-                     c10::cuda::getCurrentCUDAStream()>>>(in.data_ptr<float>(), out.data_ptr<float>(),
-                                                          rows, cols, ld, col_tiles, splits);
+  const auto kernel = images != nullptr ? transpose_kernel<true> : transpose_kernel<false>;
+  kernel<<<static_cast<unsigned>(tiles), dim3(kTransposeTile, kTransposeRows), 0,
+           c10::cuda::getCurrentCUDAStream()>>>(in.data_ptr<float>(), out.data_ptr<float>(), rows,
+                                                cols, ld, col_tiles, splits,
+                                                images != nullptr ? *images : SampleOffsets{});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -186,6 +197,12 @@ at::Tensor launch_transpose(const at::Tensor& in, int64_t splits, int64_t rows, 
 
 at::Tensor transpose(const at::Tensor& in_any, int64_t ld) {
   const at::Tensor in = in_any.contiguous();
+  if (in.dim() == 3) {  // images [N, rows, L]: the caller keeps N L within kMaxImageSamples
+    const int64_t rows = in.size(1), len = in.size(2), cols = in.size(0) * len;
+    TORCH_INTERNAL_ASSERT(cols <= kMaxImageSamples, "transpose: ", cols, " image samples");
+    const SampleOffsets images{1, std::max<int64_t>(len, 1), rows * len};
+    return launch_transpose(in, 1, rows, cols, ld, &images);
+  }
   return launch_transpose(in, 1, in.size(0), in.size(1), ld);
 }
 
