@@ -40,8 +40,8 @@ def measure(module, x, dtype_name):
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dtype_name == "bf16"
                 else contextlib.nullcontext())
     x_req = x.detach().clone().requires_grad_(True)
-    with torch.no_grad(), autocast:
-        gy = torch.randn_like(module(x).float())
+    with autocast:  # grad_y in the layout of the output it differentiates (else a copy)
+        gy = torch.randn_like(module(x_req).detach().float())
 
     def fwd():
         with torch.no_grad(), autocast:
