@@ -21,7 +21,7 @@ Memory and copies (docs/spec.md, section 4b):
   not deterministic) reads x and writes grad_x in place, and transposes grad_y into rows
   as it does for any batch-last call; its other backward kernels run on copies. The 1D
   layer reads images in its forward only (no gradient needed: torch.no_grad, frozen
-  layers). Otherwise (1D training, torch.compile / torch.export, the CPU) it costs one copy
+  layers on inputs that do not require grad). Otherwise (1D training, torch.compile / torch.export, the CPU) it costs one copy
   of x into the rows (unfold's columns would be a copy and a transposed copy). Any other
   convolution is unfolded.
 - The unfolded columns are a copy of N*H'*W' x C*kh*kw values. Batches whose columns exceed

@@ -171,8 +171,9 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
 def lmkan2d_forward_images(x, params, borders, tile_size=8, block_size=1024, table_dtype=None):
     """The 2D layer on batch-last images: x [N, N_in, L] -> y [N, N_out, L], where image n is
     the batch-last matrix x[n] (an NCHW tensor viewed with L = H*W, read in place; docs/spec.md,
-    "Layouts"). CUDA kernels only and forward only: no autograd, so callers use it where no
-    gradient is needed (lmKAN.conv). Mixed precision as lmkan2d's."""
+    "Layouts"). CUDA kernels only and forward only: no autograd (lmkan2d takes images with
+    its autograd; lmKAN.conv's 1D layer uses lmkan1d_forward_images where no gradient is
+    needed). Mixed precision as lmkan2d's."""
     def run_kernel(x32, table):
         return torch.ops.lmkan.lmkan2d_forward(x32, params.contiguous(), borders.contiguous(),
                                                True, tile_size, block_size, table)
@@ -256,7 +257,8 @@ def second_diff1d(params, borders):
 def _check_layer_tensors(x, params, borders, params_dims, images=False):
     """The kernels' shape checks (csrc/common/checks.h), for the fake implementations: under
     torch.compile a bad call raises the ValueError that eager raises, at trace time.
-    images: x may also be 3-D, [N, N_in, L] (the forward ops; csrc/common/images.h)."""
+    images: x may also be 3-D, [N, N_in, L] (the forward and backward ops;
+    csrc/common/images.h)."""
     if images:
         torch._check_value(x.dim() in (2, 3), lambda: f"x must have 2 dimensions ([N_in, B] or "
                                                       f"[B, N_in]) or 3 ([N, N_in, L]: images, "
@@ -288,7 +290,7 @@ INT32_MAX = 2 ** 31 - 1
 def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_dtype=None,
               images=False):
     """lmkan2d_forward's and lmkan2d_backward's checks (csrc/lmkan2d/forward.cpp, check_common
-    and resolve_table_dtype); images: the forward's 3-D x."""
+    and resolve_table_dtype); images: a 3-D x (batch-last images)."""
     _check_layer_tensors(x, params, borders, 4, images)
     _check_images_layout(op, x, batch_last)
     torch._check_type(params.dtype in TABLE_DTYPES,
@@ -327,7 +329,7 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_d
 
 def _check_1d(x, params, borders, batch_last, table_dtype=None, images=False):
     """lmkan1d_forward's and lmkan1d_backward's checks (csrc/lmkan1d/ops.cpp, check_args and
-    resolve_table_dtype); images: the forward's 3-D x."""
+    resolve_table_dtype); images: a 3-D x (batch-last images)."""
     _check_layer_tensors(x, params, borders, 3, images)
     _check_images_layout("lmkan1d", x, batch_last)
     torch._check_type(params.dtype in TABLE_DTYPES,

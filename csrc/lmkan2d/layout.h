@@ -154,7 +154,7 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
                bool batch_last);
 
 // Host checks shared by the forward and backward ops (ValueError on bad arguments).
-// images: x may also be [N, N_in, L] (lmkan2d_forward only; common/images.h).
+// images: x may also be [N, N_in, L] (lmkan2d_forward, lmkan2d_backward; common/images.h).
 void check_common(const at::Tensor& x, const at::Tensor& params, const at::Tensor& borders,
                   bool batch_last, int64_t tile_size, int64_t block_size, const char* op,
                   bool images = false);
