@@ -51,17 +51,21 @@ def _inputs(n, c, length, far=False):
     return x
 
 
+def _case_2d(case, seed, g=6):
+    """A 2D case's table, borders and images x (with far inputs)."""
+    n, c, o, length = case
+    torch.manual_seed(seed)
+    params = torch.randn(g + 1, g + 1, o, c // 2, device="cuda")
+    return params, cdf_borders(g).cuda(), _inputs(n, c, length, far=True)
+
+
 @pytest.mark.parametrize("case", IMAGE_CASES, ids=["large", "small", "few-outputs", "tiles"])
 @pytest.mark.parametrize("tile", [4, 8, 16])
 @pytest.mark.parametrize("table", [None, torch.bfloat16])
 def test_2d_images_equal_the_plain_forward(case, tile, table):
     assert_cuda_kernel("lmkan2d_forward")
     n, c, o, length = case
-    torch.manual_seed(1)
-    g = 6
-    params = torch.randn(g + 1, g + 1, o, c // 2, device="cuda")
-    borders = cdf_borders(g).cuda()
-    x = _inputs(n, c, length, far=True)
+    params, borders, x = _case_2d(case, 1)
     y = torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, 512, table)
     assert y.shape == (n, o, length) and y.is_contiguous()
     plain = torch.ops.lmkan.lmkan2d_forward(_plain(x), params, borders, True, tile, 512, table)
@@ -148,11 +152,7 @@ def test_2d_images_backward_equals_the_plain_backward(case, mode, table):
     outputs), through copies elsewhere; with far inputs (float64 fixup)."""
     assert_cuda_kernel("lmkan2d_backward")
     n, c, o, length = case
-    torch.manual_seed(7)
-    g = 6
-    params = torch.randn(g + 1, g + 1, o, c // 2, device="cuda")
-    borders = cdf_borders(g).cuda()
-    x = _inputs(n, c, length, far=True)
+    params, borders, x = _case_2d(case, 7)
     gy = torch.randn(n, o, length, device="cuda")
     fast, det = mode == "fast", mode == "deterministic"
     for grad_params in (True, False):

@@ -95,24 +95,18 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
     static const auto slope_grad_params_op =
         find_op<Lmkan1dSlopeGradParamsOp>("lmkan::lmkan1d_slope_grad_params");
     const auto saved = ctx->get_saved_variables();
+    // images [N, N_in, L] (batch-last): the slope ops take 2-D tensors, so every term is
+    // formed on batch-last copies [N_in, N * L] and its result turned back into images
+    const ImageLayout layout(saved[1]);
+    const at::Tensor grad_y = layout.rows(saved[0]), x = layout.rows(saved[1]);
     const at::Tensor &params = saved[2], &borders = saved[3];
-    at::Tensor grad_y = saved[0], x = saved[1];
     const bool uniform = ctx->saved_data["uniform_grid"].toBool();
     const bool batch_last = ctx->saved_data["batch_last"].toBool();
     const bool deterministic = ctx->saved_data["deterministic"].toBool();
     const TableDtype table = ctx->saved_data["table_dtype"].toOptional<at::ScalarType>();
-    at::Tensor ggx = grad_outputs[0];
+    const at::Tensor ggx = layout.rows(grad_outputs[0]);
     // ggp of an empty grad_params output (grad_params=False) is no upstream term
     const at::Tensor& ggp = grad_outputs[1];
-    // images [N, N_in, L] (batch-last): the slope ops take 2-D tensors, so every term is
-    // formed on batch-last copies [N_in, N * L] and its result turned back into images
-    const bool images = x.dim() == 3;
-    const int64_t n_images = images ? x.size(0) : 0, image_len = images ? x.size(2) : 0;
-    if (images) {
-      grad_y = images_as_rows(grad_y);
-      x = images_as_rows(x);
-      if (ggx.defined()) ggx = images_as_rows(ggx);
-    }
     at::Tensor d_grad_y, d_x, d_params;
     if (ggp.defined() && ctx->saved_data["grad_params"].toBool()) {
       const at::Tensor table_ggp = ggp.contiguous();
@@ -133,11 +127,7 @@ struct Lmkan1dBackwardFunction : public torch::autograd::Function<Lmkan1dBackwar
         d_params = slope_grad_params_op.call(grad_y, x, weights, params, borders, uniform,
                                              batch_last, deterministic);
     }
-    if (images) {
-      if (d_grad_y.defined()) d_grad_y = rows_as_images(d_grad_y, n_images, image_len);
-      if (d_x.defined()) d_x = rows_as_images(d_x, n_images, image_len);
-    }
-    return {d_grad_y, d_x, d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+    return {layout.images(d_grad_y), layout.images(d_x), d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
   }
 };

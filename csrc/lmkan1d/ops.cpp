@@ -169,10 +169,9 @@ at::Tensor lmkan1d_forward_cuda(const at::Tensor& x_in, const at::Tensor& params
   const Shapes sh = check_args(x_in, params_in, borders_in, batch_last, /*images=*/true);
   const c10::cuda::CUDAGuard guard(x_in.device());
   if (x_in.dim() == 3 && (sh.image_len % kWarpSamples != 0 || sh.batch > kMaxImageSamples)) {
-    const at::Tensor y = lmkan1d_forward_cuda(
-        x_in.transpose(0, 1).reshape({sh.n_in, sh.batch}), params_in, borders_in, uniform_grid,
-        true, table_dtype);
-    return y.view({sh.n_out, sh.images, sh.image_len}).transpose(0, 1).contiguous();
+    const at::Tensor y = lmkan1d_forward_cuda(images_as_rows(x_in), params_in, borders_in,
+                                              uniform_grid, true, table_dtype);
+    return rows_as_images(y, sh.images, sh.image_len);
   }
   const at::ScalarType table = resolve_table_dtype(table_dtype, params_in, "lmkan1d_forward");
   const int table_bytes = table == at::kFloat ? 4 : 2;

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/image_rows.h"
 #include "common/images.h"
 #include "lmkan2d/layout.h"
 #include "lmkan2d/plan.h"
@@ -80,10 +81,9 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& params_in,
   if (images && (plan.kernel != ForwardKernel::kSampleLanes || batch > kMaxImageSamples)) {
     // [N, N_in, L] -> a batch-last copy [N_in, N*L]; y [N_out, N*L] -> [N, N_out, L] (only
     // the sample-lanes kernel reads images, in 32-bit sample divisions: common/images.h)
-    const int64_t n = x_in.size(0), len = x_in.size(2);
-    const at::Tensor y = forward_cuda(x_in.transpose(0, 1).reshape({x_in.size(1), n * len}),
-                                      params_in, borders_in, true, tile_size, block_size, table);
-    return y.view({y.size(0), n, len}).transpose(0, 1).contiguous();
+    const at::Tensor y = forward_cuda(images_as_rows(x_in), params_in, borders_in, true,
+                                      tile_size, block_size, table);
+    return rows_as_images(y, x_in.size(0), x_in.size(2));
   }
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
                    borders = borders_in.contiguous();

@@ -49,6 +49,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "common/cp_async.cuh"
+#include "common/image_rows.h"
 #include "common/images.h"
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
@@ -411,7 +412,7 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   sum_splits(out, y);
   if (!images) return y;
   // small batches only (splits fill an under-used device): [N_out, N*L] -> [N, N_out, L]
-  return y.view({n_out, x.size(0), image_len}).transpose(0, 1).contiguous();
+  return rows_as_images(y, x.size(0), image_len);
 }
 
 }  // namespace lmkan2d
