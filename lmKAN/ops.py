@@ -355,6 +355,69 @@ def _check_1d(x, params, borders, batch_last, table_dtype=None, images=False):
                                f"{list(x.shape)}")
 
 
+def _check_grad_y(op, grad_y, x, n_out, batch_last):
+    """A backward op's grad_y (csrc/common/checks.h, check_grad_y): float32, [N_out, B]
+    (batch_last) or [B, N_out], and [N, N_out, L] for images x [N, N_in, L]."""
+    torch._check_type(grad_y.dtype == torch.float32,
+                      lambda: f"grad_y must be float32, got {grad_y.dtype}")
+    if x.dim() == 3:
+        expected = [x.shape[0], n_out, x.shape[2]]
+        torch._check_value(grad_y.dim() == 3 and list(grad_y.shape) == expected,
+                           lambda: f"{op}: grad_y of images x {list(x.shape)} must have shape "
+                                   f"[N, N_out, L] = {expected}, got {list(grad_y.shape)}")
+        return
+    torch._check_value(grad_y.dim() == 2, lambda: f"grad_y must have 2 dimensions, got shape "
+                                                  f"{list(grad_y.shape)}")
+    batch = x.shape[1] if batch_last else x.shape[0]
+    rows, cols = (n_out, batch) if batch_last else (batch, n_out)
+    torch._check_value(grad_y.shape[0] == rows and grad_y.shape[1] == cols,
+                       lambda: f"{op}: grad_y must have shape "
+                               f"{'[N_out, B]' if batch_last else '[B, N_out]'} = [{rows}, "
+                               f"{cols}], got {list(grad_y.shape)}")
+
+
+# The regularisers' table checks (csrc/regularizers/common.cu check_table, check_grad_r;
+# hessian2d_ops.cpp check_tables).
+MAX_REGULARISER_NODES = 4000
+TABLE_SHAPE_TEXT = {4: "[G+1, G+1, N_out, N_in/2]", 3: "[G+1, N_out, N_in]"}
+
+
+def _check_table(params, borders, dims):
+    """One table of hessian2d (dims 4) or second_diff1d (dims 3), in check_table's order."""
+    shape = TABLE_SHAPE_TEXT[dims]
+    torch._check_type(params.dtype == torch.float32,
+                      lambda: f"params must be float32, got {params.dtype}")
+    torch._check_type(borders.dtype == torch.float32,
+                      lambda: f"borders must be float32, got {borders.dtype}")
+    torch._check_value(params.dim() == dims, lambda: f"params must have shape {shape}, got shape "
+                                                     f"{list(params.shape)}")
+    torch._check_value(borders.dim() == 1, lambda: f"borders must have 1 dimensions, got shape "
+                                                   f"{list(borders.shape)}")
+    nodes = borders.shape[0]
+    torch._check_value(3 <= nodes <= MAX_REGULARISER_NODES,
+                       lambda: f"borders must hold G+1 nodes with 3 <= G+1 <= "
+                               f"{MAX_REGULARISER_NODES}, got {nodes}")
+    torch._check_value(all(params.shape[d] == nodes for d in range(dims - 2)),
+                       lambda: f"params must have shape {shape} with G+1 = borders.size(0) = "
+                               f"{nodes}, got shape {list(params.shape)}")
+
+
+def _check_tables(op, params_list, borders_list):
+    """hessian2d_sum's lists of 2D tables (hessian2d_ops.cpp, check_tables)."""
+    torch._check_value(len(params_list) == len(borders_list) and len(params_list) > 0,
+                       lambda: f"{op}: params and borders must be lists of the same, non-zero "
+                               f"length, got {len(params_list)} and {len(borders_list)}")
+    for params, borders in zip(params_list, borders_list):
+        _check_table(params, borders, 4)
+
+
+def _check_grad_r(grad_r):
+    torch._check_type(grad_r.dtype == torch.float32,
+                      lambda: f"grad_r must be float32, got {grad_r.dtype}")
+    torch._check_value(grad_r.numel() == 1, lambda: f"grad_r must be a 0-dim tensor (one "
+                                                    f"element), got shape {list(grad_r.shape)}")
+
+
 def _check_weights(op, x, weights):
     """The second-derivative ops' weights: x's shape (csrc/common/checks.h, check_like_x)."""
     torch._check_value(weights.shape == x.shape, lambda: f"{op}: weights must have x's shape "
@@ -387,6 +450,7 @@ def _register():
           deterministic=False, table_dtype=None, grad_params=True):
         _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size,
                   table_dtype, images=True)
+        _check_grad_y("lmkan2d_backward", grad_y, x, params.shape[2], batch_last)
         return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan2d_backward's derivatives (csrc/lmkan2d/autograd.cpp): tile 8,
@@ -405,11 +469,13 @@ def _register():
     def _(grad_y, x, weights, params, borders, batch_last, table_dtype=None):
         _check_slopes("lmkan2d_slope_grad_x", x, weights, params, borders, batch_last,
                       table_dtype)
+        _check_grad_y("lmkan2d_slope_grad_x", grad_y, x, params.shape[2], batch_last)
         return torch.empty_like(x)
 
     @torch.library.register_fake(lib + "lmkan2d_slope_grad_params")
     def _(grad_y, x, weights, params, borders, batch_last, deterministic=False):
         _check_slopes("lmkan2d_slope_grad_params", x, weights, params, borders, batch_last)
+        _check_grad_y("lmkan2d_slope_grad_params", grad_y, x, params.shape[2], batch_last)
         return torch.empty_like(params)
 
     # --- 1D layer -------------------------------------------------------------------
@@ -422,6 +488,7 @@ def _register():
     def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False,
           table_dtype=None, grad_params=True):
         _check_1d(x, params, borders, batch_last, table_dtype, images=True)
+        _check_grad_y("lmkan1d_backward", grad_y, x, params.shape[1], batch_last)
         return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan1d_backward's derivatives (csrc/lmkan1d/autograd.cpp)
@@ -435,15 +502,22 @@ def _register():
     def _(grad_y, x, weights, params, borders, uniform_grid, batch_last, deterministic=False):
         _check_1d(x, params, borders, batch_last)
         _check_weights("lmkan1d_slope_grad_params", x, weights)
+        _check_grad_y("lmkan1d_slope_grad_params", grad_y, x, params.shape[1], batch_last)
         return torch.empty_like(params)
 
     # --- regularisers ------------------------------------------------------------------
-    for name in ("hessian2d", "second_diff1d"):
-        _register_regulariser_fakes(lib + name)
-    torch.library.register_fake(lib + "hessian2d_sum")(
-        lambda params, borders, weight=1.0: params[0].new_empty(()))
-    torch.library.register_fake(lib + "hessian2d_sum_backward")(
-        lambda grad_r, params, borders, weight=1.0: [p.new_empty(p.shape) for p in params])
+    for name, table_dims in (("hessian2d", 4), ("second_diff1d", 3)):
+        _register_regulariser_fakes(lib + name, table_dims)
+    @torch.library.register_fake(lib + "hessian2d_sum")
+    def _(params, borders, weight=1.0):
+        _check_tables("hessian2d_sum", params, borders)
+        return params[0].new_empty(())
+
+    @torch.library.register_fake(lib + "hessian2d_sum_backward")
+    def _(grad_r, params, borders, weight=1.0):
+        _check_tables("hessian2d_sum_backward", params, borders)
+        _check_grad_r(grad_r)
+        return [p.new_empty(p.shape) for p in params]
 
     # --- CPU tensors: say where the CPU path is ---------------------------------------------
     for name, layer_op in KERNEL_OPS.items():
@@ -467,11 +541,18 @@ def _cpu_refusal(name, layer_op):
     return refuse
 
 
-def _register_regulariser_fakes(qualname):
-    torch.library.register_fake(qualname)(lambda params, borders: params.new_empty(()))
+def _register_regulariser_fakes(qualname, table_dims):
+    @torch.library.register_fake(qualname)
+    def _(params, borders):
+        _check_table(params, borders, table_dims)
+        return params.new_empty(())
+
     # The kernel returns a contiguous gradient whatever the strides of params.
-    torch.library.register_fake(qualname + "_backward")(
-        lambda grad_r, params, borders: params.new_empty(params.shape))
+    @torch.library.register_fake(qualname + "_backward")
+    def _(grad_r, params, borders):
+        _check_table(params, borders, table_dims)
+        _check_grad_r(grad_r)
+        return params.new_empty(params.shape)
 
 
 if _MODULE is not None:

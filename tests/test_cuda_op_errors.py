@@ -229,3 +229,22 @@ def test_tensors_on_two_devices():
     x, params, borders = _valid_1d()
     with pytest.raises(ValueError, match="x is on cuda:0 but borders is on cuda:1"):
         _fwd1d(x, params, borders.to("cuda:1"))
+
+
+def _fake_bad_calls():
+    from test_op_schemas import backward_and_regulariser_bad_calls
+    return backward_and_regulariser_bad_calls
+
+
+FAKE_CASE_IDS = [c[0] for c in _fake_bad_calls()("meta")]
+
+
+@pytest.mark.parametrize("index", range(len(FAKE_CASE_IDS)), ids=FAKE_CASE_IDS)
+def test_kernels_raise_what_the_fakes_raise(index):
+    """The backward ops' grad_y checks and the regularisers' table and grad_r checks: the
+    calls that tests/test_op_schemas.py makes on meta tensors (the fakes), here on CUDA
+    tensors (the kernels' host code), with the same exception and message."""
+    what, call, error, message = _fake_bad_calls()("cuda")[index]
+    with pytest.raises(error) as info:
+        call()
+    assert message in str(info.value), (what, str(info.value))

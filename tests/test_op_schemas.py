@@ -250,6 +250,94 @@ def test_fake_checks_raise_what_the_kernels_raise(what, call, message):
     assert message in str(info.value), str(info.value)
 
 
+# The backward ops' grad_y and the regularisers' tables and grad_r: (description, call on
+# `device`, exception, message), the messages the kernels' host code raises
+# (csrc/common/checks.h check_grad_y, csrc/regularizers/common.cu check_table and
+# check_grad_r, hessian2d_ops.cpp check_tables). x is [6, 9] (6 features, 9 samples), or
+# images [2, 6, 9]; 7 outputs, so grad_y is [7, 9], [9, 7] batch-first, [2, 7, 9] images.
+def backward_and_regulariser_bad_calls(device):
+    ops = torch.ops.lmkan
+    g = 5
+    borders = cdf_borders(g).to(device)
+    rows = torch.randn(6, 9, device=device)
+    images = torch.randn(2, 6, 9, device=device)
+    p2 = torch.randn(g + 1, g + 1, 7, 3, device=device)
+    p1 = torch.randn(g + 1, 7, 6, device=device)
+
+    def gy(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device=device).to(dtype)
+
+    def bwd2d(grad_y, x=rows, batch_last=True):
+        return lambda: ops.lmkan2d_backward(grad_y, x, p2, borders, batch_last, 8, 256, False)
+
+    r = "lmkan2d_backward: grad_y must have shape"
+    return [
+        ("2d backward rows", bwd2d(gy(7, 8)), ValueError, f"{r} [N_out, B] = [7, 9], got [7, 8]"),
+        ("2d backward batch-first", bwd2d(gy(7, 9), rows.t().contiguous(), False), ValueError,
+         f"{r} [B, N_out] = [9, 7], got [7, 9]"),
+        ("2d backward images", bwd2d(gy(2, 7, 8), images), ValueError,
+         "lmkan2d_backward: grad_y of images x [2, 6, 9] must have shape [N, N_out, L] = "
+         "[2, 7, 9], got [2, 7, 8]"),
+        ("2d backward 3-D grad_y of rows", bwd2d(gy(7, 9, 1)), ValueError,
+         "grad_y must have 2 dimensions, got shape [7, 9, 1]"),
+        ("2d backward float16 grad_y", bwd2d(gy(7, 9, dtype=torch.float16)), TypeError,
+         "grad_y must be float32"),
+        ("2d slope grad_x", lambda: ops.lmkan2d_slope_grad_x(gy(6, 9), rows, rows, p2, borders,
+                                                             True), ValueError,
+         "lmkan2d_slope_grad_x: grad_y must have shape [N_out, B] = [7, 9], got [6, 9]"),
+        ("2d slope grad_params", lambda: ops.lmkan2d_slope_grad_params(gy(7, 10), rows, rows, p2,
+                                                                       borders, True),
+         ValueError, "lmkan2d_slope_grad_params: grad_y must have shape [N_out, B] = [7, 9], "
+                     "got [7, 10]"),
+        ("1d backward", lambda: ops.lmkan1d_backward(gy(7, 8), rows, p1, borders, False, True),
+         ValueError, "lmkan1d_backward: grad_y must have shape [N_out, B] = [7, 9], got [7, 8]"),
+        ("1d backward images", lambda: ops.lmkan1d_backward(gy(2, 8, 9), images, p1, borders,
+                                                            False, True), ValueError,
+         "lmkan1d_backward: grad_y of images x [2, 6, 9] must have shape [N, N_out, L] = "
+         "[2, 7, 9], got [2, 8, 9]"),
+        ("1d slope grad_params", lambda: ops.lmkan1d_slope_grad_params(
+            gy(9, 7), rows, rows, p1, borders, False, True), ValueError,
+         "lmkan1d_slope_grad_params: grad_y must have shape [N_out, B] = [7, 9], got [9, 7]"),
+        ("hessian2d 3-D params", lambda: ops.hessian2d(p2[0], borders), ValueError,
+         "params must have shape [G+1, G+1, N_out, N_in/2], got shape [6, 7, 3]"),
+        ("hessian2d two nodes", lambda: ops.hessian2d(p2[:2, :2], borders[:2]), ValueError,
+         "borders must hold G+1 nodes with 3 <= G+1 <= 4000, got 2"),
+        ("hessian2d side", lambda: ops.hessian2d(p2[:, :5].contiguous(), borders), ValueError,
+         "params must have shape [G+1, G+1, N_out, N_in/2] with G+1 = borders.size(0) = 6, got "
+         "shape [6, 5, 7, 3]"),
+        ("hessian2d grad_r", lambda: ops.hessian2d_backward(gy(2), p2, borders), ValueError,
+         "grad_r must be a 0-dim tensor (one element), got shape [2]"),
+        ("second_diff1d 4-D params", lambda: ops.second_diff1d(p2, borders), ValueError,
+         "params must have shape [G+1, N_out, N_in], got shape [6, 6, 7, 3]"),
+        ("second_diff1d grad_r", lambda: ops.second_diff1d_backward(gy(1, 2), p1, borders),
+         ValueError, "grad_r must be a 0-dim tensor (one element), got shape [1, 2]"),
+        ("hessian2d_sum lists", lambda: ops.hessian2d_sum([p2, p2], [borders]), ValueError,
+         "hessian2d_sum: params and borders must be lists of the same, non-zero length, got 2 "
+         "and 1"),
+        ("hessian2d_sum table", lambda: ops.hessian2d_sum([p2, p2[:, :5].contiguous()],
+                                                          [borders, borders]), ValueError,
+         "with G+1 = borders.size(0) = 6, got shape [6, 5, 7, 3]"),
+        ("hessian2d_sum_backward grad_r", lambda: ops.hessian2d_sum_backward(
+            gy(3), [p2], [borders]), ValueError,
+         "grad_r must be a 0-dim tensor (one element), got shape [3]"),
+    ]
+
+
+META_BAD_CALLS = backward_and_regulariser_bad_calls("meta")
+
+
+@pytest.mark.parametrize("what,call,error,message", META_BAD_CALLS,
+                         ids=[c[0] for c in META_BAD_CALLS])
+def test_backward_and_regulariser_fakes_check_their_arguments(what, call, error, message):
+    """The fakes check grad_y, the tables and grad_r as the kernels' host code does, so a
+    compiled call of a backward op or a regulariser with a bad argument fails at trace time
+    with eager's error (tests/test_cuda_op_errors.py runs the same calls on the GPU against
+    the same messages)."""
+    with pytest.raises(error) as info:
+        call()
+    assert message in str(info.value), str(info.value)
+
+
 def test_compiled_bad_call_raises_value_error():
     """torch.compile traces the fakes: a wrong feature count raises ValueError at trace time,
     as the eager kernel does (not a shape error deep inside the compiled graph)."""
