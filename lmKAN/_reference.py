@@ -36,6 +36,12 @@ def lmkan2d_forward(x, params, borders, batch_last=True):
     x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2];
     borders: [G+1]. Returns [N_out, B] or [B, N_out].
     """
+    in_dim = x.shape[0] if batch_last else x.shape[1]
+    if not torch.compiler.is_compiling() and in_dim != 2 * params.shape[3]:  # eager (traced:
+        # the layers check, and a torch._check message may not name a tensor's shape)
+        raise ValueError(f"lmkan2d_forward: x has {in_dim} input features but params expects "
+                         f"input_dim=2*{params.shape[3]}={2 * params.shape[3]} (x shape "
+                         f"{list(x.shape)}, batch_last={batch_last})")
     return _chunked(_lmkan2d_batch_first, 4 * params.shape[3], x, params, borders, batch_last)
 
 
@@ -44,6 +50,10 @@ def lmkan1d_forward(x, params, borders, uniform_grid=False, batch_last=True):
 
     x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, N_out, N_in]; borders: [G+1].
     """
+    if (not torch.compiler.is_compiling()
+            and (x.shape[0] if batch_last else x.shape[1]) != params.shape[2]):  # eager, as in 2D
+        raise ValueError(f"x must have {params.shape[2]} input features (params.size(2)) along "
+                         f"dim {0 if batch_last else 1}, got shape {list(x.shape)}")
     return _chunked(_lmkan1d_batch_first, 2 * params.shape[2], x, params, borders, batch_last,
                     uniform_grid)
 
@@ -128,18 +138,27 @@ def _lmkan2d_batch_first(xb, params, borders):
     batch = xb.shape[0]
     side, _, n_out, n_pairs = params.shape
     out_dtype, dtype = params.dtype, compute_dtype(params.dtype)
-    i1, d1 = find_cell(xb[:, 0::2], borders)  # [B, N_in/2]
-    i2, d2 = find_cell(xb[:, 1::2], borders)
+    # both inputs of every pair in one call (a small layer's call is bound by its op count:
+    # each op costs microseconds on the CPU whatever its size)
+    index, d = find_cell(xb, borders)  # [B, N_in]: pair p's inputs at 2p, 2p + 1
     if (dtype != torch.float64 and xb.device.type == "cpu" and not torch.compiler.is_compiling()
-            and bool(((d1.abs() > FAR_CELLS) | (d2.abs() > FAR_CELLS)).any())):
+            and bool((d.abs() > FAR_CELLS).any())):
         # A finite input far past the grid (docs/spec.md, "Robustness"): float64 holds the
         # weights of any float32 input, and the result rounds to +-inf where it overflows.
         # Eager CPU only: the check would synchronise a GPU on every call, and it is a
         # data-dependent branch that torch.compile cannot trace.
         return _lmkan2d_batch_first(xb.double(), params.double(), borders.double()).to(out_dtype)
-    # Row of P[i1, i2, :, p] in the table laid out as [N_in/2, G+1, G+1] x N_out.
-    row = torch.arange(n_pairs, device=xb.device) * (side * side) + i1 * side + i2
-    rows = torch.stack([row, row + 1, row + side, row + side + 1], dim=-1)
+    index, d = index.reshape(batch, n_pairs, 2), d.reshape(batch, n_pairs, 2)
+    # Row of P[i1, i2, :, p] in the table laid out as [N_in/2, G+1, G+1] x N_out, and the
+    # corners' rows: + [0, 1, G+1, G+2] for (i1, i2), (i1, i2 + 1), (i1 + 1, i2), (i1 + 1, i2 + 1)
+    row = (torch.arange(n_pairs, device=xb.device) * (side * side)
+           + index[..., 0] * side + index[..., 1])  # [B, N_in/2]
+    rows = row[..., None] + row.new_tensor([0, 1, side, side + 1])
+    # and their weights (an outer product of (1 - d1, d1) and (1 - d2, d2) as one broadcast
+    # multiplication was slower: size-2 inner dimensions, and a reduction in its backward)
+    # (each 1 - d computed per use: reusing one changes the order in which autograd adds
+    # the gradient's terms, and with it the last bits of grad_x and of any training run)
+    d1, d2 = d[..., 0], d[..., 1]
     weights = torch.stack([(1 - d1) * (1 - d2), (1 - d1) * d2, d1 * (1 - d2), d1 * d2], dim=-1)
     table = params.permute(3, 0, 1, 2).reshape(n_pairs * side * side, n_out).to(dtype)
     y = bag_lookup(rows.reshape(batch, 4 * n_pairs), table,

@@ -62,9 +62,11 @@ def find_cell(v: torch.Tensor, borders: torch.Tensor, uniform: bool = False):
         lo, hi = borders[0], borders[num_grids]
         pos = (v - lo) * (num_grids / (hi - lo))
     else:
-        # exp of a non-positive argument only: no overflow for huge |v|.
-        cdf = torch.where(v <= 0, 0.5 * torch.exp(torch.clamp(v, max=0.0)),
-                          1.0 - 0.5 * torch.exp(-torch.clamp(v, min=0.0)))
+        # One exp, of -|v| (non-positive: no overflow for huge |v|), the value of exp(v) for
+        # v <= 0 and of exp(-v) above, as the kernels compute it (csrc/common/grid.cuh);
+        # torch.where evaluates both of its branches, so two exps cost twice.
+        half_tail = 0.5 * torch.exp(-v.abs())
+        cdf = torch.where(v <= 0, half_tail, 1.0 - half_tail)
         pos = num_grids * cdf
     index = torch.nan_to_num(torch.floor(pos), nan=0.0).clamp_(0, num_grids - 1).long()
     if uniform:

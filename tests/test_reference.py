@@ -137,12 +137,26 @@ def test_gradcheck_all_reference_ops():
     P2 = torch.randn(6, 6, 3, 2, dtype=F64, requires_grad=True)
     P1 = torch.randn(6, 3, 4, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: ref.lmkan2d_forward(a, b, g), (x, P2))
-    assert torch.autograd.gradcheck(lambda a, b: ref.lmkan2d_forward(a.t(), b, g, batch_last=False),
+    assert torch.autograd.gradcheck(lambda a, b: ref.lmkan2d_forward(a, b, g, batch_last=False),
                                     (x.detach().t().contiguous().requires_grad_(True), P2))
     for borders, uniform in ((g, False), (gu, True)):
         assert torch.autograd.gradcheck(lambda a, b: ref.lmkan1d_forward(a, b, borders, uniform), (x, P1))
     assert torch.autograd.gradcheck(lambda p: ref.hessian2d(p, g), (P2,))
     assert torch.autograd.gradcheck(lambda p: ref.second_diff1d(p, g), (P1,))
+
+
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_wrong_feature_count_raises(batch_last):
+    """The reference (the CPU path of ops.lmkan2d / ops.lmkan1d) checks x's features as the
+    kernels do: an odd count once broadcast the pairs' two inputs against each other."""
+    g = cdf_borders(5, F64)
+    x = spread_inputs(3, 7) if batch_last else spread_inputs(7, 3)
+    with pytest.raises(ValueError, match=r"x has 3 input features but params expects "
+                                         r"input_dim=2\*2=4"):
+        ref.lmkan2d_forward(x, torch.randn(6, 6, 5, 2, dtype=F64), g, batch_last)
+    with pytest.raises(ValueError, match=r"x must have 4 input features \(params.size\(2\)\) "
+                                         rf"along dim {0 if batch_last else 1}, got shape"):
+        ref.lmkan1d_forward(x, torch.randn(6, 5, 4, dtype=F64), g, False, batch_last)
 
 
 def test_nan_input_poisons_only_its_sample():
