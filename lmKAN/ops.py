@@ -254,6 +254,27 @@ def second_diff1d(params, borders):
     return _reference.second_diff1d(params, borders)
 
 
+# dtypes as the kernels' messages print them (c10::ScalarType names), so a fake's message is
+# the kernel's own
+C10_DTYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+                   torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
+                   torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+                   torch.bool: "Bool", torch.complex64: "ComplexFloat",
+                   torch.complex128: "ComplexDouble"}
+
+
+def _dtype_name(dtype):
+    return C10_DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def _check_table_dtype(op, table_dtype):
+    """resolve_table_dtype (csrc/common/checks.h), where each op calls it: None (the
+    parameters' dtype, checked with them) or float32, float16 or bfloat16."""
+    torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
+                      lambda: f"{op}: table_dtype must be float32, float16 or bfloat16, got "
+                              f"{_dtype_name(table_dtype)}")
+
+
 def _check_layer_tensors(x, params, borders, params_dims, images=False):
     """The kernels' shape checks (csrc/common/checks.h), for the fake implementations: under
     torch.compile a bad call raises the ValueError that eager raises, at trace time.
@@ -287,17 +308,15 @@ MAX_TABLE_SIDE_2D = 4000
 INT32_MAX = 2 ** 31 - 1
 
 
-def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_dtype=None,
-              images=False):
-    """lmkan2d_forward's and lmkan2d_backward's checks (csrc/lmkan2d/forward.cpp, check_common
-    and resolve_table_dtype); images: a 3-D x (batch-last images)."""
+def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, images=False):
+    """lmkan2d_forward's and lmkan2d_backward's shape checks (csrc/lmkan2d/forward.cpp,
+    check_common; the table dtype: _check_table_dtype); images: a 3-D x (batch-last
+    images)."""
     _check_layer_tensors(x, params, borders, 4, images)
     _check_images_layout(op, x, batch_last)
     torch._check_type(params.dtype in TABLE_DTYPES,
-                      lambda: f"params must be float32, float16 or bfloat16, got {params.dtype}")
-    torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
-                      lambda: f"{op}: table_dtype must be float32, float16 or bfloat16, got "
-                              f"{table_dtype}")
+                      lambda: f"params must be float32, float16 or bfloat16, got "
+                              f"{_dtype_name(params.dtype)}")
     torch._check_value(tile_size in (4, 8, 16),
                        lambda: f"{op}: tile_size must be 4, 8 or 16, got {tile_size}")
     torch._check_value(32 <= block_size <= 1024 and block_size % 32 == 0,
@@ -327,15 +346,14 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, table_d
                        lambda: f"{op}: output_dim must be >= 1, got {params.shape[2]}")
 
 
-def _check_1d(x, params, borders, batch_last, table_dtype=None, images=False):
-    """lmkan1d_forward's and lmkan1d_backward's checks (csrc/lmkan1d/ops.cpp, check_args and
-    resolve_table_dtype); images: a 3-D x (batch-last images)."""
+def _check_1d(x, params, borders, batch_last, images=False):
+    """lmkan1d_forward's and lmkan1d_backward's shape checks (csrc/lmkan1d/ops.cpp,
+    check_args; the table dtype: _check_table_dtype); images: a 3-D x (batch-last images)."""
     _check_layer_tensors(x, params, borders, 3, images)
     _check_images_layout("lmkan1d", x, batch_last)
     torch._check_type(params.dtype in TABLE_DTYPES,
-                      lambda: f"params must be float32, float16 or bfloat16, got {params.dtype}")
-    torch._check_type(table_dtype is None or table_dtype in TABLE_DTYPES,
-                      lambda: f"table_dtype must be float32, float16 or bfloat16, got {table_dtype}")
+                      lambda: f"params must be float32, float16 or bfloat16, got "
+                              f"{_dtype_name(params.dtype)}")
     torch._check_value(params.shape[0] >= 2,
                        lambda: f"params must have at least 2 node rows (G+1), got shape "
                                f"{list(params.shape)}")
@@ -359,7 +377,7 @@ def _check_grad_y(op, grad_y, x, n_out, batch_last):
     """A backward op's grad_y (csrc/common/checks.h, check_grad_y): float32, [N_out, B]
     (batch_last) or [B, N_out], and [N, N_out, L] for images x [N, N_in, L]."""
     torch._check_type(grad_y.dtype == torch.float32,
-                      lambda: f"grad_y must be float32, got {grad_y.dtype}")
+                      lambda: f"grad_y must be float32, got {_dtype_name(grad_y.dtype)}")
     if x.dim() == 3:
         expected = [x.shape[0], n_out, x.shape[2]]
         torch._check_value(grad_y.dim() == 3 and list(grad_y.shape) == expected,
@@ -386,9 +404,9 @@ def _check_table(params, borders, dims):
     """One table of hessian2d (dims 4) or second_diff1d (dims 3), in check_table's order."""
     shape = TABLE_SHAPE_TEXT[dims]
     torch._check_type(params.dtype == torch.float32,
-                      lambda: f"params must be float32, got {params.dtype}")
+                      lambda: f"params must be float32, got {_dtype_name(params.dtype)}")
     torch._check_type(borders.dtype == torch.float32,
-                      lambda: f"borders must be float32, got {borders.dtype}")
+                      lambda: f"borders must be float32, got {_dtype_name(borders.dtype)}")
     torch._check_value(params.dim() == dims, lambda: f"params must have shape {shape}, got shape "
                                                      f"{list(params.shape)}")
     torch._check_value(borders.dim() == 1, lambda: f"borders must have 1 dimensions, got shape "
@@ -413,7 +431,7 @@ def _check_tables(op, params_list, borders_list):
 
 def _check_grad_r(grad_r):
     torch._check_type(grad_r.dtype == torch.float32,
-                      lambda: f"grad_r must be float32, got {grad_r.dtype}")
+                      lambda: f"grad_r must be float32, got {_dtype_name(grad_r.dtype)}")
     torch._check_value(grad_r.numel() == 1, lambda: f"grad_r must be a 0-dim tensor (one "
                                                     f"element), got shape {list(grad_r.shape)}")
 
@@ -439,37 +457,42 @@ def _register():
     lib = "lmkan::"
 
     # --- 2D layer -------------------------------------------------------------------
+    # Each fake makes its kernel's checks in the kernel's order (the first failing check
+    # names the error): shapes, then table_dtype (resolve_table_dtype), then grad_y,
+    # except where noted.
     @torch.library.register_fake(lib + "lmkan2d_forward")
     def _(x, params, borders, batch_last, tile_size, block_size, table_dtype=None):
         _check_2d("lmkan2d_forward", x, params, borders, batch_last, tile_size, block_size,
-                  table_dtype, images=True)
+                  images=True)
+        _check_table_dtype("lmkan2d_forward", table_dtype)
         return _layer_output(x, params.shape[2], batch_last)
 
     @torch.library.register_fake(lib + "lmkan2d_backward")
     def _(grad_y, x, params, borders, batch_last, tile_size, block_size, fast_mode,
           deterministic=False, table_dtype=None, grad_params=True):
         _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size,
-                  table_dtype, images=True)
+                  images=True)
+        _check_table_dtype("lmkan2d_backward", table_dtype)
         _check_grad_y("lmkan2d_backward", grad_y, x, params.shape[2], batch_last)
         return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan2d_backward's derivatives (csrc/lmkan2d/autograd.cpp): tile 8,
     # block 512 (csrc/lmkan2d/layout.h, kSlopeTile)
-    def _check_slopes(op, x, weights, params, borders, batch_last, table_dtype=None):
-        _check_2d(op, x, params, borders, batch_last, 8, 512, table_dtype)
+    def _check_slopes(op, x, weights, params, borders, batch_last):
+        _check_2d(op, x, params, borders, batch_last, 8, 512)
         _check_weights(op, x, weights)
 
     @torch.library.register_fake(lib + "lmkan2d_slope_forward")
     def _(x, weights, params, borders, batch_last, table_dtype=None):
-        _check_slopes("lmkan2d_slope_forward", x, weights, params, borders, batch_last,
-                      table_dtype)
+        _check_slopes("lmkan2d_slope_forward", x, weights, params, borders, batch_last)
+        _check_table_dtype("lmkan2d_slope_forward", table_dtype)
         return _layer_output(x, params.shape[2], batch_last)
 
     @torch.library.register_fake(lib + "lmkan2d_slope_grad_x")
     def _(grad_y, x, weights, params, borders, batch_last, table_dtype=None):
-        _check_slopes("lmkan2d_slope_grad_x", x, weights, params, borders, batch_last,
-                      table_dtype)
+        _check_slopes("lmkan2d_slope_grad_x", x, weights, params, borders, batch_last)
         _check_grad_y("lmkan2d_slope_grad_x", grad_y, x, params.shape[2], batch_last)
+        _check_table_dtype("lmkan2d_slope_grad_x", table_dtype)  # after grad_y, as there
         return torch.empty_like(x)
 
     @torch.library.register_fake(lib + "lmkan2d_slope_grad_params")
@@ -481,28 +504,31 @@ def _register():
     # --- 1D layer -------------------------------------------------------------------
     @torch.library.register_fake(lib + "lmkan1d_forward")
     def _(x, params, borders, uniform_grid, batch_last, table_dtype=None):
-        _check_1d(x, params, borders, batch_last, table_dtype, images=True)
+        _check_1d(x, params, borders, batch_last, images=True)
+        _check_table_dtype("lmkan1d_forward", table_dtype)
         return _layer_output(x, params.shape[1], batch_last)
 
     @torch.library.register_fake(lib + "lmkan1d_backward")
     def _(grad_y, x, params, borders, uniform_grid, batch_last, deterministic=False,
           table_dtype=None, grad_params=True):
-        _check_1d(x, params, borders, batch_last, table_dtype, images=True)
+        _check_1d(x, params, borders, batch_last, images=True)
+        _check_table_dtype("lmkan1d_backward", table_dtype)
         _check_grad_y("lmkan1d_backward", grad_y, x, params.shape[1], batch_last)
         return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan1d_backward's derivatives (csrc/lmkan1d/autograd.cpp)
     @torch.library.register_fake(lib + "lmkan1d_slope_forward")
     def _(x, weights, params, borders, uniform_grid, batch_last, table_dtype=None):
-        _check_1d(x, params, borders, batch_last, table_dtype)
+        _check_1d(x, params, borders, batch_last)
         _check_weights("lmkan1d_slope_forward", x, weights)
+        _check_table_dtype("lmkan1d_slope_forward", table_dtype)
         return _layer_output(x, params.shape[1], batch_last)
 
     @torch.library.register_fake(lib + "lmkan1d_slope_grad_params")
     def _(grad_y, x, weights, params, borders, uniform_grid, batch_last, deterministic=False):
         _check_1d(x, params, borders, batch_last)
-        _check_weights("lmkan1d_slope_grad_params", x, weights)
         _check_grad_y("lmkan1d_slope_grad_params", grad_y, x, params.shape[1], batch_last)
+        _check_weights("lmkan1d_slope_grad_params", x, weights)
         return torch.empty_like(params)
 
     # --- regularisers ------------------------------------------------------------------

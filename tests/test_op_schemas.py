@@ -267,8 +267,9 @@ def backward_and_regulariser_bad_calls(device):
     def gy(*shape, dtype=torch.float32):
         return torch.randn(*shape, device=device).to(dtype)
 
-    def bwd2d(grad_y, x=rows, batch_last=True):
-        return lambda: ops.lmkan2d_backward(grad_y, x, p2, borders, batch_last, 8, 256, False)
+    def bwd2d(grad_y, x=rows, batch_last=True, table_dtype=None):
+        return lambda: ops.lmkan2d_backward(grad_y, x, p2, borders, batch_last, 8, 256, False,
+                                            False, table_dtype)
 
     r = "lmkan2d_backward: grad_y must have shape"
     return [
@@ -281,7 +282,17 @@ def backward_and_regulariser_bad_calls(device):
         ("2d backward 3-D grad_y of rows", bwd2d(gy(7, 9, 1)), ValueError,
          "grad_y must have 2 dimensions, got shape [7, 9, 1]"),
         ("2d backward float16 grad_y", bwd2d(gy(7, 9, dtype=torch.float16)), TypeError,
-         "grad_y must be float32"),
+         "grad_y must be float32, got Half"),
+        # the kernels' order: table_dtype before grad_y in the layer ops, after it in
+        # lmkan2d_slope_grad_x; in lmkan1d_slope_grad_params grad_y before the weights
+        ("2d backward table_dtype first", bwd2d(gy(7, 8), table_dtype=torch.float64), TypeError,
+         "lmkan2d_backward: table_dtype must be float32, float16 or bfloat16, got Double"),
+        ("2d slope grad_x grad_y first", lambda: ops.lmkan2d_slope_grad_x(
+            gy(7, 8), rows, rows, p2, borders, True, torch.float64), ValueError,
+         "lmkan2d_slope_grad_x: grad_y must have shape [N_out, B] = [7, 9], got [7, 8]"),
+        ("1d slope grad_params grad_y first", lambda: ops.lmkan1d_slope_grad_params(
+            gy(7, 8), rows, rows[:, :8], p1, borders, False, True), ValueError,
+         "lmkan1d_slope_grad_params: grad_y must have shape [N_out, B] = [7, 9], got [7, 8]"),
         ("2d slope grad_x", lambda: ops.lmkan2d_slope_grad_x(gy(6, 9), rows, rows, p2, borders,
                                                              True), ValueError,
          "lmkan2d_slope_grad_x: grad_y must have shape [N_out, B] = [7, 9], got [6, 9]"),
@@ -300,6 +311,8 @@ def backward_and_regulariser_bad_calls(device):
          "lmkan1d_slope_grad_params: grad_y must have shape [N_out, B] = [7, 9], got [9, 7]"),
         ("hessian2d 3-D params", lambda: ops.hessian2d(p2[0], borders), ValueError,
          "params must have shape [G+1, G+1, N_out, N_in/2], got shape [6, 7, 3]"),
+        ("hessian2d float64", lambda: ops.hessian2d(p2.double(), borders), TypeError,
+         "params must be float32, got Double"),
         ("hessian2d two nodes", lambda: ops.hessian2d(p2[:2, :2], borders[:2]), ValueError,
          "borders must hold G+1 nodes with 3 <= G+1 <= 4000, got 2"),
         ("hessian2d side", lambda: ops.hessian2d(p2[:, :5].contiguous(), borders), ValueError,
