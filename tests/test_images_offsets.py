@@ -13,11 +13,18 @@ HEADER_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "csrc")
 PROGRAM = r"""
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include "common/images.h"
 
-// usage: offsets STEP LEN IMAGE_STRIDE S... -> one offset per line; "limit" -> kMaxImageSamples
+// usage: offsets STEP LEN IMAGE_STRIDE S... -> one offset per line; offsets images F L S...
+// -> the same of image_offsets(F, L); "limit" -> kMaxImageSamples
 int main(int argc, char** argv) {
   if (argc == 2) { std::printf("%lld\n", (long long)lmkan::kMaxImageSamples); return 0; }
+  if (std::string(argv[1]) == "images") {
+    const lmkan::SampleOffsets o = lmkan::image_offsets(std::atoll(argv[2]), std::atoll(argv[3]));
+    for (int i = 4; i < argc; ++i) std::printf("%lld\n", (long long)o(std::atoll(argv[i])));
+    return 0;
+  }
   const lmkan::SampleOffsets o{std::atoll(argv[1]), std::atoll(argv[2]), std::atoll(argv[3])};
   for (int i = 4; i < argc; ++i) std::printf("%lld\n", (long long)o(std::atoll(argv[i])));
   return 0;
@@ -47,9 +54,10 @@ def offsets(tmp_path_factory):
 def test_offsets_of_images(offsets, n, features, length):
     """Sample s = n L + l of images [N, F, L] (feature 0) sits where numpy puts [n, 0, l]."""
     samples = list(range(n * length))
-    got = offsets(1, length, features * length, *samples)
     index = np.arange(n * features * length).reshape(n, features, length)
-    assert got == [int(index[s // length, 0, s % length]) for s in samples]
+    expected = [int(index[s // length, 0, s % length]) for s in samples]
+    assert offsets(1, length, features * length, *samples) == expected
+    assert offsets("images", features, length, *samples) == expected  # image_offsets
 
 
 def test_plain_offsets_need_no_division(offsets):

@@ -48,4 +48,10 @@ inline SampleOffsets plain_offsets(int64_t step, int64_t batch) {
   return SampleOffsets{step, batch > 0 ? batch : 1, 0};
 }
 
+// The offsets of contiguous images [N, features, len]: neighbouring samples of an image are
+// neighbours in memory, images features * len apart.
+inline SampleOffsets image_offsets(int64_t features, int64_t len) {
+  return SampleOffsets{1, len > 0 ? len : 1, features * len};
+}
+
 }  // namespace lmkan

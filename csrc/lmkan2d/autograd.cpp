@@ -151,8 +151,8 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
         d_params = slope_grad_params_op.call(grad_y, x, weights, params, borders, batch_last,
                                              deterministic);
     }
-    return {layout.images(d_grad_y), layout.images(d_x), d_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {layout.images(d_grad_y), layout.images(d_x), d_params, at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

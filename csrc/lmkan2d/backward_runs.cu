@@ -428,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t xs_f = images ? image_len : batch_last ? batch : 1;
   const int64_t xs_b = batch_last ? 1 : in_dim;
   const SampleOffsets x_images =
-      images ? SampleOffsets{1, image_len, in_dim * image_len} : SampleOffsets{};
+      images ? image_offsets(in_dim, image_len) : SampleOffsets{};
   const auto runs = switch_value<1, 2, 4>(k, [&](auto k_c) {
     return images ? &runs_kernel<decltype(k_c)::value, true>
                   : &runs_kernel<decltype(k_c)::value, false>;

@@ -377,8 +377,8 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   a.n_chunks = (batch + kChunk - 1) / kChunk;
   if (images) {
     a.xs_f = a.gs_f = image_len;
-    a.x_at = SampleOffsets{1, image_len, 2 * int64_t(n_pairs) * image_len};
-    a.gy_at = SampleOffsets{1, image_len, int64_t(n_out) * image_len};
+    a.x_at = image_offsets(2 * int64_t(n_pairs), image_len);
+    a.gy_at = image_offsets(n_out, image_len);
   } else {
     a.xs_f = batch_last ? batch : 1;
     a.gs_f = batch_last ? batch : 1;

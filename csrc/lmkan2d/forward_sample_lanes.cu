@@ -384,11 +384,9 @@ at::Tensor forward_by_sample_lanes(const at::Tensor& x, const at::Tensor& params
   a.ys_f = store_images ? image_len : store_batch_last ? batch : 1;
   a.ys_b = store_batch_last ? 1 : n_out;
   const SampleOffsets x_images =
-      images ? SampleOffsets{1, image_len, 2 * int64_t(n_pairs) * image_len}
-             : plain_offsets(a.xs_b, batch);
-  const SampleOffsets y_images = store_images
-                                     ? SampleOffsets{1, image_len, int64_t(n_out) * image_len}
-                                     : plain_offsets(a.ys_b, batch);
+      images ? image_offsets(2 * int64_t(n_pairs), image_len) : plain_offsets(a.xs_b, batch);
+  const SampleOffsets y_images =
+      store_images ? image_offsets(n_out, image_len) : plain_offsets(a.ys_b, batch);
   a.n_out = n_out;
   a.n_pairs = n_pairs;
   a.num_grids = num_grids;

@@ -200,7 +200,7 @@ at::Tensor transpose(const at::Tensor& in_any, int64_t ld) {
   if (in.dim() == 3) {  // images [N, rows, L]: the caller keeps N L within kMaxImageSamples
     const int64_t rows = in.size(1), len = in.size(2), cols = in.size(0) * len;
     TORCH_INTERNAL_ASSERT(cols <= kMaxImageSamples, "transpose: ", cols, " image samples");
-    const SampleOffsets images{1, std::max<int64_t>(len, 1), rows * len};
+    const SampleOffsets images = image_offsets(rows, len);
     return launch_transpose(in, 1, rows, cols, ld, &images);
   }
   return launch_transpose(in, 1, in.size(0), in.size(1), ld);
