@@ -74,6 +74,29 @@ def check_positive_float(name, value):
     return check_real(name, value, 0.0, exclusive=True)
 
 
+def in_features(x, batch_last):
+    """x's input features: [N_in, B], [B, N_in] or images [N, N_in, L]."""
+    return x.shape[1] if x.dim() == 3 or not batch_last else x.shape[0]
+
+
+def check_pair_features(op, x, n_pairs, batch_last):
+    """A 2D op's x has 2 * n_pairs input features (the kernels' check, csrc/common/checks.h);
+    torch._check, so that a fake raises it at trace time too."""
+    in_dim = in_features(x, batch_last)
+    torch._check_value(in_dim == 2 * n_pairs,
+                       lambda: f"{op}: x has {in_dim} input features but params expects "
+                               f"input_dim=2*{n_pairs}={2 * n_pairs} (x shape {list(x.shape)}, "
+                               f"batch_last={batch_last})")
+
+
+def check_input_features(x, n_in, batch_last):
+    """A 1D op's x has n_in input features (csrc/lmkan1d/ops.cpp, check_args)."""
+    torch._check_value(in_features(x, batch_last) == n_in,
+                       lambda: f"x must have {n_in} input features (params.size(2)) along dim "
+                               f"{1 if x.dim() == 3 or not batch_last else 0}, got shape "
+                               f"{list(x.shape)}")
+
+
 def check_input(x, weight, input_dim, batch_last, layer_name):
     """Validate a layer input; return it as a 2-D view plus the leading batch shape.
 

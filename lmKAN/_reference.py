@@ -12,6 +12,7 @@ instead of O(B * N_out * N_in).
 import torch
 
 from ._bag import bag_lookup
+from ._checks import check_input_features, check_pair_features
 from .grids import cell_nodes, compute_dtype, find_cell
 
 __all__ = ["lmkan2d_forward", "lmkan1d_forward", "hessian2d", "second_diff1d"]
@@ -36,12 +37,9 @@ def lmkan2d_forward(x, params, borders, batch_last=True):
     x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, G+1, N_out, N_in/2];
     borders: [G+1]. Returns [N_out, B] or [B, N_out].
     """
-    in_dim = x.shape[0] if batch_last else x.shape[1]
-    if not torch.compiler.is_compiling() and in_dim != 2 * params.shape[3]:  # eager (traced:
-        # the layers check, and a torch._check message may not name a tensor's shape)
-        raise ValueError(f"lmkan2d_forward: x has {in_dim} input features but params expects "
-                         f"input_dim=2*{params.shape[3]}={2 * params.shape[3]} (x shape "
-                         f"{list(x.shape)}, batch_last={batch_last})")
+    if not torch.compiler.is_compiling():  # eager (traced: the layers check, and a traced
+        # check's message may not name a tensor's shape)
+        check_pair_features("lmkan2d_forward", x, params.shape[3], batch_last)
     return _chunked(_lmkan2d_batch_first, 4 * params.shape[3], x, params, borders, batch_last)
 
 
@@ -50,10 +48,8 @@ def lmkan1d_forward(x, params, borders, uniform_grid=False, batch_last=True):
 
     x: [N_in, B] (batch_last) or [B, N_in]; params: [G+1, N_out, N_in]; borders: [G+1].
     """
-    if (not torch.compiler.is_compiling()
-            and (x.shape[0] if batch_last else x.shape[1]) != params.shape[2]):  # eager, as in 2D
-        raise ValueError(f"x must have {params.shape[2]} input features (params.size(2)) along "
-                         f"dim {0 if batch_last else 1}, got shape {list(x.shape)}")
+    if not torch.compiler.is_compiling():  # eager, as in 2D
+        check_input_features(x, params.shape[2], batch_last)
     return _chunked(_lmkan1d_batch_first, 2 * params.shape[2], x, params, borders, batch_last,
                     uniform_grid)
 

@@ -13,7 +13,7 @@ import contextlib
 import torch
 
 from . import _reference
-from ._checks import TABLE_DTYPES
+from ._checks import TABLE_DTYPES, check_input_features, check_pair_features
 from ._extension import _MODULE, KERNEL_OPS, has_cuda_kernel
 
 __all__ = ["lmkan2d", "lmkan1d", "lmkan2d_forward_images", "lmkan1d_forward_images", "hessian2d",
@@ -254,17 +254,11 @@ def second_diff1d(params, borders):
     return _reference.second_diff1d(params, borders)
 
 
-# dtypes as the kernels' messages print them (c10::ScalarType names), so a fake's message is
-# the kernel's own
-C10_DTYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-                   torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
-                   torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-                   torch.bool: "Bool", torch.complex64: "ComplexFloat",
-                   torch.complex128: "ComplexDouble"}
-
-
 def _dtype_name(dtype):
-    return C10_DTYPE_NAMES.get(dtype, str(dtype))
+    """A dtype as the kernels' messages print it (its c10::ScalarType name: "Float", "Half",
+    "BFloat16", ...), so a fake's message is the kernel's own; torch's legacy tensor type
+    name carries it ("torch.HalfTensor"). Error paths only."""
+    return torch.empty((), dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
 
 
 def _check_table_dtype(op, table_dtype):
@@ -296,11 +290,6 @@ def _check_images_layout(op, x, batch_last):
     torch._check_value(x.dim() == 2 or batch_last,
                        lambda: f"{op}: a 3-D x ([N, N_in, L] images) is batch-last; got "
                                f"batch_last=False with x of shape {list(x.shape)}")
-
-
-def _in_features(x, batch_last):
-    """x's input features: [N_in, B], [B, N_in] or images [N, N_in, L]."""
-    return x.shape[1] if x.dim() == 3 or not batch_last else x.shape[0]
 
 
 # The ops' size limits (csrc/lmkan2d/plan.h kMaxTableSide; ints narrowed in the host code).
@@ -337,11 +326,7 @@ def _check_2d(op, x, params, borders, batch_last, tile_size, block_size, images=
     torch._check_value(params.shape[2] <= INT32_MAX and params.shape[3] <= INT32_MAX,
                        lambda: f"{op}: output_dim and input_dim/2 must be below 2^31, got params "
                                f"shape {list(params.shape)}")
-    in_dim = _in_features(x, batch_last)
-    torch._check_value(in_dim == 2 * params.shape[3],
-                       lambda: f"{op}: x has {in_dim} input features but params expects "
-                               f"input_dim=2*{params.shape[3]}={2 * params.shape[3]} (x shape "
-                               f"{list(x.shape)}, batch_last={batch_last})")
+    check_pair_features(op, x, params.shape[3], batch_last)
     torch._check_value(params.shape[2] >= 1,
                        lambda: f"{op}: output_dim must be >= 1, got {params.shape[2]}")
 
@@ -365,12 +350,7 @@ def _check_1d(x, params, borders, batch_last, images=False):
                                f"N_in]), got shape {list(params.shape)}")
     torch._check_value(max(params.shape) <= INT32_MAX,
                        lambda: f"params dims must be below 2^31, got shape {list(params.shape)}")
-    in_dim = _in_features(x, batch_last)
-    torch._check_value(in_dim == params.shape[2],
-                       lambda: f"x must have {params.shape[2]} input features "
-                               f"(params.size(2)) along dim "
-                               f"{1 if x.dim() == 3 or not batch_last else 0}, got shape "
-                               f"{list(x.shape)}")
+    check_input_features(x, params.shape[2], batch_last)
 
 
 def _check_grad_y(op, grad_y, x, n_out, batch_last):
