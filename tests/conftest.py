@@ -47,6 +47,14 @@ def deterministic_algorithms():
         torch.use_deterministic_algorithms(previous)
 
 
+def cuda_kernel_names(step):
+    """The names of the CUDA kernels that step() launches (torch profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+
+
 def rel_l2(actual, expected):
     """||actual - expected|| / ||expected|| in float64 (NaN-free inputs expected)."""
     actual, expected = actual.double(), expected.double()

@@ -9,7 +9,8 @@ from lmKAN import _reference
 from lmKAN.grids import cdf_borders
 from lmKAN.lmkan2d import LMKAN2DLayer, max_num_grids
 
-from conftest import assert_cuda_kernel, deterministic_algorithms, rel_l2, requires_gpu
+from conftest import (assert_cuda_kernel, cuda_kernel_names, deterministic_algorithms, rel_l2,
+                      requires_gpu)
 
 TILES = (4, 8, 16)
 TOL = 1e-5
@@ -261,11 +262,13 @@ RUN_LENGTHS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 4, 1, 3, 12, 255, 2, 256, 1, 257, 5, 1
 @pytest.mark.parametrize("batch_last", (True, False))
 @pytest.mark.parametrize("fast", (False, True))
 @pytest.mark.parametrize("tile", TILES)
-def test_sorted_backward_run_lengths(tile, fast, batch_last):
+@pytest.mark.parametrize("n_tiles", (2, 3))
+def test_sorted_backward_run_lengths(tile, fast, batch_last, n_tiles):
     """The cell-sorted backward (csrc/lmkan2d/backward_runs.cu) on inputs placed at cell
     centres so that each pair's cells hold runs of RUN_LENGTHS samples (a different order of
     cells per pair, samples shuffled): its per-sample path, its 4-sample batches within a
-    cell and the carries between them, against the float64 reference."""
+    cell and the carries between them, against the float64 reference. At tile 16, 2 output
+    tiles are walked together and 3 one by one."""
     torch.manual_seed(11)
     g, n_pairs = 8, 3
     borders = cdf_borders(g, device="cuda")
@@ -280,11 +283,39 @@ def test_sorted_backward_run_lengths(tile, fast, batch_last):
         x[2 * p + 1] = centres[per_sample % g]
     if not batch_last:
         x = x.t().contiguous()
-    n_out = 8 * tile + 3
+    n_out = 8 * tile * (n_tiles - 1) + 3
     params = torch.randn(g + 1, g + 1, n_out, n_pairs, device="cuda")
     grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
     gx, gp = _backward(grad_y, x, params, borders, batch_last, tile, 256, fast)
     _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
+
+
+@requires_gpu
+@pytest.mark.parametrize("images", (False, True))
+@pytest.mark.parametrize("n_tiles", (1, 2, 3, 4))
+def test_sorted_backward_walks_two_tiles_where_they_pair(n_tiles, images):
+    """At tile 16 the cell-sorted backward walks two output tiles at once where their count is
+    even (runs_kernel<4, 2, ...>), else one at a time (<4, 1, ...>): the instance that runs,
+    and its gradients against the float64 reference, on rows and on images [N, N_in, L], the
+    last tile ragged."""
+    torch.manual_seed(5)
+    n_out, n_in, n, length = 128 * (n_tiles - 1) + 37, 6, 7, 149
+    x, params, borders = _make(10, n_in, n_out, n * length, True)
+    grad_y = torch.randn(n_out, n * length, device="cuda")
+    as_images = lambda t: t.reshape(t.shape[0], n, length).permute(1, 0, 2).contiguous()  # noqa: E731
+    xs, gys = (as_images(x), as_images(grad_y)) if images else (x, grad_y)
+
+    def step():
+        return _backward(gys, xs, params, borders, True, 16, 512, False)
+    walk = 2 if n_tiles % 2 == 0 else 1
+    kernel = f"runs_kernel<4, {walk}, {'true' if images else 'false'}>"
+    names = cuda_kernel_names(step)
+    assert any(kernel in name for name in names), (kernel, sorted(names))
+    gx, gp = step()
+    if images:
+        gx = gx.permute(1, 0, 2).reshape(n_in, n * length)
+    _, rgx, rgp = _reference_all(x, params, borders, grad_y, True)
     assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
 
 

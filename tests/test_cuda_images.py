@@ -20,7 +20,7 @@ import torch
 from lmKAN import LMKAN1DConv2d, LMKAN2DConv2d, _reference, ops
 from lmKAN.grids import cdf_borders
 
-from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+from conftest import assert_cuda_kernel, cuda_kernel_names, rel_l2, requires_gpu
 
 pytestmark = requires_gpu
 
@@ -230,15 +230,6 @@ def test_layer_ops_train_on_images(kind, mode):
     assert rel_l2(gxx, _images(pgxx, n)) <= 1e-5 and rel_l2(gpp, pgpp) <= 1e-5
 
 
-def _cuda_kernels(step):
-    """The names of the CUDA kernels that step() launches."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    return {e.name for e in prof.events()
-            if e.device_type == torch.autograd.DeviceType.CUDA}
-
-
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_2d_sorted_backward_reads_images_in_place(deterministic):
     """Where the sorted backward serves, images run its image instances (no copy of x,
@@ -250,12 +241,12 @@ def test_2d_sorted_backward_reads_images_in_place(deterministic):
     borders = cdf_borders(5).cuda()
     x = _inputs(n, c, length)
     gy = torch.randn(n, o, length, device="cuda")
-    names = _cuda_kernels(lambda: torch.ops.lmkan.lmkan2d_backward(
+    names = cuda_kernel_names(lambda: torch.ops.lmkan.lmkan2d_backward(
         gy, x, params, borders, True, 8, 512, False, deterministic))
-    in_place = [k for k in ("bucket_kernel<true>", "runs_kernel<2, true>",
+    in_place = [k for k in ("bucket_kernel<true>", "runs_kernel<2, 1, true>",
                             "transpose_kernel<true>") if any(k in name for name in names)]
     assert in_place == ([] if deterministic else
-                        ["bucket_kernel<true>", "runs_kernel<2, true>", "transpose_kernel<true>"])
+                        ["bucket_kernel<true>", "runs_kernel<2, 1, true>", "transpose_kernel<true>"])
 
 
 # ---- the 1x1 convolution ------------------------------------------------------------------

@@ -113,16 +113,17 @@ def image_backward_launches():
     """lmkan2d_backward on images: the sorted backward in place (bucket and runs image
     instances over several chunks, the image transpose of grad_y, far_fixup's flag pass with
     and without 16-byte loads: L % 4 == 0 and not, more than 4 chunks of 256 samples), and
-    the copies around the deterministic plan."""
+    the copies around the deterministic plan; at tile 16 two output tiles per walk)."""
     borders = cdf_borders(5, device="cuda")
-    for n, length, fast, deterministic in ((300, 64, False, False), (40, 37, True, False),
-                                           (9, 30, False, True)):
+    for n, length, fast, deterministic, tile, n_out in (
+            (300, 64, False, False, 8, 70), (40, 37, True, False, 8, 70),
+            (9, 30, False, True, 8, 70), (40, 37, True, False, 16, 200)):
         x = 1.5 * torch.randn(n, 10, length, device="cuda")
         x.view(-1)[3] = float("nan")
         x.view(-1)[5::97] = 3e38
-        params = torch.randn(6, 6, 70, 5, device="cuda")
-        gy = torch.randn(n, 70, length, device="cuda")
-        torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, True, 8, 512, fast,
+        params = torch.randn(6, 6, n_out, 5, device="cuda")
+        gy = torch.randn(n, n_out, length, device="cuda")
+        torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, True, tile, 512, fast,
                                          deterministic)
 
 

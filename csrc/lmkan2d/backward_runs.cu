@@ -52,6 +52,10 @@ namespace {
 constexpr int kBucketThreads = 1024;
 constexpr int kRunMinSegment = 32;      // shortest segment (small batches: more warps)
 constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
+// runs_kernel's largest block for T output tiles per walk: T = 2 holds twice the
+// accumulators and table differences (168 registers: 128 spilled 64 bytes, some inside the
+// batch loop; sm_90 ptxas), so 12 warps per SM instead of 16
+constexpr int runs_max_threads(int tiles_per_walk) { return tiles_per_walk == 2 ? 384 : kRunMaxThreads; }
 constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (104 registers on sm_90)
 constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
 
@@ -92,17 +96,23 @@ __device__ int block_exclusive_scan(int* count, int n, int* warp_sums) {
   return total;
 }
 
-// Sample b's cell of pair p: x (f, b) at f * xs_f + b * xs_b, or for images (kImages,
-// common/images.h) at f * xs_f + x_images(b), xs_f = L.
+// Sample b's two inputs of pair p: x (f, b) at f * xs_f + b * xs_b, or for images
+// (kImages, common/images.h) at f * xs_f + x_images(b), xs_f = L.
 template <bool kImages>
-__device__ __forceinline__ float4 sample_pair_cell(const float* __restrict__ x, int64_t b, int p,
-                                                   const float* s_borders, int num_grids,
-                                                   int64_t xs_f, int64_t xs_b,
-                                                   const SampleOffsets& x_images) {
-  if constexpr (kImages)
-    return pair_cell(x + x_images(b), 0, p, s_borders, num_grids, xs_f, 0, nullptr);
-  return pair_cell(x, b, p, s_borders, num_grids, xs_f, xs_b, nullptr);
+__device__ __forceinline__ float2 sample_pair_values(const float* __restrict__ x, int64_t b, int p,
+                                                     int64_t xs_f, int64_t xs_b,
+                                                     const SampleOffsets& x_images) {
+  const float* xb = kImages ? x + x_images(b) : x + b * xs_b;
+  const int64_t f = 2 * int64_t(p);
+  return make_float2(xb[f * xs_f], xb[(f + 1) * xs_f]);
 }
+
+// Samples per thread and step of bucket_kernel's two passes: their inputs are loaded before
+// any cell is computed. One block per pair holds 32 warps of an SM (G = 26: 128 blocks per
+// chunk); with one sample a step each warp waited out a load (two in the second pass,
+// sequenced by the division's slow-path call) per sample, and the kernel took ~1.2 ms per
+// step of both large cases of bench_2d, 7% of the G = 26 fwd+bwd (H200, 2026-12-05).
+constexpr int kBucketUnroll = 4;
 
 // Sort the samples [b0, b0 + len) of pair blockIdx.x by cell into entries[p][0, len).
 template <bool kImages>
@@ -119,22 +129,43 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   for (int i = threadIdx.x; i < keys; i += blockDim.x) count[i] = 0;
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
   __syncthreads();
-  for (int s = threadIdx.x; s < len; s += blockDim.x) {
-    const float4 c =
-        sample_pair_cell<kImages>(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, x_images);
-    atomicAdd(&count[__float_as_int(c.x)], 1);
+  // the inputs of this thread's samples s0 + u * blockDim.x, u < kBucketUnroll (0 past len)
+  const auto load_step = [&](int s0, float2 (&v)[kBucketUnroll]) {
+#pragma unroll
+    for (int u = 0; u < kBucketUnroll; ++u) {
+      const int s = s0 + u * static_cast<int>(blockDim.x);
+      v[u] = s < len ? sample_pair_values<kImages>(x, b0 + s, p, xs_f, xs_b, x_images)
+                     : make_float2(0.f, 0.f);
+    }
+  };
+  const int step = kBucketUnroll * static_cast<int>(blockDim.x);
+  for (int s0 = threadIdx.x; s0 < len; s0 += step) {
+    float2 v[kBucketUnroll];
+    load_step(s0, v);
+#pragma unroll
+    for (int u = 0; u < kBucketUnroll; ++u) {
+      if (s0 + u * static_cast<int>(blockDim.x) >= len) break;
+      const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
+      atomicAdd(&count[__float_as_int(c.x)], 1);
+    }
   }
   __syncthreads();
   block_exclusive_scan(count, keys, warp_sums);
   // second pass: the cells again (cheaper than keeping them: registers), each sample takes
   // the next free slot of its cell
   int4* out = entries + p * entries_stride;
-  for (int s = threadIdx.x; s < len; s += blockDim.x) {
-    const float4 c =
-        sample_pair_cell<kImages>(x, b0 + s, p, s_borders, num_grids, xs_f, xs_b, x_images);
-    const int key = __float_as_int(c.x);
-    const int pos = atomicAdd(&count[key], 1);
-    __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));  // read once
+  for (int s0 = threadIdx.x; s0 < len; s0 += step) {
+    float2 v[kBucketUnroll];
+    load_step(s0, v);
+#pragma unroll
+    for (int u = 0; u < kBucketUnroll; ++u) {
+      const int s = s0 + u * static_cast<int>(blockDim.x);
+      if (s >= len) break;
+      const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
+      const int key = __float_as_int(c.x);
+      const int pos = atomicAdd(&count[key], 1);
+      __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));  // read once
+    }
   }
 }
 
@@ -179,10 +210,20 @@ constexpr int64_t runs_smem_per_warp() { return int64_t(kRunEntrySlots) * 16 + i
 // kImages: grad_x is images (common/images.h), written at f * xs_f + dx_images(b); the
 // offsets are a separate argument, used in the final stores only (the batch loop is the same
 // code either way).
-template <int K, bool kImages>
-__global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
+//
+// T: output tiles walked at once (1 or 2). With T = 2 a lane owns K outputs in each of two
+// adjacent tiles (the packed layouts are unchanged: tile t + 1 of the table and of dP is
+// tile_stride floats on, of a grad_y row W floats on), so the per-sample work that does not
+// grow with the outputs (the entry, the weights, the dx merges, the batch test) serves 2W
+// outputs, and the segment is walked half as often. Its registers then hold no carried
+// corners: a cell change to the right reloads the two left corners from L2 (a few per
+// segment at G = 26, fewer at small G), where keeping them would cost 2TK registers.
+template <int K, int T, bool kImages>
+__global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArgs a,
                                                               const SampleOffsets dx_images) {
   constexpr int W = 32 * K, U = kRunPrefetch;
+  static_assert(T == 1 || T == 2, "one or two output tiles per walk");
+  constexpr bool kCarryCorners = T == 1;  // keep the right corners for a carry (above)
   extern __shared__ __align__(16) float runs_smem[];
   const int side = a.num_grids + 1, cells = side * side;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -208,7 +249,9 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
   for (int i = len + lane; i < ((len + 15) & ~15) + U; i += 32) seg_entries[i] = make_int4(0, 0, 0, 0);
   __syncwarp();
 
-  for (int tile_index = 0; tile_index < a.n_tiles; ++tile_index) {
+  // from an output tile of the packed table (and of dP) to the next one
+  const int64_t tile_stride = int64_t(a.n_pairs) * cells * W;
+  for (int tile_index = 0; tile_index < a.n_tiles; tile_index += T) {
     const int64_t slice = (int64_t(tile_index) * a.n_pairs + p) * cells * W + K * lane;
     const float* tab = a.packed + slice;
     float* wsp = a.ws + slice;
@@ -217,7 +260,8 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
     // dP corner gradients of the current cell: [0] (i1,i2), [1] (i1,i2+1), [2] (i1+1,i2),
     // [3] (i1+1,i2+1); table corners (i1,i2+1), (i1+1,i2+1) kept for the carry to the
     // right; dx: dy/dd1 = E1 + d2 F, dy/dd2 = E2 + d1 F per output.
-    float acc[4][K], t01[K], t11[K], e1[K], e2[K], f[K];
+    // [j][k]: output k of this lane in tile tile_index + j
+    float acc[4][T][K], t01[T][K], t11[T][K], e1[T][K], e2[T][K], f[T][K];
     float ih1 = 0.f, ih2 = 0.f;
     int cur = -1;
     // transpose-reduce of the dx sums, streamed: a round is 16 samples = 4 batches of U = 4.
@@ -229,12 +273,26 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
     float quarter0 = 0.f, half0 = 0.f;  // pending: first quarter, first half of the round
 
     auto flush = [&](bool carry) {
-      red_row<K>(wsp + int64_t(cur) * W, acc[0]);
-      red_row<K>(wsp + int64_t(cur + side) * W, acc[2]);
-      if (!carry) {
-        red_row<K>(wsp + int64_t(cur + 1) * W, acc[1]);
-        red_row<K>(wsp + int64_t(cur + side + 1) * W, acc[3]);
+#pragma unroll
+      for (int j = 0; j < T; ++j) {
+        float* w = wsp + j * tile_stride;
+        red_row<K>(w + int64_t(cur) * W, acc[0][j]);
+        red_row<K>(w + int64_t(cur + side) * W, acc[2][j]);
+        if (!carry) {
+          red_row<K>(w + int64_t(cur + 1) * W, acc[1][j]);
+          red_row<K>(w + int64_t(cur + side + 1) * W, acc[3][j]);
+        }
       }
+    };
+    // the lane's K values of table row `row` in each of the T tiles
+    auto load_table_row = [&](int64_t row, float (&v)[T][K]) {
+#pragma unroll
+      for (int j = 0; j < T; ++j) load_k<K, true>(tab + j * tile_stride + row * W, v[j]);
+    };
+    // the lane's K grad_y values in each of the T tiles of the row at offset `off`
+    auto load_gy_row = [&](int off, float (&v)[T][K]) {
+#pragma unroll
+      for (int j = 0; j < T; ++j) load_k<K, true>(gy + off + j * W, v[j]);
     };
     // The lane and the shared-window address of the warp's entries are loop-carried through
     // an empty asm in the batch loop, so they stay in registers there: otherwise the compiler
@@ -257,26 +315,29 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
     // len contribute zeros and are not stored (their entries, zeroed above, load row 0,
     // unused).
     const int rounds_end = (len + 15) & ~15;
-    float g[U][K];
+    float g[U][T][K];
 #pragma unroll
-    for (int u = 0; u < U; ++u) load_k<K, true>(gy + seg_entries[u].x, g[u]);
+    for (int u = 0; u < U; ++u) load_gy_row(seg_entries[u].x, g[u]);
     // One sample of the current cell: its 4K dP FMAs and 3K dx FMAs, the corners in
     // registers; returns the sample's two dx sums (inputs 2p, 2p + 1).
-    auto add_sample_of_cell = [&](const int4 e, const float (&gu)[K]) {
+    auto add_sample_of_cell = [&](const int4 e, const float (&gu)[T][K]) {
       const float d1 = __int_as_float(e.z), d2 = __int_as_float(e.w);
       const float a1 = 1.f - d1, a2 = 1.f - d2;
       const float w00 = a1 * a2, w01 = a1 * d2, w10 = d1 * a2, w11 = d1 * d2;
       float ge1 = 0.f, ge2 = 0.f, gf = 0.f;  // sum_k g E1, g E2, g F
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const float gk = gu[k];
-        acc[0][k] += gk * w00;
-        acc[1][k] += gk * w01;
-        acc[2][k] += gk * w10;
-        acc[3][k] += gk * w11;
-        ge1 += gk * e1[k];
-        ge2 += gk * e2[k];
-        gf += gk * f[k];
+      for (int j = 0; j < T; ++j) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          const float gk = gu[j][k];
+          acc[0][j][k] += gk * w00;
+          acc[1][j][k] += gk * w01;
+          acc[2][j][k] += gk * w10;
+          acc[3][j][k] += gk * w11;
+          ge1 += gk * e1[j][k];
+          ge2 += gk * e2[j][k];
+          gf += gk * f[j][k];
+        }
       }
       return make_float2((ge1 + d2 * gf) * ih1, (ge2 + d1 * gf) * ih2);
     };
@@ -295,7 +356,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const float2 s = add_sample_of_cell(entry(t0 + u), g[u]);
-          load_k<K, true>(gy + entry(t0 + U + u).x, g[u]);
+          load_gy_row(entry(t0 + U + u).x, g[u]);
           v[u] = merge(s.x, s.y, 1);
         }
       } else {
@@ -308,30 +369,40 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
             if (key != cur) {
               const bool carry = cur >= 0 && key == cur + 1;  // same grid row, next cell
               if (cur >= 0) flush(carry);
-              float t00[K], t10[K];
+              float t00[T][K], t10[T][K];
               if (carry) {
 #pragma unroll
-                for (int k = 0; k < K; ++k) {
-                  acc[0][k] = acc[1][k]; acc[2][k] = acc[3][k];
-                  acc[1][k] = 0.f; acc[3][k] = 0.f;
-                  t00[k] = t01[k]; t10[k] = t11[k];
+                for (int j = 0; j < T; ++j)
+#pragma unroll
+                  for (int k = 0; k < K; ++k) {
+                    acc[0][j][k] = acc[1][j][k]; acc[2][j][k] = acc[3][j][k];
+                    acc[1][j][k] = 0.f; acc[3][j][k] = 0.f;
+                    if constexpr (kCarryCorners) { t00[j][k] = t01[j][k]; t10[j][k] = t11[j][k]; }
+                  }
+                if constexpr (!kCarryCorners) {
+                  load_table_row(key, t00);
+                  load_table_row(key + side, t10);
                 }
               } else {
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
+                for (int c = 0; c < 4; ++c)
 #pragma unroll
-                  for (int k = 0; k < K; ++k) acc[j][k] = 0.f;
-                load_k<K, true>(tab + int64_t(key) * W, t00);
-                load_k<K, true>(tab + int64_t(key + side) * W, t10);
-              }
-              load_k<K, true>(tab + int64_t(key + 1) * W, t01);
-              load_k<K, true>(tab + int64_t(key + side + 1) * W, t11);
+                  for (int j = 0; j < T; ++j)
 #pragma unroll
-              for (int k = 0; k < K; ++k) {
-                e1[k] = t10[k] - t00[k];
-                e2[k] = t01[k] - t00[k];
-                f[k] = (t11[k] - t01[k]) - e1[k];
+                    for (int k = 0; k < K; ++k) acc[c][j][k] = 0.f;
+                load_table_row(key, t00);
+                load_table_row(key + side, t10);
               }
+              load_table_row(key + 1, t01);
+              load_table_row(key + side + 1, t11);
+#pragma unroll
+              for (int j = 0; j < T; ++j)
+#pragma unroll
+                for (int k = 0; k < K; ++k) {
+                  e1[j][k] = t10[j][k] - t00[j][k];
+                  e2[j][k] = t01[j][k] - t00[j][k];
+                  f[j][k] = (t11[j][k] - t01[j][k]) - e1[j][k];
+                }
               const int i1 = key / side, i2 = key - i1 * side;
               ih1 = 1.f / (s_borders[i1 + 1] - s_borders[i1]);
               ih2 = 1.f / (s_borders[i2 + 1] - s_borders[i2]);
@@ -339,7 +410,7 @@ __global__ void __launch_bounds__(kRunMaxThreads) runs_kernel(const RunsArgs a,
             }
             s = add_sample_of_cell(e, g[u]);
           }
-          load_k<K, true>(gy + entry(t0 + U + u).x, g[u]);
+          load_gy_row(entry(t0 + U + u).x, g[u]);
           v[u] = merge(s.x, s.y, 1);
         }
       }
@@ -417,11 +488,14 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
 
   // warps per block: the block size's, as many as the shared memory holds (16 on every
   // device's opt-in; fewer under a small LMKAN_SMEM_BUDGET_KB)
+  // two output tiles per walk where they pair up, at K = 4 (tile 16: its fixed per-sample
+  // work is the largest share there; an odd last tile would need its own walk)
+  const bool two_tiles = k == 4 && n_tiles % 2 == 0;
   const int64_t warps_fit = (lim.smem_optin - int64_t(side) * 4) / runs_smem_per_warp();
   TORCH_INTERNAL_ASSERT(warps_fit >= 1, "runs_kernel: one warp's ", runs_smem_per_warp(),
                         " bytes of shared memory exceed the device's ", lim.smem_optin);
-  const int warps = static_cast<int>(
-      std::clamp<int64_t>(std::min(block_size, kRunMaxThreads) / 32, 1, warps_fit));
+  const int warps = static_cast<int>(std::clamp<int64_t>(
+      std::min(block_size, runs_max_threads(two_tiles ? 2 : 1)) / 32, 1, warps_fit));
   const int64_t runs_smem = warps * runs_smem_per_warp() + int64_t(side) * 4;
   at::Tensor dx = at::empty_like(x);  // every entry written once
 
@@ -429,9 +503,13 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t xs_b = batch_last ? 1 : in_dim;
   const SampleOffsets x_images =
       images ? image_offsets(in_dim, image_len) : SampleOffsets{};
-  const auto runs = switch_value<1, 2, 4>(k, [&](auto k_c) {
-    return images ? &runs_kernel<decltype(k_c)::value, true>
-                  : &runs_kernel<decltype(k_c)::value, false>;
+  using RunsKernel = void (*)(RunsArgs, SampleOffsets);
+  const RunsKernel runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsKernel {
+    constexpr int K = decltype(k_c)::value;
+    if constexpr (K == 4) {
+      if (two_tiles) return images ? &runs_kernel<K, 2, true> : &runs_kernel<K, 2, false>;
+    }
+    return images ? &runs_kernel<K, 1, true> : &runs_kernel<K, 1, false>;
   });
   const auto bucket = images ? bucket_kernel<true> : bucket_kernel<false>;
   allow_dynamic_smem(reinterpret_cast<const void*>(bucket), bucket_smem);

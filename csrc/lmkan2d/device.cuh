@@ -47,12 +47,11 @@ __device__ __forceinline__ float far_correction(float c00, float c01, float c10,
 
 // Cell of sample b for pair p as (index into the (G+1)^2 cells, d1, d2, 0), and 1/h1, 1/h2;
 // a far input's d is 0 (above), and *far (where asked) tells whether either input is far.
-__device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
-                                            const float* s_borders, int num_grids,
-                                            int64_t xs_f, int64_t xs_b, float2* inv_h,
-                                            bool* far = nullptr) {
-  const int64_t f = 2 * int64_t(p);
-  const float v1 = x[f * xs_f + b * xs_b], v2 = x[(f + 1) * xs_f + b * xs_b];
+// pair_cell_of_values: the same from the pair's two inputs, already loaded (bucket_kernel
+// loads a few samples' inputs before it computes any cell).
+__device__ __forceinline__ float4 pair_cell_of_values(float v1, float v2, const float* s_borders,
+                                                      int num_grids, float2* inv_h,
+                                                      bool* far = nullptr) {
   Cell c1 = cdf_cell(v1, s_borders, num_grids);
   Cell c2 = cdf_cell(v2, s_borders, num_grids);
   const bool far1 = is_far(v1, c1.d), far2 = is_far(v2, c2.d);
@@ -64,6 +63,15 @@ __device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t
                          1.f / (s_borders[c2.index + 1] - s_borders[c2.index]));
   }
   return make_float4(__int_as_float(c1.index * (num_grids + 1) + c2.index), c1.d, c2.d, 0.f);
+}
+
+__device__ __forceinline__ float4 pair_cell(const float* __restrict__ x, int64_t b, int p,
+                                            const float* s_borders, int num_grids,
+                                            int64_t xs_f, int64_t xs_b, float2* inv_h,
+                                            bool* far = nullptr) {
+  const int64_t f = 2 * int64_t(p);
+  const float v1 = x[f * xs_f + b * xs_b], v2 = x[(f + 1) * xs_f + b * xs_b];
+  return pair_cell_of_values(v1, v2, s_borders, num_grids, inv_h, far);
 }
 
 // The second-derivative variant of pair_cell (the ops lmkan2d_slope_*): the corner weights
