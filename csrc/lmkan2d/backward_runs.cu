@@ -12,7 +12,7 @@
 //    path is not deterministic (its dP is flushed with float atomics anyway).
 // 2. runs_kernel: a warp takes one pair and one segment of <= kRunSegment consecutive sorted
 //    entries (staged in shared memory) and walks it once per output tile (W = 32K outputs,
-//    K per lane), in batches of 4 samples; a batch within the current cell (most of them:
+//    K per lane; or once per two tiles, T = 2 below), in batches of 4 samples; a batch within the current cell (most of them:
 //    runs are tens of samples long) takes a path without a branch per sample. A lane keeps the 4 corner gradients of its K outputs for the current cell
 //    in registers and flushes them with vector float atomics (RED.128 at K = 4) when the cell
 //    changes. Cells are sorted row-major, so moving to the next cell of the same grid row
