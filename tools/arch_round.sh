@@ -27,7 +27,8 @@
 #       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
 #       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
 #       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_HESSIAN=1
-#       # adds bench_hessian.py, COMPARE_CONV=1 bench_conv.py
+#       # adds bench_hessian.py, COMPARE_CONV=1 bench_conv.py, COMPARE_PROFILE=1
+      # tools/profile_2d.py (PROFILE_ARGS) of new, base, new, base: per-kernel times
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
 #       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again; the
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
@@ -159,6 +160,13 @@ for stage in "$@"; do
           done
         done
       fi
+      if [ -n "${COMPARE_PROFILE:-}" ]; then  # per-kernel times of the 2D fwd+bwd, alternating
+        for b in new base new base; do
+          (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY tools/profile_2d.py \
+             ${PROFILE_ARGS:---cases G8,G26 --tiles 16 --fast 0,1} | sed -n '/== summary/,$p' | tail -n +2 \
+             | sed "s/^/$b /") >> "$OUT/profile_2d.log" 2>&1
+        done
+      fi
       if [ -n "${COMPARE_HESSIAN:-}" ]; then  # the regulariser kernels, both builds
         for b in new base; do
           (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_hessian.py \
@@ -182,6 +190,7 @@ for stage in "$@"; do
         grep -v "^{" "$OUT/bench_2d_$b.log" | grep -E "^G" | tail -40
         grep -E "force step" "$OUT/forces_$b.log"
         [ -n "${COMPARE_1D:-}" ] && grep -E "^lmKAN KANLayer  |^kernels" "$OUT"/bench_1d_${b}*.log
+        [ -n "${COMPARE_PROFILE:-}" ] && grep "^$b " "$OUT/profile_2d.log"
         [ -n "${COMPARE_HESSIAN:-}" ] && grep -v "^{" "$OUT/bench_hessian_$b.log" | tail -12
         [ -n "${COMPARE_CONV:-}" ] && grep -v "^{" "$OUT/bench_conv_$b.log" | tail -16
       done
