@@ -28,7 +28,7 @@
 #       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
 #       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_HESSIAN=1
 #       # adds bench_hessian.py, COMPARE_CONV=1 bench_conv.py, COMPARE_PROFILE=1
-      # tools/profile_2d.py (PROFILE_ARGS) of new, base, new, base: per-kernel times
+#       # tools/profile_2d.py (PROFILE_ARGS) of new, base, new, base: per-kernel times
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
 #       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again; the
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16

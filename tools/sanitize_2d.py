@@ -113,7 +113,7 @@ def image_backward_launches():
     """lmkan2d_backward on images: the sorted backward in place (bucket and runs image
     instances over several chunks, the image transpose of grad_y, far_fixup's flag pass with
     and without 16-byte loads: L % 4 == 0 and not, more than 4 chunks of 256 samples), and
-    the copies around the deterministic plan; at tile 16 two output tiles per walk)."""
+    the copies around the deterministic plan; at tile 16, two output tiles per walk."""
     borders = cdf_borders(5, device="cuda")
     for n, length, fast, deterministic, tile, n_out in (
             (300, 64, False, False, 8, 70), (40, 37, True, False, 8, 70),

@@ -11,25 +11,27 @@
 //    (sample, cell, d1, d2) [P][S]. Order within a cell is arbitrary (shared atomics): this
 //    path is not deterministic (its dP is flushed with float atomics anyway).
 // 2. runs_kernel: a warp takes one pair and one segment of <= kRunSegment consecutive sorted
-//    entries (staged in shared memory) and walks it once per output tile (W = 32K outputs,
-//    K per lane; or once per two tiles, T = 2 below), in batches of 4 samples; a batch within the current cell (most of them:
-//    runs are tens of samples long) takes a path without a branch per sample. A lane keeps the 4 corner gradients of its K outputs for the current cell
-//    in registers and flushes them with vector float atomics (RED.128 at K = 4) when the cell
-//    changes. Cells are sorted row-major, so moving to the next cell of the same grid row
-//    carries the two shared corners over (2 flushes per cell, not 4). The lane also keeps the
-//    cell's table differences E1, E2, F for grad_x. Per sample: one coalesced grad_y row
+//    entries (staged in shared memory) and walks it once per output tile (W = 32K outputs, K
+//    per lane; or once per two tiles, T = 2 below), in batches of 4 samples; a batch within
+//    the current cell (most of them: runs are tens of samples long) takes a path without a
+//    branch per sample. A lane keeps the 4 corner gradients of its K outputs for the current
+//    cell in registers and flushes them with vector float atomics (RED.128 at K = 4) when the
+//    cell changes. Cells are sorted row-major, so moving to the next cell of the same grid
+//    row carries the two shared corners over (2 flushes per cell, not 4). The lane also keeps
+//    the cell's table differences E1, E2, F for grad_x. Per sample: one coalesced grad_y row
 //    (loaded a batch of 4 samples ahead into the registers its own sample has just used: no
-//    register copies between batches), 4K FMA for dP, 3K for dx, and a transpose-reduce
-//    of the two dx sums over the warp streamed through the batches (about one shuffle per
-//    sum, its levels fixed at compile time within a batch). The warp adds each tile's sums
-//    into its own [segment][2] shared-memory slots and stores them once at the end: every
-//    (sample, pair) lives in one segment, so grad_x needs neither atomics nor zeroing, and
-//    warps never wait for each other.
+//    register copies between batches), 4K FMA for dP, 3K for dx, and a transpose-reduce of
+//    the two dx sums over the warp streamed through the batches (about one shuffle per sum,
+//    its levels fixed at compile time within a batch). The warp adds each tile's sums into
+//    its own [segment][2] shared-memory slots and stores them once at the end: every (sample,
+//    pair) lives in one segment, so grad_x needs neither atomics nor zeroing, and warps never
+//    wait for each other.
 //
 // The chunk (S samples) is sized so that its grad_y rows take chunk_bytes (8 MB in normal
-// mode, 32 MB in fast mode: they stay in L2, 94% hit rate in R24). Per pair a chunk's grad_y rows are read once per sample, so the
-// path moves B * P * N_out * 4 bytes from L2; the table and the dP atomics cost ~(table +
-// 2 x dP) * B / S. The kernel is bound by instruction issue (R24, ncu), not by memory.
+// mode, 32 MB in fast mode: they stay in L2, 94% hit rate in R24). Per pair a chunk's grad_y
+// rows are read once per sample, so the path moves B * P * N_out * 4 bytes from L2; the table
+// and the dP atomics cost ~(table + 2 x dP) * B / S. The kernel is bound by instruction issue
+// (R24, ncu), not by memory.
 #include <algorithm>
 
 #include <ATen/core/Tensor.h>
@@ -52,11 +54,15 @@ namespace {
 constexpr int kBucketThreads = 1024;
 constexpr int kRunMinSegment = 32;      // shortest segment (small batches: more warps)
 constexpr int kRunMaxThreads = 512;     // <= 128 registers per thread
-// runs_kernel's largest block for T output tiles per walk: T = 2 holds twice the
-// accumulators and table differences (168 registers: 128 spilled 64 bytes, some inside the
-// batch loop; sm_90 ptxas), so 12 warps per SM instead of 16
-constexpr int runs_max_threads(int tiles_per_walk) { return tiles_per_walk == 2 ? 384 : kRunMaxThreads; }
-constexpr int kRunWarpsPerSm = 16;     // resident at K = 4 (104 registers on sm_90)
+// runs_kernel with T output tiles per walk: its largest block, and the warps resident per
+// SM. T = 1: 108 registers at K = 4 (sm_90), 16 warps. T = 2 holds twice the accumulators
+// and table differences: 163 registers under a cap of 168 (a cap of 128 spilled 64 bytes,
+// some inside the batch loop; sm_90 ptxas), so 12 warps, in blocks of a divisor of 12 warps
+// (a block of 8 would leave 8 resident).
+constexpr int runs_max_threads(int tiles_per_walk) {
+  return tiles_per_walk == 2 ? 384 : kRunMaxThreads;
+}
+constexpr int runs_warps_per_sm(int tiles_per_walk) { return tiles_per_walk == 2 ? 12 : 16; }
 constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is loaded ahead
 
 // An opaque copy of p: the compiler cannot fold p's own terms into the addresses computed
@@ -494,8 +500,12 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t warps_fit = (lim.smem_optin - int64_t(side) * 4) / runs_smem_per_warp();
   TORCH_INTERNAL_ASSERT(warps_fit >= 1, "runs_kernel: one warp's ", runs_smem_per_warp(),
                         " bytes of shared memory exceed the device's ", lim.smem_optin);
-  const int warps = static_cast<int>(std::clamp<int64_t>(
-      std::min(block_size, runs_max_threads(two_tiles ? 2 : 1)) / 32, 1, warps_fit));
+  const int tiles_per_walk = two_tiles ? 2 : 1;
+  int warps = static_cast<int>(std::clamp<int64_t>(
+      std::min(block_size, runs_max_threads(tiles_per_walk)) / 32, 1, warps_fit));
+  if (two_tiles) {  // whole blocks in the 12 warps that fit (T = 1: as asked)
+    while (runs_warps_per_sm(2) % warps != 0) --warps;
+  }
   const int64_t runs_smem = warps * runs_smem_per_warp() + int64_t(side) * 4;
   at::Tensor dx = at::empty_like(x);  // every entry written once
 
@@ -539,7 +549,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
     a.len = len;
     // segments of up to kRunSegment entries, shorter where that is needed for about two
     // resident waves of warps (small batches)
-    const int64_t want_items = int64_t(2) * lim.num_sms * kRunWarpsPerSm;
+    const int64_t want_items = int64_t(2) * lim.num_sms * runs_warps_per_sm(tiles_per_walk);
     const int64_t seg = (int64_t(len) * n_pairs + want_items - 1) / want_items;
     a.seg_len = static_cast<int>(std::clamp<int64_t>((seg + 15) / 16 * 16, kRunMinSegment, kRunSegment));
     a.segments = (len + a.seg_len - 1) / a.seg_len;
