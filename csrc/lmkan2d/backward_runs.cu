@@ -492,10 +492,10 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
                         chunk, " grad_y rows of ", ld, " floats needs 64-bit offsets");
   at::Tensor entries = at::empty({n_pairs, chunk, 4}, x.options().dtype(at::kInt));
 
-  // warps per block: the block size's, as many as the shared memory holds (16 on every
-  // device's opt-in; fewer under a small LMKAN_SMEM_BUDGET_KB)
-  // two output tiles per walk where they pair up, at K = 4 (tile 16: its fixed per-sample
-  // work is the largest share there; an odd last tile would need its own walk)
+  // Two output tiles per walk where they pair up, at K = 4 (tile 16: its fixed per-sample
+  // work is the largest share there; an odd last tile would need its own walk). Warps per
+  // block: the block size's, capped by runs_max_threads (T = 2: a divisor of the 12 resident
+  // warps) and by what the shared memory holds (fewer under a small LMKAN_SMEM_BUDGET_KB).
   const bool two_tiles = k == 4 && n_tiles % 2 == 0;
   const int64_t warps_fit = (lim.smem_optin - int64_t(side) * 4) / runs_smem_per_warp();
   TORCH_INTERNAL_ASSERT(warps_fit >= 1, "runs_kernel: one warp's ", runs_smem_per_warp(),
