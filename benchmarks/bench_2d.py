@@ -12,8 +12,10 @@ replays. Prints a table last; writes JSON (--json).
 
 --cases keeps the cases whose name starts with one of the given prefixes; --tiles and --blocks
 narrow the configurations searched (forward blocks; the backward searches 256 and 512 of
-them); --tables lists the table dtypes timed (the ops' table_dtype: 16-bit tables are read
-as such by the forward, README "Mixed precision"), each with its own search.
+them); --tables lists the table dtypes timed, each with its own search. A 16-bit table is
+timed as mixed-precision training runs it (README "Mixed precision"): the forward reads the
+table rounded to that dtype (the ops' table_dtype), fwd+bwd runs under torch.autocast of that
+dtype (y and grad_y 16-bit), and the backward op alone takes a 16-bit grad_y.
 """
 import argparse
 import json
@@ -78,16 +80,21 @@ def lmkan_fns(G, n_in, n_out, batch, batch_last, tile_f, block_f, tile_b, block_
     if mode == "fwd":
         return lambda: ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast,
                                    False, table_dtype)
-    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    # 16-bit tables: grad_y in that dtype, as under autocast (the layer's output is 16-bit)
+    gy = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda",
+                     dtype=TABLES[table])
     if mode == "bwd":  # the backward op alone (dx and dP kernels)
         return lambda: torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, batch_last, tile_b,
                                                         block_b, fast, deterministic, table_dtype)
     x.requires_grad_(True)
     params.requires_grad_(True)
+    # 16-bit tables under autocast: its dtype picks the table (table_dtype None)
+    autocast = torch.autocast("cuda", dtype=TABLES[table], enabled=table_dtype is not None)
 
     def step():
-        y = ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast,
-                        deterministic, table_dtype)
+        with autocast:
+            y = ops.lmkan2d(x, params, borders, batch_last, tile_f, block_f, tile_b, block_b, fast,
+                            deterministic)
         x.grad = None
         params.grad = None
         y.backward(gy)

@@ -19,14 +19,17 @@ TORCH_LIBRARY(lmkan, m) {
   // settings, which its autograd (lmkan2d/autograd.cpp) saves for lmkan2d_backward.
   // deterministic: the backward uses no float atomics (partials reduced in a fixed order),
   // so two runs give bitwise equal gradients. params may be float32, float16 or bfloat16
-  // (x, borders and y are float32); table_dtype: the dtype the table's values are rounded
+  // (x and borders are float32); table_dtype: the dtype the table's values are rounded
   // to before the kernels read them (None: params' own), the same in the forward and the
   // backward; a 16-bit table is read as such by the forward. grad_params has params' dtype
-  // (accumulated in float32).
+  // (accumulated in float32). out_dtype: y's dtype (None: float32); a 16-bit y's gradient
+  // reaches lmkan2d_backward in 16 bits, as the layers' output under autocast.
   m.def("lmkan2d(Tensor x, Tensor params, Tensor borders, bool batch_last, int tile_size, "
         "int block_size, int backward_tile_size, int backward_block_size, "
-        "bool backward_fast_mode, bool deterministic=False, ScalarType? table_dtype=None) -> Tensor");
+        "bool backward_fast_mode, bool deterministic=False, ScalarType? table_dtype=None, "
+        "ScalarType? out_dtype=None) -> Tensor");
   // The forward kernel and the backward kernels, each with only the arguments it uses.
+  // lmkan2d_backward's grad_y may be float16 or bfloat16 (the gradient of a 16-bit y).
   m.def("lmkan2d_forward(Tensor x, Tensor params, Tensor borders, bool batch_last, "
         "int tile_size, int block_size, ScalarType? table_dtype=None) -> Tensor");
   m.def("lmkan2d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "

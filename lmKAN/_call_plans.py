@@ -55,18 +55,22 @@ def may_store_plan(key, x, kernel_runs):
             and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
 
 
-def plan_of_call(key, x, args):
+def plan_of_call(key, x, args, takes_out_dtype=False):
     """The plan to store for a call of `key` whose op arguments after (x, params, borders)
     are `args`: (args, None, None) where the op alone is the call (float32 x and output,
     outside autocast), else (args, output dtype, autocast's device type or None), which
     repeats lmKAN.ops' mixed-precision policy around the op (its _run_layer): the output
-    dtype is autocast's inside autocast (float64 parameters never have plans), else x's."""
+    dtype is autocast's inside autocast (float64 parameters never have plans), else x's.
+    takes_out_dtype: the op's last argument is y's dtype (lmkan2d's out_dtype), appended to
+    args as _run_layer passes it: the output dtype where it is 16-bit, else None."""
     autocast = key[_AUTOCAST]
-    if autocast is None and x.dtype == torch.float32:
+    out_dtype = None if autocast is None and x.dtype == torch.float32 else (
+        x.dtype if autocast is None else autocast)
+    if takes_out_dtype:
+        args = (*args, out_dtype if out_dtype in (torch.float16, torch.bfloat16) else None)
+    if out_dtype is None:
         return (args, None, None)
-    if autocast is None:
-        return (args, x.dtype, None)
-    return (args, autocast, x.device.type)
+    return (args, out_dtype, None if autocast is None else x.device.type)
 
 
 def _run_cast_plan(op, x, params, borders, args, out_dtype, autocast_device):

@@ -75,7 +75,7 @@ KERNEL_OPS = {"lmkan2d_forward": "lmkan2d", "lmkan2d_backward": "lmkan2d",
 OP_ARGUMENTS = {
     "lmkan2d": ("x", "params", "borders", "batch_last", "tile_size", "block_size",
                 "backward_tile_size", "backward_block_size", "backward_fast_mode",
-                "deterministic", "table_dtype"),
+                "deterministic", "table_dtype", "out_dtype"),
     "lmkan2d_forward": ("x", "params", "borders", "batch_last", "tile_size", "block_size",
                         "table_dtype"),
     "lmkan2d_backward": ("grad_y", "x", "params", "borders", "batch_last", "tile_size",

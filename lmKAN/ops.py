@@ -89,12 +89,17 @@ def layer_kernel_applies(op_name, x, params, borders):
             and x.dtype.is_floating_point and kernel_available(op_name))
 
 
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
 def _run_layer(x, params, table_dtype, kernel, reference):
     """The mixed-precision policy of both layer ops (README "Mixed precision"): the call's
-    table dtype (table_dtype_of_call), then kernel(x32, table) where the kernels apply, else
-    reference(x, params) on the table rounded to that dtype. Cells, weights and sums are
+    table dtype (table_dtype_of_call), then kernel(x32, table, out16) where the kernels apply,
+    else reference(x, params) on the table rounded to that dtype. Cells, weights and sums are
     float32 (or float64) either way. The output dtype follows nn.Linear: autocast's dtype
-    inside an autocast region enabled for x's device, else x's dtype."""
+    inside an autocast region enabled for x's device, else x's dtype. out16 is that dtype
+    where it is float16 or bfloat16, else None: a kernel op that can return y in it does
+    (lmkan2d: y's gradient then reaches its backward in 16 bits); the others return float32."""
     autocast_dtype = _autocast_dtype(x, params)
     out_dtype = x.dtype if autocast_dtype is None else autocast_dtype
     table = table_dtype_of_call(params, table_dtype, autocast_dtype)
@@ -102,7 +107,9 @@ def _run_layer(x, params, table_dtype, kernel, reference):
                                                                            enabled=False)
     with no_autocast:
         if kernel is not None:
-            y = kernel(x.to(torch.float32).contiguous(), None if table == params.dtype else table)
+            out16 = out_dtype if out_dtype in _SIXTEEN_BIT else None
+            y = kernel(x.to(torch.float32).contiguous(), None if table == params.dtype else table,
+                       out16)
         else:
             if table != params.dtype and params.dtype != torch.float64:
                 params = rounded_table(params, table)
@@ -133,10 +140,11 @@ def lmkan2d(x, params, borders, batch_last=True, tile_size=8, block_size=1024,
     parameters' dtype. The output dtype follows nn.Linear: autocast's dtype inside an
     autocast region enabled for x's device, else x's dtype.
     """
-    def run_kernel(x32, table):
+    def run_kernel(x32, table, out16):
         return torch.ops.lmkan.lmkan2d(
             x32, params.contiguous(), borders.contiguous(), batch_last, tile_size, block_size,
-            backward_tile_size, backward_block_size, backward_fast_mode, bool(deterministic), table)
+            backward_tile_size, backward_block_size, backward_fast_mode, bool(deterministic), table,
+            out16)
 
     applies = layer_kernel_applies("lmkan2d_forward", x, params, borders)
     _check_images_on_kernels("lmkan2d", x, params, borders, applies)
@@ -157,7 +165,7 @@ def lmkan1d(x, params, borders, uniform_grid=False, batch_last=True, determinist
     """
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    def run_kernel(x32, table):
+    def run_kernel(x32, table, _out16):
         return torch.ops.lmkan.lmkan1d(x32, params.contiguous(), borders.contiguous(),
                                        uniform_grid, batch_last, bool(deterministic), table)
 
@@ -174,7 +182,7 @@ def lmkan2d_forward_images(x, params, borders, tile_size=8, block_size=1024, tab
     "Layouts"). CUDA kernels only and forward only: no autograd (lmkan2d takes images with
     its autograd; lmKAN.conv's 1D layer uses lmkan1d_forward_images where no gradient is
     needed). Mixed precision as lmkan2d's."""
-    def run_kernel(x32, table):
+    def run_kernel(x32, table, _out16):
         return torch.ops.lmkan.lmkan2d_forward(x32, params.contiguous(), borders.contiguous(),
                                                True, tile_size, block_size, table)
 
@@ -184,7 +192,7 @@ def lmkan2d_forward_images(x, params, borders, tile_size=8, block_size=1024, tab
 def lmkan1d_forward_images(x, params, borders, uniform_grid=False, table_dtype=None):
     """The 1D layer on batch-last images x [N, N_in, L] -> y [N, N_out, L], as
     lmkan2d_forward_images (CUDA kernels only, forward only)."""
-    def run_kernel(x32, table):
+    def run_kernel(x32, table, _out16):
         return torch.ops.lmkan.lmkan1d_forward(x32, params.contiguous(), borders.contiguous(),
                                                uniform_grid, True, table)
 
@@ -353,11 +361,17 @@ def _check_1d(x, params, borders, batch_last, images=False):
     check_input_features(x, params.shape[2], batch_last)
 
 
-def _check_grad_y(op, grad_y, x, n_out, batch_last):
-    """A backward op's grad_y (csrc/common/checks.h, check_grad_y): float32, [N_out, B]
-    (batch_last) or [B, N_out], and [N, N_out, L] for images x [N, N_in, L]."""
-    torch._check_type(grad_y.dtype == torch.float32,
-                      lambda: f"grad_y must be float32, got {_dtype_name(grad_y.dtype)}")
+def _check_grad_y(op, grad_y, x, n_out, batch_last, sixteen_bit=False):
+    """A backward op's grad_y (csrc/common/checks.h, check_grad_y): float32 (sixteen_bit:
+    float16 and bfloat16 too), [N_out, B] (batch_last) or [B, N_out], and [N, N_out, L] for
+    images x [N, N_in, L]."""
+    if sixteen_bit:
+        torch._check_type(grad_y.dtype in TABLE_DTYPES,
+                          lambda: f"grad_y must be float32, float16 or bfloat16, got "
+                                  f"{_dtype_name(grad_y.dtype)}")
+    else:
+        torch._check_type(grad_y.dtype == torch.float32,
+                          lambda: f"grad_y must be float32, got {_dtype_name(grad_y.dtype)}")
     if x.dim() == 3:
         expected = [x.shape[0], n_out, x.shape[2]]
         torch._check_value(grad_y.dim() == 3 and list(grad_y.shape) == expected,
@@ -453,7 +467,8 @@ def _register():
         _check_2d("lmkan2d_backward", x, params, borders, batch_last, tile_size, block_size,
                   images=True)
         _check_table_dtype("lmkan2d_backward", table_dtype)
-        _check_grad_y("lmkan2d_backward", grad_y, x, params.shape[2], batch_last)
+        _check_grad_y("lmkan2d_backward", grad_y, x, params.shape[2], batch_last,
+                      sixteen_bit=True)
         return torch.empty_like(x), _grad_params_like(params, grad_params)
 
     # the pieces of lmkan2d_backward's derivatives (csrc/lmkan2d/autograd.cpp): tile 8,

@@ -35,7 +35,9 @@ def _rounded(params, table):
 
 
 def _reference_2d(x, params, borders, plan):
-    return _reference.lmkan2d_forward(x, _rounded(params, plan[-1]), borders, plan[0])
+    *plan, out16 = plan  # lmkan2d's out_dtype: y's dtype where it is 16-bit, else None
+    y = _reference.lmkan2d_forward(x, _rounded(params, plan[-1]), borders, plan[0])
+    return y if out16 is None else y.to(out16)
 
 
 def _reference_1d(x, params, borders, plan):
@@ -64,7 +66,7 @@ def test_second_call_runs_the_stored_plan(planned):
     y1 = layer(x)
     assert planned["2d"].calls == [] and len(layer._call_plans) == 1
     y2 = layer(x)
-    assert planned["2d"].calls == [(True, 8, 256, 8, 256, False, False, torch.float32)]
+    assert planned["2d"].calls == [(True, 8, 256, 8, 256, False, False, torch.float32, None)]
     torch.testing.assert_close(y2, y1, rtol=0, atol=0)
 
 
@@ -75,12 +77,13 @@ def test_plan_follows_the_layer_settings(planned):
     assert layer._call_plans == {}
     layer(x)
     layer(x)
-    assert planned["2d"].calls == [(True, 16, 256, 8, 256, False, False, torch.float32)]
+    assert planned["2d"].calls == [(True, 16, 256, 8, 256, False, False, torch.float32, None)]
     layer.table_dtype = torch.bfloat16  # the call's table dtype is part of the plan
     assert layer._call_plans == {}
     layer(x)
     layer(x)
-    assert planned["2d"].calls[-1] == (True, 16, 256, 8, 256, False, False, torch.bfloat16)
+    assert planned["2d"].calls[-1] == (True, 16, 256, 8, 256, False, False, torch.bfloat16,
+                                       None)
 
 
 @pytest.mark.parametrize("change", ["no_grad", "shape", "dtype", "deterministic", "no_grad_params"])
@@ -164,7 +167,10 @@ def test_autocast_and_16bit_calls_run_plans_with_the_general_paths_casts(planned
             grads.append((xc.grad, layer.func_parameter.grad.clone()))
         assert len(calls) == before + 1, (autocast, x_dtype)  # the second call ran the plan
         table = autocast if autocast is not None else torch.float32
-        assert calls[-1][-1] == table
+        if kind == "2d":  # the op returns y in a 16-bit output dtype itself (out_dtype, last)
+            assert calls[-1][-2:] == (table, None if out_dtype == torch.float32 else out_dtype)
+        else:
+            assert calls[-1][-1] == table
         torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
         for g1, g0 in zip(grads[1], grads[0]):
             assert g1.dtype == g0.dtype

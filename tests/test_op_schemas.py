@@ -281,8 +281,8 @@ def backward_and_regulariser_bad_calls(device):
          "[2, 7, 9], got [2, 7, 8]"),
         ("2d backward 3-D grad_y of rows", bwd2d(gy(7, 9, 1)), ValueError,
          "grad_y must have 2 dimensions, got shape [7, 9, 1]"),
-        ("2d backward float16 grad_y", bwd2d(gy(7, 9, dtype=torch.float16)), TypeError,
-         "grad_y must be float32, got Half"),
+        ("2d backward float64 grad_y", bwd2d(gy(7, 9, dtype=torch.float64)), TypeError,
+         "grad_y must be float32, float16 or bfloat16, got Double"),
         # the kernels' order: table_dtype before grad_y in the layer ops, after it in
         # lmkan2d_slope_grad_x; in lmkan1d_slope_grad_params grad_y before the weights
         ("2d backward table_dtype first", bwd2d(gy(7, 8), table_dtype=torch.float64), TypeError,

@@ -8,7 +8,8 @@
     ncu -i runs.ncu-rep --page source --csv --print-source sass > runs_sass.csv
 
 --op forward runs lmkan2d_forward (batch-last, table dtype --table); --op backward runs
-lmkan2d_backward (the fast non-deterministic mode unless --normal, grad_params too): its
+lmkan2d_backward (the fast non-deterministic mode unless --normal, grad_params too, grad_y of
+dtype --grad-y): its
 bucket_kernel and runs_kernel launch once per chunk of the batch, so -s/-c pick one launch.
 """
 import argparse
@@ -28,6 +29,9 @@ ap.add_argument("--tiles", default="4,8,16")
 ap.add_argument("--table", choices=("float32", "bfloat16", "float16"), default="float32",
                 help="the forward's table dtype")
 ap.add_argument("--normal", action="store_true", help="the backward's normal mode (default fast)")
+ap.add_argument("--grad-y", choices=("float32", "bfloat16", "float16"), default="float32",
+                help="the backward's grad_y dtype (16-bit: as under autocast, read as 16-bit rows "
+                     "by the sorted backward)")
 args = ap.parse_args()
 G = args.grids
 params = torch.randn(G + 1, G + 1, args.dim, args.dim // 2, device="cuda")
@@ -38,7 +42,7 @@ for tile in map(int, args.tiles.split(",")):
     if args.op == "forward":
         torch.ops.lmkan.lmkan2d_forward(x, params, borders, True, tile, args.block, table)
     else:
-        grad_y = torch.randn(args.dim, args.batch, device="cuda")
+        grad_y = torch.randn(args.dim, args.batch, device="cuda").to(getattr(torch, args.grad_y))
         torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, True, tile, args.block,
                                          not args.normal, False, None, True)
 torch.cuda.synchronize()

@@ -56,9 +56,18 @@ inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
 
 // grad_y of a layer op's backward: float32 on x's device, [N_out, B] (batch_last) or
 // [B, N_out]; for images x [N, N_in, L] (common/images.h), [N, N_out, L].
+// sixteen_bit: float16 and bfloat16 are accepted too (lmkan2d_backward: a 16-bit y's
+// gradient, as under autocast).
 inline void check_grad_y(const at::Tensor& gy, const at::Tensor& x, int64_t n_out, int64_t batch,
-                         bool batch_last, const char* op) {
-  check_cuda_float(gy, "grad_y");
+                         bool batch_last, const char* op, bool sixteen_bit = false) {
+  if (sixteen_bit) {
+    TORCH_CHECK_VALUE(gy.is_cuda(), "grad_y must be a CUDA tensor, got device ", gy.device());
+    TORCH_CHECK_TYPE(gy.scalar_type() == at::kFloat || gy.scalar_type() == at::kHalf ||
+                         gy.scalar_type() == at::kBFloat16,
+                     "grad_y must be float32, float16 or bfloat16, got ", gy.scalar_type());
+  } else {
+    check_cuda_float(gy, "grad_y");
+  }
   check_same_device(x, "x", gy, "grad_y");
   if (x.dim() == 3) {
     TORCH_CHECK_VALUE(gy.dim() == 3 && gy.size(0) == x.size(0) && gy.size(1) == n_out &&

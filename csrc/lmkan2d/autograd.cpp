@@ -28,12 +28,24 @@ using Lmkan2dSlopeGradParamsOp = at::Tensor(const at::Tensor&, const at::Tensor&
                                             const at::Tensor&, const at::Tensor&,
                                             const at::Tensor&, bool, bool);
 
+// y in the layer op's out_dtype (None: float32, the forward kernels' output). A 16-bit y
+// (float16, bfloat16: the output under autocast) makes the engine hand lmkan2d_backward a
+// 16-bit grad_y, which the sorted backward reads as such (half its L2 traffic).
+at::Tensor as_out_dtype(const at::Tensor& y, std::optional<at::ScalarType> out_dtype) {
+  if (!out_dtype.has_value() || *out_dtype == at::kFloat) return y;
+  TORCH_CHECK_TYPE(*out_dtype == at::kHalf || *out_dtype == at::kBFloat16,
+                   "lmkan2d: out_dtype must be None, float32, float16 or bfloat16, got ",
+                   *out_dtype);
+  return y.to(*out_dtype);
+}
+
 struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& params,
                             const at::Tensor& borders, bool batch_last, int64_t tile_size,
                             int64_t block_size, int64_t backward_tile_size,
                             int64_t backward_block_size, bool backward_fast_mode,
-                            bool deterministic, std::optional<at::ScalarType> table_dtype) {
+                            bool deterministic, std::optional<at::ScalarType> table_dtype,
+                            std::optional<at::ScalarType> out_dtype) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
     ctx->save_for_backward({x, params, borders});
     ctx->saved_data["batch_last"] = batch_last;
@@ -43,10 +55,12 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
     ctx->saved_data["deterministic"] = deterministic;
     ctx->saved_data["table_dtype"] = table_dtype;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
+    return as_out_dtype(op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype),
+                        out_dtype);
   }
 
-  // grad_outputs: {dL/dy}. Returns dL/dx, dL/dparams and none for the other 9 arguments.
+  // grad_outputs: {dL/dy}, in y's dtype. Returns dL/dx, dL/dparams and none for the other 10
+  // arguments.
   // With create_graph=True the engine runs this in grad mode: lmkan2d_backward then records
   // its own node (Lmkan2dBackwardFunction), so second derivatives work. dL/dparams only where
   // the engine needs it (not for autograd.grad(E, x), the first backward of a force loss).
@@ -62,7 +76,7 @@ struct Lmkan2dFunction : public torch::autograd::Function<Lmkan2dFunction> {
                 ctx->saved_data["table_dtype"].toOptional<at::ScalarType>(), want_grad_params);
     if (!want_grad_params) grad_p = at::Tensor();
     return {grad_x, grad_p, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -113,7 +127,10 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
     // images [N, N_in, L] (batch-last): the slope ops take 2-D tensors, so every term is
     // formed on batch-last copies [N_in, N * L] and its result turned back into images
     const ImageLayout layout(saved[1]);
-    const at::Tensor grad_y = layout.rows(saved[0]), x = layout.rows(saved[1]);
+    // a 16-bit grad_y (a 16-bit y's gradient): the slope ops take float32 (its values are
+    // exact there), and d/d grad_y goes back in grad_y's dtype
+    const at::ScalarType grad_y_dtype = saved[0].scalar_type();
+    const at::Tensor grad_y = layout.rows(saved[0]).to(at::kFloat), x = layout.rows(saved[1]);
     const at::Tensor &params = saved[2], &borders = saved[3];
     const bool batch_last = ctx->saved_data["batch_last"].toBool();
     const int64_t tile = ctx->saved_data["tile"].toInt();
@@ -151,6 +168,7 @@ struct Lmkan2dBackwardFunction : public torch::autograd::Function<Lmkan2dBackwar
         d_params = slope_grad_params_op.call(grad_y, x, weights, params, borders, batch_last,
                                              deterministic);
     }
+    if (d_grad_y.defined()) d_grad_y = d_grad_y.to(grad_y_dtype);
     return {layout.images(d_grad_y), layout.images(d_x), d_params, at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -178,24 +196,28 @@ at::Tensor lmkan2d_autograd(const at::Tensor& x, const at::Tensor& params,
                                     const at::Tensor& borders, bool batch_last, int64_t tile_size,
                                     int64_t block_size, int64_t backward_tile_size,
                                     int64_t backward_block_size, bool backward_fast_mode,
-                                    bool deterministic, std::optional<at::ScalarType> table_dtype) {
+                                    bool deterministic, std::optional<at::ScalarType> table_dtype,
+                                    std::optional<at::ScalarType> out_dtype) {
   if (!records_graph(x, params)) {
     static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
+    return as_out_dtype(op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype),
+                        out_dtype);
   }
   return Lmkan2dFunction::apply(x, params, borders, batch_last, tile_size, block_size,
                                 backward_tile_size, backward_block_size, backward_fast_mode,
-                                deterministic, table_dtype);
+                                deterministic, table_dtype, out_dtype);
 }
 
 // Below autograd (inference mode, or a caller already below it): the forward alone.
 at::Tensor lmkan2d_no_autograd(const at::Tensor& x, const at::Tensor& params,
                                const at::Tensor& borders, bool batch_last, int64_t tile_size,
                                int64_t block_size, int64_t, int64_t, bool, bool,
-                               std::optional<at::ScalarType> table_dtype) {
+                               std::optional<at::ScalarType> table_dtype,
+                               std::optional<at::ScalarType> out_dtype) {
   static const auto op = find_op<Lmkan2dForwardOp>("lmkan::lmkan2d_forward");
-  return op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype);
+  return as_out_dtype(op.call(x, params, borders, batch_last, tile_size, block_size, table_dtype),
+                      out_dtype);
 }
 
 }  // namespace

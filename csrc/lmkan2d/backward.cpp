@@ -114,10 +114,10 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const bool images = x_in.dim() == 3;
   const int64_t batch =
       images ? x_in.size(0) * x_in.size(2) : batch_last ? x_in.size(1) : x_in.size(0);
-  check_grad_y(gy_in, x_in, n_out, batch, batch_last, "lmkan2d_backward");
+  check_grad_y(gy_in, x_in, n_out, batch, batch_last, "lmkan2d_backward", /*sixteen_bit=*/true);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(),
-                   borders = borders_in.contiguous(), gy = gy_in.contiguous();
+                   borders = borders_in.contiguous();
   // grad_params=False: an empty second output, and no grad_params kernel runs
   const auto no_grad_params = [&] { return at::empty({0}, params.options()); };
   if (batch == 0)
@@ -130,6 +130,15 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const BackwardPlan plan =
       plan_backward({num_grids, n_out, batch, 2 * int64_t(n_pairs), batch_last},
                     static_cast<int>(tile_size), block, deterministic, lim, want_grad_params);
+  // A 16-bit grad_y (a 16-bit y's gradient, as under autocast) keeps its dtype where the
+  // sorted backward reads it (as rows: half the bytes of its L2 traffic); every other kernel
+  // reads a float32 copy. Its values are exact in float32 either way.
+  const bool sorted_rows = plan.grad_params != GradParamsKernel::kSampleThreads &&
+                           plan.grad_x == GradXKernel::kRuns &&
+                           !(images && batch > kMaxImageSamples);
+  const at::Tensor gy = gy_in.scalar_type() == at::kFloat || sorted_rows
+                            ? gy_in.contiguous()
+                            : gy_in.to(at::kFloat).contiguous();
   if (images && (plan.grad_x != GradXKernel::kRuns || batch > kMaxImageSamples)) {
     // Only the sorted backward reads images in place (backward_runs.cu, far_fixup.cu; its
     // grad_y is transposed into rows as a plain one is); the other kernels index samples with

@@ -29,10 +29,12 @@
 //
 // The chunk (S samples) is sized so that its grad_y rows take chunk_bytes (8 MB in normal
 // mode, 32 MB in fast mode: they stay in L2, 94% hit rate in R24). Per pair a chunk's grad_y
-// rows are read once per sample, so the path moves B * P * N_out * 4 bytes from L2; the table
+// rows are read once per sample, so the path moves B * P * N_out * 4 bytes from L2 (2 bytes
+// for a 16-bit grad_y, as under autocast: its rows stay 16-bit, twice the samples a chunk); the table
 // and the dP atomics cost ~(table + 2 x dP) * B / S. The kernel is bound by instruction issue
 // (R24, ncu), not by memory.
 #include <algorithm>
+#include <type_traits>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -45,6 +47,7 @@
 #include "common/cp_async.cuh"
 #include "common/images.h"
 #include "common/static_switch.h"
+#include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
 
 namespace lmkan {
@@ -69,9 +72,47 @@ constexpr int kRunPrefetch = 4;         // grad_y rows per batch; one batch is l
 // from it. runs_kernel's grad_y row address is then one IMAD.WIDE from the row's int32
 // offset; otherwise each load re-added the lane and tile terms in 64 bits (5-6 instructions
 // each, SASS of sm_90).
-__device__ __forceinline__ const float* opaque(const float* p) {
+template <typename E>
+__device__ __forceinline__ const E* opaque(const E* p) {
   asm("" : "+l"(p));
   return p;
+}
+
+// A lane's K values of one grad_y row as loaded, for rows of element type R: K floats, or
+// for 16-bit rows (float16 / bfloat16: a 16-bit grad_y, as under autocast) the K values
+// packed two to a 32-bit word. Packed rows take half the registers between the load (a
+// batch ahead) and the sample's FMAs, and half the L2 bytes; row_value widens one value.
+template <typename R, int K>
+using RowWords = std::conditional_t<std::is_same_v<R, float>, float[K], unsigned[(K + 1) / 2]>;
+
+template <typename R, int K>
+__device__ __forceinline__ void load_row_words(const R* p, RowWords<R, K>& v) {
+  if constexpr (std::is_same_v<R, float>) {
+    load_k<K, true>(p, v);
+  } else if constexpr (K == 4) {  // 8 bytes
+    const uint2 t = __ldg(reinterpret_cast<const uint2*>(p));
+    v[0] = t.x;
+    v[1] = t.y;
+  } else if constexpr (K == 2) {
+    v[0] = __ldg(reinterpret_cast<const unsigned*>(p));
+  } else {
+    v[0] = __ldg(reinterpret_cast<const unsigned short*>(p));
+  }
+}
+
+// Value k (compile-time after unrolling) of a row's words as float32 (exact).
+template <typename R, int K>
+__device__ __forceinline__ float row_value(const RowWords<R, K>& v, int k) {
+  if constexpr (std::is_same_v<R, float>) {
+    return v[k];
+  } else {
+    const unsigned u = v[k / 2];
+    if constexpr (std::is_same_v<R, __nv_bfloat16>) {  // a shift or a mask
+      return __uint_as_float((k & 1) ? (u & 0xffff0000u) : (u << 16));
+    } else {
+      return __half2float(__ushort_as_half(static_cast<unsigned short>((k & 1) ? u >> 16 : u)));
+    }
+  }
 }
 
 // Exclusive scan of count[0, n) in place by the whole block; returns the total.
@@ -196,7 +237,8 @@ __device__ __forceinline__ void red_row(float* dst, const float (&v)[K]) {
 struct RunsArgs {
   const int4* entries;   // [P][entries_stride] sorted (sample, cell, d1, d2) of the chunk
   const float* packed;   // table [n_tiles, P, cells, W]
-  const float* gyt;      // grad_y rows [B][ld], ld = n_tiles * W (zero-padded)
+  const void* gyt;       // grad_y rows [B][ld], ld = n_tiles * W (zero-padded), of the
+                         // kernel's row type R (float32, or grad_y's 16-bit dtype)
   const float* borders;  // [G+1]
   float* ws;             // dP [n_tiles, P, cells, W], zeroed before the first chunk
   float* dx;             // grad_x: (f, b) at f * xs_f + b * xs_b (images: runs_kernel's
@@ -224,7 +266,10 @@ constexpr int64_t runs_smem_per_warp() { return int64_t(kRunEntrySlots) * 16 + i
 // outputs, and the segment is walked half as often. Its registers then hold no carried
 // corners: a cell change to the right reloads the two left corners from L2 (a few per
 // segment at G = 26, fewer at small G), where keeping them would cost 2TK registers.
-template <int K, int T, bool kImages>
+//
+// R: the element type of the grad_y rows (float, or __half / __nv_bfloat16 for a 16-bit
+// grad_y: its values are exact in float32, so the sums are those of the float32 rows).
+template <int K, int T, bool kImages, typename R>
 __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArgs a,
                                                               const SampleOffsets dx_images) {
   constexpr int W = 32 * K, U = kRunPrefetch;
@@ -261,7 +306,8 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
     const int64_t slice = (int64_t(tile_index) * a.n_pairs + p) * cells * W + K * lane;
     const float* tab = a.packed + slice;
     float* wsp = a.ws + slice;
-    const float* gy = opaque(a.gyt + a.b0 * a.ld + tile_index * W + K * lane);
+    const R* gy =
+        opaque(static_cast<const R*>(a.gyt) + a.b0 * a.ld + tile_index * W + K * lane);
 
     // dP corner gradients of the current cell: [0] (i1,i2), [1] (i1,i2+1), [2] (i1+1,i2),
     // [3] (i1+1,i2+1); table corners (i1,i2+1), (i1+1,i2+1) kept for the carry to the
@@ -296,9 +342,9 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
       for (int j = 0; j < T; ++j) load_k<K, true>(tab + j * tile_stride + row * W, v[j]);
     };
     // the lane's K grad_y values in each of the T tiles of the row at offset `off`
-    auto load_gy_row = [&](int off, float (&v)[T][K]) {
+    auto load_gy_row = [&](int off, RowWords<R, K> (&v)[T]) {
 #pragma unroll
-      for (int j = 0; j < T; ++j) load_k<K, true>(gy + off + j * W, v[j]);
+      for (int j = 0; j < T; ++j) load_row_words<R, K>(gy + off + j * W, v[j]);
     };
     // The lane and the shared-window address of the warp's entries are loop-carried through
     // an empty asm in the batch loop, so they stay in registers there: otherwise the compiler
@@ -321,12 +367,12 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
     // len contribute zeros and are not stored (their entries, zeroed above, load row 0,
     // unused).
     const int rounds_end = (len + 15) & ~15;
-    float g[U][T][K];
+    RowWords<R, K> g[U][T];
 #pragma unroll
     for (int u = 0; u < U; ++u) load_gy_row(seg_entries[u].x, g[u]);
     // One sample of the current cell: its 4K dP FMAs and 3K dx FMAs, the corners in
     // registers; returns the sample's two dx sums (inputs 2p, 2p + 1).
-    auto add_sample_of_cell = [&](const int4 e, const float (&gu)[T][K]) {
+    auto add_sample_of_cell = [&](const int4 e, const RowWords<R, K> (&gu)[T]) {
       const float d1 = __int_as_float(e.z), d2 = __int_as_float(e.w);
       const float a1 = 1.f - d1, a2 = 1.f - d2;
       const float w00 = a1 * a2, w01 = a1 * d2, w10 = d1 * a2, w11 = d1 * d2;
@@ -335,7 +381,7 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
       for (int j = 0; j < T; ++j) {
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-          const float gk = gu[j][k];
+          const float gk = row_value<R, K>(gu[j], k);
           acc[0][j][k] += gk * w00;
           acc[1][j][k] += gk * w01;
           acc[2][j][k] += gk * w10;
@@ -471,8 +517,10 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t ld = int64_t(n_tiles) * w;
   const int64_t in_dim = 2 * int64_t(n_pairs);
 
-  // grad_y as rows [B][ld], zero-padded past n_out (one launch either way)
+  // grad_y as rows [B][ld] in grad_y's dtype (float32, float16 or bfloat16), zero-padded past
+  // n_out (one launch either way)
   const at::Tensor gyt = batch_last ? transpose(gy, ld) : pad_columns(gy, ld);  // images too
+  const int64_t row_bytes = ld * gyt.element_size();
   // the table (float32, rounded values) and the dP workspace [n_tiles, P, cells, W] of the
   // same shape, zeroed by the same launch (no memset: host cost, issue 16)
   at::Tensor ws;
@@ -480,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
   // chunk: grad_y rows of ~chunk_bytes, a whole number of segments, bounded sorted buffer
-  int64_t chunk = std::max<int64_t>(kRunSegment, chunk_bytes / (ld * 4));
+  int64_t chunk = std::max<int64_t>(kRunSegment, chunk_bytes / row_bytes);
   chunk = std::min<int64_t>(chunk, int64_t(1) << 20);
   chunk = std::min<int64_t>(chunk, kRunMaxEntriesBytes / (int64_t(n_pairs) * 16));
   chunk = std::min<int64_t>(chunk, (batch + kRunSegment - 1) / kRunSegment * kRunSegment);
@@ -514,12 +562,16 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const SampleOffsets x_images =
       images ? image_offsets(in_dim, image_len) : SampleOffsets{};
   using RunsKernel = void (*)(RunsArgs, SampleOffsets);
-  const RunsKernel runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsKernel {
-    constexpr int K = decltype(k_c)::value;
-    if constexpr (K == 4) {
-      if (two_tiles) return images ? &runs_kernel<K, 2, true> : &runs_kernel<K, 2, false>;
-    }
-    return images ? &runs_kernel<K, 1, true> : &runs_kernel<K, 1, false>;
+  RunsKernel runs = nullptr;
+  switch_table_type(gy.scalar_type(), [&](auto row_tag) {
+    using R = decltype(row_tag);
+    runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsKernel {
+      constexpr int K = decltype(k_c)::value;
+      if constexpr (K == 4) {
+        if (two_tiles) return images ? &runs_kernel<K, 2, true, R> : &runs_kernel<K, 2, false, R>;
+      }
+      return images ? &runs_kernel<K, 1, true, R> : &runs_kernel<K, 1, false, R>;
+    });
   });
   const auto bucket = images ? bucket_kernel<true> : bucket_kernel<false>;
   allow_dynamic_smem(reinterpret_cast<const void*>(bucket), bucket_smem);
@@ -527,7 +579,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   RunsArgs a;
   a.entries = reinterpret_cast<const int4*>(entries.data_ptr<int>());
   a.packed = packed.data_ptr<float>();
-  a.gyt = gyt.data_ptr<float>();
+  a.gyt = gyt.data_ptr();
   a.borders = borders.data_ptr<float>();
   a.ws = ws.data_ptr<float>();
   a.dx = dx.data_ptr<float>();

@@ -49,11 +49,14 @@ constexpr int kFixupThreads = 256;
 constexpr int kChunk = kFixupThreads;  // samples per far flag: phase 2 takes a chunk per pass
 constexpr int kInlineChunks = 4;       // batches of at most this many chunks: no phase 1
 
+enum class GradYType : int { kFloat, kHalf, kBFloat16 };
+
 struct FarFixupArgs {
   const float* x;        // (f, b) at f * xs_f + x_at(b)
   const void* params;    // [G+1, G+1, N_out, P] of type P (kernel template), rounded to R
   const float* borders;  // [G+1]
-  const float* gy;       // (o, b) at o * gs_f + gy_at(b)
+  const void* gy;        // (o, b) at o * gs_f + gy_at(b), of type gy_type
+  GradYType gy_type;     // a 16-bit grad_y, as under autocast, or float32
   float* dx;             // x's layout
   float* dp;             // float32 [G+1, G+1, N_out, P], or nullptr (grad_x alone)
   const uint8_t* flags;  // [n_chunks, P]: chunk c holds a far input of pair p (phase 1), or
@@ -64,6 +67,14 @@ struct FarFixupArgs {
   SampleOffsets x_at, gy_at;
   int n_out, n_pairs, num_grids;
 };
+
+// grad_y at `at` (its dtype is a runtime choice: far samples are rare, so a branch here
+// costs nothing, where a template parameter would triple the fixup kernel's instances).
+__device__ __forceinline__ float grad_y_value(const FarFixupArgs& a, int64_t at) {
+  if (a.gy_type == GradYType::kFloat) return static_cast<const float*>(a.gy)[at];
+  if (a.gy_type == GradYType::kHalf) return to_float(static_cast<const __half*>(a.gy)[at]);
+  return to_float(static_cast<const __nv_bfloat16*>(a.gy)[at]);
+}
 
 // Whether v is far. Only a value outside [borders[0], borders[G]] can be (inside the grid d
 // is in [0, 1]); NaN fails both compares and is not far, as in is_far.
@@ -238,7 +249,7 @@ __device__ void fix_chunk(const FarFixupArgs& a, int p, int64_t b0, FixupShared&
       corner[j] = (int64_t(c1.index + (j >> 1)) * side + c2.index + (j & 1)) * a.n_out;
     double s1 = 0.0, s2 = 0.0;  // sum_o g dF/dd1, sum_o g dF/dd2
     for (int o = threadIdx.x; o < a.n_out; o += blockDim.x) {
-      const double g = a.gy[int64_t(o) * a.gs_f + gy_at];
+      const double g = grad_y_value(a, int64_t(o) * a.gs_f + gy_at);
       double c[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -370,7 +381,10 @@ void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType tab
   a.x = x.data_ptr<float>();
   a.params = params.data_ptr();
   a.borders = borders.data_ptr<float>();
-  a.gy = gy.data_ptr<float>();
+  a.gy = gy.data_ptr();
+  a.gy_type = gy.scalar_type() == at::kFloat  ? GradYType::kFloat
+              : gy.scalar_type() == at::kHalf ? GradYType::kHalf
+                                              : GradYType::kBFloat16;
   a.dx = dx.data_ptr<float>();
   a.dp = dp.defined() ? dp.data_ptr<float>() : nullptr;
   a.batch = batch;

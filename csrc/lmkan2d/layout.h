@@ -39,10 +39,10 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
                       ZeroLike zero_like = ZeroLike::kNone);
 // [rows, cols] -> contiguous [cols, max(ld, rows)] through 32 x 32 shared-memory tiles, the
 // rows past `rows` zero. Also images [N, rows, L] -> [N L, max(ld, rows)] (at most
-// kMaxImageSamples samples, common/images.h).
+// kMaxImageSamples samples, common/images.h). float32, float16 or bfloat16 (kept as is).
 at::Tensor transpose(const at::Tensor& in, int64_t ld = 0);
 // [rows, cols] -> contiguous [rows, ld], the columns past `cols` zero (`in` itself when
-// ld <= cols).
+// ld <= cols). float32, float16 or bfloat16 (kept as is).
 at::Tensor pad_columns(const at::Tensor& in, int64_t ld);
 // [cols, rows] = the sum over the first dim of parts [splits, rows, cols], transposed (the
 // same fixed order as sum_splits).
@@ -69,7 +69,8 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
                                    bool batch_last, at::ScalarType table_dtype);
 
 // ---- Backward (backward.cpp) ----
-// grad_x and grad_params in one pass over cell-sorted chunks (backward_runs.cu).
+// grad_x and grad_params in one pass over cell-sorted chunks (backward_runs.cu); gy float32,
+// float16 or bfloat16 (its rows are read in its dtype).
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
                                                     bool batch_last, int tile, int block_size,
@@ -148,7 +149,7 @@ at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& 
 // input replaced by its float64 value, and grad_params (float32 [G+1, G+1, N_out, P], or
 // undefined for grad_x alone) corrected to the float64 bilinear weights; params as the backward got them (rounded to
 // table_dtype as the kernels read them). One block per pair; without far inputs it reads x
-// once and writes nothing.
+// once and writes nothing. gy: float32, float16 or bfloat16.
 void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType table_dtype,
                const at::Tensor& borders, const at::Tensor& gy, at::Tensor& dx, at::Tensor& dp,
                bool batch_last);

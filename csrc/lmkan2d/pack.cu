@@ -153,11 +153,13 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
 // arithmetic), so neither side is limited to 65535 tiles.
 constexpr int kTransposeTile = 32, kTransposeRows = 8;  // 32 x 8 threads, 4 elements each
 
-template <bool kImages>
+// E: float, or a 16-bit element moved as such (unsigned short: a 16-bit grad_y of the
+// sorted backward; splits == 1 there).
+template <typename E, bool kImages>
 __global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_kernel(
-    const float* __restrict__ in, float* __restrict__ out, int64_t rows, int64_t cols,
+    const E* __restrict__ in, E* __restrict__ out, int64_t rows, int64_t cols,
     int64_t ld, int64_t col_tiles, int64_t splits, const SampleOffsets images) {
-  __shared__ float tile[kTransposeTile][kTransposeTile + 1];
+  __shared__ E tile[kTransposeTile][kTransposeTile + 1];
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) / col_tiles) * kTransposeTile;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) % col_tiles) * kTransposeTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
@@ -165,13 +167,15 @@ __global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_ker
 #pragma unroll
   for (int i = ty; i < kTransposeTile; i += kTransposeRows) {
     const int64_t r = r0 + i, c = c0 + tx;
-    float v = 0.f;
+    E v = E(0);
     if (r < rows && c < cols) {
       if constexpr (kImages) {  // row r of sample c's image
         v = in[r * images.len + images(c)];
       } else {
         v = in[r * cols + c];
-        for (int64_t s = 1; s < splits; ++s) v += in[s * split_stride + r * cols + c];
+        if constexpr (std::is_same_v<E, float>) {
+          for (int64_t s = 1; s < splits; ++s) v += in[s * split_stride + r * cols + c];
+        }
       }
     }
     tile[i][tx] = v;
@@ -186,8 +190,18 @@ __global__ void __launch_bounds__(kTransposeTile * kTransposeRows) transpose_ker
 
 namespace {
 
+// The element type the copies move a tensor's values as: float32 as float, a 16-bit dtype
+// as its bits (no arithmetic on them).
+template <typename Body>
+void switch_copy_type(const at::Tensor& t, Body&& body) {
+  if (t.scalar_type() == at::kFloat) return body(float{});
+  TORCH_INTERNAL_ASSERT(t.element_size() == 2, "lmkan2d: a copy of ", t.scalar_type());
+  return body(static_cast<unsigned short>(0));
+}
+
 // out [cols, ld] from in [splits, rows, cols] (contiguous), or from images in [N, rows, L]
 // (cols = N L, one split): the sum over splits (in order), transposed, zero past `rows`.
+// float32, or a 16-bit dtype with one split.
 at::Tensor launch_transpose(const at::Tensor& in, int64_t splits, int64_t rows, int64_t cols,
                             int64_t ld, const SampleOffsets* images = nullptr) {
   ld = std::max(ld, rows);
@@ -197,11 +211,15 @@ at::Tensor launch_transpose(const at::Tensor& in, int64_t splits, int64_t rows, 
   const int64_t tiles = (ld + kTransposeTile - 1) / kTransposeTile * col_tiles;
   TORCH_CHECK(tiles < (int64_t(1) << 31), "lmkan2d: tensor too large to transpose (", rows, " x ",
               cols, ")");
-  const auto kernel = images != nullptr ? transpose_kernel<true> : transpose_kernel<false>;
-  kernel<<<static_cast<unsigned>(tiles), dim3(kTransposeTile, kTransposeRows), 0,
-           c10::cuda::getCurrentCUDAStream()>>>(in.data_ptr<float>(), out.data_ptr<float>(), rows,
-                                                cols, ld, col_tiles, splits,
-                                                images != nullptr ? *images : SampleOffsets{});
+  TORCH_INTERNAL_ASSERT(splits == 1 || in.scalar_type() == at::kFloat);
+  switch_copy_type(in, [&](auto tag) {
+    using E = decltype(tag);
+    const auto kernel = images != nullptr ? transpose_kernel<E, true> : transpose_kernel<E, false>;
+    kernel<<<static_cast<unsigned>(tiles), dim3(kTransposeTile, kTransposeRows), 0,
+             c10::cuda::getCurrentCUDAStream()>>>(
+        static_cast<const E*>(in.data_ptr()), static_cast<E*>(out.data_ptr()), rows, cols, ld,
+        col_tiles, splits, images != nullptr ? *images : SampleOffsets{});
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -226,12 +244,13 @@ at::Tensor sum_splits_transposed(const at::Tensor& parts) {
 
 // out[r][c] = c < cols ? in[r][c] : 0 for out [rows, ld]: one launch where constant_pad_nd
 // takes a fill, a view and a copy (host cost of the small training step, issue 16).
-__global__ void pad_columns_kernel(const float* __restrict__ in, float* __restrict__ out,
+template <typename E>
+__global__ void pad_columns_kernel(const E* __restrict__ in, E* __restrict__ out,
                                    int64_t cols, int64_t ld, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / ld, c = i - r * ld;
-    out[i] = c < cols ? in[r * cols + c] : 0.f;
+    out[i] = c < cols ? in[r * cols + c] : E(0);
   }
 }
 
@@ -243,8 +262,11 @@ at::Tensor pad_columns(const at::Tensor& in_any, int64_t ld) {
   const int64_t n = rows * ld;
   if (n == 0) return out;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
-  pad_columns_kernel<<<blocks, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      in.data_ptr<float>(), out.data_ptr<float>(), cols, ld, n);
+  switch_copy_type(in, [&](auto tag) {
+    using E = decltype(tag);
+    pad_columns_kernel<E><<<blocks, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        static_cast<const E*>(in.data_ptr()), static_cast<E*>(out.data_ptr()), cols, ld, n);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -1,0 +1,153 @@
+"""A 16-bit grad_y in the 2D layer's backward (README "Mixed precision").
+
+Under autocast the layer's output is 16-bit, so its gradient is too: the layer op returns y
+in that dtype (its out_dtype) and lmkan2d_backward takes the 16-bit grad_y, which the sorted
+backward reads as 16-bit rows (half the L2 bytes) and every other backward kernel as a
+float32 copy. The values of a 16-bit grad_y are exact in float32, so the contract is the
+float32 one against the float64 reference with that grad_y, and the result must not depend
+on whether grad_y arrives in 16 bits or as its float32 copy.
+"""
+import pytest
+import torch
+
+from lmKAN import LMKAN2DLayer, _reference
+from lmKAN.grids import cdf_borders
+
+from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+
+TOL = 1e-5
+SIXTEEN = (torch.float16, torch.bfloat16)
+
+
+def _make(num_grids, n_in, n_out, batch, batch_last, dtype, scale=1.5):
+    x = torch.randn((n_in, batch) if batch_last else (batch, n_in), device="cuda") * scale
+    params = torch.randn(num_grids + 1, num_grids + 1, n_out, n_in // 2, device="cuda")
+    grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+    return x, params, cdf_borders(num_grids, device="cuda"), grad_y.to(dtype)
+
+
+def _reference_grads(x, params, borders, grad_y, batch_last):
+    xd = x.double().requires_grad_(True)
+    pd = params.double().requires_grad_(True)
+    y = _reference.lmkan2d_forward(xd, pd, borders.double(), batch_last)
+    return torch.autograd.grad(y, (xd, pd), grad_y.double())
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
+@pytest.mark.parametrize("tile", (4, 8, 16))
+@pytest.mark.parametrize("batch_last", (True, False), ids=["batch_last", "batch_first"])
+@pytest.mark.parametrize("deterministic,fast", [(False, True), (False, False), (True, False)],
+                         ids=["fast", "normal", "deterministic"])
+@pytest.mark.parametrize("num_grids,n_in,n_out,batch", [(5, 6, 7, 37), (8, 34, 256, 1000),
+                                                        (26, 64, 129, 333), (12, 20, 512, 2049)])
+def test_backward_op_takes_16bit_grad_y(dtype, tile, batch_last, deterministic, fast, num_grids,
+                                        n_in, n_out, batch):
+    """Sorted backward (16-bit rows; n_out 256 and 512 at tile 16: two tiles per walk),
+    deterministic kernels and the small-layer kernels (a float32 copy): the float32 contract,
+    and the float32 copy of grad_y gives the same gradients."""
+    assert_cuda_kernel("lmkan2d_backward")
+    x, params, borders, gy16 = _make(num_grids, n_in, n_out, batch, batch_last, dtype)
+    args = (x, params, borders, batch_last, tile, 256, fast, deterministic)
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(gy16, *args)
+    gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
+    assert gx.dtype == torch.float32 and gp.dtype == torch.float32
+    rgx, rgp = _reference_grads(x, params, borders, gy16.float(), batch_last)
+    for name, a, r in (("dx", gx, rgx), ("dP", gp, rgp)):
+        err = rel_l2(a, r)
+        assert err <= TOL, f"{name}: rel L2 {err:.3e}"
+    if deterministic:  # the same kernels on the same float32 values
+        assert torch.equal(gx, gx32) and torch.equal(gp, gp32)
+    else:  # dP's float atomics add in any order; dx's sums are fixed per sample
+        assert rel_l2(gx, gx32) <= 1e-6 and rel_l2(gp, gp32) <= 1e-6
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
+def test_far_inputs_with_16bit_grad_y(dtype):
+    """The far-input fixup reads the 16-bit grad_y too."""
+    x, params, borders, gy16 = _make(8, 20, 64, 515, True, dtype, scale=40.0)
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(gy16, x, params, borders, True, 8, 256, True)
+    rgx, rgp = _reference_grads(x, params, borders, gy16.float(), True)
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
+def test_images_with_16bit_grad_y(dtype):
+    """Images [N, N_in, L] (the sorted backward reads them in place): a 16-bit grad_y
+    [N, N_out, L] gives the gradients of its float32 copy."""
+    n, n_in, n_out, length, g = 3, 10, 256, 77, 9
+    x = torch.randn(n, n_in, length, device="cuda")
+    params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
+    borders = cdf_borders(g, device="cuda")
+    gy16 = torch.randn(n, n_out, length, device="cuda").to(dtype)
+    for tile in (8, 16):
+        args = (x, params, borders, True, tile, 256, True)
+        gx, gp = torch.ops.lmkan.lmkan2d_backward(gy16, *args)
+        gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
+        assert gx.shape == x.shape
+        assert rel_l2(gx, gx32) <= 1e-6 and rel_l2(gp, gp32) <= 1e-6
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
+@pytest.mark.parametrize("batch_last", (True, False), ids=["batch_last", "batch_first"])
+def test_layer_under_autocast(dtype, batch_last):
+    """Under autocast the op's output is 16-bit (out_dtype), so is the gradient the backward
+    gets; the gradients keep the contract against the reference on the rounded table."""
+    torch.manual_seed(0)
+    layer = LMKAN2DLayer(8, 32, 256, batch_last=batch_last, tile_size_backward=16).cuda()
+    x = torch.randn((32, 3000) if batch_last else (3000, 32), device="cuda", requires_grad=True)
+    gy16 = torch.randn((256, 3000) if batch_last else (3000, 256), device="cuda").to(dtype)
+    for _ in range(2):  # the general path, then the stored call plan
+        x.grad, layer.func_parameter.grad = None, None
+        with torch.autocast("cuda", dtype=dtype):
+            y = layer(x)
+        assert y.dtype == dtype
+        y.backward(gy16)
+        params = layer.func_parameter.detach()
+        rounded = params.to(dtype).float()
+        rgx, rgp = _reference_grads(x.detach(), rounded, layer.borders, gy16.float(), batch_last)
+        assert rel_l2(x.grad, rgx) <= TOL and rel_l2(layer.func_parameter.grad, rgp) <= TOL
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
+def test_second_derivatives_with_16bit_output(dtype):
+    """A force-style loss through a 16-bit y (create_graph): the double backward takes the
+    16-bit grad_y (its slope ops read a float32 copy) and returns d/d grad_y in grad_y's
+    dtype; everything equals the float32 y's with the same (exact) grad_y (deterministic
+    kernels: bitwise), d/d grad_y rounded once."""
+    torch.manual_seed(1)
+    g, n_in, n_out, batch = 7, 12, 40, 257
+    x0 = torch.randn(n_in, batch, device="cuda")
+    params0 = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda") * 0.1
+    borders = cdf_borders(g, device="cuda")
+    gy0 = torch.randn(n_out, batch, device="cuda").to(dtype)
+    results = []
+    for out_dtype in (None, dtype):
+        x = x0.clone().requires_grad_(True)
+        params = params0.clone().requires_grad_(True)
+        y = torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 256, False, True, None,
+                                    out_dtype)
+        assert y.dtype == (out_dtype or torch.float32)
+        gy = gy0.to(y.dtype).requires_grad_(True)
+        (forces,) = torch.autograd.grad(y, x, gy, create_graph=True)
+        forces.square().sum().backward()
+        assert gy.grad.dtype == y.dtype
+        results.append((forces.detach(), params.grad, x.grad, gy.grad))
+    (f32, p32, x32, g32), (f16, p16, x16, g16) = results
+    assert torch.equal(f16, f32) and torch.equal(p16, p32) and torch.equal(x16, x32)
+    assert torch.equal(g16, g32.to(dtype))
+
+
+@requires_gpu
+def test_out_dtype_must_be_a_float_dtype():
+    x, params, borders, _ = _make(5, 6, 7, 9, True, torch.float32)
+    y = torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 256, False, False, None,
+                                torch.float32)
+    assert y.dtype == torch.float32
+    with pytest.raises(TypeError, match="out_dtype must be None, float32, float16 or bfloat16"):
+        torch.ops.lmkan.lmkan2d(x, params, borders, True, 8, 256, 8, 256, False, False, None,
+                                torch.float64)
