@@ -309,7 +309,7 @@ def test_sorted_backward_walks_two_tiles_where_they_pair(n_tiles, images):
     def step():
         return _backward(gys, xs, params, borders, True, 16, 512, False)
     walk = 2 if n_tiles % 2 == 0 else 1
-    kernel = f"runs_kernel<4, {walk}, {'true' if images else 'false'}>"
+    kernel = f"runs_kernel<4, {walk}, {'true' if images else 'false'}, float>"
     names = cuda_kernel_names(step)
     assert any(kernel in name for name in names), (kernel, sorted(names))
     gx, gp = step()

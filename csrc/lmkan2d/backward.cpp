@@ -44,6 +44,8 @@
 // No num_grids ceiling: when the table slice (dx) or the accumulator (dP) does not fit in
 // shared memory, the same kernels read the table from global memory (L1/L2) and accumulate
 // in a private region of a global workspace (plain loads and stores, one warp per region).
+#include <algorithm>
+#include <cstdlib>
 #include <tuple>
 
 #include <ATen/core/Tensor.h>
@@ -62,6 +64,17 @@
 namespace lmkan {
 namespace lmkan2d {
 namespace {
+
+// The sorted backward's chunk of grad_y rows (footprints.h), or LMKAN_RUN_CHUNK_MB in both
+// modes where set (read once per process: a knob for measurements, tools/ and benchmarks/).
+int64_t run_chunk_bytes(bool fast_mode) {
+  static const int64_t override_mb = [] {
+    const char* env = std::getenv("LMKAN_RUN_CHUNK_MB");
+    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : int64_t(0);
+  }();
+  if (override_mb > 0) return override_mb << 20;
+  return fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal;
+}
 
 // The separate grad_x and grad_params kernels, as the plan chose them.
 std::tuple<at::Tensor, at::Tensor> run_separate_kernels(
@@ -155,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
           ? dp_by_sample_threads(x, params, borders, gy, at::Tensor(), batch_last, lim, table)
       : plan.grad_x == GradXKernel::kRuns
           ? backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
-                             block, fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal, table)
+                             block, run_chunk_bytes(fast_mode), table)
           : run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy,
                                  batch, n, n_pairs, num_grids, block, batch_last, fast_mode,
                                  deterministic, lim, table);
