@@ -29,10 +29,12 @@
 //
 // The chunk (S samples) is sized so that its grad_y rows take chunk_bytes (8 MB in normal
 // mode, 32 MB in fast mode: they stay in L2, 94% hit rate in R24). Per pair a chunk's grad_y
-// rows are read once per sample, so the path moves B * P * N_out * 4 bytes from L2 (2 bytes
-// for a 16-bit grad_y, as under autocast: its rows stay 16-bit, twice the samples a chunk); the table
-// and the dP atomics cost ~(table + 2 x dP) * B / S. The kernel is bound by instruction issue
-// (R24, ncu), not by memory.
+// rows are read once per sample, so the path moves B * P * N_out * 4 bytes from L2 (2 for a
+// 16-bit grad_y, as under autocast: its rows stay 16-bit, twice the samples per chunk); the
+// table and the dP atomics cost ~(table + 2 x dP) * B / S. What binds (ncu, H100,
+// 2026-12-05, tile 16 fast): at G = 8 512->512 issue and latency (issue 63% busy, L2 67% of
+// its peak); at G = 26 256->256 L2 (87% of peak, 58% hit rate: the table and the dP
+// workspace, 95 MB each, evict the chunk's rows).
 #include <algorithm>
 #include <type_traits>
 
