@@ -161,6 +161,11 @@ def _opcheck_cases():
             ("lmkan2d_forward", (x.detach(), p2, cdf, batch_last, 4, 256, torch.float16)),
             ("lmkan2d_backward", (gy, x.detach(), p2.bfloat16(), cdf, batch_last, 8, 256, False,
                                   True, None)),
+            # a 16-bit output (as under autocast): its gradient reaches the backward in 16 bits
+            ("lmkan2d", (x.detach().requires_grad_(True), p2.clone().requires_grad_(True), cdf,
+                         batch_last, 8, 256, 16, 256, True, False, torch.bfloat16,
+                         torch.bfloat16)),
+            ("lmkan2d_backward", (gy.half(), x.detach(), p2, cdf, batch_last, 16, 256, True)),
             ("lmkan1d", (x.detach().requires_grad_(True), p1.clone().requires_grad_(True),
                          uni, True, batch_last)),
             ("lmkan1d", (x.detach().requires_grad_(True), p1.clone().requires_grad_(True),
