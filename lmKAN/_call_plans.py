@@ -23,7 +23,7 @@ a layer has not seen yet, or after lmKAN.tuning.clear_memory_cache()).
 import torch
 from torch import nn
 
-from .ops import _AUTOCAST_DEVICE_TYPES
+from .ops import _AUTOCAST_DEVICE_TYPES, _SIXTEEN_BIT
 from .tuning.cache import MEMORY_GENERATION
 from .tuning.session import SESSION
 
@@ -67,7 +67,7 @@ def plan_of_call(key, x, args, takes_out_dtype=False):
     out_dtype = None if autocast is None and x.dtype == torch.float32 else (
         x.dtype if autocast is None else autocast)
     if takes_out_dtype:
-        args = (*args, out_dtype if out_dtype in (torch.float16, torch.bfloat16) else None)
+        args = (*args, out_dtype if out_dtype in _SIXTEEN_BIT else None)
     if out_dtype is None:
         return (args, None, None)
     return (args, out_dtype, None if autocast is None else x.device.type)

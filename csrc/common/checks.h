@@ -14,6 +14,16 @@ inline void check_cuda_float(const at::Tensor& t, const char* name) {
                    t.scalar_type());
 }
 
+// A CUDA tensor of float32, or of float16 / bfloat16 where `sixteen_bit` (the layers'
+// parameters; lmkan2d_backward's grad_y, a 16-bit y's gradient as under autocast).
+inline void check_cuda_float_or_16bit(const at::Tensor& t, const char* name, bool sixteen_bit) {
+  if (!sixteen_bit) return check_cuda_float(t, name);
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
+                       t.scalar_type() == at::kBFloat16,
+                   name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+}
+
 inline void check_same_device(const at::Tensor& a, const char* name_a, const at::Tensor& b,
                               const char* name_b) {
   TORCH_CHECK_VALUE(a.device() == b.device(), name_a, " is on ", a.device(), " but ", name_b,
@@ -33,14 +43,7 @@ inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
                                 const at::Tensor& borders, int64_t params_dims,
                                 bool params_16bit = false, bool images = false) {
   check_cuda_float(x, "x");
-  if (params_16bit) {
-    TORCH_CHECK_VALUE(params.is_cuda(), "params must be a CUDA tensor, got device ", params.device());
-    TORCH_CHECK_TYPE(params.scalar_type() == at::kFloat || params.scalar_type() == at::kHalf ||
-                         params.scalar_type() == at::kBFloat16,
-                     "params must be float32, float16 or bfloat16, got ", params.scalar_type());
-  } else {
-    check_cuda_float(params, "params");
-  }
+  check_cuda_float_or_16bit(params, "params", params_16bit);
   check_cuda_float(borders, "borders");
   check_same_device(x, "x", params, "params");
   check_same_device(x, "x", borders, "borders");
@@ -60,14 +63,7 @@ inline void check_layer_tensors(const at::Tensor& x, const at::Tensor& params,
 // gradient, as under autocast).
 inline void check_grad_y(const at::Tensor& gy, const at::Tensor& x, int64_t n_out, int64_t batch,
                          bool batch_last, const char* op, bool sixteen_bit = false) {
-  if (sixteen_bit) {
-    TORCH_CHECK_VALUE(gy.is_cuda(), "grad_y must be a CUDA tensor, got device ", gy.device());
-    TORCH_CHECK_TYPE(gy.scalar_type() == at::kFloat || gy.scalar_type() == at::kHalf ||
-                         gy.scalar_type() == at::kBFloat16,
-                     "grad_y must be float32, float16 or bfloat16, got ", gy.scalar_type());
-  } else {
-    check_cuda_float(gy, "grad_y");
-  }
+  check_cuda_float_or_16bit(gy, "grad_y", sixteen_bit);
   check_same_device(x, "x", gy, "grad_y");
   if (x.dim() == 3) {
     TORCH_CHECK_VALUE(gy.dim() == 3 && gy.size(0) == x.size(0) && gy.size(1) == n_out &&

@@ -143,16 +143,18 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   const BackwardPlan plan =
       plan_backward({num_grids, n_out, batch, 2 * int64_t(n_pairs), batch_last},
                     static_cast<int>(tile_size), block, deterministic, lim, want_grad_params);
+  // images that the chosen kernels cannot read in place (the branch below)
+  const bool images_via_copies =
+      images && (plan.grad_x != GradXKernel::kRuns || batch > kMaxImageSamples);
   // A 16-bit grad_y (a 16-bit y's gradient, as under autocast) keeps its dtype where the
   // sorted backward reads it (as rows: half the bytes of its L2 traffic); every other kernel
   // reads a float32 copy. Its values are exact in float32 either way.
   const bool sorted_rows = plan.grad_params != GradParamsKernel::kSampleThreads &&
-                           plan.grad_x == GradXKernel::kRuns &&
-                           !(images && batch > kMaxImageSamples);
+                           plan.grad_x == GradXKernel::kRuns && !images_via_copies;
   const at::Tensor gy = gy_in.scalar_type() == at::kFloat || sorted_rows
                             ? gy_in.contiguous()
                             : gy_in.to(at::kFloat).contiguous();
-  if (images && (plan.grad_x != GradXKernel::kRuns || batch > kMaxImageSamples)) {
+  if (images_via_copies) {
     // Only the sorted backward reads images in place (backward_runs.cu, far_fixup.cu; its
     // grad_y is transposed into rows as a plain one is); the other kernels index samples with
     // one stride and run on batch-last copies [N_in, N L], grad_x copied back into images.
