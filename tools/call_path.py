@@ -95,7 +95,8 @@ def main():
         pieces = [
             ("check_input", lambda: check_input(x, p, 128, True, "LMKAN2DLayer")),
             ("resolver.config", lambda: layer._launch_resolver.config(layer, x, False)),
-            ("_check_fits_on_device", lambda: layer._check_fits_on_device(x.device, False, config)),
+            ("_check_fits_on_device",
+             lambda: layer._check_fits_on_device(x.device, False, config, torch.float32)),
             ("_deterministic_now", layer._deterministic_now),
             ("kernel_applies", lambda: ops.kernel_applies("lmkan2d_forward", x, p, b)),
             ("module attrs (p, b)", lambda: (layer.func_parameter, layer.borders)),

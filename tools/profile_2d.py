@@ -70,9 +70,9 @@ def main():
                     if e.device_type == torch.autograd.DeviceType.CUDA:
                         key = kernel_label(e.name)
                         kernels[key] = kernels.get(key, 0.0) + e.device_time / 1000
-                top = sorted(kernels.items(), key=lambda kv: -kv[1])[:6]
+                top = sorted(kernels.items(), key=lambda kv: -kv[1])[:8]
                 line = (f"{name:9} tile {tile:2} {'fast' if fast else 'norm'}  fwd+bwd {ms:9.3f} ms  | "
-                        + "  ".join(f"{k.split('::')[-1]} {v:.2f}" for k, v in top))
+                        + "  ".join(f"{k.split('::')[-1]} {v:.4g}" for k, v in top))
                 print(line, flush=True)
                 summary.append(line)
     print("\n".join(["", "== summary"] + summary))

@@ -14,29 +14,90 @@
 namespace lmkan {
 namespace lmkan2d {
 
-// Pt [n_tiles, P, cells, W] from params [cells, N_out, P], through a shared-memory
-// transpose: a block takes one cell, one output tile (W outputs) and up to 32 pairs. Reads:
-// each warp reads rows o of 32 consecutive pairs (128 bytes); writes: for each pair, the W
-// outputs of the cell are one contiguous run. (Before, one thread per packed element read
-// params with a stride of P floats: 8 sectors per useful one, ~0.12 ms per step of the small
-// G=26 128->128 case in R8.) The tile row is 33 floats: the transposed reads of the second
-// phase fall into 32 different banks.
-constexpr int kPackPairs = 32, kPackRows = 8;  // block: 32 x 8 threads
-constexpr int kPackMaxWidth = 128;             // W = 8 * tile_size <= 128
-constexpr int kPackLoads = 4;                  // rows a thread loads before it stores
+// The pack and unpack kernels move one block tile between the parameters' layout
+// [cells, N_out, P] and the packed one Pt [n_tiles, P, cells, W] through shared memory: 32
+// pairs x 128 rows, a row being one (cell, output) of an output tile (W outputs), so a tile
+// holds 128 / W consecutive cells. In Pt those cells follow each other, so a pair's 128 rows
+// are one contiguous run there (512 bytes in float32), and in params a row's 32 pairs are
+// 128 contiguous bytes (float32). A thread moves 16 values, 4 vector loads in flight. (The
+// kernel before took one cell and 32 x W values per block, a thread 4 scalar loads: 22 us
+// of a 40 us forward call at G = 26 128 -> 128 B = 1024, 2.2 TB/s on the H200.)
+constexpr int kTilePairs = 32, kTileRows = 128, kTileThreads = 256;
+constexpr int kPackMaxWidth = kTileRows;  // W = 8 * tile_size <= 128 (1..8 for sample_threads)
+constexpr int kRowsPerPass = kTileThreads / (kTilePairs / 4);  // params side: 8 lanes per row
+constexpr int kPasses = kTileRows / kRowsPerPass;               // 4 rows per thread
 
-// The (cell, output tile, group of 32 pairs) of this block of the pack and unpack kernels: the
-// pair group varies fastest, then the tile, then the cell.
-struct PackBlock {
-  int64_t cell;
-  int tile_index, p0, o0;  // first pair and first output of the block
+// The block's (first cell, output tile, first pair): the pair group varies fastest, then the
+// output tile, then the group of cells.
+struct TileBlock {
+  int64_t c0;      // first cell
+  int rows;        // rows of the block: (cells of the block) * W
+  int tile_index, p0;
 };
-__device__ __forceinline__ PackBlock pack_block(int pair_groups, int n_tiles, int width) {
+struct TileShape {
+  int64_t cells;
+  int n_out, n_pairs, width_log2, n_tiles, pair_groups;
+  bool vec_pairs;  // 4 pairs per vector access on the params side (P % 4 == 0, aligned)
+  bool vec_rows;   // 4 rows per vector access on the packed side (W >= 4)
+};
+__device__ __forceinline__ TileBlock tile_block(const TileShape& s) {
   int64_t b = blockIdx.x;
-  const int group = static_cast<int>(b % pair_groups);
-  b /= pair_groups;
-  const int tile_index = static_cast<int>(b % n_tiles);
-  return {b / n_tiles, tile_index, group * kPackPairs, tile_index * width};
+  const int group = static_cast<int>(b % s.pair_groups);
+  b /= s.pair_groups;
+  const int tile_index = static_cast<int>(b % s.n_tiles);
+  const int cells_per_tile = kTileRows >> s.width_log2;
+  const int64_t c0 = (b / s.n_tiles) * cells_per_tile;
+  const int64_t left = s.cells - c0;
+  const int rows = static_cast<int>(left < cells_per_tile ? left : cells_per_tile) << s.width_log2;
+  return {c0, rows, tile_index, group * kTilePairs};
+}
+
+// Shared-memory slot of (pair q, row r): pair-major, the 16-byte chunk r / 4 of a pair
+// stored at chunk (r / 4) XOR ((q / 4) % 8). The params side (a warp: 4 rows x 8 lanes, a
+// lane 4 consecutive pairs of one row, one scalar access per pair) then touches 32 banks:
+// the 8 lanes' pairs q / 4 differ, so do their chunks mod 8, and the 4 rows fill a chunk.
+// The packed side (a warp: one pair, lane l the chunk l, a 16-byte access; or rows l + 32 j
+// one value at a time) reads each quarter-warp's 8 chunks from different bank groups.
+__device__ __forceinline__ int tile_slot(int q, int r) {
+  return q * kTileRows + (((r >> 2) ^ ((q >> 2) & 7)) << 2) + (r & 3);
+}
+
+// Four consecutive parameters p..p+3 of params row `row` (values past n_pairs: 0), as float.
+template <typename In>
+__device__ __forceinline__ void load_pairs4(const In* __restrict__ row, int p, int n_pairs,
+                                            bool vec, float (&v)[4]) {
+  if (vec) {  // p % 4 == 0 and the row aligned: one 16- (float) or 8-byte (16-bit) load
+    if (p < n_pairs) {
+      const float4 f = load_table4(row, p / 4);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    } else {
+      v[0] = v[1] = v[2] = v[3] = 0.f;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v[k] = p + k < n_pairs ? to_float(row[p + k]) : 0.f;
+  }
+}
+
+// Four floats at `at` (the pairs p..p+3 of a row, or 4 rows of a pair), one vector store
+// when `vec`, else those below `n`.
+__device__ __forceinline__ void store4(float* __restrict__ at, const float (&v)[4], bool vec,
+                                       int n) {
+  if (vec) {
+    *reinterpret_cast<float4*>(at) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (k < n) at[k] = v[k];
+  }
+}
+__device__ __forceinline__ void store4_packed(float* __restrict__ at, float4 v) {
+  *reinterpret_cast<float4*>(at) = v;
+}
+template <typename T>
+__device__ __forceinline__ void store4_packed(T* __restrict__ at, float4 v) {  // 16-bit: 8 bytes
+  T h[4] = {from_float<T>(v.x), from_float<T>(v.y), from_float<T>(v.z), from_float<T>(v.w)};
+  *reinterpret_cast<uint2*>(at) = *reinterpret_cast<const uint2*>(h);
 }
 
 // Table values as the kernels see them: read in the parameters' dtype (In), rounded to the
@@ -49,54 +110,92 @@ __device__ __forceinline__ PackBlock pack_block(int pair_groups, int n_tiles, in
 // as the packed table). The backward's dP accumulators need zeros; a memset would be one
 // more host call per backward (host-bound small steps, issue 16).
 template <typename In, typename Round, typename Out>
-__global__ void __launch_bounds__(kPackPairs * kPackRows) pack_table_kernel(
+__global__ void __launch_bounds__(kTileThreads) pack_table_kernel(
     const In* __restrict__ params, Out* __restrict__ packed, float* __restrict__ zeros,
-    ZeroLike zero_like, int64_t cells, int n_out, int n_pairs, int width, int n_tiles,
-    int pair_groups) {
-  __shared__ float tile[kPackMaxWidth][kPackPairs + 1];
-  const PackBlock blk = pack_block(pair_groups, n_tiles, width);
-  const int64_t c = blk.cell;
-  const int tile_index = blk.tile_index, p0 = blk.p0, o0 = blk.o0;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int p = p0 + tx;
-  // rows r0 + i * kPackRows, i < kPackLoads, loaded before any is stored: a block moves a
-  // few KB, so each thread's loads in flight set the kernel's bandwidth (one at a time:
-  // ~2.2 TB/s at G = 26 128 -> 128, 22 us of a 40 us forward call; H200)
-  for (int r0 = ty; r0 < width; r0 += kPackLoads * kPackRows) {
-    float v[kPackLoads];
+    ZeroLike zero_like, const TileShape s) {
+  __shared__ __align__(16) float tile[kTilePairs * kTileRows];
+  const TileBlock blk = tile_block(s);
+  const int width = 1 << s.width_log2;
+  // params side: lane quad % 8 takes pairs 4 quad .. 4 quad + 3 of rows tid / 8 + 32 i
+  const int quad = threadIdx.x % 8, p = blk.p0 + 4 * quad;
+  float v[kPasses][4];
 #pragma unroll
-    for (int i = 0; i < kPackLoads; ++i) {
-      const int r = r0 + i * kPackRows, o = o0 + r;
-      const bool in = r < width && o < n_out && p < n_pairs;
-      const int64_t at = (c * n_out + o) * n_pairs + p;
-      v[i] = in ? to_float(params[at]) : 0.f;
-      if (in && zero_like == ZeroLike::kParams) zeros[at] = 0.f;
-    }
-#pragma unroll
-    for (int i = 0; i < kPackLoads; ++i) {
-      const int r = r0 + i * kPackRows;
-      if (r >= width) break;
-      if constexpr (std::is_same_v<Round, float>) {
-        tile[r][tx] = v[i];
-      } else {
-        tile[r][tx] = to_float(from_float<Round>(v[i]));
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = threadIdx.x / 8 + kRowsPerPass * i;
+    const int o = blk.tile_index * width + (r & (width - 1));
+    const int64_t at = ((blk.c0 + (r >> s.width_log2)) * s.n_out + o) * s.n_pairs + p;
+    if (r < blk.rows && o < s.n_out) {
+      load_pairs4(params + at - p, p, s.n_pairs, s.vec_pairs, v[i]);
+      if (zero_like == ZeroLike::kParams && p < s.n_pairs) {
+        const float z[4] = {0.f, 0.f, 0.f, 0.f};
+        store4(zeros + at, z, s.vec_pairs, s.n_pairs - p);
       }
+    } else {  // a padding output of the last tile (packed as 0), or past the last cell
+      v[i][0] = v[i][1] = v[i][2] = v[i][3] = 0.f;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = threadIdx.x / 8 + kRowsPerPass * i;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      float x = v[i][k];
+      if constexpr (!std::is_same_v<Round, float>) x = to_float(from_float<Round>(x));
+      tile[tile_slot(4 * quad + k, r)] = x;
     }
   }
   __syncthreads();
-  for (int q = ty; q < kPackPairs && p0 + q < n_pairs; q += kPackRows) {
-    const int64_t row = ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
-    for (int t = tx; t < width; t += kPackPairs) {
-      packed[row + t] = from_float<Out>(tile[t][q]);
-      if (zero_like == ZeroLike::kPacked) zeros[row + t] = 0.f;
+  // packed side: warp `wq` takes pairs wq, wq + 8, ...; a pair's rows are contiguous in Pt
+  const int wq = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int q = wq; q < kTilePairs && blk.p0 + q < s.n_pairs; q += kTileThreads / 32) {
+    const int64_t base =
+        ((int64_t(blk.tile_index) * s.n_pairs + blk.p0 + q) * s.cells + blk.c0) * width;
+    if (s.vec_rows) {  // W % 4 == 0: rows 4 lane .. 4 lane + 3 are one aligned chunk
+      const int r = 4 * lane;
+      if (r < blk.rows) {
+        store4_packed(packed + base + r, *reinterpret_cast<const float4*>(&tile[tile_slot(q, r)]));
+        if (zero_like == ZeroLike::kPacked) store4_packed(zeros + base + r, make_float4(0, 0, 0, 0));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kTileRows / 32; ++j) {
+        const int r = lane + 32 * j;
+        if (r >= blk.rows) break;
+        packed[base + r] = from_float<Out>(tile[tile_slot(q, r)]);
+        if (zero_like == ZeroLike::kPacked) zeros[base + r] = 0.f;
+      }
     }
   }
 }
 
+namespace {
+
+// The block tile's shape for params [G+1, G+1, N_out, P] (or dP) and a packed width.
+TileShape tile_shape(int64_t cells, int n_out, int n_pairs, int width, bool vec_pairs) {
+  TORCH_CHECK(width >= 1 && width <= kPackMaxWidth && (width & (width - 1)) == 0,
+              "lmkan2d: a packed width is a power of two up to ", kPackMaxWidth, ", got ", width);
+  int width_log2 = 0;
+  while ((1 << width_log2) < width) ++width_log2;
+  const int n_tiles = (n_out + width - 1) / width;
+  const int pair_groups = (n_pairs + kTilePairs - 1) / kTilePairs;
+  return {cells, n_out, n_pairs, width_log2, n_tiles, pair_groups, vec_pairs && n_pairs % 4 == 0,
+          width % 4 == 0};
+}
+
+int64_t tile_blocks(const TileShape& s) {
+  const int64_t cell_groups = (s.cells + (kTileRows >> s.width_log2) - 1) / (kTileRows >> s.width_log2);
+  const int64_t blocks = cell_groups * s.n_tiles * s.pair_groups;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "lmkan2d: table too large to pack (", blocks, " blocks)");
+  return blocks;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
 at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_dtype,
                       at::ScalarType packed_dtype, at::Tensor* zeros, ZeroLike zero_like) {
   // params: [G+1, G+1, N_out, P] contiguous (float32, float16 or bfloat16) on the current device.
-  TORCH_CHECK(width >= 1 && width <= kPackMaxWidth, "pack_table: width ", width, " > ", kPackMaxWidth);
   TORCH_CHECK(packed_dtype == at::kFloat || packed_dtype == table_dtype,
               "pack_table: a packed table is float32 or the table dtype, got ", packed_dtype,
               " for table dtype ", table_dtype);
@@ -112,21 +211,21 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
     *zeros = at::empty(zero_like == ZeroLike::kPacked ? packed.sizes() : params.sizes(),
                        params.options().dtype(at::kFloat));
   if (packed.numel() == 0) return packed;  // no pairs: zeros is empty too
-  const int pair_groups = (n_pairs + kPackPairs - 1) / kPackPairs;
-  const int64_t blocks = cells * n_tiles * pair_groups;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "pack_table: table too large (", blocks, " blocks)");
+  // 4-pair vector loads: 16 bytes (float32) or 8 (16-bit) from a row start
+  const bool vec_pairs =
+      reinterpret_cast<uintptr_t>(params.data_ptr()) % (4 * params.element_size()) == 0;
+  const TileShape shape = tile_shape(cells, n_out, n_pairs, width, vec_pairs);
+  const int64_t blocks = tile_blocks(shape);
   switch_table_type(params.scalar_type(), [&](auto in_tag) {
     using In = decltype(in_tag);
     switch_table_type(table_dtype, [&](auto round_tag) {
       using Round = decltype(round_tag);
       const auto launch = [&](auto out_tag) {
         using Out = decltype(out_tag);
-        pack_table_kernel<In, Round, Out><<<static_cast<unsigned>(blocks),
-                                            dim3(kPackPairs, kPackRows), 0,
+        pack_table_kernel<In, Round, Out><<<static_cast<unsigned>(blocks), kTileThreads, 0,
                                             c10::cuda::getCurrentCUDAStream()>>>(
             reinterpret_cast<const In*>(params.data_ptr()), reinterpret_cast<Out*>(packed.data_ptr()),
-            zeros != nullptr ? zeros->data_ptr<float>() : nullptr, zero_like, cells, n_out,
-            n_pairs, width, n_tiles, pair_groups);
+            zeros != nullptr ? zeros->data_ptr<float>() : nullptr, zero_like, shape);
       };
       if (packed_dtype == at::kFloat) {
         launch(float{});
@@ -272,32 +371,54 @@ at::Tensor pad_columns(const at::Tensor& in_any, int64_t ld) {
 }
 
 // out [cells, N_out, P] = sum over copies s (in order) of ws[s] [n_tiles, P, cells, W]: the
-// inverse of pack_table_kernel, through the same shared-memory transpose. A block takes one
-// cell, one output tile and up to 32 pairs: it reads each pair's W-float row (coalesced),
-// then writes rows o of 32 consecutive pairs. tile[w][q]: the writes of the first phase go
-// to addresses w * 33 + q, 32 different banks for the 32 lanes' w.
-__global__ void __launch_bounds__(kPackPairs * kPackRows) unpack_table_kernel(
-    const float* __restrict__ ws, float* __restrict__ out, int64_t cells, int n_out,
-    int n_pairs, int width, int n_tiles, int pair_groups, int copies) {
-  __shared__ float tile[kPackMaxWidth][kPackPairs + 1];
-  const PackBlock blk = pack_block(pair_groups, n_tiles, width);
-  const int64_t c = blk.cell;
-  const int tile_index = blk.tile_index, p0 = blk.p0, o0 = blk.o0;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t copy_stride = int64_t(n_tiles) * n_pairs * cells * width;
-  for (int q = ty; q < kPackPairs && p0 + q < n_pairs; q += kPackRows) {
-    const float* src = ws + ((int64_t(tile_index) * n_pairs + p0 + q) * cells + c) * width;
-    for (int t = tx; t < width; t += kPackPairs) {
-      float v = src[t];
-      for (int s = 1; s < copies; ++s) v += src[s * copy_stride + t];
-      tile[t][q] = v;
+// inverse of pack_table_kernel, through the same block tile (tile_slot): the packed side reads
+// each pair's contiguous rows (the copies summed there), the params side writes 4 pairs of a
+// row per lane.
+__global__ void __launch_bounds__(kTileThreads) unpack_table_kernel(
+    const float* __restrict__ ws, float* __restrict__ out, const TileShape s, int copies) {
+  __shared__ __align__(16) float tile[kTilePairs * kTileRows];
+  const TileBlock blk = tile_block(s);
+  const int width = 1 << s.width_log2;
+  const int64_t copy_stride = int64_t(s.n_tiles) * s.n_pairs * s.cells * width;
+  const int wq = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int q = wq; q < kTilePairs && blk.p0 + q < s.n_pairs; q += kTileThreads / 32) {
+    const float* src =
+        ws + ((int64_t(blk.tile_index) * s.n_pairs + blk.p0 + q) * s.cells + blk.c0) * width;
+    if (s.vec_rows) {  // rows 4 lane .. 4 lane + 3: one aligned chunk
+      const int r = 4 * lane;
+      if (r < blk.rows) {
+        float4 v = *reinterpret_cast<const float4*>(src + r);
+        for (int c = 1; c < copies; ++c) {
+          const float4 u = *reinterpret_cast<const float4*>(src + c * copy_stride + r);
+          v.x += u.x, v.y += u.y, v.z += u.z, v.w += u.w;
+        }
+        *reinterpret_cast<float4*>(&tile[tile_slot(q, r)]) = v;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kTileRows / 32; ++j) {
+        const int r = lane + 32 * j;
+        if (r >= blk.rows) break;
+        float v = src[r];
+        for (int c = 1; c < copies; ++c) v += src[c * copy_stride + r];
+        tile[tile_slot(q, r)] = v;
+      }
     }
   }
   __syncthreads();
-  const int p = p0 + tx;
-  if (p >= n_pairs) return;
-  for (int r = ty; r < width && o0 + r < n_out; r += kPackRows)
-    out[(c * n_out + o0 + r) * n_pairs + p] = tile[r][tx];
+  const int quad = threadIdx.x % 8, p = blk.p0 + 4 * quad;
+  if (p >= s.n_pairs) return;
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = threadIdx.x / 8 + kRowsPerPass * i;
+    const int o = blk.tile_index * width + (r & (width - 1));
+    if (r >= blk.rows || o >= s.n_out) continue;
+    float v[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v[k] = tile[tile_slot(4 * quad + k, r)];
+    store4(out + ((blk.c0 + (r >> s.width_log2)) * s.n_out + o) * s.n_pairs + p, v, s.vec_pairs,
+           s.n_pairs - p);
+  }
 }
 
 at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
@@ -305,19 +426,18 @@ at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
   const int64_t side = num_grids + 1, cells = side * side;
   const int first = static_cast<int>(ws.dim()) - 4;  // a 4-D ws is one copy
   const int copies = first == 0 ? 1 : static_cast<int>(ws.size(0));
-  const int n_tiles = static_cast<int>(ws.size(first)), n_pairs = static_cast<int>(ws.size(first + 1));
+  const int n_pairs = static_cast<int>(ws.size(first + 1));
   const int width = static_cast<int>(ws.size(first + 3));
-  TORCH_CHECK(width >= 1 && width <= kPackMaxWidth, "unpack_dp: width ", width, " > ", kPackMaxWidth);
   at::Tensor out = at::empty({side, side, n_out, n_pairs}, ws.options());
   if (out.numel() == 0) return out;
   if (copies == 0) return out.zero_();
-  const int pair_groups = (n_pairs + kPackPairs - 1) / kPackPairs;
-  const int64_t blocks = cells * n_tiles * pair_groups;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "unpack_dp: table too large (", blocks, " blocks)");
-  unpack_table_kernel<<<static_cast<unsigned>(blocks), dim3(kPackPairs, kPackRows), 0,
-                        c10::cuda::getCurrentCUDAStream()>>>(
-      ws.data_ptr<float>(), out.data_ptr<float>(), cells, n_out, n_pairs, width, n_tiles,
-      pair_groups, copies);
+  TileShape shape = tile_shape(cells, n_out, n_pairs, width, /*vec_pairs=*/true);
+  TORCH_INTERNAL_ASSERT(shape.n_tiles == ws.size(first), "unpack_dp: ", ws.size(first),
+                        " output tiles of width ", width, " for ", n_out, " outputs");
+  shape.vec_rows = shape.vec_rows && aligned16(ws.data_ptr());  // out: a fresh allocation
+  unpack_table_kernel<<<static_cast<unsigned>(tile_blocks(shape)), kTileThreads, 0,
+                        c10::cuda::getCurrentCUDAStream()>>>(ws.data_ptr<float>(),
+                                                             out.data_ptr<float>(), shape, copies);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
