@@ -26,7 +26,8 @@
 #       # bench_overhead (new, base, new) and bench_2d (BENCH2D_ARGS, default: the G8, G26
 #       # and small cases at tiles 4 and 8, block 512) of each; COMPARE_1D=1 adds bench_1d at
 #       # its default shape and at B=1024, 128 features, and COMPARE_1D_BUDGETS="163 99" the
-#       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_HESSIAN=1
+#       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_BITWISE=1
+#       # tools/bitwise_outputs.py: the 2D ops' outputs of both builds, bit for bit; COMPARE_HESSIAN=1
 #       # adds bench_hessian.py, COMPARE_CONV=1 bench_conv.py, COMPARE_PROFILE=1
 #       # tools/profile_2d.py (PROFILE_ARGS) of new, base, new, base: per-kernel times
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
@@ -159,6 +160,14 @@ for stage in "$@"; do
             echo "bench_1d $b at ${budget} KB rc=$?" >> "$OUT/summary.txt"
           done
         done
+      fi
+      if [ -n "${COMPARE_BITWISE:-}" ]; then  # the 2D ops' outputs of both builds, bit for bit
+        for b in new base; do
+          (cd /tmp/lmkan-$b && PYTHONPATH=$PWD timeout 300 $PY "$SRC/tools/bitwise_outputs.py" dump \
+             /tmp/bitwise_$b.pt) > "$OUT/bitwise_$b.log" 2>&1
+        done
+        $PY "$SRC/tools/bitwise_outputs.py" compare /tmp/bitwise_new.pt /tmp/bitwise_base.pt \
+          | tee -a "$OUT/summary.txt"
       fi
       if [ -n "${COMPARE_PROFILE:-}" ]; then  # per-kernel times of the 2D fwd+bwd, alternating
         for b in new base new base; do
