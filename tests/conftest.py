@@ -5,6 +5,7 @@ on a GPU machine a missing kernel is a failure, never a skip.
 """
 import atexit
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,6 +25,15 @@ from lmKAN._extension import backend_info, has_cuda_kernel
 
 GPU_SKIP_REASON = "needs a CUDA GPU (none visible); runs on the GPU machine"
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_SKIP_REASON)
+
+
+def load_module(path, name):
+    """The Python file at `path` (a tool, an example, setup.py) as a module named `name`,
+    imported, not run as __main__."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_python(code, timeout=120):

@@ -1,20 +1,17 @@
 """tools/bitwise_outputs.py: its case list and its comparison of two dumps (the dumps
 themselves need a GPU)."""
-import importlib.util
 import os
 
 import pytest
 import torch
+from conftest import load_module
 
 TOOL_PATH = os.path.join(os.path.dirname(__file__), "..", "tools", "bitwise_outputs.py")
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("bitwise_outputs", TOOL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(TOOL_PATH, "bitwise_outputs")
 
 
 def test_cases_reach_every_packing_branch(tool):

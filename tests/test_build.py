@@ -4,7 +4,6 @@ setup.py runs in a scratch copy (it writes lmKAN/_build_status.json beside itsel
 `--name` as its command so that nothing is compiled.
 """
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 import lmKAN
+from conftest import load_module
 from lmKAN import _extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,10 +24,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))  # list_elf.py
 
 
 def _setup_module():
-    spec = importlib.util.spec_from_file_location("lmkan_setup", os.path.join(ROOT, "setup.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # not __main__: defines the helpers, builds nothing
-    return module
+    # not __main__: defines the helpers, builds nothing
+    return load_module(os.path.join(ROOT, "setup.py"), "lmkan_setup")
 
 
 def _run_setup(tmp_path, env_extra, hide_torch):

@@ -1,7 +1,6 @@
 """examples/ddp_train.py: 2 processes launched by torchrun (gloo on the CPU, NCCL on two GPUs)
 end with the parameters of 1 process trained on the combined batch (SGD, no BatchNorm: equal
 up to float rounding)."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,16 +8,14 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import load_module
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "ddp_train.py")
 ARGS = ["--device", "cpu", "--steps", "8", "--batch", "64", "--dim", "8", "--num-grids", "5"]
 
 
 def _example_module():
-    spec = importlib.util.spec_from_file_location("ddp_train", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(EXAMPLE, "ddp_train")
 
 
 def _run(command, tmp_path):

@@ -4,20 +4,17 @@ The probe kernel runs on a GPU only; its emulation replays one warp's ldmatrix a
 the packed, swizzled slices and the mma.sync fragments in float64, so the mapping and the
 conflict-free claim are checked here before any GPU time is spent on them.
 """
-import importlib.util
 import os
 
 import pytest
+from conftest import load_module
 
 PROBE_PATH = os.path.join(os.path.dirname(__file__), "..", "tools", "probe_gather_mma.py")
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("probe_gather_mma", PROBE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(PROBE_PATH, "probe_gather_mma")
 
 
 def test_emulated_warp_matches_the_reference_with_one_wavefront_per_matrix(probe):
