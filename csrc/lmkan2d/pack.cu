@@ -1,6 +1,7 @@
 // Table packing and unpacking, the tiled transpose and the small copies of the 2D layer's
 // host paths (layout.h has the packed layout).
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include <ATen/ops/empty.h>
@@ -116,7 +117,8 @@ __global__ void __launch_bounds__(kTileThreads) pack_table_kernel(
   __shared__ __align__(16) float tile[kTilePairs * kTileRows];
   const TileBlock blk = tile_block(s);
   const int width = 1 << s.width_log2;
-  // params side: lane quad % 8 takes pairs 4 quad .. 4 quad + 3 of rows tid / 8 + 32 i
+  // params side: thread t takes pairs p0 + 4 quad .. p0 + 4 quad + 3 (quad = t % 8) of the
+  // rows t / 8 + 32 i
   const int quad = threadIdx.x % 8, p = blk.p0 + 4 * quad;
   float v[kPasses][4];
 #pragma unroll
@@ -154,7 +156,8 @@ __global__ void __launch_bounds__(kTileThreads) pack_table_kernel(
       const int r = 4 * lane;
       if (r < blk.rows) {
         store4_packed(packed + base + r, *reinterpret_cast<const float4*>(&tile[tile_slot(q, r)]));
-        if (zero_like == ZeroLike::kPacked) store4_packed(zeros + base + r, make_float4(0, 0, 0, 0));
+        if (zero_like == ZeroLike::kPacked)
+          store4_packed(zeros + base + r, make_float4(0.f, 0.f, 0.f, 0.f));
       }
     } else {
 #pragma unroll
@@ -183,9 +186,11 @@ TileShape tile_shape(int64_t cells, int n_out, int n_pairs, int width, bool vec_
 }
 
 int64_t tile_blocks(const TileShape& s) {
-  const int64_t cell_groups = (s.cells + (kTileRows >> s.width_log2) - 1) / (kTileRows >> s.width_log2);
+  const int cells_per_tile = kTileRows >> s.width_log2;
+  const int64_t cell_groups = (s.cells + cells_per_tile - 1) / cells_per_tile;
   const int64_t blocks = cell_groups * s.n_tiles * s.pair_groups;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "lmkan2d: table too large to pack (", blocks, " blocks)");
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "lmkan2d: table too large to pack (", blocks,
+              " blocks)");
   return blocks;
 }
 
