@@ -32,6 +32,17 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(v);
 }
 
+// Value `high` (false: bits 0-15, true: bits 16-31) of a 32-bit word holding two 16-bit
+// values of type T, as float32 (exact). bfloat16 -> float32 is a 16-bit shift: the low half
+// of the word moves up, the high half is masked in place.
+template <typename T> __device__ __forceinline__ float word_value(unsigned u, bool high);
+template <> __device__ __forceinline__ float word_value<__nv_bfloat16>(unsigned u, bool high) {
+  return __uint_as_float(high ? (u & 0xffff0000u) : (u << 16));
+}
+template <> __device__ __forceinline__ float word_value<__half>(unsigned u, bool high) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(high ? u >> 16 : u)));
+}
+
 // Four consecutive table values (entry `idx4` of the table viewed in groups of 4) as
 // float32: one 16-byte load for float, one 8-byte load for the 16-bit types.
 __device__ __forceinline__ float4 load_table4(const float* table, int idx4) {
@@ -44,11 +55,21 @@ __device__ __forceinline__ float4 load_table4(const __half* table, int idx4) {
   return make_float4(a.x, a.y, b.x, b.y);
 }
 __device__ __forceinline__ float4 load_table4(const __nv_bfloat16* table, int idx4) {
-  // bfloat16 -> float32 is a 16-bit shift: the low half of each word moves up, the high
-  // half is masked in place
   const uint2 u = reinterpret_cast<const uint2*>(table)[idx4];
-  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
-                     __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+  using T = __nv_bfloat16;
+  return make_float4(word_value<T>(u.x, false), word_value<T>(u.x, true),
+                     word_value<T>(u.y, false), word_value<T>(u.y, true));
+}
+
+// Four float32 values stored as table values at `at` (4-value aligned), each rounded to
+// nearest even: one 16-byte store for float, one 8-byte store for the 16-bit types.
+__device__ __forceinline__ void store_table4(float* at, float4 v) {
+  *reinterpret_cast<float4*>(at) = v;
+}
+template <typename T>
+__device__ __forceinline__ void store_table4(T* at, float4 v) {
+  const T h[4] = {from_float<T>(v.x), from_float<T>(v.y), from_float<T>(v.z), from_float<T>(v.w)};
+  *reinterpret_cast<uint2*>(at) = *reinterpret_cast<const uint2*>(h);
 }
 
 }  // namespace lmkan

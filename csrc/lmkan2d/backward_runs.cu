@@ -108,12 +108,7 @@ __device__ __forceinline__ float row_value(const RowWords<R, K>& v, int k) {
   if constexpr (std::is_same_v<R, float>) {
     return v[k];
   } else {
-    const unsigned u = v[k / 2];
-    if constexpr (std::is_same_v<R, __nv_bfloat16>) {  // a shift or a mask
-      return __uint_as_float((k & 1) ? (u & 0xffff0000u) : (u << 16));
-    } else {
-      return __half2float(__ushort_as_half(static_cast<unsigned short>((k & 1) ? u >> 16 : u)));
-    }
+    return word_value<R>(v[k / 2], (k & 1) != 0);
   }
 }
 

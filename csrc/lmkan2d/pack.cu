@@ -85,20 +85,12 @@ __device__ __forceinline__ void load_pairs4(const In* __restrict__ row, int p, i
 __device__ __forceinline__ void store4(float* __restrict__ at, const float (&v)[4], bool vec,
                                        int n) {
   if (vec) {
-    *reinterpret_cast<float4*>(at) = make_float4(v[0], v[1], v[2], v[3]);
+    store_table4(at, make_float4(v[0], v[1], v[2], v[3]));
   } else {
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (k < n) at[k] = v[k];
   }
-}
-__device__ __forceinline__ void store4_packed(float* __restrict__ at, float4 v) {
-  *reinterpret_cast<float4*>(at) = v;
-}
-template <typename T>
-__device__ __forceinline__ void store4_packed(T* __restrict__ at, float4 v) {  // 16-bit: 8 bytes
-  T h[4] = {from_float<T>(v.x), from_float<T>(v.y), from_float<T>(v.z), from_float<T>(v.w)};
-  *reinterpret_cast<uint2*>(at) = *reinterpret_cast<const uint2*>(h);
 }
 
 // Table values as the kernels see them: read in the parameters' dtype (In), rounded to the
@@ -155,9 +147,9 @@ __global__ void __launch_bounds__(kTileThreads) pack_table_kernel(
     if (s.vec_rows) {  // W % 4 == 0: rows 4 lane .. 4 lane + 3 are one aligned chunk
       const int r = 4 * lane;
       if (r < blk.rows) {
-        store4_packed(packed + base + r, *reinterpret_cast<const float4*>(&tile[tile_slot(q, r)]));
+        store_table4(packed + base + r, *reinterpret_cast<const float4*>(&tile[tile_slot(q, r)]));
         if (zero_like == ZeroLike::kPacked)
-          store4_packed(zeros + base + r, make_float4(0.f, 0.f, 0.f, 0.f));
+          store_table4(zeros + base + r, make_float4(0.f, 0.f, 0.f, 0.f));
       }
     } else {
 #pragma unroll
@@ -194,7 +186,7 @@ int64_t tile_blocks(const TileShape& s) {
   return blocks;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 }  // namespace
 
@@ -217,8 +209,7 @@ at::Tensor pack_table(const at::Tensor& params, int width, at::ScalarType table_
                        params.options().dtype(at::kFloat));
   if (packed.numel() == 0) return packed;  // no pairs: zeros is empty too
   // 4-pair vector loads: 16 bytes (float32) or 8 (16-bit) from a row start
-  const bool vec_pairs =
-      reinterpret_cast<uintptr_t>(params.data_ptr()) % (4 * params.element_size()) == 0;
+  const bool vec_pairs = aligned(params.data_ptr(), 4 * params.element_size());
   const TileShape shape = tile_shape(cells, n_out, n_pairs, width, vec_pairs);
   const int64_t blocks = tile_blocks(shape);
   switch_table_type(params.scalar_type(), [&](auto in_tag) {
@@ -439,7 +430,7 @@ at::Tensor unpack_dp(const at::Tensor& ws, int num_grids, int n_out) {
   TileShape shape = tile_shape(cells, n_out, n_pairs, width, /*vec_pairs=*/true);
   TORCH_INTERNAL_ASSERT(shape.n_tiles == ws.size(first), "unpack_dp: ", ws.size(first),
                         " output tiles of width ", width, " for ", n_out, " outputs");
-  shape.vec_rows = shape.vec_rows && aligned16(ws.data_ptr());  // out: a fresh allocation
+  shape.vec_rows = shape.vec_rows && aligned(ws.data_ptr(), 16);  // out: a fresh allocation
   unpack_table_kernel<<<static_cast<unsigned>(tile_blocks(shape)), kTileThreads, 0,
                         c10::cuda::getCurrentCUDAStream()>>>(ws.data_ptr<float>(),
                                                              out.data_ptr<float>(), shape, copies);
