@@ -7,7 +7,8 @@
 #   bash tools/arch_round.sh build          # both builds at once, half the jobs each, timed
 #       # (on the H200's 16 cores two sm_90 builds side by side took 63-64 s, one after the
 #       # other with 16 jobs 2 x ~50 s; 2026-12-03)
-#   bash tools/arch_round.sh test           # pytest on both builds at once: TEST_PATHS
+#   bash tools/arch_round.sh test           # pytest on both builds at once (one after the
+#       # other on GPUs of at most 100 GB: memory): TEST_PATHS
 #       # (default: tests), TEST_TIMEOUT seconds (default 540). The whole suite took more
 #       # than 480 s on each build run side by side (2026-12-03): split it over two calls,
 #       # e.g. TEST_PATHS="tests/test_cuda_2d.py tests/test_cuda_regularizers.py" and the rest
@@ -92,10 +93,15 @@ for stage in "$@"; do
       ;;
     test)
       shift_paths=${TEST_PATHS:-tests}
+      # Side by side on a GPU of over 100 GB; one after the other below that: the int64-offset
+      # tests of test_cuda_2d.py take 20-40 GB each, and two at once ran out of memory on an
+      # 80 GB H100 (2026-12-06)
+      gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
       for b in sm90 sm80; do
         (cd /tmp/lmkan-$b && timeout ${TEST_TIMEOUT:-540} $PY -m pytest -q -p no:cacheprovider -rfEs --durations=15 \
            $shift_paths > "$OUT/tests_$b.log" 2>&1; echo "pytest $b rc=$?: $(tail -1 "$OUT/tests_$b.log")" \
            >> "$OUT/summary.txt") &
+        [ "${gpu_mib:-0}" -gt 100000 ] || wait
       done
       wait
       for b in sm90 sm80; do grep -E "^(FAILED|ERROR)" "$OUT/tests_$b.log" | head -20; done
