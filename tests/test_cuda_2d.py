@@ -1,5 +1,6 @@
 """CUDA kernels of LMKAN2DLayer against the float64 reference (docs/spec.md sections 2 and 5)."""
 import copy
+import os
 import warnings
 
 import pytest
@@ -315,6 +316,38 @@ def test_sorted_backward_walks_two_tiles_where_they_pair(n_tiles, images):
     gx, gp = step()
     if images:
         gx = gx.permute(1, 0, 2).reshape(n_in, n * length)
+    _, rgx, rgp = _reference_all(x, params, borders, grad_y, True)
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
+
+
+@requires_gpu
+@pytest.mark.parametrize("num_grids, staged", [(26, True), (150, False)])
+def test_sorted_backward_cell_sort_scatters(num_grids, staged):
+    """The sorted backward's cell sort (bucket_kernel<kImages, kStaged>) orders each stage of
+    4,096 samples by cell in shared memory before storing it, where the stage's histogram
+    and entries fit (footprints.h: up to G = 143 with 227 KB per block, G = 65 with 99 KB),
+    and stores each sample to its slot directly past that (G = 150 everywhere): the instance
+    that runs, and the gradients against the float64 reference over three chunks (37
+    outputs at tile 8: rows of 64 floats, chunks of 32,768 samples) and a ragged stage."""
+    if os.environ.get("LMKAN_BUCKET_STAGED") == "0":  # the knob turns the staged scatter off
+        staged = False
+    torch.manual_seed(3)
+    n_in, n_out, batch = 8, 37, 2 * 32768 + 4096 + 1234
+    _, params, borders = _make(num_grids, n_in, n_out, 0, True)
+    # inputs at least 5% of a cell's width from its borders: grad_x jumps at a border, and at
+    # G = 150 some of 568,000 inputs land within the CDF's rounding of one (the kernels' cell
+    # may then differ from the reference's, docs/spec.md section 1: 1e-3 relative L2 here)
+    cell = torch.randint(0, num_grids, (n_in, batch), device="cuda")
+    d = torch.rand(n_in, batch, device="cuda") * 0.9 + 0.05
+    x = borders[cell] + d * (borders[cell + 1] - borders[cell])
+    grad_y = torch.randn(n_out, batch, device="cuda")
+
+    def step():
+        return _backward(grad_y, x, params, borders, True, 8, 256, False)
+    kernel = f"bucket_kernel<false, {'true' if staged else 'false'}>"
+    names = cuda_kernel_names(step)
+    assert any(kernel in name for name in names), (kernel, sorted(names))
+    gx, gp = step()
     _, rgx, rgp = _reference_all(x, params, borders, grad_y, True)
     assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
 

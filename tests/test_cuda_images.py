@@ -243,8 +243,9 @@ def test_2d_sorted_backward_reads_images_in_place(deterministic):
     gy = torch.randn(n, o, length, device="cuda")
     names = cuda_kernel_names(lambda: torch.ops.lmkan.lmkan2d_backward(
         gy, x, params, borders, True, 8, 512, False, deterministic))
-    # runs_kernel<K, T, kImages, grad_y row type>, transpose_kernel<element type, kImages>
-    expected = ["bucket_kernel<true>", "runs_kernel<2, 1, true, float>",
+    # bucket_kernel<kImages, kStaged>, runs_kernel<K, T, kImages, grad_y row type>,
+    # transpose_kernel<element type, kImages>
+    expected = ["bucket_kernel<true, true>", "runs_kernel<2, 1, true, float>",
                 "transpose_kernel<float, true>"]
     in_place = [k for k in expected if any(k in name for name in names)]
     assert in_place == ([] if deterministic else expected)

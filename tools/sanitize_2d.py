@@ -150,6 +150,11 @@ def layer_launches():
     # kernels with float atomics (grad_x over 3 output tiles)
     _launch(lmKAN.max_num_grids(8, "backward", "cuda") + 1, 4, 131, 300, True, 8, 64, False,
             False, forward=False)
+    # the cell sort's two scatters (bucket_kernel): staged in shared memory (G = 26: three
+    # whole stages of 4,096 samples and a ragged one) and direct (G = 150, past the staged
+    # scatter's shared memory)
+    _launch(26, 8, 37, 12367, True, 8, 256, False, False, forward=False)
+    _launch(150, 4, 37, 5003, False, 8, 256, False, False, forward=False)
     # the forward's ring of table buffers at every depth (4 down to 1, then the L2 kernel past
     # the limit) and the deterministic grad_x with its staged table, at this GPU's shared memory
     # and at the budgets of an A100 and of consumer GPUs (LMKAN_SMEM_BUDGET_KB)

@@ -7,7 +7,8 @@
 // runs are long because the sort covers a large chunk of the batch:
 //
 // 1. bucket_kernel, one block per (pair, chunk): counting sort of the chunk's samples by cell
-//    (shared-memory histogram, block-wide scan, scatter), written as entries
+//    (shared-memory histogram, block-wide scan, scatter staged in shared memory so that each
+//    cell's entries are stored to consecutive slots), written as entries
 //    (sample, cell, d1, d2) [P][S]. Order within a cell is arbitrary (shared atomics): this
 //    path is not deterministic (its dP is flushed with float atomics anyway).
 // 2. runs_kernel: a warp takes one pair and one segment of <= kRunSegment consecutive sorted
@@ -36,6 +37,8 @@
 // its peak); at G = 26 256->256 L2 (87% of peak, 58% hit rate: the table and the dP
 // workspace, 95 MB each, evict the chunk's rows).
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include <ATen/core/Tensor.h>
@@ -158,16 +161,33 @@ __device__ __forceinline__ float2 sample_pair_values(const float* __restrict__ x
 // step of both large cases of bench_2d, 7% of the G = 26 fwd+bwd (H200, 2026-12-05).
 constexpr int kBucketUnroll = 4;
 
+// Samples of one stage of the staged scatter (kStaged below): kBucketUnroll per thread.
+constexpr int kStageSamples = kBucketUnroll * kBucketThreads;
+
 // Sort the samples [b0, b0 + len) of pair blockIdx.x by cell into entries[p][0, len).
-template <bool kImages>
+//
+// First pass: the chunk's cell histogram (shared atomics), scanned into each cell's first
+// slot (its cursor). Second pass, kStaged = false (direct scatter): each sample takes the
+// next slot of its cell (a returned shared atomic) and stores its entry there: one 16-byte
+// store to a random slot per sample. kStaged = true: per stage of kStageSamples samples,
+// each sample takes a rank within its cell from the stage's histogram, the histogram is
+// scanned, the entries are placed in shared memory in cell order, and consecutive threads
+// store consecutive entries: a cell's run of the stage (~5.6 entries at G = 26, ~50 at
+// G = 8) goes to consecutive slots, continuing where the previous stage's run of that cell
+// ended, so the stores fill whole sectors. Shared memory: footprints.h,
+// runs_bucket_smem_bytes.
+template <bool kImages, bool kStaged>
 __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
     const float* __restrict__ x, const float* __restrict__ borders, int4* __restrict__ entries,
     int64_t b0, int len, int64_t entries_stride, int num_grids, int64_t xs_f, int64_t xs_b,
     const SampleOffsets x_images) {
   extern __shared__ __align__(16) int bucket_smem[];
   const int side = num_grids + 1, keys = side * side;
-  int* count = bucket_smem;                                 // [keys]: counts, then cursors
-  int* warp_sums = count + keys;                            // [33]
+  // staged: the stage's entries in cell order first (16-byte aligned), [kStageSamples]
+  int4* stage = reinterpret_cast<int4*>(bucket_smem);
+  int* count = bucket_smem + (kStaged ? 4 * kStageSamples : 0);  // [keys]: counts, then cursors
+  int* stage_start = count + keys;                  // staged: [keys] ranks, then first slots
+  int* warp_sums = stage_start + (kStaged ? keys : 0);          // [33]
   float* s_borders = reinterpret_cast<float*>(warp_sums + 33);  // [side]
   const int p = blockIdx.x;
   for (int i = threadIdx.x; i < keys; i += blockDim.x) count[i] = 0;
@@ -195,20 +215,65 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   }
   __syncthreads();
   block_exclusive_scan(count, keys, warp_sums);
-  // second pass: the cells again (cheaper than keeping them: registers), each sample takes
-  // the next free slot of its cell
+  // second pass: the cells again (cheaper than keeping them: registers)
   int4* out = entries + p * entries_stride;
-  for (int s0 = threadIdx.x; s0 < len; s0 += step) {
-    float2 v[kBucketUnroll];
-    load_step(s0, v);
+  if constexpr (!kStaged) {
+    // each sample takes the next free slot of its cell
+    for (int s0 = threadIdx.x; s0 < len; s0 += step) {
+      float2 v[kBucketUnroll];
+      load_step(s0, v);
 #pragma unroll
-    for (int u = 0; u < kBucketUnroll; ++u) {
-      const int s = s0 + u * static_cast<int>(blockDim.x);
-      if (s >= len) break;
-      const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
-      const int key = __float_as_int(c.x);
-      const int pos = atomicAdd(&count[key], 1);
-      __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));  // read once
+      for (int u = 0; u < kBucketUnroll; ++u) {
+        const int s = s0 + u * static_cast<int>(blockDim.x);
+        if (s >= len) break;
+        const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
+        const int key = __float_as_int(c.x);
+        const int pos = atomicAdd(&count[key], 1);
+        __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));  // read once
+      }
+    }
+  } else {
+    // step == kStageSamples (blockDim.x == kBucketThreads, launch_runs_backward)
+    for (int t0 = 0; t0 < len; t0 += kStageSamples) {
+      const int n = min(kStageSamples, len - t0);
+      for (int i = threadIdx.x; i < keys; i += blockDim.x) stage_start[i] = 0;
+      __syncthreads();
+      float2 v[kBucketUnroll];
+      load_step(t0 + static_cast<int>(threadIdx.x), v);
+      int4 e[kBucketUnroll];
+      int rank[kBucketUnroll];
+#pragma unroll
+      for (int u = 0; u < kBucketUnroll; ++u) {
+        const int s = t0 + static_cast<int>(threadIdx.x) + u * static_cast<int>(blockDim.x);
+        if (s < len) {
+          const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
+          const int key = __float_as_int(c.x);
+          rank[u] = atomicAdd(&stage_start[key], 1);
+          e[u] = make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z));
+        }
+      }
+      __syncthreads();
+      block_exclusive_scan(stage_start, keys, warp_sums);  // ends with a barrier
+#pragma unroll
+      for (int u = 0; u < kBucketUnroll; ++u) {
+        const int s = t0 + static_cast<int>(threadIdx.x) + u * static_cast<int>(blockDim.x);
+        if (s < len) stage[stage_start[e[u].y] + rank[u]] = e[u];
+      }
+      __syncthreads();
+      // entry i of the stage is number i - stage_start[key] of its cell's run in this stage
+#pragma unroll
+      for (int u = 0; u < kBucketUnroll; ++u) {
+        const int i = static_cast<int>(threadIdx.x) + u * static_cast<int>(blockDim.x);
+        if (i < n) {
+          const int4 entry = stage[i];
+          __stcs(out + count[entry.y] + (i - stage_start[entry.y]), entry);  // read once
+        }
+      }
+      __syncthreads();
+      // the cursors past this stage's runs (cell key's run ends where key + 1's begins)
+      for (int key = threadIdx.x; key < keys; key += blockDim.x)
+        count[key] += (key + 1 < keys ? stage_start[key + 1] : n) - stage_start[key];
+      __syncthreads();
     }
   }
 }
@@ -489,6 +554,16 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
   }
 }
 
+// The staged scatter of the cell sort, unless LMKAN_BUCKET_STAGED=0 (read once per process:
+// a knob to measure the direct scatter against it, tools/profile_2d.py).
+bool bucket_staged_allowed() {
+  static const bool allowed = [] {
+    const char* env = std::getenv("LMKAN_BUCKET_STAGED");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return allowed;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
@@ -506,7 +581,10 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t image_len = images ? x.size(2) : 0;
   const int64_t batch = images ? x.size(0) * image_len : batch_last ? x.size(1) : x.size(0);
   const DeviceLimits lim = device_limits(x.device().index());
-  const int64_t bucket_smem = runs_bucket_smem_bytes(num_grids);
+  // the staged scatter where its shared memory fits (and LMKAN_BUCKET_STAGED is not 0)
+  const bool staged = bucket_staged_allowed() &&
+                      runs_bucket_smem_bytes(num_grids, true) <= lim.smem_optin;
+  const int64_t bucket_smem = runs_bucket_smem_bytes(num_grids, staged);
   TORCH_INTERNAL_ASSERT(bucket_smem <= lim.smem_optin,
                         "plan_backward chose the sorted backward past its cell histogram");
   const int k = forward_lanes_outputs(tile), w = 32 * k;
@@ -570,7 +648,9 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
       return images ? &runs_kernel<K, 1, true, R> : &runs_kernel<K, 1, false, R>;
     });
   });
-  const auto bucket = images ? bucket_kernel<true> : bucket_kernel<false>;
+  const auto bucket = images ? (staged ? bucket_kernel<true, true> : bucket_kernel<true, false>)
+                              : (staged ? bucket_kernel<false, true> : bucket_kernel<false, false>);
+  static_assert(kStageSamples * 16 == kBucketStageBytes, "footprints.h: the stage's bytes");
   allow_dynamic_smem(reinterpret_cast<const void*>(bucket), bucket_smem);
   allow_dynamic_smem(reinterpret_cast<const void*>(runs), runs_smem);
   RunsArgs a;

@@ -55,10 +55,14 @@ constexpr int kRunSegment = 256;
 constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;
 inline bool runs_pairs_fit(int64_t n_pairs) { return n_pairs * 16 * kRunSegment <= kRunMaxEntriesBytes; }
 
-// Its shared memory bound: the cell histogram of the sort, (G+1)^2 counters (bytes).
-inline int64_t runs_bucket_smem_bytes(int num_grids) {
+// Its shared memory bound: the cell sort's (bucket_kernel), bytes. Direct scatter: the
+// cell histogram, (G+1)^2 counters, its scan's 33 warp sums and the G+1 borders. The staged
+// scatter adds a stage's histogram ((G+1)^2) and its 4,096 entries of 16 bytes (64 KB): on a
+// GPU of 227 KB per block it serves up to G = 143 (99 KB: G = 65), the direct one past that.
+constexpr int kBucketStageBytes = 4096 * 16;
+inline int64_t runs_bucket_smem_bytes(int num_grids, bool staged = false) {
   const int64_t side = num_grids + 1;
-  return (side * side + 33 + side) * 4;
+  return ((staged ? 2 : 1) * side * side + 33 + side) * 4 + (staged ? kBucketStageBytes : 0);
 }
 // A padded copy of a narrow grad_y (n_out well below one tile) would cost more memory than
 // that backward saves: past this size such layers run the other backward kernels.
