@@ -66,7 +66,7 @@ class LMKAN2DLayer(LookupLayerBase):
       corner; grad_x keeps grad_y in registers (at most 512 threads) and adds over output
       tiles with atomics.
     - Backward (not deterministic, both modes): the batch goes in chunks whose grad_y rows
-      take 8 MB (normal) or 32 MB (fast mode); each (pair, chunk) is counting-sorted by
+      take 8 MB (normal) or 24 MB (fast mode); each (pair, chunk) is counting-sorted by
       cell into global memory, then a warp walks a segment of the sorted samples for every
       output tile, keeping the cell's 4 corner gradients (grad_params, flushed by float
       atomics when the cell changes) and table differences (grad_x) in registers. Extra

@@ -245,10 +245,10 @@ def test_odd_shapes(shape, block):
 def test_sorted_backward_chunks_and_many_tiles(tile, batch_last):
     """The non-deterministic backward (cell-sorted chunks, csrc/lmkan2d/backward_runs.cu) with a wide output:
     the batch is sorted in several chunks (grad_y rows of 8 MB per chunk in normal mode,
-    32 MB in fast mode) and each warp walks 18 output tiles, the last one ragged."""
+    24 MB in fast mode) and each warp walks 18 output tiles, the last one ragged."""
     width = 8 * tile
     n_out = 17 * width + 3
-    fast_chunk = max(256, (32 << 20) // (18 * width * 4)) // 256 * 256
+    fast_chunk = max(256, (24 << 20) // (18 * width * 4)) // 256 * 256
     for fast in (False, True):
         _check(5, 6, n_out, fast_chunk + 77, batch_last, tile, fast, block=512, forward=False)
 

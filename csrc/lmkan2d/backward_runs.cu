@@ -29,7 +29,7 @@
 //    wait for each other.
 //
 // The chunk (S samples) is sized so that its grad_y rows take chunk_bytes (8 MB in normal
-// mode, 32 MB in fast mode: they stay in L2, 94% hit rate in R24). Per pair a chunk's grad_y
+// mode, 24 MB in fast mode: they stay in L2, 94% hit rate in R24 at 32 MB). Per pair a chunk's grad_y
 // rows are read once per sample, so the path moves B * P * N_out * 4 bytes from L2 (2 for a
 // 16-bit grad_y, as under autocast: its rows stay 16-bit, twice the samples per chunk); the
 // table and the dP atomics cost ~(table + 2 x dP) * B / S. What binds (ncu, H100,

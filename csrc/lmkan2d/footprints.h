@@ -44,9 +44,12 @@ inline int64_t sample_lanes_smem_bytes(int num_grids, int w, int nbuf, int value
 
 // Non-deterministic backward over cell-sorted chunks (backward_runs.cu), both modes.
 // chunk_bytes: grad_y rows per chunk; the sorted buffer is P x chunk x 16 bytes (R24 on the
-// H100: 8 MB chunks took +23% at G=26 and +3% at G=8 against 32 MB).
+// H100: 8 MB chunks took +23% at G=26 and +3% at G=8 against 32 MB). Fast mode: 24 MB, where
+// the rows share the 50 MB L2 of an H100 / H200 with the table and dP slices in flight
+// (runs_kernel -0.3 to -0.4 ms at G=8 and G=26 against 32 MB, 16 and 48 MB slower;
+// docs/decisions.md, "The cell sort").
 constexpr int64_t kRunChunkBytesNormal = int64_t(8) << 20;
-constexpr int64_t kRunChunkBytesFast = int64_t(32) << 20;
+constexpr int64_t kRunChunkBytesFast = int64_t(24) << 20;
 
 // Sorted entries per warp, at most (a multiple of 16), and the bytes of one chunk's sorted
 // entries (16 per pair and sample): a chunk holds at least one segment of samples, so the
