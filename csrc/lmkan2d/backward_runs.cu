@@ -29,10 +29,10 @@
 //    wait for each other.
 //
 // The chunk (S samples) is sized so that its grad_y rows take chunk_bytes (8 MB in normal
-// mode, 24 MB in fast mode: they stay in L2, 94% hit rate in R24 at 32 MB). Per pair a chunk's grad_y
-// rows are read once per sample, so the path moves B * P * N_out * 4 bytes from L2 (2 for a
-// 16-bit grad_y, as under autocast: its rows stay 16-bit, twice the samples per chunk); the
-// table and the dP atomics cost ~(table + 2 x dP) * B / S. What binds (ncu, H100,
+// mode, 24 MB in fast mode: they stay in L2, 94% hit rate in R24 at 32 MB). Per pair a
+// chunk's grad_y rows are read once per sample, so the path moves B * P * N_out * 4 bytes
+// from L2 (2 for a 16-bit grad_y, as under autocast: its rows stay 16-bit, twice the samples
+// per chunk); the table and the dP atomics cost ~(table + 2 x dP) * B / S. What binds (ncu, H100,
 // 2026-12-05, tile 16 fast): at G = 8 512->512 issue and latency (issue 63% busy, L2 67% of
 // its peak); at G = 26 256->256 L2 (87% of peak, 58% hit rate: the table and the dP
 // workspace, 95 MB each, evict the chunk's rows).
@@ -229,7 +229,8 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
         const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
         const int key = __float_as_int(c.x);
         const int pos = atomicAdd(&count[key], 1);
-        __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));  // read once
+        // read once
+        __stcs(out + pos, make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z)));
       }
     }
   } else {
