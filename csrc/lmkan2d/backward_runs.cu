@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
       }
     }
   } else {
-    // step == kStageSamples (blockDim.x == kBucketThreads, launch_runs_backward)
+    // step == kStageSamples (blockDim.x == kBucketThreads, backward_by_runs)
     for (int t0 = 0; t0 < len; t0 += kStageSamples) {
       const int n = min(kStageSamples, len - t0);
       for (int i = threadIdx.x; i < keys; i += blockDim.x) stage_start[i] = 0;
