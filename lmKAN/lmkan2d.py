@@ -32,7 +32,7 @@ class LMKAN2DLayer(LookupLayerBase):
         tile_size_forward, tile_size_backward: 4, 8 or 16: a block's output tile is
             8 * tile_size outputs (see Kernels below).
         init_scale: parameters start as U(-s/sqrt(input_dim), s/sqrt(input_dim)).
-        backward_fast_mode: a faster backward that needs more memory: 4x longer
+        backward_fast_mode: a faster backward that needs more memory: 3x longer
             cell-sorted chunks (not deterministic), or all of an SM's shared memory for the
             grad_params blocks (deterministic). See Kernels below.
             Tile sizes, block sizes and backward_fast_mode accept "auto" (the default for

@@ -163,8 +163,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
                                   want_grad_params);
     return {rows_as_images(dx, x.size(0), x.size(2)), dp};
   }
-  // cell-sorted chunks in both modes; fast mode takes 4x longer chunks (longer runs per
-  // cell, a 4x larger sorted buffer)
+  // cell-sorted chunks in both modes; fast mode takes 3x longer chunks (longer runs per
+  // cell, a 3x larger sorted buffer)
   auto [dx, dp] =
       plan.grad_params == GradParamsKernel::kSampleThreads
           ? dp_by_sample_threads(x, params, borders, gy, at::Tensor(), batch_last, lim, table)
