@@ -741,6 +741,41 @@ def test_far_inputs_forward_without_nan(case, batch_last):
 
 
 @requires_gpu
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_far_flags_from_the_cell_sort(batch_last):
+    """The sorted backward's cell sort writes far_fixup.cu's flags (one byte per 256 samples
+    and pair) as it classifies the inputs, so no flags kernel runs: far inputs across three
+    sort chunks (18 output tiles at tile 8: rows of 1,152 floats, 1,792-sample chunks in
+    normal mode) and in the ragged last flag chunk, against the float64 reference, the
+    far-dominated entries (|value| > 1e3) and the others apart."""
+    torch.manual_seed(9)
+    batch, n_in, n_out = 5000, 6, 17 * 64 + 3
+    x, params, borders = _make(8, n_in, n_out, batch, batch_last)
+    params *= 0.05
+    xb = x.t() if batch_last else x
+    huge = torch.tensor([2e7, -3e7, 1e9, -1e12, 5e14, -4e8], device="cuda")
+    far_samples = torch.cat([torch.randperm(batch - 8, device="cuda")[:60],
+                             torch.tensor([1791, 1792, batch - 1], device="cuda")])
+    far_inputs = torch.randint(0, n_in, (len(far_samples),), device="cuda")
+    xb[far_samples, far_inputs] = huge[torch.arange(len(far_samples), device="cuda") % len(huge)]
+    grad_y = torch.randn((n_out, batch) if batch_last else (batch, n_out), device="cuda")
+
+    def step():
+        return _backward(grad_y, x, params, borders, batch_last, 8, 256, False)
+    names = cuda_kernel_names(step)
+    assert any("bucket_kernel" in n for n in names), sorted(names)
+    assert not any("far_flags_kernel" in n for n in names), sorted(names)
+    gx, gp = step()
+    _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
+    for got, want in ((gx, rgx), (gp, rgp)):
+        assert not got.isnan().any()
+        large = want.abs() > 1e3
+        assert large.any() and (~large).any()
+        assert rel_l2(got[large], want[large]) <= TOL
+        assert rel_l2(got[~large], want[~large]) <= TOL
+
+
+@requires_gpu
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("g, n_in, n_out", [(8, 10, 37), (8, 10, 200), (60, 10, 9), (8, 10, 1),
                                             (8, 130, 5)], ids=str)
@@ -755,7 +790,7 @@ def test_far_inputs_backward_without_nan(batch, batch_last, g, n_in, n_out, dete
     memory of the deterministic kernels, and one output (sample_threads.cu: grad_x alone
     when deterministic, grad_x with grad_params when not). Batches 700 and 701 (3 chunks of
     256) are classified by the fixup kernel itself; 1300 and 1301 (6 chunks) by the flags
-    kernel first. Odd batches with x one float past a 16-byte boundary take the flags
+    kernel first (the sorted backward, not deterministic: by its cell sort at any batch). Odd batches with x one float past a 16-byte boundary take the flags
     kernel's scalar loads (and, batch-first, the last chunk's tail). 130 inputs batch-last:
     the flags kernel splits the rows of its 6 chunks over 8 blocks (18 rows each, the last
     4)."""

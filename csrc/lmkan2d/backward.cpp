@@ -165,18 +165,19 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& gy_in, const 
   }
   // cell-sorted chunks in both modes; fast mode takes 3x longer chunks (longer runs per
   // cell, a 3x larger sorted buffer)
+  at::Tensor far_flags;  // the cell sort's (backward_by_runs)
   auto [dx, dp] =
       plan.grad_params == GradParamsKernel::kSampleThreads
           ? dp_by_sample_threads(x, params, borders, gy, at::Tensor(), batch_last, lim, table)
       : plan.grad_x == GradXKernel::kRuns
           ? backward_by_runs(x, params, borders, gy, batch_last, static_cast<int>(tile_size),
-                             block, run_chunk_bytes(fast_mode), table)
+                             block, run_chunk_bytes(fast_mode), table, &far_flags)
           : run_separate_kernels(plan, static_cast<int>(tile_size), x, params, borders, gy,
                                  batch, n, n_pairs, num_grids, block, batch_last, fast_mode,
                                  deterministic, lim, table);
   if (!want_grad_params) dp = at::Tensor();  // the runs kernel's, computed with grad_x
   // far inputs, which the kernels took at d = 0 (device.cuh): their pairs in float64
-  far_fixup(x, params, table, borders, gy, dx, dp, batch_last);
+  far_fixup(x, params, table, borders, gy, dx, dp, batch_last, far_flags);
   if (!want_grad_params) return {dx, no_grad_params()};
   // dP is accumulated in float32; 16-bit parameters get theirs rounded once, here
   if (params.scalar_type() != at::kFloat) dp = dp.to(params.scalar_type());

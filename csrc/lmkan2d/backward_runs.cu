@@ -176,11 +176,16 @@ constexpr int kStageSamples = kBucketUnroll * kBucketThreads;
 // G = 8) goes to consecutive slots, continuing where the previous stage's run of that cell
 // ended, so the stores fill whole sectors. Shared memory: footprints.h,
 // runs_bucket_smem_bytes.
+//
+// The second pass also writes far_fixup's flags (layout.h) of this pair's flag chunks
+// [b0 / kFarFlagChunk, ceil((b0 + len) / kFarFlagChunk)): zeroed before the first barrier,
+// set after it by each far sample (the same byte from any thread: no atomics); b0 is a
+// multiple of kFarFlagChunk, so this block owns those bytes. far_flags [chunks][P].
 template <bool kImages, bool kStaged>
 __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
     const float* __restrict__ x, const float* __restrict__ borders, int4* __restrict__ entries,
-    int64_t b0, int len, int64_t entries_stride, int num_grids, int64_t xs_f, int64_t xs_b,
-    const SampleOffsets x_images) {
+    uint8_t* __restrict__ far_flags, int64_t b0, int len, int64_t entries_stride, int num_grids,
+    int64_t xs_f, int64_t xs_b, const SampleOffsets x_images) {
   extern __shared__ __align__(16) int bucket_smem[];
   const int side = num_grids + 1, keys = side * side;
   // staged: the stage's entries in cell order first (16-byte aligned), [kStageSamples]
@@ -192,7 +197,12 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   const int p = blockIdx.x;
   for (int i = threadIdx.x; i < keys; i += blockDim.x) count[i] = 0;
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = borders[i];
+  uint8_t* pair_flags = far_flags + (b0 / kFarFlagChunk) * gridDim.x + p;  // [chunk * P]
+  for (int i = threadIdx.x; i < (len + kFarFlagChunk - 1) / kFarFlagChunk; i += blockDim.x)
+    pair_flags[int64_t(i) * gridDim.x] = 0;
   __syncthreads();
+  // sample s (of the chunk) holds a far input of this pair
+  const auto flag_far = [&](int s) { pair_flags[int64_t(s / kFarFlagChunk) * gridDim.x] = 1; };
   // the inputs of this thread's samples s0 + u * blockDim.x, u < kBucketUnroll (0 past len)
   const auto load_step = [&](int s0, float2 (&v)[kBucketUnroll]) {
 #pragma unroll
@@ -226,7 +236,9 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
       for (int u = 0; u < kBucketUnroll; ++u) {
         const int s = s0 + u * static_cast<int>(blockDim.x);
         if (s >= len) break;
-        const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
+        bool far;
+        const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr, &far);
+        if (far) flag_far(s);
         const int key = __float_as_int(c.x);
         const int pos = atomicAdd(&count[key], 1);
         // read once
@@ -247,7 +259,10 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
       for (int u = 0; u < kBucketUnroll; ++u) {
         const int s = t0 + static_cast<int>(threadIdx.x) + u * static_cast<int>(blockDim.x);
         if (s < len) {
-          const float4 c = pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr);
+          bool far;
+          const float4 c =
+              pair_cell_of_values(v[u].x, v[u].y, s_borders, num_grids, nullptr, &far);
+          if (far) flag_far(s);
           const int key = __float_as_int(c.x);
           rank[u] = atomicAdd(&stage_start[key], 1);
           e[u] = make_int4(s, key, __float_as_int(c.y), __float_as_int(c.z));
@@ -570,7 +585,8 @@ bool bucket_staged_allowed() {
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
                                                     bool batch_last, int tile, int block_size,
-                                                    int64_t chunk_bytes, at::ScalarType table_dtype) {
+                                                    int64_t chunk_bytes, at::ScalarType table_dtype,
+                                                    at::Tensor* far_flags) {
   const int num_grids = static_cast<int>(params.size(0)) - 1;
   const int side = num_grids + 1;
   const int n_out = static_cast<int>(params.size(2));
@@ -615,6 +631,11 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   TORCH_INTERNAL_ASSERT(chunk * ld < (int64_t(1) << 31), "the sorted backward's chunk of ",
                         chunk, " grad_y rows of ", ld, " floats needs 64-bit offsets");
   at::Tensor entries = at::empty({n_pairs, chunk, 4}, x.options().dtype(at::kInt));
+  // far_fixup's flags, every byte written by the sort (chunks start at multiples of its
+  // flag chunk: whole segments)
+  static_assert(kRunSegment % kFarFlagChunk == 0, "a chunk of the sort starts a flag chunk");
+  *far_flags = at::empty({(batch + kFarFlagChunk - 1) / kFarFlagChunk, n_pairs},
+                         x.options().dtype(at::kByte));
 
   // Two output tiles per walk where they pair up, at K = 4 (tile 16: its fixed per-sample
   // work is the largest share there; an odd last tile would need its own walk). Warps per
@@ -673,7 +694,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
     const int len = static_cast<int>(std::min(chunk, batch - b0));
     bucket<<<n_pairs, kBucketThreads, bucket_smem, stream>>>(
         x.data_ptr<float>(), borders.data_ptr<float>(), reinterpret_cast<int4*>(entries.data_ptr<int>()),
-        b0, len, chunk, num_grids, xs_f, xs_b, x_images);
+        far_flags->data_ptr<uint8_t>(), b0, len, chunk, num_grids, xs_f, xs_b, x_images);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     a.b0 = b0;
     a.len = len;

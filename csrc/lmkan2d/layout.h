@@ -70,11 +70,13 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
 
 // ---- Backward (backward.cpp) ----
 // grad_x and grad_params in one pass over cell-sorted chunks (backward_runs.cu); gy float32,
-// float16 or bfloat16 (its rows are read in its dtype).
+// float16 or bfloat16 (its rows are read in its dtype). *far_flags: far_fixup's flags
+// [ceil(B / kFarFlagChunk), P], written by the cell sort, which classifies every input.
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,
                                                     const at::Tensor& borders, const at::Tensor& gy,
                                                     bool batch_last, int tile, int block_size,
-                                                    int64_t chunk_bytes, at::ScalarType table_dtype);
+                                                    int64_t chunk_bytes, at::ScalarType table_dtype,
+                                                    at::Tensor* far_flags);
 // grad_x by the forward's output-lanes scheme (output_lanes.cu): the table staged in shared
 // memory where it fits, float atomics over output tiles and pair splits unless
 // `deterministic` (the plan then sends only single-tile layers here).
@@ -149,10 +151,14 @@ at::Tensor slope_dp_by_warp_accumulators(const at::Tensor& x, const at::Tensor& 
 // input replaced by its float64 value, and grad_params (float32 [G+1, G+1, N_out, P], or
 // undefined for grad_x alone) corrected to the float64 bilinear weights; params as the backward got them (rounded to
 // table_dtype as the kernels read them). One block per pair; without far inputs it reads x
-// once and writes nothing. gy: float32, float16 or bfloat16.
+// once and writes nothing. gy: float32, float16 or bfloat16. flags: uint8 [ceil(B /
+// kFarFlagChunk), P], byte (c, p) whether samples [c * kFarFlagChunk, (c + 1) *
+// kFarFlagChunk) hold a far input of pair p (from the cell sort), or undefined: far_fixup
+// finds them (a pass over x for batches of more than 4 flag chunks).
+constexpr int kFarFlagChunk = 256;
 void far_fixup(const at::Tensor& x, const at::Tensor& params, at::ScalarType table_dtype,
                const at::Tensor& borders, const at::Tensor& gy, at::Tensor& dx, at::Tensor& dp,
-               bool batch_last);
+               bool batch_last, const at::Tensor& flags = at::Tensor());
 
 // Host checks shared by the forward and backward ops (ValueError on bad arguments).
 // images: x may also be [N, N_in, L] (lmkan2d_forward, lmkan2d_backward; common/images.h).
