@@ -36,9 +36,11 @@ def load_module(path, name):
     return module
 
 
-def run_python(code, timeout=120):
-    """Run `code` in a fresh interpreter (a crash fails one test, not the session)."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+def run_python(code, timeout=120, env=None):
+    """Run `code` in a fresh interpreter (a crash fails one test, not the session), with the
+    variables of `env` (a dict) set on top of this process's environment."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def assert_cuda_kernel(op_name):

@@ -5,12 +5,14 @@ TORCH_CHECK_VALUE raises ValueError and TORCH_CHECK_TYPE TypeError. These run in
 process itself: an extension whose C++ exceptions do not unwind (one linked against a static
 libstdc++, which setup.py now refuses to build) would end the session here, loudly.
 """
+import re
+
 import pytest
 import torch
 
 from lmKAN.grids import cdf_borders
 
-from conftest import assert_cuda_kernel, requires_gpu
+from conftest import assert_cuda_kernel, requires_gpu, run_python
 
 pytestmark = requires_gpu
 
@@ -219,6 +221,42 @@ def test_max_num_grids_op_errors(monkeypatch):
     monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", "8")
     with pytest.raises(ValueError, match="got '8'"):
         torch.ops.lmkan.lmkan2d_max_num_grids(8, "forward", 0)
+
+
+# A sorted 2D backward (64 outputs: the runs kernel and its cell sort), in a fresh process
+_SORTED_BACKWARD = """
+import torch
+from lmKAN.grids import cdf_borders
+x = torch.randn(6, 4096, device="cuda")
+params = torch.randn(9, 9, 64, 3, device="cuda")
+gy = torch.randn(64, 4096, device="cuda")
+dx, dp = torch.ops.lmkan.lmkan2d_backward(gy, x, params, cdf_borders(8, device="cuda"), True, 8,
+                                          256, True, False)
+torch.cuda.synchronize()
+print("ok", dx.isfinite().all().item(), dp.isfinite().all().item())
+"""
+
+
+@pytest.mark.parametrize("name, value, pattern", [
+    ("LMKAN_RUN_CHUNK_MB", "24MB",
+     r"LMKAN_RUN_CHUNK_MB must be an integer number of MiB in \[1, 4096\], got '24MB'"),
+    ("LMKAN_RUN_CHUNK_MB", "0", r"LMKAN_RUN_CHUNK_MB must be .* got '0'"),
+    ("LMKAN_BUCKET_STAGED", "off",
+     r"LMKAN_BUCKET_STAGED must be an integer in \[0, 1\], got 'off'"),
+    ("LMKAN_RUN_CHUNK_MB", "1", None), ("LMKAN_BUCKET_STAGED", "0", None),
+    ("LMKAN_RUN_CHUNK_MB", "", None),
+])
+def test_measurement_knobs(name, value, pattern):
+    """The knobs that the sorted backward reads once per process (README, "Performance")
+    raise ValueError for a malformed value, naming it, rather than falling back silently;
+    valid and empty values run. A fresh interpreter each: the value is kept after the first
+    read."""
+    assert_cuda_kernel("lmkan2d_backward")
+    run = run_python(_SORTED_BACKWARD, timeout=300, env={name: value})
+    if pattern is None:
+        assert run.returncode == 0 and run.stdout.split() == ["ok", "True", "True"], run.stderr
+    else:
+        assert run.returncode != 0 and re.search("ValueError: " + pattern, run.stderr), run.stderr
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (tensors on different devices)")

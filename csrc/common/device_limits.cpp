@@ -1,6 +1,8 @@
 // The per-device limits cache (device_limits.h).
 #include "common/device_limits.h"
 
+#include "common/env_knobs.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -27,14 +29,9 @@ DeviceLimits query(int device) {
 
 // LMKAN_SMEM_BUDGET_KB in bytes, or -1 when unset or empty.
 int64_t smem_budget_bytes() {
-  const char* env = std::getenv("LMKAN_SMEM_BUDGET_KB");
-  if (env == nullptr || *env == '\0') return -1;
-  char* end = nullptr;
-  const long kb = std::strtol(env, &end, 10);
-  TORCH_CHECK_VALUE(end != env && *end == '\0' && kb >= 16 && kb <= 1024,
-                    "LMKAN_SMEM_BUDGET_KB must be an integer number of KiB in [16, 1024] (e.g. 99 "
-                    "or 163), got '", env, "'");
-  return int64_t(kb) * 1024;
+  const int64_t kb =
+      env_int("LMKAN_SMEM_BUDGET_KB", 16, 1024, -1, "number of KiB", " (e.g. 99 or 163)");
+  return kb < 0 ? -1 : kb * 1024;
 }
 
 }  // namespace

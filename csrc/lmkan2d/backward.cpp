@@ -45,7 +45,6 @@
 // shared memory, the same kernels read the table from global memory (L1/L2) and accumulate
 // in a private region of a global workspace (plain loads and stores, one warp per region).
 #include <algorithm>
-#include <cstdlib>
 #include <tuple>
 
 #include <ATen/core/Tensor.h>
@@ -56,6 +55,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/env_knobs.h"
 #include "common/image_rows.h"
 #include "common/images.h"
 #include "lmkan2d/layout.h"
@@ -68,10 +68,7 @@ namespace {
 // The sorted backward's chunk of grad_y rows (footprints.h), or LMKAN_RUN_CHUNK_MB in both
 // modes where set (read once per process: a knob for measurements, tools/ and benchmarks/).
 int64_t run_chunk_bytes(bool fast_mode) {
-  static const int64_t override_mb = [] {
-    const char* env = std::getenv("LMKAN_RUN_CHUNK_MB");
-    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : int64_t(0);
-  }();
+  static const int64_t override_mb = env_int("LMKAN_RUN_CHUNK_MB", 1, 4096, 0, "number of MiB");
   if (override_mb > 0) return override_mb << 20;
   return fast_mode ? kRunChunkBytesFast : kRunChunkBytesNormal;
 }

@@ -37,8 +37,6 @@
 // its peak); at G = 26 256->256 L2 (87% of peak, 58% hit rate: the table and the dP
 // workspace, 95 MB each, evict the chunk's rows).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include <ATen/core/Tensor.h>
@@ -50,6 +48,7 @@
 
 #include "common/checks.h"
 #include "common/cp_async.cuh"
+#include "common/env_knobs.h"
 #include "common/images.h"
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
@@ -573,10 +572,7 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
 // The staged scatter of the cell sort, unless LMKAN_BUCKET_STAGED=0 (read once per process:
 // a knob to measure the direct scatter against it, tools/profile_2d.py).
 bool bucket_staged_allowed() {
-  static const bool allowed = [] {
-    const char* env = std::getenv("LMKAN_BUCKET_STAGED");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool allowed = env_int("LMKAN_BUCKET_STAGED", 0, 1, 1) != 0;
   return allowed;
 }
 
