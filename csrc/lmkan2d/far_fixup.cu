@@ -15,9 +15,9 @@
 //    rows: no atomics, deterministic). It reads the pair's flags, kChunk chunks at a time,
 //    and only in flagged chunks finds the far samples in sample order (ballots and a scan
 //    over the warps) and handles them one after the other with its threads over the outputs.
-// The sorted backward (backward_runs.cu) passes the flags its cell sort wrote while it
-// classified every input, so it runs no phase 1 at any batch (0.25 ms of one read of x at
-// G=8 512->512 B=2^18 on the H200).
+// The sorted backward (backward_runs.cu) passes the flags its cell sort (cell_sort.cu) wrote
+// while it classified every input, so it runs no phase 1 at any batch (0.25 ms of one read
+// of x at G=8 512->512 B=2^18 on the H200).
 // Batches of at most kInlineChunks chunks skip phase 1: the fixup block classifies its pair's
 // samples itself (all its loads in flight at once, one barrier per chunk), which saves the
 // flags launch and allocation of every small backward (host-bound training steps, issue 16).

@@ -58,10 +58,11 @@ constexpr int kRunSegment = 256;
 constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;
 inline bool runs_pairs_fit(int64_t n_pairs) { return n_pairs * 16 * kRunSegment <= kRunMaxEntriesBytes; }
 
-// Its shared memory bound: the cell sort's (bucket_kernel), bytes. Direct scatter: the
-// cell histogram, (G+1)^2 counters, its scan's 33 warp sums and the G+1 borders. The staged
-// scatter adds a stage's histogram ((G+1)^2) and its 4,096 entries of 16 bytes (64 KB): on a
-// GPU of 227 KB per block it serves up to G = 143 (99 KB: G = 65), the direct one past that.
+// Its shared memory bound: the cell sort's (bucket_kernel, cell_sort.cu), bytes. Direct
+// scatter: the cell histogram, (G+1)^2 counters, its scan's 33 warp sums and the G+1 borders.
+// The staged scatter adds a stage's histogram ((G+1)^2) and its 4,096 entries of 16 bytes (64
+// KB): on a GPU of 227 KB per block it serves up to G = 143 (99 KB: G = 65), the direct one
+// past that.
 constexpr int kBucketStageBytes = 4096 * 16;
 inline int64_t runs_bucket_smem_bytes(int num_grids, bool staged = false) {
   const int64_t side = num_grids + 1;

@@ -22,6 +22,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "common/device_limits.h"
+#include "common/images.h"  // SampleOffsets
 #include "common/sum_splits.h"  // the forwards' split sums
 #include "lmkan2d/footprints.h"
 
@@ -77,6 +78,28 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
                                                     bool batch_last, int tile, int block_size,
                                                     int64_t chunk_bytes, at::ScalarType table_dtype,
                                                     at::Tensor* far_flags);
+// The sorted backward's cell sort (cell_sort.cu), one launch per chunk: block p sorts the
+// chunk's samples [b0, b0 + len) of pair p by cell into entries[p][0, len) (int4: sample of
+// the chunk, cell, d1, d2), and writes far_fixup's flags of those samples (far_flags
+// [ceil(B / kFarFlagChunk), P]; b0 a multiple of kFarFlagChunk). plan_cell_sort chooses the
+// kernel instance once per backward (images or not; the stage of 4,096 samples ordered in
+// shared memory before it is stored where its shared memory fits, unless
+// LMKAN_BUCKET_STAGED=0) and opts it into its shared memory.
+struct CellSort {
+  bool images = false, staged = false;
+  int64_t smem_bytes = 0;
+};
+struct CellSortChunk {
+  const float* x;         // (f, b) at f * xs_f + b * xs_b (images: f * xs_f + x_images(b))
+  const float* borders;   // [G+1]
+  int4* entries;          // [P][entries_stride]
+  uint8_t* far_flags;
+  int64_t b0, entries_stride, xs_f, xs_b;
+  int len, n_pairs, num_grids;
+  SampleOffsets x_images;
+};
+CellSort plan_cell_sort(int num_grids, bool images, const DeviceLimits& lim);
+void launch_cell_sort(const CellSort& sort, const CellSortChunk& chunk, cudaStream_t stream);
 // grad_x by the forward's output-lanes scheme (output_lanes.cu): the table staged in shared
 // memory where it fits, float atomics over output tiles and pair splits unless
 // `deterministic` (the plan then sends only single-tile layers here).
