@@ -70,7 +70,7 @@ TORCH_LIBRARY(lmkan, m) {
   m.def("lmkan1d_backward(Tensor grad_y, Tensor x, Tensor params, Tensor borders, "
         "bool uniform_grid, bool batch_last, bool deterministic=False, "
         "ScalarType? table_dtype=None, bool grad_params=True) -> (Tensor, Tensor)");
-  // The pieces of lmkan1d_backward's own derivatives (its autograd: lmKAN/ops.py):
+  // The pieces of lmkan1d_backward's own derivatives (its autograd: lmkan1d/autograd.cpp):
   // y = sum_i weights[s, i] slope[k, o, i], and the parameter gradient with node weights
   // (-w/h_k, w/h_k) (docs/spec.md, "Second derivatives").
   m.def("lmkan1d_slope_forward(Tensor x, Tensor weights, Tensor params, Tensor borders, "

@@ -10,6 +10,12 @@ import torch
 # Input dtypes accepted by float32 layers: computed in float32 (ops._run_layer).
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 
+# The 2D ops' largest table side (csrc/lmkan2d/plan.h kMaxTableSide: the kernels' table
+# offsets are 32-bit): the 2D layer's num_grids limit and the fake implementations' check.
+MAX_TABLE_SIDE_2D = 4000
+# The ops' host code narrows sizes to int: the layers' widths and the fakes' checks.
+INT32_MAX = 2 ** 31 - 1
+
 
 def check_int(name, value, minimum, even=False, maximum=None, why=""):
     """A Python int in [minimum, maximum] (and even if asked); bools are rejected. `why`:

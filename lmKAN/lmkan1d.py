@@ -4,8 +4,8 @@ from torch import nn
 
 from . import _device, ops
 from ._call_plans import may_store_plan, plan_of_call
-from ._checks import (check_bool, check_choice, check_input, check_int, check_positive_float,
-                      check_table_dtype)
+from ._checks import (INT32_MAX, check_bool, check_choice, check_input, check_int,
+                      check_positive_float, check_table_dtype)
 from ._layer_base import LookupLayerBase
 from .grids import cdf_borders, cell_nodes, uniform_borders
 
@@ -49,9 +49,9 @@ class LMKAN1DLayer(LookupLayerBase):
                  init="random_normal", batch_last=True, deterministic=None, table_dtype=None):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3)
-        self.input_dim = check_int("input_dim", input_dim, 1, maximum=ops.INT32_MAX,
+        self.input_dim = check_int("input_dim", input_dim, 1, maximum=INT32_MAX,
                                    why=" (inputs are counted in 32 bits)")
-        self.output_dim = check_int("output_dim", output_dim, 1, maximum=ops.INT32_MAX,
+        self.output_dim = check_int("output_dim", output_dim, 1, maximum=INT32_MAX,
                                     why=" (outputs are counted in 32 bits)")
         self.grid = check_choice("grid", grid, GRIDS)
         self.spline_width = check_positive_float("spline_width", spline_width)

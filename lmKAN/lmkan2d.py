@@ -7,8 +7,8 @@ from torch import nn
 
 from . import _device, ops, tuning
 from ._call_plans import may_store_plan, plan_of_call
-from ._checks import (check_bool, check_choice, check_input, check_int, check_real,
-                      check_table_dtype)
+from ._checks import (INT32_MAX, MAX_TABLE_SIDE_2D, check_bool, check_choice, check_input,
+                      check_int, check_real, check_table_dtype)
 from ._constants import SUPPORTED_BLOCK_SIZES, SUPPORTED_TILE_SIZES
 from ._layer_base import LookupLayerBase
 from .grids import cdf_borders
@@ -18,7 +18,7 @@ __all__ = ["LMKAN2DLayer", "SUPPORTED_TILE_SIZES", "SUPPORTED_BLOCK_SIZES", "MAX
 # The largest num_grids of a 2D layer: the ops take at most 4000 grid nodes (their table
 # offsets are 32-bit; csrc/lmkan2d/plan.h, kMaxTableSide). Such a table has 16 million cells
 # per function.
-MAX_NUM_GRIDS = ops.MAX_TABLE_SIDE_2D - 1
+MAX_NUM_GRIDS = MAX_TABLE_SIDE_2D - 1
 
 
 class LMKAN2DLayer(LookupLayerBase):
@@ -96,9 +96,9 @@ class LMKAN2DLayer(LookupLayerBase):
         super().__init__()
         self.num_grids = check_int("num_grids", num_grids, 3, maximum=MAX_NUM_GRIDS,
                                    why=" (the CUDA kernels' table offsets are 32-bit)")
-        self.input_dim = check_int("input_dim", input_dim, 2, even=True, maximum=2 * ops.INT32_MAX,
+        self.input_dim = check_int("input_dim", input_dim, 2, even=True, maximum=2 * INT32_MAX,
                                    why=" (input pairs are counted in 32 bits)")
-        self.output_dim = check_int("output_dim", output_dim, 1, maximum=ops.INT32_MAX,
+        self.output_dim = check_int("output_dim", output_dim, 1, maximum=INT32_MAX,
                                     why=" (outputs are counted in 32 bits)")
         self.block_size_forward = _auto_or_choice("block_size_forward", block_size_forward, SUPPORTED_BLOCK_SIZES)
         self.block_size_backward = _auto_or_choice("block_size_backward", block_size_backward, SUPPORTED_BLOCK_SIZES)

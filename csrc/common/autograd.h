@@ -4,7 +4,7 @@
 // dominated a small training step (G=26 128->128 B=1024: ~0.15 ms of GPU work in a
 // ~0.35-0.45 ms eager step, R37's profile). Both directions go through the dispatcher (the
 // forward below autograd), so torch.compile and opcheck trace the registered fake
-// implementations (lmKAN/ops.py) as they would any op. Registered for every backend
+// implementations (lmKAN/_op_fakes.py) as they would any op. Registered for every backend
 // (TORCH_LIBRARY_IMPL(lmkan, Autograd, m)): a CPU or meta tensor reaches the same Function,
 // and the dispatcher then finds (or reports missing) that backend's kernel.
 #pragma once

@@ -355,7 +355,7 @@ void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& 
     launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
 }
 
-// Second derivatives (the autograd of lmkan1d_backward, lmKAN/ops.py): the transposed
+// Second derivatives (the autograd of lmkan1d_backward, autograd.cpp): the transposed
 // contraction of grad_x's slopes, y[s, o] = sum_i weights[s, i] * slope[k(s, i), o, i],
 // slopes of the table rounded to table_dtype as the backward's.
 at::Tensor lmkan1d_slope_forward_cuda(const at::Tensor& x_in, const at::Tensor& weights_in,
