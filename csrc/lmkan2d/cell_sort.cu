@@ -198,7 +198,6 @@ __global__ void __launch_bounds__(kBucketThreads) bucket_kernel(
   }
 }
 
-
 // The staged scatter of the cell sort, unless LMKAN_BUCKET_STAGED=0 (read once per process:
 // a knob to measure the direct scatter against it, tools/profile_2d.py).
 bool bucket_staged_allowed() {
