@@ -160,7 +160,7 @@ def test_batch_first_forward_paths(tile, num_grids):
 @pytest.mark.parametrize("mode", ("forward", "backward", "backward_fast", "backward_deterministic"))
 def test_largest_num_grids(tile, mode):
     """At each mode's num_grids limit and one past it (9 outputs: the limits are those of the
-    kernels for layers wider than 8 outputs, which sample_threads.cu does not serve)."""
+    kernels for layers wider than 8 outputs, which sample_threads_*.cu does not serve)."""
     assert_cuda_kernel("lmkan2d_backward")
     g = max_num_grids(tile, mode, "cuda")
     assert g >= 3
@@ -456,7 +456,7 @@ def test_float64_layer_on_cuda(num_grids):
                                                    (26, 10, 5, 777), (40, 6, 8, 133),
                                                    (6, 40, 3, 500)], ids=str)
 def test_few_outputs_kernels(g, n_in, n_out, batch, batch_last, deterministic):
-    """Layers of at most 8 outputs, a thread per sample or (sample, pair) (sample_threads.cu):
+    """Layers of at most 8 outputs, a thread per sample or (sample, pair) (sample_threads_*.cu):
     the forward (forward_sample_threads_kernel), grad_x alone and the deterministic grad_x
     (dx_sample_threads_kernel), grad_x with grad_params when not deterministic
     (dp_sample_threads_kernel, shared-memory atomics), against the float64 reference; every
@@ -571,7 +571,7 @@ def test_no_warning_about_a_tile_auto_chose():
 @requires_gpu
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_few_outputs_limits_and_no_spurious_warning(deterministic):
-    """Layers of at most 8 outputs run the few-outputs kernels (sample_threads.cu), whose
+    """Layers of at most 8 outputs run the few-outputs kernels (sample_threads_*.cu), whose
     shared memory holds one pair's (G+1)^2 x width slice: max_num_grids(..., output_dim)
     reports their limits, and the layer warns by those. A one-output layer at the largest
     num_grids they serve (past the wide kernels' forward limit at its tile, where it used to
@@ -701,7 +701,7 @@ def test_far_inputs_forward_without_nan(case, batch_last):
     the float64 value, +-inf where it overflows, never NaN (the float32 bilinear weights gave
     inf - inf). One far input per chosen sample, at scattered (sample, input) positions, two
     whole warps without any; every forward kernel (the output-lanes kernel serves num_grids
-    past the shared-memory limit, sample_threads.cu layers of at most 8 outputs) and a
+    past the shared-memory limit, sample_threads_*.cu layers of at most 8 outputs) and a
     16-bit table."""
     tile = 4
     table = torch.bfloat16 if case.endswith("bf16") else None
@@ -787,7 +787,7 @@ def test_far_inputs_backward_without_nan(batch, batch_last, g, n_in, n_out, dete
     replaces their pairs' grad_x and corrects grad_params in float64: no NaN, and both match
     the float64 reference, the far-dominated entries (|value| > 1e3) and the others apart.
     Shapes: the cell-sorted backward, several output tiles, num_grids past the shared
-    memory of the deterministic kernels, and one output (sample_threads.cu: grad_x alone
+    memory of the deterministic kernels, and one output (sample_threads_*.cu: grad_x alone
     when deterministic, grad_x with grad_params when not). Batches 700 and 701 (3 chunks of
     256) are classified by the fixup kernel itself; 1300 and 1301 (6 chunks) by the flags
     kernel first (the sorted backward, not deterministic: by its cell sort at any batch). Odd batches with x one float past a 16-byte boundary take the flags

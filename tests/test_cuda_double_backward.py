@@ -116,7 +116,7 @@ def test_1d_force_training_step(deterministic):
 # (num_grids, N_in, N_out, B): G = 5 keeps the slope kernels' table and accumulators in shared
 # memory, G = 40 reads the table and accumulates through global memory; N_out = 70 spans two
 # 64-output tiles (the mixed term is summed over tiles in a fixed order); N_out = 1 and 5 take
-# the few-outputs mixed term and slope dP (sample_threads.cu); odd batches.
+# the few-outputs mixed term and slope dP (sample_threads_*.cu); odd batches.
 SHAPES_2D = [(5, 14, 70, 301), (40, 6, 9, 133), (5, 14, 1, 301), (26, 10, 5, 777)]
 
 
@@ -290,7 +290,7 @@ def test_nan_input_stays_local_in_second_derivatives(kind, n_out):
     """A NaN in input 0 of one sample (docs/spec.md, "Robustness"): the second derivatives are
     NaN only where they depend on it: that sample's column of d/d grad_y, its entries of d/dx
     for input 0 (2D: the pair of inputs 0 and 1), the parameters of input 0 (pair 0). 2D with
-    one output: the few-outputs kernels (sample_threads.cu)."""
+    one output: the few-outputs kernels (sample_threads_*.cu)."""
     torch.manual_seed(6)
     layer = (LMKAN2DLayer(6, 8, n_out) if kind == "2d" else LMKAN1DLayer(6, 8, n_out)).cuda()
     x = torch.randn(8, 67, device="cuda")

@@ -3,7 +3,7 @@
   compute-sanitizer --tool memcheck  python tools/sanitize_2d.py [all|layer|second|few|images]
   compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second|few|images]
 
-(few: only the kernels of layers of at most 8 outputs, sample_threads.cu, also part of the
+(few: only the kernels of layers of at most 8 outputs, sample_threads_*.cu, also part of the
 others; images: the forward and the backward on batch-last images [N, N_in, L], also part
 of layer.)
 """
@@ -47,7 +47,7 @@ def main(part):
 
 # (N_in, N_out, B) of the second-derivative launches: two output tiles plus a partial one, a
 # partial tile, and 1 and 5 outputs (the few-outputs mixed term and slope dP,
-# sample_threads.cu)
+# sample_threads_*.cu)
 FEW_OUTPUT_SLOPE_SHAPES = ((10, 1, 77), (6, 5, 700))
 SLOPE_SHAPES = ((10, 131, 77), (6, 9, 700)) + FEW_OUTPUT_SLOPE_SHAPES
 
@@ -76,7 +76,7 @@ def second_derivative_launches(shapes=SLOPE_SHAPES):
 
 
 def few_outputs_launches():
-    """Layers of at most 8 outputs, a thread per sample or (sample, pair) (sample_threads.cu):
+    """Layers of at most 8 outputs, a thread per sample or (sample, pair) (sample_threads_*.cu):
     the forward, grad_x (deterministic, or grad_x alone) and grad_x with grad_params (not
     deterministic; shared atomics); every row width (1, 2, 4, 8), one pair a block (small
     batches), groups of 4 pairs with a last group of one (B = 9000, 37 pairs), 54 KB a pair

@@ -3,15 +3,15 @@
 // What runs (backward_cuda runs what plan_backward, plan.h, chooses). Images [N, N_in, L] (a
 // 1x1 convolution's, common/images.h) are read and written in place by the sorted backward
 // (backward_by_runs and far_fixup); every other plan runs on batch-last copies.
-// - Layers of at most 8 outputs, not deterministic: dp_by_sample_threads (sample_threads.cu),
-//   grad_x and dP in one pass, a thread per (sample, pair).
+// - Layers of at most 8 outputs, not deterministic: dp_by_sample_threads
+//   (sample_threads_backward.cu), grad_x and dP in one pass, a thread per (sample, pair).
 // - Not deterministic (both modes): backward_by_runs (backward_runs.cu), grad_x and dP in one
 //   pass over cell-sorted chunks of the batch, except past its cell histogram's num_grids or
 //   for a narrow output whose padded grad_y copy would be large; those run the
 //   kernels below, with float atomics where they are faster.
 // - Deterministic, or past the sorted backward (run_separate_kernels):
 //   - dx: for layers of at most 8 outputs a thread per (sample, pair)
-//     (sample_threads.cu); else the forward kernel's scheme (dx_by_output_rows,
+//     (sample_threads_backward.cu); else the forward kernel's scheme (dx_by_output_rows,
 //     output_lanes.cu); dx_kernel (grad_x.cu) only where deterministic mode has several
 //     output tiles to add in a fixed order.
 //   - dP (grad_params.cu): dp_sorted_kernel (cell-sorted chunks) when its accumulator fits in shared

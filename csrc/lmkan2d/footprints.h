@@ -117,7 +117,7 @@ inline int64_t dp_sorted_smem_bytes(int num_grids, int w, int warps) {
          int64_t(num_grids + 1) * 4 + 16;
 }
 
-// Kernels of layers with few outputs (sample_threads.cu): a thread per (sample, pair) at a
+// Kernels of layers with few outputs (sample_threads.cuh): a thread per (sample, pair) at a
 // time, the outputs in its registers; the table slices of a group of pairs, or their
 // gradient accumulators, or both, [pairs][cells][kOutputs] each, in shared memory. Outputs of
 // a layer they serve, at most: past that, the lanes-over-outputs kernels fill their warps.

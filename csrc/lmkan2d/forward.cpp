@@ -1,6 +1,6 @@
 // The lmkan2d_forward op on CUDA: argument checks, the batch-first transposes where the plan
 // asks for them, and the kernel plan_forward (plan.h) chooses: for layers of at most 8
-// outputs a thread per sample (sample_threads.cu); else the sample-lanes kernel
+// outputs a thread per sample (sample_threads_forward.cu); else the sample-lanes kernel
 // (forward_sample_lanes.cu) wherever one table slice fits in shared memory, the output-lanes
 // kernel (output_lanes.cu) past that. Images [N, N_in, L] (common/images.h) are read in place
 // by the sample-lanes kernel; the other kernels get a batch-last copy.

@@ -114,11 +114,12 @@ at::Tensor dx_by_sample_tiles(const at::Tensor& x, const at::Tensor& params,
                               const DeviceLimits& lim, int64_t xs_f, int64_t xs_b, int64_t gs_f,
                               int64_t gs_b, at::ScalarType table_dtype);
 // Layers that sample_threads_serve (plan.h), a thread per (sample, pair)
-// (sample_threads.cu); x, gy, weights contiguous. forward_by_sample_threads: y, like
-// forward_by_sample_lanes (deterministic). dx_by_sample_threads: grad_x, or with
-// `weights` defined the mixed second-derivative term (as slope_dx_by_sample_tiles);
-// deterministic. dp_by_sample_threads: (grad_x, grad_params float32 [G+1, G+1, N_out, P]) in
-// one pass, or with `weights` defined (undefined, the slope dP); not deterministic.
+// (sample_threads_{forward,backward}.cu); x, gy, weights contiguous.
+// forward_by_sample_threads: y, like forward_by_sample_lanes (deterministic).
+// dx_by_sample_threads: grad_x, or with `weights` defined the mixed second-derivative term
+// (as slope_dx_by_sample_tiles); deterministic. dp_by_sample_threads: (grad_x, grad_params
+// float32 [G+1, G+1, N_out, P]) in one pass, or with `weights` defined (undefined, the slope
+// dP); not deterministic.
 at::Tensor forward_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
                                      const at::Tensor& borders, bool batch_last,
                                      const DeviceLimits& lim, at::ScalarType table_dtype);

@@ -112,7 +112,7 @@ int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int t
   const bool forward = std::strcmp(mode, "forward") == 0;
   const bool deterministic = std::strcmp(mode, "backward_deterministic") == 0;
   // Layers of at most kSampleThreadsMaxOutputs outputs are planned at their own count (the
-  // few-outputs kernels serve them, sample_threads.cu); wider ones, and n_out = 0, at two
+  // few-outputs kernels serve them, sample_threads_*.cu); wider ones, and n_out = 0, at two
   // output tiles (the multi-tile kernels: the tightest limits of the wide layers).
   const int64_t probe_outputs =
       n_out >= 1 && n_out <= kSampleThreadsMaxOutputs ? n_out : 2 * 8 * int64_t(tile);

@@ -33,7 +33,7 @@ struct CallShape {
 enum class ForwardKernel {
   kSampleLanes,  // forward_sample_lanes.cu: lanes own samples; table slices in shared memory
   kOutputLanes,  // output_lanes.cu: lanes own outputs; table read through L1/L2
-  kSampleThreads,  // sample_threads.cu: a thread owns a sample, layers of at most 8 outputs
+  kSampleThreads,  // sample_threads_forward.cu: a thread owns a sample, layers of at most 8 outputs
 };
 
 struct ForwardPlan {
@@ -51,14 +51,14 @@ enum class GradXKernel {
   kRuns,         // backward_runs.cu: grad_x and grad_params in one pass over cell-sorted chunks
   kOutputRows,   // output_lanes.cu (the forward's scheme; atomics over tiles and pair splits)
   kSampleTiles,  // grad_x.cu: output tiles added in a fixed order (deterministic, > 1 tile)
-  kSampleThreads,  // sample_threads.cu: a thread per (sample, pair), few outputs
+  kSampleThreads,  // sample_threads_backward.cu: a thread per (sample, pair)
 };
 
 enum class GradParamsKernel {
   kRuns,              // with grad_x, above
   kSortedChunks,      // grad_params.cu, dp_sorted_kernel: accumulator in shared memory
   kWarpAccumulators,  // grad_params.cu, dp_kernel: per-warp accumulators, shared or global
-  kSampleThreads,     // sample_threads.cu, with grad_x in one pass (not deterministic)
+  kSampleThreads,     // sample_threads_backward.cu, grad_x in one pass (not deterministic)
   kNone,              // not asked for (lmkan2d_backward's grad_params=False)
 };
 
@@ -76,7 +76,7 @@ struct BackwardPlan {
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
                            bool deterministic, const DeviceLimits& lim, bool grad_params = true);
 
-// Whether sample_threads.cu serves a layer: at most kSampleThreadsMaxOutputs outputs and
+// Whether sample_threads_*.cu serve a layer: at most kSampleThreadsMaxOutputs outputs and
 // `slices` arrays of one pair's slice in shared memory (1: grad_x or the mixed term, table
 // only; the slope dP, accumulator only; 2: the backward, both). Always at full speed.
 bool sample_threads_serve(int num_grids, int64_t n_out, const DeviceLimits& lim, int slices);

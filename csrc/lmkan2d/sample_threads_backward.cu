@@ -1,80 +1,14 @@
-// LMKAN2DLayer kernels for layers of few outputs (at most kSampleThreadsMaxOutputs): a thread
-// per (sample, pair) at a time, the outputs in its registers.
-//
-// The other kernels spread a tile of 32 or more outputs over a warp's lanes; a layer of one
-// output (an energy head, 256 -> 1) leaves 31 of 32 lanes idle there, and each (sample, pair)
-// costs a warp's worth of instructions (H200, force step of benchmarks/bench_forces.py at
-// B = 65536 and 128 pairs: grad_x alone 0.68 ms, the mixed term 0.62 ms, the cell-sorted
-// backward 0.67 ms, the slope dP 0.50 ms). Here a thread computes the cells, reads
-// `kOutputs` values at each of the 4 corners, and does its sums for its (sample, pair).
-//
-// forward_sample_threads_kernel: the forward. A thread owns one sample and sums its outputs
-// over the pairs of its block's split, the pairs' slices staged group by group; pair splits
-// (small batches) write partial sums that sum_splits adds in a fixed order: deterministic.
-// dx_sample_threads_kernel: grad_x (or, with the weights, the mixed second-derivative term of
-// lmkan2d_slope_grad_x). Every grad_x entry is written once by one thread: deterministic.
-// dp_sample_threads_kernel: grad_params, with grad_x in the same pass (the backward when not
-// deterministic), or the slope dP of lmkan2d_slope_grad_params. The block's parameter
-// gradients gather in shared memory by float atomics (so not deterministic) and are added to
-// dP, zeroed beforehand, by global float atomics once per block (in the parameters' layout
-// [cells][N_out][P]: no unpacking pass).
-//
-// A block owns a group of 2^lg consecutive pairs and a range of samples. The group's table
-// slices [pairs][cells][kOutputs] (pack_table(params, kOutputs): float32 holding the values
-// rounded to the table dtype, outputs past n_out zero) and accumulators of the same shape are
-// in shared memory. Batch-first, threads take (sample, pair) items with the pair varying
-// fastest (i & (2^lg - 1)): a sample's features are contiguous, and accumulators of different
-// pairs never collide. Batch-last, x rows are read coalesced across the warp instead:
-// dx_sample_threads_kernel keeps a sample per thread and walks the pairs, and
-// dp_sample_threads_kernel takes runs of 8 consecutive samples of a pair.
-//
-// Corner reads and atomics land on random banks (each thread its own cell): about 3-4
-// wavefronts per scalar access of a warp, against 1 for the lanes-over-outputs kernels; the
-// instructions per (sample, pair) are what these kernels save.
-#include <algorithm>
-
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include "common/device_limits.h"
-#include "common/static_switch.h"
-#include "lmkan2d/device.cuh"
-#include "lmkan2d/footprints.h"
-#include "lmkan2d/layout.h"
-#include "lmkan2d/plan.h"
+// LMKAN2DLayer backward for layers of few outputs (sample_threads.cuh has the scheme):
+// dx_sample_threads_kernel (grad_x, or the mixed second-derivative term) and
+// dp_sample_threads_kernel (grad_params with grad_x, or the slope dP), and their launchers.
+#include "lmkan2d/sample_threads.cuh"
 
 namespace lmkan {
 namespace lmkan2d {
 namespace {
 
-// Shared-memory bytes a block's slices take, at most (unless one pair alone needs more):
-// 8 blocks of 256 threads per SM on the H100/H200 (227 KB) leave ~28 KB each.
-constexpr int64_t kSampleThreadsSmemBudget = 24 * 1024;
 // dp kernel, batch-last: consecutive samples of one pair a warp takes (8 floats: a sector)
 constexpr int kDpSampleRunLog2 = 3;
-
-struct SampleThreadsArgs {
-  // (forward: y (o, b) at o * ys_f + b * ys_b, split z at z * ys_split further; its split's
-  // pairs [z * pairs_per_split, ...), staged `group` pairs at a time)
-  float* y;
-  int64_t ys_f, ys_b, ys_split;
-  int pairs_per_split, group;
-  const float* x;        // (f, b) at f * xs_f + b * xs_b
-  const float* w;        // slope modes: the weights, x's layout; else nullptr
-  const float* packed;   // [P, cells, kOutputs], float32 (not read by the slope dP)
-  const float* borders;  // [G+1]
-  const float* gy;       // (o, b) at o * gs_f + b * gs_b
-  float* dx;             // x's layout (not written by the slope dP)
-  float* dp;             // dp kernel: float32 [cells, N_out, P], zeroed
-  int64_t batch, xs_f, xs_b, gs_f, gs_b;
-  int64_t samples_per_block;  // dp kernel: the block's sample range
-  int n_out, n_pairs, num_grids;
-  int log2_pairs;        // pairs per block = 2^log2_pairs
-  bool batch_last;
-};
 
 // grad_y of sample b for the kOutputs outputs (0 past n_out).
 template <int kOutputs>
@@ -83,23 +17,6 @@ __device__ __forceinline__ void load_grad_y(const SampleThreadsArgs& a, int64_t 
 #pragma unroll
   for (int o = 0; o < kOutputs; ++o)
     g[o] = o < a.n_out ? __ldg(a.gy + int64_t(o) * a.gs_f + b * a.gs_b) : 0.f;
-}
-
-// One corner's kOutputs values (shared memory), in vector loads.
-template <int kOutputs>
-__device__ __forceinline__ void load_row(const float* row, float (&v)[kOutputs]) {
-  if constexpr (kOutputs == 8) {
-    float lo[4], hi[4];
-    load_k<4>(row, lo);
-    load_k<4>(row + 4, hi);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      v[k] = lo[k];
-      v[4 + k] = hi[k];
-    }
-  } else {
-    load_k<kOutputs>(row, v);
-  }
 }
 
 // sum_o g[o] * row[o] over one corner's kOutputs values (shared memory).
@@ -111,13 +28,6 @@ __device__ __forceinline__ float dot_row(const float* row, const float (&g)[kOut
 #pragma unroll
   for (int o = 0; o < kOutputs; ++o) s = fmaf(g[o], v[o], s);
   return s;
-}
-
-// Offset in x of input 2p of sample b (input 2p + 1 is xs_f further). The cells come from
-// device.cuh: pair_cell (far inputs at d = 0, as every backward kernel) and, for the slope
-// dP, slope_pair_cell.
-__device__ __forceinline__ int64_t pair_offset(const SampleThreadsArgs& a, int p, int64_t b) {
-  return 2 * int64_t(p) * a.xs_f + b * a.xs_b;
 }
 
 // grad_x of one (sample, pair) from its cell's 4 corner rows at q (both entries written).
@@ -144,21 +54,6 @@ __device__ __forceinline__ void write_dx(const SampleThreadsArgs& a, const float
   }
 }
 
-// Copies n floats (the group's slices, one contiguous run of the packed table) into shared
-// memory; 16-byte copies where kOutputs keeps every run 16-byte aligned.
-template <int kOutputs>
-__device__ __forceinline__ void stage(float* dst, const float* src, int n) {
-  if constexpr (kOutputs % 4 == 0) {
-    const float4* src4 = reinterpret_cast<const float4*>(src);
-    float4* dst4 = reinterpret_cast<float4*>(dst);
-#pragma unroll 4
-    for (int i = threadIdx.x; i < n / 4; i += blockDim.x) dst4[i] = __ldg(src4 + i);
-  } else {
-#pragma unroll 4
-    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldg(src + i);
-  }
-}
-
 // This block's group of pairs (blockIdx.y): 2^lg pairs from p0, np of them in the layer;
 // a pair's slice is `slice` floats ([cells][kOutputs]).
 struct PairGroup {
@@ -176,59 +71,18 @@ __device__ __forceinline__ PairGroup pair_group(const SampleThreadsArgs& a) {
   return g;
 }
 
-template <int kOutputs>
-__global__ void __launch_bounds__(kSampleThreadsBlock)
-    forward_sample_threads_kernel(const SampleThreadsArgs a) {
-  extern __shared__ __align__(16) float smem[];
-  const int side = a.num_grids + 1;
-  const int slice = side * side * kOutputs;
-  float* table = smem;                                  // [group][cells][kOutputs]
-  float* s_borders = smem + int64_t(a.group) * slice;  // [side]
-  for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
-  const int p_begin = blockIdx.z * a.pairs_per_split;
-  const int p_end = min(a.n_pairs, p_begin + a.pairs_per_split);
-  const int64_t b = int64_t(blockIdx.x) * kSampleThreadsBlock + threadIdx.x;
-  const bool valid = b < a.batch;
-  float acc[kOutputs];
-#pragma unroll
-  for (int o = 0; o < kOutputs; ++o) acc[o] = 0.f;
-  for (int g0 = p_begin; g0 < p_end; g0 += a.group) {
-    const int np = min(a.group, p_end - g0);
-    __syncthreads();  // the previous group's slices are consumed
-    stage<kOutputs>(table, a.packed + int64_t(g0) * slice, np * slice);
-    __syncthreads();
-    if (!valid) continue;
-#pragma unroll 2
-    for (int pl = 0; pl < np; ++pl) {
-      bool far;
-      const float4 info = pair_cell(a.x, b, g0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b,
-                                    nullptr, &far);
-      const int cell = __float_as_int(info.x);
-      const float* q = table + pl * slice + cell * kOutputs;
-      const float d1 = info.y, d2 = info.z, e1 = 1.f - d1, e2 = 1.f - d2;
-      const float u00 = e1 * e2, u01 = e1 * d2, u10 = d1 * e2, u11 = d1 * d2;
-      float c[4][kOutputs];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) load_row<kOutputs>(q + corner_offset(j, side, kOutputs), c[j]);
-#pragma unroll
-      for (int o = 0; o < kOutputs; ++o)
-        acc[o] = fmaf(u00, c[0][o], fmaf(u01, c[1][o], fmaf(u10, c[2][o], fmaf(u11, c[3][o], acc[o]))));
-      if (far) {  // d taken as 0 above: the pair's float64 value less what was added
-        const int64_t f1 = pair_offset(a, g0 + pl, b);
-        const int i1 = cell / side, i2 = cell - i1 * side;
-        const double D1 = exact_d(__ldg(a.x + f1), s_borders, i1);
-        const double D2 = exact_d(__ldg(a.x + f1 + a.xs_f), s_borders, i2);
-#pragma unroll
-        for (int o = 0; o < kOutputs; ++o)
-          acc[o] += far_correction(c[0][o], c[1][o], c[2][o], c[3][o], D1, D2, u00, u01, u10, u11);
-      }
-    }
-  }
-  if (!valid) return;
-  float* y = a.y + blockIdx.z * a.ys_split + b * a.ys_b;
-#pragma unroll
-  for (int o = 0; o < kOutputs; ++o)
-    if (o < a.n_out) y[int64_t(o) * a.ys_f] = acc[o];
+// Pairs per block, as log2: a power of two, as many as the budget holds (at least one) and
+// no more than the layer has; fewer where sample_blocks x pair groups would leave SMs idle
+// (small batches). slices: 1 (table or accumulator) or 2 (both).
+int pairs_log2(int num_grids, int width, int slices, int n_pairs, int64_t sample_blocks,
+               const DeviceLimits& lim) {
+  int lg = 0;
+  while ((1 << lg) < n_pairs &&
+         sample_threads_smem_bytes(num_grids, width, 2 << lg, slices) <= kSampleThreadsSmemBudget)
+    ++lg;
+  while (lg > 0 && sample_blocks * ((n_pairs + (1 << lg) - 1) >> lg) < 2 * int64_t(lim.num_sms))
+    --lg;
+  return lg;
 }
 
 template <int kOutputs, bool kSlopes>
@@ -347,94 +201,7 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
   }
 }
 
-// Arguments shared by both launchers (x, gy contiguous in the call's layout).
-SampleThreadsArgs make_args(const at::Tensor& x, const at::Tensor& borders, const at::Tensor& gy,
-                            const at::Tensor& weights, int64_t batch, int64_t n_out, int n_pairs,
-                            int num_grids, bool batch_last) {
-  SampleThreadsArgs a{};
-  a.x = x.data_ptr<float>();
-  a.w = weights.defined() ? weights.data_ptr<float>() : nullptr;
-  a.borders = borders.data_ptr<float>();
-  a.gy = gy.defined() ? gy.data_ptr<float>() : nullptr;
-  a.batch = batch;
-  a.xs_f = batch_last ? batch : 1;
-  a.xs_b = batch_last ? 1 : 2 * int64_t(n_pairs);
-  a.gs_f = batch_last ? batch : 1;
-  a.gs_b = batch_last ? 1 : n_out;
-  a.n_out = static_cast<int>(n_out);
-  a.n_pairs = n_pairs;
-  a.num_grids = num_grids;
-  a.batch_last = batch_last;
-  return a;
-}
-
-// Pairs per block, as log2: a power of two, as many as the budget holds (at least one) and
-// no more than the layer has; fewer where sample_blocks x pair groups would leave SMs idle
-// (small batches). slices: 1 (table or accumulator) or 2 (both).
-int pairs_log2(int num_grids, int width, int slices, int n_pairs, int64_t sample_blocks,
-               const DeviceLimits& lim) {
-  int lg = 0;
-  while ((1 << lg) < n_pairs &&
-         sample_threads_smem_bytes(num_grids, width, 2 << lg, slices) <= kSampleThreadsSmemBudget)
-    ++lg;
-  while (lg > 0 && sample_blocks * ((n_pairs + (1 << lg) - 1) >> lg) < 2 * int64_t(lim.num_sms))
-    --lg;
-  return lg;
-}
-
 }  // namespace
-
-at::Tensor forward_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
-                                     const at::Tensor& borders, bool batch_last,
-                                     const DeviceLimits& lim, at::ScalarType table_dtype) {
-  const int num_grids = static_cast<int>(params.size(0)) - 1;
-  const int64_t n_out = params.size(2);
-  const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
-  TORCH_CHECK(sample_threads_serve(num_grids, n_out, lim, 1),
-              "forward_by_sample_threads: not served (internal error)");
-  const auto new_y = [&] {
-    return batch_last ? at::empty({n_out, batch}, x.options()) : at::empty({batch, n_out}, x.options());
-  };
-  if (batch == 0) return new_y();
-  const int width = sample_threads_width(n_out);
-  // pairs staged at a time: as many as the budget holds, at least one
-  const int64_t per_pair = sample_threads_smem_bytes(num_grids, width, 1, 1) -
-                           sample_threads_smem_bytes(num_grids, width, 0, 1);
-  const int group = static_cast<int>(std::clamp<int64_t>(
-      (kSampleThreadsSmemBudget - sample_threads_smem_bytes(num_grids, width, 0, 1)) / per_pair,
-      1, n_pairs));
-  const int64_t smem = sample_threads_smem_bytes(num_grids, width, group, 1);
-  const int64_t sample_blocks = (batch + kSampleThreadsBlock - 1) / kSampleThreadsBlock;
-  TORCH_CHECK(sample_blocks < (int64_t(1) << 31), "lmkan2d: batch ", batch, " is too large a grid");
-  // small batches split the pairs over blockIdx.z (partials summed in a fixed order)
-  const PairSplit split = split_pairs(sample_blocks, n_pairs, lim.num_sms, n_pairs);
-  // partials go to [splits, N_out, B] (batch-last), summed and, batch-first, transposed after
-  at::Tensor out = split.splits > 1 ? at::empty({split.splits, n_out, batch}, x.options()) : new_y();
-  const bool store_batch_last = batch_last || split.splits > 1;
-  const at::Tensor packed = pack_table(params, width, table_dtype);  // float32, rounded values
-  SampleThreadsArgs a = make_args(x, borders, at::Tensor(), at::Tensor(), batch, n_out, n_pairs,
-                                  num_grids, batch_last);
-  a.packed = packed.data_ptr<float>();
-  a.y = out.data_ptr<float>();
-  a.ys_f = store_batch_last ? batch : 1;
-  a.ys_b = store_batch_last ? 1 : n_out;
-  a.ys_split = batch * n_out;
-  a.pairs_per_split = split.pairs_per_split;
-  a.group = group;
-  const dim3 grid(static_cast<unsigned>(sample_blocks), 1, static_cast<unsigned>(split.splits));
-  switch_value<1, 2, 4, 8>(width, [&](auto width_c) {
-    const auto kernel = forward_sample_threads_kernel<decltype(width_c)::value>;
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-    kernel<<<grid, kSampleThreadsBlock, smem, c10::cuda::getCurrentCUDAStream()>>>(a);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (split.splits == 1) return out;
-  if (!batch_last) return sum_splits_transposed(out);
-  at::Tensor y = new_y();
-  sum_splits(out, y);
-  return y;
-}
 
 at::Tensor dx_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
                                 const at::Tensor& borders, const at::Tensor& gy,
