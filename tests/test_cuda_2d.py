@@ -740,6 +740,18 @@ def test_far_inputs_forward_without_nan(case, batch_last):
     assert rel.max().item() <= 1e-5
 
 
+def _assert_far_backward(gx, gp, rgx, rgp):
+    """grad_x and grad_params of a backward with far inputs against the float64 reference:
+    no NaN, and the far-dominated entries (|value| > 1e3) and the others apart, each within
+    the contract (both kinds must be present)."""
+    for got, want in ((gx, rgx), (gp, rgp)):
+        assert not got.isnan().any()
+        large = want.abs() > 1e3
+        assert large.any() and (~large).any()
+        assert rel_l2(got[large], want[large]) <= TOL
+        assert rel_l2(got[~large], want[~large]) <= TOL
+
+
 @requires_gpu
 @pytest.mark.parametrize("batch_last", [True, False])
 def test_far_flags_from_the_cell_sort(batch_last):
@@ -767,12 +779,7 @@ def test_far_flags_from_the_cell_sort(batch_last):
     assert not any("far_flags_kernel" in n for n in names), sorted(names)
     gx, gp = step()
     _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
-    for got, want in ((gx, rgx), (gp, rgp)):
-        assert not got.isnan().any()
-        large = want.abs() > 1e3
-        assert large.any() and (~large).any()
-        assert rel_l2(got[large], want[large]) <= TOL
-        assert rel_l2(got[~large], want[~large]) <= TOL
+    _assert_far_backward(gx, gp, rgx, rgp)
 
 
 @requires_gpu
@@ -790,8 +797,9 @@ def test_far_inputs_backward_without_nan(batch, batch_last, g, n_in, n_out, dete
     memory of the deterministic kernels, and one output (sample_threads_*.cu: grad_x alone
     when deterministic, grad_x with grad_params when not). Batches 700 and 701 (3 chunks of
     256) are classified by the fixup kernel itself; 1300 and 1301 (6 chunks) by the flags
-    kernel first (the sorted backward, not deterministic: by its cell sort at any batch). Odd batches with x one float past a 16-byte boundary take the flags
-    kernel's scalar loads (and, batch-first, the last chunk's tail). 130 inputs batch-last:
+    kernel first (the sorted backward, not deterministic: by its cell sort at any batch).
+    Odd batches with x one float past a 16-byte boundary take the flags kernel's scalar
+    loads (and, batch-first, the last chunk's tail). 130 inputs batch-last:
     the flags kernel splits the rows of its 6 chunks over 8 blocks (18 rows each, the last
     4)."""
     torch.manual_seed(8)
@@ -808,12 +816,7 @@ def test_far_inputs_backward_without_nan(batch, batch_last, g, n_in, n_out, dete
     gx, gp = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8, 256,
                                               False, deterministic)
     _, rgx, rgp = _reference_all(x, params, borders, grad_y, batch_last)
-    for got, want in ((gx, rgx), (gp, rgp)):
-        assert not got.isnan().any()
-        large = want.abs() > 1e3
-        assert large.any() and (~large).any()
-        assert rel_l2(got[large], want[large]) <= TOL
-        assert rel_l2(got[~large], want[~large]) <= TOL
+    _assert_far_backward(gx, gp, rgx, rgp)
     if deterministic:
         again = torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, batch_last, 8, 256,
                                                  False, True)
