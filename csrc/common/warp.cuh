@@ -37,11 +37,12 @@ __device__ __forceinline__ T warp_sum_to_lane0(T v) {
   return v;
 }
 
-// Transpose-reduce: N values per lane in (N = 2 .. 32, a power of two), N warp-wide sums
-// out: afterwards v[0] of lane l holds the sum over all 32 lanes of v[l % N]. Recursive
+// Transpose-reduce: N values per lane in (N = 2 .. 32, a power of two), N sums out over each
+// aligned group of LANES lanes (N <= LANES <= 32, a power of two; 32: the whole warp):
+// afterwards v[0] of lane l holds the sum over the lanes of l's group of v[l % N]. Recursive
 // halving: at the step of width HALF a lane keeps the half of its values whose index bit
 // HALF equals its own lane bit and sends the other half to lane ^ HALF (N - 1 shuffles in
-// all), then lanes l and l ^ N, ... add up.
+// all), then lanes l and l ^ N, ... of the group add up (log2(LANES / N) shuffles).
 template <int N, int HALF>
 __device__ __forceinline__ void transpose_reduce_step(float (&v)[N], int lane) {
   const bool upper = (lane & HALF) != 0;
@@ -53,11 +54,14 @@ __device__ __forceinline__ void transpose_reduce_step(float (&v)[N], int lane) {
   }
   if constexpr (HALF > 1) transpose_reduce_step<N, HALF / 2>(v, lane);
 }
-template <int N>
+template <int N, int LANES = 32>
 __device__ __forceinline__ void transpose_reduce(float (&v)[N], int lane) {
+  static_assert(N >= 2 && N <= LANES && LANES <= 32 && (N & (N - 1)) == 0 &&
+                (LANES & (LANES - 1)) == 0, "transpose_reduce: N <= LANES <= 32, powers of two");
   transpose_reduce_step<N, N / 2>(v, lane);
 #pragma unroll
-  for (int width = N; width < 32; width *= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
+  for (int width = N; width < LANES; width *= 2)
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], width);
 }
 
 }  // namespace lmkan

@@ -15,11 +15,13 @@
 //     With a 16-bit table (float16/bfloat16) a lane's 4 values are one 8-byte read (a warp
 //     reads a 256-byte row, 2 wavefronts) widened to float32; cells, weights and sums stay
 //     float32.
-//   dx: rows are the slopes (C[k+1] - C[k]) / h_k; grad_y of the warp's 16 samples in
-//     registers; per (sample, input) a lane's partial dot product over its 4 outputs, summed
-//     over the 32 lanes by a transpose-reduce (31 shuffles per 32 sums). The block loops over
-//     all output tiles itself, so grad_x is written by one thread per entry: no atomics,
-//     deterministic.
+//   dx: rows are the slopes (C[k+1] - C[k]) / h_k; grad_y in registers, the warp as four
+//     groups of 8 lanes (grad_x.cu): a group takes 4 of the warp's 16 samples, a lane 16 of
+//     the tile's outputs (4 float4 chunks, 8 apart, so a group's load is 128 contiguous bytes
+//     of one row); per (sample, input) a lane's partial dot product over its 16 outputs,
+//     summed over the group's 8 lanes by a transpose-reduce (7 shuffles per input pair). The
+//     block loops over all output tiles itself, so grad_x is written by one thread per entry:
+//     no atomics, deterministic.
 // dC, G <= 31 (grouped): a warp owns one input and 64 outputs (a float2 per lane); per chunk
 //   of 128 or 256 samples it counting-sorts them by cell and walks the cells in order, summing
 //   a run of one cell in registers into node sums that stay in registers for the whole slice.
@@ -102,8 +104,6 @@ inline int tile_stage_inputs(int rows, int min_inputs, int num_grids, size_t sme
     n -= min_inputs;
   return n;
 }
-
-// Entry e of a stage's 16 x n (sample, input) cells: consecutive lanes take consecutive
 
 // Shared memory of the forward / dx kernels on a device allowing `smem_limit` per block.
 inline size_t fwd_smem_bytes(int num_grids, size_t smem_limit, int table_bytes = 4) {
