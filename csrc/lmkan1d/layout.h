@@ -5,12 +5,13 @@
 // CUDA kernels of the 1D linear-spline layer (docs/spec.md section 4):
 //   y[o] = sum_i (1 - d) C[k, o, i] + d C[k+1, o, i],   (k, d) = cell of x[i].
 //
-// Forward and dx share one shape ("tiled" kernels): the 32 lanes of a warp own 32 x 4
-// CONSECUTIVE outputs (a float4 each) of one 128-output tile, so every table read of a warp
-// is one 512-byte row, 4 conflict-free wavefronts, and a sample's cell is a warp-uniform
-// broadcast. The table is packed once per call (pack kernel) as [tile][input][row][128], so
-// the slice of a stage of inputs is one contiguous block that cp.async copies into shared
-// memory (double buffered). A warp keeps 16 samples in registers.
+// Forward and dx share one pipeline ("tiled" kernels, tiles.cuh): a warp keeps 16 samples in
+// registers over one 128-output tile; in the forward its 32 lanes own 32 x 4 CONSECUTIVE
+// outputs (a float4 each), so every table read of a warp is one 512-byte row, 4
+// conflict-free wavefronts, and a sample's cell is a warp-uniform broadcast (dx: below). The
+// table is packed once per call (pack kernel) as [tile][input][row][128], so the slice of a
+// stage of inputs is one contiguous block that cp.async copies into shared memory (double
+// buffered).
 //   forward: rows are the node values C[k]; y tile accumulated in registers, written once.
 //     With a 16-bit table (float16/bfloat16) a lane's 4 values are one 8-byte read (a warp
 //     reads a 256-byte row, 2 wavefronts) widened to float32; cells, weights and sums stay
