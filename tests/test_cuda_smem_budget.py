@@ -14,7 +14,7 @@ from lmKAN.lmkan1d import _max_num_grids_1d
 from lmKAN.lmkan2d import max_num_grids
 
 from conftest import assert_cuda_kernel, requires_gpu
-from test_cuda_2d import TILES, _check
+from cases_2d import TILES, check_case
 
 pytestmark = requires_gpu
 
@@ -68,12 +68,12 @@ def test_2d_at_and_past_the_limits(budget, tile, monkeypatch):
     monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", str(budget))
     forward_limit = max_num_grids(tile, "forward", "cuda")
     for g in (forward_limit, forward_limit + 1):
-        _check(g, 6, 37, 333, True, tile, False, block=256)
-        _check(g, 6, 37, 333, False, tile, True, block=1024)
+        check_case(g, 6, 37, 333, True, tile, False, block=256)
+        check_case(g, 6, 37, 333, False, tile, True, block=1024)
     det_limit = max_num_grids(tile, "backward_deterministic", "cuda")
     for g in (det_limit, det_limit + 1):
-        _check(g, 8, 300, 257, True, tile, False, block=128, deterministic=True, forward=False)
-        _check(g, 8, 45, 257, False, tile, True, block=256, deterministic=True, forward=False)
+        check_case(g, 8, 300, 257, True, tile, False, block=128, deterministic=True, forward=False)
+        check_case(g, 8, 45, 257, False, tile, True, block=256, deterministic=True, forward=False)
 
 
 @pytest.mark.parametrize("budget", (99, 163))
@@ -83,8 +83,8 @@ def test_2d_sorted_backward_past_its_histogram(budget, monkeypatch):
     monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", str(budget))
     limit = max_num_grids(8, "backward", "cuda")
     for g in (limit, limit + 1):
-        _check(g, 4, 9, 400, True, 8, False, block=128, forward=False)
-        _check(g, 4, 9, 400, False, 8, True, block=256, forward=False)
+        check_case(g, 4, 9, 400, True, 8, False, block=128, forward=False)
+        check_case(g, 4, 9, 400, False, 8, True, block=256, forward=False)
 
 
 @pytest.mark.parametrize("budget", (24, 48))
@@ -94,8 +94,8 @@ def test_2d_sorted_backward_under_a_small_budget(budget, monkeypatch):
     sums): 3 and 7 of 16 at 24 and 48 KB. Against the float64 reference, ragged segments."""
     assert_cuda_kernel("lmkan2d_backward")
     monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", str(budget))
-    _check(5, 6, 70, 3001, True, 8, False, block=512, forward=False)
-    _check(5, 6, 70, 3001, False, 8, True, block=512, forward=False)
+    check_case(5, 6, 70, 3001, True, 8, False, block=512, forward=False)
+    check_case(5, 6, 70, 3001, False, 8, True, block=512, forward=False)
 
 
 @pytest.mark.parametrize("budget", (99, 163))
