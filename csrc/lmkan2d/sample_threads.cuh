@@ -117,10 +117,30 @@ __device__ __forceinline__ void stage(float* dst, const float* src, int n) {
   }
 }
 
-// Arguments shared by both launchers (x, gy contiguous in the call's layout).
+// A call's sizes, read from x [2P, B] or [B, 2P] and params [G+1, G+1, N_out, P] by every
+// launcher, which the plan sent here: a shape that sample_threads_serve refuses (for the
+// launcher's shared-memory `slices`) is an internal error.
+struct SampleThreadsShape {
+  int num_grids;
+  int64_t n_out;
+  int n_pairs;
+  int64_t batch;
+};
+SampleThreadsShape sample_threads_shape(const at::Tensor& x, const at::Tensor& params,
+                                        bool batch_last, const DeviceLimits& lim, int slices,
+                                        const char* launcher) {
+  const SampleThreadsShape s{static_cast<int>(params.size(0)) - 1, params.size(2),
+                             static_cast<int>(params.size(3)), batch_last ? x.size(1) : x.size(0)};
+  TORCH_CHECK(sample_threads_serve(s.num_grids, s.n_out, lim, slices), launcher,
+              ": not served (internal error)");
+  return s;
+}
+
+// Arguments shared by the launchers (x, gy contiguous in the call's layout).
 SampleThreadsArgs make_args(const at::Tensor& x, const at::Tensor& borders, const at::Tensor& gy,
-                            const at::Tensor& weights, int64_t batch, int64_t n_out, int n_pairs,
-                            int num_grids, bool batch_last) {
+                            const at::Tensor& weights, const SampleThreadsShape& shape,
+                            bool batch_last) {
+  const auto [num_grids, n_out, n_pairs, batch] = shape;
   SampleThreadsArgs a{};
   a.x = x.data_ptr<float>();
   a.w = weights.defined() ? weights.data_ptr<float>() : nullptr;

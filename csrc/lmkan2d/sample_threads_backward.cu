@@ -96,6 +96,13 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
   for (int i = threadIdx.x; i < side; i += blockDim.x) s_borders[i] = a.borders[i];
   __syncthreads();  // the only barrier: threads that run out of work below may return
 
+  // grad_x of sample b at the group's pair pl, given b's grad_y row g
+  const auto pair_dx = [&](int64_t b, int pl, const float (&g)[kOutputs]) {
+    float2 inv_h;
+    const float4 c = pair_cell(a.x, b, p0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b, &inv_h);
+    write_dx<kOutputs, kSlopes>(a, table + pl * slice + __float_as_int(c.x) * kOutputs, side,
+                                pair_offset(a, p0 + pl, b), c, inv_h, g);
+  };
   const int64_t b_block = int64_t(blockIdx.x) * kSampleThreadsBlock;
   if (a.batch_last) {  // thread t: sample t, every pair of the group
     const int64_t b = b_block + threadIdx.x;
@@ -103,12 +110,7 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
     float g[kOutputs];
     load_grad_y<kOutputs>(a, b, g);
 #pragma unroll 2
-    for (int pl = 0; pl < np; ++pl) {
-      float2 inv_h;
-      const float4 c = pair_cell(a.x, b, p0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b, &inv_h);
-      write_dx<kOutputs, kSlopes>(a, table + pl * slice + __float_as_int(c.x) * kOutputs, side,
-                                  pair_offset(a, p0 + pl, b), c, inv_h, g);
-    }
+    for (int pl = 0; pl < np; ++pl) pair_dx(b, pl, g);
   } else {  // consecutive threads: consecutive pairs of a sample
     const int items = kSampleThreadsBlock << lg;
     for (int i = threadIdx.x; i < items; i += kSampleThreadsBlock) {
@@ -117,10 +119,7 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
       if (pl >= np || b >= a.batch) continue;
       float g[kOutputs];
       load_grad_y<kOutputs>(a, b, g);
-      float2 inv_h;
-      const float4 c = pair_cell(a.x, b, p0 + pl, s_borders, a.num_grids, a.xs_f, a.xs_b, &inv_h);
-      write_dx<kOutputs, kSlopes>(a, table + pl * slice + __float_as_int(c.x) * kOutputs, side,
-                                  pair_offset(a, p0 + pl, b), c, inv_h, g);
+      pair_dx(b, pl, g);
     }
   }
 }
@@ -207,12 +206,9 @@ at::Tensor dx_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
                                 const at::Tensor& borders, const at::Tensor& gy,
                                 const at::Tensor& weights, bool batch_last,
                                 const DeviceLimits& lim, at::ScalarType table_dtype) {
-  const int num_grids = static_cast<int>(params.size(0)) - 1;
-  const int64_t n_out = params.size(2);
-  const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
-  TORCH_CHECK(sample_threads_serve(num_grids, n_out, lim, 1),
-              "dx_by_sample_threads: not served (internal error)");
+  const SampleThreadsShape shape =
+      sample_threads_shape(x, params, batch_last, lim, 1, "dx_by_sample_threads");
+  const auto [num_grids, n_out, n_pairs, batch] = shape;
   at::Tensor dx = at::empty_like(x);  // every entry written once
   if (batch == 0 || n_pairs == 0) return dx;
   const int width = sample_threads_width(n_out);
@@ -223,8 +219,7 @@ at::Tensor dx_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
               "lmkan2d grad_x: batch ", batch, " with ", n_pairs, " pairs is too large a grid");
   const int64_t smem = sample_threads_smem_bytes(num_grids, width, 1 << lg, 1);
   const at::Tensor packed = pack_table(params, width, table_dtype);  // float32, rounded values
-  SampleThreadsArgs a = make_args(x, borders, gy, weights, batch, n_out, n_pairs, num_grids,
-                                  batch_last);
+  SampleThreadsArgs a = make_args(x, borders, gy, weights, shape, batch_last);
   a.packed = packed.data_ptr<float>();
   a.dx = dx.data_ptr<float>();
   a.log2_pairs = lg;
@@ -246,12 +241,9 @@ std::tuple<at::Tensor, at::Tensor> dp_by_sample_threads(
     at::ScalarType table_dtype) {
   const bool slopes = weights.defined();
   const int slices = slopes ? 1 : 2;
-  const int num_grids = static_cast<int>(params.size(0)) - 1;
-  const int64_t n_out = params.size(2);
-  const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
-  TORCH_CHECK(sample_threads_serve(num_grids, n_out, lim, slices),
-              "dp_by_sample_threads: not served (internal error)");
+  const SampleThreadsShape shape =
+      sample_threads_shape(x, params, batch_last, lim, slices, "dp_by_sample_threads");
+  const auto [num_grids, n_out, n_pairs, batch] = shape;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int width = sample_threads_width(n_out);
   // dP (float32, params' shape), zeroed by the pack launch where there is one (no memset:
@@ -276,8 +268,7 @@ std::tuple<at::Tensor, at::Tensor> dp_by_sample_threads(
   const int64_t sample_blocks = (batch + per_block - 1) / per_block;
   TORCH_CHECK(pair_blocks <= 65535, "lmkan2d grad_params: ", n_pairs, " pairs is too large a grid");
   const int64_t smem = sample_threads_smem_bytes(num_grids, width, 1 << lg, slices);
-  SampleThreadsArgs a = make_args(x, borders, gy, weights, batch, n_out, n_pairs, num_grids,
-                                  batch_last);
+  SampleThreadsArgs a = make_args(x, borders, gy, weights, shape, batch_last);
   a.packed = slopes ? nullptr : packed.data_ptr<float>();
   a.dx = slopes ? nullptr : dx.data_ptr<float>();
   a.dp = dp.data_ptr<float>();

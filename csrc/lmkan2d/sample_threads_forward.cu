@@ -66,12 +66,9 @@ __global__ void __launch_bounds__(kSampleThreadsBlock)
 at::Tensor forward_by_sample_threads(const at::Tensor& x, const at::Tensor& params,
                                      const at::Tensor& borders, bool batch_last,
                                      const DeviceLimits& lim, at::ScalarType table_dtype) {
-  const int num_grids = static_cast<int>(params.size(0)) - 1;
-  const int64_t n_out = params.size(2);
-  const int n_pairs = static_cast<int>(params.size(3));
-  const int64_t batch = batch_last ? x.size(1) : x.size(0);
-  TORCH_CHECK(sample_threads_serve(num_grids, n_out, lim, 1),
-              "forward_by_sample_threads: not served (internal error)");
+  const SampleThreadsShape shape =
+      sample_threads_shape(x, params, batch_last, lim, 1, "forward_by_sample_threads");
+  const auto [num_grids, n_out, n_pairs, batch] = shape;
   const auto new_y = [&] {
     return batch_last ? at::empty({n_out, batch}, x.options()) : at::empty({batch, n_out}, x.options());
   };
@@ -92,8 +89,7 @@ at::Tensor forward_by_sample_threads(const at::Tensor& x, const at::Tensor& para
   at::Tensor out = split.splits > 1 ? at::empty({split.splits, n_out, batch}, x.options()) : new_y();
   const bool store_batch_last = batch_last || split.splits > 1;
   const at::Tensor packed = pack_table(params, width, table_dtype);  // float32, rounded values
-  SampleThreadsArgs a = make_args(x, borders, at::Tensor(), at::Tensor(), batch, n_out, n_pairs,
-                                  num_grids, batch_last);
+  SampleThreadsArgs a = make_args(x, borders, at::Tensor(), at::Tensor(), shape, batch_last);
   a.packed = packed.data_ptr<float>();
   a.y = out.data_ptr<float>();
   a.ys_f = store_batch_last ? batch : 1;
