@@ -135,7 +135,7 @@ lmkan1d_backward_dx_kernel(const TileArgs a, const float* __restrict__ grad_y,
         // Tile 0 writes, later tiles add: the same thread owns this entry in every tile.
         if (mine) grad_x[off] = tile == 0 ? sum : prev + sum;
       }
-    });
+    }, tile);  // tile: the calls before this one (the stages' barrier phases)
   }
 }
 

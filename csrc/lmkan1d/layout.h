@@ -10,8 +10,8 @@
 // outputs (a float4 each), so every table read of a warp is one 512-byte row, 4
 // conflict-free wavefronts, and a sample's cell is a warp-uniform broadcast (dx: below). The
 // table is packed once per call (pack kernel) as [tile][input][row][128], so the slice of a
-// stage of inputs is one contiguous block that cp.async copies into shared memory (double
-// buffered).
+// stage of inputs is one contiguous block copied into shared memory, double buffered (sm_90
+// and newer: one bulk copy completing an mbarrier per buffer; below: cp.async, tiles.cuh).
 //   forward: rows are the node values C[k]; y tile accumulated in registers, written once.
 //     With a 16-bit table (float16/bfloat16) a lane's 4 values are one 8-byte read (a warp
 //     reads a 256-byte row, 2 wavefronts) widened to float32; cells, weights and sums stay
@@ -87,8 +87,11 @@ struct TileArgs {
 
 // Shared memory of a tiled block: two table buffers (table_bytes per value: 4, or 2 for the
 // forward's 16-bit tables), the warps' cells, the borders.
+// The two table buffers' barriers (tiles.cuh), 16 bytes keeping the cells 16-byte aligned.
+constexpr size_t kTileBarrierBytes = 16;
+
 inline size_t tile_smem_bytes(int rows, int stage_inputs, int num_grids, int table_bytes = 4) {
-  return size_t(table_bytes) * 2 * stage_inputs * rows * kTileOut +
+  return size_t(table_bytes) * 2 * stage_inputs * rows * kTileOut + kTileBarrierBytes +
          sizeof(float2) * kTileWarps * stage_inputs * kWarpSamples + sizeof(float) * (num_grids + 1);
 }
 

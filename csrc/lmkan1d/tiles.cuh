@@ -16,23 +16,36 @@ namespace {
 // ==========================================================================================
 // Tiled kernels: shared pieces
 // ==========================================================================================
-// Shared memory of a tiled block: two table buffers, the warps' cells, the borders.
+// Shared memory of a tiled block: two table buffers, their barriers, the warps' cells, the
+// borders.
 struct TileSmem {
-  char* table;    // [2][stage_inputs][rows][128] table values (4 or 2 bytes each)
+  char* table;    // [2][stage_inputs][rows][128] table values (4 or 2 bytes each), then the
+                  // buffers' two barriers (sm_90: buffer b's bulk copy has landed;
+                  // kTileBarrierBytes): tile_barrier
   float2* cells;  // this warp's [stage_inputs][16]: (offset of row k in a buffer in groups of
                   // 4 values, d), or with rows_only the offsets alone as int [stage_inputs][16]
   float* borders;  // [G+1]
   int stage_bytes;
 };
 
+__device__ __forceinline__ uint64_t* tile_barrier(const TileSmem& t, int b) {
+  return reinterpret_cast<uint64_t*>(t.table + 2 * t.stage_bytes) + b;
+}
+
+// Thread 0 initialises the barriers: the kernel's __syncthreads after load_borders orders
+// that before run_stages.
 __device__ __forceinline__ TileSmem carve_tile_smem(float* smem, const TileArgs& a, int warp,
                                                     int table_bytes) {
   TileSmem t;
   t.stage_bytes = a.stage_inputs * a.rows * kTileOut * table_bytes;  // a multiple of 256
   t.table = reinterpret_cast<char*>(smem);
-  float2* all_cells = reinterpret_cast<float2*>(t.table + 2 * t.stage_bytes);
+  float2* all_cells = reinterpret_cast<float2*>(t.table + 2 * t.stage_bytes + kTileBarrierBytes);
   t.cells = all_cells + warp * a.stage_inputs * kWarpSamples;
   t.borders = reinterpret_cast<float*>(all_cells + kTileWarps * a.stage_inputs * kWarpSamples);
+  if (kBulkCopy && threadIdx.x == 0) {
+    mbarrier_init(tile_barrier(t, 0), 1);
+    mbarrier_init(tile_barrier(t, 1), 1);
+  }
   return t;
 }
 
@@ -115,16 +128,23 @@ __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float
   return __any_sync(0xffffffffu, far);
 }
 
-// cp.async the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed), in
-// 16-byte pieces (a row is 512 or 256 bytes).
-__device__ __forceinline__ void stage_table(char* buf, const TileArgs& a, int tile, int i0, int n,
-                                            int table_bytes) {
+// Copy the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed; a multiple of
+// 256 bytes) into buffer b. sm_90 and newer: thread 0 issues one bulk copy that completes
+// the phase of buffer b's barrier (the tensor memory accelerator writes shared memory without the
+// load/store pipe that the lookups are bound by); below: every thread cp.asyncs its 16-byte
+// pieces (a commit group; run_stages waits on it).
+__device__ __forceinline__ void stage_table(const TileSmem& t, int b, const TileArgs& a, int tile,
+                                            int i0, int n, int table_bytes) {
   const float* src = reinterpret_cast<const float*>(
       static_cast<const char*>(a.packed) +
       (static_cast<int64_t>(tile) * a.n_in_pad + i0) * a.rows * kTileOut * table_bytes);
-  float* dst = reinterpret_cast<float*>(buf);
-  const int chunks = n * a.rows * kTileOut * table_bytes / 16;
-  for (int e = threadIdx.x; e < chunks; e += kTileThreads) cp_async16(dst + 4 * e, src + 4 * e);
+  float* dst = reinterpret_cast<float*>(t.table + b * t.stage_bytes);
+  const int bytes = n * a.rows * kTileOut * table_bytes;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x == 0) bulk_copy_to_shared(dst, src, static_cast<unsigned>(bytes), tile_barrier(t, b));
+#else
+  for (int e = threadIdx.x; e < bytes / 16; e += kTileThreads) cp_async16(dst + 4 * e, src + 4 * e);
+#endif
 }
 
 __device__ __forceinline__ float component(const float4& v, int c) {
@@ -142,7 +162,7 @@ __device__ __forceinline__ float component(const float4& v, int c) {
 template <typename T, bool kWeights = false, bool kImages = false, typename Consume>
 __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a, int tile,
                                            int64_t s_warp, int64_t x_base, int lane,
-                                           Consume consume) {
+                                           Consume consume, int calls_before = 0) {
   constexpr int kBytes = sizeof(T);
   const int per = a.stage_inputs;
   const int stages = (a.n_in_pad + per - 1) / per;
@@ -156,11 +176,15 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
   if (kWeights)
     load_stage_x(wr, a, a.weights, s_warp, base, stride, i_first, min(per, a.n_in_pad - i_first),
                  lane);
-  stage_table(t.table, a, tile, i_first, min(per, a.n_in_pad - i_first), kBytes);
-  cp_async_commit();
+  stage_table(t, (calls_before * count) & 1, a, tile, i_first, min(per, a.n_in_pad - i_first),
+              kBytes);
+  if (!kBulkCopy) cp_async_commit();
   for (int k = 0; k < count; ++k) {  // stage first + k, in buffer k & 1
     const int i0 = i_first + k * per;
     const int n = min(per, a.n_in_pad - i0);
+    // stage q = calls_before * count + k of this block (calls: dx's output tiles) is in buffer
+    // q & 1, that buffer's use q / 2: its barrier's phase parity (q / 2) & 1
+    const int q = calls_before * count + k, b = q & 1;
     // previous readers passed the trailing barrier
     const bool far = store_stage_cells<kWeights>(t, xr, wr, a, n, lane);
     if (k + 1 < count) {
@@ -168,12 +192,19 @@ __device__ __forceinline__ void run_stages(const TileSmem& t, const TileArgs& a,
       const int n1 = min(per, a.n_in_pad - i1);
       load_stage_x(xr, a, a.x, s_warp, base, stride, i1, n1, lane);
       if (kWeights) load_stage_x(wr, a, a.weights, s_warp, base, stride, i1, n1, lane);
-      stage_table(t.table + ((k + 1) & 1) * t.stage_bytes, a, tile, i1, n1, kBytes);
+      stage_table(t, b ^ 1, a, tile, i1, n1, kBytes);
     }
-    cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage k landed"
-    cp_async_wait<1>();
-    __syncthreads();
-    consume(reinterpret_cast<const T*>(t.table + (k & 1) * t.stage_bytes), i0, n, far);
+    if (kBulkCopy) {
+      // the table of stage k has landed (its barrier's phase); this warp's cells, written
+      // above, are read by this warp only
+      mbarrier_wait(tile_barrier(t, b), static_cast<unsigned>(q >> 1) & 1u);
+      __syncwarp();
+    } else {
+      cp_async_commit();  // possibly empty: "all but the newest group" is "stage k landed"
+      cp_async_wait<1>();
+      __syncthreads();
+    }
+    consume(reinterpret_cast<const T*>(t.table + b * t.stage_bytes), i0, n, far);
     __syncthreads();  // buffer k & 1 and the cells are free for the next stages
   }
 }
