@@ -12,6 +12,9 @@
 #       # (default: tests), TEST_TIMEOUT seconds (default 540). The whole suite took more
 #       # than 480 s on each build run side by side (2026-12-03): split it over two calls,
 #       # e.g. TEST_PATHS="tests/test_cuda_2d*.py tests/test_cuda_regularizers.py" and the rest
+#       # (on an H100, 2026-12-06: the 2D and 16-bit files 11 s, the files after
+#       # test_export.py 108 s; test_export.py's two AOTInductor compiles took 47 and 89 s in
+#       # an earlier run and did not finish in 240 s beside another pytest: give them a call)
 #   bash tools/arch_round.sh sanitize       # memcheck + racecheck of every kernel, both builds
 #       # (SANITIZE_TOPICS, default "2d 1d reg"; SANITIZE_2D_PART / SANITIZE_1D_PART, default
 #       # all: a part of tools/sanitize_2d.py, e.g. few, or of sanitize_1d.py, e.g. float32;
