@@ -3,10 +3,12 @@
 // it into lmKAN. Driven by tools/probe_gather_mma.py, which packs the table, checks y
 // against a float64 reference and times it beside lmKAN's bfloat16 forward.
 //
-// Scheme. A block owns 64 outputs (one tile) and NW warps x 32 samples; it walks the pairs,
-// each pair's slice staged into a ring of nbuf buffers as in the package's sample-lanes
-// forward (one bulk copy per slice on sm_90, "full" and "empty" mbarriers). A lane computes the cell
-// and the weights of its own sample; the warp then takes its samples in 4 groups of 8, and
+// Scheme. A block owns 64 outputs (one tile) and NW warps x SW samples (SW = 32, or 16: half
+// the accumulators, so that twice the warps fit an SM's registers); it walks the pairs, each
+// pair's slice staged into a ring of nbuf buffers as in the package's sample-lanes forward
+// (one bulk copy per slice on sm_90, "full" and "empty" mbarriers). A lane computes the cell
+// and the weights of its own sample (SW = 16: lanes 16-31 repeat lanes 0-15's); the warp
+// then takes its samples in SW / 8 groups of 8, and
 // for each group and each 16 outputs issues
 //     D[16 outputs x 8 samples] += A[16 outputs x 16 k] * B[16 k x 8 samples]
 // twice per half j of the group (mma.sync m16n8k16, bfloat16 in, float32 accumulate), where
@@ -71,7 +73,7 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi, float& lo_r, f
   return u;
 }
 
-template <int NW>
+template <int NW, int SW>
 __global__ void __launch_bounds__(NW * 32, 1) gather_mma_forward_kernel(
     const float* __restrict__ x, const __nv_bfloat16* __restrict__ packed, float* __restrict__ y,
     int batch, int n_pairs, int num_grids, float lo, float inv_h, int nbuf) {
@@ -85,7 +87,9 @@ __global__ void __launch_bounds__(NW * 32, 1) gather_mma_forward_kernel(
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t b = int64_t(blockIdx.x) * (NW * 32) + warp * 32 + lane;
+  static_assert(SW == 16 || SW == 32, "samples per warp: 16 or 32");
+  constexpr int kGroups = SW / 8;  // groups of 8 samples a warp
+  const int64_t b = int64_t(blockIdx.x) * (NW * SW) + warp * SW + lane % SW;
   const int tile = blockIdx.y;
   const unsigned char* slices =
       reinterpret_cast<const unsigned char*>(packed) + int64_t(tile) * n_pairs * slice_bytes;
@@ -105,9 +109,9 @@ __global__ void __launch_bounds__(NW * 32, 1) gather_mma_forward_kernel(
   if (producer)
     for (int q = 0; q < min(lead, n_pairs); ++q) refill(q);
 
-  float acc[4][4][4];  // [group q][16 outputs ob][fragment]
+  float acc[kGroups][4][4];  // [group q][16 outputs ob][fragment]
 #pragma unroll
-  for (int q = 0; q < 4; ++q)
+  for (int q = 0; q < kGroups; ++q)
 #pragma unroll
     for (int ob = 0; ob < 4; ++ob)
 #pragma unroll
@@ -133,7 +137,7 @@ __global__ void __launch_bounds__(NW * 32, 1) gather_mma_forward_kernel(
     const unsigned buf_copy = buf0 + buf * slice_bytes + copy * copy_bytes;
     mbarrier_wait(full + buf, phase);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < kGroups; ++q) {
       // B: this lane's two weights of sample 8q + g, corners c0, c0 + 1 (c0 = 2 (t & 1))
       const float sd1 = __shfl_sync(0xffffffffu, d1, 8 * q + g);
       const float sd2 = __shfl_sync(0xffffffffu, d2, 8 * q + g);
@@ -171,9 +175,9 @@ __global__ void __launch_bounds__(NW * 32, 1) gather_mma_forward_kernel(
     }
   }
   // D fragment: outputs ob*16 + g (+8), samples 8q + 2t, 8q + 2t + 1 of the warp
-  const int64_t b_warp = int64_t(blockIdx.x) * (NW * 32) + warp * 32;
+  const int64_t b_warp = int64_t(blockIdx.x) * (NW * SW) + warp * SW;
 #pragma unroll
-  for (int q = 0; q < 4; ++q)
+  for (int q = 0; q < kGroups; ++q)
 #pragma unroll
     for (int ob = 0; ob < 4; ++ob) {
       const int64_t o = int64_t(tile) * kW + ob * 16 + g;
@@ -188,7 +192,7 @@ __global__ void __launch_bounds__(NW * 32, 1) gather_mma_forward_kernel(
 // x float32 [2P][B] (CUDA, contiguous), packed bfloat16 [n_tiles][P][2][cells][64] -> y [64
 // n_tiles][B]
 torch::Tensor gather_mma_forward(torch::Tensor x, torch::Tensor packed, int64_t num_grids,
-                                 double lo, double inv_h, int64_t warps) {
+                                 double lo, double inv_h, int64_t warps, int64_t warp_samples) {
   TORCH_CHECK(x.is_cuda() && x.scalar_type() == torch::kFloat && x.is_contiguous() && x.dim() == 2,
               "x: a contiguous float32 CUDA tensor [2P, B]");
   TORCH_CHECK(packed.is_cuda() && packed.scalar_type() == torch::kBFloat16 && packed.is_contiguous() &&
@@ -197,8 +201,12 @@ torch::Tensor gather_mma_forward(torch::Tensor x, torch::Tensor packed, int64_t 
   const int64_t batch = x.size(1), n_pairs = x.size(0) / 2, n_tiles = packed.size(0);
   const int64_t side = num_grids + 1;
   TORCH_CHECK(packed.size(1) == n_pairs && packed.size(3) == side * side, "packed: shape mismatch");
-  TORCH_CHECK(warps == 8 || warps == 16, "warps: 8 or 16");
-  TORCH_CHECK(batch % (32 * warps) == 0, "B must be a multiple of ", 32 * warps);
+  TORCH_CHECK((warp_samples == 32 && (warps == 8 || warps == 16)) ||
+                  (warp_samples == 16 && (warps == 16 || warps == 24 || warps == 32)),
+              "warps and samples per warp: 8 or 16 warps of 32, or 16, 24 or 32 warps of 16; got ",
+              warps, " of ", warp_samples);
+  TORCH_CHECK(batch % (warp_samples * warps) == 0, "B must be a multiple of ",
+              warp_samples * warps);
   auto y = torch::empty({n_tiles * kW, batch}, x.options());
   // as many ring buffers as 227 KB hold, 2 to 4 (the barriers take 16 bytes a buffer)
   const int64_t slice_bytes = 2 * side * side * kW * 2;
@@ -206,7 +214,8 @@ torch::Tensor gather_mma_forward(torch::Tensor x, torch::Tensor packed, int64_t 
   TORCH_CHECK(nbuf >= 2, "num_grids ", num_grids, ": two slices of ", slice_bytes,
               " bytes exceed 227 KB");
   const int64_t smem = nbuf * (slice_bytes + 16);
-  const dim3 grid(static_cast<unsigned>(batch / (32 * warps)), static_cast<unsigned>(n_tiles));
+  const dim3 grid(static_cast<unsigned>(batch / (warp_samples * warps)),
+                  static_cast<unsigned>(n_tiles));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   auto launch = [&](auto kernel, int threads) {
     TORCH_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) ==
@@ -216,8 +225,16 @@ torch::Tensor gather_mma_forward(torch::Tensor x, torch::Tensor packed, int64_t 
                                             y.data_ptr<float>(), int(batch), int(n_pairs), int(num_grids),
                                             float(lo), float(inv_h), int(nbuf));
   };
-  if (warps == 8) launch(gather_mma_forward_kernel<8>, 256);
-  else launch(gather_mma_forward_kernel<16>, 512);
+  if (warp_samples == 32) {
+    if (warps == 8) launch(gather_mma_forward_kernel<8, 32>, 256);
+    else launch(gather_mma_forward_kernel<16, 32>, 512);
+  } else if (warps == 16) {
+    launch(gather_mma_forward_kernel<16, 16>, 512);
+  } else if (warps == 24) {
+    launch(gather_mma_forward_kernel<24, 16>, 768);
+  } else {
+    launch(gather_mma_forward_kernel<32, 16>, 1024);
+  }
   TORCH_CHECK(cudaGetLastError() == cudaSuccess, "gather_mma_forward: launch failed");
   return y;
 }

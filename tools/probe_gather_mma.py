@@ -2,6 +2,7 @@
 before building it into lmKAN (docs/performance.md, "Leads"; issue 17's 40 ms target).
 
     python tools/probe_gather_mma.py [--grids 16] [--dim 512] [--batch 262144] [--warps 16]
+                                     [--warp-samples 32] [--configs 16x32,32x16,16x16]
     python tools/probe_gather_mma.py --emulate      # on the CPU: the lane mapping alone
 
 Builds tools/probe_gather_mma.cu with torch.utils.cpp_extension (nvcc, about a minute; set
@@ -12,6 +13,10 @@ CXX=/usr/bin/g++ as for the package: README, "The C++ compiler"), then
 - times the probe (CUDA events, median of --reps) beside LMKAN2DLayer's forward with a
   bfloat16 table (table_dtype=torch.bfloat16, its tuned configuration) and nn.Linear under
   bfloat16 autocast, at the same shape.
+A launch shape is warps x samples per warp: 8 or 16 warps of 32 samples (64 accumulators a
+thread), or 16, 24 or 32 warps of 16 (32 accumulators: 32 warps fit 64 registers, twice the
+warps per scheduler of 16 x 32); --configs times several in one run (each checked; 24 x 16
+needs a batch that is a multiple of 384, e.g. --batch 258048).
 The probe uses a uniform grid on [-1, 1] (the package's grid is non-uniform: its cell costs a
 few more instructions) and needs num_grids small enough for two copies of a 64-output slice
 in two ring buffers (G <= 20 on 227 KB). Not part of the package. Prints the table last.
@@ -89,19 +94,22 @@ def reference(x, table, num_grids, lo, inv_h):
     return y
 
 
-def emulate(num_grids=5, n_pairs=3, n_out=128, seed=1):
-    """The kernel's lane mapping for one warp of 32 samples on the CPU (module docstring).
-    Returns (relative L2 of y against the reference, most wavefronts of one 8x8 matrix)."""
+def emulate(num_grids=5, n_pairs=3, n_out=128, seed=1, warp_samples=32):
+    """The kernel's lane mapping for one warp of `warp_samples` samples (32, or 16: groups
+    q < 2 only) on the CPU (module docstring). Returns (relative L2 of y against the
+    reference, most wavefronts of one 8x8 matrix)."""
+    assert warp_samples in (16, 32)
+    groups = warp_samples // 8
     torch.manual_seed(seed)
     side, lo = num_grids + 1, -1.0
     inv_h = num_grids / 2.0
     table = (0.1 * torch.randn(n_pairs, side * side, n_out)).bfloat16()
     packed = pack(table, num_grids).double()
-    x = 0.6 * torch.randn(2 * n_pairs, 32)
+    x = 0.6 * torch.randn(2 * n_pairs, warp_samples)
     ref = reference(x, table, num_grids, lo, inv_h)
     idx, d = cells_of(x, num_grids, lo, inv_h)
     bf16 = lambda v: v.float().bfloat16().double()  # noqa: E731 (the kernel's rounding)
-    y = torch.zeros(n_out, 32, dtype=torch.float64)
+    y = torch.zeros(n_out, warp_samples, dtype=torch.float64)
     worst = 1
     lanes = torch.arange(32)
     g, t = lanes >> 2, lanes & 3
@@ -109,11 +117,11 @@ def emulate(num_grids=5, n_pairs=3, n_out=128, seed=1):
     sp, corner, half = k >> 2, k & 3, (lanes >> 3) & 1
     copy = sp & 1
     for tile in range(n_out // W):
-        acc = torch.zeros(4, 4, 32, 4, dtype=torch.float64)  # [q][ob][lane][fragment]
+        acc = torch.zeros(groups, 4, 32, 4, dtype=torch.float64)  # [q][ob][lane][fragment]
         for p in range(n_pairs):
             i1, i2 = idx[2 * p], idx[2 * p + 1]
             d1, d2 = d[2 * p].double(), d[2 * p + 1].double()
-            for q in range(4):
+            for q in range(groups):
                 s = 8 * q + g  # B: weights of sample 8q + g, corners 2 (t & 1) and + 1
                 a1 = torch.where((t & 1) == 1, d1[s], 1 - d1[s])
                 wa, wb = a1 * (1 - d2[s]), a1 * d2[s]
@@ -155,7 +163,7 @@ def emulate(num_grids=5, n_pairs=3, n_out=128, seed=1):
                             D = A @ Bm
                             acc[q, ob] += torch.stack([D[g, 2 * t], D[g, 2 * t + 1],
                                                        D[g + 8, 2 * t], D[g + 8, 2 * t + 1]], 1)
-        for q in range(4):
+        for q in range(groups):
             for ob in range(4):
                 o = tile * W + ob * 16 + g
                 s = 8 * q + 2 * t
@@ -183,12 +191,17 @@ def main(argv=None):
     ap.add_argument("--grids", type=int, default=16)
     ap.add_argument("--dim", type=int, default=512, help="inputs = outputs (a multiple of 64)")
     ap.add_argument("--batch", type=int, default=2 ** 18)
-    ap.add_argument("--warps", type=int, default=16, choices=(8, 16))
+    ap.add_argument("--warps", type=int, default=16, choices=(8, 16, 24, 32))
+    ap.add_argument("--warp-samples", type=int, default=32, choices=(16, 32),
+                    help="samples per warp (16: half the accumulators)")
+    ap.add_argument("--configs", default=None,
+                    help="launch shapes WARPSxSAMPLES to time in one run, e.g. 16x32,32x16,16x16 "
+                         "(default: --warps x --warp-samples)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--emulate", action="store_true", help="the lane mapping on the CPU")
     args = ap.parse_args(argv)
     if args.emulate:
-        rel_l2, worst = emulate()
+        rel_l2, worst = emulate(warp_samples=args.warp_samples)
         print(f"emulated warp: relative L2 {rel_l2:.2e} against the reference (contract 1e-5); "
               f"at most {worst} wavefront(s) per 8x8 matrix")
         return rel_l2, worst
@@ -196,8 +209,21 @@ def main(argv=None):
         sys.exit("probe_gather_mma: needs a CUDA GPU (sm_80 or newer)")
     if args.dim % W or args.dim % 2:
         sys.exit(f"--dim must be a multiple of {W}, got {args.dim}")
-    if args.batch % (32 * args.warps):
-        sys.exit(f"--batch must be a multiple of {32 * args.warps}, got {args.batch}")
+    configs = [(args.warps, args.warp_samples)]
+    if args.configs:
+        try:
+            configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+            if any(len(c) != 2 for c in configs):
+                raise ValueError
+        except ValueError:
+            sys.exit(f"--configs: WARPSxSAMPLES items such as 32x16, got {args.configs!r}")
+    for warps, samples in configs:
+        if (samples, warps) not in ((32, 8), (32, 16), (16, 16), (16, 24), (16, 32)):
+            sys.exit(f"--configs / --warps: 8 or 16 warps of 32 samples, or 16, 24 or 32 of "
+                     f"16; got {warps}x{samples}")
+        if args.batch % (samples * warps):
+            sys.exit(f"--batch must be a multiple of {samples * warps} for {warps}x{samples}, "
+                     f"got {args.batch}")
     torch.manual_seed(0)
     dev = torch.device("cuda")
     G, P, O = args.grids, args.dim // 2, args.dim
@@ -207,14 +233,19 @@ def main(argv=None):
     table = (0.1 * torch.randn(P, cells, O, device=dev)).bfloat16()
     packed = pack(table, G)
 
-    x_small = 0.6 * torch.randn(2 * P, 4096, device=dev)
-    y_small = probe.gather_mma_forward(x_small, packed, G, lo, inv_h, args.warps)
+    x_small = 0.6 * torch.randn(2 * P, 4608, device=dev)  # a multiple of every shape's samples
     ref = reference(x_small, table, G, lo, inv_h)
-    rel_l2 = ((y_small.double() - ref).norm() / ref.norm()).item()
+    errors = []
+    for warps, samples in configs:
+        y_small = probe.gather_mma_forward(x_small, packed, G, lo, inv_h, warps, samples)
+        errors.append(((y_small.double() - ref).norm() / ref.norm()).item())
 
     x = 0.6 * torch.randn(2 * P, args.batch, device=dev)
-    rows = [("gather MMA probe (bfloat16 table)",
-             cuda_ms(lambda: probe.gather_mma_forward(x, packed, G, lo, inv_h, args.warps), args.reps))]
+    rows = []
+    for warps, samples in configs:
+        run = lambda w=warps, s=samples: probe.gather_mma_forward(x, packed, G, lo, inv_h, w, s)  # noqa: E731
+        rows.append((f"gather MMA probe {warps}x{samples} ({32 * warps} threads)",
+                     cuda_ms(run, args.reps)))
     from lmKAN import LMKAN2DLayer
     layer = LMKAN2DLayer(G, args.dim, args.dim, table_dtype=torch.bfloat16).to(dev)
     with torch.no_grad():
@@ -228,13 +259,14 @@ def main(argv=None):
     # the shared-memory bound of the lookups with a 16-bit table (docs/performance.md)
     sms, clock = torch.cuda.get_device_properties(dev).multi_processor_count, 1.98e9
     bound_ms = args.batch * O * P * 4 * 2 / 128 / (sms * clock) * 1e3
-    print(f"{torch.cuda.get_device_name(dev)}: G={G} {args.dim}->{args.dim} B={args.batch}, "
-          f"{32 * args.warps} threads a block")
-    print(f"probe y against the float64 reference on the rounded table (B=4096): relative L2 "
-          f"{rel_l2:.2e} ({'within' if rel_l2 <= 1e-5 else 'OUTSIDE'} the 1e-5 contract)")
+    print(f"{torch.cuda.get_device_name(dev)}: G={G} {args.dim}->{args.dim} B={args.batch}")
+    for (warps, samples), rel_l2 in zip(configs, errors):
+        print(f"probe {warps}x{samples}: y against the float64 reference on the rounded table "
+              f"(B=4608): relative L2 {rel_l2:.2e} "
+              f"({'within' if rel_l2 <= 1e-5 else 'OUTSIDE'} the 1e-5 contract)")
     print(f"16-bit lookup bound (shared-memory bytes at {clock / 1e9:.2f} GHz): {bound_ms:.2f} ms")
     for name, ms in rows:
-        print(f"  {name:<38s}{ms:9.3f} ms")
+        print(f"  {name:<44s}{ms:9.3f} ms")
 
 
 if __name__ == "__main__":
