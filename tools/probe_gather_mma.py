@@ -243,7 +243,8 @@ def main(argv=None):
     x = 0.6 * torch.randn(2 * P, args.batch, device=dev)
     rows = []
     for warps, samples in configs:
-        run = lambda w=warps, s=samples: probe.gather_mma_forward(x, packed, G, lo, inv_h, w, s)  # noqa: E731
+        def run(w=warps, s=samples):
+            return probe.gather_mma_forward(x, packed, G, lo, inv_h, w, s)
         rows.append((f"gather MMA probe {warps}x{samples} ({32 * warps} threads)",
                      cuda_ms(run, args.reps)))
     from lmKAN import LMKAN2DLayer

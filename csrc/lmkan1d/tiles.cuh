@@ -130,9 +130,9 @@ __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float
 
 // Copy the table slices of inputs [i0, i0 + n) of `tile` (contiguous in packed; a multiple of
 // 256 bytes) into buffer b. sm_90 and newer: thread 0 issues one bulk copy that completes
-// the phase of buffer b's barrier (the tensor memory accelerator writes shared memory without the
-// load/store pipe that the lookups are bound by); below: every thread cp.asyncs its 16-byte
-// pieces (a commit group; run_stages waits on it).
+// the phase of buffer b's barrier (the tensor memory accelerator writes shared memory without
+// the load/store instructions that the lookups are bound by); below: every thread cp.asyncs
+// its 16-byte pieces (a commit group; run_stages waits on it).
 __device__ __forceinline__ void stage_table(const TileSmem& t, int b, const TileArgs& a, int tile,
                                             int i0, int n, int table_bytes) {
   const float* src = reinterpret_cast<const float*>(
@@ -141,7 +141,8 @@ __device__ __forceinline__ void stage_table(const TileSmem& t, int b, const Tile
   float* dst = reinterpret_cast<float*>(t.table + b * t.stage_bytes);
   const int bytes = n * a.rows * kTileOut * table_bytes;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (threadIdx.x == 0) bulk_copy_to_shared(dst, src, static_cast<unsigned>(bytes), tile_barrier(t, b));
+  if (threadIdx.x == 0)
+    bulk_copy_to_shared(dst, src, static_cast<unsigned>(bytes), tile_barrier(t, b));
 #else
   for (int e = threadIdx.x; e < bytes / 16; e += kTileThreads) cp_async16(dst + 4 * e, src + 4 * e);
 #endif
