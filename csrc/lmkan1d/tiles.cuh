@@ -133,6 +133,10 @@ __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float
 // the phase of buffer b's barrier (the tensor memory accelerator writes shared memory without
 // the load/store instructions that the lookups are bound by); below: every thread cp.asyncs
 // its 16-byte pieces (a commit group; run_stages waits on it).
+// Not common/cp_async.cuh's stage_to_shared: below sm_90 that one ends on an mbarrier arrival
+// that the block polls, where this path waits on its commit group and one block barrier;
+// moving the Ampere path onto it (or onto block_copy_share, whose blockDim.x stride changes
+// the sm_80 SASS) is a change to measure on a GPU first.
 __device__ __forceinline__ void stage_table(const TileSmem& t, int b, const TileArgs& a, int tile,
                                             int i0, int n, int table_bytes) {
   const float* src = reinterpret_cast<const float*>(
