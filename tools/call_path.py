@@ -8,6 +8,9 @@ step of benchmarks/bench_overhead.py, prints
 - host: microseconds per call of the Python and dispatch work alone (50 calls issued after a
   synchronisation, no wait: the launch queue does not fill, so the GPU does not hold them);
 - gpu: microseconds per call of the GPU work alone (the call replayed as a CUDA graph);
+- sync: microseconds of one call started after a synchronisation (CUDA events around it,
+  median of 50), as `benchmarks/bench_2d.py` times its eager rows: the launch latencies and
+  any host wait between launches show here, not in the back-to-back wall time;
 for the layer, the raw ops below it and each piece of its forward; the GPU time of every
 forward launch configuration at that shape; a profiler table per case (--out DIR).
 A call is host-bound where host > gpu: the wall time is then the host time.
@@ -46,6 +49,11 @@ def host_us(fn, calls=50, samples=15):
 def gpu_us(fn, replays=200):
     """GPU microseconds per call: fn captured as a CUDA graph, replayed back to back."""
     return cuda_median_ms(cuda_graph_replay(fn), reps=5, warmup=10, calls_per_sample=replays) * 1e3
+
+
+def sync_us(fn, reps=50):
+    """Microseconds of one call after a synchronisation (CUDA events, median)."""
+    return cuda_median_ms(fn, reps=reps, warmup=5) * 1e3
 
 
 def wall_us(fn, calls=2000):
@@ -91,7 +99,7 @@ def main():
             ("nn.Linear(128, 128)", lambda: linear(x_bf)),
         ]
         for name, fn in cases:
-            rows.append((name, wall_us(fn), host_us(fn), gpu_us(fn)))
+            rows.append((name, wall_us(fn), host_us(fn), gpu_us(fn), sync_us(fn)))
         pieces = [
             ("check_input", lambda: check_input(x, p, 128, True, "LMKAN2DLayer")),
             ("resolver.config", lambda: layer._launch_resolver.config(layer, x, False)),
@@ -102,7 +110,7 @@ def main():
             ("module attrs (p, b)", lambda: (layer.func_parameter, layer.borders)),
         ]
         for name, fn in pieces:
-            rows.append((name, None, host_us(fn, calls=2000, samples=5), None))
+            rows.append((name, None, host_us(fn, calls=2000, samples=5), None, None))
         profile_table(lambda: layer(x), os.path.join(args.out, "profile_layer_forward.txt"))
         configs = []
         for tile in (4, 8, 16):
@@ -114,17 +122,17 @@ def main():
     kan_step, mlp_step = (train_step(m, xs, y, torch.optim.Adam(m.parameters()), w)
                           for m, y, w in (cases["lmKAN"], cases["MLP"]))
     for name, fn in (("lmKAN training step", kan_step), ("MLP training step", mlp_step)):
-        rows.append((name, wall_us(fn, calls=200), host_us(fn, calls=10), None))
+        rows.append((name, wall_us(fn, calls=200), host_us(fn, calls=10), None, None))
     profile_table(kan_step, os.path.join(args.out, "profile_kan_step.txt"), calls=20)
     profile_table(mlp_step, os.path.join(args.out, "profile_mlp_step.txt"), calls=20)
 
     print(f"resolved config: {config}")
     print("forward GPU us per launch configuration (tile, block): " + ", ".join(
         f"{t}/{bl} {us:.1f}" for t, bl, us in configs))
-    print(f"{'case':34s} {'wall us':>8s} {'host us':>8s} {'gpu us':>8s}")
-    for name, wall, host, gpu in rows:
+    print(f"{'case':34s} {'wall us':>8s} {'host us':>8s} {'gpu us':>8s} {'sync us':>8s}")
+    for name, wall, host, gpu, sync in rows:
         fmt = lambda v: f"{v:8.1f}" if v is not None else f"{'-':>8s}"
-        print(f"{name:34s} {fmt(wall)} {fmt(host)} {fmt(gpu)}")
+        print(f"{name:34s} {fmt(wall)} {fmt(host)} {fmt(gpu)} {fmt(sync)}")
 
 
 if __name__ == "__main__":
