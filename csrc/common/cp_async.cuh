@@ -136,9 +136,17 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
 
 // This thread's share of a block-wide copy of `bytes` (multiple of 16, 16-byte aligned ends):
 // 16-byte chunks threadIdx.x, threadIdx.x + blockDim.x, ... (consecutive lanes on consecutive
-// chunks: coalesced reads, conflict-free writes).
+// chunks: coalesced reads, conflict-free writes). kThreads: the block's size where it is a
+// compile-time constant (a constant stride), 0 for blockDim.x.
+template <int kThreads = 0>
 __device__ __forceinline__ void block_copy_share(float* dst, const float* src, unsigned bytes) {
-  for (unsigned i = threadIdx.x; i < bytes / 16u; i += blockDim.x) cp_async16(dst + 4 * i, src + 4 * i);
+  if constexpr (kThreads > 0) {
+    for (int e = threadIdx.x; e < static_cast<int>(bytes) / 16; e += kThreads)
+      cp_async16(dst + 4 * e, src + 4 * e);
+  } else {
+    for (unsigned i = threadIdx.x; i < bytes / 16u; i += blockDim.x)
+      cp_async16(dst + 4 * i, src + 4 * i);
+  }
 }
 
 // Stage `bytes` from global `src` into shared `dst`, completing `bar`'s phase. Called by the
@@ -152,6 +160,22 @@ __device__ __forceinline__ void stage_to_shared(float* dst, const float* src, un
   // one arrival on bar once this thread's copies above (and earlier ones) have landed
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar))
                : "memory");
+#endif
+}
+
+// The same staging where the block, not the barrier, waits below sm_90: called by every thread
+// of a block of kThreads; on sm_90 thread 0 issues the bulk copy that completes `bar`, below
+// sm_90 every thread copies its share into its next commit group, which the caller commits
+// and waits on (cp_async_wait, then a block barrier) instead of polling `bar`. For pipelines
+// whose Ampere path was measured with commit groups (the 1D tiled kernels).
+template <int kThreads>
+__device__ __forceinline__ void stage_to_shared_committed(float* dst, const float* src,
+                                                          unsigned bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x == 0) bulk_copy_to_shared(dst, src, bytes, bar);
+#else
+  (void)bar;
+  block_copy_share<kThreads>(dst, src, bytes);
 #endif
 }
 

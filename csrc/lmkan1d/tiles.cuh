@@ -132,11 +132,8 @@ __device__ __forceinline__ bool store_stage_cells(const TileSmem& t, const float
 // 256 bytes) into buffer b. sm_90 and newer: thread 0 issues one bulk copy that completes
 // the phase of buffer b's barrier (the tensor memory accelerator writes shared memory without
 // the load/store instructions that the lookups are bound by); below: every thread cp.asyncs
-// its 16-byte pieces (a commit group; run_stages waits on it).
-// Not common/cp_async.cuh's stage_to_shared: below sm_90 that one ends on an mbarrier arrival
-// that the block polls, where this path waits on its commit group and one block barrier;
-// moving the Ampere path onto it (or onto block_copy_share, whose blockDim.x stride changes
-// the sm_80 SASS) is a change to measure on a GPU first.
+// its 16-byte pieces (a commit group; run_stages waits on it, as measured on the Ampere
+// path; common/cp_async.cuh's stage_to_shared would poll the barrier there instead).
 __device__ __forceinline__ void stage_table(const TileSmem& t, int b, const TileArgs& a, int tile,
                                             int i0, int n, int table_bytes) {
   const float* src = reinterpret_cast<const float*>(
@@ -144,12 +141,8 @@ __device__ __forceinline__ void stage_table(const TileSmem& t, int b, const Tile
       (static_cast<int64_t>(tile) * a.n_in_pad + i0) * a.rows * kTileOut * table_bytes);
   float* dst = reinterpret_cast<float*>(t.table + b * t.stage_bytes);
   const int bytes = n * a.rows * kTileOut * table_bytes;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (threadIdx.x == 0)
-    bulk_copy_to_shared(dst, src, static_cast<unsigned>(bytes), tile_barrier(t, b));
-#else
-  for (int e = threadIdx.x; e < bytes / 16; e += kTileThreads) cp_async16(dst + 4 * e, src + 4 * e);
-#endif
+  stage_to_shared_committed<kTileThreads>(dst, src, static_cast<unsigned>(bytes),
+                                          tile_barrier(t, b));
 }
 
 __device__ __forceinline__ float component(const float4& v, int c) {
