@@ -47,7 +47,7 @@ inline int64_t sample_lanes_smem_bytes(int num_grids, int w, int nbuf, int value
 // H100: 8 MB chunks took +23% at G=26 and +3% at G=8 against 32 MB). Fast mode: 24 MB, where
 // the rows share the 50 MB L2 of an H100 / H200 with the table and dP slices in flight
 // (runs_kernel -0.3 to -0.4 ms at G=8 and G=26 against 32 MB, 16 and 48 MB slower;
-// docs/decisions.md, "The cell sort").
+// docs/decisions.md, "The sorted backward's later changes").
 constexpr int64_t kRunChunkBytesNormal = int64_t(8) << 20;
 constexpr int64_t kRunChunkBytesFast = int64_t(24) << 20;
 
