@@ -24,6 +24,8 @@ import time
 import torch
 from torch import nn
 
+# the tree itself (an in-place build, as tools/arch_round.sh makes) and its benchmarks
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 from _timing import cuda_graph_replay, cuda_median_ms, wall_us_per_call  # noqa: E402
 from bench_overhead import step_models, train_step  # noqa: E402

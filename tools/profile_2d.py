@@ -12,11 +12,13 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lmKAN import ops
-from lmKAN.grids import cdf_borders
-
+# the tree itself (an in-place build, as tools/arch_round.sh makes) and its benchmarks
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 from _timing import cuda_median_ms, warm_up_gpu  # noqa: E402 (benchmarks/_timing.py)
+
+from lmKAN import ops  # noqa: E402
+from lmKAN.grids import cdf_borders  # noqa: E402
 
 CASES = {"G8": (8, 512, 512, 1 << 18), "G26": (26, 256, 256, 1 << 18), "G16": (16, 512, 512, 1 << 18),
          "G26small": (26, 128, 128, 1024)}

@@ -12,6 +12,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+# the tree itself (an in-place build, as tools/arch_round.sh makes) and its benchmarks
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 from bench_forces import _model  # noqa: E402
 
