@@ -137,7 +137,9 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
 // This thread's share of a block-wide copy of `bytes` (multiple of 16, 16-byte aligned ends):
 // 16-byte chunks threadIdx.x, threadIdx.x + blockDim.x, ... (consecutive lanes on consecutive
 // chunks: coalesced reads, conflict-free writes). kThreads: the block's size where it is a
-// compile-time constant (a constant stride), 0 for blockDim.x.
+// compile-time constant (a constant stride), 0 for blockDim.x. Two loops on purpose: the
+// signed one is the 1D tiled kernels' measured Ampere code; one unsigned loop with either
+// stride changes their sm_80-89 SASS (dx +8 instructions), a change to measure on a GPU.
 template <int kThreads = 0>
 __device__ __forceinline__ void block_copy_share(float* dst, const float* src, unsigned bytes) {
   if constexpr (kThreads > 0) {
