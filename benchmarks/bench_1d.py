@@ -1,6 +1,8 @@
 """Benchmark of the 1D layer: KANLayer (uniform grid, 32 control points), batch-first,
 B=65536, 256 -> 256, beside nn.Linear and KANditioned's KANLayer (impl="embedding_bag")
-when that package is installed. Forward and forward+backward time (CUDA events, median
+when that package is installed. With --batch-last the lmKAN rows are the same layer with
+batch_last=True (LMKAN1DLayer's default) on x transposed ([features, batch], contiguous);
+nn.Linear and KANditioned stay batch-first, their own layout. Forward and forward+backward time (CUDA events, median
 after warm-up) and peak memory, for the default and the deterministic backward, and the
 per-kernel split (profile_1d.py); the table is printed last and JSON written to --json.
 """
@@ -11,7 +13,7 @@ import sys
 
 import torch
 
-from lmKAN import KANLayer
+from lmKAN import KANLayer, LMKAN1DLayer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import cuda_median_ms, peak_memory_gb, warm_up_gpu  # noqa: E402
@@ -25,6 +27,15 @@ def smem_limit_ms(batch, n_in, n_out, reads=2):
 
 def timeit(fn, warmup=5, reps=20, calls_per_sample=1):
     return cuda_median_ms(fn, reps, warmup, calls_per_sample=calls_per_sample)
+
+
+def lmkan_layer(n, control_points, batch_last, **kwargs):
+    """KANLayer(n, n, "random_normal", control_points, **kwargs), batch-last when asked
+    (LMKAN1DLayer with KANLayer's grid, spline width and init)."""
+    if not batch_last:
+        return KANLayer(n, n, "random_normal", control_points, **kwargs)
+    return LMKAN1DLayer(control_points - 1, n, n, grid="uniform", spline_width=4.0,
+                        init="random_normal", batch_last=True, **kwargs)
 
 
 def measure(name, layer, x):
@@ -56,6 +67,8 @@ def main():
     ap.add_argument("--batch", type=int, default=65536)
     ap.add_argument("--features", type=int, default=256)
     ap.add_argument("--control-points", type=int, default=32)
+    ap.add_argument("--batch-last", action="store_true",
+                    help="lmKAN rows batch-last (x as [features, batch]); default batch-first")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "bench_1d.json"))
     args = ap.parse_args()
     warm_up_gpu()
@@ -65,13 +78,13 @@ def main():
     n = args.features
     x = 1.5 * torch.randn(args.batch, n, device=dev)
     rows = []
-    rows.append(measure("lmKAN KANLayer", KANLayer(n, n, "random_normal", args.control_points).to(dev), x))
-    rows.append(measure("lmKAN KANLayer determ.",
-                        KANLayer(n, n, "random_normal", args.control_points, deterministic=True).to(dev), x))
-    for table in (torch.bfloat16, torch.float16):  # 16-bit tables of a float32 layer
-        rows.append(measure(f"lmKAN KANLayer table={str(table)[6:]}",
-                            KANLayer(n, n, "random_normal", args.control_points,
-                                     table_dtype=table).to(dev), x))
+    x_lmkan = x.t().contiguous() if args.batch_last else x
+    suffix = " batch-last" if args.batch_last else ""
+    for label, kwargs in (("", {}), (" determ.", {"deterministic": True}),
+                          (" table=bfloat16", {"table_dtype": torch.bfloat16}),
+                          (" table=float16", {"table_dtype": torch.float16})):
+        layer = lmkan_layer(n, args.control_points, args.batch_last, **kwargs).to(dev)
+        rows.append(measure(f"lmKAN KANLayer{label}{suffix}", layer, x_lmkan))
     rows.append(measure("nn.Linear (fp32)", torch.nn.Linear(n, n).to(dev), x))
     rows.append(measure("nn.Linear (bf16)", torch.nn.Linear(n, n).to(dev, torch.bfloat16),
                         x.to(torch.bfloat16)))
@@ -85,22 +98,25 @@ def main():
               "(pip install --no-deps .whl/<KANditioned wheel> where the wheel was carried)")
     breakdown = {}
     for deterministic in (False, True):
-        split = kernel_breakdown(args.batch, n, args.control_points, deterministic)
+        split = kernel_breakdown(args.batch, n, args.control_points, deterministic,
+                                 batch_last=args.batch_last)
         breakdown["deterministic" if deterministic else "default"] = dict(split)
         print_breakdown(split, f"per kernel, per forward+backward (deterministic={deterministic}):")
     limit = smem_limit_ms(args.batch, n, n)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "batch": args.batch, "features": n, "control_points": args.control_points,
+              "batch": args.batch, "features": n, "batch_last": args.batch_last, "control_points": args.control_points,
               "forward_smem_limit_ms": limit, "rows": rows, "kernels_ms": breakdown,
               "targets": {"forward_ms": 1.7, "fwd_bwd_ms": 6.0, "peak_gb": 0.5}}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"\n{result['device']}, batch-first B={args.batch}, {n}->{n}, "
+    layout = "lmKAN batch-last" if args.batch_last else "batch-first"
+    print(f"\n{result['device']}, {layout} B={args.batch}, {n}->{n}, "
           f"{args.control_points} control points; forward smem limit {limit:.2f} ms")
-    print(f"{'layer':<28}{'forward ms':>12}{'fwd+bwd ms':>12}{'peak GB':>10}{'fwd single':>12}{'f+b single':>12}")
+    width = max(28, max(len(r["name"]) for r in rows) + 2)
+    print(f"{'layer':<{width}}{'forward ms':>12}{'fwd+bwd ms':>12}{'peak GB':>10}{'fwd single':>12}{'f+b single':>12}")
     for r in rows:
-        print(f"{r['name']:<28}{r['forward_ms']:>12.3f}{r['fwd_bwd_ms']:>12.3f}{r['peak_gb']:>10.3f}"
+        print(f"{r['name']:<{width}}{r['forward_ms']:>12.3f}{r['fwd_bwd_ms']:>12.3f}{r['peak_gb']:>10.3f}"
               f"{r['forward_single_ms']:>12.3f}{r['fwd_bwd_single_ms']:>12.3f}")
     short = {k: v for k, v in breakdown["default"].items() if k.startswith("lmkan1d")}
     print("kernels (default): " + ", ".join(f"{k[8:]} {v:.3f}" for k, v in short.items()) + " ms")

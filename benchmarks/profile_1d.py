@@ -1,6 +1,6 @@
 """Per-kernel times of the 1D layer's forward+backward (torch.profiler), bench case.
 
-    python benchmarks/profile_1d.py [--deterministic]
+    python benchmarks/profile_1d.py [--deterministic] [--batch-last]
 
 kernel_breakdown() is also used by bench_1d.py, so the bench JSON carries the split
 (pack, forward, dx, dC grouped by cell or not, ...) of every run.
@@ -10,7 +10,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lmKAN import KANLayer
+from lmKAN import KANLayer, LMKAN1DLayer
 
 
 def _short_name(key):
@@ -21,13 +21,21 @@ def _short_name(key):
     return key[:60]
 
 
-def kernel_breakdown(batch=65536, features=256, control_points=32, deterministic=False, iters=10):
-    """[(kernel, ms per forward+backward)], largest first, from `iters` profiled steps."""
+def kernel_breakdown(batch=65536, features=256, control_points=32, deterministic=False, iters=10,
+                     batch_last=False):
+    """[(kernel, ms per forward+backward)], largest first, from `iters` profiled steps
+    (batch_last: the same layer as LMKAN1DLayer(batch_last=True), x as [features, batch])."""
     torch.manual_seed(0)
-    layer = KANLayer(features, features, "random_normal", control_points,
-                     deterministic=deterministic).cuda()
-    x = (1.5 * torch.randn(batch, features, device="cuda")).requires_grad_(True)
-    gy = torch.randn(batch, features, device="cuda")
+    if batch_last:
+        layer = LMKAN1DLayer(control_points - 1, features, features, grid="uniform",
+                             spline_width=4.0, init="random_normal", batch_last=True,
+                             deterministic=deterministic).cuda()
+    else:
+        layer = KANLayer(features, features, "random_normal", control_points,
+                         deterministic=deterministic).cuda()
+    shape = (features, batch) if batch_last else (batch, features)
+    x = (1.5 * torch.randn(*shape, device="cuda")).requires_grad_(True)
+    gy = torch.randn(*shape, device="cuda")
     for _ in range(3):
         layer(x).backward(gy)
     torch.cuda.synchronize()
@@ -56,8 +64,9 @@ def print_breakdown(rows, title):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--deterministic", action="store_true")
+    ap.add_argument("--batch-last", action="store_true")
     args = ap.parse_args()
-    rows = kernel_breakdown(deterministic=args.deterministic)
+    rows = kernel_breakdown(deterministic=args.deterministic, batch_last=args.batch_last)
     print_breakdown(rows, f"per kernel, per forward+backward (deterministic={args.deterministic}):")
 
 
