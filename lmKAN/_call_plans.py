@@ -12,11 +12,12 @@ A plan is stored only for calls that run the CUDA kernels, on a 2-D input, outsi
 torch.compile tracing, CUDA graph capture and lmKAN.tune() sessions: every other call takes
 the general path every time. Calls inside autocast, or with a 16-bit x or 16-bit parameters,
 have plans too: autocast's dtype is part of the key, and such a plan also holds the casts
-the general path does around the op (x to float32, y to the output dtype). The general path
-also turns autocast off around its op call (it serves the pure-PyTorch path too); a plan
-does not: it calls the C++ layer op only, which calls no op on autocast's lists (its
-results are the same with autocast on or off, tests/test_call_plans.py), and the context
-cost ~3.4 us per call (docs/decisions.md, "Per-call cost"). A layer drops its plans when a setting they depend on is assigned
+the general path does around the op (x to float32, y to the output dtype) where they change
+a dtype. The general path also turns autocast off around its op call (it serves the
+pure-PyTorch path too); a plan does not: it calls the C++ layer op only, which calls no op
+on autocast's lists (its results are the same with autocast on or off,
+tests/test_call_plans.py), and the context cost ~3.4 us per call (docs/decisions.md,
+"Per-call cost"). A layer drops its plans when a setting they depend on is assigned
 (PlannedCalls.__setattr__), when the tuning cache's memory is cleared (its generation is
 part of the key), and when pickled.
 
@@ -60,18 +61,22 @@ def may_store_plan(key, x, kernel_runs):
 
 def plan_of_call(key, x, args, takes_out_dtype=False):
     """The plan to store for a call of `key` whose op arguments after (x, params, borders)
-    are `args`: (args, None) where the op alone is the call (float32 x and output, outside
-    autocast), else (args, output dtype): x goes to float32 and y to that dtype, as
-    lmKAN.ops' mixed-precision policy does around the op (its _run_layer): the output dtype
-    is autocast's inside autocast (float64 parameters never have plans), else x's.
-    takes_out_dtype: the op's last argument is y's dtype (lmkan2d's out_dtype), appended to
-    args as _run_layer passes it: the output dtype where it is 16-bit, else None."""
+    are `args`: (args, cast_x, y_dtype). It repeats lmKAN.ops' mixed-precision policy around
+    the op (its _run_layer): the op takes x in float32 (cast_x: x is not float32 already) and
+    y leaves in the output dtype, autocast's inside autocast (float64 parameters never have
+    plans), else x's (y_dtype: that dtype where the op's own output is not already in it,
+    else None). Casts that would return their input are left out of the plan (~1.3 us of
+    host each). takes_out_dtype: the op's last argument is y's dtype (lmkan2d's out_dtype:
+    it returns y in that dtype), appended to args as _run_layer passes it: the output dtype
+    where it is 16-bit, else None."""
     autocast = key[_AUTOCAST]
-    out_dtype = None if autocast is None and x.dtype == torch.float32 else (
-        x.dtype if autocast is None else autocast)
+    out_dtype = x.dtype if autocast is None else autocast
+    op_out = torch.float32
     if takes_out_dtype:
-        args = (*args, out_dtype if out_dtype in _SIXTEEN_BIT else None)
-    return (args, out_dtype)
+        op_out_16 = out_dtype if out_dtype in _SIXTEEN_BIT else None
+        args = (*args, op_out_16)
+        op_out = op_out_16 or torch.float32
+    return (args, x.dtype != torch.float32, None if out_dtype == op_out else out_dtype)
 
 
 class PlannedCalls(nn.Module):
@@ -98,12 +103,12 @@ class PlannedCalls(nn.Module):
         key = call_key(x, params, self.deterministic)
         plan = self._call_plans.get(key)
         if plan is not None:  # a call like an earlier one: its op arguments, no Python checks
-            args, out_dtype = plan
-            if out_dtype is None:
-                return self.PLANNED_OP(x, params, self._buffers["borders"], *args)
-            # the general path's casts; not its autocast-off context (module docstring)
-            y = self.PLANNED_OP(x.to(torch.float32), params, self._buffers["borders"], *args)
-            return y.to(out_dtype)
+            # the general path's casts (those that change a dtype); not its autocast-off
+            # context (module docstring)
+            args, cast_x, y_dtype = plan
+            y = self.PLANNED_OP(x.to(torch.float32) if cast_x else x, params,
+                                self._buffers["borders"], *args)
+            return y if y_dtype is None else y.to(y_dtype)
         return self._forward_general(x, params, key)
 
     def __setattr__(self, name, value):

@@ -174,6 +174,10 @@ def test_autocast_and_16bit_calls_run_plans_with_the_general_paths_casts(planned
         assert len(calls) == before + 1, (autocast, x_dtype)  # the second call ran the plan
         # no autocast-off context around the planned op (~3.4 us a call)
         assert planned[kind].autocast_on[-1] == (autocast is not None)
+        # and only the casts that change a dtype (the 2D op returns y in out_dtype itself)
+        _, cast_x, y_dtype = list(layer._call_plans.values())[-1]
+        assert cast_x == (x_dtype != torch.float32)
+        assert y_dtype == (None if kind == "2d" or out_dtype == torch.float32 else out_dtype)
         table = autocast if autocast is not None else torch.float32
         if kind == "2d":  # the op returns y in a 16-bit output dtype itself (out_dtype, last)
             assert calls[-1][-2:] == (table, None if out_dtype == torch.float32 else out_dtype)
