@@ -2,9 +2,10 @@
 B=65536, 256 -> 256, beside nn.Linear and KANditioned's KANLayer (impl="embedding_bag")
 when that package is installed. With --batch-last the lmKAN rows are the same layer with
 batch_last=True (LMKAN1DLayer's default) on x transposed ([features, batch], contiguous);
-nn.Linear and KANditioned stay batch-first, their own layout. Forward and forward+backward time (CUDA events, median
-after warm-up) and peak memory, for the default and the deterministic backward, and the
-per-kernel split (profile_1d.py); the table is printed last and JSON written to --json.
+nn.Linear and KANditioned stay batch-first, their own layout. Forward and forward+backward
+time (CUDA events, median after warm-up) and peak memory, for the default and the
+deterministic backward, and the per-kernel split (profile_1d.py); the table is printed last
+and JSON written to --json.
 """
 import argparse
 import json
@@ -104,7 +105,8 @@ def main():
         print_breakdown(split, f"per kernel, per forward+backward (deterministic={deterministic}):")
     limit = smem_limit_ms(args.batch, n, n)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "batch": args.batch, "features": n, "batch_last": args.batch_last, "control_points": args.control_points,
+              "batch": args.batch, "features": n, "batch_last": args.batch_last,
+              "control_points": args.control_points,
               "forward_smem_limit_ms": limit, "rows": rows, "kernels_ms": breakdown,
               "targets": {"forward_ms": 1.7, "fwd_bwd_ms": 6.0, "peak_gb": 0.5}}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
