@@ -34,9 +34,6 @@ from .tuning.session import SESSION
 __all__ = ["PlannedCalls", "call_key", "may_store_plan", "plan_of_call"]
 
 
-_AUTOCAST = 7  # the key's entry: autocast's dtype for x's device, None outside autocast
-
-
 def call_key(x, params, deterministic):
     """What decides a call's op arguments, or None when the call must take the general path
     (x not a plain tensor, torch.compile tracing, an lmKAN.tune() session)."""
@@ -59,18 +56,16 @@ def may_store_plan(key, x, kernel_runs):
             and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
 
 
-def plan_of_call(key, x, args, takes_out_dtype=False):
-    """The plan to store for a call of `key` whose op arguments after (x, params, borders)
-    are `args`: (args, cast_x, y_dtype). It repeats lmKAN.ops' mixed-precision policy around
-    the op (its _run_layer): the op takes x in float32 (cast_x: x is not float32 already) and
-    y leaves in the output dtype, autocast's inside autocast (float64 parameters never have
-    plans), else x's (y_dtype: that dtype where the op's own output is not already in it,
-    else None). Casts that would return their input are left out of the plan (~1.3 us of
-    host each). takes_out_dtype: the op's last argument is y's dtype (lmkan2d's out_dtype:
-    it returns y in that dtype), appended to args as _run_layer passes it: the output dtype
-    where it is 16-bit, else None."""
-    autocast = key[_AUTOCAST]
-    out_dtype = x.dtype if autocast is None else autocast
+def plan_of_call(x, y, args, takes_out_dtype=False):
+    """The plan to store for a general-path call on x that returned y, whose op arguments
+    after (x, params, borders) were `args`: (args, cast_x, y_dtype), the casts lmKAN.ops'
+    _run_layer did around the op: the op takes x in float32 (cast_x: x is not float32
+    already), and y leaves in the call's output dtype, y.dtype (y_dtype: that dtype where the
+    op's own output is not already in it, else None). Casts that would return their input
+    are left out of the plan (~1.3 us of host each). takes_out_dtype: the op's last argument
+    is y's dtype (lmkan2d's out_dtype: it returns y in that dtype), appended to args as
+    _run_layer passes it: the output dtype where it is 16-bit, else None."""
+    out_dtype = y.dtype
     op_out = torch.float32
     if takes_out_dtype:
         op_out_16 = out_dtype if out_dtype in _SIXTEEN_BIT else None

@@ -116,7 +116,7 @@ class LMKAN1DLayer(LookupLayerBase):
         plan = (self.grid == "uniform", self.batch_last, deterministic, table)
         y = ops.lmkan1d(x2d, params, borders, *plan)
         if may_store_plan(key, x, kernel_runs):
-            self._call_plans[key] = plan_of_call(key, x, plan)
+            self._call_plans[key] = plan_of_call(x, y, plan)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def _forward_images(self, x):

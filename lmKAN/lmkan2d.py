@@ -150,7 +150,7 @@ class LMKAN2DLayer(LookupLayerBase):
         plan = (self.batch_last, *config, self._deterministic_now(), table)
         y = ops.lmkan2d(x2d, params, borders, *plan)
         if may_store_plan(key, x, kernel_runs):
-            self._call_plans[key] = plan_of_call(key, x, plan, takes_out_dtype=True)
+            self._call_plans[key] = plan_of_call(x, y, plan, takes_out_dtype=True)
         return y if lead is None else y.reshape(*lead, self.output_dim)
 
     def _forward_images(self, x):
