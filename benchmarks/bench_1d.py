@@ -14,11 +14,10 @@ import sys
 
 import torch
 
-from lmKAN import KANLayer, LMKAN1DLayer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import cuda_median_ms, peak_memory_gb, warm_up_gpu  # noqa: E402
-from profile_1d import kernel_breakdown, print_breakdown  # noqa: E402
+from profile_1d import bench_layer, kernel_breakdown, print_breakdown  # noqa: E402
 
 # Shared-memory limit of the direct lookup scheme (docs/performance.md): 2 reads per
 # (sample, output, input) at 132 SMs x 1.98 GHz x 128 B/clk.
@@ -28,15 +27,6 @@ def smem_limit_ms(batch, n_in, n_out, reads=2):
 
 def timeit(fn, warmup=5, reps=20, calls_per_sample=1):
     return cuda_median_ms(fn, reps, warmup, calls_per_sample=calls_per_sample)
-
-
-def lmkan_layer(n, control_points, batch_last, **kwargs):
-    """KANLayer(n, n, "random_normal", control_points, **kwargs), batch-last when asked
-    (LMKAN1DLayer with KANLayer's grid, spline width and init)."""
-    if not batch_last:
-        return KANLayer(n, n, "random_normal", control_points, **kwargs)
-    return LMKAN1DLayer(control_points - 1, n, n, grid="uniform", spline_width=4.0,
-                        init="random_normal", batch_last=True, **kwargs)
 
 
 def measure(name, layer, x):
@@ -84,7 +74,7 @@ def main():
     for label, kwargs in (("", {}), (" determ.", {"deterministic": True}),
                           (" table=bfloat16", {"table_dtype": torch.bfloat16}),
                           (" table=float16", {"table_dtype": torch.float16})):
-        layer = lmkan_layer(n, args.control_points, args.batch_last, **kwargs).to(dev)
+        layer = bench_layer(n, args.control_points, args.batch_last, **kwargs).to(dev)
         rows.append(measure(f"lmKAN KANLayer{label}{suffix}", layer, x_lmkan))
     rows.append(measure("nn.Linear (fp32)", torch.nn.Linear(n, n).to(dev), x))
     rows.append(measure("nn.Linear (bf16)", torch.nn.Linear(n, n).to(dev, torch.bfloat16),

@@ -21,18 +21,22 @@ def _short_name(key):
     return key[:60]
 
 
+def bench_layer(features, control_points, batch_last=False, **kwargs):
+    """The benchmarks' 1D layer: KANLayer(features, features, "random_normal",
+    control_points, **kwargs), or with batch_last the same layer as LMKAN1DLayer(batch_last=
+    True) (KANLayer's grid, spline width and init)."""
+    if not batch_last:
+        return KANLayer(features, features, "random_normal", control_points, **kwargs)
+    return LMKAN1DLayer(control_points - 1, features, features, grid="uniform",
+                        spline_width=4.0, init="random_normal", batch_last=True, **kwargs)
+
+
 def kernel_breakdown(batch=65536, features=256, control_points=32, deterministic=False, iters=10,
                      batch_last=False):
     """[(kernel, ms per forward+backward)], largest first, from `iters` profiled steps
     (batch_last: the same layer as LMKAN1DLayer(batch_last=True), x as [features, batch])."""
     torch.manual_seed(0)
-    if batch_last:
-        layer = LMKAN1DLayer(control_points - 1, features, features, grid="uniform",
-                             spline_width=4.0, init="random_normal", batch_last=True,
-                             deterministic=deterministic).cuda()
-    else:
-        layer = KANLayer(features, features, "random_normal", control_points,
-                         deterministic=deterministic).cuda()
+    layer = bench_layer(features, control_points, batch_last, deterministic=deterministic).cuda()
     shape = (features, batch) if batch_last else (batch, features)
     x = (1.5 * torch.randn(*shape, device="cuda")).requires_grad_(True)
     gy = torch.randn(*shape, device="cuda")
