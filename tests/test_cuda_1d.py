@@ -171,15 +171,9 @@ def test_dx_with_misaligned_batch_last_grad_y():
         assert rel_l2(gp, gp_ref) <= TOL
 
 
-@pytest.mark.parametrize("budget", ["99", "163", ""])
-@pytest.mark.parametrize("batch_last", [True, False])
-def test_grouped_dc_at_every_budget(budget, batch_last, monkeypatch):
-    """The grouped dC's launch shapes (layout.h, kGroupedConfigs): 8 inputs x chunks of 128
-    samples within 99 KB of shared memory, 16 x 128 within 163 KB (its node sums flushed in
-    two passes), 16 x 256 on a 227 KB device; partial input and output tiles, a partial last
-    chunk, several slices, far and NaN inputs."""
-    monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", budget)
-    g, n_in, n_out, batch = 31, 21, 70, 5000
+def _check_grouped_dc(g, batch_last, n_in=21, n_out=150, batch=5000):
+    """dC against the reference, both modes: partial input and output blocks (8 or 16 inputs,
+    64 or 128 outputs), a partial last chunk, several slices, far and NaN inputs."""
     x, params, borders = _case(g, n_in, n_out, batch, True, batch_last, far=True)
     x.view(-1)[7] = float("nan")
     grad_y = torch.randn(*((n_out, batch) if batch_last else (batch, n_out)), device="cuda")
@@ -193,6 +187,42 @@ def test_grouped_dc_at_every_budget(budget, batch_last, monkeypatch):
         assert rel_l2(gp[finite], gp_ref[finite]) <= TOL
         assert torch.isnan(gp[:, :, nan_input]).any()  # the NaN input's cell is poisoned
         assert not torch.isnan(gp[finite]).any()
+
+
+@pytest.mark.parametrize("budget", ["99", "163", ""])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_grouped_dc_at_every_budget(budget, batch_last, monkeypatch):
+    """The grouped dC's launch shape that each shared-memory budget picks at G = 31 (layout.h,
+    kGroupedConfigs): 8 inputs x chunks of 128 samples within 99 KB, 16 x 128 within 163 KB
+    (its node sums flushed in two passes), 16 x 256 on a 227 KB device."""
+    monkeypatch.setenv("LMKAN_SMEM_BUDGET_KB", budget)
+    _check_grouped_dc(31, batch_last)
+
+
+# (shape, num_grids): kGroupedConfigs' shapes (layout.h) at the cell counts each serves:
+# 16 inputs x 128 outputs (a float4 a lane) up to 16 cells (shape 0); 16 x 64 with chunks of
+# 256 (shape 1) and 128 (shape 2), 8 x 64 (shape 3), up to 31 cells.
+GROUPED_SHAPES = [(0, 1), (0, 16), (1, 17), (1, 31), (2, 5), (2, 31), (3, 31)]
+
+
+@pytest.mark.parametrize("shape,g", GROUPED_SHAPES)
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_every_grouped_dc_shape(shape, g, batch_last, monkeypatch):
+    """Each launch shape, forced by LMKAN_1D_DC_SHAPE, against the reference."""
+    monkeypatch.setenv("LMKAN_1D_DC_SHAPE", str(shape))
+    _check_grouped_dc(g, batch_last, n_out=150 if batch_last else 148)
+
+
+def test_forced_grouped_dc_shape_that_does_not_fit(monkeypatch):
+    """A shape that cannot serve the call raises, naming the knob and what did not fit."""
+    x, params, borders = _case(31, 4, 8, 300, True, False)
+    grad_y = torch.randn(300, 8, device="cuda")
+    monkeypatch.setenv("LMKAN_1D_DC_SHAPE", "0")  # 16 cells at most
+    with pytest.raises(ValueError, match=r"LMKAN_1D_DC_SHAPE=0 .*16 cells at most.* num_grids 31"):
+        torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, True, False, False)
+    monkeypatch.setenv("LMKAN_1D_DC_SHAPE", "one")
+    with pytest.raises(ValueError, match=r"LMKAN_1D_DC_SHAPE must be an integer .* got 'one'"):
+        torch.ops.lmkan.lmkan1d_backward(grad_y, x, params, borders, True, False, False)
 
 
 @pytest.mark.parametrize("batch_last", [True, False])

@@ -1,7 +1,8 @@
 """Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python tools/sanitize_1d.py
-    compute-sanitizer --tool racecheck python tools/sanitize_1d.py [all|float32|16bit|second|images]
+    compute-sanitizer --tool racecheck python tools/sanitize_1d.py \
+        [all|float32|16bit|second|images|dc_shapes]
 
 Racecheck times on an H100 (2026-12-06): "all" over 150 s on an sm_90 build (135 s on
 8.0+PTX), the float32 part alone over 70 s, 16bit 25 s: give a whole run 400 s, as
@@ -27,6 +28,8 @@ def main(part):
         second_derivative_launches()
     if part in ("all", "images"):
         image_launches()
+    if part in ("all", "dc_shapes"):
+        grouped_dc_shape_launches()
     torch.cuda.synchronize()
     print(f"sanitize_1d ({part}): all launches done")
 
@@ -64,6 +67,28 @@ def float32_launches():
                 torch.ops.lmkan.lmkan1d_backward(torch.randn_like(y), x, params, cdf_borders(g).cuda(),
                                                  False, True, deterministic)
     os.environ["LMKAN_SMEM_BUDGET_KB"] = ""
+
+
+# (shape, num_grids): each launch shape of the grouped dC (csrc/lmkan1d/layout.h,
+# kGroupedConfigs) at the cell counts it serves, as tests/test_cuda_1d.py's GROUPED_SHAPES
+GROUPED_SHAPES = [(0, 1), (0, 16), (1, 17), (1, 31), (2, 5), (2, 31), (3, 31)]
+
+
+def grouped_dc_shape_launches():
+    """Every grouped dC launch shape (forced by LMKAN_1D_DC_SHAPE): partial input and output
+    blocks, several slices with a partial last chunk, both layouts and modes."""
+    for shape, g in GROUPED_SHAPES:
+        os.environ["LMKAN_1D_DC_SHAPE"] = str(shape)
+        for batch_last in (True, False):
+            borders = uniform_borders(g, 4.0).cuda()
+            params = torch.randn(g + 1, 150, 21, device="cuda")
+            x = 1.5 * torch.randn(*((21, 1500) if batch_last else (1500, 21)), device="cuda")
+            x.view(-1)[5::97] = 3e38
+            gy = torch.randn(*((150, 1500) if batch_last else (1500, 150)), device="cuda")
+            for deterministic in (False, True):
+                torch.ops.lmkan.lmkan1d_backward(gy, x, params, borders, True, batch_last,
+                                                 deterministic)
+    os.environ["LMKAN_1D_DC_SHAPE"] = ""
 
 
 def image_launches():

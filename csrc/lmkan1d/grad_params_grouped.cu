@@ -1,8 +1,11 @@
 // The 1D layer's parameter gradient grouped by cell (num_grids <= 31; layout.h has the
-// scheme beside its constants): per block `kWarps` inputs (a warp each) x 64 outputs, per
-// chunk of `kChunk` samples a counting sort by cell and a walk over the cells whose node sums
-// stay in registers. Chunks are double-buffered with cp.async (dy rows and raw x), so the
-// copies of chunk c + 1 overlap the sort and walk of chunk c; one barrier per chunk.
+// scheme beside its launch shapes, kGroupedConfigs): per block `warps` inputs (a warp each) x
+// 32 lane_out outputs; per chunk of `chunk` samples a counting sort by cell and a walk over the
+// cells whose node sums stay in registers. Chunks are double-buffered with cp.async (dy rows
+// and raw x), so the copies of chunk c + 1 overlap the sort and walk of chunk c; one barrier
+// per chunk.
+#include <utility>
+
 #include <c10/cuda/CUDAException.h>
 
 #include "common/cp_async.cuh"
@@ -13,120 +16,126 @@ namespace lmkan {
 namespace lmkan1d {
 namespace {
 
-template <int kWarps, int kChunk>
+// The constants of launch shape kGroupedConfigs[kShape].
+template <int kShape>
 struct Grouped {
+  static constexpr GroupedConfig kC = kGroupedConfigs[kShape];
+  static constexpr int kWarps = kC.warps, kChunk = kC.chunk;
+  static constexpr int kOut = kC.block_out(), kLaneOut = kC.lane_out;
+  static constexpr int kCells = kC.max_cells, kGroup = kC.group;
+  static constexpr int kDyStride = kC.dy_stride(), kSlots = kC.sorted_slots();
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kPerLane = kChunk / 32;       // samples a lane sorts per chunk
-  static constexpr int kDyBuffer = kChunk * kGcDyStride;  // floats of one dy buffer
+  static constexpr int kPerLane = kChunk / 32;        // samples a lane sorts per chunk
+  static constexpr int kDyBuffer = kChunk * kDyStride;  // floats of one dy buffer
   // Raw x of one chunk: batch-last [input][kChunk] (contiguous copies and reads); batch-first
   // [sample][kWarps + 1] (a sample's inputs are contiguous in x; the odd row stride makes a
   // warp's reads of one input down the samples conflict-free).
   static constexpr int kXRow = kWarps + 1;
   static constexpr int kXBuffer = kChunk * kXRow;
-  static_assert(kThreads % kChunk == 0 && kThreads % kGcOut == 0, "copy loops: fixed columns");
-  static_assert(kThreads % (kGcOut / 4) == 0 && kThreads % kWarps == 0 &&
-                    kChunk % (kThreads / (kGcOut / 4)) == 0 && kChunk % (kThreads / kGcOut) == 0 &&
-                    kChunk % (kThreads / kWarps) == 0 && kWarps % (kThreads / kChunk) == 0,
+  static_assert(kLaneOut == 2 || kLaneOut == 4, "a float2 or float4 of dy per lane");
+  static_assert(kGroup % 2 == 0 && kSlots % 2 == 0, "runs of whole float4 pairs of entries");
+  static_assert(kThreads % kChunk == 0 && kThreads % kOut == 0, "copy loops: fixed columns");
+  static_assert(kThreads % (kOut / 4) == 0 && kThreads % kWarps == 0 &&
+                    kChunk % (kThreads / (kOut / 4)) == 0 && kChunk % (kThreads / kOut) == 0 &&
+                    kChunk % (kThreads / kWarps) == 0 && kWarps % (kThreads / kChunk) == 0 &&
+                    kOut % (kThreads / kChunk) == 0,
                 "copy loops: every thread copies the same number of entries");
-  // Warps whose node sums the dy buffers hold at once at the end (16 x 128 flushes in two
-  // passes of 8 warps).
-  static constexpr int kFlushWarps = 2 * kDyBuffer / ((kGcMaxCells + 1) * kGcOut) < kWarps
-                                         ? 2 * kDyBuffer / ((kGcMaxCells + 1) * kGcOut)
-                                         : kWarps;
-  static_assert(kFlushWarps >= 1 && kWarps % kFlushWarps == 0, "whole flush passes");
+  // Inputs whose node sums ([side][kOut] floats each, side <= 32) the dy buffers hold at once
+  // at the end.
+  static constexpr int kFlushInputs = 2 * kDyBuffer / (32 * kOut) < kWarps
+                                          ? 2 * kDyBuffer / (32 * kOut)
+                                          : kWarps;
+  static_assert(kFlushInputs >= 1 && kWarps % kFlushInputs == 0, "whole flush passes");
 };
 
-template <int kWarps, int kChunk>
+template <int kShape>
 struct GroupedSmem {
-  static constexpr int kSlots = grouped_sorted_slots(kChunk);
+  using P = Grouped<kShape>;
   // The walk reads entries two per float4: each warp's array starts 16-byte aligned (so do
-  // the arrays before it: dy rows of kGcDyStride floats, the raw-x buffers).
-  static_assert(kSlots % 2 == 0 && kGcDyStride % 4 == 0 &&
-                    (2 * Grouped<kWarps, kChunk>::kXBuffer) % 4 == 0,
+  // the arrays before it: dy rows of kDyStride floats, the raw-x buffers).
+  static_assert(P::kDyStride % 4 == 0 && (2 * P::kXBuffer) % 4 == 0,
                 "16-byte aligned sorted entries");
-  float* dy;       // [2][kChunk][kGcDyStride]; at the end the flush buffer (kFlushWarps)
-  float* zero_row;  // [kGcDyStride] zeros, after the dy buffers: the pads' dy row
-  float* xs;       // [2][Grouped::kXBuffer]: the chunk's raw x (layout: Grouped::kXRow)
+  float* dy;       // [2][kChunk][kDyStride]; at the end the flush buffer (kFlushInputs)
+  float* zero_row;  // [kDyStride] zeros, after the dy buffers: the pads' dy row
+  float* xs;       // [2][P::kXBuffer]: the chunk's raw x (layout: P::kXRow)
   float2* sorted;  // [kWarps][kSlots]: (byte offset of the dy row from dy, d), by cell
   int* bins;       // [kWarps][32]: start of each cell's padded run in `sorted`
   float* borders;  // [G+1]
 
   __device__ explicit GroupedSmem(float* smem) {
-    using P = Grouped<kWarps, kChunk>;
     dy = smem;
     zero_row = dy + 2 * P::kDyBuffer;
-    xs = zero_row + kGcDyStride;
+    xs = zero_row + P::kDyStride;
     sorted = reinterpret_cast<float2*>(xs + 2 * P::kXBuffer);
-    bins = reinterpret_cast<int*>(sorted + kWarps * kSlots);
-    borders = reinterpret_cast<float*>(bins + kWarps * 32);
+    bins = reinterpret_cast<int*>(sorted + P::kWarps * P::kSlots);
+    borders = reinterpret_cast<float*>(bins + P::kWarps * 32);
   }
 };
 
 // Issues (and commits) the copies of samples [c0, c0 + valid) into buffer `buf`: the dy rows
-// of this block's 64 outputs and the raw x of its inputs, zeros outside the batch and the
-// layer. Each loop gives a thread a fixed column and steps its row (one pointer add per copy).
-template <int kWarps, int kChunk>
-__device__ __forceinline__ void stage_chunk(const GroupedSmem<kWarps, kChunk>& s,
-                                            const GroupedArgs& a, int64_t c0, int valid, int o0,
-                                            int i0, int buf) {
-  using P = Grouped<kWarps, kChunk>;
+// of this block's outputs and the raw x of its inputs, zeros outside the batch and the layer.
+// Each loop gives a thread a fixed column and steps its row (one pointer add per copy).
+template <int kShape>
+__device__ __forceinline__ void stage_chunk(const GroupedSmem<kShape>& s, const GroupedArgs& a,
+                                            int64_t c0, int valid, int o0, int i0, int buf) {
+  using P = Grouped<kShape>;
   const int t = threadIdx.x;
   float* dy = s.dy + buf * P::kDyBuffer;
   if (a.vector_dy) {  // batch-first rows as float4 (N_out % 4 == 0: a float4 is in or out)
-    constexpr int kQuads = kGcOut / 4, kStep = P::kThreads / kQuads;
+    constexpr int kQuads = P::kOut / 4, kStep = P::kThreads / kQuads;
     const int q = t % kQuads, sl0 = t / kQuads;
     const bool out_ok = o0 + 4 * q < a.n_out;
     const float* src = a.grad_y + (c0 + sl0) * a.n_out + o0 + 4 * q;
 #pragma unroll
-    for (int r = 0; r < kChunk / kStep; ++r) {
+    for (int r = 0; r < P::kChunk / kStep; ++r) {
       const int sl = sl0 + r * kStep;
       const bool ok = out_ok && sl < valid;
-      cp_async16_or_zero(dy + sl * kGcDyStride + 4 * q, ok ? src : a.grad_y, ok);
+      cp_async16_or_zero(dy + sl * P::kDyStride + 4 * q, ok ? src : a.grad_y, ok);
       src += kStep * a.n_out;
     }
   } else if (a.batch_last) {  // grad_y [N_out, B]: consecutive threads, consecutive samples
-    constexpr int kStep = P::kThreads / kChunk;
-    const int sl = t % kChunk, o_first = t / kChunk;
+    constexpr int kStep = P::kThreads / P::kChunk;
+    const int sl = t % P::kChunk, o_first = t / P::kChunk;
     const float* src = a.grad_y + static_cast<int64_t>(o0 + o_first) * a.batch + c0 + sl;
 #pragma unroll 8
-    for (int r = 0; r < kGcOut / kStep; ++r) {
+    for (int r = 0; r < P::kOut / kStep; ++r) {
       const int o = o_first + r * kStep;
       const bool ok = sl < valid && o0 + o < a.n_out;
-      cp_async4_or_zero(dy + sl * kGcDyStride + o, ok ? src : a.grad_y, ok);
+      cp_async4_or_zero(dy + sl * P::kDyStride + o, ok ? src : a.grad_y, ok);
       src += kStep * a.batch;
     }
   } else {  // batch-first rows that are not 16-byte aligned or not whole float4s
-    constexpr int kStep = P::kThreads / kGcOut;
-    const int o = t % kGcOut, sl0 = t / kGcOut;
+    constexpr int kStep = P::kThreads / P::kOut;
+    const int o = t % P::kOut, sl0 = t / P::kOut;
     const bool out_ok = o0 + o < a.n_out;
     const float* src = a.grad_y + (c0 + sl0) * a.n_out + o0 + o;
 #pragma unroll 8
-    for (int r = 0; r < kChunk / kStep; ++r) {
+    for (int r = 0; r < P::kChunk / kStep; ++r) {
       const int sl = sl0 + r * kStep;
       const bool ok = out_ok && sl < valid;
-      cp_async4_or_zero(dy + sl * kGcDyStride + o, ok ? src : a.grad_y, ok);
+      cp_async4_or_zero(dy + sl * P::kDyStride + o, ok ? src : a.grad_y, ok);
       src += kStep * a.n_out;
     }
   }
   float* xs = s.xs + buf * P::kXBuffer;
   if (a.batch_last) {  // x [N_in, B]
-    constexpr int kStep = P::kThreads / kChunk;
-    const int sl = t % kChunk, il_first = t / kChunk;
+    constexpr int kStep = P::kThreads / P::kChunk;
+    const int sl = t % P::kChunk, il_first = t / P::kChunk;
     const float* src = a.x + static_cast<int64_t>(i0 + il_first) * a.batch + c0 + sl;
 #pragma unroll
-    for (int r = 0; r < kWarps / kStep; ++r) {
+    for (int r = 0; r < P::kWarps / kStep; ++r) {
       const int il = il_first + r * kStep;
       const bool ok = sl < valid && i0 + il < a.n_in;
-      cp_async4_or_zero(xs + il * kChunk + sl, ok ? src : a.x, ok);
+      cp_async4_or_zero(xs + il * P::kChunk + sl, ok ? src : a.x, ok);
       src += kStep * a.batch;
     }
   } else {  // x [B, N_in]: consecutive threads, consecutive inputs of a sample
-    constexpr int kStep = P::kThreads / kWarps;
-    const int il = t % kWarps, sl0 = t / kWarps;
+    constexpr int kStep = P::kThreads / P::kWarps;
+    const int il = t % P::kWarps, sl0 = t / P::kWarps;
     const bool in_ok = i0 + il < a.n_in;
     const float* src = a.x + (c0 + sl0) * a.n_in + i0 + il;
 #pragma unroll
-    for (int r = 0; r < kChunk / kStep; ++r) {
+    for (int r = 0; r < P::kChunk / kStep; ++r) {
       const int sl = sl0 + r * kStep;
       const bool ok = in_ok && sl < valid;
       cp_async4_or_zero(xs + sl * P::kXRow + il, ok ? src : a.x, ok);
@@ -136,13 +145,12 @@ __device__ __forceinline__ void stage_chunk(const GroupedSmem<kWarps, kChunk>& s
   cp_async_commit();
 }
 
-// Counting sort of this warp's input over one chunk, by one warp: sorted[] gets (byte offset
-// of the sample's dy row, d) in cell order, the samples of a cell in sample order, each
-// cell's run padded to a multiple of kGcRunGroup with (zero row, 0) entries, and bins[k] the
-// start of cell k's run (bins[G]: the end of the last). x_warp: the input's raw x in the
-// chunk buffer, sample sl at x_warp[sl * x_step]. Samples at or past `valid` take cell G
-// (no slot, not walked).
-template <int kPerLane>
+// Counting sort of this warp's input over one chunk, by one warp: sorted[] gets (byte offset of
+// the sample's dy row, d) in cell order, the samples of a cell in sample order, each cell's run
+// padded to a multiple of kGroup with (zero row, 0) entries, and bins[k] the start of cell k's
+// run (bins[G]: the end of the last). x_warp: the input's raw x in the chunk buffer, sample sl
+// at x_warp[sl * x_step]. Samples at or past `valid` take cell G (no slot, not walked).
+template <int kPerLane, int kGroup, int kDyStride>
 __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_step, int valid,
                                                    int dy_row0, int zero_row,
                                                    const float* borders_s, int num_grids,
@@ -178,142 +186,164 @@ __device__ __forceinline__ void sort_chunk_by_cell(const float* x_warp, int x_st
   // Exclusive scan of the 32 padded counts: bins[k] = start of cell k's run; lane k writes
   // its cell's pads after the cell's samples.
   const int count = bins[lane];
-  const int padded = lane < num_grids ? (count + kGcRunGroup - 1) / kGcRunGroup * kGcRunGroup : 0;
+  const int padded = lane < num_grids ? (count + kGroup - 1) / kGroup * kGroup : 0;
   const int start = warp_inclusive_scan(padded, lane) - padded;
   bins[lane] = start;
 #pragma unroll
-  for (int p = 0; p < kGcRunGroup - 1; ++p)
+  for (int p = 0; p < kGroup - 1; ++p)
     if (count + p < padded) sorted[start + count + p] = make_float2(__int_as_float(zero_row), 0.f);
   __syncwarp();
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
     if (cell[r] < num_grids) {
-      const int row = dy_row0 + (lane + 32 * r) * kGcDyStride * static_cast<int>(sizeof(float));
+      const int row = dy_row0 + (lane + 32 * r) * kDyStride * static_cast<int>(sizeof(float));
       sorted[bins[cell[r]] + rank[r]] = make_float2(__int_as_float(row), dd[r]);
     }
   }
   __syncwarp();
 }
 
-// Adds one sorted chunk of this warp's input into the node sums (lane: outputs 2 lane, +1).
-// Per run of cell k: sg = sum of g, sgd = sum of g d; node k gets sg - sgd (the weight 1 - d),
-// node k + 1 gets sgd. Runs are whole groups of kGcRunGroup entries (pads add zeros), read
-// two entries per float4 (runs start at multiples of kGcRunGroup entries of 16-byte aligned
-// arrays). dy_lane: the shared-memory address of this lane's float2 in dy row 0.
-__device__ __forceinline__ void walk_cells(float2 (&acc)[kGcMaxCells + 1], const float2* sorted,
-                                           const int* bins, unsigned dy_lane, int num_grids) {
-  static_assert(kGcRunGroup % 2 == 0, "groups of whole float4 pairs of entries");
-#pragma unroll
-  for (int k = 0; k < kGcMaxCells; ++k) {
-    if (k >= num_grids) break;
-    const float4* entry = reinterpret_cast<const float4*>(sorted + bins[k]);
-    const float4* const run_end = reinterpret_cast<const float4*>(sorted + bins[k + 1]);
-    float2 sg = make_float2(0.f, 0.f), sgd = make_float2(0.f, 0.f);
-#pragma unroll 1
-    for (; entry != run_end; entry += kGcRunGroup / 2) {
-      float4 pair[kGcRunGroup / 2];  // (row, d) of entries 2 j and 2 j + 1
-      float2 g[kGcRunGroup];
-      float d[kGcRunGroup];
-#pragma unroll
-      for (int j = 0; j < kGcRunGroup / 2; ++j) {
-        pair[j] = entry[j];
-        d[2 * j] = pair[j].y;
-        d[2 * j + 1] = pair[j].w;
-      }
-#pragma unroll
-      for (int j = 0; j < kGcRunGroup / 2; ++j) {
-        g[2 * j] = lds64(dy_lane + __float_as_uint(pair[j].x));
-        g[2 * j + 1] = lds64(dy_lane + __float_as_uint(pair[j].z));
-      }
-#pragma unroll
-      for (int q = 0; q < kGcRunGroup; ++q) {
-        sg.x += g[q].x;
-        sg.y += g[q].y;
-        sgd.x = fmaf(g[q].x, d[q], sgd.x);
-        sgd.y = fmaf(g[q].y, d[q], sgd.y);
-      }
-    }
-    acc[k].x += sg.x - sgd.x;
-    acc[k].y += sg.y - sgd.y;
-    acc[k + 1].x += sgd.x;
-    acc[k + 1].y += sgd.y;
+// A lane's kLaneOut floats of a dy row at a 32-bit shared address (one 8- or 16-byte load).
+template <int kLaneOut>
+__device__ __forceinline__ void load_lane_dy(unsigned addr, float (&g)[kLaneOut]) {
+  if constexpr (kLaneOut == 4) {
+    const float4 v = lds128(addr);
+    g[0] = v.x; g[1] = v.y; g[2] = v.z; g[3] = v.w;
+  } else {
+    const float2 v = lds64(addr);
+    g[0] = v.x; g[1] = v.y;
   }
 }
 
-// Grid: (ceil(N_out / 64), ceil(N_in / kWarps), slices); block z handles samples
+// Adds one sorted chunk of this warp's input into the node sums (a lane's outputs kLaneOut
+// lane .. + kLaneOut - 1). Per run of cell k: sg = sum of g, sgd = sum of g d; node k gets sg -
+// sgd (the weight 1 - d), node k + 1 gets sgd. Runs are whole groups of kGroup entries (pads
+// add zeros), read two entries per float4 (runs start at multiples of kGroup entries of
+// 16-byte aligned arrays). dy_lane: the shared-memory address of this lane's floats in dy row
+// 0.
+template <int kCells, int kLaneOut, int kGroup>
+__device__ __forceinline__ void walk_cells(float (&acc)[kCells + 1][kLaneOut],
+                                           const float2* sorted, const int* bins,
+                                           unsigned dy_lane, int num_grids) {
+#pragma unroll
+  for (int k = 0; k < kCells; ++k) {
+    if (k >= num_grids) break;
+    const float4* entry = reinterpret_cast<const float4*>(sorted + bins[k]);
+    const float4* const run_end = reinterpret_cast<const float4*>(sorted + bins[k + 1]);
+    float sg[kLaneOut] = {}, sgd[kLaneOut] = {};
+#pragma unroll 1
+    for (; entry != run_end; entry += kGroup / 2) {
+      float4 pair[kGroup / 2];  // (row, d) of entries 2 p and 2 p + 1
+      float g[kGroup][kLaneOut];
+      float d[kGroup];
+#pragma unroll
+      for (int p = 0; p < kGroup / 2; ++p) {
+        pair[p] = entry[p];
+        d[2 * p] = pair[p].y;
+        d[2 * p + 1] = pair[p].w;
+      }
+#pragma unroll
+      for (int p = 0; p < kGroup / 2; ++p) {
+        load_lane_dy(dy_lane + __float_as_uint(pair[p].x), g[2 * p]);
+        load_lane_dy(dy_lane + __float_as_uint(pair[p].z), g[2 * p + 1]);
+      }
+#pragma unroll
+      for (int q = 0; q < kGroup; ++q) {
+#pragma unroll
+        for (int c = 0; c < kLaneOut; ++c) {
+          sg[c] += g[q][c];
+          sgd[c] = fmaf(g[q][c], d[q], sgd[c]);
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < kLaneOut; ++c) {
+      acc[k][c] += sg[c] - sgd[c];
+      acc[k + 1][c] += sgd[c];
+    }
+  }
+}
+
+// Grid: (ceil(N_out / kOut), ceil(N_in / kWarps), slices); block z handles samples
 // [z * slice_len, (z+1) * slice_len). kWarps x 32 threads, grouped_smem_bytes.
-template <int kWarps, int kChunk>
-__global__ void __launch_bounds__(kWarps * 32, 512 / (kWarps * 32))
+template <int kShape>
+__global__ void __launch_bounds__(Grouped<kShape>::kThreads, 512 / Grouped<kShape>::kThreads)
 lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
-  using P = Grouped<kWarps, kChunk>;
+  using P = Grouped<kShape>;
   extern __shared__ __align__(16) float smem[];
-  const GroupedSmem<kWarps, kChunk> s(smem);
+  const GroupedSmem<kShape> s(smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int o0 = blockIdx.x * kGcOut;
-  const int i0 = blockIdx.y * kWarps;
+  const int o0 = blockIdx.x * P::kOut;
+  const int i0 = blockIdx.y * P::kWarps;
   const int64_t begin = static_cast<int64_t>(blockIdx.z) * a.slice_len;
   const int64_t end = (begin + a.slice_len < a.batch) ? begin + a.slice_len : a.batch;
   const int side = a.num_grids + 1;
   const bool warp_has_input = i0 + warp < a.n_in;
   load_borders(s.borders, a.borders, side);
 
-  float2 acc[kGcMaxCells + 1];
+  float acc[P::kCells + 1][P::kLaneOut];
 #pragma unroll
-  for (int k = 0; k <= kGcMaxCells; ++k) acc[k] = make_float2(0.f, 0.f);
-  float2* sorted = s.sorted + warp * s.kSlots;
-  for (int j = threadIdx.x; j < kGcDyStride; j += P::kThreads) s.zero_row[j] = 0.f;
+  for (int k = 0; k <= P::kCells; ++k)
+#pragma unroll
+    for (int c = 0; c < P::kLaneOut; ++c) acc[k][c] = 0.f;
+  float2* sorted = s.sorted + warp * P::kSlots;
+  for (int j = threadIdx.x; j < P::kDyStride; j += P::kThreads) s.zero_row[j] = 0.f;
   int* bins = s.bins + warp * 32;
-  const unsigned dy_lane = smem_u32(s.dy) + lane * static_cast<unsigned>(sizeof(float2));
+  const unsigned dy_lane =
+      smem_u32(s.dy) + lane * P::kLaneOut * static_cast<unsigned>(sizeof(float));
   // This warp's input in a raw-x buffer: sample sl at [sl * x_step].
-  const int x_first = a.batch_last ? warp * kChunk : warp;
+  const int x_first = a.batch_last ? warp * P::kChunk : warp;
   const int x_step = a.batch_last ? 1 : P::kXRow;
 
-  const int64_t chunks = end > begin ? (end - begin + kChunk - 1) / kChunk : 0;
+  const int64_t chunks = end > begin ? (end - begin + P::kChunk - 1) / P::kChunk : 0;
   auto valid_at = [&](int64_t c0) {
-    return static_cast<int>(end - c0 < kChunk ? end - c0 : kChunk);
+    return static_cast<int>(end - c0 < P::kChunk ? end - c0 : P::kChunk);
   };
   if (chunks > 0) stage_chunk(s, a, begin, valid_at(begin), o0, i0, 0);
   for (int64_t c = 0; c < chunks; ++c) {
     const int buf = static_cast<int>(c & 1);
-    const int64_t c0 = begin + c * kChunk;
+    const int64_t c0 = begin + c * P::kChunk;
     cp_async_wait<0>();
     // Chunk c has landed for every thread (the borders and zero row are stored); every warp
     // is done with chunk c - 1, so its buffer takes chunk c + 1 while this one is sorted and
     // walked.
     __syncthreads();
-    if (c + 1 < chunks) stage_chunk(s, a, c0 + kChunk, valid_at(c0 + kChunk), o0, i0, buf ^ 1);
+    if (c + 1 < chunks)
+      stage_chunk(s, a, c0 + P::kChunk, valid_at(c0 + P::kChunk), o0, i0, buf ^ 1);
     if (warp_has_input) {
-      sort_chunk_by_cell<P::kPerLane>(
+      sort_chunk_by_cell<P::kPerLane, P::kGroup, P::kDyStride>(
           s.xs + buf * P::kXBuffer + x_first, x_step, valid_at(c0),
           buf * P::kDyBuffer * static_cast<int>(sizeof(float)),
           2 * P::kDyBuffer * static_cast<int>(sizeof(float)), s.borders, a.num_grids, a.uniform,
           sorted, bins, lane);
-      walk_cells(acc, sorted, bins, dy_lane, a.num_grids);
+      walk_cells<P::kCells, P::kLaneOut, P::kGroup>(acc, sorted, bins, dy_lane, a.num_grids);
     }
   }
-  // The dy buffers become the flush buffer [kFlushWarps][G+1][64]: kWarps / kFlushWarps
-  // passes, each storing its warps' node sums; consecutive threads take consecutive inputs
-  // of one (node, output) row.
+  // The dy buffers become the flush buffer [kFlushInputs][G+1][kOut]: kWarps / kFlushInputs
+  // passes, each storing its warps' node sums; consecutive threads take consecutive inputs of
+  // one (node, output) row.
   const int64_t plane = static_cast<int64_t>(side) * a.n_out * a.n_in;
   float* dst = a.accumulate ? a.out : a.out + blockIdx.z * plane;
-  for (int w0 = 0; w0 < kWarps; w0 += P::kFlushWarps) {
+  for (int w0 = 0; w0 < P::kWarps; w0 += P::kFlushInputs) {
     __syncthreads();  // the walks (first pass) or the previous pass's readers are done
-    if (warp >= w0 && warp < w0 + P::kFlushWarps) {
+    if (warp >= w0 && warp < w0 + P::kFlushInputs) {
+      float* rows = s.dy + (warp - w0) * side * P::kOut + lane * P::kLaneOut;
 #pragma unroll
-      for (int k = 0; k <= kGcMaxCells; ++k) {
+      for (int k = 0; k <= P::kCells; ++k) {
         if (k > a.num_grids) break;
-        reinterpret_cast<float2*>(s.dy + ((warp - w0) * side + k) * kGcOut)[lane] = acc[k];
+#pragma unroll
+        for (int c = 0; c < P::kLaneOut; ++c) rows[k * P::kOut + c] = acc[k][c];
       }
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < P::kFlushWarps * side * kGcOut; e += P::kThreads) {
-      const int il = e % P::kFlushWarps;
-      const int o = (e / P::kFlushWarps) % kGcOut;
-      const int k = e / (P::kFlushWarps * kGcOut);
+    for (int e = threadIdx.x; e < P::kFlushInputs * side * P::kOut; e += P::kThreads) {
+      const int il = e % P::kFlushInputs;
+      const int o = (e / P::kFlushInputs) % P::kOut;
+      const int k = e / (P::kFlushInputs * P::kOut);
       const int i = i0 + w0 + il, oo = o0 + o;
       if (i < a.n_in && oo < a.n_out) {
         const int64_t off = (static_cast<int64_t>(k) * a.n_out + oo) * a.n_in + i;
-        const float v = s.dy[(il * side + k) * kGcOut + o];
+        const float v = s.dy[(il * side + k) * P::kOut + o];
         if (a.accumulate) atomicAdd(dst + off, v);
         else              dst[off] = v;
       }
@@ -321,38 +351,43 @@ lmkan1d_backward_dc_grouped_kernel(const GroupedArgs a) {
   }
 }
 
-// The kernel of launch shape c (one of kGroupedConfigs).
-const void* grouped_kernel(GroupedConfig c) {
-  if (c.warps == 16 && c.chunk == 256)
-    return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<16, 256>);
-  if (c.warps == 16 && c.chunk == 128)
-    return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<16, 128>);
-  TORCH_CHECK(c.warps == 8 && c.chunk == 128, "lmkan1d: no grouped dC kernel of ", c.warps,
-              " warps and chunks of ", c.chunk);
-  return reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<8, 128>);
+// The kernel of launch shape `shape` (an index of kGroupedConfigs), nullptr if none.
+template <int... kShapes>
+const void* kernel_of_shape(int shape, std::integer_sequence<int, kShapes...>) {
+  const void* kernel = nullptr;
+  ((shape == kShapes
+        ? (kernel = reinterpret_cast<const void*>(lmkan1d_backward_dc_grouped_kernel<kShapes>))
+        : nullptr),
+   ...);
+  return kernel;
+}
+
+const void* grouped_kernel(int shape) {
+  const void* kernel =
+      kernel_of_shape(shape, std::make_integer_sequence<int, kGroupedShapes>{});
+  TORCH_CHECK(kernel != nullptr, "lmkan1d: no grouped dC launch shape ", shape, " (0 to ",
+              kGroupedShapes - 1, ")");
+  return kernel;
 }
 
 }  // namespace
 
-int grouped_dc_blocks_per_sm(GroupedConfig c, size_t smem) {
-  const void* kernel = grouped_kernel(c);
+int grouped_dc_blocks_per_sm(int shape, size_t smem) {
+  const void* kernel = grouped_kernel(shape);
   allow_dynamic_smem(kernel, smem);
   int per_sm = 0;
-  C10_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, c.warps * 32, smem));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, kernel, kGroupedConfigs[shape].warps * 32, smem));
   return per_sm;
 }
 
-void launch_grouped_dc(const GroupedArgs& a, GroupedConfig c, dim3 grid, size_t smem,
+void launch_grouped_dc(const GroupedArgs& a, int shape, dim3 grid, size_t smem,
                        cudaStream_t stream) {
-  allow_dynamic_smem(grouped_kernel(c), smem);  // checks that c is a built shape
-  if (c.warps == 16 && c.chunk == 256)
-    lmkan1d_backward_dc_grouped_kernel<16, 256><<<grid, 512, smem, stream>>>(a);
-  else if (c.warps == 16)
-    lmkan1d_backward_dc_grouped_kernel<16, 128><<<grid, 512, smem, stream>>>(a);
-  else
-    lmkan1d_backward_dc_grouped_kernel<8, 128><<<grid, 256, smem, stream>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const void* kernel = grouped_kernel(shape);
+  allow_dynamic_smem(kernel, smem);
+  void* args[] = {const_cast<GroupedArgs*>(&a)};
+  C10_CUDA_CHECK(cudaLaunchKernel(kernel, grid, dim3(kGroupedConfigs[shape].warps * 32), args,
+                                  smem, stream));
 }
 
 }  // namespace lmkan1d

@@ -23,10 +23,11 @@
 //     summed over the group's 8 lanes by a transpose-reduce (7 shuffles per input pair). The
 //     block loops over all output tiles itself, so grad_x is written by one thread per entry:
 //     no atomics, deterministic.
-// dC, G <= 31 (grouped): a warp owns one input and 64 outputs (a float2 per lane); per chunk
-//   of 128 or 256 samples it counting-sorts them by cell and walks the cells in order, summing
-//   a run of one cell in registers into node sums that stay in registers for the whole slice.
-//   Per (sample, input) it reads shared memory twice (sorted entry, dy row), writes nothing.
+// dC, G <= 31 (grouped): a warp owns one input and 128 outputs (a float4 per lane) for
+//   G <= 16 on devices of 170 KB and more, else 64 outputs (a float2); per chunk of 128 or 256
+//   samples it counting-sorts them by cell and walks the cells in order, summing a run of one
+//   cell in registers into node sums that stay in registers for the whole slice. Per (sample,
+//   input) it reads shared memory twice (sorted entry, dy row), writes nothing.
 // dC, larger G: a warp owns two inputs and 32 outputs (lanes); for a chunk of samples it reads
 //   each sample's cells (broadcast) and dy[s, o] and updates its own columns of a shared-memory
 //   accumulator (thread-exclusive: no shared atomics). The two inputs are independent
@@ -126,51 +127,58 @@ inline size_t dc_smem_bytes(int num_grids) {
          sizeof(float2) * kDcInputs * kDcChunk + sizeof(float) * (num_grids + 2);
 }
 
-// A warp owns one input and 64 outputs (a float2 per lane). Per chunk of samples it sorts its
-// input's samples by cell (counting sort, peer lanes from five ballots, so the order depends
-// only on the data) and walks the cells in order: a run of samples in cell k sums g and g d in
-// registers, then adds g - g d to the node sum acc[k] and g d to acc[k+1]; the node sums stay
-// in registers for the whole slice. Shared memory is read once per (sample, input) for the
-// sorted entry (a broadcast, two entries per 16-byte read) and once for the dy row (2
-// wavefronts); nothing is written per sample. The node sums need G+1 <= 32 register pairs with
-// static indices, hence the fully unrolled cell loop and the G <= 31 limit (larger G use the
-// shared-accumulator kernel, grad_params.cu). The chunks are double-buffered: cp.async copies
-// the next chunk's dy rows and raw x while the warps sort and walk the current one, so a block
-// waits on global memory once per slice, not once per chunk.
-constexpr int kGcOut = 64;                 // outputs per block: 32 lanes x float2
-constexpr int kGcMaxCells = 31;            // node sums in registers: G + 1 <= 32
-// dy row stride in floats: 16-byte aligned rows (16-byte copies), and for batch-last's
-// transposed copies consecutive samples start 4 banks apart (4-way, not 32-way conflicts).
-constexpr int kGcDyStride = kGcOut + 4;
-
-// A launch shape of the grouped kernel: `warps` inputs per block (a warp each) and `chunk`
-// samples per double-buffered chunk. The host takes the first that fits the device's shared
-// memory (kGroupedConfigs): 16 x 256 (216 KB) on 227 KB devices, 16 x 128 (115 KB) on 163
-// KB ones (A100), 8 x 128 (92 KB) on 99 KB ones. The node sums take 128 registers a thread,
-// so an SM holds 16 warps at most: one block of 16 or, by shared memory, one or two of 8.
-// Longer chunks give longer runs per cell (fewer per-cell overheads), more warps per block
-// fewer dy copies per (sample, input).
+// A warp owns one input and the block's outputs (2 or 4 per lane). Per chunk of samples it
+// sorts its input's samples by cell (counting sort, peer lanes from five ballots, so the order
+// depends only on the data) and walks the cells in order: a run of samples in cell k sums g and
+// g d in registers, then adds g - g d to the node sum acc[k] and g d to acc[k+1]; the node sums
+// stay in registers for the whole slice. Shared memory is read once per (sample, input) for
+// the sorted entry (a broadcast, two entries per 16-byte read) and once for the dy row (a
+// float2 or float4 per lane); nothing is written per sample. The node sums need static
+// register indices, hence the fully unrolled cell loop and the cell limit (G <= 31; larger G
+// use the shared-accumulator kernel, grad_params.cu). The chunks are double-buffered: cp.async
+// copies the next chunk's dy rows and raw x while the warps sort and walk the current one, so a
+// block waits on global memory once per slice, not once per chunk.
+//
+// A launch shape (GroupedConfig): `warps` inputs per block (a warp each), up to `max_cells`
+// cells, `lane_out` outputs per lane (32 lane_out per block), `chunk` samples per
+// double-buffered chunk, each cell's run padded to a multiple of `group` entries that read a
+// row of zeros (a walk without a remainder loop: at ~8 samples per cell the remainder and its
+// setup were ~40% of the walk's instructions). Per walked entry a warp issues the entry's share
+// of one 16-byte load, an address add, one dy load, 2 lane_out FP and the loop's share, and per
+// chunk it sorts its input once: 4 outputs a lane serve twice the outputs with that work, where
+// the node sums fit (4 x 17 nodes, 68 registers, at G <= 16). The host takes the first shape
+// whose cells and shared memory fit (kGroupedConfigs). Longer chunks give longer runs per cell
+// (fewer pads, fewer per-cell overheads), more inputs per block fewer dy copies. The node sums
+// and the walk take 128 registers a thread, so an SM holds 16 warps: one block of 16 or, by
+// shared memory, one or two of 8 (4 outputs a lane with all 32 nodes took 210 registers, so 8
+// warps an SM, and lost: docs/decisions.md, "1D layer").
 struct GroupedConfig {
-  int warps;
-  int chunk;
+  int warps, max_cells, lane_out, chunk, group;
+  constexpr int block_out() const { return 32 * lane_out; }
+  // dy row stride in floats: 16-byte aligned rows (16-byte copies), and for batch-last's
+  // transposed copies consecutive samples start 4 banks apart (4-way, not 32-way conflicts).
+  constexpr int dy_stride() const { return block_out() + 4; }
+  // A warp's sorted entries: the chunk plus at most group - 1 pads for each cell, rounded up
+  // to 2 (16-byte aligned arrays: the walk reads two entries per float4).
+  constexpr int sorted_slots() const { return (chunk + max_cells * (group - 1) + 1) / 2 * 2; }
 };
-constexpr GroupedConfig kGroupedConfigs[] = {{16, 256}, {16, 128}, {8, 128}};
-
-// Each cell's run of sorted entries is padded to a multiple of kGcRunGroup with entries that
-// read a row of zeros, so the walk takes kGcRunGroup samples a step and has no remainder loop
-// (at ~8 samples per cell, the remainder and its setup were ~40% of the walk's instructions).
-// A warp's sorted entries: the chunk plus at most kGcRunGroup - 1 pads for each of 31 cells.
-constexpr int kGcRunGroup = 4;
-constexpr int grouped_sorted_slots(int chunk) { return chunk + 32 * (kGcRunGroup - 1); }
+constexpr GroupedConfig kGroupedConfigs[] = {
+    {16, 16, 4, 128, 2},  // G <= 16: 170 KB
+    {16, 31, 2, 256, 4},  // 216 KB
+    {16, 31, 2, 128, 4},  // 115 KB (A100)
+    {8, 31, 2, 128, 4},   // 92 KB (consumer GPUs)
+};
+constexpr int kGroupedShapes = sizeof(kGroupedConfigs) / sizeof(kGroupedConfigs[0]);
+constexpr int kGcMaxCells = 31;  // G + 1 <= 32: cells are lanes of the sort's counters
 
 // Shared memory of a grouped block (grad_params_grouped.cu, GroupedSmem): two dy buffers
-// [chunk][kGcDyStride] and the zero row, two raw-x buffers of chunk x (warps + 1) floats (the
+// [chunk][dy_stride] and the zero row, two raw-x buffers of chunk x (warps + 1) floats (the
 // batch-first layout's padded rows), the warps' sorted entries (float2) and counts (32 ints),
 // the borders.
 inline size_t grouped_smem_bytes(GroupedConfig c, int num_grids) {
-  return sizeof(float) * (2 * c.chunk * (kGcDyStride + c.warps + 1) + kGcDyStride) +
-         sizeof(float2) * c.warps * grouped_sorted_slots(c.chunk) +
-         sizeof(int) * c.warps * 32 + sizeof(float) * (num_grids + 1);
+  return sizeof(float) * (2 * c.chunk * (c.dy_stride() + c.warps + 1) + c.dy_stride()) +
+         sizeof(float2) * c.warps * c.sorted_slots() + sizeof(int) * c.warps * 32 +
+         sizeof(float) * (num_grids + 1);
 }
 
 struct GroupedArgs {
@@ -206,10 +214,10 @@ void launch_shared_dc(dim3 grid, size_t smem, cudaStream_t stream, const float* 
                       const float* x, const float* borders, float* out, int64_t batch, int n_in,
                       int n_out, int num_grids, bool uniform, bool batch_last, int64_t slice_len,
                       bool accumulate, const float* weights = nullptr);
-// Resident blocks per SM of the grouped dC kernel of shape `c` with `smem` bytes (sets its
-// limit first).
-int grouped_dc_blocks_per_sm(GroupedConfig c, size_t smem);
-void launch_grouped_dc(const GroupedArgs& a, GroupedConfig c, dim3 grid, size_t smem,
+// Resident blocks per SM of the grouped dC kernel of launch shape kGroupedConfigs[shape] with
+// `smem` bytes (sets its limit first).
+int grouped_dc_blocks_per_sm(int shape, size_t smem);
+void launch_grouped_dc(const GroupedArgs& a, int shape, dim3 grid, size_t smem,
                        cudaStream_t stream);
 void launch_sum_slices(const float* ws, float* out, int64_t plane, int slices, cudaStream_t stream);
 

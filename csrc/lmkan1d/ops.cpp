@@ -17,6 +17,7 @@
 
 #include "common/checks.h"
 #include "common/device_limits.h"
+#include "common/env_knobs.h"
 #include "common/image_rows.h"
 #include "common/images.h"
 #include "common/sum_splits.h"
@@ -270,30 +271,45 @@ void run_dc_slices(int64_t slices, bool deterministic, at::Tensor& grad_params,
 
 int device_sms(int device) { return device_limits(device).num_sms; }
 
-// The grouped dC's launch shape on this device: the first of kGroupedConfigs whose shared
-// memory fits (layout.h), or nullptr: the grouped kernel needs G <= 31 and N_in / warps
-// blocks along grid y (<= 65535).
-const GroupedConfig* grouped_dc_config(const Shapes& sh, int device) {
-  if (sh.num_grids > kGcMaxCells) return nullptr;
-  for (const GroupedConfig& c : kGroupedConfigs) {
-    if (grouped_smem_bytes(c, sh.num_grids) <= static_cast<size_t>(max_dynamic_smem(device)) &&
-        (sh.n_in + c.warps - 1) / c.warps <= 65535)
-      return &c;
-  }
-  return nullptr;
+bool grouped_shape_fits(const GroupedConfig& c, const Shapes& sh, int device) {
+  return sh.num_grids <= c.max_cells &&
+         grouped_smem_bytes(c, sh.num_grids) <= static_cast<size_t>(max_dynamic_smem(device)) &&
+         (sh.n_in + c.warps - 1) / c.warps <= 65535;
 }
 
-// dC for G <= kGcMaxCells: cell-grouped kernel of launch shape c.
+// The grouped dC's launch shape on this device: the first of kGroupedConfigs whose cells and
+// shared memory fit (layout.h), or -1: the grouped kernel needs G <= 31 and N_in / inputs
+// blocks along grid y (<= 65535). LMKAN_1D_DC_SHAPE=N (read at every call, for tests and
+// measurements) takes shape N instead, and raises where it does not fit.
+int grouped_dc_shape(const Shapes& sh, int device) {
+  const int forced = static_cast<int>(
+      env_int("LMKAN_1D_DC_SHAPE", 0, kGroupedShapes - 1, -1, "launch shape index"));
+  if (forced >= 0) {
+    const GroupedConfig& c = kGroupedConfigs[forced];
+    TORCH_CHECK_VALUE(grouped_shape_fits(c, sh, device), "LMKAN_1D_DC_SHAPE=", forced,
+                      " (the grouped dC's shape of ", c.max_cells, " cells at most, ",
+                      grouped_smem_bytes(c, sh.num_grids), " bytes of shared memory) does not "
+                      "fit this call: num_grids ", sh.num_grids, ", ",
+                      max_dynamic_smem(device), " bytes per block");
+    return forced;
+  }
+  for (int shape = 0; shape < kGroupedShapes; ++shape)
+    if (grouped_shape_fits(kGroupedConfigs[shape], sh, device)) return shape;
+  return -1;
+}
+
+// dC for G <= kGcMaxCells: cell-grouped kernel of launch shape kGroupedConfigs[shape].
 void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
-                       const Shapes& sh, GroupedConfig c, bool uniform_grid, bool batch_last,
+                       const Shapes& sh, int shape, bool uniform_grid, bool batch_last,
                        bool deterministic, at::Tensor& grad_params, cudaStream_t stream) {
   const int device = x.get_device();
+  const GroupedConfig& c = kGroupedConfigs[shape];
   const size_t smem = grouped_smem_bytes(c, sh.num_grids);
   // Resident blocks: the occupancy of the kernel, within the budgeted shared memory per SM
-  const int per_sm = std::min(grouped_dc_blocks_per_sm(c, smem),
+  const int per_sm = std::min(grouped_dc_blocks_per_sm(shape, smem),
                               device_limits(device).smem_per_sm /
                                   static_cast<int>(smem + kReservedSmemPerBlock));
-  const int64_t tiles = static_cast<int64_t>((sh.n_out + kGcOut - 1) / kGcOut) *
+  const int64_t tiles = static_cast<int64_t>((sh.n_out + c.block_out() - 1) / c.block_out()) *
                         ((sh.n_in + c.warps - 1) / c.warps);
   const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) * device_sms(device);
   int64_t slices = grouped_dc_slices(sh, c.chunk, tiles, slots);
@@ -313,12 +329,12 @@ void launch_dc_grouped(const at::Tensor& grad_y, const at::Tensor& x, const at::
   a.batch_last = batch_last;
   a.vector_dy = !batch_last && sh.n_out % 4 == 0 &&
                 reinterpret_cast<uintptr_t>(a.grad_y) % 16 == 0;
-  const dim3 grid((sh.n_out + kGcOut - 1) / kGcOut, (sh.n_in + c.warps - 1) / c.warps,
-                  static_cast<unsigned>(slices));
+  const dim3 grid((sh.n_out + c.block_out() - 1) / c.block_out(),
+                  (sh.n_in + c.warps - 1) / c.warps, static_cast<unsigned>(slices));
   run_dc_slices(slices, deterministic, grad_params, stream, [&](float* out, bool accumulate) {
     a.out = out;
     a.accumulate = accumulate;
-    launch_grouped_dc(a, c, grid, smem, stream);
+    launch_grouped_dc(a, shape, grid, smem, stream);
   });
 }
 
@@ -348,8 +364,9 @@ void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& 
                at::Tensor& grad_params, cudaStream_t stream) {
   // G > 31, or a device whose shared memory holds no grouped shape (under 87 KB per block),
   // takes the shared-accumulator kernel, whose limit is what lmkan1d_max_num_grids reports.
-  if (const GroupedConfig* c = grouped_dc_config(sh, x.get_device()))
-    launch_dc_grouped(grad_y, x, borders, sh, *c, uniform_grid, batch_last, deterministic,
+  const int shape = grouped_dc_shape(sh, x.get_device());
+  if (shape >= 0)
+    launch_dc_grouped(grad_y, x, borders, sh, shape, uniform_grid, batch_last, deterministic,
                       grad_params, stream);
   else
     launch_dc_shared(grad_y, x, borders, sh, uniform_grid, batch_last, deterministic, grad_params, stream);
