@@ -33,6 +33,8 @@ struct Grouped {
   static constexpr int kXRow = kWarps + 1;
   static constexpr int kXBuffer = kChunk * kXRow;
   static_assert(kLaneOut == 2 || kLaneOut == 4, "a float2 or float4 of dy per lane");
+  static_assert(kCells <= kGcMaxCells, "cells (and cell G, the sort's mark of samples past the "
+                "chunk) are lanes of the sort's 32 counters");
   static_assert(kGroup % 2 == 0 && kSlots % 2 == 0, "runs of whole float4 pairs of entries");
   static_assert(kThreads % kChunk == 0 && kThreads % kOut == 0, "copy loops: fixed columns");
   static_assert(kThreads % (kOut / 4) == 0 && kThreads % kWarps == 0 &&
