@@ -362,7 +362,7 @@ void launch_dc_shared(const at::Tensor& grad_y, const at::Tensor& x, const at::T
 void launch_dc(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& borders,
                const Shapes& sh, bool uniform_grid, bool batch_last, bool deterministic,
                at::Tensor& grad_params, cudaStream_t stream) {
-  // G > 31, or a device whose shared memory holds no grouped shape (under 87 KB per block),
+  // G > 31, or a device whose shared memory holds no grouped shape (under 92 KB per block),
   // takes the shared-accumulator kernel, whose limit is what lmkan1d_max_num_grids reports.
   const int shape = grouped_dc_shape(sh, x.get_device());
   if (shape >= 0)
