@@ -15,7 +15,9 @@
 #       # (on an H100, 2026-12-06: the 2D and 16-bit files 11 s, the files after
 #       # test_export.py 108 s; test_export.py's two AOTInductor compiles took 47 and 89 s in
 #       # an earlier run and did not finish in 240 s beside another pytest: give them a call)
-#   bash tools/arch_round.sh sanitize       # memcheck + racecheck of every kernel, both builds
+#   bash tools/arch_round.sh sanitize       # memcheck, racecheck and synccheck of every kernel,
+#       # both builds (SANITIZE_TOOLS, default "memcheck racecheck synccheck"; synccheck checks
+#       # the barriers and the warp shuffles' masks, which memcheck and racecheck do not)
 #       # (SANITIZE_TOPICS, default "2d 1d reg"; SANITIZE_2D_PART / SANITIZE_1D_PART, default
 #       # all: a part of tools/sanitize_2d.py, e.g. few, or of sanitize_1d.py, e.g. float32;
 #       # SANITIZE_BUILDS, default "sm90 sm80"; SANITIZE_TIMEOUT seconds, default 400: racecheck
@@ -113,7 +115,7 @@ for stage in "$@"; do
       for b in ${SANITIZE_BUILDS:-sm90 sm80}; do
         for topic in ${SANITIZE_TOPICS:-2d 1d reg}; do
           case $topic in 2d) part=${SANITIZE_2D_PART:-all} ;; 1d) part=${SANITIZE_1D_PART:-all} ;; *) part= ;; esac
-          for tool in memcheck racecheck; do
+          for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
             (cd /tmp/lmkan-$b && export PYTHONPATH=/tmp/lmkan-$b && timeout ${SANITIZE_TIMEOUT:-400} compute-sanitizer --tool $tool \
                $PY tools/sanitize_$topic.py $part > "$OUT/san_${b}_${topic}_$tool.log" 2>&1
              echo "sanitize $b $topic $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One round on a GPU machine, in stages so that it fits a 10-minute command:
 #   bash tools/gpu_round.sh build     # build the extension (timed, 16 jobs)
-#   bash tools/gpu_round.sh test      # every test, sanitizers on every kernel
+#   bash tools/gpu_round.sh test      # every test; memcheck, racecheck and synccheck of every
+#                                     # kernel (SANITIZE_TOOLS to choose)
 #   bash tools/gpu_round.sh bench     # the benchmark scripts, JSON + tables
 # Logs and JSON go to $OUT (default benchmarks/results); a short summary is printed last.
 set -u
@@ -32,7 +33,7 @@ for stage in "$@"; do
       echo "pytest rc=$?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/summary.txt"
       grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
       for topic in 2d 1d reg; do
-        for tool in memcheck racecheck; do
+        for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
           timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool $PY tools/sanitize_$topic.py \
             > "$OUT/sanitize_tmp.log" 2>&1
           rc=$?

@@ -1,4 +1,4 @@
-"""Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck).
+"""Small launches of every 1D kernel, for compute-sanitizer (memcheck, racecheck, synccheck).
 
     compute-sanitizer --tool memcheck python tools/sanitize_1d.py
     compute-sanitizer --tool racecheck python tools/sanitize_1d.py \

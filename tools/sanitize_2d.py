@@ -1,4 +1,5 @@
-"""Small launches of every LMKAN2DLayer kernel, for compute-sanitizer memcheck / racecheck.
+"""Small launches of every LMKAN2DLayer kernel, for compute-sanitizer (memcheck, racecheck,
+synccheck).
 
   compute-sanitizer --tool memcheck  python tools/sanitize_2d.py [all|layer|second|few|images]
   compute-sanitizer --tool racecheck python tools/sanitize_2d.py [all|layer|second|few|images]

@@ -1,4 +1,4 @@
-"""Small cases of every regulariser kernel, for compute-sanitizer (memcheck, racecheck).
+"""Small cases of every regulariser kernel, for compute-sanitizer (memcheck, racecheck, synccheck).
 
 Usage: compute-sanitizer --tool memcheck python tools/sanitize_reg.py
 Covers: one and several column chunks, partial chunks, sizes of 1, odd block fills, every
