@@ -24,6 +24,7 @@ Switches:
                         of one source file in parallel when jobs outnumber the sources
 """
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -137,6 +138,19 @@ def _check_dynamic_libstdcxx(path):
         "pip install --no-build-isolation .")
 
 
+def _kernel_sources_digest():
+    """A short sha256 of every file under csrc/ (paths and contents): which kernel code a
+    build holds. The tuning key carries it, so that timings of an earlier build of the same
+    lmKAN version (an in-place rebuild after a kernel change) are not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(HERE, "csrc", "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            digest.update(os.path.relpath(path, HERE).replace(os.sep, "/").encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
 def _nvcc_threads(n_sources):
     """nvcc threads per source file: the jobs shared out over the sources (ceil), at most one
     per target architecture (nvcc compiles the architectures of a file in parallel). With 16
@@ -209,7 +223,7 @@ def _cuda_extension():
         py_limited_api=False,
     )
     details = dict(arch_list=arch_list, torch_version=torch.__version__, cuda_home=CUDA_HOME,
-                   cxx=_compiler_in_use()[1])
+                   cxx=_compiler_in_use()[1], kernel_sources=_kernel_sources_digest())
 
     class CheckedBuildExtension(BuildExtension):
         """Records the outcome; a failure stops the install with a line that says why."""

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-__all__ = ["BackendInfo", "backend_info", "has_cuda_kernel"]
+__all__ = ["BackendInfo", "backend_info", "has_cuda_kernel", "kernel_sources_digest"]
 
 _REBUILD_HINT = ("Rebuild it against the installed torch with "
                  "`pip install --no-build-isolation --force-reinstall --no-deps .` "
@@ -38,6 +38,16 @@ def _build_status():
     except (OSError, ValueError):
         return None
     return status if isinstance(status, dict) and "cuda_extension" in status else None
+
+
+def kernel_sources_digest():
+    """The digest of csrc/ that setup.py recorded when it built the extension (a short sha256,
+    see setup.py's _kernel_sources_digest), or "" when no build recorded one."""
+    status = _build_status()
+    if status is None or status.get("cuda_extension") != "built":
+        return ""
+    digest = status.get("kernel_sources", "")
+    return digest if isinstance(digest, str) else ""
 
 
 def _missing_reason():

@@ -149,11 +149,28 @@ def test_batch_bucket():
     assert tuning.batch_bucket(10**9) == tuning.BATCH_BUCKET_CAP
 
 
+def test_key_names_the_kernel_build(monkeypatch):
+    """Keys carry the digest of the kernel sources the build recorded: a rebuild after a kernel
+    change (same package version) must not reuse the old build's timings."""
+    from lmKAN import _extension
+    digest = _extension.kernel_sources_digest()
+    expected = f"{lmKAN.__version__}+kernels.{digest}" if digest else lmKAN.__version__
+    assert tuning.key.LMKAN_BUILD == expected
+    monkeypatch.setattr(_extension, "_build_status",
+                        lambda: {"cuda_extension": "built", "kernel_sources": "0123456789ab"})
+    assert _extension.kernel_sources_digest() == "0123456789ab"
+    for status in ({"cuda_extension": "failed", "kernel_sources": "0123456789ab"},
+                   {"cuda_extension": "built", "kernel_sources": 7}, {"cuda_extension": "built"},
+                   None):
+        monkeypatch.setattr(_extension, "_build_status", lambda status=status: status)
+        assert _extension.kernel_sources_digest() == ""
+
+
 def test_key_contents(fake_gpu):
     layer = LMKAN2DLayer(8, 6, 5, tile_size_backward=4, backward_fast_mode="auto", batch_last=False)
     key = tuning.make_key(layer, torch.randn(1000, 6), "backward")
     assert key.gpu == "Fake GPU" and key.capability == "9.0"
-    assert key.torch_version == torch.__version__ and key.lmkan_version == lmKAN.__version__
+    assert key.torch_version == torch.__version__ and key.lmkan_version == tuning.key.LMKAN_BUILD
     assert (key.layer, key.input_dim, key.output_dim, key.num_grids) == ("LMKAN2DLayer", 6, 5, 8)
     assert (key.batch_bucket, key.layout, key.mode, key.dtype) == (1024, "batch_first", "backward", "float32")
     assert key.searched == "tile_size=4,block_size=auto,fast_mode=auto"

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from .._device import device_signature
+from .._extension import kernel_sources_digest
 from .._version import __version__
 
 __all__ = ["AUTO", "DEFAULTS_2D", "BATCH_BUCKET_CAP", "LaunchConfig2D", "MODE_FIELDS",
@@ -17,6 +18,12 @@ __all__ = ["AUTO", "DEFAULTS_2D", "BATCH_BUCKET_CAP", "LaunchConfig2D", "MODE_FI
            "device_signature"]
 
 AUTO = "auto"
+
+# The lmkan_version of every key: the package version and, when the build recorded it, the
+# digest of the kernel sources it was built from ("0.9.0+kernels.1a2b3c4d5e6f"), so that an
+# in-place rebuild after a kernel change times afresh instead of reusing the old timings.
+LMKAN_BUILD = (f"{__version__}+kernels.{kernel_sources_digest()}" if kernel_sources_digest()
+               else __version__)
 
 # Batches share a cache entry per power of two, up to this cap; larger batches are timed
 # on their first BATCH_BUCKET_CAP samples (the kernels are saturated well before).
@@ -87,7 +94,7 @@ def make_key(layer, x, mode, table=torch.float32):
     searched = ",".join(f"{entry}={getattr(layer, attr)}" for attr, entry in MODE_FIELDS[mode])
     if mode == "backward" and deterministic_now(layer):  # other kernels run: tuned separately
         searched += ",deterministic=True"
-    return TuningKey(gpu, capability, torch.__version__, __version__, "LMKAN2DLayer",
+    return TuningKey(gpu, capability, torch.__version__, LMKAN_BUILD, "LMKAN2DLayer",
                      layer.input_dim, layer.output_dim, layer.num_grids, batch_bucket(batch),
                      "batch_last" if layer.batch_last else "batch_first", mode,
                      _dtype_field(x.dtype, table), searched)
