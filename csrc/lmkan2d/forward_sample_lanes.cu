@@ -199,14 +199,23 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
   if (producer)
     for (int q = 0; q < min(lead, np); ++q) refill(q);
 
-  // The pair's two features, advanced by two features per pair. Lanes past the batch read
-  // the last sample (unpredicated loads) and store nothing.
-  const float* xp = a.x + 2 * int64_t(p_begin) * a.xs_f +
+  // Cell sharing (TS >= 2: a sample's outputs spread over TS threads): a thread computes
+  // the cell of one input of the pair, input `own` (0 or 1), and takes the other from the
+  // partner lane that holds the sample's other input, one shuffle for d and one for the row.
+  // The cell (a Laplace CDF with an expf, the node lookup, the far test) is ~28 instructions
+  // of the ~400 a thread issues per pair at tile 8 (16-bit); sharing halves it and one of
+  // the two x loads. At TS = 1 a thread computes both.
+  constexpr bool kShare = TS >= 2;
+  const int own = kShare ? sub & 1 : 0;
+  const int partner = k16 ? 1 : SPW;  // lane XOR partner: same sample, sub ^ 1
+  // The pair's feature(s) of this thread, advanced by two features per pair. Lanes past the
+  // batch read the last sample (unpredicated loads) and store nothing.
+  const float* xp = a.x + (2 * int64_t(p_begin) + own) * a.xs_f +
                     sample_offset<kImages>(valid ? b : a.batch - 1, a.xs_b, x_images);
   float x1 = 0.f, x2 = 0.f;
   if (np > 0) {
     x1 = __ldg(xp);
-    x2 = __ldg(xp + a.xs_f);
+    if constexpr (!kShare) x2 = __ldg(xp + a.xs_f);
   }
   float4 acc[8];
 #pragma unroll
@@ -224,20 +233,36 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
   unsigned phase = 0;
   for (int p = 0; p < np; ++p) {
     if (producer && p + lead < np) refill(p + lead);
-    const float v1 = x1, v2 = x2;
+    const float v1 = x1;
+    [[maybe_unused]] const float v2 = x2;  // TS = 1 only
     xp += 2 * a.xs_f;
     if (p + 1 < np) {  // the next pair's x, in flight during this pair
       x1 = __ldg(xp);
-      x2 = __ldg(xp + a.xs_f);
+      if constexpr (!kShare) x2 = __ldg(xp + a.xs_f);
     }
-    const Cell c1 = grid_cell(v1, s_grid, a.num_grids);
-    const Cell c2 = grid_cell(v2, s_grid, a.num_grids);
-    const bool f1 = is_far(v1, c1.d), f2 = is_far(v2, c2.d);
-    any_far = any_far || f1 || f2;
-    const float d1 = f1 ? 0.f : c1.d, d2 = f2 ? 0.f : c2.d;  // far: after the loop
+    float d1, d2;
+    int row;
+    if constexpr (kShare) {  // v1 is input `own` of the pair
+      const Cell c = grid_cell(v1, s_grid, a.num_grids);
+      const bool f = is_far(v1, c.d);
+      any_far = any_far || f;
+      const float d_own = f ? 0.f : c.d;  // far: after the loop
+      const int row_own = own ? c.index : c.index * side;
+      const float d_other = __shfl_xor_sync(0xffffffffu, d_own, partner);
+      row = row_own + __shfl_xor_sync(0xffffffffu, row_own, partner);
+      d1 = own ? d_other : d_own;
+      d2 = own ? d_own : d_other;
+    } else {
+      const Cell c1 = grid_cell(v1, s_grid, a.num_grids);
+      const Cell c2 = grid_cell(v2, s_grid, a.num_grids);
+      const bool f1 = is_far(v1, c1.d), f2 = is_far(v2, c2.d);
+      any_far = any_far || f1 || f2;
+      d1 = f1 ? 0.f : c1.d;  // far: after the loop
+      d2 = f2 ? 0.f : c2.d;
+      row = c1.index * side + c2.index;
+    }
     const float e1 = 1.f - d1, e2 = 1.f - d2;
     const float w00 = e1 * e2, w01 = e1 * d2, w10 = d1 * e2, w11 = d1 * d2;
-    const int row = c1.index * side + c2.index;
     mbarrier_wait(full + buf, phase);
     // 16-byte chunk j of the lane's outputs in the four corner rows: float32 chunk j holds
     // outputs 4j..4j+3 (accumulator j); a 16-bit chunk j holds 8 (accumulators 2j, 2j + 1)
@@ -272,6 +297,8 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
     }
   }
 
+  // the sample holds a far input if either of its threads' inputs is far
+  if constexpr (kShare) any_far = any_far || __shfl_xor_sync(0xffffffffu, int(any_far), partner) != 0;
   if (any_far) {  // rare: a copy of the accumulators through local memory
     float4 spill[8];
 #pragma unroll
