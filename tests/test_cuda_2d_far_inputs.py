@@ -54,14 +54,15 @@ def test_nan_inputs(batch_last):
 @pytest.mark.parametrize("case", ["sample_lanes", "sample_lanes_bf16", "output_lanes",
                                   "sample_threads"])
 @pytest.mark.parametrize("batch_last", [True, False])
-def test_far_inputs_forward_without_nan(case, batch_last):
+@pytest.mark.parametrize("tile", TILES)
+def test_far_inputs_forward_without_nan(case, batch_last, tile):
     """Finite inputs far past the grid (docs/spec.md, "Robustness"): the forward kernels give
     the float64 value, +-inf where it overflows, never NaN (the float32 bilinear weights gave
     inf - inf). One far input per chosen sample, at scattered (sample, input) positions, two
     whole warps without any; every forward kernel (the output-lanes kernel serves num_grids
     past the shared-memory limit, sample_threads_*.cu layers of at most 8 outputs) and a
-    16-bit table."""
-    tile = 4
+    16-bit table. Every tile: from tile 8 the threads of a sample share its cells (one input
+    each), so a far input reaches the other thread's loop and its fix-up by a shuffle."""
     table = torch.bfloat16 if case.endswith("bf16") else None
     g = max_num_grids(tile, "forward", "cuda") + 3 if case == "output_lanes" else 8
     n_in, n_out, batch = 10, 3 if case == "sample_threads" else 37, 700
