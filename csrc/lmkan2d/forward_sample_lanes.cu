@@ -297,8 +297,13 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
     }
   }
 
-  // the sample holds a far input if either of its threads' inputs is far
-  if constexpr (kShare) any_far = any_far || __shfl_xor_sync(0xffffffffu, int(any_far), partner) != 0;
+  // the sample holds a far input if either of its threads' inputs is far. Every lane runs the
+  // shuffle: inside `any_far || shfl(...)` a lane whose own flag is set would skip it, and its
+  // partner would read an undefined value and miss the fix-up.
+  if constexpr (kShare) {
+    const bool partner_far = __shfl_xor_sync(0xffffffffu, int(any_far), partner) != 0;
+    any_far = any_far || partner_far;
+  }
   if (any_far) {  // rare: a copy of the accumulators through local memory
     float4 spill[8];
 #pragma unroll
