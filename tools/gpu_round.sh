@@ -4,6 +4,8 @@
 #   bash tools/gpu_round.sh test      # every test; memcheck, racecheck and synccheck of every
 #                                     # kernel (SANITIZE_TOOLS to choose)
 #   bash tools/gpu_round.sh bench     # the benchmark scripts, JSON + tables
+#   bash tools/gpu_round.sh pack      # $OUT's logs into one results.tgz beside summary.txt (a
+#                                     # remote runner may bring back a few files only)
 # Logs and JSON go to $OUT (default benchmarks/results); a short summary is printed last.
 set -u
 OUT=${OUT:-benchmarks/results}
@@ -54,7 +56,12 @@ for stage in "$@"; do
       done
       for topic in $topics; do echo "== bench_$topic"; tail -25 "$OUT/bench_$topic.log"; done
       ;;
-    *) echo "unknown stage $stage (build, test, bench)"; exit 2 ;;
+    pack)
+      tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \
+        && mv /tmp/lmkan-results.tgz "$OUT/results.tgz" \
+        && find "$OUT" -type f ! -name results.tgz ! -name summary.txt -delete
+      ;;
+    *) echo "unknown stage $stage (build, test, bench, pack)"; exit 2 ;;
   esac
 done
 echo "== summary"; cat "$OUT/summary.txt"
