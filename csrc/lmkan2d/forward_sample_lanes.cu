@@ -199,15 +199,19 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
   if (producer)
     for (int q = 0; q < min(lead, np); ++q) refill(q);
 
-  // Cell sharing (TS >= 2: a sample's outputs spread over TS threads): a thread computes
-  // the cell of one input of the pair, input `own` (0 or 1), and takes the other from the
-  // partner lane that holds the sample's other input, one shuffle for d and one for the row.
-  // The cell (a Laplace CDF with an expf, the node lookup, the far test) is ~28 instructions
-  // of the ~400 a thread issues per pair at tile 8 (16-bit); sharing halves it and one of
-  // the two x loads. At TS = 1 a thread computes both.
-  constexpr bool kShare = TS >= 2;
+  // Cell sharing (16-bit tables, TS >= 2: a sample's outputs spread over TS neighbouring
+  // lanes): a thread computes the cell of one input of the pair, input `own` (0 or 1), and
+  // takes the other from the partner lane (lane ^ 1, the same sample) that holds the
+  // sample's other input, one shuffle for d and one for the row. The cell (a Laplace CDF
+  // with an expf, the node lookup, the far test) is ~28 instructions of the ~400 a thread
+  // issues per pair at tile 8; sharing halves it and one of the two x loads: 1.3-3.4% off
+  // the issue-bound 16-bit forward. Not for float32 tables: that kernel is bound by the
+  // shared-memory pipe, which the shuffles also use, and sharing made it 1.1-2.9% slower at
+  // tiles 8 and 16 (H100, docs/decisions.md, "bfloat16 pairs and cell sharing"). At TS = 1
+  // a thread computes both.
+  constexpr bool kShare = k16 && TS >= 2;
   const int own = kShare ? sub & 1 : 0;
-  const int partner = k16 ? 1 : SPW;  // lane XOR partner: same sample, sub ^ 1
+  constexpr int partner = 1;  // lane XOR partner (16-bit: sub = lane % TS)
   // The pair's feature(s) of this thread, advanced by two features per pair. Lanes past the
   // batch read the last sample (unpredicated loads) and store nothing.
   const float* xp = a.x + (2 * int64_t(p_begin) + own) * a.xs_f +
@@ -234,7 +238,7 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
   for (int p = 0; p < np; ++p) {
     if (producer && p + lead < np) refill(p + lead);
     const float v1 = x1;
-    [[maybe_unused]] const float v2 = x2;  // TS = 1 only
+    [[maybe_unused]] const float v2 = x2;  // without sharing only
     xp += 2 * a.xs_f;
     if (p + 1 < np) {  // the next pair's x, in flight during this pair
       x1 = __ldg(xp);
