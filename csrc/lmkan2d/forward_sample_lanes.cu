@@ -207,8 +207,8 @@ __global__ void __launch_bounds__(1024, 1) sample_lanes_forward_kernel(
   // issues per pair at tile 8; sharing halves it and one of the two x loads: 1.3-3.4% off
   // the issue-bound 16-bit forward. Not for float32 tables: that kernel is bound by the
   // shared-memory pipe, which the shuffles also use, and sharing made it 1.1-2.9% slower at
-  // tiles 8 and 16 (H100, docs/decisions.md, "bfloat16 pairs and cell sharing"). At TS = 1
-  // a thread computes both.
+  // tiles 8 and 16 (H100, docs/decisions.md, "bfloat16 pairs and cell sharing"). Without
+  // sharing (TS = 1, float32) a thread computes both.
   constexpr bool kShare = k16 && TS >= 2;
   const int own = kShare ? sub & 1 : 0;
   constexpr int partner = 1;  // lane XOR partner (16-bit: sub = lane % TS)

@@ -3,8 +3,9 @@
 A layer built with tile_size_*="auto" / block_size_*="auto" (the defaults) times the
 candidate configurations once per key, on the first CUDA call for that key, and reuses the
 fastest ever after. The key is (GPU model and compute capability, torch and lmKAN
-versions, the latter with the digest of the kernel sources setup.py recorded, layer kind, input_dim, output_dim, num_grids, batch bucket, layout, mode,
-dtype, which settings are searched); see `TuningKey`.
+versions, the latter with the digest of the kernel sources setup.py recorded, layer kind,
+input_dim, output_dim, num_grids, batch bucket, layout, mode, dtype, which settings are
+searched); see `TuningKey`.
 
 Choices live in an in-memory dict in front of a JSON file: $LMKAN_CACHE_DIR/tuning.json,
 else $XDG_CACHE_HOME/lmKAN/tuning.json, else ~/.cache/lmKAN/tuning.json. The file is
