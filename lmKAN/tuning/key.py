@@ -22,8 +22,8 @@ AUTO = "auto"
 # The lmkan_version of every key: the package version and, when the build recorded it, the
 # digest of the kernel sources it was built from ("0.9.0+kernels.1a2b3c4d5e6f"), so that an
 # in-place rebuild after a kernel change times afresh instead of reusing the old timings.
-LMKAN_BUILD = (f"{__version__}+kernels.{kernel_sources_digest()}" if kernel_sources_digest()
-               else __version__)
+_KERNELS = kernel_sources_digest()
+LMKAN_BUILD = f"{__version__}+kernels.{_KERNELS}" if _KERNELS else __version__
 
 # Batches share a cache entry per power of two, up to this cap; larger batches are timed
 # on their first BATCH_BUCKET_CAP samples (the kernels are saturated well before).
