@@ -63,6 +63,76 @@ def test_backward_op_takes_16bit_grad_y(dtype, tile, batch_last, deterministic, 
 
 
 @requires_gpu
+@pytest.mark.parametrize("tile", (4, 8, 16))
+@pytest.mark.parametrize("batch_last", (True, False), ids=["batch_last", "batch_first"])
+@pytest.mark.parametrize("fast", (True, False), ids=["fast", "normal"])
+@pytest.mark.parametrize("num_grids,n_in,n_out,batch", [(8, 34, 256, 1000), (26, 64, 129, 333),
+                                                        (12, 20, 512, 2049), (3, 4, 64, 20001),
+                                                        (40, 6, 200, 3000)])
+def test_bfloat16_rows_and_table(tile, batch_last, fast, num_grids, n_in, n_out, batch):
+    """A bfloat16 grad_y with a bfloat16 table, as under autocast (the other tests of this
+    file keep a float32 table): long runs of one cell (G=3), short ones (G=26, 40), odd
+    batches. The float32 contract against the reference on the rounded table, and the
+    gradients of the float32 copy of grad_y to float32 rounding."""
+    assert_cuda_kernel("lmkan2d_backward")
+    torch.manual_seed(num_grids + n_out + tile)
+    x, params, borders, gy16 = _make(num_grids, n_in, n_out, batch, batch_last, torch.bfloat16)
+    args = (x, params, borders, batch_last, tile, 256, fast, False, torch.bfloat16)
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(gy16, *args)
+    gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
+    rounded = params.bfloat16().float()
+    rgx, rgp = _reference_grads(x, rounded, borders, gy16.float(), batch_last)
+    for name, a, r in (("dx", gx, rgx), ("dP", gp, rgp)):
+        err = rel_l2(a, r)
+        assert err <= TOL, f"{name}: rel L2 {err:.3e}"
+    assert rel_l2(gx, gx32) <= 2e-6 and rel_l2(gp, gp32) <= 2e-6
+
+
+@requires_gpu
+def test_bfloat16_rows_keep_an_infinite_grad_y_in_its_cells():
+    """An infinite grad_y entry makes the gradients of its own sample and of its cells
+    non-finite, and no others: the 16-bit rows give the finiteness of the float32 copy of
+    grad_y entry for entry, and the same finite values."""
+    torch.manual_seed(3)
+    x, params, borders, gy16 = _make(26, 8, 128, 3000, True, torch.bfloat16)
+    gy16[5, 17] = float("inf")
+    gy16[70, 2222] = -float("inf")
+    args = (x, params, borders, True, 16, 256, True, False, torch.bfloat16)
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(gy16, *args)
+    gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
+    assert not torch.isfinite(gp).all() and not torch.isfinite(gx).all()
+    assert torch.equal(torch.isfinite(gx), torch.isfinite(gx32))
+    assert torch.equal(torch.isfinite(gp), torch.isfinite(gp32))
+    finite = torch.isfinite(gx32)
+    assert rel_l2(gx[finite], gx32[finite]) <= 2e-6
+    finite = torch.isfinite(gp32)
+    assert rel_l2(gp[finite], gp32[finite]) <= 2e-6
+
+
+@requires_gpu
+def test_bfloat16_rows_and_table_with_far_inputs_and_images():
+    """Far inputs (corrected after the runs by far_fixup) and images [N, N_in, L] (read in
+    place) with a bfloat16 grad_y and table."""
+    torch.manual_seed(4)
+    x, params, borders, gy16 = _make(8, 20, 64, 515, True, torch.bfloat16, scale=40.0)
+    args = (x, params, borders, True, 8, 256, True, False, torch.bfloat16)
+    gx, gp = torch.ops.lmkan.lmkan2d_backward(gy16, *args)
+    rgx, rgp = _reference_grads(x, params.bfloat16().float(), borders, gy16.float(), True)
+    assert rel_l2(gx, rgx) <= TOL and rel_l2(gp, rgp) <= TOL
+    n, n_in, n_out, length, g = 3, 10, 256, 77, 9
+    x = torch.randn(n, n_in, length, device="cuda")
+    params = torch.randn(g + 1, g + 1, n_out, n_in // 2, device="cuda")
+    borders = cdf_borders(g, device="cuda")
+    gy16 = torch.randn(n, n_out, length, device="cuda").bfloat16()
+    for tile in (8, 16):
+        args = (x, params, borders, True, tile, 256, True, False, torch.bfloat16)
+        gx, gp = torch.ops.lmkan.lmkan2d_backward(gy16, *args)
+        gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
+        assert gx.shape == x.shape
+        assert rel_l2(gx, gx32) <= 2e-6 and rel_l2(gp, gp32) <= 2e-6
+
+
+@requires_gpu
 @pytest.mark.parametrize("dtype", SIXTEEN, ids=str)
 def test_far_inputs_with_16bit_grad_y(dtype):
     """The far-input fixup reads the 16-bit grad_y too."""

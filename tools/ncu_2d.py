@@ -9,7 +9,7 @@
 
 --op forward runs lmkan2d_forward (batch-last, table dtype --table); --op backward runs
 lmkan2d_backward (the fast non-deterministic mode unless --normal, grad_params too, grad_y of
-dtype --grad-y): its
+dtype --grad-y, table dtype --table): its
 bucket_kernel and runs_kernel launch once per chunk of the batch, so -s/-c pick one launch.
 """
 import argparse
@@ -27,7 +27,8 @@ ap.add_argument("--batch", type=int, default=1 << 18)
 ap.add_argument("--block", type=int, default=1024)
 ap.add_argument("--tiles", default="4,8,16")
 ap.add_argument("--table", choices=("float32", "bfloat16", "float16"), default="float32",
-                help="the forward's table dtype")
+                help="the table dtype of either op (under autocast the backward takes a 16-bit "
+                     "grad_y with a table of the same dtype)")
 ap.add_argument("--normal", action="store_true", help="the backward's normal mode (default fast)")
 ap.add_argument("--grad-y", choices=("float32", "bfloat16", "float16"), default="float32",
                 help="the backward's grad_y dtype (16-bit: as under autocast, read as 16-bit rows "
@@ -44,5 +45,5 @@ for tile in map(int, args.tiles.split(",")):
     else:
         grad_y = torch.randn(args.dim, args.batch, device="cuda").to(getattr(torch, args.grad_y))
         torch.ops.lmkan.lmkan2d_backward(grad_y, x, params, borders, True, tile, args.block,
-                                         not args.normal, False, None, True)
+                                         not args.normal, False, table, True)
 torch.cuda.synchronize()
