@@ -264,9 +264,7 @@ for stage in "$@"; do
       tail -n 4 "$OUT/train_digits_cnn.log" | tee -a "$OUT/summary.txt"
       ;;
     pack)
-      tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \
-        && mv /tmp/lmkan-results.tgz "$OUT/results.tgz" \
-        && find "$OUT" -type f ! -name results.tgz ! -name summary.txt -delete
+      bash "$(dirname "$0")/pack_results.sh" "$OUT"
       ;;
     check)  # test and sanitize side by side (one GPU, 16 cores: ~250 s for the 2D and 1D
       # files with SANITIZE_2D_PART=layer, run I of 2026-12-03, against ~400 s one after the other)

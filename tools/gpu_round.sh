@@ -57,9 +57,7 @@ for stage in "$@"; do
       for topic in $topics; do echo "== bench_$topic"; tail -25 "$OUT/bench_$topic.log"; done
       ;;
     pack)
-      tar czf /tmp/lmkan-results.tgz -C "$OUT" --exclude=./results.tgz --exclude=./summary.txt . \
-        && mv /tmp/lmkan-results.tgz "$OUT/results.tgz" \
-        && find "$OUT" -type f ! -name results.tgz ! -name summary.txt -delete
+      bash "$(dirname "$0")/pack_results.sh" "$OUT"
       ;;
     *) echo "unknown stage $stage (build, test, bench, pack)"; exit 2 ;;
   esac
