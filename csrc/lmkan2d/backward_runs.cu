@@ -35,7 +35,9 @@
 // per chunk); the table and the dP atomics cost ~(table + 2 x dP) * B / S. What binds (ncu, H100,
 // 2026-12-05, tile 16 fast): at G = 8 512->512 issue and latency (issue 63% busy, L2 67% of
 // its peak); at G = 26 256->256 L2 (87% of peak, 58% hit rate: the table and the dP
-// workspace, 95 MB each, evict the chunk's rows).
+// workspace, 95 MB each, evict the chunk's rows). So the table reads and the dP reductions
+// carry L2's evict_first priority and the rows evict_last (l2_hint.cuh): -4.5% at G = 26
+// float32 (H100, 8.78 -> 8.39 ms), G = 8 unchanged.
 #include <algorithm>
 #include <type_traits>
 
@@ -49,6 +51,7 @@
 #include "common/checks.h"
 #include "common/cp_async.cuh"
 #include "common/images.h"
+#include "common/l2_hint.cuh"
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
@@ -88,17 +91,17 @@ template <typename R, int K>
 using RowWords = std::conditional_t<std::is_same_v<R, float>, float[K], unsigned[(K + 1) / 2]>;
 
 template <typename R, int K>
-__device__ __forceinline__ void load_row_words(const R* p, RowWords<R, K>& v) {
+__device__ __forceinline__ void load_row_words(const R* p, RowWords<R, K>& v, uint64_t policy) {
   if constexpr (std::is_same_v<R, float>) {
-    load_k<K, true>(p, v);
+    load_k_hinted<K>(p, v, policy);
   } else if constexpr (K == 4) {  // 8 bytes
-    const uint2 t = __ldg(reinterpret_cast<const uint2*>(p));
+    const uint2 t = load_u32x2_hinted(p, policy);
     v[0] = t.x;
     v[1] = t.y;
   } else if constexpr (K == 2) {
-    v[0] = __ldg(reinterpret_cast<const unsigned*>(p));
+    v[0] = load_u32_hinted(p, policy);
   } else {
-    v[0] = __ldg(reinterpret_cast<const unsigned short*>(p));
+    v[0] = load_u16_hinted(p, policy);
   }
 }
 
@@ -110,24 +113,6 @@ __device__ __forceinline__ float row_value(const RowWords<R, K>& v, int k) {
   } else {
     return word_value<R>(v[k / 2], (k & 1) != 0);
   }
-}
-
-// dst[0, K) += v: one vector float atomic from sm_90 on (RED.E.ADD.F32x4 / x2); below sm_90
-// vector float atomics do not exist, and K scalar reductions (RED.E.ADD.F32) do the same.
-template <int K>
-__device__ __forceinline__ void red_row(float* dst, const float (&v)[K]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#pragma unroll
-  for (int k = 0; k < K; ++k) atomicAdd(dst + k, v[k]);
-#else
-  if constexpr (K == 4) {
-    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
-  } else if constexpr (K == 2) {
-    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
-  } else {
-    atomicAdd(dst, v[0]);
-  }
-#endif
 }
 
 struct RunsArgs {
@@ -196,6 +181,12 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
   for (int i = len + lane; i < ((len + 15) & ~15) + U; i += 32) seg_entries[i] = make_int4(0, 0, 0, 0);
   __syncwarp();
 
+  // L2 priorities (l2_hint.cuh): a cell's table rows and dP rows are touched a few times
+  // per chunk and stream through L2 (95 MB each at G = 26, 256 -> 256), while every pair
+  // re-reads the chunk's grad_y rows: the rows are kept, the cells evicted first
+  const uint64_t pol_stream = l2_policy_evict_first();
+  const uint64_t pol_rows = l2_policy_evict_last();
+
   // from an output tile of the packed table (and of dP) to the next one
   const int64_t tile_stride = int64_t(a.n_pairs) * cells * W;
   for (int tile_index = 0; tile_index < a.n_tiles; tile_index += T) {
@@ -224,23 +215,24 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
 #pragma unroll
       for (int j = 0; j < T; ++j) {
         float* w = wsp + j * tile_stride;
-        red_row<K>(w + int64_t(cur) * W, acc[0][j]);
-        red_row<K>(w + int64_t(cur + side) * W, acc[2][j]);
+        red_k_hinted<K>(w + int64_t(cur) * W, acc[0][j], pol_stream);
+        red_k_hinted<K>(w + int64_t(cur + side) * W, acc[2][j], pol_stream);
         if (!carry) {
-          red_row<K>(w + int64_t(cur + 1) * W, acc[1][j]);
-          red_row<K>(w + int64_t(cur + side + 1) * W, acc[3][j]);
+          red_k_hinted<K>(w + int64_t(cur + 1) * W, acc[1][j], pol_stream);
+          red_k_hinted<K>(w + int64_t(cur + side + 1) * W, acc[3][j], pol_stream);
         }
       }
     };
     // the lane's K values of table row `row` in each of the T tiles
     auto load_table_row = [&](int64_t row, float (&v)[T][K]) {
 #pragma unroll
-      for (int j = 0; j < T; ++j) load_k<K, true>(tab + j * tile_stride + row * W, v[j]);
+      for (int j = 0; j < T; ++j)
+        load_k_hinted<K>(tab + j * tile_stride + row * W, v[j], pol_stream);
     };
     // the lane's K grad_y values in each of the T tiles of the row at offset `off`
     auto load_gy_row = [&](int off, RowWords<R, K> (&v)[T]) {
 #pragma unroll
-      for (int j = 0; j < T; ++j) load_row_words<R, K>(gy + off + j * W, v[j]);
+      for (int j = 0; j < T; ++j) load_row_words<R, K>(gy + off + j * W, v[j], pol_rows);
     };
     // The lane and the shared-window address of the warp's entries are loop-carried through
     // an empty asm in the batch loop, so they stay in registers there: otherwise the compiler

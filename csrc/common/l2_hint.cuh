@@ -1,0 +1,87 @@
+// Global loads and float reductions with an L2 eviction priority (PTX `createpolicy` and
+// `.L2::cache_hint`, sm_80 on). The priority only orders what L2 evicts first when it is full:
+// a kernel that streams a large array beside a small one it re-reads can mark the stream
+// evict_first (and the re-read one evict_last) so that the stream does not evict it.
+// Used by the sorted backward (backward_runs.cu), whose grad_y rows are re-read by every
+// pair while the table and the dP workspace stream through L2.
+#pragma once
+#include <cstdint>
+
+namespace lmkan {
+
+// L2 policies for all the lines an access touches (fraction 1.0).
+__device__ __forceinline__ uint64_t l2_policy_evict_first() {
+  uint64_t p;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+__device__ __forceinline__ uint64_t l2_policy_evict_last() {
+  uint64_t p;
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+
+// The loads are plain asm (not volatile): they read data that no thread writes during the
+// kernel, so the compiler may schedule them as it does __ldg.
+
+// Read-only (non-coherent) loads of K = 1, 2 or 4 floats (p aligned to 4K bytes) under `policy`.
+template <int K>
+__device__ __forceinline__ void load_k_hinted(const float* p, float (&v)[K], uint64_t policy) {
+  if constexpr (K == 4) {
+    asm("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
+                 : "l"(p), "l"(policy));
+  } else if constexpr (K == 2) {
+    asm("ld.global.nc.L2::cache_hint.v2.f32 {%0, %1}, [%2], %3;"
+                 : "=f"(v[0]), "=f"(v[1])
+                 : "l"(p), "l"(policy));
+  } else {
+    asm("ld.global.nc.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(v[0]) : "l"(p), "l"(policy));
+  }
+}
+
+// 32-bit words of packed 16-bit values: 2 words (8 bytes), 1 word, or one 16-bit value
+// (zero-extended) under `policy`.
+__device__ __forceinline__ uint2 load_u32x2_hinted(const void* p, uint64_t policy) {
+  uint2 v;
+  asm("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
+               : "=r"(v.x), "=r"(v.y)
+               : "l"(p), "l"(policy));
+  return v;
+}
+__device__ __forceinline__ unsigned load_u32_hinted(const void* p, uint64_t policy) {
+  unsigned v;
+  asm("ld.global.nc.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(v) : "l"(p), "l"(policy));
+  return v;
+}
+__device__ __forceinline__ unsigned load_u16_hinted(const void* p, uint64_t policy) {
+  unsigned short v;
+  asm("ld.global.nc.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(v) : "l"(p), "l"(policy));
+  return v;
+}
+
+// dst[0, K) += v (relaxed, gpu scope, no return value) under `policy`: one vector reduction
+// from sm_90 on, K scalar ones below (vector float reductions need sm_90).
+template <int K>
+__device__ __forceinline__ void red_k_hinted(float* dst, const float (&v)[K], uint64_t policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    asm volatile("red.global.add.L2::cache_hint.f32 [%0], %1, %2;"
+                 :: "l"(dst + k), "f"(v[k]), "l"(policy) : "memory");
+#else
+  if constexpr (K == 4) {
+    asm volatile("red.global.add.L2::cache_hint.v4.f32 [%0], {%1, %2, %3, %4}, %5;"
+                 :: "l"(dst), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]), "l"(policy)
+                 : "memory");
+  } else if constexpr (K == 2) {
+    asm volatile("red.global.add.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;"
+                 :: "l"(dst), "f"(v[0]), "f"(v[1]), "l"(policy) : "memory");
+  } else {
+    asm volatile("red.global.add.L2::cache_hint.f32 [%0], %1, %2;"
+                 :: "l"(dst), "f"(v[0]), "l"(policy) : "memory");
+  }
+#endif
+}
+
+}  // namespace lmkan
