@@ -36,8 +36,8 @@
 // 2026-12-05, tile 16 fast): at G = 8 512->512 issue and latency (issue 63% busy, L2 67% of
 // its peak); at G = 26 256->256 L2 (87% of peak, 58% hit rate: the table and the dP
 // workspace, 95 MB each, evict the chunk's rows). So the table reads and the dP reductions
-// carry L2's evict_first priority and the rows evict_last (l2_hint.cuh): -4.5% at G = 26
-// float32 (H100, 8.78 -> 8.39 ms), G = 8 unchanged.
+// carry L2's evict_first priority and the rows evict_last (l2_hint.cuh, sm_90 on): -4.5%
+// at G = 26 float32 (H100, 8.78 -> 8.39 ms), G = 8 unchanged.
 #include <algorithm>
 #include <type_traits>
 
