@@ -448,19 +448,21 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t xs_b = batch_last ? 1 : in_dim;
   const SampleOffsets x_images =
       images ? image_offsets(in_dim, image_len) : SampleOffsets{};
-  using RunsKernel = void (*)(RunsArgs, SampleOffsets);
-  RunsKernel runs = nullptr;
-  switch_table_type(gy.scalar_type(), [&](auto row_tag) {
-    using R = decltype(row_tag);
-    runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsKernel {
-      constexpr int K = decltype(k_c)::value;
-      if constexpr (K == 4) {
-        if (two_tiles) return images ? &runs_kernel<K, 2, true, R> : &runs_kernel<K, 2, false, R>;
-      }
-      return images ? &runs_kernel<K, 1, true, R> : &runs_kernel<K, 1, false, R>;
+  using RunsFn = void (*)(RunsArgs, SampleOffsets);
+  RunsFn runs = nullptr;  // the FMA kernel's instance (launch_runs_mma sets up its own)
+  if (!mma) {
+    switch_table_type(gy.scalar_type(), [&](auto row_tag) {
+      using R = decltype(row_tag);
+      runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsFn {
+        constexpr int K = decltype(k_c)::value;
+        if constexpr (K == 4) {
+          if (two_tiles) return images ? &runs_kernel<K, 2, true, R> : &runs_kernel<K, 2, false, R>;
+        }
+        return images ? &runs_kernel<K, 1, true, R> : &runs_kernel<K, 1, false, R>;
+      });
     });
-  });
-  allow_dynamic_smem(reinterpret_cast<const void*>(runs), runs_smem);
+    allow_dynamic_smem(reinterpret_cast<const void*>(runs), runs_smem);
+  }
   RunsArgs a;
   a.entries = reinterpret_cast<const int4*>(entries.data_ptr<int>());
   a.packed = packed.data_ptr<float>();
