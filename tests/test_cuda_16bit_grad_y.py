@@ -144,21 +144,30 @@ def test_bfloat16_rows_and_table_with_far_inputs_and_images(runs_kernel):
 
 
 @requires_gpu
-@pytest.mark.parametrize("tile,num_grids,batch,tensor_cores",
-                         [(16, 8, 1 << 16, True), (16, 26, 1 << 16, False),
-                          (8, 26, 1 << 16, True), (8, 26, 4096, False), (4, 8, 1 << 16, False)])
-def test_plan_runs_chooses_by_samples_per_cell(monkeypatch, tile, num_grids, batch,
-                                               tensor_cores):
+@pytest.mark.parametrize("tile,num_grids,batch,fast,kernels",
+                         [(16, 8, 1 << 16, True, {"mma"}), (16, 26, 1 << 16, True, {"fma"}),
+                          (8, 26, 1 << 16, True, {"mma"}), (8, 26, 4096, True, {"fma"}),
+                          (4, 8, 1 << 16, True, {"fma"}),
+                          # normal mode's chunks of 8 MiB: 32768 bfloat16 rows of 128 outputs
+                          (16, 8, 32768 + 1024, False, {"mma", "fma"}),
+                          (16, 8, 2 * 32768, False, {"mma"})])
+def test_plan_runs_chooses_by_samples_per_cell(monkeypatch, tile, num_grids, batch, fast,
+                                               kernels):
     """Without the knob, plan_runs (plan.h) takes the tensor cores at tile 8 from 32 samples
-    per cell and at tile 16 from 160 (a chunk of the batch: here the batch), never at tile 4;
-    the kernel names show which ran."""
+    per cell and at tile 16 from 160, never at tile 4; it decides per chunk of the batch, so a
+    short last chunk takes the FMAs. The kernel names show which ran, and the gradients agree
+    with the float32 copy of grad_y."""
     monkeypatch.delenv("LMKAN_RUNS_MMA", raising=False)
     torch.manual_seed(5)
     x, params, borders, gy16 = _make(num_grids, 16, 128, batch, True, torch.bfloat16)
-    args = (x, params, borders, True, tile, 256, True, False, torch.bfloat16)
-    names = cuda_kernel_names(lambda: torch.ops.lmkan.lmkan2d_backward(gy16, *args))
-    assert any("runs_mma_kernel" in n for n in names) == tensor_cores, names
-    assert any("runs_kernel" in n and "mma" not in n for n in names) == (not tensor_cores), names
+    args = (x, params, borders, True, tile, 256, fast, False, torch.bfloat16)
+    out = {}
+    names = cuda_kernel_names(
+        lambda: out.update(zip(("gx", "gp"), torch.ops.lmkan.lmkan2d_backward(gy16, *args))))
+    assert any("runs_mma_kernel" in n for n in names) == ("mma" in kernels), names
+    assert any("runs_kernel" in n and "mma" not in n for n in names) == ("fma" in kernels), names
+    gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
+    assert rel_l2(out["gx"], gx32) <= 2e-6 and rel_l2(out["gp"], gp32) <= 2e-6
 
 
 @requires_gpu

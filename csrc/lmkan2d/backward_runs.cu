@@ -416,10 +416,15 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   // runs_kernel addresses a chunk's grad_y rows by int32 offsets
   TORCH_INTERNAL_ASSERT(chunk * ld < (int64_t(1) << 31), "the sorted backward's chunk of ",
                         chunk, " grad_y rows of ", ld, " floats needs 64-bit offsets");
-  // FMAs or tensor cores (plan.h)
-  const bool mma =
-      plan_runs(gy.scalar_type() == at::kBFloat16 && table_dtype == at::kBFloat16, tile,
-                num_grids, std::min(chunk, batch), lim) == RunsKernel::kTensorCores;
+  // FMAs or tensor cores (plan.h), per chunk: all chunks but the last hold `chunk` samples,
+  // and a short last chunk may take the FMAs where the full ones take the tensor cores
+  const bool bf16_rows_and_table =
+      gy.scalar_type() == at::kBFloat16 && table_dtype == at::kBFloat16;
+  const auto tensor_cores = [&](int64_t len) {
+    return plan_runs(bf16_rows_and_table, tile, num_grids, len, lim) == RunsKernel::kTensorCores;
+  };
+  const int64_t last_len = batch - (batch - 1) / chunk * chunk;
+  const bool fma_anywhere = !tensor_cores(std::min(chunk, batch)) || !tensor_cores(last_len);
   at::Tensor entries = at::empty({n_pairs, chunk, 4}, x.options().dtype(at::kInt));
   // far_fixup's flags, every byte written by the sort (chunks start at multiples of its
   // flag chunk: whole segments)
@@ -450,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
       images ? image_offsets(in_dim, image_len) : SampleOffsets{};
   using RunsFn = void (*)(RunsArgs, SampleOffsets);
   RunsFn runs = nullptr;  // the FMA kernel's instance (launch_runs_mma sets up its own)
-  if (!mma) {
+  if (fma_anywhere) {
     switch_table_type(gy.scalar_type(), [&](auto row_tag) {
       using R = decltype(row_tag);
       runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsFn {
@@ -498,6 +503,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
     a.len = len;
     // segments of up to kRunSegment entries, shorter where that is needed for about two
     // resident waves of warps (small batches)
+    const bool mma = tensor_cores(len);
     const int64_t want_items =
         int64_t(2) * lim.num_sms * (mma ? kRunsMmaWarpsPerSm : runs_warps_per_sm(tiles_per_walk));
     const int64_t seg = (int64_t(len) * n_pairs + want_items - 1) / want_items;

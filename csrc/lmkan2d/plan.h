@@ -80,9 +80,10 @@ BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
 // tensor cores (backward_runs_mma.cu) for a bfloat16 grad_y with a bfloat16 table (autocast,
 // bfloat16 parameters), where their exact three-term products pay: at tile size 8, and at 16
 // where a chunk holds at least kRunsMmaMinSamplesPerCell samples per cell (long runs: a group
-// of 16 samples then seldom spans two cells). chunk_samples: the samples of one chunk (of the
-// batch, where it has fewer). LMKAN_RUNS_MMA=0 / 1 (a measurement knob, read at every call)
-// forces the FMAs / the tensor cores wherever these serve.
+// of 16 samples then seldom spans two cells). chunk_samples: the samples of one chunk (the
+// batch's last chunk may be shorter: backward_by_runs asks per chunk). LMKAN_RUNS_MMA=0 / 1
+// (a measurement knob, read at every call) forces the FMAs / the tensor cores wherever these
+// serve.
 enum class RunsKernel { kFma, kTensorCores };
 constexpr int64_t kRunsMmaMinSamplesPerCell = 160;
 constexpr int64_t kRunsMmaMinSamplesPerCellTile8 = 32;
