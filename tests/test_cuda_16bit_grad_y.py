@@ -13,10 +13,19 @@ import torch
 from lmKAN import LMKAN2DLayer, _reference
 from lmKAN.grids import cdf_borders
 
-from conftest import assert_cuda_kernel, rel_l2, requires_gpu
+from conftest import assert_cuda_kernel, cuda_kernel_names, rel_l2, requires_gpu
 
 TOL = 1e-5
 SIXTEEN = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(params=["0", "1"], ids=["fma_runs", "tensor_core_runs"])
+def runs_kernel(request, monkeypatch):
+    """The sorted backward's runs kernel for a bfloat16 grad_y and table, forced either way
+    (LMKAN_RUNS_MMA, read at every call): runs_kernel's FMAs or the tensor cores at tiles 8
+    and 16, whatever plan_runs would choose for the shape."""
+    monkeypatch.setenv("LMKAN_RUNS_MMA", request.param)
+    return request.param
 
 
 def _make(num_grids, n_in, n_out, batch, batch_last, dtype, scale=1.5):
@@ -69,11 +78,13 @@ def test_backward_op_takes_16bit_grad_y(dtype, tile, batch_last, deterministic, 
 @pytest.mark.parametrize("num_grids,n_in,n_out,batch", [(8, 34, 256, 1000), (26, 64, 129, 333),
                                                         (12, 20, 512, 2049), (3, 4, 64, 20001),
                                                         (40, 6, 200, 3000)])
-def test_bfloat16_rows_and_table(tile, batch_last, fast, num_grids, n_in, n_out, batch):
-    """A bfloat16 grad_y with a bfloat16 table, as under autocast (the other tests of this
-    file keep a float32 table): long runs of one cell (G=3), short ones (G=26, 40), odd
-    batches. The float32 contract against the reference on the rounded table, and the
-    gradients of the float32 copy of grad_y to float32 rounding."""
+def test_bfloat16_rows_and_table(tile, batch_last, fast, num_grids, n_in, n_out, batch,
+                                 runs_kernel):
+    """A bfloat16 grad_y with a bfloat16 table (as under autocast), through either runs
+    kernel; on tensor cores (backward_runs_mma.cu, tiles 8 and 16) with groups of 16 samples
+    in one cell (long runs: G=3), across cells (short runs: G=26, 40) and past the segment's
+    end (odd batches). The float32 contract against the reference on the rounded table, and
+    the gradients of the float32 copy of grad_y (runs_kernel's FMAs) to float32 rounding."""
     assert_cuda_kernel("lmkan2d_backward")
     torch.manual_seed(num_grids + n_out + tile)
     x, params, borders, gy16 = _make(num_grids, n_in, n_out, batch, batch_last, torch.bfloat16)
@@ -89,10 +100,10 @@ def test_bfloat16_rows_and_table(tile, batch_last, fast, num_grids, n_in, n_out,
 
 
 @requires_gpu
-def test_bfloat16_rows_keep_an_infinite_grad_y_in_its_cells():
+def test_bfloat16_rows_keep_an_infinite_grad_y_in_its_cells(runs_kernel):
     """An infinite grad_y entry makes the gradients of its own sample and of its cells
-    non-finite, and no others: the 16-bit rows give the finiteness of the float32 copy of
-    grad_y entry for entry, and the same finite values."""
+    non-finite, and no others: either runs kernel (the tensor cores' groups span cells) gives
+    the finiteness of the FMA runs on the float32 copy of grad_y entry for entry."""
     torch.manual_seed(3)
     x, params, borders, gy16 = _make(26, 8, 128, 3000, True, torch.bfloat16)
     gy16[5, 17] = float("inf")
@@ -110,9 +121,9 @@ def test_bfloat16_rows_keep_an_infinite_grad_y_in_its_cells():
 
 
 @requires_gpu
-def test_bfloat16_rows_and_table_with_far_inputs_and_images():
+def test_bfloat16_rows_and_table_with_far_inputs_and_images(runs_kernel):
     """Far inputs (corrected after the runs by far_fixup) and images [N, N_in, L] (read in
-    place) with a bfloat16 grad_y and table."""
+    place) through either runs kernel."""
     torch.manual_seed(4)
     x, params, borders, gy16 = _make(8, 20, 64, 515, True, torch.bfloat16, scale=40.0)
     args = (x, params, borders, True, 8, 256, True, False, torch.bfloat16)
@@ -130,6 +141,33 @@ def test_bfloat16_rows_and_table_with_far_inputs_and_images():
         gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
         assert gx.shape == x.shape
         assert rel_l2(gx, gx32) <= 2e-6 and rel_l2(gp, gp32) <= 2e-6
+
+
+@requires_gpu
+@pytest.mark.parametrize("tile,num_grids,batch,fast,kernels",
+                         [(16, 8, 1 << 16, True, {"mma"}), (16, 26, 1 << 16, True, {"fma"}),
+                          (8, 26, 1 << 16, True, {"mma"}), (8, 26, 4096, True, {"fma"}),
+                          (4, 8, 1 << 16, True, {"fma"}),
+                          # normal mode's chunks of 8 MiB: 32768 bfloat16 rows of 128 outputs
+                          (16, 8, 32768 + 1024, False, {"mma", "fma"}),
+                          (16, 8, 2 * 32768, False, {"mma"})])
+def test_plan_runs_chooses_by_samples_per_cell(monkeypatch, tile, num_grids, batch, fast,
+                                               kernels):
+    """Without the knob, plan_runs (plan.h) takes the tensor cores at tile 8 from 32 samples
+    per cell and at tile 16 from 160, never at tile 4; it decides per chunk of the batch, so a
+    short last chunk takes the FMAs. The kernel names show which ran, and the gradients agree
+    with the float32 copy of grad_y."""
+    monkeypatch.delenv("LMKAN_RUNS_MMA", raising=False)
+    torch.manual_seed(5)
+    x, params, borders, gy16 = _make(num_grids, 16, 128, batch, True, torch.bfloat16)
+    args = (x, params, borders, True, tile, 256, fast, False, torch.bfloat16)
+    out = {}
+    names = cuda_kernel_names(
+        lambda: out.update(zip(("gx", "gp"), torch.ops.lmkan.lmkan2d_backward(gy16, *args))))
+    assert any("runs_mma_kernel" in n for n in names) == ("mma" in kernels), names
+    assert any("runs_kernel" in n and "mma" not in n for n in names) == ("fma" in kernels), names
+    gx32, gp32 = torch.ops.lmkan.lmkan2d_backward(gy16.float(), *args)
+    assert rel_l2(out["gx"], gx32) <= 2e-6 and rel_l2(out["gp"], gp32) <= 2e-6
 
 
 @requires_gpu

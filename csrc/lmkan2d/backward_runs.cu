@@ -38,6 +38,9 @@
 // workspace, 95 MB each, evict the chunk's rows). So the table reads and the dP reductions
 // carry L2's evict_first priority and the rows evict_last (l2_hint.cuh, sm_90 on): -4.5%
 // at G = 26 float32 (H100, 8.78 -> 8.39 ms), G = 8 unchanged.
+//
+// For a bfloat16 grad_y with a bfloat16 table, plan_runs (plan.h) may choose the tensor-core
+// kernel of backward_runs_mma.cu instead of runs_kernel, on the same sorted entries.
 #include <algorithm>
 #include <type_traits>
 
@@ -55,6 +58,8 @@
 #include "common/static_switch.h"
 #include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
+#include "lmkan2d/plan.h"
+#include "lmkan2d/runs.h"
 
 namespace lmkan {
 namespace lmkan2d {
@@ -114,20 +119,6 @@ __device__ __forceinline__ float row_value(const RowWords<R, K>& v, int k) {
     return word_value<R>(v[k / 2], (k & 1) != 0);
   }
 }
-
-struct RunsArgs {
-  const int4* entries;   // [P][entries_stride] sorted (sample, cell, d1, d2) of the chunk
-  const float* packed;   // table [n_tiles, P, cells, W]
-  const void* gyt;       // grad_y rows [B][ld], ld = n_tiles * W (zero-padded), of the
-                         // kernel's row type R (float32, or grad_y's 16-bit dtype)
-  const float* borders;  // [G+1]
-  float* ws;             // dP [n_tiles, P, cells, W], zeroed before the first chunk
-  float* dx;             // grad_x: (f, b) at f * xs_f + b * xs_b (images: runs_kernel's
-                         // dx_images(b) for b * xs_b)
-  int64_t b0, entries_stride, ld, xs_f, xs_b;
-  int len, seg_len, segments, n_pairs, n_tiles, num_grids;
-  int ld32;              // ld as int: a chunk's rows take chunk * ld < 2^31 floats
-};
 
 // Shared memory per warp: its segment's entries (int4), padded by one batch of entries whose
 // row offset is 0 (the prefetch past the segment's end reads them: no bounds checks), and
@@ -425,6 +416,15 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   // runs_kernel addresses a chunk's grad_y rows by int32 offsets
   TORCH_INTERNAL_ASSERT(chunk * ld < (int64_t(1) << 31), "the sorted backward's chunk of ",
                         chunk, " grad_y rows of ", ld, " floats needs 64-bit offsets");
+  // FMAs or tensor cores (plan.h), per chunk: all chunks but the last hold `chunk` samples,
+  // and a short last chunk may take the FMAs where the full ones take the tensor cores
+  const bool bf16_rows_and_table =
+      gy.scalar_type() == at::kBFloat16 && table_dtype == at::kBFloat16;
+  const auto tensor_cores = [&](int64_t len) {
+    return plan_runs(bf16_rows_and_table, tile, num_grids, len, lim) == RunsKernel::kTensorCores;
+  };
+  const int64_t last_len = batch - (batch - 1) / chunk * chunk;
+  const bool fma_anywhere = !tensor_cores(std::min(chunk, batch)) || !tensor_cores(last_len);
   at::Tensor entries = at::empty({n_pairs, chunk, 4}, x.options().dtype(at::kInt));
   // far_fixup's flags, every byte written by the sort (chunks start at multiples of its
   // flag chunk: whole segments)
@@ -453,19 +453,21 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
   const int64_t xs_b = batch_last ? 1 : in_dim;
   const SampleOffsets x_images =
       images ? image_offsets(in_dim, image_len) : SampleOffsets{};
-  using RunsKernel = void (*)(RunsArgs, SampleOffsets);
-  RunsKernel runs = nullptr;
-  switch_table_type(gy.scalar_type(), [&](auto row_tag) {
-    using R = decltype(row_tag);
-    runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsKernel {
-      constexpr int K = decltype(k_c)::value;
-      if constexpr (K == 4) {
-        if (two_tiles) return images ? &runs_kernel<K, 2, true, R> : &runs_kernel<K, 2, false, R>;
-      }
-      return images ? &runs_kernel<K, 1, true, R> : &runs_kernel<K, 1, false, R>;
+  using RunsFn = void (*)(RunsArgs, SampleOffsets);
+  RunsFn runs = nullptr;  // the FMA kernel's instance (launch_runs_mma sets up its own)
+  if (fma_anywhere) {
+    switch_table_type(gy.scalar_type(), [&](auto row_tag) {
+      using R = decltype(row_tag);
+      runs = switch_value<1, 2, 4>(k, [&](auto k_c) -> RunsFn {
+        constexpr int K = decltype(k_c)::value;
+        if constexpr (K == 4) {
+          if (two_tiles) return images ? &runs_kernel<K, 2, true, R> : &runs_kernel<K, 2, false, R>;
+        }
+        return images ? &runs_kernel<K, 1, true, R> : &runs_kernel<K, 1, false, R>;
+      });
     });
-  });
-  allow_dynamic_smem(reinterpret_cast<const void*>(runs), runs_smem);
+    allow_dynamic_smem(reinterpret_cast<const void*>(runs), runs_smem);
+  }
   RunsArgs a;
   a.entries = reinterpret_cast<const int4*>(entries.data_ptr<int>());
   a.packed = packed.data_ptr<float>();
@@ -501,11 +503,17 @@ std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const a
     a.len = len;
     // segments of up to kRunSegment entries, shorter where that is needed for about two
     // resident waves of warps (small batches)
-    const int64_t want_items = int64_t(2) * lim.num_sms * runs_warps_per_sm(tiles_per_walk);
+    const bool mma = tensor_cores(len);
+    const int64_t want_items =
+        int64_t(2) * lim.num_sms * (mma ? kRunsMmaWarpsPerSm : runs_warps_per_sm(tiles_per_walk));
     const int64_t seg = (int64_t(len) * n_pairs + want_items - 1) / want_items;
     a.seg_len = static_cast<int>(std::clamp<int64_t>((seg + 15) / 16 * 16, kRunMinSegment, kRunSegment));
     a.segments = (len + a.seg_len - 1) / a.seg_len;
     const int64_t items = int64_t(n_pairs) * a.segments;
+    if (mma) {
+      launch_runs_mma(a, x_images, images, items, stream);
+      continue;
+    }
     runs<<<static_cast<unsigned>((items + warps - 1) / warps), warps * 32, runs_smem, stream>>>(
         a, x_images);  // grad_x: x's layout
     C10_CUDA_KERNEL_LAUNCH_CHECK();

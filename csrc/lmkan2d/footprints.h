@@ -58,6 +58,23 @@ constexpr int kRunSegment = 256;
 constexpr int64_t kRunMaxEntriesBytes = int64_t(256) << 20;
 inline bool runs_pairs_fit(int64_t n_pairs) { return n_pairs * 16 * kRunSegment <= kRunMaxEntriesBytes; }
 
+// The tensor-core runs kernel (backward_runs_mma.cu): blocks of kRunsMmaWarps warps,
+// kRunsMmaWarpsPerSm resident per SM (<= 128 registers); a warp walks kRunsMmaWalk outputs at
+// a time, in groups of kRunsMmaGroup samples (one m16n8k16 row block). Shared memory per warp,
+// in floats: its entries (int4, a group read ahead), its grad_x sums [segment][2], two buffers
+// of a cell's 4 corner rows, the segment's distinct cells, two buffers of a group's bfloat16
+// grad_y rows; then the block's borders.
+constexpr int kRunsMmaWarps = 8;
+constexpr int kRunsMmaWarpsPerSm = 16;
+constexpr int kRunsMmaWalk = 64;
+constexpr int kRunsMmaGroup = 16;
+constexpr int64_t kRunsMmaWarpFloats = (kRunSegment + kRunsMmaGroup) * 4 + 2 * kRunSegment +
+                                       2 * 4 * kRunsMmaWalk + kRunSegment +
+                                       2 * kRunsMmaGroup * kRunsMmaWalk / 2;
+constexpr int64_t runs_mma_smem_bytes(int num_grids) {
+  return (kRunsMmaWarps * kRunsMmaWarpFloats + num_grids + 1) * 4;
+}
+
 // Its shared memory bound: the cell sort's (bucket_kernel, cell_sort.cu), bytes. Direct
 // scatter: the cell histogram, (G+1)^2 counters, its scan's 33 warp sums and the G+1 borders.
 // The staged scatter adds a stage's histogram ((G+1)^2) and its 4,096 entries of 16 bytes (64

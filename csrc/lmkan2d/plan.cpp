@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/env_knobs.h"
 #include "lmkan2d/footprints.h"
 
 namespace lmkan {
@@ -127,6 +128,20 @@ int max_num_grids_for(int tile, const char* mode, const DeviceLimits& lim, int t
     best = g;
   }
   return best;
+}
+
+RunsKernel plan_runs(bool bf16_rows_and_table, int tile, int num_grids, int64_t chunk_samples,
+                     const DeviceLimits& lim) {
+  const bool serves = bf16_rows_and_table && bwd_width(tile) % kRunsMmaWalk == 0 &&
+                      runs_mma_smem_bytes(num_grids) <= lim.smem_optin;
+  if (!serves) return RunsKernel::kFma;
+  const int64_t knob = env_int("LMKAN_RUNS_MMA", 0, 1, -1, "(0: FMAs, 1: tensor cores)");
+  if (knob >= 0) return knob == 1 ? RunsKernel::kTensorCores : RunsKernel::kFma;
+  // Measured on the H100 (docs/decisions.md, "Tensor-core runs"): the tensor cores win at
+  // tile 8 (runs_kernel's K = 2 walk is slow) and at tile 16 from ~160 samples per cell.
+  const int64_t cells = int64_t(num_grids + 1) * (num_grids + 1);
+  const int64_t floor = tile == 8 ? kRunsMmaMinSamplesPerCellTile8 : kRunsMmaMinSamplesPerCell;
+  return chunk_samples >= floor * cells ? RunsKernel::kTensorCores : RunsKernel::kFma;
 }
 
 }  // namespace lmkan2d

@@ -76,6 +76,20 @@ struct BackwardPlan {
 BackwardPlan plan_backward(const CallShape& shape, int tile, int block,
                            bool deterministic, const DeviceLimits& lim, bool grad_params = true);
 
+// The runs kernel of the sorted backward (GradXKernel::kRuns): runs_kernel's FMAs, or the
+// tensor cores (backward_runs_mma.cu) for a bfloat16 grad_y with a bfloat16 table (autocast,
+// bfloat16 parameters), where their exact three-term products pay: at tile size 8, and at 16
+// where a chunk holds at least kRunsMmaMinSamplesPerCell samples per cell (long runs: a group
+// of 16 samples then seldom spans two cells). chunk_samples: the samples of one chunk (the
+// batch's last chunk may be shorter: backward_by_runs asks per chunk). LMKAN_RUNS_MMA=0 / 1
+// (a measurement knob, read at every call) forces the FMAs / the tensor cores wherever these
+// serve.
+enum class RunsKernel { kFma, kTensorCores };
+constexpr int64_t kRunsMmaMinSamplesPerCell = 160;
+constexpr int64_t kRunsMmaMinSamplesPerCellTile8 = 32;
+RunsKernel plan_runs(bool bf16_rows_and_table, int tile, int num_grids, int64_t chunk_samples,
+                     const DeviceLimits& lim);
+
 // Whether sample_threads_*.cu serve a layer: at most kSampleThreadsMaxOutputs outputs and
 // `slices` arrays of one pair's slice in shared memory (1: grad_x or the mixed term, table
 // only; the slope dP, accumulator only; 2: the backward, both). Always at full speed.
