@@ -6,12 +6,16 @@ block 256, B=2^18, batch-last: median of 5 CUDA-event timings per case.
     python3 tools/time_backward_op.py                    # plan_runs's choice (plan.h)
 """
 import os
-import statistics
+import sys
 
 import torch
 
-import lmKAN  # noqa: F401  (registers the ops)
-from lmKAN.grids import cdf_borders
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from _timing import cuda_median_ms  # noqa: E402 (benchmarks/_timing.py)
+
+import lmKAN  # noqa: E402,F401  (registers the ops)
+from lmKAN.grids import cdf_borders  # noqa: E402
 
 CASES = (("G8 512->512", 8, 512, 512), ("G26 256->256", 26, 256, 256))
 
@@ -28,14 +32,5 @@ for name, g, n_in, n_out in CASES:
         torch.ops.lmkan.lmkan2d_backward(gy, x, params, borders, True, 16, 256, True, False,
                                          torch.bfloat16)
 
-    call()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    print(f"LMKAN_RUNS_MMA={tag} {name} fast bwd {statistics.median(times):.3f} ms", flush=True)
+    ms = cuda_median_ms(call, reps=5, warmup=1)
+    print(f"LMKAN_RUNS_MMA={tag} {name} fast bwd {ms:.3f} ms", flush=True)
