@@ -11,9 +11,13 @@
 namespace lmkan {
 
 // 16 bytes, L2 only (.cg): streaming data that the block reads once from shared memory.
-__device__ __forceinline__ void cp_async16(float* dst_s, const float* src) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_s));
+// cp_async16_at takes the destination as a 32-bit shared-window address (smem_u32 below),
+// for kernels that compute swizzled addresses in that form.
+__device__ __forceinline__ void cp_async16_at(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async16(float* dst_s, const float* src) {
+  cp_async16_at(static_cast<unsigned>(__cvta_generic_to_shared(dst_s)), src);
 }
 
 // 4 bytes (.ca: the only cache mode that allows copies under 16 bytes).

@@ -12,6 +12,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/vector_access.cuh"
+
 namespace lmkan {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -55,15 +57,7 @@ __device__ __forceinline__ void load_k_hinted(const float* p, float (&v)[K], uin
     asm("ld.global.nc.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(v[0]) : "l"(p), "l"(policy));
   }
 #else
-  if constexpr (K == 4) {
-    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
-    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
-  } else if constexpr (K == 2) {
-    const float2 t = __ldg(reinterpret_cast<const float2*>(p));
-    v[0] = t.x; v[1] = t.y;
-  } else {
-    v[0] = __ldg(p);
-  }
+  load_k<K, true>(p, v);  // plain read-only loads
 #endif
 }
 

@@ -107,9 +107,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned add
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
-__device__ __forceinline__ void cp_async16_raw(unsigned dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
 __device__ __forceinline__ void red2(float* dst, float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   atomicAdd(dst, a);
@@ -201,7 +198,7 @@ __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRuns
     const __nv_bfloat16* src = gyw + seg_entries[t + r].x + 8 * c0;
     const unsigned dst = ring + b * kGroupRowFloats * 4 + r * 128;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) cp_async16_raw(dst + (((c0 + i) ^ (r & 7)) << 4), src + 8 * i);
+    for (int i = 0; i < 4; ++i) cp_async16_at(dst + (((c0 + i) ^ (r & 7)) << 4), src + 8 * i);
     cp_async_commit();
     ++groups_after_cell;
   };

@@ -1,10 +1,11 @@
 // Device helpers shared by the LMKAN2DLayer kernels: the warp transpose-reduce, a sample's
-// pair cell (and its second-derivative weights), K-wide row loads and stores, and the
-// read-modify-write of a cell's 4 corners.
+// pair cell (and its second-derivative weights) and the read-modify-write of a cell's 4
+// corners (K-wide row loads and stores: common/vector_access.cuh).
 #pragma once
 #include <cstdint>
 
 #include "common/grid.cuh"
+#include "common/vector_access.cuh"
 #include "common/warp.cuh"
 #include "lmkan2d/layout.h"
 
@@ -101,35 +102,6 @@ __device__ __forceinline__ float4 slope_pair_cell(const float* __restrict__ x,
 // Component i (compile-time after unrolling) of a float4.
 __device__ __forceinline__ float& component(float4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-// K consecutive floats of a lane into v, one vector access (K * lane floats into a W-float
-// row: 16/8/4-byte aligned). kReadOnly: through the read-only data cache (__ldg; global
-// memory that nothing writes while the kernel runs), else a plain load (shared memory too).
-template <int K, bool kReadOnly = false>
-__device__ __forceinline__ void load_k(const float* p, float (&v)[K]) {
-  if constexpr (K == 4) {
-    const float4 t = kReadOnly ? __ldg(reinterpret_cast<const float4*>(p))
-                               : *reinterpret_cast<const float4*>(p);
-    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
-  } else if constexpr (K == 2) {
-    const float2 t = kReadOnly ? __ldg(reinterpret_cast<const float2*>(p))
-                               : *reinterpret_cast<const float2*>(p);
-    v[0] = t.x; v[1] = t.y;
-  } else {
-    v[0] = kReadOnly ? __ldg(p) : p[0];
-  }
-}
-
-template <int K>
-__device__ __forceinline__ void store_k(float* p, const float (&v)[K]) {
-  if constexpr (K == 4) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  } else if constexpr (K == 2) {
-    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
-  } else {
-    p[0] = v[0];
-  }
 }
 
 // Corner j = 2a + b of a cell, (i1+a, i2+b), relative to the cell's row in a [cells][W]
