@@ -1,17 +1,19 @@
-// Global loads and float reductions with an L2 eviction priority (PTX `createpolicy` and
-// `.L2::cache_hint`). The priority only orders what L2 evicts first when it is full: a kernel
-// that streams a large array beside a small one it re-reads can mark the stream evict_first
-// (and the re-read one evict_last) so that the stream does not evict it. Used by the sorted
-// backward (backward_runs.cu), whose grad_y rows are re-read by every pair while the table and
-// the dP workspace stream through L2.
+// Global loads, cp.async copies and float reductions with an L2 eviction priority (PTX
+// `createpolicy` and `.L2::cache_hint`). The priority only orders what L2 evicts first when it
+// is full: a kernel that streams a large array beside a small one it re-reads can mark the
+// stream evict_first (and the re-read one evict_last) so that the stream does not evict it.
+// Used by the sorted backward's two runs kernels (backward_runs.cu, backward_runs_mma.cu),
+// whose grad_y rows are re-read by every pair while the table and the dP workspace stream
+// through L2.
 //
 // The priorities apply from sm_90 on, where they were measured (H100) and run on a GPU. Below
-// sm_90 (the PTX exists from sm_80) the helpers are plain accesses (`__ldg`, `atomicAdd`),
-// the code those kernels ran before, until the Ampere build of the hinted path has run on a
-// GPU and been timed.
+// sm_90 (the PTX exists from sm_80) the helpers are plain accesses (`__ldg`, `atomicAdd`,
+// `cp.async`), the code those kernels ran before, until the Ampere build of the hinted path
+// has run on a GPU and been timed.
 #pragma once
 #include <cstdint>
 
+#include "common/cp_async.cuh"
 #include "common/vector_access.cuh"
 
 namespace lmkan {
@@ -90,6 +92,18 @@ __device__ __forceinline__ unsigned load_u16_hinted(const void* p, uint64_t poli
   return v;
 #else
   return __ldg(static_cast<const unsigned short*>(p));
+#endif
+}
+
+// cp.async of 16 bytes (L2 only, as cp_async16_at: dst a 32-bit shared-window address) under
+// `policy`; below sm_90 the plain copy.
+__device__ __forceinline__ void cp_async16_hinted(unsigned dst, const void* src, uint64_t policy) {
+#if LMKAN_L2_HINTS
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n"
+               ::"r"(dst), "l"(src), "l"(policy));
+#else
+  (void)policy;
+  cp_async16_at(dst, src);
 #endif
 }
 

@@ -5,7 +5,7 @@
 // (backward_by_runs and far_fixup); every other plan runs on batch-last copies.
 // - Layers of at most 8 outputs, not deterministic: dp_by_sample_threads
 //   (sample_threads_backward.cu), grad_x and dP in one pass, a thread per (sample, pair).
-// - Not deterministic (both modes): backward_by_runs (backward_runs.cu), grad_x and dP in one
+// - Not deterministic (both modes): backward_by_runs (backward_sorted.cpp), grad_x and dP in one
 //   pass over cell-sorted chunks of the batch, except past its cell histogram's num_grids or
 //   for a narrow output whose padded grad_y copy would be large; those run the
 //   kernels below, with float atomics where they are faster.

@@ -33,7 +33,7 @@
 // - dP: D[16 rows][8 outputs] += A[16 rows][16 samples] x B[16 samples][8 outputs]: rows 0-3
 //   the 4 corners' hi weights, 4-7 mid, 8-11 lo, 12-15 zero. Per 64 outputs a lane keeps 8 x
 //   4 float32 accumulators for the current cell; a cell change adds hi + mid + lo (one
-//   shuffle) and flushes them with float2 atomics from the 16 lanes of groups 0-3.
+//   shuffle) and flushes them with float2 reductions from the 16 lanes of groups 0-3.
 // - A group of 16 entries within the current cell (most of them: runs are tens to hundreds of
 //   samples long) takes one pass. A group that spans cells takes one pass per cell, with the
 //   weights and the transposed grad_y of the other cells' samples (and of the pads past the
@@ -46,6 +46,7 @@
 
 #include "common/cp_async.cuh"
 #include "common/device_limits.h"
+#include "common/l2_hint.cuh"
 #include "lmkan2d/footprints.h"
 #include "lmkan2d/runs.h"
 
@@ -107,14 +108,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned add
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
-__device__ __forceinline__ void red2(float* dst, float a, float b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-  atomicAdd(dst, a);
-  atomicAdd(dst + 1, b);
-#else
-  atomicAdd(reinterpret_cast<float2*>(dst), make_float2(a, b));
-#endif
-}
 
 template <bool kImages>
 __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRunsMmaWarps)
@@ -164,6 +157,12 @@ __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRuns
   }
   __syncwarp();
 
+  // L2 priorities (l2_hint.cuh), as in runs_kernel: every pair re-reads the chunk's grad_y
+  // rows, while a cell's table rows and dP rows stream through L2 (42 MB each at G = 8,
+  // 512 -> 512): the rows are kept, the cells evicted first
+  const uint64_t pol_stream = l2_policy_evict_first();
+  const uint64_t pol_rows = l2_policy_evict_last();
+
   const int width = static_cast<int>(a.ld / a.n_tiles);  // W of the packed layouts
   const int walks_per_tile = width / kRunsMmaWalk;
   const int walks = a.n_tiles * walks_per_tile;
@@ -179,9 +178,10 @@ __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRuns
     const int corner = lane / 8, part = lane % 8;
     const float* src = a.packed + walk_slice(wk) +
                        int64_t(key + (corner & 1) + (corner >> 1) * side) * width + 8 * part;
-    float* dst = cell_rows + b * kCellFloats + corner * kRunsMmaWalk + 8 * part;
-    cp_async16(dst, src);
-    cp_async16(dst + 4, src + 4);
+    const unsigned dst =
+        smem_u32(cell_rows + b * kCellFloats + corner * kRunsMmaWalk + 8 * part);
+    cp_async16_hinted(dst, src, pol_stream);
+    cp_async16_hinted(dst + 16, src + 4, pol_stream);
     cp_async_commit();
     groups_after_cell = 0;
   };
@@ -198,7 +198,8 @@ __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRuns
     const __nv_bfloat16* src = gyw + seg_entries[t + r].x + 8 * c0;
     const unsigned dst = ring + b * kGroupRowFloats * 4 + r * 128;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) cp_async16_at(dst + (((c0 + i) ^ (r & 7)) << 4), src + 8 * i);
+    for (int i = 0; i < 4; ++i)
+      cp_async16_hinted(dst + (((c0 + i) ^ (r & 7)) << 4), src + 8 * i, pol_rows);
     cp_async_commit();
     ++groups_after_cell;
   };
@@ -294,8 +295,8 @@ __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRuns
         float* dst = wsp + int64_t(cur + (g & 1) + (g >> 1) * side) * width;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          red2(dst + 16 * j, out[4 * j], out[4 * j + 1]);
-          red2(dst + 16 * j + 8, out[4 * j + 2], out[4 * j + 3]);
+          red_k_hinted<2>(dst + 16 * j, {out[4 * j], out[4 * j + 1]}, pol_stream);
+          red_k_hinted<2>(dst + 16 * j + 8, {out[4 * j + 2], out[4 * j + 3]}, pol_stream);
         }
       }
     };

@@ -70,7 +70,7 @@ at::Tensor forward_by_output_lanes(const at::Tensor& x, const at::Tensor& params
                                    bool batch_last, at::ScalarType table_dtype);
 
 // ---- Backward (backward.cpp) ----
-// grad_x and grad_params in one pass over cell-sorted chunks (backward_runs.cu); gy float32,
+// grad_x and grad_params in one pass over cell-sorted chunks (backward_sorted.cpp); gy float32,
 // float16 or bfloat16 (its rows are read in its dtype). *far_flags: far_fixup's flags
 // [ceil(B / kFarFlagChunk), P], written by the cell sort, which classifies every input.
 std::tuple<at::Tensor, at::Tensor> backward_by_runs(const at::Tensor& x, const at::Tensor& params,

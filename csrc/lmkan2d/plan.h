@@ -2,7 +2,7 @@
 // kernels serve a call and where they keep the table (shared memory or L1/L2).
 //
 // forward.cpp and backward.cpp run what plan_forward / plan_backward say; the kernels'
-// launchers (forward_sample_lanes.cu, output_lanes.cu, backward_runs.cu, grad_x.cu,
+// launchers (forward_sample_lanes.cu, output_lanes.cu, backward_sorted.cpp, grad_x.cu,
 // grad_params.cu) take the choice as given and only size the launch (buffers, warps, pair
 // splits) for it. lmkan2d_max_num_grids (max_num_grids.cpp) asks the same functions which
 // num_grids they serve at full speed, so the limit, the layer's warning past it and the
