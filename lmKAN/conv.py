@@ -1,4 +1,4 @@
-"""Convolutions of lookup layers: LMKAN2DConv2d and LMKAN1DConv2d (docs/spec.md, section 6).
+"""Convolutions of lookup layers: LMKAN2DConv2d and LMKAN1DConv2d (docs/spec.md, section 4b).
 
 The output at each position is the layer applied to the column of
 `torch.nn.functional.unfold(x, kernel_size, dilation, padding, stride)` at that position, in

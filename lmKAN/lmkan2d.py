@@ -266,7 +266,7 @@ def max_num_grids(tile_size, mode, device, table_dtype=None, output_dim=None):
     through L2 instead of shared memory: correct, slower. "backward" and "backward_fast" (not
     deterministic) read the table through L2 at any num_grids by design and are bounded by
     their cell histogram; past it they run the deterministic kernels' L2 variants.
-    table_dtype: the table of the call (docs/spec.md, "16-bit tables"; None: float32). A
+    table_dtype: the table of the call (docs/spec.md section 5, "Mixed precision"; None: float32). A
     float16/bfloat16 table stages half the bytes, so its "forward" limit is higher; the
     backward modes read a float32 table whatever the table dtype.
     output_dim: the layer's outputs. Layers of at most 8 outputs run kernels of their own
