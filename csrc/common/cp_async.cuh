@@ -11,8 +11,8 @@
 namespace lmkan {
 
 // 16 bytes, L2 only (.cg): streaming data that the block reads once from shared memory.
-// cp_async16_at takes the destination as a 32-bit shared-window address (smem_u32 below),
-// for kernels that compute swizzled addresses in that form.
+// cp_async16_at takes the destination as a 32-bit shared-window address (smem_u32 below), the
+// form swizzled addresses are computed in (l2_hint.cuh's cp_async16_hinted falls back to it).
 __device__ __forceinline__ void cp_async16_at(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }

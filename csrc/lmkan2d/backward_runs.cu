@@ -55,6 +55,7 @@
 #include "common/table_type.cuh"
 #include "lmkan2d/device.cuh"
 #include "lmkan2d/runs.h"
+#include "lmkan2d/runs_segment.cuh"
 
 namespace lmkan {
 namespace lmkan2d {
@@ -134,17 +135,9 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
 
   const int64_t item = int64_t(blockIdx.x) * warps + warp;
   if (item >= int64_t(a.n_pairs) * a.segments) return;
-  const int p = static_cast<int>(item / a.segments);
-  const int seg_begin = static_cast<int>(item % a.segments) * a.seg_len;
-  const int len = min(a.len - seg_begin, a.seg_len);
-  const int4* ent = a.entries + p * a.entries_stride + seg_begin;
-  // .x: the sample's grad_y row offset in the chunk (int32: host check), the sample is
-  // .x / ld32; the entries are read once (evict first)
-  for (int i = lane; i < len; i += 32) {
-    int4 e = __ldcs(ent + i);
-    e.x *= a.ld32;
-    seg_entries[i] = e;
-  }
+  const RunsSegment seg = runs_segment(a, item);
+  const int p = seg.p, len = seg.len;
+  load_segment_entries(a, seg, seg_entries, lane);  // .x: the row offset, the sample .x / ld32
   for (int i = len + lane; i < ((len + 15) & ~15) + U; i += 32) seg_entries[i] = make_int4(0, 0, 0, 0);
   __syncwarp();
 
@@ -339,12 +332,7 @@ __global__ void __launch_bounds__(runs_max_threads(T)) runs_kernel(const RunsArg
     if (cur >= 0) flush(false);
     __syncwarp();  // dxacc of this tile visible to every lane
   }
-  // each (sample, pair) of the chunk lives in exactly one segment: plain stores
-  for (int i = lane; i < 2 * len; i += 32) {
-    const int64_t b = a.b0 + seg_entries[i / 2].x / a.ld32;
-    const int64_t at_sample = kImages ? dx_images(b) : b * a.xs_b;
-    a.dx[(2 * int64_t(p) + (i & 1)) * a.xs_f + at_sample] = dxacc[i];
-  }
+  store_segment_dx<kImages>(a, dx_images, seg, seg_entries, dxacc, lane);
 }
 
 }  // namespace

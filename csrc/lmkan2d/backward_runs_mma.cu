@@ -49,6 +49,7 @@
 #include "common/l2_hint.cuh"
 #include "lmkan2d/footprints.h"
 #include "lmkan2d/runs.h"
+#include "lmkan2d/runs_segment.cuh"
 
 namespace lmkan {
 namespace lmkan2d {
@@ -131,16 +132,10 @@ __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRuns
 
   const int64_t item = int64_t(blockIdx.x) * warps + warp;
   if (item >= int64_t(a.n_pairs) * a.segments) return;
-  const int p = static_cast<int>(item / a.segments);
-  const int seg_begin = static_cast<int>(item % a.segments) * a.seg_len;
-  const int len = min(a.len - seg_begin, a.seg_len);
+  const RunsSegment seg = runs_segment(a, item);
+  const int p = seg.p, len = seg.len;
   const int groups_end = (len + kGroup - 1) / kGroup * kGroup;
-  const int4* ent = a.entries + p * a.entries_stride + seg_begin;
-  for (int i = lane; i < len; i += 32) {  // .x: the sample's row offset in the chunk
-    int4 e = __ldcs(ent + i);
-    e.x *= a.ld32;
-    seg_entries[i] = e;
-  }
+  load_segment_entries(a, seg, seg_entries, lane);  // .x: the sample's row offset in the chunk
   // pads: row 0 (read, never used), a cell no group matches
   for (int i = len + lane; i < groups_end + kGroup; i += 32)
     seg_entries[i] = make_int4(0, kPadCell, 0, 0);
@@ -388,12 +383,7 @@ __global__ void __launch_bounds__(kRunsMmaWarps * 32, kRunsMmaWarpsPerSm / kRuns
     if (cur >= 0) flush();
   }
   __syncwarp();  // every lane's dxacc
-  // each (sample, pair) of the chunk lives in exactly one segment: plain stores
-  for (int i = lane; i < 2 * len; i += 32) {
-    const int64_t b = a.b0 + seg_entries[i / 2].x / a.ld32;
-    const int64_t at_sample = kImages ? dx_images(b) : b * a.xs_b;
-    a.dx[(2 * int64_t(p) + (i & 1)) * a.xs_f + at_sample] = dxacc[i];
-  }
+  store_segment_dx<kImages>(a, dx_images, seg, seg_entries, dxacc, lane);
 }
 
 }  // namespace
