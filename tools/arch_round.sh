@@ -35,7 +35,9 @@
 #       # default shape at those shared-memory budgets (LMKAN_SMEM_BUDGET_KB); COMPARE_BITWISE=1
 #       # tools/bitwise_outputs.py: the 2D ops' outputs of both builds, bit for bit; COMPARE_HESSIAN=1
 #       # adds bench_hessian.py, COMPARE_CONV=1 bench_conv.py, COMPARE_PROFILE=1
-#       # tools/profile_2d.py (PROFILE_ARGS) of new, base, new, base: per-kernel times
+#       # tools/profile_2d.py (PROFILE_ARGS) of new, base, new, base: per-kernel times;
+#       # COMPARE_RUNS=1 tools/time_runs_plan.py (the runs kernels for a bfloat16 grad_y, FMAs,
+#       # tensor cores and the plan) of new, base, new, base
 #   bash tools/arch_round.sh step           # the small training step against the MLP (sm_90
 #       # build): bench_overhead.py, tools/step_breakdown.py, bench_overhead.py again; the
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
@@ -188,6 +190,14 @@ for stage in "$@"; do
              ${PROFILE_ARGS:---cases G8,G26 --tiles 16 --fast 0,1} | sed -n '/== summary/,$p' | tail -n +2 \
              | sed "s/^/$b /") >> "$OUT/profile_2d.log" 2>&1
         done
+      fi
+      if [ -n "${COMPARE_RUNS:-}" ]; then  # the sorted backward's runs kernels, alternating
+        for b in new base new base; do  # this tree's script in both (it imports its own tree)
+          cp "$SRC/tools/time_runs_plan.py" /tmp/lmkan-$b/tools/
+          (cd /tmp/lmkan-$b && timeout ${BENCH_TIMEOUT:-300} $PY tools/time_runs_plan.py \
+             | sed "s/^/$b /") >> "$OUT/runs_plan.log" 2>&1
+        done
+        cat "$OUT/runs_plan.log" >> "$OUT/summary.txt"
       fi
       if [ -n "${COMPARE_HESSIAN:-}" ]; then  # the regulariser kernels, both builds
         for b in new base; do
