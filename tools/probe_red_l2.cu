@@ -1,0 +1,80 @@
+// A probe, not part of the package: how fast the L2 takes coalesced float reductions, for the
+// fewer-bytes lead of the tensor-core runs (docs/performance.md: a sample block's grad_y rows
+// in shared memory for every pair, with dP and grad_x flushed by reductions, ~453 M
+// `red.global.add.v4.f32` at G=8 512->512 B=2^18). Each warp instruction adds 512 bytes to one
+// 512-byte chunk of an L2-resident 5.3 MB region (81 nodes x 64 outputs x 256 pairs floats:
+// one walk's dP), chunks drawn by a hash; timed beside the same bytes as scalar reductions and
+// as 16-byte loads (CUDA events, two rounds).
+//
+//     nvcc -O3 -arch=sm_90 tools/probe_red_l2.cu -o /tmp/probe_red_l2 && /tmp/probe_red_l2
+#include <cstdio>
+#include <cuda_runtime.h>
+constexpr int kN = 81 * 64 * 256;           // floats in the region
+constexpr int kChunks = kN / 128;          // 512-byte chunks (one warp's v4 instruction)
+
+__device__ __forceinline__ unsigned chunk_of(unsigned long long i) {
+  unsigned long long h = i * 0x9E3779B97F4A7C15ull;
+  return (unsigned)((h >> 32) % kChunks);
+}
+__global__ void red_v4(float* dst, long long warp_ops) {
+  long long w = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+  long long nw = (gridDim.x * (long long)blockDim.x) >> 5;
+  int lane = threadIdx.x & 31;
+  for (long long i = w; i < warp_ops; i += nw) {
+    float* p = dst + chunk_of(i) * 128 + lane * 4;
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(1.f), "f"(1.f),
+                 "f"(1.f), "f"(1.f) : "memory");
+  }
+}
+__global__ void red_scalar(float* dst, long long warp_ops) {  // 4 scalar reds per v4's bytes
+  long long w = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+  long long nw = (gridDim.x * (long long)blockDim.x) >> 5;
+  int lane = threadIdx.x & 31;
+  for (long long i = w; i < warp_ops; i += nw) {
+    float* p = dst + chunk_of(i) * 128;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) atomicAdd(p + k * 32 + lane, 1.f);
+  }
+}
+__global__ void load_v4(const float* src, long long warp_ops, float* sink) {
+  long long w = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+  long long nw = (gridDim.x * (long long)blockDim.x) >> 5;
+  int lane = threadIdx.x & 31;
+  float acc = 0.f;
+  for (long long i = w; i < warp_ops; i += nw) {
+    float4 v = __ldcg(reinterpret_cast<const float4*>(src + chunk_of(i) * 128) + lane);
+    acc += v.x + v.y + v.z + v.w;
+  }
+  if (acc == 12345.f) sink[0] = acc;
+}
+int main() {
+  float *buf, *sink;
+  cudaMalloc(&buf, kN * sizeof(float));
+  cudaMalloc(&sink, 4);
+  cudaMemset(buf, 0, kN * sizeof(float));
+  const long long warp_ops = 453000000LL / 32;  // 453 M v4 reductions, the lead's estimate
+  const double bytes = warp_ops * 512.0;
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  for (int rep = 0; rep < 2; ++rep) {
+    for (int k = 0; k < 3; ++k) {
+      cudaEventRecord(a);
+      if (k == 0) red_v4<<<sms * 8, 256>>>(buf, warp_ops);
+      if (k == 1) red_scalar<<<sms * 8, 256>>>(buf, warp_ops);
+      if (k == 2) load_v4<<<sms * 8, 256>>>(buf, warp_ops, sink);
+      cudaEventRecord(b);
+      cudaEventSynchronize(b);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      const char* name[] = {"red.global.add.v4.f32", "red.global.add.f32 (x4)",
+                            "ld.global.cg.v4 (same bytes)"};
+      printf("%-30s %.3f GB in %8.3f ms: %.2f TB/s\n", name[k], bytes / 1e9, ms, bytes / ms / 1e9);
+    }
+  }
+  cudaError_t e = cudaGetLastError();
+  printf("%s\n", cudaGetErrorString(e));
+  return e != cudaSuccess;
+}
