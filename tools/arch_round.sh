@@ -43,6 +43,8 @@
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
 #   bash tools/arch_round.sh probe          # tools/probe_gather_mma.py (PROBE_ARGS) in the
 #       # sm_90 build's tree
+#   bash tools/arch_round.sh redprobe       # tools/probe_red_l2.cu (nvcc, no build needed):
+#       # the L2's rate for coalesced float reductions beside loads of the same bytes
 #   bash tools/arch_round.sh cnn            # examples/train_digits_cnn.py on the GPU (sm_90
 #       # build): README's GPU row of the digits CNNs
 #   bash tools/arch_round.sh forces         # the force step (sm_90 build): bench_forces.py with
@@ -266,6 +268,14 @@ for stage in "$@"; do
          ${PROBE_ARGS:-}) > "$OUT/probe_gather_mma.log" 2>&1
       echo "probe_gather_mma rc=$?" >> "$OUT/summary.txt"
       tail -n 8 "$OUT/probe_gather_mma.log" | tee -a "$OUT/summary.txt"
+      ;;
+    redprobe)  # stand-alone: compiled here for the GPU's architecture, a few seconds
+      cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+      nvcc_bin=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+      ($nvcc_bin -O3 -arch=sm_${cc:-90} "$SRC/tools/probe_red_l2.cu" -o /tmp/probe_red_l2 \
+         && timeout 60 /tmp/probe_red_l2) > "$OUT/probe_red_l2.log" 2>&1
+      echo "probe_red_l2 rc=$?" >> "$OUT/summary.txt"
+      tail -n 7 "$OUT/probe_red_l2.log" | tee -a "$OUT/summary.txt"
       ;;
     cnn)  # the digits CNN example on the GPU (issue 20, item 4), sm_90 build
       (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout 300 $PY examples/train_digits_cnn.py \

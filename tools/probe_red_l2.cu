@@ -7,8 +7,22 @@
 // as 16-byte loads (CUDA events, two rounds).
 //
 //     nvcc -O3 -arch=sm_90 tools/probe_red_l2.cu -o /tmp/probe_red_l2 && /tmp/probe_red_l2
+//     bash tools/arch_round.sh redprobe     # the same on the GPU machine
+//
+// Needs sm_90 or later (the 16-byte reduction, `red.global.add.v4.f32`).
 #include <cstdio>
+#include <cstdlib>
 #include <cuda_runtime.h>
+
+#define CHECK(call)                                                              \
+  do {                                                                           \
+    cudaError_t err_ = (call);                                                   \
+    if (err_ != cudaSuccess) {                                                   \
+      fprintf(stderr, "%s failed: %s\n", #call, cudaGetErrorString(err_));       \
+      exit(1);                                                                   \
+    }                                                                            \
+  } while (0)
+
 constexpr int kN = 81 * 64 * 256;           // floats in the region
 constexpr int kChunks = kN / 128;          // 512-byte chunks (one warp's v4 instruction)
 
@@ -49,32 +63,31 @@ __global__ void load_v4(const float* src, long long warp_ops, float* sink) {
 }
 int main() {
   float *buf, *sink;
-  cudaMalloc(&buf, kN * sizeof(float));
-  cudaMalloc(&sink, 4);
-  cudaMemset(buf, 0, kN * sizeof(float));
+  CHECK(cudaMalloc(&buf, kN * sizeof(float)));
+  CHECK(cudaMalloc(&sink, 4));
+  CHECK(cudaMemset(buf, 0, kN * sizeof(float)));
   const long long warp_ops = 453000000LL / 32;  // 453 M v4 reductions, the lead's estimate
   const double bytes = warp_ops * 512.0;
   cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
   int sms = 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   for (int rep = 0; rep < 2; ++rep) {
     for (int k = 0; k < 3; ++k) {
-      cudaEventRecord(a);
+      CHECK(cudaEventRecord(a));
       if (k == 0) red_v4<<<sms * 8, 256>>>(buf, warp_ops);
       if (k == 1) red_scalar<<<sms * 8, 256>>>(buf, warp_ops);
       if (k == 2) load_v4<<<sms * 8, 256>>>(buf, warp_ops, sink);
-      cudaEventRecord(b);
-      cudaEventSynchronize(b);
+      CHECK(cudaGetLastError());
+      CHECK(cudaEventRecord(b));
+      CHECK(cudaEventSynchronize(b));
       float ms = 0;
-      cudaEventElapsedTime(&ms, a, b);
+      CHECK(cudaEventElapsedTime(&ms, a, b));
       const char* name[] = {"red.global.add.v4.f32", "red.global.add.f32 (x4)",
                             "ld.global.cg.v4 (same bytes)"};
       printf("%-30s %.3f GB in %8.3f ms: %.2f TB/s\n", name[k], bytes / 1e9, ms, bytes / ms / 1e9);
     }
   }
-  cudaError_t e = cudaGetLastError();
-  printf("%s\n", cudaGetErrorString(e));
-  return e != cudaSuccess;
+  return 0;
 }
