@@ -43,6 +43,8 @@
 #       # main job's step (lmKAN.demo --steps 600) in float32 and under autocast bfloat16
 #   bash tools/arch_round.sh probe          # tools/probe_gather_mma.py (PROBE_ARGS) in the
 #       # sm_90 build's tree
+#   bash tools/arch_round.sh chunks         # tools/time_run_chunks.py (CHUNKS_ARGS) in the sm_90
+#       # build's tree: the sorted backward's chunk sizes against its time
 #   bash tools/arch_round.sh redprobe       # tools/probe_red_l2.cu (nvcc, no build needed):
 #       # the L2's rate for coalesced float reductions beside loads of the same bytes
 #   bash tools/arch_round.sh cnn            # examples/train_digits_cnn.py on the GPU (sm_90
@@ -269,6 +271,12 @@ for stage in "$@"; do
       echo "probe_gather_mma rc=$?" >> "$OUT/summary.txt"
       tail -n 8 "$OUT/probe_gather_mma.log" | tee -a "$OUT/summary.txt"
       ;;
+    chunks)  # tools/time_run_chunks.py in the sm_90 build's tree (a process per chunk size)
+      (cd /tmp/lmkan-sm90 && PYTHONPATH=$PWD timeout ${BENCH_TIMEOUT:-300} $PY tools/time_run_chunks.py \
+         ${CHUNKS_ARGS:-}) > "$OUT/time_run_chunks.log" 2>&1
+      echo "time_run_chunks rc=$?" >> "$OUT/summary.txt"
+      tee -a "$OUT/summary.txt" < "$OUT/time_run_chunks.log"
+      ;;
     redprobe)  # stand-alone: compiled here for the GPU's architecture, a few seconds
       cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
       nvcc_bin=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -295,7 +303,7 @@ for stage in "$@"; do
     limits)
       (cd /tmp/lmkan-sm90 && PYTHONPATH=/tmp/lmkan-sm90 $PY tools/smem_limits.py) | tee -a "$OUT/summary.txt"
       ;;
-    *) echo "unknown stage $stage (build, buildall, test, sanitize, check, bench, compare, step, probe, forces, pack, limits)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, buildall, test, sanitize, check, bench, compare, step, probe, chunks, redprobe, cnn, forces, pack, limits)"; exit 2 ;;
   esac
 done
 [ -n "${ARCH_ROUND_NESTED:-}" ] || { echo "== summary"; cat "$OUT/summary.txt"; }
